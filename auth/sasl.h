@@ -1,0 +1,50 @@
+/* sasl.h — the server side of SASL for every front-end (c2s, bosh):
+ * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256 (and later ANONYMOUS), over an
+ * asynchronous credential store.
+ *
+ * The front-end passes the base64 text of <auth/> and <response/> elements
+ * and gets back base64 text for <challenge/> / <success/>, or a failure
+ * condition name for <failure/>. The result callback may run before
+ * sasl_start() returns (PLAIN errors) or later (after the database answers).
+ * sasl_free() during a pending lookup is safe: the answer is dropped. */
+#ifndef SB_SASL_H
+#define SB_SASL_H
+
+#include "sb.h"
+#include "pgev.h"
+
+/* ---- credential store (PostgreSQL) -------------------------------------- */
+struct auth_store;
+struct auth_store *auth_store_new(struct pgev *pg);
+void auth_store_free(struct auth_store *st);
+
+/* ---- one SASL exchange ---------------------------------------------------- */
+enum sasl_status { SASL_CONTINUE, SASL_SUCCESS, SASL_FAILURE };
+
+struct sasl_result {
+    enum sasl_status status;
+    const char *data_b64;   /* CONTINUE: challenge; SUCCESS: additional data ("" if none) */
+    const char *condition;  /* FAILURE: RFC 6120 §6.5 condition, e.g. "not-authorized" */
+    const char *username;   /* SUCCESS: the authenticated, nodeprepped local part */
+};
+typedef void (*sasl_cb)(void *ud, const struct sasl_result *r);
+
+struct sasl_opts {
+    const char *domain;     /* the stream's domain (prepared) */
+    int tls;                /* stream is encrypted */
+    int allow_plain_without_tls;
+};
+
+/* Mechanisms to offer, space-separated, strongest first. */
+const char *sasl_mechanisms(const struct sasl_opts *o);
+
+struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
+                           sasl_cb cb, void *ud);
+void sasl_free(struct sasl_sess *s);
+
+/* b64 is the element text; "=" or "" means empty initial response. */
+void sasl_start(struct sasl_sess *s, const char *mech, const char *b64);
+void sasl_step(struct sasl_sess *s, const char *b64);
+void sasl_abort(struct sasl_sess *s);  /* client sent <abort/>: result FAILURE "aborted" */
+
+#endif

@@ -1,0 +1,27 @@
+/* config.h — one INI file for the whole cluster.
+ *
+ * A process of kind K running as instance I reads keys in this order:
+ *   1. environment SB_<K>_<KEY>            (upper-cased, e.g. SB_C2S_PORT)
+ *   2. section [K.I]  (e.g. [c2s.c2s2])    per-instance overrides
+ *   3. section [K]    (e.g. [c2s])
+ *   4. section [cluster]                   shared keys (redis, postgres, router)
+ *   5. the default given by the caller
+ * Lines: `key = value`, `# comment`, `; comment`, `[section]`. */
+#ifndef SB_CONFIG_H
+#define SB_CONFIG_H
+
+#include "sb.h"
+
+/* Load file (NULL or missing path → only env and defaults). */
+sb_rc sb_config_load(const char *path, const char *kind, const char *instance);
+void sb_config_free(void);
+
+const char *sb_config_str(const char *key, const char *def);
+long sb_config_int(const char *key, long def);
+int sb_config_bool(const char *key, int def);   /* 1/0, yes/no, true/false, on/off */
+
+/* Same lookup for another section (e.g. sm reading [c2s] keys). */
+const char *sb_config_str_in(const char *kind, const char *instance,
+                             const char *key, const char *def);
+
+#endif

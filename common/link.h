@@ -1,0 +1,47 @@
+/* link.h — a component's connection to the router, on the libev loop.
+ *
+ * Every process except the router owns one link: a ZeroMQ DEALER socket
+ * whose routing id is the instance name, connected to the router endpoint.
+ * The link sends HELLO (kind, pid, domains) at start and every heartbeat
+ * interval; HELLO doubles as the heartbeat, so a restarted router learns
+ * every component back within one interval.
+ *
+ * ZMQ_FD is edge-triggered: the link drains the socket after every receive
+ * and every send (ZMQ_EVENTS) and re-checks before the loop blocks, so no
+ * message waits for a new edge. */
+#ifndef SB_LINK_H
+#define SB_LINK_H
+
+#include <ev.h>
+#include "env.h"
+
+struct link;
+
+/* Called once per received envelope. body is not NUL-terminated. */
+typedef void (*link_recv_cb)(struct link *l, const struct env_hdr *h,
+                             const char *body, size_t body_len, void *ud);
+
+struct link_opts {
+    const char *endpoint;    /* e.g. "tcp://127.0.0.1:15555" */
+    const char *instance;    /* routing id, e.g. "c2s1" */
+    const char *kind;        /* "c2s", "sm", "bosh", "s2s" */
+    const char *domains;     /* comma-separated local domains served, or "" */
+    double heartbeat;        /* seconds between HELLOs (default 1.0) */
+};
+
+struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
+                      link_recv_cb cb, void *ud);
+void link_free(struct link *l);
+
+/* Queue one envelope. Never blocks; SB_ERROR if the socket refuses it
+ * (high-water mark reached), which callers report as resource-constraint. */
+sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t body_len);
+
+const char *link_instance(const struct link *l);
+
+/* Convenience: build a header with sender/sid filled and send. */
+sb_rc link_send_to(struct link *l, enum env_kind kind, enum env_route route,
+                   const char *key, const char *sid, const char *op,
+                   const char *body, size_t body_len);
+
+#endif

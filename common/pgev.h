@@ -1,0 +1,29 @@
+/* pgev.h — PostgreSQL on the libev loop, never blocking it.
+ *
+ * One pgev owns one libpq connection in non-blocking mode. Queries are
+ * queued and sent in order; each callback gets the PGresult (owned by pgev,
+ * freed after the callback returns) or NULL when the database could not be
+ * reached or the connection broke mid-query. The connection is re-opened
+ * with back-off; queued queries wait (up to `timeout` seconds each, then
+ * fail with NULL) so a database restart loses nothing that can be retried. */
+#ifndef SB_PGEV_H
+#define SB_PGEV_H
+
+#include <ev.h>
+#include <libpq-fe.h>
+#include "sb.h"
+
+struct pgev;
+typedef void (*pgev_cb)(PGresult *res, void *arg);
+
+struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo);
+void pgev_free(struct pgev *pg);     /* pending callbacks get NULL */
+
+/* Parameters are text, copied. SB_ERROR only on out-of-memory or when the
+ * queue is over its bound (max_queue, default 10000). */
+sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
+                 const char *const *params, pgev_cb cb, void *arg);
+
+int pgev_connected(const struct pgev *pg);
+
+#endif

@@ -1,0 +1,35 @@
+/* sb.h — the one vocabulary of results shared by every Switchboard module,
+ * plus tiny helpers every file wants. Functions that can fail return sb_rc;
+ * pointers return NULL on failure. */
+#ifndef SB_H
+#define SB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    SB_OK       =  0,   /* done */
+    SB_ERROR    = -1,   /* failed; the caller reports or closes */
+    SB_AGAIN    = -2,   /* not yet: call again when more input/IO arrives */
+    SB_DECLINED = -3,   /* not mine: let the next handler try */
+    SB_DONE     = -4,   /* finished and consumed; nothing more to do */
+    SB_LIMIT    = -5,   /* a configured limit was exceeded */
+} sb_rc;
+
+const char *sb_rc_name(sb_rc rc);
+
+#define SB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SB_UNUSED(x) ((void)(x))
+
+/* Fill buf with n bytes from the kernel CSPRNG (getrandom). Aborts on
+ * failure: a server that cannot get randomness must not make ids. */
+void sb_random(void *buf, size_t n);
+
+/* Unpredictable id of `len` characters from [a-z0-9] into out (len+1 bytes). */
+void sb_random_id(char *out, size_t len);
+
+/* Monotonic time in seconds / microseconds. */
+double sb_now(void);
+uint64_t sb_now_us(void);
+
+#endif
