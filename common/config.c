@@ -1,0 +1,222 @@
+/* config.c — the cluster INI file plus SB_<KIND>_<KEY> environment
+ * overrides. The file is read once into a flat table; lookups walk it,
+ * which is fine for the few dozen keys read at start-up. */
+#include "config.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct cfg_entry {
+    char *section, *key, *value;
+};
+
+static struct cfg_entry *cfg_tab;
+static size_t cfg_n, cfg_cap;
+static char cfg_kind[64], cfg_inst[64];
+
+static char *cfg_trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static sb_rc cfg_add(const char *section, const char *key, const char *value)
+{
+    if (cfg_n == cfg_cap) {
+        size_t cap = cfg_cap ? cfg_cap * 2 : 32;
+        struct cfg_entry *t = realloc(cfg_tab, cap * sizeof *t);
+        if (!t)
+            return SB_ERROR;
+        cfg_tab = t;
+        cfg_cap = cap;
+    }
+    struct cfg_entry *e = &cfg_tab[cfg_n];
+    e->section = strdup(section);
+    e->key = strdup(key);
+    e->value = strdup(value);
+    if (!e->section || !e->key || !e->value) {
+        free(e->section);
+        free(e->key);
+        free(e->value);
+        return SB_ERROR;
+    }
+    cfg_n++;
+    return SB_OK;
+}
+
+/* An inline comment starts at '#' or ';' preceded by whitespace, so values
+ * such as connection strings may still contain those characters. */
+static void cfg_strip_inline_comment(char *v)
+{
+    for (char *p = v + 1; *p; p++)
+        if ((*p == '#' || *p == ';') && isspace((unsigned char)p[-1])) {
+            *p = '\0';
+            return;
+        }
+}
+
+static sb_rc cfg_parse_line(char *line, char *section, size_t seccap,
+                            const char *path, int lineno)
+{
+    char *s = cfg_trim(line);
+    if (!*s || *s == '#' || *s == ';')
+        return SB_OK;
+    if (*s == '[') {
+        char *end = strchr(s, ']');
+        if (!end) {
+            log_error("config_syntax", "file=%s line=%d what=unclosed_section", path, lineno);
+            return SB_ERROR;
+        }
+        *end = '\0';
+        snprintf(section, seccap, "%s", cfg_trim(s + 1));
+        return SB_OK;
+    }
+    char *eq = strchr(s, '=');
+    if (!eq) {
+        log_error("config_syntax", "file=%s line=%d what=missing_equals", path, lineno);
+        return SB_ERROR;
+    }
+    *eq = '\0';
+    char *key = cfg_trim(s), *val = eq + 1;
+    cfg_strip_inline_comment(val);
+    val = cfg_trim(val);
+    if (!*key) {
+        log_error("config_syntax", "file=%s line=%d what=empty_key", path, lineno);
+        return SB_ERROR;
+    }
+    return cfg_add(section, key, val);
+}
+
+sb_rc sb_config_load(const char *path, const char *kind, const char *instance)
+{
+    sb_config_free();
+    snprintf(cfg_kind, sizeof cfg_kind, "%s", kind ? kind : "");
+    snprintf(cfg_inst, sizeof cfg_inst, "%s", instance && *instance ? instance : cfg_kind);
+    if (!path || !*path)
+        return SB_OK;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("config_open_failed", "file=%s err=%s", path, sb_log_q(strerror(errno)));
+        return SB_ERROR;
+    }
+    char line[4096], section[128] = "";
+    int lineno = 0;
+    sb_rc rc = SB_OK;
+    while (rc == SB_OK && fgets(line, sizeof line, f)) {
+        lineno++;
+        rc = cfg_parse_line(line, section, sizeof section, path, lineno);
+    }
+    fclose(f);
+    if (rc != SB_OK)
+        sb_config_free();
+    return rc;
+}
+
+void sb_config_free(void)
+{
+    for (size_t i = 0; i < cfg_n; i++) {
+        free(cfg_tab[i].section);
+        free(cfg_tab[i].key);
+        free(cfg_tab[i].value);
+    }
+    free(cfg_tab);
+    cfg_tab = NULL;
+    cfg_n = cfg_cap = 0;
+}
+
+static const char *cfg_find(const char *section, const char *key)
+{
+    /* Last one wins, as an operator appending a line would expect. */
+    for (size_t i = cfg_n; i-- > 0;)
+        if (strcmp(cfg_tab[i].section, section) == 0 && strcmp(cfg_tab[i].key, key) == 0)
+            return cfg_tab[i].value;
+    return NULL;
+}
+
+/* SB_<SECTION>_<KEY>, upper-cased, '.' and '-' turned into '_'. */
+static const char *cfg_env(const char *section, const char *key)
+{
+    char name[256];
+    int n = snprintf(name, sizeof name, "SB_%s_%s", section, key);
+    if (n < 0 || (size_t)n >= sizeof name)
+        return NULL;
+    for (char *p = name; *p; p++) {
+        if (*p == '.' || *p == '-')
+            *p = '_';
+        else
+            *p = (char)toupper((unsigned char)*p);
+    }
+    return getenv(name);
+}
+
+const char *sb_config_str_in(const char *kind, const char *instance,
+                             const char *key, const char *def)
+{
+    const char *v;
+    char sec[192];
+    if (kind && *kind) {
+        if ((v = cfg_env(kind, key)))
+            return v;
+        if (instance && *instance) {
+            snprintf(sec, sizeof sec, "%s.%s", kind, instance);
+            if ((v = cfg_find(sec, key)))
+                return v;
+        }
+        if ((v = cfg_find(kind, key)))
+            return v;
+    }
+    /* SB_CLUSTER_<KEY> overrides [cluster] only, below the kind's own keys. */
+    if ((v = cfg_env("cluster", key)))
+        return v;
+    if ((v = cfg_find("cluster", key)))
+        return v;
+    return def;
+}
+
+const char *sb_config_str(const char *key, const char *def)
+{
+    return sb_config_str_in(cfg_kind, cfg_inst, key, def);
+}
+
+long sb_config_int(const char *key, long def)
+{
+    const char *v = sb_config_str(key, NULL);
+    if (!v || !*v)
+        return def;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 0);
+    while (isspace((unsigned char)*end))
+        end++;
+    if (errno || *end) {
+        log_warn("config_bad_int", "key=%s value=%s default=%ld", key, sb_log_q(v), def);
+        return def;
+    }
+    return n;
+}
+
+int sb_config_bool(const char *key, int def)
+{
+    static const char *const yes[] = {"1", "yes", "true", "on"};
+    static const char *const no[] = {"0", "no", "false", "off"};
+    const char *v = sb_config_str(key, NULL);
+    if (!v || !*v)
+        return def;
+    for (size_t i = 0; i < SB_ARRAY_LEN(yes); i++) {
+        if (strcasecmp(v, yes[i]) == 0)
+            return 1;
+        if (strcasecmp(v, no[i]) == 0)
+            return 0;
+    }
+    log_warn("config_bad_bool", "key=%s value=%s default=%d", key, sb_log_q(v), def);
+    return def;
+}

@@ -1,0 +1,98 @@
+/* proc.c — the common start of every daemon: arguments, config, logging,
+ * the libev loop and signal handling. */
+#include "proc.h"
+#include "config.h"
+#include "log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void proc_usage(const char *argv0, const char *kind)
+{
+    fprintf(stderr,
+            "usage: %s [-c CONFIG] [-n INSTANCE]\n"
+            "  -c CONFIG    cluster INI file (default: $SB_CONFIG)\n"
+            "  -n INSTANCE  instance name (default: $SB_INSTANCE, else \"%s\")\n",
+            argv0, kind);
+}
+
+sb_rc sb_proc_init(struct sb_proc *p, int argc, char **argv, const char *kind)
+{
+    memset(p, 0, sizeof *p);
+    p->kind = kind;
+    p->config_path = getenv("SB_CONFIG");
+    p->instance = getenv("SB_INSTANCE");
+    const char *argv0 = argc > 0 ? argv[0] : kind;
+
+    int c;
+    optind = 1;
+    while ((c = getopt(argc, argv, "c:n:h")) != -1) {
+        switch (c) {
+        case 'c': p->config_path = optarg; break;
+        case 'n': p->instance = optarg; break;
+        default:
+            proc_usage(argv0, kind);
+            return SB_ERROR;
+        }
+    }
+    if (optind < argc) {
+        proc_usage(argv0, kind);
+        return SB_ERROR;
+    }
+    if (p->config_path && !*p->config_path)
+        p->config_path = NULL;
+    if (!p->instance || !*p->instance)
+        p->instance = kind;
+
+    /* Log with the instance name before the config is read, so a bad file
+     * is reported in the usual format. */
+    sb_log_init(p->instance, SB_LOG_INFO);
+    if (sb_config_load(p->config_path, kind, p->instance) != SB_OK) {
+        fprintf(stderr, "%s: cannot load config %s\n", argv0,
+                p->config_path ? p->config_path : "(none)");
+        return SB_ERROR;
+    }
+    sb_log_init(p->instance, sb_log_level_parse(sb_config_str("log_level", "info")));
+
+    signal(SIGPIPE, SIG_IGN);
+    p->loop = ev_default_loop(EVFLAG_AUTO);
+    if (!p->loop) {
+        log_error("loop_init_failed", "kind=%s", kind);
+        return SB_ERROR;
+    }
+    log_info("start", "kind=%s pid=%d config=%s", kind, (int)getpid(),
+             p->config_path ? p->config_path : "-");
+    return SB_OK;
+}
+
+static void proc_on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct sb_proc *p = w->data;
+    log_info("signal", "sig=%s action=stop", w->signum == SIGTERM ? "TERM" : "INT");
+    if (p->on_stop)
+        p->on_stop(p, p->ud);
+    else
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void proc_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    struct sb_proc *p = w->data;
+    log_info("signal", "sig=HUP action=reload");
+    if (p->on_reload)
+        p->on_reload(p, p->ud);
+}
+
+void sb_proc_signals(struct sb_proc *p)
+{
+    ev_signal_init(&p->sig_term, proc_on_stop_signal, SIGTERM);
+    ev_signal_init(&p->sig_int, proc_on_stop_signal, SIGINT);
+    ev_signal_init(&p->sig_hup, proc_on_hup, SIGHUP);
+    p->sig_term.data = p->sig_int.data = p->sig_hup.data = p;
+    ev_signal_start(p->loop, &p->sig_term);
+    ev_signal_start(p->loop, &p->sig_int);
+    ev_signal_start(p->loop, &p->sig_hup);
+}
