@@ -44,4 +44,9 @@ sb_rc link_send_to(struct link *l, enum env_kind kind, enum env_route route,
                    const char *key, const char *sid, const char *op,
                    const char *body, size_t body_len);
 
+/* What the next HELLO announces. Sessions are sent with the next heartbeat;
+ * a domain change sends a HELLO at once, since routing depends on it. */
+void link_set_sessions(struct link *l, long n);
+void link_set_domains(struct link *l, const char *csv);
+
 #endif

@@ -1,0 +1,305 @@
+/* link.c — a component's DEALER connection to the router on the libev loop.
+ *
+ * ZMQ_FD only signals edges, so three watchers cooperate: the ev_io wakes
+ * us when the fd becomes readable, the ev_prepare asks ZMQ_EVENTS before
+ * the loop blocks and, if messages wait, starts an idle watcher so the loop
+ * does not block, and the ev_check drains. Sends also read ZMQ_EVENTS,
+ * because a send can consume the edge that announced incoming messages. */
+#include "link.h"
+#include "log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define LINK_HWM 100000
+#define LINK_LINGER_MS 200
+#define LINK_BATCH 512          /* messages per drain before yielding to the loop */
+
+struct link {
+    struct ev_loop *loop;
+    void *zctx, *sock;
+    char instance[ENV_NAME_MAX + 1];
+    char kind[ENV_NAME_MAX + 1];
+    char *domains;
+    long sessions;
+    double heartbeat;
+    link_recv_cb cb;
+    void *ud;
+    ev_io io;
+    ev_prepare prepare;
+    ev_check check;
+    ev_idle idle;
+    ev_timer hello;
+};
+
+static int link_readable(struct link *l)
+{
+    int ev = 0;
+    size_t sz = sizeof ev;
+    if (zmq_getsockopt(l->sock, ZMQ_EVENTS, &ev, &sz) != 0)
+        return 0;
+    return (ev & ZMQ_POLLIN) != 0;
+}
+
+/* Keep the loop from blocking while the socket still holds messages. */
+static void link_rearm(struct link *l)
+{
+    if (link_readable(l))
+        ev_idle_start(l->loop, &l->idle);
+}
+
+static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body)
+{
+    struct env_hdr h;
+    if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
+        log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    l->cb(l, &h, zmq_msg_data(body), zmq_msg_size(body), l->ud);
+}
+
+/* Receive one whole multipart message: [hdr][body]. Returns 0 when the
+ * socket is empty, 1 otherwise (delivered or dropped). */
+static int link_recv_one(struct link *l)
+{
+    zmq_msg_t f[2];
+    int n = 0, extra = 0;
+    zmq_msg_init(&f[0]);
+    if (zmq_msg_recv(&f[0], l->sock, ZMQ_DONTWAIT) < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            log_error("link_recv_failed", "err=%s", sb_log_q(zmq_strerror(errno)));
+        zmq_msg_close(&f[0]);
+        return 0;
+    }
+    n = 1;
+    while (zmq_msg_more(&f[n - 1])) {
+        if (n == 2) {    /* more than two frames: swallow the rest */
+            zmq_msg_t junk;
+            zmq_msg_init(&junk);
+            int more = zmq_msg_recv(&junk, l->sock, 0) >= 0 && zmq_msg_more(&junk);
+            zmq_msg_close(&junk);
+            extra = 1;
+            if (!more)
+                break;
+            continue;
+        }
+        zmq_msg_init(&f[n]);
+        if (zmq_msg_recv(&f[n], l->sock, 0) < 0) {
+            zmq_msg_close(&f[n]);
+            break;
+        }
+        n++;
+    }
+    if (n == 2 && !extra)
+        link_deliver(l, &f[0], &f[1]);
+    else
+        log_warn("link_bad_envelope", "frames=%d extra=%d", n, extra);
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&f[i]);
+    return 1;
+}
+
+static void link_drain(struct link *l)
+{
+    for (int i = 0; i < LINK_BATCH && l->sock; i++)
+        if (!link_recv_one(l))
+            break;
+}
+
+static void link_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    link_drain(w->data);
+}
+
+static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    link_rearm(w->data);
+}
+
+static void link_on_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+    struct link *l = w->data;
+    ev_idle_stop(loop, &l->idle);
+    if (link_readable(l))
+        link_drain(l);
+}
+
+static void link_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    /* Only exists to make the loop poll with a zero timeout. */
+}
+
+static sb_rc link_send_hello(struct link *l)
+{
+    char body[2048];
+    int n = snprintf(body, sizeof body, "kind=%s pid=%ld domains=%s sessions=%ld",
+                     l->kind, (long)getpid(), l->domains ? l->domains : "", l->sessions);
+    if (n < 0 || (size_t)n >= sizeof body) {
+        log_error("link_hello_too_long", "bytes=%d", n);
+        return SB_ERROR;
+    }
+    return link_send_to(l, ENV_HELLO, ENV_ROUTE_ROUTER, "", "", "", body, (size_t)n);
+}
+
+static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct link *l = w->data;
+    if (link_send_hello(l) != SB_OK)
+        log_warn("link_hello_failed", "endpoint_queue=full");
+}
+
+static sb_rc link_socket(struct link *l, const char *endpoint)
+{
+    int hwm = LINK_HWM, linger = LINK_LINGER_MS, immediate = 0;
+    l->zctx = zmq_ctx_new();
+    if (!l->zctx)
+        return SB_ERROR;
+    l->sock = zmq_socket(l->zctx, ZMQ_DEALER);
+    if (!l->sock)
+        return SB_ERROR;
+    if (zmq_setsockopt(l->sock, ZMQ_ROUTING_ID, l->instance, strlen(l->instance)) != 0 ||
+        zmq_setsockopt(l->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(l->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(l->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
+        return SB_ERROR;
+    if (zmq_connect(l->sock, endpoint) != 0) {
+        log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(endpoint),
+                  sb_log_q(zmq_strerror(errno)));
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+static void link_watchers(struct link *l)
+{
+    int fd = -1;
+    size_t sz = sizeof fd;
+    zmq_getsockopt(l->sock, ZMQ_FD, &fd, &sz);
+    ev_io_init(&l->io, link_on_io, fd, EV_READ);
+    ev_prepare_init(&l->prepare, link_on_prepare);
+    ev_check_init(&l->check, link_on_check);
+    ev_idle_init(&l->idle, link_on_idle);
+    ev_timer_init(&l->hello, link_on_hello, l->heartbeat, l->heartbeat);
+    l->io.data = l->prepare.data = l->check.data = l->idle.data = l->hello.data = l;
+    ev_io_start(l->loop, &l->io);
+    ev_prepare_start(l->loop, &l->prepare);
+    ev_check_start(l->loop, &l->check);
+    ev_timer_start(l->loop, &l->hello);
+}
+
+struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
+                      link_recv_cb cb, void *ud)
+{
+    if (!o || !o->endpoint || !o->instance || !o->kind || !cb ||
+        !o->instance[0] || strlen(o->instance) > ENV_NAME_MAX || strlen(o->kind) > ENV_NAME_MAX)
+        return NULL;
+    struct link *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->loop = loop;
+    l->cb = cb;
+    l->ud = ud;
+    l->heartbeat = o->heartbeat > 0 ? o->heartbeat : 1.0;
+    strcpy(l->instance, o->instance);
+    strcpy(l->kind, o->kind);
+    l->domains = strdup(o->domains ? o->domains : "");
+    if (!l->domains || link_socket(l, o->endpoint) != SB_OK) {
+        link_free(l);
+        return NULL;
+    }
+    link_watchers(l);
+    link_send_hello(l);
+    log_info("link_up", "endpoint=%s kind=%s heartbeat=%.3g", sb_log_q(o->endpoint),
+             l->kind, l->heartbeat);
+    return l;
+}
+
+void link_free(struct link *l)
+{
+    if (!l)
+        return;
+    if (ev_is_active(&l->io) || ev_is_active(&l->prepare)) {
+        ev_io_stop(l->loop, &l->io);
+        ev_prepare_stop(l->loop, &l->prepare);
+        ev_check_stop(l->loop, &l->check);
+        ev_idle_stop(l->loop, &l->idle);
+        ev_timer_stop(l->loop, &l->hello);
+    }
+    if (l->sock)
+        zmq_close(l->sock);
+    if (l->zctx)
+        zmq_ctx_term(l->zctx);
+    free(l->domains);
+    free(l);
+}
+
+sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t body_len)
+{
+    uint8_t hdr[ENV_HDR_MAX];
+    long n = env_encode(h, hdr, sizeof hdr);
+    if (n < 0) {
+        log_error("link_encode_failed", "kind=%s key=%s", env_kind_name(h->kind), sb_log_q(h->key));
+        return SB_ERROR;
+    }
+    sb_rc rc = SB_OK;
+    /* Multipart is atomic: once the first frame is queued the second is too. */
+    if (zmq_send(l->sock, hdr, (size_t)n, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(l->sock, body ? body : "", body_len, ZMQ_DONTWAIT) < 0) {
+        log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
+                 sb_log_q(h->key), sb_log_q(zmq_strerror(errno)));
+        rc = SB_ERROR;
+    }
+    link_rearm(l);
+    return rc;
+}
+
+const char *link_instance(const struct link *l)
+{
+    return l->instance;
+}
+
+static void link_copy(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+sb_rc link_send_to(struct link *l, enum env_kind kind, enum env_route route,
+                   const char *key, const char *sid, const char *op,
+                   const char *body, size_t body_len)
+{
+    struct env_hdr h;
+    env_init(&h, kind, route);
+    if ((key && strlen(key) > ENV_STR_MAX) || (sid && strlen(sid) > ENV_NAME_MAX) ||
+        (op && strlen(op) > ENV_NAME_MAX)) {
+        log_error("link_field_too_long", "kind=%s", env_kind_name(kind));
+        return SB_ERROR;
+    }
+    link_copy(h.key, sizeof h.key, key);
+    link_copy(h.sender, sizeof h.sender, l->instance);
+    link_copy(h.sid, sizeof h.sid, sid);
+    link_copy(h.op, sizeof h.op, op);
+    return link_send(l, &h, body, body_len);
+}
+
+void link_set_sessions(struct link *l, long n)
+{
+    l->sessions = n;
+}
+
+void link_set_domains(struct link *l, const char *csv)
+{
+    char *d = strdup(csv ? csv : "");
+    if (!d) {
+        log_error("link_set_domains_failed", "err=nomem");
+        return;
+    }
+    free(l->domains);
+    l->domains = d;
+    /* Routing depends on domains: tell the router now, not at the next beat. */
+    link_send_hello(l);
+}
