@@ -65,16 +65,22 @@ unit-san:
 	$(MAKE) BUILD=build/san BIN=build/san/bin \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" unit
 
-run: all
+# The package check runs before the build so a fresh machine gets the exact
+# apt-get line instead of a compiler error.
+run:
+	@deploy/dev/stack.sh deps
+	@$(MAKE) --no-print-directory all
 	@deploy/dev/stack.sh run
 stop:
 	@deploy/dev/stack.sh stop
-status: all
+status:
 	@deploy/dev/stack.sh status
 
 # make test: unit tests (plain + sanitizers), then the integration suite
 # against a private stack on its own ports (so it can run beside `make run`).
-test: all unit unit-san
+test:
+	@deploy/dev/stack.sh deps
+	@$(MAKE) --no-print-directory all unit unit-san
 	@deploy/dev/stack.sh test
 
 clean:

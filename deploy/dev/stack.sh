@@ -1,0 +1,587 @@
+#!/usr/bin/env bash
+# stack.sh — the local Switchboard stack: PostgreSQL, Redis, a TLS cert, the
+# config file and five processes (router1, sm1, sm2, c2s1, c2s2), all under
+# var/ so nothing touches the system's own services.
+#
+#   stack.sh [-p run|test] COMMAND
+#     run          set everything up (idempotent) and start it; prints how to connect
+#     stop         stop the processes, Redis and PostgreSQL (data is kept)
+#     status       what is running
+#     test         fresh test profile (var/test), pytest tests/integration, stop
+#     deps         check the Debian packages (install them when root)
+#     setup        everything `run` does except starting the five processes
+#     infra        only TLS, PostgreSQL, Redis and the config (no binary needed)
+#     start-proc NAME | stop-proc NAME | kill-proc NAME   one process of the profile
+#     wait-ready   wait until every process is registered and listening
+#     env          print the profile as shell variables
+#
+# Two profiles with their own ports and var dirs, so `make test` can run while
+# `make run` is up: `run` (var/) and `test` (var/test/). SB_STACK_PROFILE
+# selects one too (the tests use it to stop and start single processes).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PKG_LIST="$ROOT/deploy/dev/packages.txt"
+PROCS=(router1 sm1 sm2 c2s1 c2s2)
+COMPONENTS=(sm1 sm2 c2s1 c2s2)   # the ones that register with the router
+READY_TIMEOUT=${SB_READY_TIMEOUT:-30}
+DOMAIN=localhost
+DEMO_USERS=(alice bob)
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'stack.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- profiles
+profile_set() {
+    PROFILE=$1
+    case "$PROFILE" in
+    run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
+          C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243 ;;
+    test) VAR="$ROOT/var/test"; PG_PORT=25432; REDIS_PORT=26379; ROUTER_PORT=25555
+          C2S1_PORT=25222; C2S1_TLS=25223; C2S2_PORT=25242; C2S2_TLS=25243 ;;
+    *) die "unknown profile '$PROFILE' (run or test)" ;;
+    esac
+    INI="$VAR/switchboard.ini"
+    LOG="$VAR/log"; PID="$VAR/pid"; TLS="$VAR/tls"
+    PGDATA="$VAR/pg"; PGSOCK="$VAR/pgsock"; REDIS_DIR="$VAR/redis"
+    PASSWORDS="$VAR/demo-passwords"
+}
+
+print_env() {
+    cat <<EOF
+SB_STACK_PROFILE=$PROFILE
+SB_ROOT=$ROOT
+SB_VAR=$VAR
+SB_INI=$INI
+SB_BIN=$ROOT/bin
+SB_STACK=$ROOT/deploy/dev/stack.sh
+SB_DOMAIN=$DOMAIN
+SB_PG_PORT=$PG_PORT
+SB_REDIS_PORT=$REDIS_PORT
+SB_ROUTER_PORT=$ROUTER_PORT
+SB_C2S1_PORT=$C2S1_PORT
+SB_C2S1_TLS_PORT=$C2S1_TLS
+SB_C2S2_PORT=$C2S2_PORT
+SB_C2S2_TLS_PORT=$C2S2_TLS
+EOF
+}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+# ---------------------------------------------------------------- (a) deps
+packages() { grep -Ev '^[[:space:]]*(#|$)' "$PKG_LIST"; }
+
+missing_packages() {
+    local p st
+    for p in $(packages); do
+        st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+        [ "$st" = installed ] || printf '%s\n' "$p"
+    done
+}
+
+cmd_deps() {
+    local missing
+    missing=$(missing_packages | tr '\n' ' ')
+    [ -z "$missing" ] && return 0
+    if is_root; then
+        say "installing missing packages: $missing"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
+    else
+        say "missing Debian packages: $missing" >&2
+        say "install them with:" >&2
+        say "  sudo apt-get update && sudo apt-get install -y $missing" >&2
+        exit 1
+    fi
+}
+
+# ---------------------------------------------------------------- (b) build
+check_binaries() {
+    local b
+    for b in sb-router sb-c2s sb-sm sbctl; do
+        [ -x "$ROOT/bin/$b" ] || die "bin/$b is missing: run 'make all' first (see the build errors above)"
+    done
+}
+
+# ---------------------------------------------------------------- (c) TLS
+setup_tls() {
+    mkdir -p "$TLS"
+    [ -s "$TLS/cert.pem" ] && [ -s "$TLS/key.pem" ] && return 0
+    say "creating a self-signed certificate for $DOMAIN in $TLS"
+    cat > "$TLS/template.cfg" <<EOF
+organization = "Switchboard dev stack"
+cn = "$DOMAIN"
+dns_name = "$DOMAIN"
+dns_name = "anon.$DOMAIN"
+ip_address = "127.0.0.1"
+expiration_days = 3650
+tls_www_server
+signing_key
+encryption_key
+EOF
+    (umask 077; certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 \
+        --outfile "$TLS/key.pem" >/dev/null 2>&1) || die "certtool could not create a key"
+    certtool --generate-self-signed --load-privkey "$TLS/key.pem" \
+        --template "$TLS/template.cfg" --outfile "$TLS/cert.pem" >/dev/null 2>&1 \
+        || die "certtool could not create the certificate"
+}
+
+# ---------------------------------------------------------------- (d) PostgreSQL
+pg_bin() {
+    local d
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$d/pg_ctl" ] && { printf '%s' "$d"; return 0; }
+    done
+    die "PostgreSQL server binaries not found (package postgresql)"
+}
+
+# PostgreSQL refuses to run as root: as root we run it as the `postgres`
+# system user (created by the Debian package); otherwise as ourselves.
+as_pg() {
+    if is_root; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
+}
+
+# The postgres user must be able to reach var/; open the search (x) bit on
+# the directories above it that lack it, and say so.
+pg_path_access() {
+    is_root || return 0
+    local d=$VAR
+    while [ "$d" != / ]; do
+        if ! runuser -u postgres -- test -x "$d" 2>/dev/null; then
+            say "note: chmod o+x $d so the postgres user can reach $VAR"
+            chmod o+x "$d"
+        fi
+        d=$(dirname "$d")
+    done
+}
+
+pg_running() { [ -f "$PGDATA/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+
+pg_init() {
+    [ -f "$PGDATA/PG_VERSION" ] && return 0
+    say "initialising PostgreSQL in $PGDATA"
+    mkdir -p "$PGDATA" "$PGSOCK"
+    chmod 700 "$PGDATA"
+    if is_root; then chown postgres: "$PGDATA" "$PGSOCK"; fi
+    as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -E UTF8 --locale=C \
+        --auth-local=trust --auth-host=trust >"$LOG/initdb.log" 2>&1 \
+        || { tail -n 20 "$LOG/initdb.log" >&2; die "initdb failed (log: $LOG/initdb.log)"; }
+    # initdb's host lines are 127.0.0.1/32 and ::1/128 only: trust stays on loopback.
+    local extra="$LOG/pg-extra.conf"
+    cat > "$extra" <<EOF
+
+# --- added by deploy/dev/stack.sh ($PROFILE profile)
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PGSOCK'
+max_connections = 200
+EOF
+    [ "$PROFILE" = test ] && printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >> "$extra"
+    cat "$extra" >> "$PGDATA/postgresql.conf"
+    rm -f "$extra"
+}
+
+pg_start() {
+    local sockpath="$PGSOCK/.s.PGSQL.$PG_PORT"
+    [ ${#sockpath} -lt 100 ] || die "path too long for a unix socket: $sockpath (move the checkout to a shorter path)"
+    mkdir -p "$PGSOCK"
+    touch "$LOG/postgres.log"
+    if is_root; then chown postgres: "$PGSOCK" "$LOG/postgres.log"; fi
+    if pg_running; then return 0; fi
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOG/postgres.log" -w -t 30 start >/dev/null \
+        || { tail -n 20 "$LOG/postgres.log" >&2; die "PostgreSQL did not start (log: $LOG/postgres.log)"; }
+}
+
+psql_q() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tAc "$1"; }
+
+pg_db() {
+    if [ "$(psql_q "SELECT 1 FROM pg_roles WHERE rolname='switchboard'")" != 1 ]; then
+        psql_q "CREATE ROLE switchboard LOGIN" >/dev/null
+    fi
+    if [ "$(psql_q "SELECT 1 FROM pg_database WHERE datname='switchboard'")" != 1 ]; then
+        psql_q "CREATE DATABASE switchboard OWNER switchboard ENCODING 'UTF8'" >/dev/null
+    fi
+}
+
+setup_pg() {
+    PGBIN=$(pg_bin)
+    pg_path_access
+    pg_init
+    pg_start
+    pg_db
+}
+
+pg_stop() {
+    PGBIN=$(pg_bin)
+    [ -f "$PGDATA/PG_VERSION" ] || return 0
+    if pg_running; then
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 30 stop >/dev/null && say "stopped: postgresql"
+    fi
+}
+
+# ---------------------------------------------------------------- (e) Redis
+redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis_running() { [ "$(redis_cli ping 2>/dev/null)" = PONG ]; }
+
+setup_redis() {
+    mkdir -p "$REDIS_DIR"
+    local save='save 3600 1 300 100'
+    [ "$PROFILE" = test ] && save='save ""'
+    cat > "$VAR/redis.conf" <<EOF
+# written by deploy/dev/stack.sh ($PROFILE profile)
+bind 127.0.0.1
+protected-mode yes
+port $REDIS_PORT
+dir $REDIS_DIR
+daemonize yes
+pidfile $PID/redis.pid
+logfile $LOG/redis.log
+appendonly no
+$save
+EOF
+    redis_running && return 0
+    redis-server "$VAR/redis.conf" || die "redis-server did not start (log: $LOG/redis.log)"
+    local end=$((SECONDS + 10))
+    until redis_running; do
+        [ $SECONDS -lt $end ] || { tail -n 20 "$LOG/redis.log" >&2; die "Redis not answering on $REDIS_PORT"; }
+        sleep 0.1
+    done
+}
+
+redis_stop() {
+    redis_running || return 0
+    redis_cli shutdown >/dev/null 2>&1 || true
+    local end=$((SECONDS + 10))
+    while redis_running && [ $SECONDS -lt $end ]; do sleep 0.1; done
+    say "stopped: redis"
+}
+
+# ---------------------------------------------------------------- (f) config
+# Copy the example, setting the profile's values key by key in their
+# sections (keys the example lacks are added at the end of the section).
+write_ini() {
+    local example="$ROOT/deploy/switchboard.ini.example"
+    [ -f "$example" ] || die "missing $example"
+    local tmp="$INI.tmp"
+    awk -v sets="$(cat <<EOF
+cluster	router	tcp://127.0.0.1:$ROUTER_PORT
+cluster	redis_host	127.0.0.1
+cluster	redis_port	$REDIS_PORT
+cluster	postgres	host=127.0.0.1 port=$PG_PORT dbname=switchboard user=switchboard
+router	bind	tcp://127.0.0.1:$ROUTER_PORT
+c2s	listen	127.0.0.1
+c2s	port	$C2S1_PORT
+c2s	tls_port	$C2S1_TLS
+c2s	cert	$TLS/cert.pem
+c2s	key	$TLS/key.pem
+c2s.c2s2	port	$C2S2_PORT
+c2s.c2s2	tls_port	$C2S2_TLS
+EOF
+)" '
+    BEGIN {
+        n = split(sets, L, "\n")
+        for (i = 1; i <= n; i++) {
+            split(L[i], f, "\t"); val[f[1] SUBSEP f[2]] = f[3]
+            order[++cnt] = f[1] SUBSEP f[2]
+        }
+        sect = ""
+    }
+    function flush(s,   i, k, p) {
+        for (i = 1; i <= cnt; i++) {
+            k = order[i]; split(k, p, SUBSEP)
+            if (p[1] == s && !(k in done)) { print p[2] " = " val[k]; done[k] = 1 }
+        }
+    }
+    /^[ \t]*\[.*\][ \t]*$/ {
+        flush(sect)
+        s = $0; gsub(/^[ \t]*\[|\][ \t]*$/, "", s); sect = s; seen[s] = 1
+        print; next
+    }
+    /^[ \t]*[A-Za-z0-9_]+[ \t]*=/ {
+        key = $0; sub(/^[ \t]*/, "", key); sub(/[ \t]*=.*/, "", key)
+        k = sect SUBSEP key
+        if (k in val) { print key " = " val[k]; done[k] = 1; next }
+    }
+    { print }
+    END {
+        flush(sect)
+        for (i = 1; i <= cnt; i++) {
+            split(order[i], p, SUBSEP)
+            if (!(p[1] in seen) && !(p[1] in hdr)) { print ""; print "[" p[1] "]"; hdr[p[1]] = 1; flush(p[1]) }
+        }
+    }' "$example" > "$tmp"
+    { printf '# Generated by deploy/dev/stack.sh from deploy/switchboard.ini.example\n'
+      printf '# (%s profile). It is rewritten when the example changes; for local\n' "$PROFILE"
+      printf '# overrides prefer SB_<SECTION>_<KEY> environment variables.\n\n'
+      cat "$tmp"; } > "$tmp.2"
+    rm -f "$tmp"
+    if [ -f "$INI" ] && cmp -s "$tmp.2" "$INI"; then rm -f "$tmp.2"; else mv "$tmp.2" "$INI"; fi
+}
+
+# ---------------------------------------------------------------- (g) schema, domain, users
+sbctl() { (cd "$ROOT" && "$ROOT/bin/sbctl" -c "$INI" "$@"); }
+
+# Run an sbctl command that may fail only because the thing already exists.
+sbctl_idem() {
+    local out
+    if out=$(sbctl "$@" 2>&1); then return 0; fi
+    if printf '%s' "$out" | grep -qiE 'exist|duplicate'; then return 0; fi
+    printf '%s\n' "$out" >&2
+    die "'sbctl $*' failed"
+}
+
+random_password() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 16; }
+
+setup_data() {
+    local out
+    out=$(sbctl db migrate 2>&1) || { printf '%s\n' "$out" >&2; die "'sbctl db migrate' failed"; }
+    sbctl_idem domain add "$DOMAIN"
+    if [ ! -s "$PASSWORDS" ]; then
+        (umask 077; for u in "${DEMO_USERS[@]}"; do
+            printf '%s@%s %s\n' "$u" "$DOMAIN" "$(random_password)"
+        done > "$PASSWORDS")
+    fi
+    local jid pw
+    while read -r jid pw; do
+        [ -n "$jid" ] || continue
+        sbctl_idem user add "$jid" "$pw"
+    done < "$PASSWORDS"
+}
+
+# ---------------------------------------------------------------- (h) processes
+proc_bin() {
+    case "$1" in
+    router*) printf '%s' "$ROOT/bin/sb-router" ;;
+    sm*)     printf '%s' "$ROOT/bin/sb-sm" ;;
+    c2s*)    printf '%s' "$ROOT/bin/sb-c2s" ;;
+    *) die "unknown process '$1' (router1, smN, c2sN)" ;;
+    esac
+}
+
+# Pid of a live process NAME started by us (checks the binary, so a reused
+# pid is never mistaken for ours), or nothing.
+proc_pid() {
+    local f="$PID/$1.pid" pid exe
+    [ -s "$f" ] || return 0
+    pid=$(cat "$f")
+    [ -d "/proc/$pid" ] || return 0
+    exe=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)
+    case "$exe" in *"$(basename "$(proc_bin "$1")")"*"-n $1"*) printf '%s' "$pid" ;; esac
+}
+
+cmd_start_proc() {
+    local name=$1 bin pid
+    bin=$(proc_bin "$name")
+    [ -x "$bin" ] || die "$bin is missing: run 'make all' first"
+    pid=$(proc_pid "$name")
+    if [ -n "$pid" ]; then say "already running: $name (pid $pid)"; return 0; fi
+    mkdir -p "$LOG" "$PID"
+    printf '\n=== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >> "$LOG/$name.log"
+    # setsid: its own session, so it outlives `make` and the terminal.
+    (cd "$ROOT" && exec setsid "$bin" -c "$INI" -n "$name" </dev/null >>"$LOG/$name.log" 2>&1) &
+    printf '%s\n' "$!" > "$PID/$name.pid"
+    say "started: $name (pid $!, log $LOG/$name.log)"
+}
+
+stop_pid() {   # NAME PID: SIGTERM, wait up to 5 s, then SIGKILL
+    local name=$1 pid=$2 end
+    kill -TERM "$pid" 2>/dev/null || true
+    end=$((SECONDS + 5))
+    while [ -d "/proc/$pid" ] && [ $SECONDS -lt $end ]; do
+        # a zombie child of ours counts as gone
+        grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && break
+        sleep 0.1
+    done
+    if [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        say "killed: $name (pid $pid did not stop on SIGTERM)"
+    else
+        say "stopped: $name"
+    fi
+}
+
+cmd_stop_proc() {
+    local name=$1 pid
+    proc_bin "$name" >/dev/null
+    pid=$(proc_pid "$name")
+    [ -n "$pid" ] && stop_pid "$name" "$pid"
+    rm -f "$PID/$name.pid"
+}
+
+# SIGKILL, no clean-up: what a crash looks like to the rest of the cluster.
+cmd_kill_proc() {
+    local name=$1 pid
+    pid=$(proc_pid "$name")
+    [ -n "$pid" ] || die "$name is not running"
+    kill -KILL "$pid"
+    local end=$((SECONDS + 5))
+    while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null \
+          && [ $SECONDS -lt $end ]; do sleep 0.05; done
+    rm -f "$PID/$name.pid"
+    say "killed: $name (pid $pid)"
+}
+
+# ---------------------------------------------------------------- (i) readiness
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+registered() {   # status output, name → is NAME listed?
+    printf '%s\n' "$1" | grep -qE "(^|[^A-Za-z0-9_.-])$2([^A-Za-z0-9_.-]|\$)"
+}
+
+show_logs() {
+    local n
+    for n in "${PROCS[@]}"; do
+        [ -f "$LOG/$n.log" ] || continue
+        printf -- '----- tail of %s\n' "$LOG/$n.log" >&2
+        tail -n 15 "$LOG/$n.log" >&2
+    done
+}
+
+cmd_wait_ready() {
+    local end=$((SECONDS + READY_TIMEOUT)) st="" missing n p
+    while :; do
+        missing=""
+        for n in "${PROCS[@]}"; do
+            [ -n "$(proc_pid "$n")" ] || { show_logs; die "$n exited during start-up (log: $LOG/$n.log)"; }
+        done
+        st=$(timeout 5 "$ROOT/bin/sbctl" -c "$INI" status 2>/dev/null || true)
+        for n in "${COMPONENTS[@]}"; do registered "$st" "$n" || missing+=" $n"; done
+        for p in "$C2S1_PORT" "$C2S1_TLS" "$C2S2_PORT" "$C2S2_TLS"; do
+            port_open "$p" || missing+=" port:$p"
+        done
+        [ -z "$missing" ] && return 0
+        if [ $SECONDS -ge $end ]; then
+            say "not ready after ${READY_TIMEOUT}s, still waiting for:$missing" >&2
+            say "last 'sbctl status':" >&2; printf '%s\n' "$st" >&2
+            show_logs
+            die "the stack did not become ready"
+        fi
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------- commands
+# Everything that needs no Switchboard binary.
+cmd_infra() {
+    cmd_deps
+    mkdir -p "$VAR" "$LOG" "$PID"
+    setup_tls
+    setup_pg
+    setup_redis
+    write_ini
+}
+
+cmd_setup() {
+    check_binaries
+    cmd_infra
+    setup_data
+}
+
+start_all() {
+    local n
+    for n in "${PROCS[@]}"; do
+        cmd_start_proc "$n"
+        # the router first, so components find it at once
+        [ "$n" = router1 ] && sleep 0.2
+    done
+    cmd_wait_ready
+}
+
+cmd_run() {
+    cmd_setup
+    start_all
+    local jid pw
+    say ""
+    say "Switchboard is running (profile $PROFILE). Logs: $LOG/"
+    say "  c2s1: 127.0.0.1:$C2S1_PORT (STARTTLS), 127.0.0.1:$C2S1_TLS (direct TLS)"
+    say "  c2s2: 127.0.0.1:$C2S2_PORT (STARTTLS), 127.0.0.1:$C2S2_TLS (direct TLS)"
+    say "Demo accounts (from $PASSWORDS):"
+    while read -r jid pw; do say "  $jid  password: $pw"; done < "$PASSWORDS"
+    read -r jid pw < "$PASSWORDS"
+    say ""
+    say "Connect (the certificate is self-signed, so tell the client to accept it):"
+    say "  go-sendxmpp (apt-get install go-sendxmpp): send one message to bob:"
+    say "    echo hello | go-sendxmpp -u $jid -p '$pw' -j 127.0.0.1:$C2S1_PORT --no-tls-verify ${DEMO_USERS[1]}@$DOMAIN"
+    say "  profanity (apt-get install profanity), an interactive client:"
+    say "    profanity, then:  /tls allow   (when asked about the certificate)"
+    say "    /connect $jid server 127.0.0.1 port $C2S1_PORT"
+    say "Status: make status    Stop: make stop"
+}
+
+cmd_stop() {
+    local i n pid
+    for ((i = ${#PROCS[@]} - 1; i >= 0; i--)); do
+        n=${PROCS[i]}
+        pid=$(proc_pid "$n")
+        [ -n "$pid" ] && stop_pid "$n" "$pid"
+        rm -f "$PID/$n.pid"
+    done
+    redis_stop
+    pg_stop
+}
+
+cmd_status() {
+    local n pid
+    say "profile $PROFILE ($VAR)"
+    for n in "${PROCS[@]}"; do
+        pid=$(proc_pid "$n")
+        if [ -n "$pid" ]; then say "  $n: running (pid $pid)"; else say "  $n: stopped"; fi
+    done
+    if redis_running; then say "  redis: running (port $REDIS_PORT)"; else say "  redis: stopped"; fi
+    PGBIN=$(pg_bin)
+    if pg_running; then say "  postgresql: running (port $PG_PORT)"; else say "  postgresql: stopped"; fi
+    if [ -n "$(proc_pid router1)" ] && [ -x "$ROOT/bin/sbctl" ]; then
+        say "cluster (sbctl status):"
+        timeout 5 "$ROOT/bin/sbctl" -c "$INI" status 2>&1 | sed 's/^/  /' || true
+    fi
+}
+
+cmd_test() {
+    # Always a fresh profile: stop whatever an earlier run left, wipe, set up.
+    cmd_stop >/dev/null 2>&1 || true
+    rm -rf "$VAR"
+    local rc=0
+    trap 'cmd_stop >/dev/null 2>&1 || true' EXIT
+    cmd_setup
+    start_all
+    set -a
+    eval "$(print_env)"
+    set +a
+    (cd "$ROOT" && /usr/bin/python3 -m pytest -v tests/integration "$@") || rc=$?
+    if [ $rc -ne 0 ]; then
+        say "integration tests failed (exit $rc); logs kept in $LOG/" >&2
+    fi
+    cmd_stop || true
+    trap - EXIT
+    exit $rc
+}
+
+main() {
+    local prof=${SB_STACK_PROFILE:-}
+    if [ "${1:-}" = -p ]; then prof=$2; shift 2; fi
+    local cmd=${1:-}
+    [ -n "$cmd" ] || { sed -n '2,20p' "$0"; exit 2; }
+    shift
+    if [ -z "$prof" ]; then
+        if [ "$cmd" = test ]; then prof=test; else prof=run; fi
+    fi
+    profile_set "$prof"
+    case "$cmd" in
+    run) cmd_run ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    test) cmd_test "$@" ;;
+    deps) cmd_deps ;;
+    setup) cmd_setup ;;
+    infra) cmd_infra ;;
+    start-proc) [ $# -eq 1 ] || die "usage: start-proc NAME"; cmd_start_proc "$1" ;;
+    stop-proc) [ $# -eq 1 ] || die "usage: stop-proc NAME"; cmd_stop_proc "$1" ;;
+    kill-proc) [ $# -eq 1 ] || die "usage: kill-proc NAME"; cmd_kill_proc "$1" ;;
+    wait-ready) cmd_wait_ready ;;
+    env) print_env ;;
+    *) die "unknown command '$cmd'" ;;
+    esac
+}
+
+main "$@"
