@@ -1,0 +1,61 @@
+/* auth-int.h — internals of auth/ shared with sbctl and the unit tests:
+ * base64 and SASLprep helpers, the credential record a store answers with,
+ * the store back-end interface (PostgreSQL or a caller-supplied function),
+ * the fake credentials that hide unknown users, and a test hook that fixes
+ * the SCRAM server nonce so the RFC vectors run through the real server.
+ * Front-ends use sasl.h only. */
+#ifndef SB_AUTH_INT_H
+#define SB_AUTH_INT_H
+
+#include "sb.h"
+#include "scram.h"
+#include "sasl.h"
+
+/* ---- encoding helpers ----------------------------------------------------- */
+/* out must hold BASE64 length (((n + 2) / 3) * 4) + 1 bytes; NUL-terminated. */
+void auth_b64_encode(const uint8_t *in, size_t n, char *out);
+/* Strict decode into out (cap bytes). SB_ERROR on a bad character, bad
+ * padding or an output longer than cap. */
+sb_rc auth_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *outlen);
+/* SASLprep (RFC 4013) a password; *out is malloc'd (free()). SB_ERROR on
+ * prohibited or unassigned characters. */
+sb_rc auth_saslprep(const char *in, char **out);
+
+/* One HMAC / one hash with the SCRAM hash h; out holds scram_digest_len(h). */
+void scram_hmac(enum scram_hash h, const uint8_t *key, size_t keylen,
+                const void *msg, size_t len, uint8_t *out);
+void scram_digest(enum scram_hash h, const uint8_t *in, size_t len, uint8_t *out);
+
+/* ---- what a store knows about one account --------------------------------- */
+struct auth_cred {
+    int found;                 /* 0: no such account */
+    int has_sha1, has_sha256;  /* which key sets are present */
+    struct scram_cred sha1, sha256;
+};
+/* c is NULL when the store could not answer (database down). */
+typedef void (*auth_store_cb)(void *arg, const struct auth_cred *c);
+
+/* Look up domain/username (both prepared). cb runs later (or, for function
+ * back-ends, possibly inside). SB_ERROR: not queued, cb will not run. */
+sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *username,
+                        auth_store_cb cb, void *arg);
+
+/* A back-end implemented by the caller (tests, future directory stores). */
+typedef sb_rc (*auth_store_lookup_fn)(void *ud, const char *domain, const char *username,
+                                      auth_store_cb cb, void *arg);
+struct auth_store *auth_store_new_fn(auth_store_lookup_fn fn, void *ud);
+
+/* Deterministic stand-in credentials for an unknown account: the salt comes
+ * from a per-process random secret and the name, so repeated attempts see
+ * the same salt, and the keys are random so every proof fails. */
+void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
+                    struct scram_cred *out);
+
+#define AUTH_DEFAULT_ITER 4096
+
+/* ---- tests only ------------------------------------------------------------ */
+/* Use this server nonce part (instead of 24 random bytes) for the next SCRAM
+ * exchange of s. */
+void sasl_test_set_nonce(struct sasl_sess *s, const char *nonce);
+
+#endif

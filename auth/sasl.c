@@ -1,0 +1,652 @@
+/* sasl.c — the server side of SASL PLAIN, SCRAM-SHA-1 and SCRAM-SHA-256
+ * over an asynchronous credential store. One sasl_sess per exchange
+ * attempt; the front-end feeds it element text and gets results through
+ * its callback. Unknown accounts run the same exchange as known ones
+ * (fake salt) and fail at the proof, so they cannot be told apart. */
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <nettle/memops.h>
+#include <nettle/memxor.h>
+
+#include "jid.h"
+#include "log.h"
+#include "auth-int.h"
+
+#define SASL_MAX_MSG 16384     /* decoded bytes of one client message */
+#define SASL_NONCE_BYTES 24
+
+enum sasl_state {
+    SASL_ST_INIT,          /* nothing received yet */
+    SASL_ST_WAIT_PLAIN,    /* PLAIN without initial response: waiting */
+    SASL_ST_WAIT_FIRST,    /* SCRAM without initial response: waiting */
+    SASL_ST_LOOKUP,        /* credential lookup in flight */
+    SASL_ST_WAIT_FINAL,    /* SCRAM server-first sent */
+    SASL_ST_DONE,          /* result delivered */
+};
+
+enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM };
+
+/* Lives as long as a lookup is in flight; sess is cleared on cancel. */
+struct sasl_pending {
+    struct sasl_sess *sess;
+};
+
+struct sasl_sess {
+    struct auth_store *st;
+    char domain[JID_PART_MAX + 1];
+    int tls, allow_plain;
+    sasl_cb cb;
+    void *ud;
+
+    enum sasl_state state;
+    enum sasl_mech mech;
+    enum scram_hash hash;
+    struct sasl_pending *pending;
+    char username[JID_PART_MAX + 1];
+    char *password;          /* PLAIN, SASLprepped; wiped after use */
+
+    char *gs2_header;        /* SCRAM: "n,," or "n,a=…," */
+    char *client_first_bare;
+    char *server_first;
+    char *nonce;             /* client nonce + server nonce */
+    char *test_nonce;        /* tests: fixed server nonce part */
+    struct scram_cred cred;
+};
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+const char *sasl_mechanisms(const struct sasl_opts *o)
+{
+    if (o->tls || o->allow_plain_without_tls)
+        return "SCRAM-SHA-256 SCRAM-SHA-1 PLAIN";
+    return "SCRAM-SHA-256 SCRAM-SHA-1";
+}
+
+static char *sasl_strndup(const char *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+static void sasl_wipe_str(char **p)
+{
+    if (*p) {
+        memset(*p, 0, strlen(*p));
+        free(*p);
+        *p = NULL;
+    }
+}
+
+/* Forget everything of the current attempt, detaching any lookup. */
+static void sasl_reset(struct sasl_sess *s)
+{
+    if (s->pending) {
+        s->pending->sess = NULL;
+        s->pending = NULL;
+    }
+    sasl_wipe_str(&s->password);
+    free(s->gs2_header);
+    free(s->client_first_bare);
+    free(s->server_first);
+    free(s->nonce);
+    s->gs2_header = s->client_first_bare = s->server_first = s->nonce = NULL;
+    memset(&s->cred, 0, sizeof(s->cred));
+    s->username[0] = '\0';
+    s->mech = SASL_M_NONE;
+    s->state = SASL_ST_INIT;
+}
+
+/* Deliver a final result. The callback may free s: nothing touches s after. */
+static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *data,
+                        const char *cond)
+{
+    char user[JID_PART_MAX + 1];
+    struct sasl_result r = {st, data ? data : "", cond, NULL};
+
+    if (st == SASL_SUCCESS) {
+        memcpy(user, s->username, sizeof(user));
+        r.username = user;
+        log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
+    } else {
+        log_info("sasl_failure", "condition=%s user=%s domain=%s", cond,
+                 sb_log_q(s->username), sb_log_q(s->domain));
+    }
+    sasl_reset(s);
+    s->state = SASL_ST_DONE;
+    s->cb(s->ud, &r);
+}
+
+static void sasl_fail(struct sasl_sess *s, const char *cond)
+{
+    sasl_finish(s, SASL_FAILURE, NULL, cond);
+}
+
+/* Send a challenge: raw bytes, base64-encoded here. */
+static void sasl_challenge(struct sasl_sess *s, const char *raw)
+{
+    size_t n = strlen(raw);
+    char *b64 = malloc(((n + 2) / 3) * 4 + 1);
+    if (!b64) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    auth_b64_encode((const uint8_t *)raw, n, b64);
+    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL};
+    s->cb(s->ud, &r);      /* may free s */
+    free(b64);
+}
+
+/* Element text → bytes. "=" and "" mean empty. NUL-terminated for the
+ * text mechanisms; *len excludes the NUL. */
+static sb_rc sasl_decode(const char *b64, uint8_t **out, size_t *len)
+{
+    size_t in = b64 ? strlen(b64) : 0;
+
+    *out = NULL;
+    *len = 0;
+    if (in == 0 || (in == 1 && b64[0] == '='))
+        in = 0;
+    if (in > (SASL_MAX_MSG / 3 + 1) * 4)
+        return SB_LIMIT;
+    uint8_t *buf = malloc(in / 4 * 3 + 4);
+    if (!buf)
+        return SB_ERROR;
+    if (in && auth_b64_decode(b64, in, buf, in / 4 * 3 + 3, len) != SB_OK) {
+        free(buf);
+        return SB_ERROR;
+    }
+    buf[*len] = '\0';
+    *out = buf;
+    return SB_OK;
+}
+
+/* An authzid is acceptable only if it names the authenticated account. */
+static int sasl_authzid_ok(const struct sasl_sess *s, const char *authzid)
+{
+    struct jid j;
+
+    if (!authzid || !authzid[0])
+        return 1;
+    if (jid_parse(&j, authzid) != SB_OK)
+        return 0;
+    return j.resource[0] == '\0' && strcmp(j.node, s->username) == 0 &&
+           strcmp(j.domain, s->domain) == 0;
+}
+
+/* ---- credential lookup -------------------------------------------------------------- */
+
+static void sasl_plain_verify(struct sasl_sess *s, const struct auth_cred *c);
+static void sasl_scram_first_reply(struct sasl_sess *s, const struct auth_cred *c);
+
+static void sasl_lookup_done(void *arg, const struct auth_cred *c)
+{
+    struct sasl_pending *p = arg;
+    struct sasl_sess *s = p->sess;
+
+    free(p);
+    if (!s)
+        return;          /* the session went away or restarted meanwhile */
+    s->pending = NULL;
+    if (!c) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    if (s->mech == SASL_M_PLAIN)
+        sasl_plain_verify(s, c);
+    else
+        sasl_scram_first_reply(s, c);
+}
+
+/* Start the lookup for s->username. s may be gone when this returns. */
+static void sasl_lookup(struct sasl_sess *s)
+{
+    struct sasl_pending *p = malloc(sizeof(*p));
+
+    if (!p) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    p->sess = s;
+    s->pending = p;
+    s->state = SASL_ST_LOOKUP;
+    if (auth_store_lookup(s->st, s->domain, s->username, sasl_lookup_done, p) != SB_OK) {
+        s->pending = NULL;
+        free(p);
+        log_warn("sasl_store_unavailable", "domain=%s", sb_log_q(s->domain));
+        sasl_fail(s, "temporary-auth-failure");
+    }
+}
+
+/* ---- PLAIN (RFC 4616) ----------------------------------------------------------------- */
+
+static void sasl_plain_message(struct sasl_sess *s, const uint8_t *m, size_t len)
+{
+    const char *authzid = (const char *)m;
+    const char *z1 = memchr(m, '\0', len);
+    const char *z2 = z1 ? memchr(z1 + 1, '\0', len - (size_t)(z1 + 1 - authzid)) : NULL;
+    char *pw = NULL;
+
+    if (!z1 || !z2 || z1[1] == '\0' || z2[1] == '\0' ||
+        memchr(z2 + 1, '\0', len - (size_t)(z2 + 1 - authzid))) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (jid_nodeprep(z1 + 1, s->username) != SB_OK) {
+        s->username[0] = '\0';
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    if (!sasl_authzid_ok(s, authzid)) {
+        sasl_fail(s, "invalid-authzid");
+        return;
+    }
+    if (auth_saslprep(z2 + 1, &pw) != SB_OK || !pw[0]) {
+        free(pw);
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    s->password = pw;
+    sasl_lookup(s);
+}
+
+static void sasl_plain_verify(struct sasl_sess *s, const struct auth_cred *c)
+{
+    struct scram_cred fake;
+    const struct scram_cred *k;
+    int ok;
+
+    /* Prefer SHA-256. An unknown account still pays one derivation, so
+     * timing does not tell it apart. This PBKDF2 runs on the loop (a few
+     * ms); PLAIN is for TLS clients and load tests only. */
+    if (c->found && c->has_sha256)
+        k = &c->sha256;
+    else if (c->found && c->has_sha1)
+        k = &c->sha1;
+    else {
+        auth_fake_cred(SCRAM_SHA256, s->domain, s->username, &fake);
+        k = &fake;
+    }
+    ok = scram_cred_check_password(k, s->password, strlen(s->password)) && c->found &&
+         k != &fake;
+    sasl_wipe_str(&s->password);
+    if (ok)
+        sasl_finish(s, SASL_SUCCESS, "", NULL);
+    else
+        sasl_fail(s, "not-authorized");
+}
+
+/* ---- SCRAM (RFC 5802, RFC 7677) ---------------------------------------------------------- */
+
+/* saslname → name: "=2C" → ",", "=3D" → "=", any other "=" is malformed. */
+static sb_rc sasl_scram_unescape(const char *in, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        char ch = in[i];
+        if (ch == '=') {
+            if (i + 2 >= len)
+                return SB_ERROR;
+            if (in[i + 1] == '2' && in[i + 2] == 'C')
+                ch = ',';
+            else if (in[i + 1] == '3' && in[i + 2] == 'D')
+                ch = '=';
+            else
+                return SB_ERROR;
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return SB_ERROR;
+        out[o++] = ch;
+    }
+    out[o] = '\0';
+    return SB_OK;
+}
+
+/* printable except ',' (RFC 5802 §7) */
+static int sasl_scram_nonce_ok(const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x21 || (unsigned char)p[i] > 0x7e || p[i] == ',')
+            return 0;
+    return 1;
+}
+
+/* Parse client-first-message; on success username/gs2 header/bare/nonce
+ * are set and the lookup starts. */
+static void sasl_scram_first(struct sasl_sess *s, const char *m, size_t len)
+{
+    char authzid[JID_BARE_MAX + 1] = "", name[JID_PART_MAX + 1];
+    const char *p = m, *end = m + len, *comma;
+
+    if (strlen(m) != len) {                 /* embedded NUL */
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    /* gs2-cbind-flag: we offer no -PLUS mechanism, so "p=" is refused */
+    if (len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    p += 2;
+    if (p[0] == 'a' && p[1] == '=') {
+        comma = memchr(p, ',', (size_t)(end - p));
+        if (!comma || comma == p + 2 ||
+            sasl_scram_unescape(p + 2, (size_t)(comma - p - 2), authzid, sizeof(authzid)) != SB_OK) {
+            sasl_fail(s, "malformed-request");
+            return;
+        }
+        p = comma;
+    }
+    if (p >= end || *p != ',') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    p++;
+    s->gs2_header = sasl_strndup(m, (size_t)(p - m));
+    s->client_first_bare = sasl_strndup(p, (size_t)(end - p));
+    if (!s->gs2_header || !s->client_first_bare) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    /* client-first-message-bare: [m=…,] n=saslname,r=nonce[,ext…]; m= is
+     * a mandatory extension we do not know, so it fails */
+    if (end - p < 2 || p[0] != 'n' || p[1] != '=') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    comma = memchr(p, ',', (size_t)(end - p));
+    if (!comma || comma == p + 2 ||
+        sasl_scram_unescape(p + 2, (size_t)(comma - p - 2), name, sizeof(name)) != SB_OK) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    p = comma + 1;
+    if (end - p < 3 || p[0] != 'r' || p[1] != '=') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    p += 2;
+    comma = memchr(p, ',', (size_t)(end - p));
+    size_t nlen = comma ? (size_t)(comma - p) : (size_t)(end - p);
+    if (!sasl_scram_nonce_ok(p, nlen)) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    s->nonce = sasl_strndup(p, nlen);       /* server part appended later */
+    if (!s->nonce) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    if (jid_nodeprep(name, s->username) != SB_OK) {
+        s->username[0] = '\0';
+        sasl_fail(s, "not-authorized");     /* no such account can exist */
+        return;
+    }
+    if (!sasl_authzid_ok(s, authzid)) {
+        sasl_fail(s, "invalid-authzid");
+        return;
+    }
+    sasl_lookup(s);
+}
+
+/* Build server-first-message from the looked-up (or fake) credentials. */
+static void sasl_scram_first_reply(struct sasl_sess *s, const struct auth_cred *c)
+{
+    const struct scram_cred *k = NULL;
+    char snonce[64], salt64[((sizeof(c->sha1.salt) + 2) / 3) * 4 + 1];
+    uint8_t raw[SASL_NONCE_BYTES];
+
+    if (c->found && s->hash == SCRAM_SHA256 && c->has_sha256)
+        k = &c->sha256;
+    else if (c->found && s->hash == SCRAM_SHA1 && c->has_sha1)
+        k = &c->sha1;
+    if (k)
+        s->cred = *k;
+    else
+        auth_fake_cred(s->hash, s->domain, s->username, &s->cred);
+
+    if (s->test_nonce) {
+        snprintf(snonce, sizeof(snonce), "%s", s->test_nonce);
+    } else {
+        sb_random(raw, sizeof(raw));
+        auth_b64_encode(raw, sizeof(raw), snonce);
+    }
+    auth_b64_encode(s->cred.salt, s->cred.saltlen, salt64);
+
+    size_t cn = strlen(s->nonce), need = 2 * cn + 2 * strlen(snonce) + strlen(salt64) + 32;
+    char *full = malloc(cn + strlen(snonce) + 1), *sf = malloc(need);
+    if (!full || !sf) {
+        free(full);
+        free(sf);
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    snprintf(full, cn + strlen(snonce) + 1, "%s%s", s->nonce, snonce);
+    snprintf(sf, need, "r=%s,s=%s,i=%u", full, salt64, s->cred.iter);
+    free(s->nonce);
+    s->nonce = full;
+    s->server_first = sf;
+    s->state = SASL_ST_WAIT_FINAL;
+    sasl_challenge(s, sf);
+}
+
+/* c= must be base64 of our gs2 header (no channel binding data). Fails
+ * the exchange itself: incorrect-encoding or not-authorized. */
+static sb_rc sasl_scram_cbind_check(struct sasl_sess *s, const char *c, size_t clen)
+{
+    size_t gl = strlen(s->gs2_header), n;
+    char *want = malloc(((gl + 2) / 3) * 4 + 1);
+    uint8_t *scratch = malloc(clen / 4 * 3 + 3);
+    int same = 0, decodes = 0;
+
+    if (want && scratch) {
+        auth_b64_encode((const uint8_t *)s->gs2_header, gl, want);
+        same = strlen(want) == clen && memcmp(want, c, clen) == 0;
+        decodes = auth_b64_decode(c, clen, scratch, clen / 4 * 3 + 3, &n) == SB_OK;
+    }
+    free(want);
+    free(scratch);
+    if (same)
+        return SB_OK;
+    sasl_fail(s, decodes ? "not-authorized" : "incorrect-encoding");
+    return SB_ERROR;
+}
+
+/* Verify client-final-message; answer success with server-final. */
+static void sasl_scram_final(struct sasl_sess *s, const char *m, size_t len)
+{
+    size_t dl = scram_digest_len(s->hash), n;
+    uint8_t proof[SCRAM_MAX_DIGEST], sig[SCRAM_MAX_DIGEST], key[SCRAM_MAX_DIGEST];
+    const char *end = m + len, *comma, *pp;
+
+    if (strlen(m) != len || len < 2 || m[0] != 'c' || m[1] != '=') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    /* channel-binding: must be exactly our gs2 header (no binding data) */
+    comma = memchr(m, ',', len);
+    if (!comma) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (sasl_scram_cbind_check(s, m + 2, (size_t)(comma - m - 2)) != SB_OK)
+        return;
+    /* nonce */
+    const char *r = comma + 1;
+    if (end - r < 2 || r[0] != 'r' || r[1] != '=') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    r += 2;
+    comma = memchr(r, ',', (size_t)(end - r));
+    if (!comma) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    /* proof: the last attribute */
+    pp = NULL;
+    for (const char *q = comma; q && q < end; q = memchr(q + 1, ',', (size_t)(end - q - 1)))
+        pp = q;
+    if (!pp || end - pp < 3 || pp[1] != 'p' || pp[2] != '=') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (auth_b64_decode(pp + 3, (size_t)(end - pp - 3), proof, sizeof(proof), &n) != SB_OK) {
+        sasl_fail(s, "incorrect-encoding");
+        return;
+    }
+    if ((size_t)(comma - r) != strlen(s->nonce) || memcmp(r, s->nonce, strlen(s->nonce)) != 0 ||
+        n != dl) {
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    /* AuthMessage = client-first-bare "," server-first "," final-without-proof */
+    size_t wlen = (size_t)(pp - m), blen = strlen(s->client_first_bare),
+           slen = strlen(s->server_first);
+    char *am = malloc(blen + slen + wlen + 3);
+    if (!am) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    memcpy(am, s->client_first_bare, blen);
+    am[blen] = ',';
+    memcpy(am + blen + 1, s->server_first, slen);
+    am[blen + 1 + slen] = ',';
+    memcpy(am + blen + slen + 2, m, wlen);
+    size_t amlen = blen + slen + 2 + wlen;
+
+    scram_hmac(s->hash, s->cred.stored_key, dl, am, amlen, sig);    /* ClientSignature */
+    memxor3(key, proof, sig, dl);                                   /* ClientKey */
+    scram_digest(s->hash, key, dl, sig);                            /* StoredKey? */
+    if (!memeql_sec(sig, s->cred.stored_key, dl)) {
+        free(am);
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    scram_hmac(s->hash, s->cred.server_key, dl, am, amlen, sig);    /* ServerSignature */
+    free(am);
+
+    char v[2 + ((SCRAM_MAX_DIGEST + 2) / 3) * 4 + 1], out[((sizeof(v) + 2) / 3) * 4 + 1];
+    v[0] = 'v';
+    v[1] = '=';
+    auth_b64_encode(sig, dl, v + 2);
+    auth_b64_encode((const uint8_t *)v, strlen(v), out);
+    sasl_finish(s, SASL_SUCCESS, out, NULL);
+}
+
+/* ---- the public entry points ---------------------------------------------------------------- */
+
+struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
+                           sasl_cb cb, void *ud)
+{
+    struct sasl_sess *s = calloc(1, sizeof(*s));
+
+    if (!s)
+        return NULL;
+    s->st = st;
+    snprintf(s->domain, sizeof(s->domain), "%s", o->domain ? o->domain : "");
+    s->tls = o->tls;
+    s->allow_plain = o->allow_plain_without_tls;
+    s->cb = cb;
+    s->ud = ud;
+    return s;
+}
+
+void sasl_free(struct sasl_sess *s)
+{
+    if (!s)
+        return;
+    sasl_reset(s);           /* detaches a pending lookup: its answer is dropped */
+    free(s->test_nonce);
+    memset(s, 0, sizeof(*s));
+    free(s);
+}
+
+void sasl_test_set_nonce(struct sasl_sess *s, const char *nonce)
+{
+    free(s->test_nonce);
+    s->test_nonce = nonce ? strdup(nonce) : NULL;
+}
+
+/* Route one decoded client message by state. */
+static void sasl_dispatch(struct sasl_sess *s, const uint8_t *m, size_t len)
+{
+    switch (s->state) {
+    case SASL_ST_WAIT_PLAIN:
+        sasl_plain_message(s, m, len);
+        break;
+    case SASL_ST_WAIT_FIRST:
+        sasl_scram_first(s, (const char *)m, len);
+        break;
+    case SASL_ST_WAIT_FINAL:
+        sasl_scram_final(s, (const char *)m, len);
+        break;
+    default:
+        sasl_fail(s, "malformed-request");
+        break;
+    }
+}
+
+static void sasl_feed(struct sasl_sess *s, const char *b64, int initial)
+{
+    uint8_t *m;
+    size_t len;
+    sb_rc rc = sasl_decode(b64, &m, &len);
+
+    if (rc != SB_OK) {
+        sasl_fail(s, rc == SB_LIMIT ? "malformed-request" : "incorrect-encoding");
+        return;
+    }
+    if (initial && len == 0) {
+        free(m);
+        sasl_challenge(s, "");     /* no initial response: ask for one */
+        return;
+    }
+    sasl_dispatch(s, m, len);      /* may free s */
+    memset(m, 0, len);             /* PLAIN carries the password */
+    free(m);
+}
+
+void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
+{
+    sasl_reset(s);                 /* a new <auth/> restarts the exchange */
+    if (mech && strcmp(mech, "PLAIN") == 0 && (s->tls || s->allow_plain)) {
+        s->mech = SASL_M_PLAIN;
+        s->state = SASL_ST_WAIT_PLAIN;
+    } else if (mech && strcmp(mech, "SCRAM-SHA-256") == 0) {
+        s->mech = SASL_M_SCRAM;
+        s->hash = SCRAM_SHA256;
+        s->state = SASL_ST_WAIT_FIRST;
+    } else if (mech && strcmp(mech, "SCRAM-SHA-1") == 0) {
+        s->mech = SASL_M_SCRAM;
+        s->hash = SCRAM_SHA1;
+        s->state = SASL_ST_WAIT_FIRST;
+    } else {
+        /* unknown, or PLAIN on a plaintext stream: not offered */
+        sasl_fail(s, "invalid-mechanism");
+        return;
+    }
+    sasl_feed(s, b64, 1);
+}
+
+void sasl_step(struct sasl_sess *s, const char *b64)
+{
+    if (s->state == SASL_ST_INIT || s->state == SASL_ST_DONE || s->state == SASL_ST_LOOKUP) {
+        sasl_fail(s, "malformed-request");   /* a response nobody asked for */
+        return;
+    }
+    sasl_feed(s, b64, 0);
+}
+
+void sasl_abort(struct sasl_sess *s)
+{
+    sasl_fail(s, "aborted");
+}

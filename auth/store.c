@@ -1,0 +1,156 @@
+/* store.c — where credentials come from: PostgreSQL through pgev (never
+ * blocking the loop) or a caller-supplied lookup function. Also the fake
+ * credentials that make an unknown account look like a wrong password. */
+#include <stdlib.h>
+#include <string.h>
+#include <nettle/hmac.h>
+
+#include "log.h"
+#include "pgev.h"
+#include "auth-int.h"
+
+struct auth_store {
+    struct pgev *pg;             /* PostgreSQL back-end, or NULL */
+    auth_store_lookup_fn fn;     /* function back-end, or NULL */
+    void *ud;
+};
+
+struct auth_store *auth_store_new(struct pgev *pg)
+{
+    struct auth_store *st = calloc(1, sizeof(*st));
+    if (st)
+        st->pg = pg;
+    return st;
+}
+
+struct auth_store *auth_store_new_fn(auth_store_lookup_fn fn, void *ud)
+{
+    struct auth_store *st = calloc(1, sizeof(*st));
+    if (st) {
+        st->fn = fn;
+        st->ud = ud;
+    }
+    return st;
+}
+
+/* Pending pg callbacks only hold their own context, so the store may go
+ * first; pgev_free answers them with NULL. */
+void auth_store_free(struct auth_store *st)
+{
+    free(st);
+}
+
+/* ---- PostgreSQL back-end ---------------------------------------------------- */
+
+#define STORE_SQL \
+    "SELECT scram_sha1_salt, scram_sha1_iter, scram_sha1_stored, scram_sha1_server," \
+    " scram_sha256_salt, scram_sha256_iter, scram_sha256_stored, scram_sha256_server" \
+    " FROM users WHERE domain=$1 AND username=$2"
+
+struct store_req {
+    auth_store_cb cb;
+    void *arg;
+};
+
+/* Columns col..col+3 (salt, iter, stored, server) into c; 0 when absent/bad. */
+static int store_parse_keys(PGresult *res, int col, enum scram_hash h, struct scram_cred *c)
+{
+    size_t dl = scram_digest_len(h), n;
+
+    memset(c, 0, sizeof(*c));
+    c->hash = h;
+    for (int i = 0; i < 4; i++)
+        if (PQgetisnull(res, 0, col + i))
+            return 0;
+    const char *salt = PQgetvalue(res, 0, col), *stored = PQgetvalue(res, 0, col + 2),
+               *server = PQgetvalue(res, 0, col + 3);
+    long iter = strtol(PQgetvalue(res, 0, col + 1), NULL, 10);
+    if (iter < 1 || iter > 10000000)
+        return 0;
+    c->iter = (unsigned)iter;
+    if (auth_b64_decode(salt, strlen(salt), c->salt, sizeof(c->salt), &c->saltlen) != SB_OK ||
+        c->saltlen == 0)
+        return 0;
+    if (auth_b64_decode(stored, strlen(stored), c->stored_key, SCRAM_MAX_DIGEST, &n) != SB_OK ||
+        n != dl)
+        return 0;
+    if (auth_b64_decode(server, strlen(server), c->server_key, SCRAM_MAX_DIGEST, &n) != SB_OK ||
+        n != dl)
+        return 0;
+    return 1;
+}
+
+static void store_pg_done(PGresult *res, void *arg)
+{
+    struct store_req *rq = arg;
+    struct auth_cred cred;
+
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (res)
+            log_warn("auth_store_error", "error=%s", sb_log_q(PQresultErrorMessage(res)));
+        rq->cb(rq->arg, NULL);
+        free(rq);
+        return;
+    }
+    memset(&cred, 0, sizeof(cred));
+    if (PQntuples(res) > 0 && PQnfields(res) == 8) {
+        cred.found = 1;
+        cred.has_sha1 = store_parse_keys(res, 0, SCRAM_SHA1, &cred.sha1);
+        cred.has_sha256 = store_parse_keys(res, 4, SCRAM_SHA256, &cred.sha256);
+        if (!cred.has_sha1 && !cred.has_sha256)
+            log_warn("auth_store_bad_row", "detail=%s", sb_log_q("no usable SCRAM keys"));
+    }
+    rq->cb(rq->arg, &cred);
+    free(rq);
+}
+
+sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *username,
+                        auth_store_cb cb, void *arg)
+{
+    if (st->fn)
+        return st->fn(st->ud, domain, username, cb, arg);
+    if (!st->pg)
+        return SB_ERROR;
+    struct store_req *rq = malloc(sizeof(*rq));
+    if (!rq)
+        return SB_ERROR;
+    rq->cb = cb;
+    rq->arg = arg;
+    const char *params[2] = {domain, username};
+    if (pgev_query(st->pg, STORE_SQL, 2, params, store_pg_done, rq) != SB_OK) {
+        free(rq);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+/* ---- fake credentials ----------------------------------------------------------- */
+
+static uint8_t store_secret[32];
+static int store_secret_ready;
+
+void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
+                    struct scram_cred *out)
+{
+    struct hmac_sha256_ctx mac;
+    uint8_t digest[32];
+    uint8_t tag = (uint8_t)h;
+
+    if (!store_secret_ready) {
+        sb_random(store_secret, sizeof(store_secret));
+        store_secret_ready = 1;
+    }
+    hmac_sha256_set_key(&mac, sizeof(store_secret), store_secret);
+    hmac_sha256_update(&mac, 1, &tag);
+    hmac_sha256_update(&mac, strlen(domain) + 1, (const uint8_t *)domain);
+    hmac_sha256_update(&mac, strlen(username) + 1, (const uint8_t *)username);
+    hmac_sha256_digest(&mac, sizeof(digest), digest);
+
+    memset(out, 0, sizeof(*out));
+    out->hash = h;
+    out->iter = AUTH_DEFAULT_ITER;
+    out->saltlen = 16;                    /* same shape as scram_cred_make */
+    memcpy(out->salt, digest, out->saltlen);
+    sb_random(out->stored_key, sizeof(out->stored_key));
+    sb_random(out->server_key, sizeof(out->server_key));
+}
