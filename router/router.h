@@ -1,0 +1,79 @@
+/* router.h — the router's decisions without its sockets: the registry of
+ * live instances (built from HELLO), rendezvous hashing, and where a
+ * ROUTE_JID envelope goes. Pure functions over plain data, so unit tests
+ * drive them directly; router/main.c wires them to ZeroMQ and libev. */
+#ifndef SB_ROUTER_H
+#define SB_ROUTER_H
+
+#include "sb.h"
+#include "buf.h"
+#include "env.h"
+
+#define RT_KIND_MAX 15
+#define RT_FNV_OFFSET 0xcbf29ce484222325ULL
+#define RT_FNV_PRIME 0x100000001b3ULL
+
+/* One live instance, as its last HELLO described it. */
+struct rt_inst {
+    char name[ENV_NAME_MAX + 1];
+    char kind[RT_KIND_MAX + 1];
+    long pid, sessions;
+    char *domains;          /* comma-separated, owned; "" when none */
+    double last_hello;      /* caller's clock (sb_now()) at the last HELLO */
+    uint64_t seed;          /* fnv1a64 state after name + "\n": hashing skips it */
+};
+
+struct rt_registry {
+    struct rt_inst *v;      /* pointers into v die on add/remove */
+    size_t n, cap;
+};
+
+/* What a HELLO changed (bits). */
+#define RT_CH_NEW     0x01  /* first HELLO from this name */
+#define RT_CH_KIND    0x02  /* same name, other kind */
+#define RT_CH_DOMAINS 0x04  /* announced domains differ */
+#define RT_CH_RESTART 0x08  /* same name, other pid: the old process is gone */
+
+/* ---- hashing ----------------------------------------------------------- */
+uint64_t rt_fnv1a64(uint64_t h, const void *p, size_t n);
+/* fnv1a64(instance + "\n" + key): the rendezvous score; highest wins. */
+uint64_t rt_score(const char *instance, const char *key, size_t keylen);
+
+/* ---- registry ---------------------------------------------------------- */
+void rt_reg_init(struct rt_registry *r);
+void rt_reg_free(struct rt_registry *r);
+struct rt_inst *rt_reg_find(const struct rt_registry *r, const char *name, size_t len);
+/* Record a HELLO from `name` (its ZeroMQ identity). Returns RT_CH_* bits
+ * (0 = a plain heartbeat) or -1 for a bad name or body (no `kind=`).
+ * On a restart, *old_kind gets the previous kind (RT_KIND_MAX+1 bytes). */
+int rt_reg_hello(struct rt_registry *r, const char *name, size_t name_len,
+                 const char *body, size_t body_len, double now, char *old_kind);
+/* Index of an instance silent for more than timeout seconds, or -1. */
+long rt_reg_find_dead(const struct rt_registry *r, double now, double timeout);
+void rt_reg_remove(struct rt_registry *r, size_t idx);
+size_t rt_reg_count_kind(const struct rt_registry *r, const char *kind);
+
+/* The live instance of `kind` with the highest rt_score for key, or NULL. */
+const struct rt_inst *rt_pick(const struct rt_registry *r, const char *kind,
+                              const char *key, size_t keylen);
+
+/* ---- routing ----------------------------------------------------------- */
+/* Domain part of a bare JID or domain key ("a@b" → "b", "b" → "b"). */
+void rt_key_domain(const char *key, size_t len, const char **dom, size_t *dlen);
+/* Does some live sm announce this domain? */
+int rt_domain_local(const struct rt_registry *r, const char *dom, size_t len);
+
+/* Destination of a ROUTE_JID envelope: an sm for a local domain, an s2s
+ * for a remote one. NULL means bounce, with *reason set ("no-sm",
+ * "remote-domain"). from_s2s stops a remote stanza that came in over s2s
+ * from being sent back out to s2s. */
+const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
+                                   size_t keylen, int from_s2s, const char **reason);
+
+/* ---- bodies the router sends ------------------------------------------ */
+/* CONTROL members: "kind name\n" per live instance. */
+sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out);
+/* ADMIN status: "name=… kind=… pid=… last_hello_ms=… sessions=… domains=…\n". */
+sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out);
+
+#endif

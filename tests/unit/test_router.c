@@ -1,0 +1,204 @@
+/* test_router.c — the router's registry and rendezvous hashing: stable
+ * ownership when an sm leaves, even spread, HELLO parsing, expiry and the
+ * ROUTE_JID decision. router.c is pure, so it is compiled in directly. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../../router/router.c"
+
+static void hello(struct rt_registry *r, const char *name, const char *body, double now)
+{
+    assert_true(rt_reg_hello(r, name, strlen(name), body, strlen(body), now, NULL) >= 0);
+}
+
+static void three_sms(struct rt_registry *r)
+{
+    rt_reg_init(r);
+    hello(r, "sm1", "kind=sm pid=11 domains=localhost,anon.localhost sessions=0", 0);
+    hello(r, "sm2", "kind=sm pid=12 domains=localhost,anon.localhost sessions=0", 0);
+    hello(r, "sm3", "kind=sm pid=13 domains=localhost,anon.localhost sessions=0", 0);
+}
+
+static void key_of(char *out, size_t cap, int i)
+{
+    snprintf(out, cap, "user%d@localhost", i);
+}
+
+static void test_router_score_is_fnv1a64_of_instance_newline_key(void **st)
+{
+    /* fnv1a64("") is the offset basis; check one known vector too. */
+    assert_true(rt_fnv1a64(RT_FNV_OFFSET, "", 0) == 0xcbf29ce484222325ULL);
+    assert_true(rt_fnv1a64(RT_FNV_OFFSET, "a", 1) == 0xaf63dc4c8601ec8cULL);
+    const char *whole = "sm1\nalice@localhost";
+    assert_true(rt_score("sm1", "alice@localhost", 15) ==
+                rt_fnv1a64(RT_FNV_OFFSET, whole, strlen(whole)));
+}
+
+static void test_router_removing_one_sm_moves_only_its_keys(void **st)
+{
+    struct rt_registry r;
+    three_sms(&r);
+    char owner[3000][ENV_NAME_MAX + 1], key[64];
+    for (int i = 0; i < 3000; i++) {
+        key_of(key, sizeof key, i);
+        strcpy(owner[i], rt_pick(&r, "sm", key, strlen(key))->name);
+    }
+    rt_reg_remove(&r, 1);    /* sm2 leaves */
+    int moved = 0;
+    for (int i = 0; i < 3000; i++) {
+        key_of(key, sizeof key, i);
+        const char *now = rt_pick(&r, "sm", key, strlen(key))->name;
+        if (strcmp(owner[i], "sm2") == 0) {
+            assert_string_not_equal(now, "sm2");
+            moved++;
+        } else {
+            assert_string_equal(now, owner[i]);
+        }
+    }
+    assert_true(moved > 0);
+    rt_reg_free(&r);
+}
+
+static void test_router_spreads_3000_keys_evenly_over_3_sms(void **st)
+{
+    struct rt_registry r;
+    three_sms(&r);
+    int count[3] = {0, 0, 0};
+    char key[64];
+    for (int i = 0; i < 3000; i++) {
+        key_of(key, sizeof key, i);
+        const struct rt_inst *in = rt_pick(&r, "sm", key, strlen(key));
+        count[in->name[2] - '1']++;
+    }
+    for (int i = 0; i < 3; i++) {
+        print_message("sm%d owns %d keys\n", i + 1, count[i]);
+        assert_in_range(count[i], 800, 1200);
+    }
+    rt_reg_free(&r);
+}
+
+static void test_router_hello_registers_and_detects_changes(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    const char *b = "kind=c2s pid=5 domains= sessions=3";
+    char old[RT_KIND_MAX + 1];
+    assert_int_equal(rt_reg_hello(&r, "c2s1", 4, b, strlen(b), 1.0, old), RT_CH_NEW);
+    assert_int_equal(rt_reg_hello(&r, "c2s1", 4, b, strlen(b), 2.0, old), 0);
+    const char *b2 = "kind=c2s pid=6 domains=x sessions=0";
+    assert_int_equal(rt_reg_hello(&r, "c2s1", 4, b2, strlen(b2), 3.0, old),
+                     RT_CH_RESTART | RT_CH_DOMAINS);
+    assert_string_equal(old, "c2s");
+    struct rt_inst *in = rt_reg_find(&r, "c2s1", 4);
+    assert_non_null(in);
+    assert_int_equal(in->pid, 6);
+    assert_string_equal(in->domains, "x");
+    rt_reg_free(&r);
+}
+
+static void test_router_hello_rejects_bad_name_or_missing_kind(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    const char *b = "kind=c2s pid=5";
+    assert_int_equal(rt_reg_hello(&r, "", 0, b, strlen(b), 0, NULL), -1);
+    assert_int_equal(rt_reg_hello(&r, "a b", 3, b, strlen(b), 0, NULL), -1);
+    assert_int_equal(rt_reg_hello(&r, "\0\1\2", 3, b, strlen(b), 0, NULL), -1);
+    assert_int_equal(rt_reg_hello(&r, "c2s1", 4, "pid=5", 5, 0, NULL), -1);
+    assert_int_equal(rt_reg_hello(&r, "c2s1", 4, "", 0, 0, NULL), -1);
+    assert_int_equal(r.n, 0);
+    rt_reg_free(&r);
+}
+
+static void test_router_expires_silent_instances_only(void **st)
+{
+    struct rt_registry r;
+    three_sms(&r);
+    hello(&r, "sm1", "kind=sm pid=11 domains=localhost", 5.0);
+    hello(&r, "sm3", "kind=sm pid=13 domains=localhost", 5.0);
+    assert_int_equal(rt_reg_find_dead(&r, 2.5, 3.0), -1);
+    long i = rt_reg_find_dead(&r, 3.5, 3.0);
+    assert_int_equal(i, 1);
+    assert_string_equal(r.v[i].name, "sm2");
+    rt_reg_remove(&r, (size_t)i);
+    assert_int_equal(rt_reg_find_dead(&r, 3.5, 3.0), -1);
+    assert_int_equal(r.n, 2);
+    rt_reg_free(&r);
+}
+
+static void test_router_routes_jid_to_sm_s2s_or_bounce(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    const char *reason = NULL;
+    assert_null(rt_route_jid(&r, "a@localhost", 11, 0, &reason));
+    assert_string_equal(reason, "no-sm");
+
+    hello(&r, "sm1", "kind=sm pid=1 domains=localhost,anon.localhost", 0);
+    const struct rt_inst *d = rt_route_jid(&r, "a@anon.localhost", 16, 0, &reason);
+    assert_non_null(d);
+    assert_string_equal(d->name, "sm1");
+    assert_null(rt_route_jid(&r, "a@localhost.evil", 16, 0, &reason));
+    assert_string_equal(reason, "remote-domain");
+
+    hello(&r, "s2s1", "kind=s2s pid=2", 0);
+    d = rt_route_jid(&r, "bob@example.org", 15, 0, &reason);
+    assert_non_null(d);
+    assert_string_equal(d->name, "s2s1");
+    /* Never hand a remote stanza that came in over s2s back to s2s. */
+    assert_null(rt_route_jid(&r, "bob@example.org", 15, 1, &reason));
+    assert_string_equal(reason, "remote-domain");
+    rt_reg_free(&r);
+}
+
+static void test_router_key_domain_handles_bare_domain_and_full_jid(void **st)
+{
+    const char *d;
+    size_t n;
+    rt_key_domain("a@b.org", 7, &d, &n);
+    assert_int_equal(n, 5);
+    assert_memory_equal(d, "b.org", 5);
+    rt_key_domain("b.org", 5, &d, &n);
+    assert_memory_equal(d, "b.org", 5);
+    rt_key_domain("a@b.org/r@x", 11, &d, &n);
+    assert_int_equal(n, 5);
+    assert_memory_equal(d, "b.org", 5);
+}
+
+static void test_router_status_and_members_list_every_instance(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    hello(&r, "c2s1", "kind=c2s pid=123 domains=localhost sessions=3", 10.0);
+    hello(&r, "sm1", "kind=sm pid=7 domains=localhost", 10.2);
+    struct sb_buf b = SB_BUF_INIT;
+    assert_int_equal(rt_status_body(&r, 10.25, &b), SB_OK);
+    assert_string_equal(b.data,
+        "name=c2s1 kind=c2s pid=123 last_hello_ms=250 sessions=3 domains=localhost\n"
+        "name=sm1 kind=sm pid=7 last_hello_ms=50 sessions=0 domains=localhost\n");
+    assert_int_equal(rt_members_body(&r, &b), SB_OK);
+    assert_string_equal(b.data, "c2s c2s1\nsm sm1\n");
+    sb_buf_free(&b);
+    rt_reg_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_router_score_is_fnv1a64_of_instance_newline_key),
+        cmocka_unit_test(test_router_removing_one_sm_moves_only_its_keys),
+        cmocka_unit_test(test_router_spreads_3000_keys_evenly_over_3_sms),
+        cmocka_unit_test(test_router_hello_registers_and_detects_changes),
+        cmocka_unit_test(test_router_hello_rejects_bad_name_or_missing_kind),
+        cmocka_unit_test(test_router_expires_silent_instances_only),
+        cmocka_unit_test(test_router_routes_jid_to_sm_s2s_or_bounce),
+        cmocka_unit_test(test_router_key_domain_handles_bare_domain_and_full_jid),
+        cmocka_unit_test(test_router_status_and_members_list_every_instance),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
