@@ -1,0 +1,83 @@
+"""Cluster behaviour: many binds of one account across front-ends, and an
+sm instance dying under two chatting users."""
+
+import asyncio
+import secrets
+
+from xmpptest import RawStream, close, login, next_message, run, sm_for
+
+BINDS = 300
+
+
+def test_concurrent_binds_of_one_account_get_distinct_full_jids(stack, new_user):
+    jid, pw = new_user("many")
+
+    async def one(i):
+        s = RawStream(stack, instance="c2s1" if i % 2 == 0 else "c2s2", direct_tls=True)
+        # every client asks for the same resource: the server must still make them unique
+        await s.login(jid, pw, resource="same", timeout=90)
+        return s
+
+    async def go():
+        results = await asyncio.gather(*(one(i) for i in range(BINDS)), return_exceptions=True)
+        streams = [r for r in results if isinstance(r, RawStream)]
+        errors = [r for r in results if not isinstance(r, RawStream)]
+        try:
+            assert not errors, "%d of %d logins failed, first: %r" % (len(errors), BINDS, errors[0])
+            jids = [s.jid for s in streams]
+            assert all(j.startswith(jid + "/") for j in jids)
+            assert len(set(jids)) == BINDS, "%d distinct of %d" % (len(set(jids)), BINDS)
+            assert all(not s.closed for s in streams), "some sessions were closed"
+        finally:
+            for s in streams:
+                s.abort()
+    run(go(), timeout=110)
+
+
+def _user_on(stack, sm):
+    """A fresh account whose bare JID the router hashes to `sm`."""
+    for _ in range(64):
+        node = "u%s" % secrets.token_hex(5)
+        jid = "%s@%s" % (node, stack.domain)
+        if sm_for(jid) == sm:
+            pw = secrets.token_urlsafe(12)
+            stack.sbctl("user", "add", jid, pw)
+            return jid, pw
+    raise AssertionError("no JID hashing to %s found" % sm)
+
+
+async def _exchange(alice, bob, tag):
+    text = "a→b %s %s" % (tag, secrets.token_hex(4))
+    alice.send_message(mto=bob.boundjid.full, mbody=text, mtype="chat")
+    await next_message(bob, body=text, timeout=10)
+    text = "b→a %s %s" % (tag, secrets.token_hex(4))
+    bob.send_message(mto=alice.boundjid.full, mbody=text, mtype="chat")
+    await next_message(alice, body=text, timeout=10)
+
+
+def test_chat_survives_the_death_of_an_sm(stack):
+    # Both users hash to sm1, so its death moves both to sm2.
+    a_jid, a_pw = _user_on(stack, "sm1")
+    b_jid, b_pw = _user_on(stack, "sm1")
+    stack.wait_instances(present=("sm1", "sm2"))
+
+    async def go():
+        alice = await login(stack, a_jid, a_pw, instance="c2s1")
+        bob = await login(stack, b_jid, b_pw, instance="c2s2")
+        try:
+            await _exchange(alice, bob, "before")
+            stack.stack("kill-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",))
+            await _exchange(alice, bob, "sm1 dead")
+            stack.stack("start-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, present=("sm1", "sm2"))
+            await _exchange(alice, bob, "sm1 back")
+        finally:
+            await close(alice)
+            await close(bob)
+    try:
+        run(go(), timeout=100)
+    finally:
+        # leave the stack whole for the tests after this one
+        stack.stack("start-proc", "sm1")
+        stack.wait_instances(present=("sm1", "sm2"))
