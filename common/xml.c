@@ -34,6 +34,7 @@ struct xml_arena {
 
 #define XML_STREAM_CHUNK 1024   /* idle streams keep just this much */
 #define XML_CHUNK_MAX (64 * 1024)
+#define XML_HEADER_MAX 4096     /* prolog + stream header, at least */
 
 /* One allocation holds the arena header, an optional prefix object of
  * `prefix` bytes (the xml_doc) and the first chunk. */
@@ -487,7 +488,12 @@ void xml_stream_reset(struct xml_stream *s)
 /* Feed at most what keeps the current unit within max_stanza. */
 static sb_rc xs_feed_slice(struct xml_stream *s, const char *buf, size_t len, size_t *used)
 {
-    long long room = s->mark + (long long)s->lim.max_stanza - s->fed;
+    /* Before the stream header is complete the unit is the prolog plus the
+     * header, which may be longer than a tiny configured stanza limit. */
+    size_t limit = s->lim.max_stanza;
+    if (s->depth == 0 && limit < XML_HEADER_MAX)
+        limit = XML_HEADER_MAX;
+    long long room = s->mark + (long long)limit - s->fed;
     if (room <= 0) {
         s->err = XML_ERR_TOO_BIG;
         s->state = XS_FAILED;
