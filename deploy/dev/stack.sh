@@ -500,12 +500,15 @@ cmd_run() {
     while read -r jid pw; do say "  $jid  password: $pw"; done < "$PASSWORDS"
     read -r jid pw < "$PASSWORDS"
     say ""
-    say "Connect (the certificate is self-signed, so tell the client to accept it):"
-    say "  go-sendxmpp (apt-get install go-sendxmpp): send one message to bob:"
-    say "    echo hello | go-sendxmpp -u $jid -p '$pw' -j 127.0.0.1:$C2S1_PORT --no-tls-verify ${DEMO_USERS[1]}@$DOMAIN"
-    say "  profanity (apt-get install profanity), an interactive client:"
-    say "    profanity, then:  /tls allow   (when asked about the certificate)"
-    say "    /connect $jid server 127.0.0.1 port $C2S1_PORT"
+    local bjid bpw
+    { read -r _ _; read -r bjid bpw; } < "$PASSWORDS"
+    say "Connect with go-sendxmpp (apt-get install go-sendxmpp); -n accepts the self-signed"
+    say "certificate. In one terminal, bob listens on c2s2:"
+    say "  go-sendxmpp -u $bjid -p '$bpw' -j 127.0.0.1:$C2S2_PORT -n -l"
+    say "in another, alice sends to bob through c2s1:"
+    say "  echo 'hello bob' | go-sendxmpp -u $jid -p '$pw' -j 127.0.0.1:$C2S1_PORT -n $bjid"
+    say "Any XMPP client works too: account $jid, server 127.0.0.1, port $C2S1_PORT (STARTTLS)"
+    say "or $C2S1_TLS (direct TLS), and accept the self-signed certificate."
     say "Status: make status    Stop: make stop"
 }
 
