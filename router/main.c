@@ -1,0 +1,496 @@
+/* main.c — sb-router: one ROUTER socket on the libev loop. Every message is
+ * [identity][header][body]; the hot path peeks at the header (kind, route,
+ * key) and moves the frames on unchanged. Only HELLO, ADMIN and bounces
+ * decode or build headers. Decisions live in router.c. */
+#include "router.h"
+#include "config.h"
+#include "log.h"
+#include "proc.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define RT_HWM 100000
+#define RT_BATCH 4096          /* messages per drain before yielding to the loop */
+#define RT_PENDING_MAX 256     /* dead front-ends waiting for an sm to clean them */
+#define RT_ID_MAX 255          /* ZeroMQ routing ids are at most 255 bytes */
+
+struct rt_dead {
+    char name[ENV_NAME_MAX + 1];
+    char kind[RT_KIND_MAX + 1];
+    long pid;
+};
+
+struct rt_server {
+    struct ev_loop *loop;
+    const char *name;
+    void *zctx, *sock;
+    double timeout;
+    struct rt_registry reg;
+    ev_io io;
+    ev_prepare prepare;
+    ev_check check;
+    ev_idle idle;
+    ev_timer sweep;
+    struct env_hdr in, out;         /* scratch for the slow paths */
+    uint8_t enc[ENV_HDR_MAX];
+    struct sb_buf body;
+    struct rt_dead pending[RT_PENDING_MAX];
+    size_t npending;
+    unsigned long dropped_full;     /* sends refused by a full peer queue */
+};
+
+/* ---- sending ----------------------------------------------------------- */
+
+/* Send [to][hdr][body], moving hdr and body on success. With
+ * ZMQ_ROUTER_MANDATORY an unknown peer fails the first frame
+ * (EHOSTUNREACH) and nothing is queued, so the caller still owns both. */
+static int rt_send_msgs(struct rt_server *s, const char *to, size_t tolen,
+                        zmq_msg_t *hdr, zmq_msg_t *body)
+{
+    if (tolen == 0 || tolen > RT_ID_MAX) {
+        errno = EHOSTUNREACH;
+        return -1;
+    }
+    if (zmq_send(s->sock, to, tolen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (errno == EAGAIN)
+            s->dropped_full++;
+        return -1;
+    }
+    zmq_msg_send(hdr, s->sock, ZMQ_SNDMORE);
+    zmq_msg_send(body, s->sock, 0);
+    return 0;
+}
+
+/* Send a header the router built itself. */
+static int rt_send_new(struct rt_server *s, const char *to, size_t tolen,
+                       const struct env_hdr *h, const char *body, size_t len)
+{
+    long n = env_encode(h, s->enc, sizeof s->enc);
+    if (n < 0) {
+        log_error("encode_failed", "kind=%s", env_kind_name(h->kind));
+        return -1;
+    }
+    if (tolen == 0 || tolen > RT_ID_MAX || zmq_send(s->sock, to, tolen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    zmq_send(s->sock, s->enc, (size_t)n, ZMQ_SNDMORE);
+    zmq_send(s->sock, body, len, 0);
+    return 0;
+}
+
+static void rt_copy_str(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void rt_control(struct rt_server *s, const char *to, const char *op,
+                       const char *aux, const char *body, size_t len)
+{
+    struct env_hdr *h = &s->out;
+    env_init(h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    rt_copy_str(h->key, sizeof h->key, to, strlen(to));
+    rt_copy_str(h->sender, sizeof h->sender, s->name, strlen(s->name));
+    rt_copy_str(h->op, sizeof h->op, op, strlen(op));
+    rt_copy_str(h->aux, sizeof h->aux, aux, strlen(aux));
+    if (rt_send_new(s, to, strlen(to), h, body, len) != 0)
+        log_warn("control_not_sent", "op=%s to=%s err=%s", op, to, sb_log_q(zmq_strerror(errno)));
+}
+
+/* ---- bounces ------------------------------------------------------------ */
+
+/* Return the body to its sender with the reason in op and the original key
+ * in aux. A BOUNCE is never bounced: that could ping-pong forever. */
+static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
+                      zmq_msg_t *body, const char *reason)
+{
+    struct env_hdr *o = &s->in, *b = &s->out;
+    int ok = env_decode(o, zmq_msg_data(hdr), zmq_msg_size(hdr)) == SB_OK;
+    if (ok && o->kind == ENV_BOUNCE) {
+        log_warn("bounce_dropped", "reason=%s key=%s", reason, sb_log_q(o->key));
+        return;
+    }
+    env_init(b, ENV_BOUNCE, ENV_ROUTE_INSTANCE);
+    rt_copy_str(b->key, ENV_NAME_MAX + 1, zmq_msg_data(id), zmq_msg_size(id));
+    if (strlen(b->key) != zmq_msg_size(id))
+        b->key[0] = '\0';    /* binary identity: the frame still addresses it */
+    rt_copy_str(b->sender, sizeof b->sender, s->name, strlen(s->name));
+    rt_copy_str(b->op, sizeof b->op, reason, strlen(reason));
+    if (ok) {
+        strcpy(b->sid, o->sid);
+        strcpy(b->aux, o->key);
+        b->flags = o->kind;
+    }
+    log_info("bounce", "reason=%s to=%s kind=%s key=%s", reason, sb_log_q(b->key),
+             ok ? env_kind_name(o->kind) : "?", sb_log_q(ok ? o->key : ""));
+    long n = env_encode(b, s->enc, sizeof s->enc);
+    zmq_msg_t nh;
+    if (n < 0 || zmq_msg_init_size(&nh, (size_t)n) != 0)
+        return;
+    memcpy(zmq_msg_data(&nh), s->enc, (size_t)n);
+    if (rt_send_msgs(s, zmq_msg_data(id), zmq_msg_size(id), &nh, body) != 0)
+        log_warn("bounce_not_sent", "reason=%s to=%s err=%s", reason, sb_log_q(b->key),
+                 sb_log_q(zmq_strerror(errno)));
+    zmq_msg_close(&nh);
+}
+
+/* ---- membership ---------------------------------------------------------- */
+
+static void rt_members_broadcast(struct rt_server *s)
+{
+    if (rt_members_body(&s->reg, &s->body) != SB_OK)
+        return;
+    for (size_t i = 0; i < s->reg.n; i++)
+        rt_control(s, s->reg.v[i].name, "members", "", s->body.data, s->body.len);
+}
+
+/* Ask one sm (chosen by hashing the dead name, so every router agrees) to
+ * clean up what the dead instance held. With no sm alive, remember it. */
+static void rt_instance_down(struct rt_server *s, const char *name, const char *kind, long pid)
+{
+    const struct rt_inst *sm = rt_pick(&s->reg, "sm", name, strlen(name));
+    if (!sm) {
+        if (strcmp(kind, "sm") == 0)
+            return;
+        if (s->npending == RT_PENDING_MAX) {
+            log_error("instance_down_lost", "name=%s kind=%s reason=pending_full", name, kind);
+            return;
+        }
+        struct rt_dead *d = &s->pending[s->npending++];
+        snprintf(d->name, sizeof d->name, "%s", name);
+        snprintf(d->kind, sizeof d->kind, "%s", kind);
+        d->pid = pid;
+        log_warn("instance_down_pending", "name=%s kind=%s reason=no-sm", name, kind);
+        return;
+    }
+    char body[RT_KIND_MAX + 8];
+    int n = snprintf(body, sizeof body, "kind=%s", kind);
+    rt_control(s, sm->name, "instance-down", name, body, (size_t)n);
+    log_info("instance_down_sent", "name=%s kind=%s to=%s", name, kind, sm->name);
+}
+
+static void rt_flush_pending(struct rt_server *s)
+{
+    size_t n = s->npending;
+    s->npending = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct rt_dead d = s->pending[i];
+        const struct rt_inst *back = rt_reg_find(&s->reg, d.name, strlen(d.name));
+        /* Back under the same pid: it was only silent and still holds its
+         * sessions. Any other case: the old process's sessions are stale. */
+        if (!back || !d.pid || back->pid != d.pid)
+            rt_instance_down(s, d.name, d.kind, d.pid);
+    }
+}
+
+static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
+{
+    char old_kind[RT_KIND_MAX + 1] = "";
+    const char *name = zmq_msg_data(id);
+    const struct rt_inst *prev = rt_reg_find(&s->reg, name, zmq_msg_size(id));
+    long old_pid = prev ? prev->pid : 0;
+    size_t nlen = zmq_msg_size(id);
+    int ch = rt_reg_hello(&s->reg, name, nlen, zmq_msg_data(body), zmq_msg_size(body),
+                          sb_now(), old_kind);
+    if (ch < 0) {
+        log_warn("hello_rejected", "id_bytes=%zu body_bytes=%zu", nlen, zmq_msg_size(body));
+        return;
+    }
+    if (ch == 0)
+        return;
+    const struct rt_inst *in = rt_reg_find(&s->reg, name, nlen);
+    if (ch & RT_CH_NEW)
+        log_info("instance_up", "name=%s kind=%s pid=%ld domains=%s sessions=%ld",
+                 in->name, in->kind, in->pid, sb_log_q(in->domains), in->sessions);
+    else if (ch & (RT_CH_RESTART | RT_CH_KIND))
+        log_warn("instance_restarted", "name=%s kind=%s old_kind=%s pid=%ld old_pid=%ld",
+                 in->name, in->kind, old_kind, in->pid, old_pid);
+    else if (ch & RT_CH_DOMAINS)
+        log_info("instance_domains", "name=%s domains=%s", in->name, sb_log_q(in->domains));
+    /* A quick restart never missed a heartbeat, but its old sessions are gone. */
+    if (ch & RT_CH_RESTART) {
+        char dead[ENV_NAME_MAX + 1];
+        strcpy(dead, in->name);
+        rt_instance_down(s, dead, old_kind, old_pid);
+    }
+    if (ch & (RT_CH_NEW | RT_CH_KIND)) {
+        rt_members_broadcast(s);
+        in = rt_reg_find(&s->reg, name, nlen);
+        if (in && strcmp(in->kind, "sm") == 0 && s->npending)
+            rt_flush_pending(s);
+    }
+}
+
+static void rt_on_admin(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr)
+{
+    struct env_hdr *h = &s->in;
+    if (env_decode(h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK || strcmp(h->op, "status") != 0) {
+        log_warn("admin_unknown", "op=%s", sb_log_q(h->op));
+        return;
+    }
+    if (rt_status_body(&s->reg, sb_now(), &s->body) != SB_OK)
+        return;
+    struct env_hdr *r = &s->out;
+    env_init(r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    rt_copy_str(r->key, ENV_NAME_MAX + 1, zmq_msg_data(id), zmq_msg_size(id));
+    rt_copy_str(r->sender, sizeof r->sender, s->name, strlen(s->name));
+    strcpy(r->op, "status");
+    if (rt_send_new(s, zmq_msg_data(id), zmq_msg_size(id), r, s->body.data, s->body.len) != 0)
+        log_warn("admin_reply_failed", "to=%s", sb_log_q(r->key));
+}
+
+/* ---- forwarding ---------------------------------------------------------- */
+
+static void rt_fwd_jid(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
+{
+    const char *reason = "no-sm";
+    const struct rt_inst *from = rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
+    int from_s2s = from && strcmp(from->kind, "s2s") == 0;
+    const struct rt_inst *to = rt_route_jid(&s->reg, key, keylen, from_s2s, &reason);
+    if (!to) {
+        rt_bounce(s, &f[0], &f[1], &f[2], reason);
+        return;
+    }
+    if (rt_send_msgs(s, to->name, strlen(to->name), &f[1], &f[2]) != 0 && errno != EAGAIN)
+        /* Registered but gone (it died and has not timed out yet). */
+        rt_bounce(s, &f[0], &f[1], &f[2], strcmp(to->kind, "sm") == 0 ? "no-sm" : "remote-domain");
+}
+
+static void rt_fwd_instance(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
+{
+    char to[RT_ID_MAX + 1];
+    size_t n = keylen > RT_ID_MAX ? 0 : keylen;
+    memcpy(to, key, n);    /* key points into f[1], which the send moves away */
+    if (rt_send_msgs(s, to, n, &f[1], &f[2]) != 0 && errno != EAGAIN)
+        rt_bounce(s, &f[0], &f[1], &f[2], "unknown-instance");
+}
+
+static void rt_fwd_kind(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
+{
+    for (size_t i = 0; i < s->reg.n; i++) {
+        const struct rt_inst *in = &s->reg.v[i];
+        if (strlen(in->kind) != keylen || memcmp(in->kind, key, keylen) != 0)
+            continue;
+        zmq_msg_t h, b;    /* copies share the data: reference counted */
+        zmq_msg_init(&h);
+        zmq_msg_init(&b);
+        zmq_msg_copy(&h, &f[1]);
+        zmq_msg_copy(&b, &f[2]);
+        rt_send_msgs(s, in->name, strlen(in->name), &h, &b);
+        zmq_msg_close(&h);
+        zmq_msg_close(&b);
+    }
+}
+
+static void rt_for_router(struct rt_server *s, zmq_msg_t *f, uint8_t kind)
+{
+    if (kind == ENV_HELLO)
+        rt_on_hello(s, &f[0], &f[2]);
+    else if (kind == ENV_ADMIN)
+        rt_on_admin(s, &f[0], &f[1]);
+    else
+        log_warn("unexpected_for_router", "kind=%s", env_kind_name(kind));
+}
+
+/* f = [identity][header][body]. */
+static void rt_handle(struct rt_server *s, zmq_msg_t *f)
+{
+    uint8_t kind, route;
+    const char *key;
+    size_t keylen;
+    if (env_peek(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &kind, &route, &key, &keylen) != SB_OK) {
+        rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
+        return;
+    }
+    switch (route) {
+    case ENV_ROUTE_JID: rt_fwd_jid(s, f, key, keylen); break;
+    case ENV_ROUTE_INSTANCE: rt_fwd_instance(s, f, key, keylen); break;
+    case ENV_ROUTE_KIND: rt_fwd_kind(s, f, key, keylen); break;
+    case ENV_ROUTE_ROUTER: rt_for_router(s, f, kind); break;
+    }
+}
+
+/* ---- receiving ------------------------------------------------------------ */
+
+/* Read one multipart message into f[0..2]; frames past the third are
+ * swallowed. Returns the number of frames, 0 when the socket is empty. */
+static int rt_recv(struct rt_server *s, zmq_msg_t *f)
+{
+    int n = 0;
+    for (;;) {
+        zmq_msg_t *m = &f[n < 3 ? n : 3];
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, s->sock, n ? 0 : ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(m);
+            return n;
+        }
+        int more = zmq_msg_more(m);
+        if (n >= 3)
+            zmq_msg_close(m);
+        n++;
+        if (!more)
+            return n;
+    }
+}
+
+static void rt_drain(struct rt_server *s)
+{
+    for (int i = 0; i < RT_BATCH; i++) {
+        zmq_msg_t f[4];
+        int n = rt_recv(s, f);
+        if (n == 0)
+            return;
+        if (n == 3) {
+            rt_handle(s, f);
+        } else {
+            log_warn("bad_frames", "frames=%d", n);
+            if (n > 3)
+                rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
+        }
+        for (int j = 0; j < n && j < 3; j++)
+            zmq_msg_close(&f[j]);
+    }
+}
+
+static int rt_readable(struct rt_server *s)
+{
+    int ev = 0;
+    size_t sz = sizeof ev;
+    return zmq_getsockopt(s->sock, ZMQ_EVENTS, &ev, &sz) == 0 && (ev & ZMQ_POLLIN);
+}
+
+static void rt_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    rt_drain(w->data);
+}
+
+/* ZMQ_FD is edge-triggered: before blocking, ask ZMQ_EVENTS and keep the
+ * loop spinning (idle watcher) while messages wait; the check drains. */
+static void rt_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct rt_server *s = w->data;
+    if (rt_readable(s))
+        ev_idle_start(loop, &s->idle);
+}
+
+static void rt_on_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+    struct rt_server *s = w->data;
+    ev_idle_stop(loop, &s->idle);
+    if (rt_readable(s))
+        rt_drain(s);
+}
+
+static void rt_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
+{
+}
+
+/* ---- expiry -------------------------------------------------------------- */
+
+static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rt_server *s = w->data;
+    double now = sb_now();
+    int changed = 0;
+    long i;
+    while ((i = rt_reg_find_dead(&s->reg, now, s->timeout)) >= 0) {
+        struct rt_dead d;
+        const struct rt_inst *in = &s->reg.v[i];
+        strcpy(d.name, in->name);
+        strcpy(d.kind, in->kind);
+        d.pid = in->pid;
+        log_warn("instance_dead", "name=%s kind=%s pid=%ld silent_ms=%ld", d.name, d.kind,
+                 in->pid, (long)((now - in->last_hello) * 1000));
+        rt_reg_remove(&s->reg, (size_t)i);
+        rt_instance_down(s, d.name, d.kind, d.pid);
+        changed = 1;
+    }
+    if (changed)
+        rt_members_broadcast(s);
+    if (s->dropped_full) {
+        log_warn("dropped_queue_full", "count=%lu", s->dropped_full);
+        s->dropped_full = 0;
+    }
+}
+
+/* ---- start and stop ------------------------------------------------------- */
+
+static sb_rc rt_socket(struct rt_server *s, const char *bind)
+{
+    int hwm = RT_HWM, one = 1, linger = 0;
+    s->zctx = zmq_ctx_new();
+    s->sock = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
+    if (!s->sock ||
+        zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+        zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
+        zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+        return SB_ERROR;
+    if (zmq_bind(s->sock, bind) != 0) {
+        log_error("bind_failed", "endpoint=%s err=%s", sb_log_q(bind), sb_log_q(zmq_strerror(errno)));
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+static void rt_watchers(struct rt_server *s)
+{
+    int fd = -1;
+    size_t sz = sizeof fd;
+    zmq_getsockopt(s->sock, ZMQ_FD, &fd, &sz);
+    double every = s->timeout / 4 < 0.25 ? s->timeout / 4 : 0.25;
+    ev_io_init(&s->io, rt_on_io, fd, EV_READ);
+    ev_prepare_init(&s->prepare, rt_on_prepare);
+    ev_check_init(&s->check, rt_on_check);
+    ev_idle_init(&s->idle, rt_on_idle);
+    ev_timer_init(&s->sweep, rt_on_sweep, every, every);
+    s->io.data = s->prepare.data = s->check.data = s->idle.data = s->sweep.data = s;
+    ev_io_start(s->loop, &s->io);
+    ev_prepare_start(s->loop, &s->prepare);
+    ev_check_start(s->loop, &s->check);
+    ev_timer_start(s->loop, &s->sweep);
+}
+
+static void rt_stop(struct sb_proc *p, void *ud)
+{
+    ev_break(p->loop, EVBREAK_ALL);
+}
+
+int main(int argc, char **argv)
+{
+    struct sb_proc proc;
+    if (sb_proc_init(&proc, argc, argv, "router") != SB_OK)
+        return 2;
+    static struct rt_server s;    /* large scratch headers: keep off the stack */
+    s.loop = proc.loop;
+    s.name = proc.instance;
+    s.body = (struct sb_buf)SB_BUF_INIT;
+    rt_reg_init(&s.reg);
+    const char *bind = sb_config_str("bind", "tcp://127.0.0.1:15555");
+    s.timeout = strtod(sb_config_str("heartbeat_timeout", "3"), NULL);
+    if (!(s.timeout > 0))
+        s.timeout = 3;
+    if (rt_socket(&s, bind) != SB_OK) {
+        log_error("start_failed", "endpoint=%s", sb_log_q(bind));
+        return 1;
+    }
+    rt_watchers(&s);
+    proc.on_stop = rt_stop;
+    proc.ud = &s;
+    sb_proc_signals(&proc);
+    log_info("listening", "endpoint=%s heartbeat_timeout=%.3g", sb_log_q(bind), s.timeout);
+    ev_run(s.loop, 0);
+    log_info("stop", "instances=%zu", s.reg.n);
+    zmq_close(s.sock);
+    zmq_ctx_term(s.zctx);
+    rt_reg_free(&s.reg);
+    sb_buf_free(&s.body);
+    sb_config_free();
+    return 0;
+}
