@@ -1,0 +1,335 @@
+/* core.c — the sm's core: turns each envelope from the router into a job,
+ * queues it on its user (or runs it at once when it concerns no user), parses
+ * its stanza once and offers it to the modules in table order. */
+#include "sm_int.h"
+#include "config.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- jobs -------------------------------------------------------------------- */
+
+static char *job_put(char **p, const char *s, size_t n)
+{
+    char *start = *p;
+    memcpy(start, s, n);
+    start[n] = '\0';
+    *p += n + 1;
+    return start;
+}
+
+/* One allocation holds the job and copies of every string it needs. */
+struct sm_job *sm_job_new(struct sm_core *c, const struct env_hdr *h,
+                          const char *body, size_t body_len)
+{
+    size_t lk = strlen(h->key), ls = strlen(h->sender), li = strlen(h->sid);
+    size_t lo = strlen(h->op), la = strlen(h->aux);
+    struct sm_job *j = malloc(sizeof *j + lk + ls + li + lo + la + body_len + 6);
+    if (!j)
+        return NULL;
+    memset(j, 0, sizeof *j);
+    j->core = c;
+    j->kind = h->kind;
+    j->route = h->route;
+    j->flags = h->flags;
+    char *p = j->data;
+    j->key = job_put(&p, h->key, lk);
+    j->sender = job_put(&p, h->sender, ls);
+    j->sid = job_put(&p, h->sid, li);
+    j->op = job_put(&p, h->op, lo);
+    j->aux = job_put(&p, h->aux, la);
+    j->body = job_put(&p, body ? body : "", body ? body_len : 0);
+    j->body_len = body ? body_len : 0;
+    return j;
+}
+
+void sm_job_free(struct sm_job *j)
+{
+    if (!j)
+        return;
+    xml_doc_free(j->doc);
+    free(j);
+}
+
+static const char *attr_or(const struct xml_node *n, const char *name, const char *def)
+{
+    const char *v = xml_attr(n, name);
+    return v ? v : def;
+}
+
+/* Parse the stanza once; everything after reads j->st and the cached attrs. */
+sb_rc sm_job_parse(struct sm_job *j)
+{
+    enum xml_err err = XML_ERR_NONE;
+    j->doc = xml_doc_parse(j->body, j->body_len, NULL, &err);
+    if (!j->doc || !j->doc->root) {
+        log_warn("stanza_bad_xml", "key=%s sender=%s err=%s", sb_log_q(j->key),
+                 j->sender, xml_err_name(err));
+        return SB_ERROR;
+    }
+    j->st = j->doc->root;
+    j->name = j->st->name;
+    if (strcmp(j->name, "message") && strcmp(j->name, "presence") && strcmp(j->name, "iq")) {
+        log_warn("stanza_bad_name", "key=%s name=%s", sb_log_q(j->key), sb_log_q(j->name));
+        return SB_ERROR;
+    }
+    j->type = attr_or(j->st, "type", "");
+    j->from = xml_attr(j->st, "from");
+    j->to = xml_attr(j->st, "to");
+    j->id = xml_attr(j->st, "id");
+    if (!j->from || !*j->from) {
+        log_warn("stanza_no_from", "key=%s name=%s", sb_log_q(j->key), j->name);
+        return SB_ERROR;
+    }
+    if (j->to && !*j->to)
+        j->to = NULL;
+    return SB_OK;
+}
+
+/* ---- dispatch ------------------------------------------------------------------ */
+
+static sb_rc dispatch_control(struct sm_job *j)
+{
+    for (size_t i = 0; i < sm_nmodules; i++) {
+        const struct sm_module *m = sm_modules[i];
+        sb_rc rc = m->handle_control ? m->handle_control(j, j->op) : SB_DECLINED;
+        if (rc != SB_DECLINED)
+            return rc;
+    }
+    log_warn("control_unhandled", "op=%s key=%s sender=%s", sb_log_q(j->op),
+             sb_log_q(j->key), j->sender);
+    return SB_OK;
+}
+
+/* RFC 6120 §8.2.3: an iq get/set carries exactly one payload element. */
+static int iq_well_formed(const struct sm_job *j, const struct xml_node **payload)
+{
+    int get_set = !strcmp(j->type, "get") || !strcmp(j->type, "set");
+    int res_err = !strcmp(j->type, "result") || !strcmp(j->type, "error");
+    *payload = xml_first_elem(j->st);
+    if (!j->id || (!get_set && !res_err))
+        return 0;
+    return !get_set || (*payload && !xml_next_elem(*payload));
+}
+
+static sb_rc dispatch_iq(struct sm_job *j)
+{
+    const struct xml_node *payload;
+    if (!iq_well_formed(j, &payload)) {
+        sm_reply_error(j, "modify", "bad-request");
+        return SB_OK;
+    }
+    const char *ns = payload ? attr_or(payload, "xmlns", "") : "";
+    for (size_t i = 0; i < sm_nmodules; i++) {
+        const struct sm_module *m = sm_modules[i];
+        sb_rc rc = m->handle_iq ? m->handle_iq(j, ns) : SB_DECLINED;
+        if (rc != SB_DECLINED)
+            return rc;
+    }
+    return SB_OK;
+}
+
+static sb_rc dispatch_stanza(struct sm_job *j)
+{
+    if (sm_job_parse(j) != SB_OK)
+        return SB_OK;
+    if (!strcmp(j->name, "iq"))
+        return dispatch_iq(j);
+    int msg = !strcmp(j->name, "message");
+    for (size_t i = 0; i < sm_nmodules; i++) {
+        const struct sm_module *m = sm_modules[i];
+        sb_rc (*fn)(struct sm_job *) = msg ? m->handle_message : m->handle_presence;
+        sb_rc rc = fn ? fn(j) : SB_DECLINED;
+        if (rc != SB_DECLINED)
+            return rc;
+    }
+    log_debug("stanza_unhandled", "name=%s to=%s from=%s", j->name,
+              sb_log_q(j->to ? j->to : "-"), sb_log_q(j->from));
+    return SB_OK;
+}
+
+static void job_finish(struct sm_job *j)
+{
+    if (j->user && j->user->cur == j)
+        j->user->cur = NULL;
+    sm_job_free(j);
+}
+
+void sm_job_run(struct sm_job *j)
+{
+    j->in_dispatch = 1;
+    sb_rc rc = j->kind == ENV_CONTROL ? dispatch_control(j) : dispatch_stanza(j);
+    j->in_dispatch = 0;
+    if (rc != SB_AGAIN || j->finished)
+        job_finish(j);
+}
+
+void sm_job_done(struct sm_job *j)
+{
+    if (j->in_dispatch) {       /* the reply came before the module returned */
+        j->finished = 1;
+        return;
+    }
+    struct sm_user *u = j->user;
+    job_finish(j);
+    if (u)
+        sm_user_run(u);
+}
+
+/* ---- helpers for modules ------------------------------------------------------- */
+
+const char *sm_job_sender_resource(const struct sm_job *j)
+{
+    const char *slash = strchr(j->aux, '/');
+    return slash ? slash + 1 : "";
+}
+
+/* Does `full` (a JID) have exactly the bare part `bare`? */
+static int jid_is_bare_of(const char *full, const char *bare, size_t blen)
+{
+    return !strncmp(full, bare, blen) && (full[blen] == '\0' || full[blen] == '/');
+}
+
+int sm_job_to_own_account(const struct sm_job *j)
+{
+    if (!j->to)
+        return 1;
+    const char *slash = strchr(j->aux, '/');
+    size_t blen = slash ? (size_t)(slash - j->aux) : strlen(j->aux);
+    return strlen(j->to) == blen && jid_is_bare_of(j->to, j->aux, blen);
+}
+
+int sm_job_to_domain(const struct sm_job *j)
+{
+    return j->to && !strchr(j->to, '@') && !strchr(j->to, '/');
+}
+
+int sm_is_local_domain(const struct sm_core *c, const char *domain)
+{
+    size_t n = strlen(domain);
+    const char *p = c->domains;
+    while (p && *p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == n && !strncmp(p, domain, n))
+            return 1;
+        p = comma ? comma + 1 : NULL;
+    }
+    return 0;
+}
+
+sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
+                  const char *const *params, pgev_cb cb, void *arg)
+{
+    if (!c->pg || c->stopping)
+        return SB_ERROR;
+    return pgev_query(c->pg, sql, nparams, params, cb, arg);
+}
+
+/* ---- the link ------------------------------------------------------------------ */
+
+/* Per-user work is keyed by `node@domain`; a bare domain key (the server
+ * itself) or an instance key (clean-up) is no user's and runs at once. */
+static void core_submit(struct sm_core *c, const struct env_hdr *h,
+                        const char *body, size_t len)
+{
+    struct sm_job *j = sm_job_new(c, h, body, len);
+    if (!j) {
+        log_error("job_alloc_failed", "key=%s", sb_log_q(h->key));
+        return;
+    }
+    if (h->route == ENV_ROUTE_JID && strchr(h->key, '@')) {
+        struct sm_user *u = sm_user_get(c, h->key);
+        if (!u) {
+            log_error("user_alloc_failed", "jid=%s", sb_log_q(h->key));
+            sm_job_free(j);
+            return;
+        }
+        sm_user_push(u, j);
+        sm_user_run(u);
+        return;
+    }
+    sm_job_run(j);
+}
+
+void sm_core_on_recv(struct link *l, const struct env_hdr *h,
+                     const char *body, size_t body_len, void *ud)
+{
+    struct sm_core *c = ud;
+    if (c->stopping)
+        return;
+    switch (h->kind) {
+    case ENV_STANZA:
+        core_submit(c, h, body, body_len);
+        break;
+    case ENV_CONTROL:
+        if (!strcmp(h->op, "members"))
+            sm_cluster_on_members(c, body, body_len);
+        else
+            core_submit(c, h, body, body_len);
+        break;
+    case ENV_BOUNCE:
+        sm_cluster_on_bounce(c, h, body, body_len);
+        break;
+    default:
+        log_warn("envelope_unexpected", "kind=%s sender=%s", env_kind_name(h->kind), h->sender);
+    }
+    link_set_sessions(c->link, c->nsessions);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
+{
+    struct sm_core *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    struct link_opts lo = {
+        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .instance = instance,
+        .kind = "sm",
+        .domains = "",
+        .heartbeat = (double)sb_config_int("heartbeat", 1),
+    };
+    c->link = link_new(loop, &lo, sm_core_on_recv, c);
+    c->rd = rdev_new(loop, sb_config_str("redis_host", "127.0.0.1"),
+                     (int)sb_config_int("redis_port", 6379));
+    c->pg = pgev_new(loop, sb_config_str("postgres", ""));
+    if (!c->link || !c->rd || !c->pg) {
+        log_error("sm_init_failed", "link=%d redis=%d postgres=%d",
+                  c->link != NULL, c->rd != NULL, c->pg != NULL);
+        sm_core_free(c);
+        return NULL;
+    }
+    sm_cluster_start(c);
+    log_info("sm_ready", "router=%s modules=%zu", lo.endpoint, sm_nmodules);
+    return c;
+}
+
+/* Redis and PostgreSQL go first: their pending callbacks fire (with NULL)
+ * while the link can still carry the error replies; no new job starts. */
+void sm_core_free(struct sm_core *c)
+{
+    if (!c)
+        return;
+    c->stopping = 1;
+    sm_cluster_stop(c);
+    struct rdev *rd = c->rd;
+    struct pgev *pg = c->pg;
+    c->rd = NULL;
+    c->pg = NULL;
+    if (rd)
+        rdev_free(rd);
+    if (pg)
+        pgev_free(pg);
+    sm_users_free_all(c);
+    if (c->link)
+        link_free(c->link);
+    free(c->domains);
+    free(c->anon_domains);
+    free(c->sm_members);
+    sb_buf_free(&c->obuf);
+    free(c);
+}

@@ -1,0 +1,234 @@
+/* mod_session.c — session bindings in Redis (common/ENVELOPE.md):
+ *   bind           claim `<prefix>.<16 random>` with HSETNX sess:{bare},
+ *                  record it in fe:<instance>, answer bound / bind-failed
+ *   end            the front-end closed the session
+ *   session-gone   the same, sent by the sm that cleaned up a dead front-end
+ *   instance-down  a front-end died: fan out session-gone for its sessions
+ * Broadcasting unavailable presence on end is the IM issue's job. */
+#include "sm.h"
+#include "jid.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BIND_ATTEMPTS 5
+#define BIND_PREFIX_MAX 32
+#define BIND_RANDOM_LEN 16
+
+struct bind_state {
+    struct sm_job *j;
+    int attempt;
+    char prefix[BIND_PREFIX_MAX + 1];
+    char res[BIND_PREFIX_MAX + 2 + BIND_RANDOM_LEN];
+};
+
+/* The resourceprepped request cut to 32 bytes on a UTF-8 boundary; an
+ * unusable request is ignored (RFC 6120 §7.7.2.1 lets the server choose). */
+static void bind_prefix(const char *requested, char *out)
+{
+    char prepped[JID_PART_MAX + 1];
+    out[0] = '\0';
+    if (!*requested || jid_resourceprep(requested, prepped) != SB_OK)
+        return;
+    size_t n = strlen(prepped);
+    if (n > BIND_PREFIX_MAX) {
+        n = BIND_PREFIX_MAX;
+        while (n > 0 && ((unsigned char)prepped[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(out, prepped, n);
+    out[n] = '\0';
+}
+
+static void bind_finish(struct bind_state *b, const char *op, const char *aux)
+{
+    struct sm_job *j = b->j;
+    sm_send_control(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, op, aux);
+    free(b);
+    sm_job_done(j);
+}
+
+static void bind_fail(struct bind_state *b, const char *cond)
+{
+    log_warn("bind_failed", "jid=%s instance=%s sid=%s cond=%s", sb_log_q(b->j->key),
+             b->j->sender, b->j->sid, cond);
+    bind_finish(b, "bind-failed", cond);
+}
+
+static void bind_on_hsetnx(redisReply *r, void *arg);
+
+static sb_rc bind_try(struct bind_state *b)
+{
+    char rnd[BIND_RANDOM_LEN + 1];
+    sb_random_id(rnd, BIND_RANDOM_LEN);
+    snprintf(b->res, sizeof b->res, "%s%s%s", b->prefix, *b->prefix ? "." : "", rnd);
+    struct sm_job *j = b->j;
+    char val[2 * ENV_NAME_MAX + 8];
+    snprintf(val, sizeof val, "%s %s 0", j->sender, j->sid);
+    return SM_RCMD(j->core, bind_on_hsetnx, b, "HSETNX sess:{%s} %s %s", j->key, b->res, val);
+}
+
+static void bind_on_unclaim(redisReply *r, void *arg)
+{
+    if (!r)
+        log_warn("bind_unclaim_failed", "detail=redis");
+}
+
+static void bind_on_sadd(redisReply *r, void *arg)
+{
+    struct bind_state *b = arg;
+    struct sm_job *j = b->j;
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        /* Without the fe: record the session could not be cleaned up. */
+        SM_RCMD(j->core, bind_on_unclaim, NULL, "HDEL sess:{%s} %s", j->key, b->res);
+        bind_fail(b, "internal-server-error");
+        return;
+    }
+    if (j->user && !sm_user_add_session(j->user, b->res, j->sender, j->sid, 0)) {
+        bind_fail(b, "internal-server-error");
+        return;
+    }
+    char full[ENV_STR_MAX + 1];
+    snprintf(full, sizeof full, "%s/%s", j->key, b->res);
+    log_info("session_bound", "jid=%s instance=%s sid=%s", sb_log_q(full), j->sender, j->sid);
+    bind_finish(b, "bound", full);
+}
+
+static void bind_on_hsetnx(redisReply *r, void *arg)
+{
+    struct bind_state *b = arg;
+    struct sm_job *j = b->j;
+    if (!r || r->type != REDIS_REPLY_INTEGER) {
+        bind_fail(b, "internal-server-error");
+        return;
+    }
+    if (r->integer == 0) {      /* someone holds this resource: draw again */
+        log_info("bind_collision", "jid=%s res=%s", sb_log_q(j->key), sb_log_q(b->res));
+        if (++b->attempt >= BIND_ATTEMPTS || bind_try(b) != SB_OK)
+            bind_fail(b, "internal-server-error");
+        return;
+    }
+    char member[ENV_STR_MAX + ENV_NAME_MAX + 2];
+    snprintf(member, sizeof member, "%s/%s %s", j->key, b->res, j->sid);
+    if (SM_RCMD(j->core, bind_on_sadd, b, "SADD fe:%s %s", j->sender, member) != SB_OK) {
+        SM_RCMD(j->core, bind_on_unclaim, NULL, "HDEL sess:{%s} %s", j->key, b->res);
+        bind_fail(b, "internal-server-error");
+    }
+}
+
+static sb_rc session_bind(struct sm_job *j)
+{
+    struct bind_state *b = calloc(1, sizeof *b);
+    if (!b) {
+        sm_send_control(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, "bind-failed",
+                        "resource-constraint");
+        return SB_OK;
+    }
+    b->j = j;
+    if (!j->user || !*j->sid) {
+        bind_fail(b, "bad-request");
+        return SB_AGAIN;
+    }
+    bind_prefix(j->aux, b->prefix);
+    if (bind_try(b) != SB_OK)
+        bind_fail(b, "internal-server-error");
+    return SB_AGAIN;
+}
+
+/* ---- end / session-gone ------------------------------------------------------------ */
+
+static void session_on_cleanup(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("session_cleanup_failed", "detail=%s",
+                 sb_log_q(r && r->str ? r->str : "redis unavailable"));
+}
+
+/* Remove one binding. Redis commands are pipelined behind everything this
+ * user did before, so later jobs need not wait for the replies. */
+static sb_rc session_end(struct sm_job *j, const char *op)
+{
+    struct sm_core *c = j->core;
+    const char *slash = strchr(j->aux, '/');
+    if (!j->user || !slash || !slash[1]) {
+        log_warn("session_end_bad", "op=%s key=%s aux=%s", op, sb_log_q(j->key), sb_log_q(j->aux));
+        return SB_OK;
+    }
+    const char *res = slash + 1;
+    struct sm_session *s = sm_user_session(j->user, res);
+    if (s && strcmp(s->sid, j->sid)) {
+        log_info("session_end_stale", "jid=%s sid=%s current_sid=%s", sb_log_q(j->aux),
+                 j->sid, s->sid);
+        return SB_OK;
+    }
+    const char *instance = s ? s->instance : !strcmp(op, "end") ? j->sender : NULL;
+    SM_RCMD(c, session_on_cleanup, NULL, "HDEL sess:{%s} %s", j->key, res);
+    SM_RCMD(c, session_on_cleanup, NULL, "HDEL pres:{%s} %s", j->key, res);
+    if (instance) {
+        char member[ENV_STR_MAX + ENV_NAME_MAX + 2];
+        snprintf(member, sizeof member, "%s %s", j->aux, j->sid);
+        SM_RCMD(c, session_on_cleanup, NULL, "SREM fe:%s %s", instance, member);
+    }
+    log_info("session_end", "jid=%s sid=%s instance=%s reason=%s cached=%d", sb_log_q(j->aux),
+             j->sid, instance ? instance : "-", op, s != NULL);
+    if (s)
+        sm_user_del_session(j->user, res);
+    return SB_OK;
+}
+
+/* ---- instance-down ------------------------------------------------------------------ */
+
+static void down_on_members(redisReply *r, void *arg)
+{
+    struct sm_job *j = arg;
+    struct sm_core *c = j->core;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        log_error("instance_down_failed", "instance=%s detail=redis", j->aux);
+        sm_job_done(j);
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        char full[ENV_STR_MAX + 1], sid[ENV_NAME_MAX + 1], bare[ENV_STR_MAX + 1];
+        const char *m = r->element[i]->str;
+        const char *sp = m ? strrchr(m, ' ') : NULL;
+        if (!sp || (size_t)(sp - m) > ENV_STR_MAX || strlen(sp + 1) > ENV_NAME_MAX)
+            continue;
+        memcpy(full, m, (size_t)(sp - m));
+        full[sp - m] = '\0';
+        strcpy(sid, sp + 1);
+        if (jid_bare_of(full, bare, sizeof bare) < 0)
+            continue;
+        sm_send_control(c, ENV_ROUTE_JID, bare, sid, "session-gone", full);
+    }
+    SM_RCMD(c, session_on_cleanup, NULL, "DEL fe:%s", j->aux);
+    log_info("instance_down", "instance=%s sessions=%zu", j->aux, r->elements);
+    sm_job_done(j);
+}
+
+static sb_rc session_instance_down(struct sm_job *j)
+{
+    if (!*j->aux || strchr(j->aux, ' '))
+        return SB_OK;
+    if (SM_RCMD(j->core, down_on_members, j, "SMEMBERS fe:%s", j->aux) != SB_OK) {
+        log_error("instance_down_failed", "instance=%s detail=redis", j->aux);
+        return SB_OK;
+    }
+    return SB_AGAIN;
+}
+
+static sb_rc session_control(struct sm_job *j, const char *op)
+{
+    if (!strcmp(op, "bind"))
+        return session_bind(j);
+    if (!strcmp(op, "end") || !strcmp(op, "session-gone"))
+        return session_end(j, op);
+    if (!strcmp(op, "instance-down"))
+        return session_instance_down(j);
+    return SB_DECLINED;
+}
+
+const struct sm_module sm_mod_session = {
+    .name = "session",
+    .handle_control = session_control,
+};

@@ -1,0 +1,142 @@
+/* sm.h — the session manager's core, as seen by its modules.
+ *
+ * Every envelope the sm receives becomes one sm_job. A job addressed to a
+ * local user (routing key `node@domain`) waits in that user's FIFO queue and
+ * runs only when the user's sessions are loaded and no earlier job of the
+ * same user is still waiting on Redis or PostgreSQL; other jobs (to a domain,
+ * instance clean-up) run at once. A job runs by offering it to each module
+ * of sm_modules[] in order until one answers:
+ *   SB_OK        handled, the job is finished
+ *   SB_DECLINED  not mine, try the next module
+ *   SB_AGAIN     handled, but asynchronously: the module keeps the job and
+ *                calls sm_job_done() when its last reply arrived (the user's
+ *                queue is held until then)
+ * See sm/README.md for the lifecycle of a user record. */
+#ifndef SB_SM_H
+#define SB_SM_H
+
+#include <ev.h>
+#include <uthash.h>
+#include "sb.h"
+#include "buf.h"
+#include "env.h"
+#include "xml.h"
+#include "link.h"
+#include "rdev.h"
+#include "pgev.h"
+
+/* One bound resource of a user, mirrored from Redis `sess:{bare}`. */
+struct sm_session {
+    char *resource;                     /* owned */
+    char instance[ENV_NAME_MAX + 1];    /* front-end holding the stream */
+    char sid[ENV_NAME_MAX + 1];         /* its stream id there */
+    int prio;                           /* last <priority>, default 0 */
+    int available;                      /* sent available presence */
+};
+
+/* The cached state of one local bare JID; Redis stays the truth. */
+struct sm_user {
+    char *bare;                         /* key, owned */
+    struct sm_core *core;
+    struct sm_session *sess;
+    int nsess, cap;
+    struct sm_job *qhead, *qtail;       /* waiting jobs, FIFO */
+    struct sm_job *cur;                 /* job waiting on Redis/PG, or NULL */
+    int load_wait;                      /* load replies still outstanding */
+    unsigned loaded : 1, loading : 1, in_run : 1;
+    unsigned stale : 1;                 /* load failed: evict when idle */
+    UT_hash_handle hh;
+};
+
+/* One received envelope, with its stanza parsed once. */
+struct sm_job {
+    struct sm_job *next;
+    struct sm_core *core;
+    struct sm_user *user;               /* NULL: not a per-user job */
+    uint8_t kind, route, flags;         /* env_kind, env_route, ENV_F_* */
+    const char *key, *sender, *sid, *op, *aux;  /* envelope strings */
+    const char *body;                   /* stanza or control body, NUL-ended */
+    size_t body_len;
+    /* Filled for ENV_STANZA before modules run (NULL/"" when absent). */
+    struct xml_doc *doc;
+    struct xml_node *st;                /* the stanza element */
+    const char *name;                   /* "message", "presence", "iq" */
+    const char *type;                   /* type attribute or "" */
+    const char *from, *to, *id;
+    unsigned in_dispatch : 1, finished : 1;
+    char data[];                        /* the strings above */
+};
+
+struct sm_module {
+    const char *name;
+    sb_rc (*handle_iq)(struct sm_job *j, const char *ns);
+    sb_rc (*handle_message)(struct sm_job *j);
+    sb_rc (*handle_presence)(struct sm_job *j);
+    sb_rc (*handle_control)(struct sm_job *j, const char *op);
+};
+
+/* The ordered module table (sm/modules.c): order is data, not code. */
+extern const struct sm_module *const sm_modules[];
+extern const size_t sm_nmodules;
+
+struct sm_core {
+    struct ev_loop *loop;
+    struct link *link;
+    struct rdev *rd;                    /* NULL while stopping */
+    struct pgev *pg;                    /* NULL while stopping */
+    struct sm_user *users;              /* uthash by bare JID */
+    char *domains;                      /* "a,b": local domains, owned */
+    char *anon_domains;                 /* ",a,": anonymous ones, owned */
+    char *sm_members;                   /* sorted "sm1\nsm2\n" last seen */
+    ev_timer domains_timer;
+    int domains_loaded, domains_query;
+    long nsessions;                     /* cached sessions, for HELLO */
+    struct env_hdr out;                 /* scratch header for sends */
+    struct sb_buf obuf;                 /* scratch serialisation buffer */
+    unsigned stopping : 1;
+};
+
+/* ---- lifecycle (core.c) ---------------------------------------------------- */
+struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance);
+void sm_core_free(struct sm_core *c);
+
+/* ---- jobs and users ------------------------------------------------------- */
+/* A module that answered SB_AGAIN calls this exactly once when finished. */
+void sm_job_done(struct sm_job *j);
+
+struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
+struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
+                                       const char *instance, const char *sid, int prio);
+void sm_user_del_session(struct sm_user *u, const char *resource);
+/* The sender's resource (part of j->aux after the first '/'), "" if none. */
+const char *sm_job_sender_resource(const struct sm_job *j);
+/* Is the stanza for the sender's own account (no `to`, or to = own bare)? */
+int sm_job_to_own_account(const struct sm_job *j);
+/* Is `to` a bare domain (server itself)? */
+int sm_job_to_domain(const struct sm_job *j);
+
+int sm_is_local_domain(const struct sm_core *c, const char *domain);
+
+/* Redis through the core: SB_ERROR (callback not called) while stopping
+ * or when the command cannot be queued. */
+#define SM_RCMD(c, cb, arg, ...) \
+    ((c)->rd && !(c)->stopping ? rdev_cmd((c)->rd, cb, arg, __VA_ARGS__) : SB_ERROR)
+sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
+                  const char *const *params, pgev_cb cb, void *arg);
+
+/* ---- sending --------------------------------------------------------------- */
+/* The job's stanza, unchanged, to one session's front-end. */
+sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s);
+/* A stanza element built here, routed by the bare JID of its `to`. */
+sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st);
+/* Answer the job's stanza with an RFC 6120 §8.3 error (never to an error,
+ * never to an iq result). etype: "cancel", "modify", "wait", "auth". */
+sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond);
+/* A result iq for j (an iq get/set) with the given payload (may be NULL). */
+struct xml_doc *sm_iq_result_new(const struct sm_job *j);
+sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,
+                      const char *sid, const char *op, const char *aux);
+
+#define SM_NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+#endif

@@ -1,0 +1,33 @@
+/* sm_int.h — what the core files of the sm share among themselves (jobs,
+ * the user table, the link callback); modules include only sm.h. */
+#ifndef SB_SM_INT_H
+#define SB_SM_INT_H
+
+#include "sm.h"
+
+/* jobs (core.c) */
+struct sm_job *sm_job_new(struct sm_core *c, const struct env_hdr *h,
+                          const char *body, size_t body_len);
+void sm_job_free(struct sm_job *j);
+sb_rc sm_job_parse(struct sm_job *j);
+/* Offer the job to the modules and finish it unless one kept it. */
+void sm_job_run(struct sm_job *j);
+void sm_core_on_recv(struct link *l, const struct env_hdr *h,
+                     const char *body, size_t body_len, void *ud);
+
+/* users (user.c) */
+struct sm_user *sm_user_get(struct sm_core *c, const char *bare);
+void sm_user_push(struct sm_user *u, struct sm_job *j);
+void sm_user_run(struct sm_user *u);
+int sm_user_idle(const struct sm_user *u);
+long sm_users_drop_idle(struct sm_core *c);
+void sm_users_free_all(struct sm_core *c);
+
+/* cluster (cluster.c): domains, members, bounces */
+void sm_cluster_start(struct sm_core *c);
+void sm_cluster_stop(struct sm_core *c);
+void sm_cluster_on_members(struct sm_core *c, const char *body, size_t len);
+void sm_cluster_on_bounce(struct sm_core *c, const struct env_hdr *h,
+                          const char *body, size_t len);
+
+#endif

@@ -1,0 +1,241 @@
+/* user.c — per-user records: the session cache loaded from Redis and the
+ * FIFO queue that keeps one user's stanzas in order while a job waits on
+ * Redis or PostgreSQL. Lifecycle: created on the first envelope for the bare
+ * JID, loaded (HGETALL sess + pres), then jobs run one at a time; freed when
+ * idle with no sessions, when a load failed, or when the set of sm instances
+ * changes (another sm may own the user now). */
+#include "sm_int.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void user_free(struct sm_user *u)
+{
+    struct sm_core *c = u->core;
+    struct sm_job *j, *next;
+    for (j = u->qhead; j; j = next) {
+        next = j->next;
+        sm_job_free(j);
+    }
+    if (u->cur)
+        u->cur->user = NULL;  /* a pending callback finishes it alone */
+    for (int i = 0; i < u->nsess; i++)
+        free(u->sess[i].resource);
+    c->nsessions -= u->nsess;
+    HASH_DEL(c->users, u);
+    free(u->sess);
+    free(u->bare);
+    free(u);
+}
+
+void sm_users_free_all(struct sm_core *c)
+{
+    struct sm_user *u, *tmp;
+    HASH_ITER(hh, c->users, u, tmp)
+        user_free(u);
+}
+
+int sm_user_idle(const struct sm_user *u)
+{
+    return !u->cur && !u->qhead && !u->loading && !u->in_run;
+}
+
+long sm_users_drop_idle(struct sm_core *c)
+{
+    struct sm_user *u, *tmp;
+    long n = 0;
+    HASH_ITER(hh, c->users, u, tmp) {
+        if (sm_user_idle(u)) {
+            user_free(u);
+            n++;
+        }
+    }
+    return n;
+}
+
+struct sm_user *sm_user_get(struct sm_core *c, const char *bare)
+{
+    struct sm_user *u;
+    HASH_FIND_STR(c->users, bare, u);
+    if (u)
+        return u;
+    u = calloc(1, sizeof *u);
+    if (!u || !(u->bare = strdup(bare))) {
+        free(u);
+        return NULL;
+    }
+    u->core = c;
+    HASH_ADD_KEYPTR(hh, c->users, u->bare, strlen(u->bare), u);
+    return u;
+}
+
+struct sm_session *sm_user_session(struct sm_user *u, const char *resource)
+{
+    for (int i = 0; i < u->nsess; i++)
+        if (!strcmp(u->sess[i].resource, resource))
+            return &u->sess[i];
+    return NULL;
+}
+
+static int copy_name(char *dst, const char *src)
+{
+    size_t n = strlen(src);
+    if (n > ENV_NAME_MAX)
+        return -1;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
+                                       const char *instance, const char *sid, int prio)
+{
+    struct sm_session *s = sm_user_session(u, resource);
+    if (!s) {
+        if (u->nsess == u->cap) {
+            int cap = u->cap ? u->cap * 2 : 2;
+            struct sm_session *ns = realloc(u->sess, (size_t)cap * sizeof *ns);
+            if (!ns)
+                return NULL;
+            u->sess = ns;
+            u->cap = cap;
+        }
+        s = &u->sess[u->nsess];
+        memset(s, 0, sizeof *s);
+        if (!(s->resource = strdup(resource)))
+            return NULL;
+        u->nsess++;
+        u->core->nsessions++;
+    }
+    if (copy_name(s->instance, instance) < 0 || copy_name(s->sid, sid) < 0) {
+        sm_user_del_session(u, resource);
+        return NULL;
+    }
+    s->prio = prio;
+    return s;
+}
+
+void sm_user_del_session(struct sm_user *u, const char *resource)
+{
+    struct sm_session *s = sm_user_session(u, resource);
+    if (!s)
+        return;
+    free(s->resource);
+    *s = u->sess[u->nsess - 1];
+    u->nsess--;
+    u->core->nsessions--;
+}
+
+/* ---- loading from Redis ------------------------------------------------------ */
+
+/* "instance sid prio" → session; malformed values are logged and skipped. */
+static void user_load_session(struct sm_user *u, const char *res, const char *val)
+{
+    char inst[ENV_NAME_MAX + 1], sid[ENV_NAME_MAX + 1];
+    int prio = 0;
+    if (sscanf(val, "%63s %63s %d", inst, sid, &prio) < 2) {
+        log_warn("session_bad_record", "jid=%s res=%s value=%s", u->bare,
+                 sb_log_q(res), sb_log_q(val));
+        return;
+    }
+    sm_user_add_session(u, res, inst, sid, prio);
+}
+
+static void user_load_step(struct sm_user *u, int ok)
+{
+    if (!ok)
+        u->stale = 1;
+    if (--u->load_wait > 0)
+        return;
+    u->loading = 0;
+    u->loaded = 1;
+    if (u->stale)
+        log_warn("user_load_failed", "jid=%s", u->bare);
+    sm_user_run(u);
+}
+
+static void user_on_sess(redisReply *r, void *arg)
+{
+    struct sm_user *u = arg;
+    int ok = r && r->type == REDIS_REPLY_ARRAY;
+    for (size_t i = 0; ok && i + 1 < r->elements; i += 2)
+        if (r->element[i]->str && r->element[i + 1]->str)
+            user_load_session(u, r->element[i]->str, r->element[i + 1]->str);
+    user_load_step(u, ok);
+}
+
+static void user_on_pres(redisReply *r, void *arg)
+{
+    struct sm_user *u = arg;
+    int ok = r && r->type == REDIS_REPLY_ARRAY;
+    for (size_t i = 0; ok && i + 1 < r->elements; i += 2) {
+        struct sm_session *s = r->element[i]->str
+            ? sm_user_session(u, r->element[i]->str) : NULL;
+        if (s)
+            s->available = 1;
+    }
+    user_load_step(u, ok);
+}
+
+/* Both HGETALLs are pipelined on one connection, so their replies come back
+ * in order: sessions first, then the presence that marks them available. */
+static void user_load(struct sm_user *u)
+{
+    struct sm_core *c = u->core;
+    u->loading = 1;
+    u->load_wait = 2;
+    if (SM_RCMD(c, user_on_sess, u, "HGETALL sess:{%s}", u->bare) != SB_OK)
+        user_load_step(u, 0);
+    if (SM_RCMD(c, user_on_pres, u, "HGETALL pres:{%s}", u->bare) != SB_OK)
+        user_load_step(u, 0);
+}
+
+/* ---- the queue ----------------------------------------------------------------- */
+
+void sm_user_push(struct sm_user *u, struct sm_job *j)
+{
+    j->user = u;
+    j->next = NULL;
+    if (u->qtail)
+        u->qtail->next = j;
+    else
+        u->qhead = j;
+    u->qtail = j;
+}
+
+static void user_maybe_evict(struct sm_user *u)
+{
+    if (sm_user_idle(u) && (u->stale || u->nsess == 0))
+        user_free(u);
+}
+
+/* Run queued jobs until one waits on I/O. Re-entrant calls (a reply that
+ * arrives synchronously) return at once: the outer loop picks up. The user
+ * may be freed on return, so callers must not touch it afterwards. */
+void sm_user_run(struct sm_user *u)
+{
+    if (u->in_run)
+        return;
+    u->in_run = 1;
+    while (!u->core->stopping) {
+        if (!u->loaded) {
+            if (!u->loading)
+                user_load(u);
+            if (!u->loaded)
+                break;
+            continue;
+        }
+        if (u->cur || !u->qhead)
+            break;
+        struct sm_job *j = u->qhead;
+        u->qhead = j->next;
+        if (!u->qhead)
+            u->qtail = NULL;
+        j->next = NULL;
+        u->cur = j;
+        sm_job_run(j);
+    }
+    u->in_run = 0;
+    if (!u->core->stopping)
+        user_maybe_evict(u);
+}
