@@ -1,0 +1,166 @@
+/* c2s.h — the client front-end (sb-c2s): one process holding many XMPP
+ * client connections (RFC 6120) on 5222 (STARTTLS) and 5223 (direct TLS,
+ * XEP-0368). It owns the byte stream, TLS, SASL and resource binding; every
+ * stanza after binding goes to the router stamped with the session's full
+ * JID. The modules of this folder share the types below:
+ *   main.c    start-up, configuration, listeners, shutdown
+ *   conn.c    one connection: accept, read/write, close, timers, sid table
+ *   tls.c     GnuTLS credentials and the non-blocking handshake
+ *   stream.c  stream headers, features, stream errors, element dispatch
+ *   login.c   SASL exchange and resource binding
+ *   route.c   stanzas to and from the router, bounces, session end
+ *   domains.c the served domains, loaded from PostgreSQL
+ *   scan.c    tiny parsers that need no XML tree (unit-tested)
+ * See c2s/README.md for the connection lifecycle. */
+#ifndef SB_C2S_H
+#define SB_C2S_H
+
+#include <ev.h>
+#include <gnutls/gnutls.h>
+
+#include "sb.h"
+#include "buf.h"
+#include "xml.h"
+#include "link.h"
+#include "pgev.h"
+#include "sasl.h"
+
+/* The life of one connection, in order. */
+enum c2s_state {
+    C2S_S_TLS_HANDSHAKE, /* TLS handshake running (direct TLS or after <proceed/>) */
+    C2S_S_CONNECTED,     /* waiting for the client's first stream header */
+    C2S_S_STREAM_OPEN,   /* header answered, features sent, not authenticated */
+    C2S_S_AUTHENTICATED, /* SASL succeeded; stream restarted; bind pending or to come */
+    C2S_S_BOUND,         /* resource bound: stanzas flow */
+    C2S_S_CLOSING,       /* stream closed; flushing output, then freed */
+};
+const char *c2s_state_name(enum c2s_state s);
+
+/* Connection flags (c2s_conn.flags). */
+#define C2S_F_TLS         0x0001  /* TLS is active (handshake done or running) */
+#define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
+#define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
+#define C2S_F_TLS_START   0x0008  /* <proceed/> queued: start TLS once it is flushed */
+#define C2S_F_TLS_AGAIN   0x0010  /* gnutls holds an encrypted record not yet sent */
+#define C2S_F_BIND_WAIT   0x0020  /* control bind sent, answer pending */
+#define C2S_F_IN_FEED     0x0040  /* inside xml_stream_feed (restart must be deferred-safe) */
+#define C2S_F_IN_SASL_CB  0x0080  /* inside the SASL result callback */
+#define C2S_F_IN_TABLE    0x0100  /* sid is in the session table */
+#define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
+#define C2S_F_RESTART     0x0400  /* after this element, expect a new stream header */
+
+/* Kept small on purpose: no fixed buffers, strings sized to fit. */
+struct c2s_conn {
+    struct c2s_conn *prev, *next;  /* all connections of the process */
+    struct c2s_conn *hnext;        /* session table chain (by sid) */
+    int fd;
+    uint16_t flags;
+    uint8_t state;
+    uint8_t auth_failures;
+    ev_io io;
+    ev_timer timer;                /* login / bind deadlines, close linger */
+    double login_deadline, bind_deadline, close_deadline;
+    gnutls_session_t tls;
+    struct xml_stream *xs;
+    struct sasl_sess *sasl;
+    struct sb_buf out;             /* pending output; freed once drained */
+    char *domain;                  /* the stream's served domain (prepared) */
+    char *jid;                     /* bare JID after SASL, full JID after bind */
+    char *bind_iq;                 /* id of the bind iq being answered */
+    char sid[21];                  /* stream id of the current stream = session id */
+    char peer[48];                 /* "ip:port" for logs */
+};
+
+/* Process-wide settings and shared state (one per process). */
+struct c2s_cfg {
+    const char *listen;
+    int port, tls_port;
+    const char *cert, *key, *tls_priority;
+    struct xml_limits limits;
+    double login_timeout, bind_timeout;
+    size_t max_pending;            /* output bytes queued per connection */
+    int max_auth_failures;
+    int allow_plain;               /* allow_plain_without_tls */
+};
+
+struct c2s_srv {
+    struct ev_loop *loop;
+    struct c2s_cfg cfg;
+    const char *instance;
+    struct link *link;
+    struct pgev *pg;
+    struct auth_store *store;
+    struct c2s_conn *conns;        /* list head */
+    long nconns, nsessions;
+    int stopping;
+};
+extern struct c2s_srv c2s;
+
+/* ---- conn.c ---------------------------------------------------------- */
+sb_rc c2s_listen_open(const char *addr, int port, int direct_tls);
+void c2s_listen_start(void);                /* begin accepting (domains loaded) */
+void c2s_listen_stop(void);
+void c2s_conn_free_all(void);               /* at exit: drop every connection */
+/* Queue bytes to the client (writes at once when nothing is pending). */
+void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len);
+void c2s_conn_writes(struct c2s_conn *c, const char *s);
+/* Close: log the reason, end the session if bound, flush then free later.
+ * Safe from any callback; the conn stays valid until the next loop turn. */
+void c2s_conn_close(struct c2s_conn *c, const char *reason);
+void c2s_conn_want(struct c2s_conn *c);     /* recompute io events */
+/* <proceed/> is queued: start TLS as soon as it has been written. */
+void c2s_conn_starttls(struct c2s_conn *c);
+void c2s_conn_arm_timer(struct c2s_conn *c);
+void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s);
+/* Session table: conns with a bind pending or bound, by sid. */
+void c2s_table_add(struct c2s_conn *c);
+void c2s_table_del(struct c2s_conn *c);
+struct c2s_conn *c2s_table_find(const char *sid);
+void c2s_sessions_changed(void);
+
+/* ---- tls.c ------------------------------------------------------------ */
+sb_rc c2s_tls_init(const struct c2s_cfg *cfg);   /* load cert/key, priorities */
+int c2s_tls_available(void);
+void c2s_tls_deinit(void);
+sb_rc c2s_tls_start(struct c2s_conn *c);          /* new server session on c->fd */
+void c2s_tls_handshake(struct c2s_conn *c);       /* drive; on done → stream */
+
+/* ---- stream.c --------------------------------------------------------- */
+sb_rc c2s_stream_new(struct c2s_conn *c);         /* parser for a fresh conn */
+/* Feed received bytes; may close c. */
+void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len);
+/* Restart the parser for a new header (RFC 6120 §4.3.3). */
+void c2s_stream_restart(struct c2s_conn *c);
+/* Send a stream error (header first if needed) and close. */
+void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
+void c2s_stream_features(struct c2s_conn *c);
+
+/* ---- login.c ---------------------------------------------------------- */
+void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n);  /* auth/response/abort */
+void c2s_bind_iq(struct c2s_conn *c, struct xml_node *iq, struct xml_node *bind);
+void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux);
+void c2s_bind_timeout(struct c2s_conn *c);
+/* iq error/result helpers for iqs we answer ourselves. */
+void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner);
+void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond);
+
+/* ---- route.c ---------------------------------------------------------- */
+void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st);  /* client → router */
+void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
+                    size_t len, void *ud);                      /* router → client */
+sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
+void c2s_route_end(struct c2s_conn *c);           /* control end for a bound session */
+
+/* ---- domains.c -------------------------------------------------------- */
+void c2s_domains_start(void);                     /* load now and every 30 s */
+void c2s_domains_stop(void);
+const char *c2s_domain_find(const char *prepared); /* interned name or NULL */
+
+/* ---- scan.c ----------------------------------------------------------- */
+/* Value of attribute `name` in the first start tag of an XML fragment,
+ * entities decoded, into out (cap bytes). Length, or -1 if absent/bad. */
+long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap);
+/* 1 if the address is a loopback one ("127.x", "::1", "localhost"). */
+int c2s_is_loopback(const char *addr);
+
+#endif

@@ -1,0 +1,624 @@
+/* conn.c — one client connection on the loop: accepting, reading into the
+ * shared buffer, writing (directly when nothing is queued, else through a
+ * per-connection buffer that exists only while bytes are pending), closing
+ * and the deadline timer. Also the session table (sid → conn) the router
+ * side uses to deliver stanzas.
+ *
+ * A conn is never freed inside a callback that may still touch it: close
+ * marks it CLOSING and its timer frees it on a later loop turn. */
+#define _GNU_SOURCE              /* accept4 */
+#include "c2s.h"
+#include "log.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define CONN_READ_MAX   65536   /* shared read buffer */
+#define CONN_READS_TURN 16      /* reads per event before yielding */
+#define CONN_LINGER     2.0     /* seconds to flush output after close */
+#define CONN_TLS_CHUNK  16384   /* one TLS record */
+
+static char conn_rbuf[CONN_READ_MAX];
+
+static struct {
+    ev_io w;
+    int direct_tls;
+} conn_lis[4];
+static int conn_nlis;
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+const char *c2s_state_name(enum c2s_state s)
+{
+    switch (s) {
+    case C2S_S_TLS_HANDSHAKE: return "tls-handshake";
+    case C2S_S_CONNECTED:     return "connected";
+    case C2S_S_STREAM_OPEN:   return "stream-open";
+    case C2S_S_AUTHENTICATED: return "authenticated";
+    case C2S_S_BOUND:         return "bound";
+    case C2S_S_CLOSING:       return "closing";
+    }
+    return "?";
+}
+
+/* ---- session table ------------------------------------------------------ */
+
+static struct c2s_conn **conn_tab;
+static size_t conn_tab_size, conn_tab_count;
+
+static uint64_t conn_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void conn_tab_grow(void)
+{
+    size_t nsize = conn_tab_size ? conn_tab_size * 2 : 1024;
+    struct c2s_conn **nt = calloc(nsize, sizeof *nt);
+    if (!nt)
+        return;                     /* keep the old table; chains get longer */
+    for (size_t i = 0; i < conn_tab_size; i++) {
+        struct c2s_conn *c = conn_tab[i], *next;
+        for (; c; c = next) {
+            next = c->hnext;
+            size_t b = conn_hash(c->sid) & (nsize - 1);
+            c->hnext = nt[b];
+            nt[b] = c;
+        }
+    }
+    free(conn_tab);
+    conn_tab = nt;
+    conn_tab_size = nsize;
+}
+
+void c2s_table_add(struct c2s_conn *c)
+{
+    if (c->flags & C2S_F_IN_TABLE)
+        return;
+    if (conn_tab_count >= conn_tab_size)
+        conn_tab_grow();
+    if (!conn_tab)
+        return;
+    size_t b = conn_hash(c->sid) & (conn_tab_size - 1);
+    c->hnext = conn_tab[b];
+    conn_tab[b] = c;
+    conn_tab_count++;
+    c->flags |= C2S_F_IN_TABLE;
+}
+
+void c2s_table_del(struct c2s_conn *c)
+{
+    if (!(c->flags & C2S_F_IN_TABLE))
+        return;
+    struct c2s_conn **pp = &conn_tab[conn_hash(c->sid) & (conn_tab_size - 1)];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if (*pp == c) {
+            *pp = c->hnext;
+            break;
+        }
+    }
+    c->hnext = NULL;
+    conn_tab_count--;
+    c->flags &= ~C2S_F_IN_TABLE;
+}
+
+struct c2s_conn *c2s_table_find(const char *sid)
+{
+    if (!conn_tab)
+        return NULL;
+    struct c2s_conn *c = conn_tab[conn_hash(sid) & (conn_tab_size - 1)];
+    for (; c; c = c->hnext)
+        if (strcmp(c->sid, sid) == 0)
+            return c;
+    return NULL;
+}
+
+void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s)
+{
+    if (c->state == s)
+        return;
+    if (s == C2S_S_BOUND)
+        c2s.nsessions++;
+    else if (c->state == C2S_S_BOUND)
+        c2s.nsessions--;
+    int changed = (s == C2S_S_BOUND || c->state == C2S_S_BOUND);
+    c->state = (uint8_t)s;
+    if (changed)
+        c2s_sessions_changed();
+}
+
+/* ---- listening ---------------------------------------------------------- */
+
+sb_rc c2s_listen_open(const char *addr, int port, int direct_tls)
+{
+    if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
+        return SB_ERROR;
+    char ports[16];
+    snprintf(ports, sizeof ports, "%d", port);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int gai = getaddrinfo(addr && *addr ? addr : NULL, ports, &hints, &res);
+    if (gai != 0) {
+        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
+                  sb_log_q(gai_strerror(gai)));
+        return SB_ERROR;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
+        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
+                  sb_log_q(strerror(errno)));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return SB_ERROR;
+    }
+    freeaddrinfo(res);
+    ev_io *w = &conn_lis[conn_nlis].w;
+    conn_lis[conn_nlis].direct_tls = direct_tls;
+    ev_io_init(w, NULL, fd, EV_READ);
+    w->data = &conn_lis[conn_nlis];
+    conn_nlis++;
+    log_info("listen", "addr=%s port=%d tls=%s", addr, port, direct_tls ? "direct" : "starttls");
+    return SB_OK;
+}
+
+static void conn_peer(struct c2s_conn *c, const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+}
+
+static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
+{
+    struct c2s_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        log_error("accept_nomem", "fd=%d", fd);
+        return;
+    }
+    c->fd = fd;
+    conn_peer(c, ss);
+    ev_io_init(&c->io, conn_io_cb, fd, 0);
+    c->io.data = c;
+    ev_init(&c->timer, conn_timer_cb);
+    c->timer.data = c;
+    c->login_deadline = ev_now(c2s.loop) + c2s.cfg.login_timeout;
+    c->next = c2s.conns;
+    if (c2s.conns)
+        c2s.conns->prev = c;
+    c2s.conns = c;
+    c2s.nconns++;
+    c->state = C2S_S_CONNECTED;
+    log_debug("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
+    if (c2s_stream_new(c) != SB_OK) {
+        c2s_conn_close(c, "nomem");
+        return;
+    }
+    c2s_conn_arm_timer(c);
+    if (direct_tls) {
+        c->flags |= C2S_F_DIRECT_TLS;
+        if (c2s_tls_start(c) != SB_OK) {
+            c2s_conn_close(c, "tls-init-failed");
+            return;
+        }
+        c2s_tls_handshake(c);
+        return;
+    }
+    c2s_conn_want(c);
+}
+
+static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    int direct_tls = ((typeof(conn_lis[0]) *)w->data)->direct_tls;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                errno != ECONNABORTED)
+                log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
+            return;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn_new(fd, &ss, direct_tls);
+    }
+}
+
+void c2s_listen_start(void)
+{
+    for (int i = 0; i < conn_nlis; i++) {
+        if (ev_is_active(&conn_lis[i].w))
+            continue;
+        ev_set_cb(&conn_lis[i].w, conn_accept_cb);
+        ev_io_start(c2s.loop, &conn_lis[i].w);
+    }
+}
+
+void c2s_listen_stop(void)
+{
+    for (int i = 0; i < conn_nlis; i++) {
+        ev_io_stop(c2s.loop, &conn_lis[i].w);
+        close(conn_lis[i].w.fd);
+    }
+    conn_nlis = 0;
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static int conn_tls_ready(const struct c2s_conn *c)
+{
+    return c->tls && c->state != C2S_S_TLS_HANDSHAKE;
+}
+
+static void conn_write_failed(struct c2s_conn *c, const char *why)
+{
+    sb_buf_free(&c->out);
+    c->flags &= ~C2S_F_TLS_AGAIN;
+    c2s_conn_close(c, why);
+}
+
+/* Write what can be written now; returns bytes taken from data, or -1
+ * after closing the connection on an error. */
+static long conn_send_now(struct c2s_conn *c, const char *data, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        if (conn_tls_ready(c)) {
+            size_t n = len - done > CONN_TLS_CHUNK ? CONN_TLS_CHUNK : len - done;
+            ssize_t r = gnutls_record_send(c->tls, data + done, n);
+            if (r > 0) {
+                done += (size_t)r;
+                continue;
+            }
+            if (r == GNUTLS_E_AGAIN) {
+                /* gnutls keeps the encrypted record; finish with NULL, 0. */
+                c->flags |= C2S_F_TLS_AGAIN;
+                return (long)(done + n);
+            }
+            if (r == GNUTLS_E_INTERRUPTED)
+                continue;
+            log_info("tls_write_error", "peer=%s error=%s", c->peer,
+                     sb_log_q(gnutls_strerror((int)r)));
+            return -1;
+        }
+        ssize_t r = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
+        if (r > 0) {
+            done += (size_t)r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        return -1;
+    }
+    return (long)done;
+}
+
+/* Drain c->out; 0 when empty, 1 when bytes remain, -1 on error (closed). */
+static int conn_flush(struct c2s_conn *c)
+{
+    if (c->flags & C2S_F_TLS_AGAIN) {
+        ssize_t r = gnutls_record_send(c->tls, NULL, 0);
+        if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
+            return 1;
+        c->flags &= ~C2S_F_TLS_AGAIN;
+        if (r < 0) {
+            conn_write_failed(c, "tls-write-error");
+            return -1;
+        }
+    }
+    if (c->out.len) {
+        long n = conn_send_now(c, c->out.data, c->out.len);
+        if (n < 0) {
+            conn_write_failed(c, "write-error");
+            return -1;
+        }
+        sb_buf_consume(&c->out, (size_t)n);
+    }
+    if (c->out.len || (c->flags & C2S_F_TLS_AGAIN))
+        return 1;
+    sb_buf_free(&c->out);             /* idle connections hold no buffer */
+    return 0;
+}
+
+static int conn_pending(const struct c2s_conn *c)
+{
+    return c->out.len || (c->flags & C2S_F_TLS_AGAIN);
+}
+
+void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len)
+{
+    if (c->state == C2S_S_CLOSING || len == 0)
+        return;
+    if (!conn_pending(c) && c->state != C2S_S_TLS_HANDSHAKE &&
+        !(c->flags & C2S_F_TLS_START)) {
+        long n = conn_send_now(c, data, len);
+        if (n < 0) {
+            conn_write_failed(c, "write-error");
+            return;
+        }
+        data += n;
+        len -= (size_t)n;
+        if (len == 0 && !conn_pending(c))
+            return;
+    }
+    if (c->out.len + len > c2s.cfg.max_pending) {
+        /* A client that does not read: tell it why (whole units only are
+         * queued, so the error lands on an element boundary) and drop it. */
+        log_warn("slow_reader", "peer=%s sid=%s jid=%s pending=%zu", c->peer, c->sid,
+                 c->jid ? c->jid : "-", c->out.len);
+        static const char err[] =
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            "</stream:error></stream:stream>";
+        sb_buf_add(&c->out, err, sizeof err - 1);
+        c2s_conn_close(c, "slow-reader");
+        return;
+    }
+    if (sb_buf_add(&c->out, data, len) != SB_OK) {
+        conn_write_failed(c, "nomem");
+        return;
+    }
+    c2s_conn_want(c);
+}
+
+void c2s_conn_writes(struct c2s_conn *c, const char *s)
+{
+    c2s_conn_write(c, s, strlen(s));
+}
+
+void c2s_conn_want(struct c2s_conn *c)
+{
+    int ev = 0;
+    if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
+        ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
+    } else {
+        if (c->state != C2S_S_CLOSING && !(c->flags & C2S_F_TLS_START))
+            ev |= EV_READ;
+        if (conn_pending(c))
+            ev |= EV_WRITE;
+    }
+    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && (ev == 0 || ev_is_active(&c->io)))
+        return;
+    ev_io_stop(c2s.loop, &c->io);
+    ev_io_set(&c->io, c->fd, ev);
+    if (ev)
+        ev_io_start(c2s.loop, &c->io);
+}
+
+/* ---- input -------------------------------------------------------------- */
+
+static void conn_read(struct c2s_conn *c)
+{
+    for (int i = 0;; i++) {
+        if (c->state == C2S_S_CLOSING || c->state == C2S_S_TLS_HANDSHAKE ||
+            (c->flags & C2S_F_TLS_START))
+            return;
+        int more_tls = c->tls && gnutls_record_check_pending(c->tls) > 0;
+        if (i >= CONN_READS_TURN && !more_tls)
+            return;                   /* level-triggered: the loop comes back */
+        ssize_t n;
+        if (c->tls) {
+            n = gnutls_record_recv(c->tls, conn_rbuf, sizeof conn_rbuf);
+            if (n == GNUTLS_E_AGAIN)
+                return;
+            if (n == GNUTLS_E_INTERRUPTED)
+                continue;
+            if (n < 0 && !gnutls_error_is_fatal((int)n)) {
+                log_debug("tls_warning", "peer=%s error=%s", c->peer,
+                          sb_log_q(gnutls_strerror((int)n)));
+                continue;
+            }
+            if (n < 0) {
+                log_info("tls_read_error", "peer=%s error=%s", c->peer,
+                         sb_log_q(gnutls_strerror((int)n)));
+                c2s_conn_close(c, "tls-error");
+                return;
+            }
+        } else {
+            n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                return;
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                c2s_conn_close(c, errno == ECONNRESET ? "reset" : "read-error");
+                return;
+            }
+        }
+        if (n == 0) {
+            c2s_conn_close(c, "eof");
+            return;
+        }
+        c2s_stream_input(c, conn_rbuf, (size_t)n);
+    }
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct c2s_conn *c = w->data;
+    if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
+        c2s_tls_handshake(c);
+        return;
+    }
+    if (revents & EV_WRITE) {
+        int r = conn_flush(c);
+        if (r < 0)
+            return;
+        if (r == 0 && (c->flags & C2S_F_TLS_START)) {
+            c->flags &= ~C2S_F_TLS_START;
+            if (c2s_tls_start(c) != SB_OK) {
+                c2s_conn_close(c, "tls-init-failed");
+                return;
+            }
+            c2s_tls_handshake(c);
+            return;
+        }
+        if (r == 0 && c->state == C2S_S_CLOSING) {
+            ev_timer_stop(loop, &c->timer);
+            ev_timer_set(&c->timer, 0., 0.);
+            ev_timer_start(loop, &c->timer);
+        }
+    }
+    if (revents & EV_READ)
+        conn_read(c);
+    if (c->state != C2S_S_TLS_HANDSHAKE)
+        c2s_conn_want(c);
+}
+
+/* Called by stream.c once <proceed/> is queued. */
+void c2s_conn_starttls(struct c2s_conn *c)
+{
+    c->flags |= C2S_F_TLS_START;
+    c2s_conn_set_state(c, C2S_S_TLS_HANDSHAKE);
+    if (!conn_pending(c)) {
+        c->flags &= ~C2S_F_TLS_START;
+        if (c2s_tls_start(c) != SB_OK) {
+            c2s_conn_close(c, "tls-init-failed");
+            return;
+        }
+        c2s_tls_handshake(c);
+        return;
+    }
+    c2s_conn_want(c);
+}
+
+/* ---- close, timers ------------------------------------------------------ */
+
+static void conn_free(struct c2s_conn *c)
+{
+    ev_io_stop(c2s.loop, &c->io);
+    ev_timer_stop(c2s.loop, &c->timer);
+    c2s_table_del(c);
+    if (c->tls) {
+        gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort, non-blocking */
+        gnutls_deinit(c->tls);
+    }
+    close(c->fd);
+    xml_stream_free(c->xs);
+    sasl_free(c->sasl);
+    sb_buf_free(&c->out);
+    free(c->domain);
+    free(c->jid);
+    free(c->bind_iq);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c2s.conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c2s.nconns--;
+    free(c);
+    if (c2s.stopping && !c2s.conns)
+        ev_break(c2s.loop, EVBREAK_ALL);
+}
+
+void c2s_conn_free_all(void)
+{
+    c2s.stopping = 0;                 /* no ev_break from conn_free now */
+    while (c2s.conns)
+        conn_free(c2s.conns);
+}
+
+void c2s_conn_close(struct c2s_conn *c, const char *reason)
+{
+    if (c->state == C2S_S_CLOSING)
+        return;
+    log_info("close", "peer=%s sid=%s jid=%s state=%s reason=%s", c->peer,
+             *c->sid ? c->sid : "-", c->jid ? c->jid : "-",
+             c2s_state_name(c->state), reason);
+    if (c->state == C2S_S_BOUND)
+        c2s_route_end(c);
+    c2s_table_del(c);
+    if (c->sasl && !(c->flags & C2S_F_IN_SASL_CB)) {
+        sasl_free(c->sasl);
+        c->sasl = NULL;
+    }
+    if (c->state == C2S_S_TLS_HANDSHAKE) {
+        /* No TLS records to send; drop queued plaintext too. */
+        sb_buf_free(&c->out);
+        c->flags &= ~(C2S_F_TLS_START | C2S_F_TLS_AGAIN);
+        if (c->tls) {
+            gnutls_deinit(c->tls);
+            c->tls = NULL;
+        }
+    }
+    c2s_conn_set_state(c, C2S_S_CLOSING);
+    c->close_deadline = ev_now(c2s.loop) + (conn_pending(c) ? CONN_LINGER : 0.);
+    c2s_conn_arm_timer(c);
+    c2s_conn_want(c);
+}
+
+void c2s_conn_arm_timer(struct c2s_conn *c)
+{
+    double next = 0;
+    int any = 0;
+    if (c->state == C2S_S_CLOSING) {
+        next = c->close_deadline;
+        any = 1;
+    } else {
+        if (c->state != C2S_S_BOUND) {
+            next = c->login_deadline;
+            any = 1;
+        }
+        if ((c->flags & C2S_F_BIND_WAIT) && (!any || c->bind_deadline < next)) {
+            next = c->bind_deadline;
+            any = 1;
+        }
+    }
+    ev_timer_stop(c2s.loop, &c->timer);
+    if (!any)
+        return;
+    double after = next - ev_now(c2s.loop);
+    ev_timer_set(&c->timer, after > 0 ? after : 0., 0.);
+    ev_timer_start(c2s.loop, &c->timer);
+}
+
+static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct c2s_conn *c = w->data;
+    double now = ev_now(loop);
+    if (c->state == C2S_S_CLOSING) {
+        if (!conn_pending(c) || now >= c->close_deadline)
+            conn_free(c);
+        else
+            c2s_conn_arm_timer(c);
+        return;
+    }
+    if ((c->flags & C2S_F_BIND_WAIT) && now >= c->bind_deadline)
+        c2s_bind_timeout(c);
+    if (c->state != C2S_S_BOUND && c->state != C2S_S_CLOSING && now >= c->login_deadline) {
+        c2s_stream_error(c, "connection-timeout", "login-timeout");
+        return;
+    }
+    if (c->state != C2S_S_CLOSING)
+        c2s_conn_arm_timer(c);
+}

@@ -1,0 +1,238 @@
+/* route.c — the router side of c2s: client stanzas leave as STANZA
+ * envelopes (from stamped with the session's full JID, to prepared, keyed by
+ * the recipient's bare JID or domain), stanzas for a session are written to
+ * its connection byte for byte, bind answers reach login.c, and bounces of
+ * what we sent become stanza errors for the client. */
+#include "c2s.h"
+#include "jid.h"
+#include "log.h"
+
+#include <string.h>
+
+#define NS_STANZA "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+static struct env_hdr route_hdr;    /* 6 KiB: one for the process, not per call */
+static struct sb_buf route_body;
+static struct jid route_jid;
+static char route_full[JID_FULL_MAX + 1];
+static char route_bare[JID_BARE_MAX + 1];
+
+static sb_rc route_copy(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap)
+        return SB_ERROR;
+    memcpy(dst, src, n + 1);
+    return SB_OK;
+}
+
+static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
+                        const char *sid, const char *aux, const char *body, size_t len)
+{
+    struct env_hdr *h = &route_hdr;
+    env_init(h, kind, ENV_ROUTE_JID);
+    if (route_copy(h->key, sizeof h->key, key) != SB_OK ||
+        route_copy(h->sender, sizeof h->sender, c2s.instance) != SB_OK ||
+        route_copy(h->sid, sizeof h->sid, sid) != SB_OK ||
+        route_copy(h->op, sizeof h->op, op) != SB_OK ||
+        route_copy(h->aux, sizeof h->aux, aux) != SB_OK)
+        return SB_ERROR;
+    return link_send(c2s.link, h, body, len);
+}
+
+sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux)
+{
+    sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, "", 0);
+    if (rc != SB_OK)
+        log_warn("control_send_failed", "op=%s key=%s sid=%s", op, sb_log_q(key), sid);
+    return rc;
+}
+
+void c2s_route_end(struct c2s_conn *c)
+{
+    if (!c->jid || jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
+        return;
+    c2s_route_control("end", route_bare, c->sid, c->jid);
+}
+
+/* An error stanza to the client about a stanza it sent (RFC 6120 §8.3). */
+static void route_error_reply(struct c2s_conn *c, const char *name, const char *id,
+                              const char *from, const char *type, const char *cond)
+{
+    struct sb_buf *b = &route_body;
+    sb_buf_reset(b);
+    sb_buf_printf(b, "<%s type='error'", name);
+    if (id) {
+        sb_buf_adds(b, " id='");
+        xml_escape_attr(b, id, strlen(id));
+        sb_buf_adds(b, "'");
+    }
+    if (from && *from) {
+        sb_buf_adds(b, " from='");
+        xml_escape_attr(b, from, strlen(from));
+        sb_buf_adds(b, "'");
+    }
+    sb_buf_adds(b, " to='");
+    xml_escape_attr(b, c->jid, strlen(c->jid));
+    sb_buf_printf(b, "'><error type='%s'><%s xmlns='" NS_STANZA "'/></error></%s>",
+                  type, cond, name);
+    c2s_conn_write(c, b->data, b->len);
+}
+
+/* Errors are never answered with errors; iq results neither. */
+static int route_may_answer(const char *name, const char *type)
+{
+    if (type && strcmp(type, "error") == 0)
+        return 0;
+    if (strcmp(name, "iq") == 0)
+        return type && (strcmp(type, "get") == 0 || strcmp(type, "set") == 0);
+    return 1;
+}
+
+/* The stanza with from = sender, to = prepared (or absent), rest as sent. */
+static sb_rc route_serialize(struct c2s_conn *c, const struct xml_node *st,
+                             const char *to, struct sb_buf *b)
+{
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<");
+    sb_buf_adds(b, st->name);
+    for (int i = 0; i < st->nattrs; i++) {
+        const struct xml_attr *a = &st->attrs[i];
+        if (strcmp(a->name, "from") == 0 || strcmp(a->name, "to") == 0)
+            continue;
+        sb_buf_printf(b, " %s='", a->name);
+        xml_escape_attr(b, a->value, strlen(a->value));
+        sb_buf_adds(b, "'");
+    }
+    sb_buf_adds(b, " from='");
+    xml_escape_attr(b, c->jid, strlen(c->jid));
+    sb_buf_adds(b, "'");
+    if (to) {
+        sb_buf_adds(b, " to='");
+        xml_escape_attr(b, to, strlen(to));
+        sb_buf_adds(b, "'");
+    }
+    if (!st->children)
+        return sb_buf_adds(b, "/>");
+    sb_buf_adds(b, ">");
+    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
+        if (xml_serialize(ch, b) != SB_OK)
+            return SB_ERROR;
+    sb_buf_printf(b, "</%s>", st->name);
+    return b->data ? SB_OK : SB_ERROR;
+}
+
+void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
+{
+    const char *to = xml_attr(st, "to");
+    const char *type = xml_attr(st, "type");
+    const char *id = xml_attr(st, "id");
+    const char *key;
+    const char *to_out = NULL;
+    if (to && *to) {
+        if (jid_parse(&route_jid, to) != SB_OK) {
+            log_debug("jid_malformed", "sid=%s to=%s", c->sid, sb_log_q(to));
+            if (route_may_answer(st->name, type))
+                route_error_reply(c, st->name, id, NULL, "modify", "jid-malformed");
+            return;
+        }
+        jid_full(&route_jid, route_full);
+        jid_bare(&route_jid, route_bare);
+        to_out = route_full;
+        key = route_bare;
+    } else {
+        if (jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
+            return;
+        key = route_bare;
+    }
+    if (route_serialize(c, st, to_out, &route_body) != SB_OK ||
+        route_send(ENV_STANZA, "", key, c->sid, c->jid, route_body.data,
+                   route_body.len) != SB_OK) {
+        log_warn("stanza_send_failed", "sid=%s key=%s name=%s", c->sid, sb_log_q(key),
+                 st->name);
+        if (route_may_answer(st->name, type))
+            route_error_reply(c, st->name, id, to_out, "wait", "resource-constraint");
+    }
+}
+
+/* ---- from the router ------------------------------------------------------ */
+
+/* A stanza for a sid we do not hold: tell the sm the session is gone. Only
+ * the `to` attribute is read (the full JID the sm thinks is here). */
+static void route_stale(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (c2s_scan_attr(body, len, "to", route_full, sizeof route_full) < 0 ||
+        jid_bare_of(route_full, route_bare, sizeof route_bare) < 0) {
+        log_info("stale_sid_unaddressed", "sid=%s", h->sid);
+        return;
+    }
+    log_info("stale_sid", "sid=%s to=%s", h->sid, sb_log_q(route_full));
+    c2s_route_control("end", route_bare, h->sid, route_full);
+}
+
+static void route_control(const struct env_hdr *h)
+{
+    if (strcmp(h->op, "bound") != 0 && strcmp(h->op, "bind-failed") != 0)
+        return;                      /* members etc.: nothing for c2s */
+    struct c2s_conn *c = c2s_table_find(h->sid);
+    if (c && (c->flags & C2S_F_BIND_WAIT)) {
+        c2s_bind_answer(c, h->op, h->aux);
+        return;
+    }
+    if (strcmp(h->op, "bound") == 0 && jid_bare_of(h->aux, route_bare, sizeof route_bare) >= 0) {
+        /* Too late (timeout or gone): release the binding. */
+        log_info("late_bound", "sid=%s jid=%s", h->sid, sb_log_q(h->aux));
+        c2s_route_control("end", route_bare, h->sid, h->aux);
+    }
+}
+
+static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
+{
+    struct c2s_conn *c = c2s_table_find(h->sid);
+    log_info("bounce", "sid=%s reason=%s key=%s kind=%s", h->sid, h->op, sb_log_q(h->aux),
+             env_kind_name(h->flags));
+    if (!c)
+        return;
+    if (h->flags == ENV_CONTROL) {
+        if (c->flags & C2S_F_BIND_WAIT)
+            c2s_bind_answer(c, "bind-failed", "internal-server-error");
+        return;
+    }
+    if (h->flags != ENV_STANZA || c->state != C2S_S_BOUND)
+        return;
+    enum xml_err err;
+    struct xml_doc *d = xml_doc_parse(body, len, &c2s.cfg.limits, &err);
+    if (!d)
+        return;
+    const struct xml_node *st = d->root;
+    if (strcmp(st->name, "presence") != 0 && route_may_answer(st->name, xml_attr(st, "type")))
+        route_error_reply(c, st->name, xml_attr(st, "id"), xml_attr(st, "to"), "cancel",
+                          strcmp(h->op, "remote-domain") == 0 ? "remote-server-not-found"
+                                                             : "service-unavailable");
+    xml_doc_free(d);
+}
+
+void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
+                    size_t len, void *ud)
+{
+    switch (h->kind) {
+    case ENV_STANZA: {
+        if (!*h->sid)
+            return;
+        struct c2s_conn *c = c2s_table_find(h->sid);
+        if (c && c->state == C2S_S_BOUND)
+            c2s_conn_write(c, body, len);
+        else if (!c)
+            route_stale(h, body, len);
+        return;
+    }
+    case ENV_CONTROL:
+        route_control(h);
+        return;
+    case ENV_BOUNCE:
+        route_bounce(h, body, len);
+        return;
+    default:
+        return;
+    }
+}

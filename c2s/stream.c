@@ -1,0 +1,330 @@
+/* stream.c — the XML stream of one connection (RFC 6120 §4): checking the
+ * client's stream header, answering it with ours and the features for the
+ * current stage, sending stream errors, and dispatching each top-level
+ * element by connection state (STARTTLS and SASL before authentication,
+ * bind after it, stanzas once bound). */
+#include "c2s.h"
+#include "jid.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define NS_STREAM  "http://etherx.jabber.org/streams"
+#define NS_CLIENT  "jabber:client"
+#define NS_TLS     "urn:ietf:params:xml:ns:xmpp-tls"
+#define NS_SASL    "urn:ietf:params:xml:ns:xmpp-sasl"
+#define NS_BIND    "urn:ietf:params:xml:ns:xmpp-bind"
+#define NS_SESSION "urn:ietf:params:xml:ns:xmpp-session"
+#define NS_STREAMS "urn:ietf:params:xml:ns:xmpp-streams"
+
+static struct sb_buf stream_out;    /* scratch for what we write; reused */
+
+static void stream_on_open(void *ud, struct xml_node *hdr);
+static void stream_on_stanza(void *ud, struct xml_node *n);
+static void stream_on_close(void *ud);
+
+static const struct xml_stream_cb stream_cbs = {
+    stream_on_open, stream_on_stanza, stream_on_close,
+};
+
+sb_rc c2s_stream_new(struct c2s_conn *c)
+{
+    c->xs = xml_stream_new(&c2s.cfg.limits, &stream_cbs, c);
+    return c->xs ? SB_OK : SB_ERROR;
+}
+
+static const char *stream_xml_cond(enum xml_err e)
+{
+    switch (e) {
+    case XML_ERR_RESTRICTED: return "restricted-xml";
+    case XML_ERR_TOO_BIG:
+    case XML_ERR_TOO_DEEP:   return "policy-violation";
+    case XML_ERR_NOMEM:      return "resource-constraint";
+    default:                 return "not-well-formed";
+    }
+}
+
+void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len)
+{
+    c->flags |= C2S_F_IN_FEED;
+    sb_rc rc = xml_stream_feed(c->xs, data, len);
+    c->flags &= ~C2S_F_IN_FEED;
+    if (rc == SB_ERROR && c->state != C2S_S_CLOSING) {
+        enum xml_err e = xml_stream_error(c->xs);
+        c2s_stream_error(c, stream_xml_cond(e), xml_err_name(e));
+    }
+}
+
+void c2s_stream_restart(struct c2s_conn *c)
+{
+    if (c->flags & C2S_F_IN_FEED)
+        xml_stream_restart(c->xs);
+    else
+        xml_stream_reset(c->xs);
+    c->flags &= ~C2S_F_HDR_SENT;
+}
+
+/* Our stream header; `to` echoes the client's `from` when it gave one. */
+static void stream_send_header(struct c2s_conn *c, const char *from, const char *to)
+{
+    struct sb_buf *b = &stream_out;
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<?xml version='1.0'?><stream:stream xmlns='" NS_CLIENT
+                   "' xmlns:stream='" NS_STREAM "' id='");
+    sb_buf_adds(b, c->sid);
+    if (from) {
+        sb_buf_adds(b, "' from='");
+        xml_escape_attr(b, from, strlen(from));
+    }
+    if (to) {
+        sb_buf_adds(b, "' to='");
+        xml_escape_attr(b, to, strlen(to));
+    }
+    sb_buf_adds(b, "' version='1.0' xml:lang='en'>");
+    c->flags |= C2S_F_HDR_SENT;
+    c2s_conn_write(c, b->data, b->len);
+}
+
+void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
+{
+    if (c->state == C2S_S_CLOSING)
+        return;
+    log_info("stream_error", "peer=%s sid=%s cond=%s detail=%s", c->peer,
+             *c->sid ? c->sid : "-", cond, why ? why : "-");
+    if (c->state == C2S_S_TLS_HANDSHAKE) {   /* no stream to speak on yet */
+        c2s_conn_close(c, cond);
+        return;
+    }
+    if (!(c->flags & C2S_F_HDR_SENT)) {
+        if (!*c->sid)
+            sb_random_id(c->sid, 20);
+        stream_send_header(c, c->domain, NULL);
+    }
+    struct sb_buf *b = &stream_out;
+    sb_buf_reset(b);
+    sb_buf_printf(b, "<stream:error><%s xmlns='" NS_STREAMS "'/></stream:error></stream:stream>",
+                  cond);
+    c2s_conn_write(c, b->data, b->len);
+    c2s_conn_close(c, cond);
+}
+
+void c2s_stream_features(struct c2s_conn *c)
+{
+    struct sb_buf *b = &stream_out;
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<stream:features>");
+    if (c->state == C2S_S_AUTHENTICATED) {
+        sb_buf_adds(b, "<bind xmlns='" NS_BIND "'/>"
+                       "<session xmlns='" NS_SESSION "'><optional/></session>");
+    } else {
+        int tls = (c->flags & C2S_F_TLS) != 0;
+        if (!tls && c2s_tls_available())
+            sb_buf_adds(b, c2s.cfg.allow_plain ? "<starttls xmlns='" NS_TLS "'/>"
+                           : "<starttls xmlns='" NS_TLS "'><required/></starttls>");
+        if (tls || c2s.cfg.allow_plain) {
+            struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain};
+            const char *m = sasl_mechanisms(&o);
+            sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
+            while (*m) {
+                size_t n = strcspn(m, " ");
+                if (n) {
+                    sb_buf_adds(b, "<mechanism>");
+                    sb_buf_add(b, m, n);
+                    sb_buf_adds(b, "</mechanism>");
+                }
+                m += n;
+                m += strspn(m, " ");
+            }
+            sb_buf_adds(b, "</mechanisms>");
+        }
+    }
+    sb_buf_adds(b, "</stream:features>");
+    c2s_conn_write(c, b->data, b->len);
+}
+
+/* RFC 6120 §4.7.5: version 1.0 or later (major ≥ 1) is required here. */
+static int stream_version_ok(const char *v)
+{
+    if (!v || !*v)
+        return 0;
+    char *end;
+    long major = strtol(v, &end, 10);
+    return end != v && *end == '.' && major >= 1;
+}
+
+/* Returns the stream error condition for a bad header, NULL when fine;
+ * on success *domain is the served domain. */
+static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
+                                       const char **domain)
+{
+    const char *v;
+    *domain = NULL;
+    if (strcmp(hdr->name, "stream:stream") != 0)
+        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
+    v = xml_attr(hdr, "xmlns:stream");
+    if (!v || strcmp(v, NS_STREAM) != 0)
+        return "invalid-namespace";
+    v = xml_attr(hdr, "xmlns");
+    if (!v || strcmp(v, NS_CLIENT) != 0)
+        return "invalid-namespace";
+    v = xml_attr(hdr, "to");
+    static char prepared[JID_PART_MAX + 1];
+    if (!v || jid_nameprep(v, prepared) != SB_OK)
+        return "host-unknown";
+    *domain = c2s_domain_find(prepared);
+    if (!*domain)
+        return "host-unknown";
+    /* After authentication the stream stays with the account's domain. */
+    if (c->state == C2S_S_AUTHENTICATED && strcmp(*domain, c->domain) != 0) {
+        *domain = NULL;
+        return "host-unknown";
+    }
+    if (!stream_version_ok(xml_attr(hdr, "version")))
+        return "unsupported-version";
+    return NULL;
+}
+
+static void stream_on_open(void *ud, struct xml_node *hdr)
+{
+    struct c2s_conn *c = ud;
+    if (c->state == C2S_S_CLOSING)
+        return;
+    if (!(c->flags & C2S_F_IN_TABLE))
+        sb_random_id(c->sid, 20);    /* a fresh id for every (re)started stream */
+    const char *domain;
+    const char *cond = stream_check_header(c, hdr, &domain);
+    if (domain && (!c->domain || strcmp(c->domain, domain) != 0)) {
+        free(c->domain);
+        c->domain = strdup(domain);
+        if (!c->domain) {
+            c2s_stream_error(c, "resource-constraint", "nomem");
+            return;
+        }
+    }
+    if (cond) {
+        c2s_stream_error(c, cond, "bad-header");
+        return;
+    }
+    const char *from = xml_attr(hdr, "from");
+    stream_send_header(c, c->domain, from && *from ? from : NULL);
+    if (c->state == C2S_S_CONNECTED)
+        c2s_conn_set_state(c, C2S_S_STREAM_OPEN);
+    log_debug("stream_open", "peer=%s sid=%s domain=%s state=%s", c->peer, c->sid,
+              c->domain, c2s_state_name(c->state));
+    c2s_stream_features(c);
+}
+
+static void stream_on_close(void *ud)
+{
+    struct c2s_conn *c = ud;
+    if (c->state == C2S_S_CLOSING)
+        return;
+    if (c->flags & C2S_F_HDR_SENT)
+        c2s_conn_writes(c, "</stream:stream>");
+    c2s_conn_close(c, "client-closed");
+}
+
+static int stream_is_stanza(const char *name)
+{
+    return strcmp(name, "message") == 0 || strcmp(name, "presence") == 0 ||
+           strcmp(name, "iq") == 0;
+}
+
+static void stream_starttls(struct c2s_conn *c, struct xml_node *n)
+{
+    const char *ns = xml_attr(n, "xmlns");
+    if (!ns || strcmp(ns, NS_TLS) != 0) {
+        c2s_stream_error(c, "invalid-namespace", "starttls-ns");
+        return;
+    }
+    if ((c->flags & C2S_F_TLS) || !c2s_tls_available()) {
+        c2s_conn_writes(c, "<failure xmlns='" NS_TLS "'/></stream:stream>");
+        c2s_conn_close(c, "starttls-refused");
+        return;
+    }
+    c2s_conn_writes(c, "<proceed xmlns='" NS_TLS "'/>");
+    /* Bytes after <starttls/> in this read are plaintext the client must
+     * not have sent; the restart drops them (no STARTTLS injection). */
+    c2s_stream_restart(c);
+    c2s_conn_starttls(c);
+}
+
+/* Before SASL success: only STARTTLS and SASL. */
+static void stream_preauth(struct c2s_conn *c, struct xml_node *n)
+{
+    const char *name = n->name;
+    if (strcmp(name, "starttls") == 0) {
+        stream_starttls(c, n);
+    } else if (strcmp(name, "auth") == 0 || strcmp(name, "response") == 0 ||
+               strcmp(name, "abort") == 0) {
+        c2s_sasl_element(c, n);
+    } else if (stream_is_stanza(name)) {
+        c2s_stream_error(c, "not-authorized", name);   /* RFC 6120 §6.4 */
+    } else {
+        c2s_stream_error(c, "unsupported-stanza-type", name);
+    }
+}
+
+static int stream_is_iq_request(struct xml_node *n)
+{
+    const char *t = xml_attr(n, "type");
+    return t && (strcmp(t, "get") == 0 || strcmp(t, "set") == 0);
+}
+
+/* iqs c2s answers itself: bind and the legacy session (RFC 3921 §3).
+ * Returns 1 when handled. */
+static int stream_local_iq(struct c2s_conn *c, struct xml_node *n)
+{
+    if (strcmp(n->name, "iq") != 0 || !stream_is_iq_request(n))
+        return 0;
+    const char *to = xml_attr(n, "to");
+    if (to && *to && (!c->domain || strcmp(to, c->domain) != 0))
+        return 0;
+    const char *id = xml_attr(n, "id");
+    struct xml_node *ch = xml_child(n, "bind", NS_BIND);
+    if (ch) {
+        if (c->state == C2S_S_BOUND || (c->flags & C2S_F_BIND_WAIT))
+            c2s_iq_error(c, id, "cancel", "not-allowed");
+        else
+            c2s_bind_iq(c, n, ch);
+        return 1;
+    }
+    if (xml_child(n, "session", NS_SESSION)) {
+        c2s_iq_result(c, id, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+static void stream_on_stanza(void *ud, struct xml_node *n)
+{
+    struct c2s_conn *c = ud;
+    switch (c->state) {
+    case C2S_S_STREAM_OPEN:
+        stream_preauth(c, n);
+        return;
+    case C2S_S_AUTHENTICATED:
+    case C2S_S_BOUND:
+        if (!stream_is_stanza(n->name)) {
+            c2s_stream_error(c, "unsupported-stanza-type", n->name);
+            return;
+        }
+        if (stream_local_iq(c, n))
+            return;
+        if (c->state == C2S_S_BOUND) {
+            c2s_route_stanza(c, n);
+            return;
+        }
+        /* Authenticated but not bound: nothing is routed (RFC 6120 §7.1). */
+        if (strcmp(n->name, "presence") != 0 && !stream_is_iq_request(n) &&
+            strcmp(n->name, "iq") == 0)
+            return;                                   /* stray result/error */
+        log_info("stanza_before_bind", "peer=%s sid=%s name=%s", c->peer, c->sid, n->name);
+        if (stream_is_iq_request(n))
+            c2s_iq_error(c, xml_attr(n, "id"), "cancel", "not-allowed");
+        return;
+    default:
+        return;                                       /* closing: ignore */
+    }
+}
