@@ -26,4 +26,9 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
 
 int pgev_connected(const struct pgev *pg);
 
+/* Notes: a query in flight past its deadline drops the connection (the only
+ * non-blocking way to abandon it) and is answered NULL. Callbacks may queue
+ * new queries but must not call pgev_free. PQconnectStart resolves host
+ * names synchronously: give an address (host=127.0.0.1 or hostaddr=). */
+
 #endif
