@@ -1,0 +1,511 @@
+/* account.c — `sbctl domain …` and `sbctl user …`: domains and accounts
+ * in PostgreSQL. Passwords are SASLprepped, then turned into SCRAM-SHA-1
+ * and SCRAM-SHA-256 salted keys; the password itself is never stored.
+ * bulk-add derives keys in forked workers (PBKDF2 dominates) and loads
+ * all rows with one COPY in one transaction. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "jid.h"
+#include "auth-int.h"
+#include "sbctl.h"
+
+#define SQLSTATE_UNIQUE "23505"
+#define SQLSTATE_FK "23503"
+
+/* The eight credential columns, base64 text, in table order. */
+struct cred_cols {
+    char v[8][96];
+};
+
+static unsigned account_iterations(void)
+{
+    long it = sb_config_int("scram_iterations", AUTH_DEFAULT_ITER);
+    return it < 1 || it > 1000000 ? AUTH_DEFAULT_ITER : (unsigned)it;
+}
+
+static void cred_fill(char *salt, char *iter, char *stored, char *server,
+                      const struct scram_cred *c)
+{
+    size_t dl = scram_digest_len(c->hash);
+    auth_b64_encode(c->salt, c->saltlen, salt);
+    snprintf(iter, 96, "%u", c->iter);
+    auth_b64_encode(c->stored_key, dl, stored);
+    auth_b64_encode(c->server_key, dl, server);
+}
+
+/* password: already SASLprepped. */
+static void account_derive(const char *password, unsigned iter, struct cred_cols *out)
+{
+    struct scram_cred c;
+    scram_cred_make(&c, SCRAM_SHA1, password, iter);
+    cred_fill(out->v[0], out->v[1], out->v[2], out->v[3], &c);
+    scram_cred_make(&c, SCRAM_SHA256, password, iter);
+    cred_fill(out->v[4], out->v[5], out->v[6], out->v[7], &c);
+}
+
+static const char *pg_state(const PGresult *r)
+{
+    const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    return s ? s : "";
+}
+
+/* 1 if the domain exists, 0 if not (message printed), -1 on error. */
+static int domain_exists(PGconn *c, const char *domain)
+{
+    const char *p[1] = {domain};
+    PGresult *r = PQexecParams(c, "SELECT 1 FROM domains WHERE name=$1", 1, NULL, p, NULL, NULL, 0);
+    int rc = -1;
+
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        sbctl_err("database error: %s", sbctl_pg_msg(c, r));
+    else if (PQntuples(r) == 0) {
+        sbctl_err("domain %s does not exist (add it with: sbctl domain add %s)", domain, domain);
+        rc = 0;
+    } else
+        rc = 1;
+    PQclear(r);
+    return rc;
+}
+
+/* USER@DOMAIN → prepared node and domain. */
+static int account_parse(const char *arg, struct jid *j)
+{
+    if (jid_parse(j, arg) != SB_OK || !j->node[0] || j->resource[0]) {
+        sbctl_err("'%s' is not a valid USER@DOMAIN address", arg);
+        return -1;
+    }
+    return 0;
+}
+
+/* The password from argv, or one line of stdin; SASLprepped, malloc'd. */
+static char *account_password(const char *arg)
+{
+    char *line = NULL, *prepped;
+    size_t cap = 0;
+
+    if (!arg) {
+        ssize_t n = getline(&line, &cap, stdin);
+        if (n <= 0) {
+            free(line);
+            sbctl_err("no password given (argument or one line on stdin)");
+            return NULL;
+        }
+        line[strcspn(line, "\r\n")] = '\0';
+        arg = line;
+    }
+    if (!arg[0]) {
+        free(line);
+        sbctl_err("the password is empty");
+        return NULL;
+    }
+    if (auth_saslprep(arg, &prepped) != SB_OK || !prepped[0]) {
+        free(line);
+        free(prepped);
+        sbctl_err("the password contains characters SASLprep does not allow");
+        return NULL;
+    }
+    free(line);
+    return prepped;
+}
+
+/* ---- domain ------------------------------------------------------------------- */
+
+static int domain_add(PGconn *c, const char *name, int anonymous)
+{
+    char dom[JID_PART_MAX + 1];
+    if (jid_nameprep(name, dom) != SB_OK || !dom[0]) {
+        sbctl_err("'%s' is not a valid domain name", name);
+        return SBCTL_FAIL;
+    }
+    const char *p[2] = {dom, anonymous ? "true" : "false"};
+    PGresult *r = PQexecParams(c, "INSERT INTO domains(name, anonymous) VALUES ($1, $2)", 2, NULL,
+                               p, NULL, NULL, 0);
+    int rc = SBCTL_OK;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        if (strcmp(pg_state(r), SQLSTATE_UNIQUE) == 0)
+            sbctl_err("domain %s already exists", dom);
+        else
+            sbctl_err("cannot add domain %s: %s", dom, sbctl_pg_msg(c, r));
+        rc = SBCTL_FAIL;
+    } else
+        printf("domain %s added%s\n", dom, anonymous ? " (anonymous)" : "");
+    PQclear(r);
+    return rc;
+}
+
+static int domain_list(PGconn *c)
+{
+    PGresult *r = PQexec(c, "SELECT d.name, d.anonymous, count(u.username)"
+                            " FROM domains d LEFT JOIN users u ON u.domain = d.name"
+                            " GROUP BY d.name, d.anonymous ORDER BY d.name");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        sbctl_err("database error: %s", sbctl_pg_msg(c, r));
+        PQclear(r);
+        return SBCTL_FAIL;
+    }
+    printf("%-32s %-9s %s\n", "DOMAIN", "ANONYMOUS", "USERS");
+    for (int i = 0; i < PQntuples(r); i++)
+        printf("%-32s %-9s %s\n", PQgetvalue(r, i, 0),
+               PQgetvalue(r, i, 1)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 2));
+    PQclear(r);
+    return SBCTL_OK;
+}
+
+int sbctl_cmd_domain(int argc, char **argv)
+{
+    int anonymous = 0, rc;
+    if (argc == 3 && strcmp(argv[0], "add") == 0 && strcmp(argv[2], "--anonymous") == 0)
+        anonymous = 1;
+    else if (!(argc == 2 && strcmp(argv[0], "add") == 0) &&
+             !(argc == 1 && strcmp(argv[0], "list") == 0))
+        return SBCTL_USAGE;
+    PGconn *c = sbctl_db_connect();
+    if (!c)
+        return SBCTL_FAIL;
+    rc = argv[0][0] == 'a' ? domain_add(c, argv[1], anonymous) : domain_list(c);
+    PQfinish(c);
+    return rc;
+}
+
+/* ---- user add / passwd / del / list ------------------------------------------------ */
+
+static int user_add(PGconn *c, const struct jid *j, const char *password)
+{
+    struct cred_cols k;
+    int ex = domain_exists(c, j->domain);
+    if (ex <= 0)
+        return SBCTL_FAIL;
+    account_derive(password, account_iterations(), &k);
+    const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
+                         k.v[4], k.v[5], k.v[6], k.v[7]};
+    PGresult *r = PQexecParams(c,
+        "INSERT INTO users(domain, username, scram_sha1_salt, scram_sha1_iter,"
+        " scram_sha1_stored, scram_sha1_server, scram_sha256_salt, scram_sha256_iter,"
+        " scram_sha256_stored, scram_sha256_server)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, NULL, p, NULL, NULL, 0);
+    int rc = SBCTL_OK;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        if (strcmp(pg_state(r), SQLSTATE_UNIQUE) == 0)
+            sbctl_err("user %s@%s already exists", j->node, j->domain);
+        else if (strcmp(pg_state(r), SQLSTATE_FK) == 0)
+            sbctl_err("domain %s does not exist", j->domain);
+        else
+            sbctl_err("cannot add user %s@%s: %s", j->node, j->domain, sbctl_pg_msg(c, r));
+        rc = SBCTL_FAIL;
+    } else
+        printf("user %s@%s added\n", j->node, j->domain);
+    PQclear(r);
+    return rc;
+}
+
+static int user_passwd(PGconn *c, const struct jid *j, const char *password)
+{
+    struct cred_cols k;
+    account_derive(password, account_iterations(), &k);
+    const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
+                         k.v[4], k.v[5], k.v[6], k.v[7]};
+    PGresult *r = PQexecParams(c,
+        "UPDATE users SET scram_sha1_salt=$3, scram_sha1_iter=$4, scram_sha1_stored=$5,"
+        " scram_sha1_server=$6, scram_sha256_salt=$7, scram_sha256_iter=$8,"
+        " scram_sha256_stored=$9, scram_sha256_server=$10"
+        " WHERE domain=$1 AND username=$2", 10, NULL, p, NULL, NULL, 0);
+    int rc = SBCTL_FAIL;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        sbctl_err("cannot change password: %s", sbctl_pg_msg(c, r));
+    else if (strcmp(PQcmdTuples(r), "0") == 0)
+        sbctl_err("no such user %s@%s", j->node, j->domain);
+    else {
+        printf("password of %s@%s changed\n", j->node, j->domain);
+        rc = SBCTL_OK;
+    }
+    PQclear(r);
+    return rc;
+}
+
+static int user_del(PGconn *c, const struct jid *j)
+{
+    const char *p[2] = {j->domain, j->node};
+    static const char *const sql[] = {
+        "DELETE FROM users WHERE domain=$1 AND username=$2",
+        "DELETE FROM roster WHERE domain=$1 AND username=$2",
+        "DELETE FROM roster_version WHERE domain=$1 AND username=$2",
+    };
+    if (sbctl_db_exec(c, "BEGIN") != 0)
+        return SBCTL_FAIL;
+    for (size_t i = 0; i < SB_ARRAY_LEN(sql); i++) {
+        PGresult *r = PQexecParams(c, sql[i], 2, NULL, p, NULL, NULL, 0);
+        int bad = PQresultStatus(r) != PGRES_COMMAND_OK;
+        int none = !bad && i == 0 && strcmp(PQcmdTuples(r), "0") == 0;
+        if (bad)
+            sbctl_err("cannot delete %s@%s: %s", j->node, j->domain, sbctl_pg_msg(c, r));
+        else if (none)
+            sbctl_err("no such user %s@%s", j->node, j->domain);
+        PQclear(r);
+        if (bad || none) {
+            PQclear(PQexec(c, "ROLLBACK"));
+            return SBCTL_FAIL;
+        }
+    }
+    if (sbctl_db_exec(c, "COMMIT") != 0)
+        return SBCTL_FAIL;
+    printf("user %s@%s deleted\n", j->node, j->domain);
+    return SBCTL_OK;
+}
+
+static int user_list(PGconn *c, const char *name)
+{
+    char dom[JID_PART_MAX + 1];
+    if (jid_nameprep(name, dom) != SB_OK) {
+        sbctl_err("'%s' is not a valid domain name", name);
+        return SBCTL_FAIL;
+    }
+    if (domain_exists(c, dom) <= 0)
+        return SBCTL_FAIL;
+    const char *p[1] = {dom};
+    PGresult *r = PQexecParams(c, "SELECT username FROM users WHERE domain=$1 ORDER BY username",
+                               1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        sbctl_err("database error: %s", sbctl_pg_msg(c, r));
+        PQclear(r);
+        return SBCTL_FAIL;
+    }
+    for (int i = 0; i < PQntuples(r); i++)
+        printf("%s@%s\n", PQgetvalue(r, i, 0), dom);
+    PQclear(r);
+    return SBCTL_OK;
+}
+
+/* ---- bulk-add ------------------------------------------------------------------------ */
+
+struct bulk {
+    char domain[JID_PART_MAX + 1];
+    const char *prefix, *passprefix;
+    long n;
+    unsigned iter;
+};
+
+/* COPY text format: escape the few bytes that are special. */
+static void copy_field(FILE *f, const char *s, int last)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '\t' || *s == '\n' || *s == '\r')
+            fputc('\\', f);
+        fputc(*s == '\t' ? 't' : *s == '\n' ? 'n' : *s == '\r' ? 'r' : *s, f);
+    }
+    fputc(last ? '\n' : '\t', f);
+}
+
+/* Rows lo..hi-1 (1-based numbering) as COPY lines into f. 0 ok. */
+static int bulk_derive(const struct bulk *b, long lo, long hi, FILE *f)
+{
+    char raw[JID_PART_MAX + 32], user[JID_PART_MAX + 1], *pw;
+    struct cred_cols k;
+
+    for (long i = lo; i < hi; i++) {
+        snprintf(raw, sizeof(raw), "%s%ld", b->prefix, i);
+        if (jid_nodeprep(raw, user) != SB_OK) {
+            sbctl_err("'%s' is not a valid user name", raw);
+            return -1;
+        }
+        snprintf(raw, sizeof(raw), "%s%ld", b->passprefix, i);
+        if (auth_saslprep(raw, &pw) != SB_OK) {
+            sbctl_err("password prefix contains characters SASLprep does not allow");
+            return -1;
+        }
+        account_derive(pw, b->iter, &k);
+        free(pw);
+        copy_field(f, b->domain, 0);
+        copy_field(f, user, 0);
+        for (int c = 0; c < 8; c++)
+            copy_field(f, k.v[c], c == 7);
+    }
+    return fflush(f) == 0 && !ferror(f) ? 0 : -1;
+}
+
+/* Derive all rows with `workers` processes, each into its own temp file. */
+static int bulk_derive_all(const struct bulk *b, int workers, FILE **files)
+{
+    pid_t pids[64];
+    int failed = 0;
+
+    for (int w = 0; w < workers; w++) {
+        files[w] = tmpfile();
+        if (!files[w]) {
+            sbctl_err("cannot create a temporary file: %s", strerror(errno));
+            return -1;
+        }
+    }
+    if (workers == 1)
+        return bulk_derive(b, 1, b->n + 1, files[0]);
+    fflush(NULL);
+    for (int w = 0; w < workers; w++) {
+        long lo = 1 + b->n * w / workers, hi = 1 + b->n * (w + 1) / workers;
+        pids[w] = fork();
+        if (pids[w] < 0) {
+            sbctl_err("fork failed: %s", strerror(errno));
+            failed = 1;
+            workers = w;
+            break;
+        }
+        if (pids[w] == 0)
+            _exit(bulk_derive(b, lo, hi, files[w]) == 0 ? 0 : 1);
+    }
+    for (int w = 0; w < workers; w++) {
+        int st;
+        while (waitpid(pids[w], &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            failed = 1;
+    }
+    return failed ? -1 : 0;
+}
+
+static int bulk_copy(PGconn *c, FILE **files, int workers)
+{
+    char buf[65536];
+    PGresult *r = PQexec(c,
+        "COPY bulk_users(domain, username, scram_sha1_salt, scram_sha1_iter,"
+        " scram_sha1_stored, scram_sha1_server, scram_sha256_salt, scram_sha256_iter,"
+        " scram_sha256_stored, scram_sha256_server) FROM STDIN");
+    if (PQresultStatus(r) != PGRES_COPY_IN) {
+        sbctl_err("COPY failed: %s", sbctl_pg_msg(c, r));
+        PQclear(r);
+        return -1;
+    }
+    PQclear(r);
+    for (int w = 0; w < workers; w++) {
+        size_t n;
+        rewind(files[w]);
+        while ((n = fread(buf, 1, sizeof(buf), files[w])) > 0)
+            if (PQputCopyData(c, buf, (int)n) != 1) {
+                sbctl_err("COPY failed: %s", sbctl_pg_msg(c, NULL));
+                return -1;
+            }
+    }
+    if (PQputCopyEnd(c, NULL) != 1) {
+        sbctl_err("COPY failed: %s", sbctl_pg_msg(c, NULL));
+        return -1;
+    }
+    r = PQgetResult(c);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok)
+        sbctl_err("COPY failed: %s", sbctl_pg_msg(c, r));
+    PQclear(r);
+    while ((r = PQgetResult(c)))
+        PQclear(r);
+    return ok ? 0 : -1;
+}
+
+/* Load the rows in one transaction; existing accounts are left alone. */
+static int bulk_store(PGconn *c, FILE **files, int workers, long *added)
+{
+    if (sbctl_db_exec(c, "BEGIN") != 0 ||
+        sbctl_db_exec(c, "CREATE TEMP TABLE bulk_users (LIKE users INCLUDING DEFAULTS)"
+                         " ON COMMIT DROP") != 0 ||
+        bulk_copy(c, files, workers) != 0)
+        goto fail;
+    PGresult *r = PQexec(c,
+        "INSERT INTO users SELECT * FROM bulk_users ON CONFLICT (domain, username) DO NOTHING");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        sbctl_err("cannot insert users: %s", sbctl_pg_msg(c, r));
+        PQclear(r);
+        goto fail;
+    }
+    *added = atol(PQcmdTuples(r));
+    PQclear(r);
+    if (sbctl_db_exec(c, "COMMIT") != 0)
+        goto fail;
+    return 0;
+fail:
+    PQclear(PQexec(c, "ROLLBACK"));
+    return -1;
+}
+
+static int user_bulk_add(PGconn *c, char **argv)
+{
+    struct bulk b = {.prefix = argv[1], .passprefix = argv[3], .iter = account_iterations()};
+    char *end;
+    FILE *files[64] = {0};
+    long added = 0;
+    int rc = SBCTL_FAIL;
+
+    errno = 0;
+    b.n = strtol(argv[2], &end, 10);
+    if (errno || *end || b.n < 1 || b.n > 10000000) {
+        sbctl_err("N must be a number from 1 to 10000000, not '%s'", argv[2]);
+        return SBCTL_FAIL;
+    }
+    if (jid_nameprep(argv[0], b.domain) != SB_OK) {
+        sbctl_err("'%s' is not a valid domain name", argv[0]);
+        return SBCTL_FAIL;
+    }
+    if (domain_exists(c, b.domain) <= 0)
+        return SBCTL_FAIL;
+
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int workers = b.n < 64 ? 1 : (int)(cpus < 1 ? 1 : cpus > 64 ? 64 : cpus);
+    double t0 = sb_now();
+    if (bulk_derive_all(&b, workers, files) != 0)
+        goto out;
+    double t1 = sb_now();
+    if (bulk_store(c, files, workers, &added) != 0)
+        goto out;
+    double t2 = sb_now();
+    printf("added %ld users to %s (%ld already existed) in %.1f s"
+           " (keys %.1f s with %d workers, database %.1f s)\n",
+           added, b.domain, b.n - added, t2 - t0, t1 - t0, workers, t2 - t1);
+    rc = SBCTL_OK;
+out:
+    for (int w = 0; w < workers; w++)
+        if (files[w])
+            fclose(files[w]);
+    return rc;
+}
+
+int sbctl_cmd_user(int argc, char **argv)
+{
+    struct jid j;
+    char *pw = NULL;
+    int rc;
+
+    if (argc < 2)
+        return SBCTL_USAGE;
+    const char *op = argv[0];
+    int is_add = strcmp(op, "add") == 0, is_pw = strcmp(op, "passwd") == 0;
+    if (((is_add || is_pw) && argc > 3) ||
+        ((strcmp(op, "del") == 0 || strcmp(op, "list") == 0) && argc != 2) ||
+        (strcmp(op, "bulk-add") == 0 && argc != 5) ||
+        (!is_add && !is_pw && strcmp(op, "del") && strcmp(op, "list") && strcmp(op, "bulk-add")))
+        return SBCTL_USAGE;
+    if ((is_add || is_pw || strcmp(op, "del") == 0) && account_parse(argv[1], &j) != 0)
+        return SBCTL_FAIL;
+    if ((is_add || is_pw) && !(pw = account_password(argc == 3 ? argv[2] : NULL)))
+        return SBCTL_FAIL;
+
+    PGconn *c = sbctl_db_connect();
+    if (!c)
+        rc = SBCTL_FAIL;
+    else if (is_add)
+        rc = user_add(c, &j, pw);
+    else if (is_pw)
+        rc = user_passwd(c, &j, pw);
+    else if (strcmp(op, "del") == 0)
+        rc = user_del(c, &j);
+    else if (strcmp(op, "list") == 0)
+        rc = user_list(c, argv[1]);
+    else
+        rc = user_bulk_add(c, argv + 1);
+    if (c)
+        PQfinish(c);
+    if (pw) {
+        memset(pw, 0, strlen(pw));
+        free(pw);
+    }
+    return rc;
+}

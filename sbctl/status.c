@@ -1,0 +1,159 @@
+/* status.c — `sbctl status`: ask the router which instances are alive.
+ * A DEALER socket with routing id sbctl-<pid> sends ADMIN op=status; the
+ * router answers with one `key=value …` line per live instance
+ * (common/ENVELOPE.md), printed here as a table. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "config.h"
+#include "env.h"
+#include "sbctl.h"
+
+#define STATUS_TIMEOUT_MS 2000
+
+/* Value of key in a `k=v k=v` line into out ("-" when absent). */
+static void status_field(const char *line, size_t len, const char *key, char *out, size_t cap)
+{
+    size_t kl = strlen(key);
+    const char *p = line, *end = line + len;
+
+    snprintf(out, cap, "-");
+    while (p < end) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        const char *tok_end = sp ? sp : end;
+        if ((size_t)(tok_end - p) > kl && memcmp(p, key, kl) == 0 && p[kl] == '=') {
+            snprintf(out, cap, "%.*s", (int)(tok_end - p - kl - 1), p + kl + 1);
+            return;
+        }
+        p = tok_end + 1;
+    }
+}
+
+static void status_print(const char *body, size_t len)
+{
+    char name[64], kind[32], pid[32], age[32], sess[32], doms[512];
+    const char *p = body, *end = body + len;
+    int rows = 0;
+
+    printf("%-16s %-8s %-8s %-10s %-9s %s\n", "INSTANCE", "KIND", "PID", "HEARTBEAT",
+           "SESSIONS", "DOMAINS");
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        if (ll > 0) {
+            status_field(p, ll, "name", name, sizeof(name));
+            status_field(p, ll, "kind", kind, sizeof(kind));
+            status_field(p, ll, "pid", pid, sizeof(pid));
+            status_field(p, ll, "last_hello_ms", age, sizeof(age));
+            status_field(p, ll, "sessions", sess, sizeof(sess));
+            status_field(p, ll, "domains", doms, sizeof(doms));
+            if (strcmp(age, "-") != 0) {
+                double s = atof(age) / 1000.0;
+                snprintf(age, sizeof(age), "%.1fs ago", s);
+            }
+            printf("%-16s %-8s %-8s %-10s %-9s %s\n", name, kind, pid, age, sess,
+                   doms[0] ? doms : "-");
+            rows++;
+        }
+        p += ll + 1;
+    }
+    if (rows == 0)
+        printf("(no live instances)\n");
+}
+
+/* Wait for the status reply; 0 printed, -1 timeout or error (reported). */
+static int status_wait(void *sock, const char *endpoint)
+{
+    double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
+
+    for (;;) {
+        long left = (long)((deadline - sb_now()) * 1000);
+        if (left <= 0)
+            break;
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, left) <= 0)
+            continue;
+        zmq_msg_t f1, f2;
+        struct env_hdr h;
+        zmq_msg_init(&f1);
+        zmq_msg_init(&f2);
+        int ok = zmq_msg_recv(&f1, sock, 0) >= 0;
+        int more = ok && zmq_msg_more(&f1);
+        if (more)
+            ok = zmq_msg_recv(&f2, sock, 0) >= 0;
+        while (ok && zmq_msg_more(more ? &f2 : &f1)) {  /* drop unexpected frames */
+            zmq_msg_t x;
+            zmq_msg_init(&x);
+            zmq_msg_recv(&x, sock, 0);
+            int m = zmq_msg_more(&x);
+            zmq_msg_close(&x);
+            if (!m)
+                break;
+        }
+        int done = 0;
+        if (ok && env_decode(&h, zmq_msg_data(&f1), zmq_msg_size(&f1)) == SB_OK) {
+            if (h.kind == ENV_ADMIN && strcmp(h.op, "status") == 0) {
+                status_print(more ? zmq_msg_data(&f2) : "", more ? zmq_msg_size(&f2) : 0);
+                done = 1;
+            } else if (h.kind == ENV_BOUNCE) {
+                sbctl_err("router at %s bounced the status request (%s)", endpoint, h.op);
+                done = -1;
+            }
+        }
+        zmq_msg_close(&f1);
+        zmq_msg_close(&f2);
+        if (done)
+            return done > 0 ? 0 : -1;
+    }
+    sbctl_err("no answer from the router at %s within %d s (is it running?)", endpoint,
+              STATUS_TIMEOUT_MS / 1000);
+    return -1;
+}
+
+int sbctl_cmd_status(int argc, char **argv)
+{
+    const char *endpoint = sb_config_str("router", NULL);
+    char id[ENV_NAME_MAX + 1];
+    uint8_t hdr[ENV_HDR_MAX];
+    struct env_hdr h;
+    int rc = SBCTL_FAIL, zero = 0;
+
+    if (argc != 0)
+        return SBCTL_USAGE;
+    if (!endpoint || !*endpoint) {
+        sbctl_err("no router endpoint (config key 'router' in [cluster])");
+        return SBCTL_FAIL;
+    }
+    snprintf(id, sizeof(id), "sbctl-%d", (int)getpid());
+    void *ctx = zmq_ctx_new();
+    void *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
+    if (!sock) {
+        sbctl_err("cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    zmq_setsockopt(sock, ZMQ_ROUTING_ID, id, strlen(id));
+    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+    if (zmq_connect(sock, endpoint) != 0) {
+        sbctl_err("cannot connect to router endpoint %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    env_init(&h, ENV_ADMIN, ENV_ROUTE_ROUTER);
+    snprintf(h.sender, sizeof(h.sender), "%s", id);
+    snprintf(h.op, sizeof(h.op), "status");
+    long n = env_encode(&h, hdr, sizeof(hdr));
+    if (n < 0 || zmq_send(sock, hdr, (size_t)n, ZMQ_SNDMORE) < 0 || zmq_send(sock, "", 0, 0) < 0) {
+        sbctl_err("cannot send to router %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    if (status_wait(sock, endpoint) == 0)
+        rc = SBCTL_OK;
+out:
+    if (sock)
+        zmq_close(sock);
+    if (ctx)
+        zmq_ctx_term(ctx);
+    return rc;
+}
