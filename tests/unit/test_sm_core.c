@@ -1,0 +1,485 @@
+/* test_sm_core.c — the session manager's core and foundation modules, with
+ * the link, Redis and PostgreSQL replaced by recorders: what a job sends to
+ * Redis, in which order jobs of one user run, what reaches the router.
+ * The sm sources are compiled into this test directly (they are not in a
+ * library); the fakes below stand in for common/link.c, rdev.c, pgev.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../sm/core.c"
+#include "../../sm/user.c"
+#include "../../sm/send.c"
+#include "../../sm/cluster.c"
+#include "../../sm/modules.c"
+#include "../../sm/mod_session.c"
+#include "../../sm/mod_presence_min.c"
+#include "../../sm/mod_deliver.c"
+#include "../../sm/mod_roster.c"
+#include "../../sm/mod_disco.c"
+#include "../../sm/mod_ping.c"
+#include "../../sm/mod_fallback.c"
+
+/* ---- fake link: records what was sent -------------------------------------- */
+
+struct sent {
+    struct env_hdr h;
+    char body[4096];
+};
+static struct sent sent[64];
+static int nsent;
+static int fake_token;
+
+struct link *link_new(struct ev_loop *loop, const struct link_opts *o, link_recv_cb cb, void *ud)
+{
+    return (struct link *)&fake_token;
+}
+void link_free(struct link *l) {}
+const char *link_instance(const struct link *l) { return "sm1"; }
+void link_set_sessions(struct link *l, long n) {}
+void link_set_domains(struct link *l, const char *csv) {}
+sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t len)
+{
+    assert_true(nsent < (int)SB_ARRAY_LEN(sent));
+    sent[nsent].h = *h;
+    snprintf(sent[nsent].body, sizeof sent[nsent].body, "%.*s", (int)len, body);
+    nsent++;
+    return SB_OK;
+}
+
+/* ---- fake Redis: commands wait until the test answers them ----------------- */
+
+struct pending {
+    char cmd[1024];
+    rdev_cb cb;
+    void *arg;
+};
+static struct pending rq[64];
+static int nrq, rq_head;
+
+/* RESP "*3\r\n$4\r\nHSET\r\n…" → "HSET a b". */
+static void resp_to_text(const char *resp, char *out, size_t cap)
+{
+    const char *p = strchr(resp, '\n') + 1;
+    size_t o = 0;
+    while (*p == '$') {
+        long n = strtol(p + 1, NULL, 10);
+        p = strchr(p, '\n') + 1;
+        o += (size_t)snprintf(out + o, cap - o, "%s%.*s", o ? " " : "", (int)n, p);
+        p += n + 2;
+    }
+}
+
+struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port)
+{
+    return (struct rdev *)&fake_token;
+}
+void rdev_free(struct rdev *r)
+{
+    while (rq_head < nrq) {
+        struct pending *q = &rq[rq_head++];
+        q->cb(NULL, q->arg);
+    }
+}
+int rdev_connected(const struct rdev *r) { return 1; }
+sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...)
+{
+    char *resp;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = redisvFormatCommand(&resp, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0);
+    assert_true(nrq < (int)SB_ARRAY_LEN(rq));
+    resp_to_text(resp, rq[nrq].cmd, sizeof rq[nrq].cmd);
+    redisFreeCommand(resp);
+    rq[nrq].cb = cb;
+    rq[nrq].arg = arg;
+    nrq++;
+    return SB_OK;
+}
+sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc, const char **argv,
+                   const size_t *argvlen)
+{
+    fail_msg("unexpected rdev_cmdargv");
+    return SB_ERROR;
+}
+
+/* ---- fake PostgreSQL ---------------------------------------------------------- */
+static pgev_cb pg_cb;
+static void *pg_arg;
+static char pg_params[2][256];
+struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo)
+{
+    return (struct pgev *)&fake_token;
+}
+void pgev_free(struct pgev *pg)
+{
+    if (pg_cb) {
+        pgev_cb cb = pg_cb;
+        pg_cb = NULL;
+        cb(NULL, pg_arg);
+    }
+}
+int pgev_connected(const struct pgev *pg) { return 1; }
+sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *const *params,
+                 pgev_cb cb, void *arg)
+{
+    pg_cb = cb;
+    pg_arg = arg;
+    for (int i = 0; i < nparams && i < 2; i++)
+    {
+        size_t n = strnlen(params[i], sizeof pg_params[i] - 1);
+        memcpy(pg_params[i], params[i], n);
+        pg_params[i][n] = '\0';
+    }
+    return SB_OK;
+}
+
+/* ---- helpers --------------------------------------------------------------------- */
+
+static struct sm_core *core;
+
+static int setup(void **st)
+{
+    nsent = nrq = rq_head = 0;
+    pg_cb = NULL;
+    core = sm_core_new(ev_default_loop(0), "sm1");
+    assert_non_null(core);
+    core->domains = strdup("localhost,anon.localhost");
+    return 0;
+}
+
+static int teardown(void **st)
+{
+    sm_core_free(core);
+    core = NULL;
+    return 0;
+}
+
+/* Answer the oldest unanswered Redis command, checking its prefix. */
+static void redis_answer(const char *expect_prefix, redisReply *r)
+{
+    assert_true(rq_head < nrq);
+    struct pending *q = &rq[rq_head++];
+    if (strncmp(q->cmd, expect_prefix, strlen(expect_prefix)))
+        fail_msg("redis got \"%s\", expected \"%s…\"", q->cmd, expect_prefix);
+    q->cb(r, q->arg);
+}
+
+static void redis_int(const char *prefix, long long v)
+{
+    redisReply r = {.type = REDIS_REPLY_INTEGER, .integer = v};
+    redis_answer(prefix, &r);
+}
+
+/* An array reply of n strings. */
+static void redis_array(const char *prefix, int n, const char **items)
+{
+    redisReply el[8], *els[8];
+    for (int i = 0; i < n; i++) {
+        el[i] = (redisReply){.type = REDIS_REPLY_STRING, .str = (char *)items[i],
+                             .len = strlen(items[i])};
+        els[i] = &el[i];
+    }
+    redisReply r = {.type = REDIS_REPLY_ARRAY, .elements = (size_t)n, .element = els};
+    redis_answer(prefix, &r);
+}
+
+static void redis_empty_load(const char *bare)
+{
+    char p[256];
+    snprintf(p, sizeof p, "HGETALL sess:{%s}", bare);
+    redis_array(p, 0, NULL);
+    snprintf(p, sizeof p, "HGETALL pres:{%s}", bare);
+    redis_array(p, 0, NULL);
+}
+
+static void recv_env(enum env_kind kind, enum env_route route, const char *key,
+                     const char *sender, const char *sid, const char *op, const char *aux,
+                     const char *body)
+{
+    static struct env_hdr h;
+    env_init(&h, kind, route);
+    snprintf(h.key, sizeof h.key, "%s", key);
+    snprintf(h.sender, sizeof h.sender, "%s", sender);
+    snprintf(h.sid, sizeof h.sid, "%s", sid);
+    snprintf(h.op, sizeof h.op, "%s", op);
+    snprintf(h.aux, sizeof h.aux, "%s", aux);
+    sm_core_on_recv(NULL, &h, body, strlen(body), core);
+}
+
+static void recv_stanza(const char *key, const char *from_full, const char *xml)
+{
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, key, "c2s1", "S0", "", from_full, xml);
+}
+
+/* Bind alice@localhost on c2s1 with sid; returns the full JID (static). */
+static const char *bind_alice(const char *sid, int load)
+{
+    static char full[256];
+    int before = nsent;
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "bind", "", "");
+    if (load)
+        redis_empty_load("alice@localhost");
+    redis_int("HSETNX sess:{alice@localhost} ", 1);
+    redis_int("SADD fe:c2s1 alice@localhost/", 1);
+    assert_int_equal(nsent, before + 1);
+    assert_string_equal(sent[before].h.op, "bound");
+    assert_string_equal(sent[before].h.key, "c2s1");
+    assert_string_equal(sent[before].h.sid, sid);
+    snprintf(full, sizeof full, "%s", sent[before].h.aux);
+    return full;
+}
+
+static void presence_from(const char *full, const char *sid, int prio)
+{
+    char xml[512];
+    snprintf(xml, sizeof xml, "<presence from='%s'><priority>%d</priority></presence>", full, prio);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static void test_bind_claims_generated_resource_with_hsetnx(void **st)
+{
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "phone", "");
+    redis_empty_load("alice@localhost");
+    assert_true(rq_head < nrq);
+    /* HSETNX sess:{alice@localhost} phone.<16> "c2s1 S1 0" */
+    const char *cmd = rq[rq_head].cmd;
+    assert_true(!strncmp(cmd, "HSETNX sess:{alice@localhost} phone.", 36));
+    assert_string_equal(cmd + 36 + 16, " c2s1 S1 0");
+    redis_int("HSETNX", 1);
+    redis_int("SADD fe:c2s1 alice@localhost/phone.", 1);
+    assert_int_equal(nsent, 1);
+    assert_string_equal(sent[0].h.op, "bound");
+    assert_int_equal(strlen(sent[0].h.aux), strlen("alice@localhost/phone.") + 16);
+    assert_int_equal(core->nsessions, 1);
+}
+
+static void test_bind_retries_after_collision(void **st)
+{
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
+    redis_empty_load("alice@localhost");
+    char first[256];
+    snprintf(first, sizeof first, "%s", rq[rq_head].cmd);
+    redis_int("HSETNX sess:{alice@localhost} ", 0);
+    assert_string_not_equal(rq[rq_head].cmd, first);
+    redis_int("HSETNX sess:{alice@localhost} ", 1);
+    redis_int("SADD fe:c2s1 ", 1);
+    assert_string_equal(sent[0].h.op, "bound");
+}
+
+static void test_bind_fails_when_redis_is_down(void **st)
+{
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
+    redis_answer("HGETALL sess:", NULL);
+    redis_answer("HGETALL pres:", NULL);
+    redis_answer("HSETNX", NULL);
+    assert_int_equal(nsent, 1);
+    assert_string_equal(sent[0].h.op, "bind-failed");
+    assert_string_equal(sent[0].h.aux, "internal-server-error");
+    assert_int_equal(core->nsessions, 0);
+}
+
+static void test_later_stanza_waits_for_pending_bind(void **st)
+{
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
+    redis_empty_load("alice@localhost");
+    /* While HSETNX is pending, an iq for alice arrives: it must wait. */
+    recv_stanza("alice@localhost", "bob@localhost/x",
+                "<iq type='get' id='1' from='bob@localhost/x' to='alice@localhost'>"
+                "<query xmlns='urn:x'/></iq>");
+    assert_int_equal(nsent, 0);
+    redis_int("HSETNX", 1);
+    redis_int("SADD", 1);
+    assert_int_equal(nsent, 2);
+    assert_string_equal(sent[0].h.op, "bound");
+    assert_int_equal(sent[1].h.kind, ENV_STANZA);
+    assert_string_equal(sent[1].h.key, "bob@localhost");
+}
+
+static void test_message_to_bare_goes_to_highest_priority(void **st)
+{
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
+    presence_from(a, "S1", 5);
+    presence_from(b, "S2", 1);
+    nsent = 0;
+    recv_stanza("alice@localhost", "bob@localhost/x",
+                "<message from='bob@localhost/x' to='alice@localhost' type='chat'><body>hi</body></message>");
+    assert_int_equal(nsent, 1);
+    assert_int_equal(sent[0].h.route, ENV_ROUTE_INSTANCE);
+    assert_string_equal(sent[0].h.key, "c2s1");
+    assert_string_equal(sent[0].h.sid, "S1");
+    assert_non_null(strstr(sent[0].body, "<body>hi</body>"));
+    /* No Redis round trip for the message itself. */
+    assert_int_equal(rq_head, nrq - 4);   /* only the 2×2 presence stores */
+}
+
+static void test_message_without_available_session_is_refused(void **st)
+{
+    const char *a = bind_alice("S1", 1);
+    presence_from(a, "S1", -1);
+    nsent = 0;
+    recv_stanza("alice@localhost", "bob@localhost/x",
+                "<message from='bob@localhost/x' to='alice@localhost' id='m1'><body>hi</body></message>");
+    assert_int_equal(nsent, 1);
+    assert_int_equal(sent[0].h.route, ENV_ROUTE_JID);
+    assert_string_equal(sent[0].h.key, "bob@localhost");
+    assert_non_null(strstr(sent[0].body, "type='error'"));
+    assert_non_null(strstr(sent[0].body, "<service-unavailable"));
+    assert_non_null(strstr(sent[0].body, "to='bob@localhost/x'"));
+    assert_non_null(strstr(sent[0].body, "from='alice@localhost'"));
+}
+
+static void test_error_is_never_answered_with_error(void **st)
+{
+    recv_stanza("carol@localhost", "bob@localhost/x",
+                "<message from='bob@localhost/x' to='carol@localhost' type='error'/>");
+    redis_empty_load("carol@localhost");
+    recv_stanza("carol@localhost", "bob@localhost/x",
+                "<iq from='bob@localhost/x' to='carol@localhost/r' type='error' id='e'/>");
+    redis_empty_load("carol@localhost");
+    assert_int_equal(nsent, 0);
+}
+
+static void test_iq_to_missing_full_jid_gets_service_unavailable(void **st)
+{
+    recv_stanza("carol@localhost", "bob@localhost/x",
+                "<iq from='bob@localhost/x' to='carol@localhost/gone' type='get' id='q'>"
+                "<ping xmlns='urn:xmpp:ping'/></iq>");
+    redis_empty_load("carol@localhost");
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<service-unavailable"));
+    assert_string_equal(sent[0].h.key, "bob@localhost");
+}
+
+static void test_presence_to_bare_reaches_available_sessions_only(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    bind_alice("S2", 0);
+    presence_from(a, "S1", 0);
+    nsent = 0;
+    recv_stanza("alice@localhost", "bob@localhost/x",
+                "<presence from='bob@localhost/x' to='alice@localhost'/>");
+    assert_int_equal(nsent, 1);
+    assert_string_equal(sent[0].h.sid, "S1");
+}
+
+static void test_disco_info_on_domain_lists_features(void **st)
+{
+    recv_stanza("localhost", "bob@localhost/x",
+                "<iq from='bob@localhost/x' to='localhost' type='get' id='d'>"
+                "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "category='server'"));
+    assert_non_null(strstr(sent[0].body, "urn:xmpp:ping"));
+    assert_non_null(strstr(sent[0].body, "type='result'"));
+}
+
+static void test_ping_to_server_gets_result(void **st)
+{
+    recv_stanza("localhost", "bob@localhost/x",
+                "<iq from='bob@localhost/x' to='localhost' type='get' id='p'>"
+                "<ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "type='result'"));
+    assert_non_null(strstr(sent[0].body, "id='p'"));
+}
+
+static void test_unknown_iq_gets_service_unavailable(void **st)
+{
+    recv_stanza("localhost", "bob@localhost/x",
+                "<iq from='bob@localhost/x' to='localhost' type='set' id='u'>"
+                "<thing xmlns='urn:unknown'/></iq>");
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<service-unavailable"));
+}
+
+static void test_roster_get_builds_items_from_rows(void **st)
+{
+    recv_stanza("alice@localhost", "alice@localhost/r",
+                "<iq from='alice@localhost/r' type='get' id='r1'>"
+                "<query xmlns='jabber:iq:roster'/></iq>");
+    redis_empty_load("alice@localhost");
+    assert_non_null(pg_cb);
+    assert_string_equal(pg_params[0], "localhost");
+    assert_string_equal(pg_params[1], "alice");
+    /* A database error becomes internal-server-error, never silence. */
+    pgev_cb cb = pg_cb;
+    pg_cb = NULL;
+    cb(NULL, pg_arg);
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<internal-server-error"));
+}
+
+static void test_instance_down_sends_session_gone_per_member(void **st)
+{
+    recv_env(ENV_CONTROL, ENV_ROUTE_INSTANCE, "sm1", "router", "", "instance-down", "c2s9", "");
+    const char *members[] = {"alice@localhost/a b.x S1", "bob@localhost/r S2"};
+    redis_array("SMEMBERS fe:c2s9", 2, members);
+    assert_int_equal(nsent, 2);
+    assert_string_equal(sent[0].h.op, "session-gone");
+    assert_string_equal(sent[0].h.key, "alice@localhost");
+    assert_string_equal(sent[0].h.aux, "alice@localhost/a b.x");
+    assert_string_equal(sent[0].h.sid, "S1");
+    assert_string_equal(sent[1].h.key, "bob@localhost");
+    redis_answer("DEL fe:c2s9", NULL);
+}
+
+static void test_end_removes_session_from_redis_and_cache(void **st)
+{
+    const char *full = bind_alice("S1", 1);
+    char f[256];
+    snprintf(f, sizeof f, "%s", full);
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", f, "");
+    assert_int_equal(core->nsessions, 0);
+    redis_answer("HDEL sess:{alice@localhost} ", NULL);
+    redis_answer("HDEL pres:{alice@localhost} ", NULL);
+    redis_answer("SREM fe:c2s1 alice@localhost/", NULL);
+}
+
+static void test_members_change_drops_cached_users(void **st)
+{
+    bind_alice("S1", 1);
+    recv_env(ENV_CONTROL, ENV_ROUTE_INSTANCE, "sm1", "router", "", "members", "",
+             "sm sm1\nc2s c2s1\nsm sm2\n");
+    assert_int_equal(core->nsessions, 0);
+    /* The next stanza for alice reloads from Redis. */
+    recv_stanza("alice@localhost", "bob@localhost/x",
+                "<message from='bob@localhost/x' to='alice@localhost'/>");
+    assert_string_equal(rq[rq_head].cmd, "HGETALL sess:{alice@localhost}");
+}
+
+int main(void)
+{
+    sb_log_init("test", SB_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_bind_claims_generated_resource_with_hsetnx, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bind_retries_after_collision, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bind_fails_when_redis_is_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_later_stanza_waits_for_pending_bind, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_message_to_bare_goes_to_highest_priority, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_message_without_available_session_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_is_never_answered_with_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_iq_to_missing_full_jid_gets_service_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_presence_to_bare_reaches_available_sessions_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_disco_info_on_domain_lists_features, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ping_to_server_gets_result, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_iq_gets_service_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_get_builds_items_from_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instance_down_sends_session_gone_per_member, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_end_removes_session_from_redis_and_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_members_change_drops_cached_users, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
