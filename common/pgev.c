@@ -306,16 +306,20 @@ static void pgev_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct pgev *pg = w->data;
     double now = ev_now(loop);
+    long expired = 0;
     while (pg->head && pg->head->deadline <= now) {
         struct pgev_query *q = pg->head;
         pg->head = q->next;
         if (!pg->head)
             pg->tail = NULL;
         pg->queued--;
-        log_warn("pg_query_timeout", "where=queue connected=%d", pg->state == PGEV_READY);
+        expired++;
         pgev_answer(q, NULL);
         pgev_query_free(q);
     }
+    if (expired)
+        log_warn("pg_query_timeout", "where=queue count=%ld connected=%d", expired,
+                 pg->state == PGEV_READY);
     if (pg->inflight && pg->inflight->deadline <= now) {
         log_warn("pg_query_timeout", "where=in_flight action=reconnect");
         pgev_down(pg, "query timed out");
