@@ -8,7 +8,7 @@ PKGS    := libzmq libev expat gnutls hiredis libpq libidn nettle
 PKG_CFLAGS := $(shell pkg-config --cflags $(filter-out libev,$(PKGS)) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(filter-out libev,$(PKGS)) 2>/dev/null) -lev -lm
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing \
+override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing \
            -I. -Icommon -Iauth $(PKG_CFLAGS)
 LDLIBS  := $(PKG_LIBS)
 
