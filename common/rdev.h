@@ -23,4 +23,12 @@ sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...);
 sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc,
                    const char **argv, const size_t *argvlen);
 
+/* Callback contract: SB_OK means cb runs exactly once, later, never inside
+ * rdev_cmd: with the reply (freed by hiredis after cb returns; check
+ * REDIS_REPLY_ERROR), or NULL when disconnected (answered from the loop's
+ * next iteration), when the connection breaks, when no reply came within
+ * 5 s (the connection is then dropped and re-opened: do not use blocking
+ * commands such as BLPOP), or from rdev_free. SB_ERROR (bad format, out of
+ * memory): cb is never called. Do not call rdev_free from inside a cb. */
+
 #endif

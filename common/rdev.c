@@ -1,0 +1,319 @@
+/* rdev.c — hiredis async on libev with reconnection (see rdev.h).
+ *
+ * hiredis 0.14 has no timeouts of its own, so a watchdog tick drops a
+ * connection whose connect or whose oldest outstanding reply takes longer
+ * than RDEV_STALL seconds (a hung or unreachable server), which answers
+ * every outstanding command with NULL. Commands issued while there is no
+ * connection are answered NULL from the loop's next iteration. */
+#include "rdev.h"
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <hiredis/adapters/libev.h>
+
+#define RDEV_BACKOFF_MIN 0.5
+#define RDEV_BACKOFF_MAX 5.0
+#define RDEV_STALL 5.0
+#define RDEV_FREELIST_MAX 1024
+
+/* One outstanding command: what to call back. Recycled via a free list. */
+struct rdev_req {
+    struct rdev_req *next;
+    struct rdev *r;
+    rdev_cb cb;
+    void *arg;
+};
+
+struct rdev {
+    struct ev_loop *loop;
+    char *host;
+    int port;
+    redisAsyncContext *ac;      /* NULL while down */
+    int connected;              /* connect callback said OK */
+    int logged_up;              /* -1 nothing yet, 0 down, 1 up */
+    double backoff;
+    double since;               /* connect start, or last progress on replies */
+    long pending;               /* commands hiredis still owes a reply */
+    ev_timer retry, tick, fail;
+    struct rdev_req *failed, *failed_tail;   /* to answer NULL asynchronously */
+    struct rdev_req *freelist;
+    size_t nfree;
+};
+
+static void rdev_connect(struct rdev *r);
+
+/* ---- requests ------------------------------------------------------------- */
+
+static struct rdev_req *rdev_req_get(struct rdev *r, rdev_cb cb, void *arg)
+{
+    struct rdev_req *q = r->freelist;
+    if (q) {
+        r->freelist = q->next;
+        r->nfree--;
+    } else if (!(q = malloc(sizeof *q))) {
+        return NULL;
+    }
+    q->next = NULL;
+    q->r = r;
+    q->cb = cb;
+    q->arg = arg;
+    return q;
+}
+
+static void rdev_req_put(struct rdev *r, struct rdev_req *q)
+{
+    if (r->nfree >= RDEV_FREELIST_MAX) {
+        free(q);
+        return;
+    }
+    q->next = r->freelist;
+    r->freelist = q;
+    r->nfree++;
+}
+
+static void rdev_on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rdev_req *q = priv;
+    struct rdev *r = q->r;
+    rdev_cb cb = q->cb;
+    void *arg = q->arg;
+    r->pending--;
+    r->since = ev_now(r->loop);
+    rdev_req_put(r, q);
+    if (cb)
+        cb(reply, arg);
+}
+
+/* Answer NULL on the next loop iteration, never inside rdev_cmd: callers
+ * often issue a command and then record state the callback relies on. */
+static void rdev_fail_later(struct rdev *r, struct rdev_req *q)
+{
+    if (r->failed_tail)
+        r->failed_tail->next = q;
+    else
+        r->failed = q;
+    r->failed_tail = q;
+    if (!ev_is_active(&r->fail))
+        ev_timer_start(r->loop, &r->fail);
+}
+
+static void rdev_fail_all(struct rdev *r)
+{
+    struct rdev_req *q = r->failed;
+    r->failed = r->failed_tail = NULL;
+    while (q) {
+        struct rdev_req *next = q->next;
+        rdev_cb cb = q->cb;
+        void *arg = q->arg;
+        rdev_req_put(r, q);
+        if (cb)
+            cb(NULL, arg);
+        q = next;
+    }
+}
+
+static void rdev_on_fail(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    rdev_fail_all(w->data);
+}
+
+/* ---- connection ---------------------------------------------------------- */
+
+static void rdev_log_state(struct rdev *r, int up, const char *why)
+{
+    if (r->logged_up == up)
+        return;
+    r->logged_up = up;
+    if (up)
+        log_info("redis_connected", "host=%s port=%d", r->host, r->port);
+    else
+        log_error("redis_disconnected", "host=%s port=%d err=%s", r->host, r->port,
+                  sb_log_q(why && *why ? why : "unknown"));
+}
+
+static void rdev_schedule(struct rdev *r)
+{
+    ev_timer_stop(r->loop, &r->retry);
+    ev_timer_set(&r->retry, r->backoff, 0);
+    ev_timer_start(r->loop, &r->retry);
+    r->backoff = r->backoff * 2 > RDEV_BACKOFF_MAX ? RDEV_BACKOFF_MAX : r->backoff * 2;
+}
+
+static void rdev_on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rdev *r = ac->data;
+    if (r->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees ac after this returns, without onDisconnect. */
+        r->ac = NULL;
+        r->connected = 0;
+        rdev_log_state(r, 0, ac->errstr);
+        rdev_schedule(r);
+        return;
+    }
+    r->connected = 1;
+    r->backoff = RDEV_BACKOFF_MIN;
+    r->since = ev_now(r->loop);
+    rdev_log_state(r, 1, NULL);
+}
+
+static void rdev_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rdev *r = ac->data;
+    if (r->ac != ac)    /* we dropped it ourselves (watchdog, free) */
+        return;
+    r->ac = NULL;
+    r->connected = 0;
+    rdev_log_state(r, 0, status == REDIS_OK ? "closed" : ac->errstr);
+    rdev_schedule(r);
+}
+
+static void rdev_connect(struct rdev *r)
+{
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (!ac || ac->err) {
+        rdev_log_state(r, 0, ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        rdev_schedule(r);
+        return;
+    }
+    ac->data = r;
+    r->ac = ac;
+    r->connected = 0;
+    r->since = ev_now(r->loop);
+    redisLibevAttach(r->loop, ac);
+    redisAsyncSetConnectCallback(ac, rdev_on_connect);
+    redisAsyncSetDisconnectCallback(ac, rdev_on_disconnect);
+}
+
+static void rdev_on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rdev *r = w->data;
+    if (!r->ac)
+        rdev_connect(r);
+}
+
+/* Drop the connection now; hiredis answers every outstanding command NULL. */
+static void rdev_drop(struct rdev *r, const char *why)
+{
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    r->connected = 0;
+    log_warn("redis_stalled", "host=%s port=%d what=%s pending=%ld", r->host, r->port, why, r->pending);
+    rdev_log_state(r, 0, why);
+    redisAsyncFree(ac);
+    rdev_schedule(r);
+}
+
+static void rdev_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rdev *r = w->data;
+    if (!r->ac || ev_now(loop) - r->since <= RDEV_STALL)
+        return;
+    if (!r->connected)
+        rdev_drop(r, "connect timed out");
+    else if (r->pending > 0)
+        rdev_drop(r, "reply timed out");
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port)
+{
+    struct rdev *r = calloc(1, sizeof *r);
+    if (!r || !(r->host = strdup(host ? host : "127.0.0.1"))) {
+        free(r);
+        return NULL;
+    }
+    r->loop = loop;
+    r->port = port;
+    r->logged_up = -1;
+    r->backoff = RDEV_BACKOFF_MIN;
+    ev_init(&r->retry, rdev_on_retry);
+    ev_timer_init(&r->tick, rdev_on_tick, 1.0, 1.0);
+    ev_timer_init(&r->fail, rdev_on_fail, 0, 0);
+    r->retry.data = r->tick.data = r->fail.data = r;
+    ev_timer_start(loop, &r->tick);
+    rdev_connect(r);
+    return r;
+}
+
+void rdev_free(struct rdev *r)
+{
+    if (!r)
+        return;
+    ev_timer_stop(r->loop, &r->retry);
+    ev_timer_stop(r->loop, &r->tick);
+    ev_timer_stop(r->loop, &r->fail);
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    if (ac)
+        redisAsyncFree(ac);    /* outstanding callbacks get NULL now */
+    rdev_fail_all(r);
+    while (r->freelist) {
+        struct rdev_req *q = r->freelist;
+        r->freelist = q->next;
+        free(q);
+    }
+    free(r->host);
+    free(r);
+}
+
+int rdev_connected(const struct rdev *r)
+{
+    return r && r->ac && r->connected;
+}
+
+/* Usable context, or NULL: down, or being torn down by hiredis. */
+static redisAsyncContext *rdev_ctx(struct rdev *r)
+{
+    if (!r->ac || (r->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        return NULL;
+    return r->ac;
+}
+
+static sb_rc rdev_issued(struct rdev *r, struct rdev_req *q, int rc)
+{
+    if (rc != REDIS_OK) {    /* bad format: hiredis will not call back */
+        rdev_req_put(r, q);
+        return SB_ERROR;
+    }
+    if (r->pending++ == 0)
+        r->since = ev_now(r->loop);
+    return SB_OK;
+}
+
+sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...)
+{
+    struct rdev_req *q = rdev_req_get(r, cb, arg);
+    if (!q)
+        return SB_ERROR;
+    redisAsyncContext *ac = rdev_ctx(r);
+    if (!ac) {
+        rdev_fail_later(r, q);
+        return SB_OK;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(ac, rdev_on_reply, q, fmt, ap);
+    va_end(ap);
+    return rdev_issued(r, q, rc);
+}
+
+sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc,
+                   const char **argv, const size_t *argvlen)
+{
+    struct rdev_req *q = rdev_req_get(r, cb, arg);
+    if (!q)
+        return SB_ERROR;
+    redisAsyncContext *ac = rdev_ctx(r);
+    if (!ac) {
+        rdev_fail_later(r, q);
+        return SB_OK;
+    }
+    return rdev_issued(r, q, redisAsyncCommandArgv(ac, rdev_on_reply, q, argc, argv, argvlen));
+}
