@@ -188,6 +188,21 @@ static void rt_flush_pending(struct rt_server *s)
     }
 }
 
+/* Two processes started with one name take the routing id from each other
+ * on every HELLO (ROUTER_HANDOVER), so the pid flips back and forth. That
+ * is a configuration error, not a stream of restarts: cleaning up "the old
+ * process" each time would wipe live sessions. */
+static int rt_name_flapping(struct rt_server *s, struct rt_inst *in, long old_pid)
+{
+    double now = sb_now();
+    int flapping = in->restarted_at > 0 && now - in->restarted_at < 2 * s->timeout;
+    in->restarted_at = now;
+    if (flapping)
+        log_error("duplicate_instance_name", "name=%s pid=%ld other_pid=%ld", in->name,
+                  in->pid, old_pid);
+    return flapping;
+}
+
 static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
 {
     char old_kind[RT_KIND_MAX + 1] = "";
@@ -203,7 +218,9 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
     }
     if (ch == 0)
         return;
-    const struct rt_inst *in = rt_reg_find(&s->reg, name, nlen);
+    struct rt_inst *in = rt_reg_find(&s->reg, name, nlen);
+    if ((ch & RT_CH_RESTART) && rt_name_flapping(s, in, old_pid))
+        ch &= ~RT_CH_RESTART;
     if (ch & RT_CH_NEW)
         log_info("instance_up", "name=%s kind=%s pid=%ld domains=%s sessions=%ld",
                  in->name, in->kind, in->pid, sb_log_q(in->domains), in->sessions);

@@ -21,6 +21,7 @@ struct rt_inst {
     char *domains;          /* comma-separated, owned; "" when none */
     double last_hello;      /* caller's clock (sb_now()) at the last HELLO */
     uint64_t seed;          /* fnv1a64 state after name + "\n": hashing skips it */
+    double restarted_at;    /* set by the caller: last pid change seen, 0 = none */
 };
 
 struct rt_registry {
