@@ -13,6 +13,7 @@ struct auth_store {
     struct pgev *pg;             /* PostgreSQL back-end, or NULL */
     auth_store_lookup_fn fn;     /* function back-end, or NULL */
     void *ud;
+    int seen_up;                 /* pg has been connected at least once */
 };
 
 struct auth_store *auth_store_new(struct pgev *pg)
@@ -110,6 +111,13 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
     if (st->fn)
         return st->fn(st->ud, domain, username, cb, arg);
     if (!st->pg)
+        return SB_ERROR;
+    /* A login should not wait out pgev's queue deadline while the database
+     * is known to be down: fail now (temporary-auth-failure). Before the
+     * first connection (start-up) queries are queued as usual. */
+    if (pgev_connected(st->pg))
+        st->seen_up = 1;
+    else if (st->seen_up)
         return SB_ERROR;
     struct store_req *rq = malloc(sizeof(*rq));
     if (!rq)
