@@ -78,10 +78,11 @@ sb_rc sm_job_parse(struct sm_job *j)
     j->from = xml_attr(j->st, "from");
     j->to = xml_attr(j->st, "to");
     j->id = xml_attr(j->st, "id");
-    if (!j->from || !*j->from) {
-        log_warn("stanza_no_from", "key=%s name=%s", sb_log_q(j->key), j->name);
-        return SB_ERROR;
-    }
+    /* Front-ends always stamp `from`; only the server's own answers to a
+     * stanza without `to` omit it (RFC 6120 §8.1.2.1). Such a stanza can be
+     * delivered but never answered. */
+    if (!j->from)
+        j->from = "";
     if (j->to && !*j->to)
         j->to = NULL;
     return SB_OK;
@@ -324,6 +325,9 @@ void sm_core_free(struct sm_core *c)
         rdev_free(rd);
     if (pg)
         pgev_free(pg);
+    for (size_t i = 0; i < sm_nmodules; i++)
+        if (sm_modules[i]->stop)
+            sm_modules[i]->stop(c);
     sm_users_free_all(c);
     if (c->link)
         link_free(c->link);

@@ -179,42 +179,125 @@ static sb_rc session_end(struct sm_job *j, const char *op)
 
 /* ---- instance-down ------------------------------------------------------------------ */
 
+/* The router sends instance-down once, so a clean-up that meets a Redis
+ * outage is retried here (every 5 s for 5 minutes) instead of leaving the
+ * dead front-end's sessions bound forever. */
+#define DOWN_RETRY_AFTER 5.0
+#define DOWN_RETRY_MAX 60
+
+struct down_req {
+    struct down_req *next;       /* in down_waiting while the timer runs */
+    struct sm_core *core;
+    struct sm_job *job;          /* the instance-down job, first attempt only */
+    ev_timer retry;
+    int tries;
+    char instance[ENV_NAME_MAX + 1];
+};
+static struct down_req *down_waiting;
+
+static void down_req_free(struct down_req *d)
+{
+    struct down_req **pp = &down_waiting;
+    while (*pp && *pp != d)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = d->next;
+    ev_timer_stop(d->core->loop, &d->retry);
+    free(d);
+}
+
+static void down_on_members(redisReply *r, void *arg);
+
+static void down_on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct down_req *d = w->data;
+    if (SM_RCMD(d->core, down_on_members, d, "SMEMBERS fe:%s", d->instance) != SB_OK) {
+        log_error("instance_down_failed", "instance=%s detail=redis-queue", d->instance);
+        down_req_free(d);
+    }
+}
+
+/* Returns 1 when the request lives on (a retry is armed). */
+static int down_retry_later(struct down_req *d)
+{
+    struct sm_core *c = d->core;
+    if (c->stopping || ++d->tries > DOWN_RETRY_MAX) {
+        log_error("instance_down_failed", "instance=%s detail=redis tries=%d", d->instance, d->tries);
+        return 0;
+    }
+    log_warn("instance_down_retry", "instance=%s tries=%d after=%.0f", d->instance, d->tries,
+             DOWN_RETRY_AFTER);
+    d->next = down_waiting;
+    down_waiting = d;
+    ev_timer_set(&d->retry, DOWN_RETRY_AFTER, 0.);
+    ev_timer_start(c->loop, &d->retry);
+    return 1;
+}
+
+/* One fe: member "fulljid sid" (the resource may hold spaces, the sid not). */
+static void down_member_gone(struct sm_core *c, const char *m)
+{
+    char full[ENV_STR_MAX + 1], bare[ENV_STR_MAX + 1];
+    const char *sp = m ? strrchr(m, ' ') : NULL;
+    if (!sp || (size_t)(sp - m) > ENV_STR_MAX || strlen(sp + 1) > ENV_NAME_MAX)
+        return;
+    memcpy(full, m, (size_t)(sp - m));
+    full[sp - m] = '\0';
+    if (jid_bare_of(full, bare, sizeof bare) < 0)
+        return;
+    sm_send_control(c, ENV_ROUTE_JID, bare, sp + 1, "session-gone", full);
+}
+
 static void down_on_members(redisReply *r, void *arg)
 {
-    struct sm_job *j = arg;
-    struct sm_core *c = j->core;
+    struct down_req *d = arg;
+    struct sm_core *c = d->core;
+    struct sm_job *j = d->job;
+    d->job = NULL;
     if (!r || r->type != REDIS_REPLY_ARRAY) {
-        log_error("instance_down_failed", "instance=%s detail=redis", j->aux);
+        if (!down_retry_later(d))
+            free(d);
+    } else {
+        for (size_t i = 0; i < r->elements; i++)
+            down_member_gone(c, r->element[i]->str);
+        SM_RCMD(c, session_on_cleanup, NULL, "DEL fe:%s", d->instance);
+        log_info("instance_down", "instance=%s sessions=%zu", d->instance, r->elements);
+        free(d);
+    }
+    if (j)
         sm_job_done(j);
-        return;
-    }
-    for (size_t i = 0; i < r->elements; i++) {
-        char full[ENV_STR_MAX + 1], sid[ENV_NAME_MAX + 1], bare[ENV_STR_MAX + 1];
-        const char *m = r->element[i]->str;
-        const char *sp = m ? strrchr(m, ' ') : NULL;
-        if (!sp || (size_t)(sp - m) > ENV_STR_MAX || strlen(sp + 1) > ENV_NAME_MAX)
-            continue;
-        memcpy(full, m, (size_t)(sp - m));
-        full[sp - m] = '\0';
-        strcpy(sid, sp + 1);
-        if (jid_bare_of(full, bare, sizeof bare) < 0)
-            continue;
-        sm_send_control(c, ENV_ROUTE_JID, bare, sid, "session-gone", full);
-    }
-    SM_RCMD(c, session_on_cleanup, NULL, "DEL fe:%s", j->aux);
-    log_info("instance_down", "instance=%s sessions=%zu", j->aux, r->elements);
-    sm_job_done(j);
 }
 
 static sb_rc session_instance_down(struct sm_job *j)
 {
-    if (!*j->aux || strchr(j->aux, ' '))
+    if (!*j->aux || strchr(j->aux, ' ') || strlen(j->aux) > ENV_NAME_MAX)
         return SB_OK;
-    if (SM_RCMD(j->core, down_on_members, j, "SMEMBERS fe:%s", j->aux) != SB_OK) {
-        log_error("instance_down_failed", "instance=%s detail=redis", j->aux);
+    if (!strcmp(j->body, "kind=sm"))
+        return SB_OK;   /* a dead sm held no sessions; its users rehash */
+    struct down_req *d = calloc(1, sizeof *d);
+    if (!d) {
+        log_error("instance_down_failed", "instance=%s detail=nomem", j->aux);
+        return SB_OK;
+    }
+    d->core = j->core;
+    d->job = j;
+    strcpy(d->instance, j->aux);
+    ev_timer_init(&d->retry, down_on_retry, DOWN_RETRY_AFTER, 0.);
+    d->retry.data = d;
+    if (SM_RCMD(j->core, down_on_members, d, "SMEMBERS fe:%s", j->aux) != SB_OK) {
+        d->job = NULL;
+        if (!down_retry_later(d))
+            free(d);
         return SB_OK;
     }
     return SB_AGAIN;
+}
+
+/* After Redis is gone: drop retries that are still waiting. */
+static void session_stop(struct sm_core *c)
+{
+    while (down_waiting)
+        down_req_free(down_waiting);
 }
 
 static sb_rc session_control(struct sm_job *j, const char *op)
@@ -231,4 +314,5 @@ static sb_rc session_control(struct sm_job *j, const char *op)
 const struct sm_module sm_mod_session = {
     .name = "session",
     .handle_control = session_control,
+    .stop = session_stop,
 };

@@ -64,8 +64,8 @@ sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st)
  * stays (RFC 6120 §8.3.1 allows it), from/to swap, an <error/> is added. */
 sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
 {
-    if (!j->st || !strcmp(j->type, "error"))
-        return SB_OK;   /* never answer an error with an error */
+    if (!j->st || !strcmp(j->type, "error") || !*j->from)
+        return SB_OK;   /* never answer an error with an error, nor nobody */
     if (!strcmp(j->name, "iq") && strcmp(j->type, "get") && strcmp(j->type, "set"))
         return SB_OK;   /* nor a result */
     struct xml_doc *d = j->doc;
@@ -84,7 +84,7 @@ sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
         return SB_ERROR;
     /* The job's cached attributes now describe the error; keep them honest. */
     j->type = "error";
-    j->from = orig_to;
+    j->from = orig_to ? orig_to : "";
     j->to = orig_from;
     log_info("stanza_error", "cond=%s name=%s to=%s from=%s", cond, j->name,
              sb_log_q(orig_from), sb_log_q(orig_to ? orig_to : "-"));
@@ -93,7 +93,7 @@ sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
 
 struct xml_doc *sm_iq_result_new(const struct sm_job *j)
 {
-    struct xml_doc *d = xml_doc_new("iq");
+    struct xml_doc *d = *j->from ? xml_doc_new("iq") : NULL;
     if (!d)
         return NULL;
     if (xml_set_attr(d, d->root, "type", "result") != SB_OK ||

@@ -73,6 +73,9 @@ struct sm_module {
     sb_rc (*handle_message)(struct sm_job *j);
     sb_rc (*handle_presence)(struct sm_job *j);
     sb_rc (*handle_control)(struct sm_job *j, const char *op);
+    /* Optional: release module state at shutdown, after Redis/PostgreSQL
+     * were closed (their pending callbacks have run). */
+    void (*stop)(struct sm_core *c);
 };
 
 /* The ordered module table (sm/modules.c): order is data, not code. */
