@@ -1,6 +1,7 @@
 /* main.c — sbctl: the Switchboard admin CLI.
  *   sbctl [-c FILE] <command> …   (config from -c or $SB_CONFIG, section [sbctl])
  * Exit codes: 0 ok, 1 failure, 2 usage. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,10 @@ int main(int argc, char **argv)
     }
     if (cfg && !*cfg)
         cfg = NULL;
+    if (cfg && access(cfg, R_OK) != 0) {
+        sbctl_err("cannot read config file %s: %s", cfg, strerror(errno));
+        return SBCTL_FAIL;
+    }
     if (sb_config_load(cfg, "sbctl", NULL) != SB_OK) {
         sbctl_err("cannot read config file %s", cfg);
         return SBCTL_FAIL;
