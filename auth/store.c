@@ -108,6 +108,8 @@ static void store_pg_done(PGresult *res, void *arg)
 sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *username,
                         auth_store_cb cb, void *arg)
 {
+    if (!st)
+        return SB_ERROR;         /* no store configured: temporary-auth-failure */
     if (st->fn)
         return st->fn(st->ud, domain, username, cb, arg);
     if (!st->pg)

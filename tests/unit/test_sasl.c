@@ -482,6 +482,16 @@ static void test_store_down_is_temporary_auth_failure(void **state)
     start_expect(f, "SCRAM-SHA-256", "n,,n=user,r=abc", NULL, "temporary-auth-failure");
 }
 
+static void test_no_store_is_temporary_auth_failure(void **state)
+{
+    struct fixture *f = *state;
+    memset(&f->cap, 0, sizeof(f->cap));
+    struct sasl_sess *s = sasl_new(NULL, &f->opts, on_result, &f->cap);
+    sasl_start(s, "SCRAM-SHA-1", b64("n,,n=user,r=abc"));
+    expect_failure(f, "temporary-auth-failure");
+    sasl_free(s);
+}
+
 static void test_free_during_pending_lookup_drops_answer(void **state)
 {
     struct fixture *f = *state;
@@ -554,6 +564,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_without_initial_response_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_mechanism_is_invalid_mechanism, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_down_is_temporary_auth_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_store_is_temporary_auth_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_free_during_pending_lookup_drops_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_step_out_of_order_is_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callback_may_free_the_session, setup, teardown),
