@@ -47,7 +47,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_IN_SASL_CB  0x0080  /* inside the SASL result callback */
 #define C2S_F_IN_TABLE    0x0100  /* sid is in the session table */
 #define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
-#define C2S_F_RESTART     0x0400  /* after this element, expect a new stream header */
+#define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
 
 /* Kept small on purpose: no fixed buffers, strings sized to fit. */
 struct c2s_conn {
@@ -79,6 +79,7 @@ struct c2s_cfg {
     struct xml_limits limits;
     double login_timeout, bind_timeout;
     size_t max_pending;            /* output bytes queued per connection */
+    double parser_idle;            /* free an idle bound conn's parser after this */
     int max_auth_failures;
     int allow_plain;               /* allow_plain_without_tls */
 };
@@ -131,6 +132,8 @@ sb_rc c2s_stream_new(struct c2s_conn *c);         /* parser for a fresh conn */
 void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len);
 /* Restart the parser for a new header (RFC 6120 §4.3.3). */
 void c2s_stream_restart(struct c2s_conn *c);
+/* Free the parser of an idle bound conn (a new one is primed on input). */
+void c2s_stream_hibernate(struct c2s_conn *c);
 /* Send a stream error (header first if needed) and close. */
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
 void c2s_stream_features(struct c2s_conn *c);

@@ -437,6 +437,10 @@ static void conn_read(struct c2s_conn *c)
                           sb_log_q(gnutls_strerror((int)n)));
                 continue;
             }
+            if (n == GNUTLS_E_PREMATURE_TERMINATION) {
+                c2s_conn_close(c, "eof");     /* TCP closed without close_notify */
+                return;
+            }
             if (n < 0) {
                 log_info("tls_read_error", "peer=%s error=%s", c->peer,
                          sb_log_q(gnutls_strerror((int)n)));
@@ -584,6 +588,11 @@ void c2s_conn_arm_timer(struct c2s_conn *c)
     if (c->state == C2S_S_CLOSING) {
         next = c->close_deadline;
         any = 1;
+    } else if (c->state == C2S_S_BOUND) {
+        if (c->xs && c2s.cfg.parser_idle > 0) {
+            next = ev_now(c2s.loop) + c2s.cfg.parser_idle;
+            any = 1;
+        }
     } else {
         if (c->state != C2S_S_BOUND) {
             next = c->login_deadline;
@@ -611,6 +620,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
             conn_free(c);
         else
             c2s_conn_arm_timer(c);
+        return;
+    }
+    if (c->state == C2S_S_BOUND) {
+        c2s_stream_hibernate(c);
+        if (c->xs)
+            c2s_conn_arm_timer(c);   /* mid-stanza: try again later */
         return;
     }
     if ((c->flags & C2S_F_BIND_WAIT) && now >= c->bind_deadline)

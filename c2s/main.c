@@ -63,6 +63,7 @@ static sb_rc main_config(struct c2s_cfg *cfg)
     cfg->login_timeout = (double)sb_config_int("login_timeout", 60);
     cfg->bind_timeout = (double)sb_config_int("bind_timeout", 10);
     cfg->max_pending = (size_t)sb_config_int("max_pending", 1048576);
+    cfg->parser_idle = (double)sb_config_int("parser_idle", 5);
     cfg->max_auth_failures = (int)sb_config_int("sasl_retries", 3);
     cfg->allow_plain = sb_config_bool("allow_plain_without_tls", 0);
     if (cfg->allow_plain && !c2s_is_loopback(cfg->listen)) {

@@ -45,15 +45,45 @@ static const char *stream_xml_cond(enum xml_err e)
     }
 }
 
+/* An idle bound connection holds no parser (Expat costs ~10 KiB): free it
+ * between stanzas, and on new input prime a fresh one with a header that
+ * stream_on_open ignores. Names are kept as written, so nothing from the
+ * original header is needed to parse what follows. */
+void c2s_stream_hibernate(struct c2s_conn *c)
+{
+    if (c->xs && c->state == C2S_S_BOUND && xml_stream_idle(c->xs)) {
+        xml_stream_free(c->xs);
+        c->xs = NULL;
+    }
+}
+
+static sb_rc stream_wake(struct c2s_conn *c)
+{
+    static const char hdr[] = "<stream:stream xmlns='" NS_CLIENT "' xmlns:stream='" NS_STREAM "'>";
+    if (c2s_stream_new(c) != SB_OK)
+        return SB_ERROR;
+    c->flags |= C2S_F_WAKING;
+    sb_rc rc = xml_stream_feed(c->xs, hdr, sizeof hdr - 1);
+    c->flags &= ~C2S_F_WAKING;
+    return rc;
+}
+
 void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len)
 {
+    if (!c->xs && stream_wake(c) != SB_OK) {
+        c2s_stream_error(c, "resource-constraint", "parser");
+        return;
+    }
     c->flags |= C2S_F_IN_FEED;
     sb_rc rc = xml_stream_feed(c->xs, data, len);
     c->flags &= ~C2S_F_IN_FEED;
     if (rc == SB_ERROR && c->state != C2S_S_CLOSING) {
         enum xml_err e = xml_stream_error(c->xs);
         c2s_stream_error(c, stream_xml_cond(e), xml_err_name(e));
+        return;
     }
+    if (c->state == C2S_S_BOUND)
+        c2s_conn_arm_timer(c);      /* the parser idle countdown starts over */
 }
 
 void c2s_stream_restart(struct c2s_conn *c)
@@ -188,7 +218,7 @@ static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
 static void stream_on_open(void *ud, struct xml_node *hdr)
 {
     struct c2s_conn *c = ud;
-    if (c->state == C2S_S_CLOSING)
+    if (c->state == C2S_S_CLOSING || (c->flags & C2S_F_WAKING))
         return;
     if (!(c->flags & C2S_F_IN_TABLE))
         sb_random_id(c->sid, 20);    /* a fresh id for every (re)started stream */

@@ -485,6 +485,12 @@ void xml_stream_reset(struct xml_stream *s)
     xs_reset_state(s);
 }
 
+int xml_stream_idle(const struct xml_stream *s)
+{
+    return s->state == XS_RUNNING && s->depth == s->base && s->root == NULL &&
+           s->mark == s->fed;
+}
+
 /* Feed at most what keeps the current unit within max_stanza. */
 static sb_rc xs_feed_slice(struct xml_stream *s, const char *buf, size_t len, size_t *used)
 {

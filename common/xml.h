@@ -114,5 +114,9 @@ void xml_stream_restart(struct xml_stream *s);
 void xml_stream_stop(struct xml_stream *s);
 /* Reset now (outside callbacks). */
 void xml_stream_reset(struct xml_stream *s);
+/* 1 when the stream is open and between stanzas with nothing buffered (no
+ * partial element): the parser may be freed and a new one primed with a
+ * header later without losing input (c2s frees idle parsers). */
+int xml_stream_idle(const struct xml_stream *s);
 
 #endif
