@@ -109,9 +109,9 @@ static int iq_well_formed(const struct sm_job *j, const struct xml_node **payloa
     int get_set = !strcmp(j->type, "get") || !strcmp(j->type, "set");
     int res_err = !strcmp(j->type, "result") || !strcmp(j->type, "error");
     *payload = xml_first_elem(j->st);
-    if (!j->id || (!get_set && !res_err))
-        return 0;
-    return !get_set || (*payload && !xml_next_elem(*payload));
+    if (!get_set)
+        return res_err;   /* our own error to an id-less request has no id */
+    return j->id && *payload && !xml_next_elem(*payload);
 }
 
 static sb_rc dispatch_iq(struct sm_job *j)

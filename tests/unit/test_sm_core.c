@@ -362,6 +362,25 @@ static void test_iq_to_missing_full_jid_gets_service_unavailable(void **st)
     assert_string_equal(sent[0].h.key, "bob@localhost");
 }
 
+static void test_iq_without_id_gets_bad_request_that_is_delivered(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    char xml[512];
+    snprintf(xml, sizeof xml, "<iq from='%s' type='get'><ping xmlns='urn:xmpp:ping'/></iq>", a);
+    nsent = 0;
+    recv_stanza("alice@localhost", a, xml);
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<bad-request"));
+    /* The error comes back through the router to alice's owner: delivered. */
+    char body[4096];
+    snprintf(body, sizeof body, "%s", sent[0].body);
+    recv_stanza("alice@localhost", "", body);
+    assert_int_equal(nsent, 2);
+    assert_int_equal(sent[1].h.route, ENV_ROUTE_INSTANCE);
+    assert_string_equal(sent[1].h.sid, "S1");
+}
+
 static void test_presence_to_bare_reaches_available_sessions_only(void **st)
 {
     char a[256];
@@ -472,6 +491,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_message_without_available_session_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_is_never_answered_with_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iq_to_missing_full_jid_gets_service_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_iq_without_id_gets_bad_request_that_is_delivered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence_to_bare_reaches_available_sessions_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disco_info_on_domain_lists_features, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_to_server_gets_result, setup, teardown),
