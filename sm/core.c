@@ -230,6 +230,27 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
 
 /* ---- the link ------------------------------------------------------------------ */
 
+/* A user whose queue is this long is stuck behind a slow Redis or
+ * PostgreSQL (or flooded): new stanzas and binds are refused at once rather
+ * than piling up; session ends still queue so no binding is left behind. */
+#define SM_USER_QUEUE_MAX 1000
+
+static int core_refuse_overflow(struct sm_job *j)
+{
+    if (j->kind == ENV_CONTROL && !strcmp(j->op, "bind")) {
+        sm_send_control(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, "bind-failed",
+                        "resource-constraint");
+    } else if (j->kind == ENV_STANZA) {
+        if (sm_job_parse(j) == SB_OK)
+            sm_reply_error(j, "wait", "resource-constraint");
+    } else {
+        return 0;
+    }
+    log_warn("user_queue_full", "jid=%s op=%s", sb_log_q(j->key), *j->op ? j->op : "stanza");
+    sm_job_free(j);
+    return 1;
+}
+
 /* Per-user work is keyed by `node@domain`; a bare domain key (the server
  * itself) or an instance key (clean-up) is no user's and runs at once. */
 static void core_submit(struct sm_core *c, const struct env_hdr *h,
@@ -247,6 +268,8 @@ static void core_submit(struct sm_core *c, const struct env_hdr *h,
             sm_job_free(j);
             return;
         }
+        if (u->qlen >= SM_USER_QUEUE_MAX && core_refuse_overflow(j))
+            return;
         sm_user_push(u, j);
         sm_user_run(u);
         return;

@@ -41,6 +41,7 @@ struct sm_user {
     struct sm_session *sess;
     int nsess, cap;
     struct sm_job *qhead, *qtail;       /* waiting jobs, FIFO */
+    int qlen;
     struct sm_job *cur;                 /* job waiting on Redis/PG, or NULL */
     int load_wait;                      /* load replies still outstanding */
     unsigned loaded : 1, loading : 1, in_run : 1;

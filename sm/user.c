@@ -201,6 +201,7 @@ void sm_user_push(struct sm_user *u, struct sm_job *j)
     else
         u->qhead = j;
     u->qtail = j;
+    u->qlen++;
 }
 
 static void user_maybe_evict(struct sm_user *u)
@@ -229,6 +230,7 @@ void sm_user_run(struct sm_user *u)
             break;
         struct sm_job *j = u->qhead;
         u->qhead = j->next;
+        u->qlen--;
         if (!u->qhead)
             u->qtail = NULL;
         j->next = NULL;

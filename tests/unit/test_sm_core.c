@@ -381,6 +381,17 @@ static void test_iq_without_id_gets_bad_request_that_is_delivered(void **st)
     assert_string_equal(sent[1].h.sid, "S1");
 }
 
+static void test_full_user_queue_refuses_with_resource_constraint(void **st)
+{
+    /* Redis never answers the load: stanzas pile up behind it. */
+    for (int i = 0; i <= SM_USER_QUEUE_MAX; i++)
+        recv_stanza("carol@localhost", "bob@localhost/x",
+                    "<message from='bob@localhost/x' to='carol@localhost'><body>x</body></message>");
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<resource-constraint"));
+    assert_int_equal(nrq, 2);   /* one load, however many stanzas */
+}
+
 static void test_presence_to_bare_reaches_available_sessions_only(void **st)
 {
     char a[256];
@@ -492,6 +503,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_error_is_never_answered_with_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iq_to_missing_full_jid_gets_service_unavailable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iq_without_id_gets_bad_request_that_is_delivered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_user_queue_refuses_with_resource_constraint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence_to_bare_reaches_available_sessions_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disco_info_on_domain_lists_features, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_to_server_gets_result, setup, teardown),
