@@ -64,12 +64,16 @@ struct c2s_conn {
     struct xml_stream *xs;
     struct sasl_sess *sasl;
     struct sb_buf out;             /* pending output; freed once drained */
-    char *domain;                  /* the stream's served domain (prepared) */
-    char *jid;                     /* bare JID after SASL, full JID after bind */
+    const char *domain;            /* the stream's domain, interned (domains.c) */
+    char *jid;                     /* bare JID after SASL, full after bind: jid_in or heap */
     char *bind_iq;                 /* id of the bind iq being answered */
     char sid[21];                  /* stream id of the current stream = session id */
-    char peer[48];                 /* "ip:port" for logs */
+    char peer[47];                 /* "ip:port" for logs */
+    char jid_in[72];               /* most JIDs fit here: no heap block per session */
 };
+
+/* Set c->jid (copied inline when short). SB_ERROR on out-of-memory. */
+sb_rc c2s_conn_set_jid(struct c2s_conn *c, const char *jid);
 
 /* Process-wide settings and shared state (one per process). */
 struct c2s_cfg {
@@ -118,6 +122,9 @@ void c2s_table_add(struct c2s_conn *c);
 void c2s_table_del(struct c2s_conn *c);
 struct c2s_conn *c2s_table_find(const char *sid);
 void c2s_sessions_changed(void);
+/* Memory was freed in bulk: give free heap pages back to the kernel soon
+ * (malloc_trim at most every few seconds; main.c). */
+void c2s_trim_soon(void);
 
 /* ---- tls.c ------------------------------------------------------------ */
 sb_rc c2s_tls_init(const struct c2s_cfg *cfg);   /* load cert/key, priorities */
@@ -157,7 +164,8 @@ void c2s_route_end(struct c2s_conn *c);           /* control end for a bound ses
 /* ---- domains.c -------------------------------------------------------- */
 void c2s_domains_start(void);                     /* load now and every 30 s */
 void c2s_domains_stop(void);
-const char *c2s_domain_find(const char *prepared); /* interned name or NULL */
+/* The interned name (valid for the whole process) or NULL if not served. */
+const char *c2s_domain_find(const char *prepared);
 
 /* ---- scan.c ----------------------------------------------------------- */
 /* Value of attribute `name` in the first start tag of an XML fragment,

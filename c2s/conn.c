@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -48,6 +49,53 @@ const char *c2s_state_name(enum c2s_state s)
     case C2S_S_CLOSING:       return "closing";
     }
     return "?";
+}
+
+/* ---- conn memory ---------------------------------------------------------- */
+
+/* Conns come from page-sized slabs, apart from the heap: login leaves
+ * ~10 KiB of parser and SASL blocks behind, and with no long-lived small
+ * block pinned between them malloc_trim can give those pages back. */
+#define CONN_SLAB 64
+static struct c2s_conn *conn_spare;
+
+static struct c2s_conn *conn_alloc(void)
+{
+    if (!conn_spare) {
+        size_t sz = CONN_SLAB * sizeof(struct c2s_conn);
+        struct c2s_conn *slab = mmap(NULL, sz, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (slab == MAP_FAILED)
+            return NULL;
+        for (int i = 0; i < CONN_SLAB; i++) {
+            slab[i].next = conn_spare;
+            conn_spare = &slab[i];
+        }
+    }
+    struct c2s_conn *c = conn_spare;
+    conn_spare = c->next;
+    memset(c, 0, sizeof *c);
+    return c;
+}
+
+static void conn_release(struct c2s_conn *c)
+{
+    memset(c, 0, sizeof *c);
+    c->next = conn_spare;
+    conn_spare = c;
+}
+
+sb_rc c2s_conn_set_jid(struct c2s_conn *c, const char *jid)
+{
+    size_t n = strlen(jid) + 1;
+    char *dst = n <= sizeof c->jid_in ? c->jid_in : malloc(n);
+    if (!dst)
+        return SB_ERROR;
+    memmove(dst, jid, n);
+    if (c->jid && c->jid != c->jid_in && c->jid != dst)
+        free(c->jid);
+    c->jid = dst;
+    return SB_OK;
 }
 
 /* ---- session table ------------------------------------------------------ */
@@ -196,7 +244,7 @@ static void conn_peer(struct c2s_conn *c, const struct sockaddr_storage *ss)
 
 static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
 {
-    struct c2s_conn *c = calloc(1, sizeof *c);
+    struct c2s_conn *c = conn_alloc();
     if (!c) {
         close(fd);
         log_error("accept_nomem", "fd=%d", fd);
@@ -530,8 +578,8 @@ static void conn_free(struct c2s_conn *c)
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
     sb_buf_free(&c->out);
-    free(c->domain);
-    free(c->jid);
+    if (c->jid != c->jid_in)
+        free(c->jid);
     free(c->bind_iq);
     if (c->prev)
         c->prev->next = c->next;
@@ -540,7 +588,7 @@ static void conn_free(struct c2s_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     c2s.nconns--;
-    free(c);
+    conn_release(c);
     if (c2s.stopping && !c2s.conns)
         ev_break(c2s.loop, EVBREAK_ALL);
 }

@@ -2,7 +2,7 @@
  * through pgev at start and every 30 s. Clients are not accepted until the
  * first answer (connections wait in the listen backlog), so a stream header
  * is never judged against an empty list. A failed refresh keeps the last
- * good list. */
+ * good list. Names handed to connections are interned for the process. */
 #include "c2s.h"
 #include "jid.h"
 #include "log.h"
@@ -18,11 +18,30 @@ static int dom_count;
 static int dom_loaded;
 static ev_timer dom_timer;
 
+/* Every name ever served, never freed (domains are few and rarely change):
+ * connections keep a pointer instead of a copy. */
+static char **dom_interned;
+static int dom_ninterned;
+
+static const char *dom_intern(const char *name)
+{
+    for (int i = 0; i < dom_ninterned; i++)
+        if (strcmp(dom_interned[i], name) == 0)
+            return dom_interned[i];
+    char **n = realloc(dom_interned, (size_t)(dom_ninterned + 1) * sizeof *n);
+    if (!n)
+        return NULL;
+    dom_interned = n;
+    if (!(n[dom_ninterned] = strdup(name)))
+        return NULL;
+    return n[dom_ninterned++];
+}
+
 const char *c2s_domain_find(const char *prepared)
 {
     for (int i = 0; i < dom_count; i++)
         if (strcmp(dom_names[i], prepared) == 0)
-            return dom_names[i];
+            return dom_intern(prepared);
     return NULL;
 }
 
@@ -43,8 +62,7 @@ static int dom_same(char **names, int n)
     return 1;
 }
 
-/* Install a new list. Connections hold their own copy of the domain string,
- * so replacing the old list is safe. */
+/* Install a new list (connections hold interned names, not these). */
 static void dom_install(char **names, int n)
 {
     if (dom_same(names, n)) {

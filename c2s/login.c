@@ -86,14 +86,13 @@ static void login_sasl_failed(struct c2s_conn *c, const char *cond)
 
 static void login_sasl_success(struct c2s_conn *c, const struct sasl_result *r)
 {
-    size_t n = strlen(r->username) + 1 + strlen(c->domain) + 1;
-    free(c->jid);
-    c->jid = malloc(n);
-    if (!c->jid) {
+    struct sb_buf *b = &login_text;
+    sb_buf_reset(b);
+    if (sb_buf_printf(b, "%s@%s", r->username, c->domain) != SB_OK ||
+        c2s_conn_set_jid(c, b->data) != SB_OK) {
         c2s_stream_error(c, "internal-server-error", "nomem");
         return;
     }
-    snprintf(c->jid, n, "%s@%s", r->username, c->domain);
     login_sasl_reply(c, "success", r->data_b64);
     c2s_conn_set_state(c, C2S_S_AUTHENTICATED);
     c2s_stream_restart(c);
@@ -201,19 +200,16 @@ static void login_bind_done(struct c2s_conn *c)
 void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux)
 {
     if (strcmp(op, "bound") == 0) {
-        char *full = strdup(aux);
-        if (!full) {
+        if (c2s_conn_set_jid(c, aux) != SB_OK) {
             c2s_iq_error(c, c->bind_iq, "wait", "resource-constraint");
             login_bind_done(c);
             c2s_route_control("end", c->jid, c->sid, aux);
             return;
         }
-        free(c->jid);
-        c->jid = full;
         struct sb_buf *b = &login_text;
         sb_buf_reset(b);
         sb_buf_adds(b, "<bind xmlns='" NS_BIND "'><jid>");
-        xml_escape_text(b, full, strlen(full));
+        xml_escape_text(b, c->jid, strlen(c->jid));
         sb_buf_adds(b, "</jid></bind>");
         c2s_iq_result(c, c->bind_iq, b->data);
         login_bind_done(c);

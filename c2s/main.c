@@ -8,6 +8,7 @@
 #include "log.h"
 #include "proc.h"
 
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,6 +17,24 @@
 struct c2s_srv c2s;
 
 static ev_timer main_grace;
+static ev_timer main_trim;
+
+static void main_trim_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    double t0 = sb_now();
+    malloc_trim(0);
+    struct mallinfo2 mi = mallinfo2();
+    log_debug("malloc_trim", "ms=%.2f conns=%ld heap_used=%zu heap_free=%zu", (sb_now() - t0) * 1e3,
+              c2s.nconns, mi.uordblks, mi.fordblks);
+}
+
+void c2s_trim_soon(void)
+{
+    if (!ev_is_active(&main_trim)) {
+        ev_timer_init(&main_trim, main_trim_cb, 3.0, 0.);
+        ev_timer_start(c2s.loop, &main_trim);
+    }
+}
 
 void c2s_sessions_changed(void)
 {
@@ -118,6 +137,7 @@ static sb_rc main_open(void)
 
 static void main_cleanup(void)
 {
+    ev_timer_stop(c2s.loop, &main_trim);
     c2s_conn_free_all();
     c2s_listen_stop();
     c2s_domains_stop();

@@ -54,6 +54,8 @@ void c2s_stream_hibernate(struct c2s_conn *c)
     if (c->xs && c->state == C2S_S_BOUND && xml_stream_idle(c->xs)) {
         xml_stream_free(c->xs);
         c->xs = NULL;
+        log_debug("parser_freed", "sid=%s", c->sid);
+        c2s_trim_soon();
     }
 }
 
@@ -206,7 +208,7 @@ static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
     if (!*domain)
         return "host-unknown";
     /* After authentication the stream stays with the account's domain. */
-    if (c->state == C2S_S_AUTHENTICATED && strcmp(*domain, c->domain) != 0) {
+    if (c->state == C2S_S_AUTHENTICATED && *domain != c->domain) {
         *domain = NULL;
         return "host-unknown";
     }
@@ -224,14 +226,8 @@ static void stream_on_open(void *ud, struct xml_node *hdr)
         sb_random_id(c->sid, 20);    /* a fresh id for every (re)started stream */
     const char *domain;
     const char *cond = stream_check_header(c, hdr, &domain);
-    if (domain && (!c->domain || strcmp(c->domain, domain) != 0)) {
-        free(c->domain);
-        c->domain = strdup(domain);
-        if (!c->domain) {
-            c2s_stream_error(c, "resource-constraint", "nomem");
-            return;
-        }
-    }
+    if (domain)
+        c->domain = domain;
     if (cond) {
         c2s_stream_error(c, cond, "bad-header");
         return;
