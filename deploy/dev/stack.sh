@@ -380,8 +380,10 @@ cmd_start_proc() {
     printf '\n=== %s start %s\n' "$(date -u +%FT%TZ)" "$name" >> "$LOG/$name.log"
     # setsid: its own session, so it outlives `make` and the terminal.
     (cd "$ROOT" && exec setsid "$bin" -c "$INI" -n "$name" </dev/null >>"$LOG/$name.log" 2>&1) &
-    printf '%s\n' "$!" > "$PID/$name.pid"
-    say "started: $name (pid $!, log $LOG/$name.log)"
+    local child=$!
+    disown "$child" 2>/dev/null || true   # no "Killed" job notice when a test kills it
+    printf '%s\n' "$child" > "$PID/$name.pid"
+    say "started: $name (pid $child, log $LOG/$name.log)"
 }
 
 stop_pid() {   # NAME PID: SIGTERM, wait up to 5 s, then SIGKILL

@@ -85,11 +85,15 @@ class Stack:
     def live_instances(self):
         """Names of the instances the router reports alive (`sbctl status`)."""
         out = self.sbctl("status", timeout=10, check=False).stdout
+        # A table (INSTANCE KIND PID …, one row per instance) or the raw
+        # ADMIN lines (name=sm1 kind=sm …): accept both.
         names = set()
         for line in out.splitlines():
-            for word in line.split():
-                if word.startswith("name="):
-                    names.add(word[5:])
+            words = line.split()
+            if not words or words[0] == "INSTANCE":
+                continue
+            tagged = [w[5:] for w in words if w.startswith("name=")]
+            names.add(tagged[0] if tagged else words[0])
         return names
 
     def wait_instances(self, present=(), absent=(), timeout=20):
@@ -152,11 +156,19 @@ def sm_for(bare_jid, sms=("sm1", "sm2")):
     return max(sms, key=lambda sm: fnv1a64((sm + "\n" + bare_jid).encode()))
 
 
+_INSECURE_CTX = None
+
+
 def insecure_tls_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    """One shared client context that accepts the self-signed dev certificate.
+    (Shared: building a default context loads the CA store, ~20 ms each.)"""
+    global _INSECURE_CTX
+    if _INSECURE_CTX is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _INSECURE_CTX = ctx
+    return _INSECURE_CTX
 
 
 # ------------------------------------------------------------------ slixmpp
