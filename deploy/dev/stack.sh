@@ -81,7 +81,7 @@ missing_packages() {
 
 cmd_deps() {
     local missing
-    missing=$(missing_packages | tr '\n' ' ')
+    missing=$(missing_packages | paste -sd' ' -)
     [ -z "$missing" ] && return 0
     if is_root; then
         say "installing missing packages: $missing"

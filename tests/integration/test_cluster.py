@@ -3,8 +3,9 @@ sm instance dying under two chatting users."""
 
 import asyncio
 import secrets
+import time
 
-from xmpptest import RawStream, close, login, next_message, run, sm_for
+from xmpptest import RawStream, close, iq_error_condition, login, next_message, run, sm_for
 
 BINDS = 300
 
@@ -81,3 +82,40 @@ def test_chat_survives_the_death_of_an_sm(stack):
         # leave the stack whole for the tests after this one
         stack.stack("start-proc", "sm1")
         stack.wait_instances(present=("sm1", "sm2"))
+
+
+def test_sessions_of_a_dead_c2s_are_cleaned_up(stack, two_users):
+    """kill -9 of a front-end: after the router misses its heartbeats, its
+    sessions are gone cluster-wide (an iq to one gets service-unavailable)."""
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    stack.wait_instances(present=("c2s1", "c2s2"))
+
+    async def go():
+        alice = await login(stack, a_jid, a_pw, instance="c2s1")
+        victim = RawStream(stack, instance="c2s2", direct_tls=True)
+        full = await victim.login(b_jid, b_pw)
+        try:
+            # first the session is reachable: alice's ping arrives and is answered
+            pending = asyncio.ensure_future(
+                alice.make_iq_get(queryxmlns="urn:xmpp:ping", ito=full).send(timeout=10))
+            got = await victim.expect("{jabber:client}iq")
+            victim.send("<iq type='result' id='%s' to='%s'/>" % (got.get("id"), got.get("from")))
+            await asyncio.wait_for(pending, 10)
+            stack.stack("kill-proc", "c2s2")
+            await asyncio.to_thread(stack.wait_instances, absent=("c2s2",))
+            deadline = time.monotonic() + 15
+            last = None
+            while time.monotonic() < deadline:
+                last = await iq_error_condition(alice, full, timeout=2)
+                if last == "service-unavailable":
+                    return
+                await asyncio.sleep(0.2)
+            raise AssertionError("iq to %s on the dead c2s2: last answer %r" % (full, last))
+        finally:
+            victim.abort()
+            await close(alice)
+    try:
+        run(go(), timeout=60)
+    finally:
+        stack.stack("start-proc", "c2s2")
+        stack.stack("wait-ready")

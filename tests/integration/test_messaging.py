@@ -140,3 +140,49 @@ def test_server_answers_ping(stack, new_user):
         finally:
             await close(xmpp)
     run(go())
+
+
+def test_message_to_bare_jid_reaches_the_available_session(stack, two_users):
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+
+    async def go():
+        alice = await login(stack, a_jid, a_pw, instance="c2s1")
+        bob = await login(stack, b_jid, b_pw, instance="c2s2")   # sends initial presence
+        try:
+            # bob's presence is processed asynchronously: retry until delivered
+            text = "to your bare JID %s" % secrets.token_hex(4)
+            deadline = time.monotonic() + 10
+            while True:
+                alice.send_message(mto=b_jid, mbody=text, mtype="chat")
+                try:
+                    msg = await next_message(bob, body=text, timeout=1)
+                    break
+                except AssertionError:
+                    if time.monotonic() > deadline:
+                        raise
+            assert msg["from"] == alice.boundjid.full
+            assert msg["to"].bare == b_jid
+        finally:
+            await close(alice)
+            await close(bob)
+    run(go())
+
+
+def test_legacy_session_iq_and_roster_get_are_answered(stack, new_user):
+    jid, pw = new_user()
+
+    async def go():
+        s = RawStream(stack, direct_tls=True)
+        try:
+            await s.login(jid, pw)
+            s.send("<iq type='set' id='sess1'>"
+                   "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+            iq = await s.expect("{%s}iq" % NS_CLIENT)
+            assert iq.get("id") == "sess1" and iq.get("type") == "result"
+            s.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+            iq = await s.expect("{%s}iq" % NS_CLIENT)
+            assert iq.get("id") == "r1" and iq.get("type") == "result"
+            assert iq.find("{jabber:iq:roster}query") is not None
+        finally:
+            await s.close()
+    run(go())
