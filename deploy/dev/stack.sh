@@ -543,6 +543,13 @@ cmd_status() {
 }
 
 cmd_test() {
+    # One `make test` at a time per checkout (they share var/test and its ports).
+    mkdir -p "$ROOT/var"
+    exec 9>"$ROOT/var/.test.lock"
+    if ! flock -n 9; then
+        say "another 'make test' is using var/test; waiting for it (up to 10 min)"
+        flock -w 600 9 || die "var/test is still in use"
+    fi
     # Always a fresh profile: stop whatever an earlier run left, wipe, set up.
     cmd_stop >/dev/null 2>&1 || true
     rm -rf "$VAR"
