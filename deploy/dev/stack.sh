@@ -37,8 +37,10 @@ profile_set() {
     case "$PROFILE" in
     run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
           C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243 ;;
-    test) VAR="$ROOT/var/test"; PG_PORT=25432; REDIS_PORT=26379; ROUTER_PORT=25555
-          C2S1_PORT=25222; C2S1_TLS=25223; C2S2_PORT=25242; C2S2_TLS=25243 ;;
+    test) # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts).
+          local o=${SB_TEST_PORT_OFFSET:-0}
+          VAR="$ROOT/var/test"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
+          C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o)) ;;
     *) die "unknown profile '$PROFILE' (run or test)" ;;
     esac
     INI="$VAR/switchboard.ini"
