@@ -48,6 +48,8 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_IN_TABLE    0x0100  /* sid is in the session table */
 #define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
 #define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
+#define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
+#define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
 
 /* Kept small on purpose: no fixed buffers, strings sized to fit. */
 struct c2s_conn {

@@ -5,7 +5,10 @@
  * side uses to deliver stanzas.
  *
  * A conn is never freed inside a callback that may still touch it: close
- * marks it CLOSING and its timer frees it on a later loop turn. */
+ * marks it CLOSING and its timer frees it on a later loop turn. Closing
+ * lingers (like nginx): flush, shut the write side, then read and discard
+ * until the peer closes or CONN_LINGER passes, so a client that is still
+ * sending gets our stream error instead of a reset. */
 #define _GNU_SOURCE              /* accept4 */
 #include "c2s.h"
 #include "log.h"
@@ -37,6 +40,9 @@ static int conn_nlis;
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void conn_close_dead(struct c2s_conn *c, const char *reason);
+static void conn_free_soon(struct c2s_conn *c);
+static void conn_shutdown(struct c2s_conn *c);
 
 const char *c2s_state_name(enum c2s_state s)
 {
@@ -330,7 +336,7 @@ static void conn_write_failed(struct c2s_conn *c, const char *why)
 {
     sb_buf_free(&c->out);
     c->flags &= ~C2S_F_TLS_AGAIN;
-    c2s_conn_close(c, why);
+    conn_close_dead(c, why);
 }
 
 /* Write what can be written now; returns bytes taken from data, or -1
@@ -449,7 +455,7 @@ void c2s_conn_want(struct c2s_conn *c)
     if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
         ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
     } else {
-        if (c->state != C2S_S_CLOSING && !(c->flags & C2S_F_TLS_START))
+        if (!(c->flags & (C2S_F_TLS_START | C2S_F_EOF)))
             ev |= EV_READ;
         if (conn_pending(c))
             ev |= EV_WRITE;
@@ -486,13 +492,13 @@ static void conn_read(struct c2s_conn *c)
                 continue;
             }
             if (n == GNUTLS_E_PREMATURE_TERMINATION) {
-                c2s_conn_close(c, "eof");     /* TCP closed without close_notify */
+                conn_close_dead(c, "eof");     /* TCP closed without close_notify */
                 return;
             }
             if (n < 0) {
                 log_info("tls_read_error", "peer=%s error=%s", c->peer,
                          sb_log_q(gnutls_strerror((int)n)));
-                c2s_conn_close(c, "tls-error");
+                conn_close_dead(c, "tls-error");
                 return;
             }
         } else {
@@ -502,21 +508,68 @@ static void conn_read(struct c2s_conn *c)
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0) {
-                c2s_conn_close(c, errno == ECONNRESET ? "reset" : "read-error");
+                conn_close_dead(c, errno == ECONNRESET ? "reset" : "read-error");
                 return;
             }
         }
         if (n == 0) {
-            c2s_conn_close(c, "eof");
+            conn_close_dead(c, "eof");
             return;
         }
         c2s_stream_input(c, conn_rbuf, (size_t)n);
     }
 }
 
+static void conn_free_soon(struct c2s_conn *c)
+{
+    ev_timer_stop(c2s.loop, &c->timer);
+    ev_timer_set(&c->timer, 0., 0.);
+    ev_timer_start(c2s.loop, &c->timer);
+}
+
+/* Output is flushed: say goodbye on the wire and stop writing. */
+static void conn_shutdown(struct c2s_conn *c)
+{
+    if (c->flags & C2S_F_SHUT)
+        return;
+    c->flags |= C2S_F_SHUT;
+    if (c->tls)
+        gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* close_notify, best effort */
+    shutdown(c->fd, SHUT_WR);
+}
+
+/* Lingering close: discard what the peer still sends until it closes. */
+static void conn_drain(struct c2s_conn *c)
+{
+    for (int i = 0; i < CONN_READS_TURN; i++) {
+        ssize_t n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        break;
+    }
+    c->flags |= C2S_F_EOF;
+    conn_free_soon(c);
+}
+
+static void conn_io_closing(struct c2s_conn *c, int revents)
+{
+    if ((revents & EV_WRITE) && conn_flush(c) == 0)
+        conn_shutdown(c);
+    if (revents & EV_READ)
+        conn_drain(c);
+    if (!(c->flags & C2S_F_EOF))
+        c2s_conn_want(c);
+}
+
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct c2s_conn *c = w->data;
+    if (c->state == C2S_S_CLOSING) {
+        conn_io_closing(c, revents);
+        return;
+    }
     if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
         c2s_tls_handshake(c);
         return;
@@ -533,11 +586,6 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
             }
             c2s_tls_handshake(c);
             return;
-        }
-        if (r == 0 && c->state == C2S_S_CLOSING) {
-            ev_timer_stop(loop, &c->timer);
-            ev_timer_set(&c->timer, 0., 0.);
-            ev_timer_start(loop, &c->timer);
         }
     }
     if (revents & EV_READ)
@@ -570,10 +618,8 @@ static void conn_free(struct c2s_conn *c)
     ev_io_stop(c2s.loop, &c->io);
     ev_timer_stop(c2s.loop, &c->timer);
     c2s_table_del(c);
-    if (c->tls) {
-        gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* best effort, non-blocking */
+    if (c->tls)
         gnutls_deinit(c->tls);
-    }
     close(c->fd);
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
@@ -616,6 +662,7 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
     }
     if (c->state == C2S_S_TLS_HANDSHAKE) {
         /* No TLS records to send; drop queued plaintext too. */
+        c->flags |= C2S_F_EOF;
         sb_buf_free(&c->out);
         c->flags &= ~(C2S_F_TLS_START | C2S_F_TLS_AGAIN);
         if (c->tls) {
@@ -624,9 +671,24 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
         }
     }
     c2s_conn_set_state(c, C2S_S_CLOSING);
-    c->close_deadline = ev_now(c2s.loop) + (conn_pending(c) ? CONN_LINGER : 0.);
-    c2s_conn_arm_timer(c);
+    c->close_deadline = ev_now(c2s.loop) + CONN_LINGER;
+    if (!conn_pending(c) && !(c->flags & C2S_F_EOF))
+        conn_shutdown(c);
+    if (c->flags & C2S_F_EOF)
+        conn_free_soon(c);
+    else
+        c2s_conn_arm_timer(c);
     c2s_conn_want(c);
+}
+
+/* The peer is gone (EOF, reset, TLS failure): close without lingering. */
+static void conn_close_dead(struct c2s_conn *c, const char *reason)
+{
+    c->flags |= C2S_F_EOF;
+    if (c->state == C2S_S_CLOSING)
+        conn_free_soon(c);
+    else
+        c2s_conn_close(c, reason);
 }
 
 void c2s_conn_arm_timer(struct c2s_conn *c)
@@ -664,7 +726,7 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct c2s_conn *c = w->data;
     double now = ev_now(loop);
     if (c->state == C2S_S_CLOSING) {
-        if (!conn_pending(c) || now >= c->close_deadline)
+        if ((c->flags & C2S_F_EOF) || now >= c->close_deadline)
             conn_free(c);
         else
             c2s_conn_arm_timer(c);
