@@ -70,8 +70,8 @@ struct c2s_conn {
     char *jid;                     /* bare JID after SASL, full after bind: jid_in or heap */
     char *bind_iq;                 /* id of the bind iq being answered */
     char sid[21];                  /* stream id of the current stream = session id */
-    char peer[47];                 /* "ip:port" for logs */
-    char jid_in[72];               /* most JIDs fit here: no heap block per session */
+    char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
+    char jid_in[64];               /* most JIDs fit here: no heap block per session */
 };
 
 /* Set c->jid (copied inline when short). SB_ERROR on out-of-memory. */

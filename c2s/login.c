@@ -106,7 +106,9 @@ static void login_sasl_cb(void *ud, const struct sasl_result *r)
     if (c->state == C2S_S_CLOSING)
         return;                     /* the conn frees the session later */
     if (r->status == SASL_CONTINUE) {
+        c->flags |= C2S_F_IN_SASL_CB;   /* a failed write must not free the session */
         login_sasl_reply(c, "challenge", r->data_b64);
+        c->flags &= ~C2S_F_IN_SASL_CB;
         return;
     }
     /* Final answer: sasl.h allows freeing the session inside its callback. */

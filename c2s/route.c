@@ -224,6 +224,8 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
             c2s_conn_write(c, body, len);
         else if (!c)
             route_stale(h, body, len);
+        else
+            log_debug("stanza_before_bound", "sid=%s", h->sid);
         return;
     }
     case ENV_CONTROL:
