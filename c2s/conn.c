@@ -287,6 +287,16 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
     c2s_conn_want(c);
 }
 
+/* Out of descriptors: the listen socket stays readable, so pause
+ * accepting for a second instead of spinning. */
+static ev_timer conn_accept_pause;
+
+static void conn_accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    if (!c2s.stopping)
+        c2s_listen_start();
+}
+
 static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     int direct_tls = ((typeof(conn_lis[0]) *)w->data)->direct_tls;
@@ -295,9 +305,17 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         socklen_t sl = sizeof ss;
         int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                log_warn("accept_paused", "error=%s conns=%ld", sb_log_q(strerror(errno)),
+                         c2s.nconns);
+                for (int k = 0; k < conn_nlis; k++)
+                    ev_io_stop(loop, &conn_lis[k].w);
+                ev_timer_init(&conn_accept_pause, conn_accept_resume, 1.0, 0.);
+                ev_timer_start(loop, &conn_accept_pause);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+                       errno != ECONNABORTED) {
                 log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
+            }
             return;
         }
         int one = 1;
@@ -318,6 +336,7 @@ void c2s_listen_start(void)
 
 void c2s_listen_stop(void)
 {
+    ev_timer_stop(c2s.loop, &conn_accept_pause);
     for (int i = 0; i < conn_nlis; i++) {
         ev_io_stop(c2s.loop, &conn_lis[i].w);
         close(conn_lis[i].w.fd);

@@ -11,6 +11,7 @@
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #define C2S_SHUTDOWN_GRACE 2.0
 
@@ -104,8 +105,22 @@ static sb_rc main_config(struct c2s_cfg *cfg)
     return SB_OK;
 }
 
+/* Many clients, one descriptor each: use the hard limit. */
+static void main_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            log_warn("nofile_limit", "error=setrlimit");
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        log_info("nofile_limit", "max=%llu", (unsigned long long)rl.rlim_cur);
+}
+
 static sb_rc main_open(void)
 {
+    main_raise_nofile();
     struct c2s_cfg *cfg = &c2s.cfg;
     if (c2s_tls_init(cfg) != SB_OK) {
         if (!cfg->allow_plain)
