@@ -18,7 +18,14 @@ BIN     ?= bin
 COMMON_SRC := $(wildcard common/*.c)
 AUTH_SRC   := $(wildcard auth/*.c)
 ROUTER_SRC := $(wildcard router/*.c)
-C2S_SRC    := $(wildcard c2s/*.c)
+# c2s/ builds two programs from one session core: sb-c2s (main.c, TCP) and
+# sb-bosh (web_*.c: HTTP, BOSH, WebSocket, pre-bind).
+C2S_ALL    := $(wildcard c2s/*.c)
+WEB_SRC    := $(wildcard c2s/web_*.c)
+C2S_CORE   := $(filter-out c2s/main.c $(WEB_SRC),$(C2S_ALL))
+C2S_SRC    := $(C2S_CORE) c2s/main.c
+BOSH_SRC   := $(C2S_CORE) $(WEB_SRC)
+WEB_LIBS   := -lhttp_parser -lwslay
 SM_SRC     := $(wildcard sm/*.c)
 SBCTL_SRC  := $(wildcard sbctl/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
@@ -48,6 +55,8 @@ $(BIN)/sb-router: $(call obj,$(ROUTER_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(BIN)/sb-c2s: $(call obj,$(C2S_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+$(BIN)/sb-bosh: $(call obj,$(BOSH_SRC)) $(LIBS_OWN)
+	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(WEB_LIBS)
 $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)

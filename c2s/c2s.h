@@ -1,10 +1,14 @@
-/* c2s.h — the client front-end (sb-c2s): one process holding many XMPP
+/* c2s.h — the client front-ends: sb-c2s, one process holding many XMPP
  * client connections (RFC 6120) on 5222 (STARTTLS) and 5223 (direct TLS,
- * XEP-0368). It owns the byte stream, TLS, SASL and resource binding; every
- * stanza after binding goes to the router stamped with the session's full
- * JID. The modules of this folder share the types below:
- *   main.c    start-up, configuration, listeners, shutdown
- *   conn.c    one connection: accept, read/write, close, timers, sid table
+ * XEP-0368), and sb-bosh, the same session logic behind HTTP (BOSH,
+ * WebSocket). A c2s_conn is one XMPP session; how its bytes travel is its
+ * transport (struct c2s_transport): TCP/TLS here, BOSH and WebSocket in
+ * web_*.c. The session logic owns stream checks, features, SASL, resource
+ * binding, stamping and delivery; every stanza after binding goes to the
+ * router stamped with the session's full JID. The modules of this folder:
+ *   srv.c     start-up, configuration, shutdown shared by both processes
+ *   main.c    sb-c2s main (TCP listeners); web_main.c is sb-bosh's
+ *   conn.c    conn memory, sid table, timers, close; the TCP transport
  *   tls.c     GnuTLS credentials and the non-blocking handshake
  *   stream.c  stream headers, features, stream errors, element dispatch
  *   login.c   SASL exchange and resource binding
@@ -37,7 +41,7 @@ enum c2s_state {
 const char *c2s_state_name(enum c2s_state s);
 
 /* Connection flags (c2s_conn.flags). */
-#define C2S_F_TLS         0x0001  /* TLS is active (handshake done or running) */
+#define C2S_F_TLS         0x0001  /* encrypted: TLS active/running, or HTTPS under BOSH/WS */
 #define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
 #define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
 #define C2S_F_TLS_START   0x0008  /* <proceed/> queued: start TLS once it is flushed */
@@ -51,11 +55,36 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
 
+struct c2s_conn;
+
+/* How the session logic reaches the client. Every write is exactly one
+ * complete top-level element (or, on TCP, our header / closing tag), so a
+ * framed transport can send each as a message. */
+struct c2s_transport {
+    const char *name;              /* "tcp", "bosh", "ws": logs */
+    int framed;                    /* elements travel alone: declare the
+                                      stream: prefix on features/errors */
+    int starttls;                  /* may upgrade in band (TCP only) */
+    /* Our stream header for a (re)started stream: id = c->sid. */
+    void (*open)(struct c2s_conn *c, const char *from, const char *to);
+    void (*write)(struct c2s_conn *c, const char *data, size_t len);
+    /* Close the stream on our side (</stream:stream>, <close/>, terminate). */
+    void (*end)(struct c2s_conn *c);
+    /* The session is now CLOSING (was: its state before): flush, then get
+     * rid of the wire; c is freed by conn.c once EOF is flagged. */
+    void (*close)(struct c2s_conn *c, enum c2s_state was);
+    /* c is being freed: drop every pointer to it (may be NULL). */
+    void (*release)(struct c2s_conn *c);
+};
+extern const struct c2s_transport c2s_tcp_transport;
+
 /* Kept small on purpose: no fixed buffers, strings sized to fit. */
 struct c2s_conn {
     struct c2s_conn *prev, *next;  /* all connections of the process */
     struct c2s_conn *hnext;        /* session table chain (by sid) */
-    int fd;
+    const struct c2s_transport *tp;
+    void *tctx;                    /* the transport's own state (BOSH/WS) */
+    int fd;                        /* TCP only; -1 for BOSH/WS */
     uint16_t flags;
     uint8_t state;
     uint8_t auth_failures;
@@ -90,8 +119,25 @@ struct c2s_cfg {
     int allow_plain;               /* allow_plain_without_tls */
 };
 
+/* Listener kinds (c2s_listen_open). */
+enum c2s_lis_kind { C2S_LIS_STARTTLS, C2S_LIS_TLS, C2S_LIS_HTTP, C2S_LIS_HTTPS };
+
+/* What differs between sb-c2s and sb-bosh (srv.c runs either). */
+struct c2s_frontend {
+    const char *kind;              /* config section and HELLO kind */
+    int port, tls_port;            /* default ports */
+    enum c2s_lis_kind plain_kind, tls_kind;
+    /* Accepted on an HTTP(S) listener (sb-bosh only). */
+    void (*accept_http)(int fd, const char *peer, int tls);
+    sb_rc (*init)(void);           /* after the shared set-up; may be NULL */
+    void (*stop)(void);            /* SIGTERM, after sessions were told */
+    void (*cleanup)(void);         /* at exit */
+};
+int c2s_srv_main(int argc, char **argv, const struct c2s_frontend *fe);
+
 struct c2s_srv {
     struct ev_loop *loop;
+    const struct c2s_frontend *fe;
     struct c2s_cfg cfg;
     const char *instance;
     struct link *link;
@@ -104,16 +150,24 @@ struct c2s_srv {
 extern struct c2s_srv c2s;
 
 /* ---- conn.c ---------------------------------------------------------- */
-sb_rc c2s_listen_open(const char *addr, int port, int direct_tls);
+sb_rc c2s_listen_open(const char *addr, int port, enum c2s_lis_kind kind);
 void c2s_listen_start(void);                /* begin accepting (domains loaded) */
 void c2s_listen_stop(void);
 void c2s_conn_free_all(void);               /* at exit: drop every connection */
-/* Queue bytes to the client (writes at once when nothing is pending). */
+/* One element to the client through its transport (TCP: written at once
+ * when nothing is pending, else queued). */
 void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len);
 void c2s_conn_writes(struct c2s_conn *c, const char *s);
-/* Close: log the reason, end the session if bound, flush then free later.
- * Safe from any callback; the conn stays valid until the next loop turn. */
+/* Close: log the reason, end the session if bound, let the transport flush,
+ * free later. Safe from any callback; c stays valid until the next loop turn. */
 void c2s_conn_close(struct c2s_conn *c, const char *reason);
+/* A session on another transport (BOSH/WS): fd -1, state CONNECTED, login
+ * deadline armed. NULL on out-of-memory. */
+struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx,
+                                      const char *peer, int secure);
+/* Transports: the wire is gone, free c on the next loop turn. */
+void c2s_conn_free_soon(struct c2s_conn *c);
+const char *c2s_lis_kind_name(enum c2s_lis_kind k);
 void c2s_conn_want(struct c2s_conn *c);     /* recompute io events */
 /* <proceed/> is queued: start TLS as soon as it has been written. */
 void c2s_conn_starttls(struct c2s_conn *c);
@@ -132,10 +186,22 @@ void c2s_trim_soon(void);
 sb_rc c2s_tls_init(const struct c2s_cfg *cfg);   /* load cert/key, priorities */
 int c2s_tls_available(void);
 void c2s_tls_deinit(void);
+/* A non-blocking server session on fd with our credentials (HTTPS too). */
+sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out);
 sb_rc c2s_tls_start(struct c2s_conn *c);          /* new server session on c->fd */
 void c2s_tls_handshake(struct c2s_conn *c);       /* drive; on done → stream */
 
 /* ---- stream.c --------------------------------------------------------- */
+/* Transport-neutral: a (re)started stream to `to` (client's `from`,
+ * `version` as sent): checks, our header, features. SB_ERROR: a stream
+ * error was sent and c is closing. */
+sb_rc c2s_stream_begin(struct c2s_conn *c, const char *to, const char *version,
+                       const char *from);
+/* One top-level element from the client, by session state. */
+void c2s_stream_element(struct c2s_conn *c, struct xml_node *n);
+/* The client closed its stream. */
+void c2s_stream_closed(struct c2s_conn *c);
+/* TCP: the Expat stream parser. */
 sb_rc c2s_stream_new(struct c2s_conn *c);         /* parser for a fresh conn */
 /* Feed received bytes; may close c. */
 void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len);

@@ -1,8 +1,9 @@
-/* conn.c — one client connection on the loop: accepting, reading into the
- * shared buffer, writing (directly when nothing is queued, else through a
- * per-connection buffer that exists only while bytes are pending), closing
- * and the deadline timer. Also the session table (sid → conn) the router
- * side uses to deliver stanzas.
+/* conn.c — the life of a c2s_conn (memory, the sid table the router side
+ * uses to deliver stanzas, state, the deadline timer, closing) and the TCP
+ * transport: accepting, reading into the shared buffer, writing (directly
+ * when nothing is queued, else through a per-connection buffer that exists
+ * only while bytes are pending). BOSH and WebSocket sessions (web_*.c) use
+ * the same conn with their own transport and fd -1.
  *
  * A conn is never freed inside a callback that may still touch it: close
  * marks it CLOSING and its timer frees it on a later loop turn. Closing
@@ -34,7 +35,7 @@ static char conn_rbuf[CONN_READ_MAX];
 
 static struct {
     ev_io w;
-    int direct_tls;
+    enum c2s_lis_kind kind;
 } conn_lis[4];
 static int conn_nlis;
 
@@ -43,6 +44,32 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_close_dead(struct c2s_conn *c, const char *reason);
 static void conn_free_soon(struct c2s_conn *c);
 static void conn_shutdown(struct c2s_conn *c);
+static void conn_tcp_open(struct c2s_conn *c, const char *from, const char *to);
+static void conn_tcp_write(struct c2s_conn *c, const char *data, size_t len);
+static void conn_tcp_end(struct c2s_conn *c);
+static void conn_tcp_close(struct c2s_conn *c, enum c2s_state was);
+
+const struct c2s_transport c2s_tcp_transport = {
+    .name = "tcp",
+    .framed = 0,
+    .starttls = 1,
+    .open = conn_tcp_open,
+    .write = conn_tcp_write,
+    .end = conn_tcp_end,
+    .close = conn_tcp_close,
+    .release = NULL,
+};
+
+const char *c2s_lis_kind_name(enum c2s_lis_kind k)
+{
+    switch (k) {
+    case C2S_LIS_STARTTLS: return "starttls";
+    case C2S_LIS_TLS:      return "direct";
+    case C2S_LIS_HTTP:     return "http";
+    case C2S_LIS_HTTPS:    return "https";
+    }
+    return "?";
+}
 
 const char *c2s_state_name(enum c2s_state s)
 {
@@ -195,7 +222,7 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s)
 
 /* ---- listening ---------------------------------------------------------- */
 
-sb_rc c2s_listen_open(const char *addr, int port, int direct_tls)
+sb_rc c2s_listen_open(const char *addr, int port, enum c2s_lis_kind kind)
 {
     if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
         return SB_ERROR;
@@ -224,15 +251,15 @@ sb_rc c2s_listen_open(const char *addr, int port, int direct_tls)
     }
     freeaddrinfo(res);
     ev_io *w = &conn_lis[conn_nlis].w;
-    conn_lis[conn_nlis].direct_tls = direct_tls;
+    conn_lis[conn_nlis].kind = kind;
     ev_io_init(w, NULL, fd, EV_READ);
     w->data = &conn_lis[conn_nlis];
     conn_nlis++;
-    log_info("listen", "addr=%s port=%d tls=%s", addr, port, direct_tls ? "direct" : "starttls");
+    log_info("listen", "addr=%s port=%d tls=%s", addr, port, c2s_lis_kind_name(kind));
     return SB_OK;
 }
 
-static void conn_peer(struct c2s_conn *c, const struct sockaddr_storage *ss)
+static void conn_peer(char *out, size_t cap, const struct sockaddr_storage *ss)
 {
     char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
@@ -245,20 +272,18 @@ static void conn_peer(struct c2s_conn *c, const struct sockaddr_storage *ss)
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
         port = ntohs(a->sin6_port);
     }
-    snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
+    snprintf(out, cap, "%s:%d", host, port);
 }
 
-static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
+/* A conn in the process list with its timer ready and login deadline set. */
+static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
 {
     struct c2s_conn *c = conn_alloc();
-    if (!c) {
-        close(fd);
-        log_error("accept_nomem", "fd=%d", fd);
-        return;
-    }
+    if (!c)
+        return NULL;
+    c->tp = tp;
     c->fd = fd;
-    conn_peer(c, ss);
-    ev_io_init(&c->io, conn_io_cb, fd, 0);
+    ev_io_init(&c->io, conn_io_cb, fd < 0 ? 0 : fd, 0);
     c->io.data = c;
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
@@ -269,6 +294,32 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
     c2s.conns = c;
     c2s.nconns++;
     c->state = C2S_S_CONNECTED;
+    return c;
+}
+
+struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx,
+                                      const char *peer, int secure)
+{
+    struct c2s_conn *c = conn_create(tp, -1);
+    if (!c)
+        return NULL;
+    c->tctx = tctx;
+    if (secure)
+        c->flags |= C2S_F_TLS;
+    snprintf(c->peer, sizeof c->peer, "%s", peer);
+    c2s_conn_arm_timer(c);
+    return c;
+}
+
+static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
+{
+    struct c2s_conn *c = conn_create(&c2s_tcp_transport, fd);
+    if (!c) {
+        close(fd);
+        log_error("accept_nomem", "fd=%d", fd);
+        return;
+    }
+    conn_peer(c->peer, sizeof c->peer, ss);
     log_debug("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
     if (c2s_stream_new(c) != SB_OK) {
         c2s_conn_close(c, "nomem");
@@ -299,7 +350,7 @@ static void conn_accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    int direct_tls = ((typeof(conn_lis[0]) *)w->data)->direct_tls;
+    enum c2s_lis_kind kind = ((typeof(conn_lis[0]) *)w->data)->kind;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -320,7 +371,16 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_new(fd, &ss, direct_tls);
+        if (kind == C2S_LIS_HTTP || kind == C2S_LIS_HTTPS) {
+            char peer[64];
+            conn_peer(peer, sizeof peer, &ss);
+            if (c2s.fe && c2s.fe->accept_http)
+                c2s.fe->accept_http(fd, peer, kind == C2S_LIS_HTTPS);
+            else
+                close(fd);
+            continue;
+        }
+        conn_new(fd, &ss, kind == C2S_LIS_TLS);
     }
 }
 
@@ -432,6 +492,42 @@ void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len)
 {
     if (c->state == C2S_S_CLOSING || len == 0)
         return;
+    c->tp->write(c, data, len);
+}
+
+/* ---- the TCP transport -------------------------------------------------- */
+
+static struct sb_buf conn_hdr;      /* scratch for stream headers */
+
+/* Our stream header; `to` echoes the client's `from` when it gave one. */
+static void conn_tcp_open(struct c2s_conn *c, const char *from, const char *to)
+{
+    struct sb_buf *b = &conn_hdr;
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                   "xmlns:stream='http://etherx.jabber.org/streams' id='");
+    sb_buf_adds(b, c->sid);
+    if (from) {
+        sb_buf_adds(b, "' from='");
+        xml_escape_attr(b, from, strlen(from));
+    }
+    if (to) {
+        sb_buf_adds(b, "' to='");
+        xml_escape_attr(b, to, strlen(to));
+    }
+    sb_buf_adds(b, "' version='1.0' xml:lang='en'>");
+    conn_tcp_write(c, b->data, b->len);
+}
+
+static void conn_tcp_end(struct c2s_conn *c)
+{
+    conn_tcp_write(c, "</stream:stream>", 16);
+}
+
+static void conn_tcp_write(struct c2s_conn *c, const char *data, size_t len)
+{
+    if (c->state == C2S_S_CLOSING || len == 0)
+        return;
     if (!conn_pending(c) && c->state != C2S_S_TLS_HANDSHAKE &&
         !(c->flags & C2S_F_TLS_START)) {
         long n = conn_send_now(c, data, len);
@@ -471,6 +567,8 @@ void c2s_conn_writes(struct c2s_conn *c, const char *s)
 void c2s_conn_want(struct c2s_conn *c)
 {
     int ev = 0;
+    if (c->fd < 0)
+        return;                       /* BOSH/WS: the transport does its own I/O */
     if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
         ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
     } else {
@@ -537,6 +635,12 @@ static void conn_read(struct c2s_conn *c)
         }
         c2s_stream_input(c, conn_rbuf, (size_t)n);
     }
+}
+
+void c2s_conn_free_soon(struct c2s_conn *c)
+{
+    c->flags |= C2S_F_EOF;
+    conn_free_soon(c);
 }
 
 static void conn_free_soon(struct c2s_conn *c)
@@ -637,9 +741,12 @@ static void conn_free(struct c2s_conn *c)
     ev_io_stop(c2s.loop, &c->io);
     ev_timer_stop(c2s.loop, &c->timer);
     c2s_table_del(c);
+    if (c->tp->release)
+        c->tp->release(c);
     if (c->tls)
         gnutls_deinit(c->tls);
-    close(c->fd);
+    if (c->fd >= 0)
+        close(c->fd);
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
     sb_buf_free(&c->out);
@@ -679,7 +786,15 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
         sasl_free(c->sasl);
         c->sasl = NULL;
     }
-    if (c->state == C2S_S_TLS_HANDSHAKE) {
+    enum c2s_state was = (enum c2s_state)c->state;
+    c2s_conn_set_state(c, C2S_S_CLOSING);
+    c->tp->close(c, was);
+}
+
+/* Lingering close of a TCP connection. */
+static void conn_tcp_close(struct c2s_conn *c, enum c2s_state was)
+{
+    if (was == C2S_S_TLS_HANDSHAKE) {
         /* No TLS records to send; drop queued plaintext too. */
         c->flags |= C2S_F_EOF;
         sb_buf_free(&c->out);
@@ -689,7 +804,6 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
             c->tls = NULL;
         }
     }
-    c2s_conn_set_state(c, C2S_S_CLOSING);
     c->close_deadline = ev_now(c2s.loop) + CONN_LINGER;
     if (!conn_pending(c) && !(c->flags & C2S_F_EOF))
         conn_shutdown(c);

@@ -128,7 +128,10 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
         c2s_stream_error(c, "invalid-namespace", n->name);
         return;
     }
-    if (!(c->flags & C2S_F_TLS) && c2s_tls_available() && !c2s.cfg.allow_plain) {
+    /* Where STARTTLS is possible it comes first; BOSH/WS over plain HTTP
+     * offer only mechanisms that are safe there (sasl_mechanisms). */
+    if (!(c->flags & C2S_F_TLS) && c2s_tls_available() && c->tp->starttls &&
+        !c2s.cfg.allow_plain) {
         login_sasl_failed(c, "encryption-required");
         return;
     }

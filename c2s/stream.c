@@ -1,8 +1,10 @@
-/* stream.c — the XML stream of one connection (RFC 6120 §4): checking the
+/* stream.c — the XML stream of one session (RFC 6120 §4): checking the
  * client's stream header, answering it with ours and the features for the
  * current stage, sending stream errors, and dispatching each top-level
- * element by connection state (STARTTLS and SASL before authentication,
- * bind after it, stanzas once bound). */
+ * element by session state (STARTTLS and SASL before authentication, bind
+ * after it, stanzas once bound). The checks and the dispatch are transport-
+ * neutral (c2s_stream_begin/element/closed, also used by BOSH and
+ * WebSocket); the Expat parser feeding them belongs to the TCP transport. */
 #include "c2s.h"
 #include "jid.h"
 #include "log.h"
@@ -90,32 +92,25 @@ void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len)
 
 void c2s_stream_restart(struct c2s_conn *c)
 {
-    if (c->flags & C2S_F_IN_FEED)
+    if (c->xs && (c->flags & C2S_F_IN_FEED))
         xml_stream_restart(c->xs);
-    else
+    else if (c->xs)
         xml_stream_reset(c->xs);
     c->flags &= ~C2S_F_HDR_SENT;
 }
 
-/* Our stream header; `to` echoes the client's `from` when it gave one. */
+/* Our stream header, through the transport. */
 static void stream_send_header(struct c2s_conn *c, const char *from, const char *to)
 {
-    struct sb_buf *b = &stream_out;
-    sb_buf_reset(b);
-    sb_buf_adds(b, "<?xml version='1.0'?><stream:stream xmlns='" NS_CLIENT
-                   "' xmlns:stream='" NS_STREAM "' id='");
-    sb_buf_adds(b, c->sid);
-    if (from) {
-        sb_buf_adds(b, "' from='");
-        xml_escape_attr(b, from, strlen(from));
-    }
-    if (to) {
-        sb_buf_adds(b, "' to='");
-        xml_escape_attr(b, to, strlen(to));
-    }
-    sb_buf_adds(b, "' version='1.0' xml:lang='en'>");
     c->flags |= C2S_F_HDR_SENT;
-    c2s_conn_write(c, b->data, b->len);
+    if (c->state != C2S_S_CLOSING)
+        c->tp->open(c, from, to);
+}
+
+/* The stream: prefix, declared again where elements travel alone (RFC 7395). */
+static const char *stream_prefix_decl(const struct c2s_conn *c)
+{
+    return c->tp->framed ? " xmlns:stream='" NS_STREAM "'" : "";
 }
 
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
@@ -135,9 +130,10 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
     }
     struct sb_buf *b = &stream_out;
     sb_buf_reset(b);
-    sb_buf_printf(b, "<stream:error><%s xmlns='" NS_STREAMS "'/></stream:error></stream:stream>",
-                  cond);
+    sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/></stream:error>",
+                  stream_prefix_decl(c), cond);
     c2s_conn_write(c, b->data, b->len);
+    c->tp->end(c);
     c2s_conn_close(c, cond);
 }
 
@@ -145,16 +141,17 @@ void c2s_stream_features(struct c2s_conn *c)
 {
     struct sb_buf *b = &stream_out;
     sb_buf_reset(b);
-    sb_buf_adds(b, "<stream:features>");
+    sb_buf_printf(b, "<stream:features%s>", stream_prefix_decl(c));
     if (c->state == C2S_S_AUTHENTICATED) {
         sb_buf_adds(b, "<bind xmlns='" NS_BIND "'/>"
                        "<session xmlns='" NS_SESSION "'><optional/></session>");
     } else {
         int tls = (c->flags & C2S_F_TLS) != 0;
-        if (!tls && c2s_tls_available())
+        int can_starttls = c->tp->starttls && c2s_tls_available();
+        if (!tls && can_starttls)
             sb_buf_adds(b, c2s.cfg.allow_plain ? "<starttls xmlns='" NS_TLS "'/>"
                            : "<starttls xmlns='" NS_TLS "'><required/></starttls>");
-        if (tls || c2s.cfg.allow_plain) {
+        if (tls || c2s.cfg.allow_plain || !can_starttls) {
             struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain};
             const char *m = sasl_mechanisms(&o);
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
@@ -185,13 +182,10 @@ static int stream_version_ok(const char *v)
     return end != v && *end == '.' && major >= 1;
 }
 
-/* Returns the stream error condition for a bad header, NULL when fine;
- * on success *domain is the served domain. */
-static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
-                                       const char **domain)
+/* Returns the stream error condition for a bad TCP header, NULL when fine. */
+static const char *stream_check_names(struct xml_node *hdr)
 {
     const char *v;
-    *domain = NULL;
     if (strcmp(hdr->name, "stream:stream") != 0)
         return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
     v = xml_attr(hdr, "xmlns:stream");
@@ -200,7 +194,15 @@ static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
     v = xml_attr(hdr, "xmlns");
     if (!v || strcmp(v, NS_CLIENT) != 0)
         return "invalid-namespace";
-    v = xml_attr(hdr, "to");
+    return NULL;
+}
+
+/* Returns the stream error condition for a bad `to`/`version`, NULL when
+ * fine; *domain is the served domain when `to` named one. */
+static const char *stream_check_header(struct c2s_conn *c, const char *v,
+                                       const char *version, const char **domain)
+{
+    *domain = NULL;
     static char prepared[JID_PART_MAX + 1];
     if (!v || jid_nameprep(v, prepared) != SB_OK)
         return "host-unknown";
@@ -212,9 +214,33 @@ static const char *stream_check_header(struct c2s_conn *c, struct xml_node *hdr,
         *domain = NULL;
         return "host-unknown";
     }
-    if (!stream_version_ok(xml_attr(hdr, "version")))
+    if (!stream_version_ok(version))
         return "unsupported-version";
     return NULL;
+}
+
+sb_rc c2s_stream_begin(struct c2s_conn *c, const char *to, const char *version,
+                       const char *from)
+{
+    if (c->state == C2S_S_CLOSING)
+        return SB_ERROR;
+    if (!(c->flags & C2S_F_IN_TABLE))
+        sb_random_id(c->sid, 20);    /* a fresh id for every (re)started stream */
+    const char *domain;
+    const char *cond = stream_check_header(c, to, version, &domain);
+    if (domain)
+        c->domain = domain;
+    if (cond) {
+        c2s_stream_error(c, cond, "bad-header");
+        return SB_ERROR;
+    }
+    stream_send_header(c, c->domain, from && *from ? from : NULL);
+    if (c->state == C2S_S_CONNECTED)
+        c2s_conn_set_state(c, C2S_S_STREAM_OPEN);
+    log_debug("stream_open", "peer=%s sid=%s domain=%s state=%s tp=%s", c->peer, c->sid,
+              c->domain, c2s_state_name(c->state), c->tp->name);
+    c2s_stream_features(c);
+    return SB_OK;
 }
 
 static void stream_on_open(void *ud, struct xml_node *hdr)
@@ -222,33 +248,28 @@ static void stream_on_open(void *ud, struct xml_node *hdr)
     struct c2s_conn *c = ud;
     if (c->state == C2S_S_CLOSING || (c->flags & C2S_F_WAKING))
         return;
-    if (!(c->flags & C2S_F_IN_TABLE))
-        sb_random_id(c->sid, 20);    /* a fresh id for every (re)started stream */
-    const char *domain;
-    const char *cond = stream_check_header(c, hdr, &domain);
-    if (domain)
-        c->domain = domain;
+    const char *cond = stream_check_names(hdr);
     if (cond) {
+        if (!(c->flags & C2S_F_IN_TABLE))
+            sb_random_id(c->sid, 20);
         c2s_stream_error(c, cond, "bad-header");
         return;
     }
-    const char *from = xml_attr(hdr, "from");
-    stream_send_header(c, c->domain, from && *from ? from : NULL);
-    if (c->state == C2S_S_CONNECTED)
-        c2s_conn_set_state(c, C2S_S_STREAM_OPEN);
-    log_debug("stream_open", "peer=%s sid=%s domain=%s state=%s", c->peer, c->sid,
-              c->domain, c2s_state_name(c->state));
-    c2s_stream_features(c);
+    c2s_stream_begin(c, xml_attr(hdr, "to"), xml_attr(hdr, "version"), xml_attr(hdr, "from"));
+}
+
+void c2s_stream_closed(struct c2s_conn *c)
+{
+    if (c->state == C2S_S_CLOSING)
+        return;
+    if (c->flags & C2S_F_HDR_SENT)
+        c->tp->end(c);
+    c2s_conn_close(c, "client-closed");
 }
 
 static void stream_on_close(void *ud)
 {
-    struct c2s_conn *c = ud;
-    if (c->state == C2S_S_CLOSING)
-        return;
-    if (c->flags & C2S_F_HDR_SENT)
-        c2s_conn_writes(c, "</stream:stream>");
-    c2s_conn_close(c, "client-closed");
+    c2s_stream_closed(ud);
 }
 
 static int stream_is_stanza(const char *name)
@@ -264,7 +285,7 @@ static void stream_starttls(struct c2s_conn *c, struct xml_node *n)
         c2s_stream_error(c, "invalid-namespace", "starttls-ns");
         return;
     }
-    if ((c->flags & C2S_F_TLS) || !c2s_tls_available()) {
+    if ((c->flags & C2S_F_TLS) || !c2s_tls_available() || !c->tp->starttls) {
         c2s_conn_writes(c, "<failure xmlns='" NS_TLS "'/></stream:stream>");
         c2s_conn_close(c, "starttls-refused");
         return;
@@ -325,7 +346,11 @@ static int stream_local_iq(struct c2s_conn *c, struct xml_node *n)
 
 static void stream_on_stanza(void *ud, struct xml_node *n)
 {
-    struct c2s_conn *c = ud;
+    c2s_stream_element(ud, n);
+}
+
+void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
+{
     switch (c->state) {
     case C2S_S_STREAM_OPEN:
         stream_preauth(c, n);

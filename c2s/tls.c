@@ -55,7 +55,7 @@ void c2s_tls_deinit(void)
     tls_cred = NULL;
 }
 
-sb_rc c2s_tls_start(struct c2s_conn *c)
+sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out)
 {
     if (!c2s_tls_available())
         return SB_ERROR;
@@ -68,8 +68,17 @@ sb_rc c2s_tls_start(struct c2s_conn *c)
         return SB_ERROR;
     }
     gnutls_certificate_server_set_request(s, GNUTLS_CERT_IGNORE);
-    gnutls_transport_set_int(s, c->fd);
-    gnutls_handshake_set_timeout(s, 0);   /* login_timeout bounds it instead */
+    gnutls_transport_set_int(s, fd);
+    gnutls_handshake_set_timeout(s, 0);   /* the caller's deadline bounds it */
+    *out = s;
+    return SB_OK;
+}
+
+sb_rc c2s_tls_start(struct c2s_conn *c)
+{
+    gnutls_session_t s;
+    if (c2s_tls_session_new(c->fd, &s) != SB_OK)
+        return SB_ERROR;
     c->tls = s;
     c->flags |= C2S_F_TLS;
     c2s_conn_set_state(c, C2S_S_TLS_HANDSHAKE);

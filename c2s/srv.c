@@ -1,0 +1,200 @@
+/* srv.c — start-up and shutdown shared by sb-c2s and sb-bosh: read the
+ * front-end's section ([c2s] or [bosh]), load the TLS credential, connect to
+ * PostgreSQL (domains, credentials) and the router, open the front-end's
+ * listeners (accepting starts once the domains are known), and on SIGTERM
+ * close every stream with system-shutdown, end every session, flush briefly
+ * and exit. What differs between the two is a struct c2s_frontend. */
+#include "c2s.h"
+#include "config.h"
+#include "log.h"
+#include "proc.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#define C2S_SHUTDOWN_GRACE 2.0
+
+struct c2s_srv c2s;
+
+static ev_timer main_grace;
+static ev_timer main_trim;
+
+static void main_trim_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    double t0 = sb_now();
+    malloc_trim(0);
+    struct mallinfo2 mi = mallinfo2();
+    log_debug("malloc_trim", "ms=%.2f conns=%ld heap_used=%zu heap_free=%zu", (sb_now() - t0) * 1e3,
+              c2s.nconns, mi.uordblks, mi.fordblks);
+}
+
+void c2s_trim_soon(void)
+{
+    if (!ev_is_active(&main_trim)) {
+        ev_timer_init(&main_trim, main_trim_cb, 3.0, 0.);
+        ev_timer_start(c2s.loop, &main_trim);
+    }
+}
+
+void c2s_sessions_changed(void)
+{
+    if (c2s.link)
+        link_set_sessions(c2s.link, c2s.nsessions);
+}
+
+static void main_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    log_warn("shutdown_grace_over", "conns=%ld", c2s.nconns);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void main_on_stop(struct sb_proc *p, void *ud)
+{
+    if (c2s.stopping) {
+        ev_break(p->loop, EVBREAK_ALL);   /* second signal: now */
+        return;
+    }
+    c2s.stopping = 1;
+    log_info("shutdown", "conns=%ld sessions=%ld", c2s.nconns, c2s.nsessions);
+    c2s_listen_stop();
+    c2s_domains_stop();
+    for (struct c2s_conn *c = c2s.conns; c; c = c->next)
+        c2s_stream_error(c, "system-shutdown", "shutdown");
+    if (c2s.fe->stop)
+        c2s.fe->stop();
+    if (!c2s.conns) {
+        ev_break(p->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_init(&main_grace, main_grace_cb, C2S_SHUTDOWN_GRACE, 0.);
+    ev_timer_start(p->loop, &main_grace);
+}
+
+static sb_rc main_config(struct c2s_cfg *cfg)
+{
+    cfg->listen = sb_config_str("listen", "127.0.0.1");
+    cfg->port = (int)sb_config_int("port", c2s.fe->port);
+    cfg->tls_port = (int)sb_config_int("tls_port", c2s.fe->tls_port);
+    cfg->cert = sb_config_str("cert", "var/tls/cert.pem");
+    cfg->key = sb_config_str("key", "var/tls/key.pem");
+    cfg->tls_priority = sb_config_str("tls_priority",
+                                      "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2");
+    cfg->limits.max_stanza = (size_t)sb_config_int("max_stanza", 262144);
+    cfg->limits.max_depth = (int)sb_config_int("max_depth", 32);
+    cfg->login_timeout = (double)sb_config_int("login_timeout", 60);
+    cfg->bind_timeout = (double)sb_config_int("bind_timeout", 10);
+    cfg->max_pending = (size_t)sb_config_int("max_pending", 1048576);
+    cfg->parser_idle = (double)sb_config_int("parser_idle", 5);
+    cfg->max_auth_failures = (int)sb_config_int("sasl_retries", 3);
+    cfg->allow_plain = sb_config_bool("allow_plain_without_tls", 0);
+    if (cfg->allow_plain && !c2s_is_loopback(cfg->listen)) {
+        log_error("config_refused", "key=allow_plain_without_tls listen=%s "
+                  "reason=\"plaintext logins are only allowed on a loopback listen address\"",
+                  cfg->listen);
+        fprintf(stderr, "sb-%s: allow_plain_without_tls=1 requires a loopback listen "
+                        "address (listen=%s)\n", c2s.fe->kind, cfg->listen);
+        return SB_ERROR;
+    }
+    if (cfg->allow_plain)
+        log_warn("plaintext_allowed", "listen=%s note=\"SASL PLAIN offered without TLS; "
+                 "load generators only\"", cfg->listen);
+    if (cfg->login_timeout <= 0 || cfg->max_pending < 4096 || cfg->limits.max_stanza < 1024) {
+        log_error("config_invalid", "login_timeout=%g max_pending=%zu max_stanza=%zu",
+                  cfg->login_timeout, cfg->max_pending, cfg->limits.max_stanza);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+/* Many clients, one descriptor each: use the hard limit. */
+static void main_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            log_warn("nofile_limit", "error=setrlimit");
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        log_info("nofile_limit", "max=%llu", (unsigned long long)rl.rlim_cur);
+}
+
+static sb_rc main_open(void)
+{
+    main_raise_nofile();
+    struct c2s_cfg *cfg = &c2s.cfg;
+    if (c2s_tls_init(cfg) != SB_OK) {
+        if (!cfg->allow_plain)
+            return SB_ERROR;
+        log_warn("tls_unavailable", "note=\"running plaintext only\"");
+    }
+    c2s.pg = pgev_new(c2s.loop, sb_config_str("postgres", "dbname=switchboard"));
+    c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
+    struct link_opts lo = {
+        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .instance = c2s.instance,
+        .kind = c2s.fe->kind,
+        .domains = "",
+        .heartbeat = atof(sb_config_str("heartbeat", "1")),
+    };
+    c2s.link = link_new(c2s.loop, &lo, c2s_route_recv, NULL);
+    if (!c2s.pg || !c2s.store || !c2s.link) {
+        log_error("start_failed", "pg=%d store=%d link=%d", c2s.pg != NULL,
+                  c2s.store != NULL, c2s.link != NULL);
+        return SB_ERROR;
+    }
+    if (cfg->port > 0 && c2s_listen_open(cfg->listen, cfg->port, c2s.fe->plain_kind) != SB_OK)
+        return SB_ERROR;
+    if (cfg->tls_port > 0 && c2s_tls_available() &&
+        c2s_listen_open(cfg->listen, cfg->tls_port, c2s.fe->tls_kind) != SB_OK)
+        return SB_ERROR;
+    return c2s.fe->init ? c2s.fe->init() : SB_OK;
+}
+
+static void main_cleanup(void)
+{
+    ev_timer_stop(c2s.loop, &main_trim);
+    c2s_conn_free_all();
+    if (c2s.fe->cleanup)
+        c2s.fe->cleanup();
+    c2s_listen_stop();
+    c2s_domains_stop();
+    if (c2s.link)
+        link_free(c2s.link);
+    if (c2s.store)
+        auth_store_free(c2s.store);
+    if (c2s.pg)
+        pgev_free(c2s.pg);
+    c2s_tls_deinit();
+}
+
+int c2s_srv_main(int argc, char **argv, const struct c2s_frontend *fe)
+{
+    struct sb_proc p;
+    c2s.fe = fe;
+    if (sb_proc_init(&p, argc, argv, fe->kind) != SB_OK)
+        return 2;
+    c2s.loop = p.loop;
+    c2s.instance = p.instance;
+    if (main_config(&c2s.cfg) != SB_OK) {
+        sb_config_free();
+        return 1;
+    }
+    int rc = 0;
+    if (main_open() == SB_OK) {
+        c2s_domains_start();
+        p.on_stop = main_on_stop;
+        sb_proc_signals(&p);
+        log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
+                 c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);
+        ev_run(c2s.loop, 0);
+    } else {
+        rc = 1;
+    }
+    main_cleanup();
+    log_info("stopped", "rc=%d", rc);
+    sb_config_free();
+    return rc;
+}
