@@ -140,6 +140,12 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
         jid_bare(&route_jid, route_bare);
         to_out = route_full;
         key = route_bare;
+        /* Presence goes to the sender's own sm first (RFC 6121 outbound
+         * processing: subscription state, directed presence), which
+         * forwards it to the recipient's. */
+        if (strcmp(st->name, "presence") == 0 &&
+            jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
+            return;
     } else {
         if (jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
             return;

@@ -143,8 +143,10 @@ void c2s_stream_features(struct c2s_conn *c)
     sb_buf_reset(b);
     sb_buf_printf(b, "<stream:features%s>", stream_prefix_decl(c));
     if (c->state == C2S_S_AUTHENTICATED) {
+        /* XEP-0237 / RFC 6121 §2.6: the sm answers roster gets with `ver`. */
         sb_buf_adds(b, "<bind xmlns='" NS_BIND "'/>"
-                       "<session xmlns='" NS_SESSION "'><optional/></session>");
+                       "<session xmlns='" NS_SESSION "'><optional/></session>"
+                       "<ver xmlns='urn:xmpp:features:rosterver'/>");
     } else {
         int tls = (c->flags & C2S_F_TLS) != 0;
         int can_starttls = c->tp->starttls && c2s_tls_available();

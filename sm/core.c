@@ -90,19 +90,6 @@ sb_rc sm_job_parse(struct sm_job *j)
 
 /* ---- dispatch ------------------------------------------------------------------ */
 
-static sb_rc dispatch_control(struct sm_job *j)
-{
-    for (size_t i = 0; i < sm_nmodules; i++) {
-        const struct sm_module *m = sm_modules[i];
-        sb_rc rc = m->handle_control ? m->handle_control(j, j->op) : SB_DECLINED;
-        if (rc != SB_DECLINED)
-            return rc;
-    }
-    log_warn("control_unhandled", "op=%s key=%s sender=%s", sb_log_q(j->op),
-             sb_log_q(j->key), j->sender);
-    return SB_OK;
-}
-
 /* RFC 6120 §8.2.3: an iq get/set carries exactly one payload element. */
 static int iq_well_formed(const struct sm_job *j, const struct xml_node **payload)
 {
@@ -114,40 +101,48 @@ static int iq_well_formed(const struct sm_job *j, const struct xml_node **payloa
     return j->id && *payload && !xml_next_elem(*payload);
 }
 
-static sb_rc dispatch_iq(struct sm_job *j)
+/* Offer a (parsed, well-formed) job to modules[start…] by its kind. */
+static sb_rc dispatch_from(struct sm_job *j, size_t start)
 {
-    const struct xml_node *payload;
-    if (!iq_well_formed(j, &payload)) {
-        sm_reply_error(j, "modify", "bad-request");
-        return SB_OK;
+    const char *ns = "";
+    if (j->kind == ENV_STANZA && !strcmp(j->name, "iq")) {
+        const struct xml_node *payload = xml_first_elem(j->st);
+        ns = payload ? attr_or(payload, "xmlns", "") : "";
     }
-    const char *ns = payload ? attr_or(payload, "xmlns", "") : "";
-    for (size_t i = 0; i < sm_nmodules; i++) {
+    int msg = j->kind == ENV_STANZA && !strcmp(j->name, "message");
+    for (size_t i = start; i < sm_nmodules; i++) {
         const struct sm_module *m = sm_modules[i];
-        sb_rc rc = m->handle_iq ? m->handle_iq(j, ns) : SB_DECLINED;
+        sb_rc rc = SB_DECLINED;
+        if (j->kind == ENV_CONTROL)
+            rc = m->handle_control ? m->handle_control(j, j->op) : SB_DECLINED;
+        else if (!strcmp(j->name, "iq"))
+            rc = m->handle_iq ? m->handle_iq(j, ns) : SB_DECLINED;
+        else if (msg)
+            rc = m->handle_message ? m->handle_message(j) : SB_DECLINED;
+        else
+            rc = m->handle_presence ? m->handle_presence(j) : SB_DECLINED;
         if (rc != SB_DECLINED)
             return rc;
     }
+    if (j->kind == ENV_CONTROL)
+        log_warn("control_unhandled", "op=%s key=%s sender=%s", sb_log_q(j->op),
+                 sb_log_q(j->key), j->sender);
+    else
+        log_debug("stanza_unhandled", "name=%s to=%s from=%s", j->name,
+                  sb_log_q(j->to ? j->to : "-"), sb_log_q(j->from));
     return SB_OK;
 }
 
 static sb_rc dispatch_stanza(struct sm_job *j)
 {
+    const struct xml_node *payload;
     if (sm_job_parse(j) != SB_OK)
         return SB_OK;
-    if (!strcmp(j->name, "iq"))
-        return dispatch_iq(j);
-    int msg = !strcmp(j->name, "message");
-    for (size_t i = 0; i < sm_nmodules; i++) {
-        const struct sm_module *m = sm_modules[i];
-        sb_rc (*fn)(struct sm_job *) = msg ? m->handle_message : m->handle_presence;
-        sb_rc rc = fn ? fn(j) : SB_DECLINED;
-        if (rc != SB_DECLINED)
-            return rc;
+    if (!strcmp(j->name, "iq") && !iq_well_formed(j, &payload)) {
+        sm_reply_error(j, "modify", "bad-request");
+        return SB_OK;
     }
-    log_debug("stanza_unhandled", "name=%s to=%s from=%s", j->name,
-              sb_log_q(j->to ? j->to : "-"), sb_log_q(j->from));
-    return SB_OK;
+    return dispatch_from(j, 0);
 }
 
 static void job_finish(struct sm_job *j)
@@ -160,10 +155,23 @@ static void job_finish(struct sm_job *j)
 void sm_job_run(struct sm_job *j)
 {
     j->in_dispatch = 1;
-    sb_rc rc = j->kind == ENV_CONTROL ? dispatch_control(j) : dispatch_stanza(j);
+    sb_rc rc = j->kind == ENV_CONTROL ? dispatch_from(j, 0) : dispatch_stanza(j);
     j->in_dispatch = 0;
     if (rc != SB_AGAIN || j->finished)
         job_finish(j);
+}
+
+void sm_job_rerun(struct sm_job *j, const struct sm_module *from)
+{
+    size_t start = 0;
+    while (start < sm_nmodules && sm_modules[start] != from)
+        start++;
+    j->in_dispatch = 1;
+    j->finished = 0;
+    sb_rc rc = dispatch_from(j, start);
+    j->in_dispatch = 0;
+    if (rc != SB_AGAIN || j->finished)
+        sm_job_done(j);
 }
 
 void sm_job_done(struct sm_job *j)

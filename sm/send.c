@@ -41,6 +41,33 @@ sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s)
     return SB_OK;
 }
 
+sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
+                     const char *body, size_t len)
+{
+    struct env_hdr *h = hdr_begin(c, ENV_STANZA, ENV_ROUTE_INSTANCE);
+    put_str(h->key, sizeof h->key, s->instance);
+    put_str(h->sid, sizeof h->sid, s->sid);
+    if (put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
+        link_send(c->link, h, body, len) != SB_OK) {
+        log_warn("deliver_fail", "res=%s instance=%s", sb_log_q(s->resource), s->instance);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+sb_rc sm_send_raw(struct sm_core *c, const char *key, const char *from,
+                  const char *body, size_t len)
+{
+    struct env_hdr *h = hdr_begin(c, ENV_STANZA, ENV_ROUTE_JID);
+    if (put_str(h->key, sizeof h->key, key) < 0 ||
+        put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
+        link_send(c->link, h, body, len) != SB_OK) {
+        log_warn("send_fail", "reason=link key=%s", sb_log_q(key));
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
 sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st)
 {
     const char *to = xml_attr(st, "to");

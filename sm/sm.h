@@ -32,6 +32,9 @@ struct sm_session {
     char sid[ENV_NAME_MAX + 1];         /* its stream id there */
     int prio;                           /* last <priority>, default 0 */
     int available;                      /* sent available presence */
+    char *pres;                         /* its last available presence XML
+                                           (as in pres:{bare}), owned, or NULL */
+    size_t pres_len;
 };
 
 /* The cached state of one local bare JID; Redis stays the truth. */
@@ -46,6 +49,8 @@ struct sm_user {
     int load_wait;                      /* load replies still outstanding */
     unsigned loaded : 1, loading : 1, in_run : 1;
     unsigned stale : 1;                 /* load failed: evict when idle */
+    struct sm_im *im;                   /* IM state (sm/im.h): roster, per-
+                                           resource flags; NULL until needed */
     UT_hash_handle hh;
 };
 
@@ -77,6 +82,9 @@ struct sm_module {
     /* Optional: release module state at shutdown, after Redis/PostgreSQL
      * were closed (their pending callbacks have run). */
     void (*stop)(struct sm_core *c);
+    /* Optional: a user record is being freed; release what the module
+     * hung on it. */
+    void (*user_free)(struct sm_user *u);
 };
 
 /* The ordered module table (sm/modules.c): order is data, not code. */
@@ -107,6 +115,10 @@ void sm_core_free(struct sm_core *c);
 /* ---- jobs and users ------------------------------------------------------- */
 /* A module that answered SB_AGAIN calls this exactly once when finished. */
 void sm_job_done(struct sm_job *j);
+/* Instead of sm_job_done: offer the job again to the modules starting at
+ * `from` (a module that answered SB_AGAIN while it loaded state it needs);
+ * the job finishes unless a module keeps it again. */
+void sm_job_rerun(struct sm_job *j, const struct sm_module *from);
 
 struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
 struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
@@ -131,6 +143,12 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
 /* ---- sending --------------------------------------------------------------- */
 /* The job's stanza, unchanged, to one session's front-end. */
 sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s);
+/* Serialised stanza bytes to one session's front-end; `from` goes to aux. */
+sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
+                     const char *body, size_t len);
+/* Serialised stanza bytes routed by `key` (a bare JID or domain). */
+sb_rc sm_send_raw(struct sm_core *c, const char *key, const char *from,
+                  const char *body, size_t len);
 /* A stanza element built here, routed by the bare JID of its `to`. */
 sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st);
 /* Answer the job's stanza with an RFC 6120 §8.3 error (never to an error,

@@ -20,8 +20,13 @@ static void user_free(struct sm_user *u)
     }
     if (u->cur)
         u->cur->user = NULL;  /* a pending callback finishes it alone */
-    for (int i = 0; i < u->nsess; i++)
+    for (size_t i = 0; i < sm_nmodules; i++)
+        if (sm_modules[i]->user_free)
+            sm_modules[i]->user_free(u);
+    for (int i = 0; i < u->nsess; i++) {
         free(u->sess[i].resource);
+        free(u->sess[i].pres);
+    }
     c->nsessions -= u->nsess;
     HASH_DEL(c->users, u);
     free(u->sess);
@@ -121,6 +126,7 @@ void sm_user_del_session(struct sm_user *u, const char *resource)
     if (!s)
         return;
     free(s->resource);
+    free(s->pres);
     *s = u->sess[u->nsess - 1];
     u->nsess--;
     u->core->nsessions--;
@@ -171,8 +177,13 @@ static void user_on_pres(redisReply *r, void *arg)
     for (size_t i = 0; ok && i + 1 < r->elements; i += 2) {
         struct sm_session *s = r->element[i]->str
             ? sm_user_session(u, r->element[i]->str) : NULL;
-        if (s)
-            s->available = 1;
+        const redisReply *v = r->element[i + 1];
+        if (!s)
+            continue;
+        s->available = 1;
+        free(s->pres);
+        s->pres = v->str ? strndup(v->str, v->len) : NULL;
+        s->pres_len = s->pres ? v->len : 0;
     }
     user_load_step(u, ok);
 }

@@ -18,7 +18,10 @@
 #include "../../sm/cluster.c"
 #include "../../sm/modules.c"
 #include "../../sm/mod_session.c"
-#include "../../sm/mod_presence_min.c"
+#include "../../sm/sub.c"
+#include "../../sm/im.c"
+#include "../../sm/mod_presence.c"
+#include "../../sm/mod_offline.c"
 #include "../../sm/mod_deliver.c"
 #include "../../sm/mod_roster.c"
 #include "../../sm/mod_disco.c"
@@ -110,10 +113,12 @@ sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc, const char *
     return SB_ERROR;
 }
 
-/* ---- fake PostgreSQL ---------------------------------------------------------- */
+/* ---- fake PostgreSQL: the last query waits until the test answers it ------ */
 static pgev_cb pg_cb;
 static void *pg_arg;
-static char pg_params[2][256];
+static char pg_sql[2048];
+static char pg_params[4][1024];
+static int pg_nqueries;
 struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo)
 {
     return (struct pgev *)&fake_token;
@@ -127,18 +132,48 @@ void pgev_free(struct pgev *pg)
     }
 }
 int pgev_connected(const struct pgev *pg) { return 1; }
+/* Fire-and-forget writes (roster rows, pending requests) are only counted:
+ * their callbacks just log. Queries the test answers are kept. */
 sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *const *params,
                  pgev_cb cb, void *arg)
 {
+    pg_nqueries++;
+    snprintf(pg_sql, sizeof pg_sql, "%s", sql);
+    for (int i = 0; i < nparams && i < 4; i++)
+        snprintf(pg_params[i], sizeof pg_params[i], "%s", params[i]);
+    if (cb == im_on_write || cb == offline_on_delete)
+        return SB_OK;
+    assert_null(pg_cb);   /* one answered query at a time in these tests */
     pg_cb = cb;
     pg_arg = arg;
-    for (int i = 0; i < nparams && i < 2; i++)
-    {
-        size_t n = strnlen(params[i], sizeof pg_params[i] - 1);
-        memcpy(pg_params[i], params[i], n);
-        pg_params[i][n] = '\0';
-    }
     return SB_OK;
+}
+
+/* Answer the waiting query with rows of text columns (NULL rows: none). */
+static void pg_answer(ExecStatusType status, int nrows, int ncols, const char *const *cells)
+{
+    assert_non_null(pg_cb);
+    PGresult *r = PQmakeEmptyPGresult(NULL, status);
+    if (ncols) {
+        PGresAttDesc attrs[8];
+        memset(attrs, 0, sizeof attrs);
+        for (int c = 0; c < ncols; c++)
+            attrs[c].name = (char *)"c";
+        assert_true(PQsetResultAttrs(r, ncols, attrs));
+    }
+    for (int i = 0; i < nrows; i++)
+        for (int c = 0; c < ncols; c++)
+            assert_true(PQsetvalue(r, i, c, (char *)cells[i * ncols + c],
+                                   (int)strlen(cells[i * ncols + c])));
+    pgev_cb cb = pg_cb;
+    pg_cb = NULL;
+    cb(r, pg_arg);
+    PQclear(r);
+}
+
+static void pg_answer_empty(void)
+{
+    pg_answer(PGRES_TUPLES_OK, 0, 0, NULL);
 }
 
 /* ---- helpers --------------------------------------------------------------------- */
@@ -147,7 +182,7 @@ static struct sm_core *core;
 
 static int setup(void **st)
 {
-    nsent = nrq = rq_head = 0;
+    nsent = nrq = rq_head = pg_nqueries = 0;
     pg_cb = NULL;
     core = sm_core_new(ev_default_loop(0), "sm1");
     assert_non_null(core);
@@ -237,11 +272,27 @@ static const char *bind_alice(const char *sid, int load)
     return full;
 }
 
-static void presence_from(const char *full, const char *sid, int prio)
+/* alice's IM state: an empty roster (PostgreSQL) and no flags (Redis). */
+static void im_empty_load(void)
+{
+    const char *exists[6] = {"u", "", "", "", "", ""};
+    pg_answer(PGRES_TUPLES_OK, 1, 6, exists);
+    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
+}
+
+/* An initial presence: `load` answers the IM load first; a non-negative
+ * priority then looks for offline messages (answered: none). */
+static void presence_from(const char *full, const char *sid, int prio, int load)
 {
     char xml[512];
     snprintf(xml, sizeof xml, "<presence from='%s'><priority>%d</priority></presence>", full, prio);
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
+    if (load)
+        im_empty_load();
+    if (prio >= 0) {
+        assert_non_null(strstr(pg_sql, "FROM offline"));
+        pg_answer_empty();
+    }
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -310,8 +361,8 @@ static void test_message_to_bare_goes_to_highest_priority(void **st)
     char a[256], b[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
-    presence_from(a, "S1", 5);
-    presence_from(b, "S2", 1);
+    presence_from(a, "S1", 5, 1);
+    presence_from(b, "S2", 1, 0);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<message from='bob@localhost/x' to='alice@localhost' type='chat'><body>hi</body></message>");
@@ -327,10 +378,13 @@ static void test_message_to_bare_goes_to_highest_priority(void **st)
 static void test_message_without_available_session_is_refused(void **st)
 {
     const char *a = bind_alice("S1", 1);
-    presence_from(a, "S1", -1);
+    presence_from(a, "S1", -1, 1);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<message from='bob@localhost/x' to='alice@localhost' id='m1'><body>hi</body></message>");
+    /* Offline storage finds no such account. */
+    const char *row[2] = {"f", "0"};
+    pg_answer(PGRES_TUPLES_OK, 1, 2, row);
     assert_int_equal(nsent, 1);
     assert_int_equal(sent[0].h.route, ENV_ROUTE_JID);
     assert_string_equal(sent[0].h.key, "bob@localhost");
@@ -397,7 +451,7 @@ static void test_presence_to_bare_reaches_available_sessions_only(void **st)
     char a[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     bind_alice("S2", 0);
-    presence_from(a, "S1", 0);
+    presence_from(a, "S1", 0, 1);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<presence from='bob@localhost/x' to='alice@localhost'/>");
@@ -448,6 +502,7 @@ static void test_roster_get_builds_items_from_rows(void **st)
     pgev_cb cb = pg_cb;
     pg_cb = NULL;
     cb(NULL, pg_arg);
+    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
     assert_int_equal(nsent, 1);
     assert_non_null(strstr(sent[0].body, "<internal-server-error"));
 }
