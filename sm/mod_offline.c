@@ -205,7 +205,7 @@ static void offline_on_fetch(PGresult *res, void *arg)
         if (n && sm_pg_query(j->core, "DELETE FROM offline WHERE id = ANY($1::bigint[])", 1,
                              params, offline_on_delete, NULL) != SB_OK)
             log_error("offline_delete_failed", "error=queue");
-        log_info("offline_delivered", "jid=%s/%s count=%d", sb_log_q(j->key),
+        log_info("offline_delivered", "jid=%s res=%s count=%d", sb_log_q(j->key),
                  sb_log_q(f->resource), n);
         sb_buf_free(&ids);
     }

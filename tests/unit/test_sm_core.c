@@ -201,6 +201,14 @@ static int teardown(void **st)
 static void redis_answer(const char *expect_prefix, redisReply *r)
 {
     assert_true(rq_head < nrq);
+    /* Writes nobody waits for (HSET…) may sit before it: skip over them. */
+    for (int i = rq_head; i < nrq; i++)
+        if (!strncmp(rq[i].cmd, expect_prefix, strlen(expect_prefix))) {
+            struct pending t = rq[i];
+            memmove(&rq[rq_head + 1], &rq[rq_head], (size_t)(i - rq_head) * sizeof t);
+            rq[rq_head] = t;
+            break;
+        }
     struct pending *q = &rq[rq_head++];
     if (strncmp(q->cmd, expect_prefix, strlen(expect_prefix)))
         fail_msg("redis got \"%s\", expected \"%s…\"", q->cmd, expect_prefix);
@@ -533,6 +541,113 @@ static void test_end_removes_session_from_redis_and_cache(void **st)
     redis_answer("SREM fe:c2s1 alice@localhost/", NULL);
 }
 
+
+/* ---- IM: rosters, presence, offline ----------------------------------------------- */
+
+static int sent_find(int from, const char *needle)
+{
+    for (int i = from; i < nsent; i++)
+        if (strstr(sent[i].body, needle))
+            return i;
+    return -1;
+}
+
+static void roster_get_from(const char *full, const char *sid)
+{
+    char xml[512];
+    snprintf(xml, sizeof xml, "<iq from='%s' type='get' id='rg'><query xmlns='jabber:iq:roster'/></iq>",
+             full);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
+}
+
+static void test_roster_set_is_written_before_it_is_pushed(void **st)
+{
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
+    roster_get_from(a, "S1");                 /* S1 becomes interested */
+    im_empty_load();
+    assert_true(sent_find(0, "jabber:iq:roster") >= 0);
+    nsent = 0;
+    char xml[512];
+    snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='rs'><query xmlns='jabber:iq:roster'>"
+             "<item jid='Bob@Localhost' name='Bob'><group>g</group></item></query></iq>", b);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S2", "", b, xml);
+    assert_int_equal(nsent, 0);               /* nothing before PostgreSQL confirms */
+    assert_string_equal(pg_params[2], "bob@localhost");   /* prepared */
+    pg_answer(PGRES_COMMAND_OK, 0, 0, NULL);
+    int push = sent_find(0, "type='set'");
+    assert_true(push >= 0);
+    assert_string_equal(sent[push].h.sid, "S1");          /* only the interested one */
+    assert_non_null(strstr(sent[push].body, "ver='1'"));
+    assert_non_null(strstr(sent[push].body, "<group>g</group>"));
+    assert_int_equal(sent_find(push + 1, "type='set'"), -1);
+    assert_true(sent_find(0, "type='result'") >= 0);
+}
+
+static void test_roster_set_with_two_items_is_bad_request(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    roster_get_from(a, "S1");
+    im_empty_load();
+    nsent = 0;
+    char xml[512];
+    snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='rs'><query xmlns='jabber:iq:roster'>"
+             "<item jid='a@x'/><item jid='b@x'/></query></iq>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<bad-request"));
+}
+
+/* A roster with bob (from) and carol (to); alice's session ends. */
+static void test_session_end_sends_unavailable_to_contacts_with_from(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    char xml[512];
+    snprintf(xml, sizeof xml, "<presence from='%s'/>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    const char *rows[] = {"r", "bob@localhost", "", "from", "", "",
+                          "r", "carol@localhost", "", "to", "", "",
+                          "v", "7", "", "", "", ""};
+    pg_answer(PGRES_TUPLES_OK, 3, 6, rows);
+    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
+    /* initial presence: broadcast to bob, probe to carol */
+    assert_true(sent_find(0, "to='bob@localhost'") >= 0);
+    int probe = sent_find(0, "type='probe'");
+    assert_true(probe >= 0);
+    assert_string_equal(sent[probe].h.key, "carol@localhost");
+    assert_non_null(strstr(sent[probe].body, "from='alice@localhost'"));
+    pg_answer_empty();                        /* no offline messages */
+    nsent = 0;
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", a, "");
+    assert_int_equal(nsent, 1);
+    assert_string_equal(sent[0].h.key, "bob@localhost");
+    assert_non_null(strstr(sent[0].body, "type='unavailable'"));
+    assert_int_equal(core->nsessions, 0);     /* and mod_session still ran */
+}
+
+static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void **st)
+{
+    for (int full = 0; full < 2; full++) {
+        nsent = 0;
+        recv_stanza("carol@localhost", "bob@localhost/x",
+                    "<message from='bob@localhost/x' to='carol@localhost' type='chat'>"
+                    "<body>later</body></message>");
+        redis_empty_load("carol@localhost");     /* evicted after each: no sessions */
+        assert_non_null(strstr(pg_sql, "INSERT INTO offline"));
+        assert_non_null(strstr(pg_params[2], "<body>later</body><delay xmlns='urn:xmpp:delay'"
+                                             " from='localhost' stamp='"));
+        assert_string_equal(pg_params[3], "100");
+        const char *row[2] = {"t", full ? "0" : "1"};
+        pg_answer(PGRES_TUPLES_OK, 1, 2, row);
+        assert_int_equal(nsent, full);
+        if (full)
+            assert_non_null(strstr(sent[0].body, "<resource-constraint"));
+    }
+}
+
 static void test_members_change_drops_cached_users(void **st)
 {
     bind_alice("S1", 1);
@@ -567,6 +682,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_instance_down_sends_session_gone_per_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_removes_session_from_redis_and_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members_change_drops_cached_users, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_set_is_written_before_it_is_pushed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roster_set_with_two_items_is_bad_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_end_sends_unavailable_to_contacts_with_from, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_message_is_stored_with_delay_or_refused_over_quota, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
