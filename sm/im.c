@@ -123,7 +123,9 @@ static const char IM_LOAD_SQL[] =
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'v', version::text, '', '', '', '' FROM roster_version"
     " WHERE domain = $1 AND username = $2"
-    " UNION ALL SELECT 'u', '', '', '', '', '' FROM users WHERE domain = $1 AND username = $2";
+    " UNION ALL SELECT 'u', '', '', '', '', '' FROM users WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
+    " WHERE domain = $1 AND username = $2";
 
 static void im_free(struct sm_im *im)
 {
@@ -162,6 +164,10 @@ static void im_load_row(struct sm_im *im, PGresult *res, int i)
     }
     if (kind[0] == 'u') {
         im->exists = 1;
+        return;
+    }
+    if (kind[0] == 'o') {
+        im->offline = strtol(c1, NULL, 10);
         return;
     }
     struct sm_im_item *it = sm_im_get(im, c1);

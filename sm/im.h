@@ -5,7 +5,7 @@
  * presence to whom).
  *
  * Loaded once per cached user — one PostgreSQL query (roster,
- * roster_pending, roster_version, users) and one Redis HGETALL im:{bare} —
+ * roster_pending, roster_version, users, offline count) and one Redis HGETALL im:{bare} —
  * and kept in memory while the user record lives, so presence broadcasts
  * and deliveries need no I/O. Every change is written through: roster rows
  * keep a per-user version (assigned here, +1 per change) and removed rows
@@ -43,6 +43,8 @@ struct sm_im {
     struct sm_im_res *res;
     int nres, capres;
     int exists;             /* the account has a users row */
+    long offline;           /* stored offline messages (at the load, plus
+                               what this sm stored since): 0 = no fetch */
     int wait;               /* load replies still outstanding */
     struct sm_job *job;     /* rerun when the load finishes */
     const struct sm_module *mod;

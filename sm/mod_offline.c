@@ -134,6 +134,8 @@ static void offline_on_store(PGresult *res, void *arg)
         log_info("offline_full", "to=%s max=%ld", sb_log_q(j->key), sm_im_limits()->offline);
         sm_reply_error(j, "wait", "resource-constraint");
     } else {
+        if (j->user && j->user->im)
+            j->user->im->offline++;
         log_info("offline_stored", "to=%s from=%s", sb_log_q(j->key), sb_log_q(j->from));
     }
     sm_job_done(j);
@@ -190,6 +192,8 @@ static void offline_on_fetch(PGresult *res, void *arg)
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         log_error("offline_fetch_failed", "jid=%s error=%s", sb_log_q(j->key),
                   sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+    } else if (s && PQntuples(res) == 0 && j->user->im) {
+        j->user->im->offline = 0;
     } else if (s && PQntuples(res) > 0) {
         struct sb_buf ids = SB_BUF_INIT;
         sb_buf_adds(&ids, "{");
@@ -200,6 +204,8 @@ static void offline_on_fetch(PGresult *res, void *arg)
                 break;      /* keep the rest for the next time */
             sb_buf_printf(&ids, "%s%s", n++ ? "," : "", PQgetvalue(res, i, 0));
         }
+        if (j->user->im && n == PQntuples(res))
+            j->user->im->offline = 0;
         sb_buf_adds(&ids, "}");
         const char *params[1] = {ids.data};
         if (n && sm_pg_query(j->core, "DELETE FROM offline WHERE id = ANY($1::bigint[])", 1,

@@ -177,7 +177,8 @@ static sb_rc presence_available(struct sm_job *j, struct sm_session *s)
     if (first)
         presence_initial(u, s);
     log_debug("presence_available", "jid=%s prio=%d initial=%d", sb_log_q(j->aux), s->prio, first);
-    if (s->prio >= 0 && (first || old_prio < 0))
+    /* Without a loaded count (database down) look anyway. */
+    if (s->prio >= 0 && (first || old_prio < 0) && (!u->im || !u->im->loaded || u->im->offline))
         return sm_offline_flush(j, s->resource);
     return SB_OK;
 }

@@ -171,11 +171,6 @@ static void pg_answer(ExecStatusType status, int nrows, int ncols, const char *c
     PQclear(r);
 }
 
-static void pg_answer_empty(void)
-{
-    pg_answer(PGRES_TUPLES_OK, 0, 0, NULL);
-}
-
 /* ---- helpers --------------------------------------------------------------------- */
 
 static struct sm_core *core;
@@ -288,8 +283,8 @@ static void im_empty_load(void)
     redis_array("HGETALL im:{alice@localhost}", 0, NULL);
 }
 
-/* An initial presence: `load` answers the IM load first; a non-negative
- * priority then looks for offline messages (answered: none). */
+/* An initial presence: `load` answers the IM load first (no offline
+ * messages counted, so none are fetched). */
 static void presence_from(const char *full, const char *sid, int prio, int load)
 {
     char xml[512];
@@ -297,10 +292,7 @@ static void presence_from(const char *full, const char *sid, int prio, int load)
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
     if (load)
         im_empty_load();
-    if (prio >= 0) {
-        assert_non_null(strstr(pg_sql, "FROM offline"));
-        pg_answer_empty();
-    }
+    assert_null(pg_cb);
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -619,7 +611,6 @@ static void test_session_end_sends_unavailable_to_contacts_with_from(void **st)
     assert_true(probe >= 0);
     assert_string_equal(sent[probe].h.key, "carol@localhost");
     assert_non_null(strstr(sent[probe].body, "from='alice@localhost'"));
-    pg_answer_empty();                        /* no offline messages */
     nsent = 0;
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", a, "");
     assert_int_equal(nsent, 1);
@@ -646,6 +637,36 @@ static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void
         if (full)
             assert_non_null(strstr(sent[0].body, "<resource-constraint"));
     }
+}
+
+static void test_offline_messages_are_flushed_then_deleted_at_initial_presence(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    char xml[512];
+    snprintf(xml, sizeof xml, "<presence from='%s'/>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    const char *rows[] = {"u", "", "", "", "", "", "o", "2", "", "", "", ""};
+    pg_answer(PGRES_TUPLES_OK, 2, 6, rows);
+    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
+    assert_non_null(strstr(pg_sql, "FROM offline"));
+    nsent = 0;
+    int before = pg_nqueries;
+    const char *msgs[] = {"41", "<message to='alice@localhost'><body>1</body></message>",
+                          "42", "<message to='alice@localhost'><body>2</body></message>"};
+    pg_answer(PGRES_TUPLES_OK, 2, 2, msgs);
+    assert_int_equal(nsent, 2);
+    assert_string_equal(sent[0].h.sid, "S1");
+    assert_non_null(strstr(sent[0].body, "<body>1</body>"));
+    assert_non_null(strstr(sent[1].body, "<body>2</body>"));
+    /* deleted only after the hand-off, by id */
+    assert_int_equal(pg_nqueries, before + 1);
+    assert_non_null(strstr(pg_sql, "DELETE FROM offline"));
+    assert_string_equal(pg_params[0], "{41,42}");
+    /* a second session's initial presence does not fetch again */
+    char b[256];
+    snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
+    presence_from(b, "S2", 0, 0);
 }
 
 static void test_members_change_drops_cached_users(void **st)
@@ -686,6 +707,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roster_set_with_two_items_is_bad_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_end_sends_unavailable_to_contacts_with_from, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_message_is_stored_with_delay_or_refused_over_quota, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_messages_are_flushed_then_deleted_at_initial_presence, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
