@@ -13,6 +13,7 @@
  *   stream.c  stream headers, features, stream errors, element dispatch
  *   login.c   SASL exchange and resource binding
  *   route.c   stanzas to and from the router, bounces, session end
+ *   keepalive.c  server pings and idle limits for bound sessions
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    tiny parsers that need no XML tree (unit-tested)
  * See c2s/README.md for the connection lifecycle. */
@@ -54,6 +55,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
 #define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
+#define C2S_F_PING_OUT    0x4000  /* keepalive ping sent, no byte from the client since */
 
 struct c2s_conn;
 
@@ -91,6 +93,7 @@ struct c2s_conn {
     ev_io io;
     ev_timer timer;                /* login / bind deadlines, close linger */
     double login_deadline, bind_deadline, close_deadline;
+    double last_rx;                /* last byte from the client (keepalive.c) */
     gnutls_session_t tls;
     struct xml_stream *xs;
     struct sasl_sess *sasl;
@@ -115,6 +118,7 @@ struct c2s_cfg {
     double login_timeout, bind_timeout;
     size_t max_pending;            /* output bytes queued per connection */
     double parser_idle;            /* free an idle bound conn's parser after this */
+    double ping_interval, ping_timeout, idle_timeout;   /* keepalive.c; 0 = off */
     int max_auth_failures;
     int allow_plain;               /* allow_plain_without_tls */
 };
@@ -228,6 +232,12 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
                     size_t len, void *ud);                      /* router → client */
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
 void c2s_route_end(struct c2s_conn *c);           /* control end for a bound session */
+
+/* ---- keepalive.c ------------------------------------------------------ */
+void c2s_keepalive_seen(struct c2s_conn *c);      /* a byte arrived */
+double c2s_keepalive_next(const struct c2s_conn *c);   /* deadline of a bound conn, 0 none */
+int c2s_keepalive_check(struct c2s_conn *c, double now);   /* 1: closed */
+int c2s_keepalive_answer(struct c2s_conn *c, const struct xml_node *n);   /* 1: consumed */
 
 /* ---- domains.c -------------------------------------------------------- */
 void c2s_domains_start(void);                     /* load now and every 30 s */

@@ -288,6 +288,7 @@ static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     c->login_deadline = ev_now(c2s.loop) + c2s.cfg.login_timeout;
+    c->last_rx = ev_now(c2s.loop);
     c->next = c2s.conns;
     if (c2s.conns)
         c2s.conns->prev = c;
@@ -633,6 +634,7 @@ static void conn_read(struct c2s_conn *c)
             conn_close_dead(c, "eof");
             return;
         }
+        c2s_keepalive_seen(c);
         c2s_stream_input(c, conn_rbuf, (size_t)n);
     }
 }
@@ -833,7 +835,14 @@ void c2s_conn_arm_timer(struct c2s_conn *c)
         any = 1;
     } else if (c->state == C2S_S_BOUND) {
         if (c->xs && c2s.cfg.parser_idle > 0) {
-            next = ev_now(c2s.loop) + c2s.cfg.parser_idle;
+            /* Already past (mid-stanza when it came): look again later. */
+            double now = ev_now(c2s.loop), at = c->last_rx + c2s.cfg.parser_idle;
+            next = at > now ? at : now + c2s.cfg.parser_idle;
+            any = 1;
+        }
+        double ka = c2s_keepalive_next(c);
+        if (ka > 0 && (!any || ka < next)) {
+            next = ka;
             any = 1;
         }
     } else {
@@ -866,9 +875,11 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         return;
     }
     if (c->state == C2S_S_BOUND) {
-        c2s_stream_hibernate(c);
-        if (c->xs)
-            c2s_conn_arm_timer(c);   /* mid-stanza: try again later */
+        if (c2s_keepalive_check(c, now))
+            return;
+        if (c2s.cfg.parser_idle > 0 && now >= c->last_rx + c2s.cfg.parser_idle)
+            c2s_stream_hibernate(c);
+        c2s_conn_arm_timer(c);       /* keepalive, or mid-stanza: look again later */
         return;
     }
     if ((c->flags & C2S_F_BIND_WAIT) && now >= c->bind_deadline)

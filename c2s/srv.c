@@ -87,6 +87,9 @@ static sb_rc main_config(struct c2s_cfg *cfg)
     cfg->bind_timeout = (double)sb_config_int("bind_timeout", 10);
     cfg->max_pending = (size_t)sb_config_int("max_pending", 1048576);
     cfg->parser_idle = (double)sb_config_int("parser_idle", 5);
+    cfg->ping_interval = atof(sb_config_str("ping_interval", "120"));
+    cfg->ping_timeout = atof(sb_config_str("ping_timeout", "30"));
+    cfg->idle_timeout = atof(sb_config_str("idle_timeout", "0"));
     cfg->max_auth_failures = (int)sb_config_int("sasl_retries", 3);
     cfg->allow_plain = sb_config_bool("allow_plain_without_tls", 0);
     if (cfg->allow_plain && !c2s_is_loopback(cfg->listen)) {
@@ -100,6 +103,8 @@ static sb_rc main_config(struct c2s_cfg *cfg)
     if (cfg->allow_plain)
         log_warn("plaintext_allowed", "listen=%s note=\"SASL PLAIN offered without TLS; "
                  "load generators only\"", cfg->listen);
+    if (cfg->ping_interval > 0 && cfg->ping_timeout <= 0)
+        cfg->ping_timeout = 30;
     if (cfg->login_timeout <= 0 || cfg->max_pending < 4096 || cfg->limits.max_stanza < 1024) {
         log_error("config_invalid", "login_timeout=%g max_pending=%zu max_stanza=%zu",
                   cfg->login_timeout, cfg->max_pending, cfg->limits.max_stanza);

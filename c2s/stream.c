@@ -321,10 +321,13 @@ static int stream_is_iq_request(struct xml_node *n)
     return t && (strcmp(t, "get") == 0 || strcmp(t, "set") == 0);
 }
 
-/* iqs c2s answers itself: bind and the legacy session (RFC 3921 §3).
+/* iqs c2s answers itself: bind and the legacy session (RFC 3921 §3);
+ * answers to its keepalive pings are consumed.
  * Returns 1 when handled. */
 static int stream_local_iq(struct c2s_conn *c, struct xml_node *n)
 {
+    if (c2s_keepalive_answer(c, n))
+        return 1;                   /* the answer to our keepalive ping */
     if (strcmp(n->name, "iq") != 0 || !stream_is_iq_request(n))
         return 0;
     const char *to = xml_attr(n, "to");

@@ -235,6 +235,10 @@ static int user_del(PGconn *c, const struct jid *j)
         "DELETE FROM users WHERE domain=$1 AND username=$2",
         "DELETE FROM roster WHERE domain=$1 AND username=$2",
         "DELETE FROM roster_version WHERE domain=$1 AND username=$2",
+        "DELETE FROM vcards WHERE domain=$1 AND username=$2",
+        "DELETE FROM private_storage WHERE domain=$1 AND username=$2",
+        "DELETE FROM last_activity WHERE domain=$1 AND username=$2",
+        "DELETE FROM blocklist WHERE domain=$1 AND username=$2",
     };
     if (sbctl_db_exec(c, "BEGIN") != 0)
         return SBCTL_FAIL;

@@ -318,6 +318,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
     if (!c)
         return NULL;
     c->loop = loop;
+    c->started = sb_now();
     struct link_opts lo = {
         .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
         .instance = instance,

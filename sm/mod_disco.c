@@ -1,8 +1,10 @@
 /* mod_disco.c — XEP-0030 service discovery on a server domain: who we are
- * (server/im) and which features the loaded modules implement. Items are
- * empty until components (MUC, upload…) exist. Disco of an account (bare
- * JID) is left to the fallback for now. */
+ * (server/im) and which features the loaded modules implement — the union
+ * of every module's `features` list, so a feature is advertised exactly
+ * when its module is in sm/modules.c. Items are empty until components
+ * (MUC, upload…) exist. Disco of an account (bare JID) is mod_account's. */
 #include "sm.h"
+#include "version.h"
 #include "log.h"
 
 #include <string.h>
@@ -10,25 +12,33 @@
 #define NS_DISCO_INFO "http://jabber.org/protocol/disco#info"
 #define NS_DISCO_ITEMS "http://jabber.org/protocol/disco#items"
 
-/* Keep in step with the modules that answer these namespaces. */
-static const char *const disco_features[] = {
-    NS_DISCO_INFO,
-    NS_DISCO_ITEMS,
-    "urn:xmpp:ping",
-    "jabber:iq:roster",
-};
+static const char *const disco_features[] = {NS_DISCO_INFO, NS_DISCO_ITEMS, NULL};
+
+/* A feature listed by two modules is advertised once. */
+static int disco_listed_before(size_t mod, const char *var)
+{
+    for (size_t i = 0; i < mod; i++)
+        for (const char *const *f = sm_modules[i]->features; f && *f; f++)
+            if (!strcmp(*f, var))
+                return 1;
+    return 0;
+}
 
 static sb_rc disco_fill_info(struct xml_doc *d, struct xml_node *q)
 {
     struct xml_node *id = xml_add_child(d, q, "identity");
     if (!id || xml_set_attr(d, id, "category", "server") != SB_OK ||
         xml_set_attr(d, id, "type", "im") != SB_OK ||
-        xml_set_attr(d, id, "name", "Switchboard") != SB_OK)
+        xml_set_attr(d, id, "name", SB_SOFTWARE_NAME) != SB_OK)
         return SB_ERROR;
-    for (size_t i = 0; i < SB_ARRAY_LEN(disco_features); i++) {
-        struct xml_node *f = xml_add_child(d, q, "feature");
-        if (!f || xml_set_attr(d, f, "var", disco_features[i]) != SB_OK)
-            return SB_ERROR;
+    for (size_t m = 0; m < sm_nmodules; m++) {
+        for (const char *const *f = sm_modules[m]->features; f && *f; f++) {
+            if (disco_listed_before(m, *f))
+                continue;
+            struct xml_node *fe = xml_add_child(d, q, "feature");
+            if (!fe || xml_set_attr(d, fe, "var", *f) != SB_OK)
+                return SB_ERROR;
+        }
     }
     return SB_OK;
 }
@@ -39,7 +49,8 @@ static sb_rc disco_iq(struct sm_job *j, const char *ns)
     if ((!info && strcmp(ns, NS_DISCO_ITEMS)) || !sm_job_to_domain(j))
         return SB_DECLINED;
     if (strcmp(j->type, "get")) {
-        sm_reply_error(j, "cancel", "service-unavailable");
+        if (!strcmp(j->type, "set"))    /* a namespace we know, a type it lacks */
+            sm_reply_error(j, "cancel", "feature-not-implemented");
         return SB_OK;
     }
     if (xml_attr(xml_first_elem(j->st), "node")) {
@@ -62,4 +73,5 @@ static sb_rc disco_iq(struct sm_job *j, const char *ns)
 const struct sm_module sm_mod_disco = {
     .name = "disco",
     .handle_iq = disco_iq,
+    .features = disco_features,
 };

@@ -365,8 +365,11 @@ static sb_rc roster_iq(struct sm_job *j, const char *ns)
     return get ? roster_get(j, q) : roster_set(j, q);
 }
 
+static const char *const roster_features[] = {SM_NS_ROSTER, NULL};
+
 const struct sm_module sm_mod_roster = {
     .name = "roster",
     .handle_iq = roster_iq,
     .user_free = sm_im_user_free,
+    .features = roster_features,
 };

@@ -6,14 +6,24 @@
 
 extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
     sm_mod_disco, sm_mod_ping, sm_mod_offline, sm_mod_deliver, sm_mod_fallback;
+extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
+    sm_mod_version, sm_mod_vcard, sm_mod_private;
 
 const struct sm_module *const sm_modules[] = {
+    &sm_mod_last,           /* observes end + own unavailable presence (declines
+                               both, so it must precede mod_presence); jabber:iq:last */
+    &sm_mod_blocking,       /* XEP-0191: refuses stanzas between blocked users
+                               (before anything delivers or stores); the iq */
     &sm_mod_presence,       /* all presence (RFC 6121 §3-4); unavailable on
                                end/session-gone, then passes them on */
     &sm_mod_session,        /* controls: bind, end, session-gone, instance-down */
     &sm_mod_roster,         /* jabber:iq:roster on the own account */
     &sm_mod_disco,          /* disco#info/#items on a server domain */
     &sm_mod_ping,           /* urn:xmpp:ping to the server */
+    &sm_mod_version,        /* jabber:iq:version of the server */
+    &sm_mod_account,        /* disco/ping to a bare JID; loads acct.h per user */
+    &sm_mod_vcard,          /* vcard-temp get/set */
+    &sm_mod_private,        /* jabber:iq:private on the own account */
     &sm_mod_offline,        /* messages no session can take: stored */
     &sm_mod_deliver,        /* everything addressed to a user's JID */
     &sm_mod_fallback,       /* never leave an iq unanswered */

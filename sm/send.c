@@ -91,6 +91,12 @@ sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st)
  * stays (RFC 6120 §8.3.1 allows it), from/to swap, an <error/> is added. */
 sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
 {
+    return sm_reply_error_app(j, etype, cond, NULL, NULL);
+}
+
+sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
+                         const char *app, const char *app_ns)
+{
     if (!j->st || !strcmp(j->type, "error") || !*j->from)
         return SB_OK;   /* never answer an error with an error, nor nobody */
     if (!strcmp(j->name, "iq") && strcmp(j->type, "get") && strcmp(j->type, "set"))
@@ -108,6 +114,9 @@ sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
     struct xml_node *c = e ? xml_add_child(d, e, cond) : NULL;
     if (!c || xml_set_attr(d, e, "type", etype) != SB_OK ||
         xml_set_attr(d, c, "xmlns", SM_NS_STANZAS) != SB_OK)
+        return SB_ERROR;
+    struct xml_node *a = app ? xml_add_child(d, e, app) : NULL;
+    if (app && (!a || xml_set_attr(d, a, "xmlns", app_ns) != SB_OK))
         return SB_ERROR;
     /* The job's cached attributes now describe the error; keep them honest. */
     j->type = "error";

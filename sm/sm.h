@@ -35,7 +35,10 @@ struct sm_session {
     char *pres;                         /* its last available presence XML
                                            (as in pres:{bare}), owned, or NULL */
     size_t pres_len;
+    unsigned blocklist_pushes : 1;      /* asked for the blocklist: gets pushes */
 };
+
+struct sm_acct;                         /* account facts from PostgreSQL (acct.h) */
 
 /* The cached state of one local bare JID; Redis stays the truth. */
 struct sm_user {
@@ -51,6 +54,7 @@ struct sm_user {
     unsigned stale : 1;                 /* load failed: evict when idle */
     struct sm_im *im;                   /* IM state (sm/im.h): roster, per-
                                            resource flags; NULL until needed */
+    struct sm_acct *acct;               /* loaded with the user (mod_account) */
     UT_hash_handle hh;
 };
 
@@ -85,6 +89,14 @@ struct sm_module {
     /* Optional: a user record is being freed; release what the module
      * hung on it. */
     void (*user_free)(struct sm_user *u);
+    /* Optional: the disco#info features this module implements, NULL-ended
+     * (mod_disco lists the union, so the list lives beside the code). */
+    const char *const *features;
+    /* Optional: load per-user state while a user record loads (before any
+     * of its jobs runs). SB_AGAIN: call sm_user_loaded(u, ok) later, once;
+     * SB_OK: loaded now; SB_ERROR: failed (the record is marked stale). Free it in
+     * user_free. */
+    sb_rc (*load_user)(struct sm_user *u);
 };
 
 /* The ordered module table (sm/modules.c): order is data, not code. */
@@ -105,6 +117,7 @@ struct sm_core {
     long nsessions;                     /* cached sessions, for HELLO */
     struct env_hdr out;                 /* scratch header for sends */
     struct sb_buf obuf;                 /* scratch serialisation buffer */
+    double started;                     /* sb_now() at start (uptime) */
     unsigned stopping : 1;
 };
 
@@ -124,6 +137,8 @@ struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
 struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
                                        const char *instance, const char *sid, int prio);
 void sm_user_del_session(struct sm_user *u, const char *resource);
+/* A module's load_user that answered SB_AGAIN reports here (ok=0: failed). */
+void sm_user_loaded(struct sm_user *u, int ok);
 /* The sender's resource (part of j->aux after the first '/'), "" if none. */
 const char *sm_job_sender_resource(const struct sm_job *j);
 /* Is the stanza for the sender's own account (no `to`, or to = own bare)? */
@@ -154,6 +169,10 @@ sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st);
 /* Answer the job's stanza with an RFC 6120 §8.3 error (never to an error,
  * never to an iq result). etype: "cancel", "modify", "wait", "auth". */
 sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond);
+/* The same with an application-specific condition element <app xmlns=app_ns/>
+ * after the defined one (RFC 6120 §8.3.2), e.g. XEP-0191's <blocked/>. */
+sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
+                         const char *app, const char *app_ns);
 /* A result iq for j (an iq get/set) with the given payload (may be NULL). */
 struct xml_doc *sm_iq_result_new(const struct sm_job *j);
 sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,

@@ -147,7 +147,7 @@ static void user_load_session(struct sm_user *u, const char *res, const char *va
     sm_user_add_session(u, res, inst, sid, prio);
 }
 
-static void user_load_step(struct sm_user *u, int ok)
+void sm_user_loaded(struct sm_user *u, int ok)
 {
     if (!ok)
         u->stale = 1;
@@ -167,7 +167,7 @@ static void user_on_sess(redisReply *r, void *arg)
     for (size_t i = 0; ok && i + 1 < r->elements; i += 2)
         if (r->element[i]->str && r->element[i + 1]->str)
             user_load_session(u, r->element[i]->str, r->element[i + 1]->str);
-    user_load_step(u, ok);
+    sm_user_loaded(u, ok);
 }
 
 static void user_on_pres(redisReply *r, void *arg)
@@ -185,20 +185,37 @@ static void user_on_pres(redisReply *r, void *arg)
         s->pres = v->str ? strndup(v->str, v->len) : NULL;
         s->pres_len = s->pres ? v->len : 0;
     }
-    user_load_step(u, ok);
+    sm_user_loaded(u, ok);
+}
+
+/* Modules with per-user state (blocklists…) load it beside the sessions. */
+static void user_load_modules(struct sm_user *u)
+{
+    for (size_t i = 0; i < sm_nmodules; i++) {
+        if (!sm_modules[i]->load_user)
+            continue;
+        u->load_wait++;
+        sb_rc rc = sm_modules[i]->load_user(u);
+        if (rc != SB_AGAIN)
+            sm_user_loaded(u, rc == SB_OK);
+    }
 }
 
 /* Both HGETALLs are pipelined on one connection, so their replies come back
- * in order: sessions first, then the presence that marks them available. */
+ * in order: sessions first, then the presence that marks them available.
+ * load_wait holds one extra count until every load is issued, so an answer
+ * that arrives at once cannot finish the load early. */
 static void user_load(struct sm_user *u)
 {
     struct sm_core *c = u->core;
     u->loading = 1;
-    u->load_wait = 2;
+    u->load_wait = 3;
     if (SM_RCMD(c, user_on_sess, u, "HGETALL sess:{%s}", u->bare) != SB_OK)
-        user_load_step(u, 0);
+        sm_user_loaded(u, 0);
     if (SM_RCMD(c, user_on_pres, u, "HGETALL pres:{%s}", u->bare) != SB_OK)
-        user_load_step(u, 0);
+        sm_user_loaded(u, 0);
+    user_load_modules(u);
+    sm_user_loaded(u, 1);
 }
 
 /* ---- the queue ----------------------------------------------------------------- */

@@ -1,0 +1,243 @@
+/* acct.c — per-account facts cached in the owning sm (see acct.h): one
+ * PostgreSQL query when the user record loads, then pure memory lookups on
+ * every stanza (the blocklist is checked for each one between two users). */
+#include "acct.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* 'u': the account exists; 'b': one of its blocklist items; 'r': a local
+ * user whose blocklist names this account (by bare or full JID). */
+static const char ACCT_SQL[] =
+    "SELECT 'u', '', '' FROM users WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'b', item, '' FROM blocklist WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'r', username || '@' || domain, item FROM blocklist"
+    " WHERE item_bare = $3";
+
+sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domain)
+{
+    const char *at = strchr(bare, '@');
+    if (!at || at == bare || !at[1] || strchr(at, '/') || (size_t)(at - bare) >= cap)
+        return SB_ERROR;
+    memcpy(node, bare, (size_t)(at - bare));
+    node[at - bare] = '\0';
+    *domain = at + 1;
+    return SB_OK;
+}
+
+/* ---- matching ------------------------------------------------------------------ */
+
+/* The domain part of a JID: after '@' (if any), up to '/'. */
+static const char *jid_domain_part(const char *jid, size_t *len)
+{
+    const char *slash = strchr(jid, '/');
+    const char *at = strchr(jid, '@');
+    if (at && slash && at > slash)
+        at = NULL;                      /* '@' inside the resource */
+    const char *d = at ? at + 1 : jid;
+    *len = slash ? (size_t)(slash - d) : strlen(d);
+    return d;
+}
+
+int sm_acct_jid_match(const char *item, const char *jid)
+{
+    if (!*item)
+        return 0;
+    if (strchr(item, '/'))
+        return !strcmp(item, jid);
+    if (strchr(item, '@')) {            /* bare: the same bare JID, any resource */
+        size_t n = strlen(item);
+        return !strncmp(item, jid, n) && (jid[n] == '\0' || jid[n] == '/');
+    }
+    size_t dlen;                        /* domain: anything at that domain */
+    const char *d = jid_domain_part(jid, &dlen);
+    return dlen == strlen(item) && !strncmp(d, item, dlen);
+}
+
+int sm_acct_blocks(const struct sm_acct *a, const char *jid)
+{
+    for (int i = 0; a && i < a->nblock; i++)
+        if (sm_acct_jid_match(a->block[i], jid))
+            return 1;
+    return 0;
+}
+
+int sm_acct_blocked_by(const struct sm_acct *a, const char *owner, const char *to)
+{
+    for (int i = 0; a && i < a->nby; i++)
+        if (!strcmp(a->by[i].owner, owner) && sm_acct_jid_match(a->by[i].item, to))
+            return 1;
+    return 0;
+}
+
+/* ---- cache edits ------------------------------------------------------------------ */
+
+static sb_rc grow(void **arr, int *cap, int n, size_t elem)
+{
+    if (n < *cap)
+        return SB_OK;
+    int ncap = *cap ? *cap * 2 : 4;
+    void *p = realloc(*arr, (size_t)ncap * elem);
+    if (!p)
+        return SB_ERROR;
+    *arr = p;
+    *cap = ncap;
+    return SB_OK;
+}
+
+sb_rc sm_acct_block_add(struct sm_acct *a, const char *item)
+{
+    for (int i = 0; i < a->nblock; i++)
+        if (!strcmp(a->block[i], item))
+            return SB_OK;
+    char *s = strdup(item);
+    if (!s || grow((void **)&a->block, &a->capblock, a->nblock, sizeof *a->block) != SB_OK) {
+        free(s);
+        return SB_ERROR;
+    }
+    a->block[a->nblock++] = s;
+    return SB_OK;
+}
+
+void sm_acct_block_del(struct sm_acct *a, const char *item)
+{
+    for (int i = 0; i < a->nblock; i++) {
+        if (!strcmp(a->block[i], item)) {
+            free(a->block[i]);
+            a->block[i] = a->block[--a->nblock];
+            return;
+        }
+    }
+}
+
+void sm_acct_block_clear(struct sm_acct *a)
+{
+    for (int i = 0; i < a->nblock; i++)
+        free(a->block[i]);
+    a->nblock = 0;
+}
+
+sb_rc sm_acct_by_add(struct sm_acct *a, const char *owner, const char *item)
+{
+    for (int i = 0; i < a->nby; i++)
+        if (!strcmp(a->by[i].owner, owner) && !strcmp(a->by[i].item, item))
+            return SB_OK;
+    char *o = strdup(owner), *it = strdup(item);
+    if (!o || !it || grow((void **)&a->by, &a->capby, a->nby, sizeof *a->by) != SB_OK) {
+        free(o);
+        free(it);
+        return SB_ERROR;
+    }
+    a->by[a->nby++] = (struct sm_acct_by){o, it};
+    return SB_OK;
+}
+
+void sm_acct_by_del(struct sm_acct *a, const char *owner, const char *item)
+{
+    for (int i = 0; i < a->nby; i++) {
+        if (!strcmp(a->by[i].owner, owner) && !strcmp(a->by[i].item, item)) {
+            free(a->by[i].owner);
+            free(a->by[i].item);
+            a->by[i] = a->by[--a->nby];
+            return;
+        }
+    }
+}
+
+void sm_acct_set_last_status(struct sm_acct *a, const char *status)
+{
+    free(a->last_status);
+    a->last_status = status && *status ? strdup(status) : NULL;
+}
+
+/* ---- load / free ------------------------------------------------------------------ */
+
+static void acct_destroy(struct sm_acct *a)
+{
+    if (!a)
+        return;
+    sm_acct_block_clear(a);
+    free(a->block);
+    for (int i = 0; i < a->nby; i++) {
+        free(a->by[i].owner);
+        free(a->by[i].item);
+    }
+    free(a->by);
+    free(a->last_status);
+    free(a);
+}
+
+void sm_acct_free(struct sm_user *u)
+{
+    acct_destroy(u->acct);
+    u->acct = NULL;
+}
+
+static int acct_fill(struct sm_acct *a, PGresult *res)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *kind = PQgetvalue(res, i, 0);
+        sb_rc rc = SB_OK;
+        if (kind[0] == 'u')
+            a->exists = 1;
+        else if (kind[0] == 'b')
+            rc = sm_acct_block_add(a, PQgetvalue(res, i, 1));
+        else if (kind[0] == 'r')
+            rc = sm_acct_by_add(a, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2));
+        if (rc != SB_OK)
+            return 0;
+    }
+    return 1;
+}
+
+static void acct_on_rows(PGresult *res, void *arg)
+{
+    struct sm_user *u = arg;
+    int ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && u->acct && acct_fill(u->acct, res);
+    if (ok) {
+        u->acct->loaded = 1;
+    } else {
+        log_warn("account_load_failed", "jid=%s error=%s", sb_log_q(u->bare),
+                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+    }
+    sm_user_loaded(u, ok);
+}
+
+/* The record is created for any `node@domain` key; only well-formed ones
+ * are looked up (others can have no account). */
+sb_rc sm_acct_load(struct sm_user *u)
+{
+    char node[ENV_STR_MAX + 1];
+    const char *domain;
+    if (!u->acct && !(u->acct = calloc(1, sizeof *u->acct)))
+        return SB_ERROR;
+    if (sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK) {
+        u->acct->loaded = 1;
+        return SB_OK;
+    }
+    const char *params[3] = {domain, node, u->bare};
+    if (sm_pg_query(u->core, ACCT_SQL, 3, params, acct_on_rows, u) != SB_OK)
+        return SB_ERROR;
+    return SB_AGAIN;
+}
+
+int sm_acct_user_exists(const struct sm_user *u)
+{
+    return u && ((u->acct && u->acct->exists) || u->nsess > 0);
+}
+
+int sm_acct_may_query(const struct sm_job *j)
+{
+    char bare[ENV_STR_MAX + 1];
+    const char *slash = strchr(j->from, '/');
+    size_t n = slash ? (size_t)(slash - j->from) : strlen(j->from);
+    if (!n || n >= sizeof bare)
+        return 0;
+    memcpy(bare, j->from, n);
+    bare[n] = '\0';
+    if (j->user && !strcmp(bare, j->user->bare))
+        return 1;
+    const char *at = strchr(bare, '@');
+    return sm_is_local_domain(j->core, at ? at + 1 : bare);
+}

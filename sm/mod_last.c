@@ -1,0 +1,160 @@
+/* mod_last.c — XEP-0012 last activity.
+ *   to a server domain   seconds since this sm started (server uptime)
+ *   to a user's bare JID 0 while the user has a session; otherwise the
+ *                        seconds since the last session ended, with the
+ *                        <status/> of the last unavailable presence
+ * The logout time is written to PostgreSQL (`last_activity`) when the last
+ * session of a registered account ends; this module sees the `end`
+ * control and the unavailable presence before mod_session / the presence
+ * module (it declines both), so it must stay ahead of them in modules.c. */
+#include "acct.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NS_LAST "jabber:iq:last"
+
+static const char *const last_features[] = {NS_LAST, NULL};
+
+static const char LAST_STORE_SQL[] =
+    "INSERT INTO last_activity (domain, username, logout_at, status)"
+    " VALUES ($1, $2, now(), $3) ON CONFLICT (domain, username)"
+    " DO UPDATE SET logout_at = now(), status = EXCLUDED.status";
+static const char LAST_GET_SQL[] =
+    "SELECT floor(extract(epoch FROM now() - logout_at))::bigint, status"
+    " FROM last_activity WHERE domain = $1 AND username = $2";
+
+/* ---- observing session ends and unavailable presence -------------------------- */
+
+static void last_on_stored(PGresult *res, void *arg)
+{
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+        log_warn("last_store_failed", "error=%s",
+                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+}
+
+static void last_store(struct sm_user *u)
+{
+    char node[ENV_STR_MAX + 1];
+    const char *domain;
+    if (!u->acct || !u->acct->exists ||
+        sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK)
+        return;                         /* anonymous: nothing durable to keep */
+    const char *status = u->acct->last_status ? u->acct->last_status : "";
+    const char *params[3] = {domain, node, status};
+    if (sm_pg_query(u->core, LAST_STORE_SQL, 3, params, last_on_stored, NULL) != SB_OK)
+        log_warn("last_store_failed", "jid=%s error=queue", sb_log_q(u->bare));
+    sm_acct_set_last_status(u->acct, NULL);
+}
+
+/* The same test mod_session applies: only the current session's end counts. */
+static sb_rc last_control(struct sm_job *j, const char *op)
+{
+    if ((strcmp(op, "end") && strcmp(op, "session-gone")) || !j->user)
+        return SB_DECLINED;
+    const char *slash = strchr(j->aux, '/');
+    struct sm_session *s = slash ? sm_user_session(j->user, slash + 1) : NULL;
+    if (s && !strcmp(s->sid, j->sid) && j->user->nsess == 1)
+        last_store(j->user);
+    return SB_DECLINED;
+}
+
+static sb_rc last_presence(struct sm_job *j)
+{
+    if (j->to || !j->user || !j->user->acct || strcmp(j->type, "unavailable"))
+        return SB_DECLINED;
+    struct xml_node *st = xml_child(j->st, "status", NULL);
+    struct sb_buf t = SB_BUF_INIT;
+    if (st)
+        xml_text(st, &t);
+    sm_acct_set_last_status(j->user->acct, t.data ? t.data : "");
+    sb_buf_free(&t);
+    return SB_DECLINED;
+}
+
+/* ---- answering ------------------------------------------------------------------ */
+
+static sb_rc last_reply(struct sm_job *j, long long seconds, const char *status)
+{
+    char secs[32];
+    snprintf(secs, sizeof secs, "%lld", seconds < 0 ? 0 : seconds);
+    struct xml_doc *d = sm_iq_result_new(j);
+    struct xml_node *q = d ? xml_add_child(d, d->root, "query") : NULL;
+    sb_rc rc = q ? xml_set_attr(d, q, "xmlns", NS_LAST) : SB_ERROR;
+    if (rc == SB_OK)
+        rc = xml_set_attr(d, q, "seconds", secs);
+    if (rc == SB_OK && status && *status)
+        rc = xml_add_text(d, q, status, strlen(status));
+    if (rc == SB_OK)
+        rc = sm_send_node(j->core, d->root);
+    xml_doc_free(d);
+    if (rc != SB_OK)
+        sm_reply_error(j, "wait", "internal-server-error");
+    return SB_OK;
+}
+
+static void last_on_row(PGresult *res, void *arg)
+{
+    struct sm_job *j = arg;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("last_get_failed", "jid=%s error=%s", sb_log_q(j->key),
+                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+        sm_reply_error(j, "wait", "internal-server-error");
+    } else if (PQntuples(res) == 0) {
+        sm_reply_error(j, "cancel", "item-not-found");    /* never logged out */
+    } else {
+        last_reply(j, atoll(PQgetvalue(res, 0, 0)), PQgetvalue(res, 0, 1));
+    }
+    sm_job_done(j);
+}
+
+static sb_rc last_user(struct sm_job *j)
+{
+    struct sm_user *u = j->user;
+    char node[ENV_STR_MAX + 1];
+    const char *domain;
+    if (!sm_acct_user_exists(u) || !sm_acct_may_query(j) ||
+        sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK) {
+        sm_reply_error(j, "cancel", "service-unavailable");
+        return SB_OK;
+    }
+    if (u->nsess > 0)
+        return last_reply(j, 0, NULL);  /* online now */
+    const char *params[2] = {domain, node};
+    if (sm_pg_query(j->core, LAST_GET_SQL, 2, params, last_on_row, j) != SB_OK) {
+        sm_reply_error(j, "wait", "resource-constraint");
+        return SB_OK;
+    }
+    return SB_AGAIN;
+}
+
+static sb_rc last_iq(struct sm_job *j, const char *ns)
+{
+    int server = sm_job_to_domain(j);
+    int account = j->user && (!j->to || !strcmp(j->to, j->user->bare));
+    if (strcmp(ns, NS_LAST) || (!server && !account))
+        return SB_DECLINED;
+    if (!strcmp(j->type, "set")) {
+        sm_reply_error(j, "cancel", "feature-not-implemented");
+        return SB_OK;
+    }
+    if (strcmp(j->type, "get"))
+        return SB_OK;
+    if (strcmp(xml_first_elem(j->st)->name, "query")) {
+        sm_reply_error(j, "modify", "bad-request");
+        return SB_OK;
+    }
+    if (server)
+        return last_reply(j, (long long)(sb_now() - j->core->started), NULL);
+    return last_user(j);
+}
+
+const struct sm_module sm_mod_last = {
+    .name = "last",
+    .handle_iq = last_iq,
+    .handle_presence = last_presence,
+    .handle_control = last_control,
+    .features = last_features,
+};
