@@ -108,14 +108,27 @@ static sb_rc blk_refuse_outbound(struct sm_job *j)
     return SB_OK;
 }
 
+/* A stanza of the user's own client that passes through the user's sm on
+ * its way out (presence is routed via the sender's sm): refused here
+ * already when its `to` is on the user's own blocklist. */
+static sb_rc blk_filter_own(struct sm_job *j)
+{
+    char to_bare[ENV_STR_MAX + 1];
+    if (!j->to || !*j->sid || jid_bare_of(j->to, to_bare, sizeof to_bare) < 0 ||
+        !strcmp(to_bare, j->user->bare) || !sm_acct_blocks(j->user->acct, j->to))
+        return SB_DECLINED;
+    return blk_refuse_outbound(j);
+}
+
 /* SB_OK when the stanza was refused, SB_DECLINED to let it through. */
 static sb_rc blk_filter(struct sm_job *j)
 {
     struct sm_user *u = j->user;
     char from_bare[ENV_STR_MAX + 1];
-    if (!u || !u->acct || !*j->from || jid_bare_of(j->from, from_bare, sizeof from_bare) < 0 ||
-        !strcmp(from_bare, u->bare))
+    if (!u || !u->acct || !*j->from || jid_bare_of(j->from, from_bare, sizeof from_bare) < 0)
         return SB_DECLINED;
+    if (!strcmp(from_bare, u->bare))
+        return blk_filter_own(j);
     if (!strchr(from_bare, '@') && sm_is_local_domain(j->core, from_bare))
         return SB_DECLINED;             /* the server itself */
     if (!*j->sid && !strcmp(j->type, "error"))
