@@ -2,6 +2,8 @@
  * PostgreSQL query when the user record loads, then pure memory lookups on
  * every stanza (the blocklist is checked for each one between two users). */
 #include "acct.h"
+#include "im.h"
+#include "jid.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -227,17 +229,16 @@ int sm_acct_user_exists(const struct sm_user *u)
     return u && ((u->acct && u->acct->exists) || u->nsess > 0);
 }
 
-int sm_acct_may_query(const struct sm_job *j)
+sb_rc sm_acct_authorize(struct sm_job *j, const struct sm_module *m)
 {
     char bare[ENV_STR_MAX + 1];
-    const char *slash = strchr(j->from, '/');
-    size_t n = slash ? (size_t)(slash - j->from) : strlen(j->from);
-    if (!n || n >= sizeof bare)
-        return 0;
-    memcpy(bare, j->from, n);
-    bare[n] = '\0';
-    if (j->user && !strcmp(bare, j->user->bare))
-        return 1;
-    const char *at = strchr(bare, '@');
-    return sm_is_local_domain(j->core, at ? at + 1 : bare);
+    if (!j->user || !*j->from || jid_bare_of(j->from, bare, sizeof bare) < 0)
+        return SB_DECLINED;
+    if (!strcmp(bare, j->user->bare))
+        return SB_OK;
+    sb_rc rc = sm_im_ready(j, m);
+    if (rc != SB_OK)
+        return rc;
+    struct sm_im_item *it = sm_im_find(j->user->im, bare);
+    return it && it->in_roster && (it->state & SM_SUB_FROM) ? SB_OK : SB_DECLINED;
 }

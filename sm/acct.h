@@ -55,9 +55,13 @@ sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domai
 /* Does the account exist: a `users` row, or live sessions (anonymous)? */
 int sm_acct_user_exists(const struct sm_user *u);
 
-/* May `from` (a full JID) see what the server answers on behalf of the
- * user `u` (disco, last activity, ping, vCard)? The user themself or any
- * local requester (contacts-only needs roster subscriptions; see README). */
-int sm_acct_may_query(const struct sm_job *j);
+/* May the sender of j see what the server answers on behalf of the user
+ * j->user (disco, last activity, ping)? The user themself, or a contact
+ * with a subscription to the user's presence (roster state `from`/`both`,
+ * RFC 6121; im.h, loaded on first use). SB_OK: yes; SB_DECLINED: no
+ * (answer service-unavailable, as for no such account); SB_AGAIN: the
+ * roster is loading, return SB_AGAIN (the job is re-offered to module m);
+ * SB_ERROR: it could not be loaded. */
+sb_rc sm_acct_authorize(struct sm_job *j, const struct sm_module *m);
 
 #endif

@@ -4,7 +4,8 @@
  *   disco#info   identity account/registered and the features answered here
  *   disco#items  empty (no PEP nodes yet)
  *   ping         XEP-0199 §4.3: the server answers for the user
- * Only for an existing account and an allowed requester (sm_acct_may_query);
+ * Only for an existing account and an allowed requester (the user, or a
+ * contact subscribed to the user's presence: sm_acct_authorize);
  * otherwise service-unavailable, as for an unknown account, so nothing
  * leaks about whether the account exists. */
 #include "acct.h"
@@ -21,6 +22,8 @@
 static const char *const account_features[] = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:last", "vcard-temp",
 };
+
+extern const struct sm_module sm_mod_account;
 
 static int account_to_bare(const struct sm_job *j)
 {
@@ -82,8 +85,13 @@ static sb_rc account_iq(struct sm_job *j, const char *ns)
         return SB_DECLINED;
     if (strcmp(j->type, "get") && strcmp(j->type, "set"))
         return SB_OK;                   /* results/errors to the account: nothing */
-    if (!sm_acct_user_exists(j->user) || !sm_acct_may_query(j)) {
-        sm_reply_error(j, "cancel", "service-unavailable");
+    sb_rc auth = sm_acct_user_exists(j->user) ? sm_acct_authorize(j, &sm_mod_account)
+                                               : SB_DECLINED;
+    if (auth == SB_AGAIN)
+        return SB_AGAIN;                /* re-offered once the roster is loaded */
+    if (auth != SB_OK) {
+        sm_reply_error(j, auth == SB_ERROR ? "wait" : "cancel",
+                       auth == SB_ERROR ? "internal-server-error" : "service-unavailable");
         return SB_OK;
     }
     if (strcmp(j->type, "get")) {

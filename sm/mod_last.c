@@ -2,7 +2,9 @@
  *   to a server domain   seconds since this sm started (server uptime)
  *   to a user's bare JID 0 while the user has a session; otherwise the
  *                        seconds since the last session ended, with the
- *                        <status/> of the last unavailable presence
+ *                        <status/> of the last unavailable presence (for
+ *                        the user and contacts subscribed to the user's
+ *                        presence; others get service-unavailable)
  * The logout time is written to PostgreSQL (`last_activity`) when the last
  * session of a registered account ends; this module sees the `end`
  * control and the unavailable presence before mod_session / the presence
@@ -17,6 +19,8 @@
 #define NS_LAST "jabber:iq:last"
 
 static const char *const last_features[] = {NS_LAST, NULL};
+
+extern const struct sm_module sm_mod_last;
 
 static const char LAST_STORE_SQL[] =
     "INSERT INTO last_activity (domain, username, logout_at, status)"
@@ -115,8 +119,14 @@ static sb_rc last_user(struct sm_job *j)
     struct sm_user *u = j->user;
     char node[ENV_STR_MAX + 1];
     const char *domain;
-    if (!sm_acct_user_exists(u) || !sm_acct_may_query(j) ||
-        sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK) {
+    sb_rc auth = sm_acct_user_exists(u) ? sm_acct_authorize(j, &sm_mod_last) : SB_DECLINED;
+    if (auth == SB_AGAIN)
+        return SB_AGAIN;                /* re-offered once the roster is loaded */
+    if (auth == SB_ERROR) {
+        sm_reply_error(j, "wait", "internal-server-error");
+        return SB_OK;
+    }
+    if (auth != SB_OK || sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK) {
         sm_reply_error(j, "cancel", "service-unavailable");
         return SB_OK;
     }

@@ -244,8 +244,12 @@ static void offline_stop(struct sm_core *c)
     offline_unknown_clear();
 }
 
+/* XEP-0160 §4: a server that stores messages offline says so in disco. */
+static const char *const offline_features[] = {"msgoffline", NULL};
+
 const struct sm_module sm_mod_offline = {
     .name = "offline",
     .handle_message = offline_message,
     .stop = offline_stop,
+    .features = offline_features,
 };

@@ -25,7 +25,7 @@ NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 # adds it here, so the test keeps the advertisement honest.
 SERVER_FEATURES = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:roster", NS_VERSION, NS_LAST,
-    NS_VCARD, NS_PRIVATE, NS_BLOCKING,
+    NS_VCARD, NS_PRIVATE, NS_BLOCKING, "msgoffline",
 }
 
 
@@ -120,6 +120,29 @@ async def logins(stack, *accounts):
             for i, a in enumerate(accounts)]
 
 
+async def make_contact(watcher, target):
+    """watcher subscribes to target's presence and target approves (RFC 6121
+    §3.1), so the server answers watcher's queries about target's account."""
+    target.send("<presence/>")
+    watcher.send("<presence to='%s' type='subscribe'/>" % target.bare)
+    await target.wait_for(lambda el: el.tag == q(NS_CLIENT, "presence") and
+                          el.get("type") == "subscribe", what="subscription request")
+    target.send("<presence to='%s' type='subscribed'/>" % watcher.bare)
+
+
+async def until_result(ask, timeout=10):
+    """Repeat an iq until it is answered with a result (the approval reaches
+    the target's sm asynchronously); returns that result."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        r = await ask()
+        if r.get("type") == "result":
+            return r
+        assert loop.time() < deadline, "still %s" % describe(r)
+        await asyncio.sleep(0.05)
+
+
 async def close_all(*clients):
     for c in clients:
         await c.close()
@@ -146,26 +169,32 @@ def test_disco_info_on_server_lists_exactly_the_implemented_features(stack, new_
     run(go())
 
 
-def test_disco_on_an_account_is_answered_by_the_server(stack, new_user):
-    bob = new_user("dsb")
-
+def test_disco_on_an_account_is_answered_by_the_server_for_contacts(stack, new_user):
     async def go():
-        (a,) = await logins(stack, new_user("dsa"))
+        a, b, c = await logins(stack, new_user("dsa"), new_user("dsb"), new_user("dsc"))
         try:
-            r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=bob[0])
+            await make_contact(a, b)
+            await b.close()                 # answered for bob while he is offline
+            r = await until_result(lambda: a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO,
+                                                to=b.bare))
             qry = result_payload(r, NS_DISCO_INFO, "query")
-            assert r.get("from") == bob[0]
+            assert r.get("from") == b.bare
             ids = [(i.get("category"), i.get("type")) for i in qry.findall(q(NS_DISCO_INFO, "identity"))]
             assert ids == [("account", "registered")]
             feats = {f.get("var") for f in qry.findall(q(NS_DISCO_INFO, "feature"))}
             assert {NS_DISCO_INFO, NS_PING, NS_LAST, NS_VCARD} <= feats
-            r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_ITEMS, to=bob[0])
+            r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_ITEMS, to=b.bare)
             result_payload(r, NS_DISCO_ITEMS, "query")
+            # Not a contact, or no such account: the same service-unavailable.
+            r = await c.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=b.bare)
+            assert condition(r) == "service-unavailable"
             ghost = "nobody%s@%s" % (secrets.token_hex(4), stack.domain)
             r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=ghost)
             assert condition(r) == "service-unavailable"
+            r = await c.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=c.bare)
+            result_payload(r, NS_DISCO_INFO, "query")          # one's own account
         finally:
-            await close_all(a)
+            await close_all(a, c)
     run(go())
 
 
@@ -261,23 +290,24 @@ def test_server_software_version(stack, new_user):
 
 
 def test_last_activity_of_a_user_after_logout_and_of_the_server(stack, new_user):
-    bob = new_user("lab")
-
     async def go():
-        (a,) = await logins(stack, new_user("laa"))
-        b = await Client.login(stack, bob, instance="c2s2")
+        a, b, c = await logins(stack, new_user("laa"), new_user("lab"), new_user("lac"))
         try:
             r = await a.iq("get", "<query xmlns='jabber:iq:last'/>", to=stack.domain)
             assert int(result_payload(r, NS_LAST, "query").get("seconds")) >= 0
-            r = await a.iq("get", "<query xmlns='jabber:iq:last'/>", to=bob[0])
+            await make_contact(a, b)
+            r = await until_result(lambda: a.iq("get", "<query xmlns='jabber:iq:last'/>",
+                                                to=b.bare))
             assert result_payload(r, NS_LAST, "query").get("seconds") == "0"   # online
-            b.send("<presence/><presence type='unavailable'><status>gone fishing</status></presence>")
+            r = await c.iq("get", "<query xmlns='jabber:iq:last'/>", to=b.bare)
+            assert condition(r) == "service-unavailable"                       # no contact
+            b.send("<presence type='unavailable'><status>gone fishing</status></presence>")
             await b.close()
             # The session end reaches the sm asynchronously: poll until seen.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             while True:
-                r = await a.iq("get", "<query xmlns='jabber:iq:last'/>", to=bob[0])
+                r = await a.iq("get", "<query xmlns='jabber:iq:last'/>", to=b.bare)
                 qry = result_payload(r, NS_LAST, "query")
                 if qry.get("seconds") != "0" or qry.text:
                     break
@@ -286,23 +316,28 @@ def test_last_activity_of_a_user_after_logout_and_of_the_server(stack, new_user)
             assert 0 <= int(qry.get("seconds")) < 30
             assert qry.text == "gone fishing"
         finally:
-            await close_all(a)
+            await close_all(a, c)
     run(go())
 
 
 def test_ping_the_server_and_a_users_bare_jid(stack, new_user):
-    bob = new_user("pgb")
-
     async def go():
-        (a,) = await logins(stack, new_user("pga"))
+        a, b, c = await logins(stack, new_user("pga"), new_user("pgb"), new_user("pgc"))
         try:
             r = await a.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=stack.domain)
             assert r.get("type") == "result", describe(r)
             r = await a.iq("get", "<ping xmlns='urn:xmpp:ping'/>")
             assert r.get("type") == "result", describe(r)
-            # The server answers for an account, online or not (XEP-0199 §4.3).
-            r = await a.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=bob[0])
-            assert r.get("type") == "result" and r.get("from") == bob[0], describe(r)
+            # The server answers for an account, online or not (XEP-0199 §4.3),
+            # to the user and to contacts.
+            await make_contact(a, b)
+            await b.close()
+            r = await until_result(lambda: a.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=b.bare))
+            assert r.get("from") == b.bare, describe(r)
+            r = await c.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=b.bare)
+            assert condition(r) == "service-unavailable"
+            r = await c.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=c.bare)
+            assert r.get("type") == "result", describe(r)
             ghost = "nobody%s@%s" % (secrets.token_hex(4), stack.domain)
             r = await a.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=ghost)
             assert condition(r) == "service-unavailable"
@@ -311,7 +346,7 @@ def test_ping_the_server_and_a_users_bare_jid(stack, new_user):
             r = await a.iq("get", "<nothing xmlns='urn:x:unknown'/>", to=stack.domain)
             assert condition(r) == "service-unavailable"
         finally:
-            await close_all(a)
+            await close_all(a, c)
     run(go())
 
 
@@ -409,4 +444,33 @@ def test_blocklist_changes_are_pushed_to_every_resource_that_asked(stack, new_us
             assert condition(r) == "bad-request"
         finally:
             await close_all(a1, a2, a3)
+    run(go())
+
+
+def test_blocking_sends_unavailable_to_a_subscribed_contact_and_unblocking_restores(stack, new_user):
+    async def go():
+        a, b = await logins(stack, new_user("bpra"), new_user("bprb"))
+
+        def presence_from_a(kind):
+            def pred(el):
+                return (el.tag == q(NS_CLIENT, "presence") and el.get("from") == a.full and
+                        el.get("type") == kind)
+            return pred
+        try:
+            b.send("<presence/>")
+            await make_contact(b, a)                  # bob receives alice's presence
+            await b.wait_for(presence_from_a(None), what="alice's presence after approval")
+            r = await a.iq("set", "<block xmlns='urn:xmpp:blocking'>%s</block>" % block_item(b.bare))
+            assert r.get("type") == "result", describe(r)
+            await b.wait_for(presence_from_a("unavailable"), what="unavailable on block")
+            # Alice's later presence does not reach bob while he is blocked.
+            a.send("<presence><status>while blocked</status></presence>")
+            r = await a.iq("set", "<unblock xmlns='urn:xmpp:blocking'>%s</unblock>"
+                                  % block_item(b.bare))
+            assert r.get("type") == "result", describe(r)
+            el = await b.wait_for(presence_from_a(None), what="presence on unblock")
+            assert el.findtext(q(NS_CLIENT, "status")) == "while blocked"
+            assert not [e for e in b.others if e.get("from") == a.full and e.get("type") is None]
+        finally:
+            await close_all(a, b)
     run(go())

@@ -1,5 +1,5 @@
 /* test_sm_acct.c — the per-account cache of the sm (sm/acct.c): XEP-0191
- * JID matching, blocklist and blocked-by edits, the requester rule. The sm
+ * JID matching, blocklist and blocked-by edits, who may query an account. The sm
  * core is replaced by the few functions acct.c calls. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +21,23 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
 int sm_is_local_domain(const struct sm_core *c, const char *domain)
 {
     return !strcmp(domain, "localhost");
+}
+
+/* The roster (im.h): one contact, carol, subscribed to the user's presence
+ * (from); dave only asked. */
+static struct sm_im_item carol = {.jid = "carol@localhost", .state = SM_SUB_FROM, .in_roster = 1};
+static struct sm_im_item dave = {.jid = "dave@localhost", .state = SM_SUB_TO | SM_SUB_PEND_IN,
+                                 .in_roster = 1};
+static sb_rc im_ready_rc = SB_OK;
+sb_rc sm_im_ready(struct sm_job *j, const struct sm_module *m)
+{
+    return im_ready_rc;
+}
+struct sm_im_item *sm_im_find(struct sm_im *im, const char *jid)
+{
+    if (!strcmp(jid, carol.jid))
+        return &carol;
+    return !strcmp(jid, dave.jid) ? &dave : NULL;
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -95,17 +112,25 @@ static void test_split_rejects_what_is_not_node_at_domain(void **st)
     assert_int_equal(sm_acct_split("averyveryverylongnode@x", node, sizeof node, &dom), SB_ERROR);
 }
 
-static void test_only_local_requesters_may_query_an_account(void **st)
+static void test_only_the_user_and_subscribed_contacts_may_query(void **st)
 {
     struct sm_user u = {.bare = "bob@localhost"};
-    struct sm_job j = {.user = &u, .from = "alice@localhost/r"};
-    assert_true(sm_acct_may_query(&j));
-    j.from = "bob@localhost/x";
-    assert_true(sm_acct_may_query(&j));
-    j.from = "mallory@remote.example/x";
-    assert_false(sm_acct_may_query(&j));
+    struct sm_job j = {.user = &u, .from = "bob@localhost/x"};
+    im_ready_rc = SB_ERROR;                 /* the own account needs no roster */
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_OK);
+    im_ready_rc = SB_OK;
+    j.from = "carol@localhost/r";
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_OK);
+    j.from = "dave@localhost/r";            /* bob receives dave's, not the reverse */
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_DECLINED);
+    j.from = "mallory@localhost/r";
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_DECLINED);
     j.from = "";
-    assert_false(sm_acct_may_query(&j));
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_DECLINED);
+    j.from = "carol@localhost/r";
+    im_ready_rc = SB_AGAIN;                 /* roster loading: the job waits */
+    assert_int_equal(sm_acct_authorize(&j, NULL), SB_AGAIN);
+    im_ready_rc = SB_OK;
 }
 
 int main(void)
@@ -117,7 +142,7 @@ int main(void)
         cmocka_unit_test(test_blocklist_edits_are_idempotent),
         cmocka_unit_test(test_blocked_by_names_owner_and_target),
         cmocka_unit_test(test_split_rejects_what_is_not_node_at_domain),
-        cmocka_unit_test(test_only_local_requesters_may_query_an_account),
+        cmocka_unit_test(test_only_the_user_and_subscribed_contacts_may_query),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
