@@ -115,6 +115,8 @@ void sm_im_drop(struct sm_im *im, struct sm_im_item *it)
 
 /* ---- loading ---------------------------------------------------------------------- */
 
+static void im_on_flag(redisReply *r, void *arg);
+
 static const char IM_LOAD_SQL[] =
     "SELECT 'r', contact, coalesce(name, ''), subscription, coalesce(ask, ''),"
     " array_to_string(groups, chr(31)) FROM roster"
@@ -126,6 +128,10 @@ static const char IM_LOAD_SQL[] =
     " UNION ALL SELECT 'u', '', '', '', '', '' FROM users WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
     " WHERE domain = $1 AND username = $2";
+
+/* While PostgreSQL is down, jobs that need the roster fail at once for a
+ * while instead of each waiting out a query deadline. */
+#define IM_RETRY_AFTER 5.0
 
 static void im_free(struct sm_im *im)
 {
@@ -209,6 +215,7 @@ static void im_load_done(struct sm_im *im)
         if (fresh) {
             fresh->user = u;
             fresh->failed = 1;
+            fresh->retry_at = sb_now() + IM_RETRY_AFTER;
             u->im = fresh;
         }
     } else {
@@ -237,6 +244,12 @@ static void im_on_sql(PGresult *res, void *arg)
 
 static void im_load_field(struct sm_im *im, const char *field, const char *val, size_t len)
 {
+    if (!im->user || !sm_user_session(im->user, field + 3)) {
+        /* left behind by a session that ended where the state was not loaded */
+        if (im->user)
+            SM_RCMD(im->user->core, im_on_flag, NULL, "HDEL im:{%s} %s", im->user->bare, field);
+        return;
+    }
     struct sm_im_res *r = sm_im_res(im, field + 3, 1);
     if (!r)
         return;
@@ -303,6 +316,8 @@ sb_rc sm_im_ready(struct sm_job *j, const struct sm_module *m)
         im->failed = 0;
         return SB_ERROR;
     }
+    if (im->retry_at > sb_now())
+        return SB_ERROR;
     return im_load(j, im, m);
 }
 
@@ -485,9 +500,10 @@ static void im_on_flag(redisReply *r, void *arg)
 void sm_im_res_forget(struct sm_user *u, const char *resource)
 {
     struct sm_im_res *r = u->im ? sm_im_res(u->im, resource, 0) : NULL;
+    /* Also when nothing is cached: the state may never have been loaded. */
+    SM_RCMD(u->core, im_on_flag, NULL, "HDEL im:{%s} rq:%s dp:%s", u->bare, resource, resource);
     if (!r)
         return;
-    SM_RCMD(u->core, im_on_flag, NULL, "HDEL im:{%s} rq:%s dp:%s", u->bare, resource, resource);
     free(r->resource);
     free(r->directed);
     *r = u->im->res[--u->im->nres];

@@ -48,6 +48,7 @@ struct sm_im {
     int wait;               /* load replies still outstanding */
     struct sm_job *job;     /* rerun when the load finishes */
     const struct sm_module *mod;
+    double retry_at;        /* after a failed load: no new try before */
     unsigned loaded : 1, failed : 1;
 };
 

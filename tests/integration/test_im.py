@@ -255,10 +255,44 @@ def test_probe_is_answered_after_the_contacts_sm_restarts(stack):
                 a = await online(stack, a_jid, a_pw, "c2s1")
                 got = await a.presence_from(b.jid, exact=True, timeout=15)
                 assert got.findtext("{jabber:client}status") == "on duty", describe(got)
+                # b's state was rebuilt by the sm that took it over: roster
+                # from PostgreSQL, "asked for the roster" from Redis (pushes).
+                assert roster_items(await b.roster_get())[a_jid].get("subscription") == "both"
+                extra = "x%s@example.net" % secrets.token_hex(3)
+                await b.roster_set(extra, name=step)
+                await b.push(extra, name=step)
         finally:
             await close_all(a, b)
     try:
         run(go(), timeout=90)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.wait_instances(present=("sm1", "sm2"))
+
+
+def test_offline_messages_survive_the_death_of_the_recipients_sm(stack):
+    a_jid, a_pw = user_on(stack, "sm2")
+    b_jid, b_pw = user_on(stack, "sm1")
+    stack.wait_instances(present=("sm1", "sm2"))
+
+    async def go():
+        a = await online(stack, a_jid, a_pw, "c2s1")
+        b = None
+        try:
+            texts = ["kept %d %s" % (i, secrets.token_hex(3)) for i in range(2)]
+            for t in texts:
+                a.message(b_jid, t)
+            await a.barrier(b_jid)
+            stack.stack("kill-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",))
+            b = await online(stack, b_jid, b_pw, "c2s2", roster=False)
+            for t in texts:
+                got = await b.next(lambda e: e.tag == MESSAGE, what="offline message")
+                assert got.findtext("{jabber:client}body") == t
+        finally:
+            await close_all(a, b)
+    try:
+        run(go(), timeout=60)
     finally:
         stack.stack("start-proc", "sm1")
         stack.wait_instances(present=("sm1", "sm2"))
