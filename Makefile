@@ -62,9 +62,11 @@ $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+# -MMD: a test that #includes component sources (test_sm_core.c) is rebuilt
+# when they change.
 $(BUILD)/tests/%: tests/unit/%.c $(LIBS_OWN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< $(LIBS_OWN) $(LDLIBS) -lcmocka
 
 # Unit tests, plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
 unit: $(UNITS)
