@@ -36,7 +36,7 @@ LIBCOMMON := $(BUILD)/libsbcommon.a
 LIBAUTH   := $(BUILD)/libsbauth.a
 LIBS_OWN  := $(LIBAUTH) $(LIBCOMMON)
 
-PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-sm $(BIN)/sbctl
+PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sbctl
 UNITS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all run stop test unit unit-san integration bench clean status

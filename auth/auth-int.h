@@ -53,6 +53,11 @@ void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
 
 #define AUTH_DEFAULT_ITER 4096
 
+/* Claim a generated ANONYMOUS node through the store's claim function;
+ * without one, cb(arg, 1) runs inside. SB_ERROR: cb will not run. */
+sb_rc auth_store_claim(struct auth_store *st, const char *domain, const char *node,
+                       auth_claim_cb cb, void *arg);
+
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM
  * exchange of s. */

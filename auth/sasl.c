@@ -25,7 +25,10 @@ enum sasl_state {
     SASL_ST_DONE,          /* result delivered */
 };
 
-enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM };
+enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM, SASL_M_ANON };
+
+#define SASL_ANON_NODE  20     /* random [a-z0-9] characters of an ANONYMOUS node */
+#define SASL_ANON_TRIES 3      /* claims before giving up (collisions) */
 
 /* Lives as long as a lookup is in flight; sess is cleared on cancel. */
 struct sasl_pending {
@@ -35,7 +38,8 @@ struct sasl_pending {
 struct sasl_sess {
     struct auth_store *st;
     char domain[JID_PART_MAX + 1];
-    int tls, allow_plain;
+    int tls, allow_plain, anonymous;
+    int anon_tries;
     sasl_cb cb;
     void *ud;
 
@@ -58,6 +62,8 @@ struct sasl_sess {
 
 const char *sasl_mechanisms(const struct sasl_opts *o)
 {
+    if (o->anonymous)
+        return "ANONYMOUS";
     if (o->tls || o->allow_plain_without_tls)
         return "SCRAM-SHA-256 SCRAM-SHA-1 PLAIN";
     return "SCRAM-SHA-256 SCRAM-SHA-1";
@@ -106,11 +112,12 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
                         const char *cond)
 {
     char user[JID_PART_MAX + 1];
-    struct sasl_result r = {st, data ? data : "", cond, NULL};
+    struct sasl_result r = {st, data ? data : "", cond, NULL, 0};
 
     if (st == SASL_SUCCESS) {
         memcpy(user, s->username, sizeof(user));
         r.username = user;
+        r.anonymous = s->mech == SASL_M_ANON;
         log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
     } else {
         log_info("sasl_failure", "condition=%s user=%s domain=%s", cond,
@@ -136,7 +143,7 @@ static void sasl_challenge(struct sasl_sess *s, const char *raw)
         return;
     }
     auth_b64_encode((const uint8_t *)raw, n, b64);
-    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL};
+    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL, 0};
     s->cb(s->ud, &r);      /* may free s */
     free(b64);
 }
@@ -220,6 +227,70 @@ static void sasl_lookup(struct sasl_sess *s)
         log_warn("sasl_store_unavailable", "domain=%s", sb_log_q(s->domain));
         sasl_fail(s, "temporary-auth-failure");
     }
+}
+
+/* ---- ANONYMOUS (RFC 4505) ----------------------------------------------------------- */
+
+static void sasl_anon_claim(struct sasl_sess *s);
+
+static void sasl_anon_claimed(void *arg, int result)
+{
+    struct sasl_pending *p = arg;
+    struct sasl_sess *s = p->sess;
+
+    free(p);
+    if (!s)
+        return;
+    s->pending = NULL;
+    if (result > 0)
+        sasl_finish(s, SASL_SUCCESS, NULL, NULL);
+    else if (result == 0 && ++s->anon_tries < SASL_ANON_TRIES)
+        sasl_anon_claim(s);
+    else
+        sasl_fail(s, "temporary-auth-failure");
+}
+
+/* A fresh random node, claimed cluster-wide. s may be gone when this returns. */
+static void sasl_anon_claim(struct sasl_sess *s)
+{
+    struct sasl_pending *p = malloc(sizeof(*p));
+
+    if (!p) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    sb_random_id(s->username, SASL_ANON_NODE);
+    p->sess = s;
+    s->pending = p;
+    s->state = SASL_ST_LOOKUP;
+    if (auth_store_claim(s->st, s->domain, s->username, sasl_anon_claimed, p) != SB_OK) {
+        if (s->pending == p) {
+            s->pending = NULL;
+            free(p);
+        }
+        log_warn("sasl_claim_unavailable", "domain=%s", sb_log_q(s->domain));
+        sasl_fail(s, "temporary-auth-failure");
+    }
+}
+
+/* The optional trace (RFC 4505 §3): checked for encoding and size only. */
+static void sasl_anon_start(struct sasl_sess *s, const char *b64)
+{
+    uint8_t *m;
+    size_t len;
+    sb_rc rc = sasl_decode(b64, &m, &len);
+
+    if (rc != SB_OK) {
+        sasl_fail(s, rc == SB_LIMIT ? "malformed-request" : "incorrect-encoding");
+        return;
+    }
+    free(m);
+    if (len > 1020) {             /* 255 UTF-8 characters at most */
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    s->anon_tries = 0;
+    sasl_anon_claim(s);
 }
 
 /* ---- PLAIN (RFC 4616) ----------------------------------------------------------------- */
@@ -555,6 +626,7 @@ struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
     snprintf(s->domain, sizeof(s->domain), "%s", o->domain ? o->domain : "");
     s->tls = o->tls;
     s->allow_plain = o->allow_plain_without_tls;
+    s->anonymous = o->anonymous;
     s->cb = cb;
     s->ud = ud;
     return s;
@@ -618,6 +690,18 @@ static void sasl_feed(struct sasl_sess *s, const char *b64, int initial)
 void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
 {
     sasl_reset(s);                 /* a new <auth/> restarts the exchange */
+    if (s->anonymous || (mech && strcmp(mech, "ANONYMOUS") == 0)) {
+        /* An anonymous domain has no accounts; elsewhere ANONYMOUS is not offered.
+         * No initial response means an empty trace (clients such as Strophe
+         * send none and expect no challenge). */
+        if (!s->anonymous || !mech || strcmp(mech, "ANONYMOUS") != 0) {
+            sasl_fail(s, "invalid-mechanism");
+            return;
+        }
+        s->mech = SASL_M_ANON;
+        sasl_anon_start(s, b64);
+        return;
+    }
     if (mech && strcmp(mech, "PLAIN") == 0 && (s->tls || s->allow_plain)) {
         s->mech = SASL_M_PLAIN;
         s->state = SASL_ST_WAIT_PLAIN;

@@ -1,5 +1,6 @@
 /* sasl.h — the server side of SASL for every front-end (c2s, bosh):
- * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256 (and later ANONYMOUS), over an
+ * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256, and ANONYMOUS (RFC 4505, only on a
+ * domain marked anonymous, where it is the only mechanism), over an
  * asynchronous credential store.
  *
  * The front-end passes the base64 text of <auth/> and <response/> elements
@@ -18,6 +19,16 @@ struct auth_store;
 struct auth_store *auth_store_new(struct pgev *pg);
 void auth_store_free(struct auth_store *st);
 
+/* ANONYMOUS makes up a random node; a claim function makes it unique across
+ * the cluster (e.g. Redis SET NX). It answers through cb, later or inside:
+ * 1 claimed, 0 already taken (a new node is tried), -1 could not ask
+ * (temporary-auth-failure). SB_ERROR from the function: cb will not run.
+ * Without a claim function the 20 random characters are trusted alone. */
+typedef void (*auth_claim_cb)(void *arg, int result);
+typedef sb_rc (*auth_claim_fn)(void *ud, const char *domain, const char *node,
+                               auth_claim_cb cb, void *arg);
+void auth_store_set_claim(struct auth_store *st, auth_claim_fn fn, void *ud);
+
 /* ---- one SASL exchange ---------------------------------------------------- */
 enum sasl_status { SASL_CONTINUE, SASL_SUCCESS, SASL_FAILURE };
 
@@ -26,6 +37,7 @@ struct sasl_result {
     const char *data_b64;   /* CONTINUE: challenge; SUCCESS: additional data ("" if none) */
     const char *condition;  /* FAILURE: RFC 6120 §6.5 condition, e.g. "not-authorized" */
     const char *username;   /* SUCCESS: the authenticated, nodeprepped local part */
+    int anonymous;          /* SUCCESS: a generated ANONYMOUS node (claimed) */
 };
 typedef void (*sasl_cb)(void *ud, const struct sasl_result *r);
 
@@ -33,6 +45,7 @@ struct sasl_opts {
     const char *domain;     /* the stream's domain (prepared) */
     int tls;                /* stream is encrypted */
     int allow_plain_without_tls;
+    int anonymous;          /* the domain is anonymous: ANONYMOUS only */
 };
 
 /* Mechanisms to offer, space-separated, strongest first. */

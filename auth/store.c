@@ -14,7 +14,25 @@ struct auth_store {
     auth_store_lookup_fn fn;     /* function back-end, or NULL */
     void *ud;
     int seen_up;                 /* pg has been connected at least once */
+    auth_claim_fn claim;         /* ANONYMOUS node claims, or NULL */
+    void *claim_ud;
 };
+
+void auth_store_set_claim(struct auth_store *st, auth_claim_fn fn, void *ud)
+{
+    st->claim = fn;
+    st->claim_ud = ud;
+}
+
+sb_rc auth_store_claim(struct auth_store *st, const char *domain, const char *node,
+                       auth_claim_cb cb, void *arg)
+{
+    if (!st->claim) {
+        cb(arg, 1);
+        return SB_OK;
+    }
+    return st->claim(st->claim_ud, domain, node, cb, arg);
+}
 
 struct auth_store *auth_store_new(struct pgev *pg)
 {

@@ -29,6 +29,7 @@
 #include "link.h"
 #include "pgev.h"
 #include "sasl.h"
+#include "jid.h"
 
 /* The life of one connection, in order. */
 enum c2s_state {
@@ -52,6 +53,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_IN_SASL_CB  0x0080  /* inside the SASL result callback */
 #define C2S_F_IN_TABLE    0x0100  /* sid is in the session table */
 #define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
+#define C2S_F_ANON        0x0400  /* logged in with SASL ANONYMOUS (node claimed) */
 #define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
 #define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
@@ -146,6 +148,7 @@ struct c2s_srv {
     const char *instance;
     struct link *link;
     struct pgev *pg;
+    struct rdev *rd;               /* Redis: ANONYMOUS node claims */
     struct auth_store *store;
     struct c2s_conn *conns;        /* list head */
     long nconns, nsessions;
@@ -244,6 +247,16 @@ void c2s_domains_start(void);                     /* load now and every 30 s */
 void c2s_domains_stop(void);
 /* The interned name (valid for the whole process) or NULL if not served. */
 const char *c2s_domain_find(const char *prepared);
+
+/* 1 if the (interned) domain is marked anonymous in the domains table. */
+int c2s_domain_anonymous(const char *domain);
+
+/* ---- anon.c ------------------------------------------------------------ */
+void c2s_anon_init(void);                          /* claim function for auth/ */
+void c2s_anon_cleanup(void);
+void c2s_anon_release(struct c2s_conn *c);         /* session over: drop the claim */
+/* May a user of anonymous domain `anon_domain` send to `target` (a domain)? */
+int c2s_anon_may_reach(const char *anon_domain, const char *target);
 
 /* ---- scan.c ----------------------------------------------------------- */
 /* Value of attribute `name` in the first start tag of an XML fragment,

@@ -783,6 +783,8 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
              c2s_state_name(c->state), reason);
     if (c->state == C2S_S_BOUND)
         c2s_route_end(c);
+    if (c->flags & C2S_F_ANON)
+        c2s_anon_release(c);
     c2s_table_del(c);
     if (c->sasl && !(c->flags & C2S_F_IN_SASL_CB)) {
         sasl_free(c->sasl);

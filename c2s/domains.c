@@ -1,4 +1,5 @@
-/* domains.c — the domains this front-end serves: `SELECT name FROM domains`
+/* domains.c — the domains this front-end serves: `SELECT name, anonymous
+ * FROM domains`
  * through pgev at start and every 30 s. Clients are not accepted until the
  * first answer (connections wait in the listen backlog), so a stream header
  * is never judged against an empty list. A failed refresh keeps the last
@@ -15,6 +16,7 @@
 
 static char **dom_names;
 static int dom_count;
+static char *dom_anon;              /* ",a,b,": the anonymous ones */
 static int dom_loaded;
 static ev_timer dom_timer;
 
@@ -35,6 +37,17 @@ static const char *dom_intern(const char *name)
     if (!(n[dom_ninterned] = strdup(name)))
         return NULL;
     return n[dom_ninterned++];
+}
+
+int c2s_domain_anonymous(const char *domain)
+{
+    if (!dom_anon || !domain || !*domain)
+        return 0;
+    size_t n = strlen(domain);
+    for (const char *p = strstr(dom_anon, domain); p; p = strstr(p + 1, domain))
+        if (p[-1] == ',' && p[n] == ',')
+            return 1;
+    return 0;
 }
 
 const char *c2s_domain_find(const char *prepared)
@@ -63,8 +76,12 @@ static int dom_same(char **names, int n)
 }
 
 /* Install a new list (connections hold interned names, not these). */
-static void dom_install(char **names, int n)
+static void dom_install(char **names, int n, char *anon)
 {
+    if (!dom_anon || strcmp(dom_anon, anon) != 0)
+        log_info("domains_anonymous", "names=%s", sb_log_q(anon));
+    free(dom_anon);
+    dom_anon = anon;
     if (dom_same(names, n)) {
         dom_free_list(names, n);
         return;
@@ -93,6 +110,8 @@ static void dom_result(PGresult *res, void *arg)
     }
     int n = PQntuples(res);
     char **names = calloc((size_t)n + 1, sizeof *names);
+    struct sb_buf anon = SB_BUF_INIT;
+    sb_buf_adds(&anon, ",");
     int k = 0;
     for (int i = 0; names && i < n; i++) {
         char prepared[JID_PART_MAX + 1];
@@ -102,13 +121,17 @@ static void dom_result(PGresult *res, void *arg)
         }
         if (!(names[k] = strdup(prepared)))
             break;
+        if (PQnfields(res) > 1 && strcmp(PQgetvalue(res, i, 1), "t") == 0)
+            sb_buf_printf(&anon, "%s,", prepared);
         k++;
     }
-    if (!names) {
+    if (!names || !anon.data) {
         log_error("domains_nomem", "count=%d", n);
+        dom_free_list(names, k);
+        sb_buf_free(&anon);
         goto rearm;
     }
-    dom_install(names, k);
+    dom_install(names, k, anon.data);
     if (!dom_loaded) {
         dom_loaded = 1;
         c2s_listen_start();
@@ -124,7 +147,7 @@ rearm:
 
 static void dom_query(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    if (pgev_query(c2s.pg, "SELECT name FROM domains ORDER BY name", 0, NULL, dom_result,
+    if (pgev_query(c2s.pg, "SELECT name, anonymous FROM domains ORDER BY name", 0, NULL, dom_result,
                    NULL) != SB_OK) {
         log_warn("domains_query_failed", "reason=queue");
         ev_timer_set(&dom_timer, DOMAINS_RETRY, 0.);
@@ -144,4 +167,6 @@ void c2s_domains_stop(void)
     dom_free_list(dom_names, dom_count);
     dom_names = NULL;
     dom_count = 0;
+    free(dom_anon);
+    dom_anon = NULL;
 }

@@ -93,6 +93,8 @@ static void login_sasl_success(struct c2s_conn *c, const struct sasl_result *r)
         c2s_stream_error(c, "internal-server-error", "nomem");
         return;
     }
+    if (r->anonymous)
+        c->flags |= C2S_F_ANON;       /* the claim is released at close */
     login_sasl_reply(c, "success", r->data_b64);
     c2s_conn_set_state(c, C2S_S_AUTHENTICATED);
     c2s_stream_restart(c);
@@ -144,7 +146,8 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
             return;
         }
         if (!c->sasl) {
-            struct sasl_opts o = {c->domain, (c->flags & C2S_F_TLS) != 0, c2s.cfg.allow_plain};
+            struct sasl_opts o = {c->domain, (c->flags & C2S_F_TLS) != 0, c2s.cfg.allow_plain,
+                                  c2s_domain_anonymous(c->domain)};
             c->sasl = sasl_new(c2s.store, &o, login_sasl_cb, c);
             if (!c->sasl) {
                 login_sasl_failed(c, "temporary-auth-failure");

@@ -136,6 +136,13 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
                 route_error_reply(c, st->name, id, NULL, "modify", "jid-malformed");
             return;
         }
+        if ((c->flags & C2S_F_ANON) && !c2s_anon_may_reach(c->domain, route_jid.domain)) {
+            log_info("anon_refused", "sid=%s jid=%s to=%s", c->sid, c->jid,
+                     sb_log_q(route_jid.domain));
+            if (route_may_answer(st->name, type))
+                route_error_reply(c, st->name, id, to, "cancel", "not-allowed");
+            return;
+        }
         jid_full(&route_jid, route_full);
         jid_bare(&route_jid, route_bare);
         to_out = route_full;

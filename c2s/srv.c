@@ -8,6 +8,7 @@
 #include "config.h"
 #include "log.h"
 #include "proc.h"
+#include "rdev.h"
 
 #include <malloc.h>
 #include <stdio.h>
@@ -137,6 +138,9 @@ static sb_rc main_open(void)
     }
     c2s.pg = pgev_new(c2s.loop, sb_config_str("postgres", "dbname=switchboard"));
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
+    c2s.rd = rdev_new(c2s.loop, sb_config_str("redis_host", "127.0.0.1"),
+                      (int)sb_config_int("redis_port", 6379));
+    c2s_anon_init();
     struct link_opts lo = {
         .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
         .instance = c2s.instance,
@@ -145,9 +149,9 @@ static sb_rc main_open(void)
         .heartbeat = atof(sb_config_str("heartbeat", "1")),
     };
     c2s.link = link_new(c2s.loop, &lo, c2s_route_recv, NULL);
-    if (!c2s.pg || !c2s.store || !c2s.link) {
-        log_error("start_failed", "pg=%d store=%d link=%d", c2s.pg != NULL,
-                  c2s.store != NULL, c2s.link != NULL);
+    if (!c2s.pg || !c2s.store || !c2s.link || !c2s.rd) {
+        log_error("start_failed", "pg=%d store=%d link=%d redis=%d", c2s.pg != NULL,
+                  c2s.store != NULL, c2s.link != NULL, c2s.rd != NULL);
         return SB_ERROR;
     }
     if (cfg->port > 0 && c2s_listen_open(cfg->listen, cfg->port, c2s.fe->plain_kind) != SB_OK)
@@ -170,6 +174,9 @@ static void main_cleanup(void)
         link_free(c2s.link);
     if (c2s.store)
         auth_store_free(c2s.store);
+    if (c2s.rd)
+        rdev_free(c2s.rd);
+    c2s_anon_cleanup();
     if (c2s.pg)
         pgev_free(c2s.pg);
     c2s_tls_deinit();

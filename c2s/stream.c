@@ -154,7 +154,8 @@ void c2s_stream_features(struct c2s_conn *c)
             sb_buf_adds(b, c2s.cfg.allow_plain ? "<starttls xmlns='" NS_TLS "'/>"
                            : "<starttls xmlns='" NS_TLS "'><required/></starttls>");
         if (tls || c2s.cfg.allow_plain || !can_starttls) {
-            struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain};
+            struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain,
+                                  c2s_domain_anonymous(c->domain)};
             const char *m = sasl_mechanisms(&o);
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
             while (*m) {

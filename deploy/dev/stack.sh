@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # stack.sh — the local Switchboard stack: PostgreSQL, Redis, a TLS cert, the
-# config file and five processes (router1, sm1, sm2, c2s1, c2s2), all under
+# config file and six processes (router1, sm1, sm2, c2s1, c2s2, bosh1), all under
 # var/ so nothing touches the system's own services.
 #
 #   stack.sh [-p run|test] COMMAND
@@ -22,11 +22,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PKG_LIST="$ROOT/deploy/dev/packages.txt"
-PROCS=(router1 sm1 sm2 c2s1 c2s2)
-COMPONENTS=(sm1 sm2 c2s1 c2s2)   # the ones that register with the router
+PROCS=(router1 sm1 sm2 c2s1 c2s2 bosh1)
+COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1)   # the ones that register with the router
 READY_TIMEOUT=${SB_READY_TIMEOUT:-30}
 DOMAIN=localhost
-DEMO_USERS=(alice bob)
+DEMO_USERS=(alice bob support)
+ANON_DOMAIN=anon.$DOMAIN      # SASL ANONYMOUS visitors (web chat support)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'stack.sh: %s\n' "$*" >&2; exit 1; }
@@ -36,17 +37,20 @@ profile_set() {
     PROFILE=$1
     case "$PROFILE" in
     run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
-          C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243 ;;
+          C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243
+          BOSH_PORT=5280;  BOSH_TLS=5281 ;;
     test) # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts).
           local o=${SB_TEST_PORT_OFFSET:-0}
           VAR="$ROOT/var/test"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
-          C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o)) ;;
+          C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
+          BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)) ;;
     *) die "unknown profile '$PROFILE' (run or test)" ;;
     esac
     INI="$VAR/switchboard.ini"
     LOG="$VAR/log"; PID="$VAR/pid"; TLS="$VAR/tls"
     PGDATA="$VAR/pg"; PGSOCK="$VAR/pgsock"; REDIS_DIR="$VAR/redis"
     PASSWORDS="$VAR/demo-passwords"
+    PREBIND_SECRET_FILE="$VAR/prebind-secret"
 }
 
 print_env() {
@@ -65,6 +69,10 @@ SB_C2S1_PORT=$C2S1_PORT
 SB_C2S1_TLS_PORT=$C2S1_TLS
 SB_C2S2_PORT=$C2S2_PORT
 SB_C2S2_TLS_PORT=$C2S2_TLS
+SB_BOSH_PORT=$BOSH_PORT
+SB_BOSH_TLS_PORT=$BOSH_TLS
+SB_ANON_DOMAIN=$ANON_DOMAIN
+SB_PREBIND_SECRET=$(cat "$PREBIND_SECRET_FILE" 2>/dev/null || true)
 EOF
 }
 
@@ -101,7 +109,7 @@ cmd_deps() {
 # ---------------------------------------------------------------- (b) build
 check_binaries() {
     local b
-    for b in sb-router sb-c2s sb-sm sbctl; do
+    for b in sb-router sb-c2s sb-bosh sb-sm sbctl; do
         [ -x "$ROOT/bin/$b" ] || die "bin/$b is missing: run 'make all' first (see the build errors above)"
     done
 }
@@ -262,10 +270,28 @@ redis_stop() {
 # ---------------------------------------------------------------- (f) config
 # Copy the example, setting the profile's values key by key in their
 # sections (keys the example lacks are added at the end of the section).
+# The pre-bind secret: made once per profile, kept in var/.
+prebind_secret() {
+    if [ ! -s "$PREBIND_SECRET_FILE" ]; then
+        (umask 077; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 \
+            > "$PREBIND_SECRET_FILE")
+    fi
+    cat "$PREBIND_SECRET_FILE"
+}
+
+# Settings only the test profile has: short BOSH inactivity and WebSocket
+# pings, so the tests that wait for them stay fast.
+test_sets() {
+    [ "$PROFILE" = test ] || return 0
+    printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
+}
+
 write_ini() {
     local example="$ROOT/deploy/switchboard.ini.example"
     [ -f "$example" ] || die "missing $example"
-    local tmp="$INI.tmp"
+    local tmp="$INI.tmp" secret
+    mkdir -p "$VAR"
+    secret=$(prebind_secret)
     awk -v sets="$(cat <<EOF
 cluster	router	tcp://127.0.0.1:$ROUTER_PORT
 cluster	redis_host	127.0.0.1
@@ -279,11 +305,19 @@ c2s	cert	$TLS/cert.pem
 c2s	key	$TLS/key.pem
 c2s.c2s2	port	$C2S2_PORT
 c2s.c2s2	tls_port	$C2S2_TLS
+bosh	listen	127.0.0.1
+bosh	port	$BOSH_PORT
+bosh	tls_port	$BOSH_TLS
+bosh	cert	$TLS/cert.pem
+bosh	key	$TLS/key.pem
+bosh	prebind_secret	$secret
+$(test_sets)
 EOF
 )" '
     BEGIN {
         n = split(sets, L, "\n")
         for (i = 1; i <= n; i++) {
+            if (L[i] == "") continue
             split(L[i], f, "\t"); val[f[1] SUBSEP f[2]] = f[3]
             order[++cnt] = f[1] SUBSEP f[2]
         }
@@ -339,11 +373,12 @@ setup_data() {
     local out
     out=$(sbctl db migrate 2>&1) || { printf '%s\n' "$out" >&2; die "'sbctl db migrate' failed"; }
     sbctl_idem domain add "$DOMAIN"
-    if [ ! -s "$PASSWORDS" ]; then
-        (umask 077; for u in "${DEMO_USERS[@]}"; do
-            printf '%s@%s %s\n' "$u" "$DOMAIN" "$(random_password)"
-        done > "$PASSWORDS")
-    fi
+    sbctl_idem domain add "$ANON_DOMAIN" --anonymous
+    local u
+    (umask 077; touch "$PASSWORDS"
+     for u in "${DEMO_USERS[@]}"; do
+         grep -q "^$u@$DOMAIN " "$PASSWORDS" || printf '%s@%s %s\n' "$u" "$DOMAIN" "$(random_password)" >> "$PASSWORDS"
+     done)
     local jid pw
     while read -r jid pw; do
         [ -n "$jid" ] || continue
@@ -357,7 +392,8 @@ proc_bin() {
     router*) printf '%s' "$ROOT/bin/sb-router" ;;
     sm*)     printf '%s' "$ROOT/bin/sb-sm" ;;
     c2s*)    printf '%s' "$ROOT/bin/sb-c2s" ;;
-    *) die "unknown process '$1' (router1, smN, c2sN)" ;;
+    bosh*)   printf '%s' "$ROOT/bin/sb-bosh" ;;
+    *) die "unknown process '$1' (router1, smN, c2sN, boshN)" ;;
     esac
 }
 
@@ -451,7 +487,7 @@ cmd_wait_ready() {
         done
         st=$(timeout 5 "$ROOT/bin/sbctl" -c "$INI" status 2>/dev/null || true)
         for n in "${COMPONENTS[@]}"; do registered "$st" "$n" || missing+=" $n"; done
-        for p in "$C2S1_PORT" "$C2S1_TLS" "$C2S2_PORT" "$C2S2_TLS"; do
+        for p in "$C2S1_PORT" "$C2S1_TLS" "$C2S2_PORT" "$C2S2_TLS" "$BOSH_PORT" "$BOSH_TLS"; do
             port_open "$p" || missing+=" port:$p"
         done
         [ -z "$missing" ] && return 0
@@ -500,6 +536,9 @@ cmd_run() {
     say "Switchboard is running (profile $PROFILE). Logs: $LOG/"
     say "  c2s1: 127.0.0.1:$C2S1_PORT (STARTTLS), 127.0.0.1:$C2S1_TLS (direct TLS)"
     say "  c2s2: 127.0.0.1:$C2S2_PORT (STARTTLS), 127.0.0.1:$C2S2_TLS (direct TLS)"
+    say "  bosh1: http://127.0.0.1:$BOSH_PORT/http-bind (BOSH), ws://127.0.0.1:$BOSH_PORT/xmpp-websocket,"
+    say "         https://127.0.0.1:$BOSH_TLS/... (same paths), pre-bind POST /http-pre-bind"
+    say "         (secret in $PREBIND_SECRET_FILE); anonymous domain: $ANON_DOMAIN"
     say "Demo accounts (from $PASSWORDS):"
     while read -r jid pw; do say "  $jid  password: $pw"; done < "$PASSWORDS"
     read -r jid pw < "$PASSWORDS"
