@@ -94,6 +94,19 @@ test:
 	@$(MAKE) --no-print-directory all unit unit-san
 	@deploy/dev/stack.sh test
 
+# make bench: the load generator (tests/bench/, needs only libev, GnuTLS,
+# Nettle) and the scenarios against a private `bench` stack; PEER=prosody or
+# PEER=ejabberd runs the same scenarios against that server too.
+BENCH_SRC := $(wildcard tests/bench/*.c)
+$(BUILD)/bench/sbbench: $(BENCH_SRC) tests/bench/sbbench.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $(BENCH_SRC) -lev -lgnutls -lnettle -lm
+
+bench:
+	@deploy/dev/stack.sh deps
+	@$(MAKE) --no-print-directory all $(BUILD)/bench/sbbench
+	@PEER="$(PEER)" /usr/bin/python3 tests/bench/bench.py
+
 clean:
 	rm -rf build bin
 

@@ -44,7 +44,13 @@ profile_set() {
           VAR="$ROOT/var/test"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
           BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)) ;;
-    *) die "unknown profile '$PROFILE' (run or test)" ;;
+    bench) # `make bench` (tests/bench/bench.py): same layout, its own ports;
+          # SB_BENCH_PORT_OFFSET shifts them.
+          local o=${SB_BENCH_PORT_OFFSET:-0}
+          VAR="$ROOT/var/bench"; PG_PORT=$((17432+o)); REDIS_PORT=$((18379+o)); ROUTER_PORT=$((17555+o))
+          C2S1_PORT=$((6222+o)); C2S1_TLS=$((6223+o)); C2S2_PORT=$((6242+o)); C2S2_TLS=$((6243+o))
+          BOSH_PORT=$((6280+o)); BOSH_TLS=$((6281+o)) ;;
+    *) die "unknown profile '$PROFILE' (run, test or bench)" ;;
     esac
     INI="$VAR/switchboard.ini"
     LOG="$VAR/log"; PID="$VAR/pid"; TLS="$VAR/tls"
@@ -237,7 +243,7 @@ redis_running() { [ "$(redis_cli ping 2>/dev/null)" = PONG ]; }
 setup_redis() {
     mkdir -p "$REDIS_DIR"
     local save='save 3600 1 300 100'
-    [ "$PROFILE" = test ] && save='save ""'
+    [ "$PROFILE" = run ] || save='save ""'
     cat > "$VAR/redis.conf" <<EOF
 # written by deploy/dev/stack.sh ($PROFILE profile)
 bind 127.0.0.1
@@ -268,6 +274,13 @@ redis_stop() {
 }
 
 # ---------------------------------------------------------------- (f) config
+# Keys only the bench profile sets: load generators log in without TLS
+# (loopback only) and the servers log warnings only, as the peers do.
+ini_profile_extra() {
+    [ "$PROFILE" = bench ] || return 0
+    printf 'cluster\tlog_level\twarn\nc2s\tallow_plain_without_tls\t1\n'
+}
+
 # Copy the example, setting the profile's values key by key in their
 # sections (keys the example lacks are added at the end of the section).
 # The pre-bind secret: made once per profile, kept in var/.
@@ -312,6 +325,7 @@ bosh	cert	$TLS/cert.pem
 bosh	key	$TLS/key.pem
 bosh	prebind_secret	$secret
 $(test_sets)
+$(ini_profile_extra)
 EOF
 )" '
     BEGIN {

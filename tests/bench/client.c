@@ -1,0 +1,604 @@
+/* client.c — one benchmark client connection. Non-blocking socket (and
+ * GnuTLS after STARTTLS) on the shared libev loop, a tiny splitter that cuts
+ * the input into top-level elements without building a tree (the generator
+ * must stay cheap), and the login state machine:
+ *   header → features → [starttls → proceed → handshake → header → features]
+ *   → SASL → header → features → bind → [session] → roster get → presence.
+ * Everything after login goes to sbb_ev.message. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nettle/base64.h>
+
+#include "sbbench.h"
+
+struct sbb_events sbb_ev;
+static gnutls_certificate_credentials_t client_cred;
+
+static const char *const state_names[] = {
+    "connecting", "features", "proceed", "handshake", "sasl", "features2",
+    "bind", "session", "roster", "online", "closing", "dead"};
+
+const char *sbb_state_name(int s)
+{
+    return s >= 0 && s <= SBB_DEAD ? state_names[s] : "?";
+}
+
+double sbb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int sbb_tls_init(void)
+{
+    if (gnutls_certificate_allocate_credentials(&client_cred) != GNUTLS_E_SUCCESS)
+        return -1;
+    return 0;
+}
+
+/* ---- buffers ------------------------------------------------------------ */
+
+static void buf_add(struct sbb_buf *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 512;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) {
+            fprintf(stderr, "sbbench: out of memory\n");
+            exit(2);
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = 0;
+}
+
+static void buf_consume(struct sbb_buf *b, size_t n)
+{
+    if (n >= b->len) {
+        b->len = 0;
+        if (b->cap > 16384) {       /* a burst grew it: give it back */
+            free(b->data);
+            b->data = NULL;
+            b->cap = 0;
+        }
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    b->data[b->len] = 0;
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static void conn_fail(struct sbb_conn *c, const char *why);
+
+static void conn_events(struct sbb_conn *c)
+{
+    int ev = EV_READ;
+    if (c->state == SBB_HANDSHAKE)
+        ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
+    else if (c->out.len || c->state == SBB_CONNECTING)
+        ev |= EV_WRITE;
+    if ((c->io.events & (EV_READ | EV_WRITE)) != ev) {
+        ev_io_stop(sbb_loop, &c->io);
+        ev_io_set(&c->io, c->fd, ev);
+        ev_io_start(sbb_loop, &c->io);
+    }
+}
+
+static void conn_flush(struct sbb_conn *c)
+{
+    while (c->out.len && c->state != SBB_DEAD) {
+        ssize_t n;
+        if (c->tls_on) {
+            n = c->tls_pending ? gnutls_record_send(c->tls, NULL, 0)
+                               : gnutls_record_send(c->tls, c->out.data, c->out.len);
+            if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+                if (!c->tls_pending)
+                    c->tls_pending = c->out.len;
+                break;
+            }
+            c->tls_pending = 0;
+            if (n < 0) {
+                conn_fail(c, "tls-write");
+                return;
+            }
+        } else {
+            n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                break;
+            if (n < 0) {
+                conn_fail(c, "write");
+                return;
+            }
+        }
+        buf_consume(&c->out, (size_t)n);
+    }
+    if (c->state != SBB_DEAD)
+        conn_events(c);
+}
+
+void sbb_conn_write(struct sbb_conn *c, const char *data, size_t len)
+{
+    if (c->state == SBB_DEAD)
+        return;
+    buf_add(&c->out, data, len);
+    if (c->state != SBB_CONNECTING && c->state != SBB_HANDSHAKE && !c->tls_pending)
+        conn_flush(c);
+}
+
+static void conn_writes(struct sbb_conn *c, const char *s)
+{
+    sbb_conn_write(c, s, strlen(s));
+}
+
+static void conn_header(struct sbb_conn *c)
+{
+    char h[512];
+    int n = snprintf(h, sizeof(h), "<?xml version='1.0'?><stream:stream to='%s' "
+                     "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
+                     "version='1.0'>", sbb_opt.domain);
+    c->depth = 0;
+    c->scan = 0;
+    buf_consume(&c->in, c->in.len);
+    sbb_conn_write(c, h, (size_t)n);
+}
+
+/* ---- life ------------------------------------------------------------------ */
+
+static void conn_io(struct ev_loop *loop, ev_io *w, int revents);
+
+struct sbb_conn *sbb_conn_start(int user)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    int port = sbb_opt.ports[(user - sbb_opt.first) % sbb_opt.nports];
+    sa.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, sbb_opt.host, &sa.sin_addr) != 1)
+        return NULL;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return NULL;
+    }
+    struct sbb_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->user = user;
+    c->peer = -1;
+    c->t0 = sbb_now();
+    c->state = SBB_CONNECTING;
+    ev_io_init(&c->io, conn_io, fd, EV_READ | EV_WRITE);
+    c->io.data = c;
+    ev_io_start(sbb_loop, &c->io);
+    return c;
+}
+
+static void conn_shut(struct sbb_conn *c)
+{
+    if (c->fd >= 0) {
+        ev_io_stop(sbb_loop, &c->io);
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (c->tls) {
+        gnutls_deinit(c->tls);
+        c->tls = NULL;
+    }
+    free(c->scram);
+    c->scram = NULL;
+    free(c->in.data);
+    free(c->out.data);
+    memset(&c->in, 0, sizeof(c->in));
+    memset(&c->out, 0, sizeof(c->out));
+}
+
+void sbb_conn_free(struct sbb_conn *c)
+{
+    if (!c)
+        return;
+    conn_shut(c);
+    free(c);
+}
+
+/* A failure (or the end of a stream we did not close): the connection is
+ * dead; the owner learns it through sbb_ev.failed and frees it. */
+static void conn_fail(struct sbb_conn *c, const char *why)
+{
+    if (c->state == SBB_DEAD)
+        return;
+    int was = c->state;
+    c->state = SBB_DEAD;
+    conn_shut(c);
+    if (was == SBB_CLOSING)
+        c->closed_ok = 1;
+    if (sbb_ev.failed)
+        sbb_ev.failed(c, why);
+}
+
+void sbb_conn_close(struct sbb_conn *c)
+{
+    if (c->state == SBB_DEAD || c->state == SBB_CLOSING)
+        return;
+    conn_writes(c, "</stream:stream>");
+    if (c->state != SBB_DEAD)
+        c->state = SBB_CLOSING;
+}
+
+/* ---- small scanners ------------------------------------------------------- */
+
+/* Value of attribute `name` in the start tag at el (either quote). */
+static int attr_is(const char *el, size_t len, const char *name, const char *want)
+{
+    const char *end = memchr(el, '>', len);
+    size_t nl = strlen(name), wl = strlen(want);
+    if (!end)
+        return 0;
+    for (const char *p = el; p + nl + 2 < end; p++) {
+        if ((p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n') && memcmp(p, name, nl) == 0 &&
+            p[nl] == '=' && (p[nl + 1] == '\'' || p[nl + 1] == '"'))
+            return (size_t)(end - (p + nl + 2)) >= wl && memcmp(p + nl + 2, want, wl) == 0 &&
+                   p[nl + 2 + wl] == p[nl + 1];
+    }
+    return 0;
+}
+
+static int has(const char *el, size_t len, const char *s)
+{
+    return memmem(el, len, s, strlen(s)) != NULL;
+}
+
+/* Text content of a simple element: between the first '>' and the last '<'. */
+static const char *elem_text(const char *el, size_t len, size_t *tl)
+{
+    const char *gt = memchr(el, '>', len);
+    if (!gt || gt[-1] == '/') {
+        *tl = 0;
+        return el;
+    }
+    const char *lt = el + len;
+    while (lt > gt && *lt != '<')
+        lt--;
+    *tl = (size_t)(lt - gt - 1);
+    return gt + 1;
+}
+
+/* ---- login ------------------------------------------------------------------ */
+
+static void login_sasl(struct sbb_conn *c, const char *el, size_t len)
+{
+    char name[256], msg[1024];
+    snprintf(name, sizeof(name), "%s%d", sbb_opt.prefix, c->user);
+    if (sbb_opt.plain) {
+        if (!has(el, len, ">PLAIN<")) {
+            conn_fail(c, "no-plain");
+            return;
+        }
+        char raw[600], b64[900];
+        int rl = snprintf(raw, sizeof(raw), "%c%s%c%s%d", 0, name, 0, sbb_opt.passprefix, c->user);
+        base64_encode_raw(b64, (size_t)rl, (const uint8_t *)raw);
+        b64[BASE64_ENCODE_RAW_LENGTH(rl)] = 0;
+        snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
+                 "mechanism='PLAIN'>%s</auth>", b64);
+    } else {
+        if (!has(el, len, ">SCRAM-SHA-1<")) {
+            conn_fail(c, "no-scram-sha-1");
+            return;
+        }
+        char b64[600];
+        if (sbb_scram_first(c->user, name, &c->scram, b64, sizeof(b64)) < 0) {
+            conn_fail(c, "scram");
+            return;
+        }
+        snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
+                 "mechanism='SCRAM-SHA-1'>%s</auth>", b64);
+    }
+    conn_writes(c, msg);
+    c->state = SBB_SASL;
+}
+
+static void login_tls(struct sbb_conn *c)
+{
+    if (gnutls_init(&c->tls, GNUTLS_CLIENT | GNUTLS_NONBLOCK) != GNUTLS_E_SUCCESS ||
+        gnutls_set_default_priority(c->tls) != GNUTLS_E_SUCCESS ||
+        gnutls_credentials_set(c->tls, GNUTLS_CRD_CERTIFICATE, client_cred) != GNUTLS_E_SUCCESS) {
+        conn_fail(c, "tls-init");
+        return;
+    }
+    gnutls_server_name_set(c->tls, GNUTLS_NAME_DNS, sbb_opt.domain, strlen(sbb_opt.domain));
+    gnutls_transport_set_int(c->tls, c->fd);
+    c->state = SBB_HANDSHAKE;
+}
+
+static void login_handshake(struct sbb_conn *c)
+{
+    int r = gnutls_handshake(c->tls);
+    if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) {
+        conn_events(c);
+        return;
+    }
+    if (r < 0) {
+        conn_fail(c, "tls-handshake");
+        return;
+    }
+    c->tls_on = 1;
+    c->state = SBB_FEATURES;
+    conn_header(c);
+}
+
+static void login_iq(struct sbb_conn *c, const char *el, size_t len, const char *id)
+{
+    if (!attr_is(el, len, "id", id))
+        return;                     /* not the answer we wait for */
+    if (!attr_is(el, len, "type", "result")) {
+        conn_fail(c, c->state == SBB_BIND ? "bind-error" :
+                     c->state == SBB_SESSION ? "session-error" : "roster-error");
+        return;
+    }
+    if (c->state == SBB_BIND && c->want_session) {
+        conn_writes(c, "<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>");
+        c->state = SBB_SESSION;
+    } else if (c->state == SBB_BIND || c->state == SBB_SESSION) {
+        conn_writes(c, "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+        c->state = SBB_ROSTER;
+    } else {
+        conn_writes(c, "<presence/>");
+        c->state = SBB_ONLINE;
+        free(c->scram);
+        c->scram = NULL;
+        if (sbb_ev.online)
+            sbb_ev.online(c);
+    }
+}
+
+static void conn_element(struct sbb_conn *c, const char *el, size_t len)
+{
+    char name[32];
+    size_t i = 1;
+    while (i < len && i < sizeof(name) && el[i] != ' ' && el[i] != '>' && el[i] != '/' &&
+           el[i] != '\t' && el[i] != '\n' && el[i] != '\r')
+        i++;
+    memcpy(name, el + 1, i - 1);
+    name[i - 1] = 0;
+    const char *local = strchr(name, ':') && strncmp(name, "stream:", 7) != 0
+                            ? strchr(name, ':') + 1 : name;
+
+    if (strcmp(name, "stream:error") == 0) {
+        conn_fail(c, "stream-error");
+        return;
+    }
+    switch (c->state) {
+    case SBB_FEATURES:
+        if (strcmp(name, "stream:features") != 0)
+            break;
+        if (sbb_opt.tls && !c->tls_on) {
+            if (!has(el, len, "urn:ietf:params:xml:ns:xmpp-tls")) {
+                conn_fail(c, "no-starttls");
+                return;
+            }
+            conn_writes(c, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            c->state = SBB_PROCEED;
+        } else {
+            login_sasl(c, el, len);
+        }
+        break;
+    case SBB_PROCEED:
+        if (strcmp(local, "proceed") == 0)
+            login_tls(c);
+        else
+            conn_fail(c, "starttls-failure");
+        break;
+    case SBB_SASL: {
+        size_t tl;
+        const char *t = elem_text(el, len, &tl);
+        char out[600];
+        if (strcmp(local, "challenge") == 0 && !sbb_opt.plain) {
+            char pw[256];
+            snprintf(pw, sizeof(pw), "%s%d", sbb_opt.passprefix, c->user);
+            if (sbb_scram_final(c->user, pw, c->scram, t, tl, out, sizeof(out)) < 0) {
+                conn_fail(c, "scram-challenge");
+                return;
+            }
+            char msg[800];
+            snprintf(msg, sizeof(msg), "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</response>", out);
+            conn_writes(c, msg);
+        } else if (strcmp(local, "success") == 0) {
+            if (!sbb_opt.plain && sbb_scram_verify(c->scram, t, tl) < 0) {
+                conn_fail(c, "scram-server-signature");
+                return;
+            }
+            c->state = SBB_FEATURES2;
+            conn_header(c);
+        } else {
+            conn_fail(c, "sasl-failure");
+        }
+        break;
+    }
+    case SBB_FEATURES2:
+        if (strcmp(name, "stream:features") != 0)
+            break;
+        c->want_session = has(el, len, "urn:ietf:params:xml:ns:xmpp-session") != 0;
+        conn_writes(c, "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
+        c->state = SBB_BIND;
+        break;
+    case SBB_BIND:
+    case SBB_SESSION:
+    case SBB_ROSTER:
+        if (strcmp(local, "iq") == 0)
+            login_iq(c, el, len, c->state == SBB_BIND ? "b1" : c->state == SBB_SESSION ? "s1" : "r1");
+        break;
+    case SBB_ONLINE:
+    case SBB_CLOSING:
+        if (sbb_ev.message && strcmp(local, "message") == 0)
+            sbb_ev.message(c, el, len);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- the element splitter --------------------------------------------------- */
+
+/* End of the tag starting at p ('<'), quotes respected; NULL if incomplete. */
+static const char *tag_end(const char *p, const char *end)
+{
+    char q = 0;
+    for (p++; p < end; p++) {
+        if (q) {
+            if (*p == q)
+                q = 0;
+        } else if (*p == '\'' || *p == '"') {
+            q = *p;
+        } else if (*p == '>') {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void conn_parse(struct sbb_conn *c)
+{
+    char *base = c->in.data;
+    const char *end = base + c->in.len;
+    const char *p = base + c->scan;
+
+    while (p < end && c->state != SBB_DEAD) {
+        const char *lt = memchr(p, '<', (size_t)(end - p));
+        if (!lt) {
+            p = end;
+            break;
+        }
+        const char *gt = tag_end(lt, end);
+        if (!gt) {
+            p = lt;
+            break;
+        }
+        if (c->depth == 0)
+            c->elem_start = (size_t)(lt - base);
+        if (lt[1] == '?' || lt[1] == '!') {
+            /* declaration or comment: nothing to count */
+        } else if (lt[1] == '/') {
+            if (c->depth == 0) {                      /* </stream:stream> */
+                conn_fail(c, c->state == SBB_CLOSING ? "closed" : "stream-end");
+                return;
+            }
+            if (--c->depth == 0) {
+                int restart_before = c->state;
+                conn_element(c, base + c->elem_start, (size_t)(gt + 1 - (base + c->elem_start)));
+                if (c->state == SBB_DEAD)
+                    return;
+                /* a restart (SASL success, TLS) replaced the input buffer */
+                if ((restart_before == SBB_SASL && c->state == SBB_FEATURES2) ||
+                    c->state == SBB_HANDSHAKE)
+                    return;
+            }
+        } else if (gt[-1] == '/') {
+            if (c->depth == 0) {
+                int restart_before = c->state;
+                conn_element(c, lt, (size_t)(gt + 1 - lt));
+                if (c->state == SBB_DEAD)
+                    return;
+                if ((restart_before == SBB_SASL && c->state == SBB_FEATURES2) ||
+                    c->state == SBB_HANDSHAKE)
+                    return;
+            }
+        } else if (c->depth == 0 && strncmp(lt, "<stream:stream", 14) == 0) {
+            /* stream header: depth stays 0 for its children */
+        } else {
+            c->depth++;
+        }
+        p = gt + 1;
+    }
+    /* drop what is done: everything before the open element (or p) */
+    size_t keep_from = c->depth ? c->elem_start : (size_t)(p - base);
+    c->scan = (size_t)(p - base) - keep_from;
+    c->elem_start = 0;
+    buf_consume(&c->in, keep_from);
+}
+
+/* ---- I/O ---------------------------------------------------------------------- */
+
+static void conn_read(struct sbb_conn *c)
+{
+    char tmp[65536];
+    for (;;) {
+        ssize_t n;
+        if (c->tls_on) {
+            n = gnutls_record_recv(c->tls, tmp, sizeof(tmp));
+            if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+                return;
+            if (n < 0) {
+                conn_fail(c, c->state == SBB_CLOSING ? "closed" : "tls-read");
+                return;
+            }
+        } else {
+            n = recv(c->fd, tmp, sizeof(tmp), 0);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return;
+            if (n < 0) {
+                conn_fail(c, c->state == SBB_CLOSING ? "closed" : "read");
+                return;
+            }
+        }
+        if (n == 0) {
+            conn_fail(c, c->state == SBB_CLOSING ? "closed" : "eof");
+            return;
+        }
+        buf_add(&c->in, tmp, (size_t)n);
+        conn_parse(c);
+        if (c->state == SBB_DEAD || c->state == SBB_HANDSHAKE)
+            return;
+        if ((size_t)n < sizeof(tmp) && !(c->tls_on && gnutls_record_check_pending(c->tls)))
+            return;
+    }
+}
+
+static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct sbb_conn *c = w->data;
+    if (c->state == SBB_CONNECTING) {
+        int err = 0;
+        socklen_t l = sizeof(err);
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+        if (err) {
+            conn_fail(c, "connect");
+            return;
+        }
+        c->state = SBB_FEATURES;
+        conn_header(c);
+        return;
+    }
+    if (c->state == SBB_HANDSHAKE) {
+        login_handshake(c);
+        return;
+    }
+    if (revents & EV_WRITE)
+        conn_flush(c);
+    if (c->state != SBB_DEAD && (revents & EV_READ))
+        conn_read(c);
+    if (c->state == SBB_HANDSHAKE)
+        login_handshake(c);
+}

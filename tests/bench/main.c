@@ -1,0 +1,584 @@
+/* main.c — sbbench: options and the scenarios. Each step prints one JSON
+ * line on stdout (progress goes to stderr); tests/bench/bench.py turns the
+ * lines into the results file and the table.
+ *   login  arrivals at fixed rates (steps); each logs in fully, then closes
+ *   msg    K users online, each sending to the next one at a total rate
+ *   idle   N users logged in and present, held; memory per connection
+ * Exit status: 0, or 1 when a message was lost or reordered (the smoke test
+ * of `make test` relies on it), 2 on bad usage or a setup failure. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "sbbench.h"
+
+struct sbb_opts sbb_opt = {
+    .host = "127.0.0.1", .domain = "localhost", .prefix = "bench", .passprefix = "pw",
+    .ports = {5222}, .nports = 1, .first = 1, .login_timeout = 10,
+};
+struct ev_loop *sbb_loop;
+
+static struct {
+    const char *scenario, *label;
+    int users, window, body, stop_on_fail;
+    double rates[64];
+    int nrates;
+    double step, hold, settle, p99_limit, drain;
+} cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
+         .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5};
+
+/* ---- shared phase state ---------------------------------------------------- */
+
+static struct sbb_conn **conns;      /* by slot (user - first) for msg/idle */
+static int nonline, nfailed, ndropped, nstarted, ninflight;
+static char last_error[64];
+static struct sbb_hist login_hist;
+static ev_timer tick, deadline;
+
+static void loop_break(void)
+{
+    ev_break(sbb_loop, EVBREAK_ALL);
+}
+
+static void run_for(double secs)
+{
+    ev_timer_set(&deadline, secs, 0);
+    ev_timer_start(sbb_loop, &deadline);
+    ev_run(sbb_loop, 0);
+    ev_timer_stop(sbb_loop, &deadline);
+}
+
+static void deadline_cb(struct ev_loop *l, ev_timer *w, int ev)
+{
+    loop_break();
+}
+
+static void print_procs(FILE *f)
+{
+    fprintf(f, "\"procs\":{");
+    for (int i = 0; i < sbb_nwatch; i++)
+        fprintf(f, "%s\"%s\":{\"cpu_s\":%.3f,\"rss_kb\":%ld,\"rss0_kb\":%ld}", i ? "," : "",
+                sbb_watch[i].name, sbb_watch[i].cpu, sbb_watch[i].rss_kb, sbb_watch[i].rss0_kb);
+    fprintf(f, "}");
+}
+
+static void note_error(const char *why)
+{
+    snprintf(last_error, sizeof(last_error), "%s", why);
+}
+
+/* ---- logging a set of users in (msg, idle) ------------------------------------ */
+
+static int login_next, login_end;
+
+static void login_fill(void)
+{
+    while (ninflight < cfg.window && login_next < login_end) {
+        int slot = login_next - sbb_opt.first;
+        struct sbb_conn *c = sbb_conn_start(login_next++);
+        nstarted++;
+        if (!c) {
+            nfailed++;
+            note_error(strerror(errno));
+            continue;
+        }
+        c->slot = slot;
+        conns[slot] = c;
+        ninflight++;
+    }
+    if (ninflight == 0 && login_next >= login_end)
+        loop_break();
+}
+
+static void set_online(struct sbb_conn *c)
+{
+    ninflight--;
+    nonline++;
+    sbb_hist_add(&login_hist, sbb_now() - c->t0);
+    login_fill();
+}
+
+static void set_failed(struct sbb_conn *c, const char *why)
+{
+    if (c->state == SBB_DEAD && c->closed_ok) {
+        conns[c->slot] = NULL;
+        sbb_conn_free(c);
+        return;
+    }
+    note_error(why);
+    conns[c->slot] = NULL;
+    if (c->peer == -2) {               /* was online */
+        ndropped++;
+        nonline--;
+    } else {
+        ninflight--;
+        nfailed++;
+        login_fill();
+    }
+    sbb_conn_free(c);
+}
+
+static void timeouts_cb(struct ev_loop *l, ev_timer *w, int ev)
+{
+    double now = sbb_now();
+    for (int i = 0; i < cfg.users; i++) {
+        struct sbb_conn *c = conns[i];
+        if (c && c->state < SBB_ONLINE && now - c->t0 > sbb_opt.login_timeout) {
+            sbb_conn_free(c);
+            conns[i] = NULL;
+            ninflight--;
+            nfailed++;
+            note_error("login-timeout");
+            login_fill();
+        }
+    }
+}
+
+static void mark_online(struct sbb_conn *c)
+{
+    c->peer = -2;
+    set_online(c);
+}
+
+/* Log users first..first+users-1 in, at most `window` at a time. */
+static int login_all(void)
+{
+    static ev_timer tmo;
+    conns = calloc((size_t)cfg.users, sizeof(*conns));
+    if (!conns)
+        return -1;
+    sbb_ev.online = mark_online;
+    sbb_ev.failed = set_failed;
+    login_next = sbb_opt.first;
+    login_end = sbb_opt.first + cfg.users;
+    double t0 = sbb_now();
+    ev_timer_init(&tmo, timeouts_cb, 0.5, 0.5);
+    ev_timer_start(sbb_loop, &tmo);
+    login_fill();
+    if (ninflight)
+        ev_run(sbb_loop, 0);
+    ev_timer_stop(sbb_loop, &tmo);
+    double t = sbb_now() - t0;
+    fprintf(stderr, "sbbench: %d/%d users online in %.1f s (%d failed%s%s), %ld SCRAM derivations\n",
+            nonline, cfg.users, t, nfailed, nfailed ? ", last: " : "", nfailed ? last_error : "",
+            sbb_scram_derived());
+    return nfailed ? -1 : 0;
+}
+
+static void close_all(void)
+{
+    int open = 0;
+    for (int i = 0; i < cfg.users; i++)
+        if (conns[i]) {
+            sbb_conn_close(conns[i]);
+            open++;
+        }
+    /* give the server a moment to answer the closes, then drop the rest */
+    double end = sbb_now() + (open ? 3 : 0);
+    while (sbb_now() < end) {
+        int left = 0;
+        for (int i = 0; i < cfg.users; i++)
+            left += conns[i] != NULL;
+        if (!left)
+            break;
+        run_for(0.1);
+    }
+    for (int i = 0; i < cfg.users; i++)
+        if (conns[i])
+            sbb_conn_free(conns[i]);
+}
+
+/* ---- scenario: login storm ----------------------------------------------------- */
+
+struct storm_step {
+    double rate, t0;
+    long started, ok, errors;
+    struct sbb_hist hist;
+};
+static struct storm_step *storm;
+static int storm_cur, storm_user;
+static ev_timer storm_tick;
+
+static void storm_online(struct sbb_conn *c)
+{
+    struct storm_step *s = &storm[c->step];
+    s->ok++;
+    sbb_hist_add(&s->hist, sbb_now() - c->t0);
+    ninflight--;
+    sbb_conn_close(c);
+}
+
+static void storm_failed(struct sbb_conn *c, const char *why)
+{
+    if (!c->closed_ok) {
+        if (c->state == SBB_DEAD && c->peer != -2) {
+            storm[c->step].errors++;
+            ninflight--;
+            note_error(why);
+        }
+    }
+    sbb_conn_free(c);
+}
+
+static void storm_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
+{
+    struct storm_step *s = &storm[storm_cur];
+    long due = (long)(s->rate * (sbb_now() - s->t0)) - s->started;
+    for (; due > 0; due--) {
+        struct sbb_conn *c = sbb_conn_start(sbb_opt.first + storm_user);
+        storm_user = (storm_user + 1) % cfg.users;
+        s->started++;
+        if (!c) {
+            s->errors++;
+            note_error(strerror(errno));
+            continue;
+        }
+        c->step = storm_cur;
+        ninflight++;
+    }
+}
+
+static int scenario_login(void)
+{
+    int failed_steps = 0;
+    storm = calloc((size_t)cfg.nrates, sizeof(*storm));
+    sbb_ev.online = storm_online;
+    sbb_ev.failed = storm_failed;
+    ev_timer_init(&storm_tick, storm_tick_cb, 0.001, 0.001);
+    double limit = cfg.p99_limit > 0 ? cfg.p99_limit : 0.5;
+    for (storm_cur = 0; storm_cur < cfg.nrates; storm_cur++) {
+        struct storm_step *s = &storm[storm_cur];
+        s->rate = cfg.rates[storm_cur];
+        sbb_watch_begin();
+        double cpu0 = sbb_self_cpu();
+        s->t0 = sbb_now();
+        ev_timer_start(sbb_loop, &storm_tick);
+        run_for(cfg.step);
+        ev_timer_stop(sbb_loop, &storm_tick);
+        double secs = sbb_now() - s->t0;
+        /* let this step's logins finish (or time out) before reporting */
+        double end = sbb_now() + sbb_opt.login_timeout;
+        while (ninflight > 0 && sbb_now() < end)
+            run_for(0.05);
+        sbb_watch_end();
+        long lost = s->started - s->ok - s->errors;   /* still pending: timed out */
+        s->errors += lost > 0 ? lost : 0;
+        double gen = sbb_self_cpu() - cpu0;
+        double p99 = sbb_hist_pct(&s->hist, 99);
+        int ok = s->errors == 0 && p99 < limit && s->ok >= 0.97 * s->rate * secs;
+        printf("{\"scenario\":\"login\",\"label\":\"%s\",\"mech\":\"%s\",\"tls\":%d,\"step\":%d,"
+               "\"rate\":%.0f,\"secs\":%.3f,\"started\":%ld,\"completed\":%ld,\"per_s\":%.1f,"
+               "\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f,\"errors\":%ld,\"last_error\":\"%s\","
+               "\"ok\":%s,\"gen_cpu_s\":%.3f,",
+               cfg.label, sbb_opt.plain ? "PLAIN" : "SCRAM-SHA-1", sbb_opt.tls, storm_cur, s->rate,
+               secs, s->started, s->ok, (double)s->ok / secs, sbb_hist_pct(&s->hist, 50) * 1e3,
+               p99 * 1e3, s->hist.max * 1e3, s->errors, s->errors ? last_error : "",
+               ok ? "true" : "false", gen);
+        print_procs(stdout);
+        printf("}\n");
+        fflush(stdout);
+        fprintf(stderr, "sbbench: login %.0f/s: %.1f/s done, p50 %.1f ms, p99 %.1f ms, %ld errors%s\n",
+                s->rate, (double)s->ok / secs, sbb_hist_pct(&s->hist, 50) * 1e3, p99 * 1e3,
+                s->errors, ok ? "" : " (not sustained)");
+        if (!ok && ++failed_steps >= 1 && cfg.stop_on_fail)
+            break;
+        ninflight = 0;
+        run_for(0.5);                 /* closes settle */
+    }
+    return 0;
+}
+
+/* ---- scenario: message throughput ---------------------------------------------- */
+
+struct msg_step {
+    double rate, t0;
+    long sent, delivered, reordered, gaps, errors;
+    struct sbb_hist hist;
+};
+static struct msg_step mstep;
+static int msg_rr;
+static long total_sent, total_recv, total_reordered;
+static char **to_jid;
+
+static void msg_send_one(void)
+{
+    int i = msg_rr;
+    msg_rr = (msg_rr + 1) % cfg.users;
+    struct sbb_conn *c = conns[i];
+    if (!c || c->state != SBB_ONLINE)
+        return;
+    char body[512], msg[1024];
+    int bl = snprintf(body, sizeof(body), "B %d %u %.9f ", i, c->tx_seq++, sbb_now());
+    if (bl < cfg.body) {
+        memset(body + bl, 'x', (size_t)(cfg.body - bl));
+        bl = cfg.body;
+    }
+    body[bl] = 0;
+    int n = snprintf(msg, sizeof(msg), "<message to='%s' type='chat' id='m%u'><body>%s</body></message>",
+                     to_jid[i], c->tx_seq, body);
+    sbb_conn_write(c, msg, (size_t)n);
+    mstep.sent++;
+    total_sent++;
+}
+
+static void msg_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
+{
+    long due = (long)(mstep.rate * (sbb_now() - mstep.t0)) - mstep.sent;
+    for (; due > 0; due--)
+        msg_send_one();
+}
+
+static void msg_received(struct sbb_conn *c, const char *el, size_t len)
+{
+    const char *b = memmem(el, len, "<body>B ", 8);
+    if (!b) {
+        if (memmem(el, len, "type='error'", 12) || memmem(el, len, "type=\"error\"", 12)) {
+            mstep.errors++;
+            note_error("message-error");
+        }
+        return;
+    }
+    int sender;
+    unsigned seq;
+    double t;
+    if (sscanf(b + 8, "%d %u %lf", &sender, &seq, &t) != 3)
+        return;
+    double now = sbb_now();
+    total_recv++;
+    if (t < mstep.t0)
+        return;                        /* a late one of an earlier step */
+    mstep.delivered++;
+    sbb_hist_add(&mstep.hist, now - t);
+    if (seq == c->rx_next) {
+        c->rx_next++;
+    } else if (seq > c->rx_next) {
+        mstep.gaps++;
+        c->rx_next = seq + 1;
+    } else {
+        mstep.reordered++;
+        total_reordered++;
+    }
+}
+
+static void msg_failed(struct sbb_conn *c, const char *why)
+{
+    set_failed(c, why);
+}
+
+static int scenario_msg(void)
+{
+    if (login_all() < 0) {
+        printf("{\"scenario\":\"msg\",\"label\":\"%s\",\"setup_failed\":true,\"online\":%d,"
+               "\"failed\":%d,\"last_error\":\"%s\"}\n", cfg.label, nonline, nfailed, last_error);
+        return 2;
+    }
+    to_jid = calloc((size_t)cfg.users, sizeof(*to_jid));
+    for (int i = 0; i < cfg.users; i++) {
+        int peer = (i + 1) % cfg.users;
+        if (asprintf(&to_jid[i], "%s%d@%s", sbb_opt.prefix, sbb_opt.first + peer, sbb_opt.domain) < 0)
+            return 2;
+    }
+    sbb_ev.message = msg_received;
+    sbb_ev.failed = msg_failed;
+    run_for(1.0);                      /* initial presences settle */
+    ev_timer_init(&tick, msg_tick_cb, 0.001, 0.001);
+    double limit = cfg.p99_limit > 0 ? cfg.p99_limit : 0.05;
+    int rc = 0;
+    for (int st = 0; st < cfg.nrates; st++) {
+        memset(&mstep, 0, sizeof(mstep));
+        mstep.rate = cfg.rates[st];
+        long recv0 = total_recv;
+        sbb_watch_begin();
+        double cpu0 = sbb_self_cpu();
+        mstep.t0 = sbb_now();
+        ev_timer_start(sbb_loop, &tick);
+        run_for(cfg.step);
+        ev_timer_stop(sbb_loop, &tick);
+        double secs = sbb_now() - mstep.t0;
+        double end = sbb_now() + cfg.drain;
+        while (total_recv - recv0 < mstep.sent && sbb_now() < end && nonline > 0)
+            run_for(0.02);
+        sbb_watch_end();
+        double gen = sbb_self_cpu() - cpu0;
+        long lost = mstep.sent - mstep.delivered;
+        double p99 = sbb_hist_pct(&mstep.hist, 99);
+        int ok = lost == 0 && mstep.reordered == 0 && mstep.errors == 0 && ndropped == 0 &&
+                 p99 < limit && mstep.sent >= 0.97 * mstep.rate * secs;
+        if (lost || mstep.reordered || ndropped)
+            rc = 1;
+        printf("{\"scenario\":\"msg\",\"label\":\"%s\",\"users\":%d,\"step\":%d,\"rate\":%.0f,"
+               "\"secs\":%.3f,\"sent\":%ld,\"delivered\":%ld,\"per_s\":%.1f,\"p50_ms\":%.3f,"
+               "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"lost\":%ld,\"reordered\":%ld,"
+               "\"gaps\":%ld,\"errors\":%ld,\"dropped\":%d,\"ok\":%s,\"gen_cpu_s\":%.3f,",
+               cfg.label, cfg.users, st, mstep.rate, secs, mstep.sent, mstep.delivered,
+               (double)mstep.delivered / secs, sbb_hist_pct(&mstep.hist, 50) * 1e3, p99 * 1e3,
+               sbb_hist_pct(&mstep.hist, 99.9) * 1e3, mstep.hist.max * 1e3, lost, mstep.reordered,
+               mstep.gaps, mstep.errors, ndropped, ok ? "true" : "false", gen);
+        print_procs(stdout);
+        printf("}\n");
+        fflush(stdout);
+        fprintf(stderr, "sbbench: msg %.0f/s: %.0f/s delivered, p50 %.2f ms, p99 %.2f ms, "
+                "p99.9 %.2f ms, lost %ld, reordered %ld, gen cpu %.0f%%%s\n",
+                mstep.rate, (double)mstep.delivered / secs, sbb_hist_pct(&mstep.hist, 50) * 1e3,
+                p99 * 1e3, sbb_hist_pct(&mstep.hist, 99.9) * 1e3, lost, mstep.reordered,
+                100 * gen / secs, ok ? "" : " (not sustained)");
+        if (!ok && cfg.stop_on_fail)
+            break;
+        if (nonline == 0)
+            break;
+    }
+    close_all();
+    return rc;
+}
+
+/* ---- scenario: idle connections ------------------------------------------------- */
+
+static int scenario_idle(void)
+{
+    sbb_watch_begin();
+    long base[SBB_MAXWATCH];
+    for (int i = 0; i < sbb_nwatch; i++)
+        base[i] = sbb_watch[i].rss0_kb;
+    double cpu0 = sbb_self_cpu();
+    double t0 = sbb_now();
+    int lrc = login_all();
+    double login_secs = sbb_now() - t0;
+    run_for(cfg.settle);
+    int online_at_start = nonline;
+    run_for(cfg.hold);
+    sbb_watch_end();
+    for (int i = 0; i < sbb_nwatch; i++)
+        sbb_watch[i].rss0_kb = base[i];
+    printf("{\"scenario\":\"idle\",\"label\":\"%s\",\"tls\":%d,\"mech\":\"%s\",\"users\":%d,"
+           "\"online\":%d,\"failed\":%d,\"dropped\":%d,\"held_s\":%.0f,\"login_s\":%.2f,"
+           "\"login_p99_ms\":%.1f,\"last_error\":\"%s\",\"gen_cpu_s\":%.3f,",
+           cfg.label, sbb_opt.tls, sbb_opt.plain ? "PLAIN" : "SCRAM-SHA-1", cfg.users,
+           online_at_start, nfailed, ndropped, cfg.hold, login_secs,
+           sbb_hist_pct(&login_hist, 99) * 1e3, last_error, sbb_self_cpu() - cpu0);
+    print_procs(stdout);
+    printf("}\n");
+    fflush(stdout);
+    fprintf(stderr, "sbbench: idle %d/%d online after %.0f s hold, %d dropped\n", nonline,
+            cfg.users, cfg.hold, ndropped);
+    close_all();
+    return lrc < 0 || ndropped ? 1 : 0;
+}
+
+/* ---- options --------------------------------------------------------------------- */
+
+static void usage(void)
+{
+    fprintf(stderr,
+        "usage: sbbench [options] login|msg|idle\n"
+        "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
+        "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
+        "  --users N      users online (msg), held (idle), pool (login)   [1000]\n"
+        "  --rates A,B,.. arrivals/s (login) or messages/s (msg), one step each\n"
+        "  --step S       seconds per step [5]     --hold S  idle hold [10]\n"
+        "  --p99 MS       a step fails above this p99 [login 500, msg 50]\n"
+        "  --no-stop      keep stepping after a failed step\n"
+        "  --window N     logins in flight while connecting users [200]\n"
+        "  --body N       message body bytes [64]   --drain S  wait for stragglers [5]\n"
+        "  --watch NAME:PID[+]   report CPU/RSS of a process (+: with children)\n"
+        "  --scram-cache FILE    keep derived SCRAM keys across runs\n"
+        "  --label TEXT   copied into every JSON line\n");
+    exit(2);
+}
+
+static void parse_rates(const char *s)
+{
+    cfg.nrates = 0;
+    for (const char *p = s; *p && cfg.nrates < 64;) {
+        cfg.rates[cfg.nrates++] = strtod(p, (char **)&p);
+        while (*p == ',' || *p == ' ')
+            p++;
+    }
+}
+
+static void parse_ports(const char *s)
+{
+    sbb_opt.nports = 0;
+    for (const char *p = s; *p && sbb_opt.nports < 16;) {
+        sbb_opt.ports[sbb_opt.nports++] = (int)strtol(p, (char **)&p, 10);
+        while (*p == ',')
+            p++;
+    }
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"first", 1, 0, 'f'}, {"tls", 0, 0, 'T'}, {"plain", 0, 0, 'P'}, {"users", 1, 0, 'n'},
+        {"rates", 1, 0, 'r'}, {"step", 1, 0, 's'}, {"hold", 1, 0, 'h'}, {"p99", 1, 0, '9'},
+        {"no-stop", 0, 0, 'N'}, {"window", 1, 0, 'W'}, {"body", 1, 0, 'b'}, {"drain", 1, 0, 'D'},
+        {"watch", 1, 0, 'A'}, {"scram-cache", 1, 0, 'C'}, {"label", 1, 0, 'L'},
+        {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'}, {0, 0, 0, 0}};
+    int o;
+    cfg.label = "";
+    parse_rates("1000");
+    while ((o = getopt_long(argc, argv, "H:p:d:u:w:", lo, NULL)) != -1) {
+        switch (o) {
+        case 'H': sbb_opt.host = optarg; break;
+        case 'p': parse_ports(optarg); break;
+        case 'd': sbb_opt.domain = optarg; break;
+        case 'u': sbb_opt.prefix = optarg; break;
+        case 'w': sbb_opt.passprefix = optarg; break;
+        case 'f': sbb_opt.first = atoi(optarg); break;
+        case 'T': sbb_opt.tls = 1; break;
+        case 'P': sbb_opt.plain = 1; break;
+        case 'n': cfg.users = atoi(optarg); break;
+        case 'r': parse_rates(optarg); break;
+        case 's': cfg.step = atof(optarg); break;
+        case 'h': cfg.hold = atof(optarg); break;
+        case '9': cfg.p99_limit = atof(optarg) / 1e3; break;
+        case 'N': cfg.stop_on_fail = 0; break;
+        case 'W': cfg.window = atoi(optarg); break;
+        case 'b': cfg.body = atoi(optarg); break;
+        case 'D': cfg.drain = atof(optarg); break;
+        case 'A': if (sbb_watch_add(optarg) < 0) usage(); break;
+        case 'C': sbb_opt.scram_cache = optarg; break;
+        case 'L': cfg.label = optarg; break;
+        case 'S': cfg.settle = atof(optarg); break;
+        case 't': sbb_opt.login_timeout = atof(optarg); break;
+        default: usage();
+        }
+    }
+    if (optind != argc - 1 || cfg.users < 1 || cfg.body < 40 || cfg.body > 400 || sbb_opt.nports < 1)
+        usage();
+    cfg.scenario = argv[optind];
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+    if (sbb_tls_init() < 0) {
+        fprintf(stderr, "sbbench: cannot set up TLS\n");
+        return 2;
+    }
+    sbb_loop = ev_default_loop(EVFLAG_AUTO);
+    ev_timer_init(&deadline, deadline_cb, 1, 0);
+    sbb_scram_load(sbb_opt.scram_cache);
+    int rc;
+    if (strcmp(cfg.scenario, "login") == 0)
+        rc = scenario_login();
+    else if (strcmp(cfg.scenario, "msg") == 0)
+        rc = scenario_msg();
+    else if (strcmp(cfg.scenario, "idle") == 0)
+        rc = scenario_idle();
+    else
+        usage();
+    sbb_scram_save(sbb_opt.scram_cache);
+    return rc;
+}

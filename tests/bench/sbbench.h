@@ -1,0 +1,115 @@
+/* sbbench.h — the load generator of `make bench`: one libev loop holding
+ * many XMPP client connections (RFC 6120 stream, optional STARTTLS, SASL
+ * SCRAM-SHA-1 or PLAIN, bind, session, roster get, initial presence) and
+ * driving the scenarios (login storm, message throughput, idle
+ * connections). It targets any XMPP server: host, ports, domain and user
+ * naming are options. Modules:
+ *   main.c    options, scenarios, step reports (JSON lines on stdout)
+ *   client.c  one connection: socket/TLS I/O, element splitter, login
+ *   scram.c   SCRAM-SHA-1 client with a cache of derived keys
+ *   stats.c   latency histogram, /proc CPU and RSS sampling */
+#ifndef SBB_H
+#define SBB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <ev.h>
+#include <gnutls/gnutls.h>
+
+/* ---- options (main.c) ------------------------------------------------- */
+struct sbb_opts {
+    const char *host, *domain, *prefix, *passprefix;
+    int ports[16], nports;
+    int tls;                 /* STARTTLS before SASL */
+    int plain;               /* SASL PLAIN instead of SCRAM-SHA-1 */
+    int first;               /* first user number */
+    double login_timeout;
+    const char *scram_cache; /* file of derived SCRAM keys (may be NULL) */
+};
+extern struct sbb_opts sbb_opt;
+extern struct ev_loop *sbb_loop;
+
+/* ---- client.c --------------------------------------------------------- */
+enum sbb_state {
+    SBB_CONNECTING, SBB_FEATURES, SBB_PROCEED, SBB_HANDSHAKE, SBB_SASL,
+    SBB_FEATURES2, SBB_BIND, SBB_SESSION, SBB_ROSTER, SBB_ONLINE,
+    SBB_CLOSING, SBB_DEAD
+};
+
+struct sbb_buf {
+    char *data;
+    size_t len, cap;
+};
+
+struct sbb_conn {
+    int fd;
+    int user;                /* user number (prefixN) */
+    uint8_t state, tls_on, want_session, closed_ok;
+    ev_io io;
+    gnutls_session_t tls;
+    size_t tls_pending;      /* bytes handed to a gnutls send that said AGAIN */
+    struct sbb_buf in, out;
+    size_t scan;             /* splitter: bytes of `in` already scanned */
+    int depth;               /* splitter: element depth (stream = 0) */
+    size_t elem_start;
+    double t0;               /* login start (monotonic seconds) */
+    char *scram;             /* SCRAM state while authenticating */
+    /* message scenario */
+    int peer;                /* index of the conn this one sends to */
+    uint32_t tx_seq, rx_next;
+    int slot;                /* owner's index (in-flight table, user table) */
+    int step;                /* login storm: the step it was started in */
+};
+
+/* Callbacks of the scenario driving the connections. */
+struct sbb_events {
+    void (*online)(struct sbb_conn *c);                 /* login complete */
+    void (*failed)(struct sbb_conn *c, const char *why);/* login failed or conn lost */
+    void (*message)(struct sbb_conn *c, const char *el, size_t len);
+};
+extern struct sbb_events sbb_ev;
+
+double sbb_now(void);                          /* CLOCK_MONOTONIC seconds */
+struct sbb_conn *sbb_conn_start(int user);     /* connect + log in; NULL on error */
+void sbb_conn_write(struct sbb_conn *c, const char *data, size_t len);
+void sbb_conn_close(struct sbb_conn *c);       /* </stream:stream>, close when answered */
+void sbb_conn_free(struct sbb_conn *c);
+int sbb_tls_init(void);
+const char *sbb_state_name(int s);
+
+/* ---- scram.c ---------------------------------------------------------- */
+/* client-first-message (base64, NUL-terminated) into out; state in *st. */
+int sbb_scram_first(int user, const char *name, char **st, char *out, size_t cap);
+/* Answer to the server-first-message (base64 in): client-final in out. */
+int sbb_scram_final(int user, const char *password, char *st, const char *b64,
+                    size_t len, char *out, size_t cap);
+/* Check the server-final-message (base64) against the expected signature. */
+int sbb_scram_verify(const char *st, const char *b64, size_t len);
+void sbb_scram_load(const char *path);
+void sbb_scram_save(const char *path);
+long sbb_scram_derived(void);                  /* PBKDF2 runs done */
+
+/* ---- stats.c ---------------------------------------------------------- */
+#define SBB_HBUCKETS (64 + 40 * 32)
+struct sbb_hist {
+    uint64_t n, b[SBB_HBUCKETS];
+    double max;
+};
+void sbb_hist_add(struct sbb_hist *h, double secs);
+double sbb_hist_pct(const struct sbb_hist *h, double p);   /* seconds */
+
+#define SBB_MAXWATCH 16
+struct sbb_watch {
+    char name[32];
+    int pid, children;       /* children: add the live children's times */
+    double cpu0, cpu;        /* CPU seconds at start / during the window */
+    long rss_kb, rss0_kb;
+};
+extern struct sbb_watch sbb_watch[SBB_MAXWATCH];
+extern int sbb_nwatch;
+int sbb_watch_add(const char *spec);          /* NAME:PID or NAME:PID+ */
+void sbb_watch_begin(void);
+void sbb_watch_end(void);
+double sbb_self_cpu(void);
+
+#endif

@@ -1,0 +1,262 @@
+/* scram.c — the client side of SCRAM-SHA-1 (RFC 5802) for the load
+ * generator. PBKDF2 (thousands of HMACs) would make the generator, not the
+ * server, the bottleneck of a login storm, so the derived keys are cached
+ * per user (as real clients store them) and optionally kept in a file across
+ * runs, keyed by salt and iteration count so a changed account re-derives. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <nettle/base64.h>
+#include <nettle/hmac.h>
+#include <nettle/pbkdf2.h>
+#include <nettle/sha1.h>
+
+#include "sbbench.h"
+
+#define SALT_MAX 96
+struct keys {
+    int iter;                      /* 0: empty slot */
+    char salt[SALT_MAX];           /* base64, as the server sent it */
+    uint8_t client[20], stored[20], server[20];
+};
+
+static struct keys *cache;
+static size_t ncache;
+static long derived;
+
+struct scram_st {
+    char bare[320];                /* client-first-message-bare */
+    char nonce[40];
+    char sig[64];                  /* expected server signature, base64 */
+};
+
+long sbb_scram_derived(void)
+{
+    return derived;
+}
+
+static struct keys *keys_slot(int user)
+{
+    if (user < 0)
+        return NULL;
+    if ((size_t)user >= ncache) {
+        size_t n = ncache ? ncache : 1024;
+        while (n <= (size_t)user)
+            n *= 2;
+        struct keys *k = realloc(cache, n * sizeof(*k));
+        if (!k)
+            return NULL;
+        memset(k + ncache, 0, (n - ncache) * sizeof(*k));
+        cache = k;
+        ncache = n;
+    }
+    return &cache[user];
+}
+
+static void b64enc(const uint8_t *in, size_t n, char *out)
+{
+    base64_encode_raw(out, n, in);
+    out[BASE64_ENCODE_RAW_LENGTH(n)] = 0;
+}
+
+static long b64dec(const char *in, size_t n, uint8_t *out, size_t cap)
+{
+    struct base64_decode_ctx ctx;
+    size_t ol = cap;
+    if (BASE64_DECODE_LENGTH(n) > cap)
+        return -1;
+    base64_decode_init(&ctx);
+    if (!base64_decode_update(&ctx, &ol, out, n, in) || !base64_decode_final(&ctx))
+        return -1;
+    return (long)ol;
+}
+
+static void hmac(const uint8_t *key, size_t kl, const void *msg, size_t ml, uint8_t *out)
+{
+    struct hmac_sha1_ctx h;
+    hmac_sha1_set_key(&h, kl, key);
+    hmac_sha1_update(&h, ml, msg);
+    hmac_sha1_digest(&h, SHA1_DIGEST_SIZE, out);
+}
+
+int sbb_scram_first(int user, const char *name, char **stp, char *out, size_t cap)
+{
+    struct scram_st *st = calloc(1, sizeof(*st));
+    uint8_t rnd[18];
+    if (!st || getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        free(st);
+        return -1;
+    }
+    b64enc(rnd, sizeof(rnd), st->nonce);
+    /* user names of the bench have no ',' or '=' to escape */
+    snprintf(st->bare, sizeof(st->bare), "n=%s,r=%s", name, st->nonce);
+    char gs2[400];
+    int n = snprintf(gs2, sizeof(gs2), "n,,%s", st->bare);
+    if ((size_t)BASE64_ENCODE_RAW_LENGTH(n) + 1 > cap) {
+        free(st);
+        return -1;
+    }
+    b64enc((const uint8_t *)gs2, (size_t)n, out);
+    free(*stp);
+    *stp = (char *)st;
+    return 0;
+}
+
+/* Parse "r=..,s=..,i=.." into its parts (pointers into sf, NUL-split). */
+static int server_first(char *sf, char **r, char **s, int *i)
+{
+    *r = *s = NULL;
+    *i = 0;
+    for (char *tok = strtok(sf, ","); tok; tok = strtok(NULL, ",")) {
+        if (tok[0] == 'r' && tok[1] == '=')
+            *r = tok + 2;
+        else if (tok[0] == 's' && tok[1] == '=')
+            *s = tok + 2;
+        else if (tok[0] == 'i' && tok[1] == '=')
+            *i = atoi(tok + 2);
+    }
+    return *r && *s && *i > 0 && strlen(*s) < SALT_MAX ? 0 : -1;
+}
+
+static int keys_get(int user, const char *password, const char *salt64, int iter, struct keys **out)
+{
+    struct keys *k = keys_slot(user);
+    if (!k)
+        return -1;
+    if (k->iter == iter && strcmp(k->salt, salt64) == 0) {
+        *out = k;
+        return 0;
+    }
+    uint8_t salt[SALT_MAX], salted[20];
+    long sl = b64dec(salt64, strlen(salt64), salt, sizeof(salt));
+    if (sl <= 0)
+        return -1;
+    pbkdf2_hmac_sha1(strlen(password), (const uint8_t *)password, (unsigned)iter,
+                     (size_t)sl, salt, sizeof(salted), salted);
+    derived++;
+    hmac(salted, 20, "Client Key", 10, k->client);
+    struct sha1_ctx sc;
+    sha1_init(&sc);
+    sha1_update(&sc, 20, k->client);
+    sha1_digest(&sc, 20, k->stored);
+    hmac(salted, 20, "Server Key", 10, k->server);
+    k->iter = iter;
+    snprintf(k->salt, sizeof(k->salt), "%s", salt64);
+    *out = k;
+    return 0;
+}
+
+int sbb_scram_final(int user, const char *password, char *stp, const char *b64, size_t len,
+                    char *out, size_t cap)
+{
+    struct scram_st *st = (struct scram_st *)stp;
+    uint8_t raw[512];
+    long rl = st ? b64dec(b64, len, raw, sizeof(raw) - 1) : -1;
+    if (rl <= 0)
+        return -1;
+    raw[rl] = 0;
+    char sf[512], *r, *s;
+    int iter;
+    memcpy(sf, raw, (size_t)rl + 1);
+    if (server_first(sf, &r, &s, &iter) < 0 || strncmp(r, st->nonce, strlen(st->nonce)) != 0)
+        return -1;
+    struct keys *k;
+    if (keys_get(user, password, s, iter, &k) < 0)
+        return -1;
+    char without[400], auth[1400];
+    snprintf(without, sizeof(without), "c=biws,r=%s", r);
+    int al = snprintf(auth, sizeof(auth), "%s,%s,%s", st->bare, (char *)raw, without);
+    if (al <= 0 || (size_t)al >= sizeof(auth))
+        return -1;
+    uint8_t sig[20], proof[20], ssig[20];
+    hmac(k->stored, 20, auth, (size_t)al, sig);
+    for (int i = 0; i < 20; i++)
+        proof[i] = k->client[i] ^ sig[i];
+    hmac(k->server, 20, auth, (size_t)al, ssig);
+    b64enc(ssig, 20, st->sig);
+    char p64[40], final[512];
+    b64enc(proof, 20, p64);
+    int fl = snprintf(final, sizeof(final), "%s,p=%s", without, p64);
+    if ((size_t)BASE64_ENCODE_RAW_LENGTH(fl) + 1 > cap)
+        return -1;
+    b64enc((const uint8_t *)final, (size_t)fl, out);
+    return 0;
+}
+
+int sbb_scram_verify(const char *stp, const char *b64, size_t len)
+{
+    const struct scram_st *st = (const struct scram_st *)stp;
+    uint8_t raw[256];
+    long rl = st ? b64dec(b64, len, raw, sizeof(raw) - 1) : -1;
+    if (rl < 3)
+        return -1;
+    raw[rl] = 0;
+    return raw[0] == 'v' && raw[1] == '=' && strcmp((char *)raw + 2, st->sig) == 0 ? 0 : -1;
+}
+
+/* ---- cache file: "user iter salt client stored server" (keys in hex) ---- */
+
+static void hex(const uint8_t *k, char *out)
+{
+    for (int i = 0; i < 20; i++)
+        sprintf(out + 2 * i, "%02x", k[i]);
+}
+
+static int unhex(const char *s, uint8_t *k)
+{
+    for (int i = 0; i < 20; i++) {
+        unsigned v;
+        if (sscanf(s + 2 * i, "%2x", &v) != 1)
+            return -1;
+        k[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+void sbb_scram_load(const char *path)
+{
+    FILE *f = path ? fopen(path, "r") : NULL;
+    if (!f)
+        return;
+    char line[512], salt[SALT_MAX], c[48], st[48], sv[48];
+    int user, iter;
+    while (fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "%d %d %95s %41s %41s %41s", &user, &iter, salt, c, st, sv) != 6)
+            continue;
+        struct keys *k = keys_slot(user);
+        if (!k || unhex(c, k->client) || unhex(st, k->stored) || unhex(sv, k->server)) {
+            if (k)
+                k->iter = 0;
+            continue;
+        }
+        k->iter = iter;
+        snprintf(k->salt, sizeof(k->salt), "%s", salt);
+    }
+    fclose(f);
+}
+
+void sbb_scram_save(const char *path)
+{
+    if (!path || !derived)
+        return;
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    char c[41], st[41], sv[41];
+    for (size_t u = 0; u < ncache; u++) {
+        const struct keys *k = &cache[u];
+        if (!k->iter)
+            continue;
+        hex(k->client, c);
+        hex(k->stored, st);
+        hex(k->server, sv);
+        fprintf(f, "%zu %d %s %s %s %s\n", u, k->iter, k->salt, c, st, sv);
+    }
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
