@@ -221,7 +221,10 @@ void sbb_conn_free(struct sbb_conn *c)
     if (!c)
         return;
     conn_shut(c);
-    free(c);
+    if (c->in_io)
+        c->zombie = 1;
+    else
+        free(c);
 }
 
 /* A failure (or the end of a stream we did not close): the connection is
@@ -576,9 +579,20 @@ static void conn_read(struct sbb_conn *c)
     }
 }
 
+static void conn_io_run(struct sbb_conn *c, int revents);
+
 static void conn_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct sbb_conn *c = w->data;
+    c->in_io = 1;
+    conn_io_run(c, revents);
+    c->in_io = 0;
+    if (c->zombie)
+        free(c);
+}
+
+static void conn_io_run(struct sbb_conn *c, int revents)
+{
     if (c->state == SBB_CONNECTING) {
         int err = 0;
         socklen_t l = sizeof(err);

@@ -45,6 +45,7 @@ struct sbb_conn {
     int fd;
     int user;                /* user number (prefixN) */
     uint8_t state, tls_on, want_session, closed_ok;
+    uint8_t in_io, zombie;   /* freed inside its own callback: free on return */
     ev_io io;
     gnutls_session_t tls;
     size_t tls_pending;      /* bytes handed to a gnutls send that said AGAIN */

@@ -7,7 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <nettle/base64.h>
 #include <nettle/hmac.h>
@@ -227,6 +230,8 @@ void sbb_scram_load(const char *path)
         if (sscanf(line, "%d %d %95s %41s %41s %41s", &user, &iter, salt, c, st, sv) != 6)
             continue;
         struct keys *k = keys_slot(user);
+        if (k && k->iter)
+            continue;               /* ours is newer (or the same) */
         if (!k || unhex(c, k->client) || unhex(st, k->stored) || unhex(sv, k->server)) {
             if (k)
                 k->iter = 0;
@@ -242,11 +247,20 @@ void sbb_scram_save(const char *path)
 {
     if (!path || !derived)
         return;
+    /* several workers may save at once: merge under a lock */
     char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    snprintf(tmp, sizeof(tmp), "%s.lock", path);
+    int lock = open(tmp, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+    if (lock >= 0)
+        flock(lock, LOCK_EX);
+    sbb_scram_load(path);
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
     FILE *f = fopen(tmp, "w");
-    if (!f)
+    if (!f) {
+        if (lock >= 0)
+            close(lock);
         return;
+    }
     char c[41], st[41], sv[41];
     for (size_t u = 0; u < ncache; u++) {
         const struct keys *k = &cache[u];
@@ -259,4 +273,8 @@ void sbb_scram_save(const char *path)
     }
     if (fclose(f) == 0)
         rename(tmp, path);
+    else
+        unlink(tmp);
+    if (lock >= 0)
+        close(lock);
 }
