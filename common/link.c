@@ -3,8 +3,12 @@
  * ZMQ_FD only signals edges, so three watchers cooperate: the ev_io wakes
  * us when the fd becomes readable, the ev_prepare asks ZMQ_EVENTS before
  * the loop blocks and, if messages wait, starts an idle watcher so the loop
- * does not block, and the ev_check drains. Sends also read ZMQ_EVENTS,
- * because a send can consume the edge that announced incoming messages. */
+ * does not block, and the ev_check drains. Every ZMQ_EVENTS query and every
+ * empty receive costs two system calls inside libzmq (getpid, poll), so they
+ * are only made when something may have consumed the edge: the drain runs
+ * when the fd fired or messages were known to wait, and the prepare asks
+ * only when a send (or a partial drain) happened since the socket was last
+ * seen empty. */
 #include "link.h"
 #include "log.h"
 
@@ -34,6 +38,8 @@ struct link {
     ev_check check;
     ev_idle idle;
     ev_timer hello;
+    int fired;                  /* the fd fired: drain at the next check */
+    int dirty;                  /* zmq calls since the socket was seen empty */
 };
 
 static int link_readable(struct link *l)
@@ -48,8 +54,12 @@ static int link_readable(struct link *l)
 /* Keep the loop from blocking while the socket still holds messages. */
 static void link_rearm(struct link *l)
 {
+    if (!l->dirty)
+        return;                 /* seen empty, nothing since: the fd is armed */
     if (link_readable(l))
         ev_idle_start(l->loop, &l->idle);
+    else
+        l->dirty = 0;
 }
 
 static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body)
@@ -105,14 +115,19 @@ static int link_recv_one(struct link *l)
 
 static void link_drain(struct link *l)
 {
+    l->fired = 0;
+    l->dirty = 1;               /* a full batch leaves messages behind */
     for (int i = 0; i < LINK_BATCH && l->sock; i++)
-        if (!link_recv_one(l))
+        if (!link_recv_one(l)) {
+            l->dirty = 0;       /* empty, and the receive re-armed the fd */
             break;
+        }
 }
 
 static void link_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
-    link_drain(w->data);
+    struct link *l = w->data;
+    l->fired = 1;               /* drained in the check, once per iteration */
 }
 
 static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -123,8 +138,9 @@ static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 static void link_on_check(struct ev_loop *loop, ev_check *w, int revents)
 {
     struct link *l = w->data;
+    int waiting = ev_is_active(&l->idle);
     ev_idle_stop(loop, &l->idle);
-    if (link_readable(l))
+    if (l->fired || waiting)
         link_drain(l);
 }
 
@@ -254,7 +270,7 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
                  sb_log_q(h->key), sb_log_q(zmq_strerror(errno)));
         rc = SB_ERROR;
     }
-    link_rearm(l);
+    l->dirty = 1;               /* the prepare asks ZMQ_EVENTS before blocking */
     return rc;
 }
 

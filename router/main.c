@@ -41,6 +41,8 @@ struct rt_server {
     struct rt_dead pending[RT_PENDING_MAX];
     size_t npending;
     unsigned long dropped_full;     /* sends refused by a full peer queue */
+    int fired;                      /* the fd fired: drain in the check */
+    int dirty;                      /* zmq calls since the socket was seen empty */
 };
 
 /* ---- sending ----------------------------------------------------------- */
@@ -355,13 +357,21 @@ static int rt_recv(struct rt_server *s, zmq_msg_t *f)
     }
 }
 
+/* Each ZMQ_EVENTS query and each empty receive costs libzmq two system
+ * calls (getpid, poll): the drain runs only when the fd fired or messages
+ * were known to wait, and ends with the socket seen empty (which re-arms
+ * the fd) unless a full batch stopped it. */
 static void rt_drain(struct rt_server *s)
 {
+    s->fired = 0;
+    s->dirty = 1;
     for (int i = 0; i < RT_BATCH; i++) {
         zmq_msg_t f[4];
         int n = rt_recv(s, f);
-        if (n == 0)
+        if (n == 0) {
+            s->dirty = 0;
             return;
+        }
         if (n == 3) {
             rt_handle(s, f);
         } else {
@@ -383,7 +393,8 @@ static int rt_readable(struct rt_server *s)
 
 static void rt_on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
-    rt_drain(w->data);
+    struct rt_server *s = w->data;
+    s->fired = 1;
 }
 
 /* ZMQ_FD is edge-triggered: before blocking, ask ZMQ_EVENTS and keep the
@@ -391,15 +402,20 @@ static void rt_on_io(struct ev_loop *loop, ev_io *w, int revents)
 static void rt_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct rt_server *s = w->data;
+    if (!s->dirty)
+        return;                     /* seen empty, nothing since: the fd is armed */
     if (rt_readable(s))
         ev_idle_start(loop, &s->idle);
+    else
+        s->dirty = 0;
 }
 
 static void rt_on_check(struct ev_loop *loop, ev_check *w, int revents)
 {
     struct rt_server *s = w->data;
+    int waiting = ev_is_active(&s->idle);
     ev_idle_stop(loop, &s->idle);
-    if (rt_readable(s))
+    if (s->fired || waiting)
         rt_drain(s);
 }
 
@@ -412,6 +428,7 @@ static void rt_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rt_server *s = w->data;
+    s->dirty = 1;                   /* may send: ask ZMQ_EVENTS before blocking */
     double now = sb_now();
     int changed = 0;
     long i;
