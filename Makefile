@@ -91,6 +91,7 @@ status:
 # against a private stack on its own ports (so it can run beside `make run`).
 test:
 	@deploy/dev/stack.sh deps
+	@tests/browser/setup.sh
 	@$(MAKE) --no-print-directory all unit unit-san $(BUILD)/bench/sbbench
 	@deploy/dev/stack.sh test
 

@@ -8,6 +8,7 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
     sm_mod_disco, sm_mod_ping, sm_mod_offline, sm_mod_deliver, sm_mod_fallback;
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
+extern const struct sm_module sm_mod_contacts;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_last,           /* observes end + own unavailable presence (declines
@@ -16,6 +17,9 @@ const struct sm_module *const sm_modules[] = {
                                (before anything delivers or stores); the iq */
     &sm_mod_presence,       /* all presence (RFC 6121 §3-4); unavailable on
                                end/session-gone, then passes them on */
+    &sm_mod_contacts,       /* contacts in place on a new account's bind;
+                               contact-add/-del; an anonymous account's data
+                               wiped at its last end (after the unavailable) */
     &sm_mod_session,        /* controls: bind, end, session-gone, instance-down */
     &sm_mod_roster,         /* jabber:iq:roster on the own account */
     &sm_mod_disco,          /* disco#info/#items on a server domain */

@@ -3,7 +3,9 @@ the wire, SASL ANONYMOUS and the anonymous domain's policy, pre-bind, and
 web users exchanging messages with TCP users."""
 
 import asyncio
+import os
 import secrets
+import subprocess
 import time
 
 import pytest
@@ -393,3 +395,77 @@ def test_prebind_for_a_named_user(stack, new_user):
     assert js["jid"].startswith(jid + "/")
     st, js = prebind(stack, "nosuchuser@" + stack.domain)
     assert st == 404
+
+
+# ------------------------------------------------------------------ contacts in place
+NS_ROSTER = "jabber:iq:roster"
+
+
+def _support_password(stack):
+    with open(os.path.join(stack.env["SB_VAR"], "demo-passwords")) as f:
+        for line in f:
+            jid, _, pw = line.strip().partition(" ")
+            if jid == "support@" + stack.domain:
+                return jid, pw
+    pytest.skip("no support account in this stack")
+
+
+def _psql(stack, sql):
+    return subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", stack.env["SB_PG_PORT"],
+                           "-U", "switchboard", "-d", "switchboard", "-tAc", sql],
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def test_visitor_has_support_in_roster_and_support_sees_visitor_come_and_go(stack):
+    sjid, spw = _support_password(stack)
+
+    async def go():
+        support = await login(stack, sjid, spw)
+        pushes, presences = asyncio.Queue(), asyncio.Queue()
+        support.add_event_handler("roster_update", lambda iq: pushes.put_nowait(iq))
+        support.add_event_handler("presence_available", lambda p: presences.put_nowait(p))
+        support.add_event_handler("presence_unavailable", lambda p: presences.put_nowait(p))
+        await support.get_roster()
+        ws = WebSocket(stack)
+        await ws.connect()
+        visitor = await ws.login_anonymous(anon_domain(stack))
+        vbare = visitor.split("/")[0]
+        try:
+            ws.send("<iq xmlns='jabber:client' type='get' id='r1'><query xmlns='%s'/></iq>"
+                    % NS_ROSTER)
+            ws.send("<presence xmlns='jabber:client'/>")
+            items = {}
+            end = time.monotonic() + 10
+            while "r1" not in items:
+                el = await ws.element(timeout=max(0.1, end - time.monotonic()))
+                if el.tag == "{%s}iq" % NS_CLIENT and el.get("id") == "r1":
+                    for it in el.iter("{%s}item" % NS_ROSTER):
+                        items[it.get("jid")] = it.get("subscription")
+                    items["r1"] = True
+            assert items.get(sjid) == "both", items
+            # the desk: a roster push with the visitor (both), then its presence
+            async def seen(q, pred, what):
+                end = time.monotonic() + 10
+                while time.monotonic() < end:
+                    x = await asyncio.wait_for(q.get(), max(0.1, end - time.monotonic()))
+                    if pred(x):
+                        return x
+                raise AssertionError(what)
+            await seen(pushes, lambda iq: any(str(i["jid"]) == vbare and i["subscription"] == "both"
+                                               for i in iq["roster"]), "roster push for visitor")
+            await seen(presences, lambda p: str(p["from"]) == visitor and p["type"] == "available",
+                       "visitor available at the desk")
+            assert _psql(stack, "SELECT count(*) FROM roster WHERE domain='%s' AND username='%s'"
+                         % (anon_domain(stack), vbare.split("@")[0])) == "1"
+            ws.send("<close xmlns='%s'/>" % NS_FRAMING)
+            await seen(presences, lambda p: str(p["from"]) == visitor and p["type"] == "unavailable",
+                       "visitor unavailable at the desk")
+            await seen(pushes, lambda iq: any(str(i["jid"]) == vbare and i["subscription"] == "remove"
+                                               for i in iq["roster"]), "roster removal at the desk")
+            wait_until(lambda: _psql(stack, "SELECT count(*) FROM roster WHERE domain='%s' AND "
+                                     "username='%s'" % (anon_domain(stack), vbare.split("@")[0]))
+                       == "0", 5, "the visitor's roster rows are gone")
+        finally:
+            await ws.close()
+            await close(support)
+    run(go())
