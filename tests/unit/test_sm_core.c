@@ -34,6 +34,7 @@
 #include "../../sm/mod_private.c"
 #include "../../sm/mod_vcard.c"
 #include "../../sm/mod_version.c"
+#include "../../sm/mod_contacts.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
