@@ -14,6 +14,7 @@
  *   login.c   SASL exchange and resource binding
  *   route.c   stanzas to and from the router, bounces, session end
  *   keepalive.c  server pings and idle limits for bound sessions
+ *   rate.c    inbound byte shaper and stanza rate per session
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    tiny parsers that need no XML tree (unit-tested)
  * See c2s/README.md for the connection lifecycle. */
@@ -58,6 +59,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
 #define C2S_F_PING_OUT    0x4000  /* keepalive ping sent, no byte from the client since */
+#define C2S_F_THROTTLED   0x8000  /* over max_rate: not reading until the bucket refills */
 
 struct c2s_conn;
 
@@ -79,6 +81,9 @@ struct c2s_transport {
     void (*close)(struct c2s_conn *c, enum c2s_state was);
     /* c is being freed: drop every pointer to it (may be NULL). */
     void (*release)(struct c2s_conn *c);
+    /* The byte shaper (rate.c) lets a throttled session read again (may be
+     * NULL: the transport never throttles). Not used for TCP (conn.c). */
+    void (*resume)(struct c2s_conn *c);
 };
 extern const struct c2s_transport c2s_tcp_transport;
 
@@ -96,6 +101,8 @@ struct c2s_conn {
     ev_timer timer;                /* login / bind deadlines, close linger */
     double login_deadline, bind_deadline, close_deadline;
     double last_rx;                /* last byte from the client (keepalive.c) */
+    float rx_tokens, st_tokens;    /* byte and stanza buckets (rate.c) */
+    double rate_at;                /* when they were last refilled */
     gnutls_session_t tls;
     struct xml_stream *xs;
     struct sasl_sess *sasl;
@@ -123,6 +130,8 @@ struct c2s_cfg {
     double ping_interval, ping_timeout, idle_timeout;   /* keepalive.c; 0 = off */
     int max_auth_failures;
     int allow_plain;               /* allow_plain_without_tls */
+    double max_rate, rate_burst;   /* inbound bytes/s and bucket size; 0 = off */
+    double max_stanzas, stanza_burst;   /* top-level elements/s and bucket; 0 = off */
 };
 
 /* Listener kinds (c2s_listen_open). */
@@ -191,6 +200,9 @@ void c2s_trim_soon(void);
 
 /* ---- tls.c ------------------------------------------------------------ */
 sb_rc c2s_tls_init(const struct c2s_cfg *cfg);   /* load cert/key, priorities */
+/* SIGHUP: load cert/key/priority again; new sessions use them, running
+ * ones keep theirs. SB_ERROR (logged): the old ones stay in force. */
+sb_rc c2s_tls_reload(const struct c2s_cfg *cfg);
 int c2s_tls_available(void);
 void c2s_tls_deinit(void);
 /* A non-blocking server session on fd with our credentials (HTTPS too). */
@@ -241,6 +253,16 @@ void c2s_keepalive_seen(struct c2s_conn *c);      /* a byte arrived */
 double c2s_keepalive_next(const struct c2s_conn *c);   /* deadline of a bound conn, 0 none */
 int c2s_keepalive_check(struct c2s_conn *c, double now);   /* 1: closed */
 int c2s_keepalive_answer(struct c2s_conn *c, const struct xml_node *n);   /* 1: consumed */
+
+/* ---- rate.c ----------------------------------------------------------- */
+void c2s_rate_init(struct c2s_conn *c);           /* full buckets (new session) */
+/* n bytes were read: 0 to go on reading, else seconds until the session
+ * may read again (the transport stops reading meanwhile). */
+double c2s_rate_bytes(struct c2s_conn *c, size_t n);
+double c2s_rate_resume_at(const struct c2s_conn *c);   /* when a throttled reader resumes */
+/* One top-level element arrived: 1 when over the stanza rate (a
+ * policy-violation stream error was sent and c is closing). */
+int c2s_rate_stanza(struct c2s_conn *c);
 
 /* ---- domains.c -------------------------------------------------------- */
 void c2s_domains_start(void);                     /* load now and every 30 s */

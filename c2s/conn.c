@@ -289,6 +289,7 @@ static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
     c->timer.data = c;
     c->login_deadline = ev_now(c2s.loop) + c2s.cfg.login_timeout;
     c->last_rx = ev_now(c2s.loop);
+    c2s_rate_init(c);
     c->next = c2s.conns;
     if (c2s.conns)
         c2s.conns->prev = c;
@@ -573,7 +574,7 @@ void c2s_conn_want(struct c2s_conn *c)
     if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
         ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
     } else {
-        if (!(c->flags & (C2S_F_TLS_START | C2S_F_EOF)))
+        if (!(c->flags & (C2S_F_TLS_START | C2S_F_EOF | C2S_F_THROTTLED)))
             ev |= EV_READ;
         if (conn_pending(c))
             ev |= EV_WRITE;
@@ -592,7 +593,7 @@ static void conn_read(struct c2s_conn *c)
 {
     for (int i = 0;; i++) {
         if (c->state == C2S_S_CLOSING || c->state == C2S_S_TLS_HANDSHAKE ||
-            (c->flags & C2S_F_TLS_START))
+            (c->flags & (C2S_F_TLS_START | C2S_F_THROTTLED)))
             return;
         int more_tls = c->tls && gnutls_record_check_pending(c->tls) > 0;
         if (i >= CONN_READS_TURN && !more_tls)
@@ -636,6 +637,12 @@ static void conn_read(struct c2s_conn *c)
         }
         c2s_keepalive_seen(c);
         c2s_stream_input(c, conn_rbuf, (size_t)n);
+        if (c->state != C2S_S_CLOSING && c2s_rate_bytes(c, (size_t)n) > 0) {
+            /* Over max_rate: leave the rest in the kernel (back-pressure). */
+            c->flags |= C2S_F_THROTTLED;
+            c2s_conn_arm_timer(c);
+            return;
+        }
     }
 }
 
@@ -857,6 +864,12 @@ void c2s_conn_arm_timer(struct c2s_conn *c)
             any = 1;
         }
     }
+    if ((c->flags & C2S_F_THROTTLED) && c->state != C2S_S_CLOSING) {
+        double at = c2s_rate_resume_at(c);
+        if (!any || at < next)
+            next = at;
+        any = 1;
+    }
     ev_timer_stop(c2s.loop, &c->timer);
     if (!any)
         return;
@@ -875,6 +888,16 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
         else
             c2s_conn_arm_timer(c);
         return;
+    }
+    if ((c->flags & C2S_F_THROTTLED) && now + 1e-3 >= c2s_rate_resume_at(c)) {
+        c->flags &= ~C2S_F_THROTTLED;
+        if (c->fd < 0 && c->tp->resume)
+            c->tp->resume(c);
+        else if (c->fd >= 0)
+            conn_read(c);            /* TLS may hold decrypted records: no fd event for those */
+        if (c->state == C2S_S_CLOSING)
+            return;
+        c2s_conn_want(c);
     }
     if (c->state == C2S_S_BOUND) {
         if (c2s_keepalive_check(c, now))

@@ -13,6 +13,7 @@
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #define C2S_SHUTDOWN_GRACE 2.0
@@ -73,7 +74,8 @@ static void main_on_stop(struct sb_proc *p, void *ud)
     ev_timer_start(p->loop, &main_grace);
 }
 
-static sb_rc main_config(struct c2s_cfg *cfg)
+/* Read the front-end's section into cfg (no side effects). */
+static void main_read_cfg(struct c2s_cfg *cfg)
 {
     cfg->listen = sb_config_str("listen", "127.0.0.1");
     cfg->port = (int)sb_config_int("port", c2s.fe->port);
@@ -93,25 +95,115 @@ static sb_rc main_config(struct c2s_cfg *cfg)
     cfg->idle_timeout = atof(sb_config_str("idle_timeout", "0"));
     cfg->max_auth_failures = (int)sb_config_int("sasl_retries", 3);
     cfg->allow_plain = sb_config_bool("allow_plain_without_tls", 0);
+    /* Inbound limits per session (rate.c); 0 turns one off. */
+    cfg->max_rate = atof(sb_config_str("max_rate", "102400"));
+    cfg->rate_burst = atof(sb_config_str("rate_burst", "262144"));
+    cfg->max_stanzas = atof(sb_config_str("max_stanzas_per_sec", "100"));
+    cfg->stanza_burst = atof(sb_config_str("stanza_burst", "500"));
+    if (cfg->ping_interval > 0 && cfg->ping_timeout <= 0)
+        cfg->ping_timeout = 30;
+    if (cfg->max_rate > 0 && cfg->rate_burst < 4096)
+        cfg->rate_burst = 4096;       /* room for one read of a normal stanza */
+    if (cfg->max_stanzas > 0 && cfg->stanza_burst < 1)
+        cfg->stanza_burst = 1;
+}
+
+static sb_rc main_check_cfg(const struct c2s_cfg *cfg)
+{
     if (cfg->allow_plain && !c2s_is_loopback(cfg->listen)) {
         log_error("config_refused", "key=allow_plain_without_tls listen=%s "
                   "reason=\"plaintext logins are only allowed on a loopback listen address\"",
                   cfg->listen);
-        fprintf(stderr, "sb-%s: allow_plain_without_tls=1 requires a loopback listen "
-                        "address (listen=%s)\n", c2s.fe->kind, cfg->listen);
+        return SB_ERROR;
+    }
+    if (cfg->login_timeout <= 0 || cfg->max_pending < 4096 || cfg->limits.max_stanza < 1024 ||
+        cfg->limits.max_depth < 2 || cfg->max_rate < 0 || cfg->max_stanzas < 0) {
+        log_error("config_invalid", "login_timeout=%g max_pending=%zu max_stanza=%zu "
+                  "max_depth=%d max_rate=%g max_stanzas_per_sec=%g", cfg->login_timeout,
+                  cfg->max_pending, cfg->limits.max_stanza, cfg->limits.max_depth,
+                  cfg->max_rate, cfg->max_stanzas);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+static sb_rc main_config(struct c2s_cfg *cfg)
+{
+    main_read_cfg(cfg);
+    if (main_check_cfg(cfg) != SB_OK) {
+        fprintf(stderr, "sb-%s: invalid configuration (see the log line above)\n",
+                c2s.fe->kind);
         return SB_ERROR;
     }
     if (cfg->allow_plain)
         log_warn("plaintext_allowed", "listen=%s note=\"SASL PLAIN offered without TLS; "
                  "load generators only\"", cfg->listen);
-    if (cfg->ping_interval > 0 && cfg->ping_timeout <= 0)
-        cfg->ping_timeout = 30;
-    if (cfg->login_timeout <= 0 || cfg->max_pending < 4096 || cfg->limits.max_stanza < 1024) {
-        log_error("config_invalid", "login_timeout=%g max_pending=%zu max_stanza=%zu",
-                  cfg->login_timeout, cfg->max_pending, cfg->limits.max_stanza);
-        return SB_ERROR;
-    }
     return SB_OK;
+}
+
+/* ---- SIGHUP ---------------------------------------------------------------- */
+
+static int main_str_changed(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+/* Append "key" to the changed list when a numeric setting moved. */
+#define MAIN_DIFF(field, name) \
+    do { if (o->field != n->field) sb_buf_printf(b, "%s%s", b->len ? "," : "", name); } while (0)
+
+static void main_cfg_diff(const struct c2s_cfg *o, const struct c2s_cfg *n, struct sb_buf *b)
+{
+    MAIN_DIFF(limits.max_stanza, "max_stanza");
+    MAIN_DIFF(limits.max_depth, "max_depth");
+    MAIN_DIFF(login_timeout, "login_timeout");
+    MAIN_DIFF(bind_timeout, "bind_timeout");
+    MAIN_DIFF(max_pending, "max_pending");
+    MAIN_DIFF(parser_idle, "parser_idle");
+    MAIN_DIFF(ping_interval, "ping_interval");
+    MAIN_DIFF(ping_timeout, "ping_timeout");
+    MAIN_DIFF(idle_timeout, "idle_timeout");
+    MAIN_DIFF(max_auth_failures, "sasl_retries");
+    MAIN_DIFF(max_rate, "max_rate");
+    MAIN_DIFF(rate_burst, "rate_burst");
+    MAIN_DIFF(max_stanzas, "max_stanzas_per_sec");
+    MAIN_DIFF(stanza_burst, "stanza_burst");
+}
+
+/* Reload what can change without dropping anyone: limits and timeouts
+ * (parsers and deadlines created from now on; rates at once), the TLS
+ * certificate, key and priority (new handshakes). Listen addresses, ports
+ * and allow_plain_without_tls need a restart. */
+static void main_on_reload(struct sb_proc *p, void *ud)
+{
+    struct c2s_cfg n;
+    main_read_cfg(&n);
+    if (main_check_cfg(&n) != SB_OK) {
+        log_error("reload_failed", "what=c2s note=\"kept the settings in force\"");
+        return;
+    }
+    struct c2s_cfg *o = &c2s.cfg;
+    struct sb_buf changed = SB_BUF_INIT;
+    main_cfg_diff(o, &n, &changed);
+    if (main_str_changed(o->listen, n.listen) || o->port != n.port ||
+        o->tls_port != n.tls_port || o->allow_plain != n.allow_plain)
+        log_warn("reload_needs_restart", "keys=listen,port,tls_port,allow_plain_without_tls");
+    int tls_new = 0;
+    if (c2s_tls_available() || !o->allow_plain) {
+        /* Read the files every time: a renewed certificate keeps its path. */
+        if (c2s_tls_reload(&n) == SB_OK)
+            tls_new = 1;
+        else
+            n.cert = o->cert, n.key = o->key, n.tls_priority = o->tls_priority;
+    }
+    n.listen = o->listen;
+    n.port = o->port;
+    n.tls_port = o->tls_port;
+    n.allow_plain = o->allow_plain;
+    *o = n;
+    log_info("reload", "what=%s changed=%s tls=%s", c2s.fe->kind,
+             changed.len ? changed.data : "-", tls_new ? "reloaded" : "kept");
+    sb_buf_free(&changed);
 }
 
 /* Many clients, one descriptor each: use the hard limit. */
@@ -198,6 +290,7 @@ int c2s_srv_main(int argc, char **argv, const struct c2s_frontend *fe)
     if (main_open() == SB_OK) {
         c2s_domains_start();
         p.on_stop = main_on_stop;
+        p.on_reload = main_on_reload;
         sb_proc_signals(&p);
         log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
                  c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);

@@ -281,6 +281,14 @@ static int stream_is_stanza(const char *name)
            strcmp(name, "iq") == 0;
 }
 
+/* A stanza inherits jabber:client (TCP stream, BOSH/WS framing); one that
+ * declares another default namespace is something else. */
+static int stream_client_ns(const struct xml_node *n)
+{
+    const char *ns = xml_attr(n, "xmlns");
+    return !ns || strcmp(ns, NS_CLIENT) == 0;
+}
+
 static void stream_starttls(struct c2s_conn *c, struct xml_node *n)
 {
     const char *ns = xml_attr(n, "xmlns");
@@ -357,13 +365,16 @@ static void stream_on_stanza(void *ud, struct xml_node *n)
 
 void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
 {
+    if (c->state != C2S_S_CLOSING && c2s_rate_stanza(c))
+        return;                                       /* policy-violation sent */
     switch (c->state) {
     case C2S_S_STREAM_OPEN:
         stream_preauth(c, n);
         return;
     case C2S_S_AUTHENTICATED:
     case C2S_S_BOUND:
-        if (!stream_is_stanza(n->name)) {
+        if (!stream_is_stanza(n->name) || !stream_client_ns(n)) {
+            /* RFC 6120 §4.9.3.22: {urn:x}message is not a stanza either. */
             c2s_stream_error(c, "unsupported-stanza-type", n->name);
             return;
         }

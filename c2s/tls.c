@@ -6,38 +6,82 @@
 #include "c2s.h"
 #include "log.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static gnutls_certificate_credentials_t tls_cred;
 static gnutls_priority_t tls_prio;
 
-sb_rc c2s_tls_init(const struct c2s_cfg *cfg)
+/* Credentials replaced by a reload: sessions that started with them keep
+ * pointers into them (gnutls does not count references), so they are freed
+ * only at exit. One pair per SIGHUP. */
+struct tls_old {
+    struct tls_old *next;
+    gnutls_certificate_credentials_t cred;
+    gnutls_priority_t prio;
+};
+static struct tls_old *tls_retired;
+
+/* Load cert/key and the priority string into fresh objects. */
+static sb_rc tls_load(const struct c2s_cfg *cfg, gnutls_certificate_credentials_t *cred,
+                      gnutls_priority_t *prio)
 {
-    int r = gnutls_certificate_allocate_credentials(&tls_cred);
-    if (r < 0)
-        goto fail;
-    r = gnutls_certificate_set_x509_key_file(tls_cred, cfg->cert, cfg->key,
-                                             GNUTLS_X509_FMT_PEM);
+    *cred = NULL;
+    *prio = NULL;
+    int r = gnutls_certificate_allocate_credentials(cred);
+    if (r < 0) {
+        log_error("tls_init_failed", "error=%s", sb_log_q(gnutls_strerror(r)));
+        return SB_ERROR;
+    }
+    r = gnutls_certificate_set_x509_key_file(*cred, cfg->cert, cfg->key, GNUTLS_X509_FMT_PEM);
     if (r < 0) {
         log_error("tls_cert_failed", "cert=%s key=%s error=%s", cfg->cert, cfg->key,
                   sb_log_q(gnutls_strerror(r)));
-        gnutls_certificate_free_credentials(tls_cred);
-        tls_cred = NULL;
+        gnutls_certificate_free_credentials(*cred);
+        *cred = NULL;
         return SB_ERROR;
     }
     const char *errpos = NULL;
-    r = gnutls_priority_init(&tls_prio, cfg->tls_priority, &errpos);
+    r = gnutls_priority_init(prio, cfg->tls_priority, &errpos);
     if (r < 0) {
         log_error("tls_priority_failed", "priority=%s at=%s", sb_log_q(cfg->tls_priority),
                   sb_log_q(errpos ? errpos : "-"));
-        c2s_tls_deinit();
+        gnutls_certificate_free_credentials(*cred);
+        *cred = NULL;
+        *prio = NULL;
         return SB_ERROR;
     }
+    return SB_OK;
+}
+
+sb_rc c2s_tls_reload(const struct c2s_cfg *cfg)
+{
+    gnutls_certificate_credentials_t cred;
+    gnutls_priority_t prio;
+    if (tls_load(cfg, &cred, &prio) != SB_OK)
+        return SB_ERROR;               /* logged; the old credentials stay */
+    struct tls_old *old = malloc(sizeof *old);
+    if (!old) {
+        gnutls_priority_deinit(prio);
+        gnutls_certificate_free_credentials(cred);
+        return SB_ERROR;
+    }
+    old->cred = tls_cred;
+    old->prio = tls_prio;
+    old->next = tls_retired;
+    tls_retired = old;
+    tls_cred = cred;
+    tls_prio = prio;
+    log_info("tls_reloaded", "cert=%s priority=%s", cfg->cert, sb_log_q(cfg->tls_priority));
+    return SB_OK;
+}
+
+sb_rc c2s_tls_init(const struct c2s_cfg *cfg)
+{
+    if (tls_load(cfg, &tls_cred, &tls_prio) != SB_OK)
+        return SB_ERROR;
     log_info("tls_ready", "cert=%s priority=%s", cfg->cert, sb_log_q(cfg->tls_priority));
     return SB_OK;
-fail:
-    log_error("tls_init_failed", "error=%s", sb_log_q(gnutls_strerror(r)));
-    return SB_ERROR;
 }
 
 int c2s_tls_available(void)
@@ -53,6 +97,15 @@ void c2s_tls_deinit(void)
         gnutls_certificate_free_credentials(tls_cred);
     tls_prio = NULL;
     tls_cred = NULL;
+    while (tls_retired) {
+        struct tls_old *o = tls_retired;
+        tls_retired = o->next;
+        if (o->prio)
+            gnutls_priority_deinit(o->prio);
+        if (o->cred)
+            gnutls_certificate_free_credentials(o->cred);
+        free(o);
+    }
 }
 
 sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out)

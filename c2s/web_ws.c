@@ -45,6 +45,7 @@ static void ws_tp_write(struct c2s_conn *c, const char *data, size_t len);
 static void ws_tp_end(struct c2s_conn *c);
 static void ws_tp_close(struct c2s_conn *c, enum c2s_state was);
 static void ws_tp_release(struct c2s_conn *c);
+static void ws_tp_resume(struct c2s_conn *c);
 
 static const struct c2s_transport ws_transport = {
     .name = "ws",
@@ -55,6 +56,7 @@ static const struct c2s_transport ws_transport = {
     .end = ws_tp_end,
     .close = ws_tp_close,
     .release = ws_tp_release,
+    .resume = ws_tp_resume,
 };
 
 /* ---- wslay plumbing ------------------------------------------------------------ */
@@ -67,6 +69,10 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
+    if (ws->c && (ws->c->flags & C2S_F_THROTTLED)) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);   /* over max_rate (rate.c) */
+        return -1;
+    }
     ssize_t n = web_http_raw_read(ws->h, buf, len);
     if (n == -1) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -77,6 +83,10 @@ static ssize_t ws_recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
         return -1;
     }
     ws->ping_out = 0;
+    if (ws->c && c2s_rate_bytes(ws->c, (size_t)n) > 0) {
+        ws->c->flags |= C2S_F_THROTTLED;     /* stop reading; the conn timer resumes */
+        c2s_conn_arm_timer(ws->c);
+    }
     return n;
 }
 
@@ -151,7 +161,17 @@ static void ws_pump(struct web_ws *ws)
             web_http_close(ws->h, "ws-done");
         return;
     }
+    if (ws->c && (ws->c->flags & C2S_F_THROTTLED))
+        rd = 0;
     web_http_want(ws->h, rd, wr || web_http_pending(ws->h));
+}
+
+/* The byte shaper let the session read again. */
+static void ws_tp_resume(struct c2s_conn *c)
+{
+    struct web_ws *ws = c->tctx;
+    if (ws && ws->h && !ws->in_io)
+        web_ws_io(ws, EV_READ);
 }
 
 void web_ws_io(void *obj, int revents)

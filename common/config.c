@@ -18,6 +18,27 @@ struct cfg_entry {
 static struct cfg_entry *cfg_tab;
 static size_t cfg_n, cfg_cap;
 static char cfg_kind[64], cfg_inst[64];
+static char *cfg_path;
+
+/* Tables replaced by sb_config_reload: callers may still hold strings from
+ * them (a process keeps what it read at start), so they live until
+ * sb_config_free. Reloads are rare; this is a few KiB each. */
+struct cfg_old {
+    struct cfg_old *next;
+    struct cfg_entry *tab;
+    size_t n;
+};
+static struct cfg_old *cfg_retired;
+
+static void cfg_tab_free(struct cfg_entry *tab, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(tab[i].section);
+        free(tab[i].key);
+        free(tab[i].value);
+    }
+    free(tab);
+}
 
 static char *cfg_trim(char *s)
 {
@@ -96,13 +117,9 @@ static sb_rc cfg_parse_line(char *line, char *section, size_t seccap,
     return cfg_add(section, key, val);
 }
 
-sb_rc sb_config_load(const char *path, const char *kind, const char *instance)
+/* Read path into the (empty) current table. */
+static sb_rc cfg_read(const char *path)
 {
-    sb_config_free();
-    snprintf(cfg_kind, sizeof cfg_kind, "%s", kind ? kind : "");
-    snprintf(cfg_inst, sizeof cfg_inst, "%s", instance && *instance ? instance : cfg_kind);
-    if (!path || !*path)
-        return SB_OK;
     FILE *f = fopen(path, "r");
     if (!f) {
         log_error("config_open_failed", "file=%s err=%s", path, sb_log_q(strerror(errno)));
@@ -116,21 +133,62 @@ sb_rc sb_config_load(const char *path, const char *kind, const char *instance)
         rc = cfg_parse_line(line, section, sizeof section, path, lineno);
     }
     fclose(f);
-    if (rc != SB_OK)
-        sb_config_free();
     return rc;
+}
+
+sb_rc sb_config_load(const char *path, const char *kind, const char *instance)
+{
+    sb_config_free();
+    snprintf(cfg_kind, sizeof cfg_kind, "%s", kind ? kind : "");
+    snprintf(cfg_inst, sizeof cfg_inst, "%s", instance && *instance ? instance : cfg_kind);
+    if (!path || !*path)
+        return SB_OK;
+    cfg_path = strdup(path);
+    if (!cfg_path || cfg_read(path) != SB_OK) {
+        sb_config_free();
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+sb_rc sb_config_reload(void)
+{
+    if (!cfg_path)
+        return SB_OK;                 /* environment and defaults only */
+    struct cfg_old *old = malloc(sizeof *old);
+    if (!old)
+        return SB_ERROR;
+    old->tab = cfg_tab;
+    old->n = cfg_n;
+    size_t old_cap = cfg_cap;
+    cfg_tab = NULL;
+    cfg_n = cfg_cap = 0;
+    if (cfg_read(cfg_path) != SB_OK) {
+        cfg_tab_free(cfg_tab, cfg_n);  /* keep what was in force */
+        cfg_tab = old->tab;
+        cfg_n = old->n;
+        cfg_cap = old_cap;
+        free(old);
+        return SB_ERROR;
+    }
+    old->next = cfg_retired;
+    cfg_retired = old;
+    return SB_OK;
 }
 
 void sb_config_free(void)
 {
-    for (size_t i = 0; i < cfg_n; i++) {
-        free(cfg_tab[i].section);
-        free(cfg_tab[i].key);
-        free(cfg_tab[i].value);
-    }
-    free(cfg_tab);
+    cfg_tab_free(cfg_tab, cfg_n);
     cfg_tab = NULL;
     cfg_n = cfg_cap = 0;
+    while (cfg_retired) {
+        struct cfg_old *o = cfg_retired;
+        cfg_retired = o->next;
+        cfg_tab_free(o->tab, o->n);
+        free(o);
+    }
+    free(cfg_path);
+    cfg_path = NULL;
 }
 
 static const char *cfg_find(const char *section, const char *key)

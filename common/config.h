@@ -15,6 +15,10 @@
 /* Load file (NULL or missing path → only env and defaults). */
 sb_rc sb_config_load(const char *path, const char *kind, const char *instance);
 void sb_config_free(void);
+/* Read the same file again (SIGHUP). Strings returned before stay valid
+ * until sb_config_free. On a read or syntax error the table in force is
+ * kept and SB_ERROR returned. */
+sb_rc sb_config_reload(void);
 
 const char *sb_config_str(const char *key, const char *def);
 long sb_config_int(const char *key, long def);

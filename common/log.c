@@ -39,6 +39,21 @@ const char *sb_log_instance(void)
     return log_inst;
 }
 
+sb_log_level sb_log_level_get(void)
+{
+    return log_min;
+}
+
+void sb_log_set_level(sb_log_level lvl)
+{
+    log_min = lvl;
+}
+
+const char *sb_log_level_name(sb_log_level lvl)
+{
+    return lvl >= SB_LOG_DEBUG && lvl <= SB_LOG_ERROR ? log_names[lvl] : "?";
+}
+
 void sb_log(sb_log_level lvl, const char *event, const char *fmt, ...)
 {
     if (lvl < log_min || lvl > SB_LOG_ERROR)

@@ -12,6 +12,9 @@ typedef enum { SB_LOG_DEBUG, SB_LOG_INFO, SB_LOG_WARN, SB_LOG_ERROR } sb_log_lev
 void sb_log_init(const char *instance, sb_log_level min_level);
 sb_log_level sb_log_level_parse(const char *name); /* "debug"… default info */
 const char *sb_log_instance(void);
+sb_log_level sb_log_level_get(void);
+void sb_log_set_level(sb_log_level lvl);     /* SIGHUP: no re-init of stderr */
+const char *sb_log_level_name(sb_log_level lvl);
 
 void sb_log(sb_log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -78,12 +78,27 @@ static void proc_on_stop_signal(struct ev_loop *loop, ev_signal *w, int revents)
         ev_break(loop, EVBREAK_ALL);
 }
 
+/* SIGHUP: read the file again, apply the log level here (every process),
+ * then let the process apply what else it can (on_reload). A file that
+ * cannot be read leaves everything as it was. */
 static void proc_on_hup(struct ev_loop *loop, ev_signal *w, int revents)
 {
     struct sb_proc *p = w->data;
     log_info("signal", "sig=HUP action=reload");
+    if (sb_config_reload() != SB_OK) {
+        log_error("reload_failed", "config=%s note=\"kept the configuration in force\"",
+                  p->config_path ? p->config_path : "-");
+        return;
+    }
+    sb_log_level old = sb_log_level_get();
+    sb_log_level lvl = sb_log_level_parse(sb_config_str("log_level", "info"));
+    sb_log_set_level(lvl);
+    if (lvl != old)
+        log_info("reload", "what=log_level from=%s to=%s", sb_log_level_name(old),
+                 sb_log_level_name(lvl));
     if (p->on_reload)
         p->on_reload(p, p->ud);
+    log_info("reload", "what=done config=%s", p->config_path ? p->config_path : "-");
 }
 
 void sb_proc_signals(struct sb_proc *p)

@@ -43,7 +43,15 @@ struct rt_server {
     unsigned long dropped_full;     /* sends refused by a full peer queue */
     int fired;                      /* the fd fired: drain in the check */
     int dirty;                      /* zmq calls since the socket was seen empty */
+    unsigned long bad_in;           /* garbage envelopes since the last sweep */
 };
+
+/* A peer sending garbage must not flood the log: the first one of each
+ * sweep period is logged in full, the rest are counted (rt_on_sweep). */
+static int rt_bad_first(struct rt_server *s)
+{
+    return s->bad_in++ == 0;
+}
 
 /* ---- sending ----------------------------------------------------------- */
 
@@ -128,8 +136,9 @@ static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
         strcpy(b->aux, o->key);
         b->flags = o->kind;
     }
-    log_info("bounce", "reason=%s to=%s kind=%s key=%s", reason, sb_log_q(b->key),
-             ok ? env_kind_name(o->kind) : "?", sb_log_q(ok ? o->key : ""));
+    if (strcmp(reason, "bad-envelope") != 0 || rt_bad_first(s))
+        log_info("bounce", "reason=%s to=%s kind=%s key=%s", reason, sb_log_q(b->key),
+                 ok ? env_kind_name(o->kind) : "?", sb_log_q(ok ? o->key : ""));
     long n = env_encode(b, s->enc, sizeof s->enc);
     zmq_msg_t nh;
     if (n < 0 || zmq_msg_init_size(&nh, (size_t)n) != 0)
@@ -336,6 +345,19 @@ static void rt_handle(struct rt_server *s, zmq_msg_t *f)
 
 /* ---- receiving ------------------------------------------------------------ */
 
+/* A routing id for a log line (printable prefix only). */
+static const char *rt_id_str(zmq_msg_t *id)
+{
+    static char buf[ENV_NAME_MAX + 1];
+    size_t n = zmq_msg_size(id);
+    const char *d = zmq_msg_data(id);
+    size_t i = 0;
+    for (; i < n && i < ENV_NAME_MAX && d[i] > ' ' && d[i] < 127; i++)
+        buf[i] = d[i];
+    buf[i] = '\0';
+    return buf;
+}
+
 /* Read one multipart message into f[0..2]; frames past the third are
  * swallowed. Returns the number of frames, 0 when the socket is empty. */
 static int rt_recv(struct rt_server *s, zmq_msg_t *f)
@@ -375,7 +397,9 @@ static void rt_drain(struct rt_server *s)
         if (n == 3) {
             rt_handle(s, f);
         } else {
-            log_warn("bad_frames", "frames=%d", n);
+            if (rt_bad_first(s))
+                log_warn("bad_frames", "frames=%d from=%s", n,
+                         sb_log_q(n ? rt_id_str(&f[0]) : "-"));
             if (n > 3)
                 rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
         }
@@ -446,6 +470,10 @@ static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
     }
     if (changed)
         rt_members_broadcast(s);
+    if (s->bad_in > 1)
+        log_warn("bad_envelopes", "count=%lu note=\"garbage from a peer, dropped or bounced\"",
+                 s->bad_in);
+    s->bad_in = 0;
     if (s->dropped_full) {
         log_warn("dropped_queue_full", "count=%lu", s->dropped_full);
         s->dropped_full = 0;
@@ -496,6 +524,22 @@ static void rt_stop(struct sb_proc *p, void *ud)
     ev_break(p->loop, EVBREAK_ALL);
 }
 
+/* SIGHUP (the log level is done by proc.c): heartbeat_timeout. The bind
+ * endpoint needs a restart. */
+static void rt_reload(struct sb_proc *p, void *ud)
+{
+    struct rt_server *s = ud;
+    double t = strtod(sb_config_str("heartbeat_timeout", "3"), NULL);
+    if (!(t > 0) || t == s->timeout)
+        return;
+    log_info("reload", "what=heartbeat_timeout from=%.3g to=%.3g", s->timeout, t);
+    s->timeout = t;
+    double every = t / 4 < 0.25 ? t / 4 : 0.25;
+    ev_timer_stop(s->loop, &s->sweep);
+    ev_timer_set(&s->sweep, every, every);
+    ev_timer_start(s->loop, &s->sweep);
+}
+
 int main(int argc, char **argv)
 {
     struct sb_proc proc;
@@ -516,6 +560,7 @@ int main(int argc, char **argv)
     }
     rt_watchers(&s);
     proc.on_stop = rt_stop;
+    proc.on_reload = rt_reload;
     proc.ud = &s;
     sb_proc_signals(&proc);
     log_info("listening", "endpoint=%s heartbeat_timeout=%.3g", sb_log_q(bind), s.timeout);

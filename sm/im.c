@@ -11,19 +11,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+static struct sm_im_limits im_limits;
+static int im_limits_done;
+
+static void im_limits_read(struct sm_im_limits *l)
+{
+    l->items = sb_config_int("roster_max_items", 1000);
+    l->name = sb_config_int("roster_max_name", 1023);
+    l->group = sb_config_int("roster_max_group", 1023);
+    l->groups = sb_config_int("roster_max_groups", 64);
+    l->offline = sb_config_int("offline_max", 100);
+}
+
 const struct sm_im_limits *sm_im_limits(void)
 {
-    static struct sm_im_limits l;
-    static int done;
-    if (!done) {
-        l.items = sb_config_int("roster_max_items", 1000);
-        l.name = sb_config_int("roster_max_name", 1023);
-        l.group = sb_config_int("roster_max_group", 1023);
-        l.groups = sb_config_int("roster_max_groups", 64);
-        l.offline = sb_config_int("offline_max", 100);
-        done = 1;
+    if (!im_limits_done) {
+        im_limits_read(&im_limits);
+        im_limits_done = 1;
     }
-    return &l;
+    return &im_limits;
+}
+
+void sm_im_limits_reload(void)
+{
+    struct sm_im_limits o = *sm_im_limits(), *n = &im_limits;
+    im_limits_read(n);
+    if (memcmp(&o, n, sizeof o) != 0)
+        log_info("reload", "what=sm_limits roster_max_items=%ld roster_max_name=%ld "
+                 "roster_max_group=%ld roster_max_groups=%ld offline_max=%ld",
+                 n->items, n->name, n->group, n->groups, n->offline);
 }
 
 /* ---- helpers --------------------------------------------------------------------- */

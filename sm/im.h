@@ -52,13 +52,15 @@ struct sm_im {
     unsigned loaded : 1, failed : 1;
 };
 
-/* Limits from [sm] (read once): roster_max_items (1000), roster_max_name
+/* Limits from [sm] (read at the first use and on SIGHUP): roster_max_items (1000), roster_max_name
  * (1023 bytes), roster_max_group (1023), roster_max_groups (64),
  * offline_max (100 stored messages per user). */
 struct sm_im_limits {
     long items, name, group, groups, offline;
 };
 const struct sm_im_limits *sm_im_limits(void);
+/* SIGHUP: read them again; logs `reload` with the keys that changed. */
+void sm_im_limits_reload(void);
 
 /* SB_OK: j->user's IM state is loaded. SB_AGAIN: loading started; the job
  * will be offered again to module m when it is done (return SB_AGAIN).

@@ -4,10 +4,18 @@
 #include "config.h"
 #include "log.h"
 #include "proc.h"
+#include "im.h"
 
 static void sm_on_stop(struct sb_proc *p, void *ud)
 {
     ev_break(p->loop, EVBREAK_ALL);
+}
+
+/* SIGHUP (the log level is done by proc.c): IM limits now; vcard_max_size
+ * and blocklist_max are read where used, so they follow the file already. */
+static void sm_on_reload(struct sb_proc *p, void *ud)
+{
+    sm_im_limits_reload();
 }
 
 int main(int argc, char **argv)
@@ -19,6 +27,7 @@ int main(int argc, char **argv)
     if (!c)
         return 1;
     p.on_stop = sm_on_stop;
+    p.on_reload = sm_on_reload;
     p.ud = c;
     sb_proc_signals(&p);
     ev_run(p.loop, 0);

@@ -13,6 +13,8 @@
 #     infra        only TLS, PostgreSQL, Redis and the config (no binary needed)
 #     start-proc NAME | stop-proc NAME | kill-proc NAME   one process of the profile
 #     wait-ready   wait until every process is registered and listening
+#     pg-stop | pg-start | redis-stop | redis-start   one store of the profile
+#                  (outage tests; redis-stop saves first, like a persistent Redis)
 #     env          print the profile as shell variables
 #
 # Two profiles with their own ports and var dirs, so `make test` can run while
@@ -646,6 +648,14 @@ main() {
     stop-proc) [ $# -eq 1 ] || die "usage: stop-proc NAME"; cmd_stop_proc "$1" ;;
     kill-proc) [ $# -eq 1 ] || die "usage: kill-proc NAME"; cmd_kill_proc "$1" ;;
     wait-ready) cmd_wait_ready ;;
+    pg-stop) pg_stop ;;
+    pg-start) PGBIN=$(pg_bin); pg_start; say "started: postgresql" ;;
+    redis-stop) redis_running && redis_cli shutdown save >/dev/null 2>&1 || true
+                local end=$((SECONDS + 10))
+                while redis_running && [ $SECONDS -lt $end ]; do sleep 0.1; done
+                redis_running && die "redis still running"
+                say "stopped: redis" ;;
+    redis-start) setup_redis; say "started: redis" ;;
     env) print_env ;;
     *) die "unknown command '$cmd'" ;;
     esac

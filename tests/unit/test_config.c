@@ -164,6 +164,38 @@ static void test_config_syntax_error_is_refused(void **st)
     unlink(path);
 }
 
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_config_reload_reads_new_values_and_keeps_old_strings(void **st)
+{
+    char path[64];
+    strcpy(path, "/tmp/sb_test_reload_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, "[c2s]\nmax_rate = 100\ncert = /a.pem\n");
+    assert_int_equal(sb_config_load(path, "c2s", "c2s1"), SB_OK);
+    const char *old_cert = sb_config_str("cert", NULL);
+    write_file(path, "[c2s]\nmax_rate = 200\ncert = /b.pem\n");
+    assert_int_equal(sb_config_reload(), SB_OK);
+    assert_int_equal(sb_config_int("max_rate", 0), 200);
+    assert_string_equal(sb_config_str("cert", NULL), "/b.pem");
+    assert_string_equal(old_cert, "/a.pem");      /* still readable after reload */
+    write_file(path, "[c2s\nmax_rate = 300\n");  /* broken: the old table stays */
+    assert_int_equal(sb_config_reload(), SB_ERROR);
+    assert_int_equal(sb_config_int("max_rate", 0), 200);
+    unlink(path);
+    assert_int_equal(sb_config_reload(), SB_ERROR);   /* gone: same */
+    assert_string_equal(sb_config_str("cert", NULL), "/b.pem");
+    sb_config_free();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +210,7 @@ int main(void)
         cmocka_unit_test(test_config_values_parse_bool_int_and_comments),
         cmocka_unit_test(test_config_missing_file_is_an_error),
         cmocka_unit_test(test_config_syntax_error_is_refused),
+        cmocka_unit_test(test_config_reload_reads_new_values_and_keeps_old_strings),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

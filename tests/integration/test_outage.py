@@ -1,0 +1,190 @@
+"""A dead database: PostgreSQL or Redis of the test stack is stopped
+(stack.sh pg-stop / redis-stop) and started again inside each test, which
+waits until logins work again before it ends, so the tests after it find
+the stack as it was.
+
+PostgreSQL down: a login gets SASL temporary-auth-failure at once, online
+users keep chatting (the sm has them cached), a message that has to be
+stored offline is held until the database returns (then stored) or refused
+with an error, never silently dropped, and once the database is back logins
+and offline storage work again without restarting anything.
+
+Redis down: binding a resource gets an iq error, online users keep
+chatting, and binds work again once Redis is back."""
+
+import asyncio
+import time
+
+import pytest
+
+from xmpptest import (LoginFailed, RawStream, close, describe, login, next_message, run,
+                      NS_CLIENT, NS_STANZAS)
+
+RECOVERY = 30       # seconds a process may take to notice the store is back
+
+
+async def chat(a, b, b_jid, body, timeout=5):
+    a.send_message(mto=b_jid, mbody=body, mtype="chat")
+    await next_message(b, timeout=timeout, body=body)
+
+
+async def login_until_ok(stack, jid, password, what, timeout=RECOVERY):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            return await login(stack, jid, password, timeout=10)
+        except LoginFailed as e:
+            last = e
+            await asyncio.sleep(0.5)
+    raise AssertionError("%s: no login within %ss after the store came back (last: %s)"
+                         % (what, timeout, last))
+
+
+def error_of(msg):
+    """(type, condition) of a stanza error from slixmpp."""
+    return msg["error"]["type"], msg["error"]["condition"]
+
+
+@pytest.fixture
+def pg_outage(stack):
+    stopped = []
+
+    def stop():
+        stack.stack("pg-stop")
+        stopped.append(1)
+
+    def start():
+        if stopped:
+            stack.stack("pg-start", timeout=60)
+            stopped.clear()
+    yield stop, start
+    start()       # whatever happened, the next test gets its database
+
+
+@pytest.fixture
+def redis_outage(stack):
+    stopped = []
+
+    def stop():
+        stack.stack("redis-stop")
+        stopped.append(1)
+
+    def start():
+        if stopped:
+            stack.stack("redis-start", timeout=30)
+            stopped.clear()
+    yield stop, start
+    start()
+
+
+def test_postgres_down_then_back(stack, new_user, pg_outage):
+    stop_pg, start_pg = pg_outage
+    (a_jid, a_pw), (b_jid, b_pw) = new_user("pga"), new_user("pgb")
+    (c_jid, c_pw), (d_jid, d_pw) = new_user("pgc"), new_user("pgd")
+
+    async def go():
+        a = b = c = d = None
+        try:
+            a = await login(stack, a_jid, a_pw)
+            b = await login(stack, b_jid, b_pw, instance="c2s2")
+            errors = asyncio.Queue()
+            a.add_event_handler("message_error", lambda m: errors.put_nowait(m))
+            await chat(a, b, b_jid, "before the outage")
+            await chat(b, a, a_jid, "and back")
+
+            stop_pg()
+            # A login: SASL temporary-auth-failure, quickly.
+            t0 = time.monotonic()
+            with pytest.raises(LoginFailed) as failed:
+                await login(stack, d_jid, d_pw, timeout=15)
+            took = time.monotonic() - t0
+            assert "temporary-auth-failure" in str(failed.value), failed.value
+            assert took < 10, "temporary-auth-failure took %.1fs" % took
+            # Online users keep chatting.
+            for i in range(3):
+                await chat(a, b, b_jid, "during the outage %d" % i)
+                await chat(b, a, a_jid, "reply %d" % i)
+            # A message for an offline account: the sm holds the insert while
+            # PostgreSQL is away (up to 30 s, then internal-server-error); it
+            # is stored when the database returns or refused with an error,
+            # never silently lost.
+            a.send_message(mto=c_jid, mbody="to be stored", mtype="chat")
+            refused = None
+            try:
+                refused = await asyncio.wait_for(errors.get(), 3)
+            except asyncio.TimeoutError:
+                pass
+            if refused is not None:
+                assert refused["from"].bare == c_jid, refused
+                assert error_of(refused) in (("wait", "internal-server-error"),
+                                             ("wait", "resource-constraint")), refused
+
+            start_pg()
+            d = await login_until_ok(stack, d_jid, d_pw, "login after PostgreSQL restart")
+            await chat(a, b, b_jid, "after the outage")
+            a.send_message(mto=c_jid, mbody="after the outage", mtype="chat")
+            c = await login(stack, c_jid, c_pw)
+            if refused is None:
+                await next_message(c, timeout=10, body="to be stored")
+            await next_message(c, timeout=10, body="after the outage")
+        finally:
+            for x in (a, b, c, d):
+                await close(x)
+    run(go(), timeout=150)
+
+
+async def bind_error(stack, jid, password):
+    """Log in raw up to the bind; return the bind iq error condition (None
+    when the bind succeeded)."""
+    s = RawStream(stack, direct_tls=True)
+    try:
+        await s.connect()
+        s.open_stream()
+        await s.features()
+        ok = await s.auth_plain(jid, password)
+        assert ok is not None and ok.tag.endswith("}success"), describe(ok)
+        s.open_stream()
+        await s.features()
+        s.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        iq = await s.expect("{%s}iq" % NS_CLIENT, timeout=20)
+        if iq.get("type") == "result":
+            return None
+        assert iq.get("type") == "error", describe(iq)
+        err = iq.find("{%s}error" % NS_CLIENT)
+        conds = [c.tag.split("}", 1)[1] for c in err if c.tag.startswith("{%s}" % NS_STANZAS)]
+        return conds[0] if conds else "?"
+    finally:
+        await s.close()
+
+
+def test_redis_down_then_back(stack, new_user, redis_outage):
+    stop_redis, start_redis = redis_outage
+    (a_jid, a_pw), (b_jid, b_pw), (e_jid, e_pw) = new_user("rda"), new_user("rdb"), new_user("rde")
+
+    async def go():
+        a = b = None
+        try:
+            a = await login(stack, a_jid, a_pw)
+            b = await login(stack, b_jid, b_pw, instance="c2s2")
+            await chat(a, b, b_jid, "before the outage")
+
+            stop_redis()
+            t0 = time.monotonic()
+            cond = await bind_error(stack, e_jid, e_pw)
+            assert cond in ("internal-server-error", "resource-constraint"), cond
+            assert time.monotonic() - t0 < 15
+            # Online users keep chatting.
+            await chat(a, b, b_jid, "during the outage")
+            await chat(b, a, a_jid, "reply during the outage")
+
+            start_redis()
+            deadline = time.monotonic() + RECOVERY
+            while await bind_error(stack, e_jid, e_pw) is not None:
+                assert time.monotonic() < deadline, "binds still failing after Redis came back"
+                await asyncio.sleep(0.5)
+            await chat(a, b, b_jid, "after the outage")
+        finally:
+            await close(a)
+            await close(b)
+    run(go(), timeout=120)
