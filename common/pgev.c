@@ -383,3 +383,8 @@ int pgev_connected(const struct pgev *pg)
 {
     return pg && pg->state == PGEV_READY;
 }
+
+size_t pgev_pending(const struct pgev *pg)
+{
+    return pg ? pg->queued + (pg->inflight != NULL) : 0;
+}

@@ -25,6 +25,8 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
                  const char *const *params, pgev_cb cb, void *arg);
 
 int pgev_connected(const struct pgev *pg);
+/* Queries queued or in flight (a graceful stop waits for 0). */
+size_t pgev_pending(const struct pgev *pg);
 
 /* Notes: a query in flight past its deadline drops the connection (the only
  * non-blocking way to abandon it) and is answered NULL. Callbacks may queue

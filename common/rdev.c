@@ -268,6 +268,11 @@ int rdev_connected(const struct rdev *r)
     return r && r->ac && r->connected;
 }
 
+long rdev_pending(const struct rdev *r)
+{
+    return r ? r->pending : 0;
+}
+
 /* Usable context, or NULL: down, or being torn down by hiredis. */
 static redisAsyncContext *rdev_ctx(struct rdev *r)
 {

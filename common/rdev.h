@@ -17,6 +17,8 @@ typedef void (*rdev_cb)(redisReply *reply, void *arg);   /* reply NULL on failur
 struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port);
 void rdev_free(struct rdev *r);
 int rdev_connected(const struct rdev *r);
+/* Commands still owed a reply (a graceful stop waits for 0). */
+long rdev_pending(const struct rdev *r);
 
 /* printf-style like redisAsyncCommand (%s, %b for binary). */
 sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...);

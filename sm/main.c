@@ -6,9 +6,43 @@
 #include "proc.h"
 #include "im.h"
 
+#define SM_STOP_GRACE 3.0    /* below stack.sh's 5 s before SIGKILL */
+
+static ev_timer sm_drain;
+static double sm_stop_at;
+
+/* Writes already accepted (an offline message, a roster change) finish
+ * before the process goes: wait until PostgreSQL and Redis owe nothing,
+ * SM_STOP_GRACE at most. Envelopes arriving meanwhile are still served. */
+static void sm_drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct sm_core *c = w->data;
+    size_t pg = pgev_pending(c->pg);
+    long rd = rdev_pending(c->rd);
+    double waited = ev_now(loop) - sm_stop_at;
+    if ((pg == 0 && rd == 0) || waited >= SM_STOP_GRACE) {
+        if (pg || rd)
+            log_warn("shutdown_grace_over", "pg_pending=%zu redis_pending=%ld", pg, rd);
+        else
+            log_info("shutdown_drained", "waited_ms=%.0f", waited * 1e3);
+        ev_timer_stop(loop, w);
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
 static void sm_on_stop(struct sb_proc *p, void *ud)
 {
-    ev_break(p->loop, EVBREAK_ALL);
+    if (ev_is_active(&sm_drain)) {
+        ev_break(p->loop, EVBREAK_ALL);        /* second signal: now */
+        return;
+    }
+    struct sm_core *c = ud;
+    log_info("shutdown", "pg_pending=%zu redis_pending=%ld users=%u", pgev_pending(c->pg),
+             rdev_pending(c->rd), HASH_COUNT(c->users));
+    sm_stop_at = ev_now(p->loop);
+    ev_timer_init(&sm_drain, sm_drain_cb, 0., 0.02);
+    sm_drain.data = c;
+    ev_timer_start(p->loop, &sm_drain);
 }
 
 /* SIGHUP (the log level is done by proc.c): IM limits now; vcard_max_size
