@@ -172,3 +172,29 @@ def test_sasl_in_wrong_namespace_gets_invalid_namespace(stack, new_user):
             await s.close()
         await next_login_works(stack, jid, password)
     run(go())
+
+
+def test_repeated_bad_passwords_end_with_policy_violation(stack, new_user):
+    """sasl_retries (3) failures are answered <failure/>; the next attempt
+    closes the stream with policy-violation; the account is not locked."""
+    jid, password = new_user()
+
+    async def go():
+        s = RawStream(stack, direct_tls=True)
+        try:
+            await s.connect()
+            s.open_stream()
+            await s.features()
+            for _ in range(3):
+                reply = await s.auth_plain(jid, password + "x")
+                assert reply is not None and reply.tag.endswith("}failure"), describe(reply)
+            node = jid.split("@", 1)[0]
+            import base64
+            token = base64.b64encode(b"\0" + node.encode() + b"\0wrong").decode()
+            s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>"
+                   % token)
+            await expect_stream_error(s, "policy-violation")
+        finally:
+            await s.close()
+        await next_login_works(stack, jid, password)
+    run(go())

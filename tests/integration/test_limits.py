@@ -18,6 +18,8 @@ import ssl
 import subprocess
 import time
 
+import types
+
 import pytest
 
 from xmpptest import (RawStream, close, describe, login, next_message, run,
@@ -41,16 +43,19 @@ def var_dir(stack):
 class ExtraC2S:
     """One more sb-c2s of the test cluster, stopped with SIGTERM at the end."""
 
-    def __init__(self, stack, name, env=None, ini=None, ports=None):
+    def __init__(self, stack, name, env=None, ini=None, ports=None, kind="c2s"):
         self.stack, self.name = stack, name
         self.port, self.tls_port = ports or (free_port(), free_port())
         self.log_path = os.path.join(var_dir(stack), "log", name + ".log")
         full_env = dict(os.environ, **(env or {}))
         if ini is None:
             ini = stack.ini
-            full_env.update(SB_C2S_PORT=str(self.port), SB_C2S_TLS_PORT=str(self.tls_port))
+            up = kind.upper()
+            full_env.update({"SB_%s_PORT" % up: str(self.port),
+                             "SB_%s_TLS_PORT" % up: str(self.tls_port)})
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([os.path.join(stack.bin, "sb-c2s"), "-c", ini, "-n", name],
+        self.log_from = self.log.seek(0, os.SEEK_END)   # this run's lines only
+        self.proc = subprocess.Popen([os.path.join(stack.bin, "sb-" + kind), "-c", ini, "-n", name],
                                      cwd=stack.root, env=full_env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         stack.c2s[name] = (self.port, self.tls_port)
@@ -67,8 +72,9 @@ class ExtraC2S:
                 time.sleep(0.1)
 
     def log_text(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_from)
+            return f.read().decode(errors="replace")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -273,3 +279,77 @@ def test_sighup_reloads_log_level_certificate_and_limits(stack, new_user, tmp_pa
         run(go(), timeout=60)
     finally:
         assert c.stop() == 0, "c2s8 did not exit cleanly on SIGTERM"
+
+
+# ---------------------------------------------------------------- WebSocket
+
+@pytest.fixture(scope="module")
+def slow_bosh(stack):
+    c = ExtraC2S(stack, "bosh7", kind="bosh", env={
+        "SB_BOSH_MAX_RATE": str(MAX_RATE), "SB_BOSH_RATE_BURST": str(MAX_RATE),
+        "SB_BOSH_MAX_STANZAS_PER_SEC": str(MAX_STANZAS),
+        "SB_BOSH_STANZA_BURST": str(STANZA_BURST)})
+    stack.c2s.pop("bosh7", None)
+    try:
+        c.wait_ready()
+        # webtest reads the HTTP port from the environment of the stack
+        yield c, types.SimpleNamespace(env=dict(stack.env, SB_BOSH_PORT=str(c.port),
+                                                SB_BOSH_TLS_PORT=str(c.tls_port)))
+    finally:
+        assert c.stop() == 0, "bosh7 did not exit cleanly on SIGTERM"
+
+
+def test_websocket_stanza_flood_gets_policy_violation(stack, slow_bosh):
+    from webtest import WebSocket, WsClosed, anon_domain
+    _, web = slow_bosh
+
+    async def go():
+        ws = WebSocket(web)
+        try:
+            assert await ws.connect() == 101
+            await ws.login_anonymous(anon_domain(stack))
+            one = ("<message xmlns='jabber:client' type='error' to='nobody@%s'>"
+                   "<body>x</body></message>" % stack.domain)
+            for _ in range(STANZA_BURST * 4):
+                ws.send(one)
+            await ws.writer.drain()
+            err = None
+            try:
+                while True:
+                    el = await ws.element(timeout=15)
+                    if stream_error_condition(el):
+                        err = el
+                        break
+            except WsClosed:
+                pass
+            assert stream_error_condition(err) == "policy-violation", describe(err)
+        finally:
+            await ws.close()
+    run(go(), timeout=60)
+
+
+def test_websocket_fast_sender_is_throttled_not_closed(stack, slow_bosh):
+    from webtest import WebSocket, anon_domain
+    _, web = slow_bosh
+    chunk, count = 16 * 1024, 10
+
+    async def go():
+        ws = WebSocket(web)
+        try:
+            assert await ws.connect() == 101
+            await ws.login_anonymous(anon_domain(stack))
+            t0 = time.monotonic()
+            big = ("<message xmlns='jabber:client' type='error' to='nobody@%s'><body>%s</body>"
+                   "</message>" % (stack.domain, "y" * chunk))
+            for _ in range(count):
+                ws.send(big)
+            ws.send("<iq xmlns='jabber:client' type='get' id='after-burst'>"
+                    "<ping xmlns='urn:xmpp:ping'/></iq>")
+            el = await ws.element(timeout=30)
+            took = time.monotonic() - t0
+            assert el.get("id") == "after-burst" and el.get("type") == "result", describe(el)
+            expected = (count * chunk - MAX_RATE) / MAX_RATE
+            assert took >= expected * 0.6, "not throttled: %.2fs" % took
+        finally:
+            await ws.close()
+    run(go(), timeout=60)

@@ -11,11 +11,15 @@ import pytest
 from xmpptest import RawStream, run, stream_error_condition, describe
 
 
-def log_text(stack, name):
-    path = os.path.join(stack.env.get("SB_VAR", os.path.join(stack.root, "var/test")),
+def log_path(stack, name):
+    return os.path.join(stack.env.get("SB_VAR", os.path.join(stack.root, "var/test")),
                         "log", name + ".log")
-    with open(path, errors="replace") as f:
-        return f.read()
+
+
+def log_since(stack, name, offset):
+    with open(log_path(stack, name), "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def restart_clean(stack, name):
@@ -30,8 +34,9 @@ def restart_clean(stack, name):
 ])
 def test_sigterm_stops_cleanly_and_restarts(stack, new_user, name, marker):
     jid, password = new_user()
+    offset = os.path.getsize(log_path(stack, name))
     restart_clean(stack, name)
-    assert marker in log_text(stack, name)
+    assert marker in log_since(stack, name, offset)
     stack.wait_instances(present=["sm1", "sm2", "c2s1", "c2s2"], timeout=20)
 
     async def go():
