@@ -10,6 +10,7 @@ Switchboard alone):
   BENCH_SCENARIOS   login,plain,msg,idle,scaleout
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
+  BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
   BENCH_LOGIN_USERS [2000]      BENCH_LOGIN_RATES [100,200,400,600,800,1000,1200,1500,2000]
   BENCH_PLAIN_RATES [50,100,200,300,400,600,800]
   BENCH_IDLE        [5000,20000]  BENCH_IDLE_TLS [1]
@@ -50,6 +51,7 @@ STEP = env("BENCH_STEP", "5")
 SCEN = set(env("BENCH_SCENARIOS", "login,plain,msg,idle,scaleout").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
+PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
 LOGIN_USERS = int(env("BENCH_LOGIN_USERS", "2000"))
 LOGIN_RATES = env("BENCH_LOGIN_RATES", "100,200,400,600,800,1000,1200,1500,2000")
 PLAIN_RATES = env("BENCH_PLAIN_RATES", "50,100,200,300,400,600,800")
@@ -367,7 +369,8 @@ def run_scenarios(t):
                         PLAIN_RATES, *common, label="login-plain")
         res["plain"] = best(keep(rows))
     if "msg" in SCEN:
-        rows, rc = t.run("msg", "--users", str(MSG_USERS), "--rates", MSG_RATES, *common,
+        rates = MSG_RATES if isinstance(t, Switchboard) else PEER_MSG_RATES
+        rows, rc = t.run("msg", "--users", str(MSG_USERS), "--rates", rates, *common,
                          label="msg")
         res["msg"] = best(keep(rows))
         res["msg_all"] = rows
@@ -378,7 +381,9 @@ def run_scenarios(t):
             for n in IDLE:
                 hold = IDLE_HOLD if (n == big and not tls) else IDLE_HOLD_OTHER
                 t.fresh()              # RSS deltas from a clean heap
-                args = ["--users", str(min(n, t.max_conns)), "--hold", hold, "--window", "200"]
+                # memory, not login speed: slow servers get time to log everyone in
+                args = ["--users", str(min(n, t.max_conns)), "--hold", hold, "--window", "200",
+                        "--login-timeout", "120"]
                 if tls:
                     args.append("--tls")
                 rows, _ = t.run("idle", *args, label="idle-%d%s" % (n, "-tls" if tls else ""))
@@ -486,14 +491,10 @@ def table(results):
     if len(names) > 1:
         head += " | ratio %s/%s" % (names[0], names[1])
     lines = [head + " |", "|---" * (len(names) + 1 + (len(names) > 1)) + "|"]
-    for i, (label, _, nd) in enumerate(figs[names[0]]):
-        cells = []
-        vals = []
-        for n in names:
-            f = figs[n][i] if i < len(figs[n]) and figs[n][i][0] == label else (label, None, nd)
-            cells.append(fmt(f[1], nd))
-            vals.append(f[1])
-        row = "| %s | %s" % (label, " | ".join(cells))
+    bylabel = {n: {f[0]: f[1] for f in figs[n]} for n in names}
+    for label, _, nd in figs[names[0]]:
+        vals = [bylabel[n].get(label) for n in names]
+        row = "| %s | %s" % (label, " | ".join(fmt(v, nd) for v in vals))
         if len(names) > 1:
             a, b = vals[0], vals[1]
             ratio = "%.2f×" % (a / b) if isinstance(a, (int, float)) and \
@@ -518,7 +519,14 @@ def machine():
         cpu, os.cpu_count(), mem, os.uname().release)
 
 
+def render(path):
+    doc = json.load(open(path))
+    print("\n".join(["Machine: " + doc["machine"], ""] + table(doc["results"])))
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        return render(sys.argv[2])
     if not os.access(SBBENCH, os.X_OK):
         raise SystemExit("bench: %s missing (make bench builds it)" % SBBENCH)
     raise_nofile()
