@@ -27,6 +27,7 @@ C2S_SRC    := $(C2S_CORE) c2s/main.c
 BOSH_SRC   := $(C2S_CORE) $(WEB_SRC)
 WEB_LIBS   := -lhttp_parser -lwslay
 SM_SRC     := $(wildcard sm/*.c)
+S2S_SRC    := $(wildcard s2s/*.c)
 SBCTL_SRC  := $(wildcard sbctl/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
@@ -36,7 +37,7 @@ LIBCOMMON := $(BUILD)/libsbcommon.a
 LIBAUTH   := $(BUILD)/libsbauth.a
 LIBS_OWN  := $(LIBAUTH) $(LIBCOMMON)
 
-PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sbctl
+PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sb-s2s $(BIN)/sbctl
 UNITS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all run stop test unit unit-san integration bench clean status
@@ -59,6 +60,8 @@ $(BIN)/sb-bosh: $(call obj,$(BOSH_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(WEB_LIBS)
 $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+$(BIN)/sb-s2s: $(call obj,$(S2S_SRC)) $(LIBS_OWN)
+	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcares
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -32,6 +32,11 @@ static void status_field(const char *line, size_t len, const char *key, char *ou
     }
 }
 
+/* s2s instances seen in the status reply: asked for their connections. */
+#define STATUS_S2S_MAX 16
+static char status_s2s[STATUS_S2S_MAX][64];
+static int status_ns2s;
+
 static void status_print(const char *body, size_t len)
 {
     char name[64], kind[32], pid[32], age[32], sess[32], doms[512];
@@ -56,6 +61,8 @@ static void status_print(const char *body, size_t len)
             }
             printf("%-16s %-8s %-8s %-10s %-9s %s\n", name, kind, pid, age, sess,
                    doms[0] ? doms : "-");
+            if (!strcmp(kind, "s2s") && status_ns2s < STATUS_S2S_MAX)
+                snprintf(status_s2s[status_ns2s++], sizeof status_s2s[0], "%s", name);
             rows++;
         }
         p += ll + 1;
@@ -113,6 +120,71 @@ static int status_wait(void *sock, const char *endpoint)
     return -1;
 }
 
+/* One row per s2s connection or route (s2s/README.md):
+ * REMOTE LOCAL DIR STATE TLS AUTH IDLE INSTANCE. */
+static void status_s2s_print(const char *body, size_t len)
+{
+    char f[8][256];
+    static const char *keys[8] = {"remote", "local", "dir", "state", "tls", "auth", "idle_s",
+                                  "instance"};
+    const char *p = body, *end = body + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        if (ll > 0) {
+            for (int i = 0; i < 8; i++)
+                status_field(p, ll, keys[i], f[i], sizeof f[i]);
+            printf("%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", f[0], f[1], f[2], f[3],
+                   !strcmp(f[4], "1") ? "yes" : "no", f[5], f[6], f[7]);
+        }
+        p += ll + 1;
+    }
+}
+
+/* Ask every s2s instance for its connections; prints what answers in time. */
+static void status_s2s_query(void *sock, const char *id)
+{
+    if (status_ns2s == 0)
+        return;
+    uint8_t hdr[ENV_HDR_MAX];
+    struct env_hdr h;
+    int asked = 0;
+    for (int i = 0; i < status_ns2s; i++) {
+        env_init(&h, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+        snprintf(h.key, sizeof h.key, "%s", status_s2s[i]);
+        snprintf(h.sender, sizeof h.sender, "%s", id);
+        snprintf(h.op, sizeof h.op, "s2s");
+        long n = env_encode(&h, hdr, sizeof hdr);
+        if (n >= 0 && zmq_send(sock, hdr, (size_t)n, ZMQ_SNDMORE) >= 0 && zmq_send(sock, "", 0, 0) >= 0)
+            asked++;
+    }
+    printf("\nS2S CONNECTIONS\n%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", "REMOTE", "LOCAL",
+           "DIR", "STATE", "TLS", "AUTH", "IDLE", "INSTANCE");
+    double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
+    while (asked > 0) {
+        long left = (long)((deadline - sb_now()) * 1000);
+        if (left <= 0)
+            break;
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, left) <= 0)
+            continue;
+        zmq_msg_t f1, f2;
+        zmq_msg_init(&f1);
+        zmq_msg_init(&f2);
+        if (zmq_msg_recv(&f1, sock, 0) >= 0 && zmq_msg_more(&f1) && zmq_msg_recv(&f2, sock, 0) >= 0 &&
+            env_decode(&h, zmq_msg_data(&f1), zmq_msg_size(&f1)) == SB_OK) {
+            if (h.kind == ENV_ADMIN && !strcmp(h.op, "s2s"))
+                status_s2s_print(zmq_msg_data(&f2), zmq_msg_size(&f2));
+            if (h.kind == ENV_ADMIN || h.kind == ENV_BOUNCE)
+                asked--;
+        }
+        zmq_msg_close(&f1);
+        zmq_msg_close(&f2);
+    }
+    if (asked > 0)
+        printf("(%d s2s instance(s) did not answer in time)\n", asked);
+}
+
 int sbctl_cmd_status(int argc, char **argv)
 {
     const char *endpoint = sb_config_str("router", NULL);
@@ -148,8 +220,10 @@ int sbctl_cmd_status(int argc, char **argv)
         sbctl_err("cannot send to router %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto out;
     }
-    if (status_wait(sock, endpoint) == 0)
+    if (status_wait(sock, endpoint) == 0) {
         rc = SBCTL_OK;
+        status_s2s_query(sock, id);
+    }
 out:
     if (sock)
         zmq_close(sock);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # stack.sh — the local Switchboard stack: PostgreSQL, Redis, a TLS cert, the
-# config file and six processes (router1, sm1, sm2, c2s1, c2s2, bosh1), all under
-# var/ so nothing touches the system's own services.
+# config file and seven processes (router1, sm1, sm2, c2s1, c2s2, bosh1, s2s1),
+# all under var/ so nothing touches the system's own services.
 #
 #   stack.sh [-p run|test] COMMAND
 #     run          set everything up (idempotent) and start it; prints how to connect
@@ -20,14 +20,21 @@
 # Two profiles with their own ports and var dirs, so `make test` can run while
 # `make run` is up: `run` (var/) and `test` (var/test/). SB_STACK_PROFILE
 # selects one too (the tests use it to stop and start single processes).
+# Federation tests start more, smaller stacks as profiles test2…test9
+# (var/testN/, test ports + 100·N, router1 sm1 c2s1 s2s1, s2s listening on
+# 127.0.0.N): SB_STACK_DOMAIN names the domain they serve (anon.DOMAIN comes
+# with it), SB_STACK_EXTRA_DOMAINS adds more ("a.example b.example"), and
+# their s2s resolves through a DNS server on 127.0.0.1:$SB_DNS_PORT that the
+# tests start.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PKG_LIST="$ROOT/deploy/dev/packages.txt"
-PROCS=(router1 sm1 sm2 c2s1 c2s2 bosh1)
-COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1)   # the ones that register with the router
+PROCS=(router1 sm1 sm2 c2s1 c2s2 bosh1 s2s1)
+COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1 s2s1)   # the ones that register with the router
 READY_TIMEOUT=${SB_READY_TIMEOUT:-30}
-DOMAIN=localhost
+DOMAIN=${SB_STACK_DOMAIN:-localhost}
+EXTRA_DOMAINS=${SB_STACK_EXTRA_DOMAINS:-}
 DEMO_USERS=(alice bob support)
 ANON_DOMAIN=anon.$DOMAIN      # SASL ANONYMOUS visitors (web chat support)
 
@@ -40,19 +47,29 @@ profile_set() {
     case "$PROFILE" in
     run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
           C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243
-          BOSH_PORT=5280;  BOSH_TLS=5281 ;;
-    test) # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts).
-          local o=${SB_TEST_PORT_OFFSET:-0}
-          VAR="$ROOT/var/test"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
+          BOSH_PORT=5280;  BOSH_TLS=5281
+          S2S_LISTEN=127.0.0.1; S2S_PORT=5269; S2S_TLS=5270; DNS_PORT="" ;;
+    test|test[2-9])
+          # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts);
+          # testN stacks sit 100·N above the test ports.
+          local o=${SB_TEST_PORT_OFFSET:-0} n=${PROFILE#test}
+          S2S_LISTEN=127.0.0.1; DNS_PORT=""
+          if [ -n "$n" ]; then
+              o=$((o + 100 * n)); S2S_LISTEN=127.0.0.$n
+              DNS_PORT=$((25353 + ${SB_TEST_PORT_OFFSET:-0}))
+              PROCS=(router1 sm1 c2s1 s2s1); COMPONENTS=(sm1 c2s1 s2s1)
+          fi
+          VAR="$ROOT/var/$PROFILE"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
-          BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)) ;;
+          BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)); S2S_PORT=$((25269+o)); S2S_TLS=$((25270+o)) ;;
     bench) # `make bench` (tests/bench/bench.py): same layout, its own ports;
           # SB_BENCH_PORT_OFFSET shifts them.
           local o=${SB_BENCH_PORT_OFFSET:-0}
           VAR="$ROOT/var/bench"; PG_PORT=$((17432+o)); REDIS_PORT=$((18379+o)); ROUTER_PORT=$((17555+o))
           C2S1_PORT=$((6222+o)); C2S1_TLS=$((6223+o)); C2S2_PORT=$((6242+o)); C2S2_TLS=$((6243+o))
-          BOSH_PORT=$((6280+o)); BOSH_TLS=$((6281+o)) ;;
-    *) die "unknown profile '$PROFILE' (run, test or bench)" ;;
+          BOSH_PORT=$((6280+o)); BOSH_TLS=$((6281+o))
+          S2S_LISTEN=127.0.0.1; S2S_PORT=$((6269+o)); S2S_TLS=$((6270+o)); DNS_PORT="" ;;
+    *) die "unknown profile '$PROFILE' (run, test, test2…test9 or bench)" ;;
     esac
     INI="$VAR/switchboard.ini"
     LOG="$VAR/log"; PID="$VAR/pid"; TLS="$VAR/tls"
@@ -79,6 +96,10 @@ SB_C2S2_PORT=$C2S2_PORT
 SB_C2S2_TLS_PORT=$C2S2_TLS
 SB_BOSH_PORT=$BOSH_PORT
 SB_BOSH_TLS_PORT=$BOSH_TLS
+SB_S2S_LISTEN=$S2S_LISTEN
+SB_S2S_PORT=$S2S_PORT
+SB_S2S_TLS_PORT=$S2S_TLS
+SB_DNS_PORT=$DNS_PORT
 SB_ANON_DOMAIN=$ANON_DOMAIN
 SB_PREBIND_SECRET=$(cat "$PREBIND_SECRET_FILE" 2>/dev/null || true)
 EOF
@@ -104,8 +125,15 @@ cmd_deps() {
     if is_root; then
         say "installing missing packages: $missing"
         DEBIAN_FRONTEND=noninteractive apt-get update -q
+        # Servers in the list (prosody, ejabberd) only run in tests with private
+        # configs: policy-rc.d keeps their system services from starting.
+        local guard=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+        fi
         # shellcheck disable=SC2086
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing || { [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d; exit 1; }
+        [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
     else
         say "missing Debian packages: $missing" >&2
         say "install them with:" >&2
@@ -117,7 +145,7 @@ cmd_deps() {
 # ---------------------------------------------------------------- (b) build
 check_binaries() {
     local b
-    for b in sb-router sb-c2s sb-bosh sb-sm sbctl; do
+    for b in sb-router sb-c2s sb-bosh sb-sm sb-s2s sbctl; do
         [ -x "$ROOT/bin/$b" ] || die "bin/$b is missing: run 'make all' first (see the build errors above)"
     done
 }
@@ -195,7 +223,7 @@ port = $PG_PORT
 unix_socket_directories = '$PGSOCK'
 max_connections = 200
 EOF
-    [ "$PROFILE" = test ] && printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >> "$extra"
+    case "$PROFILE" in test*) printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' >> "$extra" ;; esac
     cat "$extra" >> "$PGDATA/postgresql.conf"
     rm -f "$extra"
 }
@@ -304,11 +332,17 @@ test_sets() {
 write_ini() {
     local example="$ROOT/deploy/switchboard.ini.example"
     [ -f "$example" ] || die "missing $example"
-    local tmp="$INI.tmp" secret
+    local tmp="$INI.tmp" secret dbsecret
     mkdir -p "$VAR"
     secret=$(prebind_secret)
+    # The dialback secret (XEP-0185) is the stack's own, made once.
+    if [ ! -s "$VAR/dialback-secret" ]; then
+        (umask 077; random_password > "$VAR/dialback-secret"; random_password >> "$VAR/dialback-secret")
+    fi
+    dbsecret=$(tr -d '\n' < "$VAR/dialback-secret")
     awk -v sets="$(cat <<EOF
 cluster	router	tcp://127.0.0.1:$ROUTER_PORT
+cluster	dialback_secret	$dbsecret
 cluster	redis_host	127.0.0.1
 cluster	redis_port	$REDIS_PORT
 cluster	postgres	host=127.0.0.1 port=$PG_PORT dbname=switchboard user=switchboard
@@ -326,6 +360,12 @@ bosh	tls_port	$BOSH_TLS
 bosh	cert	$TLS/cert.pem
 bosh	key	$TLS/key.pem
 bosh	prebind_secret	$secret
+s2s	listen	$S2S_LISTEN
+s2s	port	$S2S_PORT
+s2s	tls_port	$S2S_TLS
+s2s	cert	$TLS/cert.pem
+s2s	key	$TLS/key.pem
+s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
 $(test_sets)
 $(ini_profile_extra)
 EOF
@@ -390,6 +430,8 @@ setup_data() {
     out=$(sbctl db migrate 2>&1) || { printf '%s\n' "$out" >&2; die "'sbctl db migrate' failed"; }
     sbctl_idem domain add "$DOMAIN"
     sbctl_idem domain add "$ANON_DOMAIN" --anonymous
+    local d
+    for d in $EXTRA_DOMAINS; do sbctl_idem domain add "$d"; done
     local u
     (umask 077; touch "$PASSWORDS"
      for u in "${DEMO_USERS[@]}"; do
@@ -409,7 +451,8 @@ proc_bin() {
     sm*)     printf '%s' "$ROOT/bin/sb-sm" ;;
     c2s*)    printf '%s' "$ROOT/bin/sb-c2s" ;;
     bosh*)   printf '%s' "$ROOT/bin/sb-bosh" ;;
-    *) die "unknown process '$1' (router1, smN, c2sN, boshN)" ;;
+    s2s*)    printf '%s' "$ROOT/bin/sb-s2s" ;;
+    *) die "unknown process '$1' (router1, smN, c2sN, boshN, s2sN)" ;;
     esac
 }
 
@@ -479,7 +522,7 @@ cmd_kill_proc() {
 }
 
 # ---------------------------------------------------------------- (i) readiness
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 registered() {   # status output, name → is NAME listed?
     printf '%s\n' "$1" | grep -qE "(^|[^A-Za-z0-9_.-])$2([^A-Za-z0-9_.-]|\$)"
@@ -503,8 +546,13 @@ cmd_wait_ready() {
         done
         st=$(timeout 5 "$ROOT/bin/sbctl" -c "$INI" status 2>/dev/null || true)
         for n in "${COMPONENTS[@]}"; do registered "$st" "$n" || missing+=" $n"; done
-        for p in "$C2S1_PORT" "$C2S1_TLS" "$C2S2_PORT" "$C2S2_TLS" "$BOSH_PORT" "$BOSH_TLS"; do
-            port_open "$p" || missing+=" port:$p"
+        for n in "${COMPONENTS[@]}"; do
+            case "$n" in
+            c2s1) for p in "$C2S1_PORT" "$C2S1_TLS"; do port_open "$p" || missing+=" port:$p"; done ;;
+            c2s2) for p in "$C2S2_PORT" "$C2S2_TLS"; do port_open "$p" || missing+=" port:$p"; done ;;
+            bosh1) for p in "$BOSH_PORT" "$BOSH_TLS"; do port_open "$p" || missing+=" port:$p"; done ;;
+            s2s1) port_open "$S2S_PORT" "$S2S_LISTEN" || missing+=" port:$S2S_LISTEN:$S2S_PORT" ;;
+            esac
         done
         [ -z "$missing" ] && return 0
         if [ $SECONDS -ge $end ]; then
@@ -552,6 +600,7 @@ cmd_run() {
     say "Switchboard is running (profile $PROFILE). Logs: $LOG/"
     say "  c2s1: 127.0.0.1:$C2S1_PORT (STARTTLS), 127.0.0.1:$C2S1_TLS (direct TLS)"
     say "  c2s2: 127.0.0.1:$C2S2_PORT (STARTTLS), 127.0.0.1:$C2S2_TLS (direct TLS)"
+    say "  s2s1: $S2S_LISTEN:$S2S_PORT (STARTTLS), $S2S_LISTEN:$S2S_TLS (direct TLS)"
     say "  bosh1: http://127.0.0.1:$BOSH_PORT/http-bind (BOSH), ws://127.0.0.1:$BOSH_PORT/xmpp-websocket,"
     say "         https://127.0.0.1:$BOSH_TLS/... (same paths), pre-bind POST /http-pre-bind"
     say "         (secret in $PREBIND_SECRET_FILE); anonymous domain: $ANON_DOMAIN"

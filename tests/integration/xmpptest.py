@@ -89,6 +89,8 @@ class Stack:
         # ADMIN lines (name=sm1 kind=sm …): accept both.
         names = set()
         for line in out.splitlines():
+            if line.startswith("S2S CONNECTIONS"):
+                break                   # the s2s table follows the instances
             words = line.split()
             if not words or words[0] == "INSTANCE":
                 continue

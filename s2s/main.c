@@ -1,0 +1,168 @@
+/* main.c — sb-s2s start-up and shutdown: read [s2s] settings (and the
+ * cluster's dialback_secret), load the TLS credential and trust anchors,
+ * start the resolver, connect to PostgreSQL (local domains) and the
+ * router, open the listeners (accepting once the domains are known), and
+ * on SIGTERM bounce what still waits, close every stream and exit. */
+#include "s2s.h"
+#include "config.h"
+#include "log.h"
+#include "proc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S2S_SHUTDOWN_GRACE 2.0
+
+struct s2s_srv s2s;
+
+static ev_timer main_grace;
+
+static void main_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    log_warn("shutdown_grace_over", "conns=%ld", s2s.nconns);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void main_on_stop(struct sb_proc *p, void *ud)
+{
+    if (s2s.stopping) {
+        ev_break(p->loop, EVBREAK_ALL);
+        return;
+    }
+    log_info("shutdown", "conns=%ld routes=%ld", s2s.nconns, s2s_out_count());
+    s2s_listen_stop();
+    s2s_domains_stop();
+    s2s_out_free_all();              /* bounces what waits, closes outgoing streams */
+    for (struct s2s_conn *c = s2s.conns; c; c = c->next)
+        if (c->dir == S2S_IN)
+            s2s_stream_error(c, "system-shutdown", "shutdown");
+    s2s.stopping = 1;
+    if (!s2s.conns) {
+        ev_break(p->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_init(&main_grace, main_grace_cb, S2S_SHUTDOWN_GRACE, 0.);
+    ev_timer_start(p->loop, &main_grace);
+}
+
+static double main_seconds(const char *key, long def)
+{
+    return (double)sb_config_int(key, def);
+}
+
+static sb_rc main_config(struct s2s_cfg *cfg)
+{
+    cfg->listen = sb_config_str("listen", "127.0.0.1");
+    cfg->port = (int)sb_config_int("port", 5269);
+    cfg->tls_port = (int)sb_config_int("tls_port", 5270);
+    cfg->cert = sb_config_str("cert", "var/tls/cert.pem");
+    cfg->key = sb_config_str("key", "var/tls/key.pem");
+    cfg->cafile = sb_config_str("cafile", "");
+    cfg->system_trust = sb_config_bool("system_trust", 1);
+    cfg->tls_priority = sb_config_str("tls_priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2");
+    cfg->resolver = sb_config_str("resolver", "");
+    cfg->default_port = (int)sb_config_int("default_port", 5269);
+    cfg->connect_timeout = main_seconds("connect_timeout", 30);
+    cfg->login_timeout = main_seconds("login_timeout", 60);
+    cfg->idle_timeout = main_seconds("idle_timeout", 600);
+    cfg->in_idle_timeout = main_seconds("incoming_idle_timeout", 1800);
+    cfg->ping_interval = main_seconds("ping_interval", 300);
+    cfg->ping_timeout = main_seconds("ping_timeout", 60);
+    cfg->max_queue = (int)sb_config_int("max_queue", 1000);
+    cfg->max_pending = (size_t)sb_config_int("max_pending", 4194304);
+    cfg->require_tls = sb_config_bool("require_tls", 1);
+    cfg->require_valid_certs = sb_config_bool("require_valid_certs", 0);
+    cfg->secret = sb_config_str("dialback_secret", "");
+    cfg->limits.max_stanza = (size_t)sb_config_int("max_stanza", 262144);
+    cfg->limits.max_depth = (int)sb_config_int("max_depth", 32);
+    if (strlen(cfg->secret) < 16) {
+        log_error("config_invalid", "key=dialback_secret reason=\"set [cluster] dialback_secret "
+                  "(at least 16 characters, the same on every s2s instance)\"");
+        fprintf(stderr, "sb-s2s: [cluster] dialback_secret is missing or shorter than 16 characters\n");
+        return SB_ERROR;
+    }
+    if (cfg->connect_timeout <= 0 || cfg->login_timeout <= 0 || cfg->idle_timeout <= 0 ||
+        cfg->in_idle_timeout <= 0 || cfg->max_queue < 1 || cfg->max_pending < 65536 ||
+        cfg->limits.max_stanza < 1024 || cfg->default_port <= 0 || cfg->default_port > 65535) {
+        log_error("config_invalid", "connect_timeout=%g login_timeout=%g idle_timeout=%g "
+                  "max_queue=%d max_pending=%zu", cfg->connect_timeout, cfg->login_timeout,
+                  cfg->idle_timeout, cfg->max_queue, cfg->max_pending);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+static sb_rc main_open(void)
+{
+    struct s2s_cfg *cfg = &s2s.cfg;
+    if (s2s_tls_init(cfg) != SB_OK) {
+        if (cfg->require_tls)
+            return SB_ERROR;
+        log_warn("tls_unavailable", "note=\"federating without TLS (require_tls=0)\"");
+    }
+    if (s2s_dns_init(cfg->resolver) != SB_OK)
+        return SB_ERROR;
+    s2s.pg = pgev_new(s2s.loop, sb_config_str("postgres", "dbname=switchboard"));
+    struct link_opts lo = {
+        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .instance = s2s.instance,
+        .kind = "s2s",
+        .domains = "",
+        .heartbeat = atof(sb_config_str("heartbeat", "1")),
+    };
+    s2s.link = link_new(s2s.loop, &lo, s2s_route_recv, NULL);
+    if (!s2s.pg || !s2s.link) {
+        log_error("start_failed", "pg=%d link=%d", s2s.pg != NULL, s2s.link != NULL);
+        return SB_ERROR;
+    }
+    if (cfg->port > 0 && s2s_listen_open(cfg->listen, cfg->port, 0) != SB_OK)
+        return SB_ERROR;
+    if (cfg->tls_port > 0 && s2s_tls_available() &&
+        s2s_listen_open(cfg->listen, cfg->tls_port, 1) != SB_OK)
+        return SB_ERROR;
+    return SB_OK;
+}
+
+static void main_cleanup(void)
+{
+    s2s_out_free_all();
+    s2s_conn_free_all();
+    s2s_listen_stop();
+    s2s_domains_stop();
+    s2s_dns_deinit();
+    if (s2s.link)
+        link_free(s2s.link);
+    if (s2s.pg)
+        pgev_free(s2s.pg);
+    s2s_tls_deinit();
+}
+
+int main(int argc, char **argv)
+{
+    struct sb_proc p;
+    if (sb_proc_init(&p, argc, argv, "s2s") != SB_OK)
+        return 2;
+    s2s.loop = p.loop;
+    s2s.instance = p.instance;
+    if (main_config(&s2s.cfg) != SB_OK) {
+        sb_config_free();
+        return 1;
+    }
+    int rc = 0;
+    if (main_open() == SB_OK) {
+        s2s_domains_start();
+        p.on_stop = main_on_stop;
+        sb_proc_signals(&p);
+        log_info("ready", "listen=%s port=%d tls_port=%d require_tls=%d require_valid_certs=%d",
+                 s2s.cfg.listen, s2s.cfg.port, s2s_tls_available() ? s2s.cfg.tls_port : 0,
+                 s2s.cfg.require_tls, s2s.cfg.require_valid_certs);
+        ev_run(s2s.loop, 0);
+    } else {
+        rc = 1;
+    }
+    main_cleanup();
+    log_info("stopped", "rc=%d", rc);
+    sb_config_free();
+    return rc;
+}

@@ -1,0 +1,398 @@
+"""Federation (sb-s2s): two Switchboard stacks serving sa.test and sb.test
+(stack.sh profiles test2 and test3), found through a local dnsmasq, with
+certificates from a private test CA; bounces for unreachable domains;
+policy; malformed and spoofed server-to-server input.
+
+The stacks, DNS server and CA live for the whole module (one set-up of a
+few seconds); every test makes its own accounts."""
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from xmpptest import ROOT, close, iq_error_condition, login, next_message, run, wait_until
+from fedtest import (OFFSET, CertAuthority, Dns, FedStack, RawS2S, host, srv)
+
+NS_STREAM = "http://etherx.jabber.org/streams"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
+NS_DB = "jabber:server:dialback"
+
+CONNECT_TIMEOUT = 4        # [s2s] connect_timeout of the test stacks
+
+# An address only this checkout uses, for the "A record on 5269" fallback.
+FALLBACK_ADDR = "127.77.%d.%d" % (OFFSET // 250 % 250 + 1, OFFSET % 250 + 1)
+SILENT_ADDR = "127.0.0.6"
+
+
+class Silent:
+    """A server that accepts TCP connections and never says a word."""
+
+    def __init__(self, addr, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, port))
+        self.sock.listen(16)
+        self.accepted = []
+
+    def accept_pending(self):
+        self.sock.setblocking(False)
+        while True:
+            try:
+                c, _ = self.sock.accept()
+                self.accepted.append(c)
+            except OSError:
+                return len(self.accepted)
+
+    def close(self):
+        for c in self.accepted:
+            c.close()
+        self.sock.close()
+
+
+class Fed:
+    pass
+
+
+@pytest.fixture(scope="module")
+def fed():
+    work = os.path.join(ROOT, "var", "fed")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    f = Fed()
+    f.ca = CertAuthority(work)
+    a_cert, a_key = f.ca.issue("sa", ["sa.test", "anon.sa.test"])
+    b_cert, b_key = f.ca.issue("sb", ["sb.test"])
+    f.b_self = f.ca.issue("sb-self", ["sb.test"], self_signed=True)
+    f.b_ca = (b_cert, b_key)
+    common = {"SB_S2S_CAFILE": f.ca.ca_cert, "SB_S2S_SYSTEM_TRUST": "0",
+              "SB_S2S_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
+    f.a = FedStack(2, "sa.test", dict(common, SB_STACK_EXTRA_DOMAINS="anon.sa.test:anonymous",
+                                      SB_S2S_CERT=a_cert, SB_S2S_KEY=a_key))
+    f.b = FedStack(3, "sb.test", dict(common, SB_S2S_CERT=b_cert, SB_S2S_KEY=b_key))
+    f.silent_port = 25299 + OFFSET
+    records = [
+        # sa.test prefers direct TLS (XEP-0368), STARTTLS as a second choice.
+        srv("xmpps-server", "sa.test", "sa-s2s.test", f.a.s2s_tls_port, prio=0),
+        srv("xmpp-server", "sa.test", "sa-s2s.test", f.a.s2s_port, prio=10),
+        host("sa-s2s.test", f.a.s2s_addr),
+        srv("xmpp-server", "sb.test", "sb-s2s.test", f.b.s2s_port),
+        host("sb-s2s.test", f.b.s2s_addr),
+        srv("xmpp-server", "silent.test", "silent-host.test", f.silent_port),
+        host("silent-host.test", SILENT_ADDR),
+        host("afallback.test", FALLBACK_ADDR),
+    ]
+    f.dns = f.silent = None
+    try:
+        f.dns = Dns(work, records)
+        f.silent = Silent(SILENT_ADDR, f.silent_port)
+        f.a.start()
+        f.b.start()
+        yield f
+    finally:
+        for s in (f.a, f.b):
+            s.stop()
+        if f.silent:
+            f.silent.close()
+        if f.dns:
+            f.dns.stop()
+
+
+def user(stack, prefix="u", domain=None):
+    node = "%s%s" % (prefix, secrets.token_hex(4))
+    jid = "%s@%s" % (node, domain or stack.domain)
+    pw = secrets.token_urlsafe(10)
+    stack.sbctl("user", "add", jid, pw)
+    return jid, pw
+
+
+def add_error_inbox(xmpp):
+    xmpp.errors = asyncio.Queue()
+    xmpp.add_event_handler("message_error", lambda m: xmpp.errors.put_nowait(m))
+
+
+async def next_error(xmpp, timeout):
+    try:
+        return await asyncio.wait_for(xmpp.errors.get(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError("no error message within %ss" % timeout)
+
+
+def s2s_row(stack, remote, direction):
+    for r in stack.s2s_status():
+        if r["remote"] == remote and r["dir"] == direction and r["state"] in ("ready", "open"):
+            return r
+    return None
+
+
+# ------------------------------------------------------------------ stack ↔ stack
+def test_messages_flow_both_ways_between_two_switchboard_stacks(fed):
+    a_jid, a_pw = user(fed.a, "alice")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        bob = await login(fed.b, b_jid, b_pw)
+        try:
+            for i in range(3):
+                text = "a→b %d %s" % (i, secrets.token_hex(3))
+                alice.send_message(mto=b_jid, mbody=text, mtype="chat")
+                msg = await next_message(bob, body=text, timeout=15)
+                assert msg["from"] == alice.boundjid.full
+                text = "b→a %d %s" % (i, secrets.token_hex(3))
+                bob.send_message(mto=alice.boundjid.full, mbody=text, mtype="chat")
+                msg = await next_message(alice, body=text, timeout=15)
+                assert msg["from"] == bob.boundjid.full
+        finally:
+            await close(alice)
+            await close(bob)
+    run(go())
+
+
+def test_sasl_external_is_used_when_both_certificates_validate(fed):
+    wait_until(lambda: s2s_row(fed.a, "sb.test", "out") is not None, 10, "sa→sb route")
+    row = s2s_row(fed.a, "sb.test", "out")
+    assert row["auth"] == "external" and row["tls"] == "yes"
+    row = s2s_row(fed.b, "sa.test", "out")
+    assert row and row["auth"] == "external" and row["tls"] == "yes"
+    row = s2s_row(fed.b, "sa.test", "in")
+    assert row and row["auth"] == "external"
+
+
+def test_iq_to_unknown_remote_user_gets_an_error(fed):
+    a_jid, a_pw = user(fed.a, "alice")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        try:
+            cond = await iq_error_condition(alice, "nobody%s@sb.test/r" % secrets.token_hex(3),
+                                            timeout=15)
+            assert cond == "service-unavailable"
+        finally:
+            await close(alice)
+    run(go())
+
+
+def test_presence_subscription_request_and_approval_cross_servers(fed):
+    a_jid, a_pw = user(fed.a, "alice")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        bob = await login(fed.b, b_jid, b_pw)
+        got = {"subscribe": asyncio.Queue(), "subscribed": asyncio.Queue()}
+        bob.add_event_handler("presence_subscribe", lambda p: got["subscribe"].put_nowait(p))
+        alice.add_event_handler("presence_subscribed", lambda p: got["subscribed"].put_nowait(p))
+        try:
+            alice.send_presence(pto=b_jid, ptype="subscribe")
+            p = await asyncio.wait_for(got["subscribe"].get(), 15)
+            assert p["from"].bare == a_jid
+            bob.send_presence(pto=a_jid, ptype="subscribed")
+            p = await asyncio.wait_for(got["subscribed"].get(), 15)
+            assert p["from"].bare == b_jid
+        finally:
+            await close(alice)
+            await close(bob)
+    run(go())
+
+
+def test_dialback_is_used_when_one_certificate_is_self_signed(fed):
+    cert, key = fed.b_self
+    fed.b.restart_s2s(SB_S2S_CERT=cert, SB_S2S_KEY=key)
+    try:
+        a_jid, a_pw = user(fed.a, "alice")
+        b_jid, b_pw = user(fed.b, "bob")
+
+        async def go():
+            alice = await login(fed.a, a_jid, a_pw)
+            bob = await login(fed.b, b_jid, b_pw)
+            try:
+                text = "over dialback %s" % secrets.token_hex(3)
+                alice.send_message(mto=b_jid, mbody=text, mtype="chat")
+                await next_message(bob, body=text, timeout=15)
+                bob.send_message(mto=a_jid, mbody=text + " back", mtype="chat")
+                await next_message(alice, body=text + " back", timeout=15)
+            finally:
+                await close(alice)
+                await close(bob)
+        run(go())
+        # sa.test cannot validate sb.test's certificate and sb.test's client
+        # certificate does not validate at sa.test: dialback both ways.
+        assert s2s_row(fed.a, "sb.test", "out")["auth"] == "dialback"
+        assert s2s_row(fed.b, "sa.test", "out")["auth"] == "dialback"
+        assert s2s_row(fed.a, "sb.test", "in")["auth"] == "dialback"
+    finally:
+        fed.b.restart_s2s(SB_S2S_CERT=fed.b_ca[0], SB_S2S_KEY=fed.b_ca[1])
+
+
+# ------------------------------------------------------------------ bounces
+async def _send_and_get_error(stack, to, timeout, jid=None, pw=None):
+    if jid is None:
+        jid, pw = user(stack, "sender")
+    xmpp = await login(stack, jid, pw)
+    add_error_inbox(xmpp)
+    try:
+        t0 = time.monotonic()
+        xmpp.send_message(mto=to, mbody="anyone there?", mtype="chat")
+        err = await next_error(xmpp, timeout)
+        return err, time.monotonic() - t0
+    finally:
+        await close(xmpp)
+
+
+def test_domain_without_srv_or_a_record_gives_remote_server_not_found(fed):
+    err, took = run(_send_and_get_error(fed.a, "someone@nowhere.test", 10))
+    assert err["error"]["condition"] == "remote-server-not-found"
+    assert err["from"] == "someone@nowhere.test"
+
+
+def test_server_that_never_answers_gives_remote_server_timeout(fed):
+    err, took = run(_send_and_get_error(fed.a, "someone@silent.test", CONNECT_TIMEOUT + 6))
+    assert err["error"]["condition"] == "remote-server-timeout"
+    assert CONNECT_TIMEOUT - 0.5 <= took <= CONNECT_TIMEOUT + 3, took
+    assert fed.silent.accept_pending() >= 1      # it did reach the silent server
+
+
+def test_domain_with_only_an_a_record_is_tried_on_5269(fed):
+    lis = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lis.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        lis.bind((FALLBACK_ADDR, 5269))
+    except OSError as e:
+        lis.close()
+        pytest.skip("cannot listen on %s:5269 here (%s)" % (FALLBACK_ADDR, e))
+    lis.listen(4)
+    lis.settimeout(10)
+    try:
+        async def go():
+            task = asyncio.ensure_future(_send_and_get_error(fed.a, "x@afallback.test", 15))
+            conn, _ = await asyncio.get_running_loop().run_in_executor(None, lis.accept)
+            conn.close()                 # not an XMPP server after all
+            return await task
+        err, _ = run(go())
+        assert err["error"]["condition"] == "remote-server-not-found"
+    finally:
+        lis.close()
+
+
+# ------------------------------------------------------------------ policy
+def test_anonymous_domain_may_not_reach_remote_domains_but_staff_may(fed):
+    anon_jid, anon_pw = user(fed.a, "visitor", domain="anon.sa.test")
+    staff_jid, staff_pw = user(fed.a, "staff")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        bob = await login(fed.b, b_jid, b_pw)
+        try:
+            err, _ = await _send_and_get_error(fed.a, b_jid, 10, anon_jid, anon_pw)
+            assert err["error"]["condition"] == "not-allowed"
+            staff = await login(fed.a, staff_jid, staff_pw)
+            try:
+                staff.send_message(mto=b_jid, mbody="from staff", mtype="chat")
+                await next_message(bob, body="from staff", timeout=15)
+            finally:
+                await close(staff)
+        finally:
+            await close(bob)
+    run(go())
+
+
+# ------------------------------------------------------------------ hostile input
+def _still_federating(fed):
+    a_jid, a_pw = user(fed.a, "alice")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        bob = await login(fed.b, b_jid, b_pw)
+        try:
+            text = "still here %s" % secrets.token_hex(3)
+            bob.send_message(mto=a_jid, mbody=text, mtype="chat")
+            await next_message(alice, body=text, timeout=15)
+        finally:
+            await close(alice)
+            await close(bob)
+    run(go())
+
+
+def test_garbage_before_the_stream_header_is_not_well_formed(fed):
+    async def go():
+        s = await RawS2S(fed.a).connect()
+        try:
+            s.open_stream("sb.test", send=False)
+            s.send("GARBAGE\x01<stream:stream xmlns='jabber:server' "
+                   "xmlns:stream='http://etherx.jabber.org/streams' to='sa.test' version='1.0'>")
+            assert await s.stream_error() == "not-well-formed"
+        finally:
+            await s.close()
+    run(go())
+    _still_federating(fed)
+
+
+def test_stream_to_a_domain_not_served_is_host_unknown(fed):
+    async def go():
+        s = await RawS2S(fed.a).connect()
+        try:
+            s.open_stream("sb.test", to="elsewhere.test")
+            assert await s.stream_error() == "host-unknown"
+        finally:
+            await s.close()
+    run(go())
+
+
+def test_bad_dialback_key_is_refused_and_the_stream_closed(fed):
+    async def go():
+        s = await RawS2S(fed.a).connect()
+        try:
+            s.open_stream("sb.test")
+            await s.element()                       # features
+            await s.starttls("sb.test")
+            s.send("<db:result from='sb.test' to='sa.test'>%s</db:result>" % ("0" * 64))
+            el = await s.element(15)
+            assert el.tag == "{%s}result" % NS_DB and el.get("type") == "invalid", el
+            assert await s.stream_error() == "not-authorized"
+        finally:
+            await s.close()
+    run(go())
+    _still_federating(fed)
+
+
+def test_stanza_from_a_domain_the_peer_did_not_authenticate_is_invalid_from(fed):
+    # A certificate for sb.test from the test CA: the raw peer authenticates
+    # as sb.test with SASL EXTERNAL, then claims to speak for another domain.
+    cert, key = fed.b_ca
+    a_jid, a_pw = user(fed.a, "alice")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        s = await RawS2S(fed.a).connect()
+        try:
+            s.open_stream("sb.test")
+            await s.element()
+            feats = await s.starttls("sb.test", cert, key)
+            assert "EXTERNAL" in ET.tostring(feats).decode()
+            s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+            el = await s.element()
+            assert el.tag.endswith("success"), el
+            s.open_stream("sb.test")
+            await s.element()                       # features of the new stream
+            s.send("<message from='eve@sb.test/x' to='%s' type='chat'><body>legit</body>"
+                   "</message>" % a_jid)
+            await next_message(alice, body="legit", timeout=10)
+            s.send("<message from='ceo@elsewhere.test' to='%s' type='chat'><body>spoof</body>"
+                   "</message>" % a_jid)
+            assert await s.stream_error() == "invalid-from"
+            with pytest.raises(AssertionError):
+                await next_message(alice, body="spoof", timeout=1)
+        finally:
+            await s.close()
+            await close(alice)
+    run(go())
+    _still_federating(fed)
