@@ -9,38 +9,11 @@
 #include "jid.h"
 #include "log.h"
 
-#include <nettle/hmac.h>
-#include <nettle/sha2.h>
 #include <stdio.h>
 #include <string.h>
 
 static struct sb_buf db_buf;
 static struct sb_buf db_text;
-
-void s2s_db_key(const char *secret, const char *receiving, const char *originating,
-                const char *id, char out[65])
-{
-    uint8_t k[SHA256_DIGEST_SIZE], mac[SHA256_DIGEST_SIZE];
-    struct sha256_ctx sh;
-    sha256_init(&sh);
-    sha256_update(&sh, strlen(secret), (const uint8_t *)secret);
-    sha256_digest(&sh, sizeof k, k);
-    /* The key of the HMAC is the hex form of SHA-256(secret), as in the
-     * XEP-0185 example. */
-    char khex[2 * SHA256_DIGEST_SIZE + 1];
-    for (size_t i = 0; i < sizeof k; i++)
-        snprintf(khex + 2 * i, 3, "%02x", k[i]);
-    struct hmac_sha256_ctx h;
-    hmac_sha256_set_key(&h, strlen(khex), (const uint8_t *)khex);
-    hmac_sha256_update(&h, strlen(receiving), (const uint8_t *)receiving);
-    hmac_sha256_update(&h, 1, (const uint8_t *)" ");
-    hmac_sha256_update(&h, strlen(originating), (const uint8_t *)originating);
-    hmac_sha256_update(&h, 1, (const uint8_t *)" ");
-    hmac_sha256_update(&h, strlen(id), (const uint8_t *)id);
-    hmac_sha256_digest(&h, sizeof mac, mac);
-    for (size_t i = 0; i < sizeof mac; i++)
-        snprintf(out + 2 * i, 3, "%02x", mac[i]);
-}
 
 static int db_equal(const char *a, const char *b)
 {

@@ -154,47 +154,6 @@ void s2s_dns_cancel(struct s2s_dns_req *r)
         r->cancelled = 1;    /* freed by its last callback */
 }
 
-/* ---- ordering (RFC 2782) --------------------------------------------------- */
-
-void s2s_dns_sort(struct s2s_target *t, const int *prio, const int *weight, int n)
-{
-    struct s2s_target tmp[DNS_MAX_TARGETS];
-    int p[DNS_MAX_TARGETS], w[DNS_MAX_TARGETS], used[DNS_MAX_TARGETS] = {0};
-    if (n > DNS_MAX_TARGETS)
-        n = DNS_MAX_TARGETS;
-    memcpy(p, prio, (size_t)n * sizeof *p);
-    memcpy(w, weight, (size_t)n * sizeof *w);
-    int out = 0;
-    while (out < n) {
-        int best = -1;
-        for (int i = 0; i < n; i++)
-            if (!used[i] && (best < 0 || p[i] < p[best]))
-                best = i;
-        /* Weighted random pick among the records of the lowest priority;
-         * weight 0 records get a small chance so they are still ordered. */
-        long total = 0;
-        for (int i = 0; i < n; i++)
-            if (!used[i] && p[i] == p[best])
-                total += w[i] + 1;
-        uint32_t rnd;
-        sb_random(&rnd, sizeof rnd);
-        long pick = (long)(rnd % (uint32_t)total), run = 0;
-        int chosen = best;
-        for (int i = 0; i < n; i++) {
-            if (used[i] || p[i] != p[best])
-                continue;
-            run += w[i] + 1;
-            if (pick < run) {
-                chosen = i;
-                break;
-            }
-        }
-        used[chosen] = 1;
-        tmp[out++] = t[chosen];
-    }
-    memcpy(t, tmp, (size_t)n * sizeof *t);
-}
-
 /* ---- SRV ------------------------------------------------------------------- */
 
 static void dns_srv_done(struct s2s_dns_req *r)

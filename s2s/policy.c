@@ -11,11 +11,9 @@
 #include "jid.h"
 #include "log.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define DOMAINS_REFRESH 30.0
 #define DOMAINS_RETRY   2.0
@@ -135,44 +133,6 @@ void s2s_domains_stop(void)
 }
 
 /* ---- policy ----------------------------------------------------------------- */
-
-static int policy_listed(const char *list, const char *remote)
-{
-    size_t rl = strlen(remote);
-    const char *p = list;
-    while (*p) {
-        while (*p && (isspace((unsigned char)*p) || *p == ','))
-            p++;
-        const char *s = p;
-        while (*p && !isspace((unsigned char)*p) && *p != ',')
-            p++;
-        if ((size_t)(p - s) == rl && !strncasecmp(s, remote, rl))
-            return 1;
-    }
-    return 0;
-}
-
-int s2s_policy_eval(const char *value, const char *remote)
-{
-    while (isspace((unsigned char)*value))
-        value++;
-    int allow;
-    if (!strncasecmp(value, "allow", 5))
-        allow = 1;
-    else if (!strncasecmp(value, "deny", 4))
-        allow = 0;
-    else
-        return -1;
-    const char *rest = value + (allow ? 5 : 4);
-    while (isspace((unsigned char)*rest))
-        rest++;
-    if (!*rest)
-        return allow;                      /* all or nothing */
-    if (*rest != ':')
-        return -1;
-    int listed = policy_listed(rest + 1, remote);
-    return allow ? listed : !listed;      /* allow-list or deny-list */
-}
 
 int s2s_policy_allows(const char *local, const char *remote)
 {
