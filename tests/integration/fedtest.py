@@ -89,13 +89,13 @@ class CertAuthority:
 
 # ------------------------------------------------------------------ DNS
 class Dns:
-    """dnsmasq answering for *.test on 127.0.0.1:DNS_PORT; nothing else."""
+    """dnsmasq answering for *.sbtest on 127.0.0.1:DNS_PORT; nothing else."""
 
     def __init__(self, workdir, records):
         self.log = os.path.join(workdir, "dnsmasq.log")
         args = ["dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground", "--no-resolv",
                 "--no-hosts", "--no-poll", "--bind-interfaces", "--listen-address=127.0.0.1",
-                "--port=%d" % DNS_PORT, "--pid-file=", "--local=/test/", "--user=root",
+                "--port=%d" % DNS_PORT, "--pid-file=", "--local=/sbtest/", "--user=root",
                 "--log-facility=" + self.log, "--log-queries"]
         args += records
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,8 +107,8 @@ class Dns:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(0.2)
         try:
-            # A minimal query for "x.test" A; any answer means it is up.
-            q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x04test\x00\x00\x01\x00\x01"
+            # A minimal query for "x.sbtest" A; any answer means it is up.
+            q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x06sbtest\x00\x00\x01\x00\x01"
             s.sendto(q, ("127.0.0.1", DNS_PORT))
             s.recvfrom(512)
             return True
@@ -205,6 +205,18 @@ class FedStack(Stack):
     def log_text(self, name="s2s1"):
         with open(os.path.join(self.env["SB_VAR"], "log", name + ".log")) as f:
             return f.read()
+
+
+def alive(proc, name, log):
+    """True while proc runs; fails at once (with the log's tail) when it exited."""
+    if proc.poll() is None:
+        return True
+    try:
+        with open(log) as f:
+            tail = "".join(f.readlines()[-8:])
+    except OSError:
+        tail = "(no log)"
+    raise AssertionError("%s exited (%s); %s:\n%s" % (name, proc.returncode, log, tail))
 
 
 def port_open(addr, port):
@@ -324,3 +336,204 @@ class RawS2S:
                 await asyncio.wait_for(self.writer.wait_closed(), 3)
             except (asyncio.TimeoutError, OSError, ssl.SSLError):
                 pass
+
+
+# ------------------------------------------------------------------ Prosody
+class Prosody:
+    """Prosody (Debian package) with a private config, data dir, ports and
+    resolver (libunbound pointed at our dnsmasq); it never reads /etc/prosody."""
+
+    def __init__(self, workdir, domain, addr, c2s_port, s2s_port, cert, key, cafile):
+        self.dir = os.path.join(workdir, "prosody")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(os.path.join(self.dir, "data"))
+        self.domain, self.addr = domain, addr
+        self.host = "127.0.0.1"       # clients connect here; peers on addr
+        self.c2s = {"c2s1": (c2s_port, c2s_port)}
+        self.s2s_port = s2s_port
+        self.cfg = os.path.join(self.dir, "prosody.cfg.lua")
+        with open(os.path.join(self.dir, "resolv.conf"), "w") as f:
+            f.write("nameserver 127.0.0.1@%d\n" % DNS_PORT)
+        with open(self.cfg, "w") as f:
+            f.write("""-- written by tests/integration/fedtest.py
+run_as_root = true
+daemonize = false
+pidfile = "{d}/prosody.pid"
+data_path = "{d}/data"
+log = {{ debug = "{d}/prosody.log" }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_interfaces = {{ "{addr}" }}
+c2s_ports = {{ {c2s} }}
+s2s_ports = {{ {s2s} }}
+c2s_direct_tls_ports = {{ }}
+s2s_direct_tls_ports = {{ }}
+legacy_ssl_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "posix" }}
+modules_disabled = {{ "s2s_bidi" }}
+authentication = "internal_hashed"
+storage = "internal"
+c2s_require_encryption = true
+s2s_require_encryption = true
+s2s_secure_auth = false
+unbound = {{ resolvconf = false; forward = "127.0.0.1@{dns}" }}
+-- No cafile: prosody cannot validate our certificate, so both directions
+-- use dialback (XEP-0220) with prosody as the other implementation.
+ssl = {{ certificate = "{cert}"; key = "{key}" }}
+VirtualHost "{dom}"
+""".format(d=self.dir, addr=addr, c2s=c2s_port, s2s=s2s_port, cert=cert, key=key, ca=cafile, dns=DNS_PORT,
+           dom=domain))
+        self.proc = None
+
+    def ctl(self, *args):
+        return run(["prosodyctl", "--config", self.cfg, *args], timeout=30)
+
+    def start(self):
+        self.proc = subprocess.Popen(["prosody", "--config", self.cfg, "-F"],
+                                     stdout=open(os.path.join(self.dir, "stdout.log"), "w"),
+                                     stderr=subprocess.STDOUT, cwd=self.dir)
+        wait_until(lambda: alive(self.proc, "prosody", self.dir + "/prosody.log")
+                   and port_open(self.addr, self.s2s_port)
+                   and port_open(self.host, self.c2s["c2s1"][0]), 20, "prosody listening")
+
+    def add_user(self, prefix="p"):
+        import secrets
+        node = "%s%s" % (prefix, secrets.token_hex(4))
+        pw = secrets.token_urlsafe(10)
+        self.ctl("register", node, self.domain, pw)
+        return "%s@%s" % (node, self.domain), pw
+
+    def port(self, instance="c2s1"):
+        return self.c2s["c2s1"][0]
+
+    def tls_port(self, instance="c2s1"):
+        return self.c2s["c2s1"][1]
+
+    def stop(self):
+        stop_proc(self.proc, timeout=10)
+
+    def log_text(self):
+        with open(os.path.join(self.dir, "prosody.log")) as f:
+            return f.read()
+
+
+# ------------------------------------------------------------------ ejabberd
+class Ejabberd:
+    """ejabberd (Debian package) as root with its own config dir, node name,
+    cookie, spool and log dirs; Erlang distribution on a private port without
+    epmd, DNS through our dnsmasq (inetrc). Never touches /etc/ejabberd."""
+
+    def __init__(self, workdir, domain, addr, c2s_port, s2s_port, dist_port, bundle, cafile,
+                 hosts):
+        self.dir = os.path.join(workdir, "ejabberd")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for sub in ("conf", "spool", "logs"):
+            os.makedirs(os.path.join(self.dir, sub))
+        self.domain, self.addr = domain, addr
+        self.host = "127.0.0.1"
+        self.c2s = {"c2s1": (c2s_port, c2s_port)}
+        self.s2s_port = s2s_port
+        conf = os.path.join(self.dir, "conf")
+        import secrets
+        with open(os.path.join(conf, "ejabberdctl.cfg"), "w") as f:
+            f.write("# written by tests/integration/fedtest.py\n"
+                    "EXEC_CMD=as_current_user\n"
+                    "ERLANG_NODE=sbtest%d@localhost\n"
+                    "ERL_DIST_PORT=%d\n"
+                    "INET_DIST_INTERFACE=127.0.0.1\n"
+                    "ERL_OPTIONS=\"-setcookie %s\"\n" % (dist_port, dist_port, secrets.token_hex(12)))
+        with open(os.path.join(conf, "inetrc"), "w") as f:
+            f.write("{resolv_conf, \"\"}.\n{hosts_file, \"\"}.\n"
+                    "{host, {127,0,0,1}, [\"localhost\"]}.\n"
+                    "{nameserver, {127,0,0,1}, %d}.\n"
+                    "{lookup, [file, dns]}.\n" % DNS_PORT)
+        with open(os.path.join(conf, "ejabberd.yml"), "w") as f:
+            f.write("""# written by tests/integration/fedtest.py
+hosts: ["{dom}"]
+loglevel: info
+log_rotate_count: 0
+certfiles: ["{bundle}"]
+ca_file: "{ca}"
+listen:
+  - port: {c2s}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls_required: true
+  - port: {s2s}
+    ip: "{addr}"
+    module: ejabberd_s2s_in
+s2s_use_starttls: required
+# The test DNS has A records only.
+outgoing_s2s_families: [ipv4]
+auth_method: internal
+default_db: mnesia
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+modules:
+  mod_roster: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_s2s_dialback: {{}}
+""".format(dom=domain, bundle=bundle, ca=cafile, c2s=c2s_port, s2s=s2s_port, addr=addr))
+        # ejabberd resolves SRV records with Erlang's resolver (inetrc above)
+        # but the SRV targets with the C library (net:getaddrinfo), which
+        # reads only /etc/hosts and /etc/resolv.conf. It runs in a private
+        # mount namespace where /etc/hosts also names the test hosts; the
+        # system's file is untouched.
+        self.hosts_file = os.path.join(conf, "hosts")
+        with open("/etc/hosts") as src, open(self.hosts_file, "w") as f:
+            f.write(src.read())
+            f.write("\n# federation test hosts\n")
+            for name, ip in sorted(hosts.items()):
+                f.write("%s %s\n" % (ip, name))
+        self.proc = None
+
+    def _ctl_args(self):
+        d = self.dir
+        return ["ejabberdctl", "-c", d + "/conf/ejabberdctl.cfg", "-d", d + "/conf",
+                "-s", d + "/spool", "-l", d + "/logs", "-f", d + "/conf/ejabberd.yml"]
+
+    def ctl(self, *args, timeout=30):
+        return run(self._ctl_args() + list(args), timeout=timeout, cwd=self.dir)
+
+    def start(self):
+        cmd = " ".join("'%s'" % a for a in self._ctl_args() + ["foreground"])
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                      "mount --bind '%s' /etc/hosts && exec %s"
+                                      % (self.hosts_file, cmd)], cwd=self.dir,
+                                     stdout=open(os.path.join(self.dir, "logs", "stdout.log"), "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: alive(self.proc, "ejabberd", self.dir + "/logs/ejabberd.log")
+                   and port_open(self.addr, self.s2s_port)
+                   and port_open(self.host, self.c2s["c2s1"][0]), 40, "ejabberd listening")
+
+    def add_user(self, prefix="e"):
+        import secrets
+        node = "%s%s" % (prefix, secrets.token_hex(4))
+        pw = secrets.token_urlsafe(10)
+        self.ctl("register", node, self.domain, pw)
+        return "%s@%s" % (node, self.domain), pw
+
+    def port(self, instance="c2s1"):
+        return self.c2s["c2s1"][0]
+
+    def tls_port(self, instance="c2s1"):
+        return self.c2s["c2s1"][1]
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.ctl("stop", timeout=15)
+            self.proc.wait(15)
+        except Exception:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)   # the group we started
+            except OSError:
+                pass
+            self.proc.wait(5)

@@ -1,4 +1,4 @@
-"""Federation (sb-s2s): two Switchboard stacks serving sa.test and sb.test
+"""Federation (sb-s2s): two Switchboard stacks serving sa.sbtest and sb.sbtest
 (stack.sh profiles test2 and test3), found through a local dnsmasq, with
 certificates from a private test CA; bounces for unreachable domains;
 policy; malformed and spoofed server-to-server input.
@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xmpptest import ROOT, close, iq_error_condition, login, next_message, run, wait_until
-from fedtest import (OFFSET, CertAuthority, Dns, FedStack, RawS2S, host, srv)
+from fedtest import (OFFSET, CertAuthority, Dns, Ejabberd, FedStack, Prosody, RawS2S, host, srv)
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -30,6 +30,8 @@ CONNECT_TIMEOUT = 4        # [s2s] connect_timeout of the test stacks
 # An address only this checkout uses, for the "A record on 5269" fallback.
 FALLBACK_ADDR = "127.77.%d.%d" % (OFFSET // 250 % 250 + 1, OFFSET % 250 + 1)
 SILENT_ADDR = "127.0.0.6"
+PROSODY_ADDR = "127.0.0.4"
+EJABBERD_ADDR = "127.0.0.5"
 
 
 class Silent:
@@ -67,28 +69,35 @@ def fed():
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     f = Fed()
+    f.work = work
     f.ca = CertAuthority(work)
-    a_cert, a_key = f.ca.issue("sa", ["sa.test", "anon.sa.test"])
-    b_cert, b_key = f.ca.issue("sb", ["sb.test"])
-    f.b_self = f.ca.issue("sb-self", ["sb.test"], self_signed=True)
+    a_cert, a_key = f.ca.issue("sa", ["sa.sbtest", "anon.sa.sbtest"])
+    b_cert, b_key = f.ca.issue("sb", ["sb.sbtest"])
+    f.b_self = f.ca.issue("sb-self", ["sb.sbtest"], self_signed=True)
     f.b_ca = (b_cert, b_key)
     common = {"SB_S2S_CAFILE": f.ca.ca_cert, "SB_S2S_SYSTEM_TRUST": "0",
               "SB_S2S_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
-    f.a = FedStack(2, "sa.test", dict(common, SB_STACK_EXTRA_DOMAINS="anon.sa.test:anonymous",
+    f.a = FedStack(2, "sa.sbtest", dict(common, SB_STACK_EXTRA_DOMAINS="anon.sa.sbtest:anonymous",
                                       SB_S2S_CERT=a_cert, SB_S2S_KEY=a_key))
-    f.b = FedStack(3, "sb.test", dict(common, SB_S2S_CERT=b_cert, SB_S2S_KEY=b_key))
+    f.b = FedStack(3, "sb.sbtest", dict(common, SB_S2S_CERT=b_cert, SB_S2S_KEY=b_key))
     f.silent_port = 25299 + OFFSET
     records = [
-        # sa.test prefers direct TLS (XEP-0368), STARTTLS as a second choice.
-        srv("xmpps-server", "sa.test", "sa-s2s.test", f.a.s2s_tls_port, prio=0),
-        srv("xmpp-server", "sa.test", "sa-s2s.test", f.a.s2s_port, prio=10),
-        host("sa-s2s.test", f.a.s2s_addr),
-        srv("xmpp-server", "sb.test", "sb-s2s.test", f.b.s2s_port),
-        host("sb-s2s.test", f.b.s2s_addr),
-        srv("xmpp-server", "silent.test", "silent-host.test", f.silent_port),
-        host("silent-host.test", SILENT_ADDR),
-        host("afallback.test", FALLBACK_ADDR),
+        # sa.sbtest prefers direct TLS (XEP-0368), STARTTLS as a second choice.
+        srv("xmpps-server", "sa.sbtest", "sa-s2s.sbtest", f.a.s2s_tls_port, prio=0),
+        srv("xmpp-server", "sa.sbtest", "sa-s2s.sbtest", f.a.s2s_port, prio=10),
+        host("sa-s2s.sbtest", f.a.s2s_addr),
+        srv("xmpp-server", "sb.sbtest", "sb-s2s.sbtest", f.b.s2s_port),
+        host("sb-s2s.sbtest", f.b.s2s_addr),
+        srv("xmpp-server", "silent.sbtest", "silent-host.sbtest", f.silent_port),
+        host("silent-host.sbtest", SILENT_ADDR),
+        host("afallback.sbtest", FALLBACK_ADDR),
+        srv("xmpp-server", "prosody.sbtest", "prosody-s2s.sbtest", 25292 + OFFSET),
+        host("prosody-s2s.sbtest", PROSODY_ADDR),
+        srv("xmpp-server", "ejabberd.sbtest", "ejabberd-s2s.sbtest", 25287 + OFFSET),
+        host("ejabberd-s2s.sbtest", EJABBERD_ADDR),
     ]
+    f.hosts = {"sa-s2s.sbtest": f.a.s2s_addr, "sb-s2s.sbtest": f.b.s2s_addr,
+               "prosody-s2s.sbtest": PROSODY_ADDR, "ejabberd-s2s.sbtest": EJABBERD_ADDR}
     f.dns = f.silent = None
     try:
         f.dns = Dns(work, records)
@@ -157,12 +166,12 @@ def test_messages_flow_both_ways_between_two_switchboard_stacks(fed):
 
 
 def test_sasl_external_is_used_when_both_certificates_validate(fed):
-    wait_until(lambda: s2s_row(fed.a, "sb.test", "out") is not None, 10, "sa→sb route")
-    row = s2s_row(fed.a, "sb.test", "out")
+    wait_until(lambda: s2s_row(fed.a, "sb.sbtest", "out") is not None, 10, "sa→sb route")
+    row = s2s_row(fed.a, "sb.sbtest", "out")
     assert row["auth"] == "external" and row["tls"] == "yes"
-    row = s2s_row(fed.b, "sa.test", "out")
+    row = s2s_row(fed.b, "sa.sbtest", "out")
     assert row and row["auth"] == "external" and row["tls"] == "yes"
-    row = s2s_row(fed.b, "sa.test", "in")
+    row = s2s_row(fed.b, "sa.sbtest", "in")
     assert row and row["auth"] == "external"
 
 
@@ -172,7 +181,7 @@ def test_iq_to_unknown_remote_user_gets_an_error(fed):
     async def go():
         alice = await login(fed.a, a_jid, a_pw)
         try:
-            cond = await iq_error_condition(alice, "nobody%s@sb.test/r" % secrets.token_hex(3),
+            cond = await iq_error_condition(alice, "nobody%s@sb.sbtest/r" % secrets.token_hex(3),
                                             timeout=15)
             assert cond == "service-unavailable"
         finally:
@@ -223,11 +232,11 @@ def test_dialback_is_used_when_one_certificate_is_self_signed(fed):
                 await close(alice)
                 await close(bob)
         run(go())
-        # sa.test cannot validate sb.test's certificate and sb.test's client
-        # certificate does not validate at sa.test: dialback both ways.
-        assert s2s_row(fed.a, "sb.test", "out")["auth"] == "dialback"
-        assert s2s_row(fed.b, "sa.test", "out")["auth"] == "dialback"
-        assert s2s_row(fed.a, "sb.test", "in")["auth"] == "dialback"
+        # sa.sbtest cannot validate sb.sbtest's certificate and sb.sbtest's client
+        # certificate does not validate at sa.sbtest: dialback both ways.
+        assert s2s_row(fed.a, "sb.sbtest", "out")["auth"] == "dialback"
+        assert s2s_row(fed.b, "sa.sbtest", "out")["auth"] == "dialback"
+        assert s2s_row(fed.a, "sb.sbtest", "in")["auth"] == "dialback"
     finally:
         fed.b.restart_s2s(SB_S2S_CERT=fed.b_ca[0], SB_S2S_KEY=fed.b_ca[1])
 
@@ -248,13 +257,13 @@ async def _send_and_get_error(stack, to, timeout, jid=None, pw=None):
 
 
 def test_domain_without_srv_or_a_record_gives_remote_server_not_found(fed):
-    err, took = run(_send_and_get_error(fed.a, "someone@nowhere.test", 10))
+    err, took = run(_send_and_get_error(fed.a, "someone@nowhere.sbtest", 10))
     assert err["error"]["condition"] == "remote-server-not-found"
-    assert err["from"] == "someone@nowhere.test"
+    assert err["from"] == "someone@nowhere.sbtest"
 
 
 def test_server_that_never_answers_gives_remote_server_timeout(fed):
-    err, took = run(_send_and_get_error(fed.a, "someone@silent.test", CONNECT_TIMEOUT + 6))
+    err, took = run(_send_and_get_error(fed.a, "someone@silent.sbtest", CONNECT_TIMEOUT + 6))
     assert err["error"]["condition"] == "remote-server-timeout"
     assert CONNECT_TIMEOUT - 0.5 <= took <= CONNECT_TIMEOUT + 3, took
     assert fed.silent.accept_pending() >= 1      # it did reach the silent server
@@ -272,7 +281,7 @@ def test_domain_with_only_an_a_record_is_tried_on_5269(fed):
     lis.settimeout(10)
     try:
         async def go():
-            task = asyncio.ensure_future(_send_and_get_error(fed.a, "x@afallback.test", 15))
+            task = asyncio.ensure_future(_send_and_get_error(fed.a, "x@afallback.sbtest", 15))
             conn, _ = await asyncio.get_running_loop().run_in_executor(None, lis.accept)
             conn.close()                 # not an XMPP server after all
             return await task
@@ -284,7 +293,7 @@ def test_domain_with_only_an_a_record_is_tried_on_5269(fed):
 
 # ------------------------------------------------------------------ policy
 def test_anonymous_domain_may_not_reach_remote_domains_but_staff_may(fed):
-    anon_jid, anon_pw = user(fed.a, "visitor", domain="anon.sa.test")
+    anon_jid, anon_pw = user(fed.a, "visitor", domain="anon.sa.sbtest")
     staff_jid, staff_pw = user(fed.a, "staff")
     b_jid, b_pw = user(fed.b, "bob")
 
@@ -326,9 +335,9 @@ def test_garbage_before_the_stream_header_is_not_well_formed(fed):
     async def go():
         s = await RawS2S(fed.a).connect()
         try:
-            s.open_stream("sb.test", send=False)
+            s.open_stream("sb.sbtest", send=False)
             s.send("GARBAGE\x01<stream:stream xmlns='jabber:server' "
-                   "xmlns:stream='http://etherx.jabber.org/streams' to='sa.test' version='1.0'>")
+                   "xmlns:stream='http://etherx.jabber.org/streams' to='sa.sbtest' version='1.0'>")
             assert await s.stream_error() == "not-well-formed"
         finally:
             await s.close()
@@ -340,7 +349,7 @@ def test_stream_to_a_domain_not_served_is_host_unknown(fed):
     async def go():
         s = await RawS2S(fed.a).connect()
         try:
-            s.open_stream("sb.test", to="elsewhere.test")
+            s.open_stream("sb.sbtest", to="elsewhere.sbtest")
             assert await s.stream_error() == "host-unknown"
         finally:
             await s.close()
@@ -351,10 +360,10 @@ def test_bad_dialback_key_is_refused_and_the_stream_closed(fed):
     async def go():
         s = await RawS2S(fed.a).connect()
         try:
-            s.open_stream("sb.test")
+            s.open_stream("sb.sbtest")
             await s.element()                       # features
-            await s.starttls("sb.test")
-            s.send("<db:result from='sb.test' to='sa.test'>%s</db:result>" % ("0" * 64))
+            await s.starttls("sb.sbtest")
+            s.send("<db:result from='sb.sbtest' to='sa.sbtest'>%s</db:result>" % ("0" * 64))
             el = await s.element(15)
             assert el.tag == "{%s}result" % NS_DB and el.get("type") == "invalid", el
             assert await s.stream_error() == "not-authorized"
@@ -365,8 +374,8 @@ def test_bad_dialback_key_is_refused_and_the_stream_closed(fed):
 
 
 def test_stanza_from_a_domain_the_peer_did_not_authenticate_is_invalid_from(fed):
-    # A certificate for sb.test from the test CA: the raw peer authenticates
-    # as sb.test with SASL EXTERNAL, then claims to speak for another domain.
+    # A certificate for sb.sbtest from the test CA: the raw peer authenticates
+    # as sb.sbtest with SASL EXTERNAL, then claims to speak for another domain.
     cert, key = fed.b_ca
     a_jid, a_pw = user(fed.a, "alice")
 
@@ -374,19 +383,19 @@ def test_stanza_from_a_domain_the_peer_did_not_authenticate_is_invalid_from(fed)
         alice = await login(fed.a, a_jid, a_pw)
         s = await RawS2S(fed.a).connect()
         try:
-            s.open_stream("sb.test")
+            s.open_stream("sb.sbtest")
             await s.element()
-            feats = await s.starttls("sb.test", cert, key)
+            feats = await s.starttls("sb.sbtest", cert, key)
             assert "EXTERNAL" in ET.tostring(feats).decode()
             s.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
             el = await s.element()
             assert el.tag.endswith("success"), el
-            s.open_stream("sb.test")
+            s.open_stream("sb.sbtest")
             await s.element()                       # features of the new stream
-            s.send("<message from='eve@sb.test/x' to='%s' type='chat'><body>legit</body>"
+            s.send("<message from='eve@sb.sbtest/x' to='%s' type='chat'><body>legit</body>"
                    "</message>" % a_jid)
             await next_message(alice, body="legit", timeout=10)
-            s.send("<message from='ceo@elsewhere.test' to='%s' type='chat'><body>spoof</body>"
+            s.send("<message from='ceo@elsewhere.sbtest' to='%s' type='chat'><body>spoof</body>"
                    "</message>" % a_jid)
             assert await s.stream_error() == "invalid-from"
             with pytest.raises(AssertionError):
@@ -396,3 +405,76 @@ def test_stanza_from_a_domain_the_peer_did_not_authenticate_is_invalid_from(fed)
             await close(alice)
     run(go())
     _still_federating(fed)
+
+
+# ------------------------------------------------------------------ Prosody
+@pytest.fixture(scope="module")
+def prosody(fed):
+    if not shutil.which("prosody"):
+        pytest.fail("prosody is not installed (deploy/dev/packages.txt)")
+    cert, key = fed.ca.issue("prosody", ["prosody.sbtest"])
+    p = Prosody(fed.work, "prosody.sbtest", PROSODY_ADDR, 25291 + OFFSET, 25292 + OFFSET, cert, key,
+                fed.ca.ca_cert)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+
+
+def _exchange(local_stack, local_user, remote, remote_user):
+    (l_jid, l_pw), (r_jid, r_pw) = local_user, remote_user
+
+    async def go():
+        ours = await login(local_stack, l_jid, l_pw)
+        theirs = await login(remote, r_jid, r_pw)
+        try:
+            for i in range(2):
+                text = "to them %d %s" % (i, secrets.token_hex(3))
+                ours.send_message(mto=r_jid, mbody=text, mtype="chat")
+                msg = await next_message(theirs, body=text, timeout=20)
+                assert msg["from"] == ours.boundjid.full
+                text = "to us %d %s" % (i, secrets.token_hex(3))
+                theirs.send_message(mto=l_jid, mbody=text, mtype="chat")
+                msg = await next_message(ours, body=text, timeout=20)
+                assert msg["from"] == theirs.boundjid.full
+        finally:
+            await close(ours)
+            await close(theirs)
+    run(go(), timeout=90)
+
+
+def test_federates_with_prosody_both_ways(fed, prosody):
+    _exchange(fed.a, user(fed.a, "alice"), prosody, prosody.add_user("pat"))
+    # Prosody has no trust anchor for our CA, so it cannot accept SASL
+    # EXTERNAL from us: we prove sa.sbtest by dialback (Prosody verifies the
+    # key with us). Its own certificate is from the CA we trust, so it
+    # authenticates to us with SASL EXTERNAL.
+    row = s2s_row(fed.a, "prosody.sbtest", "out")
+    assert row and row["tls"] == "yes" and row["auth"] == "dialback", row
+    row = s2s_row(fed.a, "prosody.sbtest", "in")
+    assert row and row["tls"] == "yes" and row["auth"] == "external", row
+
+
+# ------------------------------------------------------------------ ejabberd
+@pytest.fixture(scope="module")
+def ejabberd(fed):
+    if not shutil.which("ejabberdctl"):
+        pytest.fail("ejabberd is not installed (deploy/dev/packages.txt)")
+    cert, key = fed.ca.issue("ejabberd", ["ejabberd.sbtest"])
+    e = Ejabberd(fed.work, "ejabberd.sbtest", EJABBERD_ADDR, 25286 + OFFSET, 25287 + OFFSET,
+                 25288 + OFFSET, fed.ca.bundle("ejabberd", cert, key), fed.ca.ca_cert, fed.hosts)
+    try:
+        e.start()
+        yield e
+    finally:
+        e.stop()
+
+
+def test_federates_with_ejabberd_both_ways_over_sasl_external(fed, ejabberd):
+    _exchange(fed.a, user(fed.a, "alice"), ejabberd, ejabberd.add_user("ed"))
+    # Both sides trust the test CA: SASL EXTERNAL (XEP-0178) both ways.
+    row = s2s_row(fed.a, "ejabberd.sbtest", "out")
+    assert row and row["tls"] == "yes" and row["auth"] == "external", row
+    row = s2s_row(fed.a, "ejabberd.sbtest", "in")
+    assert row and row["tls"] == "yes" and row["auth"] == "external", row
