@@ -1,8 +1,9 @@
 /* policy.c — which local domains exist (and which are anonymous), loaded
  * from PostgreSQL at start and every 30 s like c2s does, and whether a
  * local domain may exchange stanzas with a remote one. The policy of a
- * local domain is the [s2s] key `policy.<domain>`, else `anon_policy`
- * (default deny) for anonymous domains, else `policy` (default allow):
+ * local domain is `[domain.NAME] s2s_policy`; an anonymous domain without
+ * one allows only its `s2s_allow` list (what c2s and bosh enforce for its
+ * users, none by default); other domains use `[s2s] policy` (allow):
  *   allow | deny | allow: a.example b.example | deny: a.example, b.example
  * It applies to both directions. Listeners open once the domains are known,
  * so a stream header is never judged against an empty list. */
@@ -136,12 +137,15 @@ void s2s_domains_stop(void)
 
 int s2s_policy_allows(const char *local, const char *remote)
 {
-    char key[JID_PART_MAX + 16];
-    snprintf(key, sizeof key, "policy.%s", local);
-    const char *v = sb_config_str(key, NULL);
+    const char *v = sb_config_str_in("domain", local, "s2s_policy", NULL);
+    char buf[2048];
+    if (!v && s2s_domain_anonymous(local)) {
+        /* The same list the front-ends apply to anonymous users. */
+        snprintf(buf, sizeof buf, "allow: %s", sb_config_str_in("domain", local, "s2s_allow", ""));
+        v = buf;
+    }
     if (!v)
-        v = s2s_domain_anonymous(local) ? sb_config_str("anon_policy", "deny")
-                                        : sb_config_str("policy", "allow");
+        v = sb_config_str("policy", "allow");
     int r = s2s_policy_eval(v, remote);
     if (r < 0) {
         log_warn("policy_invalid", "local=%s value=%s note=\"treated as deny\"", local,

@@ -178,6 +178,11 @@ class FedStack(Stack):
         except Exception:
             pass
 
+    def append_ini(self, text):
+        """Add settings to the generated INI (read by processes started later)."""
+        with open(self.ini, "a") as f:
+            f.write("\n" + text)
+
     def restart_s2s(self, **env):
         """Restart s2s1 with extra SB_S2S_* settings (e.g. another certificate)."""
         self.extra_env.update(env)

@@ -71,13 +71,13 @@ def fed():
     f = Fed()
     f.work = work
     f.ca = CertAuthority(work)
-    a_cert, a_key = f.ca.issue("sa", ["sa.sbtest", "anon.sa.sbtest"])
+    a_cert, a_key = f.ca.issue("sa", ["sa.sbtest", "anon.sa.sbtest", "closed.sa.sbtest"])
     b_cert, b_key = f.ca.issue("sb", ["sb.sbtest"])
     f.b_self = f.ca.issue("sb-self", ["sb.sbtest"], self_signed=True)
     f.b_ca = (b_cert, b_key)
     common = {"SB_S2S_CAFILE": f.ca.ca_cert, "SB_S2S_SYSTEM_TRUST": "0",
               "SB_S2S_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
-    f.a = FedStack(2, "sa.sbtest", dict(common, SB_STACK_EXTRA_DOMAINS="anon.sa.sbtest:anonymous",
+    f.a = FedStack(2, "sa.sbtest", dict(common, SB_STACK_EXTRA_DOMAINS="closed.sa.sbtest",
                                       SB_S2S_CERT=a_cert, SB_S2S_KEY=a_key))
     f.b = FedStack(3, "sb.sbtest", dict(common, SB_S2S_CERT=b_cert, SB_S2S_KEY=b_key))
     f.silent_port = 25299 + OFFSET
@@ -103,6 +103,8 @@ def fed():
         f.dns = Dns(work, records)
         f.silent = Silent(SILENT_ADDR, f.silent_port)
         f.a.start()
+        f.a.append_ini("[domain.closed.sa.sbtest]\ns2s_policy = allow: prosody.sbtest\n")
+        f.a.restart_s2s()
         f.b.start()
         yield f
     finally:
@@ -189,16 +191,17 @@ def test_iq_to_unknown_remote_user_gets_an_error(fed):
     run(go())
 
 
-def test_presence_subscription_request_and_approval_cross_servers(fed):
+def test_presence_subscription_across_servers_end_to_end(fed):
     a_jid, a_pw = user(fed.a, "alice")
     b_jid, b_pw = user(fed.b, "bob")
 
     async def go():
         alice = await login(fed.a, a_jid, a_pw)
         bob = await login(fed.b, b_jid, b_pw)
-        got = {"subscribe": asyncio.Queue(), "subscribed": asyncio.Queue()}
+        got = {k: asyncio.Queue() for k in ("subscribe", "subscribed", "available")}
         bob.add_event_handler("presence_subscribe", lambda p: got["subscribe"].put_nowait(p))
         alice.add_event_handler("presence_subscribed", lambda p: got["subscribed"].put_nowait(p))
+        alice.add_event_handler("presence_available", lambda p: got["available"].put_nowait(p))
         try:
             alice.send_presence(pto=b_jid, ptype="subscribe")
             p = await asyncio.wait_for(got["subscribe"].get(), 15)
@@ -206,6 +209,16 @@ def test_presence_subscription_request_and_approval_cross_servers(fed):
             bob.send_presence(pto=a_jid, ptype="subscribed")
             p = await asyncio.wait_for(got["subscribed"].get(), 15)
             assert p["from"].bare == b_jid
+            # Now subscribed to bob: his presence reaches alice across servers
+            # (the probe answered by sb.sbtest, or his next broadcast).
+            bob.send_presence(pstatus="here")
+            deadline = time.monotonic() + 15
+            while True:
+                p = await asyncio.wait_for(got["available"].get(), deadline - time.monotonic())
+                if p["from"].bare == b_jid:
+                    break
+            roster = await alice.get_roster()
+            assert roster["roster"]["items"][b_jid]["subscription"] in ("to", "both")
         finally:
             await close(alice)
             await close(bob)
@@ -293,14 +306,16 @@ def test_domain_with_only_an_a_record_is_tried_on_5269(fed):
 
 # ------------------------------------------------------------------ policy
 def test_anonymous_domain_may_not_reach_remote_domains_but_staff_may(fed):
-    anon_jid, anon_pw = user(fed.a, "visitor", domain="anon.sa.sbtest")
     staff_jid, staff_pw = user(fed.a, "staff")
     b_jid, b_pw = user(fed.b, "bob")
 
     async def go():
         bob = await login(fed.b, b_jid, b_pw)
+        visitor = await login(fed.a, "anon.sa.sbtest", "", mech="ANONYMOUS")
+        add_error_inbox(visitor)
         try:
-            err, _ = await _send_and_get_error(fed.a, b_jid, 10, anon_jid, anon_pw)
+            visitor.send_message(mto=b_jid, mbody="from a visitor", mtype="chat")
+            err = await next_error(visitor, 10)
             assert err["error"]["condition"] == "not-allowed"
             staff = await login(fed.a, staff_jid, staff_pw)
             try:
@@ -308,7 +323,35 @@ def test_anonymous_domain_may_not_reach_remote_domains_but_staff_may(fed):
                 await next_message(bob, body="from staff", timeout=15)
             finally:
                 await close(staff)
+            with pytest.raises(AssertionError):
+                await next_message(bob, body="from a visitor", timeout=1)
         finally:
+            await close(visitor)
+            await close(bob)
+    run(go())
+
+
+def test_domain_policy_refuses_remote_domains_in_both_directions(fed):
+    # [domain.closed.sa.sbtest] s2s_policy = allow: prosody.sbtest (fixture)
+    c_jid, c_pw = user(fed.a, "clerk", domain="closed.sa.sbtest")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        clerk = await login(fed.a, c_jid, c_pw)
+        bob = await login(fed.b, b_jid, b_pw)
+        add_error_inbox(clerk)
+        add_error_inbox(bob)
+        try:
+            clerk.send_message(mto=b_jid, mbody="out", mtype="chat")
+            err = await next_error(clerk, 10)
+            assert err["error"]["condition"] == "not-allowed"
+            bob.send_message(mto=c_jid, mbody="in", mtype="chat")
+            err = await next_error(bob, CONNECT_TIMEOUT + 6)
+            assert err["error"]["condition"] in ("remote-server-not-found", "not-allowed")
+            with pytest.raises(AssertionError):
+                await next_message(clerk, body="in", timeout=1)
+        finally:
+            await close(clerk)
             await close(bob)
     run(go())
 
