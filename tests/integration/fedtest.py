@@ -141,6 +141,14 @@ def stop_proc(proc, timeout=5):
 
 
 # ------------------------------------------------------------------ stacks
+def clean_environ():
+    """The environment without the `test` profile's SB_* variables (`make
+    test` exports them), which would otherwise leak into another stack's
+    processes as SB_<KIND>_<KEY> overrides."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("SB_") or k in ("SB_TEST_PORT_OFFSET", "SB_READY_TIMEOUT")}
+
+
 class FedStack(Stack):
     """A Switchboard stack of profile testN serving `domain`."""
 
@@ -148,20 +156,20 @@ class FedStack(Stack):
         self.n = n
         self.profile_name = "test%d" % n
         self.extra_env = dict(extra_env)
-        env = dict(os.environ, SB_STACK_DOMAIN=domain, **self.extra_env)
+        env = dict(clean_environ(), SB_STACK_DOMAIN=domain, **self.extra_env)
         out = run([os.path.join(ROOT, "deploy/dev/stack.sh"), "-p", self.profile_name, "env"],
                   env=env)
         senv = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
         super().__init__(senv)
         self.domain = domain
-        self.s2s_addr = senv["SB_S2S_LISTEN"]
-        self.s2s_port = int(senv["SB_S2S_PORT"])
-        self.s2s_tls_port = int(senv["SB_S2S_TLS_PORT"])
+        self.s2s_addr = senv["SB_S2S1_LISTEN"]
+        self.s2s_port = int(senv["SB_S2S1_PORT"])
+        self.s2s_tls_port = int(senv["SB_S2S1_TLS_PORT"])
         self.c2s = {"c2s1": (int(senv["SB_C2S1_PORT"]), int(senv["SB_C2S1_TLS_PORT"]))}
 
     def _env(self, **more):
-        return dict(os.environ, SB_STACK_PROFILE=self.profile_name, SB_STACK_DOMAIN=self.domain,
-                    **self.extra_env, **more)
+        return dict(clean_environ(), SB_STACK_PROFILE=self.profile_name,
+                    SB_STACK_DOMAIN=self.domain, **self.extra_env, **more)
 
     def sh(self, *args, timeout=60, **more):
         return run([self.stack_sh, "-p", self.profile_name, *args], timeout=timeout,
