@@ -37,6 +37,9 @@ struct rdev {
     double since;               /* connect start, or last progress on replies */
     long pending;               /* commands hiredis still owes a reply */
     ev_timer retry, tick, fail;
+    ev_timer up;                /* runs on_up outside hiredis' callback */
+    void (*on_up)(void *arg);
+    void *on_up_arg;
     struct rdev_req *failed, *failed_tail;   /* to answer NULL asynchronously */
     struct rdev_req *freelist;
     size_t nfree;
@@ -158,6 +161,26 @@ static void rdev_on_connect(const redisAsyncContext *ac, int status)
     r->backoff = RDEV_BACKOFF_MIN;
     r->since = ev_now(r->loop);
     rdev_log_state(r, 1, NULL);
+    if (r->on_up) {
+        ev_timer_stop(r->loop, &r->up);
+        ev_timer_set(&r->up, 0., 0.);
+        ev_timer_start(r->loop, &r->up);
+    }
+}
+
+static void rdev_on_up(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct rdev *r = w->data;
+    if (r->on_up && rdev_connected(r))
+        r->on_up(r->on_up_arg);
+}
+
+void rdev_set_on_up(struct rdev *r, void (*cb)(void *arg), void *arg)
+{
+    r->on_up = cb;
+    r->on_up_arg = arg;
+    ev_init(&r->up, rdev_on_up);
+    r->up.data = r;
 }
 
 static void rdev_on_disconnect(const redisAsyncContext *ac, int status)
@@ -249,6 +272,8 @@ void rdev_free(struct rdev *r)
     ev_timer_stop(r->loop, &r->retry);
     ev_timer_stop(r->loop, &r->tick);
     ev_timer_stop(r->loop, &r->fail);
+    if (r->on_up)
+        ev_timer_stop(r->loop, &r->up);
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     if (ac)

@@ -17,6 +17,9 @@ typedef void (*rdev_cb)(redisReply *reply, void *arg);   /* reply NULL on failur
 struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port);
 void rdev_free(struct rdev *r);
 int rdev_connected(const struct rdev *r);
+/* cb(arg) after every successful (re)connection, from the loop (not inside
+ * hiredis), so a client can write back state a restarted Redis lost. */
+void rdev_set_on_up(struct rdev *r, void (*cb)(void *arg), void *arg);
 /* Commands still owed a reply (a graceful stop waits for 0). */
 long rdev_pending(const struct rdev *r);
 

@@ -336,6 +336,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         sm_core_free(c);
         return NULL;
     }
+    rdev_set_on_up(c->rd, sm_users_republish, c);
     sm_cluster_start(c);
     log_info("sm_ready", "router=%s modules=%zu", lo.endpoint, sm_nmodules);
     return c;

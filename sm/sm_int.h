@@ -22,6 +22,9 @@ void sm_user_run(struct sm_user *u);
 int sm_user_idle(const struct sm_user *u);
 long sm_users_drop_idle(struct sm_core *c);
 void sm_users_free_all(struct sm_core *c);
+/* Redis (re)connected: write the cached sessions back (sess:, pres:, fe:),
+ * so a Redis that restarted empty knows who is online again. */
+void sm_users_republish(void *core);
 
 /* cluster (cluster.c): domains, members, bounces */
 void sm_cluster_start(struct sm_core *c);

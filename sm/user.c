@@ -41,6 +41,46 @@ void sm_users_free_all(struct sm_core *c)
         user_free(u);
 }
 
+static void user_on_republish(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("redis_republish_failed", "error=%s",
+                 sb_log_q(r ? r->str : "no connection"));
+}
+
+/* Idempotent when Redis kept its data (same values written again); when it
+ * lost them, sessions bound here are found again by every sm (presence
+ * probes, delivery after an ownership change, front-end clean-up). */
+void sm_users_republish(void *core)
+{
+    struct sm_core *c = core;
+    struct sm_user *u, *tmp;
+    long users = 0, sessions = 0;
+    if (c->stopping)
+        return;
+    HASH_ITER(hh, c->users, u, tmp) {
+        if (!u->nsess)
+            continue;
+        users++;
+        for (int i = 0; i < u->nsess; i++) {
+            const struct sm_session *s = &u->sess[i];
+            char val[2 * ENV_NAME_MAX + 16];
+            snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);
+            SM_RCMD(c, user_on_republish, NULL, "HSET sess:{%s} %s %s", u->bare,
+                    s->resource, val);
+            char member[ENV_STR_MAX + ENV_NAME_MAX + 2];   /* one argument: "full sid" */
+            snprintf(member, sizeof member, "%s/%s %s", u->bare, s->resource, s->sid);
+            SM_RCMD(c, user_on_republish, NULL, "SADD fe:%s %s", s->instance, member);
+            if (s->available && s->pres)
+                SM_RCMD(c, user_on_republish, NULL, "HSET pres:{%s} %s %b", u->bare,
+                        s->resource, s->pres, s->pres_len);
+            sessions++;
+        }
+    }
+    if (users)
+        log_info("redis_republished", "users=%ld sessions=%ld", users, sessions);
+}
+
 int sm_user_idle(const struct sm_user *u)
 {
     return !u->cur && !u->qhead && !u->loading && !u->in_run;

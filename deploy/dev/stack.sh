@@ -15,6 +15,7 @@
 #     wait-ready   wait until every process is registered and listening
 #     pg-stop | pg-start | redis-stop | redis-start   one store of the profile
 #                  (outage tests; redis-stop saves first, like a persistent Redis)
+#     redis-crash  stop Redis without saving: it comes back empty
 #     env          print the profile as shell variables
 #
 # Two profiles with their own ports and var dirs, so `make test` can run while
@@ -705,6 +706,12 @@ main() {
                 redis_running && die "redis still running"
                 say "stopped: redis" ;;
     redis-start) setup_redis; say "started: redis" ;;
+    redis-crash) redis_running && redis_cli shutdown nosave >/dev/null 2>&1 || true
+                 local end=$((SECONDS + 10))
+                 while redis_running && [ $SECONDS -lt $end ]; do sleep 0.1; done
+                 rm -f "$REDIS_DIR/dump.rdb"
+                 redis_running && die "redis still running"
+                 say "crashed: redis (data lost)" ;;
     env) print_env ;;
     *) die "unknown command '$cmd'" ;;
     esac

@@ -13,6 +13,7 @@ Redis down: binding a resource gets an iq error, online users keep
 chatting, and binds work again once Redis is back."""
 
 import asyncio
+import subprocess
 import time
 
 import pytest
@@ -66,8 +67,8 @@ def pg_outage(stack):
 def redis_outage(stack):
     stopped = []
 
-    def stop():
-        stack.stack("redis-stop")
+    def stop(how="redis-stop"):
+        stack.stack(how)
         stopped.append(1)
 
     def start():
@@ -184,6 +185,54 @@ def test_redis_down_then_back(stack, new_user, redis_outage):
                 assert time.monotonic() < deadline, "binds still failing after Redis came back"
                 await asyncio.sleep(0.5)
             await chat(a, b, b_jid, "after the outage")
+        finally:
+            await close(a)
+            await close(b)
+    run(go(), timeout=120)
+
+
+def redis(stack, *args):
+    return subprocess.run(["redis-cli", "-p", stack.env["SB_REDIS_PORT"], *args],
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def test_redis_restarted_empty_gets_the_sessions_back(stack, new_user, redis_outage):
+    """Redis is live state, rebuildable: after a crash that lost everything,
+    each sm writes back the sessions it holds (sess:, pres:, fe:)."""
+    crash_redis, start_redis = redis_outage
+    (a_jid, a_pw), (b_jid, b_pw) = new_user("rca"), new_user("rcb")
+
+    async def go():
+        a = b = None
+        try:
+            a = await login(stack, a_jid, a_pw)
+            b = await login(stack, b_jid, b_pw, instance="c2s2")
+            await chat(a, b, b_jid, "before the crash")
+            a_full, b_full = str(a.boundjid), str(b.boundjid)
+            a_res = a_full.split("/", 1)[1]
+
+            def in_redis():
+                fe = redis(stack, "SMEMBERS", "fe:c2s1").splitlines()
+                return (redis(stack, "HEXISTS", "sess:{%s}" % a_jid, a_res) == "1"
+                        and redis(stack, "HLEN", "sess:{%s}" % b_jid) == "1"
+                        and redis(stack, "HEXISTS", "pres:{%s}" % a_jid, a_res) == "1"
+                        and any(m.startswith(a_full + " ") for m in fe))
+            deadline = time.monotonic() + 10
+            while not in_redis():
+                assert time.monotonic() < deadline, "sessions never in Redis"
+                await asyncio.sleep(0.1)
+
+            crash_redis("redis-crash")
+            start_redis()
+            deadline = time.monotonic() + RECOVERY
+            while not in_redis():
+                assert time.monotonic() < deadline, "sessions not written back to Redis: %s" % [
+                    redis(stack, "HGETALL", "sess:{%s}" % a_jid), redis(stack, "HLEN", "sess:{%s}" % b_jid),
+                    redis(stack, "HKEYS", "pres:{%s}" % a_jid), redis(stack, "SMEMBERS", "fe:c2s1"), a_full]
+                await asyncio.sleep(0.2)
+            assert b_full.split("/", 1)[1] in redis(stack, "HKEYS", "sess:{%s}" % b_jid)
+            await chat(a, b, b_jid, "after the crash")
+            await chat(b, a, a_jid, "reply after the crash")
         finally:
             await close(a)
             await close(b)
