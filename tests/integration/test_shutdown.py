@@ -1,14 +1,15 @@
-"""SIGTERM: every process exits by itself (stack.sh stop-proc sends SIGTERM
+"""SIGTERM and SIGHUP. SIGTERM: every process exits by itself (stack.sh stop-proc sends SIGTERM
 and only SIGKILLs after 5 s), a front-end first closes its streams with
 system-shutdown, an sm first lets its pending database writes finish; the
 process is started again and the cluster serves logins as before."""
 
 import asyncio
 import os
+import signal
 
 import pytest
 
-from xmpptest import RawStream, run, stream_error_condition, describe
+from xmpptest import RawStream, run, stream_error_condition, describe, wait_until
 
 
 def log_path(stack, name):
@@ -76,4 +77,45 @@ def test_sigterm_on_front_end_sends_system_shutdown(stack, new_user):
                 await asyncio.sleep(0.5)
                 again = RawStream(stack, instance="c2s2", direct_tls=True)
         await again.close()
+    run(go())
+
+
+def pid_of(stack, name):
+    path = os.path.join(stack.env.get("SB_VAR", os.path.join(stack.root, "var/test")),
+                        "pid", name + ".pid")
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def test_sighup_reloads_log_level_of_sm_and_router(stack, new_user):
+    """SIGHUP re-reads the file: the log level changes in every process
+    (here sm1 and router1), nothing is dropped, and the file is put back."""
+    jid, password = new_user()
+    names = ("sm1", "router1")
+    with open(stack.ini) as f:
+        original = f.read()
+    offsets = {n: os.path.getsize(log_path(stack, n)) for n in names}
+    try:
+        with open(stack.ini, "a") as f:
+            f.write("\n[sm.sm1]\nlog_level = debug\n[router.router1]\nlog_level = debug\n")
+        for n in names:
+            os.kill(pid_of(stack, n), signal.SIGHUP)
+        for n in names:
+            wait_until(lambda: "event=reload what=log_level from=info to=debug"
+                       in log_since(stack, n, offsets[n]), 10, "%s reload" % n)
+    finally:
+        with open(stack.ini, "w") as f:
+            f.write(original)
+        for n in names:
+            os.kill(pid_of(stack, n), signal.SIGHUP)
+    for n in names:
+        wait_until(lambda: "event=reload what=log_level from=debug to=info"
+                   in log_since(stack, n, offsets[n]), 10, "%s back to info" % n)
+
+    async def go():
+        s = RawStream(stack, direct_tls=True)
+        try:
+            await s.login(jid, password)
+        finally:
+            await s.close()
     run(go())
