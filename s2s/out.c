@@ -635,7 +635,7 @@ void s2s_out_pong(const char *remote, const char *id)
 {
     for (struct s2s_out *r = out_routes; r; r = r->next)
         if (r->ping_sent > 0 && !strcmp(r->ping_id, id) && !strcmp(r->remote, remote)) {
-            log_debug("pong", "remote=%s ms=%.0f", remote, (ev_now(s2s.loop) - r->ping_sent) * 1e3);
+            log_info("pong", "remote=%s ms=%.0f", remote, (ev_now(s2s.loop) - r->ping_sent) * 1e3);
             r->ping_sent = 0;
             return;
         }

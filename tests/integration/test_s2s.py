@@ -17,7 +17,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xmpptest import ROOT, close, iq_error_condition, login, next_message, run, wait_until
+from xmpptest import (ROOT, close, fnv1a64, iq_error_condition, login, next_message, run,
+                      wait_until)
 from fedtest import (OFFSET, CertAuthority, Dns, Ejabberd, FedStack, Prosody, RawS2S, host, srv)
 
 NS_STREAM = "http://etherx.jabber.org/streams"
@@ -26,6 +27,7 @@ NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 NS_DB = "jabber:server:dialback"
 
 CONNECT_TIMEOUT = 4        # [s2s] connect_timeout of the test stacks
+MAX_QUEUE = 5              # [s2s] max_queue of the test stacks
 
 # An address only this checkout uses, for the "A record on 5269" fallback.
 FALLBACK_ADDR = "127.77.%d.%d" % (OFFSET // 250 % 250 + 1, OFFSET % 250 + 1)
@@ -76,7 +78,7 @@ def fed():
     f.b_self = f.ca.issue("sb-self", ["sb.sbtest"], self_signed=True)
     f.b_ca = (b_cert, b_key)
     common = {"SB_S2S_CAFILE": f.ca.ca_cert, "SB_S2S_SYSTEM_TRUST": "0",
-              "SB_S2S_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
+              "SB_S2S_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT), "SB_S2S_MAX_QUEUE": str(MAX_QUEUE)}
     f.a = FedStack(2, "sa.sbtest", dict(common, SB_STACK_EXTRA_DOMAINS="closed.sa.sbtest",
                                       SB_S2S_CERT=a_cert, SB_S2S_KEY=a_key))
     f.b = FedStack(3, "sb.sbtest", dict(common, SB_S2S_CERT=b_cert, SB_S2S_KEY=b_key))
@@ -302,6 +304,92 @@ def test_domain_with_only_an_a_record_is_tried_on_5269(fed):
         assert err["error"]["condition"] == "remote-server-not-found"
     finally:
         lis.close()
+
+
+def test_queue_for_a_domain_is_bounded_and_every_stanza_is_answered(fed):
+    jid, pw = user(fed.a, "sender")
+
+    async def go():
+        xmpp = await login(fed.a, jid, pw)
+        add_error_inbox(xmpp)
+        try:
+            for i in range(MAX_QUEUE + 2):
+                xmpp.send_message(mto="someone@silent.sbtest", mbody="m%d" % i, mtype="chat")
+            conds = []
+            for _ in range(MAX_QUEUE + 2):
+                err = await next_error(xmpp, CONNECT_TIMEOUT + 6)
+                conds.append(err["error"]["condition"])
+            # Over the bound at once; the queued ones when the attempt times out.
+            assert conds[:2] == ["resource-constraint"] * 2, conds
+            assert conds[2:] == ["remote-server-timeout"] * MAX_QUEUE, conds
+        finally:
+            await close(xmpp)
+    run(go())
+
+
+def test_idle_outgoing_stream_is_closed(fed):
+    fed.a.restart_s2s(SB_S2S_IDLE_TIMEOUT="2")
+    try:
+        _still_federating_a_to_b(fed)
+        assert s2s_row(fed.a, "sb.sbtest", "out") is not None
+        wait_until(lambda: s2s_row(fed.a, "sb.sbtest", "out") is None, 8,
+                   "the idle route to sb.sbtest closed")
+        assert "why=idle" in fed.a.log_text()
+        _still_federating_a_to_b(fed)             # and it comes back on demand
+    finally:
+        fed.a.extra_env.pop("SB_S2S_IDLE_TIMEOUT", None)
+        fed.a.restart_s2s()
+
+
+def test_quiet_outgoing_stream_is_pinged_and_the_answer_comes_back(fed):
+    # The answer to our XEP-0199 ping arrives on sb.sbtest's own stream to us.
+    fed.a.restart_s2s(SB_S2S_PING_INTERVAL="1")
+    try:
+        _still_federating_a_to_b(fed)
+        wait_until(lambda: "event=pong remote=sb.sbtest" in fed.a.log_text(), 8,
+                   "a pong from sb.sbtest")
+        assert s2s_row(fed.a, "sb.sbtest", "out") is not None   # still up
+    finally:
+        fed.a.extra_env.pop("SB_S2S_PING_INTERVAL", None)
+        fed.a.restart_s2s()
+
+
+def test_remote_domain_moves_to_a_live_instance_when_its_owner_dies(fed):
+    # A second s2s instance in sa.sbtest's cluster; the router hashes each
+    # remote domain to one of them (rendezvous, like users to sms).
+    fed.a.sh("start-proc", "s2s2", SB_S2S_PORT=str(fed.a.s2s_port + 10),
+             SB_S2S_TLS_PORT=str(fed.a.s2s_tls_port + 10))
+    try:
+        fed.a.wait_instances(present=("s2s1", "s2s2"), timeout=10)
+        owner = max(("s2s1", "s2s2"), key=lambda i: fnv1a64((i + "\n" + "sb.sbtest").encode()))
+        other = "s2s1" if owner == "s2s2" else "s2s2"
+        _still_federating_a_to_b(fed)
+        assert s2s_row(fed.a, "sb.sbtest", "out")["instance"] == owner
+        fed.a.sh("kill-proc", owner)
+        fed.a.wait_instances(present=(other,), absent=(owner,), timeout=10)
+        _still_federating_a_to_b(fed)
+        assert s2s_row(fed.a, "sb.sbtest", "out")["instance"] == other
+    finally:
+        fed.a.sh("stop-proc", "s2s2")
+        if "s2s1" not in fed.a.live_instances():
+            fed.a.restart_s2s()
+
+
+def _still_federating_a_to_b(fed):
+    a_jid, a_pw = user(fed.a, "alice")
+    b_jid, b_pw = user(fed.b, "bob")
+
+    async def go():
+        alice = await login(fed.a, a_jid, a_pw)
+        bob = await login(fed.b, b_jid, b_pw)
+        try:
+            text = "a to b %s" % secrets.token_hex(3)
+            alice.send_message(mto=b_jid, mbody=text, mtype="chat")
+            await next_message(bob, body=text, timeout=15)
+        finally:
+            await close(alice)
+            await close(bob)
+    run(go())
 
 
 # ------------------------------------------------------------------ policy
