@@ -185,6 +185,22 @@ static void rt_instance_down(struct rt_server *s, const char *name, const char *
     log_info("instance_down_sent", "name=%s kind=%s to=%s", name, kind, sm->name);
 }
 
+/* Remove a dead instance and have its sessions cleaned up; the caller sends
+ * `members`. why != NULL: found gone by a failed send, before its heartbeat
+ * timed out (logged instance_gone; the sweep logs instance_dead itself). */
+static void rt_inst_gone(struct rt_server *s, size_t idx, const char *why)
+{
+    struct rt_dead d;
+    const struct rt_inst *in = &s->reg.v[idx];
+    strcpy(d.name, in->name);
+    strcpy(d.kind, in->kind);
+    d.pid = in->pid;
+    if (why)
+        log_warn("instance_gone", "name=%s kind=%s pid=%ld why=%s", d.name, d.kind, d.pid, why);
+    rt_reg_remove(&s->reg, idx);
+    rt_instance_down(s, d.name, d.kind, d.pid);
+}
+
 static void rt_flush_pending(struct rt_server *s)
 {
     size_t n = s->npending;
@@ -279,14 +295,31 @@ static void rt_fwd_jid(struct rt_server *s, zmq_msg_t *f, const char *key, size_
     const char *reason = "no-sm";
     const struct rt_inst *from = rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
     int from_s2s = from && strcmp(from->kind, "s2s") == 0;
-    const struct rt_inst *to = rt_route_jid(&s->reg, key, keylen, from_s2s, &reason);
-    if (!to) {
-        rt_bounce(s, &f[0], &f[1], &f[2], reason);
-        return;
+    /* key points into f[1], which a successful send moves away: copy it so
+     * the envelope can be routed again when the chosen peer is gone. */
+    char k[ENV_STR_MAX + 1];
+    size_t klen = keylen > ENV_STR_MAX ? ENV_STR_MAX : keylen;
+    memcpy(k, key, klen);
+    k[klen] = '\0';
+    for (;;) {
+        const struct rt_inst *to = rt_route_jid(&s->reg, k, klen, from_s2s, &reason);
+        if (!to) {
+            rt_bounce(s, &f[0], &f[1], &f[2], reason);
+            return;
+        }
+        if (rt_send_msgs(s, to->name, strlen(to->name), &f[1], &f[2]) == 0 || errno == EAGAIN)
+            return;
+        if (errno != EHOSTUNREACH) {
+            rt_bounce(s, &f[0], &f[1], &f[2], strcmp(to->kind, "sm") == 0 ? "no-sm" : "remote-domain");
+            return;
+        }
+        /* Registered but gone: it exited (a SIGTERM'd sm that is being
+         * restarted) or died, and its heartbeat has not timed out yet.
+         * ZeroMQ already knows: drop it now and route to the next one,
+         * rather than bouncing (a bind would fail internal-server-error). */
+        rt_inst_gone(s, (size_t)(to - s->reg.v), "unreachable");
+        rt_members_broadcast(s);
     }
-    if (rt_send_msgs(s, to->name, strlen(to->name), &f[1], &f[2]) != 0 && errno != EAGAIN)
-        /* Registered but gone (it died and has not timed out yet). */
-        rt_bounce(s, &f[0], &f[1], &f[2], strcmp(to->kind, "sm") == 0 ? "no-sm" : "remote-domain");
 }
 
 static void rt_fwd_instance(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
@@ -457,15 +490,10 @@ static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
     int changed = 0;
     long i;
     while ((i = rt_reg_find_dead(&s->reg, now, s->timeout)) >= 0) {
-        struct rt_dead d;
         const struct rt_inst *in = &s->reg.v[i];
-        strcpy(d.name, in->name);
-        strcpy(d.kind, in->kind);
-        d.pid = in->pid;
-        log_warn("instance_dead", "name=%s kind=%s pid=%ld silent_ms=%ld", d.name, d.kind,
+        log_warn("instance_dead", "name=%s kind=%s pid=%ld silent_ms=%ld", in->name, in->kind,
                  in->pid, (long)((now - in->last_hello) * 1000));
-        rt_reg_remove(&s->reg, (size_t)i);
-        rt_instance_down(s, d.name, d.kind, d.pid);
+        rt_inst_gone(s, (size_t)i, NULL);
         changed = 1;
     }
     if (changed)

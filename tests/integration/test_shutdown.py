@@ -9,7 +9,9 @@ import signal
 
 import pytest
 
-from xmpptest import RawStream, run, stream_error_condition, describe, wait_until
+import secrets
+
+from xmpptest import RawStream, run, stream_error_condition, describe, wait_until, sm_for
 
 
 def log_path(stack, name):
@@ -47,6 +49,35 @@ def test_sigterm_stops_cleanly_and_restarts(stack, new_user, name, marker):
         finally:
             await s.close()
     run(go())
+
+
+def test_login_right_after_sm_stops_binds_on_the_other_sm(stack):
+    """The router still lists a stopped sm until its heartbeat times out (3 s).
+    A bind it routes there in that window must not fail: the send to the gone
+    peer tells the router the sm is gone, and the bind goes to the other sm.
+    (This was the flaky `internal-server-error` after an sm restart: the
+    test's login raced the restarted sm's first HELLO.)"""
+    for _ in range(64):
+        jid = "u%s@%s" % (secrets.token_hex(5), stack.domain)
+        if sm_for(jid) == "sm1":
+            break
+    password = secrets.token_urlsafe(12)
+    stack.sbctl("user", "add", jid, password)
+    out = stack.stack("stop-proc", "sm1")
+    assert "stopped: sm1" in out, out
+    try:
+        async def go():
+            s = RawStream(stack, direct_tls=True)
+            try:
+                await s.login(jid, password)
+            finally:
+                await s.close()
+        run(go())
+        router = log_since(stack, "router1", 0)
+        assert "event=instance_gone name=sm1" in router, "router did not notice sm1 left"
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.wait_instances(present=["sm1", "sm2"], timeout=20)
 
 
 def test_sigterm_on_front_end_sends_system_shutdown(stack, new_user):
