@@ -3,17 +3,28 @@
  * States: DOWN (waiting for the back-off timer), CONNECTING (PQconnectPoll
  * steps on the socket), READY (queries flow, one in flight). A broken
  * connection fails only the query in flight; the queue waits for the next
- * connection or its deadline. */
+ * connection or its deadline.
+ *
+ * Statements are prepared transparently: the first time a connection sees a
+ * SQL text it sends Parse (PQsendPrepare) and remembers text → name; from
+ * then on only Bind/Execute (PQsendQueryPrepared), which spares PostgreSQL
+ * the parse and plan of every login's handful of queries. The map lives and
+ * dies with the connection (a new session knows no statements). A failed
+ * prepare is not cached: the query then runs unprepared, so the caller sees
+ * the same result or error as before. */
 #include "pgev.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uthash.h>
 
 #define PGEV_MAX_QUEUE 10000
 #define PGEV_TIMEOUT 30.0
 #define PGEV_BACKOFF_MIN 0.5
 #define PGEV_BACKOFF_MAX 5.0
+#define PGEV_MAX_STMTS 512    /* beyond this (dynamic SQL?) run unprepared */
 
 enum pgev_state { PGEV_DOWN, PGEV_CONNECTING, PGEV_READY };
 
@@ -25,6 +36,15 @@ struct pgev_query {
     pgev_cb cb;          /* NULL once answered (deadline passed in flight) */
     void *arg;
     double deadline;     /* ev_now() + PGEV_TIMEOUT */
+    int preparing;       /* in flight is the Parse of stmt_name, not the query */
+    char stmt_name[24];
+};
+
+/* One statement prepared on the current connection. */
+struct pgev_stmt {
+    char *sql;           /* key */
+    char name[24];
+    UT_hash_handle hh;
 };
 
 struct pgev {
@@ -40,6 +60,9 @@ struct pgev {
     PGresult *result;    /* first result of the query in flight */
     size_t queued;
     int closing;         /* in pgev_free: refuse new queries */
+    struct pgev_stmt *stmts;    /* prepared on this connection, by SQL text */
+    unsigned nstmts;
+    unsigned long stmt_seq;     /* statement names: never reused per pgev */
 };
 
 static void pgev_connect(struct pgev *pg);
@@ -110,6 +133,32 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
     return SB_OK;
 }
 
+/* ---- prepared statements --------------------------------------------------- */
+
+static void pgev_stmts_clear(struct pgev *pg)
+{
+    struct pgev_stmt *s, *tmp;
+    HASH_ITER(hh, pg->stmts, s, tmp) {
+        HASH_DEL(pg->stmts, s);
+        free(s->sql);
+        free(s);
+    }
+    pg->nstmts = 0;
+}
+
+/* The Parse of q succeeded: remember its name for this SQL text. */
+static void pgev_stmts_add(struct pgev *pg, const struct pgev_query *q)
+{
+    struct pgev_stmt *s = calloc(1, sizeof *s);
+    if (!s || !(s->sql = strdup(q->sql))) {
+        free(s);
+        return;    /* out of memory: the next query simply prepares again */
+    }
+    snprintf(s->name, sizeof s->name, "%s", q->stmt_name);
+    HASH_ADD_KEYPTR(hh, pg->stmts, s->sql, strlen(s->sql), s);
+    pg->nstmts++;
+}
+
 /* ---- connection ------------------------------------------------------------ */
 
 static void pgev_watch(struct pgev *pg, int events)
@@ -146,6 +195,7 @@ static void pgev_down(struct pgev *pg, const char *why)
         PQfinish(pg->conn);
     pg->conn = NULL;
     pg->state = PGEV_DOWN;
+    pgev_stmts_clear(pg);    /* they died with the server session */
     pgev_log_state(pg, 0, msg);
     if (pg->result)
         PQclear(pg->result);
@@ -207,6 +257,36 @@ static void pgev_connect(struct pgev *pg)
 
 /* ---- query flow -------------------------------------------------------------- */
 
+/* Send q (already in flight): execute its prepared statement, or prepare
+ * it first (allow_prepare), or run it unprepared. 0 when the connection broke. */
+static int pgev_send(struct pgev *pg, struct pgev_query *q, int allow_prepare)
+{
+    const char *const *params = (const char *const *)q->params;
+    struct pgev_stmt *s = NULL;
+    HASH_FIND_STR(pg->stmts, q->sql, s);
+    int ok;
+    if (s) {
+        ok = PQsendQueryPrepared(pg->conn, s->name, q->nparams, params, NULL, NULL, 0);
+    } else if (allow_prepare && pg->nstmts < PGEV_MAX_STMTS) {
+        snprintf(q->stmt_name, sizeof q->stmt_name, "sb_%lu", ++pg->stmt_seq);
+        q->preparing = 1;
+        ok = PQsendPrepare(pg->conn, q->stmt_name, q->sql, q->nparams, NULL);
+    } else {
+        ok = PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+    }
+    if (!ok) {
+        pgev_down(pg, PQerrorMessage(pg->conn));
+        return 0;
+    }
+    int f = PQflush(pg->conn);
+    if (f < 0) {
+        pgev_down(pg, PQerrorMessage(pg->conn));
+        return 0;
+    }
+    pgev_watch(pg, f ? EV_READ | EV_WRITE : EV_READ);
+    return 1;
+}
+
 static void pgev_send_next(struct pgev *pg)
 {
     struct pgev_query *q = pg->head;
@@ -216,16 +296,23 @@ static void pgev_send_next(struct pgev *pg)
     pg->queued--;
     q->next = NULL;
     pg->inflight = q;
-    if (!PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL,
-                           (const char *const *)q->params, NULL, NULL, 0)) {
-        pgev_down(pg, PQerrorMessage(pg->conn));
-        return;
-    }
-    int f = PQflush(pg->conn);
-    if (f < 0)
-        pgev_down(pg, PQerrorMessage(pg->conn));
-    else
-        pgev_watch(pg, f ? EV_READ | EV_WRITE : EV_READ);
+    pgev_send(pg, q, 1);
+}
+
+/* The Parse of the query in flight is answered: cache it when it worked,
+ * then send the query itself (unprepared if the Parse failed, so the caller
+ * gets the real result or error). 0 when the connection broke. */
+static int pgev_prepared(struct pgev *pg)
+{
+    struct pgev_query *q = pg->inflight;
+    int ok = pg->result && PQresultStatus(pg->result) == PGRES_COMMAND_OK;
+    if (pg->result)
+        PQclear(pg->result);
+    pg->result = NULL;
+    q->preparing = 0;
+    if (ok)
+        pgev_stmts_add(pg, q);
+    return pgev_send(pg, q, 0);
 }
 
 /* Start the next query if the connection is idle. */
@@ -256,6 +343,11 @@ static void pgev_read(struct pgev *pg)
     }
     while (pg->inflight && !PQisBusy(pg->conn)) {
         PGresult *r = PQgetResult(pg->conn);
+        if (!r && pg->inflight->preparing) {
+            if (!pgev_prepared(pg))
+                return;
+            continue;
+        }
         if (!r) {
             pgev_finish_query(pg);
             if (pg->state != PGEV_READY)
@@ -375,6 +467,7 @@ void pgev_free(struct pgev *pg)
         PQclear(pg->result);
     if (pg->conn)
         PQfinish(pg->conn);
+    pgev_stmts_clear(pg);
     free(pg->conninfo);
     free(pg);
 }
