@@ -113,9 +113,9 @@ static const char *anon_allow_list(const char *domain)
 int c2s_anon_may_reach(const char *anon_domain, const char *target)
 {
     static char prepared[JID_PART_MAX + 1];
-    if (c2s_domain_find(target))
+    if (sb_domains_find(target))
         return 1;
-    if (jid_nameprep(target, prepared) == SB_OK && c2s_domain_find(prepared))
+    if (jid_nameprep(target, prepared) == SB_OK && sb_domains_find(prepared))
         return 1;
     const char *list = anon_allow_list(anon_domain);
     size_t n = strlen(target);

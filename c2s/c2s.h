@@ -29,6 +29,7 @@
 #include "xml.h"
 #include "link.h"
 #include "pgev.h"
+#include "domains.h"
 #include "sasl.h"
 #include "jid.h"
 
@@ -265,13 +266,10 @@ double c2s_rate_resume_at(const struct c2s_conn *c);   /* when a throttled reade
 int c2s_rate_stanza(struct c2s_conn *c);
 
 /* ---- domains.c -------------------------------------------------------- */
-void c2s_domains_start(void);                     /* load now and every 30 s */
+void c2s_domains_start(void);       /* load now and every 30 s (common/domains.c) */
 void c2s_domains_stop(void);
-/* The interned name (valid for the whole process) or NULL if not served. */
-const char *c2s_domain_find(const char *prepared);
-
-/* 1 if the (interned) domain is marked anonymous in the domains table. */
-int c2s_domain_anonymous(const char *domain);
+/* Lookups: sb_domains_find (interned, valid for the whole process) and
+ * sb_domains_anonymous in common/domains.h. */
 
 /* ---- anon.c ------------------------------------------------------------ */
 void c2s_anon_init(void);                          /* claim function for auth/ */

@@ -155,7 +155,7 @@ void c2s_stream_features(struct c2s_conn *c)
                            : "<starttls xmlns='" NS_TLS "'><required/></starttls>");
         if (tls || c2s.cfg.allow_plain || !can_starttls) {
             struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain,
-                                  c2s_domain_anonymous(c->domain)};
+                                  sb_domains_anonymous(c->domain)};
             const char *m = sasl_mechanisms(&o);
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
             while (*m) {
@@ -209,7 +209,7 @@ static const char *stream_check_header(struct c2s_conn *c, const char *v,
     static char prepared[JID_PART_MAX + 1];
     if (!v || jid_nameprep(v, prepared) != SB_OK)
         return "host-unknown";
-    *domain = c2s_domain_find(prepared);
+    *domain = sb_domains_find(prepared);
     if (!*domain)
         return "host-unknown";
     /* After authentication the stream stays with the account's domain. */

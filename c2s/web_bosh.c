@@ -554,7 +554,7 @@ static void bosh_create(struct web_conn *h, struct xml_doc *d, uint64_t rid)
     const struct xml_node *body = d->root;
     char prepared[JID_PART_MAX + 1];
     const char *to = xml_attr(body, "to");
-    if (!to || jid_nameprep(to, prepared) != SB_OK || !c2s_domain_find(prepared)) {
+    if (!to || jid_nameprep(to, prepared) != SB_OK || !sb_domains_find(prepared)) {
         log_info("bosh_host_unknown", "peer=%s to=%s", web_http_peer(h), sb_log_q(to ? to : ""));
         xml_doc_free(d);
         bosh_terminate_reply(h, "host-unknown");

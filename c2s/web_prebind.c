@@ -280,8 +280,8 @@ void web_prebind_request(struct web_conn *h, struct web_req *r)
         pb_reply(h, 400, "{\"error\":\"jid=DOMAIN or jid=USER@DOMAIN required\"}");
         return;
     }
-    const char *dom = c2s_domain_find(j.domain);
-    int anon = dom && c2s_domain_anonymous(dom);
+    const char *dom = sb_domains_find(j.domain);
+    int anon = dom && sb_domains_anonymous(dom);
     if (!dom || (anon != !*j.node)) {
         pb_reply(h, dom ? 400 : 404, dom ? "{\"error\":\"anonymous domains take jid=DOMAIN, "
                                             "others jid=USER@DOMAIN\"}"

@@ -76,7 +76,7 @@ static sb_rc db_domains(struct s2s_conn *c, struct xml_node *n, char *from, cons
         s2s_stream_error(c, "invalid-from", "dialback-from");
         return SB_ERROR;
     }
-    *local = t && jid_nameprep(t, to) == SB_OK ? s2s_domain_find(to) : NULL;
+    *local = t && jid_nameprep(t, to) == SB_OK ? sb_domains_find(to) : NULL;
     if (!*local) {
         s2s_stream_error(c, "host-unknown", "dialback-to");
         return SB_ERROR;

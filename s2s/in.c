@@ -107,7 +107,7 @@ void s2s_in_header(struct s2s_conn *c, struct xml_node *hdr)
 {
     static char to[JID_PART_MAX + 1], from[JID_PART_MAX + 1];
     sb_random_id(c->sid, 20);
-    const char *local = in_domain(xml_attr(hdr, "to"), to) == SB_OK ? s2s_domain_find(to) : NULL;
+    const char *local = in_domain(xml_attr(hdr, "to"), to) == SB_OK ? sb_domains_find(to) : NULL;
     if (!local) {
         s2s_stream_error(c, "host-unknown", "to");
         return;
@@ -299,7 +299,7 @@ static void in_stanza(struct s2s_conn *c, struct xml_node *st)
         s2s_stream_error(c, "invalid-from", "from-not-authenticated");
         return;
     }
-    if (!s2s_domain_find(in_to.domain)) {
+    if (!sb_domains_find(in_to.domain)) {
         s2s_stream_error(c, "host-unknown", "to-not-served");
         return;
     }

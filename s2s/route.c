@@ -111,13 +111,13 @@ static void route_outbound(const char *body, size_t len)
     const char *local;
     if (!from || !to || jid_parse(&route_from, from) != SB_OK ||
         jid_parse(&route_to, to) != SB_OK ||
-        !(local = s2s_domain_find(route_from.domain))) {
+        !(local = sb_domains_find(route_from.domain))) {
         log_warn("outbound_unaddressed", "from=%s to=%s", sb_log_q(from ? from : "-"),
                  sb_log_q(to ? to : "-"));
         xml_doc_free(d);
         return;
     }
-    if (s2s_domain_find(route_to.domain)) {
+    if (sb_domains_find(route_to.domain)) {
         /* The router only sends us remote domains; a domain just added may
          * not be announced yet. Never loop it back out. */
         s2s_bounce(body, len, "service-unavailable", NULL);

@@ -27,6 +27,7 @@
 #include "xml.h"
 #include "link.h"
 #include "pgev.h"
+#include "domains.h"
 
 #define S2S_NS_STREAM   "http://etherx.jabber.org/streams"
 #define S2S_NS_SERVER   "jabber:server"
@@ -260,9 +261,8 @@ void s2s_db_verdict(unsigned long serial, const char *remote, const char *local,
 /* ---- policy.c --------------------------------------------------------- */
 void s2s_domains_start(void);
 void s2s_domains_stop(void);
-/* Interned name of a served local domain, or NULL. */
-const char *s2s_domain_find(const char *prepared);
-int s2s_domain_anonymous(const char *local);
+/* Lookups: sb_domains_find (interned) and sb_domains_anonymous in
+ * common/domains.h. */
 /* May local and remote exchange stanzas (either direction)? */
 int s2s_policy_allows(const char *local, const char *remote);
 /* Parse a policy value ("allow", "deny", "allow: a b", "deny: a,b") and
