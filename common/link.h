@@ -6,6 +6,9 @@
  * interval; HELLO doubles as the heartbeat, so a restarted router learns
  * every component back within one interval.
  *
+ * One ZeroMQ message carries one or more envelopes: frames [h1][b1][h2][b2]…
+ * (see ENVELOPE.md); the receive callback runs once per envelope, in order.
+ *
  * ZMQ_FD is edge-triggered: the link drains the socket after every receive
  * and every send (ZMQ_EVENTS) and re-checks before the loop blocks, so no
  * message waits for a new edge. */
@@ -34,8 +37,14 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
 void link_free(struct link *l);
 
 /* Queue one envelope. Never blocks; SB_ERROR if the socket refuses it
- * (high-water mark reached), which callers report as resource-constraint. */
+ * (high-water mark reached), which callers report as resource-constraint.
+ * Envelopes sent in one loop iteration travel as one ZeroMQ message, ended
+ * before the loop blocks (or by link_flush, or after 128 envelopes). */
 sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t body_len);
+
+/* End the open batch now. Only needed outside the loop (the loop's
+ * prepare watcher does it before every block; link_free does it too). */
+void link_flush(struct link *l);
 
 const char *link_instance(const struct link *l);
 

@@ -1,7 +1,15 @@
 /* main.c — sb-router: one ROUTER socket on the libev loop. Every message is
- * [identity][header][body]; the hot path peeks at the header (kind, route,
- * key) and moves the frames on unchanged. Only HELLO, ADMIN and bounces
- * decode or build headers. Decisions live in router.c. */
+ * [identity][header][body]… — one or more envelopes, batched by the sender;
+ * the hot path peeks at each header (kind, route, key) and moves the frames
+ * on unchanged. Only HELLO, ADMIN and bounces decode or build headers.
+ * Decisions live in router.c.
+ *
+ * Sending is batched too: envelopes are queued per destination (the frames
+ * moved, not copied) and each queue leaves as one ZeroMQ message after the
+ * drain and before the loop blocks, so a busy router hands libzmq's I/O
+ * thread one message per destination per wake-up instead of one per
+ * envelope. A destination found gone at that point (EHOSTUNREACH) is
+ * declared dead and its envelopes are routed again or bounced. */
 #include "router.h"
 #include "config.h"
 #include "log.h"
@@ -14,7 +22,8 @@
 #include <zmq.h>
 
 #define RT_HWM 100000
-#define RT_BATCH 4096          /* messages per drain before yielding to the loop */
+#define RT_BATCH 1024          /* messages per drain before yielding to the loop */
+#define RT_OUT_MAX 256         /* envelopes per outgoing message to one destination */
 #define RT_PENDING_MAX 256     /* dead front-ends waiting for an sm to clean them */
 #define RT_ID_MAX 255          /* ZeroMQ routing ids are at most 255 bytes */
 
@@ -22,6 +31,27 @@ struct rt_dead {
     char name[ENV_NAME_MAX + 1];
     char kind[RT_KIND_MAX + 1];
     long pid;
+};
+
+/* What to do with a queued envelope whose destination turns out gone. */
+enum rt_mode {
+    RT_REROUTE,                     /* ROUTE_JID: route again (the dead one is removed) */
+    RT_BOUNCE,                      /* ROUTE_INSTANCE: bounce unknown-instance */
+    RT_DROP,                        /* fan-out copies: nobody to tell */
+    RT_LOG                          /* built by the router: log it */
+};
+
+/* f = [sender identity][header][body], the shape rt_handle takes. */
+struct rt_env {
+    zmq_msg_t f[3];
+    enum rt_mode mode;
+};
+
+struct rt_outq {
+    char to[RT_ID_MAX + 1];
+    size_t tolen;
+    struct rt_env *v;
+    size_t n, cap;
 };
 
 struct rt_server {
@@ -44,7 +74,16 @@ struct rt_server {
     int fired;                      /* the fd fired: drain in the check */
     int dirty;                      /* zmq calls since the socket was seen empty */
     unsigned long bad_in;           /* garbage envelopes since the last sweep */
+    struct rt_outq *q;              /* one per destination seen; reused */
+    size_t nq, capq;
+    int queued;                     /* some queue holds envelopes */
 };
+
+static void rt_handle(struct rt_server *s, zmq_msg_t *f);
+static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
+                      zmq_msg_t *body, const char *reason);
+static void rt_inst_gone(struct rt_server *s, size_t idx, const char *why);
+static void rt_members_broadcast(struct rt_server *s);
 
 /* A peer sending garbage must not flood the log: the first one of each
  * sweep period is logged in full, the rest are counted (rt_on_sweep). */
@@ -55,23 +94,138 @@ static int rt_bad_first(struct rt_server *s)
 
 /* ---- sending ----------------------------------------------------------- */
 
-/* Send [to][hdr][body], moving hdr and body on success. With
- * ZMQ_ROUTER_MANDATORY an unknown peer fails the first frame
- * (EHOSTUNREACH) and nothing is queued, so the caller still owns both. */
-static int rt_send_msgs(struct rt_server *s, const char *to, size_t tolen,
-                        zmq_msg_t *hdr, zmq_msg_t *body)
+static struct rt_outq *rt_outq(struct rt_server *s, const char *to, size_t tolen)
+{
+    for (size_t i = 0; i < s->nq; i++)
+        if (s->q[i].tolen == tolen && memcmp(s->q[i].to, to, tolen) == 0)
+            return &s->q[i];
+    if (s->nq == s->capq) {
+        size_t cap = s->capq ? 2 * s->capq : 16;
+        struct rt_outq *q = realloc(s->q, cap * sizeof *q);
+        if (!q)
+            return NULL;
+        s->q = q;
+        s->capq = cap;
+    }
+    struct rt_outq *q = &s->q[s->nq++];
+    memset(q, 0, sizeof *q);
+    memcpy(q->to, to, tolen);
+    q->tolen = tolen;
+    return q;
+}
+
+static void rt_env_close(struct rt_env *e)
+{
+    for (int i = 0; i < 3; i++)
+        zmq_msg_close(&e->f[i]);
+}
+
+/* The destination refused the message's first frame: nothing was queued
+ * and the envelopes are still ours. Gone (EHOSTUNREACH): it exited or died
+ * before its heartbeat timed out, and ZeroMQ already knows — drop it now
+ * and route its envelopes again (a bind would otherwise fail
+ * internal-server-error). Full (EAGAIN): dropped and counted. */
+static void rt_refused(struct rt_server *s, const char *to, size_t tolen,
+                       struct rt_env *v, size_t n, int err)
+{
+    if (err == EHOSTUNREACH) {
+        struct rt_inst *in = rt_reg_find(&s->reg, to, tolen);
+        if (in) {
+            rt_inst_gone(s, (size_t)(in - s->reg.v), "unreachable");
+            rt_members_broadcast(s);
+        }
+    } else if (err == EAGAIN) {
+        s->dropped_full += n;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct rt_env *e = &v[i];
+        if (err == EHOSTUNREACH && e->mode == RT_REROUTE)
+            rt_handle(s, e->f);
+        else if (err == EHOSTUNREACH && e->mode == RT_BOUNCE)
+            rt_bounce(s, &e->f[0], &e->f[1], &e->f[2], "unknown-instance");
+        else if (e->mode == RT_LOG)
+            log_warn("control_not_sent", "to=%.*s err=%s", (int)tolen, to,
+                     sb_log_q(zmq_strerror(err)));
+        rt_env_close(e);
+    }
+}
+
+/* Send one destination's queue as [to][h1][b1][h2][b2]…. */
+static void rt_flush_one(struct rt_server *s, struct rt_outq *q)
+{
+    size_t n = q->n;
+    if (zmq_send(s->sock, q->to, q->tolen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        int err = errno;
+        /* Take the envelopes out first: handling them queues more. */
+        struct rt_env *v = q->v;
+        char to[RT_ID_MAX + 1];
+        size_t tolen = q->tolen;
+        memcpy(to, q->to, tolen);
+        q->v = NULL;
+        q->n = q->cap = 0;
+        rt_refused(s, to, tolen, v, n, err);
+        free(v);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct rt_env *e = &q->v[i];
+        zmq_msg_send(&e->f[1], s->sock, ZMQ_SNDMORE);
+        zmq_msg_send(&e->f[2], s->sock, i + 1 < n ? ZMQ_SNDMORE : 0);
+        rt_env_close(e);
+    }
+    q->n = 0;
+}
+
+/* Send every queue; refused envelopes routed again may fill others. */
+static void rt_flush(struct rt_server *s)
+{
+    while (s->queued) {
+        s->queued = 0;
+        for (size_t i = 0; i < s->nq; i++)
+            if (s->q[i].n)
+                rt_flush_one(s, &s->q[i]);
+    }
+    s->dirty = 1;                   /* sent: ask ZMQ_EVENTS before blocking */
+}
+
+/* Queue [hdr][body] for `to`, moving both; id (may be NULL) is the original
+ * sender, kept for a bounce or a new route if `to` is gone. Only an
+ * impossible id fails at once (EHOSTUNREACH); the caller still owns all. */
+static int rt_send_msgs(struct rt_server *s, const char *to, size_t tolen, zmq_msg_t *id,
+                        zmq_msg_t *hdr, zmq_msg_t *body, enum rt_mode mode)
 {
     if (tolen == 0 || tolen > RT_ID_MAX) {
         errno = EHOSTUNREACH;
         return -1;
     }
-    if (zmq_send(s->sock, to, tolen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        if (errno == EAGAIN)
-            s->dropped_full++;
+    struct rt_outq *q = rt_outq(s, to, tolen);
+    if (q && q->n == RT_OUT_MAX) {
+        rt_flush_one(s, q);         /* a refusal may queue elsewhere: s->q can move */
+        q = rt_outq(s, to, tolen);
+    }
+    if (q && q->n == q->cap) {
+        size_t cap = q->cap ? 2 * q->cap : 32;
+        struct rt_env *v = realloc(q->v, cap * sizeof *v);
+        if (v) {
+            q->v = v;
+            q->cap = cap;
+        }
+    }
+    if (!q || q->n == q->cap) {
+        log_error("queue_failed", "err=nomem");
+        errno = ENOMEM;
         return -1;
     }
-    zmq_msg_send(hdr, s->sock, ZMQ_SNDMORE);
-    zmq_msg_send(body, s->sock, 0);
+    struct rt_env *e = &q->v[q->n++];
+    zmq_msg_init(&e->f[0]);
+    if (id)
+        zmq_msg_copy(&e->f[0], id);
+    zmq_msg_init(&e->f[1]);
+    zmq_msg_init(&e->f[2]);
+    zmq_msg_move(&e->f[1], hdr);
+    zmq_msg_move(&e->f[2], body);
+    e->mode = mode;
+    s->queued = 1;
     return 0;
 }
 
@@ -84,11 +238,20 @@ static int rt_send_new(struct rt_server *s, const char *to, size_t tolen,
         log_error("encode_failed", "kind=%s", env_kind_name(h->kind));
         return -1;
     }
-    if (tolen == 0 || tolen > RT_ID_MAX || zmq_send(s->sock, to, tolen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+    zmq_msg_t hm, bm;
+    if (zmq_msg_init_size(&hm, (size_t)n) != 0)
         return -1;
-    zmq_send(s->sock, s->enc, (size_t)n, ZMQ_SNDMORE);
-    zmq_send(s->sock, body, len, 0);
-    return 0;
+    if (zmq_msg_init_size(&bm, len) != 0) {
+        zmq_msg_close(&hm);
+        return -1;
+    }
+    memcpy(zmq_msg_data(&hm), s->enc, (size_t)n);
+    if (len)
+        memcpy(zmq_msg_data(&bm), body, len);
+    int rc = rt_send_msgs(s, to, tolen, NULL, &hm, &bm, RT_LOG);
+    zmq_msg_close(&hm);
+    zmq_msg_close(&bm);
+    return rc;
 }
 
 static void rt_copy_str(char *dst, size_t cap, const char *src, size_t n)
@@ -144,7 +307,7 @@ static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
     if (n < 0 || zmq_msg_init_size(&nh, (size_t)n) != 0)
         return;
     memcpy(zmq_msg_data(&nh), s->enc, (size_t)n);
-    if (rt_send_msgs(s, zmq_msg_data(id), zmq_msg_size(id), &nh, body) != 0)
+    if (rt_send_msgs(s, zmq_msg_data(id), zmq_msg_size(id), NULL, &nh, body, RT_DROP) != 0)
         log_warn("bounce_not_sent", "reason=%s to=%s err=%s", reason, sb_log_q(b->key),
                  sb_log_q(zmq_strerror(errno)));
     zmq_msg_close(&nh);
@@ -295,39 +458,17 @@ static void rt_fwd_jid(struct rt_server *s, zmq_msg_t *f, const char *key, size_
     const char *reason = "no-sm";
     const struct rt_inst *from = rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
     int from_s2s = from && strcmp(from->kind, "s2s") == 0;
-    /* key points into f[1], which a successful send moves away: copy it so
-     * the envelope can be routed again when the chosen peer is gone. */
-    char k[ENV_STR_MAX + 1];
-    size_t klen = keylen > ENV_STR_MAX ? ENV_STR_MAX : keylen;
-    memcpy(k, key, klen);
-    k[klen] = '\0';
-    for (;;) {
-        const struct rt_inst *to = rt_route_jid(&s->reg, k, klen, from_s2s, &reason);
-        if (!to) {
-            rt_bounce(s, &f[0], &f[1], &f[2], reason);
-            return;
-        }
-        if (rt_send_msgs(s, to->name, strlen(to->name), &f[1], &f[2]) == 0 || errno == EAGAIN)
-            return;
-        if (errno != EHOSTUNREACH) {
-            rt_bounce(s, &f[0], &f[1], &f[2], strcmp(to->kind, "sm") == 0 ? "no-sm" : "remote-domain");
-            return;
-        }
-        /* Registered but gone: it exited (a SIGTERM'd sm that is being
-         * restarted) or died, and its heartbeat has not timed out yet.
-         * ZeroMQ already knows: drop it now and route to the next one,
-         * rather than bouncing (a bind would fail internal-server-error). */
-        rt_inst_gone(s, (size_t)(to - s->reg.v), "unreachable");
-        rt_members_broadcast(s);
-    }
+    const struct rt_inst *to = rt_route_jid(&s->reg, key, keylen, from_s2s, &reason);
+    if (!to || rt_send_msgs(s, to->name, strlen(to->name), &f[0], &f[1], &f[2], RT_REROUTE) != 0)
+        rt_bounce(s, &f[0], &f[1], &f[2], reason);
 }
 
 static void rt_fwd_instance(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
 {
     char to[RT_ID_MAX + 1];
     size_t n = keylen > RT_ID_MAX ? 0 : keylen;
-    memcpy(to, key, n);    /* key points into f[1], which the send moves away */
-    if (rt_send_msgs(s, to, n, &f[1], &f[2]) != 0 && errno != EAGAIN)
+    memcpy(to, key, n);    /* key points into f[1], which queuing moves away */
+    if (rt_send_msgs(s, to, n, &f[0], &f[1], &f[2], RT_BOUNCE) != 0)
         rt_bounce(s, &f[0], &f[1], &f[2], "unknown-instance");
 }
 
@@ -342,7 +483,7 @@ static void rt_fwd_kind(struct rt_server *s, zmq_msg_t *f, const char *key, size
         zmq_msg_init(&b);
         zmq_msg_copy(&h, &f[1]);
         zmq_msg_copy(&b, &f[2]);
-        rt_send_msgs(s, in->name, strlen(in->name), &h, &b);
+        rt_send_msgs(s, in->name, strlen(in->name), NULL, &h, &b, RT_DROP);
         zmq_msg_close(&h);
         zmq_msg_close(&b);
     }
@@ -391,54 +532,62 @@ static const char *rt_id_str(zmq_msg_t *id)
     return buf;
 }
 
-/* Read one multipart message into f[0..2]; frames past the third are
- * swallowed. Returns the number of frames, 0 when the socket is empty. */
-static int rt_recv(struct rt_server *s, zmq_msg_t *f)
+/* Receive one multipart message [identity]([header][body])… and handle
+ * each envelope in order. Returns 0 when the socket is empty. */
+static int rt_recv_one(struct rt_server *s)
 {
-    int n = 0;
-    for (;;) {
-        zmq_msg_t *m = &f[n < 3 ? n : 3];
-        zmq_msg_init(m);
-        if (zmq_msg_recv(m, s->sock, n ? 0 : ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(m);
-            return n;
-        }
-        int more = zmq_msg_more(m);
-        if (n >= 3)
-            zmq_msg_close(m);
-        n++;
-        if (!more)
-            return n;
+    zmq_msg_t f[3];
+    zmq_msg_init(&f[0]);
+    if (zmq_msg_recv(&f[0], s->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&f[0]);
+        return 0;
     }
+    int more = zmq_msg_more(&f[0]), n = 1, envs = 0;
+    while (more) {
+        zmq_msg_init(&f[n]);
+        int rc;
+        while ((rc = zmq_msg_recv(&f[n], s->sock, 0)) < 0 && errno == EINTR)
+            ;                       /* the rest of an atomic message is there */
+        if (rc < 0) {
+            zmq_msg_close(&f[n]);
+            break;
+        }
+        more = zmq_msg_more(&f[n]);
+        if (++n < 3)
+            continue;
+        rt_handle(s, f);
+        zmq_msg_close(&f[1]);
+        zmq_msg_close(&f[2]);
+        n = 1;
+        envs++;
+    }
+    if (n > 1 || envs == 0) {
+        if (rt_bad_first(s))
+            log_warn("bad_frames", "frames=%s from=%s", n > 1 ? "odd" : "1",
+                     sb_log_q(rt_id_str(&f[0])));
+        if (n > 1)
+            zmq_msg_close(&f[1]);
+    }
+    zmq_msg_close(&f[0]);
+    return 1;
 }
 
 /* Each ZMQ_EVENTS query and each empty receive costs libzmq two system
  * calls (getpid, poll): the drain runs only when the fd fired or messages
  * were known to wait, and ends with the socket seen empty (which re-arms
- * the fd) unless a full batch stopped it. */
+ * the fd) unless a full batch stopped it. What it queued leaves at once. */
 static void rt_drain(struct rt_server *s)
 {
     s->fired = 0;
     s->dirty = 1;
     for (int i = 0; i < RT_BATCH; i++) {
-        zmq_msg_t f[4];
-        int n = rt_recv(s, f);
-        if (n == 0) {
+        if (!rt_recv_one(s)) {
             s->dirty = 0;
-            return;
+            break;
         }
-        if (n == 3) {
-            rt_handle(s, f);
-        } else {
-            if (rt_bad_first(s))
-                log_warn("bad_frames", "frames=%d from=%s", n,
-                         sb_log_q(n ? rt_id_str(&f[0]) : "-"));
-            if (n > 3)
-                rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
-        }
-        for (int j = 0; j < n && j < 3; j++)
-            zmq_msg_close(&f[j]);
     }
+    if (s->queued)
+        rt_flush(s);
 }
 
 static int rt_readable(struct rt_server *s)
@@ -459,6 +608,8 @@ static void rt_on_io(struct ev_loop *loop, ev_io *w, int revents)
 static void rt_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct rt_server *s = w->data;
+    if (s->queued)
+        rt_flush(s);                /* timers (sweep, members) queue too */
     if (!s->dirty)
         return;                     /* seen empty, nothing since: the fd is armed */
     if (rt_readable(s))
@@ -594,6 +745,12 @@ int main(int argc, char **argv)
     log_info("listening", "endpoint=%s heartbeat_timeout=%.3g", sb_log_q(bind), s.timeout);
     ev_run(s.loop, 0);
     log_info("stop", "instances=%zu", s.reg.n);
+    for (size_t i = 0; i < s.nq; i++) {
+        for (size_t j = 0; j < s.q[i].n; j++)
+            rt_env_close(&s.q[i].v[j]);
+        free(s.q[i].v);
+    }
+    free(s.q);
     zmq_close(s.sock);
     zmq_ctx_term(s.zctx);
     rt_reg_free(&s.reg);

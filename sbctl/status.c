@@ -71,52 +71,70 @@ static void status_print(const char *body, size_t len)
         printf("(no live instances)\n");
 }
 
+/* Wait for one ZeroMQ message until deadline and pass each envelope in it
+ * (the router batches: [h1][b1][h2][b2]…) to fn. Returns the sum of fn's
+ * results, or -1 when the deadline passed with nothing received. */
+typedef int (*status_fn)(const struct env_hdr *h, const char *body, size_t len, void *ud);
+
+static int status_next(void *sock, double deadline, status_fn fn, void *ud)
+{
+    for (;;) {
+        long left = (long)((deadline - sb_now()) * 1000);
+        if (left <= 0)
+            return -1;
+        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, left) > 0)
+            break;
+    }
+    zmq_msg_t f[2];
+    int n = 0, more = 1, sum = 0;
+    struct env_hdr h;
+    while (more) {
+        zmq_msg_init(&f[n]);
+        if (zmq_msg_recv(&f[n], sock, 0) < 0) {
+            zmq_msg_close(&f[n]);
+            break;
+        }
+        more = zmq_msg_more(&f[n]);
+        if (++n < 2)
+            continue;
+        if (env_decode(&h, zmq_msg_data(&f[0]), zmq_msg_size(&f[0])) == SB_OK)
+            sum += fn(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), ud);
+        zmq_msg_close(&f[0]);
+        zmq_msg_close(&f[1]);
+        n = 0;
+    }
+    if (n)
+        zmq_msg_close(&f[0]);
+    return sum;
+}
+
+/* 1: the status table was printed; -1: the router bounced the request. */
+static int status_on_reply(const struct env_hdr *h, const char *body, size_t len, void *ud)
+{
+    if (h->kind == ENV_ADMIN && strcmp(h->op, "status") == 0) {
+        status_print(body, len);
+        return 1;
+    }
+    if (h->kind == ENV_BOUNCE) {
+        sbctl_err("router at %s bounced the status request (%s)", (const char *)ud, h->op);
+        return -1000;
+    }
+    return 0;
+}
+
 /* Wait for the status reply; 0 printed, -1 timeout or error (reported). */
 static int status_wait(void *sock, const char *endpoint)
 {
     double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
-
-    for (;;) {
-        long left = (long)((deadline - sb_now()) * 1000);
-        if (left <= 0)
-            break;
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, left) <= 0)
-            continue;
-        zmq_msg_t f1, f2;
-        struct env_hdr h;
-        zmq_msg_init(&f1);
-        zmq_msg_init(&f2);
-        int ok = zmq_msg_recv(&f1, sock, 0) >= 0;
-        int more = ok && zmq_msg_more(&f1);
-        if (more)
-            ok = zmq_msg_recv(&f2, sock, 0) >= 0;
-        while (ok && zmq_msg_more(more ? &f2 : &f1)) {  /* drop unexpected frames */
-            zmq_msg_t x;
-            zmq_msg_init(&x);
-            zmq_msg_recv(&x, sock, 0);
-            int m = zmq_msg_more(&x);
-            zmq_msg_close(&x);
-            if (!m)
-                break;
-        }
-        int done = 0;
-        if (ok && env_decode(&h, zmq_msg_data(&f1), zmq_msg_size(&f1)) == SB_OK) {
-            if (h.kind == ENV_ADMIN && strcmp(h.op, "status") == 0) {
-                status_print(more ? zmq_msg_data(&f2) : "", more ? zmq_msg_size(&f2) : 0);
-                done = 1;
-            } else if (h.kind == ENV_BOUNCE) {
-                sbctl_err("router at %s bounced the status request (%s)", endpoint, h.op);
-                done = -1;
-            }
-        }
-        zmq_msg_close(&f1);
-        zmq_msg_close(&f2);
-        if (done)
-            return done > 0 ? 0 : -1;
-    }
-    sbctl_err("no answer from the router at %s within %d s (is it running?)", endpoint,
-              STATUS_TIMEOUT_MS / 1000);
+    int r;
+    while ((r = status_next(sock, deadline, status_on_reply, (void *)endpoint)) == 0)
+        ;
+    if (r > 0)
+        return 0;
+    if (r == -1)
+        sbctl_err("no answer from the router at %s within %d s (is it running?)", endpoint,
+                  STATUS_TIMEOUT_MS / 1000);
     return -1;
 }
 
@@ -141,6 +159,14 @@ static void status_s2s_print(const char *body, size_t len)
     }
 }
 
+/* 1 for each answer (or bounce) of an s2s instance. */
+static int status_on_s2s(const struct env_hdr *h, const char *body, size_t len, void *ud)
+{
+    if (h->kind == ENV_ADMIN && !strcmp(h->op, "s2s"))
+        status_s2s_print(body, len);
+    return h->kind == ENV_ADMIN || h->kind == ENV_BOUNCE;
+}
+
 /* Ask every s2s instance for its connections; prints what answers in time. */
 static void status_s2s_query(void *sock, const char *id)
 {
@@ -162,24 +188,10 @@ static void status_s2s_query(void *sock, const char *id)
            "DIR", "STATE", "TLS", "AUTH", "IDLE", "INSTANCE");
     double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
     while (asked > 0) {
-        long left = (long)((deadline - sb_now()) * 1000);
-        if (left <= 0)
+        int r = status_next(sock, deadline, status_on_s2s, NULL);
+        if (r < 0)
             break;
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, left) <= 0)
-            continue;
-        zmq_msg_t f1, f2;
-        zmq_msg_init(&f1);
-        zmq_msg_init(&f2);
-        if (zmq_msg_recv(&f1, sock, 0) >= 0 && zmq_msg_more(&f1) && zmq_msg_recv(&f2, sock, 0) >= 0 &&
-            env_decode(&h, zmq_msg_data(&f1), zmq_msg_size(&f1)) == SB_OK) {
-            if (h.kind == ENV_ADMIN && !strcmp(h.op, "s2s"))
-                status_s2s_print(zmq_msg_data(&f2), zmq_msg_size(&f2));
-            if (h.kind == ENV_ADMIN || h.kind == ENV_BOUNCE)
-                asked--;
-        }
-        zmq_msg_close(&f1);
-        zmq_msg_close(&f2);
+        asked -= r;
     }
     if (asked > 0)
         printf("(%d s2s instance(s) did not answer in time)\n", asked);
