@@ -1,25 +1,36 @@
-/* link.c — a component's DEALER connection to the router on the libev loop.
+/* link.c — a component's ZeroMQ connections on the libev loop.
  *
- * ZMQ_FD only signals edges, so three watchers cooperate: the ev_io wakes
- * us when the fd becomes readable, the ev_prepare asks ZMQ_EVENTS before
- * the loop blocks and, if messages wait, starts an idle watcher so the loop
- * does not block, and the ev_check drains. Every ZMQ_EVENTS query and every
- * empty receive costs two system calls inside libzmq (getpid, poll), so they
- * are only made when something may have consumed the edge: the drain runs
- * when the fd fired or messages were known to wait, and the prepare asks
- * only when a send (or a partial drain) happened since the socket was last
- * seen empty.
+ * Sockets. `main` is the DEALER to the router (HELLO, heartbeat, control,
+ * everything that is not sent directly). An sm also binds `direct`, a
+ * ROUTER every component connects to; every component keeps one DEALER
+ * `peer` per sm that announced a direct endpoint, learnt from the router's
+ * `members` broadcast. A ROUTE_JID stanza or control for a local domain goes
+ * through the peer DEALER of the sm the router itself would pick (same
+ * registry, same rendezvous hash: common/route.c), and an sm answers a
+ * front-end through its `direct` ROUTER, so a chat message crosses two
+ * ZeroMQ hops (c2s → sm → c2s) instead of four through the router. Whatever
+ * cannot go directly (peer not connected yet: ZMQ_IMMEDIATE refuses the
+ * send; destination not connected to us; remote domains; the router's own
+ * traffic) takes the router path, which also bounces what nobody can take.
  *
- * Sends are batched: every envelope sent during one loop iteration joins
- * one multipart message [h1][b1][h2][b2]…, closed by the prepare watcher
- * (which runs last, at the lowest priority) before the loop blocks. Each
- * ZeroMQ message costs a hand-off to libzmq's I/O thread (an eventfd write
- * and a wake-up) and a wake-up of the receiver, so under load one batch per
- * iteration instead of one message per envelope is most of the hop's cost.
- * The batch stays open by holding its last body frame back: sending it
- * without ZMQ_SNDMORE ends the message. */
+ * Edges. ZMQ_FD only signals edges, so per socket an ev_io marks it fired,
+ * the ev_check drains fired sockets, and the ev_prepare asks ZMQ_EVENTS
+ * before the loop blocks for sockets touched since they were last seen
+ * empty, starting an idle watcher if messages wait. Every ZMQ_EVENTS query
+ * and empty receive costs libzmq two system calls (getpid, poll), so they
+ * are made only when something may have consumed the edge.
+ *
+ * Batches. Envelopes sent in one loop iteration join one multipart message
+ * [h1][b1][h2][b2]… per socket (per destination on `direct`), ended by the
+ * prepare watcher, which runs last (lowest priority) before the loop
+ * blocks. Each ZeroMQ message costs a hand-off to libzmq's I/O thread (an
+ * eventfd write, a wake-up) and a wake-up of the receiver; under load one
+ * batch per iteration instead of one message per envelope is most of a
+ * hop's cost. A DEALER batch stays open by holding its last body frame back:
+ * sending it without ZMQ_SNDMORE ends the message. */
 #include "link.h"
 #include "log.h"
+#include "route.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -33,10 +44,49 @@
 #define LINK_BATCH 512          /* messages per drain before yielding to the loop */
 #define LINK_SEND_MAX 128       /* envelopes per outgoing batch */
 #define LINK_SEND_BYTES 65536   /* body bytes per outgoing batch */
+#define LINK_PEERS_MAX 64       /* sms with a direct endpoint */
+
+struct link;
+
+/* One ZeroMQ socket and its edge state. */
+struct link_zs {
+    struct link *l;
+    void *sock;
+    int router;                 /* ROUTER: frames start with the peer identity */
+    ev_io io;
+    int fired;                  /* the fd fired: drain at the next check */
+    int dirty;                  /* zmq calls since the socket was seen empty */
+    /* DEALER batch */
+    zmq_msg_t held;             /* the open batch's last body, not yet sent */
+    int holding;
+    unsigned batch_n;
+    size_t batch_bytes;
+    /* peer DEALER: which sm, where */
+    char name[ENV_NAME_MAX + 1];
+    char endpoint[RT_DIRECT_MAX + 1];
+    int seen;                   /* still in the latest members list */
+};
+
+/* Envelopes queued on `direct` for one destination: [h][b] pairs. */
+struct link_rq {
+    char to[ENV_NAME_MAX + 1];
+    zmq_msg_t *f;
+    size_t n, cap;              /* frames */
+};
 
 struct link {
     struct ev_loop *loop;
-    void *zctx, *sock;
+    void *zctx;
+    struct link_zs main;
+    struct link_zs *direct;     /* sm only */
+    char direct_ep[RT_DIRECT_MAX + 1];
+    struct link_zs *peers[LINK_PEERS_MAX];
+    size_t npeers;
+    int local_router;           /* our router is on this host: loopback peers are usable */
+    struct rt_registry members; /* the router's view, for direct routing */
+    struct link_rq *rq;
+    size_t nrq, caprq;
+    int rq_queued;
     char instance[ENV_NAME_MAX + 1];
     char kind[ENV_NAME_MAX + 1];
     char *domains;
@@ -44,60 +94,132 @@ struct link {
     double heartbeat;
     link_recv_cb cb;
     void *ud;
-    ev_io io;
     ev_prepare prepare;
     ev_check check;
     ev_idle idle;
     ev_timer hello;
-    zmq_msg_t held;             /* the open batch's last body, not yet sent */
-    int holding;                /* a batch is open (its frames wait for held) */
-    unsigned batch_n;           /* envelopes in the open batch */
-    size_t batch_bytes;         /* their body bytes */
-    int fired;                  /* the fd fired: drain at the next check */
-    int dirty;                  /* zmq calls since the socket was seen empty */
 };
 
-static int link_readable(struct link *l)
+static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
+                            size_t blen, const struct env_hdr *h);
+
+/* ---- one socket ------------------------------------------------------------ */
+
+static void zs_on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct link_zs *z = w->data;
+    z->fired = 1;               /* drained in the check, once per iteration */
+}
+
+static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
+{
+    int hwm = LINK_HWM, linger = LINK_LINGER_MS, one = 1, fd = -1;
+    size_t sz = sizeof fd;
+    z->l = l;
+    z->router = type == ZMQ_ROUTER;
+    z->sock = zmq_socket(l->zctx, type);
+    if (!z->sock ||
+        zmq_setsockopt(z->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(z->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
+        zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
+        return SB_ERROR;
+    if (type == ZMQ_DEALER &&
+        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->instance, strlen(l->instance)) != 0)
+        return SB_ERROR;
+    /* ROUTER: an unknown destination fails the send (and takes the router
+     * path); a restarted component takes its name over at once. */
+    if (type == ZMQ_ROUTER &&
+        (zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
+         zmq_setsockopt(z->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0))
+        return SB_ERROR;
+    zmq_getsockopt(z->sock, ZMQ_FD, &fd, &sz);
+    ev_io_init(&z->io, zs_on_io, fd, EV_READ);
+    z->io.data = z;
+    ev_io_start(l->loop, &z->io);
+    return SB_OK;
+}
+
+static void zs_close(struct link_zs *z)
+{
+    if (ev_is_active(&z->io))
+        ev_io_stop(z->l->loop, &z->io);
+    if (z->holding)
+        zmq_msg_close(&z->held);
+    z->holding = 0;
+    if (z->sock)
+        zmq_close(z->sock);
+    z->sock = NULL;
+}
+
+static int zs_readable(struct link_zs *z)
 {
     int ev = 0;
     size_t sz = sizeof ev;
-    if (zmq_getsockopt(l->sock, ZMQ_EVENTS, &ev, &sz) != 0)
+    if (zmq_getsockopt(z->sock, ZMQ_EVENTS, &ev, &sz) != 0)
         return 0;
     return (ev & ZMQ_POLLIN) != 0;
 }
 
-/* Keep the loop from blocking while the socket still holds messages. */
-static void link_rearm(struct link *l)
+/* End the open batch: its held last body goes out without ZMQ_SNDMORE. */
+static void zs_flush(struct link_zs *z)
 {
-    if (!l->dirty)
-        return;                 /* seen empty, nothing since: the fd is armed */
-    if (link_readable(l))
-        ev_idle_start(l->loop, &l->idle);
-    else
-        l->dirty = 0;
-}
-
-static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body)
-{
-    struct env_hdr h;
-    if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
-        log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+    if (!z->holding)
         return;
+    if (zmq_msg_send(&z->held, z->sock, 0) < 0) {
+        log_error("link_flush_failed", "envelopes=%u err=%s", z->batch_n,
+                  sb_log_q(zmq_strerror(errno)));
+        zmq_msg_close(&z->held);
     }
-    l->cb(l, &h, zmq_msg_data(body), zmq_msg_size(body), l->ud);
+    z->holding = 0;
+    z->batch_n = 0;
+    z->batch_bytes = 0;
+    z->dirty = 1;               /* the prepare asks ZMQ_EVENTS before blocking */
 }
 
-/* Receive one whole multipart message [h1][b1][h2][b2]… and deliver its
- * envelopes in order. A trailing odd frame is garbage: logged, dropped.
- * Returns 0 when the socket is empty, 1 otherwise. */
-static int link_recv_one(struct link *l)
+/* Add [hdr][body] to the DEALER's open batch. Inside an open multipart
+ * message frames are always accepted (it is atomic); only a batch's first
+ * frame can be refused: high-water mark, or no connection yet on a peer
+ * (ZMQ_IMMEDIATE). Returns -1 with errno then, nothing queued. */
+static int zs_send(struct link_zs *z, const uint8_t *hdr, size_t hlen, const char *body,
+                   size_t blen)
+{
+    if (z->holding && (z->batch_n >= LINK_SEND_MAX || z->batch_bytes >= LINK_SEND_BYTES))
+        zs_flush(z);
+    int rc = z->holding ? zmq_msg_send(&z->held, z->sock, ZMQ_SNDMORE) : 0;
+    if (rc >= 0)
+        rc = zmq_send(z->sock, hdr, hlen, ZMQ_SNDMORE | (z->holding ? 0 : ZMQ_DONTWAIT));
+    z->dirty = 1;
+    if (rc < 0) {
+        z->holding = 0;         /* cannot happen mid-batch; never leave it half-open */
+        return -1;
+    }
+    if (zmq_msg_init_size(&z->held, blen) != 0) {
+        zmq_send(z->sock, "", 0, 0);    /* the header is queued: end the message */
+        z->holding = 0;
+        errno = ENOMEM;
+        return -1;
+    }
+    if (blen)
+        memcpy(zmq_msg_data(&z->held), body, blen);
+    z->holding = 1;
+    z->batch_n++;
+    z->batch_bytes += blen;
+    return 0;
+}
+
+static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body);
+
+/* Receive one whole multipart message ([identity] on a ROUTER, then
+ * [h1][b1][h2][b2]…) and deliver its envelopes in order. A trailing odd
+ * frame is garbage: logged, dropped. Returns 0 when the socket is empty. */
+static int zs_recv_one(struct link_zs *z)
 {
     zmq_msg_t f[2];
-    int n = 0, more = 1, first = 1;
-    while (more) {
+    int n = 0, more = 1, first = 1, skip = z->router;
+    while (more && z->sock) {
         zmq_msg_init(&f[n]);
         int rc;
-        while ((rc = zmq_msg_recv(&f[n], l->sock, first ? ZMQ_DONTWAIT : 0)) < 0 &&
+        while ((rc = zmq_msg_recv(&f[n], z->sock, first ? ZMQ_DONTWAIT : 0)) < 0 &&
                errno == EINTR && !first)
             ;                   /* the rest of an atomic message is there */
         if (rc < 0) {
@@ -112,8 +234,13 @@ static int link_recv_one(struct link *l)
         }
         first = 0;
         more = zmq_msg_more(&f[n]);
+        if (skip) {             /* the sender's identity: the header names it */
+            skip = 0;
+            zmq_msg_close(&f[n]);
+            continue;
+        }
         if (++n == 2) {
-            link_deliver(l, &f[0], &f[1]);
+            link_deliver(z->l, &f[0], &f[1]);
             zmq_msg_close(&f[0]);
             zmq_msg_close(&f[1]);
             n = 0;
@@ -126,43 +253,262 @@ static int link_recv_one(struct link *l)
     return 1;
 }
 
-static void link_drain(struct link *l)
+static void zs_drain(struct link_zs *z)
 {
-    l->fired = 0;
-    l->dirty = 1;               /* a full batch leaves messages behind */
-    for (int i = 0; i < LINK_BATCH && l->sock; i++)
-        if (!link_recv_one(l)) {
-            l->dirty = 0;       /* empty, and the receive re-armed the fd */
+    z->fired = 0;
+    z->dirty = 1;               /* a full batch leaves messages behind */
+    for (int i = 0; i < LINK_BATCH && z->sock; i++)
+        if (!zs_recv_one(z)) {
+            z->dirty = 0;       /* empty, and the receive re-armed the fd */
             break;
         }
 }
 
-/* End the open batch: its held last body goes out without ZMQ_SNDMORE. */
-void link_flush(struct link *l)
+/* ---- direct: the sm's ROUTER, queued per destination ---------------------- */
+
+static struct link_rq *rq_find(struct link *l, const char *to)
 {
-    if (!l->holding)
-        return;
-    if (zmq_msg_send(&l->held, l->sock, 0) < 0) {
-        log_error("link_flush_failed", "envelopes=%u err=%s", l->batch_n,
-                  sb_log_q(zmq_strerror(errno)));
-        zmq_msg_close(&l->held);
+    for (size_t i = 0; i < l->nrq; i++)
+        if (!strcmp(l->rq[i].to, to))
+            return &l->rq[i];
+    if (l->nrq == l->caprq) {
+        size_t cap = l->caprq ? 2 * l->caprq : 8;
+        struct link_rq *v = realloc(l->rq, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        l->rq = v;
+        l->caprq = cap;
     }
-    l->holding = 0;
-    l->batch_n = 0;
-    l->batch_bytes = 0;
-    l->dirty = 1;               /* the prepare asks ZMQ_EVENTS before blocking */
+    struct link_rq *q = &l->rq[l->nrq++];
+    memset(q, 0, sizeof *q);
+    snprintf(q->to, sizeof q->to, "%.*s", ENV_NAME_MAX, to);
+    return q;
 }
 
-static void link_on_io(struct ev_loop *loop, ev_io *w, int revents)
+static int rq_frame(zmq_msg_t *m, const void *data, size_t len)
 {
-    struct link *l = w->data;
-    l->fired = 1;               /* drained in the check, once per iteration */
+    if (zmq_msg_init_size(m, len) != 0)
+        return -1;
+    if (len)
+        memcpy(zmq_msg_data(m), data, len);
+    return 0;
+}
+
+static void rq_flush_one(struct link *l, struct link_rq *q);
+
+/* Queue [hdr][body] for a component connected to our ROUTER. */
+static int rq_send(struct link *l, const char *to, const uint8_t *hdr, size_t hlen,
+                   const char *body, size_t blen)
+{
+    struct link_rq *q = rq_find(l, to);
+    if (!q)
+        return -1;
+    if (q->n >= 2 * LINK_SEND_MAX)
+        rq_flush_one(l, q);
+    if (q->n + 2 > q->cap) {
+        size_t cap = q->cap ? 2 * q->cap : 32;
+        zmq_msg_t *f = realloc(q->f, cap * sizeof *f);
+        if (!f)
+            return -1;
+        q->f = f;
+        q->cap = cap;
+    }
+    if (rq_frame(&q->f[q->n], hdr, hlen) != 0)
+        return -1;
+    if (rq_frame(&q->f[q->n + 1], body, blen) != 0) {
+        zmq_msg_close(&q->f[q->n]);
+        return -1;
+    }
+    q->n += 2;
+    l->rq_queued = 1;
+    return 0;
+}
+
+/* Send one destination's queue as one message. Not connected to us (or
+ * full): the router takes the envelopes instead, in order. */
+static void rq_flush_one(struct link *l, struct link_rq *q)
+{
+    size_t n = q->n;
+    q->n = 0;
+    if (!n)
+        return;
+    if (zmq_send(l->direct->sock, q->to, strlen(q->to), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        for (size_t i = 0; i + 1 < n; i += 2) {
+            struct env_hdr h;
+            if (env_decode(&h, zmq_msg_data(&q->f[i]), zmq_msg_size(&q->f[i])) == SB_OK)
+                link_main_send(l, zmq_msg_data(&q->f[i]), zmq_msg_size(&q->f[i]),
+                               zmq_msg_data(&q->f[i + 1]), zmq_msg_size(&q->f[i + 1]), &h);
+        }
+        for (size_t i = 0; i < n; i++)
+            zmq_msg_close(&q->f[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        zmq_msg_send(&q->f[i], l->direct->sock, i + 1 < n ? ZMQ_SNDMORE : 0);
+    l->direct->dirty = 1;
+}
+
+static void rq_flush(struct link *l)
+{
+    l->rq_queued = 0;
+    for (size_t i = 0; i < l->nrq; i++)
+        rq_flush_one(l, &l->rq[i]);
+}
+
+/* ---- peers: one DEALER per sm, from `members` ------------------------------ */
+
+static struct link_zs *peer_find(struct link *l, const char *name)
+{
+    for (size_t i = 0; i < l->npeers; i++)
+        if (!strcmp(l->peers[i]->name, name))
+            return l->peers[i];
+    return NULL;
+}
+
+static void peer_free(struct link_zs *z)
+{
+    zs_flush(z);
+    zs_close(z);
+    free(z);
+}
+
+static void peer_add(struct link *l, const struct rt_inst *in)
+{
+    int immediate = 1;
+    struct link_zs *z = calloc(1, sizeof *z);
+    if (!z || l->npeers == LINK_PEERS_MAX) {
+        free(z);
+        return;
+    }
+    snprintf(z->name, sizeof z->name, "%s", in->name);
+    snprintf(z->endpoint, sizeof z->endpoint, "%s", in->direct);
+    /* IMMEDIATE: until connected, a send fails and takes the router path
+     * instead of waiting in a queue for a peer that may never come. */
+    if (zs_open(l, z, ZMQ_DEALER) != SB_OK ||
+        zmq_setsockopt(z->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
+        zmq_connect(z->sock, in->direct) != 0) {
+        log_warn("link_direct_failed", "sm=%s endpoint=%s err=%s", in->name,
+                 sb_log_q(in->direct), sb_log_q(zmq_strerror(errno)));
+        zs_close(z);
+        free(z);
+        return;
+    }
+    z->seen = 1;
+    l->peers[l->npeers++] = z;
+    log_info("link_direct", "sm=%s endpoint=%s", in->name, sb_log_q(in->direct));
+}
+
+/* `members`: "kind name [key=value…]" lines. Keep the registry the router
+ * routes by, and one DEALER per sm with a usable direct endpoint. */
+static void link_on_members(struct link *l, const char *body, size_t len)
+{
+    rt_reg_free(&l->members);
+    const char *p = body, *end = body + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *sp = memchr(p, ' ', (size_t)(le - p));
+        if (sp) {
+            const char *ne = memchr(sp + 1, ' ', (size_t)(le - sp - 1));
+            if (!ne)
+                ne = le;
+            char hb[2048];
+            int n = snprintf(hb, sizeof hb, "kind=%.*s %.*s", (int)(sp - p), p,
+                             (int)(le - ne), ne);
+            if (n > 0 && (size_t)n < sizeof hb)
+                rt_reg_hello(&l->members, sp + 1, (size_t)(ne - sp - 1), hb, (size_t)n, 0, NULL);
+        }
+        p = le + 1;
+    }
+    for (size_t i = 0; i < l->npeers; i++)
+        l->peers[i]->seen = 0;
+    for (size_t i = 0; i < l->members.n; i++) {
+        const struct rt_inst *in = &l->members.v[i];
+        if (strcmp(in->kind, "sm") != 0 || !in->direct[0] ||
+            (!l->local_router && rt_endpoint_local(in->direct)))
+            continue;
+        struct link_zs *z = peer_find(l, in->name);
+        if (z && !strcmp(z->endpoint, in->direct))
+            z->seen = 1;
+        else if (!z)
+            peer_add(l, in);
+        /* else: restarted elsewhere; dropped below, then connected anew */
+    }
+    for (size_t i = 0; i < l->npeers;) {
+        struct link_zs *z = l->peers[i];
+        if (z->seen) {
+            i++;
+            continue;
+        }
+        log_info("link_direct_gone", "sm=%s", z->name);
+        l->peers[i] = l->peers[--l->npeers];
+        peer_free(z);
+    }
+    /* An sm that moved endpoint was dropped above: connect it anew. */
+    for (size_t i = 0; i < l->members.n; i++) {
+        const struct rt_inst *in = &l->members.v[i];
+        if (!strcmp(in->kind, "sm") && in->direct[0] && !peer_find(l, in->name) &&
+            (l->local_router || !rt_endpoint_local(in->direct)))
+            peer_add(l, in);
+    }
+}
+
+/* The DEALER to the sm the router would pick for this envelope, or NULL. */
+static struct link_zs *link_direct_peer(struct link *l, const struct env_hdr *h)
+{
+    if (!l->npeers || h->route != ENV_ROUTE_JID ||
+        (h->kind != ENV_STANZA && h->kind != ENV_CONTROL))
+        return NULL;
+    const char *reason;
+    const struct rt_inst *to = rt_route_jid(&l->members, h->key, strlen(h->key), 0, &reason);
+    if (!to || strcmp(to->kind, "sm") != 0)
+        return NULL;
+    return peer_find(l, to->name);
+}
+
+/* ---- the loop --------------------------------------------------------------- */
+
+static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body)
+{
+    struct env_hdr h;
+    if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
+        log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    if (h.kind == ENV_CONTROL && !strcmp(h.op, "members"))
+        link_on_members(l, zmq_msg_data(body), zmq_msg_size(body));
+    l->cb(l, &h, zmq_msg_data(body), zmq_msg_size(body), l->ud);
+}
+
+void link_flush(struct link *l)
+{
+    if (l->rq_queued)
+        rq_flush(l);            /* refusals fall back to main: before main's flush */
+    for (size_t i = 0; i < l->npeers; i++)
+        zs_flush(l->peers[i]);
+    zs_flush(&l->main);
+}
+
+/* Keep the loop from blocking while a socket still holds messages. */
+static void zs_rearm(struct link_zs *z)
+{
+    if (!z->dirty)
+        return;                 /* seen empty, nothing since: the fd is armed */
+    if (zs_readable(z))
+        ev_idle_start(z->l->loop, &z->l->idle);
+    else
+        z->dirty = 0;
 }
 
 static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-    link_flush(w->data);
-    link_rearm(w->data);
+    struct link *l = w->data;
+    link_flush(l);
+    zs_rearm(&l->main);
+    if (l->direct)
+        zs_rearm(l->direct);
+    for (size_t i = 0; i < l->npeers; i++)
+        zs_rearm(l->peers[i]);
 }
 
 static void link_on_check(struct ev_loop *loop, ev_check *w, int revents)
@@ -170,8 +516,16 @@ static void link_on_check(struct ev_loop *loop, ev_check *w, int revents)
     struct link *l = w->data;
     int waiting = ev_is_active(&l->idle);
     ev_idle_stop(loop, &l->idle);
-    if (l->fired || waiting)
-        link_drain(l);
+    if (l->main.fired || (waiting && l->main.dirty))
+        zs_drain(&l->main);
+    if (l->direct && (l->direct->fired || (waiting && l->direct->dirty)))
+        zs_drain(l->direct);
+    /* Draining main may change members (and free peers): index each time. */
+    for (size_t i = 0; i < l->npeers; i++) {
+        struct link_zs *z = l->peers[i];
+        if (z->fired || (waiting && z->dirty))
+            zs_drain(z);
+    }
 }
 
 static void link_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
@@ -182,8 +536,9 @@ static void link_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 static sb_rc link_send_hello(struct link *l)
 {
     char body[2048];
-    int n = snprintf(body, sizeof body, "kind=%s pid=%ld domains=%s sessions=%ld",
-                     l->kind, (long)getpid(), l->domains ? l->domains : "", l->sessions);
+    int n = snprintf(body, sizeof body, "kind=%s pid=%ld domains=%s sessions=%ld%s%s",
+                     l->kind, (long)getpid(), l->domains ? l->domains : "", l->sessions,
+                     l->direct ? " direct=" : "", l->direct ? l->direct_ep : "");
     if (n < 0 || (size_t)n >= sizeof body) {
         log_error("link_hello_too_long", "bytes=%d", n);
         return SB_ERROR;
@@ -198,42 +553,49 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
         log_warn("link_hello_failed", "endpoint_queue=full");
 }
 
-static sb_rc link_socket(struct link *l, const char *endpoint)
+/* An sm's ROUTER for direct traffic, bound where o->direct_bind says. */
+static sb_rc link_direct_bind(struct link *l, const char *bind)
 {
-    int hwm = LINK_HWM, linger = LINK_LINGER_MS, immediate = 0;
-    l->zctx = zmq_ctx_new();
-    if (!l->zctx)
+    size_t sz = sizeof l->direct_ep;
+    l->direct = calloc(1, sizeof *l->direct);
+    if (!l->direct || zs_open(l, l->direct, ZMQ_ROUTER) != SB_OK)
         return SB_ERROR;
-    l->sock = zmq_socket(l->zctx, ZMQ_DEALER);
-    if (!l->sock)
-        return SB_ERROR;
-    if (zmq_setsockopt(l->sock, ZMQ_ROUTING_ID, l->instance, strlen(l->instance)) != 0 ||
-        zmq_setsockopt(l->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
-        zmq_setsockopt(l->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(l->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(l->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
-        return SB_ERROR;
-    if (zmq_connect(l->sock, endpoint) != 0) {
-        log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(endpoint),
+    if (zmq_bind(l->direct->sock, bind) != 0 ||
+        zmq_getsockopt(l->direct->sock, ZMQ_LAST_ENDPOINT, l->direct_ep, &sz) != 0) {
+        log_error("link_direct_bind_failed", "endpoint=%s err=%s", sb_log_q(bind),
                   sb_log_q(zmq_strerror(errno)));
         return SB_ERROR;
     }
+    log_info("link_direct_bound", "endpoint=%s", sb_log_q(l->direct_ep));
+    return SB_OK;
+}
+
+static sb_rc link_socket(struct link *l, const struct link_opts *o)
+{
+    int immediate = 0;
+    l->zctx = zmq_ctx_new();
+    if (!l->zctx || zs_open(l, &l->main, ZMQ_DEALER) != SB_OK ||
+        zmq_setsockopt(l->main.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
+        return SB_ERROR;
+    if (zmq_connect(l->main.sock, o->endpoint) != 0) {
+        log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(o->endpoint),
+                  sb_log_q(zmq_strerror(errno)));
+        return SB_ERROR;
+    }
+    l->local_router = rt_endpoint_local(o->endpoint);
+    if (o->direct_bind && o->direct_bind[0])
+        return link_direct_bind(l, o->direct_bind);
     return SB_OK;
 }
 
 static void link_watchers(struct link *l)
 {
-    int fd = -1;
-    size_t sz = sizeof fd;
-    zmq_getsockopt(l->sock, ZMQ_FD, &fd, &sz);
-    ev_io_init(&l->io, link_on_io, fd, EV_READ);
     ev_prepare_init(&l->prepare, link_on_prepare);
     ev_set_priority(&l->prepare, EV_MINPRI);    /* after every other prepare that may send */
     ev_check_init(&l->check, link_on_check);
     ev_idle_init(&l->idle, link_on_idle);
     ev_timer_init(&l->hello, link_on_hello, l->heartbeat, l->heartbeat);
-    l->io.data = l->prepare.data = l->check.data = l->idle.data = l->hello.data = l;
-    ev_io_start(l->loop, &l->io);
+    l->prepare.data = l->check.data = l->idle.data = l->hello.data = l;
     ev_prepare_start(l->loop, &l->prepare);
     ev_check_start(l->loop, &l->check);
     ev_timer_start(l->loop, &l->hello);
@@ -254,15 +616,16 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->heartbeat = o->heartbeat > 0 ? o->heartbeat : 1.0;
     strcpy(l->instance, o->instance);
     strcpy(l->kind, o->kind);
+    rt_reg_init(&l->members);
     l->domains = strdup(o->domains ? o->domains : "");
-    if (!l->domains || link_socket(l, o->endpoint) != SB_OK) {
+    if (!l->domains || link_socket(l, o) != SB_OK) {
         link_free(l);
         return NULL;
     }
     link_watchers(l);
     link_send_hello(l);
-    log_info("link_up", "endpoint=%s kind=%s heartbeat=%.3g", sb_log_q(o->endpoint),
-             l->kind, l->heartbeat);
+    log_info("link_up", "endpoint=%s kind=%s heartbeat=%.3g direct=%s", sb_log_q(o->endpoint),
+             l->kind, l->heartbeat, sb_log_q(l->direct ? l->direct_ep : ""));
     return l;
 }
 
@@ -270,21 +633,42 @@ void link_free(struct link *l)
 {
     if (!l)
         return;
-    if (l->sock)
+    if (l->main.sock)
         link_flush(l);          /* the linger period still delivers it */
-    if (ev_is_active(&l->io) || ev_is_active(&l->prepare)) {
-        ev_io_stop(l->loop, &l->io);
+    if (ev_is_active(&l->prepare)) {
         ev_prepare_stop(l->loop, &l->prepare);
         ev_check_stop(l->loop, &l->check);
         ev_idle_stop(l->loop, &l->idle);
         ev_timer_stop(l->loop, &l->hello);
     }
-    if (l->sock)
-        zmq_close(l->sock);
+    for (size_t i = 0; i < l->npeers; i++)
+        peer_free(l->peers[i]);
+    if (l->direct) {
+        zs_close(l->direct);
+        free(l->direct);
+    }
+    for (size_t i = 0; i < l->nrq; i++) {
+        for (size_t j = 0; j < l->rq[i].n; j++)
+            zmq_msg_close(&l->rq[i].f[j]);
+        free(l->rq[i].f);
+    }
+    free(l->rq);
+    zs_close(&l->main);
     if (l->zctx)
         zmq_ctx_term(l->zctx);
+    rt_reg_free(&l->members);
     free(l->domains);
     free(l);
+}
+
+static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
+                            size_t blen, const struct env_hdr *h)
+{
+    if (zs_send(&l->main, hdr, hlen, body, blen) == 0)
+        return SB_OK;
+    log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
+             sb_log_q(h->key), sb_log_q(zmq_strerror(errno)));
+    return SB_ERROR;
 }
 
 sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t body_len)
@@ -295,35 +679,16 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
         log_error("link_encode_failed", "kind=%s key=%s", env_kind_name(h->kind), sb_log_q(h->key));
         return SB_ERROR;
     }
-    if (l->holding && (l->batch_n >= LINK_SEND_MAX || l->batch_bytes >= LINK_SEND_BYTES))
-        link_flush(l);
-    /* Inside an open multipart message frames are always accepted (it is
-     * atomic); only its first frame can meet the high-water mark. */
-    int rc = l->holding ? zmq_msg_send(&l->held, l->sock, ZMQ_SNDMORE) : 0;
-    if (rc >= 0)
-        rc = zmq_send(l->sock, hdr, (size_t)n, ZMQ_SNDMORE | (l->holding ? 0 : ZMQ_DONTWAIT));
-    l->dirty = 1;               /* the prepare asks ZMQ_EVENTS before blocking */
-    if (rc < 0) {
-        log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
-                 sb_log_q(h->key), sb_log_q(zmq_strerror(errno)));
-        if (l->holding)         /* cannot happen; never leave a batch half-open */
-            l->holding = 0;
-        return SB_ERROR;
-    }
-    if (zmq_msg_init_size(&l->held, body_len) != 0) {
-        /* The header is queued: end the message with an empty body rather
-         * than leave it open. */
-        zmq_send(l->sock, "", 0, 0);
-        l->holding = 0;
-        log_error("link_send_failed", "kind=%s err=nomem", env_kind_name(h->kind));
-        return SB_ERROR;
-    }
-    if (body_len)
-        memcpy(zmq_msg_data(&l->held), body, body_len);
-    l->holding = 1;
-    l->batch_n++;
-    l->batch_bytes += body_len;
-    return SB_OK;
+    if (!body)
+        body = "";
+    struct link_zs *peer = link_direct_peer(l, h);
+    if (peer && zs_send(peer, hdr, (size_t)n, body, body_len) == 0)
+        return SB_OK;
+    if (l->direct && h->route == ENV_ROUTE_INSTANCE && strlen(h->key) <= ENV_NAME_MAX &&
+        (h->kind == ENV_STANZA || h->kind == ENV_CONTROL) &&
+        rq_send(l, h->key, hdr, (size_t)n, body, body_len) == 0)
+        return SB_OK;
+    return link_main_send(l, hdr, (size_t)n, body, body_len, h);
 }
 
 const char *link_instance(const struct link *l)

@@ -1,7 +1,11 @@
-/* link.h — a component's connection to the router, on the libev loop.
+/* link.h — a component's connections to the router and the sms, on the
+ * libev loop.
  *
  * Every process except the router owns one link: a ZeroMQ DEALER socket
- * whose routing id is the instance name, connected to the router endpoint.
+ * whose routing id is the instance name, connected to the router endpoint,
+ * plus one DEALER per sm that announced a direct endpoint (an sm binds a
+ * ROUTER for it): stanzas for local users go straight to the owning sm,
+ * and the sm answers straight back (see link.c and ENVELOPE.md).
  * The link sends HELLO (kind, pid, domains) at start and every heartbeat
  * interval; HELLO doubles as the heartbeat, so a restarted router learns
  * every component back within one interval.
@@ -30,6 +34,10 @@ struct link_opts {
     const char *kind;        /* "c2s", "sm", "bosh", "s2s" */
     const char *domains;     /* comma-separated local domains served, or "" */
     double heartbeat;        /* seconds between HELLOs (default 1.0) */
+    /* sm only: bind a ROUTER here for direct traffic ("tcp://127.0.0.1:*"
+     * picks a free loopback port) and announce it in HELLO; NULL or "" =
+     * none, everything goes through the router. */
+    const char *direct_bind;
 };
 
 struct link *link_new(struct ev_loop *loop, const struct link_opts *o,

@@ -10,7 +10,7 @@
  * thread one message per destination per wake-up instead of one per
  * envelope. A destination found gone at that point (EHOSTUNREACH) is
  * declared dead and its envelopes are routed again or bounced. */
-#include "router.h"
+#include "route.h"
 #include "config.h"
 #include "log.h"
 #include "proc.h"
@@ -400,6 +400,10 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
     const struct rt_inst *prev = rt_reg_find(&s->reg, name, zmq_msg_size(id));
     long old_pid = prev ? prev->pid : 0;
     size_t nlen = zmq_msg_size(id);
+    /* A loopback `direct=` endpoint is only usable if the sm is on this
+     * host (ZeroMQ reports where a TCP message came from). */
+    const char *peer = zmq_msg_gets(body, "Peer-Address");
+    s->reg.remote_hello = peer && strncmp(peer, "127.", 4) != 0 && strcmp(peer, "::1") != 0;
     int ch = rt_reg_hello(&s->reg, name, nlen, zmq_msg_data(body), zmq_msg_size(body),
                           sb_now(), old_kind);
     if (ch < 0) {
@@ -425,7 +429,11 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
         strcpy(dead, in->name);
         rt_instance_down(s, dead, old_kind, old_pid);
     }
-    if (ch & (RT_CH_NEW | RT_CH_KIND)) {
+    if (ch & RT_CH_DIRECT)
+        log_info("instance_direct", "name=%s direct=%s", in->name, sb_log_q(in->direct));
+    /* Links route by the same registry: anything it decides on goes out. */
+    int sm_routing = strcmp(in->kind, "sm") == 0 && (ch & (RT_CH_DOMAINS | RT_CH_DIRECT));
+    if ((ch & (RT_CH_NEW | RT_CH_KIND)) || sm_routing) {
         rt_members_broadcast(s);
         in = rt_reg_find(&s->reg, name, nlen);
         if (in && strcmp(in->kind, "sm") == 0 && s->npending)

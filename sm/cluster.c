@@ -107,7 +107,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* "kind name" lines → the sorted sm names joined by '\n', owned by caller. */
+/* "kind name [key=value…]" lines → the sorted sm names joined by '\n',
+ * owned by caller. */
 static char *members_sm_list(const char *body, size_t len, int *count)
 {
     char *copy = strndup(body, len), *save = NULL;
@@ -118,8 +119,12 @@ static char *members_sm_list(const char *body, size_t len, int *count)
         goto done;
     for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *sp = strchr(line, ' ');
-        if (sp && sp - line == 2 && !strncmp(line, "sm", 2) && sp[1])
+        if (sp && sp - line == 2 && !strncmp(line, "sm", 2) && sp[1] && sp[1] != ' ') {
             names[n++] = sp + 1;
+            char *end = strchr(sp + 1, ' ');
+            if (end)
+                *end = '\0';
+        }
     }
     qsort(names, (size_t)n, sizeof *names, cmp_str);
     sb_buf_adds(&out, "");

@@ -1,7 +1,9 @@
 /* test_link.c — the link's batching against a real ZeroMQ ROUTER socket on
  * loopback: envelopes sent in one loop iteration leave as one message of
  * header/body pairs, a full batch is ended early, and a received message of
- * several envelopes reaches the callback once per envelope, in order. */
+ * several envelopes reaches the callback once per envelope, in order; with
+ * an sm's direct endpoint in `members`, stanzas for its domains skip the
+ * router both ways, and what cannot go directly still takes the router. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,6 +77,25 @@ static void on_recv(struct link *l, const struct env_hdr *h, const char *body, s
         snprintf(s->bodies[s->n], sizeof s->bodies[0], "%.*s", (int)len, body);
     }
     s->n++;
+}
+
+static struct link *open_link_as(struct ev_loop *loop, struct peer *p, struct seen *seen,
+                                 const char *name, const char *kind, const char *direct,
+                                 char *hello, size_t hello_cap)
+{
+    struct link_opts o = {.endpoint = p->endpoint, .instance = name, .kind = kind,
+                          .domains = "", .heartbeat = 60, .direct_bind = direct};
+    struct link *l = link_new(loop, &o, on_recv, seen);
+    assert_non_null(l);
+    ev_run(loop, EVRUN_NOWAIT);
+    zmq_msg_t f[4];
+    int n = peer_recv(p, f, 4);
+    assert_int_equal(n, 3);
+    assert_int_equal(zmq_msg_size(&f[0]), strlen(name));
+    if (hello)
+        snprintf(hello, hello_cap, "%.*s", (int)zmq_msg_size(&f[2]), (char *)zmq_msg_data(&f[2]));
+    close_all(f, n);
+    return l;
 }
 
 static struct link *open_link(struct ev_loop *loop, struct peer *p, struct seen *seen)
@@ -195,12 +216,106 @@ static void test_link_delivers_each_envelope_of_a_batch_in_order(void **state)
     peer_close(&p);
 }
 
+/* The fake router sends one control envelope to `to`. */
+static void router_send(struct peer *p, const char *to, const char *op, const char *body)
+{
+    uint8_t hdr[ENV_HDR_MAX];
+    struct env_hdr h;
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    snprintf(h.key, sizeof h.key, "%s", to);
+    snprintf(h.op, sizeof h.op, "%s", op);
+    long n = env_encode(&h, hdr, sizeof hdr);
+    zmq_send(p->sock, to, strlen(to), ZMQ_SNDMORE);
+    zmq_send(p->sock, hdr, (size_t)n, ZMQ_SNDMORE);
+    zmq_send(p->sock, body, strlen(body), 0);
+}
+
+static void spin_until(struct ev_loop *loop, const int *count, int want)
+{
+    for (int spins = 0; *count < want && spins < 3000; spins++) {    /* ≤ 3 s */
+        ev_run(loop, EVRUN_NOWAIT);
+        if (*count < want)
+            usleep(1000);
+    }
+}
+
+static void test_link_sends_straight_to_the_owning_sm_and_back(void **state)
+{
+    struct peer p;
+    struct seen at_sm = {0}, at_c2s = {0};
+    char hello[512], members[1024];
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *sm = open_link_as(loop, &p, &at_sm, "smA", "sm", "tcp://127.0.0.1:*",
+                                   hello, sizeof hello);
+    const char *ep = strstr(hello, "direct=tcp://127.0.0.1:");
+    assert_non_null(ep);
+    struct link *fe = open_link_as(loop, &p, &at_c2s, "c2sB", "c2s", NULL, NULL, 0);
+    snprintf(members, sizeof members, "sm smA domains=x %s\nc2s c2sB\n", ep);
+    router_send(&p, "smA", "members", members);
+    router_send(&p, "c2sB", "members", members);
+    spin_until(loop, &at_c2s.n, 1);
+    spin_until(loop, &at_sm.n, 1);
+    assert_int_equal(at_c2s.n, 1);
+
+    /* The DEALER connects asynchronously: until then the router path is
+     * taken, so retry until the sm sees one directly. */
+    int direct = 0;
+    for (int i = 0; i < 100 && !direct; i++) {
+        int before = at_sm.n;
+        assert_int_equal(link_send_to(fe, ENV_STANZA, ENV_ROUTE_JID, "u@x", "s1", "", "<m/>", 4),
+                         SB_OK);
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p.sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 20) > 0) {
+            zmq_msg_t f[4];    /* it went to the router: take it off, retry */
+            close_all(f, peer_recv(&p, f, 4));
+            continue;
+        }
+        spin_until(loop, &at_sm.n, before + 1);
+        assert_int_equal(at_sm.n, before + 1);
+        assert_string_equal(at_sm.keys[(before < 8 ? before : 7)], "u@x");
+        direct = 1;
+    }
+    assert_true(direct);
+    /* A remote domain still goes through the router. */
+    assert_int_equal(link_send_to(fe, ENV_STANZA, ENV_ROUTE_JID, "u@remote.example", "", "",
+                                  "<m/>", 4), SB_OK);
+    ev_run(loop, EVRUN_NOWAIT);
+    zmq_msg_t f[4];
+    int n = peer_recv(&p, f, 4);
+    assert_int_equal(n, 3);
+    assert_memory_equal(zmq_msg_data(&f[0]), "c2sB", 4);
+    close_all(f, n);
+    /* The sm answers the front-end through its own ROUTER. */
+    int before = at_c2s.n;
+    assert_int_equal(link_send_to(sm, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2sB", "s1", "", "<r/>", 4),
+                     SB_OK);
+    ev_run(loop, EVRUN_NOWAIT);
+    spin_until(loop, &at_c2s.n, before + 1);
+    assert_int_equal(at_c2s.n, before + 1);
+    assert_string_equal(at_c2s.bodies[before], "<r/>");
+    /* An instance not connected to the sm: the router takes it. */
+    assert_int_equal(link_send_to(sm, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2sZ", "s1", "", "<r/>", 4),
+                     SB_OK);
+    ev_run(loop, EVRUN_NOWAIT);
+    n = peer_recv(&p, f, 4);
+    assert_int_equal(n, 3);
+    assert_memory_equal(zmq_msg_data(&f[0]), "smA", 3);
+    close_all(f, n);
+    link_free(fe);
+    link_free(sm);
+    ev_loop_destroy(loop);
+    peer_close(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_link_sends_one_iteration_as_one_message),
         cmocka_unit_test(test_link_ends_a_full_batch_early),
         cmocka_unit_test(test_link_delivers_each_envelope_of_a_batch_in_order),
+        cmocka_unit_test(test_link_sends_straight_to_the_owning_sm_and_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

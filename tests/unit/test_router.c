@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../../router/router.c"
+#include "../../common/route.c"
 
 static void hello(struct rt_registry *r, const char *name, const char *body, double now)
 {
@@ -182,7 +182,34 @@ static void test_router_status_and_members_list_every_instance(void **st)
         "name=c2s1 kind=c2s pid=123 last_hello_ms=250 sessions=3 domains=localhost\n"
         "name=sm1 kind=sm pid=7 last_hello_ms=50 sessions=0 domains=localhost\n");
     assert_int_equal(rt_members_body(&r, &b), SB_OK);
-    assert_string_equal(b.data, "c2s c2s1\nsm sm1\n");
+    assert_string_equal(b.data, "c2s c2s1\nsm sm1 domains=localhost\n");
+    sb_buf_free(&b);
+    rt_reg_free(&r);
+}
+
+static int hello_ch(struct rt_registry *r, const char *name, const char *body, double now)
+{
+    return rt_reg_hello(r, name, strlen(name), body, strlen(body), now, NULL);
+}
+
+static void test_router_direct_endpoint_announced_unless_loopback_of_another_host(void **st)
+{
+    struct rt_registry r;
+    struct sb_buf b = SB_BUF_INIT;
+    rt_reg_init(&r);
+    hello(&r, "sm1", "kind=sm pid=7 domains=a direct=tcp://127.0.0.1:4000", 1.0);
+    assert_int_equal(rt_members_body(&r, &b), SB_OK);
+    assert_string_equal(b.data, "sm sm1 domains=a direct=tcp://127.0.0.1:4000\n");
+    /* Same body from another host: its loopback is not ours. */
+    r.remote_hello = 1;
+    assert_int_equal(hello_ch(&r, "sm1", "kind=sm pid=7 domains=a direct=tcp://127.0.0.1:4000", 2.0), RT_CH_DIRECT);
+    assert_int_equal(rt_members_body(&r, &b), SB_OK);
+    assert_string_equal(b.data, "sm sm1 domains=a\n");
+    /* A routable address is kept; garbage is ignored. */
+    assert_int_equal(hello_ch(&r, "sm1", "kind=sm pid=7 domains=a direct=tcp://10.0.0.5:4000", 3.0), RT_CH_DIRECT);
+    assert_string_equal(r.v[0].direct, "tcp://10.0.0.5:4000");
+    assert_int_equal(hello_ch(&r, "sm1", "kind=sm pid=7 domains=a direct=http://x", 4.0), RT_CH_DIRECT);
+    assert_string_equal(r.v[0].direct, "");
     sb_buf_free(&b);
     rt_reg_free(&r);
 }
@@ -191,6 +218,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_router_score_is_fnv1a64_of_instance_newline_key),
+        cmocka_unit_test(test_router_direct_endpoint_announced_unless_loopback_of_another_host),
         cmocka_unit_test(test_router_removing_one_sm_moves_only_its_keys),
         cmocka_unit_test(test_router_spreads_3000_keys_evenly_over_3_sms),
         cmocka_unit_test(test_router_hello_registers_and_detects_changes),

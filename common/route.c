@@ -1,7 +1,7 @@
-/* router.c — registry, rendezvous hashing and the ROUTE_JID decision
- * (see router.h). A cluster has tens of instances, so plain arrays and
+/* route.c — registry, rendezvous hashing and the ROUTE_JID decision
+ * (see route.h). A cluster has tens of instances, so plain arrays and
  * linear scans beat any index here. */
-#include "router.h"
+#include "route.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,11 +63,19 @@ static int rt_name_ok(const char *s, size_t len, size_t max)
     return 1;
 }
 
+int rt_endpoint_local(const char *e)
+{
+    return !strncmp(e, "ipc://", 6) || !strncmp(e, "tcp://127.", 10) ||
+           !strncmp(e, "tcp://localhost:", 16) || !strncmp(e, "tcp://[::1]:", 12);
+}
+
 struct rt_hello {
     char kind[RT_KIND_MAX + 1];
     long pid, sessions;
     const char *domains;
     size_t domains_len;
+    const char *direct;
+    size_t direct_len;
 };
 
 static long rt_parse_long(const char *v, size_t n)
@@ -89,6 +97,10 @@ static void rt_hello_field(struct rt_hello *h, const char *k, size_t kn, const c
         h->pid = rt_parse_long(v, vn);
     } else if (kn == 8 && memcmp(k, "sessions", 8) == 0) {
         h->sessions = rt_parse_long(v, vn);
+    } else if (kn == 6 && memcmp(k, "direct", 6) == 0 && rt_name_ok(v, vn, RT_DIRECT_MAX) &&
+               (!strncmp(v, "tcp://", 6) || !strncmp(v, "ipc://", 6))) {
+        h->direct = v;
+        h->direct_len = vn;
     } else if (kn == 7 && memcmp(k, "domains", 7) == 0 && !memchr(v, '\0', vn)) {
         h->domains = v;
         h->domains_len = vn;
@@ -153,6 +165,22 @@ static int rt_domains_set(struct rt_inst *in, const struct rt_hello *h)
     return RT_CH_DOMAINS;
 }
 
+static int rt_direct_set(const struct rt_registry *r, struct rt_inst *in,
+                         const struct rt_hello *h)
+{
+    char d[RT_DIRECT_MAX + 1] = "";
+    if (h->direct) {
+        memcpy(d, h->direct, h->direct_len);
+        d[h->direct_len] = '\0';
+        if (r->remote_hello && rt_endpoint_local(d))
+            d[0] = '\0';    /* loopback of another host: nobody here can reach it */
+    }
+    if (!strcmp(d, in->direct))
+        return 0;
+    strcpy(in->direct, d);
+    return RT_CH_DIRECT;
+}
+
 int rt_reg_hello(struct rt_registry *r, const char *name, size_t name_len,
                  const char *body, size_t body_len, double now, char *old_kind)
 {
@@ -177,7 +205,7 @@ int rt_reg_hello(struct rt_registry *r, const char *name, size_t name_len,
     in->pid = h.pid;
     in->sessions = h.sessions;
     in->last_hello = now;
-    return ch | rt_domains_set(in, &h);
+    return ch | rt_domains_set(in, &h) | rt_direct_set(r, in, &h);
 }
 
 long rt_reg_find_dead(const struct rt_registry *r, double now, double timeout)
@@ -285,9 +313,15 @@ const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
 sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out)
 {
     sb_buf_reset(out);
-    for (size_t i = 0; i < r->n; i++)
-        if (sb_buf_printf(out, "%s %s\n", r->v[i].kind, r->v[i].name) != SB_OK)
+    for (size_t i = 0; i < r->n; i++) {
+        const struct rt_inst *in = &r->v[i];
+        sb_rc rc = strcmp(in->kind, "sm") != 0
+                       ? sb_buf_printf(out, "%s %s\n", in->kind, in->name)
+                       : sb_buf_printf(out, "%s %s domains=%s%s%s\n", in->kind, in->name,
+                                       in->domains, in->direct[0] ? " direct=" : "", in->direct);
+        if (rc != SB_OK)
             return SB_ERROR;
+    }
     return SB_OK;
 }
 

@@ -1,15 +1,18 @@
-/* router.h — the router's decisions without its sockets: the registry of
+/* route.h — routing decisions without sockets: the registry of
  * live instances (built from HELLO), rendezvous hashing, and where a
  * ROUTE_JID envelope goes. Pure functions over plain data, so unit tests
- * drive them directly; router/main.c wires them to ZeroMQ and libev. */
-#ifndef SB_ROUTER_H
-#define SB_ROUTER_H
+ * drive them directly; router/main.c wires them to ZeroMQ and libev, and
+ * every component's link keeps the same registry (from `members`) to send
+ * straight to the owning sm with the very same decision. */
+#ifndef SB_ROUTE_H
+#define SB_ROUTE_H
 
 #include "sb.h"
 #include "buf.h"
 #include "env.h"
 
 #define RT_KIND_MAX 15
+#define RT_DIRECT_MAX 127   /* an sm's direct endpoint, "tcp://host:port" */
 #define RT_FNV_OFFSET 0xcbf29ce484222325ULL
 #define RT_FNV_PRIME 0x100000001b3ULL
 
@@ -19,6 +22,7 @@ struct rt_inst {
     char kind[RT_KIND_MAX + 1];
     long pid, sessions;
     char *domains;          /* comma-separated, owned; "" when none */
+    char direct[RT_DIRECT_MAX + 1];    /* sm: endpoint peers send to directly, or "" */
     double last_hello;      /* caller's clock (sb_now()) at the last HELLO */
     uint64_t seed;          /* fnv1a64 state after name + "\n": hashing skips it */
     double restarted_at;    /* set by the caller: last pid change seen, 0 = none */
@@ -27,6 +31,9 @@ struct rt_inst {
 struct rt_registry {
     struct rt_inst *v;      /* pointers into v die on add/remove */
     size_t n, cap;
+    /* Set by the caller before rt_reg_hello: the HELLO came from another
+     * host, so a loopback `direct=` endpoint would reach the wrong process. */
+    int remote_hello;
 };
 
 /* What a HELLO changed (bits). */
@@ -34,6 +41,7 @@ struct rt_registry {
 #define RT_CH_KIND    0x02  /* same name, other kind */
 #define RT_CH_DOMAINS 0x04  /* announced domains differ */
 #define RT_CH_RESTART 0x08  /* same name, other pid: the old process is gone */
+#define RT_CH_DIRECT  0x10  /* announced direct endpoint differs */
 
 /* ---- hashing ----------------------------------------------------------- */
 uint64_t rt_fnv1a64(uint64_t h, const void *p, size_t n);
@@ -72,7 +80,11 @@ const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
                                    size_t keylen, int from_s2s, const char **reason);
 
 /* ---- bodies the router sends ------------------------------------------ */
-/* CONTROL members: "kind name\n" per live instance. */
+/* Is this endpoint on the loopback interface (or ipc://)? */
+int rt_endpoint_local(const char *endpoint);
+
+/* CONTROL members: "kind name\n" per live instance; sms also carry
+ * " domains=a,b" and, when they announced one, " direct=tcp://…". */
 sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out);
 /* ADMIN status: "name=… kind=… pid=… last_hello_ms=… sessions=… domains=…\n". */
 sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out);
