@@ -1,9 +1,17 @@
 /* pgev.c — one non-blocking libpq connection driven by libev (see pgev.h).
  *
  * States: DOWN (waiting for the back-off timer), CONNECTING (PQconnectPoll
- * steps on the socket), READY (queries flow, one in flight). A broken
- * connection fails only the query in flight; the queue waits for the next
- * connection or its deadline.
+ * steps on the socket), READY (queries flow). A broken connection fails only
+ * the queries in flight; the queue waits for the next connection or its
+ * deadline.
+ *
+ * Queries are pipelined (libpq pipeline mode): up to PGEV_MAX_FLIGHT are
+ * sent without waiting for the answers before them, so the throughput of
+ * one connection is not one query per round trip (a login storm queued
+ * behind each c2s's single connection). Every query is followed by its own
+ * Sync, so each still runs in its own implicit transaction and an error
+ * fails only that query, exactly as one query at a time did. Answers come
+ * back, and callbacks run, in the order the queries were made.
  *
  * Statements are prepared transparently: the first time a connection sees a
  * SQL text it sends Parse (PQsendPrepare) and remembers text → name; from
@@ -11,7 +19,9 @@
  * the parse and plan of every login's handful of queries. The map lives and
  * dies with the connection (a new session knows no statements). A failed
  * prepare is not cached: the query then runs unprepared, so the caller sees
- * the same result or error as before. */
+ * the same result or error as before. While a Parse is in flight nothing is
+ * sent behind it (its query must follow it, in order); that happens once
+ * per statement and connection. */
 #include "pgev.h"
 #include "log.h"
 
@@ -25,6 +35,7 @@
 #define PGEV_BACKOFF_MIN 0.5
 #define PGEV_BACKOFF_MAX 5.0
 #define PGEV_MAX_STMTS 512    /* beyond this (dynamic SQL?) run unprepared */
+#define PGEV_MAX_FLIGHT 64    /* queries sent and not yet answered */
 
 enum pgev_state { PGEV_DOWN, PGEV_CONNECTING, PGEV_READY };
 
@@ -37,6 +48,7 @@ struct pgev_query {
     void *arg;
     double deadline;     /* ev_now() + PGEV_TIMEOUT */
     int preparing;       /* in flight is the Parse of stmt_name, not the query */
+    PGresult *result;    /* first result of the query, while in flight */
     char stmt_name[24];
 };
 
@@ -56,8 +68,10 @@ struct pgev {
     double backoff;
     ev_io io;
     ev_timer retry, tick;
-    struct pgev_query *head, *tail, *inflight;
-    PGresult *result;    /* first result of the query in flight */
+    struct pgev_query *head, *tail;     /* waiting to be sent */
+    struct pgev_query *fhead, *ftail;   /* sent, answers owed in this order */
+    int nflight;
+    int barrier;         /* a Parse is in flight: send nothing behind it */
     size_t queued;
     int closing;         /* in pgev_free: refuse new queries */
     struct pgev_stmt *stmts;    /* prepared on this connection, by SQL text */
@@ -72,6 +86,8 @@ static void pgev_pump(struct pgev *pg);
 
 static void pgev_query_free(struct pgev_query *q)
 {
+    if (q->result)
+        PQclear(q->result);
     for (int i = 0; i < q->nparams; i++)
         free(q->params[i]);
     free(q->params);
@@ -184,7 +200,23 @@ static void pgev_log_state(struct pgev *pg, int up, const char *why)
         log_error("pg_disconnected", "err=%s queued=%zu", sb_log_q(why), pg->queued);
 }
 
-/* Drop the connection, fail the query in flight, retry after back-off. */
+/* Answer every query in flight with NULL, in order. Each is unlinked before
+ * its callback, which may queue new queries (they wait in the queue). */
+static void pgev_fail_flight(struct pgev *pg)
+{
+    struct pgev_query *q;
+    pg->barrier = 0;
+    while ((q = pg->fhead)) {
+        pg->fhead = q->next;
+        if (!pg->fhead)
+            pg->ftail = NULL;
+        pg->nflight--;
+        pgev_answer(q, NULL);
+        pgev_query_free(q);
+    }
+}
+
+/* Drop the connection, fail the queries in flight, retry after back-off. */
 static void pgev_down(struct pgev *pg, const char *why)
 {
     char msg[256];
@@ -197,18 +229,10 @@ static void pgev_down(struct pgev *pg, const char *why)
     pg->state = PGEV_DOWN;
     pgev_stmts_clear(pg);    /* they died with the server session */
     pgev_log_state(pg, 0, msg);
-    if (pg->result)
-        PQclear(pg->result);
-    pg->result = NULL;
-    struct pgev_query *q = pg->inflight;
-    pg->inflight = NULL;
-    if (q) {
-        pgev_answer(q, NULL);
-        pgev_query_free(q);
-    }
     ev_timer_set(&pg->retry, pg->backoff, 0);
     ev_timer_start(pg->loop, &pg->retry);
     pg->backoff = pg->backoff * 2 > PGEV_BACKOFF_MAX ? PGEV_BACKOFF_MAX : pg->backoff * 2;
+    pgev_fail_flight(pg);
 }
 
 static void pgev_notice(void *arg, const char *msg)
@@ -221,7 +245,7 @@ static void pgev_notice(void *arg, const char *msg)
 
 static void pgev_ready(struct pgev *pg)
 {
-    if (PQsetnonblocking(pg->conn, 1) != 0) {
+    if (PQsetnonblocking(pg->conn, 1) != 0 || PQenterPipelineMode(pg->conn) != 1) {
         pgev_down(pg, PQerrorMessage(pg->conn));
         return;
     }
@@ -257,8 +281,9 @@ static void pgev_connect(struct pgev *pg)
 
 /* ---- query flow -------------------------------------------------------------- */
 
-/* Send q (already in flight): execute its prepared statement, or prepare
- * it first (allow_prepare), or run it unprepared. 0 when the connection broke. */
+/* Send q (already in flight) and its Sync: execute its prepared statement,
+ * or prepare it first (allow_prepare), or run it unprepared. 0 when the
+ * connection broke (q has then been answered NULL with the rest). */
 static int pgev_send(struct pgev *pg, struct pgev_query *q, int allow_prepare)
 {
     const char *const *params = (const char *const *)q->params;
@@ -270,11 +295,12 @@ static int pgev_send(struct pgev *pg, struct pgev_query *q, int allow_prepare)
     } else if (allow_prepare && pg->nstmts < PGEV_MAX_STMTS) {
         snprintf(q->stmt_name, sizeof q->stmt_name, "sb_%lu", ++pg->stmt_seq);
         q->preparing = 1;
+        pg->barrier = 1;
         ok = PQsendPrepare(pg->conn, q->stmt_name, q->sql, q->nparams, NULL);
     } else {
         ok = PQsendQueryParams(pg->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
     }
-    if (!ok) {
+    if (!ok || PQpipelineSync(pg->conn) != 1) {
         pgev_down(pg, PQerrorMessage(pg->conn));
         return 0;
     }
@@ -287,63 +313,71 @@ static int pgev_send(struct pgev *pg, struct pgev_query *q, int allow_prepare)
     return 1;
 }
 
-static void pgev_send_next(struct pgev *pg)
+/* Send queued queries while the pipeline has room and no Parse blocks it. */
+static void pgev_pump(struct pgev *pg)
 {
-    struct pgev_query *q = pg->head;
-    pg->head = q->next;
-    if (!pg->head)
-        pg->tail = NULL;
-    pg->queued--;
-    q->next = NULL;
-    pg->inflight = q;
-    pgev_send(pg, q, 1);
+    while (pg->state == PGEV_READY && pg->head && !pg->barrier &&
+           pg->nflight < PGEV_MAX_FLIGHT) {
+        struct pgev_query *q = pg->head;
+        pg->head = q->next;
+        if (!pg->head)
+            pg->tail = NULL;
+        pg->queued--;
+        q->next = NULL;
+        if (pg->ftail)
+            pg->ftail->next = q;
+        else
+            pg->fhead = q;
+        pg->ftail = q;
+        pg->nflight++;
+        if (!pgev_send(pg, q, 1))
+            return;
+    }
 }
 
-/* The Parse of the query in flight is answered: cache it when it worked,
- * then send the query itself (unprepared if the Parse failed, so the caller
- * gets the real result or error). 0 when the connection broke. */
+/* The Parse of the first query in flight (the only one: the barrier) is
+ * answered: cache it when it worked, then send the query itself
+ * (unprepared if the Parse failed, so the caller gets the real result or
+ * error). 0 when the connection broke. */
 static int pgev_prepared(struct pgev *pg)
 {
-    struct pgev_query *q = pg->inflight;
-    int ok = pg->result && PQresultStatus(pg->result) == PGRES_COMMAND_OK;
-    if (pg->result)
-        PQclear(pg->result);
-    pg->result = NULL;
+    struct pgev_query *q = pg->fhead;
+    int ok = q->result && PQresultStatus(q->result) == PGRES_COMMAND_OK;
+    if (q->result)
+        PQclear(q->result);
+    q->result = NULL;
     q->preparing = 0;
+    pg->barrier = 0;
     if (ok)
         pgev_stmts_add(pg, q);
     return pgev_send(pg, q, 0);
 }
 
-/* Start the next query if the connection is idle. */
-static void pgev_pump(struct pgev *pg)
-{
-    if (pg->state == PGEV_READY && !pg->inflight && pg->head)
-        pgev_send_next(pg);
-}
-
+/* The first query in flight has all its results: unlink it, answer it. */
 static void pgev_finish_query(struct pgev *pg)
 {
-    struct pgev_query *q = pg->inflight;
-    PGresult *res = pg->result;
-    pg->inflight = NULL;
-    pg->result = NULL;
-    pgev_answer(q, res);
-    if (res)
-        PQclear(res);
+    struct pgev_query *q = pg->fhead;
+    pg->fhead = q->next;
+    if (!pg->fhead)
+        pg->ftail = NULL;
+    pg->nflight--;
+    pgev_answer(q, q->result);
     pgev_query_free(q);
-    pgev_pump(pg);
 }
 
+/* In pipeline mode each query yields its results, then NULL, then the
+ * PIPELINE_SYNC of its own Sync (skipped; a trailing one may wait in libpq
+ * until the next read, harmlessly). */
 static void pgev_read(struct pgev *pg)
 {
     if (!PQconsumeInput(pg->conn)) {
         pgev_down(pg, PQerrorMessage(pg->conn));
         return;
     }
-    while (pg->inflight && !PQisBusy(pg->conn)) {
+    while (pg->fhead && !PQisBusy(pg->conn)) {
         PGresult *r = PQgetResult(pg->conn);
-        if (!r && pg->inflight->preparing) {
+        struct pgev_query *q = pg->fhead;
+        if (!r && q->preparing) {
             if (!pgev_prepared(pg))
                 return;
             continue;
@@ -354,14 +388,17 @@ static void pgev_read(struct pgev *pg)
                 return;
             continue;
         }
-        if (!pg->result)
-            pg->result = r;    /* one statement per query: keep the first */
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC || q->result)
+            PQclear(r);        /* one statement per query: keep the first */
         else
-            PQclear(r);
+            q->result = r;
     }
     /* Results without a query (e.g. after the server closed) drain here. */
-    if (!pg->inflight && PQstatus(pg->conn) == CONNECTION_BAD)
+    if (!pg->fhead && PQstatus(pg->conn) == CONNECTION_BAD) {
         pgev_down(pg, PQerrorMessage(pg->conn));
+        return;
+    }
+    pgev_pump(pg);
 }
 
 static void pgev_on_io(struct ev_loop *loop, ev_io *w, int revents)
@@ -412,11 +449,11 @@ static void pgev_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     if (expired)
         log_warn("pg_query_timeout", "where=queue count=%ld connected=%d", expired,
                  pg->state == PGEV_READY);
-    if (pg->inflight && pg->inflight->deadline <= now) {
+    if (pg->fhead && pg->fhead->deadline <= now) {
         log_warn("pg_query_timeout", "where=in_flight action=reconnect");
         pgev_down(pg, "query timed out");
     }
-    if (!pg->head && !pg->inflight)
+    if (!pg->head && !pg->fhead)
         ev_timer_stop(loop, w);
 }
 
@@ -452,19 +489,13 @@ void pgev_free(struct pgev *pg)
     ev_timer_stop(pg->loop, &pg->tick);
     pg->state = PGEV_DOWN;
     pg->closing = 1;          /* callbacks below must not queue new work */
-    struct pgev_query *q = pg->inflight;
-    pg->inflight = NULL;
-    if (q) {
-        pgev_answer(q, NULL);
-        pgev_query_free(q);
-    }
+    pgev_fail_flight(pg);
+    struct pgev_query *q;
     while ((q = pg->head)) {
         pg->head = q->next;
         pgev_answer(q, NULL);
         pgev_query_free(q);
     }
-    if (pg->result)
-        PQclear(pg->result);
     if (pg->conn)
         PQfinish(pg->conn);
     pgev_stmts_clear(pg);
@@ -479,5 +510,5 @@ int pgev_connected(const struct pgev *pg)
 
 size_t pgev_pending(const struct pgev *pg)
 {
-    return pg ? pg->queued + (pg->inflight != NULL) : 0;
+    return pg ? pg->queued + (size_t)pg->nflight : 0;
 }
