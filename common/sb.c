@@ -2,8 +2,10 @@
 #include "sb.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
@@ -20,7 +22,7 @@ const char *sb_rc_name(sb_rc rc)
     return "unknown";
 }
 
-void sb_random(void *buf, size_t n)
+static void sb_getrandom(void *buf, size_t n)
 {
     unsigned char *p = buf;
     while (n > 0) {
@@ -37,14 +39,61 @@ void sb_random(void *buf, size_t n)
     }
 }
 
+/* Kernel randomness fetched 4 KiB at a time: a login draws stream ids,
+ * nonces and resources, each a getrandom system call before. Every byte is
+ * handed out once and wiped; a forked child (sbctl's key workers) starts
+ * with an empty pool so it never repeats its parent's bytes. The servers
+ * draw from one thread only (libzmq's threads never call this). */
+static unsigned char sb_pool[4096];
+static size_t sb_pool_left;
+static int sb_pool_hooked;
+
+static void sb_pool_forget(void)
+{
+    explicit_bzero(sb_pool, sizeof sb_pool);
+    sb_pool_left = 0;
+}
+
+void sb_random(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    if (!sb_pool_hooked) {
+        if (pthread_atfork(NULL, NULL, sb_pool_forget) != 0) {
+            sb_getrandom(buf, n);      /* cannot be made fork-safe: no pool */
+            return;
+        }
+        sb_pool_hooked = 1;
+    }
+    if (n > sizeof sb_pool / 4) {
+        sb_getrandom(buf, n);
+        return;
+    }
+    while (n > 0) {
+        if (sb_pool_left == 0) {
+            sb_getrandom(sb_pool, sizeof sb_pool);
+            sb_pool_left = sizeof sb_pool;
+        }
+        size_t k = n < sb_pool_left ? n : sb_pool_left;
+        unsigned char *src = sb_pool + sizeof sb_pool - sb_pool_left;
+        memcpy(p, src, k);
+        explicit_bzero(src, k);
+        sb_pool_left -= k;
+        p += k;
+        n -= k;
+    }
+}
+
 void sb_random_id(char *out, size_t len)
 {
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
     unsigned char rnd[64];
     size_t i = 0;
     while (i < len) {
-        sb_random(rnd, sizeof rnd);
-        for (size_t k = 0; k < sizeof rnd && i < len; k++) {
+        size_t want = len - i + 4;      /* a few spare for rejected bytes */
+        if (want > sizeof rnd)
+            want = sizeof rnd;
+        sb_random(rnd, want);
+        for (size_t k = 0; k < want && i < len; k++) {
             /* 252 = 7 * 36: reject the tail so every character is uniform. */
             if (rnd[k] >= 252)
                 continue;
