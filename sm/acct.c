@@ -10,7 +10,9 @@
 #include <string.h>
 
 /* 'u': the account exists; 'b': one of its blocklist items; 'r': a local
- * user whose blocklist names this account (by bare or full JID). */
+ * user whose blocklist names this account (by bare or full JID). When a
+ * session starts, SM_IM_ACCT_SQL (im.c) returns these and the IM rows in
+ * one statement; acct_fill skips the IM kinds. */
 static const char ACCT_SQL[] =
     "SELECT 'u', '', '' FROM users WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'b', item, '' FROM blocklist WHERE domain = $1 AND username = $2"
@@ -196,6 +198,7 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
 static void acct_on_rows(PGresult *res, void *arg)
 {
     struct sm_user *u = arg;
+    sm_im_preload_rows(u, res);         /* SM_IM_ACCT_SQL: the IM rows too */
     int ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && u->acct && acct_fill(u->acct, res);
     if (ok) {
         u->acct->loaded = 1;
@@ -215,12 +218,16 @@ sb_rc sm_acct_load(struct sm_user *u)
     if (!u->acct && !(u->acct = calloc(1, sizeof *u->acct)))
         return SB_ERROR;
     if (sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK) {
+        sm_im_preload_rows(u, NULL);
         u->acct->loaded = 1;
         return SB_OK;
     }
     const char *params[3] = {domain, node, u->bare};
-    if (sm_pg_query(u->core, ACCT_SQL, 3, params, acct_on_rows, u) != SB_OK)
+    const char *sql = sm_im_preloading(u) ? SM_IM_ACCT_SQL : ACCT_SQL;
+    if (sm_pg_query(u->core, sql, 3, params, acct_on_rows, u) != SB_OK) {
+        sm_im_preload_rows(u, NULL);
         return SB_ERROR;
+    }
     return SB_AGAIN;
 }
 

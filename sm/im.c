@@ -134,7 +134,7 @@ void sm_im_drop(struct sm_im *im, struct sm_im_item *it)
 static void im_on_flag(redisReply *r, void *arg);
 
 static const char IM_LOAD_SQL[] =
-    "SELECT 'r', contact, coalesce(name, ''), subscription, coalesce(ask, ''),"
+    "SELECT 'i', contact, coalesce(name, ''), subscription, coalesce(ask, ''),"
     " array_to_string(groups, chr(31)) FROM roster"
     " WHERE domain = $1 AND username = $2 AND NOT removed"
     " UNION ALL SELECT 'p', contact, stanza, '', '', '' FROM roster_pending"
@@ -180,6 +180,8 @@ void sm_im_user_free(struct sm_user *u)
 static void im_load_row(struct sm_im *im, PGresult *res, int i)
 {
     const char *kind = PQgetvalue(res, i, 0), *c1 = PQgetvalue(res, i, 1);
+    if (kind[0] != 'v' && kind[0] != 'u' && kind[0] != 'o' && kind[0] != 'p' && kind[0] != 'i')
+        return;                 /* the account's rows (SM_IM_ACCT_SQL) */
     if (kind[0] == 'v') {
         im->ver = strtoll(c1, NULL, 10);
         return;
@@ -277,9 +279,8 @@ static void im_load_field(struct sm_im *im, const char *field, const char *val, 
 
 /* Per-resource flags are a convenience: without Redis the roster still
  * loads, and the flags start empty. */
-static void im_on_redis(redisReply *r, void *arg)
+static void im_redis_fields(struct sm_im *im, redisReply *r)
 {
-    struct sm_im *im = arg;
     if (r && r->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
             const char *f = r->element[i]->str;
@@ -289,6 +290,12 @@ static void im_on_redis(redisReply *r, void *arg)
     } else {
         log_warn("im_flags_load_failed", "jid=%s", im->user ? sb_log_q(im->user->bare) : "-");
     }
+}
+
+static void im_on_redis(redisReply *r, void *arg)
+{
+    struct sm_im *im = arg;
+    im_redis_fields(im, r);
     if (--im->wait == 0)
         im_load_done(im);
 }
@@ -313,6 +320,95 @@ static sb_rc im_load(struct sm_job *j, struct sm_im *im, const struct sm_module 
     if (SM_RCMD(j->core, im_on_redis, im, "HGETALL im:{%s}", u->bare) != SB_OK)
         im->wait--;
     return SB_AGAIN;
+}
+
+/* ---- eager load at a session's start ------------------------------------------------ */
+
+/* The account query of acct.c with the IM rows joined (same kinds as
+ * IM_LOAD_SQL; its 'u' row serves both). $1 domain, $2 node, $3 bare JID. */
+const char SM_IM_ACCT_SQL[] =
+    "SELECT 'u', '', '', '', '', '' FROM users WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'b', item, '', '', '', '' FROM blocklist"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'r', username || '@' || domain, item, '', '', '' FROM blocklist"
+    " WHERE item_bare = $3"
+    " UNION ALL SELECT 'i', contact, coalesce(name, ''), subscription, coalesce(ask, ''),"
+    " array_to_string(groups, chr(31)) FROM roster"
+    " WHERE domain = $1 AND username = $2 AND NOT removed"
+    " UNION ALL SELECT 'p', contact, stanza, '', '', '' FROM roster_pending"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'v', version::text, '', '', '', '' FROM roster_version"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
+    " WHERE domain = $1 AND username = $2";
+
+/* Both halves answered: keep the state, or drop it after a failed query
+ * (the first sm_im_ready() then loads it, flags included, as usual). */
+static void im_preload_step(struct sm_user *u)
+{
+    struct sm_im *im = u->im;
+    if (--im->preload > 0)
+        return;
+    if (im->preload_failed) {
+        u->im = NULL;
+        im_free(im);
+        return;
+    }
+    im->loaded = 1;
+    log_debug("im_loaded", "jid=%s items=%d ver=%lld exists=%d eager=1", sb_log_q(u->bare),
+              im->nroster, im->ver, im->exists);
+}
+
+/* Replies come after the session load's (same connection, in order), so
+ * the flags of live resources are recognised. */
+static void im_on_preload_redis(redisReply *r, void *arg)
+{
+    struct sm_user *u = arg;
+    if (u->im && u->im->preload > 0) {
+        im_redis_fields(u->im, r);
+        im_preload_step(u);
+    }
+    sm_user_loaded(u, 1);       /* flags are a convenience (see im_on_redis) */
+}
+
+void sm_im_preload(struct sm_user *u)
+{
+    char node[JID_PART_MAX + 1];
+    const char *domain;
+    if (u->im || sm_im_split(u->bare, node, sizeof node, &domain) < 0)
+        return;
+    struct sm_im *im = calloc(1, sizeof *im);
+    if (!im)
+        return;
+    im->user = u;
+    u->im = im;
+    u->load_wait++;
+    if (SM_RCMD(u->core, im_on_preload_redis, u, "HGETALL im:{%s}", u->bare) != SB_OK) {
+        u->load_wait--;
+        u->im = NULL;
+        im_free(im);
+        return;
+    }
+    im->preload = 2;            /* the Redis reply and the account query's rows */
+}
+
+int sm_im_preloading(const struct sm_user *u)
+{
+    return u->im && u->im->preload > 0 && !u->im->loaded;
+}
+
+void sm_im_preload_rows(struct sm_user *u, PGresult *res)
+{
+    struct sm_im *im = u->im;
+    if (!im || im->preload <= 0)
+        return;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        for (int i = 0; i < PQntuples(res); i++)
+            im_load_row(im, res, i);
+    } else {
+        im->preload_failed = 1;
+    }
+    im_preload_step(u);
 }
 
 sb_rc sm_im_ready(struct sm_job *j, const struct sm_module *m)

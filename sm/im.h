@@ -5,7 +5,8 @@
  * presence to whom).
  *
  * Loaded once per cached user — one PostgreSQL query (roster,
- * roster_pending, roster_version, users, offline count) and one Redis HGETALL im:{bare} —
+ * roster_pending, roster_version, users, offline count; when a session
+ * starts, joined to the account query) and one Redis HGETALL im:{bare} —
  * and kept in memory while the user record lives, so presence broadcasts
  * and deliveries need no I/O. Every change is written through: roster rows
  * keep a per-user version (assigned here, +1 per change) and removed rows
@@ -50,6 +51,8 @@ struct sm_im {
     const struct sm_module *mod;
     double retry_at;        /* after a failed load: no new try before */
     unsigned loaded : 1, failed : 1;
+    unsigned preload_failed : 1;   /* the eager load's query failed */
+    int preload;            /* eager load replies still outstanding */
 };
 
 /* Limits from [sm] (read at the first use and on SIGHUP): roster_max_items (1000), roster_max_name
@@ -68,6 +71,21 @@ void sm_im_limits_reload(void);
 sb_rc sm_im_ready(struct sm_job *j, const struct sm_module *m);
 /* The module hook that frees a user's IM state (listed in mod_roster). */
 void sm_im_user_free(struct sm_user *u);
+
+/* Eager load when a session starts: a record created for a `bind` needs
+ * the IM state next (roster get, initial presence), so user.c calls
+ * sm_im_preload() while loading the record: HGETALL im:{bare} joins the
+ * pipelined session load (counted in u->load_wait) and the account query
+ * (acct.c) becomes SM_IM_ACCT_SQL, which answers both in one statement and
+ * hands its rows (NULL: failed) to sm_im_preload_rows(). Once the record is
+ * loaded the state is loaded too; if the query failed it is dropped and the
+ * first sm_im_ready() loads it the ordinary way. Rows: 'u' users row, 'b'
+ * own blocklist item, 'r' blocked by (acct.c); 'i' roster item, 'p' pending
+ * request, 'v' roster version, 'o' offline count (here). */
+extern const char SM_IM_ACCT_SQL[];
+void sm_im_preload(struct sm_user *u);
+int sm_im_preloading(const struct sm_user *u);
+void sm_im_preload_rows(struct sm_user *u, PGresult *res);
 
 /* ---- items ----------------------------------------------------------------- */
 struct sm_im_item *sm_im_find(struct sm_im *im, const char *jid);

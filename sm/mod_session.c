@@ -1,6 +1,7 @@
 /* mod_session.c — session bindings in Redis (common/ENVELOPE.md):
  *   bind           claim `<prefix>.<16 random>` with HSETNX sess:{bare},
- *                  record it in fe:<instance>, answer bound / bind-failed
+ *                  record it in fe:<instance> (both pipelined: one round
+ *                  trip), answer bound / bind-failed
  *   end            the front-end closed the session
  *   session-gone   the same, sent by the sm that cleaned up a dead front-end
  *   instance-down  a front-end died: fan out session-gone for its sessions
@@ -19,6 +20,8 @@
 struct bind_state {
     struct sm_job *j;
     int attempt;
+    int claim;          /* HSETNX answer: 1 claimed, 0 taken, -1 failed */
+    int queued;         /* 1 while the SADD is owed a reply */
     char prefix[BIND_PREFIX_MAX + 1];
     char res[BIND_PREFIX_MAX + 2 + BIND_RANDOM_LEN];
 };
@@ -57,16 +60,32 @@ static void bind_fail(struct bind_state *b, const char *cond)
 }
 
 static void bind_on_hsetnx(redisReply *r, void *arg);
+static void bind_on_sadd(redisReply *r, void *arg);
+static void bind_settle(struct bind_state *b, int added);
 
+static void bind_member(const struct bind_state *b, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%s %s", b->j->key, b->res, b->j->sid);
+}
+
+/* HSETNX and SADD go out back to back (replies come in that order); the
+ * SADD's reply settles the attempt. A member added for a resource that
+ * turned out to be taken is removed again: it names our sid, never the
+ * holder's. */
 static sb_rc bind_try(struct bind_state *b)
 {
     char rnd[BIND_RANDOM_LEN + 1];
     sb_random_id(rnd, BIND_RANDOM_LEN);
     snprintf(b->res, sizeof b->res, "%s%s%s", b->prefix, *b->prefix ? "." : "", rnd);
     struct sm_job *j = b->j;
-    char val[2 * ENV_NAME_MAX + 8];
+    char val[2 * ENV_NAME_MAX + 8], member[ENV_STR_MAX + ENV_NAME_MAX + 2];
     snprintf(val, sizeof val, "%s %s 0", j->sender, j->sid);
-    return SM_RCMD(j->core, bind_on_hsetnx, b, "HSETNX sess:{%s} %s %s", j->key, b->res, val);
+    b->claim = -1;
+    if (SM_RCMD(j->core, bind_on_hsetnx, b, "HSETNX sess:{%s} %s %s", j->key, b->res, val) != SB_OK)
+        return SB_ERROR;
+    bind_member(b, member, sizeof member);
+    b->queued = SM_RCMD(j->core, bind_on_sadd, b, "SADD fe:%s %s", j->sender, member) == SB_OK;
+    return SB_OK;
 }
 
 static void bind_on_unclaim(redisReply *r, void *arg)
@@ -75,11 +94,39 @@ static void bind_on_unclaim(redisReply *r, void *arg)
         log_warn("bind_unclaim_failed", "detail=redis");
 }
 
+static void bind_on_hsetnx(redisReply *r, void *arg)
+{
+    struct bind_state *b = arg;
+    b->claim = r && r->type == REDIS_REPLY_INTEGER ? (r->integer != 0) : -1;
+    if (!b->queued)
+        bind_settle(b, 0);      /* the SADD could not be queued */
+}
+
 static void bind_on_sadd(redisReply *r, void *arg)
 {
     struct bind_state *b = arg;
+    b->queued = 0;
+    bind_settle(b, r && r->type == REDIS_REPLY_INTEGER);
+}
+
+static void bind_settle(struct bind_state *b, int added)
+{
     struct sm_job *j = b->j;
-    if (!r || r->type != REDIS_REPLY_INTEGER) {
+    char member[ENV_STR_MAX + ENV_NAME_MAX + 2];
+    bind_member(b, member, sizeof member);
+    if (b->claim != 1 && added)
+        SM_RCMD(j->core, bind_on_unclaim, NULL, "SREM fe:%s %s", j->sender, member);
+    if (b->claim == 0) {        /* someone holds this resource: draw again */
+        log_info("bind_collision", "jid=%s res=%s", sb_log_q(j->key), sb_log_q(b->res));
+        if (++b->attempt >= BIND_ATTEMPTS || bind_try(b) != SB_OK)
+            bind_fail(b, "internal-server-error");
+        return;
+    }
+    if (b->claim < 0) {
+        bind_fail(b, "internal-server-error");
+        return;
+    }
+    if (!added) {
         /* Without the fe: record the session could not be cleaned up. */
         SM_RCMD(j->core, bind_on_unclaim, NULL, "HDEL sess:{%s} %s", j->key, b->res);
         bind_fail(b, "internal-server-error");
@@ -93,28 +140,6 @@ static void bind_on_sadd(redisReply *r, void *arg)
     snprintf(full, sizeof full, "%s/%s", j->key, b->res);
     log_info("session_bound", "jid=%s instance=%s sid=%s", sb_log_q(full), j->sender, j->sid);
     bind_finish(b, "bound", full);
-}
-
-static void bind_on_hsetnx(redisReply *r, void *arg)
-{
-    struct bind_state *b = arg;
-    struct sm_job *j = b->j;
-    if (!r || r->type != REDIS_REPLY_INTEGER) {
-        bind_fail(b, "internal-server-error");
-        return;
-    }
-    if (r->integer == 0) {      /* someone holds this resource: draw again */
-        log_info("bind_collision", "jid=%s res=%s", sb_log_q(j->key), sb_log_q(b->res));
-        if (++b->attempt >= BIND_ATTEMPTS || bind_try(b) != SB_OK)
-            bind_fail(b, "internal-server-error");
-        return;
-    }
-    char member[ENV_STR_MAX + ENV_NAME_MAX + 2];
-    snprintf(member, sizeof member, "%s/%s %s", j->key, b->res, j->sid);
-    if (SM_RCMD(j->core, bind_on_sadd, b, "SADD fe:%s %s", j->sender, member) != SB_OK) {
-        SM_RCMD(j->core, bind_on_unclaim, NULL, "HDEL sess:{%s} %s", j->key, b->res);
-        bind_fail(b, "internal-server-error");
-    }
 }
 
 static sb_rc session_bind(struct sm_job *j)
@@ -164,7 +189,10 @@ static sb_rc session_end(struct sm_job *j, const char *op)
     }
     const char *instance = s ? s->instance : !strcmp(op, "end") ? j->sender : NULL;
     SM_RCMD(c, session_on_cleanup, NULL, "HDEL sess:{%s} %s", j->key, res);
-    SM_RCMD(c, session_on_cleanup, NULL, "HDEL pres:{%s} %s", j->key, res);
+    /* A cached session's pres: field exists exactly while it is available;
+     * mod_presence already deleted it (and cleared the flag) when it was. */
+    if (!s || s->available)
+        SM_RCMD(c, session_on_cleanup, NULL, "HDEL pres:{%s} %s", j->key, res);
     if (instance) {
         char member[ENV_STR_MAX + ENV_NAME_MAX + 2];
         snprintf(member, sizeof member, "%s %s", j->aux, j->sid);

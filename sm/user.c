@@ -5,6 +5,7 @@
  * idle with no sessions, when a load failed, or when the set of sm instances
  * changes (another sm may own the user now). */
 #include "sm_int.h"
+#include "im.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -241,10 +242,19 @@ static void user_load_modules(struct sm_user *u)
     }
 }
 
-/* Both HGETALLs are pipelined on one connection, so their replies come back
- * in order: sessions first, then the presence that marks them available.
- * load_wait holds one extra count until every load is issued, so an answer
- * that arrives at once cannot finish the load early. */
+/* The record exists for a session that is starting: its roster and IM
+ * flags are needed next, so they load with it (sm_im_preload). */
+static int user_session_starts(const struct sm_user *u)
+{
+    const struct sm_job *j = u->qhead;
+    return j && j->kind == ENV_CONTROL && !strcmp(j->op, "bind");
+}
+
+/* The HGETALLs are pipelined on one connection, so their replies come back
+ * in order: sessions first, then the presence that marks them available
+ * (then the IM flags, which name sessions). load_wait holds one extra count
+ * until every load is issued, so an answer that arrives at once cannot
+ * finish the load early. */
 static void user_load(struct sm_user *u)
 {
     struct sm_core *c = u->core;
@@ -254,6 +264,8 @@ static void user_load(struct sm_user *u)
         sm_user_loaded(u, 0);
     if (SM_RCMD(c, user_on_pres, u, "HGETALL pres:{%s}", u->bare) != SB_OK)
         sm_user_loaded(u, 0);
+    if (user_session_starts(u))
+        sm_im_preload(u);
     user_load_modules(u);
     sm_user_loaded(u, 1);
 }

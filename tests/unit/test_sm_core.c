@@ -126,6 +126,9 @@ sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc, const char *
 static pgev_cb pg_cb;
 static void *pg_arg;
 static char pg_sql[2048];
+static char acct_sql[4096];           /* the last account load's SQL */
+static const char *const *acct_rows;  /* its rows, 6 columns each */
+static int acct_nrows;
 static char pg_params[4][1024];
 static int pg_nqueries;
 struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo)
@@ -147,9 +150,20 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *cons
                  pgev_cb cb, void *arg)
 {
     if (cb == acct_on_rows) {
-        /* The account load of a user record: answered at once, no users
-         * row, an empty blocklist (not counted). */
+        /* The account load of a user record: answered at once (not
+         * counted) with acct_rows — none by default: no users row, an
+         * empty blocklist and, when a session starts, an empty roster. */
+        snprintf(acct_sql, sizeof acct_sql, "%s", sql);
         PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+        PGresAttDesc attrs[6];
+        memset(attrs, 0, sizeof attrs);
+        for (int c = 0; c < 6; c++)
+            attrs[c].name = (char *)"c";
+        assert_true(PQsetResultAttrs(r, 6, attrs));
+        for (int i = 0; i < acct_nrows; i++)
+            for (int c = 0; c < 6; c++)
+                assert_true(PQsetvalue(r, i, c, (char *)acct_rows[i * 6 + c],
+                                       (int)strlen(acct_rows[i * 6 + c])));
         cb(r, arg);
         PQclear(r);
         return SB_OK;
@@ -196,6 +210,9 @@ static int setup(void **st)
 {
     nsent = nrq = rq_head = pg_nqueries = 0;
     pg_cb = NULL;
+    acct_rows = NULL;
+    acct_nrows = 0;
+    acct_sql[0] = '\0';
     core = sm_core_new(ev_default_loop(0), "sm1");
     assert_non_null(core);
     core->domains = strdup("localhost,anon.localhost");
@@ -255,6 +272,15 @@ static void redis_empty_load(const char *bare)
     redis_array(p, 0, NULL);
 }
 
+/* A record created for a bind also loads the IM flags (sm_im_preload). */
+static void redis_session_load(const char *bare)
+{
+    char p[256];
+    redis_empty_load(bare);
+    snprintf(p, sizeof p, "HGETALL im:{%s}", bare);
+    redis_array(p, 0, NULL);
+}
+
 static void recv_env(enum env_kind kind, enum env_route route, const char *key,
                      const char *sender, const char *sid, const char *op, const char *aux,
                      const char *body)
@@ -281,7 +307,7 @@ static const char *bind_alice(const char *sid, int load)
     int before = nsent;
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "bind", "", "");
     if (load)
-        redis_empty_load("alice@localhost");
+        redis_session_load("alice@localhost");
     redis_int("HSETNX sess:{alice@localhost} ", 1);
     redis_int("SADD fe:c2s1 alice@localhost/", 1);
     assert_int_equal(nsent, before + 1);
@@ -292,23 +318,13 @@ static const char *bind_alice(const char *sid, int load)
     return full;
 }
 
-/* alice's IM state: an empty roster (PostgreSQL) and no flags (Redis). */
-static void im_empty_load(void)
-{
-    const char *exists[6] = {"u", "", "", "", "", ""};
-    pg_answer(PGRES_TUPLES_OK, 1, 6, exists);
-    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
-}
-
-/* An initial presence: `load` answers the IM load first (no offline
- * messages counted, so none are fetched). */
-static void presence_from(const char *full, const char *sid, int prio, int load)
+/* A presence from a bound session: the IM state was loaded with the
+ * session (no offline messages counted, so none are fetched). */
+static void presence_from(const char *full, const char *sid, int prio)
 {
     char xml[512];
     snprintf(xml, sizeof xml, "<presence from='%s'><priority>%d</priority></presence>", full, prio);
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
-    if (load)
-        im_empty_load();
     assert_null(pg_cb);
 }
 
@@ -317,7 +333,7 @@ static void presence_from(const char *full, const char *sid, int prio, int load)
 static void test_bind_claims_generated_resource_with_hsetnx(void **st)
 {
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "phone", "");
-    redis_empty_load("alice@localhost");
+    redis_session_load("alice@localhost");
     assert_true(rq_head < nrq);
     /* HSETNX sess:{alice@localhost} phone.<16> "c2s1 S1 0" */
     const char *cmd = rq[rq_head].cmd;
@@ -334,10 +350,19 @@ static void test_bind_claims_generated_resource_with_hsetnx(void **st)
 static void test_bind_retries_after_collision(void **st)
 {
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
-    redis_empty_load("alice@localhost");
-    char first[256];
+    redis_session_load("alice@localhost");
+    char first[256], member[256];
     snprintf(first, sizeof first, "%s", rq[rq_head].cmd);
+    /* HSETNX and SADD are pipelined: the SADD of the taken resource is
+     * undone (SREM of our own member), then a new resource is drawn. */
+    assert_true(!strncmp(rq[rq_head + 1].cmd, "SADD fe:c2s1 ", 13));
+    snprintf(member, sizeof member, "SREM%s", rq[rq_head + 1].cmd + 4);
     redis_int("HSETNX sess:{alice@localhost} ", 0);
+    assert_int_equal(nsent, 0);
+    redis_int("SADD fe:c2s1 ", 1);
+    assert_int_equal(nsent, 0);
+    assert_string_equal(rq[rq_head].cmd, member);
+    redis_answer("SREM fe:c2s1 ", NULL);
     assert_string_not_equal(rq[rq_head].cmd, first);
     redis_int("HSETNX sess:{alice@localhost} ", 1);
     redis_int("SADD fe:c2s1 ", 1);
@@ -349,7 +374,10 @@ static void test_bind_fails_when_redis_is_down(void **st)
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
     redis_answer("HGETALL sess:", NULL);
     redis_answer("HGETALL pres:", NULL);
+    redis_answer("HGETALL im:", NULL);
     redis_answer("HSETNX", NULL);
+    assert_int_equal(nsent, 0);       /* settled by the pipelined SADD's reply */
+    redis_answer("SADD", NULL);
     assert_int_equal(nsent, 1);
     assert_string_equal(sent[0].h.op, "bind-failed");
     assert_string_equal(sent[0].h.aux, "internal-server-error");
@@ -359,7 +387,7 @@ static void test_bind_fails_when_redis_is_down(void **st)
 static void test_later_stanza_waits_for_pending_bind(void **st)
 {
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "bind", "", "");
-    redis_empty_load("alice@localhost");
+    redis_session_load("alice@localhost");
     /* While HSETNX is pending, an iq for alice arrives: it must wait. */
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<iq type='get' id='1' from='bob@localhost/x' to='alice@localhost'>"
@@ -378,8 +406,8 @@ static void test_message_to_bare_goes_to_highest_priority(void **st)
     char a[256], b[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
-    presence_from(a, "S1", 5, 1);
-    presence_from(b, "S2", 1, 0);
+    presence_from(a, "S1", 5);
+    presence_from(b, "S2", 1);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<message from='bob@localhost/x' to='alice@localhost' type='chat'><body>hi</body></message>");
@@ -395,7 +423,7 @@ static void test_message_to_bare_goes_to_highest_priority(void **st)
 static void test_message_without_available_session_is_refused(void **st)
 {
     const char *a = bind_alice("S1", 1);
-    presence_from(a, "S1", -1, 1);
+    presence_from(a, "S1", -1);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<message from='bob@localhost/x' to='alice@localhost' id='m1'><body>hi</body></message>");
@@ -468,7 +496,7 @@ static void test_presence_to_bare_reaches_available_sessions_only(void **st)
     char a[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     bind_alice("S2", 0);
-    presence_from(a, "S1", 0, 1);
+    presence_from(a, "S1", 0);
     nsent = 0;
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<presence from='bob@localhost/x' to='alice@localhost'/>");
@@ -546,10 +574,39 @@ static void test_end_removes_session_from_redis_and_cache(void **st)
     recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", f, "");
     assert_int_equal(core->nsessions, 0);
     redis_answer("HDEL sess:{alice@localhost} ", NULL);
-    redis_answer("HDEL pres:{alice@localhost} ", NULL);
+    /* never available: no pres: field to delete */
     redis_answer("SREM fe:c2s1 alice@localhost/", NULL);
+    for (int i = rq_head; i < nrq; i++)
+        assert_true(strncmp(rq[i].cmd, "HDEL pres:", 10) != 0);
 }
 
+
+static int rq_count(const char *prefix)
+{
+    int n = 0;
+    for (int i = 0; i < nrq; i++)
+        n += !strncmp(rq[i].cmd, prefix, strlen(prefix));
+    return n;
+}
+
+/* The sess: value already holds priority 0 from the bind, and mod_presence
+ * deletes the pres: field of an available session at its end: neither is
+ * written twice. */
+static void test_login_writes_each_redis_field_once(void **st)
+{
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    presence_from(a, "S1", 0);
+    assert_int_equal(rq_count("HSET sess:"), 0);
+    assert_int_equal(rq_count("HSET pres:{alice@localhost} "), 1);
+    presence_from(a, "S1", 3);             /* a new priority is stored */
+    assert_int_equal(rq_count("HSET sess:{alice@localhost} "), 1);
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", a, "");
+    assert_int_equal(core->nsessions, 0);
+    assert_int_equal(rq_count("HDEL pres:{alice@localhost} "), 1);
+    assert_int_equal(rq_count("HDEL sess:{alice@localhost} "), 1);
+    assert_int_equal(rq_count("SREM fe:c2s1 "), 1);
+}
 
 /* ---- IM: rosters, presence, offline ----------------------------------------------- */
 
@@ -569,13 +626,40 @@ static void roster_get_from(const char *full, const char *sid)
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
 }
 
+/* A record created for a bind loads the account and the IM state in one
+ * statement and the IM flags with the sessions: the roster get that
+ * follows is answered from memory. */
+static void test_session_start_loads_roster_with_account_in_one_query(void **st)
+{
+    const char *rows[] = {"u", "", "", "", "", "",
+                          "b", "spam@localhost", "", "", "", "",
+                          "i", "bob@localhost", "Bob", "both", "", "g",
+                          "v", "3", "", "", "", ""};
+    acct_rows = rows;
+    acct_nrows = 4;
+    char a[256];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    assert_non_null(strstr(acct_sql, "FROM blocklist"));
+    assert_non_null(strstr(acct_sql, "FROM roster"));
+    assert_true(core->users->acct->exists);
+    assert_int_equal(core->users->acct->nblock, 1);
+    nsent = 0;
+    roster_get_from(a, "S1");
+    assert_int_equal(pg_nqueries, 0);
+    assert_int_equal(rq_count("HGETALL im:"), 1);
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "jid='bob@localhost'"));
+    assert_non_null(strstr(sent[0].body, "subscription='both'"));
+    assert_non_null(strstr(sent[0].body, "<group>g</group>"));
+    assert_null(strstr(sent[0].body, "spam@localhost"));
+}
+
 static void test_roster_set_is_written_before_it_is_pushed(void **st)
 {
     char a[256], b[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
     roster_get_from(a, "S1");                 /* S1 becomes interested */
-    im_empty_load();
     assert_true(sent_find(0, "jabber:iq:roster") >= 0);
     nsent = 0;
     char xml[512];
@@ -599,7 +683,6 @@ static void test_roster_set_with_two_items_is_bad_request(void **st)
     char a[256];
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     roster_get_from(a, "S1");
-    im_empty_load();
     nsent = 0;
     char xml[512];
     snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='rs'><query xmlns='jabber:iq:roster'>"
@@ -613,15 +696,15 @@ static void test_roster_set_with_two_items_is_bad_request(void **st)
 static void test_session_end_sends_unavailable_to_contacts_with_from(void **st)
 {
     char a[256];
+    const char *rows[] = {"i", "bob@localhost", "", "from", "", "",
+                          "i", "carol@localhost", "", "to", "", "",
+                          "v", "7", "", "", "", ""};
+    acct_rows = rows;                         /* loaded with the session */
+    acct_nrows = 3;
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     char xml[512];
     snprintf(xml, sizeof xml, "<presence from='%s'/>", a);
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
-    const char *rows[] = {"r", "bob@localhost", "", "from", "", "",
-                          "r", "carol@localhost", "", "to", "", "",
-                          "v", "7", "", "", "", ""};
-    pg_answer(PGRES_TUPLES_OK, 3, 6, rows);
-    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
     /* initial presence: broadcast to bob, probe to carol */
     assert_true(sent_find(0, "to='bob@localhost'") >= 0);
     int probe = sent_find(0, "type='probe'");
@@ -659,13 +742,13 @@ static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void
 static void test_offline_messages_are_flushed_then_deleted_at_initial_presence(void **st)
 {
     char a[256];
+    const char *rows[] = {"u", "", "", "", "", "", "o", "2", "", "", "", ""};
+    acct_rows = rows;                         /* two stored: counted at the bind */
+    acct_nrows = 2;
     snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
     char xml[512];
     snprintf(xml, sizeof xml, "<presence from='%s'/>", a);
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
-    const char *rows[] = {"u", "", "", "", "", "", "o", "2", "", "", "", ""};
-    pg_answer(PGRES_TUPLES_OK, 2, 6, rows);
-    redis_array("HGETALL im:{alice@localhost}", 0, NULL);
     assert_non_null(strstr(pg_sql, "FROM offline"));
     nsent = 0;
     int before = pg_nqueries;
@@ -683,7 +766,7 @@ static void test_offline_messages_are_flushed_then_deleted_at_initial_presence(v
     /* a second session's initial presence does not fetch again */
     char b[256];
     snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
-    presence_from(b, "S2", 0, 0);
+    presence_from(b, "S2", 0);
 }
 
 static void test_members_change_drops_cached_users(void **st)
@@ -719,6 +802,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roster_get_builds_items_from_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_down_sends_session_gone_per_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_removes_session_from_redis_and_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_login_writes_each_redis_field_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_start_loads_roster_with_account_in_one_query, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members_change_drops_cached_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roster_set_is_written_before_it_is_pushed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roster_set_with_two_items_is_bad_request, setup, teardown),
