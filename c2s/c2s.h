@@ -9,7 +9,8 @@
  *   srv.c     start-up, configuration, shutdown shared by both processes
  *   main.c    sb-c2s main (TCP listeners); web_main.c is sb-bosh's
  *   conn.c    conn memory, sid table, timers, close; the TCP transport
- *   tls.c     GnuTLS credentials and the non-blocking handshake
+ *             (its socket and TLS records: common/tlsconn)
+ *   tls.c     GnuTLS credentials (reloadable) and server sessions
  *   stream.c  stream headers, features, stream errors, element dispatch
  *   login.c   SASL exchange and resource binding
  *   route.c   stanzas to and from the router, bounces, session end
@@ -30,6 +31,7 @@
 #include "link.h"
 #include "pgev.h"
 #include "domains.h"
+#include "tlsconn.h"
 #include "sasl.h"
 #include "jid.h"
 
@@ -48,8 +50,6 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_TLS         0x0001  /* encrypted: TLS active/running, or HTTPS under BOSH/WS */
 #define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
 #define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
-#define C2S_F_TLS_START   0x0008  /* <proceed/> queued: start TLS once it is flushed */
-#define C2S_F_TLS_AGAIN   0x0010  /* gnutls holds an encrypted record not yet sent */
 #define C2S_F_BIND_WAIT   0x0020  /* control bind sent, answer pending */
 #define C2S_F_IN_FEED     0x0040  /* inside xml_stream_feed (restart must be deferred-safe) */
 #define C2S_F_IN_SASL_CB  0x0080  /* inside the SASL result callback */
@@ -57,7 +57,6 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
 #define C2S_F_ANON        0x0400  /* logged in with SASL ANONYMOUS (node claimed) */
 #define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
-#define C2S_F_SHUT        0x1000  /* closing: output flushed, write side shut down */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
 #define C2S_F_PING_OUT    0x4000  /* keepalive ping sent, no byte from the client since */
 #define C2S_F_THROTTLED   0x8000  /* over max_rate: not reading until the bucket refills */
@@ -94,20 +93,17 @@ struct c2s_conn {
     struct c2s_conn *hnext;        /* session table chain (by sid) */
     const struct c2s_transport *tp;
     void *tctx;                    /* the transport's own state (BOSH/WS) */
-    int fd;                        /* TCP only; -1 for BOSH/WS */
+    struct tlsconn tc;             /* TCP socket, TLS, output; fd -1 for BOSH/WS */
     uint16_t flags;
     uint8_t state;
     uint8_t auth_failures;
-    ev_io io;
     ev_timer timer;                /* login / bind deadlines, close linger */
     double login_deadline, bind_deadline, close_deadline;
     double last_rx;                /* last byte from the client (keepalive.c) */
     float rx_tokens, st_tokens;    /* byte and stanza buckets (rate.c) */
     double rate_at;                /* when they were last refilled */
-    gnutls_session_t tls;
     struct xml_stream *xs;
     struct sasl_sess *sasl;
-    struct sb_buf out;             /* pending output; freed once drained */
     const char *domain;            /* the stream's domain, interned (domains.c) */
     char *jid;                     /* bare JID after SASL, full after bind: jid_in or heap */
     char *bind_iq;                 /* id of the bind iq being answered */
@@ -185,7 +181,6 @@ struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx
 /* Transports: the wire is gone, free c on the next loop turn. */
 void c2s_conn_free_soon(struct c2s_conn *c);
 const char *c2s_lis_kind_name(enum c2s_lis_kind k);
-void c2s_conn_want(struct c2s_conn *c);     /* recompute io events */
 /* <proceed/> is queued: start TLS as soon as it has been written. */
 void c2s_conn_starttls(struct c2s_conn *c);
 void c2s_conn_arm_timer(struct c2s_conn *c);
@@ -208,8 +203,6 @@ int c2s_tls_available(void);
 void c2s_tls_deinit(void);
 /* A non-blocking server session on fd with our credentials (HTTPS too). */
 sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out);
-sb_rc c2s_tls_start(struct c2s_conn *c);          /* new server session on c->fd */
-void c2s_tls_handshake(struct c2s_conn *c);       /* drive; on done → stream */
 
 /* ---- stream.c --------------------------------------------------------- */
 /* Transport-neutral: a (re)started stream to `to` (client's `from`,

@@ -1,9 +1,9 @@
 /* conn.c — the life of a c2s_conn (memory, the sid table the router side
  * uses to deliver stanzas, state, the deadline timer, closing) and the TCP
- * transport: accepting, reading into the shared buffer, writing (directly
- * when nothing is queued, else through a per-connection buffer that exists
- * only while bytes are pending). BOSH and WebSocket sessions (web_*.c) use
- * the same conn with their own transport and fd -1.
+ * transport: accepting, and the session's side of common/tlsconn (which
+ * reads, writes without copying when the socket takes the bytes, buffers
+ * the rest, runs TLS and the lingering close). BOSH and WebSocket sessions
+ * (web_*.c) use the same conn with their own transport and fd -1.
  *
  * A conn is never freed inside a callback that may still touch it: close
  * marks it CLOSING and its timer frees it on a later loop turn. Closing
@@ -15,10 +15,8 @@
 #include "log.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +24,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define CONN_READ_MAX   65536   /* shared read buffer */
-#define CONN_READS_TURN 16      /* reads per event before yielding */
 #define CONN_LINGER     2.0     /* seconds to flush output after close */
-#define CONN_TLS_CHUNK  16384   /* one TLS record */
 
-static char conn_rbuf[CONN_READ_MAX];
 
 static struct {
     ev_io w;
@@ -39,15 +33,21 @@ static struct {
 } conn_lis[4];
 static int conn_nlis;
 
-static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void conn_close_dead(struct c2s_conn *c, const char *reason);
 static void conn_free_soon(struct c2s_conn *c);
-static void conn_shutdown(struct c2s_conn *c);
 static void conn_tcp_open(struct c2s_conn *c, const char *from, const char *to);
 static void conn_tcp_write(struct c2s_conn *c, const char *data, size_t len);
 static void conn_tcp_end(struct c2s_conn *c);
 static void conn_tcp_close(struct c2s_conn *c, enum c2s_state was);
+static void conn_tcp_input(void *ud, const char *data, size_t len);
+static void conn_tcp_secured(void *ud);
+static void conn_tcp_dead(void *ud, const char *why);
+
+static const struct tlsconn_ops conn_tcp_ops = {
+    .input = conn_tcp_input,
+    .secured = conn_tcp_secured,
+    .dead = conn_tcp_dead,
+};
 
 const struct c2s_transport c2s_tcp_transport = {
     .name = "tcp",
@@ -226,30 +226,9 @@ sb_rc c2s_listen_open(const char *addr, int port, enum c2s_lis_kind kind)
 {
     if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
         return SB_ERROR;
-    char ports[16];
-    snprintf(ports, sizeof ports, "%d", port);
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int gai = getaddrinfo(addr && *addr ? addr : NULL, ports, &hints, &res);
-    if (gai != 0) {
-        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
-                  sb_log_q(gai_strerror(gai)));
+    int fd = tlsconn_listen(addr, port, 1024);
+    if (fd < 0)
         return SB_ERROR;
-    }
-    int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0) {
-        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
-                  sb_log_q(strerror(errno)));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return SB_ERROR;
-    }
-    freeaddrinfo(res);
     ev_io *w = &conn_lis[conn_nlis].w;
     conn_lis[conn_nlis].kind = kind;
     ev_io_init(w, NULL, fd, EV_READ);
@@ -259,22 +238,6 @@ sb_rc c2s_listen_open(const char *addr, int port, enum c2s_lis_kind kind)
     return SB_OK;
 }
 
-static void conn_peer(char *out, size_t cap, const struct sockaddr_storage *ss)
-{
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        port = ntohs(a->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        port = ntohs(a->sin6_port);
-    }
-    snprintf(out, cap, "%s:%d", host, port);
-}
-
 /* A conn in the process list with its timer ready and login deadline set. */
 static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
 {
@@ -282,9 +245,7 @@ static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
     if (!c)
         return NULL;
     c->tp = tp;
-    c->fd = fd;
-    ev_io_init(&c->io, conn_io_cb, fd < 0 ? 0 : fd, 0);
-    c->io.data = c;
+    tlsconn_init(&c->tc, c2s.loop, fd, &conn_tcp_ops, c, c->peer);
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     c->login_deadline = ev_now(c2s.loop) + c2s.cfg.login_timeout;
@@ -321,7 +282,7 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
         log_error("accept_nomem", "fd=%d", fd);
         return;
     }
-    conn_peer(c->peer, sizeof c->peer, ss);
+    tlsconn_peer_name(c->peer, sizeof c->peer, (const struct sockaddr *)ss);
     log_debug("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
     if (c2s_stream_new(c) != SB_OK) {
         c2s_conn_close(c, "nomem");
@@ -330,14 +291,10 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
     c2s_conn_arm_timer(c);
     if (direct_tls) {
         c->flags |= C2S_F_DIRECT_TLS;
-        if (c2s_tls_start(c) != SB_OK) {
-            c2s_conn_close(c, "tls-init-failed");
-            return;
-        }
-        c2s_tls_handshake(c);
+        c2s_conn_starttls(c);
         return;
     }
-    c2s_conn_want(c);
+    tlsconn_want(&c->tc);
 }
 
 /* Out of descriptors: the listen socket stays readable, so pause
@@ -375,7 +332,7 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (kind == C2S_LIS_HTTP || kind == C2S_LIS_HTTPS) {
             char peer[64];
-            conn_peer(peer, sizeof peer, &ss);
+            tlsconn_peer_name(peer, sizeof peer, (const struct sockaddr *)&ss);
             if (c2s.fe && c2s.fe->accept_http)
                 c2s.fe->accept_http(fd, peer, kind == C2S_LIS_HTTPS);
             else
@@ -406,89 +363,7 @@ void c2s_listen_stop(void)
     conn_nlis = 0;
 }
 
-/* ---- output ------------------------------------------------------------- */
-
-static int conn_tls_ready(const struct c2s_conn *c)
-{
-    return c->tls && c->state != C2S_S_TLS_HANDSHAKE;
-}
-
-static void conn_write_failed(struct c2s_conn *c, const char *why)
-{
-    sb_buf_free(&c->out);
-    c->flags &= ~C2S_F_TLS_AGAIN;
-    conn_close_dead(c, why);
-}
-
-/* Write what can be written now; returns bytes taken from data, or -1
- * after closing the connection on an error. */
-static long conn_send_now(struct c2s_conn *c, const char *data, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        if (conn_tls_ready(c)) {
-            size_t n = len - done > CONN_TLS_CHUNK ? CONN_TLS_CHUNK : len - done;
-            ssize_t r = gnutls_record_send(c->tls, data + done, n);
-            if (r > 0) {
-                done += (size_t)r;
-                continue;
-            }
-            if (r == GNUTLS_E_AGAIN) {
-                /* gnutls keeps the encrypted record; finish with NULL, 0. */
-                c->flags |= C2S_F_TLS_AGAIN;
-                return (long)(done + n);
-            }
-            if (r == GNUTLS_E_INTERRUPTED)
-                continue;
-            log_info("tls_write_error", "peer=%s error=%s", c->peer,
-                     sb_log_q(gnutls_strerror((int)r)));
-            return -1;
-        }
-        ssize_t r = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
-        if (r > 0) {
-            done += (size_t)r;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
-        return -1;
-    }
-    return (long)done;
-}
-
-/* Drain c->out; 0 when empty, 1 when bytes remain, -1 on error (closed). */
-static int conn_flush(struct c2s_conn *c)
-{
-    if (c->flags & C2S_F_TLS_AGAIN) {
-        ssize_t r = gnutls_record_send(c->tls, NULL, 0);
-        if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
-            return 1;
-        c->flags &= ~C2S_F_TLS_AGAIN;
-        if (r < 0) {
-            conn_write_failed(c, "tls-write-error");
-            return -1;
-        }
-    }
-    if (c->out.len) {
-        long n = conn_send_now(c, c->out.data, c->out.len);
-        if (n < 0) {
-            conn_write_failed(c, "write-error");
-            return -1;
-        }
-        sb_buf_consume(&c->out, (size_t)n);
-    }
-    if (c->out.len || (c->flags & C2S_F_TLS_AGAIN))
-        return 1;
-    sb_buf_free(&c->out);             /* idle connections hold no buffer */
-    return 0;
-}
-
-static int conn_pending(const struct c2s_conn *c)
-{
-    return c->out.len || (c->flags & C2S_F_TLS_AGAIN);
-}
+/* ---- the TCP transport -------------------------------------------------- */
 
 void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len)
 {
@@ -497,7 +372,10 @@ void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len)
     c->tp->write(c, data, len);
 }
 
-/* ---- the TCP transport -------------------------------------------------- */
+void c2s_conn_writes(struct c2s_conn *c, const char *s)
+{
+    c2s_conn_write(c, s, strlen(s));
+}
 
 static struct sb_buf conn_hdr;      /* scratch for stream headers */
 
@@ -530,120 +408,50 @@ static void conn_tcp_write(struct c2s_conn *c, const char *data, size_t len)
 {
     if (c->state == C2S_S_CLOSING || len == 0)
         return;
-    if (!conn_pending(c) && c->state != C2S_S_TLS_HANDSHAKE &&
-        !(c->flags & C2S_F_TLS_START)) {
-        long n = conn_send_now(c, data, len);
-        if (n < 0) {
-            conn_write_failed(c, "write-error");
-            return;
-        }
-        data += n;
-        len -= (size_t)n;
-        if (len == 0 && !conn_pending(c))
-            return;
-    }
-    if (c->out.len + len > c2s.cfg.max_pending) {
-        /* A client that does not read: tell it why (whole units only are
-         * queued, so the error lands on an element boundary) and drop it. */
-        log_warn("slow_reader", "peer=%s sid=%s jid=%s pending=%zu", c->peer, c->sid,
-                 c->jid ? c->jid : "-", c->out.len);
-        static const char err[] =
-            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
-            "</stream:error></stream:stream>";
-        sb_buf_add(&c->out, err, sizeof err - 1);
-        c2s_conn_close(c, "slow-reader");
+    if (tlsconn_write(&c->tc, data, len, c2s.cfg.max_pending) != TLSCONN_FULL)
         return;
-    }
-    if (sb_buf_add(&c->out, data, len) != SB_OK) {
-        conn_write_failed(c, "nomem");
-        return;
-    }
-    c2s_conn_want(c);
+    /* A client that does not read: tell it why (whole units only are
+     * queued, so the error lands on an element boundary) and drop it. */
+    log_warn("slow_reader", "peer=%s sid=%s jid=%s pending=%zu", c->peer, c->sid,
+             c->jid ? c->jid : "-", c->tc.out.len);
+    static const char err[] =
+        "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        "</stream:error></stream:stream>";
+    tlsconn_queue(&c->tc, err, sizeof err - 1);
+    c2s_conn_close(c, "slow-reader");
 }
 
-void c2s_conn_writes(struct c2s_conn *c, const char *s)
+static void conn_tcp_input(void *ud, const char *data, size_t len)
 {
-    c2s_conn_write(c, s, strlen(s));
+    struct c2s_conn *c = ud;
+    c2s_keepalive_seen(c);
+    c2s_stream_input(c, data, len);
+    if (c->state != C2S_S_CLOSING && c2s_rate_bytes(c, len) > 0) {
+        /* Over max_rate: leave the rest in the kernel (back-pressure). */
+        c->flags |= C2S_F_THROTTLED;
+        tlsconn_pause(&c->tc);
+        c2s_conn_arm_timer(c);
+    }
 }
 
-void c2s_conn_want(struct c2s_conn *c)
+/* TLS on the socket: at once (direct TLS), or once <proceed/> (queued by
+ * stream.c) has been written. */
+void c2s_conn_starttls(struct c2s_conn *c)
 {
-    int ev = 0;
-    if (c->fd < 0)
-        return;                       /* BOSH/WS: the transport does its own I/O */
-    if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
-        ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
-    } else {
-        if (!(c->flags & (C2S_F_TLS_START | C2S_F_EOF | C2S_F_THROTTLED)))
-            ev |= EV_READ;
-        if (conn_pending(c))
-            ev |= EV_WRITE;
-    }
-    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && (ev == 0 || ev_is_active(&c->io)))
+    gnutls_session_t s;
+    c2s_conn_set_state(c, C2S_S_TLS_HANDSHAKE);
+    if (c2s_tls_session_new(c->tc.fd, &s) != SB_OK) {
+        c2s_conn_close(c, "tls-init-failed");
         return;
-    ev_io_stop(c2s.loop, &c->io);
-    ev_io_set(&c->io, c->fd, ev);
-    if (ev)
-        ev_io_start(c2s.loop, &c->io);
+    }
+    c->flags |= C2S_F_TLS;
+    tlsconn_starttls(&c->tc, s);
 }
 
-/* ---- input -------------------------------------------------------------- */
-
-static void conn_read(struct c2s_conn *c)
+/* A new stream starts over TLS (RFC 6120 §5.4.3.3). */
+static void conn_tcp_secured(void *ud)
 {
-    for (int i = 0;; i++) {
-        if (c->state == C2S_S_CLOSING || c->state == C2S_S_TLS_HANDSHAKE ||
-            (c->flags & (C2S_F_TLS_START | C2S_F_THROTTLED)))
-            return;
-        int more_tls = c->tls && gnutls_record_check_pending(c->tls) > 0;
-        if (i >= CONN_READS_TURN && !more_tls)
-            return;                   /* level-triggered: the loop comes back */
-        ssize_t n;
-        if (c->tls) {
-            n = gnutls_record_recv(c->tls, conn_rbuf, sizeof conn_rbuf);
-            if (n == GNUTLS_E_AGAIN)
-                return;
-            if (n == GNUTLS_E_INTERRUPTED)
-                continue;
-            if (n < 0 && !gnutls_error_is_fatal((int)n)) {
-                log_debug("tls_warning", "peer=%s error=%s", c->peer,
-                          sb_log_q(gnutls_strerror((int)n)));
-                continue;
-            }
-            if (n == GNUTLS_E_PREMATURE_TERMINATION) {
-                conn_close_dead(c, "eof");     /* TCP closed without close_notify */
-                return;
-            }
-            if (n < 0) {
-                log_info("tls_read_error", "peer=%s error=%s", c->peer,
-                         sb_log_q(gnutls_strerror((int)n)));
-                conn_close_dead(c, "tls-error");
-                return;
-            }
-        } else {
-            n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return;
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                conn_close_dead(c, errno == ECONNRESET ? "reset" : "read-error");
-                return;
-            }
-        }
-        if (n == 0) {
-            conn_close_dead(c, "eof");
-            return;
-        }
-        c2s_keepalive_seen(c);
-        c2s_stream_input(c, conn_rbuf, (size_t)n);
-        if (c->state != C2S_S_CLOSING && c2s_rate_bytes(c, (size_t)n) > 0) {
-            /* Over max_rate: leave the rest in the kernel (back-pressure). */
-            c->flags |= C2S_F_THROTTLED;
-            c2s_conn_arm_timer(c);
-            return;
-        }
-    }
+    c2s_conn_set_state(ud, C2S_S_CONNECTED);
 }
 
 void c2s_conn_free_soon(struct c2s_conn *c)
@@ -659,106 +467,17 @@ static void conn_free_soon(struct c2s_conn *c)
     ev_timer_start(c2s.loop, &c->timer);
 }
 
-/* Output is flushed: say goodbye on the wire and stop writing. */
-static void conn_shutdown(struct c2s_conn *c)
-{
-    if (c->flags & C2S_F_SHUT)
-        return;
-    c->flags |= C2S_F_SHUT;
-    if (c->tls)
-        gnutls_bye(c->tls, GNUTLS_SHUT_WR);   /* close_notify, best effort */
-    shutdown(c->fd, SHUT_WR);
-}
-
-/* Lingering close: discard what the peer still sends until it closes. */
-static void conn_drain(struct c2s_conn *c)
-{
-    for (int i = 0; i < CONN_READS_TURN; i++) {
-        ssize_t n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
-        if (n > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-            return;
-        break;
-    }
-    c->flags |= C2S_F_EOF;
-    conn_free_soon(c);
-}
-
-static void conn_io_closing(struct c2s_conn *c, int revents)
-{
-    if ((revents & EV_WRITE) && conn_flush(c) == 0)
-        conn_shutdown(c);
-    if (revents & EV_READ)
-        conn_drain(c);
-    if (!(c->flags & C2S_F_EOF))
-        c2s_conn_want(c);
-}
-
-static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct c2s_conn *c = w->data;
-    if (c->state == C2S_S_CLOSING) {
-        conn_io_closing(c, revents);
-        return;
-    }
-    if (c->state == C2S_S_TLS_HANDSHAKE && !(c->flags & C2S_F_TLS_START)) {
-        c2s_tls_handshake(c);
-        return;
-    }
-    if (revents & EV_WRITE) {
-        int r = conn_flush(c);
-        if (r < 0)
-            return;
-        if (r == 0 && (c->flags & C2S_F_TLS_START)) {
-            c->flags &= ~C2S_F_TLS_START;
-            if (c2s_tls_start(c) != SB_OK) {
-                c2s_conn_close(c, "tls-init-failed");
-                return;
-            }
-            c2s_tls_handshake(c);
-            return;
-        }
-    }
-    if (revents & EV_READ)
-        conn_read(c);
-    if (c->state != C2S_S_TLS_HANDSHAKE)
-        c2s_conn_want(c);
-}
-
-/* Called by stream.c once <proceed/> is queued. */
-void c2s_conn_starttls(struct c2s_conn *c)
-{
-    c->flags |= C2S_F_TLS_START;
-    c2s_conn_set_state(c, C2S_S_TLS_HANDSHAKE);
-    if (!conn_pending(c)) {
-        c->flags &= ~C2S_F_TLS_START;
-        if (c2s_tls_start(c) != SB_OK) {
-            c2s_conn_close(c, "tls-init-failed");
-            return;
-        }
-        c2s_tls_handshake(c);
-        return;
-    }
-    c2s_conn_want(c);
-}
-
 /* ---- close, timers ------------------------------------------------------ */
 
 static void conn_free(struct c2s_conn *c)
 {
-    ev_io_stop(c2s.loop, &c->io);
     ev_timer_stop(c2s.loop, &c->timer);
     c2s_table_del(c);
     if (c->tp->release)
         c->tp->release(c);
-    if (c->tls)
-        gnutls_deinit(c->tls);
-    if (c->fd >= 0)
-        close(c->fd);
+    tlsconn_free(&c->tc);
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
-    sb_buf_free(&c->out);
     if (c->jid != c->jid_in)
         free(c->jid);
     free(c->bind_iq);
@@ -802,38 +521,30 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
     c->tp->close(c, was);
 }
 
-/* Lingering close of a TCP connection. */
+/* Lingering close of a TCP connection (tlsconn flushes and drains; the
+ * timer frees c once the peer is gone or CONN_LINGER passed). */
 static void conn_tcp_close(struct c2s_conn *c, enum c2s_state was)
 {
-    if (was == C2S_S_TLS_HANDSHAKE) {
-        /* No TLS records to send; drop queued plaintext too. */
-        c->flags |= C2S_F_EOF;
-        sb_buf_free(&c->out);
-        c->flags &= ~(C2S_F_TLS_START | C2S_F_TLS_AGAIN);
-        if (c->tls) {
-            gnutls_deinit(c->tls);
-            c->tls = NULL;
-        }
-    }
     c->close_deadline = ev_now(c2s.loop) + CONN_LINGER;
-    if (!conn_pending(c) && !(c->flags & C2S_F_EOF))
-        conn_shutdown(c);
+    if (tlsconn_close(&c->tc))
+        c->flags |= C2S_F_EOF;
     if (c->flags & C2S_F_EOF)
         conn_free_soon(c);
     else
         c2s_conn_arm_timer(c);
-    c2s_conn_want(c);
 }
 
 /* The peer is gone (EOF, reset, TLS failure): close without lingering. */
-static void conn_close_dead(struct c2s_conn *c, const char *reason)
+static void conn_tcp_dead(void *ud, const char *why)
 {
+    struct c2s_conn *c = ud;
     c->flags |= C2S_F_EOF;
     if (c->state == C2S_S_CLOSING)
         conn_free_soon(c);
     else
-        c2s_conn_close(c, reason);
+        c2s_conn_close(c, why);
 }
+
 
 void c2s_conn_arm_timer(struct c2s_conn *c)
 {
@@ -891,13 +602,12 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     }
     if ((c->flags & C2S_F_THROTTLED) && now + 1e-3 >= c2s_rate_resume_at(c)) {
         c->flags &= ~C2S_F_THROTTLED;
-        if (c->fd < 0 && c->tp->resume)
+        if (c->tc.fd >= 0)
+            tlsconn_resume(&c->tc);
+        else if (c->tp->resume)
             c->tp->resume(c);
-        else if (c->fd >= 0)
-            conn_read(c);            /* TLS may hold decrypted records: no fd event for those */
         if (c->state == C2S_S_CLOSING)
             return;
-        c2s_conn_want(c);
     }
     if (c->state == C2S_S_BOUND) {
         if (c2s_keepalive_check(c, now))

@@ -1,7 +1,7 @@
-/* conn.c — one server-to-server TCP connection on the loop, in either
- * direction: accepting and connecting, reading into a shared buffer,
- * writing (directly, or through a buffer that exists only while bytes are
- * pending), TLS records, closing and the deadline timer.
+/* conn.c — one server-to-server connection, in either direction:
+ * accepting and connecting, its state, closing and the deadline timer. The
+ * socket, TLS records, output buffer and lingering close are
+ * common/tlsconn's.
  *
  * A conn is never freed inside a callback that may still touch it: close
  * marks it CLOSING and its timer frees it on a later loop turn, after the
@@ -11,21 +11,15 @@
 #include "log.h"
 
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define CONN_READ_MAX   65536
-#define CONN_READS_TURN 16
 #define CONN_LINGER     2.0
-#define CONN_TLS_CHUNK  16384
 
-static char conn_rbuf[CONN_READ_MAX];
 
 static struct {
     ev_io w;
@@ -33,9 +27,18 @@ static struct {
 } conn_lis[4];
 static int conn_nlis;
 
-static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
-static void conn_close_dead(struct s2s_conn *c, const char *reason);
+static void conn_input(void *ud, const char *data, size_t len);
+static void conn_secured(void *ud);
+static void conn_connected(void *ud, int err);
+static void conn_dead(void *ud, const char *why);
+
+static const struct tlsconn_ops conn_ops = {
+    .input = conn_input,
+    .secured = conn_secured,
+    .connected = conn_connected,
+    .dead = conn_dead,
+};
 
 const char *s2s_state_name(enum s2s_state s)
 {
@@ -62,34 +65,16 @@ const char *s2s_auth_name(int a)
     }
 }
 
-static void conn_peer(struct s2s_conn *c, const struct sockaddr *sa)
-{
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-        port = ntohs(a->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-        port = ntohs(a->sin6_port);
-    }
-    snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
-}
-
 static struct s2s_conn *conn_new(int fd, enum s2s_dir dir)
 {
     struct s2s_conn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    c->fd = fd;
+    tlsconn_init(&c->tc, s2s.loop, fd, &conn_ops, c, c->peer);
     c->dir = (uint8_t)dir;
     c->cert_ok = -1;
     c->serial = ++s2s.next_serial;
     c->since = c->last_active = ev_now(s2s.loop);
-    ev_io_init(&c->io, conn_io_cb, fd, 0);
-    c->io.data = c;
     ev_init(&c->timer, conn_timer_cb);
     c->timer.data = c;
     if (s2s_stream_new(c) != SB_OK) {
@@ -113,36 +98,16 @@ struct s2s_conn *s2s_conn_by_serial(unsigned long serial)
     return NULL;
 }
 
+
 /* ---- listening ---------------------------------------------------------- */
 
 sb_rc s2s_listen_open(const char *addr, int port, int direct_tls)
 {
     if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
         return SB_ERROR;
-    char ports[16];
-    snprintf(ports, sizeof ports, "%d", port);
-    struct addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_NUMERICHOST;
-    int gai = getaddrinfo(addr && *addr ? addr : NULL, ports, &hints, &res);
-    if (gai != 0) {
-        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
-                  sb_log_q(gai_strerror(gai)));
+    int fd = tlsconn_listen(addr, port, 512);
+    if (fd < 0)
         return SB_ERROR;
-    }
-    int fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 512) < 0) {
-        log_error("listen_failed", "addr=%s port=%d error=%s", addr, port,
-                  sb_log_q(strerror(errno)));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return SB_ERROR;
-    }
-    freeaddrinfo(res);
     conn_lis[conn_nlis].direct_tls = direct_tls;
     ev_io_init(&conn_lis[conn_nlis].w, NULL, fd, EV_READ);
     conn_lis[conn_nlis].w.data = &conn_lis[conn_nlis];
@@ -159,21 +124,17 @@ static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_
         log_error("accept_nomem", "fd=%d", fd);
         return;
     }
-    conn_peer(c, (const struct sockaddr *)ss);
+    tlsconn_peer_name(c->peer, sizeof c->peer, (const struct sockaddr *)ss);
     c->state = S2S_S_WAIT_HEADER;
     c->deadline = ev_now(s2s.loop) + s2s.cfg.login_timeout;
     log_info("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
     s2s_conn_arm_timer(c);
     if (direct_tls) {
         c->flags |= S2S_F_DIRECT_TLS;
-        if (s2s_tls_start(c) != SB_OK) {
-            s2s_conn_close(c, "tls-init-failed");
-            return;
-        }
-        s2s_tls_handshake(c);
+        s2s_conn_starttls(c);
         return;
     }
-    s2s_conn_want(c);
+    tlsconn_want(&c->tc);
 }
 
 static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -234,7 +195,7 @@ struct s2s_conn *s2s_conn_connect(struct s2s_out *r, const struct sockaddr *sa,
         close(fd);
         return NULL;
     }
-    conn_peer(c, sa);
+    tlsconn_peer_name(c->peer, sizeof c->peer, sa);
     c->route = r;
     c->local = strdup(r->local);
     c->remote = strdup(r->remote);
@@ -245,116 +206,38 @@ struct s2s_conn *s2s_conn_connect(struct s2s_out *r, const struct sockaddr *sa,
     if (direct_tls)
         c->flags |= S2S_F_DIRECT_TLS;
     c->state = S2S_S_CONNECTING;
-    ev_io_set(&c->io, fd, EV_WRITE);
-    ev_io_start(s2s.loop, &c->io);
+    tlsconn_connecting(&c->tc);
     log_info("connecting", "local=%s remote=%s peer=%s tls=%s verify=%d", c->local, c->remote,
              c->peer, direct_tls ? "direct" : "starttls", r->verify_only);
     return c;
 }
 
 /* The TCP connect finished: start TLS (direct) or the stream. */
-static void conn_connected(struct s2s_conn *c)
+/* The TCP connect finished: start TLS (direct) or the stream. */
+static void conn_connected(void *ud, int err)
 {
-    int err = 0;
-    socklen_t el = sizeof err;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
-        err = errno;
+    struct s2s_conn *c = ud;
     if (err) {
         log_info("connect_failed", "remote=%s peer=%s error=%s", c->remote, c->peer,
                  sb_log_q(strerror(err)));
-        conn_close_dead(c, "connect-failed");
+        conn_dead(c, "connect-failed");
         return;
     }
     if (c->route)
         c->route->reached = 1;
     c->state = S2S_S_WAIT_HEADER;
     if (c->flags & S2S_F_DIRECT_TLS) {
-        if (s2s_tls_start(c) != SB_OK) {
-            s2s_conn_close(c, "tls-init-failed");
-            return;
-        }
-        s2s_tls_handshake(c);
+        s2s_conn_starttls(c);
         return;
     }
     s2s_stream_send_header(c);
-    s2s_conn_want(c);
 }
 
-/* ---- output ------------------------------------------------------------- */
-
-static int conn_tls_ready(const struct s2s_conn *c)
-{
-    return c->tls && c->state != S2S_S_TLS_HANDSHAKE;
-}
+/* ---- the wire ------------------------------------------------------------ */
 
 size_t s2s_conn_pending(const struct s2s_conn *c)
 {
-    return c->out.len + ((c->flags & S2S_F_TLS_AGAIN) ? 1 : 0);
-}
-
-static long conn_send_now(struct s2s_conn *c, const char *data, size_t len)
-{
-    size_t done = 0;
-    while (done < len) {
-        if (conn_tls_ready(c)) {
-            size_t n = len - done > CONN_TLS_CHUNK ? CONN_TLS_CHUNK : len - done;
-            ssize_t r = gnutls_record_send(c->tls, data + done, n);
-            if (r > 0) {
-                done += (size_t)r;
-                continue;
-            }
-            if (r == GNUTLS_E_AGAIN) {
-                c->flags |= S2S_F_TLS_AGAIN;    /* gnutls keeps the record */
-                return (long)(done + n);
-            }
-            if (r == GNUTLS_E_INTERRUPTED)
-                continue;
-            log_info("tls_write_error", "peer=%s error=%s", c->peer,
-                     sb_log_q(gnutls_strerror((int)r)));
-            return -1;
-        }
-        ssize_t r = send(c->fd, data + done, len - done, MSG_NOSIGNAL);
-        if (r > 0) {
-            done += (size_t)r;
-            continue;
-        }
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
-        return -1;
-    }
-    return (long)done;
-}
-
-/* 0 flushed, 1 bytes remain, -1 failed (closed). */
-static int conn_flush(struct s2s_conn *c)
-{
-    if (c->flags & S2S_F_TLS_AGAIN) {
-        ssize_t r = gnutls_record_send(c->tls, NULL, 0);
-        if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
-            return 1;
-        c->flags &= ~S2S_F_TLS_AGAIN;
-        if (r < 0) {
-            sb_buf_free(&c->out);
-            conn_close_dead(c, "tls-write-error");
-            return -1;
-        }
-    }
-    if (c->out.len) {
-        long n = conn_send_now(c, c->out.data, c->out.len);
-        if (n < 0) {
-            sb_buf_free(&c->out);
-            c->flags &= ~S2S_F_TLS_AGAIN;
-            conn_close_dead(c, "write-error");
-            return -1;
-        }
-        sb_buf_consume(&c->out, (size_t)n);
-    }
-    if (s2s_conn_pending(c))
-        return 1;
-    sb_buf_free(&c->out);
-    return 0;
+    return tlsconn_pending(&c->tc);
 }
 
 void s2s_conn_write(struct s2s_conn *c, const char *data, size_t len)
@@ -362,31 +245,11 @@ void s2s_conn_write(struct s2s_conn *c, const char *data, size_t len)
     if (c->state == S2S_S_CLOSING || len == 0)
         return;
     c->last_active = ev_now(s2s.loop);
-    if (!s2s_conn_pending(c) && c->state != S2S_S_TLS_HANDSHAKE &&
-        c->state != S2S_S_CONNECTING && !(c->flags & S2S_F_TLS_START)) {
-        long n = conn_send_now(c, data, len);
-        if (n < 0) {
-            sb_buf_free(&c->out);
-            c->flags &= ~S2S_F_TLS_AGAIN;
-            conn_close_dead(c, "write-error");
-            return;
-        }
-        data += n;
-        len -= (size_t)n;
-        if (len == 0 && !s2s_conn_pending(c))
-            return;
-    }
-    if (c->out.len + len > s2s.cfg.max_pending) {
-        log_warn("slow_peer", "peer=%s remote=%s pending=%zu", c->peer,
-                 c->remote ? c->remote : "-", c->out.len);
-        conn_close_dead(c, "slow-peer");
+    if (tlsconn_write(&c->tc, data, len, s2s.cfg.max_pending) != TLSCONN_FULL)
         return;
-    }
-    if (sb_buf_add(&c->out, data, len) != SB_OK) {
-        conn_close_dead(c, "nomem");
-        return;
-    }
-    s2s_conn_want(c);
+    log_warn("slow_peer", "peer=%s remote=%s pending=%zu", c->peer,
+             c->remote ? c->remote : "-", c->tc.out.len);
+    conn_dead(c, "slow-peer");
 }
 
 void s2s_conn_writes(struct s2s_conn *c, const char *s)
@@ -394,75 +257,11 @@ void s2s_conn_writes(struct s2s_conn *c, const char *s)
     s2s_conn_write(c, s, strlen(s));
 }
 
-void s2s_conn_want(struct s2s_conn *c)
+static void conn_input(void *ud, const char *data, size_t len)
 {
-    int ev = 0;
-    if (c->state == S2S_S_CONNECTING) {
-        ev = EV_WRITE;
-    } else if (c->state == S2S_S_TLS_HANDSHAKE && !(c->flags & S2S_F_TLS_START)) {
-        ev = gnutls_record_get_direction(c->tls) ? EV_WRITE : EV_READ;
-    } else {
-        if (!(c->flags & (S2S_F_TLS_START | S2S_F_EOF)))
-            ev |= EV_READ;
-        if (s2s_conn_pending(c))
-            ev |= EV_WRITE;
-    }
-    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && (ev == 0 || ev_is_active(&c->io)))
-        return;
-    ev_io_stop(s2s.loop, &c->io);
-    ev_io_set(&c->io, c->fd, ev);
-    if (ev)
-        ev_io_start(s2s.loop, &c->io);
-}
-
-/* ---- input -------------------------------------------------------------- */
-
-static void conn_read(struct s2s_conn *c)
-{
-    for (int i = 0;; i++) {
-        if (c->state == S2S_S_CLOSING || c->state == S2S_S_TLS_HANDSHAKE ||
-            (c->flags & S2S_F_TLS_START))
-            return;
-        int more_tls = c->tls && gnutls_record_check_pending(c->tls) > 0;
-        if (i >= CONN_READS_TURN && !more_tls)
-            return;
-        ssize_t n;
-        if (c->tls) {
-            n = gnutls_record_recv(c->tls, conn_rbuf, sizeof conn_rbuf);
-            if (n == GNUTLS_E_AGAIN)
-                return;
-            if (n == GNUTLS_E_INTERRUPTED)
-                continue;
-            if (n < 0 && !gnutls_error_is_fatal((int)n))
-                continue;
-            if (n == GNUTLS_E_PREMATURE_TERMINATION) {
-                conn_close_dead(c, "eof");
-                return;
-            }
-            if (n < 0) {
-                log_info("tls_read_error", "peer=%s error=%s", c->peer,
-                         sb_log_q(gnutls_strerror((int)n)));
-                conn_close_dead(c, "tls-error");
-                return;
-            }
-        } else {
-            n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                return;
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0) {
-                conn_close_dead(c, errno == ECONNRESET ? "reset" : "read-error");
-                return;
-            }
-        }
-        if (n == 0) {
-            conn_close_dead(c, "eof");
-            return;
-        }
-        c->last_active = ev_now(s2s.loop);
-        s2s_stream_input(c, conn_rbuf, (size_t)n);
-    }
+    struct s2s_conn *c = ud;
+    c->last_active = ev_now(s2s.loop);
+    s2s_stream_input(c, data, len);
 }
 
 static void conn_free_soon(struct s2s_conn *c)
@@ -472,97 +271,38 @@ static void conn_free_soon(struct s2s_conn *c)
     ev_timer_start(s2s.loop, &c->timer);
 }
 
-static void conn_shutdown(struct s2s_conn *c)
-{
-    if (c->flags & S2S_F_SHUT)
-        return;
-    c->flags |= S2S_F_SHUT;
-    if (c->tls)
-        gnutls_bye(c->tls, GNUTLS_SHUT_WR);
-    shutdown(c->fd, SHUT_WR);
-}
-
-static void conn_drain(struct s2s_conn *c)
-{
-    for (int i = 0; i < CONN_READS_TURN; i++) {
-        ssize_t n = recv(c->fd, conn_rbuf, sizeof conn_rbuf, 0);
-        if (n > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-            return;
-        break;
-    }
-    c->flags |= S2S_F_EOF;
-    conn_free_soon(c);
-}
-
-static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    struct s2s_conn *c = w->data;
-    if (c->state == S2S_S_CLOSING) {
-        if ((revents & EV_WRITE) && conn_flush(c) == 0)
-            conn_shutdown(c);
-        if (revents & EV_READ)
-            conn_drain(c);
-        if (!(c->flags & S2S_F_EOF))
-            s2s_conn_want(c);
-        return;
-    }
-    if (c->state == S2S_S_CONNECTING) {
-        conn_connected(c);
-        return;
-    }
-    if (c->state == S2S_S_TLS_HANDSHAKE && !(c->flags & S2S_F_TLS_START)) {
-        s2s_tls_handshake(c);
-        return;
-    }
-    if (revents & EV_WRITE) {
-        int r = conn_flush(c);
-        if (r < 0)
-            return;
-        if (r == 0 && (c->flags & S2S_F_TLS_START)) {
-            c->flags &= ~S2S_F_TLS_START;
-            if (s2s_tls_start(c) != SB_OK) {
-                s2s_conn_close(c, "tls-init-failed");
-                return;
-            }
-            s2s_tls_handshake(c);
-            return;
-        }
-    }
-    if (revents & EV_READ)
-        conn_read(c);
-    if (c->state != S2S_S_TLS_HANDSHAKE && c->state != S2S_S_CLOSING)
-        s2s_conn_want(c);
-}
-
+/* TLS on the socket: at once (direct TLS, or the peer's <proceed/>), or
+ * once our queued <proceed/> has been written. */
 void s2s_conn_starttls(struct s2s_conn *c)
 {
-    c->flags |= S2S_F_TLS_START;
+    gnutls_session_t s;
     c->state = S2S_S_TLS_HANDSHAKE;
-    if (!s2s_conn_pending(c)) {
-        c->flags &= ~S2S_F_TLS_START;
-        if (s2s_tls_start(c) != SB_OK) {
-            s2s_conn_close(c, "tls-init-failed");
-            return;
-        }
-        s2s_tls_handshake(c);
+    if (s2s_tls_session_new(c, &s) != SB_OK) {
+        s2s_conn_close(c, "tls-init-failed");
         return;
     }
-    s2s_conn_want(c);
+    c->flags |= S2S_F_TLS;
+    c->cert_ok = -1;
+    tlsconn_starttls(&c->tc, s);
+}
+
+/* A new stream starts over TLS (RFC 6120 §5.4.3.3). */
+static void conn_secured(void *ud)
+{
+    struct s2s_conn *c = ud;
+    c->state = S2S_S_WAIT_HEADER;
+    c->flags &= ~S2S_F_HDR_SENT;
+    if (c->dir == S2S_OUT)
+        s2s_stream_send_header(c);
 }
 
 /* ---- close, timers ------------------------------------------------------ */
 
 static void conn_free(struct s2s_conn *c)
 {
-    ev_io_stop(s2s.loop, &c->io);
     ev_timer_stop(s2s.loop, &c->timer);
-    if (c->tls)
-        gnutls_deinit(c->tls);
-    close(c->fd);
+    tlsconn_free(&c->tc);
     xml_stream_free(c->xs);
-    sb_buf_free(&c->out);
     s2s_in_free_pairs(c);
     free(c->local);
     free(c->remote);
@@ -594,36 +334,27 @@ void s2s_conn_close(struct s2s_conn *c, const char *reason)
              c->dir == S2S_OUT ? "out" : "in", c->local ? c->local : "-",
              c->remote ? c->remote : "-", s2s_state_name(c->state), s2s_auth_name(c->auth),
              reason);
-    enum s2s_state was = c->state;
-    if (was == S2S_S_TLS_HANDSHAKE || was == S2S_S_CONNECTING) {
-        c->flags |= S2S_F_EOF;
-        sb_buf_free(&c->out);
-        c->flags &= ~(S2S_F_TLS_START | S2S_F_TLS_AGAIN);
-        if (c->tls) {
-            gnutls_deinit(c->tls);
-            c->tls = NULL;
-        }
-    }
     c->state = S2S_S_CLOSING;
     c->close_deadline = ev_now(s2s.loop) + CONN_LINGER;
+    if (tlsconn_close(&c->tc))
+        c->flags |= S2S_F_EOF;
     if (c->dir == S2S_OUT && c->route)
         s2s_out_conn_closed(c, reason);   /* may start another attempt */
-    if (!s2s_conn_pending(c) && !(c->flags & S2S_F_EOF))
-        conn_shutdown(c);
     if (c->flags & S2S_F_EOF)
         conn_free_soon(c);
     else
         s2s_conn_arm_timer(c);
-    s2s_conn_want(c);
 }
 
-static void conn_close_dead(struct s2s_conn *c, const char *reason)
+/* The wire is gone (EOF, reset, TLS failure): close without lingering. */
+static void conn_dead(void *ud, const char *why)
 {
+    struct s2s_conn *c = ud;
     c->flags |= S2S_F_EOF;
     if (c->state == S2S_S_CLOSING)
         conn_free_soon(c);
     else
-        s2s_conn_close(c, reason);
+        s2s_conn_close(c, why);
 }
 
 /* Deadlines: closing linger; before authentication the login/connect

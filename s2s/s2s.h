@@ -5,7 +5,8 @@
  * so only one instance talks to one domain); it hands the router stanzas
  * that arrived from authenticated peers. The modules of this folder:
  *   main.c     start-up, configuration, listeners, shutdown, status
- *   conn.c     one TCP connection (either direction): IO, TLS records, close, timers
+ *   conn.c     one connection (either direction) on common/tlsconn: accept,
+ *              connect, state, close, timers
  *   tls.c      GnuTLS credentials, sessions, certificate checks (RFC 6125)
  *   dns.c      c-ares on the libev loop: SRV (RFC 6120 §3.2, XEP-0368), A/AAAA
  *   stream.c   stream headers, features, stream errors, element dispatch
@@ -28,6 +29,7 @@
 #include "link.h"
 #include "pgev.h"
 #include "domains.h"
+#include "tlsconn.h"
 
 #define S2S_NS_STREAM   "http://etherx.jabber.org/streams"
 #define S2S_NS_SERVER   "jabber:server"
@@ -64,10 +66,7 @@ const char *s2s_auth_name(int a);
 #define S2S_F_TLS         0x0001  /* TLS active (or its handshake running) */
 #define S2S_F_DIRECT_TLS  0x0002  /* direct TLS (5270 / _xmpps-server) */
 #define S2S_F_HDR_SENT    0x0004  /* our header for the current stream went out */
-#define S2S_F_TLS_START   0x0008  /* start TLS once queued output is written */
-#define S2S_F_TLS_AGAIN   0x0010  /* gnutls holds an unsent record */
 #define S2S_F_IN_FEED     0x0020  /* inside xml_stream_feed */
-#define S2S_F_SHUT        0x0040  /* closing: write side shut */
 #define S2S_F_EOF         0x0080  /* closing: peer gone, free now */
 #define S2S_F_FEAT_TLS    0x0100  /* out: peer offered STARTTLS */
 #define S2S_F_FEAT_EXT    0x0200  /* out: peer offered SASL EXTERNAL */
@@ -86,15 +85,12 @@ struct s2s_out;
 struct s2s_conn {
     struct s2s_conn *prev, *next;  /* all connections */
     unsigned long serial;          /* stable id for asynchronous answers */
-    int fd;
+    struct tlsconn tc;             /* socket, TLS session, output buffer */
     uint8_t dir, state, auth;
     uint16_t flags;
     int8_t cert_ok;                /* peer certificate valid for `remote`: -1 unknown */
-    ev_io io;
     ev_timer timer;
-    gnutls_session_t tls;
     struct xml_stream *xs;
-    struct sb_buf out;
     double since, last_active, deadline, close_deadline;
     struct s2s_out *route;         /* out: the route this conn serves */
     char *local, *remote;          /* out: from/to; in: header to/from (remote may be NULL) */
@@ -146,8 +142,7 @@ struct s2s_conn *s2s_conn_connect(struct s2s_out *r, const struct sockaddr *sa,
 void s2s_conn_write(struct s2s_conn *c, const char *data, size_t len);
 void s2s_conn_writes(struct s2s_conn *c, const char *s);
 void s2s_conn_close(struct s2s_conn *c, const char *reason);
-void s2s_conn_want(struct s2s_conn *c);
-void s2s_conn_starttls(struct s2s_conn *c);     /* after queued output */
+void s2s_conn_starttls(struct s2s_conn *c);     /* now, or after queued output */
 void s2s_conn_arm_timer(struct s2s_conn *c);
 struct s2s_conn *s2s_conn_by_serial(unsigned long serial);
 void s2s_conn_free_all(void);
@@ -158,8 +153,8 @@ size_t s2s_conn_pending(const struct s2s_conn *c);
 sb_rc s2s_tls_init(const struct s2s_cfg *cfg);
 int s2s_tls_available(void);
 void s2s_tls_deinit(void);
-sb_rc s2s_tls_start(struct s2s_conn *c);        /* server or client by c->dir */
-void s2s_tls_handshake(struct s2s_conn *c);
+/* A session on c's socket: server or client by c->dir (SNI = c->remote). */
+sb_rc s2s_tls_session_new(const struct s2s_conn *c, gnutls_session_t *out);
 /* 1 when the peer's certificate chains to a trust anchor and names
  * `domain` (RFC 6125 DNS-ID); 0 otherwise. Logs why not. */
 int s2s_tls_peer_valid(struct s2s_conn *c, const char *domain);
