@@ -20,7 +20,7 @@
 
 struct c2s_srv c2s;
 
-static ev_timer main_grace;
+static struct sb_proc main_proc;
 static ev_timer main_trim;
 
 static void main_trim_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -46,18 +46,10 @@ void c2s_sessions_changed(void)
         link_set_sessions(c2s.link, c2s.nsessions);
 }
 
-static void main_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+/* SIGTERM: 1 while streams are still closing (conn.c ends the loop once
+ * the last is gone; sb_proc_run's grace bounds it). */
+static int main_stop(void)
 {
-    log_warn("shutdown_grace_over", "conns=%ld", c2s.nconns);
-    ev_break(loop, EVBREAK_ALL);
-}
-
-static void main_on_stop(struct sb_proc *p, void *ud)
-{
-    if (c2s.stopping) {
-        ev_break(p->loop, EVBREAK_ALL);   /* second signal: now */
-        return;
-    }
     c2s.stopping = 1;
     log_info("shutdown", "conns=%ld sessions=%ld", c2s.nconns, c2s.nsessions);
     c2s_listen_stop();
@@ -66,12 +58,7 @@ static void main_on_stop(struct sb_proc *p, void *ud)
         c2s_stream_error(c, "system-shutdown", "shutdown");
     if (c2s.fe->stop)
         c2s.fe->stop();
-    if (!c2s.conns) {
-        ev_break(p->loop, EVBREAK_ALL);
-        return;
-    }
-    ev_timer_init(&main_grace, main_grace_cb, C2S_SHUTDOWN_GRACE, 0.);
-    ev_timer_start(p->loop, &main_grace);
+    return c2s.conns != NULL;
 }
 
 /* Read the front-end's section into cfg (no side effects). */
@@ -233,14 +220,7 @@ static sb_rc main_open(void)
     c2s.rd = rdev_new(c2s.loop, sb_config_str("redis_host", "127.0.0.1"),
                       (int)sb_config_int("redis_port", 6379));
     c2s_anon_init();
-    struct link_opts lo = {
-        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
-        .instance = c2s.instance,
-        .kind = c2s.fe->kind,
-        .domains = "",
-        .heartbeat = atof(sb_config_str("heartbeat", "1")),
-    };
-    c2s.link = link_new(c2s.loop, &lo, c2s_route_recv, NULL);
+    c2s.link = sb_proc_link(&main_proc, c2s_route_recv, NULL);
     if (!c2s.pg || !c2s.store || !c2s.link || !c2s.rd) {
         log_error("start_failed", "pg=%d store=%d link=%d redis=%d", c2s.pg != NULL,
                   c2s.store != NULL, c2s.link != NULL, c2s.rd != NULL);
@@ -274,32 +254,34 @@ static void main_cleanup(void)
     c2s_tls_deinit();
 }
 
+static sb_rc main_configure(void)
+{
+    return main_config(&c2s.cfg);
+}
+
+static void main_started(void)
+{
+    c2s_domains_start();
+    log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
+             c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);
+}
+
+static const struct sb_proc_daemon main_daemon = {
+    .configure = main_configure,
+    .open = main_open,
+    .started = main_started,
+    .stop = main_stop,
+    .cleanup = main_cleanup,
+    .grace = C2S_SHUTDOWN_GRACE,
+};
+
 int c2s_srv_main(int argc, char **argv, const struct c2s_frontend *fe)
 {
-    struct sb_proc p;
     c2s.fe = fe;
-    if (sb_proc_init(&p, argc, argv, fe->kind) != SB_OK)
+    if (sb_proc_init(&main_proc, argc, argv, fe->kind) != SB_OK)
         return 2;
-    c2s.loop = p.loop;
-    c2s.instance = p.instance;
-    if (main_config(&c2s.cfg) != SB_OK) {
-        sb_config_free();
-        return 1;
-    }
-    int rc = 0;
-    if (main_open() == SB_OK) {
-        c2s_domains_start();
-        p.on_stop = main_on_stop;
-        p.on_reload = main_on_reload;
-        sb_proc_signals(&p);
-        log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
-                 c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);
-        ev_run(c2s.loop, 0);
-    } else {
-        rc = 1;
-    }
-    main_cleanup();
-    log_info("stopped", "rc=%d", rc);
-    sb_config_free();
-    return rc;
+    c2s.loop = main_proc.loop;
+    c2s.instance = main_proc.instance;
+    main_proc.on_reload = main_on_reload;
+    return sb_proc_run(&main_proc, &main_daemon);
 }

@@ -1,5 +1,6 @@
 /* proc.c — the common start of every daemon: arguments, config, logging,
- * the libev loop and signal handling. */
+ * the libev loop and signal handling; for the front-ends also the run
+ * itself (open, loop, graceful stop, clean-up) and the router link. */
 #include "proc.h"
 #include "config.h"
 #include "log.h"
@@ -110,4 +111,65 @@ void sb_proc_signals(struct sb_proc *p)
     ev_signal_start(p->loop, &p->sig_term);
     ev_signal_start(p->loop, &p->sig_int);
     ev_signal_start(p->loop, &p->sig_hup);
+}
+
+/* ---- the run of a front-end --------------------------------------------- */
+
+static const struct sb_proc_daemon *proc_d;
+static ev_timer proc_grace;
+static int proc_stopping;
+
+static void proc_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    log_warn("shutdown_grace_over", "grace=%g", proc_d->grace);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void proc_run_stop(struct sb_proc *p, void *ud)
+{
+    if (proc_stopping) {
+        ev_break(p->loop, EVBREAK_ALL);   /* second signal: now */
+        return;
+    }
+    proc_stopping = 1;
+    if (!proc_d->stop()) {
+        ev_break(p->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_init(&proc_grace, proc_grace_cb, proc_d->grace, 0.);
+    ev_timer_start(p->loop, &proc_grace);
+}
+
+int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d)
+{
+    proc_d = d;
+    if (d->configure() != SB_OK) {
+        sb_config_free();
+        return 1;
+    }
+    int rc = 1;
+    if (d->open() == SB_OK) {
+        p->on_stop = proc_run_stop;
+        sb_proc_signals(p);
+        d->started();
+        ev_run(p->loop, 0);
+        rc = 0;
+    }
+    ev_timer_stop(p->loop, &proc_grace);
+    d->cleanup();
+    log_info("stopped", "rc=%d", rc);
+    sb_config_free();
+    return rc;
+}
+
+struct link *sb_proc_link(const struct sb_proc *p, link_recv_cb cb, void *ud)
+{
+    struct link_opts lo = {
+        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .instance = p->instance,
+        .kind = p->kind,
+        .domains = "",
+        .heartbeat = atof(sb_config_str("heartbeat", "1")),
+    };
+    return link_new(p->loop, &lo, cb, ud);
 }

@@ -8,6 +8,7 @@
 
 #include <ev.h>
 #include "sb.h"
+#include "link.h"
 
 struct sb_proc;
 typedef void (*sb_proc_cb)(struct sb_proc *p, void *ud);
@@ -27,5 +28,25 @@ struct sb_proc {
 sb_rc sb_proc_init(struct sb_proc *p, int argc, char **argv, const char *kind);
 /* Install the signal watchers (call after setting on_stop/on_reload/ud). */
 void sb_proc_signals(struct sb_proc *p);
+
+/* A front-end daemon's life after sb_proc_init (sb_proc_run). */
+struct sb_proc_daemon {
+    sb_rc (*configure)(void);   /* read its settings; SB_ERROR: exit 1 */
+    sb_rc (*open)(void);        /* clients, router link, listeners; SB_ERROR: exit 1 */
+    void (*started)(void);      /* opened, signals armed: start loading, log "ready" */
+    /* First SIGTERM/SIGINT: stop accepting, tell every stream. Returns 1
+     * while connections remain (the daemon breaks the loop once they are
+     * gone; `grace` seconds bound it), 0 to exit now. A second signal exits. */
+    int (*stop)(void);
+    void (*cleanup)(void);      /* after the loop or a failed open */
+    double grace;
+};
+/* configure → open → started → the loop until stopped → cleanup; logs
+ * "stopped", frees the config. Returns the exit code (0, or 1 on failure).
+ * p->on_reload/ud may be set before; on_stop is the daemon's stop. */
+int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d);
+/* The process's router link from the [kind] keys `router` and `heartbeat`
+ * (domains announced later with link_set_domains). NULL on failure. */
+struct link *sb_proc_link(const struct sb_proc *p, link_recv_cb cb, void *ud);
 
 #endif

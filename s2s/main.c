@@ -16,20 +16,12 @@
 
 struct s2s_srv s2s;
 
-static ev_timer main_grace;
+static struct sb_proc main_proc;
 
-static void main_grace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+/* SIGTERM: 1 while streams are still closing (conn.c ends the loop once
+ * the last is gone; sb_proc_run's grace bounds it). */
+static int main_stop(void)
 {
-    log_warn("shutdown_grace_over", "conns=%ld", s2s.nconns);
-    ev_break(loop, EVBREAK_ALL);
-}
-
-static void main_on_stop(struct sb_proc *p, void *ud)
-{
-    if (s2s.stopping) {
-        ev_break(p->loop, EVBREAK_ALL);
-        return;
-    }
     log_info("shutdown", "conns=%ld routes=%ld", s2s.nconns, s2s_out_count());
     s2s_listen_stop();
     s2s_domains_stop();
@@ -38,12 +30,7 @@ static void main_on_stop(struct sb_proc *p, void *ud)
         if (c->dir == S2S_IN)
             s2s_stream_error(c, "system-shutdown", "shutdown");
     s2s.stopping = 1;
-    if (!s2s.conns) {
-        ev_break(p->loop, EVBREAK_ALL);
-        return;
-    }
-    ev_timer_init(&main_grace, main_grace_cb, S2S_SHUTDOWN_GRACE, 0.);
-    ev_timer_start(p->loop, &main_grace);
+    return s2s.conns != NULL;
 }
 
 static double main_seconds(const char *key, long def)
@@ -104,14 +91,7 @@ static sb_rc main_open(void)
     if (s2s_dns_init(cfg->resolver) != SB_OK)
         return SB_ERROR;
     s2s.pg = pgev_new(s2s.loop, sb_config_str("postgres", "dbname=switchboard"));
-    struct link_opts lo = {
-        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
-        .instance = s2s.instance,
-        .kind = "s2s",
-        .domains = "",
-        .heartbeat = atof(sb_config_str("heartbeat", "1")),
-    };
-    s2s.link = link_new(s2s.loop, &lo, s2s_route_recv, NULL);
+    s2s.link = sb_proc_link(&main_proc, s2s_route_recv, NULL);
     if (!s2s.pg || !s2s.link) {
         log_error("start_failed", "pg=%d link=%d", s2s.pg != NULL, s2s.link != NULL);
         return SB_ERROR;
@@ -138,31 +118,33 @@ static void main_cleanup(void)
     s2s_tls_deinit();
 }
 
+static sb_rc main_configure(void)
+{
+    return main_config(&s2s.cfg);
+}
+
+static void main_started(void)
+{
+    s2s_domains_start();
+    log_info("ready", "listen=%s port=%d tls_port=%d require_tls=%d require_valid_certs=%d",
+             s2s.cfg.listen, s2s.cfg.port, s2s_tls_available() ? s2s.cfg.tls_port : 0,
+             s2s.cfg.require_tls, s2s.cfg.require_valid_certs);
+}
+
+static const struct sb_proc_daemon main_daemon = {
+    .configure = main_configure,
+    .open = main_open,
+    .started = main_started,
+    .stop = main_stop,
+    .cleanup = main_cleanup,
+    .grace = S2S_SHUTDOWN_GRACE,
+};
+
 int main(int argc, char **argv)
 {
-    struct sb_proc p;
-    if (sb_proc_init(&p, argc, argv, "s2s") != SB_OK)
+    if (sb_proc_init(&main_proc, argc, argv, "s2s") != SB_OK)
         return 2;
-    s2s.loop = p.loop;
-    s2s.instance = p.instance;
-    if (main_config(&s2s.cfg) != SB_OK) {
-        sb_config_free();
-        return 1;
-    }
-    int rc = 0;
-    if (main_open() == SB_OK) {
-        s2s_domains_start();
-        p.on_stop = main_on_stop;
-        sb_proc_signals(&p);
-        log_info("ready", "listen=%s port=%d tls_port=%d require_tls=%d require_valid_certs=%d",
-                 s2s.cfg.listen, s2s.cfg.port, s2s_tls_available() ? s2s.cfg.tls_port : 0,
-                 s2s.cfg.require_tls, s2s.cfg.require_valid_certs);
-        ev_run(s2s.loop, 0);
-    } else {
-        rc = 1;
-    }
-    main_cleanup();
-    log_info("stopped", "rc=%d", rc);
-    sb_config_free();
-    return rc;
+    s2s.loop = main_proc.loop;
+    s2s.instance = main_proc.instance;
+    return sb_proc_run(&main_proc, &main_daemon);
 }
