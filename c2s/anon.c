@@ -2,9 +2,10 @@
  * are claimed in Redis (`SET anon:{node@domain} <instance> NX EX 86400`, so
  * two front-ends can never hand out the same JID; the key is deleted when
  * the session closes, and expires if the front-end dies), and what an
- * anonymous user may reach: the local domains and the remote domains listed
- * for that domain in the config (`[domain.anon.localhost] s2s_allow = a, b`;
- * none by default), checked before anything leaves for the router. */
+ * anonymous user may reach: the local domains and the remote domains its policy
+ * lets through (sb_domains_s2s_policy: `[domain.anon.localhost] s2s_allow =
+ * a, b`, none by default, or its s2s_policy), checked before anything
+ * leaves for the router. */
 #include "c2s.h"
 #include "config.h"
 #include "log.h"
@@ -74,42 +75,6 @@ void c2s_anon_release(struct c2s_conn *c)
 
 /* ---- what anonymous users may reach ----------------------------------- */
 
-/* Parsed s2s_allow lists, one per anonymous domain (interned pointers). */
-static struct anon_allow {
-    const char *domain;
-    char *list;                    /* ",a,b,", owned */
-} anon_allow[16];
-static int anon_nallow;
-
-static const char *anon_allow_list(const char *domain)
-{
-    for (int i = 0; i < anon_nallow; i++)
-        if (anon_allow[i].domain == domain)
-            return anon_allow[i].list;
-    const char *v = sb_config_str_in("domain", domain, "s2s_allow", "");
-    struct sb_buf b = SB_BUF_INIT;
-    sb_buf_adds(&b, ",");
-    while (*v) {
-        v += strspn(v, " ,\t");
-        size_t n = strcspn(v, " ,\t");
-        if (n) {
-            sb_buf_add(&b, v, n);
-            sb_buf_adds(&b, ",");
-        }
-        v += n;
-    }
-    if (!b.data)
-        return ",";
-    if (anon_nallow == (int)SB_ARRAY_LEN(anon_allow)) {
-        sb_buf_free(&b);
-        return ",";                /* more anonymous domains than slots: deny */
-    }
-    log_info("anon_s2s_allow", "domain=%s allow=%s", domain, sb_log_q(b.data));
-    anon_allow[anon_nallow].domain = domain;
-    anon_allow[anon_nallow].list = b.data;
-    return anon_allow[anon_nallow++].list;
-}
-
 int c2s_anon_may_reach(const char *anon_domain, const char *target)
 {
     static char prepared[JID_PART_MAX + 1];
@@ -117,17 +82,9 @@ int c2s_anon_may_reach(const char *anon_domain, const char *target)
         return 1;
     if (jid_nameprep(target, prepared) == SB_OK && sb_domains_find(prepared))
         return 1;
-    const char *list = anon_allow_list(anon_domain);
-    size_t n = strlen(target);
-    for (const char *p = strstr(list, target); p; p = strstr(p + 1, target))
-        if (p[-1] == ',' && p[n] == ',')
-            return 1;
-    return 0;
-}
-
-void c2s_anon_cleanup(void)
-{
-    for (int i = 0; i < anon_nallow; i++)
-        free(anon_allow[i].list);
-    anon_nallow = 0;
+    /* The anonymous domain's policy, the one s2s applies (its s2s_allow list
+     * unless it has an s2s_policy). */
+    char buf[2048];
+    const char *v = sb_domains_s2s_policy(anon_domain, buf, sizeof buf);
+    return v && sb_domains_policy_eval(v, target) == 1;
 }

@@ -266,7 +266,6 @@ void c2s_domains_stop(void);
 
 /* ---- anon.c ------------------------------------------------------------ */
 void c2s_anon_init(void);                          /* claim function for auth/ */
-void c2s_anon_cleanup(void);
 void c2s_anon_release(struct c2s_conn *c);         /* session over: drop the claim */
 /* May a user of anonymous domain `anon_domain` send to `target` (a domain)? */
 int c2s_anon_may_reach(const char *anon_domain, const char *target);

@@ -248,7 +248,6 @@ static void main_cleanup(void)
         auth_store_free(c2s.store);
     if (c2s.rd)
         rdev_free(c2s.rd);
-    c2s_anon_cleanup();
     if (c2s.pg)
         pgev_free(c2s.pg);
     c2s_tls_deinit();

@@ -2,11 +2,15 @@
  * used to carry a copy each. */
 #include "domains.h"
 #include "buf.h"
+#include "config.h"
 #include "jid.h"
 #include "log.h"
 
+#include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define DOMAINS_REFRESH 30.0
 #define DOMAINS_RETRY   2.0
@@ -206,4 +210,81 @@ void sb_domains_stop(void)
     dom_csv = NULL;
     free(dom_anon);
     dom_anon = NULL;
+}
+
+/* ---- front-ends ------------------------------------------------------------ */
+
+static void (*dom_accept)(void);
+static sb_domains_fn dom_user_change;
+static void *dom_user_ud;
+
+static void dom_serve_changed(void *ud)
+{
+    (void)ud;
+    if (dom_user_change)
+        dom_user_change(dom_user_ud);
+    if (dom_accept) {
+        void (*accept)(void) = dom_accept;
+        dom_accept = NULL;            /* once */
+        accept();
+        log_info("accepting", "domains=%d", dom_count);
+    }
+}
+
+void sb_domains_serve(struct ev_loop *loop, struct pgev *pg, void (*accept)(void),
+                      sb_domains_fn on_change, void *ud)
+{
+    dom_accept = accept;
+    dom_user_change = on_change;
+    dom_user_ud = ud;
+    sb_domains_start(loop, pg, dom_serve_changed, NULL);
+}
+
+/* ---- per-domain settings ----------------------------------------------------- */
+
+const char *sb_domains_s2s_policy(const char *domain, char *buf, size_t cap)
+{
+    const char *v = sb_config_str_in("domain", domain, "s2s_policy", NULL);
+    if (v || !sb_domains_anonymous(domain))
+        return v;
+    snprintf(buf, cap, "allow: %s", sb_config_str_in("domain", domain, "s2s_allow", ""));
+    return buf;
+}
+
+static int dom_listed(const char *list, const char *remote)
+{
+    size_t rl = strlen(remote);
+    const char *p = list;
+    while (*p) {
+        while (*p && (isspace((unsigned char)*p) || *p == ','))
+            p++;
+        const char *s = p;
+        while (*p && !isspace((unsigned char)*p) && *p != ',')
+            p++;
+        if ((size_t)(p - s) == rl && !strncasecmp(s, remote, rl))
+            return 1;
+    }
+    return 0;
+}
+
+int sb_domains_policy_eval(const char *value, const char *remote)
+{
+    while (isspace((unsigned char)*value))
+        value++;
+    int allow;
+    if (!strncasecmp(value, "allow", 5))
+        allow = 1;
+    else if (!strncasecmp(value, "deny", 4))
+        allow = 0;
+    else
+        return -1;
+    const char *rest = value + (allow ? 5 : 4);
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (!*rest)
+        return allow;                      /* all or nothing */
+    if (*rest != ':')
+        return -1;
+    int listed = dom_listed(rest + 1, remote);
+    return allow ? listed : !listed;      /* allow-list or deny-list */
 }

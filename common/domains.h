@@ -8,6 +8,7 @@
 
 #include "pgev.h"
 #include <ev.h>
+#include <stddef.h>
 
 /* Called after a load that changed the set of names (always the first). */
 typedef void (*sb_domains_fn)(void *ud);
@@ -21,5 +22,23 @@ const char *sb_domains_find(const char *prepared);
 int sb_domains_has(const char *prepared);
 int sb_domains_anonymous(const char *prepared);
 const char *sb_domains_csv(void);    /* "a,b" for link_set_domains, "" before */
+
+/* Front-ends: sb_domains_start, and `accept` once after the first load
+ * (listeners open then, so no stream header is judged against an empty
+ * list); on_change (may be NULL) after every change, the first included. */
+void sb_domains_serve(struct ev_loop *loop, struct pgev *pg, void (*accept)(void),
+                      sb_domains_fn on_change, void *ud);
+
+/* ---- per-domain settings ([domain.NAME], read at each call: SIGHUP applies) */
+/* Which remote domains a local domain may exchange stanzas with, as a
+ * policy value: its s2s_policy; for an anonymous domain without one
+ * "allow: " and its s2s_allow list (none by default: what its visitors
+ * may reach); NULL when neither is set (the caller's default applies).
+ * buf holds a composed value. */
+const char *sb_domains_s2s_policy(const char *domain, char *buf, size_t cap);
+/* A policy value: allow | deny | allow: a.example b.example |
+ * deny: a.example, b.example (names case-insensitive). 1 when remote may
+ * pass, 0 when not, -1 when the value is malformed. */
+int sb_domains_policy_eval(const char *value, const char *remote);
 
 #endif

@@ -1,5 +1,5 @@
 /* pure.c — the parts of s2s without IO, unit-tested on their own
- * (tests/unit/test_s2s.c): XEP-0185 dialback keys, policy values, and the
+ * (tests/unit/test_s2s.c): XEP-0185 dialback keys and the
  * RFC 2782 order of SRV targets. */
 #include "s2s.h"
 
@@ -35,44 +35,6 @@ void s2s_db_key(const char *secret, const char *receiving, const char *originati
     hmac_sha256_digest(&h, sizeof mac, mac);
     for (size_t i = 0; i < sizeof mac; i++)
         snprintf(out + 2 * i, 3, "%02x", mac[i]);
-}
-
-static int policy_listed(const char *list, const char *remote)
-{
-    size_t rl = strlen(remote);
-    const char *p = list;
-    while (*p) {
-        while (*p && (isspace((unsigned char)*p) || *p == ','))
-            p++;
-        const char *s = p;
-        while (*p && !isspace((unsigned char)*p) && *p != ',')
-            p++;
-        if ((size_t)(p - s) == rl && !strncasecmp(s, remote, rl))
-            return 1;
-    }
-    return 0;
-}
-
-int s2s_policy_eval(const char *value, const char *remote)
-{
-    while (isspace((unsigned char)*value))
-        value++;
-    int allow;
-    if (!strncasecmp(value, "allow", 5))
-        allow = 1;
-    else if (!strncasecmp(value, "deny", 4))
-        allow = 0;
-    else
-        return -1;
-    const char *rest = value + (allow ? 5 : 4);
-    while (isspace((unsigned char)*rest))
-        rest++;
-    if (!*rest)
-        return allow;                      /* all or nothing */
-    if (*rest != ':')
-        return -1;
-    int listed = policy_listed(rest + 1, remote);
-    return allow ? listed : !listed;      /* allow-list or deny-list */
 }
 
 void s2s_dns_sort(struct s2s_target *t, const int *prio, const int *weight, int n)

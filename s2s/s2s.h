@@ -258,11 +258,9 @@ void s2s_domains_start(void);
 void s2s_domains_stop(void);
 /* Lookups: sb_domains_find (interned) and sb_domains_anonymous in
  * common/domains.h. */
-/* May local and remote exchange stanzas (either direction)? */
+/* May local and remote exchange stanzas (either direction)? Policy values
+ * are parsed by sb_domains_policy_eval (common/domains.h). */
 int s2s_policy_allows(const char *local, const char *remote);
-/* Parse a policy value ("allow", "deny", "allow: a b", "deny: a,b") and
- * decide for remote; -1 when the value is malformed (unit-tested). */
-int s2s_policy_eval(const char *value, const char *remote);
 
 /* ---- route.c ---------------------------------------------------------- */
 void s2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,

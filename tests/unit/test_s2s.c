@@ -36,33 +36,33 @@ static void test_dialback_key_depends_on_every_input(void **st)
 
 static void test_policy_allow_and_deny_all(void **st)
 {
-    assert_int_equal(s2s_policy_eval("allow", "x.example"), 1);
-    assert_int_equal(s2s_policy_eval(" Deny ", "x.example"), 0);
+    assert_int_equal(sb_domains_policy_eval("allow", "x.example"), 1);
+    assert_int_equal(sb_domains_policy_eval(" Deny ", "x.example"), 0);
 }
 
 static void test_policy_allow_list_admits_only_listed_domains(void **st)
 {
     const char *v = "allow: a.example, b.example";
-    assert_int_equal(s2s_policy_eval(v, "a.example"), 1);
-    assert_int_equal(s2s_policy_eval(v, "b.example"), 1);
-    assert_int_equal(s2s_policy_eval(v, "c.example"), 0);
-    assert_int_equal(s2s_policy_eval(v, "sub.a.example"), 0);
-    assert_int_equal(s2s_policy_eval("allow:", "a.example"), 0);
+    assert_int_equal(sb_domains_policy_eval(v, "a.example"), 1);
+    assert_int_equal(sb_domains_policy_eval(v, "b.example"), 1);
+    assert_int_equal(sb_domains_policy_eval(v, "c.example"), 0);
+    assert_int_equal(sb_domains_policy_eval(v, "sub.a.example"), 0);
+    assert_int_equal(sb_domains_policy_eval("allow:", "a.example"), 0);
 }
 
 static void test_policy_deny_list_refuses_only_listed_domains(void **st)
 {
     const char *v = "deny: spam.example bad.example";
-    assert_int_equal(s2s_policy_eval(v, "spam.example"), 0);
-    assert_int_equal(s2s_policy_eval(v, "BAD.example"), 0);
-    assert_int_equal(s2s_policy_eval(v, "good.example"), 1);
+    assert_int_equal(sb_domains_policy_eval(v, "spam.example"), 0);
+    assert_int_equal(sb_domains_policy_eval(v, "BAD.example"), 0);
+    assert_int_equal(sb_domains_policy_eval(v, "good.example"), 1);
 }
 
 static void test_policy_rejects_malformed_values(void **st)
 {
-    assert_int_equal(s2s_policy_eval("maybe", "a.example"), -1);
-    assert_int_equal(s2s_policy_eval("allow a.example", "a.example"), -1);
-    assert_int_equal(s2s_policy_eval("", "a.example"), -1);
+    assert_int_equal(sb_domains_policy_eval("maybe", "a.example"), -1);
+    assert_int_equal(sb_domains_policy_eval("allow a.example", "a.example"), -1);
+    assert_int_equal(sb_domains_policy_eval("", "a.example"), -1);
 }
 
 static void test_srv_targets_are_ordered_by_priority(void **st)
