@@ -1,103 +1,31 @@
 /* cluster.c — the sm's place in the cluster: the local domains it announces
- * (PostgreSQL `domains`, refreshed every 30 s), reacting to a change in the
+ * (common/domains: PostgreSQL `domains`, refreshed every 30 s), reacting to a change in the
  * set of live sm instances, and turning router bounces into stanza errors. */
 #include "sm_int.h"
+#include "domains.h"
 #include "log.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define SM_DOMAINS_REFRESH 30.0
-#define SM_DOMAINS_RETRY 2.0
-
 /* ---- domains ------------------------------------------------------------------ */
 
-static void domains_arm(struct sm_core *c, double after)
+/* The list itself is common/domains.c's (the same loader as the front-ends):
+ * the router learns every change. */
+static void domains_changed(void *ud)
 {
-    ev_timer_stop(c->loop, &c->domains_timer);
-    ev_timer_set(&c->domains_timer, after, 0.);
-    ev_timer_start(c->loop, &c->domains_timer);
-}
-
-static int domains_build(PGresult *res, struct sb_buf *all, struct sb_buf *anon)
-{
-    sb_buf_adds(anon, ",");
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *name = PQgetvalue(res, i, 0);
-        const char *is_anon = PQgetvalue(res, i, 1);
-        if (!*name || strchr(name, ','))
-            continue;
-        if (all->len)
-            sb_buf_adds(all, ",");
-        sb_buf_adds(all, name);
-        if (is_anon[0] == 't')
-            sb_buf_printf(anon, "%s,", name);
-    }
-    return all->data != NULL && anon->data != NULL;
-}
-
-static void domains_apply(struct sm_core *c, struct sb_buf *all, struct sb_buf *anon)
-{
-    int changed = !c->domains || strcmp(c->domains, all->data);
-    free(c->domains);
-    free(c->anon_domains);
-    c->domains = all->data;
-    c->anon_domains = anon->data;
-    c->domains_loaded = 1;
-    if (changed) {
-        link_set_domains(c->link, c->domains);
-        log_info("domains_loaded", "domains=%s anonymous=%s", sb_log_q(c->domains),
-                 sb_log_q(c->anon_domains));
-    }
-}
-
-static void domains_on_result(PGresult *res, void *arg)
-{
-    struct sm_core *c = arg;
-    c->domains_query = 0;
-    if (c->stopping)
-        return;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_warn("domains_load_failed", "error=%s",
-                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
-        domains_arm(c, c->domains_loaded ? SM_DOMAINS_REFRESH : SM_DOMAINS_RETRY);
-        return;
-    }
-    struct sb_buf all = SB_BUF_INIT, anon = SB_BUF_INIT;
-    sb_buf_adds(&all, "");
-    if (domains_build(res, &all, &anon))
-        domains_apply(c, &all, &anon);
-    else {
-        sb_buf_free(&all);
-        sb_buf_free(&anon);
-    }
-    domains_arm(c, SM_DOMAINS_REFRESH);
-}
-
-static void domains_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    struct sm_core *c = w->data;
-    if (c->domains_query)
-        return;
-    c->domains_query = 1;
-    if (sm_pg_query(c, "SELECT name, anonymous FROM domains ORDER BY name", 0, NULL,
-                    domains_on_result, c) != SB_OK) {
-        c->domains_query = 0;
-        log_warn("domains_load_failed", "error=queue");
-        domains_arm(c, SM_DOMAINS_RETRY);
-    }
+    struct sm_core *c = ud;
+    link_set_domains(c->link, sb_domains_csv());
 }
 
 void sm_cluster_start(struct sm_core *c)
 {
-    ev_timer_init(&c->domains_timer, domains_on_timer, 0., 0.);
-    c->domains_timer.data = c;
-    ev_timer_start(c->loop, &c->domains_timer);
+    sb_domains_start(c->loop, c->pg, domains_changed, c);
 }
 
 void sm_cluster_stop(struct sm_core *c)
 {
-    ev_timer_stop(c->loop, &c->domains_timer);
+    sb_domains_stop();
 }
 
 /* ---- members --------------------------------------------------------------------- */

@@ -3,6 +3,7 @@
  * its stanza once and offers it to the modules in table order. */
 #include "sm_int.h"
 #include "config.h"
+#include "domains.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -216,16 +217,7 @@ int sm_job_to_domain(const struct sm_job *j)
 
 int sm_is_local_domain(const struct sm_core *c, const char *domain)
 {
-    size_t n = strlen(domain);
-    const char *p = c->domains;
-    while (p && *p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        if (len == n && !strncmp(p, domain, n))
-            return 1;
-        p = comma ? comma + 1 : NULL;
-    }
-    return 0;
+    return sb_domains_has(domain);     /* common/domains: loaded by cluster.c */
 }
 
 sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
@@ -365,8 +357,6 @@ void sm_core_free(struct sm_core *c)
     sm_users_free_all(c);
     if (c->link)
         link_free(c->link);
-    free(c->domains);
-    free(c->anon_domains);
     free(c->sm_members);
     sb_buf_free(&c->obuf);
     free(c);

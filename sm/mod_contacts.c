@@ -19,6 +19,7 @@
 #include "sm.h"
 #include "im.h"
 #include "config.h"
+#include "domains.h"
 #include "jid.h"
 #include "log.h"
 
@@ -75,16 +76,6 @@ static const struct contacts_dom *contacts_of(const char *domain)
     return d;
 }
 
-static int contacts_anonymous(const struct sm_core *c, const char *domain)
-{
-    size_t n = strlen(domain);
-    if (!c->anon_domains)
-        return 0;
-    for (const char *p = strstr(c->anon_domains, domain); p; p = strstr(p + 1, domain))
-        if (p > c->anon_domains && p[-1] == ',' && p[n] == ',')
-            return 1;
-    return 0;
-}
 
 /* Make `jid` a contact subscribed both ways; 1 if it changed. */
 static int contacts_put(struct sm_user *u, const char *jid)
@@ -135,7 +126,7 @@ static sb_rc contacts_bind(struct sm_job *j)
     if (rc != SB_OK)
         return SB_DECLINED;                  /* no roster now: the bind goes on */
     struct sm_im *im = j->user->im;
-    if (!contacts_anonymous(j->core, domain) && (im->ver > 0 || im->nroster > 0))
+    if (!sb_domains_anonymous(domain) && (im->ver > 0 || im->nroster > 0))
         return SB_DECLINED;                  /* not a new account */
     for (int i = 0; i < d->n; i++) {
         const char *at = strchr(d->list[i], '@');
@@ -199,7 +190,7 @@ static sb_rc contacts_end(struct sm_job *j)
     char node[JID_PART_MAX + 1];
     const char *domain;
     if (sm_im_split(j->user->bare, node, sizeof node, &domain) < 0 ||
-        !contacts_anonymous(j->core, domain))
+        !sb_domains_anonymous(domain))
         return SB_DECLINED;
     const char *slash = strchr(j->aux, '/');
     struct sm_session *s = slash ? sm_user_session(j->user, slash + 1) : NULL;

@@ -109,11 +109,7 @@ struct sm_core {
     struct rdev *rd;                    /* NULL while stopping */
     struct pgev *pg;                    /* NULL while stopping */
     struct sm_user *users;              /* uthash by bare JID */
-    char *domains;                      /* "a,b": local domains, owned */
-    char *anon_domains;                 /* ",a,": anonymous ones, owned */
     char *sm_members;                   /* sorted "sm1\nsm2\n" last seen */
-    ev_timer domains_timer;
-    int domains_loaded, domains_query;
     long nsessions;                     /* cached sessions, for HELLO */
     struct env_hdr out;                 /* scratch header for sends */
     struct sb_buf obuf;                 /* scratch serialisation buffer */
