@@ -13,11 +13,42 @@
  * roomier buffer and the limit is checked on the result. */
 #define JID_WORK_MAX (4 * JID_PART_MAX + 4)
 
+/* Pure ASCII (nearly every JID on the wire) needs none of stringprep's
+ * Unicode work: no ASCII character is unassigned, mapped to nothing,
+ * changed by NFKC or bidirectional, so each profile reduces to its case
+ * folding and its prohibited ASCII characters (RFC 3454 tables B.2, C.1.1,
+ * C.2.1; RFC 3920 appendix A.5 for nodeprep). test_jid checks this against
+ * libidn for every ASCII character. Returns 1 done, 0 not ASCII, -1 bad. */
+static int jid_prep_ascii(const char *in, size_t len, char *out, const Stringprep_profile *profile)
+{
+    int node = profile == stringprep_xmpp_nodeprep;
+    int resource = profile == stringprep_xmpp_resourceprep;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)in[i] >= 0x80)
+            return 0;
+    if (len > JID_PART_MAX)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if ((node || resource) && (c < 0x20 || c == 0x7f))
+            return -1;
+        if (node && (c == ' ' || c == '"' || c == '&' || c == '\'' || c == '/' || c == ':' ||
+                     c == '<' || c == '>' || c == '@'))
+            return -1;
+        out[i] = (char)(!resource && c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c);
+    }
+    out[len] = '\0';
+    return 1;
+}
+
 static sb_rc jid_prep(const char *in, size_t len, char *out, const Stringprep_profile *profile)
 {
     char work[JID_WORK_MAX + 1];
     if (len == 0 || len > JID_WORK_MAX || memchr(in, '\0', len))
         return SB_ERROR;
+    int fast = jid_prep_ascii(in, len, out, profile);
+    if (fast)
+        return fast > 0 ? SB_OK : SB_ERROR;
     memcpy(work, in, len);
     work[len] = '\0';
     if (stringprep(work, sizeof work, 0, profile) != STRINGPREP_OK)
