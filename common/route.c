@@ -331,9 +331,9 @@ sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out
     for (size_t i = 0; i < r->n; i++) {
         const struct rt_inst *in = &r->v[i];
         long ms = (long)((now - in->last_hello) * 1000.0);
-        if (sb_buf_printf(out, "name=%s kind=%s pid=%ld last_hello_ms=%ld sessions=%ld domains=%s\n",
+        if (sb_buf_printf(out, "name=%s kind=%s pid=%ld last_hello_ms=%ld sessions=%ld domains=%s%s%s\n",
                           in->name, in->kind, in->pid, ms < 0 ? 0 : ms, in->sessions,
-                          in->domains) != SB_OK)
+                          in->domains, in->direct[0] ? " direct=" : "", in->direct) != SB_OK)
             return SB_ERROR;
     }
     return SB_OK;

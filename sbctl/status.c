@@ -39,12 +39,12 @@ static int status_ns2s;
 
 static void status_print(const char *body, size_t len)
 {
-    char name[64], kind[32], pid[32], age[32], sess[32], doms[512];
+    char name[64], kind[32], pid[32], age[32], sess[32], doms[512], direct[128];
     const char *p = body, *end = body + len;
     int rows = 0;
 
-    printf("%-16s %-8s %-8s %-10s %-9s %s\n", "INSTANCE", "KIND", "PID", "HEARTBEAT",
-           "SESSIONS", "DOMAINS");
+    printf("%-16s %-8s %-8s %-10s %-9s %-26s %s\n", "INSTANCE", "KIND", "PID", "HEARTBEAT",
+           "SESSIONS", "DIRECT", "DOMAINS");
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
@@ -55,12 +55,13 @@ static void status_print(const char *body, size_t len)
             status_field(p, ll, "last_hello_ms", age, sizeof(age));
             status_field(p, ll, "sessions", sess, sizeof(sess));
             status_field(p, ll, "domains", doms, sizeof(doms));
+            status_field(p, ll, "direct", direct, sizeof(direct));
             if (strcmp(age, "-") != 0) {
                 double s = atof(age) / 1000.0;
                 snprintf(age, sizeof(age), "%.1fs ago", s);
             }
-            printf("%-16s %-8s %-8s %-10s %-9s %s\n", name, kind, pid, age, sess,
-                   doms[0] ? doms : "-");
+            printf("%-16s %-8s %-8s %-10s %-9s %-26s %s\n", name, kind, pid, age, sess,
+                   direct, doms[0] ? doms : "-");
             if (!strcmp(kind, "s2s") && status_ns2s < STATUS_S2S_MAX)
                 snprintf(status_s2s[status_ns2s++], sizeof status_s2s[0], "%s", name);
             rows++;

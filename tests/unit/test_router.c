@@ -200,6 +200,9 @@ static void test_router_direct_endpoint_announced_unless_loopback_of_another_hos
     hello(&r, "sm1", "kind=sm pid=7 domains=a direct=tcp://127.0.0.1:4000", 1.0);
     assert_int_equal(rt_members_body(&r, &b), SB_OK);
     assert_string_equal(b.data, "sm sm1 domains=a direct=tcp://127.0.0.1:4000\n");
+    assert_int_equal(rt_status_body(&r, 1.0, &b), SB_OK);
+    assert_string_equal(b.data, "name=sm1 kind=sm pid=7 last_hello_ms=0 sessions=0 domains=a "
+                                "direct=tcp://127.0.0.1:4000\n");
     /* Same body from another host: its loopback is not ours. */
     r.remote_hello = 1;
     assert_int_equal(hello_ch(&r, "sm1", "kind=sm pid=7 domains=a direct=tcp://127.0.0.1:4000", 2.0), RT_CH_DIRECT);
