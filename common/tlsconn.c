@@ -1,10 +1,18 @@
 /* tlsconn.c — see tlsconn.h. Level-triggered: each event does a bounded
- * amount of work (TLSCONN_READS_TURN reads) and the loop comes back. */
+ * amount of work (TLSCONN_READS_TURN reads) and the loop comes back.
+ *
+ * Coalescing: the first write to a connection in a loop iteration goes
+ * straight to the socket (no copy); further writes in the same iteration
+ * are held in its buffer and leave together, in one send (one TLS record up
+ * to 16 KiB), from a prepare watcher that runs before the loop blocks. A
+ * burst of stanzas (a batch from the router) costs two sends, not one per
+ * stanza; a lone stanza costs what it did. */
 #include "tlsconn.h"
 #include "log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -19,6 +27,14 @@
 static char tc_rbuf[TLSCONN_READ_MAX];
 
 static void tc_io_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void tc_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+
+/* Connections holding output until the end of this loop iteration
+ * (TLSCONN_F_HELD set exactly while listed). */
+static ev_prepare tc_prepare;
+static uint32_t tc_iter = 1;          /* loop iterations, counted by tc_prepare */
+static struct tlsconn **tc_held;
+static size_t tc_nheld, tc_capheld;
 
 void tlsconn_init(struct tlsconn *t, struct ev_loop *loop, int fd,
                   const struct tlsconn_ops *ops, void *ud, const char *peer)
@@ -30,8 +46,15 @@ void tlsconn_init(struct tlsconn *t, struct ev_loop *loop, int fd,
     t->out = (struct sb_buf)SB_BUF_INIT;
     t->fd = fd;
     t->flags = 0;
+    t->iter = 0;
     ev_io_init(&t->io, tc_io_cb, fd < 0 ? 0 : fd, 0);
     t->io.data = ud;
+    if (fd >= 0 && !ev_is_active(&tc_prepare)) {
+        ev_prepare_init(&tc_prepare, tc_prepare_cb);
+        ev_set_priority(&tc_prepare, EV_MAXPRI);   /* before other prepare work */
+        ev_prepare_start(loop, &tc_prepare);
+        ev_unref(loop);               /* it alone keeps no loop running */
+    }
 }
 
 int tlsconn_secure(const struct tlsconn *t)
@@ -75,7 +98,7 @@ static void tc_dead(struct tlsconn *t, const char *why)
     if (t->flags & TLSCONN_F_DEAD)
         return;
     t->flags |= TLSCONN_F_DEAD;
-    t->flags &= (uint8_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
+    t->flags &= (uint16_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
                            TLSCONN_F_CONNECTING);
     sb_buf_free(&t->out);
     tlsconn_want(t);
@@ -95,7 +118,7 @@ static void tc_connected(struct tlsconn *t)
     if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
         err = errno;
     if (!err)                         /* a failed one closes as "no stream yet" */
-        t->flags &= (uint8_t)~TLSCONN_F_CONNECTING;
+        t->flags &= (uint16_t)~TLSCONN_F_CONNECTING;
     t->ops->connected(t->io.data, err);
     if (!(t->flags & TLSCONN_F_HANDSHAKE))
         tlsconn_want(t);
@@ -120,7 +143,7 @@ static void tc_handshake(struct tlsconn *t)
         tc_dead(t, "tls-handshake-failed");
         return;
     }
-    t->flags &= (uint8_t)~TLSCONN_F_HANDSHAKE;
+    t->flags &= (uint16_t)~TLSCONN_F_HANDSHAKE;
     char *desc = gnutls_session_get_desc(t->tls);
     log_debug("tls_established", "peer=%s suite=%s", t->peer, sb_log_q(desc ? desc : "?"));
     gnutls_free(desc);
@@ -135,7 +158,7 @@ static void tc_handshake(struct tlsconn *t)
 
 static void tc_begin_handshake(struct tlsconn *t)
 {
-    t->flags &= (uint8_t)~TLSCONN_F_START;
+    t->flags &= (uint16_t)~TLSCONN_F_START;
     t->flags |= TLSCONN_F_HANDSHAKE;
     tc_handshake(t);
 }
@@ -196,7 +219,7 @@ static int tc_flush(struct tlsconn *t)
         ssize_t r = gnutls_record_send(t->tls, NULL, 0);
         if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
             return 1;
-        t->flags &= (uint8_t)~TLSCONN_F_AGAIN;
+        t->flags &= (uint16_t)~TLSCONN_F_AGAIN;
         if (r < 0) {
             tc_dead(t, "tls-write-error");
             return -1;
@@ -216,12 +239,30 @@ static int tc_flush(struct tlsconn *t)
     return 0;
 }
 
+/* Hold t's output until tc_prepare runs; 0 when the list cannot grow. */
+static int tc_hold(struct tlsconn *t)
+{
+    if (tc_nheld == tc_capheld) {
+        size_t cap = tc_capheld ? tc_capheld * 2 : 256;
+        struct tlsconn **n = realloc(tc_held, cap * sizeof *n);
+        if (!n)
+            return 0;
+        tc_held = n;
+        tc_capheld = cap;
+    }
+    tc_held[tc_nheld++] = t;
+    t->flags |= TLSCONN_F_HELD;
+    return 1;
+}
+
 int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pending)
 {
     if (t->flags & TLSCONN_F_DEAD)
         return TLSCONN_OK;
     if (!tlsconn_pending(t) &&
-        !(t->flags & (TLSCONN_F_CONNECTING | TLSCONN_F_START | TLSCONN_F_HANDSHAKE))) {
+        !(t->flags & (TLSCONN_F_CONNECTING | TLSCONN_F_START | TLSCONN_F_HANDSHAKE)) &&
+        (t->iter != tc_iter || !tc_hold(t))) {
+        t->iter = tc_iter;            /* the first write of this iteration */
         long n = tc_send(t, data, len);
         if (n < 0) {
             tc_dead(t, "write-error");
@@ -238,7 +279,8 @@ int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pe
         tc_dead(t, "nomem");
         return TLSCONN_FAILED;
     }
-    tlsconn_want(t);
+    if (!(t->flags & TLSCONN_F_HELD))
+        tlsconn_want(t);              /* held output leaves from tc_prepare */
     return TLSCONN_OK;
 }
 
@@ -306,7 +348,7 @@ void tlsconn_pause(struct tlsconn *t)
 
 void tlsconn_resume(struct tlsconn *t)
 {
-    t->flags &= (uint8_t)~TLSCONN_F_PAUSED;
+    t->flags &= (uint16_t)~TLSCONN_F_PAUSED;
     tc_read(t);                       /* TLS may hold records: no fd event for those */
     tlsconn_want(t);
 }
@@ -345,12 +387,12 @@ int tlsconn_close(struct tlsconn *t)
     if (t->flags & (TLSCONN_F_CONNECTING | TLSCONN_F_START | TLSCONN_F_HANDSHAKE)) {
         /* No stream yet: nothing worth sending, no TLS records to end. */
         t->flags |= TLSCONN_F_DEAD;
-        t->flags &= (uint8_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
+        t->flags &= (uint16_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
                                TLSCONN_F_CONNECTING);
         sb_buf_free(&t->out);
     }
     t->flags |= TLSCONN_F_CLOSING;
-    t->flags &= (uint8_t)~TLSCONN_F_PAUSED;
+    t->flags &= (uint16_t)~TLSCONN_F_PAUSED;
     if (!(t->flags & TLSCONN_F_DEAD) && !tlsconn_pending(t))
         tc_shutdown(t);
     tlsconn_want(t);
@@ -359,6 +401,11 @@ int tlsconn_close(struct tlsconn *t)
 
 void tlsconn_free(struct tlsconn *t)
 {
+    if (t->flags & TLSCONN_F_HELD) {
+        for (size_t i = 0; i < tc_nheld; i++)
+            if (tc_held[i] == t)
+                tc_held[i] = NULL;
+    }
     ev_io_stop(t->loop, &t->io);
     if (t->tls)
         gnutls_deinit(t->tls);
@@ -405,6 +452,31 @@ static void tc_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if (revents & EV_READ)
         tc_read(t);
     tlsconn_want(t);
+}
+
+/* End of a loop iteration: send what writes after the first were holding. */
+static void tc_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    tc_iter++;
+    for (size_t i = 0; i < tc_nheld; i++) {
+        struct tlsconn *t = tc_held[i];
+        if (!t)
+            continue;                 /* freed meanwhile */
+        t->flags &= (uint16_t)~TLSCONN_F_HELD;
+        if (t->flags & TLSCONN_F_DEAD)
+            continue;
+        int r = tc_flush(t);
+        if (r < 0)
+            continue;                 /* dead: the owner was told */
+        if (r == 0 && (t->flags & TLSCONN_F_CLOSING))
+            tc_shutdown(t);
+        else if (r == 0 && (t->flags & TLSCONN_F_START)) {
+            tc_begin_handshake(t);
+            continue;
+        }
+        tlsconn_want(t);
+    }
+    tc_nheld = 0;
 }
 
 /* ---- sockets ------------------------------------------------------------- */

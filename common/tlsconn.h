@@ -5,7 +5,8 @@
  * queued plaintext, e.g. <proceed/>, is written), reads into one shared
  * buffer and hands the plaintext to its owner, writes without copying when
  * the socket takes the bytes (the rest waits in a buffer that exists only
- * while bytes are pending), and closes the way a server should: flush,
+ * while bytes are pending; writes after the first in one loop iteration are
+ * coalesced into one send before the loop blocks), and closes the way a server should: flush,
  * close_notify and shut the write side, then discard what the peer still
  * sends until it closes (lingering close; the owner's timer bounds it).
  * TLS credentials (certificate, key, priority string) load here too.
@@ -47,6 +48,7 @@ struct tlsconn_ops {
 #define TLSCONN_F_CLOSING    0x20  /* closed by us: flushing, then lingering */
 #define TLSCONN_F_SHUT       0x40  /* close_notify sent, write side shut */
 #define TLSCONN_F_DEAD       0x80  /* nothing more on the wire */
+#define TLSCONN_F_HELD       0x100 /* output held until the loop iteration ends */
 
 struct tlsconn {
     ev_io io;                      /* io.data is the owner (ud) */
@@ -56,7 +58,8 @@ struct tlsconn {
     gnutls_session_t tls;          /* NULL: plaintext */
     struct sb_buf out;             /* pending output; freed once drained */
     int fd;                        /* -1: no socket (the owner's other transports) */
-    uint8_t flags;                 /* TLSCONN_F_* */
+    uint32_t iter;                 /* loop iteration of the last direct write */
+    uint16_t flags;                /* TLSCONN_F_* */
 };
 
 /* tlsconn_write results. */
@@ -77,7 +80,9 @@ void tlsconn_starttls(struct tlsconn *t, gnutls_session_t s);
 int tlsconn_secure(const struct tlsconn *t);
 /* Bytes queued (plus one while gnutls holds a record). */
 size_t tlsconn_pending(const struct tlsconn *t);
-/* Write now what the socket takes, queue the rest. TLSCONN_FULL: the
+/* Write now what the socket takes, queue the rest; a second write in the
+ * same loop iteration is held and leaves with the others before the loop
+ * blocks (one send for a burst). TLSCONN_FULL: the
  * queue would pass max_pending; nothing was taken, the owner decides.
  * TLSCONN_FAILED: ops->dead has run. Dropped silently once dead. */
 int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pending);

@@ -1,7 +1,8 @@
 /* test_tlsconn.c — the plaintext path of common/tlsconn over a socketpair on
- * a real libev loop: direct writes, input, the output queue and its cap,
- * pausing, EOF, and the lingering close (goodbye after the flush, dead once
- * the peer closes). TLS runs end to end in the integration suite. */
+ * a real libev loop: direct writes, coalescing within a loop iteration,
+ * input, the output queue and its cap, pausing, EOF, and the lingering
+ * close (goodbye after the flush, dead once the peer closes). TLS runs end
+ * to end in the integration suite. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,6 +83,42 @@ static void test_tlsconn_writes_directly_and_hands_input_over(void **state)
     assert_int_equal(ngot, 5);
     assert_memory_equal(got, "world", 5);
     pair_close(&p);
+}
+
+static void test_tlsconn_writes_after_the_first_in_a_turn_leave_together(void **state)
+{
+    struct pair p;
+    pair_open(&p);
+    turn();                                        /* a fresh iteration */
+    assert_int_equal(tlsconn_write(&p.t, "<a/>", 4, 100), TLSCONN_OK);
+    assert_int_equal(tlsconn_write(&p.t, "<b/>", 4, 100), TLSCONN_OK);
+    assert_int_equal(tlsconn_write(&p.t, "<c/>", 4, 100), TLSCONN_OK);
+    char buf[64];
+    assert_int_equal(read(p.other, buf, sizeof buf), 4);   /* only the first so far */
+    assert_memory_equal(buf, "<a/>", 4);
+    assert_int_equal(tlsconn_pending(&p.t), 8);
+    turn();                                        /* the iteration ends: one send */
+    assert_int_equal(read(p.other, buf, sizeof buf), 8);
+    assert_memory_equal(buf, "<b/><c/>", 8);
+    assert_int_equal(tlsconn_pending(&p.t), 0);
+    assert_null(p.t.out.data);
+    turn();
+    assert_int_equal(tlsconn_write(&p.t, "<d/>", 4, 100), TLSCONN_OK);
+    assert_int_equal(tlsconn_pending(&p.t), 0);    /* a new iteration: direct again */
+    pair_close(&p);
+}
+
+static void test_tlsconn_freed_while_holding_output_is_forgotten(void **state)
+{
+    struct pair p;
+    pair_open(&p);
+    turn();
+    tlsconn_write(&p.t, "<a/>", 4, 100);
+    tlsconn_write(&p.t, "<b/>", 4, 100);
+    assert_true(p.t.flags & TLSCONN_F_HELD);
+    pair_close(&p);
+    memset(&p.t, 0xff, sizeof p.t);                /* a use after free would show */
+    turn();
 }
 
 /* Fill the socket; returns the bytes written before it refused more. */
@@ -200,6 +237,8 @@ int main(void)
     loop = ev_default_loop(0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tlsconn_writes_directly_and_hands_input_over),
+        cmocka_unit_test(test_tlsconn_writes_after_the_first_in_a_turn_leave_together),
+        cmocka_unit_test(test_tlsconn_freed_while_holding_output_is_forgotten),
         cmocka_unit_test(test_tlsconn_queues_what_the_socket_refuses_and_flushes_it),
         cmocka_unit_test(test_tlsconn_write_over_the_cap_is_full_and_takes_nothing),
         cmocka_unit_test(test_tlsconn_paused_reads_nothing_until_resumed),
