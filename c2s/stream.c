@@ -36,17 +36,6 @@ sb_rc c2s_stream_new(struct c2s_conn *c)
     return c->xs ? SB_OK : SB_ERROR;
 }
 
-static const char *stream_xml_cond(enum xml_err e)
-{
-    switch (e) {
-    case XML_ERR_RESTRICTED: return "restricted-xml";
-    case XML_ERR_TOO_BIG:
-    case XML_ERR_TOO_DEEP:   return "policy-violation";
-    case XML_ERR_NOMEM:      return "resource-constraint";
-    default:                 return "not-well-formed";
-    }
-}
-
 /* An idle bound connection holds no parser (Expat costs ~10 KiB): free it
  * between stanzas, and on new input prime a fresh one with a header that
  * stream_on_open ignores. Names are kept as written, so nothing from the
@@ -83,7 +72,7 @@ void c2s_stream_input(struct c2s_conn *c, const char *data, size_t len)
     c->flags &= ~C2S_F_IN_FEED;
     if (rc == SB_ERROR && c->state != C2S_S_CLOSING) {
         enum xml_err e = xml_stream_error(c->xs);
-        c2s_stream_error(c, stream_xml_cond(e), xml_err_name(e));
+        c2s_stream_error(c, xml_err_stream_cond(e), xml_err_name(e));
         return;
     }
     if (c->state == C2S_S_BOUND)
@@ -175,16 +164,6 @@ void c2s_stream_features(struct c2s_conn *c)
     c2s_conn_write(c, b->data, b->len);
 }
 
-/* RFC 6120 §4.7.5: version 1.0 or later (major ≥ 1) is required here. */
-static int stream_version_ok(const char *v)
-{
-    if (!v || !*v)
-        return 0;
-    char *end;
-    long major = strtol(v, &end, 10);
-    return end != v && *end == '.' && major >= 1;
-}
-
 /* Returns the stream error condition for a bad TCP header, NULL when fine. */
 static const char *stream_check_names(struct xml_node *hdr)
 {
@@ -217,7 +196,7 @@ static const char *stream_check_header(struct c2s_conn *c, const char *v,
         *domain = NULL;
         return "host-unknown";
     }
-    if (!stream_version_ok(version))
+    if (!xml_stream_version_ok(version))
         return "unsupported-version";
     return NULL;
 }

@@ -208,17 +208,6 @@ static void ws_send_text(struct web_ws *ws, const char *data, size_t len)
 
 /* ---- messages from the client ------------------------------------------------------- */
 
-static const char *ws_xml_cond(enum xml_err e)
-{
-    switch (e) {
-    case XML_ERR_RESTRICTED: return "restricted-xml";
-    case XML_ERR_TOO_BIG:
-    case XML_ERR_TOO_DEEP:   return "policy-violation";
-    case XML_ERR_NOMEM:      return "resource-constraint";
-    default:                 return "not-well-formed";
-    }
-}
-
 static void ws_open(struct web_ws *ws, const struct xml_node *n)
 {
     const char *ns = xml_attr(n, "xmlns");
@@ -239,7 +228,7 @@ static void ws_message(struct web_ws *ws, const char *msg, size_t len)
     enum xml_err err = XML_ERR_NONE;
     struct xml_doc *d = xml_doc_parse(msg, len, &c2s.cfg.limits, &err);
     if (!d) {
-        c2s_stream_error(ws->c, ws_xml_cond(err), xml_err_name(err));
+        c2s_stream_error(ws->c, xml_err_stream_cond(err), xml_err_name(err));
         return;
     }
     struct xml_node *n = d->root;

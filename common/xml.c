@@ -242,6 +242,26 @@ const char *xml_err_name(enum xml_err e)
     return "unknown";
 }
 
+const char *xml_err_stream_cond(enum xml_err e)
+{
+    switch (e) {
+    case XML_ERR_RESTRICTED: return "restricted-xml";
+    case XML_ERR_TOO_BIG:
+    case XML_ERR_TOO_DEEP:   return "policy-violation";
+    case XML_ERR_NOMEM:      return "resource-constraint";
+    default:                 return "not-well-formed";
+    }
+}
+
+int xml_stream_version_ok(const char *v)
+{
+    if (!v || !*v)
+        return 0;
+    char *end;
+    long major = strtol(v, &end, 10);
+    return end != v && *end == '.' && major >= 1;
+}
+
 static void xs_fail(struct xml_stream *s, enum xml_err e)
 {
     if (s->state != XS_RUNNING)

@@ -37,6 +37,11 @@ enum xml_err {
     XML_ERR_NOMEM,
 };
 const char *xml_err_name(enum xml_err e);
+/* The RFC 6120 stream error condition for a parser error (the table above;
+ * not-well-formed for anything else). */
+const char *xml_err_stream_cond(enum xml_err e);
+/* RFC 6120 §4.7.5: a stream `version` of 1.0 or later (major ≥ 1). */
+int xml_stream_version_ok(const char *v);
 
 struct xml_limits {
     size_t max_stanza;   /* bytes of one top-level stanza; default 262144 */

@@ -57,17 +57,6 @@ int s2s_elem_ns(const struct xml_node *n, const char *ns)
     return 0;
 }
 
-static const char *stream_xml_cond(enum xml_err e)
-{
-    switch (e) {
-    case XML_ERR_RESTRICTED: return "restricted-xml";
-    case XML_ERR_TOO_BIG:
-    case XML_ERR_TOO_DEEP:   return "policy-violation";
-    case XML_ERR_NOMEM:      return "resource-constraint";
-    default:                 return "not-well-formed";
-    }
-}
-
 void s2s_stream_input(struct s2s_conn *c, const char *data, size_t len)
 {
     c->flags |= S2S_F_IN_FEED;
@@ -75,7 +64,7 @@ void s2s_stream_input(struct s2s_conn *c, const char *data, size_t len)
     c->flags &= ~S2S_F_IN_FEED;
     if (rc == SB_ERROR && c->state != S2S_S_CLOSING) {
         enum xml_err e = xml_stream_error(c->xs);
-        s2s_stream_error(c, stream_xml_cond(e), xml_err_name(e));
+        s2s_stream_error(c, xml_err_stream_cond(e), xml_err_name(e));
     }
 }
 
@@ -138,16 +127,6 @@ void s2s_stream_error(struct s2s_conn *c, const char *cond, const char *why)
     s2s_conn_close(c, cond);
 }
 
-/* RFC 6120 §4.7.5: version 1.0 or later. */
-static int stream_version_ok(const char *v)
-{
-    if (!v || !*v)
-        return 0;
-    char *end;
-    long major = strtol(v, &end, 10);
-    return end != v && *end == '.' && major >= 1;
-}
-
 /* Namespace and version checks shared by both directions; NULL when fine. */
 static const char *stream_check_header(struct xml_node *hdr)
 {
@@ -159,7 +138,7 @@ static const char *stream_check_header(struct xml_node *hdr)
     v = xml_attr(hdr, "xmlns");
     if (!v || strcmp(v, S2S_NS_SERVER) != 0)
         return "invalid-namespace";
-    if (!stream_version_ok(xml_attr(hdr, "version")))
+    if (!xml_stream_version_ok(xml_attr(hdr, "version")))
         return "unsupported-version";
     return NULL;
 }

@@ -445,6 +445,26 @@ static void test_err_names(void **st)
     assert_string_equal(xml_err_name(XML_ERR_RESTRICTED), "restricted");
 }
 
+static void test_parser_errors_map_to_stream_error_conditions(void **state)
+{
+    assert_string_equal(xml_err_stream_cond(XML_ERR_SYNTAX), "not-well-formed");
+    assert_string_equal(xml_err_stream_cond(XML_ERR_RESTRICTED), "restricted-xml");
+    assert_string_equal(xml_err_stream_cond(XML_ERR_TOO_BIG), "policy-violation");
+    assert_string_equal(xml_err_stream_cond(XML_ERR_TOO_DEEP), "policy-violation");
+    assert_string_equal(xml_err_stream_cond(XML_ERR_NOMEM), "resource-constraint");
+}
+
+static void test_stream_version_needs_major_one_or_more(void **state)
+{
+    assert_true(xml_stream_version_ok("1.0"));
+    assert_true(xml_stream_version_ok("2.3"));
+    assert_false(xml_stream_version_ok("0.9"));
+    assert_false(xml_stream_version_ok("1"));
+    assert_false(xml_stream_version_ok(""));
+    assert_false(xml_stream_version_ok(NULL));
+    assert_false(xml_stream_version_ok("x.0"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -475,6 +495,8 @@ int main(void)
         cmocka_unit_test(test_doc_parse_enforces_limits_and_restrictions),
         cmocka_unit_test(test_doc_parse_handles_large_stanza_in_arena),
         cmocka_unit_test(test_err_names),
+        cmocka_unit_test(test_parser_errors_map_to_stream_error_conditions),
+        cmocka_unit_test(test_stream_version_needs_major_one_or_more),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
