@@ -87,6 +87,7 @@ struct link {
     struct link_rq *rq;
     size_t nrq, caprq;
     int rq_queued;
+    unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
     char kind[ENV_NAME_MAX + 1];
     char *domains;
@@ -333,6 +334,7 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
     if (!n)
         return;
     if (zmq_send(l->direct->sock, q->to, strlen(q->to), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        l->fb_rq += n / 2;
         for (size_t i = 0; i + 1 < n; i += 2) {
             struct env_hdr h;
             if (env_decode(&h, zmq_msg_data(&q->f[i]), zmq_msg_size(&q->f[i])) == SB_OK)
@@ -551,6 +553,11 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
     struct link *l = w->data;
     if (link_send_hello(l) != SB_OK)
         log_warn("link_hello_failed", "endpoint_queue=full");
+    /* Expected only while a direct connection is being set up: in steady
+     * state this means a peer refused (not connected, queue full). */
+    if (l->fb_peer || l->fb_rq)
+        log_info("link_direct_fallback", "to_sm=%lu to_instance=%lu", l->fb_peer, l->fb_rq);
+    l->fb_peer = l->fb_rq = 0;
 }
 
 /* An sm's ROUTER for direct traffic, bound where o->direct_bind says. */
@@ -682,8 +689,11 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
     if (!body)
         body = "";
     struct link_zs *peer = link_direct_peer(l, h);
-    if (peer && zs_send(peer, hdr, (size_t)n, body, body_len) == 0)
-        return SB_OK;
+    if (peer) {
+        if (zs_send(peer, hdr, (size_t)n, body, body_len) == 0)
+            return SB_OK;
+        l->fb_peer++;
+    }
     if (l->direct && h->route == ENV_ROUTE_INSTANCE && strlen(h->key) <= ENV_NAME_MAX &&
         (h->kind == ENV_STANZA || h->kind == ENV_CONTROL) &&
         rq_send(l, h->key, hdr, (size_t)n, body, body_len) == 0)
