@@ -380,8 +380,21 @@ static void xs_on_entity(void *ud, const char *name, int pe, const char *value, 
     xs_restricted(ud);
 }
 
+/* Expat salts its attribute hash tables against hash flooding; left to
+ * itself it draws a new salt (arc4random, getenv) on every parse start,
+ * that is on every stanza the sm parses. One secret random salt per
+ * process protects the same and costs nothing per stanza. */
+static unsigned long xs_salt(void)
+{
+    static unsigned long salt;
+    while (!salt)
+        sb_random(&salt, sizeof salt);
+    return salt;
+}
+
 static void xs_install(struct xml_stream *s)
 {
+    XML_SetHashSalt(s->p, xs_salt());
     XML_SetUserData(s->p, s);
     XML_SetElementHandler(s->p, xs_start, xs_end);
     XML_SetCharacterDataHandler(s->p, xs_text);
