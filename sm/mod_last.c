@@ -8,10 +8,15 @@
  * The logout time is written to PostgreSQL (`last_activity`) when the last
  * session of a registered account ends; this module sees the `end`
  * control and the unavailable presence before mod_session / the presence
- * module (it declines both), so it must stay ahead of them in modules.c. */
+ * module (it declines both), so it must stay ahead of them in modules.c.
+ * Logouts are written in batches: every logout handled during one loop
+ * iteration goes into one statement (one commit, one WAL flush instead of
+ * one per logout), sent before the loop sleeps (ev_prepare) and before any
+ * read of last_activity, so a query always sees the logouts before it. */
 #include "acct.h"
 #include "log.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +29,8 @@ extern const struct sm_module sm_mod_last;
 
 static const char LAST_STORE_SQL[] =
     "INSERT INTO last_activity (domain, username, logout_at, status)"
-    " VALUES ($1, $2, now(), $3) ON CONFLICT (domain, username)"
+    " SELECT d, u, now(), s FROM unnest($1::text[], $2::text[], $3::text[]) AS t(d, u, s)"
+    " ON CONFLICT (domain, username)"
     " DO UPDATE SET logout_at = now(), status = EXCLUDED.status";
 static const char LAST_GET_SQL[] =
     "SELECT floor(extract(epoch FROM now() - logout_at))::bigint, status"
@@ -35,8 +41,127 @@ static const char LAST_GET_SQL[] =
 static void last_on_stored(PGresult *res, void *arg)
 {
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
-        log_warn("last_store_failed", "error=%s",
+        log_warn("last_store_failed", "count=%ld error=%s", (long)(intptr_t)arg,
                  sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+}
+
+/* ---- the batch of logouts ------------------------------------------------------- */
+
+#define LAST_BATCH_MAX 128
+
+struct last_entry {
+    char *domain, *node, *status;
+};
+
+static struct {
+    struct sm_core *core;
+    ev_prepare flush;           /* armed while the batch holds entries */
+    int n;
+    struct last_entry e[LAST_BATCH_MAX];
+} last_batch;
+
+static void last_entry_free(struct last_entry *e)
+{
+    free(e->domain);
+    free(e->node);
+    free(e->status);
+    *e = (struct last_entry){0};
+}
+
+static void last_batch_clear(void)
+{
+    for (int i = 0; i < last_batch.n; i++)
+        last_entry_free(&last_batch.e[i]);
+    last_batch.n = 0;
+    if (last_batch.core)
+        ev_prepare_stop(last_batch.core->loop, &last_batch.flush);
+}
+
+/* One element of a PostgreSQL array literal: quoted, \ and " escaped. */
+static void last_array_add(struct sb_buf *b, const char *v)
+{
+    sb_buf_adds(b, b->len > 1 ? ",\"" : "\"");
+    for (const char *p = v; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            sb_buf_adds(b, "\\");
+        sb_buf_add(b, p, 1);
+    }
+    sb_buf_adds(b, "\"");
+}
+
+/* Send the batch as one statement (a user appears once: the latest). */
+static void last_flush(void)
+{
+    struct sm_core *c = last_batch.core;
+    int n = last_batch.n;
+    if (!n)
+        return;
+    struct sb_buf d = SB_BUF_INIT, u = SB_BUF_INIT, st = SB_BUF_INIT;
+    sb_buf_adds(&d, "{");
+    sb_buf_adds(&u, "{");
+    sb_buf_adds(&st, "{");
+    for (int i = 0; i < n; i++) {
+        last_array_add(&d, last_batch.e[i].domain);
+        last_array_add(&u, last_batch.e[i].node);
+        last_array_add(&st, last_batch.e[i].status);
+    }
+    sb_buf_adds(&d, "}");
+    sb_buf_adds(&u, "}");
+    sb_buf_adds(&st, "}");
+    const char *params[3] = {d.data, u.data, st.data};
+    if (!d.data || !u.data || !st.data ||
+        sm_pg_query(c, LAST_STORE_SQL, 3, params, last_on_stored, (void *)(intptr_t)n) != SB_OK)
+        log_warn("last_store_failed", "count=%d error=queue", n);
+    sb_buf_free(&d);
+    sb_buf_free(&u);
+    sb_buf_free(&st);
+    last_batch_clear();
+}
+
+static void last_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    last_flush();
+}
+
+static sb_rc last_batch_add(struct sm_core *c, const char *domain, const char *node,
+                            const char *status)
+{
+    if (last_batch.core != c) {         /* first use, or a new core (tests) */
+        last_batch_clear();
+        last_batch.core = c;
+        ev_prepare_init(&last_batch.flush, last_on_prepare);
+    }
+    struct last_entry *e = NULL;
+    for (int i = 0; i < last_batch.n && !e; i++)
+        if (!strcmp(last_batch.e[i].domain, domain) && !strcmp(last_batch.e[i].node, node))
+            e = &last_batch.e[i];       /* ON CONFLICT may touch a row once */
+    if (!e) {
+        if (last_batch.n == LAST_BATCH_MAX)
+            last_flush();
+        e = &last_batch.e[last_batch.n];
+        if (!(e->domain = strdup(domain)) || !(e->node = strdup(node))) {
+            last_entry_free(e);
+            return SB_ERROR;
+        }
+        last_batch.n++;
+    }
+    free(e->status);
+    if (!(e->status = strdup(status)))
+        e->status = strdup("");         /* keep the logout time at least */
+    if (!e->status)
+        return SB_ERROR;
+    ev_prepare_start(c->loop, &last_batch.flush);
+    return SB_OK;
+}
+
+static void last_stop(struct sm_core *c)
+{
+    if (last_batch.core == c) {
+        if (last_batch.n)
+            log_warn("last_store_failed", "count=%d error=stopping", last_batch.n);
+        last_batch_clear();
+        last_batch.core = NULL;
+    }
 }
 
 static void last_store(struct sm_user *u)
@@ -47,9 +172,8 @@ static void last_store(struct sm_user *u)
         sm_acct_split(u->bare, node, sizeof node, &domain) != SB_OK)
         return;                         /* anonymous: nothing durable to keep */
     const char *status = u->acct->last_status ? u->acct->last_status : "";
-    const char *params[3] = {domain, node, status};
-    if (sm_pg_query(u->core, LAST_STORE_SQL, 3, params, last_on_stored, NULL) != SB_OK)
-        log_warn("last_store_failed", "jid=%s error=queue", sb_log_q(u->bare));
+    if (last_batch_add(u->core, domain, node, status) != SB_OK)
+        log_warn("last_store_failed", "jid=%s error=nomem", sb_log_q(u->bare));
     sm_acct_set_last_status(u->acct, NULL);
 }
 
@@ -132,6 +256,8 @@ static sb_rc last_user(struct sm_job *j)
     }
     if (u->nsess > 0)
         return last_reply(j, 0, NULL);  /* online now */
+    if (last_batch.core == j->core)
+        last_flush();                   /* the read must see every logout before it */
     const char *params[2] = {domain, node};
     if (sm_pg_query(j->core, LAST_GET_SQL, 2, params, last_on_row, j) != SB_OK) {
         sm_reply_error(j, "wait", "resource-constraint");
@@ -167,4 +293,5 @@ const struct sm_module sm_mod_last = {
     .handle_presence = last_presence,
     .handle_control = last_control,
     .features = last_features,
+    .stop = last_stop,
 };

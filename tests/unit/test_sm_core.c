@@ -186,7 +186,7 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *cons
     snprintf(pg_sql, sizeof pg_sql, "%s", sql);
     for (int i = 0; i < nparams && i < 4; i++)
         snprintf(pg_params[i], sizeof pg_params[i], "%s", params[i]);
-    if (cb == im_on_write || cb == offline_on_delete)
+    if (cb == im_on_write || cb == offline_on_delete || cb == last_on_stored)
         return SB_OK;
     assert_null(pg_cb);   /* one answered query at a time in these tests */
     pg_cb = cb;
@@ -640,6 +640,42 @@ static void roster_get_from(const char *full, const char *sid)
     recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", sid, "", full, xml);
 }
 
+/* Logouts of one loop iteration are stored in one statement (sent before
+ * the loop sleeps); array elements are quoted and escaped. */
+static void test_logouts_are_stored_in_one_statement_per_iteration(void **st)
+{
+    const char *rows[] = {"u", "", "", "", "", ""};
+    acct_rows = rows;
+    acct_nrows = 1;
+    char a[256], b[256], xml[512];
+    snprintf(a, sizeof a, "%s", bind_alice("S1", 1));
+    snprintf(b, sizeof b, "%s", bind_alice("S2", 0));
+    snprintf(xml, sizeof xml, "<presence from='%s' type='unavailable'>"
+             "<status>say \"hi\" \\o/</status></presence>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "end", a, "");
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S2", "end", b, "");
+    /* bob's record loads for his bind; his logout joins the same batch */
+    const char *full = NULL;
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "bob@localhost", "c2s1", "S3", "bind", "", "");
+    redis_session_load("bob@localhost");
+    redis_int("HSETNX sess:{bob@localhost} ", 1);
+    redis_int("SADD fe:c2s1 bob@localhost/", 1);
+    full = sent[nsent - 1].h.aux;
+    recv_env(ENV_CONTROL, ENV_ROUTE_JID, "bob@localhost", "c2s1", "S3", "end", full, "");
+    assert_int_equal(pg_nqueries, 0);         /* nothing before the loop sleeps */
+    last_on_prepare(core->loop, &last_batch.flush, EV_PREPARE);
+    assert_int_equal(pg_nqueries, 1);
+    assert_non_null(strstr(pg_sql, "INSERT INTO last_activity"));
+    assert_string_equal(pg_params[0], "{\"localhost\",\"localhost\"}");
+    assert_string_equal(pg_params[1], "{\"alice\",\"bob\"}");
+    /* alice's last session ended without a new status: the one she sent
+     * with her unavailable presence is kept */
+    assert_string_equal(pg_params[2], "{\"say \\\"hi\\\" \\\\o/\",\"\"}");
+    last_on_prepare(core->loop, &last_batch.flush, EV_PREPARE);
+    assert_int_equal(pg_nqueries, 1);         /* an empty batch sends nothing */
+}
+
 /* A record created for a bind loads the account and the IM state in one
  * statement and the IM flags with the sessions: the roster get that
  * follows is answered from memory. */
@@ -817,6 +853,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_instance_down_sends_session_gone_per_member, setup, teardown),
         cmocka_unit_test_setup_teardown(test_end_removes_session_from_redis_and_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_login_writes_each_redis_field_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_logouts_are_stored_in_one_statement_per_iteration, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_start_loads_roster_with_account_in_one_query, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members_change_drops_cached_users, setup, teardown),
         cmocka_unit_test_setup_teardown(test_roster_set_is_written_before_it_is_pushed, setup, teardown),
