@@ -337,6 +337,11 @@ static void tc_read(struct tlsconn *t)
             return;
         }
         t->ops->input(t->io.data, tc_rbuf, (size_t)n);
+        /* A short plaintext read emptied the socket: asking again would
+         * only return EAGAIN (one wasted system call per stanza); the
+         * level-triggered loop comes back when more arrives. */
+        if (!t->tls && (size_t)n < sizeof tc_rbuf)
+            return;
     }
 }
 
