@@ -215,7 +215,7 @@ static sb_rc main_open(void)
             return SB_ERROR;
         log_warn("tls_unavailable", "note=\"running plaintext only\"");
     }
-    c2s.pg = pgev_new(c2s.loop, sb_config_str("postgres", "dbname=switchboard"));
+    c2s.pg = sb_proc_pg(&main_proc);
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
     c2s.rd = rdev_new(c2s.loop, sb_config_str("redis_host", "127.0.0.1"),
                       (int)sb_config_int("redis_port", 6379));
@@ -242,15 +242,11 @@ static void main_cleanup(void)
         c2s.fe->cleanup();
     c2s_listen_stop();
     c2s_domains_stop();
-    if (c2s.link)
-        link_free(c2s.link);
     if (c2s.store)
         auth_store_free(c2s.store);
     if (c2s.rd)
         rdev_free(c2s.rd);
-    if (c2s.pg)
-        pgev_free(c2s.pg);
-    c2s_tls_deinit();
+    c2s_tls_deinit();                 /* the link and pg: sb_proc_run */
 }
 
 static sb_rc main_configure(void)

@@ -3,6 +3,7 @@
  * itself (open, loop, graceful stop, clean-up) and the router link. */
 #include "proc.h"
 #include "config.h"
+#include "pgev.h"
 #include "log.h"
 
 #include <signal.h>
@@ -157,12 +158,23 @@ int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d)
     }
     ev_timer_stop(p->loop, &proc_grace);
     d->cleanup();
+    if (p->pg)
+        pgev_free(p->pg);             /* its last callbacks may still use the link */
+    if (p->link)
+        link_free(p->link);
+    p->link = NULL;
+    p->pg = NULL;
     log_info("stopped", "rc=%d", rc);
     sb_config_free();
     return rc;
 }
 
-struct link *sb_proc_link(const struct sb_proc *p, link_recv_cb cb, void *ud)
+struct pgev *sb_proc_pg(struct sb_proc *p)
+{
+    return p->pg = pgev_new(p->loop, sb_config_str("postgres", "dbname=switchboard"));
+}
+
+struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud)
 {
     struct link_opts lo = {
         .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
@@ -171,5 +183,5 @@ struct link *sb_proc_link(const struct sb_proc *p, link_recv_cb cb, void *ud)
         .domains = "",
         .heartbeat = atof(sb_config_str("heartbeat", "1")),
     };
-    return link_new(p->loop, &lo, cb, ud);
+    return p->link = link_new(p->loop, &lo, cb, ud);
 }

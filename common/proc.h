@@ -10,6 +10,8 @@
 #include "sb.h"
 #include "link.h"
 
+struct pgev;
+
 struct sb_proc;
 typedef void (*sb_proc_cb)(struct sb_proc *p, void *ud);
 
@@ -20,6 +22,8 @@ struct sb_proc {
     const char *config_path;  /* may be NULL */
     sb_proc_cb on_stop, on_reload;
     void *ud;
+    struct link *link;        /* sb_proc_link's; freed by sb_proc_run */
+    struct pgev *pg;          /* sb_proc_pg's; freed by sb_proc_run */
     ev_signal sig_term, sig_int, sig_hup;
 };
 
@@ -41,12 +45,17 @@ struct sb_proc_daemon {
     void (*cleanup)(void);      /* after the loop or a failed open */
     double grace;
 };
-/* configure → open → started → the loop until stopped → cleanup; logs
- * "stopped", frees the config. Returns the exit code (0, or 1 on failure).
+/* configure → open → started → the loop until stopped → cleanup, then the
+ * link and PostgreSQL client (sb_proc_link/pg) are freed; logs "stopped",
+ * frees the config. Returns the exit code (0, or 1 on failure).
  * p->on_reload/ud may be set before; on_stop is the daemon's stop. */
 int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d);
 /* The process's router link from the [kind] keys `router` and `heartbeat`
- * (domains announced later with link_set_domains). NULL on failure. */
-struct link *sb_proc_link(const struct sb_proc *p, link_recv_cb cb, void *ud);
+ * (domains announced later with link_set_domains), kept in p->link. NULL
+ * on failure. */
+struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud);
+/* The process's PostgreSQL client (`postgres`, default dbname=switchboard),
+ * kept in p->pg. NULL on failure. */
+struct pgev *sb_proc_pg(struct sb_proc *p);
 
 #endif

@@ -90,7 +90,7 @@ static sb_rc main_open(void)
     }
     if (s2s_dns_init(cfg->resolver) != SB_OK)
         return SB_ERROR;
-    s2s.pg = pgev_new(s2s.loop, sb_config_str("postgres", "dbname=switchboard"));
+    s2s.pg = sb_proc_pg(&main_proc);
     s2s.link = sb_proc_link(&main_proc, s2s_route_recv, NULL);
     if (!s2s.pg || !s2s.link) {
         log_error("start_failed", "pg=%d link=%d", s2s.pg != NULL, s2s.link != NULL);
@@ -111,11 +111,7 @@ static void main_cleanup(void)
     s2s_listen_stop();
     s2s_domains_stop();
     s2s_dns_deinit();
-    if (s2s.link)
-        link_free(s2s.link);
-    if (s2s.pg)
-        pgev_free(s2s.pg);
-    s2s_tls_deinit();
+    s2s_tls_deinit();                 /* the link and pg: sb_proc_run */
 }
 
 static sb_rc main_configure(void)
