@@ -100,7 +100,7 @@ test:
 
 # make bench: the load generator (tests/bench/, needs only libev, GnuTLS,
 # Nettle) and the scenarios against a private `bench` stack; PEER=prosody or
-# PEER=ejabberd runs the same scenarios against that server too.
+# PEER=jabberd2 runs the same scenarios against that server too.
 BENCH_SRC := $(wildcard tests/bench/*.c)
 $(BUILD)/bench/sbbench: $(BENCH_SRC) tests/bench/sbbench.h
 	@mkdir -p $(dir $@)

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """make bench: run the sbbench scenarios against a private Switchboard stack
-(deploy/dev/stack.sh -p bench: 1 router, 2 c2s, 2 sm) and, with PEER=prosody,
-against a private Prosody on the same users, then write
+(deploy/dev/stack.sh -p bench: 1 router, 2 c2s, 2 sm) and, with PEER=prosody
+or PEER=jabberd2, against a private instance of that server (class Peer) on
+the same users, then write
 tests/bench/results/<date>-<host>.json and a Markdown table (.md beside it,
 also printed).
 
@@ -13,10 +14,12 @@ Switchboard alone):
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
   BENCH_LOGIN_USERS [2000]      BENCH_LOGIN_RATES [100,200,400,600,800,1000,1200,1500,2000]
   BENCH_PLAIN_RATES [50,100,200,300,400,600,800]
+  BENCH_LOGIN_NO_STOP=1  run every login step even after one failed
   BENCH_IDLE        [5000,20000]  BENCH_IDLE_TLS [1]
   BENCH_IDLE_HOLD   hold of the largest plaintext idle run [60]; others BENCH_IDLE_HOLD_OTHER [10]
   SB_BENCH_PORT_OFFSET  shifts every port of the bench profile
-  PEER              prosody (Debian package, private instance under var/bench/prosody)
+  PEER              prosody or jabberd2 (Debian package, private instance under
+                    var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
   BENCH_KEEP=1      leave the bench stack running afterwards
 """
 
@@ -41,6 +44,7 @@ DOMAIN = "localhost"
 PREFIX, PASSPREFIX = "bench", "pw"
 OFF = int(os.environ.get("SB_BENCH_PORT_OFFSET", "0"))
 PROSODY_PORT = 6262 + OFF
+JABBERD2_PORT, JABBERD2_ROUTER_PORT = 6272 + OFF, 6273 + OFF
 
 
 def env(name, default):
@@ -60,6 +64,9 @@ IDLE_TLS = env("BENCH_IDLE_TLS", "1") == "1"
 IDLE_HOLD = env("BENCH_IDLE_HOLD", "60")
 IDLE_HOLD_OTHER = env("BENCH_IDLE_HOLD_OTHER", "10")
 PEER = env("PEER", "").strip()
+# keep stepping after a failed login step (a server that fails every step
+# with a few errors still shows what it completes)
+LOGIN_NO_STOP = ["--no-stop"] if env("BENCH_LOGIN_NO_STOP", "") == "1" else []
 
 
 def say(*a):
@@ -126,11 +133,12 @@ class Target:
             cmd += ["--watch", w]
         cmd.append(scenario)
         say(self.name, ":", " ".join(cmd[1:]))
+        load = os.getloadavg()[0]      # the machine is shared: say how busy it was
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         rows = []
         for line in p.stdout.splitlines():
             try:
-                rows.append(json.loads(line))
+                rows.append(dict(json.loads(line), load1=load))
             except ValueError:
                 pass
         return rows, p.returncode
@@ -210,6 +218,112 @@ class Switchboard(Target):
             stack("stop", check=False)
 
 
+class Peer(Target):
+    """Another XMPP server from Debian, run as a private instance: its own
+    config and data under var/bench/<name>, its own loopback ports, logging
+    low, its system service never started. Subclasses say what differs: the
+    package, the config files, how accounts are written, and the processes
+    (PROCS: name -> argv, started in that order; CPU and RSS are read from
+    each and summed in the table)."""
+    package = "?"
+    probe = "/bin/false"              # a file the package installs
+    PROCS = {}
+
+    def __init__(self):
+        self.dir = os.path.join(VAR, self.name)
+        self.procs = {}
+
+    def install(self):
+        if os.path.exists(self.probe):
+            return
+        say("installing %s from Debian (its system service is kept from starting)" %
+            self.package)
+        policy = "/usr/sbin/policy-rc.d"
+        made = not os.path.exists(policy)
+        if made:
+            with open(policy, "w") as f:
+                f.write("#!/bin/sh\nexit 101\n")
+            os.chmod(policy, 0o755)
+        try:
+            e = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            sh("apt-get", "install", "-y", "-q", self.package, env=e, stdout=sys.stderr)
+        finally:
+            if made:
+                os.unlink(policy)
+
+    def ensure_users(self):
+        """Create accounts have+1..n the fast way (write_accounts) once."""
+        n = max_users()
+        marker = os.path.join(self.dir, "users-%s" % PREFIX)
+        try:
+            have = int(open(marker).read())
+        except (OSError, ValueError):
+            have = 0
+        if have >= n:
+            return
+        t = time.time()
+        self.write_accounts(have + 1, n)
+        with open(marker, "w") as f:
+            f.write(str(n))
+        say("%s: %d accounts written in %.1f s" % (self.name, n - have, time.time() - t))
+
+    def start(self):
+        self.install()
+        os.makedirs(self.dir, exist_ok=True)
+        self.write_config()
+        self.ensure_users()
+        log = open(os.path.join(self.dir, "stdout.log"), "a")
+        for name, argv in self.PROCS.items():
+            self.procs[name] = subprocess.Popen(
+                [a.format(d=self.dir) for a in argv], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.started(name)
+        end = time.time() + 20
+        while time.time() < end:
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                self.stop()
+                raise SystemExit("bench: %s: %s exited at start (see %s)" %
+                                 (self.name, ",".join(dead), self.dir))
+            if self.ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit("bench: %s is not ready on %s" % (self.name, self.ports))
+
+    def started(self, name):
+        """Called after each process starts (e.g. wait for its listener)."""
+
+    def ready(self):
+        return all(listening(p) for p in self.ports)
+
+    def watches(self):
+        return ["%s:%d" % (n, p.pid) for n, p in self.procs.items() if p.poll() is None]
+
+    def fresh(self):
+        self.stop()
+        self.start()
+
+    def stop(self):
+        for name in reversed(list(self.procs)):
+            p = self.procs.pop(name)
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def prosody_keys(args):
     """(user, salt, stored, server) for one account, as internal_hashed stores it."""
     i, it = args
@@ -221,41 +335,22 @@ def prosody_keys(args):
     return i, salt.decode(), hashlib.sha1(ck).hexdigest(), sk.hex()
 
 
-class Prosody(Target):
-    """A private Prosody (Debian package): own config, data, ports, logs."""
+class Prosody(Peer):
+    """A private Prosody 0.12: one process, accounts as internal_hashed files."""
     name = "prosody"
+    package = "prosody"
+    probe = "/usr/bin/prosody"
+    PROCS = {"prosody": ["prosody", "--config", "{d}/prosody.cfg.lua"]}
     ITER = 4096                       # same cost per account as Switchboard's
     # one process: it cannot hold more sockets than RLIMIT_NOFILE (20,000 in
     # the CI container, which cannot raise it)
     max_conns = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 1000
-
-    def __init__(self):
-        self.dir = os.path.join(VAR, "prosody")
-        self.cfg = os.path.join(self.dir, "prosody.cfg.lua")
-        self.proc = None
-        self.ports = [PROSODY_PORT]
-
-    def install(self):
-        if os.path.exists("/usr/bin/prosody"):
-            return
-        say("installing prosody from Debian (its system service is kept from starting)")
-        policy = "/usr/sbin/policy-rc.d"
-        made = not os.path.exists(policy)
-        if made:
-            with open(policy, "w") as f:
-                f.write("#!/bin/sh\nexit 101\n")
-            os.chmod(policy, 0o755)
-        try:
-            e = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-            sh("apt-get", "install", "-y", "-q", "prosody", env=e, stdout=sys.stderr)
-        finally:
-            if made:
-                os.unlink(policy)
+    ports = [PROSODY_PORT]
 
     def write_config(self):
         os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
         tls = os.path.join(VAR, "tls")
-        with open(self.cfg, "w") as f:
+        with open(os.path.join(self.dir, "prosody.cfg.lua"), "w") as f:
             f.write("""-- written by tests/bench/bench.py: a private Prosody for make bench
 run_as_root = true
 daemonize = false
@@ -281,69 +376,151 @@ ssl = {{ certificate = "{tls}/cert.pem"; key = "{tls}/key.pem"; }}
 VirtualHost "{dom}"
 """.format(d=self.dir, port=PROSODY_PORT, tls=tls, dom=DOMAIN))
 
-    def ensure_users(self):
-        n = max_users()
-        marker = os.path.join(self.dir, "users-%s" % PREFIX)
-        try:
-            have = int(open(marker).read())
-        except (OSError, ValueError):
-            have = 0
-        if have >= n:
-            return
+    def write_accounts(self, first, last):
         # prosodyctl register starts a Lua VM per account (tenths of a second):
         # write the internal_hashed account files it would write instead.
-        t = time.time()
         acc = os.path.join(self.dir, "data", DOMAIN, "accounts")
         os.makedirs(acc, exist_ok=True)
         with multiprocessing.Pool() as pool:
             for i, salt, stored, server in pool.imap_unordered(
-                    prosody_keys, ((i, self.ITER) for i in range(have + 1, n + 1)), 256):
+                    prosody_keys, ((i, self.ITER) for i in range(first, last + 1)), 256):
                 with open(os.path.join(acc, "%s%d.dat" % (PREFIX, i)), "w") as f:
                     f.write('return {\n\t["iteration_count"] = %d;\n\t["salt"] = "%s";\n'
                             '\t["stored_key"] = "%s";\n\t["server_key"] = "%s";\n};\n'
                             % (self.ITER, salt, stored, server))
-        with open(marker, "w") as f:
-            f.write(str(n))
-        say("prosody: %d accounts written in %.1f s" % (n - have, time.time() - t))
 
-    def fresh(self):
-        self.stop()
-        self.start()
 
-    def start(self):
-        self.install()
-        self.write_config()
-        self.ensure_users()
-        log = open(os.path.join(self.dir, "stdout.log"), "a")
-        self.proc = subprocess.Popen(["prosody", "--config", self.cfg], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        end = time.time() + 20
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise SystemExit("bench: prosody exited at start (see %s)" % self.dir)
-            try:
-                socket.create_connection(("127.0.0.1", PROSODY_PORT), 0.5).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit("bench: prosody is not listening on %d" % PROSODY_PORT)
+class Jabberd2(Peer):
+    """A private jabberd2 2.7: router, sm and c2s processes (no s2s: nothing
+    federates here), configured from the package's own /etc/jabberd2/*.xml
+    with only paths, ports, domain and limits changed (so its default module
+    chains run, as Prosody's defaults do). Storage and authreg are SQLite
+    files that sm and c2s open in-process, so their CPU is in those two."""
+    name = "jabberd2"
+    package = "jabberd2"
+    probe = "/usr/sbin/jabberd2-c2s"
+    PROCS = {n: ["/usr/sbin/jabberd2-" + n, "-c", "{d}/%s.xml" % n]
+             for n in ("router", "sm", "c2s")}
+    SCHEMA = "/usr/share/doc/jabberd2/db-setup.sqlite.gz"
+    ports = [JABBERD2_PORT]
+    # c2s is one process: the same socket cap as Prosody
+    max_conns = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 1000
 
-    def watches(self):
-        return ["prosody:%d" % self.proc.pid] if self.proc else []
+    def write_config(self):
+        import xml.etree.ElementTree as ET
+        d = self.dir
+        secret = "bench-%d" % JABBERD2_ROUTER_PORT
 
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        def load(name):
+            return ET.parse(os.path.join("/etc/jabberd2", name + ".xml"))
+
+        def put(root, path, text):
+            el = root
+            for part in path.split("/"):
+                nxt = el.find(part)
+                el = nxt if nxt is not None else ET.SubElement(el, part)
+            el.text = str(text)
+            return el
+
+        def common(root, name):
+            put(root, "pidfile", "%s/%s.pid" % (d, name))
+            log = root.find("log")
+            log.set("type", "file")   # notice level: one line per login, no lower setting
+            put(log, "file", "%s/%s.log" % (d, name))
+            if root.find("router") is not None:
+                put(root, "router/ip", "127.0.0.1")
+                put(root, "router/port", JABBERD2_ROUTER_PORT)
+                put(root, "router/pass", secret)
+
+        t = load("router")
+        r = t.getroot()
+        common(r, "router")
+        put(r, "local/ip", "127.0.0.1")
+        put(r, "local/port", JABBERD2_ROUTER_PORT)
+        put(r, "local/users", d + "/router-users.xml")
+        put(r, "local/secret", secret)
+        aci = r.find("aci")
+        aci.remove(aci.find("filter"))          # the package's filter file is not ours
+        t.write(os.path.join(d, "router.xml"))
+        with open(os.path.join(d, "router-users.xml"), "w") as f:
+            f.write("<users><user><name>jabberd</name><secret>%s</secret></user></users>\n"
+                    % secret)
+
+        t = load("sm")
+        r = t.getroot()
+        common(r, "sm")
+        put(r, "local/id", DOMAIN)
+        put(r, "storage/sqlite/dbname", os.path.join(d, "storage.db"))
+        t.write(os.path.join(d, "sm.xml"))
+
+        t = load("c2s")
+        r = t.getroot()
+        common(r, "c2s")
+        host = put(r, "local/id", DOMAIN)
+        host.attrib.pop("register-enable", None)    # accounts are written, not registered
+        put(r, "local/ip", "127.0.0.1")
+        put(r, "local/port", JABBERD2_PORT)
+        put(r, "local/pemfile", os.path.join(d, "server.pem"))     # STARTTLS offered, not required
+        put(r, "io/max_fds", self.max_conns + 1000)
+        # its own file: sharing sm's made SQLite answer "busy" to some
+        # logins (internal-server-error) once sm wrote status at every login
+        put(r, "authreg/sqlite/dbname", os.path.join(d, "authreg.db"))
+        sasl = r.find("authreg/mechanisms/sasl")
+        if sasl.find("scram-sha-1") is None:
+            ET.SubElement(sasl, "scram-sha-1")
+        t.write(os.path.join(d, "c2s.xml"))
+        tls = os.path.join(VAR, "tls")
+        with open(os.path.join(d, "server.pem"), "w") as f:
+            for n in ("cert.pem", "key.pem"):
+                f.write(open(os.path.join(tls, n)).read())
+
+    def write_accounts(self, first, last):
+        # jabberd2 stores plaintext passwords (authreg_sqlite, password_type
+        # plaintext): one INSERT each into c2s's authreg and sm's "active"
+        # (the account exists) instead of one in-band registration each.
+        import gzip
+        import sqlite3
+        try:
+            schema = gzip.open(self.SCHEMA, "rt").read()
+        except OSError as e:
+            raise SystemExit("bench: jabberd2's SQLite schema %s: %s" % (self.SCHEMA, e))
+        users = range(first, last + 1)
+        now = int(time.time())
+        for db, sql, rows in (
+                ("authreg.db", 'INSERT INTO authreg (username, realm, password) VALUES (?, ?, ?)',
+                 (("%s%d" % (PREFIX, i), DOMAIN, "%s%d" % (PASSPREFIX, i)) for i in users)),
+                ("storage.db", 'INSERT INTO active ("collection-owner", "time") VALUES (?, ?)',
+                 (("%s%d@%s" % (PREFIX, i, DOMAIN), now) for i in users))):
+            path = os.path.join(self.dir, db)
+            fresh = not os.path.exists(path)
+            con = sqlite3.connect(path)
+            if fresh:
+                con.executescript(schema)
+            with con:
+                con.executemany(sql, rows)
+            con.close()
+
+    def started(self, name):
+        # sm and c2s give up when the router is not there yet
+        if name == "router":
+            wait_for(lambda: listening(JABBERD2_ROUTER_PORT), 10, "jabberd2 router")
+
+
+def wait_for(cond, secs, what):
+    end = time.time() + secs
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise SystemExit("bench: %s not ready after %d s" % (what, secs))
+
+
+PEERS = {"prosody": Prosody, "jabberd2": Jabberd2}
 
 
 # ---------------------------------------------------------------- scenarios
 
-SERVER_PROCS = {"switchboard": SB_PROCS, "prosody": ["prosody"]}
+SERVER_PROCS = dict({"switchboard": SB_PROCS}, **{n: list(c.PROCS) for n, c in PEERS.items()})
 
 
 def best(rows):
@@ -361,12 +538,12 @@ def run_scenarios(t):
     common = ["--step", STEP]
     if "login" in SCEN:
         rows, _ = t.run("login", "--users", str(LOGIN_USERS), "--rates", LOGIN_RATES,
-                        "--window", "400", *common, label="login-scram")
+                        "--window", "400", *LOGIN_NO_STOP, *common, label="login-scram")
         # the first pass derives keys for new accounts: run it again if it did
         res["login"] = best(keep(rows))
     if "plain" in SCEN:
         rows, _ = t.run("login", "--plain", "--users", str(LOGIN_USERS), "--rates",
-                        PLAIN_RATES, *common, label="login-plain")
+                        PLAIN_RATES, *LOGIN_NO_STOP, *common, label="login-plain")
         res["plain"] = best(keep(rows))
     if "msg" in SCEN:
         rates = MSG_RATES if isinstance(t, Switchboard) else PEER_MSG_RATES
@@ -428,6 +605,20 @@ def idle_kib(r, names):
     return d / r["online"]
 
 
+def stopped(res, label):
+    """The first failed step of a login ladder: why the next rate was not tried."""
+    rows = [r for r in res.get("steps", []) if r.get("label") == label]
+    bad = [r for r in rows or [] if not r.get("ok")]
+    if not rows:
+        return None
+    if not bad:
+        return "not stopped (all %d steps held)" % len(rows)
+    r = bad[0]
+    return "%s/s: %s/s done, p99 %.0f ms, %d errors%s" % (
+        fmt(r["rate"]), fmt(r["per_s"]), r["p99_ms"], r["errors"],
+        " (%s)" % r["last_error"] if r.get("last_error") else "")
+
+
 def figures(name, res):
     """(label, value, digits, higher_is_better) for the table."""
     procs = SERVER_PROCS[name]
@@ -448,8 +639,10 @@ def figures(name, res):
     out.append(("SCRAM-SHA-1 logins/s sustained (p99 < 500 ms, no errors)", l and l["per_s"], 0))
     out.append(("SCRAM-SHA-1 login p50 / p99 at that rate (ms)",
                 l and "%.1f / %.1f" % (l["p50_ms"], l["p99_ms"]), 0))
+    out.append(("SCRAM-SHA-1 login ladder: first failed step", stopped(res, "login-scram"), 0))
     p = res.get("plain")
     out.append(("PLAIN logins/s sustained", p and p["per_s"], 0))
+    out.append(("PLAIN login ladder: first failed step", stopped(res, "login-plain"), 0))
     for tls in (False, True):
         for n in IDLE:
             r = idle_row(res, n, tls)
@@ -469,11 +662,12 @@ def figures(name, res):
     return out
 
 
-def where_time_goes(res):
+def where_time_goes(name, res):
     m = res.get("msg")
     if not m:
         return []
-    lines = ["", "CPU per delivered message at %s msg/s, by process (µs):" % fmt(m["per_s"]), ""]
+    lines = ["", "%s: CPU per delivered message at %s msg/s, by process (µs):" % (
+        name, fmt(m["per_s"])), ""]
     lines.append("| process | CPU s | µs/msg | RSS MiB |")
     lines.append("|---|---|---|---|")
     for k, v in m["procs"].items():
@@ -502,7 +696,9 @@ def table(results):
             row += " | " + ratio
         lines.append(row + " |")
     # rows only Switchboard has (Redis, scale-out) are kept, others show "—"
-    return lines + where_time_goes(results[names[0]])
+    for n in names:
+        lines += where_time_goes(n, results[n])
+    return lines
 
 
 def machine():
@@ -519,9 +715,27 @@ def machine():
         cpu, os.cpu_count(), mem, os.uname().release)
 
 
+def loads(results):
+    """One line: the 1-minute load average when each run started."""
+    parts = []
+    for name, res in results.items():
+        seen = {}
+        for r in res.get("steps", []):
+            if "load1" in r:
+                seen.setdefault(r["label"], r["load1"])
+        if seen:
+            parts.append("%s: %s" % (name, ", ".join("%s %.1f" % kv for kv in seen.items())))
+    return ["Load average (1 min) at the start of each run — " + "; ".join(parts), ""] \
+        if parts else []
+
+
+def report(machine_line, results):
+    return ["Machine: " + machine_line, ""] + loads(results) + table(results)
+
+
 def render(path):
     doc = json.load(open(path))
-    print("\n".join(["Machine: " + doc["machine"], ""] + table(doc["results"])))
+    print("\n".join(report(doc["machine"], doc["results"])))
 
 
 def main():
@@ -533,16 +747,16 @@ def main():
     os.makedirs(os.path.join(VAR, "cache"), exist_ok=True)
     t0 = time.time()
     results = {}
-    if PEER and PEER != "prosody":
-        raise SystemExit("bench: PEER=%s is not supported (PEER=prosody is)" % PEER)
+    if PEER and PEER not in PEERS:
+        raise SystemExit("bench: PEER=%s is not supported (%s are)" % (PEER, ", ".join(PEERS)))
     sb = Switchboard()
-    peer = Prosody() if PEER else None
+    peer = PEERS[PEER]() if PEER else None
     try:
         sb.start()
         results["switchboard"] = run_scenarios(sb)
         if peer:
             peer.start()
-            results["prosody"] = run_scenarios(peer)
+            results[peer.name] = run_scenarios(peer)
     finally:
         if peer:
             peer.stop()
@@ -557,7 +771,7 @@ def main():
            "seconds": round(time.time() - t0), "results": results}
     with open(base + ".json", "w") as f:
         json.dump(doc, f, indent=1)
-    md = ["Machine: " + machine(), ""] + table(results)
+    md = report(machine(), results)
     with open(base + ".md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
