@@ -458,12 +458,12 @@ class Jabberd2(Peer):
         common(r, "c2s")
         host = put(r, "local/id", DOMAIN)
         host.attrib.pop("register-enable", None)    # accounts are written, not registered
+        # STARTTLS is offered (not required) only with a pemfile on the host
+        host.set("pemfile", os.path.join(d, "server.pem"))
         put(r, "local/ip", "127.0.0.1")
         put(r, "local/port", JABBERD2_PORT)
-        put(r, "local/pemfile", os.path.join(d, "server.pem"))     # STARTTLS offered, not required
         put(r, "io/max_fds", self.max_conns + 1000)
-        # its own file: sharing sm's made SQLite answer "busy" to some
-        # logins (internal-server-error) once sm wrote status at every login
+        # authreg in its own file: c2s and sm each own one SQLite file
         put(r, "authreg/sqlite/dbname", os.path.join(d, "authreg.db"))
         sasl = r.find("authreg/mechanisms/sasl")
         if sasl.find("scram-sha-1") is None:
