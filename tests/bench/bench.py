@@ -278,6 +278,7 @@ class Peer(Target):
                 [a.format(d=self.dir) for a in argv], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
             self.started(name)
+        log.close()
         end = time.time() + 20
         while time.time() < end:
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
@@ -423,6 +424,8 @@ class Jabberd2(Peer):
             return el
 
         def common(root, name):
+            if os.path.exists("%s/%s.log" % (d, name)):
+                os.unlink("%s/%s.log" % (d, name))      # one run per log (sm's is waited on)
             put(root, "pidfile", "%s/%s.pid" % (d, name))
             log = root.find("log")
             log.set("type", "file")   # notice level: one line per login, no lower setting
@@ -501,9 +504,21 @@ class Jabberd2(Peer):
             con.close()
 
     def started(self, name):
-        # sm and c2s give up when the router is not there yet
+        # sm and c2s give up when the router is not there yet; c2s listens
+        # once it has the router, but logins need sm bound too
         if name == "router":
             wait_for(lambda: listening(JABBERD2_ROUTER_PORT), 10, "jabberd2 router")
+        elif name == "sm":
+            wait_for(lambda: "ready for sessions" in read(os.path.join(self.dir, "sm.log")),
+                     10, "jabberd2 sm")
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def wait_for(cond, secs, what):
