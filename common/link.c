@@ -27,7 +27,10 @@
  * eventfd write, a wake-up) and a wake-up of the receiver; under load one
  * batch per iteration instead of one message per envelope is most of a
  * hop's cost. A DEALER batch stays open by holding its last body frame back:
- * sending it without ZMQ_SNDMORE ends the message. */
+ * sending it without ZMQ_SNDMORE ends the message. Under steady load a
+ * batch may also wait up to `batch_window` (default 1 ms) after the
+ * socket's previous one, so each socket sends at most one batch per window;
+ * the first stanza after a quiet window leaves at once. */
 #include "link.h"
 #include "log.h"
 #include "route.h"
@@ -61,6 +64,7 @@ struct link_zs {
     int holding;
     unsigned batch_n;
     size_t batch_bytes;
+    double last_flush;          /* loop time of the last batch sent */
     /* peer DEALER: which sm, where */
     char name[ENV_NAME_MAX + 1];
     char endpoint[RT_DIRECT_MAX + 1];
@@ -87,6 +91,9 @@ struct link {
     struct link_rq *rq;
     size_t nrq, caprq;
     int rq_queued;
+    double rq_last_flush;
+    double window;              /* batch_window: seconds a batch may wait to fill */
+    ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
     char kind[ENV_NAME_MAX + 1];
@@ -491,6 +498,53 @@ void link_flush(struct link *l)
     zs_flush(&l->main);
 }
 
+/* Flush a batch if its socket sent nothing for a window, else say when. */
+static void zs_flush_due(struct link_zs *z, double now, double window, double *next)
+{
+    if (!z->holding)
+        return;
+    if (now - z->last_flush >= window) {
+        zs_flush(z);
+        z->last_flush = now;
+    } else if (z->last_flush + window < *next) {
+        *next = z->last_flush + window;
+    }
+}
+
+/* Before the loop blocks. With a batch window, a socket that sent a batch
+ * less than a window ago keeps filling its next one until the window ends
+ * (a timer sends it): under steady load each socket hands libzmq one
+ * message per window instead of one per loop iteration, and a quiet
+ * socket's first stanza still leaves at once. */
+static void link_flush_due(struct link *l)
+{
+    double now = ev_now(l->loop), next = now + 3600;
+    if (l->window <= 0) {
+        link_flush(l);
+        return;
+    }
+    if (l->rq_queued) {
+        if (now - l->rq_last_flush >= l->window) {
+            rq_flush(l);
+            l->rq_last_flush = now;
+        } else {
+            next = l->rq_last_flush + l->window;
+        }
+    }
+    for (size_t i = 0; i < l->npeers; i++)
+        zs_flush_due(l->peers[i], now, l->window, &next);
+    zs_flush_due(&l->main, now, l->window, &next);
+    if (next < now + 3600 && !ev_is_active(&l->flush_timer)) {
+        ev_timer_set(&l->flush_timer, next - now, 0.);
+        ev_timer_start(l->loop, &l->flush_timer);
+    }
+}
+
+static void link_on_flush_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    link_flush_due(w->data);    /* the prepare then asks ZMQ_EVENTS */
+}
+
 /* Keep the loop from blocking while a socket still holds messages. */
 static void zs_rearm(struct link_zs *z)
 {
@@ -505,7 +559,7 @@ static void zs_rearm(struct link_zs *z)
 static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct link *l = w->data;
-    link_flush(l);
+    link_flush_due(l);
     zs_rearm(&l->main);
     if (l->direct)
         zs_rearm(l->direct);
@@ -602,7 +656,8 @@ static void link_watchers(struct link *l)
     ev_check_init(&l->check, link_on_check);
     ev_idle_init(&l->idle, link_on_idle);
     ev_timer_init(&l->hello, link_on_hello, l->heartbeat, l->heartbeat);
-    l->prepare.data = l->check.data = l->idle.data = l->hello.data = l;
+    ev_timer_init(&l->flush_timer, link_on_flush_timer, 0., 0.);
+    l->prepare.data = l->check.data = l->idle.data = l->hello.data = l->flush_timer.data = l;
     ev_prepare_start(l->loop, &l->prepare);
     ev_check_start(l->loop, &l->check);
     ev_timer_start(l->loop, &l->hello);
@@ -621,6 +676,7 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->cb = cb;
     l->ud = ud;
     l->heartbeat = o->heartbeat > 0 ? o->heartbeat : 1.0;
+    l->window = o->batch_window >= 0 ? o->batch_window : 0;
     strcpy(l->instance, o->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
@@ -647,6 +703,7 @@ void link_free(struct link *l)
         ev_check_stop(l->loop, &l->check);
         ev_idle_stop(l->loop, &l->idle);
         ev_timer_stop(l->loop, &l->hello);
+        ev_timer_stop(l->loop, &l->flush_timer);
     }
     for (size_t i = 0; i < l->npeers; i++)
         peer_free(l->peers[i]);

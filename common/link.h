@@ -38,6 +38,10 @@ struct link_opts {
      * picks a free loopback port) and announce it in HELLO; NULL or "" =
      * none, everything goes through the router. */
     const char *direct_bind;
+    /* Seconds a batch may wait to fill after the socket's previous batch
+     * (at most one batch per socket per window under load; a stanza after
+     * a quiet window leaves at once). 0 = one batch per loop iteration. */
+    double batch_window;
 };
 
 struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
@@ -47,7 +51,8 @@ void link_free(struct link *l);
 /* Queue one envelope. Never blocks; SB_ERROR if the socket refuses it
  * (high-water mark reached), which callers report as resource-constraint.
  * Envelopes sent in one loop iteration travel as one ZeroMQ message, ended
- * before the loop blocks (or by link_flush, or after 128 envelopes). */
+ * before the loop blocks (or by link_flush, or after 128 envelopes); with a
+ * batch_window, a busy socket's batch is ended when its window is over. */
 sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_t body_len);
 
 /* End the open batch now. Only needed outside the loop (the loop's

@@ -182,6 +182,7 @@ struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud)
         .kind = p->kind,
         .domains = "",
         .heartbeat = atof(sb_config_str("heartbeat", "1")),
+        .batch_window = sb_config_int("batch_window_us", 1000) / 1e6,
     };
     return p->link = link_new(p->loop, &lo, cb, ud);
 }

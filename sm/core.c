@@ -318,6 +318,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         .domains = "",
         .heartbeat = (double)sb_config_int("heartbeat", 1),
         .direct_bind = sb_config_str("direct_bind", "tcp://127.0.0.1:*"),
+        .batch_window = sb_config_int("batch_window_us", 1000) / 1e6,
     };
     c->link = link_new(loop, &lo, sm_core_on_recv, c);
     c->rd = rdev_new(loop, sb_config_str("redis_host", "127.0.0.1"),
