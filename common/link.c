@@ -407,6 +407,14 @@ static void peer_add(struct link *l, const struct rt_inst *in)
     log_info("link_direct", "sm=%s endpoint=%s", in->name, sb_log_q(in->direct));
 }
 
+/* An sm with a direct endpoint we can reach: a loopback one only when our
+ * router is on this host too. */
+static int link_usable_sm(const struct link *l, const struct rt_inst *in)
+{
+    return !strcmp(in->kind, "sm") && in->direct[0] &&
+           (l->local_router || !rt_endpoint_local(in->direct));
+}
+
 /* `members`: "kind name [key=value…]" lines. Keep the registry the router
  * routes by, and one DEALER per sm with a usable direct endpoint. */
 static void link_on_members(struct link *l, const char *body, size_t len)
@@ -429,19 +437,15 @@ static void link_on_members(struct link *l, const char *body, size_t len)
         }
         p = le + 1;
     }
+    /* Keep peers whose sm is still there at the same endpoint, drop the
+     * rest (gone, or restarted elsewhere), then connect whatever is missing. */
     for (size_t i = 0; i < l->npeers; i++)
         l->peers[i]->seen = 0;
     for (size_t i = 0; i < l->members.n; i++) {
-        const struct rt_inst *in = &l->members.v[i];
-        if (strcmp(in->kind, "sm") != 0 || !in->direct[0] ||
-            (!l->local_router && rt_endpoint_local(in->direct)))
-            continue;
-        struct link_zs *z = peer_find(l, in->name);
-        if (z && !strcmp(z->endpoint, in->direct))
+        struct link_zs *z = link_usable_sm(l, &l->members.v[i])
+                                ? peer_find(l, l->members.v[i].name) : NULL;
+        if (z && !strcmp(z->endpoint, l->members.v[i].direct))
             z->seen = 1;
-        else if (!z)
-            peer_add(l, in);
-        /* else: restarted elsewhere; dropped below, then connected anew */
     }
     for (size_t i = 0; i < l->npeers;) {
         struct link_zs *z = l->peers[i];
@@ -453,11 +457,9 @@ static void link_on_members(struct link *l, const char *body, size_t len)
         l->peers[i] = l->peers[--l->npeers];
         peer_free(z);
     }
-    /* An sm that moved endpoint was dropped above: connect it anew. */
     for (size_t i = 0; i < l->members.n; i++) {
         const struct rt_inst *in = &l->members.v[i];
-        if (!strcmp(in->kind, "sm") && in->direct[0] && !peer_find(l, in->name) &&
-            (l->local_router || !rt_endpoint_local(in->direct)))
+        if (link_usable_sm(l, in) && !peer_find(l, in->name))
             peer_add(l, in);
     }
 }
