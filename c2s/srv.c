@@ -61,6 +61,20 @@ static int main_stop(void)
     return c2s.conns != NULL;
 }
 
+/* The lease ran out (frozen or cut off from every router): every sm has
+ * ended our sessions, so clients must not stay on streams nobody can
+ * reach. They reconnect, on this front-end or another. */
+static void main_lease_lost(void)
+{
+    long n = 0;
+    for (struct c2s_conn *c = c2s.conns, *next; c; c = next) {
+        next = c->next;
+        c2s_stream_error(c, "connection-timeout", "lease-lost");
+        n++;
+    }
+    log_warn("lease_lost_closed", "streams=%ld sessions=%ld", n, c2s.nsessions);
+}
+
 /* Read the front-end's section into cfg (no side effects). */
 static void main_read_cfg(struct c2s_cfg *cfg)
 {
@@ -267,6 +281,7 @@ static const struct sb_proc_daemon main_daemon = {
     .started = main_started,
     .stop = main_stop,
     .cleanup = main_cleanup,
+    .lease_lost = main_lease_lost,
     .grace = C2S_SHUTDOWN_GRACE,
 };
 

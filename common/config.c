@@ -278,3 +278,8 @@ int sb_config_bool(const char *key, int def)
     log_warn("config_bad_bool", "key=%s value=%s default=%d", key, sb_log_q(v), def);
     return def;
 }
+
+const char *sb_config_routers(void)
+{
+    return sb_config_str("routers", sb_config_str("router", "tcp://127.0.0.1:15555"));
+}

@@ -23,6 +23,9 @@ sb_rc sb_config_reload(void);
 const char *sb_config_str(const char *key, const char *def);
 long sb_config_int(const char *key, long def);
 int sb_config_bool(const char *key, int def);   /* 1/0, yes/no, true/false, on/off */
+/* The router endpoints, "tcp://a:1,tcp://b:2" (`routers`, or the one-router
+ * spelling `router`). */
+const char *sb_config_routers(void);
 
 /* Same lookup for another section (e.g. sm reading [c2s] keys). */
 const char *sb_config_str_in(const char *kind, const char *instance,

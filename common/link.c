@@ -32,8 +32,10 @@
  * socket's previous one, so each socket sends at most one batch per window;
  * the first stanza after a quiet window leaves at once. */
 #include "link.h"
+#include "buf.h"
 #include "log.h"
 #include "route.h"
+#include "sb.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -48,6 +50,9 @@
 #define LINK_SEND_MAX 128       /* envelopes per outgoing batch */
 #define LINK_SEND_BYTES 65536   /* body bytes per outgoing batch */
 #define LINK_PEERS_MAX 64       /* sms with a direct endpoint */
+#define LINK_ROUTERS_MAX 8
+#define LINK_MARKS 8            /* HELLOs awaiting an ack, per router */
+#define LINK_LIMBO_MAX (16u << 20)  /* bytes held for re-sending while no router takes them */
 
 struct link;
 
@@ -78,10 +83,40 @@ struct link_rq {
     size_t n, cap;              /* frames */
 };
 
+/* A HELLO sent to a router: its ack renews the lease from `sent` and
+ * confirms every envelope before `off` in the router's unacked buffer. */
+struct link_mark {
+    unsigned long seq;
+    size_t off;
+    double sent;
+};
+
+/* One router: its DEALER, and what it has not confirmed yet. */
+struct link_rt {
+    struct link_zs z;
+    char endpoint[RT_DIRECT_MAX + 1];
+    int up;                     /* acked lately: sends prefer it */
+    int reopen;                 /* down: make the socket anew before the loop blocks */
+    double last_ack;
+    struct sb_buf unacked;      /* [u32 hlen][hdr][u32 blen][body]… */
+    struct link_mark marks[LINK_MARKS];
+    size_t nmarks;
+};
+
 struct link {
     struct ev_loop *loop;
     void *zctx;
-    struct link_zs main;
+    struct link_rt rt[LINK_ROUTERS_MAX];
+    size_t nrt, pref;           /* routers; the one this instance prefers */
+    struct sb_buf limbo;        /* taken by a router that died unconfirmed: re-sent */
+    int resending;
+    unsigned long seq;          /* HELLOs sent */
+    char inc[RT_INC_MAX + 1];   /* incarnation: new at start and after a lost lease */
+    int leased;
+    double lease_until, started, router_wait;
+    link_state_cb on_state;
+    void *state_ud;
+    ev_check lease_check;
     struct link_zs *direct;     /* sm only */
     char direct_ep[RT_DIRECT_MAX + 1];
     struct link_zs *peers[LINK_PEERS_MAX];
@@ -215,7 +250,7 @@ static int zs_send(struct link_zs *z, const uint8_t *hdr, size_t hlen, const cha
     return 0;
 }
 
-static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body);
+static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body);
 
 /* Receive one whole multipart message ([identity] on a ROUTER, then
  * [h1][b1][h2][b2]…) and deliver its envelopes in order. A trailing odd
@@ -248,7 +283,7 @@ static int zs_recv_one(struct link_zs *z)
             continue;
         }
         if (++n == 2) {
-            link_deliver(z->l, &f[0], &f[1]);
+            link_deliver(z, &f[0], &f[1]);
             zmq_msg_close(&f[0]);
             zmq_msg_close(&f[1]);
             n = 0;
@@ -477,13 +512,214 @@ static struct link_zs *link_direct_peer(struct link *l, const struct env_hdr *h)
     return peer_find(l, to->name);
 }
 
+/* ---- routers: one DEALER each, a live one carries what is not direct ------ */
+
+static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
+{
+    for (size_t i = 0; i < l->nrt; i++)
+        if (&l->rt[i].z == z)
+            return &l->rt[i];
+    return NULL;
+}
+
+/* ZMQ_IMMEDIATE: a router that is not connected refuses at once, so the
+ * next one takes the envelope instead of a queue for a dead peer. */
+static sb_rc rt_open(struct link *l, struct link_rt *r)
+{
+    int immediate = 1;
+    if (zs_open(l, &r->z, ZMQ_DEALER) != SB_OK ||
+        zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
+        return SB_ERROR;
+    if (zmq_connect(r->z.sock, r->endpoint) != 0) {
+        log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
+                  sb_log_q(zmq_strerror(errno)));
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+/* Keep a copy of what a router took until it confirms it (hello-ack). */
+static void rt_record(struct sb_buf *b, const uint8_t *hdr, size_t hlen, const char *body,
+                      size_t blen)
+{
+    uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (sb_buf_add(b, &hl, sizeof hl) != SB_OK || sb_buf_add(b, hdr, hlen) != SB_OK ||
+        sb_buf_add(b, &bl, sizeof bl) != SB_OK || sb_buf_add(b, body, blen) != SB_OK)
+        log_error("link_record_failed", "err=nomem");
+}
+
+static void link_resend(struct link *l);
+
+static void rt_to_limbo(struct link *l, struct link_rt *r)
+{
+    if (!r->unacked.len)
+        return;
+    if (l->limbo.len + r->unacked.len <= LINK_LIMBO_MAX)
+        sb_buf_add(&l->limbo, r->unacked.data, r->unacked.len);
+    else
+        log_error("link_resend_dropped", "bytes=%zu why=limbo-full", r->unacked.len);
+    sb_buf_reset(&r->unacked);
+}
+
+/* A router stopped answering or refused: what it took unconfirmed is
+ * re-sent through another one (in order, before anything newer), and its
+ * socket is made anew so a frozen router cannot deliver the old queue too. */
+static void rt_down(struct link *l, struct link_rt *r, const char *why)
+{
+    if (r->up)
+        log_warn("link_router_down", "endpoint=%s why=%s unconfirmed_bytes=%zu",
+                 sb_log_q(r->endpoint), why, r->unacked.len);
+    r->up = 0;
+    r->nmarks = 0;
+    r->reopen = 1;              /* not here: we may be inside its drain */
+    rt_to_limbo(l, r);
+    link_resend(l);
+}
+
+/* From the prepare watcher: a downed router's socket is made anew. */
+static void rt_reopen(struct link *l, struct link_rt *r)
+{
+    int zero = 0;
+    r->reopen = 0;
+    zmq_setsockopt(r->z.sock, ZMQ_LINGER, &zero, sizeof zero);
+    zs_close(&r->z);
+    rt_to_limbo(l, r);          /* whatever it took since it went down */
+    if (rt_open(l, r) != SB_OK)
+        log_error("link_router_reopen_failed", "endpoint=%s", sb_log_q(r->endpoint));
+    link_resend(l);
+}
+
+/* Send through a live router, the preferred one first; a refusing router
+ * is taken down (its unconfirmed envelopes go first through the next). */
+static int rt_send_any(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
+                       size_t blen)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t k = 0; k < l->nrt; k++) {
+            struct link_rt *r = &l->rt[(l->pref + k) % l->nrt];
+            if (r->up != !pass || r->reopen || !r->z.sock)
+                continue;
+            if (zs_send(&r->z, hdr, hlen, body, blen) == 0) {
+                rt_record(&r->unacked, hdr, hlen, body, blen);
+                return 0;
+            }
+            if (r->up)
+                rt_down(l, r, "refused");
+        }
+    return -1;
+}
+
+/* Re-send held envelopes while some router takes them. */
+static void link_resend(struct link *l)
+{
+    if (l->resending || !l->limbo.len)
+        return;
+    l->resending = 1;
+    size_t off = 0, n = 0;
+    while (off + 8 <= l->limbo.len) {
+        uint32_t hl, bl;
+        memcpy(&hl, l->limbo.data + off, 4);
+        memcpy(&bl, l->limbo.data + off + 4 + hl, 4);
+        const uint8_t *hdr = (const uint8_t *)l->limbo.data + off + 4;
+        const char *body = l->limbo.data + off + 8 + hl;
+        if (rt_send_any(l, hdr, hl, body, bl) != 0)
+            break;
+        off += 8 + hl + bl;
+        n++;
+    }
+    if (n)
+        log_info("link_resent", "envelopes=%zu held_bytes=%zu", n, l->limbo.len - off);
+    sb_buf_consume(&l->limbo, off);
+    l->resending = 0;
+}
+
+static void link_state(struct link *l, enum link_state st)
+{
+    if (l->on_state)
+        l->on_state(l, st, l->state_ud);
+}
+
+static void link_new_inc(struct link *l)
+{
+    uint8_t b[8];
+    sb_random(b, sizeof b);
+    for (int i = 0; i < 8; i++)
+        snprintf(l->inc + 2 * i, 3, "%02x", b[i]);
+}
+
+/* hello-ack: aux = the HELLO's seq, body "lease_ms=N store=ok|down". The
+ * router had every envelope sent before that HELLO; the lease runs from
+ * when the HELLO was sent (Redis counts from later, never earlier). */
+static void rt_on_ack(struct link *l, struct link_rt *r, const struct env_hdr *h,
+                      const char *body, size_t len)
+{
+    unsigned long seq = strtoul(h->aux, NULL, 10);
+    long lease_ms = 0;
+    const char *p = len > 9 && !memcmp(body, "lease_ms=", 9) ? body + 9 : NULL;
+    for (; p && p < body + len && *p >= '0' && *p <= '9'; p++)
+        lease_ms = lease_ms * 10 + (*p - '0');
+    size_t i = 0;
+    while (i < r->nmarks && r->marks[i].seq != seq)
+        i++;
+    if (i == r->nmarks)
+        return;                 /* an old socket's, or dropped from the ring */
+    struct link_mark m = r->marks[i];
+    sb_buf_consume(&r->unacked, m.off);
+    memmove(r->marks, r->marks + i + 1, (r->nmarks - i - 1) * sizeof *r->marks);
+    r->nmarks -= i + 1;
+    for (size_t k = 0; k < r->nmarks; k++)
+        r->marks[k].off -= m.off;
+    if (!r->up) {
+        log_info("link_router_up", "endpoint=%s", sb_log_q(r->endpoint));
+        if (l->hello.repeat < l->heartbeat) {  /* answered: back to the heartbeat */
+            l->hello.repeat = l->heartbeat;
+            ev_timer_again(l->loop, &l->hello);
+        }
+    }
+    r->up = 1;
+    r->last_ack = ev_now(l->loop);
+    if (m.sent + lease_ms / 1000.0 > l->lease_until)
+        l->lease_until = m.sent + lease_ms / 1000.0;
+    if (!l->leased && l->lease_until > ev_now(l->loop)) {
+        l->leased = 1;
+        log_info("lease_held", "inc=%s lease_ms=%ld", l->inc, lease_ms);
+        link_state(l, LINK_LEASE_HELD);
+    }
+    if (l->limbo.len)
+        link_resend(l);
+}
+
+/* Before anything else in an iteration (highest priority): a process that
+ * was frozen past its lease must not serve one more stanza as if alive. */
+static void link_check_lease(struct link *l)
+{
+    if (!l->leased || ev_now(l->loop) < l->lease_until)
+        return;
+    l->leased = 0;
+    log_error("lease_lost", "inc=%s late_ms=%ld", l->inc,
+              (long)((ev_now(l->loop) - l->lease_until) * 1000));
+    link_new_inc(l);
+    link_state(l, LINK_LEASE_LOST);
+}
+
+static void link_on_lease_check(struct ev_loop *loop, ev_check *w, int revents)
+{
+    link_check_lease(w->data);
+}
+
 /* ---- the loop --------------------------------------------------------------- */
 
-static void link_deliver(struct link *l, zmq_msg_t *hdr, zmq_msg_t *body)
+static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
 {
+    struct link *l = z->l;
     struct env_hdr h;
     if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
         log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    struct link_rt *r = h.kind == ENV_CONTROL ? link_rt_of(l, z) : NULL;
+    if (r && !strcmp(h.op, "hello-ack")) {
+        rt_on_ack(l, r, &h, zmq_msg_data(body), zmq_msg_size(body));
         return;
     }
     if (h.kind == ENV_CONTROL && !strcmp(h.op, "members"))
@@ -497,7 +733,8 @@ void link_flush(struct link *l)
         rq_flush(l);            /* refusals fall back to main: before main's flush */
     for (size_t i = 0; i < l->npeers; i++)
         zs_flush(l->peers[i]);
-    zs_flush(&l->main);
+    for (size_t i = 0; i < l->nrt; i++)
+        zs_flush(&l->rt[i].z);
 }
 
 /* Flush a batch if its socket sent nothing for a window, else say when. */
@@ -535,7 +772,8 @@ static void link_flush_due(struct link *l)
     }
     for (size_t i = 0; i < l->npeers; i++)
         zs_flush_due(l->peers[i], now, l->window, &next);
-    zs_flush_due(&l->main, now, l->window, &next);
+    for (size_t i = 0; i < l->nrt; i++)
+        zs_flush_due(&l->rt[i].z, now, l->window, &next);
     if (next < now + 3600 && !ev_is_active(&l->flush_timer)) {
         ev_timer_set(&l->flush_timer, next - now, 0.);
         ev_timer_start(l->loop, &l->flush_timer);
@@ -561,8 +799,12 @@ static void zs_rearm(struct link_zs *z)
 static void link_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     struct link *l = w->data;
+    for (size_t i = 0; i < l->nrt; i++)
+        if (l->rt[i].reopen)
+            rt_reopen(l, &l->rt[i]);
     link_flush_due(l);
-    zs_rearm(&l->main);
+    for (size_t i = 0; i < l->nrt; i++)
+        zs_rearm(&l->rt[i].z);
     if (l->direct)
         zs_rearm(l->direct);
     for (size_t i = 0; i < l->npeers; i++)
@@ -574,8 +816,9 @@ static void link_on_check(struct ev_loop *loop, ev_check *w, int revents)
     struct link *l = w->data;
     int waiting = ev_is_active(&l->idle);
     ev_idle_stop(loop, &l->idle);
-    if (l->main.fired || (waiting && l->main.dirty))
-        zs_drain(&l->main);
+    for (size_t i = 0; i < l->nrt; i++)
+        if (l->rt[i].z.fired || (waiting && l->rt[i].z.dirty))
+            zs_drain(&l->rt[i].z);
     if (l->direct && (l->direct->fired || (waiting && l->direct->dirty)))
         zs_drain(l->direct);
     /* Draining main may change members (and free peers): index each time. */
@@ -591,29 +834,72 @@ static void link_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
     /* Only exists to make the loop poll with a zero timeout. */
 }
 
-static sb_rc link_send_hello(struct link *l)
+/* HELLO to every router: its ack renews the lease (rt_on_ack). A router
+ * not connected refuses it (ZMQ_IMMEDIATE) and is asked again next time. */
+static sb_rc link_send_hello(struct link *l, int bye)
 {
     char body[2048];
-    int n = snprintf(body, sizeof body, "kind=%s pid=%ld domains=%s sessions=%ld%s%s",
-                     l->kind, (long)getpid(), l->domains ? l->domains : "", l->sessions,
-                     l->direct ? " direct=" : "", l->direct ? l->direct_ep : "");
+    int n = snprintf(body, sizeof body,
+                     "kind=%s pid=%ld inc=%s seq=%lu domains=%s sessions=%ld%s%s%s", l->kind,
+                     (long)getpid(), l->inc, ++l->seq, l->domains ? l->domains : "", l->sessions,
+                     l->direct ? " direct=" : "", l->direct ? l->direct_ep : "",
+                     bye ? " bye=1" : "");
     if (n < 0 || (size_t)n >= sizeof body) {
         log_error("link_hello_too_long", "bytes=%d", n);
         return SB_ERROR;
     }
-    return link_send_to(l, ENV_HELLO, ENV_ROUTE_ROUTER, "", "", "", body, (size_t)n);
+    struct env_hdr h;
+    uint8_t hdr[ENV_HDR_MAX];
+    env_init(&h, ENV_HELLO, ENV_ROUTE_ROUTER);
+    snprintf(h.sender, sizeof h.sender, "%s", l->instance);
+    long hl = env_encode(&h, hdr, sizeof hdr);
+    if (hl < 0)
+        return SB_ERROR;
+    int sent = 0;
+    for (size_t i = 0; i < l->nrt; i++) {
+        struct link_rt *r = &l->rt[i];
+        if (r->reopen || zs_send(&r->z, hdr, (size_t)hl, body, (size_t)n) != 0)
+            continue;
+        if (r->nmarks == LINK_MARKS) {  /* the oldest goes: a later ack covers it */
+            memmove(r->marks, r->marks + 1, (LINK_MARKS - 1) * sizeof *r->marks);
+            r->nmarks--;
+        }
+        r->marks[r->nmarks++] = (struct link_mark){l->seq, r->unacked.len, ev_now(l->loop)};
+        zs_flush(&r->z);        /* the lease must not wait for a batch window */
+        sent++;
+    }
+    return sent ? SB_OK : SB_ERROR;
 }
 
+/* Every heartbeat: HELLO; a router silent for 2.5 heartbeats is down.
+ * Until some router answers, ask ten times a second; past router_wait
+ * with none ever answering, say so (the process exits with that error). */
 static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct link *l = w->data;
-    if (link_send_hello(l) != SB_OK)
-        log_warn("link_hello_failed", "endpoint_queue=full");
+    double now = ev_now(loop);
+    int any_up = 0;
+    link_check_lease(l);
+    for (size_t i = 0; i < l->nrt; i++) {
+        struct link_rt *r = &l->rt[i];
+        if (r->up && now - r->last_ack > 2.5 * l->heartbeat)
+            rt_down(l, r, "silent");
+        any_up |= r->up;
+    }
+    link_send_hello(l, 0);
+    if (!any_up && !l->lease_until && l->router_wait > 0 && now - l->started > l->router_wait) {
+        log_error("no_router", "routers=%zu waited_s=%.0f", l->nrt, now - l->started);
+        l->router_wait = 0;
+        link_state(l, LINK_NO_ROUTER);
+    }
+    w->repeat = any_up ? l->heartbeat : (l->heartbeat < 0.1 ? l->heartbeat : 0.1);
+    ev_timer_again(loop, w);
     /* Expected only while a direct connection is being set up: in steady
      * state this means a peer refused (not connected, queue full). */
-    if (l->fb_peer || l->fb_rq)
+    if (any_up && (l->fb_peer || l->fb_rq)) {
         log_info("link_direct_fallback", "to_sm=%lu to_instance=%lu", l->fb_peer, l->fb_rq);
-    l->fb_peer = l->fb_rq = 0;
+        l->fb_peer = l->fb_rq = 0;
+    }
 }
 
 /* An sm's ROUTER for direct traffic, bound where o->direct_bind says. */
@@ -633,19 +919,38 @@ static sb_rc link_direct_bind(struct link *l, const char *bind)
     return SB_OK;
 }
 
+/* The routers: a comma-separated list of endpoints. */
 static sb_rc link_socket(struct link *l, const struct link_opts *o)
 {
-    int immediate = 0;
     l->zctx = zmq_ctx_new();
-    if (!l->zctx || zs_open(l, &l->main, ZMQ_DEALER) != SB_OK ||
-        zmq_setsockopt(l->main.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
+    if (!l->zctx)
         return SB_ERROR;
-    if (zmq_connect(l->main.sock, o->endpoint) != 0) {
-        log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(o->endpoint),
-                  sb_log_q(zmq_strerror(errno)));
+    l->local_router = 1;
+    char *list = strdup(o->endpoint), *save = NULL;
+    if (!list)
+        return SB_ERROR;
+    for (char *t = strtok_r(list, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+        if (l->nrt == LINK_ROUTERS_MAX || strlen(t) > RT_DIRECT_MAX) {
+            log_error("link_routers_bad", "routers=%s max=%d", sb_log_q(o->endpoint),
+                      LINK_ROUTERS_MAX);
+            free(list);
+            return SB_ERROR;
+        }
+        struct link_rt *r = &l->rt[l->nrt++];
+        strcpy(r->endpoint, t);
+        r->unacked = (struct sb_buf)SB_BUF_INIT;
+        l->local_router &= rt_endpoint_local(r->endpoint);
+        if (rt_open(l, r) != SB_OK) {
+            free(list);
+            return SB_ERROR;
+        }
+    }
+    free(list);
+    if (!l->nrt) {
+        log_error("link_routers_bad", "routers=\"\" note=\"no router endpoint\"");
         return SB_ERROR;
     }
-    l->local_router = rt_endpoint_local(o->endpoint);
+    l->pref = (size_t)(rt_fnv1a64(RT_FNV_OFFSET, l->instance, strlen(l->instance)) % l->nrt);
     if (o->direct_bind && o->direct_bind[0])
         return link_direct_bind(l, o->direct_bind);
     return SB_OK;
@@ -657,11 +962,17 @@ static void link_watchers(struct link *l)
     ev_set_priority(&l->prepare, EV_MINPRI);    /* after every other prepare that may send */
     ev_check_init(&l->check, link_on_check);
     ev_idle_init(&l->idle, link_on_idle);
-    ev_timer_init(&l->hello, link_on_hello, l->heartbeat, l->heartbeat);
+    /* Quick until a router answers (link_on_hello), then every heartbeat. */
+    double first = l->heartbeat < 0.1 ? l->heartbeat : 0.1;
+    ev_timer_init(&l->hello, link_on_hello, first, first);
     ev_timer_init(&l->flush_timer, link_on_flush_timer, 0., 0.);
+    ev_check_init(&l->lease_check, link_on_lease_check);
+    ev_set_priority(&l->lease_check, EV_MAXPRI);   /* before any client input is read */
     l->prepare.data = l->check.data = l->idle.data = l->hello.data = l->flush_timer.data = l;
+    l->lease_check.data = l;
     ev_prepare_start(l->loop, &l->prepare);
     ev_check_start(l->loop, &l->check);
+    ev_check_start(l->loop, &l->lease_check);
     ev_timer_start(l->loop, &l->hello);
 }
 
@@ -679,18 +990,23 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->ud = ud;
     l->heartbeat = o->heartbeat > 0 ? o->heartbeat : 1.0;
     l->window = o->batch_window >= 0 ? o->batch_window : 0;
+    l->router_wait = o->router_wait > 0 ? o->router_wait : 10;
+    l->started = ev_now(loop);
+    l->limbo = (struct sb_buf)SB_BUF_INIT;
     strcpy(l->instance, o->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
+    link_new_inc(l);
     l->domains = strdup(o->domains ? o->domains : "");
     if (!l->domains || link_socket(l, o) != SB_OK) {
         link_free(l);
         return NULL;
     }
     link_watchers(l);
-    link_send_hello(l);
-    log_info("link_up", "endpoint=%s kind=%s heartbeat=%.3g direct=%s", sb_log_q(o->endpoint),
-             l->kind, l->heartbeat, sb_log_q(l->direct ? l->direct_ep : ""));
+    link_send_hello(l, 0);
+    log_info("link_up", "routers=%s kind=%s inc=%s heartbeat=%.3g direct=%s",
+             sb_log_q(o->endpoint), l->kind, l->inc, l->heartbeat,
+             sb_log_q(l->direct ? l->direct_ep : ""));
     return l;
 }
 
@@ -698,11 +1014,15 @@ void link_free(struct link *l)
 {
     if (!l)
         return;
-    if (l->main.sock)
+    if (l->zctx && l->nrt) {
         link_flush(l);          /* the linger period still delivers it */
+        if (l->leased)
+            link_send_hello(l, 1);  /* give the lease back: see router/README.md */
+    }
     if (ev_is_active(&l->prepare)) {
         ev_prepare_stop(l->loop, &l->prepare);
         ev_check_stop(l->loop, &l->check);
+        ev_check_stop(l->loop, &l->lease_check);
         ev_idle_stop(l->loop, &l->idle);
         ev_timer_stop(l->loop, &l->hello);
         ev_timer_stop(l->loop, &l->flush_timer);
@@ -719,7 +1039,11 @@ void link_free(struct link *l)
         free(l->rq[i].f);
     }
     free(l->rq);
-    zs_close(&l->main);
+    for (size_t i = 0; i < l->nrt; i++) {
+        zs_close(&l->rt[i].z);
+        sb_buf_free(&l->rt[i].unacked);
+    }
+    sb_buf_free(&l->limbo);
     if (l->zctx)
         zmq_ctx_term(l->zctx);
     rt_reg_free(&l->members);
@@ -730,10 +1054,12 @@ void link_free(struct link *l)
 static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
                             size_t blen, const struct env_hdr *h)
 {
-    if (zs_send(&l->main, hdr, hlen, body, blen) == 0)
+    if (l->limbo.len)
+        link_resend(l);         /* older first */
+    if (!l->limbo.len && rt_send_any(l, hdr, hlen, body, blen) == 0)
         return SB_OK;
     log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
-             sb_log_q(h->key), sb_log_q(zmq_strerror(errno)));
+             sb_log_q(h->key), l->limbo.len ? "held-envelopes-first" : "no-router");
     return SB_ERROR;
 }
 
@@ -763,6 +1089,12 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
 const char *link_instance(const struct link *l)
 {
     return l->instance;
+}
+
+void link_set_on_state(struct link *l, link_state_cb cb, void *ud)
+{
+    l->on_state = cb;
+    l->state_ud = ud;
 }
 
 static void link_copy(char *dst, size_t cap, const char *src)
@@ -803,5 +1135,5 @@ void link_set_domains(struct link *l, const char *csv)
     free(l->domains);
     l->domains = d;
     /* Routing depends on domains: tell the router now, not at the next beat. */
-    link_send_hello(l);
+    link_send_hello(l, 0);
 }

@@ -1,14 +1,20 @@
-/* link.h — a component's connections to the router and the sms, on the
+/* link.h — a component's connections to the routers and the sms, on the
  * libev loop.
  *
- * Every process except the router owns one link: a ZeroMQ DEALER socket
- * whose routing id is the instance name, connected to the router endpoint,
- * plus one DEALER per sm that announced a direct endpoint (an sm binds a
- * ROUTER for it): stanzas for local users go straight to the owning sm,
- * and the sm answers straight back (see link.c and ENVELOPE.md).
- * The link sends HELLO (kind, pid, domains) at start and every heartbeat
- * interval; HELLO doubles as the heartbeat, so a restarted router learns
- * every component back within one interval.
+ * Every process except the routers owns one link: one ZeroMQ DEALER per
+ * router (routing id = the instance name), plus one DEALER per sm that
+ * announced a direct endpoint (an sm binds a ROUTER for it): stanzas for
+ * local users go straight to the owning sm, and the sm answers straight
+ * back (see link.c and ENVELOPE.md). What goes through a router goes
+ * through one live router (each instance prefers its own, by hash).
+ *
+ * The link sends HELLO (kind, pid, incarnation, domains) to every router
+ * at start and every heartbeat; each router writes it to Redis as the
+ * instance's lease and acknowledges it. The lease is the instance's life
+ * in the cluster: it holds from when an acknowledged HELLO was sent for
+ * `lease` seconds; when it runs out the instance is dead to everyone else
+ * and the link says so (LINK_LEASE_LOST) so the process can act (close
+ * its clients' streams), then starts a new incarnation.
  *
  * One ZeroMQ message carries one or more envelopes: frames [h1][b1][h2][b2]…
  * (see ENVELOPE.md); the receive callback runs once per envelope, in order.
@@ -24,12 +30,19 @@
 
 struct link;
 
+enum link_state {
+    LINK_LEASE_HELD,    /* a router confirmed our lease (again) */
+    LINK_LEASE_LOST,    /* no confirmed HELLO for a lease: the cluster thinks us dead */
+    LINK_NO_ROUTER      /* no router answered within router_wait of the start */
+};
+typedef void (*link_state_cb)(struct link *l, enum link_state st, void *ud);
+
 /* Called once per received envelope. body is not NUL-terminated. */
 typedef void (*link_recv_cb)(struct link *l, const struct env_hdr *h,
                              const char *body, size_t body_len, void *ud);
 
 struct link_opts {
-    const char *endpoint;    /* e.g. "tcp://127.0.0.1:15555" */
+    const char *endpoint;    /* the routers: "tcp://127.0.0.1:15555,tcp://127.0.0.1:15556" */
     const char *instance;    /* routing id, e.g. "c2s1" */
     const char *kind;        /* "c2s", "sm", "bosh", "s2s" */
     const char *domains;     /* comma-separated local domains served, or "" */
@@ -42,6 +55,7 @@ struct link_opts {
      * (at most one batch per socket per window under load; a stanza after
      * a quiet window leaves at once). 0 = one batch per loop iteration. */
     double batch_window;
+    double router_wait;      /* seconds to wait for a first router ack (default 10) */
 };
 
 struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
@@ -60,6 +74,9 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
 void link_flush(struct link *l);
 
 const char *link_instance(const struct link *l);
+
+/* Told of lease changes and a start without any router (see above). */
+void link_set_on_state(struct link *l, link_state_cb cb, void *ud);
 
 /* Convenience: build a header with sender/sid filled and send. */
 sb_rc link_send_to(struct link *l, enum env_kind kind, enum env_route route,

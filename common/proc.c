@@ -154,7 +154,7 @@ int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d)
         sb_proc_signals(p);
         d->started();
         ev_run(p->loop, 0);
-        rc = 0;
+        rc = p->failed;
     }
     ev_timer_stop(p->loop, &proc_grace);
     d->cleanup();
@@ -174,15 +174,38 @@ struct pgev *sb_proc_pg(struct sb_proc *p)
     return p->pg = pgev_new(p->loop, sb_config_str("postgres", "dbname=switchboard"));
 }
 
+/* Lease and start-up news from the link. */
+static void proc_on_link_state(struct link *l, enum link_state st, void *ud)
+{
+    struct sb_proc *p = ud;
+    if (st == LINK_NO_ROUTER) {
+        log_error("start_failed", "why=no-router routers=%s",
+                  sb_log_q(sb_config_routers()));
+        p->failed = 1;
+        ev_break(p->loop, EVBREAK_ALL);
+    } else if (st == LINK_LEASE_LOST && proc_d && proc_d->lease_lost) {
+        proc_d->lease_lost();
+    }
+}
+
+const char *sb_proc_routers(void)
+{
+    return sb_config_str("routers", sb_config_str("router", "tcp://127.0.0.1:15555"));
+}
+
 struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud)
 {
     struct link_opts lo = {
-        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .endpoint = sb_config_routers(),
+        .router_wait = atof(sb_config_str("router_wait", "10")),
         .instance = p->instance,
         .kind = p->kind,
         .domains = "",
         .heartbeat = atof(sb_config_str("heartbeat", "1")),
         .batch_window = sb_config_int("batch_window_us", 1000) / 1e6,
     };
-    return p->link = link_new(p->loop, &lo, cb, ud);
+    p->link = link_new(p->loop, &lo, cb, ud);
+    if (p->link)
+        link_set_on_state(p->link, proc_on_link_state, p);
+    return p->link;
 }

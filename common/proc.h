@@ -25,6 +25,7 @@ struct sb_proc {
     struct link *link;        /* sb_proc_link's; freed by sb_proc_run */
     struct pgev *pg;          /* sb_proc_pg's; freed by sb_proc_run */
     ev_signal sig_term, sig_int, sig_hup;
+    int failed;               /* set before breaking the loop: exit 1 */
 };
 
 /* Parse args, load config, init log. Prints usage and returns SB_ERROR on
@@ -43,6 +44,9 @@ struct sb_proc_daemon {
      * gone; `grace` seconds bound it), 0 to exit now. A second signal exits. */
     int (*stop)(void);
     void (*cleanup)(void);      /* after the loop or a failed open */
+    /* The cluster's lease on this process ran out (link.h): everyone else
+     * has ended its sessions, so it closes its clients' streams. */
+    void (*lease_lost)(void);
     double grace;
 };
 /* configure → open → started → the loop until stopped → cleanup, then the
@@ -50,10 +54,14 @@ struct sb_proc_daemon {
  * frees the config. Returns the exit code (0, or 1 on failure).
  * p->on_reload/ud may be set before; on_stop is the daemon's stop. */
 int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d);
-/* The process's router link from the [kind] keys `router` and `heartbeat`
- * (domains announced later with link_set_domains), kept in p->link. NULL
- * on failure. */
+/* The process's router link from the keys `routers` (comma-separated;
+ * `router` is the one-router spelling) and `heartbeat` (domains announced
+ * later with link_set_domains), kept in p->link. No router answering
+ * within `router_wait` seconds ends the run with exit code 1. NULL on
+ * failure. */
 struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud);
+/* The router endpoints from the config ("a,b,…"). */
+const char *sb_proc_routers(void);
 /* The process's PostgreSQL client (`postgres`, default dbname=switchboard),
  * kept in p->pg. NULL on failure. */
 struct pgev *sb_proc_pg(struct sb_proc *p);

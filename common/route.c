@@ -76,6 +76,8 @@ struct rt_hello {
     size_t domains_len;
     const char *direct;
     size_t direct_len;
+    char inc[RT_INC_MAX + 1];
+    int remote;             /* addr= (written by a router) is not loopback */
 };
 
 static long rt_parse_long(const char *v, size_t n)
@@ -101,6 +103,12 @@ static void rt_hello_field(struct rt_hello *h, const char *k, size_t kn, const c
                (!strncmp(v, "tcp://", 6) || !strncmp(v, "ipc://", 6))) {
         h->direct = v;
         h->direct_len = vn;
+    } else if (kn == 3 && memcmp(k, "inc", 3) == 0 && rt_name_ok(v, vn, RT_INC_MAX)) {
+        memcpy(h->inc, v, vn);
+        h->inc[vn] = '\0';
+    } else if (kn == 4 && memcmp(k, "addr", 4) == 0 && vn > 0) {
+        /* The address a router saw the HELLO come from (lease bodies). */
+        h->remote = !((vn > 4 && memcmp(v, "127.", 4) == 0) || (vn == 3 && memcmp(v, "::1", 3) == 0));
     } else if (kn == 7 && memcmp(k, "domains", 7) == 0 && !memchr(v, '\0', vn)) {
         h->domains = v;
         h->domains_len = vn;
@@ -172,7 +180,7 @@ static int rt_direct_set(const struct rt_registry *r, struct rt_inst *in,
     if (h->direct) {
         memcpy(d, h->direct, h->direct_len);
         d[h->direct_len] = '\0';
-        if (r->remote_hello && rt_endpoint_local(d))
+        if ((r->remote_hello || h->remote) && rt_endpoint_local(d))
             d[0] = '\0';    /* loopback of another host: nobody here can reach it */
     }
     if (!strcmp(d, in->direct))
@@ -198,11 +206,13 @@ int rt_reg_hello(struct rt_registry *r, const char *name, size_t name_len,
             strcpy(old_kind, in->kind);
         if (strcmp(in->kind, h.kind) != 0)
             ch |= RT_CH_KIND;
-        if (in->pid && h.pid && in->pid != h.pid)
+        if (in->inc[0] && h.inc[0] ? strcmp(in->inc, h.inc) != 0
+                                   : in->pid && h.pid && in->pid != h.pid)
             ch |= RT_CH_RESTART;
     }
     strcpy(in->kind, h.kind);
     in->pid = h.pid;
+    strcpy(in->inc, h.inc);
     in->sessions = h.sessions;
     in->last_hello = now;
     return ch | rt_domains_set(in, &h) | rt_direct_set(r, in, &h);

@@ -13,6 +13,7 @@
 
 #define RT_KIND_MAX 15
 #define RT_DIRECT_MAX 127   /* an sm's direct endpoint, "tcp://host:port" */
+#define RT_INC_MAX 16       /* an incarnation id: hex */
 #define RT_FNV_OFFSET 0xcbf29ce484222325ULL
 #define RT_FNV_PRIME 0x100000001b3ULL
 
@@ -26,6 +27,7 @@ struct rt_inst {
     double last_hello;      /* caller's clock (sb_now()) at the last HELLO */
     uint64_t seed;          /* fnv1a64 state after name + "\n": hashing skips it */
     double restarted_at;    /* set by the caller: last pid change seen, 0 = none */
+    char inc[RT_INC_MAX + 1];   /* incarnation: random per process life (and per lease) */
 };
 
 struct rt_registry {
@@ -40,7 +42,7 @@ struct rt_registry {
 #define RT_CH_NEW     0x01  /* first HELLO from this name */
 #define RT_CH_KIND    0x02  /* same name, other kind */
 #define RT_CH_DOMAINS 0x04  /* announced domains differ */
-#define RT_CH_RESTART 0x08  /* same name, other pid: the old process is gone */
+#define RT_CH_RESTART 0x08  /* same name, other incarnation (or pid): the old one is gone */
 #define RT_CH_DIRECT  0x10  /* announced direct endpoint differs */
 
 /* ---- hashing ----------------------------------------------------------- */

@@ -8,12 +8,22 @@
  * moved, not copied) and each queue leaves as one ZeroMQ message after the
  * drain and before the loop blocks, so a busy router hands libzmq's I/O
  * thread one message per destination per wake-up instead of one per
- * envelope. A destination found gone at that point (EHOSTUNREACH) is
- * declared dead and its envelopes are routed again or bounced. */
+ * envelope. A destination found gone at that point (EHOSTUNREACH) gets
+ * its envelopes bounced: it is only declared dead when its lease ends.
+ *
+ * Membership is not this router's own: every HELLO a component sends (to
+ * every router) renews its lease in Redis (`SET lease:NAME <hello> PX`,
+ * `HSET sb:members NAME "inc kind"`), and the registry routing uses is
+ * rebuilt from Redis every poll (250 ms, at once after a HELLO that says
+ * something new), so every router gives the same answer. A name whose
+ * lease is gone is dead; the one router that wins `SET down:NAME:INC NX`
+ * asks an sm to clean up after it. See router/README.md. */
+#define _GNU_SOURCE
 #include "route.h"
 #include "config.h"
 #include "log.h"
 #include "proc.h"
+#include "rdev.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -26,11 +36,14 @@
 #define RT_OUT_MAX 256         /* envelopes per outgoing message to one destination */
 #define RT_PENDING_MAX 256     /* dead front-ends waiting for an sm to clean them */
 #define RT_ID_MAX 255          /* ZeroMQ routing ids are at most 255 bytes */
+#define RT_POLL_EVERY 0.25     /* seconds between membership reads from Redis */
+#define RT_MEMBERS_MAX 1024    /* names read per poll */
+#define RT_DOWN_CLAIM_MS 600000 /* how long a clean-up claim is kept */
 
 struct rt_dead {
     char name[ENV_NAME_MAX + 1];
     char kind[RT_KIND_MAX + 1];
-    long pid;
+    char inc[RT_INC_MAX + 1];
 };
 
 /* What to do with a queued envelope whose destination turns out gone. */
@@ -58,8 +71,13 @@ struct rt_server {
     struct ev_loop *loop;
     const char *name;
     void *zctx, *sock;
-    double timeout;
-    struct rt_registry reg;
+    double lease;                   /* seconds a HELLO keeps its sender alive */
+    struct rt_registry reg;         /* from Redis: what routing uses */
+    struct rt_registry heard;       /* from HELLOs here: only to notice news */
+    struct rdev *rd;
+    double store_up_since;          /* Redis (re)connected; 0 = down */
+    int polling, poll_again;
+    ev_timer poll;
     ev_io io;
     ev_prepare prepare;
     ev_check check;
@@ -68,9 +86,11 @@ struct rt_server {
     struct env_hdr in, out;         /* scratch for the slow paths */
     uint8_t enc[ENV_HDR_MAX];
     struct sb_buf body;
+    struct sb_buf lease_val;
     struct rt_dead pending[RT_PENDING_MAX];
     size_t npending;
     unsigned long dropped_full;     /* sends refused by a full peer queue */
+    unsigned long unsent;           /* own controls to an instance not connected here */
     int fired;                      /* the fd fired: drain in the check */
     int dirty;                      /* zmq calls since the socket was seen empty */
     unsigned long bad_in;           /* garbage envelopes since the last sweep */
@@ -82,7 +102,6 @@ struct rt_server {
 static void rt_handle(struct rt_server *s, zmq_msg_t *f);
 static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
                       zmq_msg_t *body, const char *reason);
-static void rt_inst_gone(struct rt_server *s, size_t idx, const char *why);
 static void rt_members_broadcast(struct rt_server *s);
 
 /* A peer sending garbage must not flood the log: the first one of each
@@ -121,31 +140,24 @@ static void rt_env_close(struct rt_env *e)
 }
 
 /* The destination refused the message's first frame: nothing was queued
- * and the envelopes are still ours. Gone (EHOSTUNREACH): it exited or died
- * before its heartbeat timed out, and ZeroMQ already knows — drop it now
- * and route its envelopes again (a bind would otherwise fail
- * internal-server-error). Full (EAGAIN): dropped and counted. */
+ * and the envelopes are still ours. Gone (EHOSTUNREACH): not connected to
+ * this router (it died, or its connection is being re-made). It stays a
+ * member until its lease ends — another router may still reach it, and a
+ * user's sm must not change while its lease holds — so each envelope is
+ * bounced to its sender, who reports the error. Full (EAGAIN): dropped and
+ * counted. */
 static void rt_refused(struct rt_server *s, const char *to, size_t tolen,
                        struct rt_env *v, size_t n, int err)
 {
-    if (err == EHOSTUNREACH) {
-        struct rt_inst *in = rt_reg_find(&s->reg, to, tolen);
-        if (in) {
-            rt_inst_gone(s, (size_t)(in - s->reg.v), "unreachable");
-            rt_members_broadcast(s);
-        }
-    } else if (err == EAGAIN) {
+    if (err == EAGAIN)
         s->dropped_full += n;
-    }
     for (size_t i = 0; i < n; i++) {
         struct rt_env *e = &v[i];
-        if (err == EHOSTUNREACH && e->mode == RT_REROUTE)
-            rt_handle(s, e->f);
-        else if (err == EHOSTUNREACH && e->mode == RT_BOUNCE)
-            rt_bounce(s, &e->f[0], &e->f[1], &e->f[2], "unknown-instance");
+        if (err == EHOSTUNREACH && (e->mode == RT_REROUTE || e->mode == RT_BOUNCE))
+            rt_bounce(s, &e->f[0], &e->f[1], &e->f[2],
+                      e->mode == RT_REROUTE ? "unreachable" : "unknown-instance");
         else if (e->mode == RT_LOG)
-            log_warn("control_not_sent", "to=%.*s err=%s", (int)tolen, to,
-                     sb_log_q(zmq_strerror(err)));
+            s->unsent++;            /* e.g. members for one not connected here: sweep logs */
         rt_env_close(e);
     }
 }
@@ -324,8 +336,9 @@ static void rt_members_broadcast(struct rt_server *s)
 }
 
 /* Ask one sm (chosen by hashing the dead name, so every router agrees) to
- * clean up what the dead instance held. With no sm alive, remember it. */
-static void rt_instance_down(struct rt_server *s, const char *name, const char *kind, long pid)
+ * clean up what the dead incarnation held. With no sm alive, remember it. */
+static void rt_instance_down(struct rt_server *s, const char *name, const char *kind,
+                             const char *inc)
 {
     const struct rt_inst *sm = rt_pick(&s->reg, "sm", name, strlen(name));
     if (!sm) {
@@ -338,54 +351,71 @@ static void rt_instance_down(struct rt_server *s, const char *name, const char *
         struct rt_dead *d = &s->pending[s->npending++];
         snprintf(d->name, sizeof d->name, "%s", name);
         snprintf(d->kind, sizeof d->kind, "%s", kind);
-        d->pid = pid;
+        snprintf(d->inc, sizeof d->inc, "%s", inc);
         log_warn("instance_down_pending", "name=%s kind=%s reason=no-sm", name, kind);
         return;
     }
-    char body[RT_KIND_MAX + 8];
-    int n = snprintf(body, sizeof body, "kind=%s", kind);
+    char body[RT_KIND_MAX + RT_INC_MAX + 16];
+    int n = snprintf(body, sizeof body, "kind=%s inc=%s", kind, inc);
     rt_control(s, sm->name, "instance-down", name, body, (size_t)n);
-    log_info("instance_down_sent", "name=%s kind=%s to=%s", name, kind, sm->name);
-}
-
-/* Remove a dead instance and have its sessions cleaned up; the caller sends
- * `members`. why != NULL: found gone by a failed send, before its heartbeat
- * timed out (logged instance_gone; the sweep logs instance_dead itself). */
-static void rt_inst_gone(struct rt_server *s, size_t idx, const char *why)
-{
-    struct rt_dead d;
-    const struct rt_inst *in = &s->reg.v[idx];
-    strcpy(d.name, in->name);
-    strcpy(d.kind, in->kind);
-    d.pid = in->pid;
-    if (why)
-        log_warn("instance_gone", "name=%s kind=%s pid=%ld why=%s", d.name, d.kind, d.pid, why);
-    rt_reg_remove(&s->reg, idx);
-    rt_instance_down(s, d.name, d.kind, d.pid);
+    log_info("instance_down_sent", "name=%s kind=%s inc=%s to=%s", name, kind, inc, sm->name);
 }
 
 static void rt_flush_pending(struct rt_server *s)
 {
     size_t n = s->npending;
     s->npending = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct rt_dead d = s->pending[i];
-        const struct rt_inst *back = rt_reg_find(&s->reg, d.name, strlen(d.name));
-        /* Back under the same pid: it was only silent and still holds its
-         * sessions. Any other case: the old process's sessions are stale. */
-        if (!back || !d.pid || back->pid != d.pid)
-            rt_instance_down(s, d.name, d.kind, d.pid);
-    }
+    for (size_t i = 0; i < n; i++)
+        rt_instance_down(s, s->pending[i].name, s->pending[i].kind, s->pending[i].inc);
 }
 
-/* Two processes started with one name take the routing id from each other
- * on every HELLO (ROUTER_HANDOVER), so the pid flips back and forth. That
- * is a configuration error, not a stream of restarts: cleaning up "the old
+/* One dead incarnation is cleaned up once cluster-wide: whichever router
+ * sets down:NAME:INC first sends instance-down; the others see nil. */
+struct rt_claim {
+    struct rt_server *s;
+    struct rt_dead d;
+};
+
+static void rt_on_claim(redisReply *r, void *arg)
+{
+    struct rt_claim *c = arg;
+    if (r && r->type == REDIS_REPLY_STATUS)
+        rt_instance_down(c->s, c->d.name, c->d.kind, c->d.inc);
+    else if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("instance_down_claim_failed", "name=%s inc=%s err=%s", c->d.name, c->d.inc,
+                 sb_log_q(r ? r->str : "no connection"));
+    free(c);
+}
+
+static void rt_claim_down(struct rt_server *s, const char *name, const char *kind, const char *inc)
+{
+    struct rt_claim *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->s = s;
+    snprintf(c->d.name, sizeof c->d.name, "%s", name);
+    snprintf(c->d.kind, sizeof c->d.kind, "%s", kind[0] ? kind : "?");
+    snprintf(c->d.inc, sizeof c->d.inc, "%s", inc[0] ? inc : "-");
+    if (rdev_cmd(s->rd, rt_on_claim, c, "SET down:%s:%s %s NX PX %d", c->d.name, c->d.inc,
+                 s->name, RT_DOWN_CLAIM_MS) != SB_OK)
+        free(c);
+}
+
+static void rt_on_redis_ok(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("redis_failed", "what=%s err=%s", (const char *)arg,
+                 sb_log_q(r ? r->str : "no connection"));
+}
+
+/* Two processes started with one name overwrite each other's lease on
+ * every HELLO, so the incarnation flips back and forth. That is a
+ * configuration error, not a stream of restarts: cleaning up "the old
  * process" each time would wipe live sessions. */
 static int rt_name_flapping(struct rt_server *s, struct rt_inst *in, long old_pid)
 {
     double now = sb_now();
-    int flapping = in->restarted_at > 0 && now - in->restarted_at < 2 * s->timeout;
+    int flapping = in->restarted_at > 0 && now - in->restarted_at < 2 * s->lease;
     in->restarted_at = now;
     if (flapping)
         log_error("duplicate_instance_name", "name=%s pid=%ld other_pid=%ld", in->name,
@@ -393,52 +423,324 @@ static int rt_name_flapping(struct rt_server *s, struct rt_inst *in, long old_pi
     return flapping;
 }
 
-static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
+/* A live lease read from Redis: the registry takes it as a HELLO. Returns
+ * 1 when what links route by changed. */
+static int rt_lease_live(struct rt_server *s, const char *name, const char *body, size_t len)
 {
-    char old_kind[RT_KIND_MAX + 1] = "";
-    const char *name = zmq_msg_data(id);
-    const struct rt_inst *prev = rt_reg_find(&s->reg, name, zmq_msg_size(id));
+    char old_kind[RT_KIND_MAX + 1] = "", old_inc[RT_INC_MAX + 1] = "";
+    size_t nlen = strlen(name);
+    const struct rt_inst *prev = rt_reg_find(&s->reg, name, nlen);
     long old_pid = prev ? prev->pid : 0;
-    size_t nlen = zmq_msg_size(id);
-    /* A loopback `direct=` endpoint is only usable if the sm is on this
-     * host (ZeroMQ reports where a TCP message came from). */
-    const char *peer = zmq_msg_gets(body, "Peer-Address");
-    s->reg.remote_hello = peer && strncmp(peer, "127.", 4) != 0 && strcmp(peer, "::1") != 0;
-    int ch = rt_reg_hello(&s->reg, name, nlen, zmq_msg_data(body), zmq_msg_size(body),
-                          sb_now(), old_kind);
-    if (ch < 0) {
-        log_warn("hello_rejected", "id_bytes=%zu body_bytes=%zu", nlen, zmq_msg_size(body));
-        return;
+    if (prev)
+        strcpy(old_inc, prev->inc);
+    s->reg.remote_hello = 0;
+    int ch = rt_reg_hello(&s->reg, name, nlen, body, len, sb_now(), old_kind);
+    if (ch <= 0) {
+        if (ch < 0)
+            log_warn("lease_rejected", "name=%s body_bytes=%zu", sb_log_q(name), len);
+        return 0;
     }
-    if (ch == 0)
-        return;
     struct rt_inst *in = rt_reg_find(&s->reg, name, nlen);
     if ((ch & RT_CH_RESTART) && rt_name_flapping(s, in, old_pid))
         ch &= ~RT_CH_RESTART;
     if (ch & RT_CH_NEW)
-        log_info("instance_up", "name=%s kind=%s pid=%ld domains=%s sessions=%ld",
-                 in->name, in->kind, in->pid, sb_log_q(in->domains), in->sessions);
+        log_info("instance_up", "name=%s kind=%s pid=%ld inc=%s domains=%s sessions=%ld",
+                 in->name, in->kind, in->pid, in->inc, sb_log_q(in->domains), in->sessions);
     else if (ch & (RT_CH_RESTART | RT_CH_KIND))
-        log_warn("instance_restarted", "name=%s kind=%s old_kind=%s pid=%ld old_pid=%ld",
-                 in->name, in->kind, old_kind, in->pid, old_pid);
+        log_warn("instance_restarted", "name=%s kind=%s old_kind=%s pid=%ld old_pid=%ld inc=%s",
+                 in->name, in->kind, old_kind, in->pid, old_pid, in->inc);
     else if (ch & RT_CH_DOMAINS)
         log_info("instance_domains", "name=%s domains=%s", in->name, sb_log_q(in->domains));
-    /* A quick restart never missed a heartbeat, but its old sessions are gone. */
-    if (ch & RT_CH_RESTART) {
-        char dead[ENV_NAME_MAX + 1];
-        strcpy(dead, in->name);
-        rt_instance_down(s, dead, old_kind, old_pid);
-    }
     if (ch & RT_CH_DIRECT)
         log_info("instance_direct", "name=%s direct=%s", in->name, sb_log_q(in->direct));
-    /* Links route by the same registry: anything it decides on goes out. */
+    /* A quick restart kept the lease alive, but the old sessions are gone. */
+    if (ch & RT_CH_RESTART)
+        rt_claim_down(s, name, old_kind, old_inc);
     int sm_routing = strcmp(in->kind, "sm") == 0 && (ch & (RT_CH_DOMAINS | RT_CH_DIRECT));
-    if ((ch & (RT_CH_NEW | RT_CH_KIND)) || sm_routing) {
+    return (ch & (RT_CH_NEW | RT_CH_KIND)) || sm_routing;
+}
+
+/* A member whose lease is gone: dead. Nobody is judged while Redis has
+ * been back for less than a lease (a restarted Redis lost every lease;
+ * the components write theirs again within a heartbeat). */
+static int rt_lease_gone(struct rt_server *s, const char *name, const char *incv)
+{
+    char inc[RT_INC_MAX + 1] = "", kind[RT_KIND_MAX + 1] = "";
+    sscanf(incv, "%16s %15s", inc, kind);
+    struct rt_inst *in = rt_reg_find(&s->reg, name, strlen(name));
+    if (in) {
+        log_warn("instance_dead", "name=%s kind=%s pid=%ld inc=%s silent_ms=%ld", in->name,
+                 in->kind, in->pid, in->inc, (long)((sb_now() - in->last_hello) * 1000));
+        rt_reg_remove(&s->reg, (size_t)(in - s->reg.v));
+    }
+    rt_claim_down(s, name, kind, inc);
+    /* Forget the name unless it came back meanwhile (another incarnation). */
+    rdev_cmd(s->rd, rt_on_redis_ok, "members_del",
+             "EVAL %s 1 sb:members %s %s",
+             "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+             "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0",
+             name, incv);
+    return in != NULL;
+}
+
+struct rt_poll {
+    struct rt_server *s;
+    size_t n;
+    char **names, **incs;
+};
+
+static void rt_poll_free(struct rt_poll *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->names[i]);
+        free(p->incs[i]);
+    }
+    free(p->names);
+    free(p->incs);
+    free(p);
+}
+
+static void rt_poll_start(struct rt_server *s);
+
+static void rt_poll_done(struct rt_server *s)
+{
+    s->polling = 0;
+    if (s->poll_again) {
+        s->poll_again = 0;
+        rt_poll_start(s);
+    }
+}
+
+/* MGET lease:… answered: live ones update the registry, gone ones die,
+ * registry entries no longer listed at all were cleaned up elsewhere. */
+static void rt_on_leases(redisReply *r, void *arg)
+{
+    struct rt_poll *p = arg;
+    struct rt_server *s = p->s;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != p->n) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            log_warn("members_read_failed", "err=%s", sb_log_q(r->str));
+        rt_poll_free(p);
+        rt_poll_done(s);
+        return;
+    }
+    int changed = 0, judge = s->store_up_since > 0 && sb_now() - s->store_up_since >= s->lease;
+    for (size_t i = 0; i < p->n; i++) {
+        redisReply *e = r->element[i];
+        if (e->type == REDIS_REPLY_STRING)
+            changed |= rt_lease_live(s, p->names[i], e->str, e->len);
+        else if (judge)
+            changed |= rt_lease_gone(s, p->names[i], p->incs[i]);
+    }
+    for (size_t i = 0; i < s->reg.n;) {
+        size_t j = 0;
+        while (j < p->n && strcmp(p->names[j], s->reg.v[i].name))
+            j++;
+        if (j < p->n || !judge) {
+            i++;
+            continue;
+        }
+        log_warn("instance_dead", "name=%s kind=%s pid=%ld inc=%s why=cleaned-up-elsewhere",
+                 s->reg.v[i].name, s->reg.v[i].kind, s->reg.v[i].pid, s->reg.v[i].inc);
+        rt_reg_remove(&s->reg, i);
+        changed = 1;
+    }
+    if (changed) {
         rt_members_broadcast(s);
-        in = rt_reg_find(&s->reg, name, nlen);
-        if (in && strcmp(in->kind, "sm") == 0 && s->npending)
+        if (s->npending && rt_reg_count_kind(&s->reg, "sm"))
             rt_flush_pending(s);
     }
+    rt_poll_free(p);
+    rt_poll_done(s);
+}
+
+/* HGETALL sb:members answered: read every lease in one MGET. */
+static void rt_on_members(redisReply *r, void *arg)
+{
+    struct rt_server *s = arg;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            log_warn("members_read_failed", "err=%s", sb_log_q(r->str));
+        rt_poll_done(s);
+        return;
+    }
+    size_t n = r->elements / 2;
+    if (n > RT_MEMBERS_MAX)
+        n = RT_MEMBERS_MAX;
+    struct rt_poll *p = calloc(1, sizeof *p);
+    const char **argv = calloc(n + 1, sizeof *argv);
+    size_t *argl = calloc(n + 1, sizeof *argl);
+    if (p) {
+        p->s = s;
+        p->names = calloc(n + 1, sizeof *p->names);
+        p->incs = calloc(n + 1, sizeof *p->incs);
+    }
+    if (!p || !argv || !argl || !p->names || !p->incs) {
+        free(argv);
+        free(argl);
+        if (p)
+            rt_poll_free(p);
+        rt_poll_done(s);
+        return;
+    }
+    argv[0] = "MGET";
+    argl[0] = 4;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *k = r->element[2 * i], *v = r->element[2 * i + 1];
+        char *key = malloc(k->len + 7);
+        p->names[p->n] = strndup(k->str, k->len);
+        p->incs[p->n] = strndup(v->str, v->len);
+        if (!key || !p->names[p->n] || !p->incs[p->n]) {
+            free(key);
+            free(p->names[p->n]);
+            free(p->incs[p->n]);
+            continue;
+        }
+        memcpy(key, "lease:", 6);
+        memcpy(key + 6, k->str, k->len + 1);
+        argv[p->n + 1] = key;
+        argl[p->n + 1] = k->len + 6;
+        p->n++;
+    }
+    sb_rc rc = SB_ERROR;
+    if (p->n)
+        rc = rdev_cmdargv(s->rd, rt_on_leases, p, (int)p->n + 1, argv, argl);
+    for (size_t i = 1; i <= p->n; i++)
+        free((char *)argv[i]);
+    free(argv);
+    free(argl);
+    if (rc != SB_OK) {
+        if (!p->n) {            /* nobody listed: whatever we knew is gone */
+            redisReply none = {.type = REDIS_REPLY_ARRAY};
+            rt_on_leases(&none, p);
+            return;
+        }
+        rt_poll_free(p);
+        rt_poll_done(s);
+    }
+}
+
+static void rt_poll_start(struct rt_server *s)
+{
+    if (s->polling) {
+        s->poll_again = 1;
+        return;
+    }
+    if (!rdev_connected(s->rd))
+        return;
+    s->polling = 1;
+    if (rdev_cmd(s->rd, rt_on_members, s, "HGETALL sb:members") != SB_OK)
+        s->polling = 0;
+}
+
+static void rt_on_poll(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    rt_poll_start(w->data);
+}
+
+static void rt_on_store_up(void *arg)
+{
+    struct rt_server *s = arg;
+    s->store_up_since = sb_now();
+    log_info("store_up", "grace_ms=%ld", (long)(s->lease * 1000));
+    rt_poll_start(s);
+}
+
+/* The HELLO's lease is written: confirm it to its sender, who counts its
+ * lease from when it sent that HELLO (so never later than Redis does). */
+struct rt_renew {
+    struct rt_server *s;
+    char name[ENV_NAME_MAX + 1];
+    char seq[24];
+};
+
+static void rt_on_renewed(redisReply *r, void *arg)
+{
+    struct rt_renew *rn = arg;
+    struct rt_server *s = rn->s;
+    int ok = r && r->type == REDIS_REPLY_STATUS;
+    if (!r)
+        s->store_up_since = 0;      /* judge nobody until it is back for a lease */
+    char body[64];
+    int n = snprintf(body, sizeof body, "lease_ms=%ld store=%s", (long)(s->lease * 1000),
+                     ok ? "ok" : "down");
+    rt_control(s, rn->name, "hello-ack", rn->seq, body, (size_t)n);
+    free(rn);
+}
+
+/* HELLO: [identity] says who, the body what (common/link.c). Renew the
+ * sender's lease with the address it came from, and read the members at
+ * once when it says something this router has not heard before. */
+/* HELLO with bye=1: a process stopping cleanly gives its lease back, so
+ * nobody waits for it to run out (its users move to another sm at once).
+ * Every router hears it and drops the name the same way. */
+static void rt_on_bye(struct rt_server *s, const char *name, const char *inc)
+{
+    struct rt_inst *in = rt_reg_find(&s->reg, name, strlen(name));
+    if (!in || strcmp(in->inc, inc) != 0)
+        return;
+    char kind[RT_KIND_MAX + 1], incv[RT_INC_MAX + RT_KIND_MAX + 2], needle[RT_INC_MAX + 8];
+    strcpy(kind, in->kind);
+    log_warn("instance_gone", "name=%s kind=%s pid=%ld inc=%s why=left", name, kind, in->pid, inc);
+    rt_reg_remove(&s->reg, (size_t)(in - s->reg.v));
+    snprintf(incv, sizeof incv, "%s %s", inc, kind);
+    snprintf(needle, sizeof needle, "inc=%s ", inc);
+    rdev_cmd(s->rd, rt_on_redis_ok, "lease_del", "EVAL %s 1 lease:%s %s",
+             "if string.find(redis.call('GET', KEYS[1]) or '', ARGV[1], 1, true) then "
+             "return redis.call('DEL', KEYS[1]) end return 0", name, needle);
+    rt_lease_gone(s, name, incv);
+    rt_members_broadcast(s);
+}
+
+static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
+{
+    const char *name = zmq_msg_data(id);
+    size_t nlen = zmq_msg_size(id), blen = zmq_msg_size(body);
+    const char *peer = zmq_msg_gets(body, "Peer-Address");
+    s->heard.remote_hello = 0;
+    int ch = rt_reg_hello(&s->heard, name, nlen, zmq_msg_data(body), blen, sb_now(), NULL);
+    struct rt_inst *in = ch < 0 ? NULL : rt_reg_find(&s->heard, name, nlen);
+    if (!in || !in->inc[0]) {
+        if (rt_bad_first(s))
+            log_warn("hello_rejected", "id_bytes=%zu body_bytes=%zu", nlen, blen);
+        return;
+    }
+    const char *b = zmq_msg_data(body);
+    if (memmem(b, blen, " bye=1", 6)) {
+        char nm[ENV_NAME_MAX + 1], inc[RT_INC_MAX + 1];
+        strcpy(nm, in->name);
+        strcpy(inc, in->inc);
+        rt_reg_remove(&s->heard, (size_t)(in - s->heard.v));
+        rt_on_bye(s, nm, inc);
+        return;
+    }
+    struct rt_renew *rn = calloc(1, sizeof *rn);
+    if (!rn)
+        return;
+    rn->s = s;
+    strcpy(rn->name, in->name);
+    const char *seq = blen ? memmem(b, blen, "seq=", 4) : NULL;
+    size_t sl = 0;
+    if (seq) {
+        seq += 4;
+        while (seq + sl < b + blen && sl < sizeof rn->seq - 1 && seq[sl] >= '0' && seq[sl] <= '9')
+            sl++;
+        memcpy(rn->seq, seq, sl);
+    }
+    char incv[RT_INC_MAX + RT_KIND_MAX + 2];
+    snprintf(incv, sizeof incv, "%s %s", in->inc, in->kind);
+    sb_buf_reset(&s->lease_val);
+    if (sb_buf_add(&s->lease_val, b, blen) != SB_OK ||
+        sb_buf_printf(&s->lease_val, " addr=%s", peer ? peer : "") != SB_OK) {
+        free(rn);
+        return;
+    }
+    rdev_cmd(s->rd, rt_on_redis_ok, "members_add", "HSET sb:members %s %s", in->name, incv);
+    if (rdev_cmd(s->rd, rt_on_renewed, rn, "SET lease:%s %b PX %ld", in->name,
+                 s->lease_val.data, s->lease_val.len, (long)(s->lease * 1000)) != SB_OK)
+        free(rn);
+    if (ch > 0)
+        rt_poll_start(s);
 }
 
 static void rt_on_admin(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr)
@@ -644,19 +946,6 @@ static void rt_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rt_server *s = w->data;
-    s->dirty = 1;                   /* may send: ask ZMQ_EVENTS before blocking */
-    double now = sb_now();
-    int changed = 0;
-    long i;
-    while ((i = rt_reg_find_dead(&s->reg, now, s->timeout)) >= 0) {
-        const struct rt_inst *in = &s->reg.v[i];
-        log_warn("instance_dead", "name=%s kind=%s pid=%ld silent_ms=%ld", in->name, in->kind,
-                 in->pid, (long)((now - in->last_hello) * 1000));
-        rt_inst_gone(s, (size_t)i, NULL);
-        changed = 1;
-    }
-    if (changed)
-        rt_members_broadcast(s);
     if (s->bad_in > 1)
         log_warn("bad_envelopes", "count=%lu note=\"garbage from a peer, dropped or bounced\"",
                  s->bad_in);
@@ -664,6 +953,10 @@ static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
     if (s->dropped_full) {
         log_warn("dropped_queue_full", "count=%lu", s->dropped_full);
         s->dropped_full = 0;
+    }
+    if (s->unsent) {
+        log_info("controls_not_sent", "count=%lu why=not-connected-here", s->unsent);
+        s->unsent = 0;
     }
 }
 
@@ -693,17 +986,19 @@ static void rt_watchers(struct rt_server *s)
     int fd = -1;
     size_t sz = sizeof fd;
     zmq_getsockopt(s->sock, ZMQ_FD, &fd, &sz);
-    double every = s->timeout / 4 < 0.25 ? s->timeout / 4 : 0.25;
     ev_io_init(&s->io, rt_on_io, fd, EV_READ);
     ev_prepare_init(&s->prepare, rt_on_prepare);
     ev_check_init(&s->check, rt_on_check);
     ev_idle_init(&s->idle, rt_on_idle);
-    ev_timer_init(&s->sweep, rt_on_sweep, every, every);
+    ev_timer_init(&s->sweep, rt_on_sweep, 1., 1.);
+    ev_timer_init(&s->poll, rt_on_poll, RT_POLL_EVERY, RT_POLL_EVERY);
     s->io.data = s->prepare.data = s->check.data = s->idle.data = s->sweep.data = s;
+    s->poll.data = s;
     ev_io_start(s->loop, &s->io);
     ev_prepare_start(s->loop, &s->prepare);
     ev_check_start(s->loop, &s->check);
     ev_timer_start(s->loop, &s->sweep);
+    ev_timer_start(s->loop, &s->poll);
 }
 
 static void rt_stop(struct sb_proc *p, void *ud)
@@ -711,20 +1006,24 @@ static void rt_stop(struct sb_proc *p, void *ud)
     ev_break(p->loop, EVBREAK_ALL);
 }
 
-/* SIGHUP (the log level is done by proc.c): heartbeat_timeout. The bind
- * endpoint needs a restart. */
+/* The lease every HELLO renews: [cluster] lease (seconds), which the
+ * components learn from each hello-ack. heartbeat_timeout is its old name. */
+static double rt_lease_conf(void)
+{
+    double t = strtod(sb_config_str("lease", sb_config_str("heartbeat_timeout", "3")), NULL);
+    return t > 0 ? t : 3;
+}
+
+/* SIGHUP (the log level is done by proc.c): the lease. The bind endpoint
+ * needs a restart. */
 static void rt_reload(struct sb_proc *p, void *ud)
 {
     struct rt_server *s = ud;
-    double t = strtod(sb_config_str("heartbeat_timeout", "3"), NULL);
-    if (!(t > 0) || t == s->timeout)
+    double t = rt_lease_conf();
+    if (t == s->lease)
         return;
-    log_info("reload", "what=heartbeat_timeout from=%.3g to=%.3g", s->timeout, t);
-    s->timeout = t;
-    double every = t / 4 < 0.25 ? t / 4 : 0.25;
-    ev_timer_stop(s->loop, &s->sweep);
-    ev_timer_set(&s->sweep, every, every);
-    ev_timer_start(s->loop, &s->sweep);
+    log_info("reload", "what=lease from=%.3g to=%.3g", s->lease, t);
+    s->lease = t;
 }
 
 int main(int argc, char **argv)
@@ -736,21 +1035,28 @@ int main(int argc, char **argv)
     s.loop = proc.loop;
     s.name = proc.instance;
     s.body = (struct sb_buf)SB_BUF_INIT;
+    s.lease_val = (struct sb_buf)SB_BUF_INIT;
     rt_reg_init(&s.reg);
+    rt_reg_init(&s.heard);
     const char *bind = sb_config_str("bind", "tcp://127.0.0.1:15555");
-    s.timeout = strtod(sb_config_str("heartbeat_timeout", "3"), NULL);
-    if (!(s.timeout > 0))
-        s.timeout = 3;
+    s.lease = rt_lease_conf();
     if (rt_socket(&s, bind) != SB_OK) {
         log_error("start_failed", "endpoint=%s", sb_log_q(bind));
         return 1;
     }
+    s.rd = rdev_new(s.loop, sb_config_str("redis_host", "127.0.0.1"),
+                    (int)sb_config_int("redis_port", 6379));
+    if (!s.rd) {
+        log_error("start_failed", "what=redis");
+        return 1;
+    }
+    rdev_set_on_up(s.rd, rt_on_store_up, &s);
     rt_watchers(&s);
     proc.on_stop = rt_stop;
     proc.on_reload = rt_reload;
     proc.ud = &s;
     sb_proc_signals(&proc);
-    log_info("listening", "endpoint=%s heartbeat_timeout=%.3g", sb_log_q(bind), s.timeout);
+    log_info("listening", "endpoint=%s lease=%.3g", sb_log_q(bind), s.lease);
     ev_run(s.loop, 0);
     log_info("stop", "instances=%zu", s.reg.n);
     for (size_t i = 0; i < s.nq; i++) {
@@ -759,10 +1065,13 @@ int main(int argc, char **argv)
         free(s.q[i].v);
     }
     free(s.q);
+    rdev_free(s.rd);
     zmq_close(s.sock);
     zmq_ctx_term(s.zctx);
     rt_reg_free(&s.reg);
+    rt_reg_free(&s.heard);
     sb_buf_free(&s.body);
+    sb_buf_free(&s.lease_val);
     sb_config_free();
     return 0;
 }

@@ -1,4 +1,4 @@
-/* status.c — `sbctl status`: ask the router which instances are alive.
+/* status.c — `sbctl status`: ask the routers which instances are alive.
  * A DEALER socket with routing id sbctl-<pid> sends ADMIN op=status; the
  * router answers with one `key=value …` line per live instance
  * (common/ENVELOPE.md), printed here as a table. */
@@ -13,6 +13,7 @@
 #include "sbctl.h"
 
 #define STATUS_TIMEOUT_MS 2000
+#define STATUS_ROUTER_MS 1000   /* per router: a dead one must not hold up the rest */
 
 /* Value of key in a `k=v k=v` line into out ("-" when absent). */
 static void status_field(const char *line, size_t len, const char *key, char *out, size_t cap)
@@ -111,10 +112,13 @@ static int status_next(void *sock, double deadline, status_fn fn, void *ud)
 }
 
 /* 1: the status table was printed; -1: the router bounced the request. */
+static int status_quiet;        /* only whether it answers */
+
 static int status_on_reply(const struct env_hdr *h, const char *body, size_t len, void *ud)
 {
     if (h->kind == ENV_ADMIN && strcmp(h->op, "status") == 0) {
-        status_print(body, len);
+        if (!status_quiet)
+            status_print(body, len);
         return 1;
     }
     if (h->kind == ENV_BOUNCE) {
@@ -127,15 +131,15 @@ static int status_on_reply(const struct env_hdr *h, const char *body, size_t len
 /* Wait for the status reply; 0 printed, -1 timeout or error (reported). */
 static int status_wait(void *sock, const char *endpoint)
 {
-    double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
+    double deadline = sb_now() + STATUS_ROUTER_MS / 1000.0;
     int r;
     while ((r = status_next(sock, deadline, status_on_reply, (void *)endpoint)) == 0)
         ;
     if (r > 0)
         return 0;
     if (r == -1)
-        sbctl_err("no answer from the router at %s within %d s (is it running?)", endpoint,
-                  STATUS_TIMEOUT_MS / 1000);
+        sbctl_err("no answer from the router at %s within %.1f s (is it running?)", endpoint,
+                  STATUS_ROUTER_MS / 1000.0);
     return -1;
 }
 
@@ -198,20 +202,14 @@ static void status_s2s_query(void *sock, const char *id)
         printf("(%d s2s instance(s) did not answer in time)\n", asked);
 }
 
-int sbctl_cmd_status(int argc, char **argv)
+/* Ask one router for the status; print it (and the s2s connections) only
+ * when `print`. 0 when it answered. */
+static int status_ask(const char *endpoint, int print)
 {
-    const char *endpoint = sb_config_str("router", NULL);
     char id[ENV_NAME_MAX + 1];
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
-    int rc = SBCTL_FAIL, zero = 0;
-
-    if (argc != 0)
-        return SBCTL_USAGE;
-    if (!endpoint || !*endpoint) {
-        sbctl_err("no router endpoint (config key 'router' in [cluster])");
-        return SBCTL_FAIL;
-    }
+    int rc = -1, zero = 0;
     snprintf(id, sizeof(id), "sbctl-%d", (int)getpid());
     void *ctx = zmq_ctx_new();
     void *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
@@ -233,9 +231,11 @@ int sbctl_cmd_status(int argc, char **argv)
         sbctl_err("cannot send to router %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto out;
     }
+    status_quiet = !print;
     if (status_wait(sock, endpoint) == 0) {
-        rc = SBCTL_OK;
-        status_s2s_query(sock, id);
+        rc = 0;
+        if (print)
+            status_s2s_query(sock, id);
     }
 out:
     if (sock)
@@ -243,4 +243,34 @@ out:
     if (ctx)
         zmq_ctx_term(ctx);
     return rc;
+}
+
+/* The instance table from the first router that answers (every router
+ * reads the same membership from Redis), then whether each one answers. */
+int sbctl_cmd_status(int argc, char **argv)
+{
+    const char *list = sb_config_str("routers", sb_config_str("router", NULL));
+    if (argc != 0)
+        return SBCTL_USAGE;
+    if (!list || !*list) {
+        sbctl_err("no router endpoint (config key 'routers' in [cluster])");
+        return SBCTL_FAIL;
+    }
+    char *copy = strdup(list), *save = NULL;
+    char *eps[16];
+    int n = 0, shown = -1;
+    for (char *t = copy ? strtok_r(copy, ", \t", &save) : NULL; t && n < 16;
+         t = strtok_r(NULL, ", \t", &save))
+        eps[n++] = t;
+    int up[16] = {0};
+    for (int i = 0; i < n; i++) {
+        up[i] = status_ask(eps[i], shown < 0) == 0;
+        if (up[i] && shown < 0)
+            shown = i;
+    }
+    printf("\nROUTERS\n");
+    for (int i = 0; i < n; i++)
+        printf("%-40s %s\n", eps[i], up[i] ? "answering" : "no answer");
+    free(copy);
+    return shown >= 0 ? SBCTL_OK : SBCTL_FAIL;
 }

@@ -304,6 +304,21 @@ void sm_core_on_recv(struct link *l, const struct env_hdr *h,
 
 /* ---- lifecycle ------------------------------------------------------------------ */
 
+/* No router at start: exit 1. Lease lost (frozen or cut off past the
+ * lease): our users have moved to other sms, so nothing cached here may be
+ * trusted; what is idle goes now, the rest reloads on ownership checks. */
+static void sm_core_on_state(struct link *l, enum link_state st, void *ud)
+{
+    struct sm_core *c = ud;
+    if (st == LINK_NO_ROUTER) {
+        log_error("start_failed", "why=no-router routers=%s", sb_log_q(sb_config_routers()));
+        c->failed = 1;
+        ev_break(c->loop, EVBREAK_ALL);
+    } else if (st == LINK_LEASE_LOST) {
+        log_warn("lease_lost_dropped", "users=%ld", sm_users_drop_idle(c));
+    }
+}
+
 struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
 {
     struct sm_core *c = calloc(1, sizeof *c);
@@ -312,7 +327,8 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
     c->loop = loop;
     c->started = sb_now();
     struct link_opts lo = {
-        .endpoint = sb_config_str("router", "tcp://127.0.0.1:15555"),
+        .endpoint = sb_config_routers(),
+        .router_wait = atof(sb_config_str("router_wait", "10")),
         .instance = instance,
         .kind = "sm",
         .domains = "",
@@ -331,6 +347,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         return NULL;
     }
     rdev_set_on_up(c->rd, sm_users_republish, c);
+    link_set_on_state(c->link, sm_core_on_state, c);
     sm_cluster_start(c);
     log_info("sm_ready", "router=%s modules=%zu", lo.endpoint, sm_nmodules);
     return c;

@@ -65,8 +65,9 @@ int main(int argc, char **argv)
     p.ud = c;
     sb_proc_signals(&p);
     ev_run(p.loop, 0);
+    int rc = c->failed ? 1 : 0;
     sm_core_free(c);
-    log_info("stop", "kind=sm");
+    log_info("stop", "kind=sm rc=%d", rc);
     sb_config_free();
-    return 0;
+    return rc;
 }

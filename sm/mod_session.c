@@ -286,9 +286,13 @@ static void down_on_members(redisReply *r, void *arg)
         if (!down_retry_later(d))
             free(d);
     } else {
-        for (size_t i = 0; i < r->elements; i++)
+        /* Only the members read: a new incarnation of the same name may
+         * already have bound sessions of its own under fe:NAME. */
+        for (size_t i = 0; i < r->elements; i++) {
             down_member_gone(c, r->element[i]->str);
-        SM_RCMD(c, session_on_cleanup, NULL, "DEL fe:%s", d->instance);
+            SM_RCMD(c, session_on_cleanup, NULL, "SREM fe:%s %s", d->instance,
+                    r->element[i]->str);
+        }
         log_info("instance_down", "instance=%s sessions=%zu", d->instance, r->elements);
         free(d);
     }
@@ -300,7 +304,7 @@ static sb_rc session_instance_down(struct sm_job *j)
 {
     if (!*j->aux || strchr(j->aux, ' ') || strlen(j->aux) > ENV_NAME_MAX)
         return SB_OK;
-    if (!strcmp(j->body, "kind=sm"))
+    if (!strncmp(j->body, "kind=sm", 7) && (j->body[7] == ' ' || j->body[7] == '\0'))
         return SB_OK;   /* a dead sm held no sessions; its users rehash */
     struct down_req *d = calloc(1, sizeof *d);
     if (!d) {

@@ -115,6 +115,7 @@ struct sm_core {
     struct sb_buf obuf;                 /* scratch serialisation buffer */
     double started;                     /* sb_now() at start (uptime) */
     unsigned stopping : 1;
+    unsigned failed : 1;                /* no router at start: exit 1 */
 };
 
 /* ---- lifecycle (core.c) ---------------------------------------------------- */

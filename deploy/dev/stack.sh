@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # stack.sh — the local Switchboard stack: PostgreSQL, Redis, a TLS cert, the
-# config file and seven processes (router1, sm1, sm2, c2s1, c2s2, bosh1, s2s1),
+# config file and eight processes (router1, router2, sm1, sm2, c2s1, c2s2, bosh1,
+# s2s1),
 # all under var/ so nothing touches the system's own services.
 #
 #   stack.sh [-p run|test] COMMAND
@@ -31,8 +32,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PKG_LIST="$ROOT/deploy/dev/packages.txt"
-PROCS=(router1 sm1 sm2 c2s1 c2s2 bosh1 s2s1)
-COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1 s2s1)   # the ones that register with the router
+PROCS=(router1 router2 sm1 sm2 c2s1 c2s2 bosh1 s2s1)
+COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1 s2s1)   # the ones that register with the routers
+ROUTERS=(router1 router2)                   # router N listens on ROUTER_PORT + N - 1
 READY_TIMEOUT=${SB_READY_TIMEOUT:-30}
 DOMAIN=${SB_STACK_DOMAIN:-localhost}
 EXTRA_DOMAINS=${SB_STACK_EXTRA_DOMAINS:-}
@@ -58,7 +60,7 @@ profile_set() {
           if [ -n "$n" ]; then
               o=$((o + 100 * n)); S2S_LISTEN=127.0.0.$n
               DNS_PORT=$((25353 + ${SB_TEST_PORT_OFFSET:-0}))
-              PROCS=(router1 sm1 c2s1 s2s1); COMPONENTS=(sm1 c2s1 s2s1)
+              PROCS=(router1 sm1 c2s1 s2s1); COMPONENTS=(sm1 c2s1 s2s1); ROUTERS=(router1)
           fi
           VAR="$ROOT/var/$PROFILE"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
@@ -91,6 +93,7 @@ SB_DOMAIN=$DOMAIN
 SB_PG_PORT=$PG_PORT
 SB_REDIS_PORT=$REDIS_PORT
 SB_ROUTER_PORT=$ROUTER_PORT
+SB_ROUTERS="${ROUTERS[*]}"
 SB_C2S1_PORT=$C2S1_PORT
 SB_C2S1_TLS_PORT=$C2S1_TLS
 SB_C2S2_PORT=$C2S2_PORT
@@ -330,6 +333,23 @@ test_sets() {
     printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
 }
 
+# Router N of the profile listens on ROUTER_PORT + N - 1; every component
+# is given all of them.
+router_endpoints() {
+    local i out=""
+    for ((i = 0; i < ${#ROUTERS[@]}; i++)); do
+        out+="${out:+,}tcp://127.0.0.1:$((ROUTER_PORT + i))"
+    done
+    printf '%s' "$out"
+}
+
+router_binds() {
+    local i
+    for ((i = 0; i < ${#ROUTERS[@]}; i++)); do
+        printf 'router.%s\tbind\ttcp://127.0.0.1:%s\n' "${ROUTERS[i]}" "$((ROUTER_PORT + i))"
+    done
+}
+
 write_ini() {
     local example="$ROOT/deploy/switchboard.ini.example"
     [ -f "$example" ] || die "missing $example"
@@ -342,12 +362,12 @@ write_ini() {
     fi
     dbsecret=$(tr -d '\n' < "$VAR/dialback-secret")
     awk -v sets="$(cat <<EOF
-cluster	router	tcp://127.0.0.1:$ROUTER_PORT
+cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
 cluster	redis_host	127.0.0.1
 cluster	redis_port	$REDIS_PORT
 cluster	postgres	host=127.0.0.1 port=$PG_PORT dbname=switchboard user=switchboard
-router	bind	tcp://127.0.0.1:$ROUTER_PORT
+$(router_binds)
 c2s	listen	127.0.0.1
 c2s	port	$C2S1_PORT
 c2s	tls_port	$C2S1_TLS
@@ -587,8 +607,8 @@ start_all() {
     local n
     for n in "${PROCS[@]}"; do
         cmd_start_proc "$n"
-        # the router first, so components find it at once
-        [ "$n" = router1 ] && sleep 0.2
+        # the routers first, so components find them at once
+        case "$n" in router*) sleep 0.1 ;; esac
     done
     cmd_wait_ready
 }
@@ -643,7 +663,7 @@ cmd_status() {
     if redis_running; then say "  redis: running (port $REDIS_PORT)"; else say "  redis: stopped"; fi
     PGBIN=$(pg_bin)
     if pg_running; then say "  postgresql: running (port $PG_PORT)"; else say "  postgresql: stopped"; fi
-    if [ -n "$(proc_pid router1)" ] && [ -x "$ROOT/bin/sbctl" ]; then
+    if { [ -n "$(proc_pid router1)" ] || [ -n "$(proc_pid router2)" ]; } && [ -x "$ROOT/bin/sbctl" ]; then
         say "cluster (sbctl status):"
         timeout 5 "$ROOT/bin/sbctl" -c "$INI" status 2>&1 | sed 's/^/  /' || true
     fi

@@ -208,6 +208,8 @@ class FedStack(Stack):
             if line.startswith("S2S CONNECTIONS"):
                 on = True
                 continue
+            if line.startswith("ROUTERS"):
+                break                   # the routers' table comes last
             if not on or not line.strip() or line.startswith("REMOTE") or line.startswith("("):
                 continue
             w = line.split()

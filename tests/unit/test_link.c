@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -56,10 +57,52 @@ static int peer_recv(struct peer *p, zmq_msg_t *f, int cap)
     return n;
 }
 
+/* Run the loop until the peer has a message (the link retries its first
+ * HELLO every 0.1 s until the TCP connection is up), 3 s at most. */
+static void spin_until_readable(struct ev_loop *loop, struct peer *p)
+{
+    for (int i = 0; i < 300; i++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) > 0)
+            return;
+    }
+}
+
 static void close_all(zmq_msg_t *f, int n)
 {
     for (int i = 0; i < n; i++)
         zmq_msg_close(&f[i]);
+}
+
+/* Answer a HELLO [id][hdr][body] as a router does: hello-ack with its seq
+ * and a lease. Then let the link take it and drop HELLOs it retried
+ * before, so the test sees only what it sends next. */
+static void ack_hello(struct ev_loop *loop, struct peer *p, zmq_msg_t *f)
+{
+    const char *seq = strstr(zmq_msg_data(&f[2]), "seq=");
+    uint8_t hdr[ENV_HDR_MAX];
+    struct env_hdr h;
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    snprintf(h.key, sizeof h.key, "%.*s", (int)zmq_msg_size(&f[0]), (char *)zmq_msg_data(&f[0]));
+    snprintf(h.op, sizeof h.op, "hello-ack");
+    snprintf(h.aux, sizeof h.aux, "%ld", seq ? strtol(seq + 4, NULL, 10) : 0L);
+    long n = env_encode(&h, hdr, sizeof hdr);
+    const char *body = "lease_ms=60000 store=ok";
+    zmq_send(p->sock, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]), ZMQ_SNDMORE);
+    zmq_send(p->sock, hdr, (size_t)n, ZMQ_SNDMORE);
+    zmq_send(p->sock, body, strlen(body), 0);
+    for (int i = 0; i < 50; i++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+    }
+    for (;;) {
+        zmq_pollitem_t it = {p->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 0) <= 0)
+            break;
+        zmq_msg_t g[4];
+        close_all(g, peer_recv(p, g, 4));
+    }
 }
 
 struct seen {
@@ -87,13 +130,14 @@ static struct link *open_link_as(struct ev_loop *loop, struct peer *p, struct se
                           .domains = "", .heartbeat = 60, .direct_bind = direct};
     struct link *l = link_new(loop, &o, on_recv, seen);
     assert_non_null(l);
-    ev_run(loop, EVRUN_NOWAIT);
+    spin_until_readable(loop, p);
     zmq_msg_t f[4];
     int n = peer_recv(p, f, 4);
     assert_int_equal(n, 3);
     assert_int_equal(zmq_msg_size(&f[0]), strlen(name));
     if (hello)
         snprintf(hello, hello_cap, "%.*s", (int)zmq_msg_size(&f[2]), (char *)zmq_msg_data(&f[2]));
+    ack_hello(loop, p, f);
     close_all(f, n);
     return l;
 }
@@ -104,13 +148,14 @@ static struct link *open_link(struct ev_loop *loop, struct peer *p, struct seen 
                           .domains = "", .heartbeat = 60};
     struct link *l = link_new(loop, &o, on_recv, seen);
     assert_non_null(l);
-    ev_run(loop, EVRUN_NOWAIT);    /* sends the HELLO: the peer now knows "t1" */
+    spin_until_readable(loop, p);  /* the HELLO: the peer now knows "t1" */
     zmq_msg_t f[4];
     int n = peer_recv(p, f, 4);
     assert_int_equal(n, 3);
     struct env_hdr h;
     assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
     assert_int_equal(h.kind, ENV_HELLO);
+    ack_hello(loop, p, f);
     close_all(f, n);
     return l;
 }
@@ -309,6 +354,82 @@ static void test_link_sends_straight_to_the_owning_sm_and_back(void **state)
     peer_close(&p);
 }
 
+
+/* Two routers: what goes through the router path uses one of them; when it
+ * goes away, the envelopes it never confirmed (sent after its last
+ * hello-ack) are re-sent through the other, in order, before anything
+ * newer. */
+static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
+{
+    struct peer p[2];
+    struct seen seen = {0};
+    char eps[160];
+    peer_open(&p[0]);
+    peer_open(&p[1]);
+    snprintf(eps, sizeof eps, "%s,%s", p[0].endpoint, p[1].endpoint);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = eps, .instance = "t2", .kind = "c2s", .domains = "",
+                          .heartbeat = 60};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    for (int i = 0; i < 2; i++) {    /* a HELLO reaches each router: ack it */
+        spin_until_readable(loop, &p[i]);
+        zmq_msg_t f[4];
+        assert_int_equal(peer_recv(&p[i], f, 4), 3);
+        ack_hello(loop, &p[i], f);
+        close_all(f, 3);
+    }
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m1/>", 5),
+                     SB_OK);
+    link_flush(l);
+    int used = -1;
+    for (int i = 0; i < 300 && used < 0; i++) {
+        for (int k = 0; k < 2 && used < 0; k++) {
+            zmq_pollitem_t it = {p[k].sock, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&it, 1, 5) > 0)
+                used = k;
+        }
+    }
+    assert_true(used >= 0);
+    zmq_msg_t f[4];
+    assert_int_equal(peer_recv(&p[used], f, 4), 3);    /* <m1/>, taken but not confirmed */
+    close_all(f, 3);
+    peer_close(&p[used]);           /* that router dies */
+    int other = 1 - used;
+    /* The next sends find it gone and go to the other router, <m1/> first. */
+    const char *want[3] = {"<m1/>", "<m2/>", "<m3/>"};
+    int got = 0;
+    for (int i = 0; i < 300 && got < 3; i++) {
+        if (i == 0 || (i % 20 == 0 && got == 0)) {
+            char body[8];
+            snprintf(body, sizeof body, "<m%d/>", i == 0 ? 2 : 3);
+            if (i <= 20)
+                link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", body, 5);
+        }
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p[other].sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        zmq_msg_t g[16];
+        int n = peer_recv(&p[other], g, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            struct env_hdr h;
+            assert_int_equal(env_decode(&h, zmq_msg_data(&g[k]), zmq_msg_size(&g[k])), SB_OK);
+            if (h.kind != ENV_STANZA)
+                continue;           /* a HELLO */
+            assert_true(got < 3);
+            assert_int_equal(zmq_msg_size(&g[k + 1]), 5);
+            assert_memory_equal(zmq_msg_data(&g[k + 1]), want[got], 5);
+            got++;
+        }
+        close_all(g, n);
+    }
+    assert_true(got >= 2);          /* <m1/> re-sent, then <m2/> (and <m3/> if sent) */
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p[other]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -316,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_link_ends_a_full_batch_early),
         cmocka_unit_test(test_link_delivers_each_envelope_of_a_batch_in_order),
         cmocka_unit_test(test_link_sends_straight_to_the_owning_sm_and_back),
+        cmocka_unit_test(test_link_resends_what_a_dead_router_never_confirmed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
