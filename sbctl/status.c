@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "curve.h"
 #include "env.h"
 #include "sbctl.h"
 
@@ -205,11 +206,18 @@ int sbctl_cmd_status(int argc, char **argv)
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
     int rc = SBCTL_FAIL, zero = 0;
+    struct sb_curve *curve = NULL;
 
     if (argc != 0)
         return SBCTL_USAGE;
     if (!endpoint || !*endpoint) {
         sbctl_err("no router endpoint (config key 'router' in [cluster])");
+        return SBCTL_FAIL;
+    }
+    /* The router admits bus members only: sbctl is one, with sbctl.key
+     * (checked first so `curve = off` does not warn on every status). */
+    if (sb_config_bool("curve", 1) && sb_curve_load(&curve, "sbctl") != SB_OK) {
+        sbctl_err("cannot load the bus CURVE keys (sbctl keys generate … sbctl)");
         return SBCTL_FAIL;
     }
     snprintf(id, sizeof(id), "sbctl-%d", (int)getpid());
@@ -221,6 +229,8 @@ int sbctl_cmd_status(int argc, char **argv)
     }
     zmq_setsockopt(sock, ZMQ_ROUTING_ID, id, strlen(id));
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+    if (sb_curve_client(curve, sock) != SB_OK)
+        goto out;
     if (zmq_connect(sock, endpoint) != 0) {
         sbctl_err("cannot connect to router endpoint %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto out;
@@ -242,5 +252,6 @@ out:
         zmq_close(sock);
     if (ctx)
         zmq_ctx_term(ctx);
+    sb_curve_free(curve);
     return rc;
 }
