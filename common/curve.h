@@ -12,7 +12,10 @@
  *     sb_curve_zap_start(c, zctx)      before the first zmq_bind
  *   sb_curve_server(c, sock)           ROUTER, before zmq_bind
  *   sb_curve_client(c, sock)           DEALER, before zmq_connect
- *   sb_curve_free(c)                   at exit (before or after zmq_ctx_term)
+ *   sb_curve_free(c)                   at exit, after closing the server
+ *                                      sockets (before or after zmq_ctx_term:
+ *                                      a server socket left open without its
+ *                                      handler admits any CURVE key)
  * With `curve = off` the state is NULL and every call above is a no-op
  * returning SB_OK, so callers need no branch. */
 #ifndef SB_CURVE_H
