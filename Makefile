@@ -10,7 +10,8 @@ PKG_LIBS   := $(shell pkg-config --libs $(filter-out libev,$(PKGS)) 2>/dev/null)
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -fno-strict-aliasing \
            -I. -Icommon -Iauth $(PKG_CFLAGS)
-LDLIBS  := $(PKG_LIBS)
+# -pthread: common/curve.c runs the ZAP handler in a thread of its own.
+LDLIBS  := $(PKG_LIBS) -pthread
 
 BUILD   ?= build
 BIN     ?= bin

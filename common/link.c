@@ -33,6 +33,7 @@
  * the first stanza after a quiet window leaves at once. */
 #include "link.h"
 #include "buf.h"
+#include "curve.h"
 #include "log.h"
 #include "route.h"
 #include "sb.h"
@@ -128,6 +129,7 @@ struct link {
     int rq_queued;
     double rq_last_flush;
     double window;              /* batch_window: seconds a batch may wait to fill */
+    struct sb_curve *curve;
     ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
@@ -174,6 +176,10 @@ static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
     if (type == ZMQ_ROUTER &&
         (zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
          zmq_setsockopt(z->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0))
+        return SB_ERROR;
+    /* Only cluster members join the bus (curve.c): before connect/bind. */
+    if ((type == ZMQ_ROUTER ? sb_curve_server(l->curve, z->sock)
+                            : sb_curve_client(l->curve, z->sock)) != SB_OK)
         return SB_ERROR;
     zmq_getsockopt(z->sock, ZMQ_FD, &fd, &sz);
     ev_io_init(&z->io, zs_on_io, fd, EV_READ);
@@ -902,8 +908,9 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
-/* An sm's ROUTER for direct traffic, bound where o->direct_bind says. */
-static sb_rc link_direct_bind(struct link *l, const char *bind)
+/* An sm's ROUTER for direct traffic, bound where o->direct_bind says and
+ * announced at `advertise` (a host) when given. */
+static sb_rc link_direct_bind(struct link *l, const char *bind, const char *advertise)
 {
     size_t sz = sizeof l->direct_ep;
     l->direct = calloc(1, sizeof *l->direct);
@@ -915,7 +922,17 @@ static sb_rc link_direct_bind(struct link *l, const char *bind)
                   sb_log_q(zmq_strerror(errno)));
         return SB_ERROR;
     }
-    log_info("link_direct_bound", "endpoint=%s", sb_log_q(l->direct_ep));
+    const char *port = strrchr(l->direct_ep, ':');
+    if (advertise && *advertise && port && !strncmp(l->direct_ep, "tcp://", 6)) {
+        char ep[RT_DIRECT_MAX + 1];
+        int n = snprintf(ep, sizeof ep, "tcp://%s%s", advertise, port);
+        if (n < 0 || (size_t)n >= sizeof ep) {
+            log_error("link_direct_advertise_bad", "host=%s", sb_log_q(advertise));
+            return SB_ERROR;
+        }
+        strcpy(l->direct_ep, ep);
+    }
+    log_info("link_direct_bound", "endpoint=%s bind=%s", sb_log_q(l->direct_ep), sb_log_q(bind));
     return SB_OK;
 }
 
@@ -951,8 +968,11 @@ static sb_rc link_socket(struct link *l, const struct link_opts *o)
         return SB_ERROR;
     }
     l->pref = (size_t)(rt_fnv1a64(RT_FNV_OFFSET, l->instance, strlen(l->instance)) % l->nrt);
-    if (o->direct_bind && o->direct_bind[0])
-        return link_direct_bind(l, o->direct_bind);
+    if (o->direct_bind && o->direct_bind[0]) {
+        if (sb_curve_zap_start(l->curve, l->zctx) != SB_OK)
+            return SB_ERROR;
+        return link_direct_bind(l, o->direct_bind, o->direct_advertise);
+    }
     return SB_OK;
 }
 
@@ -991,6 +1011,7 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->heartbeat = o->heartbeat > 0 ? o->heartbeat : 1.0;
     l->window = o->batch_window >= 0 ? o->batch_window : 0;
     l->router_wait = o->router_wait > 0 ? o->router_wait : 10;
+    l->curve = o->curve;
     l->started = ev_now(loop);
     l->limbo = (struct sb_buf)SB_BUF_INIT;
     strcpy(l->instance, o->instance);

@@ -28,6 +28,8 @@
 #include <ev.h>
 #include "env.h"
 
+struct sb_curve;
+
 struct link;
 
 enum link_state {
@@ -51,11 +53,18 @@ struct link_opts {
      * picks a free loopback port) and announce it in HELLO; NULL or "" =
      * none, everything goes through the router. */
     const char *direct_bind;
+    /* The host others connect to when direct_bind is a wildcard or an
+     * address they cannot use ("10.0.0.2"): announced as tcp://HOST:PORT
+     * with the port actually bound. NULL or "" = the bound endpoint. */
+    const char *direct_advertise;
     /* Seconds a batch may wait to fill after the socket's previous batch
      * (at most one batch per socket per window under load; a stanza after
      * a quiet window leaves at once). 0 = one batch per loop iteration. */
     double batch_window;
     double router_wait;      /* seconds to wait for a first router ack (default 10) */
+    /* The bus keys (common/curve.h), or NULL with `curve = off`; outlives
+     * the link. Every DEALER is a CURVE client, the direct ROUTER a server. */
+    struct sb_curve *curve;
 };
 
 struct link *link_new(struct ev_loop *loop, const struct link_opts *o,

@@ -10,6 +10,9 @@
 #include <time.h>
 
 static char log_inst[64] = "-";
+/* Read by every thread that logs (the ZAP handler's too, common/curve.c),
+ * set by the main thread on SIGHUP: relaxed atomics, no data race. The
+ * line itself is one fprintf, which POSIX makes atomic per stream. */
 static sb_log_level log_min = SB_LOG_INFO;
 
 static const char *const log_names[] = {"debug", "info", "warn", "error"};
@@ -17,7 +20,7 @@ static const char *const log_names[] = {"debug", "info", "warn", "error"};
 void sb_log_init(const char *instance, sb_log_level min_level)
 {
     snprintf(log_inst, sizeof log_inst, "%s", instance && *instance ? instance : "-");
-    log_min = min_level;
+    __atomic_store_n(&log_min, min_level, __ATOMIC_RELAXED);
     /* Line-buffered: one write per event even when stderr is a file. */
     setvbuf(stderr, NULL, _IOLBF, 0);
 }
@@ -41,12 +44,12 @@ const char *sb_log_instance(void)
 
 sb_log_level sb_log_level_get(void)
 {
-    return log_min;
+    return __atomic_load_n(&log_min, __ATOMIC_RELAXED);
 }
 
 void sb_log_set_level(sb_log_level lvl)
 {
-    log_min = lvl;
+    __atomic_store_n(&log_min, lvl, __ATOMIC_RELAXED);
 }
 
 const char *sb_log_level_name(sb_log_level lvl)
@@ -56,7 +59,7 @@ const char *sb_log_level_name(sb_log_level lvl)
 
 void sb_log(sb_log_level lvl, const char *event, const char *fmt, ...)
 {
-    if (lvl < log_min || lvl > SB_LOG_ERROR)
+    if (lvl < __atomic_load_n(&log_min, __ATOMIC_RELAXED) || lvl > SB_LOG_ERROR)
         return;
     struct timeval tv;
     struct tm tm;

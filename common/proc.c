@@ -3,6 +3,7 @@
  * itself (open, loop, graceful stop, clean-up) and the router link. */
 #include "proc.h"
 #include "config.h"
+#include "curve.h"
 #include "pgev.h"
 #include "log.h"
 
@@ -162,6 +163,8 @@ int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d)
         pgev_free(p->pg);             /* its last callbacks may still use the link */
     if (p->link)
         link_free(p->link);
+    sb_curve_free(p->curve);    /* after the link's sockets are closed */
+    p->curve = NULL;
     p->link = NULL;
     p->pg = NULL;
     log_info("stopped", "rc=%d", rc);
@@ -195,7 +198,10 @@ const char *sb_proc_routers(void)
 
 struct link *sb_proc_link(struct sb_proc *p, link_recv_cb cb, void *ud)
 {
+    if (sb_curve_load(&p->curve, p->instance) != SB_OK)
+        return NULL;
     struct link_opts lo = {
+        .curve = p->curve,
         .endpoint = sb_config_routers(),
         .router_wait = atof(sb_config_str("router_wait", "10")),
         .instance = p->instance,

@@ -24,6 +24,7 @@ struct sb_proc {
     void *ud;
     struct link *link;        /* sb_proc_link's; freed by sb_proc_run */
     struct pgev *pg;          /* sb_proc_pg's; freed by sb_proc_run */
+    struct sb_curve *curve;   /* the bus keys sb_proc_link loaded; freed by sb_proc_run */
     ev_signal sig_term, sig_int, sig_hup;
     int failed;               /* set before breaking the loop: exit 1 */
 };

@@ -21,6 +21,7 @@
 #define _GNU_SOURCE
 #include "route.h"
 #include "config.h"
+#include "curve.h"
 #include "log.h"
 #include "proc.h"
 #include "rdev.h"
@@ -75,6 +76,7 @@ struct rt_server {
     struct rt_registry reg;         /* from Redis: what routing uses */
     struct rt_registry heard;       /* from HELLOs here: only to notice news */
     struct rdev *rd;
+    struct sb_curve *curve;         /* bus keys; NULL with curve = off */
     double store_up_since;          /* Redis (re)connected; 0 = down */
     int polling, poll_again;
     ev_timer poll;
@@ -705,6 +707,16 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
             log_warn("hello_rejected", "id_bytes=%zu body_bytes=%zu", nlen, blen);
         return;
     }
+    /* A member speaks for its own name only: the key it joined with
+     * (ZAP's User-Id) must be that name's. */
+    const char *uid = s->curve ? zmq_msg_gets(body, "User-Id") : NULL;
+    if (s->curve && (!uid || strcmp(uid, in->name) != 0)) {
+        if (rt_bad_first(s))
+            log_warn("hello_rejected", "name=%s key_of=%s why=name-not-its-key", in->name,
+                     sb_log_q(uid ? uid : "-"));
+        rt_reg_remove(&s->heard, (size_t)(in - s->heard.v));
+        return;
+    }
     const char *b = zmq_msg_data(body);
     if (memmem(b, blen, " bye=1", 6)) {
         char nm[ENV_NAME_MAX + 1], inc[RT_INC_MAX + 1];
@@ -966,13 +978,17 @@ static sb_rc rt_socket(struct rt_server *s, const char *bind)
 {
     int hwm = RT_HWM, one = 1, linger = 0;
     s->zctx = zmq_ctx_new();
-    s->sock = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
+    /* Only cluster members connect (common/curve.c). */
+    if (!s->zctx || sb_curve_zap_start(s->curve, s->zctx) != SB_OK)
+        return SB_ERROR;
+    s->sock = zmq_socket(s->zctx, ZMQ_ROUTER);
     if (!s->sock ||
         zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
-        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+        zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        sb_curve_server(s->curve, s->sock) != SB_OK)
         return SB_ERROR;
     if (zmq_bind(s->sock, bind) != 0) {
         log_error("bind_failed", "endpoint=%s err=%s", sb_log_q(bind), sb_log_q(zmq_strerror(errno)));
@@ -1019,6 +1035,7 @@ static double rt_lease_conf(void)
 static void rt_reload(struct sb_proc *p, void *ud)
 {
     struct rt_server *s = ud;
+    sb_curve_members_reload(s->curve);  /* a member added or removed */
     double t = rt_lease_conf();
     if (t == s->lease)
         return;
@@ -1040,6 +1057,10 @@ int main(int argc, char **argv)
     rt_reg_init(&s.heard);
     const char *bind = sb_config_str("bind", "tcp://127.0.0.1:15555");
     s.lease = rt_lease_conf();
+    if (sb_curve_load(&s.curve, s.name) != SB_OK) {
+        log_error("start_failed", "what=curve");
+        return 1;
+    }
     if (rt_socket(&s, bind) != SB_OK) {
         log_error("start_failed", "endpoint=%s", sb_log_q(bind));
         return 1;
@@ -1068,6 +1089,7 @@ int main(int argc, char **argv)
     rdev_free(s.rd);
     zmq_close(s.sock);
     zmq_ctx_term(s.zctx);
+    sb_curve_free(s.curve);
     rt_reg_free(&s.reg);
     rt_reg_free(&s.heard);
     sb_buf_free(&s.body);

@@ -25,6 +25,8 @@ static void sbctl_usage(void)
             "  user list DOMAIN                        list accounts of a domain\n"
             "  user bulk-add DOMAIN PREFIX N PASSPREFIX  PREFIX1..N with PASSPREFIX1..N\n"
             "  status                                  live instances, from the router\n"
+            "  keys generate [--dir DIR] NAME...       bus CURVE keys: server.key, NAME.key\n"
+            "                                          (kept if present), members.pub\n"
             "config: -c FILE or $SB_CONFIG; keys from [sbctl] then [cluster]\n");
 }
 
@@ -85,6 +87,8 @@ int main(int argc, char **argv)
         rc = sbctl_cmd_user(argc - 1, argv + 1);
     else if (strcmp(argv[0], "status") == 0)
         rc = sbctl_cmd_status(argc - 1, argv + 1);
+    else if (strcmp(argv[0], "keys") == 0)
+        rc = sbctl_cmd_keys(argc - 1, argv + 1);
     else
         rc = SBCTL_USAGE;
     if (rc == SBCTL_USAGE)

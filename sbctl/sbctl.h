@@ -1,6 +1,6 @@
 /* sbctl.h — the admin CLI's internal pieces: one file per command group
  * (db.c: connection and migrations, account.c: domains and users,
- * status.c: the router query). A CLI may block, so everything here is
+ * status.c: the router query, keys.c: the bus CURVE keys). A CLI may block, so everything here is
  * synchronous libpq / ZeroMQ. Every command returns an exit code:
  * SBCTL_OK, SBCTL_FAIL (with a one-line "sbctl: …" message on stderr),
  * SBCTL_USAGE. */
@@ -25,5 +25,6 @@ int sbctl_cmd_migrate(int argc, char **argv);
 int sbctl_cmd_domain(int argc, char **argv);
 int sbctl_cmd_user(int argc, char **argv);
 int sbctl_cmd_status(int argc, char **argv);
+int sbctl_cmd_keys(int argc, char **argv);
 
 #endif

@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "config.h"
+#include "curve.h"
 #include "env.h"
 #include "sbctl.h"
 
@@ -204,7 +205,7 @@ static void status_s2s_query(void *sock, const char *id)
 
 /* Ask one router for the status; print it (and the s2s connections) only
  * when `print`. 0 when it answered. */
-static int status_ask(const char *endpoint, int print)
+static int status_ask(const struct sb_curve *curve, const char *endpoint, int print)
 {
     char id[ENV_NAME_MAX + 1];
     uint8_t hdr[ENV_HDR_MAX];
@@ -219,6 +220,8 @@ static int status_ask(const char *endpoint, int print)
     }
     zmq_setsockopt(sock, ZMQ_ROUTING_ID, id, strlen(id));
     zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
+    if (sb_curve_client(curve, sock) != SB_OK)
+        goto out;
     if (zmq_connect(sock, endpoint) != 0) {
         sbctl_err("cannot connect to router endpoint %s: %s", endpoint, zmq_strerror(zmq_errno()));
         goto out;
@@ -256,6 +259,13 @@ int sbctl_cmd_status(int argc, char **argv)
         sbctl_err("no router endpoint (config key 'routers' in [cluster])");
         return SBCTL_FAIL;
     }
+    /* The routers admit bus members only: sbctl is one, with sbctl.key
+     * (checked first so `curve = off` does not warn on every status). */
+    struct sb_curve *curve = NULL;
+    if (sb_config_bool("curve", 1) && sb_curve_load(&curve, "sbctl") != SB_OK) {
+        sbctl_err("cannot load the bus CURVE keys (sbctl keys generate … sbctl)");
+        return SBCTL_FAIL;
+    }
     char *copy = strdup(list), *save = NULL;
     char *eps[16];
     int n = 0, shown = -1;
@@ -264,7 +274,7 @@ int sbctl_cmd_status(int argc, char **argv)
         eps[n++] = t;
     int up[16] = {0};
     for (int i = 0; i < n; i++) {
-        up[i] = status_ask(eps[i], shown < 0) == 0;
+        up[i] = status_ask(curve, eps[i], shown < 0) == 0;
         if (up[i] && shown < 0)
             shown = i;
     }
@@ -272,5 +282,6 @@ int sbctl_cmd_status(int argc, char **argv)
     for (int i = 0; i < n; i++)
         printf("%-40s %s\n", eps[i], up[i] ? "answering" : "no answer");
     free(copy);
+    sb_curve_free(curve);
     return shown >= 0 ? SBCTL_OK : SBCTL_FAIL;
 }

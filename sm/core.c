@@ -3,6 +3,7 @@
  * its stanza once and offers it to the modules in table order. */
 #include "sm_int.h"
 #include "config.h"
+#include "curve.h"
 #include "domains.h"
 #include "log.h"
 
@@ -326,7 +327,12 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         return NULL;
     c->loop = loop;
     c->started = sb_now();
+    if (sb_curve_load(&c->curve, instance) != SB_OK) {
+        free(c);
+        return NULL;
+    }
     struct link_opts lo = {
+        .curve = c->curve,
         .endpoint = sb_config_routers(),
         .router_wait = atof(sb_config_str("router_wait", "10")),
         .instance = instance,
@@ -334,6 +340,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         .domains = "",
         .heartbeat = (double)sb_config_int("heartbeat", 1),
         .direct_bind = sb_config_str("direct_bind", "tcp://127.0.0.1:*"),
+        .direct_advertise = sb_config_str("direct_advertise", ""),
         .batch_window = sb_config_int("batch_window_us", 1000) / 1e6,
     };
     c->link = link_new(loop, &lo, sm_core_on_recv, c);
@@ -375,6 +382,7 @@ void sm_core_free(struct sm_core *c)
     sm_users_free_all(c);
     if (c->link)
         link_free(c->link);
+    sb_curve_free(c->curve);    /* after the direct ROUTER is closed */
     free(c->sm_members);
     sb_buf_free(&c->obuf);
     free(c);

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "proc.h"
 #include "im.h"
+#include "curve.h"
 
 #define SM_STOP_GRACE 3.0    /* below stack.sh's 5 s before SIGKILL */
 
@@ -49,6 +50,8 @@ static void sm_on_stop(struct sb_proc *p, void *ud)
  * and blocklist_max are read where used, so they follow the file already. */
 static void sm_on_reload(struct sb_proc *p, void *ud)
 {
+    struct sm_core *c = ud;
+    sb_curve_members_reload(c->curve);  /* who may connect to the direct socket */
     sm_im_limits_reload();
 }
 

@@ -106,6 +106,7 @@ extern const size_t sm_nmodules;
 struct sm_core {
     struct ev_loop *loop;
     struct link *link;
+    struct sb_curve *curve;             /* the bus keys (common/curve.h) */
     struct rdev *rd;                    /* NULL while stopping */
     struct pgev *pg;                    /* NULL while stopping */
     struct sm_user *users;              /* uthash by bare JID */

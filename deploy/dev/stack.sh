@@ -350,6 +350,21 @@ router_binds() {
     done
 }
 
+# ---- bus CURVE keys (common/curve.c) ----------------------------------------
+# Every process name of the profile, sbctl, and spare names (a third router,
+# more front-ends: what the tests and a by-hand scale-out start later) are
+# bus members; keys are made once per profile under $VAR/keys. A name
+# without a key is refused by every bus socket.
+SPARE_MEMBERS=(router3 sm3 sm4 c2s3 c2s4 c2s5 c2s6 c2s7 c2s8 c2s9 bosh2 bosh3 bosh7 s2s2 s2s3)
+curve_sets() {
+    printf 'cluster\tcurve_dir\t%s\n' "$VAR/keys"
+}
+setup_keys() {
+    "$ROOT/bin/sbctl" keys generate --dir "$VAR/keys" "${PROCS[@]}" "${SPARE_MEMBERS[@]}" \
+        sbctl >/dev/null
+}
+# ---- end bus CURVE keys -----------------------------------------------------
+
 write_ini() {
     local example="$ROOT/deploy/switchboard.ini.example"
     [ -f "$example" ] || die "missing $example"
@@ -389,6 +404,7 @@ s2s	key	$TLS/key.pem
 s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
 $(test_sets)
 $(ini_profile_extra)
+$(curve_sets)
 EOF
 )" '
     BEGIN {
@@ -600,6 +616,7 @@ cmd_infra() {
 cmd_setup() {
     check_binaries
     cmd_infra
+    setup_keys
     setup_data
 }
 

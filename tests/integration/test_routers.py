@@ -139,7 +139,7 @@ def test_a_router_started_late_learns_the_cluster_within_seconds(stack):
 def test_a_component_with_no_router_exits_with_a_clear_error(stack, tmp_path):
     env = dict(os.environ, SB_CLUSTER_ROUTERS="tcp://127.0.0.1:9", SB_CLUSTER_ROUTER_WAIT="2")
     t0 = time.monotonic()
-    p = subprocess.run([os.path.join(stack.bin, "sb-sm"), "-c", stack.ini, "-n", "smlonely"],
+    p = subprocess.run([os.path.join(stack.bin, "sb-sm"), "-c", stack.ini, "-n", "sm3"],
                        cwd=stack.root, env=env, capture_output=True, text=True, timeout=30)
     took = time.monotonic() - t0
     assert p.returncode == 1, (p.returncode, p.stderr[-2000:])

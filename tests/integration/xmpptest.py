@@ -116,6 +116,46 @@ class Stack:
         return jid, password
 
 
+# Envelope headers (common/ENVELOPE.md) for tests that speak ZeroMQ.
+ENV_STANZA, ENV_CONTROL, ENV_HELLO, ENV_ADMIN, ENV_BOUNCE = 1, 2, 3, 4, 5
+ROUTE_JID, ROUTE_INSTANCE, ROUTE_KIND, ROUTE_ROUTER = 1, 2, 3, 4
+
+
+def env_header(kind, route, key=b"", sender=b"rogue", sid=b"", op=b"", aux=b"", version=1):
+    import struct
+    out = struct.pack("!BBBB", version, kind, route, 0)
+    for s in (key, sender, sid, op, aux):
+        out += struct.pack("!H", len(s)) + s
+    return out
+
+
+def read_key_file(path):
+    """A key file of `sbctl keys generate`: {'public': b'…', 'secret': b'…'}."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            if k in ("public", "secret") and v:
+                out[k] = v.encode()
+    return out
+
+
+def bus_dealer(stack, ctx, member, identity):
+    """A ZeroMQ DEALER that joins the bus as `member` (its CURVE key from
+    the profile's key directory): what a cluster component is on the wire."""
+    import zmq
+    keys = os.path.join(stack.env["SB_VAR"], "keys")
+    mine = read_key_file(os.path.join(keys, member + ".key"))
+    server = read_key_file(os.path.join(keys, "server.pub"))
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_publickey = mine["public"]
+    sock.curve_secretkey = mine["secret"]
+    sock.curve_serverkey = server["public"]
+    return sock
+
+
 def wait_until(cond, timeout, what, interval=0.1):
     """Poll a synchronous condition until true or the deadline passes."""
     deadline = time.monotonic() + timeout

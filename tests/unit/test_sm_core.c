@@ -228,6 +228,7 @@ static int setup(void **st)
     acct_rows = NULL;
     acct_nrows = 0;
     acct_sql[0] = '\0';
+    setenv("SB_CLUSTER_CURVE", "off", 1);   /* the link is a fake: no bus keys */
     core = sm_core_new(ev_default_loop(0), "sm1");
     assert_non_null(core);
     assert_true(sb_domains_has("localhost"));   /* loaded through the fake above */
