@@ -98,6 +98,8 @@ struct link_rt {
     char endpoint[RT_DIRECT_MAX + 1];
     int up;                     /* acked lately: sends prefer it */
     int reopen;                 /* down: make the socket anew before the loop blocks */
+    void *mon;                  /* PAIR: the DEALER's handshake events (curve refusals) */
+    double refused_at;          /* last handshake refused (our key not a member?) */
     double last_ack;
     struct sb_buf unacked;      /* [u32 hlen][hdr][u32 blen][body]… */
     struct link_mark marks[LINK_MARKS];
@@ -529,13 +531,30 @@ static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
 }
 
 /* ZMQ_IMMEDIATE: a router that is not connected refuses at once, so the
- * next one takes the envelope instead of a queue for a dead peer. */
+ * next one takes the envelope instead of a queue for a dead peer.
+ * Reconnection backs off from 0.1 s to 2 s. A monitor reports refused
+ * handshakes (link_rt_events). */
 static sb_rc rt_open(struct link *l, struct link_rt *r)
 {
-    int immediate = 1;
+    int immediate = 1, ivl_max = 2000, zero = 0;
+    char mon[64];
     if (zs_open(l, &r->z, ZMQ_DEALER) != SB_OK ||
-        zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0)
+        zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
+        zmq_setsockopt(r->z.sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0)
         return SB_ERROR;
+    snprintf(mon, sizeof mon, "inproc://link-mon-%p", (void *)r);
+    if (r->mon)
+        zmq_close(r->mon);
+    r->mon = NULL;
+    if (zmq_socket_monitor(r->z.sock, mon, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0 &&
+        (r->mon = zmq_socket(l->zctx, ZMQ_PAIR)) != NULL) {
+        zmq_setsockopt(r->mon, ZMQ_LINGER, &zero, sizeof zero);
+        if (zmq_connect(r->mon, mon) != 0) {
+            zmq_close(r->mon);
+            r->mon = NULL;
+        }
+    }
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
                   sb_log_q(zmq_strerror(errno)));
@@ -545,10 +564,16 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
 }
 
 /* Keep a copy of what a router took until it confirms it (hello-ack). */
-static void rt_record(struct sb_buf *b, const uint8_t *hdr, size_t hlen, const char *body,
+static void rt_record(struct link_rt *r, const uint8_t *hdr, size_t hlen, const char *body,
                       size_t blen)
 {
+    struct sb_buf *b = &r->unacked;
     uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (b->len > LINK_LIMBO_MAX) {  /* a router that never confirms: keep no more */
+        log_error("link_unconfirmed_dropped", "bytes=%zu why=no-ack", b->len);
+        sb_buf_reset(b);
+        r->nmarks = 0;
+    }
     if (sb_buf_add(b, &hl, sizeof hl) != SB_OK || sb_buf_add(b, hdr, hlen) != SB_OK ||
         sb_buf_add(b, &bl, sizeof bl) != SB_OK || sb_buf_add(b, body, blen) != SB_OK)
         log_error("link_record_failed", "err=nomem");
@@ -606,7 +631,7 @@ static int rt_send_any(struct link *l, const uint8_t *hdr, size_t hlen, const ch
             if (r->up != !pass || r->reopen || !r->z.sock)
                 continue;
             if (zs_send(&r->z, hdr, hlen, body, blen) == 0) {
-                rt_record(&r->unacked, hdr, hlen, body, blen);
+                rt_record(r, hdr, hlen, body, blen);
                 return 0;
             }
             if (r->up)
@@ -637,6 +662,44 @@ static void link_resend(struct link *l)
         log_info("link_resent", "envelopes=%zu held_bytes=%zu", n, l->limbo.len - off);
     sb_buf_consume(&l->limbo, off);
     l->resending = 0;
+}
+
+/* Handshake failures since the last look: a router that refuses our key
+ * (ZAP status 400: not in its members.pub) or speaks no CURVE. Logged at
+ * most every 30 s per router; ZeroMQ keeps retrying with back-off, and a
+ * refused link does not end the process as "no router" would. */
+static void link_rt_events(struct link *l, struct link_rt *r)
+{
+    while (r->mon) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, r->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) >= 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (char *)zmq_msg_data(&ev) + 2, 4);
+        }
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_init(&ep);
+            zmq_msg_recv(&ep, r->mon, 0);
+            zmq_msg_close(&ep);
+        }
+        double now = ev_now(l->loop);
+        if (now - r->refused_at >= 30 || !r->refused_at)
+            log_error("link_refused", "endpoint=%s why=%s status=%u note=\"is this "
+                      "instance's key in the cluster's members.pub? retrying\"",
+                      sb_log_q(r->endpoint),
+                      event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ? "key-refused" : "handshake",
+                      (unsigned)value);
+        if (now - r->refused_at >= 30 || !r->refused_at)
+            r->refused_at = now;
+    }
 }
 
 static void link_state(struct link *l, enum link_state st)
@@ -886,14 +949,18 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
     double now = ev_now(loop);
     int any_up = 0;
     link_check_lease(l);
+    int refused = 0;
     for (size_t i = 0; i < l->nrt; i++) {
         struct link_rt *r = &l->rt[i];
+        link_rt_events(l, r);
         if (r->up && now - r->last_ack > 2.5 * l->heartbeat)
             rt_down(l, r, "silent");
         any_up |= r->up;
+        refused |= r->refused_at > 0;
     }
     link_send_hello(l, 0);
-    if (!any_up && !l->lease_until && l->router_wait > 0 && now - l->started > l->router_wait) {
+    if (!any_up && !refused && !l->lease_until && l->router_wait > 0 &&
+        now - l->started > l->router_wait) {
         log_error("no_router", "routers=%zu waited_s=%.0f", l->nrt, now - l->started);
         l->router_wait = 0;
         link_state(l, LINK_NO_ROUTER);
@@ -1062,6 +1129,8 @@ void link_free(struct link *l)
     free(l->rq);
     for (size_t i = 0; i < l->nrt; i++) {
         zs_close(&l->rt[i].z);
+        if (l->rt[i].mon)
+            zmq_close(l->rt[i].mon);
         sb_buf_free(&l->rt[i].unacked);
     }
     sb_buf_free(&l->limbo);

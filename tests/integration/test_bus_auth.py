@@ -6,6 +6,8 @@ member key (the control) is answered."""
 
 import asyncio
 import os
+import subprocess
+import time
 
 import pytest
 
@@ -110,3 +112,36 @@ def test_only_member_keys_join_the_bus(stack, two_users):
     assert "event=bus_peer_refused reason=unknown_key" in _log(stack, "sm1") + _log(stack, "sm2")
     # The impostor never registered: c2s1 is still the real one.
     assert "name=c2s1 key_of" not in _log(stack, "router1")
+
+
+def test_a_component_with_a_wrong_key_says_why_and_keeps_trying(stack, tmp_path):
+    """A key that is not in members.pub: the routers refuse the handshake;
+    the component logs why (not a silent hang, not 'no router') and keeps
+    retrying with back-off instead of exiting; it never joins."""
+    subprocess.run([os.path.join(stack.bin, "sbctl"), "keys", "generate", "--dir",
+                    str(tmp_path), "sm3"], check=True, capture_output=True, timeout=10)
+    env = dict(os.environ, SB_CLUSTER_CURVE_KEY_FILE=str(tmp_path / "sm3.key"),
+               SB_CLUSTER_ROUTER_WAIT="2")
+    log = tmp_path / "sm3.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([os.path.join(stack.bin, "sb-sm"), "-c", stack.ini, "-n", "sm3"],
+                             cwd=stack.root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "event=link_refused" in log.read_text(), 10,
+                   "sm3 to log that its key is refused")
+        assert "why=key-refused" in log.read_text(), log.read_text()[-2000:]
+        # past router_wait it is still there, still trying, and not a member
+        wait_until(lambda: "event=no_router" not in log.read_text() and p.poll() is None
+                   and "sm3" not in stack.live_instances(), 5, "sm3 retrying")
+        t0 = time.monotonic()
+        wait_until(lambda: time.monotonic() - t0 > 3, 5, "three more seconds")
+        assert p.poll() is None, log.read_text()[-2000:]
+        assert "sm3" not in stack.live_instances()
+        assert "event=bus_peer_refused reason=unknown_key" in _log(stack, "router1")
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
