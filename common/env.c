@@ -11,6 +11,7 @@ void env_init(struct env_hdr *h, enum env_kind kind, enum env_route route)
     h->kind = (uint8_t)kind;
     h->route = (uint8_t)route;
     h->flags = ENV_F_NONE;
+    h->seq = 0;
     h->key[0] = h->sender[0] = h->sid[0] = h->op[0] = h->aux[0] = '\0';
 }
 
@@ -36,6 +37,11 @@ static long env_put_str(uint8_t *buf, size_t cap, size_t off, const char *s,
     return (long)(off + 2 + n);
 }
 
+int env_has_seq(uint8_t kind, uint8_t flags)
+{
+    return kind != ENV_BOUNCE && (flags & ENV_F_SEQ);
+}
+
 long env_encode(const struct env_hdr *h, uint8_t *buf, size_t cap)
 {
     if (cap < 4)
@@ -54,6 +60,13 @@ long env_encode(const struct env_hdr *h, uint8_t *buf, size_t cap)
     ENV_PUT(op, ENV_NAME_MAX)
     ENV_PUT(aux, ENV_STR_MAX)
 #undef ENV_PUT
+    if (env_has_seq(h->kind, h->flags)) {
+        if ((size_t)off + 8 > cap)
+            return -1;
+        for (int i = 0; i < 8; i++)
+            buf[off + i] = (uint8_t)(h->seq >> (56 - 8 * i));
+        off += 8;
+    }
     return off;
 }
 
@@ -90,7 +103,15 @@ sb_rc env_decode(struct env_hdr *h, const uint8_t *buf, size_t len)
         env_get_str(buf, len, &off, h->op, ENV_NAME_MAX) != SB_OK ||
         env_get_str(buf, len, &off, h->aux, ENV_STR_MAX) != SB_OK)
         return SB_ERROR;
-    /* Version 1 has nothing after aux: trailing bytes mean a broken sender. */
+    h->seq = 0;
+    if (env_has_seq(h->kind, h->flags)) {
+        if (len - off < 8)
+            return SB_ERROR;
+        for (int i = 0; i < 8; i++)
+            h->seq = h->seq << 8 | buf[off + i];
+        off += 8;
+    }
+    /* Nothing else follows: trailing bytes mean a broken sender. */
     return off == len ? SB_OK : SB_ERROR;
 }
 

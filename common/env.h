@@ -18,6 +18,10 @@
  *   sid      session id at the front-end ("" when none)
  *   op       control operation or bounce reason ("" when none)
  *   aux      free text: for BOUNCE the original key, for CONTROL an argument
+ *   then, only when flags has ENV_F_SEQ (never on a BOUNCE, whose flags
+ *   hold the original kind): u64 seq, the sender's sequence number of an
+ *   envelope sent through a router (duplicates of a re-send are dropped
+ *   by the receiver: common/link.c)
  * Each string is at most ENV_STR_MAX bytes. Full details: common/ENVELOPE.md */
 #ifndef SB_ENV_H
 #define SB_ENV_H
@@ -44,6 +48,7 @@ enum env_route {
 };
 
 #define ENV_F_NONE 0x00
+#define ENV_F_SEQ  0x80     /* a u64 seq follows aux (router path; not on BOUNCE) */
 
 struct env_hdr {
     uint8_t version, kind, route, flags;
@@ -52,6 +57,7 @@ struct env_hdr {
     char sid[ENV_NAME_MAX + 1];
     char op[ENV_NAME_MAX + 1];
     char aux[ENV_STR_MAX + 1];
+    uint64_t seq;           /* with ENV_F_SEQ, else 0 */
 };
 
 /* Fill the fixed part and clear the strings. */
@@ -59,12 +65,15 @@ void env_init(struct env_hdr *h, enum env_kind kind, enum env_route route);
 
 /* Encode h into buf (cap bytes). Returns bytes written, or -1 if too small
  * or a field is too long. A header is at most ENV_HDR_MAX bytes. */
-#define ENV_HDR_MAX (4 + 5 * 2 + 2 * ENV_STR_MAX + 3 * ENV_NAME_MAX)
+#define ENV_HDR_MAX (4 + 5 * 2 + 2 * ENV_STR_MAX + 3 * ENV_NAME_MAX + 8)
 long env_encode(const struct env_hdr *h, uint8_t *buf, size_t cap);
 
 /* Decode a header frame; SB_ERROR on truncation, unknown version, bad kind
  * or route, or an over-long field. Strings come out NUL-terminated. */
 sb_rc env_decode(struct env_hdr *h, const uint8_t *buf, size_t len);
+
+/* Does a header of this kind with these flags carry a seq? */
+int env_has_seq(uint8_t kind, uint8_t flags);
 
 const char *env_kind_name(int kind);
 const char *env_route_name(int route);

@@ -77,6 +77,12 @@ struct link_zs {
     int seen;                   /* still in the latest members list */
 };
 
+/* The highest router-path seq delivered from one sender. */
+struct link_seen {
+    char sender[ENV_NAME_MAX + 1];
+    uint64_t seq;
+};
+
 /* Envelopes queued on `direct` for one destination: [h][b] pairs. */
 struct link_rq {
     char to[ENV_NAME_MAX + 1];
@@ -110,10 +116,14 @@ struct link {
     struct ev_loop *loop;
     void *zctx;
     struct link_rt rt[LINK_ROUTERS_MAX];
-    size_t nrt, pref;           /* routers; the one this instance prefers */
+    size_t nrt, pref, cur;      /* routers; the one this instance prefers; in use */
+    uint64_t seq;               /* last router-path envelope's (ENV_F_SEQ) */
+    struct link_seen *seen;     /* per sender: the highest seq delivered */
+    size_t nseen, capseen;
+    unsigned long dups;         /* re-sent duplicates dropped since the last heartbeat */
     struct sb_buf limbo;        /* taken by a router that died unconfirmed: re-sent */
     int resending;
-    unsigned long seq;          /* HELLOs sent */
+    unsigned long hello_seq;    /* HELLOs sent */
     char inc[RT_INC_MAX + 1];   /* incarnation: new at start and after a lost lease */
     int leased;
     double lease_until, started, router_wait;
@@ -622,16 +632,22 @@ static void rt_reopen(struct link *l, struct link_rt *r)
 
 /* Send through a live router, the preferred one first; a refusing router
  * is taken down (its unconfirmed envelopes go first through the next). */
+/* The router carrying this instance's router path stays the same until it
+ * fails (no switching back when another comes up): one router at a time
+ * keeps per-sender order, which the receivers' duplicate check relies on. */
 static int rt_send_any(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
                        size_t blen)
 {
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 3; pass++)
         for (size_t k = 0; k < l->nrt; k++) {
-            struct link_rt *r = &l->rt[(l->pref + k) % l->nrt];
-            if (r->up != !pass || r->reopen || !r->z.sock)
+            size_t i = pass == 0 ? l->cur : (l->pref + k) % l->nrt;
+            struct link_rt *r = &l->rt[i];
+            if ((pass == 0 && k > 0) || (pass < 2 && !r->up) || (pass == 2 && r->up) ||
+                r->reopen || !r->z.sock)
                 continue;
             if (zs_send(&r->z, hdr, hlen, body, blen) == 0) {
                 rt_record(r, hdr, hlen, body, blen);
+                l->cur = i;
                 return 0;
             }
             if (r->up)
@@ -778,12 +794,44 @@ static void link_on_lease_check(struct ev_loop *loop, ev_check *w, int revents)
 
 /* ---- the loop --------------------------------------------------------------- */
 
+/* Router-path envelopes from one sender arrive in seq order (one router
+ * at a time carries them); a seq not above the last one delivered is the
+ * copy of a re-send whose original the dying router had delivered. */
+static int link_seen_before(struct link *l, const struct env_hdr *h)
+{
+    for (size_t i = 0; i < l->nseen; i++) {
+        struct link_seen *s = &l->seen[i];
+        if (strcmp(s->sender, h->sender) != 0)
+            continue;
+        if (h->seq <= s->seq)
+            return 1;
+        s->seq = h->seq;
+        return 0;
+    }
+    if (l->nseen == l->capseen) {
+        size_t cap = l->capseen ? 2 * l->capseen : 16;
+        struct link_seen *v = realloc(l->seen, cap * sizeof *v);
+        if (!v)
+            return 0;
+        l->seen = v;
+        l->capseen = cap;
+    }
+    struct link_seen *s = &l->seen[l->nseen++];
+    snprintf(s->sender, sizeof s->sender, "%s", h->sender);
+    s->seq = h->seq;
+    return 0;
+}
+
 static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
 {
     struct link *l = z->l;
     struct env_hdr h;
     if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
         log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
+        l->dups++;              /* a re-send we already had */
         return;
     }
     struct link_rt *r = h.kind == ENV_CONTROL ? link_rt_of(l, z) : NULL;
@@ -910,7 +958,7 @@ static sb_rc link_send_hello(struct link *l, int bye)
     char body[2048];
     int n = snprintf(body, sizeof body,
                      "kind=%s pid=%ld inc=%s seq=%lu domains=%s sessions=%ld%s%s%s", l->kind,
-                     (long)getpid(), l->inc, ++l->seq, l->domains ? l->domains : "", l->sessions,
+                     (long)getpid(), l->inc, ++l->hello_seq, l->domains ? l->domains : "", l->sessions,
                      l->direct ? " direct=" : "", l->direct ? l->direct_ep : "",
                      bye ? " bye=1" : "");
     if (n < 0 || (size_t)n >= sizeof body) {
@@ -933,7 +981,7 @@ static sb_rc link_send_hello(struct link *l, int bye)
             memmove(r->marks, r->marks + 1, (LINK_MARKS - 1) * sizeof *r->marks);
             r->nmarks--;
         }
-        r->marks[r->nmarks++] = (struct link_mark){l->seq, r->unacked.len, ev_now(l->loop)};
+        r->marks[r->nmarks++] = (struct link_mark){l->hello_seq, r->unacked.len, ev_now(l->loop)};
         zs_flush(&r->z);        /* the lease must not wait for a batch window */
         sent++;
     }
@@ -969,6 +1017,10 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
     ev_timer_again(loop, w);
     /* Expected only while a direct connection is being set up: in steady
      * state this means a peer refused (not connected, queue full). */
+    if (l->dups) {
+        log_info("link_duplicates_dropped", "count=%lu why=re-sent", l->dups);
+        l->dups = 0;
+    }
     if (any_up && (l->fb_peer || l->fb_rq)) {
         log_info("link_direct_fallback", "to_sm=%lu to_instance=%lu", l->fb_peer, l->fb_rq);
         l->fb_peer = l->fb_rq = 0;
@@ -1081,6 +1133,7 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->curve = o->curve;
     l->started = ev_now(loop);
     l->limbo = (struct sb_buf)SB_BUF_INIT;
+    l->seq = (uint64_t)(sb_now() * 1e6);
     strcpy(l->instance, o->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
@@ -1127,6 +1180,7 @@ void link_free(struct link *l)
         free(l->rq[i].f);
     }
     free(l->rq);
+    free(l->seen);
     for (size_t i = 0; i < l->nrt; i++) {
         zs_close(&l->rt[i].z);
         if (l->rt[i].mon)
@@ -1141,12 +1195,27 @@ void link_free(struct link *l)
     free(l);
 }
 
+/* The router path: the header gets ENV_F_SEQ and this instance's next
+ * seq, so a receiver drops the copy of a re-send it already had. Seqs
+ * start at the wall clock in µs, so a restarted instance's are above its
+ * predecessor's (it never sends a million envelopes a second). */
 static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
                             size_t blen, const struct env_hdr *h)
 {
+    uint8_t sh[ENV_HDR_MAX];
+    if (!env_has_seq(hdr[1], hdr[3] | ENV_F_SEQ) || (hdr[3] & ENV_F_SEQ) || hlen + 8 > sizeof sh) {
+        memcpy(sh, hdr, hlen < sizeof sh ? hlen : sizeof sh);   /* BOUNCE, or stamped */
+    } else {
+        uint64_t q = ++l->seq;
+        memcpy(sh, hdr, hlen);
+        sh[3] |= ENV_F_SEQ;
+        for (int i = 0; i < 8; i++)
+            sh[hlen + i] = (uint8_t)(q >> (56 - 8 * i));
+        hlen += 8;
+    }
     if (l->limbo.len)
         link_resend(l);         /* older first */
-    if (!l->limbo.len && rt_send_any(l, hdr, hlen, body, blen) == 0)
+    if (!l->limbo.len && rt_send_any(l, sh, hlen, body, blen) == 0)
         return SB_OK;
     log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
              sb_log_q(h->key), l->limbo.len ? "held-envelopes-first" : "no-router");

@@ -56,7 +56,36 @@ def _wait_router_knows_all(stack, n, timeout=20):
                "router%d to list every component" % n)
 
 
+def _restart_sms(stack, **env):
+    """Restart sm1 and sm2 with extra environment (e.g. no direct socket)."""
+    e = dict(os.environ, SB_STACK_PROFILE=stack.profile, **env)
+    for name in ("sm1", "sm2"):
+        for cmd in ("stop-proc", "start-proc"):
+            subprocess.run([stack.stack_sh, cmd, name], cwd=stack.root, env=e, check=True,
+                           capture_output=True, timeout=40)
+    stack.wait_instances(present=["sm1", "sm2"], timeout=20)
+
+
 def test_chat_flows_while_each_router_is_killed_and_restarted(stack, two_users):
+    """The normal path: c2s → sm → c2s directly; the routers' deaths must
+    not touch it (nor the sessions, nor the leases)."""
+    _chat_through_router_kills(stack, two_users)
+
+
+def test_chat_through_the_routers_survives_each_router_kill(stack, two_users):
+    """With the direct path off every stanza crosses a router: what a dying
+    router had taken but not confirmed is re-sent through the other one,
+    so nothing is lost without an error, nothing twice, order kept."""
+    _restart_sms(stack, SB_SM_DIRECT_BIND="")
+    try:
+        out = stack.sbctl("status", timeout=10).stdout
+        assert "tcp://127.0.0.1" not in out.split("S2S CONNECTIONS")[0], out
+        _chat_through_router_kills(stack, two_users)
+    finally:
+        _restart_sms(stack)
+
+
+def _chat_through_router_kills(stack, two_users):
     (a_jid, a_pw), (b_jid, b_pw) = two_users
     for n in (1, 2):
         _wait_router_knows_all(stack, n)

@@ -55,12 +55,37 @@ static void test_env_round_trip_at_maximum_field_lengths(void **st)
     h.sid[ENV_NAME_MAX] = '\0';
     memset(h.op, 'o', ENV_NAME_MAX);
     h.op[ENV_NAME_MAX] = '\0';
+    h.flags = ENV_F_SEQ;            /* the router path's seq: the longest header */
+    h.seq = 0x0102030405060708ULL;
     long n = env_encode(&h, buf, sizeof buf);
     assert_int_equal(n, ENV_HDR_MAX);
     assert_int_equal(env_decode(&d, buf, (size_t)n), SB_OK);
     assert_int_equal(strlen(d.key), ENV_STR_MAX);
     assert_int_equal(strlen(d.aux), ENV_STR_MAX);
     assert_int_equal(strlen(d.op), ENV_NAME_MAX);
+    assert_true(d.seq == h.seq);
+}
+
+/* A BOUNCE's flags carry the original kind: never a seq, whatever the bits. */
+static void test_env_seq_only_where_flagged_and_never_on_a_bounce(void **st)
+{
+    struct env_hdr h, d;
+    uint8_t buf[ENV_HDR_MAX];
+    fill(&h);
+    long plain = env_encode(&h, buf, sizeof buf);
+    h.flags = ENV_F_SEQ;
+    h.seq = 42;
+    long n = env_encode(&h, buf, sizeof buf);
+    assert_int_equal(n, plain + 8);
+    assert_int_equal(env_decode(&d, buf, (size_t)n), SB_OK);
+    assert_true(d.seq == 42);
+    assert_int_equal(env_decode(&d, buf, (size_t)n - 1), SB_ERROR);   /* cut seq */
+    h.kind = ENV_BOUNCE;
+    h.flags = ENV_F_SEQ | ENV_STANZA;
+    n = env_encode(&h, buf, sizeof buf);
+    assert_int_equal(n, plain);
+    assert_int_equal(env_decode(&d, buf, (size_t)n), SB_OK);
+    assert_true(d.seq == 0);
 }
 
 static void test_env_encode_refuses_small_buffer(void **st)
@@ -188,6 +213,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_env_round_trip_keeps_every_field),
         cmocka_unit_test(test_env_round_trip_at_maximum_field_lengths),
+        cmocka_unit_test(test_env_seq_only_where_flagged_and_never_on_a_bounce),
         cmocka_unit_test(test_env_encode_refuses_small_buffer),
         cmocka_unit_test(test_env_encode_refuses_over_long_name_field),
         cmocka_unit_test(test_env_decode_rejects_every_truncation),
