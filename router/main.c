@@ -105,6 +105,7 @@ static void rt_handle(struct rt_server *s, zmq_msg_t *f);
 static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
                       zmq_msg_t *body, const char *reason);
 static void rt_members_broadcast(struct rt_server *s);
+static const char *rt_id_str(zmq_msg_t *id);
 
 /* A peer sending garbage must not flood the log: the first one of each
  * sweep period is logged in full, the rest are counted (rt_on_sweep). */
@@ -829,6 +830,17 @@ static void rt_handle(struct rt_server *s, zmq_msg_t *f)
     size_t keylen;
     if (env_peek(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &kind, &route, &key, &keylen) != SB_OK) {
         rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
+        return;
+    }
+    /* Only members route (a HELLO makes one; sbctl's ADMIN needs none): a
+     * key holder that never said HELLO under this name is told so. */
+    if (route != ENV_ROUTE_ROUTER && kind != ENV_ADMIN && kind != ENV_BOUNCE &&
+        !rt_reg_find(&s->heard, zmq_msg_data(&f[0]), zmq_msg_size(&f[0])) &&
+        !rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]))) {
+        if (rt_bad_first(s))
+            log_warn("not_a_member", "from=%s kind=%s", sb_log_q(rt_id_str(&f[0])),
+                     env_kind_name(kind));
+        rt_bounce(s, &f[0], &f[1], &f[2], "not-a-member");
         return;
     }
     switch (route) {

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from xmpptest import (ENV_ADMIN, ENV_HELLO, ENV_STANZA, ROUTE_INSTANCE, ROUTE_JID,
+from xmpptest import (ENV_ADMIN, ENV_BOUNCE, ENV_HELLO, ENV_STANZA, ROUTE_INSTANCE, ROUTE_JID,
                       ROUTE_ROUTER, bus_dealer, close, env_header, login, next_message,
                       read_key_file, run, wait_until)
 
@@ -93,6 +93,12 @@ def test_only_member_keys_join_the_bus(stack, two_users):
             assert member.poll(5000) != 0, "the member key was not answered"
             reply = member.recv_multipart()
             assert b"name=c2s1" in reply[-1]
+            # A member key that never said HELLO routes nothing: bounced back.
+            member.send_multipart([env_header(ENV_STANZA, ROUTE_JID, b_jid.encode(),
+                                              sender=b"sbctl-bus-auth"), forged])
+            assert member.poll(5000) != 0, "no answer to a non-member's stanza"
+            bounce = member.recv_multipart()
+            assert bounce[0][1] == ENV_BOUNCE and b"not-a-member" in bounce[0], bounce[0]
             # A real message still flows and the forged ones never arrived.
             a.send_message(mto=b.boundjid.full, mbody="genuine", mtype="chat")
             await next_message(b, body="genuine", timeout=10)

@@ -84,10 +84,16 @@ def test_garbage_envelopes_crash_and_stall_nothing(stack, two_users):
     (a_jid, a_pw), (b_jid, b_pw) = two_users
     before = pids(stack)
     ctx = zmq.Context.instance()
-    sock = bus_dealer(stack, ctx, "sbctl", b"rogue-peer")
+    # A member gone bad: it joins properly (key and HELLO of c2s8, a spare
+    # name), so what it sends is routed into the sms and front-ends.
+    sock = bus_dealer(stack, ctx, "c2s8", b"c2s8")
     sock.setsockopt(zmq.SNDHWM, 100000)
     sock.connect("tcp://127.0.0.1:%s" % stack.env["SB_ROUTER_PORT"])
     try:
+        sock.send_multipart([hdr(HELLO, R_ROUTER, sender=b"c2s8"),
+                             b"kind=c2s pid=1 inc=0123456789abcdef seq=1 domains="])
+        assert sock.poll(5000), "no hello-ack for the member's HELLO"
+        sock.recv_multipart()
         msgs = garbage_messages(b_jid)
         for _ in range(3):
             for m in msgs:
