@@ -231,8 +231,7 @@ static sb_rc main_open(void)
     }
     c2s.pg = sb_proc_pg(&main_proc);
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
-    c2s.rd = rdev_new(c2s.loop, sb_config_str("redis_host", "127.0.0.1"),
-                      (int)sb_config_int("redis_port", 6379));
+    c2s.rd = rdev_from_config(c2s.loop);
     c2s_anon_init();
     c2s.link = sb_proc_link(&main_proc, c2s_route_recv, NULL);
     if (!c2s.pg || !c2s.store || !c2s.link || !c2s.rd) {

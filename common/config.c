@@ -283,3 +283,41 @@ const char *sb_config_routers(void)
 {
     return sb_config_str("routers", sb_config_str("router", "tcp://127.0.0.1:15555"));
 }
+
+sb_rc sb_config_secret(const char *key, char *out, size_t cap)
+{
+    char fk[128];
+    snprintf(fk, sizeof fk, "%s_file", key);
+    const char *path = sb_config_str(fk, NULL);
+    out[0] = '\0';
+    if (!path || !*path) {
+        const char *v = sb_config_str(key, NULL);
+        if (!v || !*v)
+            return SB_DONE;
+        if (strlen(v) >= cap) {
+            log_error("config_secret_too_long", "key=%s max=%zu", key, cap - 1);
+            return SB_ERROR;
+        }
+        strcpy(out, v);
+        return SB_OK;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        log_error("config_secret_unreadable", "key=%s file=%s err=%s", fk, sb_log_q(path),
+                  sb_log_q(strerror(errno)));
+        return SB_ERROR;
+    }
+    size_t n = fread(out, 1, cap - 1, f);
+    int more = fgetc(f) != EOF;
+    fclose(f);
+    out[n] = '\0';
+    while (n && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+        out[--n] = '\0';
+    if (more || !n || memchr(out, '\0', n)) {
+        log_error("config_secret_bad", "key=%s file=%s why=%s", fk, sb_log_q(path),
+                  more ? "too-long" : !n ? "empty" : "nul-byte");
+        out[0] = '\0';
+        return SB_ERROR;
+    }
+    return SB_OK;
+}

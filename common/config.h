@@ -26,6 +26,11 @@ int sb_config_bool(const char *key, int def);   /* 1/0, yes/no, true/false, on/o
 /* The router endpoints, "tcp://a:1,tcp://b:2" (`routers`, or the one-router
  * spelling `router`). */
 const char *sb_config_routers(void);
+/* A secret: the content of the file named by `<key>_file` (one line; a
+ * trailing newline is not part of it), else the value of `key`. SB_OK with
+ * out set, SB_DONE when neither is configured (out ""), SB_ERROR (logged)
+ * for an unreadable, empty or over-long file. */
+sb_rc sb_config_secret(const char *key, char *out, size_t cap);
 
 /* Same lookup for another section (e.g. sm reading [c2s] keys). */
 const char *sb_config_str_in(const char *kind, const char *instance,

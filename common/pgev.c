@@ -23,6 +23,7 @@
  * sent behind it (its query must follow it, in order); that happens once
  * per statement and connection. */
 #include "pgev.h"
+#include "config.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -62,6 +63,7 @@ struct pgev_stmt {
 struct pgev {
     struct ev_loop *loop;
     char *conninfo;
+    struct sb_pg_params params;     /* kw/val point into conninfo, the config, password */
     PGconn *conn;
     enum pgev_state state;
     int logged_up;       /* -1 nothing logged yet, 0 down, 1 up: log transitions once */
@@ -270,7 +272,7 @@ static void pgev_connect_step(struct pgev *pg)
 static void pgev_connect(struct pgev *pg)
 {
     /* Host names are resolved here, synchronously: give an address. */
-    pg->conn = PQconnectStart(pg->conninfo);
+    pg->conn = PQconnectStartParams(pg->params.kw, pg->params.val, 1);
     if (!pg->conn || PQstatus(pg->conn) == CONNECTION_BAD) {
         pgev_down(pg, pg->conn ? PQerrorMessage(pg->conn) : "out of memory");
         return;
@@ -465,7 +467,8 @@ struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo)
     if (!pg)
         return NULL;
     pg->conninfo = strdup(conninfo ? conninfo : "");
-    if (!pg->conninfo) {
+    if (!pg->conninfo || sb_pg_params_from_config(&pg->params, pg->conninfo) != SB_OK) {
+        free(pg->conninfo);
         free(pg);
         return NULL;
     }
@@ -499,8 +502,42 @@ void pgev_free(struct pgev *pg)
     if (pg->conn)
         PQfinish(pg->conn);
     pgev_stmts_clear(pg);
+    sb_pg_params_wipe(&pg->params);
     free(pg->conninfo);
     free(pg);
+}
+
+sb_rc sb_pg_params_from_config(struct sb_pg_params *p, const char *conninfo)
+{
+    static const char *const opt[][2] = {
+        {"postgres_sslmode", "sslmode"},         {"postgres_sslrootcert", "sslrootcert"},
+        {"postgres_sslcert", "sslcert"},         {"postgres_sslkey", "sslkey"},
+    };
+    int n = 0;
+    memset(p, 0, sizeof *p);
+    p->kw[n] = "dbname";            /* expand_dbname: the whole conninfo string */
+    p->val[n++] = conninfo ? conninfo : "";
+    sb_rc rc = sb_config_secret("postgres_password", p->password, sizeof p->password);
+    if (rc == SB_ERROR)
+        return SB_ERROR;
+    if (rc == SB_OK) {
+        p->kw[n] = "password";
+        p->val[n++] = p->password;
+    }
+    for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++) {
+        const char *v = sb_config_str(opt[i][0], NULL);
+        if (v && *v) {
+            p->kw[n] = opt[i][1];
+            p->val[n++] = v;
+        }
+    }
+    p->kw[n] = p->val[n] = NULL;
+    return SB_OK;
+}
+
+void sb_pg_params_wipe(struct sb_pg_params *p)
+{
+    memset(p->password, 0, sizeof p->password);
 }
 
 int pgev_connected(const struct pgev *pg)

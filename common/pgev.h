@@ -16,6 +16,22 @@
 struct pgev;
 typedef void (*pgev_cb)(PGresult *res, void *arg);
 
+/* Connection parameters: the conninfo string (`postgres`) plus what the
+ * config adds without splicing secrets into it: postgres_password or
+ * postgres_password_file, postgres_sslmode, postgres_sslrootcert,
+ * postgres_sslcert, postgres_sslkey. kw/val are NULL-terminated, for
+ * PQconnect*Params with expand_dbname = 1. */
+#define SB_PG_PARAMS_MAX 8
+struct sb_pg_params {
+    const char *kw[SB_PG_PARAMS_MAX], *val[SB_PG_PARAMS_MAX];
+    char password[512];
+};
+/* SB_ERROR (logged) for a bad password file. */
+sb_rc sb_pg_params_from_config(struct sb_pg_params *p, const char *conninfo);
+void sb_pg_params_wipe(struct sb_pg_params *p);
+
+/* conninfo plus the config's PostgreSQL keys (sb_pg_params_from_config).
+ * NULL on a bad password file or out of memory. */
 struct pgev *pgev_new(struct ev_loop *loop, const char *conninfo);
 void pgev_free(struct pgev *pg);     /* pending callbacks get NULL */
 

@@ -6,6 +6,7 @@
  * every outstanding command with NULL. Commands issued while there is no
  * connection are answered NULL from the loop's next iteration. */
 #include "rdev.h"
+#include "config.h"
 #include "log.h"
 
 #include <stdarg.h>
@@ -30,6 +31,8 @@ struct rdev {
     struct ev_loop *loop;
     char *host;
     int port;
+    char *user, *password;      /* AUTH after every connect when password is set */
+    int auth_failed;            /* logged once until a login works again */
     redisAsyncContext *ac;      /* NULL while down */
     int connected;              /* connect callback said OK */
     int logged_up;              /* -1 nothing yet, 0 down, 1 up */
@@ -46,6 +49,8 @@ struct rdev {
 };
 
 static void rdev_connect(struct rdev *r);
+static void rdev_up(struct rdev *r);
+static void rdev_on_auth(redisAsyncContext *ac, void *reply, void *priv);
 
 /* ---- requests ------------------------------------------------------------- */
 
@@ -157,7 +162,24 @@ static void rdev_on_connect(const redisAsyncContext *ac, int status)
         rdev_schedule(r);
         return;
     }
+    if (r->password) {
+        /* First command on the connection: everything after it runs as
+         * that user; up (and on_up) only once Redis said OK. */
+        r->since = ev_now(r->loop);
+        int rc = r->user ? redisAsyncCommand(r->ac, rdev_on_auth, r, "AUTH %s %s", r->user,
+                                             r->password)
+                         : redisAsyncCommand(r->ac, rdev_on_auth, r, "AUTH %s", r->password);
+        if (rc == REDIS_OK)
+            return;
+    }
+    rdev_up(r);
+}
+
+/* The connection is usable. */
+static void rdev_up(struct rdev *r)
+{
     r->connected = 1;
+    r->auth_failed = 0;
     r->backoff = RDEV_BACKOFF_MIN;
     r->since = ev_now(r->loop);
     rdev_log_state(r, 1, NULL);
@@ -166,6 +188,26 @@ static void rdev_on_connect(const redisAsyncContext *ac, int status)
         ev_timer_set(&r->up, 0., 0.);
         ev_timer_start(r->loop, &r->up);
     }
+}
+
+/* AUTH answered. Refused: one log line (not one per retry), then the
+ * connection is closed and retried with the usual back-off. */
+static void rdev_on_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rdev *r = priv;
+    redisReply *rep = reply;
+    if (r->ac != ac)
+        return;
+    if (rep && rep->type == REDIS_REPLY_STATUS) {
+        rdev_up(r);
+        return;
+    }
+    if (!r->auth_failed)
+        log_error("redis_auth_failed", "host=%s port=%d user=%s err=%s", r->host, r->port,
+                  r->user ? r->user : "default", sb_log_q(rep && rep->str ? rep->str : "no reply"));
+    r->auth_failed = 1;
+    if (rep)
+        redisAsyncDisconnect(ac);   /* onDisconnect schedules the retry */
 }
 
 static void rdev_on_up(struct ev_loop *loop, ev_timer *w, int revents)
@@ -247,8 +289,20 @@ static void rdev_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port)
 {
+    return rdev_new_auth(loop, host, port, NULL, NULL);
+}
+
+struct rdev *rdev_new_auth(struct ev_loop *loop, const char *host, int port, const char *user,
+                           const char *password)
+{
     struct rdev *r = calloc(1, sizeof *r);
-    if (!r || !(r->host = strdup(host ? host : "127.0.0.1"))) {
+    if (!r || !(r->host = strdup(host ? host : "127.0.0.1")) ||
+        (password && *password && !(r->password = strdup(password))) ||
+        (r->password && user && *user && !(r->user = strdup(user)))) {
+        if (r) {
+            free(r->host);
+            free(r->password);
+        }
         free(r);
         return NULL;
     }
@@ -285,7 +339,32 @@ void rdev_free(struct rdev *r)
         free(q);
     }
     free(r->host);
+    free(r->user);
+    if (r->password) {
+        memset(r->password, 0, strlen(r->password));
+        free(r->password);
+    }
     free(r);
+}
+
+/* The cluster's Redis from the config: redis_host, redis_port, redis_user,
+ * redis_password(_file). redis_tls: hiredis 0.14 (Debian 12) has no TLS,
+ * so a TLS Redis is reached through a local TLS tunnel (README). */
+struct rdev *rdev_from_config(struct ev_loop *loop)
+{
+    char pw[1024];
+    if (sb_config_bool("redis_tls", 0)) {
+        log_error("redis_tls_unavailable", "why=\"Debian 12's hiredis 0.14 has no TLS\" "
+                  "fix=\"point redis_host/redis_port at a local stunnel client (README)\"");
+        return NULL;
+    }
+    if (sb_config_secret("redis_password", pw, sizeof pw) == SB_ERROR)
+        return NULL;
+    struct rdev *r = rdev_new_auth(loop, sb_config_str("redis_host", "127.0.0.1"),
+                                   (int)sb_config_int("redis_port", 6379),
+                                   sb_config_str("redis_user", NULL), pw);
+    memset(pw, 0, sizeof pw);
+    return r;
 }
 
 int rdev_connected(const struct rdev *r)

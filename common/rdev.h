@@ -15,6 +15,14 @@ struct rdev;
 typedef void (*rdev_cb)(redisReply *reply, void *arg);   /* reply NULL on failure */
 
 struct rdev *rdev_new(struct ev_loop *loop, const char *host, int port);
+/* With AUTH [user] password as the first command of every connection
+ * (password NULL or "": none). A refused AUTH is logged once
+ * (redis_auth_failed) and retried with back-off. */
+struct rdev *rdev_new_auth(struct ev_loop *loop, const char *host, int port, const char *user,
+                           const char *password);
+/* From [cluster] redis_host, redis_port, redis_user, redis_password or
+ * redis_password_file. NULL (logged) on a bad secret or redis_tls = on. */
+struct rdev *rdev_from_config(struct ev_loop *loop);
 void rdev_free(struct rdev *r);
 int rdev_connected(const struct rdev *r);
 /* cb(arg) after every successful (re)connection, from the loop (not inside

@@ -1077,8 +1077,7 @@ int main(int argc, char **argv)
         log_error("start_failed", "endpoint=%s", sb_log_q(bind));
         return 1;
     }
-    s.rd = rdev_new(s.loop, sb_config_str("redis_host", "127.0.0.1"),
-                    (int)sb_config_int("redis_port", 6379));
+    s.rd = rdev_from_config(s.loop);
     if (!s.rd) {
         log_error("start_failed", "what=redis");
         return 1;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "pgev.h"
 #include "sbctl.h"
 
 /* Serialises concurrent `db migrate` runs (any constant works). */
@@ -38,7 +39,13 @@ PGconn *sbctl_db_connect(void)
         sbctl_err("no PostgreSQL connection string (config key 'postgres' in [cluster])");
         return NULL;
     }
-    c = PQconnectdb(ci);
+    struct sb_pg_params pp;
+    if (sb_pg_params_from_config(&pp, ci) != SB_OK) {
+        sbctl_err("cannot read the PostgreSQL password (postgres_password_file)");
+        return NULL;
+    }
+    c = PQconnectdbParams(pp.kw, pp.val, 1);
+    sb_pg_params_wipe(&pp);
     if (PQstatus(c) != CONNECTION_OK) {
         sbctl_err("cannot connect to PostgreSQL (%s): %s", ci, sbctl_pg_msg(c, NULL));
         PQfinish(c);

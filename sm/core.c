@@ -344,8 +344,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         .batch_window = sb_config_int("batch_window_us", 1000) / 1e6,
     };
     c->link = link_new(loop, &lo, sm_core_on_recv, c);
-    c->rd = rdev_new(loop, sb_config_str("redis_host", "127.0.0.1"),
-                     (int)sb_config_int("redis_port", 6379));
+    c->rd = rdev_from_config(loop);
     c->pg = pgev_new(loop, sb_config_str("postgres", ""));
     if (!c->link || !c->rd || !c->pg) {
         log_error("sm_init_failed", "link=%d redis=%d postgres=%d",

@@ -79,6 +79,8 @@ profile_set() {
     PGDATA="$VAR/pg"; PGSOCK="$VAR/pgsock"; REDIS_DIR="$VAR/redis"
     PASSWORDS="$VAR/demo-passwords"
     PREBIND_SECRET_FILE="$VAR/prebind-secret"
+    REDIS_PASSWORD_FILE="$VAR/redis-password"
+    PG_PASSWORD_FILE="$VAR/pg-password"
 }
 
 print_env() {
@@ -92,6 +94,9 @@ SB_STACK=$ROOT/deploy/dev/stack.sh
 SB_DOMAIN=$DOMAIN
 SB_PG_PORT=$PG_PORT
 SB_REDIS_PORT=$REDIS_PORT
+SB_REDIS_USER=switchboard
+SB_REDIS_PASSWORD_FILE=$REDIS_PASSWORD_FILE
+SB_PG_PASSWORD_FILE=$PG_PASSWORD_FILE
 SB_ROUTER_PORT=$ROUTER_PORT
 SB_ROUTERS="${ROUTERS[*]}"
 SB_C2S1_PORT=$C2S1_PORT
@@ -245,10 +250,33 @@ pg_start() {
 
 psql_q() { "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tAc "$1"; }
 
+# The application role logs in with a generated password (SCRAM over TCP,
+# made once per profile in $VAR/pg-password and given to the processes as
+# postgres_password_file); only the postgres superuser keeps loopback trust
+# for this script's own administration.
+pg_password() {
+    if [ ! -s "$PG_PASSWORD_FILE" ]; then
+        (umask 077; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 \
+            > "$PG_PASSWORD_FILE")
+    fi
+    cat "$PG_PASSWORD_FILE"
+}
+
+pg_require_password() {
+    local hba="$PGDATA/pg_hba.conf"
+    as_pg grep -q '^host all switchboard 127.0.0.1/32 scram-sha-256' "$hba" && return 0
+    as_pg sh -c "{ printf '%s\n' '# added by deploy/dev/stack.sh: the application role needs its password' \
+        'host all switchboard 127.0.0.1/32 scram-sha-256' 'host all switchboard ::1/128 scram-sha-256'; \
+        cat '$hba'; } > '$hba.new' && mv '$hba.new' '$hba'"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA" reload >/dev/null
+}
+
 pg_db() {
     if [ "$(psql_q "SELECT 1 FROM pg_roles WHERE rolname='switchboard'")" != 1 ]; then
         psql_q "CREATE ROLE switchboard LOGIN" >/dev/null
     fi
+    psql_q "ALTER ROLE switchboard PASSWORD '$(pg_password)'" >/dev/null
+    pg_require_password
     if [ "$(psql_q "SELECT 1 FROM pg_database WHERE datname='switchboard'")" != 1 ]; then
         psql_q "CREATE DATABASE switchboard OWNER switchboard ENCODING 'UTF8'" >/dev/null
     fi
@@ -271,11 +299,27 @@ pg_stop() {
 }
 
 # ---------------------------------------------------------------- (e) Redis
-redis_cli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+# The private Redis requires a password: ACL user `switchboard` with a
+# generated password (made once per profile, in $VAR/redis-password); the
+# default user is off, so an unauthenticated client gets NOAUTH.
+redis_password() {
+    if [ ! -s "$REDIS_PASSWORD_FILE" ]; then
+        mkdir -p "$VAR"
+        (umask 077; head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32 \
+            > "$REDIS_PASSWORD_FILE")
+    fi
+    cat "$REDIS_PASSWORD_FILE"
+}
+redis_cli() {
+    REDISCLI_AUTH="$(cat "$REDIS_PASSWORD_FILE" 2>/dev/null)" \
+        redis-cli --user switchboard -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
 redis_running() { [ "$(redis_cli ping 2>/dev/null)" = PONG ]; }
 
 setup_redis() {
     mkdir -p "$REDIS_DIR"
+    local pw
+    pw=$(redis_password)
     local save='save 3600 1 300 100'
     [ "$PROFILE" = run ] || save='save ""'
     cat > "$VAR/redis.conf" <<EOF
@@ -289,7 +333,10 @@ pidfile $PID/redis.pid
 logfile $LOG/redis.log
 appendonly no
 $save
+user default off
+user switchboard on >$pw ~* &* +@all
 EOF
+    chmod 600 "$VAR/redis.conf"
     redis_running && return 0
     redis-server "$VAR/redis.conf" || die "redis-server did not start (log: $LOG/redis.log)"
     local end=$((SECONDS + 10))
@@ -381,6 +428,9 @@ cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
 cluster	redis_host	127.0.0.1
 cluster	redis_port	$REDIS_PORT
+cluster	redis_user	switchboard
+cluster	redis_password_file	$REDIS_PASSWORD_FILE
+cluster	postgres_password_file	$PG_PASSWORD_FILE
 cluster	postgres	host=127.0.0.1 port=$PG_PORT dbname=switchboard user=switchboard
 $(router_binds)
 c2s	listen	127.0.0.1

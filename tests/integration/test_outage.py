@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from xmpptest import (LoginFailed, RawStream, close, describe, login, next_message, run,
+from xmpptest import (redis_cli, LoginFailed, RawStream, close, describe, login, next_message, run,
                       NS_CLIENT, NS_STANZAS)
 
 RECOVERY = 30       # seconds a process may take to notice the store is back
@@ -192,8 +192,7 @@ def test_redis_down_then_back(stack, new_user, redis_outage):
 
 
 def redis(stack, *args):
-    return subprocess.run(["redis-cli", "-p", stack.env["SB_REDIS_PORT"], *args],
-                          capture_output=True, text=True, timeout=10).stdout.strip()
+    return redis_cli(stack, *args)
 
 
 def test_redis_restarted_empty_gets_the_sessions_back(stack, new_user, redis_outage):

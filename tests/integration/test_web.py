@@ -12,7 +12,7 @@ import pytest
 
 from webtest import (NS_BIND, NS_BOSH, NS_CLIENT, NS_FRAMING, NS_SASL, NS_STREAM, Bosh,
                      WebSocket, WsClosed, anon_domain, http_request, prebind)
-from xmpptest import RawStream, close, login, next_message, run, wait_until
+from xmpptest import redis_cli, RawStream, close, login, next_message, run, wait_until
 
 MSG = "{%s}message" % NS_CLIENT
 
@@ -321,8 +321,7 @@ def test_anonymous_nodes_are_unique_and_released_at_logout(stack):
     import subprocess
 
     def redis(*args):
-        return subprocess.run(["redis-cli", "-p", stack.env["SB_REDIS_PORT"], *args],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
+        return redis_cli(stack, *args, timeout=5)
 
     async def go():
         socks = [WebSocket(stack) for _ in range(3)]
@@ -411,9 +410,13 @@ def _support_password(stack):
 
 
 def _psql(stack, sql):
+    env = dict(os.environ)
+    if stack.env.get("SB_PG_PASSWORD_FILE"):
+        with open(stack.env["SB_PG_PASSWORD_FILE"]) as f:
+            env["PGPASSWORD"] = f.read().strip()
     return subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-p", stack.env["SB_PG_PORT"],
                            "-U", "switchboard", "-d", "switchboard", "-tAc", sql],
-                          capture_output=True, text=True, timeout=10).stdout.strip()
+                          env=env, capture_output=True, text=True, timeout=10).stdout.strip()
 
 
 def test_visitor_has_support_in_roster_and_support_sees_visitor_come_and_go(stack):

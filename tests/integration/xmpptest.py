@@ -116,6 +116,19 @@ class Stack:
         return jid, password
 
 
+def redis_cli(stack, *args, timeout=10, auth=True):
+    """redis-cli against the profile's Redis, as its ACL user (auth=False:
+    as an anonymous client, which the private Redis refuses)."""
+    env = dict(os.environ)
+    cmd = ["redis-cli", "-h", "127.0.0.1", "-p", stack.env["SB_REDIS_PORT"]]
+    if auth and stack.env.get("SB_REDIS_PASSWORD_FILE"):
+        with open(stack.env["SB_REDIS_PASSWORD_FILE"]) as f:
+            env["REDISCLI_AUTH"] = f.read().strip()
+        cmd += ["--user", stack.env.get("SB_REDIS_USER", "default")]
+    return subprocess.run(cmd + list(args), env=env, capture_output=True, text=True,
+                          timeout=timeout).stdout.strip()
+
+
 # Envelope headers (common/ENVELOPE.md) for tests that speak ZeroMQ.
 ENV_STANZA, ENV_CONTROL, ENV_HELLO, ENV_ADMIN, ENV_BOUNCE = 1, 2, 3, 4, 5
 ROUTE_JID, ROUTE_INSTANCE, ROUTE_KIND, ROUTE_ROUTER = 1, 2, 3, 4

@@ -196,6 +196,35 @@ static void test_config_reload_reads_new_values_and_keeps_old_strings(void **st)
     sb_config_free();
 }
 
+
+/* A secret comes from <key>_file (newline stripped) before <key>; none is
+ * SB_DONE; an empty or unreadable file is an error, never "no password". */
+static void test_config_secret_from_file_or_value(void **st)
+{
+    char out[64], pw[] = "/tmp/sb_test_secret_XXXXXX";
+    int fd = mkstemp(pw);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(sb_config_load(cfg_path, "c2s", "c2s1"), SB_OK);
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_DONE);
+    assert_string_equal(out, "");
+    setenv("SB_CLUSTER_REDIS_PASSWORD", "inline", 1);
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_OK);
+    assert_string_equal(out, "inline");
+    write_file(pw, "s3cret\n");
+    setenv("SB_CLUSTER_REDIS_PASSWORD_FILE", pw, 1);
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_OK);
+    assert_string_equal(out, "s3cret");
+    write_file(pw, "\n");
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_ERROR);
+    write_file(pw, "0123456789012345678901234567890123456789012345678901234567890123456789");
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_ERROR);
+    unlink(pw);
+    assert_int_equal(sb_config_secret("redis_password", out, sizeof out), SB_ERROR);
+    unsetenv("SB_CLUSTER_REDIS_PASSWORD_FILE");
+    unsetenv("SB_CLUSTER_REDIS_PASSWORD");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_config_missing_file_is_an_error),
         cmocka_unit_test(test_config_syntax_error_is_refused),
         cmocka_unit_test(test_config_reload_reads_new_values_and_keeps_old_strings),
+        cmocka_unit_test(test_config_secret_from_file_or_value),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
