@@ -377,6 +377,11 @@ long rdev_pending(const struct rdev *r)
     return r ? r->pending : 0;
 }
 
+int rdev_stalled(const struct rdev *r, double secs)
+{
+    return r && r->pending > 0 && ev_now(r->loop) - r->since > secs;
+}
+
 /* Usable context, or NULL: down, or being torn down by hiredis. */
 static redisAsyncContext *rdev_ctx(struct rdev *r)
 {

@@ -30,6 +30,9 @@ int rdev_connected(const struct rdev *r);
 void rdev_set_on_up(struct rdev *r, void (*cb)(void *arg), void *arg);
 /* Commands still owed a reply (a graceful stop waits for 0). */
 long rdev_pending(const struct rdev *r);
+/* Replies are owed and none came for `secs` (a frozen or overloaded
+ * server, before the 5 s watchdog drops the connection). */
+int rdev_stalled(const struct rdev *r, double secs);
 
 /* printf-style like redisAsyncCommand (%s, %b for binary). */
 sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...);

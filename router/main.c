@@ -657,6 +657,14 @@ struct rt_renew {
     char seq[24];
 };
 
+static void rt_ack(struct rt_server *s, const char *name, const char *seq, int ok)
+{
+    char body[64];
+    int n = snprintf(body, sizeof body, "lease_ms=%ld store=%s", (long)(s->lease * 1000),
+                     ok ? "ok" : "down");
+    rt_control(s, name, "hello-ack", seq, body, (size_t)n);
+}
+
 static void rt_on_renewed(redisReply *r, void *arg)
 {
     struct rt_renew *rn = arg;
@@ -664,10 +672,10 @@ static void rt_on_renewed(redisReply *r, void *arg)
     int ok = r && r->type == REDIS_REPLY_STATUS;
     if (!r)
         s->store_up_since = 0;      /* judge nobody until it is back for a lease */
-    char body[64];
-    int n = snprintf(body, sizeof body, "lease_ms=%ld store=%s", (long)(s->lease * 1000),
-                     ok ? "ok" : "down");
-    rt_control(s, rn->name, "hello-ack", rn->seq, body, (size_t)n);
+    else if (ok && !s->store_up_since)
+        s->store_up_since = sb_now();   /* answering again (it was only stalled) */
+    if (rn->seq[0] != '-')          /* not acknowledged already (store stalled) */
+        rt_ack(s, rn->name, rn->seq, ok);
     free(rn);
 }
 
@@ -747,6 +755,16 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
         sb_buf_printf(&s->lease_val, " addr=%s", peer ? peer : "") != SB_OK) {
         free(rn);
         return;
+    }
+    /* A store that owes replies for a third of a lease is as good as down
+     * (frozen, overloaded): acknowledge now, as for a store that is down,
+     * and judge nobody until it answers again. */
+    if (rdev_connected(s->rd) && rdev_stalled(s->rd, s->lease / 3)) {
+        if (s->store_up_since)
+            log_warn("store_stalled", "pending=%ld", rdev_pending(s->rd));
+        s->store_up_since = 0;
+        rt_ack(s, rn->name, rn->seq, 0);
+        rn->seq[0] = '-';
     }
     rdev_cmd(s->rd, rt_on_redis_ok, "members_add", "HSET sb:members %s %s", in->name, incv);
     if (rdev_cmd(s->rd, rt_on_renewed, rn, "SET lease:%s %b PX %ld", in->name,

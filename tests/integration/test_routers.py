@@ -245,3 +245,37 @@ def test_a_front_end_frozen_past_its_lease_closes_its_streams(stack, two_users):
             await a.close()
             await b.close()
     run(go(), timeout=90)
+
+
+def test_a_frozen_redis_ends_no_session(stack, two_users):
+    """Leases live in Redis; a Redis that stops answering (SIGSTOP) for
+    longer than the lease is a store outage, not a cluster-wide death:
+    nobody is declared dead, no stream is closed, chat goes on after."""
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    logs = {n: os.path.join(stack.env["SB_VAR"], "log", n + ".log") for n in ("c2s1", "c2s2")}
+    start = {n: os.path.getsize(p) for n, p in logs.items()}
+
+    async def go():
+        a = await IMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        b = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        pid = _pid(stack, "redis")
+        try:
+            await _reachable(b, a, "before the freeze")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(4.5)    # the stimulus: longer than the 3 s lease
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await _reachable(b, a, "after the freeze", timeout=10)
+            await _reachable(a, b, "and back", timeout=10)
+            assert not a.raw.closed and not b.raw.closed
+        finally:
+            await a.close()
+            await b.close()
+    run(go(), timeout=60)
+    live = stack.live_instances()
+    assert COMPONENTS <= live, live
+    for name, path in logs.items():
+        with open(path) as f:
+            f.seek(start[name])
+            assert "event=lease_lost" not in f.read(), name
