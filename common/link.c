@@ -468,6 +468,35 @@ static int link_usable_sm(const struct link *l, const struct rt_inst *in)
            (l->local_router || !rt_endpoint_local(in->direct));
 }
 
+static sb_rc rt_open(struct link *l, struct link_rt *r);
+
+/* A router announced in `members` that we are not connected to (started
+ * after us, not in our `routers`): connect to it as to the others. A
+ * loopback endpoint only when all our routers are local too. */
+static void link_learn_router(struct link *l, const struct rt_inst *in)
+{
+    if (!l->local_router && rt_endpoint_local(in->direct))
+        return;
+    for (size_t i = 0; i < l->nrt; i++)
+        if (!strcmp(l->rt[i].endpoint, in->direct))
+            return;
+    if (l->nrt == LINK_ROUTERS_MAX) {
+        log_warn("link_router_not_added", "router=%s endpoint=%s why=max-%d", in->name,
+                 sb_log_q(in->direct), LINK_ROUTERS_MAX);
+        return;
+    }
+    struct link_rt *r = &l->rt[l->nrt];
+    memset(r, 0, sizeof *r);
+    snprintf(r->endpoint, sizeof r->endpoint, "%s", in->direct);
+    r->unacked = (struct sb_buf)SB_BUF_INIT;
+    if (rt_open(l, r) != SB_OK) {
+        zs_close(&r->z);
+        return;
+    }
+    l->nrt++;
+    log_info("link_router_learned", "router=%s endpoint=%s", in->name, sb_log_q(in->direct));
+}
+
 /* `members`: "kind name [key=value…]" lines. Keep the registry the router
  * routes by, and one DEALER per sm with a usable direct endpoint. */
 static void link_on_members(struct link *l, const char *body, size_t len)
@@ -514,6 +543,8 @@ static void link_on_members(struct link *l, const char *body, size_t len)
         const struct rt_inst *in = &l->members.v[i];
         if (link_usable_sm(l, in) && !peer_find(l, in->name))
             peer_add(l, in);
+        else if (!strcmp(in->kind, "router") && in->direct[0])
+            link_learn_router(l, in);
     }
 }
 

@@ -325,10 +325,12 @@ sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out)
     sb_buf_reset(out);
     for (size_t i = 0; i < r->n; i++) {
         const struct rt_inst *in = &r->v[i];
-        sb_rc rc = strcmp(in->kind, "sm") != 0
-                       ? sb_buf_printf(out, "%s %s\n", in->kind, in->name)
-                       : sb_buf_printf(out, "%s %s domains=%s%s%s\n", in->kind, in->name,
-                                       in->domains, in->direct[0] ? " direct=" : "", in->direct);
+        sb_rc rc = !strcmp(in->kind, "sm")
+                       ? sb_buf_printf(out, "%s %s domains=%s%s%s\n", in->kind, in->name,
+                                       in->domains, in->direct[0] ? " direct=" : "", in->direct)
+                   : !strcmp(in->kind, "router") && in->direct[0]
+                       ? sb_buf_printf(out, "%s %s direct=%s\n", in->kind, in->name, in->direct)
+                       : sb_buf_printf(out, "%s %s\n", in->kind, in->name);
         if (rc != SB_OK)
             return SB_ERROR;
     }

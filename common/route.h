@@ -86,7 +86,8 @@ const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
 int rt_endpoint_local(const char *endpoint);
 
 /* CONTROL members: "kind name\n" per live instance; sms also carry
- * " domains=a,b" and, when they announced one, " direct=tcp://…". */
+ * " domains=a,b" and, when they announced one, " direct=tcp://…"; routers
+ * their advertised endpoint as " direct=tcp://…". */
 sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out);
 /* ADMIN status: "name=… kind=… pid=… last_hello_ms=… sessions=… domains=…[ direct=…]\n". */
 sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out);

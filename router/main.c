@@ -77,6 +77,8 @@ struct rt_server {
     struct rt_registry heard;       /* from HELLOs here: only to notice news */
     struct rdev *rd;
     struct sb_curve *curve;         /* bus keys; NULL with curve = off */
+    char advertise[RT_DIRECT_MAX + 1];  /* the endpoint components use, or "" */
+    char inc[RT_INC_MAX + 1];
     double store_up_since;          /* Redis (re)connected; 0 = down */
     int polling, poll_again;
     ev_timer poll;
@@ -335,7 +337,8 @@ static void rt_members_broadcast(struct rt_server *s)
     if (rt_members_body(&s->reg, &s->body) != SB_OK)
         return;
     for (size_t i = 0; i < s->reg.n; i++)
-        rt_control(s, s->reg.v[i].name, "members", "", s->body.data, s->body.len);
+        if (strcmp(s->reg.v[i].kind, "router") != 0)
+            rt_control(s, s->reg.v[i].name, "members", "", s->body.data, s->body.len);
 }
 
 /* Ask one sm (chosen by hashing the dead name, so every router agrees) to
@@ -343,6 +346,8 @@ static void rt_members_broadcast(struct rt_server *s)
 static void rt_instance_down(struct rt_server *s, const char *name, const char *kind,
                              const char *inc)
 {
+    if (!strcmp(kind, "router"))
+        return;                     /* a router holds no sessions */
     const struct rt_inst *sm = rt_pick(&s->reg, "sm", name, strlen(name));
     if (!sm) {
         if (strcmp(kind, "sm") == 0)
@@ -985,9 +990,26 @@ static void rt_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 
 /* ---- expiry -------------------------------------------------------------- */
 
+/* Every second: this router's own lease (kind=router, direct = its
+ * advertised endpoint), so components learn a router started later from
+ * `members` and connect to it without a configuration change. */
+static void rt_own_lease(struct rt_server *s)
+{
+    if (!s->advertise[0] || !rdev_connected(s->rd))
+        return;
+    char body[256], incv[RT_INC_MAX + 8];
+    snprintf(body, sizeof body, "kind=router pid=%ld inc=%s domains= sessions=0 direct=%s",
+             (long)getpid(), s->inc, s->advertise);
+    snprintf(incv, sizeof incv, "%s router", s->inc);
+    rdev_cmd(s->rd, rt_on_redis_ok, "members_add", "HSET sb:members %s %s", s->name, incv);
+    rdev_cmd(s->rd, rt_on_redis_ok, "own_lease", "SET lease:%s %s PX %ld", s->name, body,
+             (long)(s->lease * 1000));
+}
+
 static void rt_on_sweep(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct rt_server *s = w->data;
+    rt_own_lease(s);
     if (s->bad_in > 1)
         log_warn("bad_envelopes", "count=%lu note=\"garbage from a peer, dropped or bounced\"",
                  s->bad_in);
@@ -1052,6 +1074,21 @@ static void rt_stop(struct sb_proc *p, void *ud)
     ev_break(p->loop, EVBREAK_ALL);
 }
 
+/* What this router tells components to connect to: [router] advertise,
+ * else its bind endpoint unless that is a wildcard (then it is not
+ * announced; components know it only from `routers`). */
+static void rt_advertise(struct rt_server *s, const char *bind)
+{
+    const char *a = sb_config_str("advertise", "");
+    if (!*a && !strstr(bind, "*") && !strstr(bind, "0.0.0.0") && !strstr(bind, "[::]"))
+        a = bind;
+    snprintf(s->advertise, sizeof s->advertise, "%s", a);
+    uint8_t b[8];
+    sb_random(b, sizeof b);
+    for (int i = 0; i < 8; i++)
+        snprintf(s->inc + 2 * i, 3, "%02x", b[i]);
+}
+
 /* The lease every HELLO renews: [cluster] lease (seconds), which the
  * components learn from each hello-ack. heartbeat_timeout is its old name. */
 static double rt_lease_conf(void)
@@ -1101,6 +1138,7 @@ int main(int argc, char **argv)
         return 1;
     }
     rdev_set_on_up(s.rd, rt_on_store_up, &s);
+    rt_advertise(&s, bind);
     rt_watchers(&s);
     proc.on_stop = rt_stop;
     proc.on_reload = rt_reload;

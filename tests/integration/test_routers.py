@@ -79,7 +79,8 @@ def test_chat_through_the_routers_survives_each_router_kill(stack, two_users):
     _restart_sms(stack, SB_SM_DIRECT_BIND="")
     try:
         out = stack.sbctl("status", timeout=10).stdout
-        assert "tcp://127.0.0.1" not in out.split("S2S CONNECTIONS")[0], out
+        sms = [l for l in out.splitlines() if l.split()[1:2] == ["sm"]]
+        assert len(sms) == 2 and not any("tcp://" in l for l in sms), out
         _chat_through_router_kills(stack, two_users)
     finally:
         _restart_sms(stack)
@@ -279,3 +280,61 @@ def test_a_frozen_redis_ends_no_session(stack, two_users):
         with open(path) as f:
             f.seek(start[name])
             assert "event=lease_lost" not in f.read(), name
+
+
+def test_a_third_router_joins_with_a_process_start(stack, two_users):
+    """router3 is only started (a bind of its own, a member key): it
+    announces itself through its lease, every component connects to it
+    within seconds, and it alone then carries the cluster — the leases of
+    everyone stay renewed and chat goes on — while router1 and router2
+    are down."""
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    port3 = int(stack.env["SB_ROUTER_PORT"]) + 2
+    ep3 = "tcp://127.0.0.1:%d" % port3
+    log = os.path.join(stack.env["SB_VAR"], "log", "router3.log")
+    env = dict(os.environ, SB_ROUTER_BIND=ep3)
+    with open(log, "a") as out:
+        r3 = subprocess.Popen([os.path.join(stack.bin, "sb-router"), "-c", stack.ini, "-n",
+                               "router3"], cwd=stack.root, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+
+    def learned(name):
+        with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log")) as f:
+            return "event=link_router_learned router=router3" in f.read()
+    try:
+        wait_until(lambda: COMPONENTS <= (_status_via(stack, ep3) or set()), 10,
+                   "router3 to list the cluster")
+        wait_until(lambda: all(learned(n) for n in COMPONENTS), 10,
+                   "every component to connect to router3")
+
+        async def go():
+            a = await IMClient(stack, a_jid, a_pw, instance="c2s1").login()
+            b = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+            try:
+                await _reachable(b, a, "with three routers")
+                stack.stack("kill-proc", "router1")
+                stack.stack("kill-proc", "router2")
+                try:
+                    # past a lease: only router3 renews them now
+                    t0 = time.monotonic()
+                    while time.monotonic() - t0 < 4.5:
+                        await _reachable(a, b, "router3 alone %.1f" % (time.monotonic() - t0))
+                        await asyncio.sleep(0.5)
+                    assert COMPONENTS <= (_status_via(stack, ep3) or set())
+                    assert not a.raw.closed and not b.raw.closed
+                finally:
+                    stack.stack("start-proc", "router1")
+                    stack.stack("start-proc", "router2")
+            finally:
+                await a.close()
+                await b.close()
+        run(go(), timeout=60)
+        for n in (1, 2):
+            _wait_router_knows_all(stack, n)
+    finally:
+        r3.terminate()
+        try:
+            r3.wait(10)
+        except subprocess.TimeoutExpired:
+            r3.kill()
+            r3.wait()
