@@ -32,7 +32,7 @@ def _bus_endpoints(stack):
 
 
 def _log(stack, name):
-    with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log")) as f:
+    with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log"), errors="replace") as f:
         return f.read()
 
 

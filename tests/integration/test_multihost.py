@@ -253,7 +253,7 @@ def test_users_on_the_surviving_host_keep_chatting_when_a_host_goes_down(cluster
     users, net, procs = cluster["users"], cluster["net"], cluster["procs"]
     h1, h2 = Host("sbmh-h1", "c2s1"), Host("sbmh-h2", "c2s2")
     for name in ("sm1", "sm2"):
-        with open(cluster["logs"][name]) as f:
+        with open(cluster["logs"][name], errors="replace") as f:
             assert "endpoint=\"tcp://%s:15600\"" % addr("sbmh-h%s" % name[-1]) in f.read()
 
     async def go():

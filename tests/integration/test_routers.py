@@ -277,7 +277,7 @@ def test_a_frozen_redis_ends_no_session(stack, two_users):
     live = stack.live_instances()
     assert COMPONENTS <= live, live
     for name, path in logs.items():
-        with open(path) as f:
+        with open(path, errors="replace") as f:
             f.seek(start[name])
             assert "event=lease_lost" not in f.read(), name
 
@@ -299,7 +299,7 @@ def test_a_third_router_joins_with_a_process_start(stack, two_users):
                               stderr=subprocess.STDOUT)
 
     def learned(name):
-        with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log")) as f:
+        with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log"), errors="replace") as f:
             return "event=link_router_learned router=router3" in f.read()
     try:
         wait_until(lambda: COMPONENTS <= (_status_via(stack, ep3) or set()), 10,
