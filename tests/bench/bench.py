@@ -1001,6 +1001,10 @@ def main():
     outdir = os.path.join(ROOT, "tests/bench/results")
     os.makedirs(outdir, exist_ok=True)
     base = os.path.join(outdir, "%s-%s" % (date, host))
+    n = 2
+    while os.path.exists(base + ".json"):   # two runs in one minute: keep both
+        base = os.path.join(outdir, "%s-%s-%d" % (date, host, n))
+        n += 1
     doc = {"date": date, "host": host, "machine": machine(), "peer": PEER or None,
            "curve": CURVE,
            "config": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")},
