@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """make bench: run the sbbench scenarios against a private Switchboard stack
-(deploy/dev/stack.sh -p bench: 1 router, 2 c2s, 2 sm) and, with PEER=prosody
+(deploy/dev/stack.sh -p bench: 2 routers, 2 c2s, 2 sm) and, with PEER=prosody
 or PEER=jabberd2, against a private instance of that server (class Peer) on
 the same users, then write
 tests/bench/results/<date>-<host>.json and a Markdown table (.md beside it,
@@ -8,7 +8,7 @@ also printed).
 
 Every knob is an environment variable (defaults are modest, ~5 min for
 Switchboard alone):
-  BENCH_SCENARIOS   login,plain,msg,idle,scaleout
+  BENCH_SCENARIOS   login,plain,msg,idle,scaleout,chaos
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
@@ -17,6 +17,11 @@ Switchboard alone):
   BENCH_LOGIN_NO_STOP=1  run every login step even after one failed
   BENCH_IDLE        [5000,20000]  BENCH_IDLE_TLS [1]
   BENCH_IDLE_HOLD   hold of the largest plaintext idle run [60]; others BENCH_IDLE_HOLD_OTHER [10]
+  BENCH_CHAOS_SECS  [120]  BENCH_CHAOS_RATE [500]  BENCH_CHAOS_USERS [1000]
+  BENCH_CHAOS_EVERY seconds between kills [5]  BENCH_CHAOS_PAUSE down time [1]
+  BENCH_CHAOS_DRAIN [15]  BENCH_CHAOS_SEED  random seed of the kill choice [time]
+  BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
+                    msg again with it off (SB_CLUSTER_CURVE=off for every process)
   SB_BENCH_PORT_OFFSET  shifts every port of the bench profile
   PEER              prosody or jabberd2 (Debian package, private instance under
                     var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
@@ -29,17 +34,22 @@ import hmac
 import json
 import multiprocessing
 import os
+import random
 import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STACK = os.path.join(ROOT, "deploy/dev/stack.sh")
 VAR = os.path.join(ROOT, "var/bench")
 SBBENCH = os.path.join(ROOT, "build/bench/sbbench")
-SB_PROCS = ["router1", "sm1", "sm2", "c2s1", "c2s2", "bosh1"]
+# start order: the routers first, so components find them at once
+SB_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2", "bosh1", "s2s1"]
+# what the chaos scenario kills (bosh1 and s2s1 carry none of its traffic)
+CHAOS_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2"]
 DOMAIN = "localhost"
 PREFIX, PASSPREFIX = "bench", "pw"
 OFF = int(os.environ.get("SB_BENCH_PORT_OFFSET", "0"))
@@ -52,7 +62,7 @@ def env(name, default):
 
 
 STEP = env("BENCH_STEP", "5")
-SCEN = set(env("BENCH_SCENARIOS", "login,plain,msg,idle,scaleout").split(","))
+SCEN = set(env("BENCH_SCENARIOS", "login,plain,msg,idle,scaleout,chaos").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
 PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
@@ -64,6 +74,16 @@ IDLE_TLS = env("BENCH_IDLE_TLS", "1") == "1"
 IDLE_HOLD = env("BENCH_IDLE_HOLD", "60")
 IDLE_HOLD_OTHER = env("BENCH_IDLE_HOLD_OTHER", "10")
 PEER = env("PEER", "").strip()
+CHAOS_SECS = float(env("BENCH_CHAOS_SECS", "120"))
+CHAOS_RATE = env("BENCH_CHAOS_RATE", "500")
+CHAOS_USERS = int(env("BENCH_CHAOS_USERS", "1000"))
+CHAOS_EVERY = float(env("BENCH_CHAOS_EVERY", "5"))
+CHAOS_PAUSE = float(env("BENCH_CHAOS_PAUSE", "1"))
+CHAOS_DRAIN = env("BENCH_CHAOS_DRAIN", "15")
+CHAOS_SEED = env("BENCH_CHAOS_SEED", "")
+CURVE = env("BENCH_CURVE", "on")
+if CURVE not in ("on", "off", "both"):
+    raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
 # keep stepping after a failed login step (a server that fails every step
 # with a few errors still shows what it completes)
 LOGIN_NO_STOP = ["--no-stop"] if env("BENCH_LOGIN_NO_STOP", "") == "1" else []
@@ -107,7 +127,7 @@ def pidfile(path):
 
 
 def max_users():
-    return max([MSG_USERS, LOGIN_USERS] + IDLE)
+    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS] + IDLE)
 
 
 # ---------------------------------------------------------------- targets
@@ -124,24 +144,33 @@ class Target:
     def fresh(self):
         pass
 
-    def run(self, scenario, *args, label=""):
+    curve = None                      # the bus's CURVE mode (Switchboard only)
+
+    def command(self, scenario, *args, label="", watch=True):
         cmd = [SBBENCH, "-H", "127.0.0.1", "-p", ",".join(map(str, self.ports)),
                "-d", DOMAIN, "-u", PREFIX, "-w", PASSPREFIX,
                "--scram-cache", os.path.join(VAR, "cache", self.name + ".scram"),
                "--label", label or scenario, *args]
-        for w in self.watches():
+        for w in self.watches() if watch else []:
             cmd += ["--watch", w]
         cmd.append(scenario)
         say(self.name, ":", " ".join(cmd[1:]))
-        load = os.getloadavg()[0]      # the machine is shared: say how busy it was
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        return cmd
+
+    def rows(self, out, load):
         rows = []
-        for line in p.stdout.splitlines():
+        for line in out.splitlines():
             try:
-                rows.append(dict(json.loads(line), load1=load))
+                rows.append(dict(json.loads(line), load1=load, curve=self.curve or "n/a"))
             except ValueError:
                 pass
-        return rows, p.returncode
+        return rows
+
+    def run(self, scenario, *args, label=""):
+        cmd = self.command(scenario, *args, label=label)
+        load = os.getloadavg()[0]      # the machine is shared: say how busy it was
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        return self.rows(p.stdout, load), p.returncode
 
 
 class Switchboard(Target):
@@ -192,12 +221,70 @@ class Switchboard(Target):
     def fresh(self):
         for n in reversed(SB_PROCS):
             stack("stop-proc", n)
-        for n in SB_PROCS:
+        for n in SB_PROCS:             # routers first
             stack("start-proc", n)
-            if n == "router1":
+            if n.startswith("router"):
                 time.sleep(0.2)
         stack("wait-ready")
         time.sleep(1)
+
+    # ---- the bus's CURVE mode
+
+    def set_curve(self, mode):
+        """Every process started from now on (stack.sh passes its environment
+        on), sbctl included, runs the bus with CURVE on or off."""
+        self.curve = mode
+        os.environ["SB_CLUSTER_CURVE"] = mode
+
+    def curve_check(self):
+        """The mode each running process logged at its last start:
+        bus_curve_off is logged at start-up only when CURVE is off."""
+        bad = []
+        for n in SB_PROCS:
+            log = read(os.path.join(VAR, "log", n + ".log"))
+            last = log[log.rfind("=== "):]
+            off = "bus_curve_off" in last
+            if off != (self.curve == "off"):
+                bad.append(n)
+        if bad:
+            raise SystemExit("bench: %s did not start with curve=%s (see var/bench/log)" %
+                             (",".join(bad), self.curve))
+        say("switchboard: every process runs the bus with curve=%s" % self.curve)
+
+    # ---- membership as the routers see it
+
+    def status(self):
+        try:
+            return subprocess.run([os.path.join(ROOT, "bin/sbctl"), "-c", self.env["SB_INI"],
+                                   "status"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True, timeout=8).stdout
+        except subprocess.TimeoutExpired:
+            return ""
+
+    def listed(self, name, st=None):
+        """Is NAME live in `sbctl status`: a router answering on its endpoint,
+        a component listed with the pid it runs under now."""
+        st = self.status() if st is None else st
+        if name.startswith("router"):
+            port = int(self.env["SB_ROUTER_PORT"]) + int(name[len("router"):]) - 1
+            return any(l.startswith("tcp://127.0.0.1:%d " % port) and "answering" in l
+                       for l in st.splitlines())
+        pid = pidfile(os.path.join(VAR, "pid", name + ".pid"))
+        for l in st.splitlines():
+            f = l.split()
+            if len(f) >= 3 and f[0] == name:
+                return pid is None or f[2] == str(pid)
+        return False
+
+    def wait_unlisted(self, names, secs):
+        end = time.time() + secs
+        while time.time() < end:
+            st = self.status()
+            if st and not any(self.listed(n, st) for n in names):
+                return
+            time.sleep(0.1)
+        raise SystemExit("bench: %s still listed by sbctl status after %d s" %
+                         (",".join(names), secs))
 
     def layout(self, small):
         """small: 1 c2s + 1 sm (scale-out baseline); else the full 2 + 2."""
@@ -205,7 +292,8 @@ class Switchboard(Target):
             stack("stop-proc", "c2s2")
             stack("stop-proc", "sm2")
             self.ports = [int(self.env["SB_C2S1_PORT"])]
-            time.sleep(4.5)            # the router forgets sm2 (heartbeat timeout)
+            # a clean stop gives the lease back at once (HELLO bye=1)
+            self.wait_unlisted(["sm2", "c2s2"], 10)
         else:
             stack("start-proc", "sm2")
             stack("start-proc", "c2s2")
@@ -213,9 +301,93 @@ class Switchboard(Target):
             self.ports = [int(self.env["SB_C2S1_PORT"]), int(self.env["SB_C2S2_PORT"])]
             time.sleep(1)
 
+    # ---- chaos: chatting while processes are killed
+
+    def kill_one(self, name):
+        """SIGKILL, a pause, a restart, and the time until the routers list
+        it again (None: not within 20 s)."""
+        t = time.time()
+        stack("kill-proc", name, check=False)
+        time.sleep(CHAOS_PAUSE)
+        stack("start-proc", name)
+        end = time.time() + 20
+        while time.time() < end:
+            if self.listed(name):
+                return t, time.time() - t
+            time.sleep(0.1)
+        say("chaos: %s not listed again 20 s after its kill" % name)
+        return t, None
+
+    def chaos(self):
+        cmd = self.command("chaos", "--users", str(CHAOS_USERS), "--rates", CHAOS_RATE,
+                           "--duration", "%g" % CHAOS_SECS, "--drain", CHAOS_DRAIN,
+                           "--window", "200", label="chaos", watch=False)
+        load = os.getloadavg()[0]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sending = threading.Event()
+        out = []
+
+        def relay():                   # its progress to ours; notice when it sends
+            for line in p.stderr:
+                sys.stderr.write(line)
+                if "users online;" in line:
+                    sending.set()
+
+        threading.Thread(target=relay, daemon=True).start()
+        reader = threading.Thread(target=lambda: out.append(p.stdout.read()), daemon=True)
+        reader.start()
+        rng = random.Random(int(CHAOS_SEED) if CHAOS_SEED else None)
+        kills = []
+        while not sending.is_set() and p.poll() is None:
+            time.sleep(0.1)
+        t0 = time.time() + 1           # the generator lets presences settle for 1 s
+        nxt = t0 + CHAOS_EVERY
+        # the last kill leaves the cluster a few seconds to recover while chatting
+        while p.poll() is None and nxt < t0 + CHAOS_SECS - 3:
+            time.sleep(max(0, nxt - time.time()))
+            name = rng.choice(CHAOS_PROCS)
+            at, back = self.kill_one(name)
+            kills.append({"name": name, "kind": name.rstrip("0123456789"), "at_unix": at,
+                          "back_s": back})
+            say("chaos: killed %s at +%.1f s, listed again after %s s" % (
+                name, at - t0, "%.1f" % back if back is not None else "never"))
+            nxt = max(nxt + CHAOS_EVERY, time.time())
+        p.wait()
+        reader.join()
+        stack("wait-ready", check=False)
+        rows = self.rows(out[0] if out else "", load)
+        for r in rows:
+            if r.get("scenario") == "chaos" and "timeline" in r:
+                chaos_attribute(r, kills)
+        return rows, p.returncode
+
     def stop(self):
         if env("BENCH_KEEP", "") != "1":
             stack("stop", check=False)
+
+
+def chaos_attribute(row, kills):
+    """Per kill: the generator's timeline from the second of that kill to the
+    next kill (drops, re-logins, bounces, losses by send time), and the same
+    summed per kind of process."""
+    tl = row["timeline"]
+    t0 = row["t0_unix"]
+    fields = ["sent", "delivered", "bounced", "lost", "lost_with_connection", "drops",
+              "relogins"]
+    for i, k in enumerate(kills):
+        a = max(0, int(k["at_unix"] - t0))
+        b = int(kills[i + 1]["at_unix"] - t0) if i + 1 < len(kills) else len(tl)
+        k["at_s"] = round(k["at_unix"] - t0, 1)
+        for j, f in enumerate(fields):
+            k[f] = sum(r[j + 1] for r in tl[a:max(a + 1, b)])
+    kinds = {}
+    for k in kills:
+        d = kinds.setdefault(k["kind"], {"kills": 0, **{f: 0 for f in fields}})
+        d["kills"] += 1
+        for f in fields:
+            d[f] += k[f]
+    row["kills"] = kills
+    row["kills_by_kind"] = kinds
 
 
 class Peer(Target):
@@ -551,12 +723,13 @@ def run_scenarios(t):
         return rows
 
     common = ["--step", STEP]
-    if "login" in SCEN:
+    only_msg = isinstance(t, Switchboard) and t.curve == "off" and CURVE == "both"
+    if "login" in SCEN and not only_msg:
         rows, _ = t.run("login", "--users", str(LOGIN_USERS), "--rates", LOGIN_RATES,
                         "--window", "400", *LOGIN_NO_STOP, *common, label="login-scram")
         # the first pass derives keys for new accounts: run it again if it did
         res["login"] = best(keep(rows))
-    if "plain" in SCEN:
+    if "plain" in SCEN and not only_msg:
         rows, _ = t.run("login", "--plain", "--users", str(LOGIN_USERS), "--rates",
                         PLAIN_RATES, *LOGIN_NO_STOP, *common, label="login-plain")
         res["plain"] = best(keep(rows))
@@ -566,7 +739,7 @@ def run_scenarios(t):
                          label="msg")
         res["msg"] = best(keep(rows))
         res["msg_all"] = rows
-    if "idle" in SCEN:
+    if "idle" in SCEN and not only_msg:
         res["idle"] = []
         big = max(IDLE) if IDLE else 0
         for tls in ([False, True] if IDLE_TLS else [False]):
@@ -581,7 +754,7 @@ def run_scenarios(t):
                 rows, _ = t.run("idle", *args, label="idle-%d%s" % (n, "-tls" if tls else ""))
                 keep(rows)
                 res["idle"].extend(rows)
-    if "scaleout" in SCEN and isinstance(t, Switchboard):
+    if "scaleout" in SCEN and isinstance(t, Switchboard) and not only_msg:
         t.layout(small=True)
         try:
             rows, _ = t.run("msg", "--users", str(MSG_USERS), "--rates", MSG_RATES, *common,
@@ -589,6 +762,11 @@ def run_scenarios(t):
         finally:
             t.layout(small=False)
         res["scaleout_small"] = best(keep(rows))
+    if "chaos" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        rows, _ = t.chaos()
+        keep(rows)
+        res["chaos"] = next((r for r in rows if r.get("scenario") == "chaos"), None)
+    res["curve"] = t.curve or "n/a"
     return res
 
 
@@ -634,10 +812,39 @@ def stopped(res, label):
         " (%s)" % r["last_error"] if r.get("last_error") else "")
 
 
+def base_name(name):
+    """"switchboard curve=off" -> "switchboard" (one column per CURVE mode)."""
+    return name.split(" ")[0]
+
+
+def chaos_figures(c):
+    if not c:
+        return [("chaos: sent / delivered / bounced with an error", None, 0)]
+    kinds = c.get("kills_by_kind", {})
+    nk = sum(d["kills"] for d in kinds.values())
+    per = ", ".join("%s %d (re-logins %d, bounced %d, lost %d)" % (
+        k, d["kills"], d["relogins"], d["bounced"], d["lost"]) for k, d in sorted(kinds.items()))
+    return [
+        ("chaos: %s users, %s msg/s, %.0f s, a kill every %g s" % (
+            fmt(c["users"]), fmt(c["rate"]), c["secs"], CHAOS_EVERY), "", 0),
+        ("chaos: sent / delivered / bounced with an error", "%s / %s / %s" % (
+            fmt(c["sent"]), fmt(c["delivered"]), fmt(c["bounced_error"])), 0),
+        ("chaos: lost (sender's connection stayed up, no error) / lost with the connection",
+         "%s / %s" % (fmt(c["lost"]), fmt(c["lost_with_connection"])), 0),
+        ("chaos: duplicates / reordered / delivered from offline storage", "%s / %s / %s" % (
+            fmt(c["duplicates"]), fmt(c["reordered"]), fmt(c["from_offline"])), 0),
+        ("chaos: connections lost / re-logins / re-logins per kill", "%s / %s / %s" % (
+            fmt(c["drops"]), fmt(c["relogins"]),
+            "%.1f" % (c["relogins"] / nk) if nk else "—"), 0),
+        ("chaos: kills per kind", per or "none", 0),
+    ]
+
+
 def figures(name, res):
     """(label, value, digits, higher_is_better) for the table."""
+    name = base_name(name)
     procs = SERVER_PROCS[name]
-    out = []
+    out = [("bus CURVE (curve=on/off)", res.get("curve", "n/a"), 0)]
     m = res.get("msg")
     out.append(("messages: highest rate with p99 < 50 ms, no loss (msg/s)", m and m["per_s"], 0))
     out.append(("messages: p50 / p99 / p99.9 at that rate (ms)",
@@ -674,6 +881,8 @@ def figures(name, res):
     if name == "switchboard" and "scaleout" in SCEN:
         out.append(("scale-out: 1 c2s + 1 sm, highest msg/s", s and s["per_s"], 0))
         out.append(("scale-out: 2 c2s + 2 sm, highest msg/s", m and m["per_s"], 0))
+    if name == "switchboard" and "chaos" in SCEN and "chaos" in res:
+        out += chaos_figures(res.get("chaos"))
     return out
 
 
@@ -681,8 +890,8 @@ def where_time_goes(name, res):
     m = res.get("msg")
     if not m:
         return []
-    lines = ["", "%s: CPU per delivered message at %s msg/s, by process (µs):" % (
-        name, fmt(m["per_s"])), ""]
+    lines = ["", "%s (curve=%s): CPU per delivered message at %s msg/s, by process (µs):" % (
+        name, res.get("curve", "n/a"), fmt(m["per_s"])), ""]
     lines.append("| process | CPU s | µs/msg | RSS MiB |")
     lines.append("|---|---|---|---|")
     for k, v in m["procs"].items():
@@ -701,7 +910,10 @@ def table(results):
         head += " | ratio %s/%s" % (names[0], names[1])
     lines = [head + " |", "|---" * (len(names) + 1 + (len(names) > 1)) + "|"]
     bylabel = {n: {f[0]: f[1] for f in figs[n]} for n in names}
-    for label, _, nd in figs[names[0]]:
+    order = []
+    for n in names:                   # rows only some columns have (chaos) are kept
+        order += [f for f in figs[n] if f[0] not in [o[0] for o in order]]
+    for label, _, nd in order:
         vals = [bylabel[n].get(label) for n in names]
         row = "| %s | %s" % (label, " | ".join(fmt(v, nd) for v in vals))
         if len(names) > 1:
@@ -767,8 +979,16 @@ def main():
     sb = Switchboard()
     peer = PEERS[PEER]() if PEER else None
     try:
-        sb.start()
-        results["switchboard"] = run_scenarios(sb)
+        modes = ["on", "off"] if CURVE == "both" else [CURVE]
+        for i, mode in enumerate(modes):
+            sb.set_curve(mode)
+            if i == 0:
+                sb.start()
+            if i > 0 or mode == "off":
+                sb.fresh()             # every process again, with the mode in its environment
+            sb.curve_check()
+            key = "switchboard" if len(modes) == 1 else "switchboard curve=%s" % mode
+            results[key] = run_scenarios(sb)
         if peer:
             peer.start()
             results[peer.name] = run_scenarios(peer)
@@ -781,7 +1001,12 @@ def main():
     outdir = os.path.join(ROOT, "tests/bench/results")
     os.makedirs(outdir, exist_ok=True)
     base = os.path.join(outdir, "%s-%s" % (date, host))
+    n = 2
+    while os.path.exists(base + ".json"):   # two runs in one minute: keep both
+        base = os.path.join(outdir, "%s-%s-%d" % (date, host, n))
+        n += 1
     doc = {"date": date, "host": host, "machine": machine(), "peer": PEER or None,
+           "curve": CURVE,
            "config": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")},
            "seconds": round(time.time() - t0), "results": results}
     with open(base + ".json", "w") as f:

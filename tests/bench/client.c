@@ -167,8 +167,13 @@ static void conn_io(struct ev_loop *loop, ev_io *w, int revents);
 
 struct sbb_conn *sbb_conn_start(int user)
 {
+    return sbb_conn_start_on(user, user - sbb_opt.first);
+}
+
+struct sbb_conn *sbb_conn_start_on(int user, int port_ix)
+{
     struct sockaddr_in sa = {.sin_family = AF_INET};
-    int port = sbb_opt.ports[(user - sbb_opt.first) % sbb_opt.nports];
+    int port = sbb_opt.ports[port_ix % sbb_opt.nports];
     sa.sin_port = htons((uint16_t)port);
     if (inet_pton(AF_INET, sbb_opt.host, &sa.sin_addr) != 1)
         return NULL;
@@ -272,6 +277,24 @@ static int attr_is(const char *el, size_t len, const char *name, const char *wan
 static int has(const char *el, size_t len, const char *s)
 {
     return memmem(el, len, s, strlen(s)) != NULL;
+}
+
+/* "stream-error:CONDITION" for a <stream:error/>: the first child's name
+ * (the defined condition comes first, RFC 6120 §4.9.3). */
+static const char *stream_error_reason(const char *el, size_t len)
+{
+    static char why[64];
+    const char *end = el + len;
+    const char *p = memchr(el, '>', len);
+    p = p ? memchr(p, '<', (size_t)(end - p)) : NULL;
+    size_t n = 0;
+    if (p && p + 1 < end && p[1] != '/') {
+        p++;
+        while (p + n < end && p[n] != ' ' && p[n] != '/' && p[n] != '>')
+            n++;
+    }
+    snprintf(why, sizeof(why), "stream-error:%.*s", (int)n, n ? p : "");
+    return why;
 }
 
 /* Text content of a simple element: between the first '>' and the last '<'. */
@@ -390,7 +413,7 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
                             ? strchr(name, ':') + 1 : name;
 
     if (strcmp(name, "stream:error") == 0) {
-        conn_fail(c, "stream-error");
+        conn_fail(c, stream_error_reason(el, len));
         return;
     }
     switch (c->state) {
@@ -562,7 +585,8 @@ static void conn_read(struct sbb_conn *c)
             if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 return;
             if (n < 0) {
-                conn_fail(c, c->state == SBB_CLOSING ? "closed" : "read");
+                conn_fail(c, c->state == SBB_CLOSING ? "closed" :
+                             errno == ECONNRESET ? "reset" : "read");
                 return;
             }
         }

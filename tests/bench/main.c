@@ -4,6 +4,7 @@
  *   login  arrivals at fixed rates (steps); each logs in fully, then closes
  *   msg    K users online, each sending to the next one at a total rate
  *   idle   N users logged in and present, held; memory per connection
+ *   chaos  K users chatting at one rate while processes are killed (chaos.c)
  * Exit status: 0, or 1 when a message was lost or reordered (the smoke test
  * of `make test` relies on it), 2 on bad usage or a setup failure. */
 #define _GNU_SOURCE
@@ -31,9 +32,11 @@ static struct {
     int users, window, body, stop_on_fail;
     double rates[64];
     int nrates;
-    double step, hold, settle, p99_limit, drain;
+    double step, hold, settle, p99_limit, drain, duration;
+    int max_attempts;
 } cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
-         .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5};
+         .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5, .duration = 120,
+         .max_attempts = 40};
 
 /* ---- shared phase state ---------------------------------------------------- */
 
@@ -48,7 +51,7 @@ static void loop_break(void)
     ev_break(sbb_loop, EVBREAK_ALL);
 }
 
-static void run_for(double secs)
+void sbb_run_for(double secs)
 {
     ev_timer_set(&deadline, secs, 0);
     ev_timer_start(sbb_loop, &deadline);
@@ -61,7 +64,7 @@ static void deadline_cb(struct ev_loop *l, ev_timer *w, int ev)
     loop_break();
 }
 
-static void print_procs(FILE *f)
+void sbb_print_procs(FILE *f)
 {
     fprintf(f, "\"procs\":{");
     for (int i = 0; i < sbb_nwatch; i++)
@@ -189,7 +192,7 @@ static void close_all(void)
             left += conns[i] != NULL;
         if (!left)
             break;
-        run_for(0.1);
+        sbb_run_for(0.1);
     }
     for (int i = 0; i < cfg.users; i++)
         if (conns[i])
@@ -261,13 +264,13 @@ static int scenario_login(void)
         double cpu0 = sbb_self_cpu();
         s->t0 = sbb_now();
         ev_timer_start(sbb_loop, &storm_tick);
-        run_for(cfg.step);
+        sbb_run_for(cfg.step);
         ev_timer_stop(sbb_loop, &storm_tick);
         double secs = sbb_now() - s->t0;
         /* let this step's logins finish (or time out) before reporting */
         double end = sbb_now() + sbb_opt.login_timeout;
         while (ninflight > 0 && sbb_now() < end)
-            run_for(0.05);
+            sbb_run_for(0.05);
         sbb_watch_end();
         long lost = s->started - s->ok - s->errors;   /* still pending: timed out */
         s->errors += lost > 0 ? lost : 0;
@@ -282,7 +285,7 @@ static int scenario_login(void)
                secs, s->started, s->ok, (double)s->ok / secs, sbb_hist_pct(&s->hist, 50) * 1e3,
                p99 * 1e3, s->hist.max * 1e3, s->errors, s->errors ? last_error : "",
                ok ? "true" : "false", gen);
-        print_procs(stdout);
+        sbb_print_procs(stdout);
         printf("}\n");
         fflush(stdout);
         fprintf(stderr, "sbbench: login %.0f/s: %.1f/s done, p50 %.1f ms, p99 %.1f ms, %ld errors%s\n",
@@ -291,7 +294,7 @@ static int scenario_login(void)
         if (!ok && ++failed_steps >= 1 && cfg.stop_on_fail)
             break;
         ninflight = 0;
-        run_for(0.5);                 /* closes settle */
+        sbb_run_for(0.5);                 /* closes settle */
     }
     return 0;
 }
@@ -338,14 +341,15 @@ static void msg_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
 
 static void msg_received(struct sbb_conn *c, const char *el, size_t len)
 {
-    const char *b = memmem(el, len, "<body>B ", 8);
-    if (!b) {
-        if (memmem(el, len, "type='error'", 12) || memmem(el, len, "type=\"error\"", 12)) {
-            mstep.errors++;
-            note_error("message-error");
-        }
+    /* an error bounce carries the original body (sm/send.c): test it first */
+    if (memmem(el, len, "type='error'", 12) || memmem(el, len, "type=\"error\"", 12)) {
+        mstep.errors++;
+        note_error("message-error");
         return;
     }
+    const char *b = memmem(el, len, "<body>B ", 8);
+    if (!b)
+        return;
     int sender;
     unsigned seq;
     double t;
@@ -388,7 +392,7 @@ static int scenario_msg(void)
     }
     sbb_ev.message = msg_received;
     sbb_ev.failed = msg_failed;
-    run_for(1.0);                      /* initial presences settle */
+    sbb_run_for(1.0);                      /* initial presences settle */
     ev_timer_init(&tick, msg_tick_cb, 0.001, 0.001);
     double limit = cfg.p99_limit > 0 ? cfg.p99_limit : 0.05;
     int rc = 0;
@@ -400,12 +404,12 @@ static int scenario_msg(void)
         double cpu0 = sbb_self_cpu();
         mstep.t0 = sbb_now();
         ev_timer_start(sbb_loop, &tick);
-        run_for(cfg.step);
+        sbb_run_for(cfg.step);
         ev_timer_stop(sbb_loop, &tick);
         double secs = sbb_now() - mstep.t0;
         double end = sbb_now() + cfg.drain;
         while (total_recv - recv0 < mstep.sent && sbb_now() < end && nonline > 0)
-            run_for(0.02);
+            sbb_run_for(0.02);
         sbb_watch_end();
         double gen = sbb_self_cpu() - cpu0;
         long lost = mstep.sent - mstep.delivered;
@@ -422,7 +426,7 @@ static int scenario_msg(void)
                (double)mstep.delivered / secs, sbb_hist_pct(&mstep.hist, 50) * 1e3, p99 * 1e3,
                sbb_hist_pct(&mstep.hist, 99.9) * 1e3, mstep.hist.max * 1e3, lost, mstep.reordered,
                mstep.gaps, mstep.errors, ndropped, ok ? "true" : "false", gen);
-        print_procs(stdout);
+        sbb_print_procs(stdout);
         printf("}\n");
         fflush(stdout);
         fprintf(stderr, "sbbench: msg %.0f/s: %.0f/s delivered, p50 %.2f ms, p99 %.2f ms, "
@@ -516,8 +520,8 @@ static int scenario_idle(int procs)
     double login_secs = sbb_now() - t0;
     fprintf(stderr, "sbbench: idle %d/%d online in %.1f s, holding %.0f s\n", online, total,
             login_secs, cfg.settle + cfg.hold);
-    run_for(cfg.settle);
-    run_for(cfg.hold);
+    sbb_run_for(cfg.settle);
+    sbb_run_for(cfg.hold);
     sbb_watch_end();
     for (int i = 0; i < sbb_nwatch; i++)
         sbb_watch[i].rss0_kb = base[i];
@@ -540,7 +544,7 @@ static int scenario_idle(int procs)
            "\"last_error\":\"%s\",\"gen_cpu_s\":%.3f,",
            cfg.label, sbb_opt.tls, sbb_opt.plain ? "PLAIN" : "SCRAM-SHA-1", total, online, failed,
            dropped, cfg.hold, login_secs, strcmp(err, "-") ? err : "", gen);
-    print_procs(stdout);
+    sbb_print_procs(stdout);
     printf("}\n");
     fflush(stdout);
     fprintf(stderr, "sbbench: idle %d/%d online after %.0f s hold, %d dropped, %d failed\n",
@@ -548,12 +552,23 @@ static int scenario_idle(int procs)
     return failed || dropped ? 1 : 0;
 }
 
+/* ---- scenario: chaos (chaos.c) ------------------------------------------------- */
+
+static int scenario_chaos(void)
+{
+    struct sbb_chaos_cfg c = {
+        .users = cfg.users, .window = cfg.window, .body = cfg.body,
+        .max_attempts = cfg.max_attempts, .rate = cfg.rates[0], .secs = cfg.duration,
+        .drain = cfg.drain, .label = cfg.label};
+    return sbb_chaos_run(&c);
+}
+
 /* ---- options --------------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr,
-        "usage: sbbench [options] login|msg|idle\n"
+        "usage: sbbench [options] login|msg|idle|chaos\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
         "  --users N      users online (msg), held (idle), pool (login)   [1000]\n"
@@ -565,7 +580,9 @@ static void usage(void)
         "  --body N       message body bytes [64]   --drain S  wait for stragglers [5]\n"
         "  --watch NAME:PID[+]   report CPU/RSS of a process (+: with children)\n"
         "  --scram-cache FILE    keep derived SCRAM keys across runs\n"
-        "  --label TEXT   copied into every JSON line\n");
+        "  --label TEXT   copied into every JSON line\n"
+        "  chaos: --rates R (the first rate)  --duration S [120]  --drain S\n"
+        "         --relogin-max N  login attempts per lost connection [40]\n");
     exit(2);
 }
 
@@ -605,7 +622,8 @@ int main(int argc, char **argv)
         {"rates", 1, 0, 'r'}, {"step", 1, 0, 's'}, {"hold", 1, 0, 'h'}, {"p99", 1, 0, '9'},
         {"no-stop", 0, 0, 'N'}, {"window", 1, 0, 'W'}, {"body", 1, 0, 'b'}, {"drain", 1, 0, 'D'},
         {"watch", 1, 0, 'A'}, {"scram-cache", 1, 0, 'C'}, {"label", 1, 0, 'L'},
-        {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'}, {0, 0, 0, 0}};
+        {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'},
+        {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -633,6 +651,8 @@ int main(int argc, char **argv)
         case 'L': cfg.label = optarg; break;
         case 'S': cfg.settle = atof(optarg); break;
         case 't': sbb_opt.login_timeout = atof(optarg); break;
+        case 'U': cfg.duration = atof(optarg); break;
+        case 'R': cfg.max_attempts = atoi(optarg); break;
         default: usage();
         }
     }
@@ -655,6 +675,8 @@ int main(int argc, char **argv)
         rc = scenario_msg();
     else if (strcmp(cfg.scenario, "idle") == 0)
         rc = scenario_idle(cfg.users > 15000 ? 2 : 1);
+    else if (strcmp(cfg.scenario, "chaos") == 0)
+        rc = scenario_chaos();
     else
         usage();
     if (strcmp(cfg.scenario, "idle") != 0)

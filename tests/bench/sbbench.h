@@ -6,12 +6,14 @@
  * naming are options. Modules:
  *   main.c    options, scenarios, step reports (JSON lines on stdout)
  *   client.c  one connection: socket/TLS I/O, element splitter, login
+ *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
  *   scram.c   SCRAM-SHA-1 client with a cache of derived keys
  *   stats.c   latency histogram, /proc CPU and RSS sampling */
 #ifndef SBB_H
 #define SBB_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <ev.h>
 #include <gnutls/gnutls.h>
@@ -28,6 +30,20 @@ struct sbb_opts {
 };
 extern struct sbb_opts sbb_opt;
 extern struct ev_loop *sbb_loop;
+
+/* Run the loop for secs (main.c); the step report's "procs" object. */
+void sbb_run_for(double secs);
+void sbb_print_procs(FILE *f);
+
+/* ---- chaos.c ---------------------------------------------------------- */
+struct sbb_chaos_cfg {
+    int users, window, body, max_attempts;
+    double rate, secs, drain;
+    const char *label;
+};
+/* Log the users in, chat for secs, drain, print one JSON line. 0, or 2 when
+ * the users could not be logged in at the start. */
+int sbb_chaos_run(const struct sbb_chaos_cfg *cfg);
 
 /* ---- client.c --------------------------------------------------------- */
 enum sbb_state {
@@ -72,6 +88,8 @@ extern struct sbb_events sbb_ev;
 
 double sbb_now(void);                          /* CLOCK_MONOTONIC seconds */
 struct sbb_conn *sbb_conn_start(int user);     /* connect + log in; NULL on error */
+/* The same on ports[port_ix % nports] (sbb_conn_start: port_ix = user - first). */
+struct sbb_conn *sbb_conn_start_on(int user, int port_ix);
 void sbb_conn_write(struct sbb_conn *c, const char *data, size_t len);
 void sbb_conn_close(struct sbb_conn *c);       /* </stream:stream>, close when answered */
 void sbb_conn_free(struct sbb_conn *c);
