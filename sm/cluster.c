@@ -1,7 +1,9 @@
 /* cluster.c — the sm's place in the cluster: the local domains it announces
  * (common/domains: PostgreSQL `domains`, refreshed every 30 s), reacting to a change in the
- * set of live sm instances, and turning router bounces into stanza errors. */
+ * set of live sm instances, and router bounces: messages for a front-end
+ * that is gone delivered again, other stanzas answered with errors. */
 #include "sm_int.h"
+#include "config.h"
 #include "domains.h"
 #include "log.h"
 
@@ -93,8 +95,87 @@ static const char *bounce_condition(const char *reason)
     return "service-unavailable";
 }
 
-/* The router could not route something we sent: answer a stanza with an
- * error to its sender (never for an error); anything else is only logged. */
+/* ---- front-ends gone ---------------------------------------------------------------- */
+
+int sm_session_reachable(const struct sm_core *c, const struct sm_session *s)
+{
+    if (c->ngone == 0)
+        return 1;
+    double now = sb_now();
+    for (int i = 0; i < c->ngone; i++)
+        if (!strcmp(c->gone[i].name, s->instance))
+            return c->gone[i].until <= now;
+    return 1;
+}
+
+void sm_frontend_alive(struct sm_core *c, const char *instance)
+{
+    for (int i = 0; i < c->ngone; i++)
+        if (!strcmp(c->gone[i].name, instance)) {
+            log_info("frontend_back", "instance=%s", instance);
+            c->gone[i] = c->gone[--c->ngone];
+            return;
+        }
+}
+
+/* A delivery to `name` came back: it is dead (or cut off from the router)
+ * until its lease could have ended, when instance-down has cleaned its
+ * sessions up or it has renewed the lease and is reachable again. */
+static void cluster_mark_gone(struct sm_core *c, const char *name)
+{
+    double now = sb_now(), until = now + (double)sb_config_int("lease", 3);
+    int slot = -1, n = 0;
+    for (int i = 0; i < c->ngone; i++) {            /* compact the expired */
+        if (c->gone[i].until <= now)
+            continue;
+        if (!strcmp(c->gone[i].name, name))
+            slot = n;
+        c->gone[n++] = c->gone[i];
+    }
+    c->ngone = n;
+    if (slot < 0) {
+        if (c->ngone == SM_GONE_MAX)
+            return;         /* sixteen front-ends dead at once: bounce as before */
+        slot = c->ngone++;
+        memcpy(c->gone[slot].name, name, strlen(name) + 1);   /* caller checked the length */
+        log_info("frontend_gone", "instance=%s for_s=%ld", name, sb_config_int("lease", 3));
+    }
+    c->gone[slot].until = until;
+}
+
+/* A message to a local user that its session's front-end did not take:
+ * offered again to that user, now skipping the gone front-end, so it goes
+ * to another session or to offline storage (RFC 6121 §8.5.2) instead of
+ * back to its sender as an error. Each bounce marks one more front-end
+ * gone, so this ends. */
+static int cluster_redeliver(struct sm_core *c, const struct env_hdr *h, struct sm_job *j)
+{
+    struct env_hdr r;
+    const char *slash;
+    size_t blen;
+    if (strcmp(j->name, "message") || !strcmp(j->type, "error") || !j->to || !*h->aux ||
+        strcmp(h->op, "unknown-instance"))
+        return 0;
+    slash = strchr(j->to, '/');
+    blen = slash ? (size_t)(slash - j->to) : strlen(j->to);
+    if (!memchr(j->to, '@', blen) || blen >= sizeof r.key || strlen(j->from) >= sizeof r.aux ||
+        strlen(h->aux) > ENV_NAME_MAX)
+        return 0;
+    cluster_mark_gone(c, h->aux);
+    env_init(&r, ENV_STANZA, ENV_ROUTE_JID);
+    memcpy(r.key, j->to, blen);
+    r.key[blen] = '\0';
+    snprintf(r.sender, sizeof r.sender, "%s", link_instance(c->link));
+    memcpy(r.aux, j->from, strlen(j->from) + 1);
+    log_info("redeliver", "to=%s gone=%s", sb_log_q(r.key), h->aux);
+    sm_core_submit(c, &r, j->body, j->body_len);
+    return 1;
+}
+
+/* The router could not route something we sent. A message for a local
+ * user whose front-end is gone is delivered again (above); any other
+ * stanza is answered with an error to its sender (never for an error);
+ * anything else is only logged. */
 void sm_cluster_on_bounce(struct sm_core *c, const struct env_hdr *h,
                           const char *body, size_t len)
 {
@@ -105,7 +186,7 @@ void sm_cluster_on_bounce(struct sm_core *c, const struct env_hdr *h,
     struct sm_job *j = sm_job_new(c, h, body, len);
     if (!j)
         return;
-    if (sm_job_parse(j) == SB_OK && strcmp(j->type, "error"))
+    if (sm_job_parse(j) == SB_OK && !cluster_redeliver(c, h, j) && strcmp(j->type, "error"))
         sm_reply_error(j, "cancel", bounce_condition(h->op));
     sm_job_free(j);
 }

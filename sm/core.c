@@ -254,8 +254,7 @@ static int core_refuse_overflow(struct sm_job *j)
 
 /* Per-user work is keyed by `node@domain`; a bare domain key (the server
  * itself) or an instance key (clean-up) is no user's and runs at once. */
-static void core_submit(struct sm_core *c, const struct env_hdr *h,
-                        const char *body, size_t len)
+void sm_core_submit(struct sm_core *c, const struct env_hdr *h, const char *body, size_t len)
 {
     struct sm_job *j = sm_job_new(c, h, body, len);
     if (!j) {
@@ -286,13 +285,13 @@ void sm_core_on_recv(struct link *l, const struct env_hdr *h,
         return;
     switch (h->kind) {
     case ENV_STANZA:
-        core_submit(c, h, body, body_len);
+        sm_core_submit(c, h, body, body_len);
         break;
     case ENV_CONTROL:
         if (!strcmp(h->op, "members"))
             sm_cluster_on_members(c, body, body_len);
         else
-            core_submit(c, h, body, body_len);
+            sm_core_submit(c, h, body, body_len);
         break;
     case ENV_BOUNCE:
         sm_cluster_on_bounce(c, h, body, body_len);

@@ -2,6 +2,7 @@
  * from the cached session list only (no Redis/SQL on this path):
  *   full JID, session exists     → that session, whatever the stanza
  *   full JID, no such session    → iq get/set: service-unavailable;
+ *   (or its front-end is gone)
  *                                  message: as to the bare JID (groupchat:
  *                                  service-unavailable); presence: dropped
  *   bare JID, message            → every available session of the highest
@@ -31,11 +32,13 @@ static int deliver_to_bare_message(struct sm_job *j)
     int headline = !strcmp(j->type, "headline");
     int best = -1, sent = 0;
     for (int i = 0; i < u->nsess; i++)
-        if (u->sess[i].available && u->sess[i].prio > best)
+        if (u->sess[i].available && u->sess[i].prio > best &&
+            sm_session_reachable(j->core, &u->sess[i]))
             best = u->sess[i].prio;
     for (int i = 0; best >= 0 && i < u->nsess; i++) {
         struct sm_session *s = &u->sess[i];
-        if (s->available && s->prio >= 0 && (headline || s->prio == best))
+        if (s->available && s->prio >= 0 && (headline || s->prio == best) &&
+            sm_session_reachable(j->core, s))
             sent += sm_deliver(j, s) == SB_OK;
     }
     return sent;
@@ -47,7 +50,7 @@ static sb_rc deliver_message(struct sm_job *j)
         return SB_DECLINED;
     const char *res = to_resource(j);
     struct sm_session *s = *res ? sm_user_session(j->user, res) : NULL;
-    if (s) {
+    if (s && sm_session_reachable(j->core, s)) {
         sm_deliver(j, s);
         return SB_OK;
     }

@@ -103,6 +103,7 @@ struct sm_module {
 extern const struct sm_module *const sm_modules[];
 extern const size_t sm_nmodules;
 
+#define SM_GONE_MAX 16
 struct sm_core {
     struct ev_loop *loop;
     struct link *link;
@@ -115,6 +116,14 @@ struct sm_core {
     struct env_hdr out;                 /* scratch header for sends */
     struct sb_buf obuf;                 /* scratch serialisation buffer */
     double started;                     /* sb_now() at start (uptime) */
+    /* Front-ends a delivery to came back from (cluster.c): skipped until
+     * their lease could have ended, so what is meant for their sessions
+     * goes to another session or to offline storage. */
+    struct sm_gone {
+        char name[ENV_NAME_MAX + 1];
+        double until;
+    } gone[SM_GONE_MAX];
+    int ngone;
     unsigned stopping : 1;
     unsigned failed : 1;                /* no router at start: exit 1 */
 };
@@ -132,6 +141,11 @@ void sm_job_done(struct sm_job *j);
 void sm_job_rerun(struct sm_job *j, const struct sm_module *from);
 
 struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
+/* Can a stanza sent to s reach it? No while its front-end is known to be
+ * gone (a delivery to it bounced, its lease not yet over). */
+int sm_session_reachable(const struct sm_core *c, const struct sm_session *s);
+/* A front-end shows it is alive (a bind from it): no longer skipped. */
+void sm_frontend_alive(struct sm_core *c, const char *instance);
 struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
                                        const char *instance, const char *sid, int prio);
 void sm_user_del_session(struct sm_user *u, const char *resource);

@@ -12,6 +12,9 @@ void sm_job_free(struct sm_job *j);
 sb_rc sm_job_parse(struct sm_job *j);
 /* Offer the job to the modules and finish it unless one kept it. */
 void sm_job_run(struct sm_job *j);
+/* Queue an envelope's work: on its user's queue for a user's bare JID, at
+ * once otherwise. */
+void sm_core_submit(struct sm_core *c, const struct env_hdr *h, const char *body, size_t len);
 void sm_core_on_recv(struct link *l, const struct env_hdr *h,
                      const char *body, size_t body_len, void *ud);
 

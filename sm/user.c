@@ -158,6 +158,7 @@ struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
         return NULL;
     }
     s->prio = prio;
+    sm_frontend_alive(u->core, instance);   /* a bind from it: it is back */
     return s;
 }
 

@@ -119,3 +119,51 @@ def test_sessions_of_a_dead_c2s_are_cleaned_up(stack, two_users):
     finally:
         stack.stack("start-proc", "c2s2")
         stack.stack("wait-ready")
+
+
+def test_messages_for_a_dead_front_ends_user_are_stored_offline(stack, two_users):
+    """kill -9 of bob's front-end, then messages to him before its lease
+    ends: the sm's delivery comes back from the router, and instead of an
+    error to the sender each message goes to offline storage; bob, logging
+    in again elsewhere, gets every one of them (RFC 6121 §8.5.2)."""
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    stack.wait_instances(present=("c2s1", "c2s2"))
+    bare_b = b_jid.split("/")[0]
+    bodies = ["after-kill-%d-%s" % (i, secrets.token_hex(4)) for i in range(3)]
+
+    async def go():
+        alice = await login(stack, a_jid, a_pw, instance="c2s1")
+        victim = RawStream(stack, instance="c2s2", direct_tls=True)
+        bob = None
+        try:
+            await victim.login(b_jid, b_pw)
+            # presence, then a roster get on the same user queue: its result
+            # means the session is available
+            victim.send("<presence/><iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+            await victim.expect("{jabber:client}iq")
+            alice.send_message(mto=bare_b, mbody="before", mtype="chat")
+            got = await victim.expect("{jabber:client}message")
+            assert got.findtext("{jabber:client}body") == "before"
+            stack.stack("kill-proc", "c2s2")
+            for b in bodies:
+                alice.send_message(mto=bare_b, mbody=b, mtype="chat")
+            bob = await login(stack, b_jid, b_pw, instance="c2s1")
+            for b in bodies:
+                msg = await next_message(bob, timeout=15, body=b)
+                assert msg.xml.find("{urn:xmpp:delay}delay") is not None, \
+                    "not from offline storage: %s" % msg
+            errors = []
+            while not alice.inbox.empty():
+                m = alice.inbox.get_nowait()
+                if m["type"] == "error":
+                    errors.append(m["body"])
+            assert not errors, "alice was told of errors for %s" % errors
+        finally:
+            victim.abort()
+            await close(alice)
+            await close(bob)
+    try:
+        run(go(), timeout=60)
+    finally:
+        stack.stack("start-proc", "c2s2")
+        stack.stack("wait-ready")
