@@ -120,6 +120,8 @@ struct c2s_cfg {
     const char *listen;
     int port, tls_port;
     const char *cert, *key, *tls_priority;
+    const char *drain_redirect;    /* host[:port] for <see-other-host/>, "" none */
+    double drain_timeout;          /* sbctl drain's default wait */
     struct xml_limits limits;
     double login_timeout, bind_timeout;
     size_t max_pending;            /* output bytes queued per connection */
@@ -159,6 +161,7 @@ struct c2s_srv {
     struct c2s_conn *conns;        /* list head */
     long nconns, nsessions;
     int stopping;
+    int draining;                  /* sbctl drain: streams being sent away */
 };
 extern struct c2s_srv c2s;
 
@@ -189,6 +192,10 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s);
 void c2s_table_add(struct c2s_conn *c);
 void c2s_table_del(struct c2s_conn *c);
 struct c2s_conn *c2s_table_find(const char *sid);
+/* sbctl drain (srv.c): stop accepting, send every stream away over a few
+ * seconds (see-other-host to `drain_redirect`, else system-shutdown), exit
+ * 0 once they are gone or after `timeout` s. */
+void c2s_drain(double timeout);
 void c2s_sessions_changed(void);
 /* Memory was freed in bulk: give free heap pages back to the kernel soon
  * (malloc_trim at most every few seconds; main.c). */
@@ -224,6 +231,9 @@ void c2s_stream_restart(struct c2s_conn *c);
 void c2s_stream_hibernate(struct c2s_conn *c);
 /* Send a stream error (header first if needed) and close. */
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
+/* The same with character data in the condition element (see-other-host). */
+void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *why);
 void c2s_stream_features(struct c2s_conn *c);
 
 /* ---- login.c ---------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include "jid.h"
 #include "log.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define NS_STANZA "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -171,9 +172,13 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
 /* ---- from the router ------------------------------------------------------ */
 
 /* A stanza for a sid we do not hold: tell the sm the session is gone. Only
- * the `to` attribute is read (the full JID the sm thinks is here). */
+ * the `to` attribute is read (the full JID the sm thinks is here). A
+ * message (not an error) goes back to the user's queue behind the end,
+ * marked `stale` with that sid, so the sm delivers it elsewhere or stores
+ * it instead of it being lost with a stream that just closed. */
 static void route_stale(const struct env_hdr *h, const char *body, size_t len)
 {
+    static char from[ENV_STR_MAX + 1], type[16];
     if (c2s_scan_attr(body, len, "to", route_full, sizeof route_full) < 0 ||
         jid_bare_of(route_full, route_bare, sizeof route_bare) < 0) {
         log_info("stale_sid_unaddressed", "sid=%s", h->sid);
@@ -181,6 +186,13 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
     }
     log_info("stale_sid", "sid=%s to=%s", h->sid, sb_log_q(route_full));
     c2s_route_control("end", route_bare, h->sid, route_full);
+    if (len < 8 || memcmp(body, "<message", 8) != 0 ||
+        c2s_scan_attr(body, len, "from", from, sizeof from) < 0)
+        return;
+    if (c2s_scan_attr(body, len, "type", type, sizeof type) >= 0 && !strcmp(type, "error"))
+        return;
+    if (route_send(ENV_STANZA, "stale", route_bare, h->sid, from, body, len) == SB_OK)
+        log_info("stale_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
 }
 
 static void route_control(const struct env_hdr *h)
@@ -225,6 +237,37 @@ static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
     xml_doc_free(d);
 }
 
+/* sbctl through a router (common/ENVELOPE.md): op=drain [body timeout=S]
+ * is confirmed to the asker with the streams that will be sent away, then
+ * done. */
+static void route_admin(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (strcmp(h->op, "drain") != 0) {
+        log_warn("admin_unknown", "op=%s sender=%s", sb_log_q(h->op), sb_log_q(h->sender));
+        return;
+    }
+    char arg[32] = "";
+    double timeout = 0;
+    if (len < sizeof arg) {
+        memcpy(arg, body, len);
+        arg[len] = '\0';
+        if (!strncmp(arg, "timeout=", 8))
+            timeout = atof(arg + 8);
+    }
+    struct env_hdr *r = &route_hdr;
+    char reply[96];
+    int n = snprintf(reply, sizeof reply, "conns=%ld sessions=%ld already=%d", c2s.nconns,
+                     c2s.nsessions, c2s.draining || c2s.stopping);
+    env_init(r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    if (strlen(h->sender) < sizeof r->key && strlen(c2s.instance) < sizeof r->sender) {
+        strcpy(r->key, h->sender);
+        strcpy(r->sender, c2s.instance);
+        strcpy(r->op, "drain");
+        link_send(c2s.link, r, reply, (size_t)n);
+    }
+    c2s_drain(timeout);
+}
+
 void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
                     size_t len, void *ud)
 {
@@ -246,6 +289,9 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         return;
     case ENV_BOUNCE:
         route_bounce(h, body, len);
+        return;
+    case ENV_ADMIN:
+        route_admin(h, body, len);
         return;
     default:
         return;

@@ -46,6 +46,77 @@ void c2s_sessions_changed(void)
         link_set_sessions(c2s.link, c2s.nsessions);
 }
 
+/* ---- drain ----------------------------------------------------------------- */
+
+#define C2S_DRAIN_TICK 0.1
+#define C2S_DRAIN_SPREAD 5.0      /* at most this long to send everyone away */
+
+static ev_timer drain_tick, drain_deadline;
+static long drain_per_tick;
+
+/* Tell a stream to go: to `drain_redirect` (RFC 6120 §4.9.3.19) when
+ * configured, else system-shutdown; either way the client reconnects, and
+ * this front-end no longer listens. */
+static void srv_send_away(struct c2s_conn *c, const char *why)
+{
+    if (*c2s.cfg.drain_redirect)
+        c2s_stream_error_text(c, "see-other-host", c2s.cfg.drain_redirect, why);
+    else
+        c2s_stream_error(c, "system-shutdown", why);
+}
+
+static void drain_deadline_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    log_warn("drain_timeout", "conns=%ld sessions=%ld", c2s.nconns, c2s.nsessions);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+/* A slice of the streams each tick, so the other front-ends see a stream
+ * of reconnects rather than one burst; once all are told, the loop ends
+ * with the last connection (conn.c) and the process exits 0. */
+static void drain_tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    long n = 0;
+    for (struct c2s_conn *c = c2s.conns, *next; c && n < drain_per_tick; c = next) {
+        next = c->next;
+        if ((c->state == C2S_S_CLOSING))
+            continue;
+        srv_send_away(c, "drain");
+        n++;
+    }
+    for (struct c2s_conn *c = c2s.conns; c; c = c->next)
+        if (!(c->state == C2S_S_CLOSING))
+            return;
+    ev_timer_stop(loop, w);
+    log_info("drain_sent_away", "conns=%ld", c2s.nconns);
+    c2s.stopping = 1;
+    if (!c2s.conns)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+void c2s_drain(double timeout)
+{
+    if (c2s.draining || c2s.stopping)
+        return;
+    if (timeout <= 0)
+        timeout = c2s.cfg.drain_timeout;
+    c2s.draining = 1;
+    c2s_listen_stop();
+    double spread = timeout / 2 < C2S_DRAIN_SPREAD ? timeout / 2 : C2S_DRAIN_SPREAD;
+    long ticks = (long)(spread / C2S_DRAIN_TICK);
+    if (ticks < 1)
+        ticks = 1;
+    drain_per_tick = (c2s.nconns + ticks - 1) / ticks;
+    if (drain_per_tick < 1)
+        drain_per_tick = 1;
+    log_info("drain", "conns=%ld sessions=%ld timeout=%g redirect=%s", c2s.nconns,
+             c2s.nsessions, timeout, *c2s.cfg.drain_redirect ? c2s.cfg.drain_redirect : "-");
+    ev_timer_init(&drain_tick, drain_tick_cb, 0., C2S_DRAIN_TICK);
+    ev_timer_start(c2s.loop, &drain_tick);
+    ev_timer_init(&drain_deadline, drain_deadline_cb, timeout, 0.);
+    ev_timer_start(c2s.loop, &drain_deadline);
+}
+
 /* SIGTERM: 1 while streams are still closing (conn.c ends the loop once
  * the last is gone; sb_proc_run's grace bounds it). */
 static int main_stop(void)
@@ -54,8 +125,9 @@ static int main_stop(void)
     log_info("shutdown", "conns=%ld sessions=%ld", c2s.nconns, c2s.nsessions);
     c2s_listen_stop();
     c2s_domains_stop();
+    ev_timer_stop(c2s.loop, &drain_tick);
     for (struct c2s_conn *c = c2s.conns; c; c = c->next)
-        c2s_stream_error(c, "system-shutdown", "shutdown");
+        srv_send_away(c, "shutdown");
     if (c2s.fe->stop)
         c2s.fe->stop();
     return c2s.conns != NULL;
@@ -83,6 +155,8 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->tls_port = (int)sb_config_int("tls_port", c2s.fe->tls_port);
     cfg->cert = sb_config_str("cert", "var/tls/cert.pem");
     cfg->key = sb_config_str("key", "var/tls/key.pem");
+    cfg->drain_redirect = sb_config_str("drain_redirect", "");
+    cfg->drain_timeout = atof(sb_config_str("drain_timeout", "30"));
     cfg->tls_priority = sb_config_str("tls_priority",
                                       "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2");
     cfg->limits.max_stanza = (size_t)sb_config_int("max_stanza", 262144);

@@ -104,6 +104,12 @@ static const char *stream_prefix_decl(const struct c2s_conn *c)
 
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
 {
+    c2s_stream_error_text(c, cond, NULL, why);
+}
+
+void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *why)
+{
     if (c->state == C2S_S_CLOSING)
         return;
     log_info("stream_error", "peer=%s sid=%s cond=%s detail=%s", c->peer,
@@ -119,8 +125,14 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
     }
     struct sb_buf *b = &stream_out;
     sb_buf_reset(b);
-    sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/></stream:error>",
-                  stream_prefix_decl(c), cond);
+    if (text) {
+        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'>", stream_prefix_decl(c), cond);
+        xml_escape_text(b, text, strlen(text));
+        sb_buf_printf(b, "</%s></stream:error>", cond);
+    } else {
+        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/></stream:error>",
+                      stream_prefix_decl(c), cond);
+    }
     c2s_conn_write(c, b->data, b->len);
     c->tp->end(c);
     c2s_conn_close(c, cond);

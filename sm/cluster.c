@@ -97,8 +97,11 @@ static const char *bounce_condition(const char *reason)
 
 /* ---- front-ends gone ---------------------------------------------------------------- */
 
-int sm_session_reachable(const struct sm_core *c, const struct sm_session *s)
+int sm_job_reaches(const struct sm_job *j, const struct sm_session *s)
 {
+    const struct sm_core *c = j->core;
+    if (*j->op && !strcmp(j->op, "stale") && !strcmp(s->sid, j->sid))
+        return 0;
     if (c->ngone == 0)
         return 1;
     double now = sb_now();

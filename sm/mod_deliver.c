@@ -33,12 +33,12 @@ static int deliver_to_bare_message(struct sm_job *j)
     int best = -1, sent = 0;
     for (int i = 0; i < u->nsess; i++)
         if (u->sess[i].available && u->sess[i].prio > best &&
-            sm_session_reachable(j->core, &u->sess[i]))
+            sm_job_reaches(j, &u->sess[i]))
             best = u->sess[i].prio;
     for (int i = 0; best >= 0 && i < u->nsess; i++) {
         struct sm_session *s = &u->sess[i];
         if (s->available && s->prio >= 0 && (headline || s->prio == best) &&
-            sm_session_reachable(j->core, s))
+            sm_job_reaches(j, s))
             sent += sm_deliver(j, s) == SB_OK;
     }
     return sent;
@@ -50,7 +50,7 @@ static sb_rc deliver_message(struct sm_job *j)
         return SB_DECLINED;
     const char *res = to_resource(j);
     struct sm_session *s = *res ? sm_user_session(j->user, res) : NULL;
-    if (s && sm_session_reachable(j->core, s)) {
+    if (s && sm_job_reaches(j, s)) {
         sm_deliver(j, s);
         return SB_OK;
     }

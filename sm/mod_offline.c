@@ -88,11 +88,11 @@ static int offline_deliverable(const struct sm_job *j)
     const struct sm_user *u = j->user;
     const char *slash = j->to ? strchr(j->to, '/') : NULL;
     const struct sm_session *s = slash ? sm_user_session((struct sm_user *)u, slash + 1) : NULL;
-    if (s && sm_session_reachable(j->core, s))
+    if (s && sm_job_reaches(j, s))
         return 1;
     for (int i = 0; i < u->nsess; i++)
         if (u->sess[i].available && u->sess[i].prio >= 0 &&
-            sm_session_reachable(j->core, &u->sess[i]))
+            sm_job_reaches(j, &u->sess[i]))
             return 1;
     return 0;
 }

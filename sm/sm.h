@@ -141,9 +141,11 @@ void sm_job_done(struct sm_job *j);
 void sm_job_rerun(struct sm_job *j, const struct sm_module *from);
 
 struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
-/* Can a stanza sent to s reach it? No while its front-end is known to be
- * gone (a delivery to it bounced, its lease not yet over). */
-int sm_session_reachable(const struct sm_core *c, const struct sm_session *s);
+/* Can the job's stanza sent to s reach it? No while its front-end is known
+ * to be gone (a delivery to it bounced, its lease not yet over), nor when
+ * the job is that session's front-end handing back a stanza for a stream it
+ * no longer holds (op "stale", sid = that stream). */
+int sm_job_reaches(const struct sm_job *j, const struct sm_session *s);
 /* A front-end shows it is alive (a bind from it): no longer skipped. */
 void sm_frontend_alive(struct sm_core *c, const char *instance);
 struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,

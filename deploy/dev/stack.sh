@@ -440,6 +440,8 @@ c2s	cert	$TLS/cert.pem
 c2s	key	$TLS/key.pem
 c2s.c2s2	port	$C2S2_PORT
 c2s.c2s2	tls_port	$C2S2_TLS
+c2s.c2s1	drain_redirect	localhost:$C2S2_PORT
+c2s.c2s2	drain_redirect	localhost:$C2S1_PORT
 bosh	listen	127.0.0.1
 bosh	port	$BOSH_PORT
 bosh	tls_port	$BOSH_TLS
