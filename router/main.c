@@ -775,6 +775,16 @@ static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
     if (rdev_cmd(s->rd, rt_on_renewed, rn, "SET lease:%s %b PX %ld", in->name,
                  s->lease_val.data, s->lease_val.len, (long)(s->lease * 1000)) != SB_OK)
         free(rn);
+    /* A restarted member's first HELLO here: it gets the members at once.
+     * The broadcast after the poll may have reached this router before the
+     * component's connection did (another router wrote its lease first),
+     * and then it would learn no sm's direct socket until the next change.
+     * Only from a registry that already lists it: a router that has just
+     * started must not hand out a membership it has not read yet. */
+    if (ch > 0 && (ch & RT_CH_RESTART) && strcmp(in->kind, "router") != 0 &&
+        rt_reg_find(&s->reg, in->name, strlen(in->name)) &&
+        rt_members_body(&s->reg, &s->body) == SB_OK)
+        rt_control(s, in->name, "members", "", s->body.data, s->body.len);
     if (ch > 0)
         rt_poll_start(s);
 }

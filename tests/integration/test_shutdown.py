@@ -80,7 +80,9 @@ def test_login_right_after_sm_stops_binds_on_the_other_sm(stack):
         stack.wait_instances(present=["sm1", "sm2"], timeout=20)
 
 
-def test_sigterm_on_front_end_sends_system_shutdown(stack, new_user):
+def test_sigterm_on_front_end_sends_its_clients_to_the_other_one(stack, new_user):
+    """SIGTERM: every stream gets <see-other-host/> naming the front-end's
+    drain_redirect (stack.sh points c2s2 at c2s1), RFC 6120 §4.9.3.19."""
     jid, password = new_user()
 
     async def go():
@@ -89,7 +91,9 @@ def test_sigterm_on_front_end_sends_system_shutdown(stack, new_user):
             await s.login(jid, password)
             restart_clean(stack, "c2s2")
             err = await s.element(timeout=10)
-            assert stream_error_condition(err) == "system-shutdown", describe(err)
+            assert stream_error_condition(err) == "see-other-host", describe(err)
+            soh = err.find("{urn:ietf:params:xml:ns:xmpp-streams}see-other-host")
+            assert soh.text == "localhost:%d" % stack.port("c2s1"), describe(err)
             await s.wait_closed()
             assert s.closed
         finally:
