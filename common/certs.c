@@ -180,12 +180,13 @@ static void certs_sync_one(const char *domain, int reread, struct cert_entry *ta
     } else if (certs_files(domain, cert, key, sizeof cert)) {
         p = pair_load(domain, cert, key, o ? "previous" : "default");
         file = cert;
-        if (p)
+        if (p) {
             log_info("tls_cert", "domain=%s file=%s", domain, cert);
-        else if (o)
-            p = o->pair, file = o->file;   /* a broken new file: the old pair stays */
-        if (!p)
+        } else {
             (*failed)++;
+            if (o)
+                p = o->pair, file = o->file;   /* a broken new file: the old pair stays */
+        }
     }
     if (!p)
         return;                        /* the default pair serves it */
