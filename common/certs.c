@@ -229,7 +229,8 @@ static void certs_sync(int reread)
         }
         p += len + (p[len] == ',');
     }
-    qsort(tab, k, sizeof *tab, entry_cmp);
+    if (k > 1)
+        qsort(tab, k, sizeof *tab, entry_cmp);
     certs_tab_free(certs_tab, certs_n, 1);   /* pairs not moved: retired */
     certs_tab = tab;
     certs_n = k;

@@ -250,6 +250,24 @@ def test_broken_certificate_on_sighup_keeps_the_old_one_and_logs_once(stack, tls
         reload_and_wait(stack)
 
 
+def test_domain_section_cert_and_key_come_before_cert_dir(stack, tls):
+    # [domain.NAME] cert + key (two files), added to the INI and read on SIGHUP.
+    cert, key = tls.ca.issue("section", [tls.domain], self_signed=True)
+    with open(stack.ini) as f:
+        saved = f.read()
+    port = stack.tls_port("c2s1")
+    try:
+        with open(stack.ini, "a") as f:
+            f.write("\n[domain.%s]\ncert = %s\nkey = %s\n" % (tls.domain, cert, key))
+        reload_and_wait(stack)
+        assert_cert(handshake_cert(port, tls.domain), cert, "[domain.%s] cert" % tls.domain)
+    finally:
+        with open(stack.ini, "w") as f:
+            f.write(saved)
+        reload_and_wait(stack)
+    assert_cert(handshake_cert(port, tls.domain), tls.own, "cert_dir again")
+
+
 # ------------------------------------------------------------------ domains added live
 def test_domain_added_while_running_gets_its_certificate_from_cert_dir(stack, tls):
     domain = "live%s.localhost" % secrets.token_hex(3)
