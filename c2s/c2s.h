@@ -120,6 +120,7 @@ struct c2s_cfg {
     const char *listen;
     int port, tls_port;
     const char *cert, *key, *tls_priority;
+    const char *cert_dir;          /* NAME.pem per domain (common/certs.h), "" none */
     const char *drain_redirect;    /* host[:port] for <see-other-host/>, "" none */
     double drain_timeout;          /* sbctl drain's default wait */
     struct xml_limits limits;
@@ -202,14 +203,20 @@ void c2s_sessions_changed(void);
 void c2s_trim_soon(void);
 
 /* ---- tls.c ------------------------------------------------------------ */
-sb_rc c2s_tls_init(const struct c2s_cfg *cfg);   /* load cert/key, priorities */
-/* SIGHUP: load cert/key/priority again; new sessions use them, running
- * ones keep theirs. SB_ERROR (logged): the old ones stay in force. */
+/* Load the certificates (the default pair and every domain's own,
+ * common/certs.h) and the priority string. */
+sb_rc c2s_tls_init(const struct c2s_cfg *cfg);
+/* SIGHUP: the certificate files and the priority again; new handshakes
+ * use them, running sessions keep theirs. SB_ERROR (logged): the default
+ * pair or the priority string failed, the old ones stay in force (a
+ * domain's broken file keeps only that domain's old pair). */
 sb_rc c2s_tls_reload(const struct c2s_cfg *cfg);
 int c2s_tls_available(void);
 void c2s_tls_deinit(void);
-/* A non-blocking server session on fd with our credentials (HTTPS too). */
-sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out);
+/* A non-blocking server session on fd with our credentials (HTTPS too).
+ * domain: the stream's (STARTTLS after the header), whose certificate it
+ * presents; NULL: the client's SNI chooses (direct TLS, HTTPS). */
+sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out);
 
 /* ---- stream.c --------------------------------------------------------- */
 /* Transport-neutral: a (re)started stream to `to` (client's `from`,

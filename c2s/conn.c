@@ -434,13 +434,15 @@ static void conn_tcp_input(void *ud, const char *data, size_t len)
     }
 }
 
-/* TLS on the socket: at once (direct TLS), or once <proceed/> (queued by
- * stream.c) has been written. */
+/* TLS on the socket: at once (direct TLS: SNI picks the certificate), or
+ * once <proceed/> (queued by stream.c) has been written (the certificate
+ * of the stream's `to`). */
 void c2s_conn_starttls(struct c2s_conn *c)
 {
     gnutls_session_t s;
+    const char *domain = (c->flags & C2S_F_DIRECT_TLS) ? NULL : c->domain;
     c2s_conn_set_state(c, C2S_S_TLS_HANDSHAKE);
-    if (c2s_tls_session_new(c->tc.fd, &s) != SB_OK) {
+    if (c2s_tls_session_new(c->tc.fd, domain, &s) != SB_OK) {
         c2s_conn_close(c, "tls-init-failed");
         return;
     }

@@ -154,6 +154,7 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->port = (int)sb_config_int("port", c2s.fe->port);
     cfg->tls_port = (int)sb_config_int("tls_port", c2s.fe->tls_port);
     cfg->cert = sb_config_str("cert", "var/tls/cert.pem");
+    cfg->cert_dir = sb_config_str("cert_dir", "");
     cfg->key = sb_config_str("key", "var/tls/key.pem");
     cfg->drain_redirect = sb_config_str("drain_redirect", "");
     cfg->drain_timeout = atof(sb_config_str("drain_timeout", "30"));
@@ -269,7 +270,8 @@ static void main_on_reload(struct sb_proc *p, void *ud)
         if (c2s_tls_reload(&n) == SB_OK)
             tls_new = 1;
         else
-            n.cert = o->cert, n.key = o->key, n.tls_priority = o->tls_priority;
+            n.cert = o->cert, n.key = o->key, n.tls_priority = o->tls_priority,
+            n.cert_dir = o->cert_dir;
     }
     n.listen = o->listen;
     n.port = o->port;

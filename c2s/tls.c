@@ -1,8 +1,11 @@
-/* tls.c — GnuTLS for client connections: one certificate credential and one
- * priority cache for the process (reloaded on SIGHUP) and a server session
- * per connection. Handshakes and records run in common/tlsconn (TCP) and
+/* tls.c — GnuTLS for client connections: one credential and one priority
+ * cache for the process (both reloaded on SIGHUP), the certificate of each
+ * handshake from the domain table (common/certs.h: by the stream's `to`
+ * on STARTTLS, by SNI on direct TLS and HTTPS), and a server session per
+ * connection. Handshakes and records run in common/tlsconn (TCP) and
  * web_http.c (HTTPS). */
 #include "c2s.h"
+#include "certs.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -20,9 +23,11 @@ static struct tls_old *tls_retired;
 
 sb_rc c2s_tls_reload(const struct c2s_cfg *cfg)
 {
+    if (sb_certs_load(cfg->cert, cfg->key, cfg->cert_dir) != SB_OK)
+        return SB_ERROR;               /* logged; the old pairs stay */
     struct tlsconn_creds fresh;
-    if (tlsconn_creds_load(&fresh, cfg->cert, cfg->key, cfg->tls_priority) != SB_OK)
-        return SB_ERROR;               /* logged; the old credentials stay */
+    if (tlsconn_creds_init(&fresh, cfg->tls_priority) != SB_OK)
+        return SB_ERROR;               /* logged; the old priority stays */
     struct tls_old *old = malloc(sizeof *old);
     if (!old) {
         tlsconn_creds_free(&fresh);
@@ -32,15 +37,19 @@ sb_rc c2s_tls_reload(const struct c2s_cfg *cfg)
     old->next = tls_retired;
     tls_retired = old;
     tls_creds = fresh;
-    log_info("tls_reloaded", "cert=%s priority=%s", cfg->cert, sb_log_q(cfg->tls_priority));
+    log_info("tls_reloaded", "cert=%s cert_dir=%s own=%d priority=%s", cfg->cert,
+             *cfg->cert_dir ? cfg->cert_dir : "-", sb_certs_count(),
+             sb_log_q(cfg->tls_priority));
     return SB_OK;
 }
 
 sb_rc c2s_tls_init(const struct c2s_cfg *cfg)
 {
-    if (tlsconn_creds_load(&tls_creds, cfg->cert, cfg->key, cfg->tls_priority) != SB_OK)
+    if (sb_certs_load(cfg->cert, cfg->key, cfg->cert_dir) != SB_OK ||
+        tlsconn_creds_init(&tls_creds, cfg->tls_priority) != SB_OK)
         return SB_ERROR;
-    log_info("tls_ready", "cert=%s priority=%s", cfg->cert, sb_log_q(cfg->tls_priority));
+    log_info("tls_ready", "cert=%s cert_dir=%s priority=%s", cfg->cert,
+             *cfg->cert_dir ? cfg->cert_dir : "-", sb_log_q(cfg->tls_priority));
     return SB_OK;
 }
 
@@ -58,12 +67,15 @@ void c2s_tls_deinit(void)
         tlsconn_creds_free(&o->creds);
         free(o);
     }
+    sb_certs_free();
 }
 
-sb_rc c2s_tls_session_new(int fd, gnutls_session_t *out)
+sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out)
 {
     if (tlsconn_session_new(&tls_creds, GNUTLS_SERVER, fd, out) != SB_OK)
         return SB_ERROR;
     gnutls_certificate_server_set_request(*out, GNUTLS_CERT_IGNORE);
+    if (domain)
+        sb_certs_session_domain(*out, domain);
     return SB_OK;
 }

@@ -215,7 +215,7 @@ void web_http_accept(int fd, const char *peer, int tls)
     http_conns = h;
     log_debug("http_accept", "peer=%s tls=%d", peer, tls);
     if (tls) {
-        if (c2s_tls_session_new(fd, &h->tls) != SB_OK) {
+        if (c2s_tls_session_new(fd, NULL, &h->tls) != SB_OK) {
             http_free(h);
             return;
         }

@@ -240,6 +240,12 @@ const char *sb_config_str_in(const char *kind, const char *instance,
     return def;
 }
 
+const char *sb_config_str_section(const char *section, const char *key, const char *def)
+{
+    const char *v = cfg_find(section, key);
+    return v ? v : def;
+}
+
 const char *sb_config_str(const char *key, const char *def)
 {
     return sb_config_str_in(cfg_kind, cfg_inst, key, def);

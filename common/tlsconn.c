@@ -8,6 +8,7 @@
  * burst of stanzas (a batch from the router) costs two sends, not one per
  * stanza; a lone stanza costs what it did. */
 #include "tlsconn.h"
+#include "certs.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -532,8 +533,7 @@ void tlsconn_peer_name(char *out, size_t cap, const struct sockaddr *sa)
 
 /* ---- credentials --------------------------------------------------------- */
 
-sb_rc tlsconn_creds_load(struct tlsconn_creds *cr, const char *cert, const char *key,
-                         const char *priority)
+sb_rc tlsconn_creds_init(struct tlsconn_creds *cr, const char *priority)
 {
     cr->cred = NULL;
     cr->prio = NULL;
@@ -543,13 +543,7 @@ sb_rc tlsconn_creds_load(struct tlsconn_creds *cr, const char *cert, const char 
         cr->cred = NULL;
         return SB_ERROR;
     }
-    r = gnutls_certificate_set_x509_key_file(cr->cred, cert, key, GNUTLS_X509_FMT_PEM);
-    if (r < 0) {
-        log_error("tls_cert_failed", "cert=%s key=%s error=%s", cert, key,
-                  sb_log_q(gnutls_strerror(r)));
-        tlsconn_creds_free(cr);
-        return SB_ERROR;
-    }
+    sb_certs_attach(cr->cred);
     const char *errpos = NULL;
     r = gnutls_priority_init(&cr->prio, priority, &errpos);
     if (r < 0) {

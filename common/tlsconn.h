@@ -9,7 +9,8 @@
  * coalesced into one send before the loop blocks), and closes the way a server should: flush,
  * close_notify and shut the write side, then discard what the peer still
  * sends until it closes (lingering close; the owner's timer bounds it).
- * TLS credentials (certificate, key, priority string) load here too.
+ * TLS credentials (priority string; certificates: common/certs.h) are made
+ * here too.
  *
  * The owner embeds a struct tlsconn and hears back through tlsconn_ops
  * (ud = the owner). A callback may close the connection, but the owner
@@ -112,9 +113,9 @@ struct tlsconn_creds {
     gnutls_certificate_credentials_t cred;
     gnutls_priority_t prio;
 };
-/* Certificate + key (PEM) and priority string; logs why not. */
-sb_rc tlsconn_creds_load(struct tlsconn_creds *cr, const char *cert, const char *key,
-                         const char *priority);
+/* A certificate credential whose certificates come from the domain table
+ * (certs.h: load it first) and a priority cache; logs why not. */
+sb_rc tlsconn_creds_init(struct tlsconn_creds *cr, const char *priority);
 void tlsconn_creds_free(struct tlsconn_creds *cr);
 /* A non-blocking session on fd; role GNUTLS_SERVER or GNUTLS_CLIENT. The
  * caller adds what differs (certificate request, SNI). */

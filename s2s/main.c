@@ -1,5 +1,6 @@
 /* main.c — sb-s2s start-up and shutdown: read [s2s] settings (and the
- * cluster's dialback_secret), load the TLS credential and trust anchors,
+ * cluster's dialback_secret), load the TLS credential and trust anchors
+ * (certificates again on SIGHUP),
  * start the resolver, connect to PostgreSQL (local domains) and the
  * router, open the listeners (accepting once the domains are known), and
  * on SIGTERM bounce what still waits, close every stream and exit. */
@@ -45,6 +46,7 @@ static sb_rc main_config(struct s2s_cfg *cfg)
     cfg->tls_port = (int)sb_config_int("tls_port", 5270);
     cfg->cert = sb_config_str("cert", "var/tls/cert.pem");
     cfg->key = sb_config_str("key", "var/tls/key.pem");
+    cfg->cert_dir = sb_config_str("cert_dir", "");
     cfg->cafile = sb_config_str("cafile", "");
     cfg->system_trust = sb_config_bool("system_trust", 1);
     cfg->tls_priority = sb_config_str("tls_priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2");
@@ -127,6 +129,24 @@ static void main_started(void)
              s2s.cfg.require_tls, s2s.cfg.require_valid_certs);
 }
 
+/* SIGHUP (the log level is done by proc.c): the certificates, read again
+ * from the paths the reloaded file names. The rest needs a restart. */
+static void main_on_reload(struct sb_proc *p, void *ud)
+{
+    struct s2s_cfg n = s2s.cfg;
+    n.cert = sb_config_str("cert", "var/tls/cert.pem");
+    n.key = sb_config_str("key", "var/tls/key.pem");
+    n.cert_dir = sb_config_str("cert_dir", "");
+    if (s2s_tls_reload(&n) != SB_OK) {
+        log_info("reload", "what=s2s tls=kept");
+        return;
+    }
+    s2s.cfg.cert = n.cert;
+    s2s.cfg.key = n.key;
+    s2s.cfg.cert_dir = n.cert_dir;
+    log_info("reload", "what=s2s tls=reloaded");
+}
+
 static const struct sb_proc_daemon main_daemon = {
     .configure = main_configure,
     .open = main_open,
@@ -142,5 +162,6 @@ int main(int argc, char **argv)
         return 2;
     s2s.loop = main_proc.loop;
     s2s.instance = main_proc.instance;
+    main_proc.on_reload = main_on_reload;
     return sb_proc_run(&main_proc, &main_daemon);
 }

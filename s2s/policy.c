@@ -7,6 +7,7 @@
  * Listeners open once the domains are known, so a stream header is never
  * judged against an empty list. */
 #include "s2s.h"
+#include "certs.h"
 #include "config.h"
 #include "jid.h"
 #include "log.h"
@@ -15,10 +16,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A domain added or removed: its certificate (common/certs.h) too. */
+static void dom_changed(void *ud)
+{
+    sb_certs_domains_changed();
+}
+
 /* Listeners open once the domain list (common/domains.c) first loads. */
 void s2s_domains_start(void)
 {
-    sb_domains_serve(s2s.loop, s2s.pg, s2s_listen_start, NULL, NULL);
+    sb_domains_serve(s2s.loop, s2s.pg, s2s_listen_start, dom_changed, NULL);
 }
 
 void s2s_domains_stop(void)

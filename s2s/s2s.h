@@ -104,6 +104,7 @@ struct s2s_cfg {
     const char *listen;
     int port, tls_port;
     const char *cert, *key, *cafile, *tls_priority;
+    const char *cert_dir;          /* NAME.pem per domain (common/certs.h), "" none */
     int system_trust;
     const char *resolver;          /* "ip:port,…" or "" for the system's */
     int default_port;              /* A/AAAA fallback port (5269) */
@@ -151,9 +152,14 @@ size_t s2s_conn_pending(const struct s2s_conn *c);
 
 /* ---- tls.c ------------------------------------------------------------ */
 sb_rc s2s_tls_init(const struct s2s_cfg *cfg);
+/* SIGHUP: the certificate files again (common/certs.h); new handshakes
+ * present them, running streams keep theirs. SB_ERROR (logged): the
+ * default pair failed and the pairs in force stay. */
+sb_rc s2s_tls_reload(const struct s2s_cfg *cfg);
 int s2s_tls_available(void);
 void s2s_tls_deinit(void);
-/* A session on c's socket: server or client by c->dir (SNI = c->remote). */
+/* A session on c's socket: server or client by c->dir (SNI = c->remote),
+ * presenting the certificate of c->local (incoming direct TLS: of the SNI). */
 sb_rc s2s_tls_session_new(const struct s2s_conn *c, gnutls_session_t *out);
 /* 1 when the peer's certificate chains to a trust anchor and names
  * `domain` (RFC 6125 DNS-ID); 0 otherwise. Logs why not. */

@@ -1,9 +1,12 @@
-/* tls.c — GnuTLS for server-to-server streams. One credential holds our
- * certificate (presented as server on incoming streams and as client on
- * outgoing ones, so peers can authenticate us with SASL EXTERNAL) and the
+/* tls.c — GnuTLS for server-to-server streams. One credential holds the
  * trust anchors (the system's and/or a CA file) used to judge the peer's
- * certificate. Handshakes and records run in common/tlsconn. */
+ * certificate; our certificate comes from the domain table
+ * (common/certs.h): on an incoming stream the one of the stream's `to`
+ * (STARTTLS) or of the SNI (direct TLS), on an outgoing one, as client
+ * certificate, the one of our `from`, so peers can authenticate each local
+ * domain with SASL EXTERNAL. Handshakes and records run in common/tlsconn. */
 #include "s2s.h"
+#include "certs.h"
 #include "log.h"
 
 #include <string.h>
@@ -12,7 +15,8 @@ static struct tlsconn_creds tls_creds;
 
 sb_rc s2s_tls_init(const struct s2s_cfg *cfg)
 {
-    if (tlsconn_creds_load(&tls_creds, cfg->cert, cfg->key, cfg->tls_priority) != SB_OK)
+    if (sb_certs_load(cfg->cert, cfg->key, cfg->cert_dir) != SB_OK ||
+        tlsconn_creds_init(&tls_creds, cfg->tls_priority) != SB_OK)
         return SB_ERROR;
     int anchors = 0, r;
     if (cfg->system_trust) {
@@ -33,7 +37,17 @@ sb_rc s2s_tls_init(const struct s2s_cfg *cfg)
         }
         anchors += r;
     }
-    log_info("tls_ready", "cert=%s trust_anchors=%d", cfg->cert, anchors);
+    log_info("tls_ready", "cert=%s cert_dir=%s trust_anchors=%d", cfg->cert,
+             *cfg->cert_dir ? cfg->cert_dir : "-", anchors);
+    return SB_OK;
+}
+
+sb_rc s2s_tls_reload(const struct s2s_cfg *cfg)
+{
+    if (!s2s_tls_available() || sb_certs_load(cfg->cert, cfg->key, cfg->cert_dir) != SB_OK)
+        return SB_ERROR;              /* logged; the pairs in force stay */
+    log_info("tls_reloaded", "cert=%s cert_dir=%s own=%d", cfg->cert,
+             *cfg->cert_dir ? cfg->cert_dir : "-", sb_certs_count());
     return SB_OK;
 }
 
@@ -45,6 +59,7 @@ int s2s_tls_available(void)
 void s2s_tls_deinit(void)
 {
     tlsconn_creds_free(&tls_creds);
+    sb_certs_free();
 }
 
 sb_rc s2s_tls_session_new(const struct s2s_conn *c, gnutls_session_t *out)
@@ -61,6 +76,12 @@ sb_rc s2s_tls_session_new(const struct s2s_conn *c, gnutls_session_t *out)
         gnutls_certificate_send_x509_rdn_sequence(s, 1);
     } else if (c->remote) {
         gnutls_server_name_set(s, GNUTLS_NAME_DNS, c->remote, strlen(c->remote));
+    }
+    /* Whose certificate: incoming direct TLS leaves it to the SNI; else the
+     * local domain of the stream (interned: it outlives the session). */
+    if (!server || !(c->flags & S2S_F_DIRECT_TLS)) {
+        const char *local = c->local ? sb_domains_find(c->local) : NULL;
+        sb_certs_session_domain(s, local ? local : "");
     }
     *out = s;
     return SB_OK;

@@ -40,6 +40,7 @@ DOMAIN=${SB_STACK_DOMAIN:-localhost}
 EXTRA_DOMAINS=${SB_STACK_EXTRA_DOMAINS:-}
 DEMO_USERS=(alice bob support)
 ANON_DOMAIN=anon.$DOMAIN      # SASL ANONYMOUS visitors (web chat support)
+TLS_DOMAIN=""                 # test profile: a domain with a certificate of its own
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'stack.sh: %s\n' "$*" >&2; exit 1; }
@@ -62,6 +63,7 @@ profile_set() {
               DNS_PORT=$((25353 + ${SB_TEST_PORT_OFFSET:-0}))
               PROCS=(router1 sm1 c2s1 s2s1); COMPONENTS=(sm1 c2s1 s2s1); ROUTERS=(router1)
           fi
+          [ -n "$n" ] || TLS_DOMAIN=tls2.$DOMAIN
           VAR="$ROOT/var/$PROFILE"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
           BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)); S2S_PORT=$((25269+o)); S2S_TLS=$((25270+o)) ;;
@@ -110,6 +112,8 @@ SB_S2S1_PORT=$S2S_PORT
 SB_S2S1_TLS_PORT=$S2S_TLS
 SB_DNS_PORT=$DNS_PORT
 SB_ANON_DOMAIN=$ANON_DOMAIN
+SB_TLS_DOMAIN=$TLS_DOMAIN
+SB_CERT_DIR=$TLS/domains
 SB_PREBIND_SECRET=$(cat "$PREBIND_SECRET_FILE" 2>/dev/null || true)
 EOF
 }
@@ -180,6 +184,24 @@ EOF
     certtool --generate-self-signed --load-privkey "$TLS/key.pem" \
         --template "$TLS/template.cfg" --outfile "$TLS/cert.pem" >/dev/null 2>&1 \
         || die "certtool could not create the certificate"
+}
+
+# Certificates of their own for some domains: cert_dir ($TLS/domains) holds
+# NAME.pem (chain, then key). The test profile's second domain has one, so
+# tests can tell the default certificate and a domain's own apart.
+setup_domain_certs() {
+    mkdir -p "$TLS/domains"
+    [ -n "$TLS_DOMAIN" ] || return 0
+    local pem="$TLS/domains/$TLS_DOMAIN.pem" tpl="$TLS/domains/$TLS_DOMAIN.cfg"
+    [ -s "$pem" ] && return 0
+    printf 'organization = "Switchboard dev stack"\ncn = "%s"\ndns_name = "%s"\nexpiration_days = 3650\ntls_www_server\nsigning_key\nencryption_key\n' \
+        "$TLS_DOMAIN" "$TLS_DOMAIN" > "$tpl"
+    (umask 077
+     certtool --generate-privkey --key-type=ecdsa --curve=secp256r1 --outfile "$pem.key" >/dev/null 2>&1 \
+         && certtool --generate-self-signed --load-privkey "$pem.key" --template "$tpl" \
+                     --outfile "$pem.crt" >/dev/null 2>&1 \
+         && cat "$pem.crt" "$pem.key" > "$pem") || die "certtool could not create the certificate of $TLS_DOMAIN"
+    rm -f "$pem.crt" "$pem.key" "$tpl"
 }
 
 # ---------------------------------------------------------------- (d) PostgreSQL
@@ -432,6 +454,7 @@ cluster	redis_user	switchboard
 cluster	redis_password_file	$REDIS_PASSWORD_FILE
 cluster	postgres_password_file	$PG_PASSWORD_FILE
 cluster	postgres	host=127.0.0.1 port=$PG_PORT dbname=switchboard user=switchboard
+cluster	cert_dir	$TLS/domains
 $(router_binds)
 c2s	listen	127.0.0.1
 c2s	port	$C2S1_PORT
@@ -520,7 +543,7 @@ setup_data() {
     sbctl_idem domain add "$DOMAIN"
     sbctl_idem domain add "$ANON_DOMAIN" --anonymous
     local d
-    for d in $EXTRA_DOMAINS; do sbctl_idem domain add "$d"; done
+    for d in $EXTRA_DOMAINS $TLS_DOMAIN; do sbctl_idem domain add "$d"; done
     local u
     (umask 077; touch "$PASSWORDS"
      for u in "${DEMO_USERS[@]}"; do
@@ -660,6 +683,7 @@ cmd_infra() {
     cmd_deps
     mkdir -p "$VAR" "$LOG" "$PID"
     setup_tls
+    setup_domain_certs
     setup_pg
     setup_redis
     write_ini
