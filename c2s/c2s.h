@@ -18,6 +18,7 @@
  *   rate.c    inbound byte shaper and stanza rate per session
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    tiny parsers that need no XML tree (unit-tested)
+ *   sm.c      XEP-0198 stream management (the queue lives in the sm)
  * See c2s/README.md for the connection lifecycle. */
 #ifndef SB_C2S_H
 #define SB_C2S_H
@@ -107,6 +108,7 @@ struct c2s_conn {
     const char *domain;            /* the stream's domain, interned (domains.c) */
     char *jid;                     /* bare JID after SASL, full after bind: jid_in or heap */
     char *bind_iq;                 /* id of the bind iq being answered */
+    struct c2s_smst *sm;           /* XEP-0198 (sm.c), NULL until <enable/>/<resume/> */
     char sid[21];                  /* stream id of the current stream = session id */
     char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
     char jid_in[64];               /* most JIDs fit here: no heap block per session */
@@ -132,6 +134,8 @@ struct c2s_cfg {
     int allow_plain;               /* allow_plain_without_tls */
     double max_rate, rate_burst;   /* inbound bytes/s and bucket size; 0 = off */
     double max_stanzas, stanza_burst;   /* top-level elements/s and bucket; 0 = off */
+    int sm_ack_every;              /* XEP-0198: <r/> after this many unacked stanzas */
+    double sm_ack_after;           /* … or when one waited this long (s); 0 = off */
 };
 
 /* Listener kinds (c2s_listen_open). */
@@ -241,6 +245,11 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
 /* The same with character data in the condition element (see-other-host). */
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why);
+/* A stream error with an application condition <app xmlns=app_ns attr=value/>
+ * after the defined one (XEP-0198 <handled-count-too-high/>). */
+void c2s_stream_error_app(struct c2s_conn *c, const char *cond, const char *app,
+                          const char *app_ns, const char *attr, const char *value,
+                          const char *why);
 void c2s_stream_features(struct c2s_conn *c);
 
 /* ---- login.c ---------------------------------------------------------- */
@@ -257,7 +266,37 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st);  /* client → r
 void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
                     size_t len, void *ud);                      /* router → client */
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
+sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body);
+/* A STANZA envelope keyed by `key` (a bare JID) with op and sid. */
+sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
+                            const char *aux, const char *body, size_t len);
 void c2s_route_end(struct c2s_conn *c);           /* control end for a bound session */
+
+/* ---- sm.c (XEP-0198) -------------------------------------------------- */
+void c2s_sm_init(void);
+void c2s_sm_stop(void);
+/* An element in urn:xmpp:sm:3 after SASL: 1 when it was one (handled). */
+int c2s_sm_element(struct c2s_conn *c, struct xml_node *n);
+/* A stanza arrived from the client of a bound session (counts for h). */
+void c2s_sm_stanza_in(struct c2s_conn *c);
+/* A stanza from the sm: op "sm:N" numbers it. Written by the caller. */
+void c2s_sm_stanza_out(struct c2s_conn *c, const char *op);
+/* Controls sm-enabled, sm-resumed, sm-failed, sm-takeover: 1 if one. */
+int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len);
+/* A stanza c2s itself answers a bound client with: through the user's sm
+ * when the session is stream-managed (so it is numbered and kept), else
+ * written at once. */
+void c2s_stanza_local(struct c2s_conn *c, const char *data, size_t len);
+/* The op that tells the sm the session is over (`end`), or only detached
+ * (`session-gone`, resumable), and its body (h); NULL op: say nothing
+ * (resumed elsewhere). */
+const char *c2s_sm_end_op(struct c2s_conn *c, char *body, size_t cap);
+void c2s_sm_closed_by_client(struct c2s_conn *c);
+int c2s_sm_enabled(const struct c2s_conn *c);
+void c2s_sm_free(struct c2s_conn *c);
+/* The <sm/> stream feature where this transport offers it. */
+int c2s_sm_offered(const struct c2s_conn *c);
 
 /* ---- keepalive.c ------------------------------------------------------ */
 void c2s_keepalive_seen(struct c2s_conn *c);      /* a byte arrived */

@@ -483,6 +483,7 @@ static void conn_free(struct c2s_conn *c)
     if (c->jid != c->jid_in)
         free(c->jid);
     free(c->bind_iq);
+    c2s_sm_free(c);
     if (c->prev)
         c->prev->next = c->next;
     else

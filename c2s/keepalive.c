@@ -38,6 +38,11 @@ double c2s_keepalive_next(const struct c2s_conn *c)
 
 static void keepalive_ping(struct c2s_conn *c)
 {
+    if (c2s_sm_enabled(c)) {            /* XEP-0198: an <r/> is the ping */
+        c->flags |= C2S_F_PING_OUT;
+        c2s_conn_writes(c, "<r xmlns='urn:xmpp:sm:3'/>");
+        return;
+    }
     struct sb_buf b = SB_BUF_INIT;
     char id[sizeof KEEPALIVE_ID + 8];
     memcpy(id, KEEPALIVE_ID, sizeof KEEPALIVE_ID - 1);

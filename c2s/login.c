@@ -41,7 +41,7 @@ void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner)
     } else {
         sb_buf_adds(b, "/>");
     }
-    c2s_conn_write(c, b->data, b->len);
+    c2s_stanza_local(c, b->data, b->len);
 }
 
 void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond)
@@ -49,7 +49,7 @@ void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const ch
     struct sb_buf *b = &login_out;
     login_iq_open(b, id, "error");
     sb_buf_printf(b, "><error type='%s'><%s xmlns='" NS_STANZA "'/></error></iq>", type, cond);
-    c2s_conn_write(c, b->data, b->len);
+    c2s_stanza_local(c, b->data, b->len);
 }
 
 /* A condition from the wire becomes an element name: only [a-z-]. */
@@ -237,6 +237,15 @@ void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux)
 
 void c2s_bind_timeout(struct c2s_conn *c)
 {
+    if (!c->bind_iq) {              /* a <resume/> the sm did not answer */
+        c->flags &= ~C2S_F_BIND_WAIT;
+        c2s_table_del(c);
+        c2s_sm_free(c);
+        log_warn("sm_resume_timeout", "peer=%s sid=%s jid=%s", c->peer, c->sid, c->jid);
+        c2s_conn_writes(c, "<failed xmlns='urn:xmpp:sm:3'><internal-server-error "
+                           "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
+        return;
+    }
     log_warn("bind_timeout", "peer=%s sid=%s jid=%s", c->peer, c->sid, c->jid);
     c2s_iq_error(c, c->bind_iq, "wait", "internal-server-error");
     login_bind_done(c);

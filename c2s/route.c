@@ -41,9 +41,21 @@ static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
     return link_send(c2s.link, h, body, len);
 }
 
+sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
+                            const char *aux, const char *body, size_t len)
+{
+    return route_send(ENV_STANZA, op, key, sid, aux, body, len);
+}
+
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux)
 {
-    sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, "", 0);
+    return c2s_route_control_body(op, key, sid, aux, "");
+}
+
+sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body)
+{
+    sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, body, strlen(body));
     if (rc != SB_OK)
         log_warn("control_send_failed", "op=%s key=%s sid=%s", op, sb_log_q(key), sid);
     return rc;
@@ -51,9 +63,11 @@ sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const 
 
 void c2s_route_end(struct c2s_conn *c)
 {
-    if (!c->jid || jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
+    char body[24] = "";
+    const char *op = c2s_sm_end_op(c, body, sizeof body);
+    if (!op || !c->jid || jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
         return;
-    c2s_route_control("end", route_bare, c->sid, c->jid);
+    c2s_route_control_body(op, route_bare, c->sid, c->jid, body);
 }
 
 /* An error stanza to the client about a stanza it sent (RFC 6120 §8.3). */
@@ -77,7 +91,7 @@ static void route_error_reply(struct c2s_conn *c, const char *name, const char *
     xml_escape_attr(b, c->jid, strlen(c->jid));
     sb_buf_printf(b, "'><error type='%s'><%s xmlns='" NS_STANZA "'/></error></%s>",
                   type, cond, name);
-    c2s_conn_write(c, b->data, b->len);
+    c2s_stanza_local(c, b->data, b->len);
 }
 
 /* Errors are never answered with errors; iq results neither. */
@@ -185,7 +199,9 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
         return;
     }
     log_info("stale_sid", "sid=%s to=%s", h->sid, sb_log_q(route_full));
-    c2s_route_control("end", route_bare, h->sid, route_full);
+    /* session-gone, not end: a stream-managed session is only detached
+     * (its client may resume it elsewhere), any other one ends. */
+    c2s_route_control("session-gone", route_bare, h->sid, route_full);
     if (len < 8 || memcmp(body, "<message", 8) != 0 ||
         c2s_scan_attr(body, len, "from", from, sizeof from) < 0)
         return;
@@ -195,8 +211,10 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
         log_info("stale_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
 }
 
-static void route_control(const struct env_hdr *h)
+static void route_control(const struct env_hdr *h, const char *body, size_t len)
 {
+    if (c2s_sm_control(h, body, len))
+        return;
     if (strcmp(h->op, "bound") != 0 && strcmp(h->op, "bind-failed") != 0)
         return;                      /* members etc.: nothing for c2s */
     struct c2s_conn *c = c2s_table_find(h->sid);
@@ -276,8 +294,11 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         if (!*h->sid)
             return;
         struct c2s_conn *c = c2s_table_find(h->sid);
-        if (c && c->state == C2S_S_BOUND)
+        if (c && c->state == C2S_S_BOUND) {
             c2s_conn_write(c, body, len);
+            if (*h->op)
+                c2s_sm_stanza_out(c, h->op);
+        }
         else if (!c)
             route_stale(h, body, len);
         else
@@ -285,7 +306,7 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         return;
     }
     case ENV_CONTROL:
-        route_control(h);
+        route_control(h, body, len);
         return;
     case ENV_BOUNCE:
         route_bounce(h, body, len);

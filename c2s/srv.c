@@ -176,6 +176,11 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->rate_burst = atof(sb_config_str("rate_burst", "262144"));
     cfg->max_stanzas = atof(sb_config_str("max_stanzas_per_sec", "100"));
     cfg->stanza_burst = atof(sb_config_str("stanza_burst", "500"));
+    /* XEP-0198: ask for an ack after this many stanzas or seconds. */
+    cfg->sm_ack_every = (int)sb_config_int("sm_ack_every", 5);
+    cfg->sm_ack_after = atof(sb_config_str("sm_ack_after", "30"));
+    if (cfg->sm_ack_every < 1)
+        cfg->sm_ack_every = 1;
     if (cfg->ping_interval > 0 && cfg->ping_timeout <= 0)
         cfg->ping_timeout = 30;
     if (cfg->max_rate > 0 && cfg->rate_burst < 4096)
@@ -327,6 +332,7 @@ static void main_cleanup(void)
 {
     ev_timer_stop(c2s.loop, &main_trim);
     c2s_conn_free_all();
+    c2s_sm_stop();
     if (c2s.fe->cleanup)
         c2s.fe->cleanup();
     c2s_listen_stop();
@@ -345,6 +351,7 @@ static sb_rc main_configure(void)
 
 static void main_started(void)
 {
+    c2s_sm_init();
     c2s_domains_start();
     log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
              c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);

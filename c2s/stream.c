@@ -138,6 +138,24 @@ void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *tex
     c2s_conn_close(c, cond);
 }
 
+void c2s_stream_error_app(struct c2s_conn *c, const char *cond, const char *app,
+                          const char *app_ns, const char *attr, const char *value,
+                          const char *why)
+{
+    if (c->state == C2S_S_CLOSING)
+        return;
+    log_info("stream_error", "peer=%s sid=%s cond=%s detail=%s", c->peer,
+             *c->sid ? c->sid : "-", cond, why ? why : "-");
+    struct sb_buf *b = &stream_out;
+    sb_buf_reset(b);
+    /* value is ours (digits and a quote we put there), not the client's */
+    sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/><%s xmlns='%s' %s='%s'/>"
+                  "</stream:error>", stream_prefix_decl(c), cond, app, app_ns, attr, value);
+    c2s_conn_write(c, b->data, b->len);
+    c->tp->end(c);
+    c2s_conn_close(c, cond);
+}
+
 void c2s_stream_features(struct c2s_conn *c)
 {
     struct sb_buf *b = &stream_out;
@@ -148,6 +166,8 @@ void c2s_stream_features(struct c2s_conn *c)
         sb_buf_adds(b, "<bind xmlns='" NS_BIND "'/>"
                        "<session xmlns='" NS_SESSION "'><optional/></session>"
                        "<ver xmlns='urn:xmpp:features:rosterver'/>");
+        if (c2s_sm_offered(c))
+            sb_buf_adds(b, "<sm xmlns='urn:xmpp:sm:3'/>");
     } else {
         int tls = (c->flags & C2S_F_TLS) != 0;
         int can_starttls = c->tp->starttls && c2s_tls_available();
@@ -258,6 +278,7 @@ void c2s_stream_closed(struct c2s_conn *c)
         return;
     if (c->flags & C2S_F_HDR_SENT)
         c->tp->end(c);
+    c2s_sm_closed_by_client(c);         /* XEP-0198 §5: not resumable */
     c2s_conn_close(c, "client-closed");
 }
 
@@ -364,11 +385,15 @@ void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
         return;
     case C2S_S_AUTHENTICATED:
     case C2S_S_BOUND:
+        if (c2s_sm_element(c, n))
+            return;                                   /* XEP-0198 nonza */
         if (!stream_is_stanza(n->name) || !stream_client_ns(n)) {
             /* RFC 6120 §4.9.3.22: {urn:x}message is not a stanza either. */
             c2s_stream_error(c, "unsupported-stanza-type", n->name);
             return;
         }
+        if (c->state == C2S_S_BOUND)
+            c2s_sm_stanza_in(c);
         if (stream_local_iq(c, n))
             return;
         if (c->state == C2S_S_BOUND) {

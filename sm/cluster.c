@@ -82,7 +82,7 @@ void sm_cluster_on_members(struct sm_core *c, const char *body, size_t len)
     }
     free(c->sm_members);
     c->sm_members = list;
-    long dropped = sm_users_drop_idle(c);
+    long dropped = sm_users_drop_idle(c, 1);
     log_info("members_changed", "sms=%d dropped_users=%ld", n, dropped);
 }
 
@@ -97,18 +97,24 @@ static const char *bounce_condition(const char *reason)
 
 /* ---- front-ends gone ---------------------------------------------------------------- */
 
-int sm_job_reaches(const struct sm_job *j, const struct sm_session *s)
+int sm_frontend_gone(const struct sm_core *c, const char *instance)
 {
-    const struct sm_core *c = j->core;
-    if (*j->op && !strcmp(j->op, "stale") && !strcmp(s->sid, j->sid))
-        return 0;
     if (c->ngone == 0)
-        return 1;
+        return 0;
     double now = sb_now();
     for (int i = 0; i < c->ngone; i++)
-        if (!strcmp(c->gone[i].name, s->instance))
-            return c->gone[i].until <= now;
-    return 1;
+        if (!strcmp(c->gone[i].name, instance))
+            return c->gone[i].until > now;
+    return 0;
+}
+
+int sm_job_reaches(const struct sm_job *j, const struct sm_session *s)
+{
+    if (*j->op && !strcmp(j->op, "stale") && !strcmp(s->sid, j->sid))
+        return 0;
+    /* A stream-managed session keeps what it cannot take now in its queue
+     * until it is resumed or ends (mod_sm.c). */
+    return s->smq || !sm_frontend_gone(j->core, s->instance);
 }
 
 void sm_frontend_alive(struct sm_core *c, const char *instance)
@@ -189,7 +195,11 @@ void sm_cluster_on_bounce(struct sm_core *c, const struct env_hdr *h,
     struct sm_job *j = sm_job_new(c, h, body, len);
     if (!j)
         return;
-    if (sm_job_parse(j) == SB_OK && !cluster_redeliver(c, h, j) && strcmp(j->type, "error"))
+    if (sm_job_parse(j) == SB_OK && j->to && !strcmp(h->op, "unknown-instance") &&
+        sm_smq_holds(c, j->to, h->aux)) {
+        cluster_mark_gone(c, h->aux);   /* queued for a resumption: nothing lost */
+        log_info("bounce_queued", "to=%s gone=%s", sb_log_q(j->to), h->aux);
+    } else if (j->st && !cluster_redeliver(c, h, j) && strcmp(j->type, "error"))
         sm_reply_error(j, "cancel", bounce_condition(h->op));
     sm_job_free(j);
 }

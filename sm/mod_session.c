@@ -187,7 +187,7 @@ static sb_rc session_end(struct sm_job *j, const char *op)
                  j->sid, s->sid);
         return SB_OK;
     }
-    const char *instance = s ? s->instance : !strcmp(op, "end") ? j->sender : NULL;
+    const char *instance = s ? s->instance : j->sender;
     SM_RCMD(c, session_on_cleanup, NULL, "HDEL sess:{%s} %s", j->key, res);
     /* A cached session's pres: field exists exactly while it is available;
      * mod_presence already deleted it (and cleared the flag) when it was. */

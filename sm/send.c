@@ -24,35 +24,34 @@ static struct env_hdr *hdr_begin(struct sm_core *c, enum env_kind kind, enum env
     return h;
 }
 
-sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s)
-{
-    struct sm_core *c = j->core;
-    struct env_hdr *h = hdr_begin(c, ENV_STANZA, ENV_ROUTE_INSTANCE);
-    put_str(h->key, sizeof h->key, s->instance);
-    put_str(h->sid, sizeof h->sid, s->sid);
-    if (put_str(h->aux, sizeof h->aux, j->from) < 0 ||
-        link_send(c->link, h, j->body, j->body_len) != SB_OK) {
-        log_warn("deliver_fail", "to=%s instance=%s name=%s", sb_log_q(j->to ? j->to : j->key),
-                 s->instance, j->name);
-        return SB_ERROR;
-    }
-    log_debug("deliver", "to=%s res=%s instance=%s name=%s", sb_log_q(j->key),
-              sb_log_q(s->resource), s->instance, j->name);
-    return SB_OK;
-}
-
-sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
-                     const char *body, size_t len)
+sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const char *op,
+                         const char *from, const char *body, size_t len)
 {
     struct env_hdr *h = hdr_begin(c, ENV_STANZA, ENV_ROUTE_INSTANCE);
     put_str(h->key, sizeof h->key, s->instance);
     put_str(h->sid, sizeof h->sid, s->sid);
-    if (put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
+    if (put_str(h->op, sizeof h->op, op ? op : "") < 0 ||
+        put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
         link_send(c->link, h, body, len) != SB_OK) {
         log_warn("deliver_fail", "res=%s instance=%s", sb_log_q(s->resource), s->instance);
         return SB_ERROR;
     }
     return SB_OK;
+}
+
+sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s)
+{
+    log_debug("deliver", "to=%s res=%s instance=%s name=%s", sb_log_q(j->key),
+              sb_log_q(s->resource), s->instance, j->name);
+    return sm_deliver_raw(j->core, s, j->from, j->body, j->body_len);
+}
+
+sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
+                     const char *body, size_t len)
+{
+    if (s->smq)     /* the queue owns the session's stanzas: cast is safe */
+        return sm_smq_push(c, (struct sm_session *)s, from, body, len);
+    return sm_send_to_session(c, s, "", from, body, len);
 }
 
 sb_rc sm_send_raw(struct sm_core *c, const char *key, const char *from,
@@ -142,15 +141,22 @@ struct xml_doc *sm_iq_result_new(const struct sm_job *j)
     return d;
 }
 
-sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,
-                      const char *sid, const char *op, const char *aux)
+sb_rc sm_send_control_body(struct sm_core *c, enum env_route route, const char *key,
+                           const char *sid, const char *op, const char *aux,
+                           const char *body)
 {
     struct env_hdr *h = hdr_begin(c, ENV_CONTROL, route);
     if (put_str(h->key, sizeof h->key, key) < 0 || put_str(h->sid, sizeof h->sid, sid) < 0 ||
         put_str(h->op, sizeof h->op, op) < 0 || put_str(h->aux, sizeof h->aux, aux) < 0 ||
-        link_send(c->link, h, "", 0) != SB_OK) {
+        link_send(c->link, h, body, strlen(body)) != SB_OK) {
         log_warn("control_send_fail", "op=%s key=%s", op, sb_log_q(key));
         return SB_ERROR;
     }
     return SB_OK;
+}
+
+sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,
+                      const char *sid, const char *op, const char *aux)
+{
+    return sm_send_control_body(c, route, key, sid, op, aux, "");
 }

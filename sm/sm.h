@@ -36,6 +36,7 @@ struct sm_session {
                                            (as in pres:{bare}), owned, or NULL */
     size_t pres_len;
     unsigned blocklist_pushes : 1;      /* asked for the blocklist: gets pushes */
+    struct sm_smq *smq;                 /* XEP-0198 state (mod_sm.c), or NULL */
 };
 
 struct sm_acct;                         /* account facts from PostgreSQL (acct.h) */
@@ -191,6 +192,29 @@ sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
 struct xml_doc *sm_iq_result_new(const struct sm_job *j);
 sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,
                       const char *sid, const char *op, const char *aux);
+/* The same with a body (`max=300`, `h=5`). */
+sb_rc sm_send_control_body(struct sm_core *c, enum env_route route, const char *key,
+                           const char *sid, const char *op, const char *aux,
+                           const char *body);
+/* Stanza bytes to one session's front-end, as they are: no stream
+ * management bookkeeping (send.c; mod_sm.c numbers and queues first). */
+sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const char *op,
+                         const char *from, const char *body, size_t len);
+
+/* ---- stream management (mod_sm.c) ------------------------------------------- */
+/* A stanza for a session with stream management: numbered, kept until the
+ * client acknowledges it, sent unless the stream is detached. */
+sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
+                  const char *body, size_t len);
+/* The session's XEP-0198 state is dropped with it (user.c). */
+void sm_smq_free(struct sm_smq *q);
+/* Does the session `to` (a full JID) hold this stanza in its queue, on
+ * `instance`? Then a bounce from that front-end loses nothing. */
+int sm_smq_holds(struct sm_core *c, const char *to, const char *instance);
+/* Has the user a session whose stream may still be resumed? */
+int sm_user_resumable(const struct sm_user *u);
+/* Is a delivery to this front-end known to come back (cluster.c)? */
+int sm_frontend_gone(const struct sm_core *c, const char *instance);
 
 #define SM_NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 

@@ -23,7 +23,9 @@ struct sm_user *sm_user_get(struct sm_core *c, const char *bare);
 void sm_user_push(struct sm_user *u, struct sm_job *j);
 void sm_user_run(struct sm_user *u);
 int sm_user_idle(const struct sm_user *u);
-long sm_users_drop_idle(struct sm_core *c);
+/* Free every idle record; keep_resumable: not those holding a stream that
+ * may be resumed (its queue lives only here: mod_sm.c). */
+long sm_users_drop_idle(struct sm_core *c, int keep_resumable);
 void sm_users_free_all(struct sm_core *c);
 /* Redis (re)connected: write the cached sessions back (sess:, pres:, fe:),
  * so a Redis that restarted empty knows who is online again. */

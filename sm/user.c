@@ -25,6 +25,7 @@ static void user_free(struct sm_user *u)
         if (sm_modules[i]->user_free)
             sm_modules[i]->user_free(u);
     for (int i = 0; i < u->nsess; i++) {
+        sm_smq_free(u->sess[i].smq);
         free(u->sess[i].resource);
         free(u->sess[i].pres);
     }
@@ -87,12 +88,12 @@ int sm_user_idle(const struct sm_user *u)
     return !u->cur && !u->qhead && !u->loading && !u->in_run;
 }
 
-long sm_users_drop_idle(struct sm_core *c)
+long sm_users_drop_idle(struct sm_core *c, int keep_resumable)
 {
     struct sm_user *u, *tmp;
     long n = 0;
     HASH_ITER(hh, c->users, u, tmp) {
-        if (sm_user_idle(u)) {
+        if (sm_user_idle(u) && !(keep_resumable && sm_user_resumable(u))) {
             user_free(u);
             n++;
         }
@@ -167,6 +168,7 @@ void sm_user_del_session(struct sm_user *u, const char *resource)
     struct sm_session *s = sm_user_session(u, resource);
     if (!s)
         return;
+    sm_smq_free(s->smq);
     free(s->resource);
     free(s->pres);
     *s = u->sess[u->nsess - 1];

@@ -1,0 +1,416 @@
+/* sm.c — XEP-0198 stream management, the front-end's half. The client
+ * speaks to us; what must survive us lives in the user's sm (sm/mod_sm.c):
+ * the numbered queue of stanzas sent to the session and the count of
+ * stanzas we received from it. So:
+ *   <enable/>     asks the sm (sm-enable); <enabled/> when it answers
+ *   stanzas out   arrive from the sm numbered (op "sm:N"): N is the h the
+ *                 client will acknowledge; a stanza we answer ourselves goes
+ *                 through the sm first (c2s_stanza_local), so every stanza
+ *                 the client counts has the sm's number
+ *   <r/>          answered here: <a h=stanzas received/>
+ *   <a h/>        checked (never above what was sent) and passed on
+ *                 (sm-ack), so the sm frees what the client has
+ *   stanzas in    counted; the count goes to the sm at most once per loop
+ *                 turn (sm-h), so a resumption elsewhere reports it exactly
+ *   <resume/>     on a new authenticated stream, here or on any front-end:
+ *                 sm-resume to the user's sm, which moves the session to this
+ *                 stream and sends back everything unacknowledged
+ *   a broken stream of a resumable session is reported as session-gone (the
+ *   sm keeps the session `max` seconds); a clean </stream:stream> as end.
+ * We ask for acks after `sm_ack_every` unacknowledged stanzas, or when one
+ * has waited `sm_ack_after` seconds; the keepalive ping of a managed TCP
+ * session is an <r/>. BOSH is not offered stream management (XEP-0124
+ * acknowledges requests already); WebSocket is. */
+#include "c2s.h"
+#include "jid.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NS_SM "urn:xmpp:sm:3"
+#define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
+#define SM_TICK 1.0             /* how often waiting acks are looked at */
+
+struct c2s_smst {
+    struct c2s_conn *c;
+    struct c2s_smst *prev, *next;   /* every managed conn (ack timer) */
+    struct c2s_smst *dnext;         /* owes the sm its sm-h, this turn */
+    uint32_t in_h;                  /* stanzas received since <enable/> */
+    uint32_t out;                   /* number of the last stanza written */
+    uint32_t acked;                 /* the client's last h */
+    uint32_t resume_h;              /* <resume h/> while it is asked */
+    double unacked_since;           /* oldest unacknowledged, 0 none */
+    unsigned enabled : 1, waiting : 1, resuming : 1, resumable : 1;
+    unsigned r_out : 1, dirty : 1, clean : 1, taken : 1;
+    char previd[ENV_NAME_MAX + 1];
+};
+
+static struct c2s_smst *sm_all, *sm_dirty;
+static ev_prepare sm_prepare;
+static ev_timer sm_tick;
+static char sm_bare[JID_BARE_MAX + 1];
+
+int c2s_sm_enabled(const struct c2s_conn *c)
+{
+    return c->sm && c->sm->enabled;
+}
+
+int c2s_sm_offered(const struct c2s_conn *c)
+{
+    return strcmp(c->tp->name, "bosh") != 0;
+}
+
+static struct c2s_smst *sm_new(struct c2s_conn *c)
+{
+    struct c2s_smst *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->c = c;
+    m->next = sm_all;
+    if (sm_all)
+        sm_all->prev = m;
+    sm_all = m;
+    c->sm = m;
+    return m;
+}
+
+void c2s_sm_free(struct c2s_conn *c)
+{
+    struct c2s_smst *m = c->sm;
+    if (!m)
+        return;
+    if (m->dirty)
+        for (struct c2s_smst **pp = &sm_dirty; *pp; pp = &(*pp)->dnext)
+            if (*pp == m) {
+                *pp = m->dnext;
+                break;
+            }
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        sm_all = m->next;
+    if (m->next)
+        m->next->prev = m->prev;
+    free(m);
+    c->sm = NULL;
+}
+
+static const char *sm_bare_of(const struct c2s_conn *c)
+{
+    return c->jid && jid_bare_of(c->jid, sm_bare, sizeof sm_bare) >= 0 ? sm_bare : NULL;
+}
+
+static void sm_failed(struct c2s_conn *c, const char *cond, const char *h)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "<failed xmlns='" NS_SM "'%s%s%s><%s xmlns='" NS_STANZAS
+             "'/></failed>", h ? " h='" : "", h ? h : "", h ? "'" : "", cond);
+    log_info("sm_failed", "peer=%s sid=%s cond=%s", c->peer, c->sid, cond);
+    c2s_conn_writes(c, buf);
+}
+
+static void sm_request_ack(struct c2s_smst *m)
+{
+    m->r_out = 1;
+    c2s_conn_writes(m->c, "<r xmlns='" NS_SM "'/>");
+}
+
+/* ---- elements from the client ------------------------------------------------ */
+
+static void sm_enable(struct c2s_conn *c, struct xml_node *n)
+{
+    const char *bare = sm_bare_of(c);
+    if (c->state != C2S_S_BOUND || c->sm || !c2s_sm_offered(c) || !bare) {
+        sm_failed(c, "unexpected-request", NULL);
+        return;
+    }
+    const char *resume = xml_attr(n, "resume"), *max = xml_attr(n, "max");
+    char body[48];
+    snprintf(body, sizeof body, "resume=%d max=%ld",
+             resume && (!strcmp(resume, "true") || !strcmp(resume, "1")),
+             max ? strtol(max, NULL, 10) : 0);
+    struct c2s_smst *m = sm_new(c);
+    if (!m || c2s_route_control_body("sm-enable", bare, c->sid, c->jid, body) != SB_OK) {
+        c2s_sm_free(c);
+        sm_failed(c, "resource-constraint", NULL);
+        return;
+    }
+    m->waiting = 1;             /* stanzas from now on count */
+}
+
+static void sm_resume(struct c2s_conn *c, struct xml_node *n)
+{
+    const char *previd = xml_attr(n, "previd"), *h = xml_attr(n, "h");
+    const char *bare = sm_bare_of(c);
+    if (c->state != C2S_S_AUTHENTICATED || c->sm || (c->flags & C2S_F_BIND_WAIT) ||
+        !c2s_sm_offered(c) || !bare) {
+        sm_failed(c, "unexpected-request", NULL);
+        return;
+    }
+    if (!previd || !*previd || strlen(previd) > ENV_NAME_MAX || strchr(previd, ' ') || !h ||
+        strspn(h, "0123456789") != strlen(h) || !*h) {
+        sm_failed(c, "bad-request", NULL);
+        return;
+    }
+    struct c2s_smst *m = sm_new(c);
+    char aux[ENV_NAME_MAX + 16];
+    if (!m) {
+        sm_failed(c, "resource-constraint", NULL);
+        return;
+    }
+    m->resume_h = (uint32_t)strtoul(h, NULL, 10);
+    snprintf(m->previd, sizeof m->previd, "%s", previd);
+    snprintf(aux, sizeof aux, "%s %u", previd, m->resume_h);
+    m->resuming = 1;
+    c2s_table_add(c);
+    if (c2s_route_control("sm-resume", bare, c->sid, aux) != SB_OK) {
+        c2s_table_del(c);
+        c2s_sm_free(c);
+        sm_failed(c, "resource-constraint", NULL);
+        return;
+    }
+    c->flags |= C2S_F_BIND_WAIT;        /* bind_iq NULL: the resume deadline */
+    c->bind_deadline = ev_now(c2s.loop) + c2s.cfg.bind_timeout;
+    c2s_conn_arm_timer(c);
+}
+
+static void sm_ack_in(struct c2s_conn *c, struct xml_node *n)
+{
+    struct c2s_smst *m = c->sm;
+    const char *hs = xml_attr(n, "h");
+    if (!m || !m->enabled)
+        return;                 /* an <a/> we never asked for: nothing to do */
+    uint32_t h = hs ? (uint32_t)strtoul(hs, NULL, 10) : 0;
+    if (!hs || (uint32_t)(h - m->acked) > (uint32_t)(m->out - m->acked)) {
+        char buf[200];
+        snprintf(buf, sizeof buf, "%u", m->out);
+        log_info("sm_bad_ack", "peer=%s sid=%s h=%s sent=%u", c->peer, c->sid,
+                 sb_log_q(hs ? hs : "-"), m->out);
+        /* XEP-0198 §6: undefined-condition with <handled-count-too-high/>. */
+        snprintf(buf, sizeof buf, "%s' send-count='%u", hs ? hs : "0", m->out);
+        c2s_stream_error_app(c, "undefined-condition", "handled-count-too-high", NS_SM,
+                             "h", buf, "sm-bad-ack");
+        return;
+    }
+    m->r_out = 0;
+    if (h == m->acked)
+        return;
+    m->acked = h;
+    m->unacked_since = h == m->out ? 0 : ev_now(c2s.loop);
+    char aux[16];
+    snprintf(aux, sizeof aux, "%u", h);
+    const char *bare = sm_bare_of(c);
+    if (bare)
+        c2s_route_control("sm-ack", bare, c->sid, aux);
+}
+
+int c2s_sm_element(struct c2s_conn *c, struct xml_node *n)
+{
+    const char *ns = xml_attr(n, "xmlns");
+    if (!ns || strcmp(ns, NS_SM) != 0)
+        return 0;
+    if (!strcmp(n->name, "r")) {
+        if (!c->sm || (!c->sm->enabled && !c->sm->waiting)) {
+            sm_failed(c, "unexpected-request", NULL);
+            return 1;
+        }
+        char buf[64];
+        snprintf(buf, sizeof buf, "<a xmlns='" NS_SM "' h='%u'/>", c->sm->in_h);
+        c2s_conn_writes(c, buf);
+    } else if (!strcmp(n->name, "a")) {
+        sm_ack_in(c, n);
+    } else if (!strcmp(n->name, "enable")) {
+        sm_enable(c, n);
+    } else if (!strcmp(n->name, "resume")) {
+        sm_resume(c, n);
+    } else {
+        c2s_stream_error(c, "unsupported-stanza-type", n->name);
+    }
+    return 1;
+}
+
+/* ---- counting --------------------------------------------------------------------- */
+
+void c2s_sm_stanza_in(struct c2s_conn *c)
+{
+    struct c2s_smst *m = c->sm;
+    if (!m || (!m->enabled && !m->waiting))
+        return;
+    m->in_h++;
+    if (!m->dirty) {
+        m->dirty = 1;
+        m->dnext = sm_dirty;
+        sm_dirty = m;
+    }
+}
+
+/* Before the loop sleeps: one sm-h per session that received stanzas. */
+static void sm_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    while (sm_dirty) {
+        struct c2s_smst *m = sm_dirty;
+        sm_dirty = m->dnext;
+        m->dirty = 0;
+        const char *bare = sm_bare_of(m->c);
+        char aux[16];
+        snprintf(aux, sizeof aux, "%u", m->in_h);
+        if (bare && m->c->state == C2S_S_BOUND)
+            c2s_route_control("sm-h", bare, m->c->sid, aux);
+    }
+}
+
+void c2s_sm_stanza_out(struct c2s_conn *c, const char *op)
+{
+    struct c2s_smst *m = c->sm;
+    if (!m || !m->enabled || strncmp(op, "sm:", 3) != 0)
+        return;
+    uint32_t seq = (uint32_t)strtoul(op + 3, NULL, 10);
+    if (seq != m->out + 1)
+        log_warn("sm_out_of_order", "sid=%s seq=%u expected=%u", c->sid, seq, m->out + 1);
+    if ((int32_t)(seq - m->out) > 0)
+        m->out = seq;
+    if (!m->unacked_since)
+        m->unacked_since = ev_now(c2s.loop);
+    if (!m->r_out && (uint32_t)(m->out - m->acked) >= (uint32_t)c2s.cfg.sm_ack_every)
+        sm_request_ack(m);
+}
+
+/* Unacknowledged for sm_ack_after seconds and not asked yet: ask. */
+static void sm_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    double now = ev_now(loop), after = c2s.cfg.sm_ack_after;
+    if (after <= 0)
+        return;
+    for (struct c2s_smst *m = sm_all; m; m = m->next)
+        if (m->enabled && !m->r_out && m->unacked_since && now - m->unacked_since >= after &&
+            m->c->state == C2S_S_BOUND)
+            sm_request_ack(m);
+}
+
+/* ---- controls from the sm ----------------------------------------------------------- */
+
+static void sm_body_h(const char *body, size_t len, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (len > 2 && len < cap + 2 && !strncmp(body, "h=", 2)) {
+        memcpy(out, body + 2, len - 2);
+        out[len - 2] = '\0';
+    }
+}
+
+int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (strncmp(h->op, "sm-", 3) != 0)
+        return 0;
+    struct c2s_conn *c = c2s_table_find(h->sid);
+    struct c2s_smst *m = c ? c->sm : NULL;
+    char hv[16], buf[ENV_NAME_MAX + 128];
+    if (!strcmp(h->op, "sm-takeover")) {
+        if (c && c->state == C2S_S_BOUND) {
+            if (m)
+                m->taken = 1;
+            c2s_stream_error(c, "conflict", "resumed-elsewhere");
+        }
+        return 1;
+    }
+    if (!m || c->state == C2S_S_CLOSING) {
+        log_info("sm_answer_late", "op=%s sid=%s", h->op, h->sid);
+        return 1;
+    }
+    if (!strcmp(h->op, "sm-enabled") && m->waiting) {
+        char max[16] = "";
+        if (len > 4 && len < sizeof max + 4 && !strncmp(body, "max=", 4)) {
+            memcpy(max, body + 4, len - 4);
+            max[len - 4] = '\0';
+        }
+        m->waiting = 0;
+        m->enabled = 1;
+        m->resumable = *h->aux && strlen(h->aux) <= ENV_NAME_MAX &&
+                       strspn(h->aux, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(h->aux);
+        if (m->resumable)
+            snprintf(buf, sizeof buf, "<enabled xmlns='" NS_SM "' id='%.63s' resume='true' max='%s'/>",
+                     h->aux, *max ? max : "300");
+        else
+            snprintf(buf, sizeof buf, "<enabled xmlns='" NS_SM "'/>");
+        c2s_conn_writes(c, buf);
+        log_info("sm_enabled", "peer=%s sid=%s jid=%s resumable=%d", c->peer, c->sid, c->jid,
+                 m->resumable);
+    } else if (!strcmp(h->op, "sm-resumed") && m->resuming) {
+        sm_body_h(body, len, hv, sizeof hv);
+        c->flags &= ~C2S_F_BIND_WAIT;
+        if (c2s_conn_set_jid(c, h->aux) != SB_OK) {
+            c2s_stream_error(c, "internal-server-error", "nomem");
+            return 1;
+        }
+        m->resuming = 0;
+        m->enabled = m->resumable = 1;
+        m->in_h = (uint32_t)strtoul(hv, NULL, 10);
+        m->out = m->acked = m->resume_h;
+        snprintf(buf, sizeof buf, "<resumed xmlns='" NS_SM "' previd='%s' h='%u'/>", m->previd,
+                 m->in_h);
+        c2s_conn_writes(c, buf);
+        c2s_conn_set_state(c, C2S_S_BOUND);
+        c2s_conn_arm_timer(c);
+        log_info("sm_resumed", "peer=%s sid=%s jid=%s h=%u", c->peer, c->sid, c->jid, m->in_h);
+    } else if (!strcmp(h->op, "sm-failed") && (m->waiting || m->resuming)) {
+        sm_body_h(body, len, hv, sizeof hv);
+        if (m->resuming) {
+            c->flags &= ~C2S_F_BIND_WAIT;
+            c2s_table_del(c);
+            c2s_conn_arm_timer(c);
+        }
+        c2s_sm_free(c);
+        const char *cond = h->aux;
+        if (!*cond || strspn(cond, "abcdefghijklmnopqrstuvwxyz-") != strlen(cond))
+            cond = "internal-server-error";
+        sm_failed(c, cond, *hv ? hv : NULL);
+    }
+    return 1;
+}
+
+/* ---- what c2s says itself ------------------------------------------------------------ */
+
+void c2s_stanza_local(struct c2s_conn *c, const char *data, size_t len)
+{
+    struct c2s_smst *m = c->sm;
+    const char *bare = m && (m->enabled || m->waiting) && c->state == C2S_S_BOUND
+                       ? sm_bare_of(c) : NULL;
+    if (bare && c2s_route_send_stanza("sm-local", bare, c->sid, c->domain ? c->domain : "",
+                                      data, len) == SB_OK)
+        return;
+    c2s_conn_write(c, data, len);
+}
+
+void c2s_sm_closed_by_client(struct c2s_conn *c)
+{
+    if (c->sm)
+        c->sm->clean = 1;
+}
+
+const char *c2s_sm_end_op(struct c2s_conn *c, char *body, size_t cap)
+{
+    struct c2s_smst *m = c->sm;
+    if (!m)
+        return "end";
+    if (m->taken)
+        return NULL;            /* the session lives on another stream now */
+    snprintf(body, cap, "h=%u", m->in_h);
+    return m->enabled && m->resumable && !m->clean ? "session-gone" : "end";
+}
+
+void c2s_sm_init(void)
+{
+    ev_prepare_init(&sm_prepare, sm_on_prepare);
+    ev_set_priority(&sm_prepare, EV_MAXPRI);    /* before the link flushes */
+    ev_prepare_start(c2s.loop, &sm_prepare);
+    ev_timer_init(&sm_tick, sm_on_tick, SM_TICK, SM_TICK);
+    ev_timer_start(c2s.loop, &sm_tick);
+}
+
+void c2s_sm_stop(void)
+{
+    ev_prepare_stop(c2s.loop, &sm_prepare);
+    ev_timer_stop(c2s.loop, &sm_tick);
+}

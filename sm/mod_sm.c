@@ -1,0 +1,452 @@
+/* mod_sm.c — XEP-0198 stream management, the part that must outlive a
+ * front-end. The front-end (c2s/sm.c) speaks <enable/>, <r/>, <a/> and
+ * <resume/> with the client; this module holds what resumption needs: every
+ * stanza sent to a stream-managed session since <enabled/>, numbered
+ * (1, 2, … mod 2^32, the client's `h`), until the client acknowledges it,
+ * and the count of stanzas the front-end received from the client. So a
+ * client whose front-end was killed resumes on any other front-end: the
+ * token names a session of this user, not a process, and the user's sm is
+ * the same whichever front-end asks.
+ *
+ * Controls (common/ENVELOPE.md):
+ *   sm-enable     front-end → sm   aux full JID, body `resume=1 max=N`
+ *   sm-enabled    sm → front-end   aux token ("" not resumable), body `max=N`
+ *   sm-ack        front-end → sm   aux h acknowledged by the client
+ *   sm-h          front-end → sm   aux stanzas received from the client
+ *   session-gone  front-end → sm   the stream broke: a resumable session is
+ *                 detached (kept, presence unchanged, stanzas queued) for
+ *                 `max` seconds instead of ended; body `h=N`
+ *   sm-resume     front-end → sm   aux `token h` on a new authenticated stream
+ *   sm-resumed    sm → front-end   aux full JID, body `h=N`; then the
+ *                 unacknowledged stanzas follow, in order
+ *   sm-failed     sm → front-end   aux condition, body `h=N` when known
+ *   sm-takeover   sm → old front-end  the stream was resumed elsewhere
+ * Stanzas a front-end answers itself for such a session (a bind error, a
+ * bounce) come here as STANZA op=sm-local and are numbered like the rest.
+ * When the session ends (clean close, timeout), what the client never
+ * acknowledged runs again through the user's queue: messages go to another
+ * session or offline storage, iq requests get an error, presence is dropped. */
+#include "sm_int.h"
+#include "config.h"
+#include "jid.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SM_ID_LEN 24
+#define SM_MAX_DEFAULT 300
+#define SM_QUEUE_MAX 10000      /* a detached session holding more ends */
+
+struct sm_qent {
+    struct sm_qent *next;
+    uint32_t seq;
+    size_t len;
+    char *from;                 /* points into data, after the body */
+    char data[];                /* body NUL, from NUL */
+};
+
+struct sm_smq {
+    struct sm_core *core;
+    struct sm_user *user;
+    char *resource;             /* owned copy: finds the session again */
+    char id[SM_ID_LEN + 1];     /* "" when not resumable */
+    uint32_t out, acked, in_h;  /* last numbered, last acknowledged, client's */
+    struct sm_qent *head, *tail;
+    long n;
+    int max;                    /* seconds a detached session is kept */
+    unsigned detached : 1, ending : 1;
+    ev_timer timer;
+};
+
+static int sm_seq_after(uint32_t a, uint32_t b)   /* a later than b, mod 2^32 */
+{
+    return (int32_t)(a - b) > 0;
+}
+
+static void sm_on_redis(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("sm_redis_failed", "detail=%s", sb_log_q(r && r->str ? r->str : "unavailable"));
+}
+
+void sm_smq_free(struct sm_smq *q)
+{
+    if (!q)
+        return;
+    ev_timer_stop(q->core->loop, &q->timer);
+    for (struct sm_qent *e = q->head, *next; e; e = next) {
+        next = e->next;
+        free(e);
+    }
+    free(q->resource);
+    free(q);
+}
+
+int sm_user_resumable(const struct sm_user *u)
+{
+    for (int i = 0; i < u->nsess; i++)
+        if (u->sess[i].smq && u->sess[i].smq->id[0])
+            return 1;
+    return 0;
+}
+
+static struct sm_session *sm_session_by_sid(struct sm_user *u, const char *sid)
+{
+    for (int i = 0; u && i < u->nsess; i++)
+        if (!strcmp(u->sess[i].sid, sid))
+            return &u->sess[i];
+    return NULL;
+}
+
+/* The session named by a full JID, if its sid is `sid`. */
+static struct sm_session *sm_session_of(struct sm_user *u, const char *full, const char *sid)
+{
+    const char *slash = full ? strchr(full, '/') : NULL;
+    struct sm_session *s = u && slash ? sm_user_session(u, slash + 1) : NULL;
+    return s && (!sid || !strcmp(s->sid, sid)) ? s : NULL;
+}
+
+static void sm_full_of(const struct sm_user *u, const struct sm_session *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/%s", u->bare, s->resource);
+}
+
+static void sm_send_entry(struct sm_core *c, const struct sm_session *s, const struct sm_qent *e)
+{
+    char op[16];
+    snprintf(op, sizeof op, "sm:%u", e->seq);
+    sm_send_to_session(c, s, op, e->from, e->data, e->len);
+}
+
+static void sm_end_later(struct sm_smq *q, const char *why);
+
+sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
+                  const char *body, size_t len)
+{
+    struct sm_smq *q = s->smq;
+    size_t flen = from ? strlen(from) : 0;
+    struct sm_qent *e = malloc(sizeof *e + len + flen + 2);
+    if (!e) {
+        log_error("sm_queue_nomem", "res=%s", sb_log_q(s->resource));
+        return SB_ERROR;
+    }
+    e->next = NULL;
+    e->seq = ++q->out;
+    e->len = len;
+    memcpy(e->data, body, len);
+    e->data[len] = '\0';
+    e->from = e->data + len + 1;
+    memcpy(e->from, from ? from : "", flen + 1);
+    if (q->tail)
+        q->tail->next = e;
+    else
+        q->head = e;
+    q->tail = e;
+    q->n++;
+    if (!q->detached && !sm_frontend_gone(c, s->instance))
+        sm_send_entry(c, s, e);
+    else if (q->n > SM_QUEUE_MAX)
+        sm_end_later(q, "queue-full");
+    return SB_OK;
+}
+
+int sm_smq_holds(struct sm_core *c, const char *to, const char *instance)
+{
+    char bare[ENV_STR_MAX + 1];
+    struct sm_user *u;
+    if (jid_bare_of(to, bare, sizeof bare) < 0)
+        return 0;
+    HASH_FIND_STR(c->users, bare, u);
+    struct sm_session *s = sm_session_of(u, to, NULL);
+    return s && s->smq && !strcmp(s->instance, instance);
+}
+
+/* Everything up to h is with the client. */
+static void sm_trim(struct sm_smq *q, uint32_t h)
+{
+    while (q->head && !sm_seq_after(q->head->seq, h)) {
+        struct sm_qent *e = q->head;
+        q->head = e->next;
+        free(e);
+        q->n--;
+    }
+    if (!q->head)
+        q->tail = NULL;
+    q->acked = h;
+}
+
+/* May the client say it received h? Between the last ack and the last sent. */
+static int sm_h_valid(const struct sm_smq *q, uint32_t h)
+{
+    return (uint32_t)(h - q->acked) <= (uint32_t)(q->out - q->acked);
+}
+
+static uint32_t sm_parse_h(const char *s)
+{
+    return (uint32_t)strtoul(s, NULL, 10);
+}
+
+static const char *sm_body_value(const char *body, const char *key, char *out, size_t cap)
+{
+    size_t kl = strlen(key);
+    for (const char *p = body; p && *p; p = strchr(p, ' '), p = p ? p + 1 : NULL)
+        if (!strncmp(p, key, kl) && p[kl] == '=') {
+            size_t n = strcspn(p + kl + 1, " ");
+            if (n >= cap)
+                n = cap - 1;
+            memcpy(out, p + kl + 1, n);
+            out[n] = '\0';
+            return out;
+        }
+    return NULL;
+}
+
+/* ---- the session ends: what the client did not acknowledge runs again ------ */
+
+static void sm_replay_unacked(struct sm_core *c, struct sm_user *u, struct sm_smq *q)
+{
+    long msgs = 0, iqs = 0;
+    for (struct sm_qent *e = q->head; e; e = e->next) {
+        int msg = !strncmp(e->data, "<message", 8), iq = !strncmp(e->data, "<iq", 3);
+        if (!msg && !iq)
+            continue;           /* presence: the next session gets it fresh */
+        struct env_hdr h;
+        env_init(&h, ENV_STANZA, ENV_ROUTE_JID);
+        snprintf(h.key, sizeof h.key, "%s", u->bare);
+        snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
+        snprintf(h.aux, sizeof h.aux, "%s", e->from);
+        sm_core_submit(c, &h, e->data, e->len);
+        msgs += msg;
+        iqs += iq;
+    }
+    if (msgs || iqs)
+        log_info("sm_unacked_replayed", "jid=%s res=%s messages=%ld iqs=%ld", sb_log_q(u->bare),
+                 sb_log_q(q->resource), msgs, iqs);
+}
+
+/* An `end` through the user's queue, as if the front-end had sent it. */
+static void sm_end_later(struct sm_smq *q, const char *why)
+{
+    struct sm_core *c = q->core;
+    struct sm_session *s = sm_user_session(q->user, q->resource);
+    if (!s || q->ending)
+        return;
+    q->ending = 1;
+    ev_timer_stop(c->loop, &q->timer);
+    log_info("sm_session_expired", "jid=%s res=%s sid=%s reason=%s unacked=%ld",
+             sb_log_q(q->user->bare), sb_log_q(q->resource), s->sid, why, q->n);
+    struct env_hdr h;
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_JID);
+    snprintf(h.key, sizeof h.key, "%s", q->user->bare);
+    snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
+    snprintf(h.sid, sizeof h.sid, "%s", s->sid);
+    snprintf(h.op, sizeof h.op, "end");
+    snprintf(h.aux, sizeof h.aux, "%s/%s", q->user->bare, q->resource);
+    sm_core_submit(c, &h, "", 0);
+}
+
+static void sm_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sm_end_later(w->data, "timeout");
+}
+
+/* ---- controls ----------------------------------------------------------------------- */
+
+static void sm_fail(struct sm_job *j, const char *cond, const struct sm_smq *q)
+{
+    char body[24] = "";
+    if (q)
+        snprintf(body, sizeof body, "h=%u", q->in_h);
+    log_info("sm_failed", "jid=%s sid=%s cond=%s", sb_log_q(j->key), j->sid, cond);
+    sm_send_control_body(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, "sm-failed", cond, body);
+}
+
+static sb_rc sm_enable(struct sm_job *j)
+{
+    struct sm_session *s = sm_session_of(j->user, j->aux, j->sid);
+    if (!s || s->smq) {
+        sm_fail(j, s ? "unexpected-request" : "item-not-found", NULL);
+        return SB_OK;
+    }
+    struct sm_smq *q = calloc(1, sizeof *q);
+    if (!q || !(q->resource = strdup(s->resource))) {
+        free(q);
+        sm_fail(j, "resource-constraint", NULL);
+        return SB_OK;
+    }
+    char v[16];
+    int max = (int)sb_config_int("sm_resume_max", SM_MAX_DEFAULT);
+    if (sm_body_value(j->body, "max", v, sizeof v) && atoi(v) > 0 && atoi(v) < max)
+        max = atoi(v);
+    q->core = j->core;
+    q->user = j->user;
+    q->max = max;
+    if (sm_body_value(j->body, "resume", v, sizeof v) && !strcmp(v, "1"))
+        sb_random_id(q->id, SM_ID_LEN);
+    ev_timer_init(&q->timer, sm_on_timeout, max, 0.);
+    q->timer.data = q;
+    s->smq = q;
+    char body[24];
+    snprintf(body, sizeof body, "max=%d", max);
+    log_info("sm_enabled", "jid=%s sid=%s resumable=%d max=%d", sb_log_q(j->aux), j->sid,
+             q->id[0] != 0, max);
+    sm_send_control_body(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, "sm-enabled", q->id, body);
+    return SB_OK;
+}
+
+static sb_rc sm_ack(struct sm_job *j, int is_ack)
+{
+    struct sm_session *s = sm_session_by_sid(j->user, j->sid);
+    if (!s || !s->smq || strcmp(s->instance, j->sender))
+        return SB_OK;
+    uint32_t h = sm_parse_h(j->aux);
+    if (!is_ack)
+        s->smq->in_h = h;
+    else if (sm_h_valid(s->smq, h))
+        sm_trim(s->smq, h);
+    return SB_OK;
+}
+
+/* session-gone / end for a stream-managed session. SB_DECLINED: the
+ * session ends as any other (presence, Redis: the next modules). */
+static sb_rc sm_gone(struct sm_job *j, const char *op)
+{
+    struct sm_session *s = sm_session_of(j->user, j->aux, j->sid);
+    struct sm_smq *q = s ? s->smq : NULL;
+    if (!q)
+        return SB_DECLINED;
+    char v[16];
+    if (sm_body_value(j->body, "h", v, sizeof v) && !strcmp(j->sender, s->instance))
+        q->in_h = sm_parse_h(v);
+    if (!strcmp(op, "session-gone") && q->id[0] && !q->ending) {
+        if (!q->detached) {
+            q->detached = 1;
+            ev_timer_set(&q->timer, q->max, 0.);
+            ev_timer_start(j->core->loop, &q->timer);
+            log_info("sm_detached", "jid=%s sid=%s instance=%s unacked=%ld max=%d",
+                     sb_log_q(j->aux), j->sid, s->instance, q->n, q->max);
+        }
+        return SB_OK;       /* kept: no unavailable presence, nothing removed */
+    }
+    sm_replay_unacked(j->core, j->user, q);
+    s->smq = NULL;
+    sm_smq_free(q);
+    return SB_DECLINED;
+}
+
+static sb_rc sm_resume(struct sm_job *j)
+{
+    struct sm_core *c = j->core;
+    struct sm_user *u = j->user;
+    char previd[SM_ID_LEN + 2] = "";
+    const char *sp = strchr(j->aux, ' ');
+    struct sm_session *s = NULL;
+    if (sp && (size_t)(sp - j->aux) <= SM_ID_LEN) {
+        memcpy(previd, j->aux, (size_t)(sp - j->aux));
+        previd[sp - j->aux] = '\0';
+        for (int i = 0; u && i < u->nsess && *previd; i++)
+            if (u->sess[i].smq && !strcmp(u->sess[i].smq->id, previd))
+                s = &u->sess[i];
+    }
+    if (!s || s->smq->ending) {
+        sm_fail(j, "item-not-found", NULL);
+        return SB_OK;
+    }
+    struct sm_smq *q = s->smq;
+    uint32_t h = sm_parse_h(sp + 1);
+    if (!sm_h_valid(q, h)) {
+        sm_fail(j, "undefined-condition", q);
+        return SB_OK;
+    }
+    char full[ENV_STR_MAX + 1], member[ENV_STR_MAX + ENV_NAME_MAX + 2], val[2 * ENV_NAME_MAX + 16];
+    sm_full_of(u, s, full, sizeof full);
+    if (!q->detached)       /* the old stream is still open: it gives way */
+        sm_send_control(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-takeover", full);
+    snprintf(member, sizeof member, "%s %s", full, s->sid);
+    SM_RCMD(c, sm_on_redis, NULL, "SREM fe:%s %s", s->instance, member);
+    log_info("sm_resumed", "jid=%s from_instance=%s from_sid=%s instance=%s sid=%s h=%u "
+             "resent=%u detached=%d", sb_log_q(full), s->instance, s->sid, j->sender, j->sid, h,
+             q->out - h, q->detached);
+    snprintf(s->instance, sizeof s->instance, "%s", j->sender);
+    snprintf(s->sid, sizeof s->sid, "%s", j->sid);
+    snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);
+    SM_RCMD(c, sm_on_redis, NULL, "HSET sess:{%s} %s %s", u->bare, s->resource, val);
+    snprintf(member, sizeof member, "%s %s", full, s->sid);
+    SM_RCMD(c, sm_on_redis, NULL, "SADD fe:%s %s", s->instance, member);
+    sm_frontend_alive(c, s->instance);
+    q->detached = 0;
+    ev_timer_stop(c->loop, &q->timer);
+    sm_trim(q, h);
+    char body[24];
+    snprintf(body, sizeof body, "h=%u", q->in_h);
+    sm_send_control_body(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-resumed", full, body);
+    for (const struct sm_qent *e = q->head; e; e = e->next)
+        sm_send_entry(c, s, e);
+    return SB_OK;
+}
+
+static sb_rc sm_control(struct sm_job *j, const char *op)
+{
+    if (!j->user)
+        return SB_DECLINED;
+    if (!strcmp(op, "sm-enable"))
+        return sm_enable(j);
+    if (!strcmp(op, "sm-ack"))
+        return sm_ack(j, 1);
+    if (!strcmp(op, "sm-h"))
+        return sm_ack(j, 0);
+    if (!strcmp(op, "sm-resume"))
+        return sm_resume(j);
+    if (!strcmp(op, "end") || !strcmp(op, "session-gone"))
+        return sm_gone(j, op);
+    return SB_DECLINED;
+}
+
+/* ---- stanzas ------------------------------------------------------------------------- */
+
+/* op=sm-local: a stanza the front-end answered its own client with, for a
+ * stream-managed session (numbered with the rest); op=stale for such a
+ * session: already in its queue, resent on resumption. */
+static sb_rc sm_stanza(struct sm_job *j)
+{
+    if (!*j->op || !j->user)
+        return SB_DECLINED;
+    if (!strcmp(j->op, "sm-local")) {
+        struct sm_session *s = sm_session_by_sid(j->user, j->sid);
+        if (s)
+            sm_deliver_raw(j->core, s, j->aux, j->body, j->body_len);
+        return SB_OK;
+    }
+    if (!strcmp(j->op, "stale")) {
+        struct sm_session *s = sm_session_of(j->user, j->to, NULL);
+        if (s && s->smq) {
+            log_debug("sm_stale_queued", "to=%s sid=%s", sb_log_q(j->to), j->sid);
+            return SB_OK;
+        }
+    }
+    return SB_DECLINED;
+}
+
+static sb_rc sm_iq(struct sm_job *j, const char *ns)
+{
+    return sm_stanza(j);
+}
+
+static void sm_user_free(struct sm_user *u)
+{
+    for (int i = 0; i < u->nsess; i++) {
+        sm_smq_free(u->sess[i].smq);
+        u->sess[i].smq = NULL;
+    }
+}
+
+const struct sm_module sm_mod_sm = {
+    .name = "sm",
+    .handle_control = sm_control,
+    .handle_message = sm_stanza,
+    .handle_presence = sm_stanza,
+    .handle_iq = sm_iq,
+    .user_free = sm_user_free,
+};

@@ -1,0 +1,285 @@
+"""XEP-0198 stream management on the wire: <enable/>, acks both ways, the
+errors the XEP names, and resumption — on the same front-end while the old
+stream is still open (it gives way), and on the other front-end after the
+first one was killed with SIGKILL (the queue lives in the user's sm)."""
+
+import asyncio
+import time
+
+from imclient import IMClient, MESSAGE, PRESENCE, befriend
+from xmpptest import NS_CLIENT, NS_SASL, describe, run, stream_error_condition
+
+NS_SM = "urn:xmpp:sm:3"
+STANZAS = {"{%s}%s" % (NS_CLIENT, n) for n in ("message", "presence", "iq")}
+
+
+def sm(tag):
+    return "{%s}%s" % (NS_SM, tag)
+
+
+class SMClient(IMClient):
+    """An IMClient that counts, like a XEP-0198 client, the stanzas it has
+    read since <enabled/> or <resumed/> (its `h`)."""
+
+    def __init__(self, stack, jid, password, instance="c2s1"):
+        super().__init__(stack, jid, password, instance)
+        self.h = 0
+        self.counting = False
+        self.sm_id = None
+        read = self.raw.element
+
+        async def counted(timeout=10):
+            el = await read(timeout)
+            if el is not None:
+                if el.tag in (sm("enabled"), sm("resumed")):
+                    self.counting = True
+                elif self.counting and el.tag in STANZAS:
+                    self.h += 1
+            return el
+        self.raw.element = counted
+
+    async def nonza(self, tag, timeout=10):
+        return await self.next(lambda e: e.tag == sm(tag), timeout, "<%s/>" % tag)
+
+    async def enable(self, resume=True, max_=None):
+        attrs = " resume='true'" if resume else ""
+        if max_ is not None:
+            attrs += " max='%d'" % max_
+        self.send("<enable xmlns='%s'%s/>" % (NS_SM, attrs))
+        el = await self.next(lambda e: e.tag in (sm("enabled"), sm("failed")), 10, "<enabled/>")
+        assert el.tag == sm("enabled"), describe(el)
+        self.sm_id = el.get("id")
+        return el
+
+    def ack(self):
+        self.send("<a xmlns='%s' h='%d'/>" % (NS_SM, self.h))
+
+    async def resume(self, previd, h, timeout=30):
+        """A new stream, authenticated, then <resume/>: <resumed/> or <failed/>."""
+        async def steps():
+            s = self.raw
+            await s.connect()
+            s.open_stream()
+            feats = await s.features()
+            ok = await s.auth_plain(self.bare, self.password)
+            assert ok is not None and ok.tag == "{%s}success" % NS_SASL, describe(ok)
+            s.open_stream()
+            feats = await s.features()
+            assert feats.find(sm("sm")) is not None, describe(feats)
+            self.h = h
+            s.send("<resume xmlns='%s' previd='%s' h='%d'/>" % (NS_SM, previd, h))
+            return await self.next(lambda e: e.tag in (sm("resumed"), sm("failed")), 20,
+                                   "<resumed/> or <failed/>")
+        return await asyncio.wait_for(steps(), timeout)
+
+
+def failed_condition(el):
+    assert el is not None and el.tag == sm("failed"), describe(el)
+    return [c.tag.split("}", 1)[1] for c in el][0]
+
+
+def is_msg(body):
+    return lambda e: e.tag == MESSAGE and e.findtext("{%s}body" % NS_CLIENT) == body
+
+
+def bodies(els):
+    return [e.findtext("{%s}body" % NS_CLIENT) for e in els if e.tag == MESSAGE]
+
+
+def test_enable_acks_and_server_requests(stack, two_users):
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw).login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        try:
+            feats = alice.features
+            assert feats.find(sm("sm")) is not None, describe(feats)
+            en = await alice.enable()
+            assert en.get("resume") == "true" and len(en.get("id") or "") >= 16, describe(en)
+            assert en.get("max") == "300", describe(en)
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            assert (await alice.nonza("a")).get("h") == "0"
+            for _ in range(2):
+                iq = await alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>")
+                assert iq.get("type") == "result", describe(iq)
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            assert (await alice.nonza("a")).get("h") == "2"
+            for i in range(6):
+                bob.message(alice.jid, "m%d" % i)
+            for i in range(6):
+                await alice.message_with("m%d" % i)
+            # sm_ack_every = 5: the server asked for an ack on its own
+            await alice.nonza("r")
+            assert alice.h == 8, alice.h          # 2 iq results + 6 messages
+            alice.ack()
+            alice.send("<a xmlns='%s' h='%d'/>" % (NS_SM, alice.h + 50))
+            err = await alice.raw.element()
+            while err is not None and err.tag != "{http://etherx.jabber.org/streams}error":
+                err = await alice.raw.element()
+            assert stream_error_condition(err) == "undefined-condition", describe(err)
+            assert err.find(sm("handled-count-too-high")) is not None, describe(err)
+        finally:
+            await alice.close()
+            await bob.close()
+    run(go(), timeout=60)
+
+
+def test_r_before_enable_enable_twice_and_resume_of_unknown_or_foreign_id_fail(stack, two_users):
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw).login()
+        intruder = SMClient(stack, b_jid, b_pw, instance="c2s2")
+        stranger = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            assert failed_condition(await alice.nonza("failed")) == "unexpected-request"
+            await alice.enable()
+            alice.send("<enable xmlns='%s' resume='true'/>" % NS_SM)
+            assert failed_condition(await alice.nonza("failed")) == "unexpected-request"
+            # bob presents alice's token: not his session
+            el = await intruder.resume(alice.sm_id, 0)
+            assert failed_condition(el) == "item-not-found"
+            # an id nobody has
+            el = await stranger.resume("nosuchsession0000000000x", 0)
+            assert failed_condition(el) == "item-not-found"
+            # the stream is still usable: bind as usual
+            jid = await stranger.raw.bind()
+            assert jid.startswith(a_jid + "/")
+            # alice's stream was not disturbed
+            iq = await alice.iq("get", "<ping xmlns='urn:xmpp:ping'/>")
+            assert iq.get("type") == "result", describe(iq)
+        finally:
+            for c in (alice, intruder, stranger):
+                await c.close()
+    run(go(), timeout=60)
+
+
+def test_resume_while_the_old_stream_is_open_takes_it_over(stack, two_users):
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw).login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw)
+        try:
+            await alice.enable()
+            bob.message(alice.jid, "one")
+            await alice.message_with("one")
+            bob.message(alice.jid, "two")
+            await alice.message_with("two")
+            alice.send("<a xmlns='%s' h='1'/>" % NS_SM)   # only "one" acknowledged
+            el = await again.resume(alice.sm_id, 1)
+            assert el.tag == sm("resumed") and el.get("previd") == alice.sm_id, describe(el)
+            assert el.get("h") == "0", describe(el)
+            got = await again.message_with("two")
+            assert got.get("to") == alice.jid, describe(got)
+            # the old stream gives way with <conflict/>
+            err = await alice.raw.element()
+            while err is not None and err.tag != "{http://etherx.jabber.org/streams}error":
+                err = await alice.raw.element()
+            assert stream_error_condition(err) == "conflict", describe(err)
+            bob.message(alice.jid, "three")
+            await again.message_with("three")
+            await again.nothing(is_msg("two"), wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                await c.close()
+    run(go(), timeout=60)
+
+
+def test_resume_on_the_other_front_end_after_it_was_killed(stack, two_users):
+    """alice's front-end c2s2 dies (SIGKILL) with stanzas unacknowledged and
+    more arriving while it is dead; alice resumes on c2s1 with her h and gets
+    exactly what she had not acknowledged, in order, once, under the same
+    full JID; bob never sees her go unavailable."""
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    stack.wait_instances(present=("c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s2").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s1").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s1")
+        try:
+            await alice.enable()
+            for c in (alice, bob):
+                await c.roster_get()                   # interested: gets pushes
+                c.presence()
+            await befriend(alice, bob)
+            for i in range(3):
+                bob.message(alice.jid, "before%d" % i)
+            for i in range(3):
+                await alice.message_with("before%d" % i)
+            alice.ack()
+            bob.message(alice.jid, "unacked")
+            await alice.message_with("unacked")       # read, never acknowledged
+            h = alice.h - 1                            # as if the <a/> for it was lost
+            stack.stack("kill-proc", "c2s2")
+            await asyncio.to_thread(stack.wait_instances, absent=("c2s2",), timeout=20)
+            for i in range(3):
+                bob.message(alice.jid, "while-dead%d" % i)
+            await bob.barrier(a_jid)
+            el = await again.resume(alice.sm_id, h)
+            assert el.tag == sm("resumed"), describe(el)
+            want = ["unacked", "while-dead0", "while-dead1", "while-dead2"]
+            for body in want:
+                m = await again.message_with(body)
+                assert m.get("to") == alice.jid, describe(m)
+            assert bodies(again.backlog) == [], describe(again.backlog[0])
+            bob.message(alice.jid, "after")
+            await again.message_with("after")
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+            # the order they came in is the order they were sent
+            again.send("<r xmlns='%s'/>" % NS_SM)
+            await again.nonza("a")
+            unavailable = [e for e in bob.backlog if e.tag == PRESENCE and
+                           e.get("type") == "unavailable" and
+                           (e.get("from") or "").startswith(a_jid)]
+            assert not unavailable, describe(unavailable[0])
+            await bob.nothing(lambda e: e.tag == PRESENCE and e.get("type") == "unavailable"
+                              and (e.get("from") or "").startswith(a_jid), wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=90)
+    finally:
+        stack.stack("start-proc", "c2s2")
+        stack.stack("wait-ready")
+
+
+def test_session_that_times_out_ends_and_its_unacked_messages_go_offline(stack, two_users):
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw).login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        late = SMClient(stack, a_jid, a_pw)
+        fresh = IMClient(stack, a_jid, a_pw)
+        try:
+            el = await alice.enable(max_=2)
+            assert el.get("max") == "2", describe(el)
+            for c in (alice, bob):
+                await c.roster_get()                   # interested: gets pushes
+                c.presence()
+            await befriend(alice, bob)
+            bob.message(alice.jid, "lost-ack")
+            await alice.message_with("lost-ack")
+            h = alice.h - 1
+            alice.abort()                              # the network went away
+            t0 = time.monotonic()
+            await bob.presence_from(a_jid, "unavailable", timeout=15)
+            assert time.monotonic() - t0 >= 1.5        # kept for `max`, not ended at once
+            bob.message(alice.jid, "after-timeout")
+            await bob.barrier(a_jid)
+            el = await late.resume(alice.sm_id, h)
+            assert failed_condition(el) == "item-not-found"
+            await fresh.login()
+            fresh.presence()
+            await fresh.message_with("lost-ack")
+            await fresh.message_with("after-timeout")
+        finally:
+            for c in (bob, late, fresh):
+                await c.close()
+    run(go(), timeout=60)
