@@ -35,6 +35,7 @@
 #include "../../sm/mod_vcard.c"
 #include "../../sm/mod_version.c"
 #include "../../sm/mod_contacts.c"
+#include "../../sm/mod_sm.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
