@@ -245,11 +245,10 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
 /* The same with character data in the condition element (see-other-host). */
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why);
-/* A stream error with an application condition <app xmlns=app_ns attr=value/>
- * after the defined one (XEP-0198 <handled-count-too-high/>). */
-void c2s_stream_error_app(struct c2s_conn *c, const char *cond, const char *app,
-                          const char *app_ns, const char *attr, const char *value,
-                          const char *why);
+/* The same with an application condition element of ours after the
+ * defined one (XEP-0198 <handled-count-too-high/>). */
+void c2s_stream_error_extra(struct c2s_conn *c, const char *cond, const char *extra,
+                            const char *why);
 void c2s_stream_features(struct c2s_conn *c);
 
 /* ---- login.c ---------------------------------------------------------- */

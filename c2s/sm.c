@@ -184,14 +184,14 @@ static void sm_ack_in(struct c2s_conn *c, struct xml_node *n)
         return;                 /* an <a/> we never asked for: nothing to do */
     uint32_t h = hs ? (uint32_t)strtoul(hs, NULL, 10) : 0;
     if (!hs || (uint32_t)(h - m->acked) > (uint32_t)(m->out - m->acked)) {
-        char buf[200];
-        snprintf(buf, sizeof buf, "%u", m->out);
         log_info("sm_bad_ack", "peer=%s sid=%s h=%s sent=%u", c->peer, c->sid,
                  sb_log_q(hs ? hs : "-"), m->out);
-        /* XEP-0198 §6: undefined-condition with <handled-count-too-high/>. */
-        snprintf(buf, sizeof buf, "%s' send-count='%u", hs ? hs : "0", m->out);
-        c2s_stream_error_app(c, "undefined-condition", "handled-count-too-high", NS_SM,
-                             "h", buf, "sm-bad-ack");
+        /* XEP-0198 §6: undefined-condition with <handled-count-too-high/>;
+         * h as we parsed it (a number), never the client's bytes. */
+        char app[160];
+        snprintf(app, sizeof app, "<handled-count-too-high xmlns='" NS_SM "' h='%u' "
+                 "send-count='%u'/>", h, m->out);
+        c2s_stream_error_extra(c, "undefined-condition", app, "sm-bad-ack");
         return;
     }
     m->r_out = 0;
@@ -291,12 +291,14 @@ static void sm_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- controls from the sm ----------------------------------------------------------- */
 
-static void sm_body_h(const char *body, size_t len, char *out, size_t cap)
+/* The value of a one-key control body `key=value` ("" when absent). */
+static void sm_body_value(const char *body, size_t len, const char *key, char *out, size_t cap)
 {
+    size_t kl = strlen(key);
     out[0] = '\0';
-    if (len > 2 && len < cap + 2 && !strncmp(body, "h=", 2)) {
-        memcpy(out, body + 2, len - 2);
-        out[len - 2] = '\0';
+    if (len > kl + 1 && len - kl - 1 < cap && !strncmp(body, key, kl) && body[kl] == '=') {
+        memcpy(out, body + kl + 1, len - kl - 1);
+        out[len - kl - 1] = '\0';
     }
 }
 
@@ -320,11 +322,8 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         return 1;
     }
     if (!strcmp(h->op, "sm-enabled") && m->waiting) {
-        char max[16] = "";
-        if (len > 4 && len < sizeof max + 4 && !strncmp(body, "max=", 4)) {
-            memcpy(max, body + 4, len - 4);
-            max[len - 4] = '\0';
-        }
+        char max[16];
+        sm_body_value(body, len, "max", max, sizeof max);
         m->waiting = 0;
         m->enabled = 1;
         m->resumable = *h->aux && strlen(h->aux) <= ENV_NAME_MAX &&
@@ -338,7 +337,7 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         log_info("sm_enabled", "peer=%s sid=%s jid=%s resumable=%d", c->peer, c->sid, c->jid,
                  m->resumable);
     } else if (!strcmp(h->op, "sm-resumed") && m->resuming) {
-        sm_body_h(body, len, hv, sizeof hv);
+        sm_body_value(body, len, "h", hv, sizeof hv);
         c->flags &= ~C2S_F_BIND_WAIT;
         if (c2s_conn_set_jid(c, h->aux) != SB_OK) {
             c2s_stream_error(c, "internal-server-error", "nomem");
@@ -355,7 +354,7 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         c2s_conn_arm_timer(c);
         log_info("sm_resumed", "peer=%s sid=%s jid=%s h=%u", c->peer, c->sid, c->jid, m->in_h);
     } else if (!strcmp(h->op, "sm-failed") && (m->waiting || m->resuming)) {
-        sm_body_h(body, len, hv, sizeof hv);
+        sm_body_value(body, len, "h", hv, sizeof hv);
         if (m->resuming) {
             c->flags &= ~C2S_F_BIND_WAIT;
             c2s_table_del(c);

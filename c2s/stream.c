@@ -107,8 +107,25 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
     c2s_stream_error_text(c, cond, NULL, why);
 }
 
+static void stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                              const char *extra, const char *why);
+
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why)
+{
+    stream_error_full(c, cond, text, NULL, why);
+}
+
+void c2s_stream_error_extra(struct c2s_conn *c, const char *cond, const char *extra,
+                            const char *why)
+{
+    stream_error_full(c, cond, NULL, extra, why);
+}
+
+/* extra: an application-specific condition element, ours (never the
+ * client's bytes), after the defined one (RFC 6120 §4.9.4). */
+static void stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                              const char *extra, const char *why)
 {
     if (c->state == C2S_S_CLOSING)
         return;
@@ -128,29 +145,11 @@ void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *tex
     if (text) {
         sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'>", stream_prefix_decl(c), cond);
         xml_escape_text(b, text, strlen(text));
-        sb_buf_printf(b, "</%s></stream:error>", cond);
+        sb_buf_printf(b, "</%s>", cond);
     } else {
-        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/></stream:error>",
-                      stream_prefix_decl(c), cond);
+        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/>", stream_prefix_decl(c), cond);
     }
-    c2s_conn_write(c, b->data, b->len);
-    c->tp->end(c);
-    c2s_conn_close(c, cond);
-}
-
-void c2s_stream_error_app(struct c2s_conn *c, const char *cond, const char *app,
-                          const char *app_ns, const char *attr, const char *value,
-                          const char *why)
-{
-    if (c->state == C2S_S_CLOSING)
-        return;
-    log_info("stream_error", "peer=%s sid=%s cond=%s detail=%s", c->peer,
-             *c->sid ? c->sid : "-", cond, why ? why : "-");
-    struct sb_buf *b = &stream_out;
-    sb_buf_reset(b);
-    /* value is ours (digits and a quote we put there), not the client's */
-    sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/><%s xmlns='%s' %s='%s'/>"
-                  "</stream:error>", stream_prefix_decl(c), cond, app, app_ns, attr, value);
+    sb_buf_printf(b, "%s</stream:error>", extra ? extra : "");
     c2s_conn_write(c, b->data, b->len);
     c->tp->end(c);
     c2s_conn_close(c, cond);

@@ -434,19 +434,10 @@ static sb_rc sm_iq(struct sm_job *j, const char *ns)
     return sm_stanza(j);
 }
 
-static void sm_user_free(struct sm_user *u)
-{
-    for (int i = 0; i < u->nsess; i++) {
-        sm_smq_free(u->sess[i].smq);
-        u->sess[i].smq = NULL;
-    }
-}
-
 const struct sm_module sm_mod_sm = {
     .name = "sm",
     .handle_control = sm_control,
     .handle_message = sm_stanza,
     .handle_presence = sm_stanza,
     .handle_iq = sm_iq,
-    .user_free = sm_user_free,
 };
