@@ -16,6 +16,11 @@ if [ "${1:-}" = postgres ] && [ "$(id -u)" = 0 ]; then
     mkdir -p "$PGDATA" /run/postgresql
     chown -R postgres:postgres "$PGDATA" /run/postgresql
     chmod 700 "$PGDATA"
+    # the secret file may be readable by root only: hand initdb a copy
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+        install -o postgres -g postgres -m 600 "$POSTGRES_PASSWORD_FILE" /run/postgresql/.pw
+        export POSTGRES_PASSWORD_FILE=/run/postgresql/.pw
+    fi
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 
@@ -31,11 +36,11 @@ if [ "${1:-}" = postgres ]; then
         printf '%s\n' "$pw" > "$pwfile"
         initdb -D "$PGDATA" -U "$user" --pwfile="$pwfile" -E UTF8 --locale=C.UTF-8 \
             --auth-local=trust --auth-host=scram-sha-256 >/dev/null
-        rm -f "$pwfile"
+        rm -f "$pwfile" /run/postgresql/.pw
         printf "listen_addresses = '*'\n" >> "$PGDATA/postgresql.conf"
         printf 'host all all all scram-sha-256\n' >> "$PGDATA/pg_hba.conf"
         if [ "$db" != postgres ]; then
-            postgres -D "$PGDATA" --single -j postgres >/dev/null <<SQL
+            postgres --single -j -D "$PGDATA" postgres >/dev/null <<SQL
 CREATE DATABASE "$db" OWNER "$user" ENCODING 'UTF8';
 SQL
         fi
