@@ -284,8 +284,9 @@ def test_compose_stack(docker):
     t_base = time.monotonic()
     _build_images(docker)
     t_build = time.monotonic()
-    secrets_dir = tempfile.mkdtemp(prefix="sbtest-secrets-", dir="/var/tmp")
-    override = os.path.join(secrets_dir, "..", os.path.basename(secrets_dir) + ".override.yml")
+    work = tempfile.mkdtemp(prefix="sbtest-compose-", dir="/var/tmp")
+    secrets_dir = os.path.join(work, "secrets")
+    override = os.path.join(work, "override.yml")
     with open(override, "w") as f:
         # c2s2 is not published by the stack (one host port, one container):
         # the test reaches it on a port of its own.
@@ -350,5 +351,4 @@ def test_compose_stack(docker):
                                                t_end - t_up, t_end - t0))
     finally:
         st.run("down", "-v", "--remove-orphans", "-t", "5", timeout=300, check=False)
-        shutil.rmtree(secrets_dir, ignore_errors=True)
-        os.unlink(override)
+        shutil.rmtree(work, ignore_errors=True)
