@@ -97,6 +97,7 @@ def test_layout_matches_stack_sh():
     assert ini["cluster"]["routers"].split(",") == ["tcp://%s:15555" % r for r in routers]
     for r in routers:
         assert ini["router." + r]["advertise"] == "tcp://%s:15555" % r
+    assert ini["cluster"]["metrics"] == "0.0.0.0:9100"
     # published container ports of the default profile: 5222/5223/5269/5280 only
     published = set()
     for name, svc in services.items():
@@ -341,6 +342,7 @@ def test_compose_stack(docker):
         for name in ("sm1", "sm2", "c2s1", "c2s2", "bosh1", "s2s1"):
             assert re.search(r"(^|\s|=)%s(\s|$)" % name, status, re.M), status
         assert "answering" in status, status
+        assert st.run("exec", "-T", "c2s1", "id", "-u").stdout.strip() == "10001"
 
         # one more front-end
         st.run("up", "-d", "--scale", "c2s-extra=1", timeout=300)
