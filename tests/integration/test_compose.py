@@ -201,6 +201,7 @@ def _ensure_base_image(docker):
         pytest.fail("no %s image and no debootstrap to build it (apt-get install debootstrap)"
                     % BASE_IMAGE)
     d = tempfile.mkdtemp(prefix="sbtest-base-", dir="/var/tmp")
+    os.chmod(d, 0o755)      # it becomes the image's /: mkdtemp's 0700 would lock out non-root users
     try:
         _sh(["debootstrap", "--variant=minbase", "bookworm", d, _apt_mirror()], 900)
         tar = subprocess.Popen(["tar", "-C", d, "-c", "."], stdout=subprocess.PIPE)
@@ -351,6 +352,11 @@ def test_compose_stack(docker):
         print("\ncompose test: base image %.0fs, image builds %.0fs, secrets+up %.0fs, "
               "scenario %.0fs, total %.0fs" % (t_base - t0, t_build - t_base, t_up - t_build,
                                                t_end - t_up, t_end - t0))
+    except BaseException:
+        # what the containers said, for the failure report
+        print(st.run("ps", timeout=60, check=False).stdout)
+        print(st.run("logs", "--tail", "30", timeout=120, check=False).stdout[-20000:])
+        raise
     finally:
         st.run("down", "-v", "--remove-orphans", "-t", "5", timeout=300, check=False)
         shutil.rmtree(work, ignore_errors=True)
