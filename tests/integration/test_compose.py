@@ -148,7 +148,7 @@ def docker():
     if not _daemon_up(docker):
         dockerd = shutil.which("dockerd")
         if not dockerd or os.geteuid() != 0:
-            pytest.skip("Docker cannot run here: no daemon running and %s"
+            pytest.skip("Docker cannot run here: no daemon answers (`docker info` fails) and %s"
                         % ("no dockerd" if not dockerd else "not root to start one"))
         log = open(os.path.join(tempfile.gettempdir(), "sbtest-dockerd.log"), "ab")
         started = subprocess.Popen([dockerd, "--storage-driver=vfs", "--bip=" + DAEMON_BIP],
