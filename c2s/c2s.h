@@ -241,6 +241,10 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
 /* The same with character data in the condition element (see-other-host). */
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why);
+/* The general form: `text` is the condition's character data, `say` a
+ * <text/> beside it (why an operator ended the stream); either NULL. */
+void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *say, const char *why);
 void c2s_stream_features(struct c2s_conn *c);
 
 /* ---- login.c ---------------------------------------------------------- */

@@ -104,11 +104,17 @@ static const char *stream_prefix_decl(const struct c2s_conn *c)
 
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
 {
-    c2s_stream_error_text(c, cond, NULL, why);
+    c2s_stream_error_full(c, cond, NULL, NULL, why);
 }
 
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why)
+{
+    c2s_stream_error_full(c, cond, text, NULL, why);
+}
+
+void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *say, const char *why)
 {
     if (c->state == C2S_S_CLOSING)
         return;
@@ -130,8 +136,13 @@ void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *tex
         xml_escape_text(b, text, strlen(text));
         sb_buf_printf(b, "</%s></stream:error>", cond);
     } else {
-        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/></stream:error>",
-                      stream_prefix_decl(c), cond);
+        sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/>", stream_prefix_decl(c), cond);
+        if (say && *say) {      /* RFC 6120 §4.9.2: descriptive text for the user */
+            sb_buf_adds(b, "<text xmlns='" NS_STREAMS "'>");
+            xml_escape_text(b, say, strlen(say));
+            sb_buf_adds(b, "</text>");
+        }
+        sb_buf_adds(b, "</stream:error>");
     }
     c2s_conn_write(c, b->data, b->len);
     c->tp->end(c);
