@@ -17,6 +17,7 @@
 
 #define SQLSTATE_UNIQUE "23505"
 #define SQLSTATE_FK "23503"
+#define USER_DEL_WAIT_S 3.0     /* for the sessions it ended to be unbound */
 
 /* The eight credential columns, base64 text, in table order. */
 struct cred_cols {
@@ -354,6 +355,23 @@ static int user_passwd(PGconn *c, const struct jid *j, const char *password)
     return rc;
 }
 
+/* Wait (bounded) until the sms have removed the user's bindings. */
+static int user_sessions_gone(redisContext *rc, const char *bare)
+{
+    double deadline = sb_now() + USER_DEL_WAIT_S;
+    while (sb_now() < deadline) {
+        redisReply *r = sbctl_redis_cmd(rc, "HLEN sess:{%s}", bare);
+        long long n = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+        if (r)
+            freeReplyObject(r);
+        if (n <= 0)
+            return n == 0;
+        usleep(50 * 1000);
+    }
+    sbctl_err("warning: sessions of %s still bound after %.0f s", bare, USER_DEL_WAIT_S);
+    return 1;
+}
+
 /* The account and every row it has, in one transaction; then its live
  * sessions end with not-authorized (RFC 6120 §4.9.3.12: the stream's
  * authentication no longer holds — the account is gone — which tells a
@@ -382,6 +400,12 @@ static int user_del(PGconn *c, const struct jid *j)
     }
     redisContext *rc = sbctl_redis();
     int kicked = rc ? sbctl_kick_sessions(rc, bare, NULL, "not-authorized", "account deleted") : -1;
+    /* The sm writes what an ending session leaves (last activity) as it
+     * ends: once the bindings are gone, delete once more. */
+    if (kicked > 0 && user_sessions_gone(rc, bare) &&
+        (sbctl_db_exec(c, "BEGIN") != 0 || account_purge(c, j->domain, j->node) != 0 ||
+         sbctl_db_exec(c, "COMMIT") != 0))
+        PQclear(PQexec(c, "ROLLBACK"));
     if (rc)
         redisFree(rc);
     if (sbctl_json) {
