@@ -51,6 +51,8 @@ struct rdev {
     size_t nfree;
 };
 
+static int rdev_auth_logged;       /* redis_auth_failed said, until a login works */
+
 static void rdev_connect(struct rdev *r);
 static void rdev_up(struct rdev *r);
 static void rdev_on_auth(redisAsyncContext *ac, void *reply, void *priv);
@@ -242,7 +244,8 @@ static void rdev_on_auth(redisAsyncContext *ac, void *reply, void *priv)
         rdev_up(r);
         return;
     }
-    if (!r->auth_failed)
+    /* Once per process, not per connection (domains.c has its own). */
+    if (!r->auth_failed && !rdev_auth_logged++)
         log_error("redis_auth_failed", "host=%s port=%d user=%s err=%s", r->host, r->port,
                   r->user ? r->user : "default", sb_log_q(rep && rep->str ? rep->str : "no reply"));
     r->auth_failed = 1;

@@ -307,23 +307,24 @@ static void status_uptime(const char *v, char *out, size_t cap)
         snprintf(out, cap, "%ldd%02ldh", s / 86400, s / 3600 % 24);
 }
 
-#define STATUS_ROW "%-16s %-7s %-22s %-8s %-9s %-9s %-7s %-9s %-8s %-8s %-26s %s\n"
+#define STATUS_ROW "%-16s %-7s %-22s %-8s %-9s %-7s %-9s %-9s %-8s %-8s %-26s %s\n"
 
 static void status_print_instances(void)
 {
     char f[12][512];
-    static const char *keys[] = {"name", "kind", "addr", "pid", "up_s", "last_hello_ms", "-",
+    /* HEARTBEAT ("0.5s ago") right before SESSIONS: scripts find it so. */
+    static const char *keys[] = {"name", "kind", "addr", "pid", "up_s", "-", "last_hello_ms",
                                  "sessions", "in_rate", "out_rate", "direct", "domains"};
-    printf(STATUS_ROW, "INSTANCE", "KIND", "ADDRESS", "PID", "UPTIME", "HEARTBEAT", "LEASE",
+    printf(STATUS_ROW, "INSTANCE", "KIND", "ADDRESS", "PID", "UPTIME", "LEASE", "HEARTBEAT",
            "SESSIONS", "IN/S", "OUT/S", "DIRECT", "DOMAINS");
     for (int i = 0; i < st_n; i++) {
         for (int k = 0; k < 12; k++)
             status_get(&st_inst[i], keys[k], f[k], sizeof f[k]);
         status_uptime(f[4], f[4], sizeof f[4]);
-        if (strcmp(f[5], "-"))
-            snprintf(f[5], sizeof f[5], "%.1fs ago", atof(f[5]) / 1000.0);
+        if (strcmp(f[6], "-"))
+            snprintf(f[6], sizeof f[6], "%.1fs ago", atof(f[6]) / 1000.0);
         if (st_inst[i].ttl_ms >= 0)
-            snprintf(f[6], sizeof f[6], "%.1fs", st_inst[i].ttl_ms / 1000.0);
+            snprintf(f[5], sizeof f[5], "%.1fs", st_inst[i].ttl_ms / 1000.0);
         printf(STATUS_ROW, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
                f[11][0] ? f[11] : "-");
     }
