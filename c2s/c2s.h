@@ -245,10 +245,12 @@ void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why);
 /* The same with character data in the condition element (see-other-host). */
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why);
-/* The same with an application condition element of ours after the
- * defined one (XEP-0198 <handled-count-too-high/>). */
-void c2s_stream_error_extra(struct c2s_conn *c, const char *cond, const char *extra,
-                            const char *why);
+/* The general form: `text` is the condition's character data, `say` a
+ * <text/> beside it (why an operator ended the stream), `extra` an
+ * application condition element of ours (XEP-0198 <handled-count-too-high/>,
+ * never the client's bytes); any may be NULL. */
+void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *say, const char *extra, const char *why);
 void c2s_stream_features(struct c2s_conn *c);
 
 /* ---- login.c ---------------------------------------------------------- */

@@ -255,11 +255,63 @@ static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
     xml_doc_free(d);
 }
 
+/* An ADMIN answer to the asker (sbctl), through the link. */
+static void route_admin_reply(const struct env_hdr *h, const char *op, const char *reply,
+                              size_t n)
+{
+    struct env_hdr *r = &route_hdr;
+    env_init(r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    if (route_copy(r->key, sizeof r->key, h->sender) == SB_OK &&
+        route_copy(r->sender, sizeof r->sender, c2s.instance) == SB_OK &&
+        route_copy(r->op, sizeof r->op, op) == SB_OK)
+        link_send(c2s.link, r, reply, n);
+}
+
+/* Stream errors an operator may end a session with (sbctl session kick,
+ * user del, domain del); anything else becomes policy-violation. */
+static const char *route_kick_cond(const char *w, size_t n)
+{
+    static const char *const ok[] = {"policy-violation", "not-authorized", "host-unknown",
+                                     "conflict", "reset", "system-shutdown"};
+    for (size_t i = 0; i < SB_ARRAY_LEN(ok); i++)
+        if (strlen(ok[i]) == n && !memcmp(ok[i], w, n))
+            return ok[i];
+    return "policy-violation";
+}
+
+/* op=kick, sid = the session, aux = its full JID (checked: a sid is only
+ * unique per front-end and may have been reused), body "CONDITION [TEXT]":
+ * that stream ends with the stream error, TEXT as its <text/>. */
+static void route_kick(const struct env_hdr *h, const char *body, size_t len)
+{
+    static char say[1024];
+    struct c2s_conn *c = c2s_table_find(h->sid);
+    const char *sp = memchr(body, ' ', len);
+    size_t wl = sp ? (size_t)(sp - body) : len;
+    const char *cond = route_kick_cond(body, wl);
+    size_t tl = sp ? len - wl - 1 : 0;
+    if (tl >= sizeof say)
+        tl = sizeof say - 1;
+    memcpy(say, sp ? sp + 1 : "", tl);
+    say[tl] = '\0';
+    int hit = c && c->jid && c->state == C2S_S_BOUND && !strcmp(c->jid, h->aux);
+    log_info("admin_kick", "sid=%s jid=%s cond=%s found=%d by=%s", h->sid, sb_log_q(h->aux),
+             cond, hit, sb_log_q(h->sender));
+    if (hit)
+        c2s_stream_error_full(c, cond, NULL, say, NULL, "kicked");
+    const char *reply = hit ? "kicked=1" : "kicked=0";
+    route_admin_reply(h, "kick", reply, strlen(reply));
+}
+
 /* sbctl through a router (common/ENVELOPE.md): op=drain [body timeout=S]
  * is confirmed to the asker with the streams that will be sent away, then
- * done. */
+ * done; op=kick ends one session. */
 static void route_admin(const struct env_hdr *h, const char *body, size_t len)
 {
+    if (strcmp(h->op, "kick") == 0) {
+        route_kick(h, body, len);
+        return;
+    }
     if (strcmp(h->op, "drain") != 0) {
         log_warn("admin_unknown", "op=%s sender=%s", sb_log_q(h->op), sb_log_q(h->sender));
         return;
@@ -272,17 +324,10 @@ static void route_admin(const struct env_hdr *h, const char *body, size_t len)
         if (!strncmp(arg, "timeout=", 8))
             timeout = atof(arg + 8);
     }
-    struct env_hdr *r = &route_hdr;
     char reply[96];
     int n = snprintf(reply, sizeof reply, "conns=%ld sessions=%ld already=%d", c2s.nconns,
                      c2s.nsessions, c2s.draining || c2s.stopping);
-    env_init(r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
-    if (strlen(h->sender) < sizeof r->key && strlen(c2s.instance) < sizeof r->sender) {
-        strcpy(r->key, h->sender);
-        strcpy(r->sender, c2s.instance);
-        strcpy(r->op, "drain");
-        link_send(c2s.link, r, reply, (size_t)n);
-    }
+    route_admin_reply(h, "drain", reply, (size_t)n);
     c2s_drain(timeout);
 }
 

@@ -191,7 +191,7 @@ static void sm_ack_in(struct c2s_conn *c, struct xml_node *n)
         char app[160];
         snprintf(app, sizeof app, "<handled-count-too-high xmlns='" NS_SM "' h='%u' "
                  "send-count='%u'/>", h, m->out);
-        c2s_stream_error_extra(c, "undefined-condition", app, "sm-bad-ack");
+        c2s_stream_error_full(c, "undefined-condition", NULL, NULL, app, "sm-bad-ack");
         return;
     }
     m->r_out = 0;

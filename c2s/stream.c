@@ -104,28 +104,19 @@ static const char *stream_prefix_decl(const struct c2s_conn *c)
 
 void c2s_stream_error(struct c2s_conn *c, const char *cond, const char *why)
 {
-    c2s_stream_error_text(c, cond, NULL, why);
+    c2s_stream_error_full(c, cond, NULL, NULL, NULL, why);
 }
-
-static void stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
-                              const char *extra, const char *why);
 
 void c2s_stream_error_text(struct c2s_conn *c, const char *cond, const char *text,
                            const char *why)
 {
-    stream_error_full(c, cond, text, NULL, why);
+    c2s_stream_error_full(c, cond, text, NULL, NULL, why);
 }
 
-void c2s_stream_error_extra(struct c2s_conn *c, const char *cond, const char *extra,
-                            const char *why)
-{
-    stream_error_full(c, cond, NULL, extra, why);
-}
-
-/* extra: an application-specific condition element, ours (never the
- * client's bytes), after the defined one (RFC 6120 §4.9.4). */
-static void stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
-                              const char *extra, const char *why)
+/* RFC 6120 §4.9: the defined condition, its text, then <text/>, then an
+ * application-specific condition. */
+void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *text,
+                           const char *say, const char *extra, const char *why)
 {
     if (c->state == C2S_S_CLOSING)
         return;
@@ -148,6 +139,11 @@ static void stream_error_full(struct c2s_conn *c, const char *cond, const char *
         sb_buf_printf(b, "</%s>", cond);
     } else {
         sb_buf_printf(b, "<stream:error%s><%s xmlns='" NS_STREAMS "'/>", stream_prefix_decl(c), cond);
+    }
+    if (say && *say) {          /* RFC 6120 §4.9.2: descriptive text for the user */
+        sb_buf_adds(b, "<text xmlns='" NS_STREAMS "'>");
+        xml_escape_text(b, say, strlen(say));
+        sb_buf_adds(b, "</text>");
     }
     sb_buf_printf(b, "%s</stream:error>", extra ? extra : "");
     c2s_conn_write(c, b->data, b->len);

@@ -5,6 +5,7 @@
 #include "config.h"
 #include "jid.h"
 #include "log.h"
+#include "rdev.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@ static sb_domains_fn dom_on_change;
 static void *dom_ud;
 static int dom_running, dom_loaded;
 static ev_timer dom_timer;
+static struct rdev *dom_sub;        /* SUBSCRIBE SB_DOMAINS_CHANNEL: its own connection */
 static char **dom_names;
 static int dom_count;
 static char *dom_csv;               /* "a,b" */
@@ -186,6 +188,18 @@ static void dom_query(struct ev_loop *loop, ev_timer *w, int revents)
     }
 }
 
+/* A change was published (sbctl domain add/del), or the subscription was
+ * (re)confirmed and one may have been missed: read the table now. The
+ * first confirmation comes with the start-up load already running. */
+static void dom_notified(const char *msg, size_t len, void *arg)
+{
+    static int confirmed;
+    if (!dom_running || (!msg && !confirmed++))
+        return;
+    log_info("domains_notified", "what=%s", msg ? sb_log_q(msg) : "resubscribed");
+    dom_rearm(0.);
+}
+
 void sb_domains_start(struct ev_loop *loop, struct pgev *pg, sb_domains_fn on_change, void *ud)
 {
     dom_loop = loop;
@@ -195,10 +209,15 @@ void sb_domains_start(struct ev_loop *loop, struct pgev *pg, sb_domains_fn on_ch
     dom_running = 1;
     ev_init(&dom_timer, dom_query);
     dom_query(loop, &dom_timer, 0);
+    if (!dom_sub && (dom_sub = rdev_from_config(loop)) &&
+        rdev_subscribe(dom_sub, SB_DOMAINS_CHANNEL, dom_notified, NULL) != SB_OK)
+        log_warn("domains_subscribe_failed", "channel=%s", SB_DOMAINS_CHANNEL);
 }
 
 void sb_domains_stop(void)
 {
+    rdev_free(dom_sub);
+    dom_sub = NULL;
     if (dom_loop)
         ev_timer_stop(dom_loop, &dom_timer);
     dom_running = 0;

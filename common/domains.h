@@ -1,6 +1,9 @@
 /* domains.h — the local domains this process serves, one copy for every
- * front-end: `SELECT name, anonymous FROM domains` through pgev at start and
- * every 30 s (every 2 s until the first answer or after a queue failure).
+ * front-end: `SELECT name, anonymous FROM domains` through pgev at start,
+ * at once when a change is published on the Redis channel SB_DOMAINS_CHANNEL
+ * (sbctl domain add/del; a Redis connection of its own, SUBSCRIBEd again
+ * after every reconnection, which also reloads), and every 30 s as the
+ * fallback (every 2 s until the first answer or after a queue failure).
  * Names are nameprepped; a failed refresh keeps the last good list. Found
  * names are interned for the process, so connections may keep the pointer. */
 #ifndef SB_DOMAINS_H
@@ -9,6 +12,10 @@
 #include "pgev.h"
 #include <ev.h>
 #include <stddef.h>
+
+/* Redis pub/sub channel: the payload (`add NAME`, `del NAME`) is only
+ * logged; every message means "read the domains table again". */
+#define SB_DOMAINS_CHANNEL "sb:domains"
 
 /* Called after a load that changed the set of names (always the first). */
 typedef void (*sb_domains_fn)(void *ud);

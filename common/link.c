@@ -124,6 +124,9 @@ struct link {
     struct sb_buf limbo;        /* taken by a router that died unconfirmed: re-sent */
     int resending;
     unsigned long hello_seq;    /* HELLOs sent */
+    unsigned long st_in, st_out;   /* stanzas received / sent, ever */
+    unsigned long rate_in0, rate_out0;  /* the counters at rate_at */
+    double rate_at, in_rate, out_rate;  /* stanzas/s over the last >= 1 s (HELLO) */
     char inc[RT_INC_MAX + 1];   /* incarnation: new at start and after a lost lease */
     int leased;
     double lease_until, started, router_wait;
@@ -872,6 +875,8 @@ static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
     }
     if (h.kind == ENV_CONTROL && !strcmp(h.op, "members"))
         link_on_members(l, zmq_msg_data(body), zmq_msg_size(body));
+    if (h.kind == ENV_STANZA)
+        l->st_in++;
     l->cb(l, &h, zmq_msg_data(body), zmq_msg_size(body), l->ud);
 }
 
@@ -984,12 +989,31 @@ static void link_on_idle(struct ev_loop *loop, ev_idle *w, int revents)
 
 /* HELLO to every router: its ack renews the lease (rt_on_ack). A router
  * not connected refuses it (ZMQ_IMMEDIATE) and is asked again next time. */
+/* Stanza rates for HELLO (sbctl status): averaged over at least a second,
+ * so the 0.1 s HELLOs of a start-up do not make them jump. */
+static void link_rates(struct link *l)
+{
+    double now = ev_now(l->loop), dt = now - l->rate_at;
+    if (dt < 1.0)
+        return;
+    if (l->rate_at > 0) {
+        l->in_rate = (double)(l->st_in - l->rate_in0) / dt;
+        l->out_rate = (double)(l->st_out - l->rate_out0) / dt;
+    }
+    l->rate_at = now;
+    l->rate_in0 = l->st_in;
+    l->rate_out0 = l->st_out;
+}
+
 static sb_rc link_send_hello(struct link *l, int bye)
 {
     char body[2048];
+    link_rates(l);
     int n = snprintf(body, sizeof body,
-                     "kind=%s pid=%ld inc=%s seq=%lu domains=%s sessions=%ld%s%s%s", l->kind,
+                     "kind=%s pid=%ld inc=%s seq=%lu domains=%s sessions=%ld up_s=%.0f"
+                     " in_rate=%.1f out_rate=%.1f%s%s%s", l->kind,
                      (long)getpid(), l->inc, ++l->hello_seq, l->domains ? l->domains : "", l->sessions,
+                     ev_now(l->loop) - l->started, l->in_rate, l->out_rate,
                      l->direct ? " direct=" : "", l->direct ? l->direct_ep : "",
                      bye ? " bye=1" : "");
     if (n < 0 || (size_t)n >= sizeof body) {
@@ -1263,6 +1287,8 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
     }
     if (!body)
         body = "";
+    if (h->kind == ENV_STANZA)
+        l->st_out++;
     struct link_zs *peer = link_direct_peer(l, h);
     if (peer) {
         if (zs_send(peer, hdr, (size_t)n, body, body_len) == 0)

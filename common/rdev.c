@@ -43,10 +43,15 @@ struct rdev {
     ev_timer up;                /* runs on_up outside hiredis' callback */
     void (*on_up)(void *arg);
     void *on_up_arg;
+    char *sub_channel;          /* rdev_subscribe: SUBSCRIBEd after every up */
+    rdev_msg_cb sub_cb;
+    void *sub_arg;
     struct rdev_req *failed, *failed_tail;   /* to answer NULL asynchronously */
     struct rdev_req *freelist;
     size_t nfree;
 };
+
+static int rdev_auth_logged;       /* redis_auth_failed said, until a login works */
 
 static void rdev_connect(struct rdev *r);
 static void rdev_up(struct rdev *r);
@@ -175,10 +180,47 @@ static void rdev_on_connect(const redisAsyncContext *ac, int status)
     rdev_up(r);
 }
 
+/* A subscription's replies: the confirmation, then every message. Not
+ * counted in `pending` (they never end), so the watchdog leaves them be. */
+static void rdev_on_message(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rdev *r = priv;
+    redisReply *rep = reply;
+    if (r->ac != ac || !rep || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (!strcmp(rep->element[0]->str, "subscribe")) {
+        log_info("redis_subscribed", "channel=%s", r->sub_channel);
+        r->sub_cb(NULL, 0, r->sub_arg);
+    } else if (!strcmp(rep->element[0]->str, "message") &&
+               rep->element[2]->type == REDIS_REPLY_STRING) {
+        r->sub_cb(rep->element[2]->str, rep->element[2]->len, r->sub_arg);
+    }
+}
+
+static void rdev_resubscribe(struct rdev *r)
+{
+    if (r->sub_channel && r->ac &&
+        redisAsyncCommand(r->ac, rdev_on_message, r, "SUBSCRIBE %s", r->sub_channel) != REDIS_OK)
+        log_warn("redis_subscribe_failed", "channel=%s", r->sub_channel);
+}
+
+sb_rc rdev_subscribe(struct rdev *r, const char *channel, rdev_msg_cb cb, void *arg)
+{
+    if (r->sub_channel || !(r->sub_channel = strdup(channel)))
+        return SB_ERROR;
+    r->sub_cb = cb;
+    r->sub_arg = arg;
+    if (rdev_connected(r))
+        rdev_resubscribe(r);
+    return SB_OK;
+}
+
 /* The connection is usable. */
 static void rdev_up(struct rdev *r)
 {
     r->connected = 1;
+    rdev_resubscribe(r);
     r->auth_failed = 0;
     r->backoff = RDEV_BACKOFF_MIN;
     r->since = ev_now(r->loop);
@@ -202,7 +244,8 @@ static void rdev_on_auth(redisAsyncContext *ac, void *reply, void *priv)
         rdev_up(r);
         return;
     }
-    if (!r->auth_failed)
+    /* Once per process, not per connection (domains.c has its own). */
+    if (!r->auth_failed && !rdev_auth_logged++)
         log_error("redis_auth_failed", "host=%s port=%d user=%s err=%s", r->host, r->port,
                   r->user ? r->user : "default", sb_log_q(rep && rep->str ? rep->str : "no reply"));
     r->auth_failed = 1;
@@ -340,6 +383,7 @@ void rdev_free(struct rdev *r)
     }
     free(r->host);
     free(r->user);
+    free(r->sub_channel);
     if (r->password) {
         memset(r->password, 0, strlen(r->password));
         free(r->password);

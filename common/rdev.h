@@ -34,6 +34,14 @@ long rdev_pending(const struct rdev *r);
  * server, before the 5 s watchdog drops the connection). */
 int rdev_stalled(const struct rdev *r, double secs);
 
+/* Subscribe this connection to `channel` (SUBSCRIBE again after every
+ * reconnection). cb gets each message's payload, and (NULL, 0) each time
+ * the subscription is (re)confirmed: messages sent while the connection
+ * was down are lost, so a subscriber re-reads its state then. A connection
+ * with a subscription carries no other commands: give it its own rdev. */
+typedef void (*rdev_msg_cb)(const char *msg, size_t len, void *arg);
+sb_rc rdev_subscribe(struct rdev *r, const char *channel, rdev_msg_cb cb, void *arg);
+
 /* printf-style like redisAsyncCommand (%s, %b for binary). */
 sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...);
 sb_rc rdev_cmdargv(struct rdev *r, rdev_cb cb, void *arg, int argc,

@@ -79,6 +79,7 @@ struct rt_server {
     struct sb_curve *curve;         /* bus keys; NULL with curve = off */
     char advertise[RT_DIRECT_MAX + 1];  /* the endpoint components use, or "" */
     char inc[RT_INC_MAX + 1];
+    double started;                 /* sb_now() at start: up_s in the lease */
     double store_up_since;          /* Redis (re)connected; 0 = down */
     int polling, poll_again;
     ev_timer poll;
@@ -1008,8 +1009,8 @@ static void rt_own_lease(struct rt_server *s)
     if (!s->advertise[0] || !rdev_connected(s->rd))
         return;
     char body[256], incv[RT_INC_MAX + 8];
-    snprintf(body, sizeof body, "kind=router pid=%ld inc=%s domains= sessions=0 direct=%s",
-             (long)getpid(), s->inc, s->advertise);
+    snprintf(body, sizeof body, "kind=router pid=%ld inc=%s domains= sessions=0 up_s=%.0f direct=%s",
+             (long)getpid(), s->inc, sb_now() - s->started, s->advertise);
     snprintf(incv, sizeof incv, "%s router", s->inc);
     rdev_cmd(s->rd, rt_on_redis_ok, "members_add", "HSET sb:members %s %s", s->name, incv);
     rdev_cmd(s->rd, rt_on_redis_ok, "own_lease", "SET lease:%s %s PX %ld", s->name, body,
@@ -1093,6 +1094,7 @@ static void rt_advertise(struct rt_server *s, const char *bind)
     if (!*a && !strstr(bind, "*") && !strstr(bind, "0.0.0.0") && !strstr(bind, "[::]"))
         a = bind;
     snprintf(s->advertise, sizeof s->advertise, "%s", a);
+    s->started = sb_now();
     uint8_t b[8];
     sb_random(b, sizeof b);
     for (int i = 0; i < 8; i++)

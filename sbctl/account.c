@@ -17,6 +17,7 @@
 
 #define SQLSTATE_UNIQUE "23505"
 #define SQLSTATE_FK "23503"
+#define USER_DEL_WAIT_S 3.0     /* for the sessions it ended to be unbound */
 
 /* The eight credential columns, base64 text, in table order. */
 struct cred_cols {
@@ -114,6 +115,49 @@ static char *account_password(const char *arg)
     return prepped;
 }
 
+/* "<what> <name> <done>" for people, {"<what>": name, "result": done} for scripts. */
+static void account_done(const char *what, const char *name, const char *done)
+{
+    if (sbctl_json) {
+        sj_obj(NULL);
+        sj_str(what, name);
+        sj_str("result", done);
+        sj_end_obj();
+    } else {
+        printf("%s %s %s\n", what, name, done);
+    }
+}
+
+/* Every table that holds rows of one account (deploy/migrations: keyed by
+ * domain, username; no foreign key, since anonymous accounts have rows but
+ * no users row). A new per-user table is listed here, and `user del` and
+ * `domain del` remove its rows. */
+static const char *const account_tables[] = {
+    "roster", "roster_version", "roster_pending", "offline", "vcards",
+    "private_storage", "last_activity", "blocklist",
+};
+
+/* Delete the rows of one account (username given) or of a whole domain
+ * (username NULL) from every account table; inside the caller's
+ * transaction. 0 ok, -1 after a message. */
+static int account_purge(PGconn *c, const char *domain, const char *username)
+{
+    const char *p[2] = {domain, username};
+    char sql[160];
+    for (size_t i = 0; i < SB_ARRAY_LEN(account_tables); i++) {
+        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE domain=$1%s", account_tables[i],
+                 username ? " AND username=$2" : "");
+        PGresult *r = PQexecParams(c, sql, username ? 2 : 1, NULL, p, NULL, NULL, 0);
+        int bad = PQresultStatus(r) != PGRES_COMMAND_OK;
+        if (bad)
+            sbctl_err("cannot delete from %s: %s", account_tables[i], sbctl_pg_msg(c, r));
+        PQclear(r);
+        if (bad)
+            return -1;
+    }
+    return 0;
+}
+
 /* ---- domain ------------------------------------------------------------------- */
 
 static int domain_add(PGconn *c, const char *name, int anonymous)
@@ -133,8 +177,12 @@ static int domain_add(PGconn *c, const char *name, int anonymous)
         else
             sbctl_err("cannot add domain %s: %s", dom, sbctl_pg_msg(c, r));
         rc = SBCTL_FAIL;
-    } else
-        printf("domain %s added%s\n", dom, anonymous ? " (anonymous)" : "");
+    } else {
+        char what[JID_PART_MAX + 8];
+        snprintf(what, sizeof what, "add %s", dom);
+        sbctl_domains_publish(what);
+        account_done("domain", dom, "added");
+    }
     PQclear(r);
     return rc;
 }
@@ -149,26 +197,100 @@ static int domain_list(PGconn *c)
         PQclear(r);
         return SBCTL_FAIL;
     }
-    printf("%-32s %-9s %s\n", "DOMAIN", "ANONYMOUS", "USERS");
-    for (int i = 0; i < PQntuples(r); i++)
-        printf("%-32s %-9s %s\n", PQgetvalue(r, i, 0),
-               PQgetvalue(r, i, 1)[0] == 't' ? "yes" : "no", PQgetvalue(r, i, 2));
+    if (sbctl_json)
+        sj_arr(NULL);
+    else
+        printf("%-32s %-9s %s\n", "DOMAIN", "ANONYMOUS", "USERS");
+    for (int i = 0; i < PQntuples(r); i++) {
+        int anon = PQgetvalue(r, i, 1)[0] == 't';
+        if (sbctl_json) {
+            sj_obj(NULL);
+            sj_str("name", PQgetvalue(r, i, 0));
+            sj_bool("anonymous", anon);
+            sj_int("users", atoll(PQgetvalue(r, i, 2)));
+            sj_end_obj();
+        } else {
+            printf("%-32s %-9s %s\n", PQgetvalue(r, i, 0), anon ? "yes" : "no",
+                   PQgetvalue(r, i, 2));
+        }
+    }
+    if (sbctl_json)
+        sj_end_arr();
     PQclear(r);
     return SBCTL_OK;
 }
 
+/* Refused while accounts exist, unless force (they go, with their data).
+ * The processes stop serving it at once (published) and end its streams
+ * with host-unknown (c2s/domains.c). */
+static int domain_del(PGconn *c, const char *name, int force)
+{
+    char dom[JID_PART_MAX + 1];
+    if (jid_nameprep(name, dom) != SB_OK || !dom[0]) {
+        sbctl_err("'%s' is not a valid domain name", name);
+        return SBCTL_FAIL;
+    }
+    const char *p[1] = {dom};
+    if (sbctl_db_exec(c, "BEGIN") != 0)
+        return SBCTL_FAIL;
+    PGresult *r = PQexecParams(c, "SELECT (SELECT count(*) FROM users WHERE domain=$1),"
+                                  " EXISTS (SELECT 1 FROM domains WHERE name=$1 FOR UPDATE)",
+                               1, NULL, p, NULL, NULL, 0);
+    int rc = SBCTL_FAIL;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        sbctl_err("database error: %s", sbctl_pg_msg(c, r));
+        goto out;
+    }
+    long users = atol(PQgetvalue(r, 0, 0));
+    if (PQgetvalue(r, 0, 1)[0] != 't') {
+        sbctl_err("no such domain %s", dom);
+        goto out;
+    }
+    if (users > 0 && !force) {
+        sbctl_err("domain %s has %ld account(s): delete them first, or use --force", dom, users);
+        goto out;
+    }
+    PQclear(r);
+    r = PQexecParams(c, "DELETE FROM domains WHERE name=$1", 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        sbctl_err("cannot delete domain %s: %s", dom, sbctl_pg_msg(c, r));
+        goto out;
+    }
+    if (account_purge(c, dom, NULL) != 0 || sbctl_db_exec(c, "COMMIT") != 0)
+        goto out;
+    rc = SBCTL_OK;
+out:
+    PQclear(r);
+    if (rc != SBCTL_OK) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        return rc;
+    }
+    char what[JID_PART_MAX + 8];
+    snprintf(what, sizeof what, "del %s", dom);
+    sbctl_domains_publish(what);
+    account_done("domain", dom, users ? "deleted with its accounts" : "deleted");
+    return rc;
+}
+
 int sbctl_cmd_domain(int argc, char **argv)
 {
-    int anonymous = 0, rc;
-    if (argc == 3 && strcmp(argv[0], "add") == 0 && strcmp(argv[2], "--anonymous") == 0)
-        anonymous = 1;
-    else if (!(argc == 2 && strcmp(argv[0], "add") == 0) &&
-             !(argc == 1 && strcmp(argv[0], "list") == 0))
+    int flag = argc == 3 && ((!strcmp(argv[0], "add") && !strcmp(argv[2], "--anonymous")) ||
+                             (!strcmp(argv[0], "del") && !strcmp(argv[2], "--force")));
+    int rc;
+    if (!flag && !(argc == 2 && (!strcmp(argv[0], "add") || !strcmp(argv[0], "del"))) &&
+        !(argc == 1 && !strcmp(argv[0], "list")))
+        return SBCTL_USAGE;
+    if (argc >= 2 && argv[1][0] == '-')
         return SBCTL_USAGE;
     PGconn *c = sbctl_db_connect();
     if (!c)
         return SBCTL_FAIL;
-    rc = argv[0][0] == 'a' ? domain_add(c, argv[1], anonymous) : domain_list(c);
+    if (!strcmp(argv[0], "add"))
+        rc = domain_add(c, argv[1], flag);
+    else if (!strcmp(argv[0], "del"))
+        rc = domain_del(c, argv[1], flag);
+    else
+        rc = domain_list(c);
     PQfinish(c);
     return rc;
 }
@@ -198,8 +320,11 @@ static int user_add(PGconn *c, const struct jid *j, const char *password)
         else
             sbctl_err("cannot add user %s@%s: %s", j->node, j->domain, sbctl_pg_msg(c, r));
         rc = SBCTL_FAIL;
-    } else
-        printf("user %s@%s added\n", j->node, j->domain);
+    } else {
+        char bare[JID_BARE_MAX + 1];
+        jid_bare(j, bare);
+        account_done("user", bare, "added");
+    }
     PQclear(r);
     return rc;
 }
@@ -221,45 +346,81 @@ static int user_passwd(PGconn *c, const struct jid *j, const char *password)
     else if (strcmp(PQcmdTuples(r), "0") == 0)
         sbctl_err("no such user %s@%s", j->node, j->domain);
     else {
-        printf("password of %s@%s changed\n", j->node, j->domain);
+        char bare[JID_BARE_MAX + 1];
+        jid_bare(j, bare);
+        account_done("user", bare, "password changed");
         rc = SBCTL_OK;
     }
     PQclear(r);
     return rc;
 }
 
+/* Wait (bounded) until the sms have removed the user's bindings. */
+static int user_sessions_gone(redisContext *rc, const char *bare)
+{
+    double deadline = sb_now() + USER_DEL_WAIT_S;
+    while (sb_now() < deadline) {
+        redisReply *r = sbctl_redis_cmd(rc, "HLEN sess:{%s}", bare);
+        long long n = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+        if (r)
+            freeReplyObject(r);
+        if (n <= 0)
+            return n == 0;
+        usleep(50 * 1000);
+    }
+    sbctl_err("warning: sessions of %s still bound after %.0f s", bare, USER_DEL_WAIT_S);
+    return 1;
+}
+
+/* The account and every row it has, in one transaction; then its live
+ * sessions end with not-authorized (RFC 6120 §4.9.3.12: the stream's
+ * authentication no longer holds — the account is gone — which tells a
+ * client not to reconnect with the same credentials, unlike
+ * policy-violation or reset). */
 static int user_del(PGconn *c, const struct jid *j)
 {
     const char *p[2] = {j->domain, j->node};
-    static const char *const sql[] = {
-        "DELETE FROM users WHERE domain=$1 AND username=$2",
-        "DELETE FROM roster WHERE domain=$1 AND username=$2",
-        "DELETE FROM roster_version WHERE domain=$1 AND username=$2",
-        "DELETE FROM vcards WHERE domain=$1 AND username=$2",
-        "DELETE FROM private_storage WHERE domain=$1 AND username=$2",
-        "DELETE FROM last_activity WHERE domain=$1 AND username=$2",
-        "DELETE FROM blocklist WHERE domain=$1 AND username=$2",
-    };
+    char bare[JID_BARE_MAX + 1];
+    jid_bare(j, bare);
     if (sbctl_db_exec(c, "BEGIN") != 0)
         return SBCTL_FAIL;
-    for (size_t i = 0; i < SB_ARRAY_LEN(sql); i++) {
-        PGresult *r = PQexecParams(c, sql[i], 2, NULL, p, NULL, NULL, 0);
-        int bad = PQresultStatus(r) != PGRES_COMMAND_OK;
-        int none = !bad && i == 0 && strcmp(PQcmdTuples(r), "0") == 0;
-        if (bad)
-            sbctl_err("cannot delete %s@%s: %s", j->node, j->domain, sbctl_pg_msg(c, r));
-        else if (none)
-            sbctl_err("no such user %s@%s", j->node, j->domain);
-        PQclear(r);
-        if (bad || none) {
-            PQclear(PQexec(c, "ROLLBACK"));
-            return SBCTL_FAIL;
-        }
-    }
-    if (sbctl_db_exec(c, "COMMIT") != 0)
+    PGresult *r = PQexecParams(c, "DELETE FROM users WHERE domain=$1 AND username=$2", 2, NULL,
+                               p, NULL, NULL, 0);
+    int bad = PQresultStatus(r) != PGRES_COMMAND_OK;
+    int none = !bad && strcmp(PQcmdTuples(r), "0") == 0;
+    if (bad)
+        sbctl_err("cannot delete %s: %s", bare, sbctl_pg_msg(c, r));
+    else if (none)
+        sbctl_err("no such user %s", bare);
+    PQclear(r);
+    if (bad || none || account_purge(c, j->domain, j->node) != 0 ||
+        sbctl_db_exec(c, "COMMIT") != 0) {
+        PQclear(PQexec(c, "ROLLBACK"));
         return SBCTL_FAIL;
-    printf("user %s@%s deleted\n", j->node, j->domain);
-    return SBCTL_OK;
+    }
+    redisContext *rc = sbctl_redis();
+    int kicked = rc ? sbctl_kick_sessions(rc, bare, NULL, "not-authorized", "account deleted") : -1;
+    /* The sm writes what an ending session leaves (last activity) as it
+     * ends: once the bindings are gone, delete once more. */
+    if (kicked > 0 && user_sessions_gone(rc, bare) &&
+        (sbctl_db_exec(c, "BEGIN") != 0 || account_purge(c, j->domain, j->node) != 0 ||
+         sbctl_db_exec(c, "COMMIT") != 0))
+        PQclear(PQexec(c, "ROLLBACK"));
+    if (rc)
+        redisFree(rc);
+    if (sbctl_json) {
+        sj_obj(NULL);
+        sj_str("user", bare);
+        sj_str("result", "deleted");
+        sj_int("sessions_ended", kicked < 0 ? 0 : kicked);
+        sj_end_obj();
+    } else {
+        printf("user %s deleted", bare);
+        if (kicked > 0)
+            printf(" (%d session%s ended)", kicked, kicked == 1 ? "" : "s");
+        printf("\n");
+    }
+    return kicked < 0 ? SBCTL_FAIL : SBCTL_OK;
 }
 
 static int user_list(PGconn *c, const char *name)
@@ -279,8 +440,18 @@ static int user_list(PGconn *c, const char *name)
         PQclear(r);
         return SBCTL_FAIL;
     }
-    for (int i = 0; i < PQntuples(r); i++)
-        printf("%s@%s\n", PQgetvalue(r, i, 0), dom);
+    if (sbctl_json)
+        sj_arr(NULL);
+    for (int i = 0; i < PQntuples(r); i++) {
+        char bare[JID_BARE_MAX + 1];
+        snprintf(bare, sizeof bare, "%s@%s", PQgetvalue(r, i, 0), dom);
+        if (sbctl_json)
+            sj_str(NULL, bare);
+        else
+            printf("%s\n", bare);
+    }
+    if (sbctl_json)
+        sj_end_arr();
     PQclear(r);
     return SBCTL_OK;
 }
@@ -461,9 +632,18 @@ static int user_bulk_add(PGconn *c, char **argv)
     if (bulk_store(c, files, workers, &added) != 0)
         goto out;
     double t2 = sb_now();
-    printf("added %ld users to %s (%ld already existed) in %.1f s"
-           " (keys %.1f s with %d workers, database %.1f s)\n",
-           added, b.domain, b.n - added, t2 - t0, t1 - t0, workers, t2 - t1);
+    if (sbctl_json) {
+        sj_obj(NULL);
+        sj_str("domain", b.domain);
+        sj_int("added", added);
+        sj_int("existed", b.n - added);
+        sj_num("seconds", t2 - t0);
+        sj_end_obj();
+    } else {
+        printf("added %ld users to %s (%ld already existed) in %.1f s"
+               " (keys %.1f s with %d workers, database %.1f s)\n",
+               added, b.domain, b.n - added, t2 - t0, t1 - t0, workers, t2 - t1);
+    }
     rc = SBCTL_OK;
 out:
     for (int w = 0; w < workers; w++)
@@ -480,6 +660,9 @@ int sbctl_cmd_user(int argc, char **argv)
 
     if (argc < 2)
         return SBCTL_USAGE;
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2))
+            return SBCTL_USAGE;     /* no options here: an unknown one */
     const char *op = argv[0];
     int is_add = strcmp(op, "add") == 0, is_pw = strcmp(op, "passwd") == 0;
     if (((is_add || is_pw) && argc > 3) ||

@@ -30,29 +30,48 @@ const char *sbctl_pg_msg(const PGconn *c, const PGresult *r)
     return line[0] ? line : "unknown error";
 }
 
-PGconn *sbctl_db_connect(void)
+PGconn *sbctl_db_connect_quiet(char *err, size_t cap)
 {
     const char *ci = sb_config_str("postgres", NULL);
-    PGconn *c;
+    char secs[24];
+    long t = sb_config_int("db_timeout", 3);
 
     if (!ci || !*ci) {
-        sbctl_err("no PostgreSQL connection string (config key 'postgres' in [cluster])");
+        snprintf(err, cap, "no PostgreSQL connection string (config key 'postgres' in [cluster])");
         return NULL;
     }
     struct sb_pg_params pp;
     if (sb_pg_params_from_config(&pp, ci) != SB_OK) {
-        sbctl_err("cannot read the PostgreSQL password (postgres_password_file)");
+        snprintf(err, cap, "cannot read the PostgreSQL password (postgres_password_file)");
         return NULL;
     }
-    c = PQconnectdbParams(pp.kw, pp.val, 1);
+    /* A database that is down or unreachable must not hang the CLI. */
+    snprintf(secs, sizeof secs, "%ld", t < 1 ? 1 : t);
+    int n = 0;
+    while (n < SB_PG_PARAMS_MAX && pp.kw[n])
+        n++;
+    if (!strstr(ci, "connect_timeout") && n + 1 < SB_PG_PARAMS_MAX) {
+        pp.kw[n] = "connect_timeout";
+        pp.val[n] = secs;
+        pp.kw[n + 1] = pp.val[n + 1] = NULL;
+    }
+    PGconn *c = PQconnectdbParams(pp.kw, pp.val, 1);
     sb_pg_params_wipe(&pp);
     if (PQstatus(c) != CONNECTION_OK) {
-        sbctl_err("cannot connect to PostgreSQL (%s): %s", ci, sbctl_pg_msg(c, NULL));
+        snprintf(err, cap, "cannot connect to PostgreSQL (%s): %s", ci, sbctl_pg_msg(c, NULL));
         PQfinish(c);
         return NULL;
     }
-    PGresult *r = PQexec(c, "SET client_min_messages = warning");
-    PQclear(r);
+    PQclear(PQexec(c, "SET client_min_messages = warning"));
+    return c;
+}
+
+PGconn *sbctl_db_connect(void)
+{
+    char err[768];
+    PGconn *c = sbctl_db_connect_quiet(err, sizeof err);
+    if (!c)
+        sbctl_err("%s", err);
     return c;
 }
 

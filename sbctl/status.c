@@ -1,25 +1,56 @@
-/* status.c — `sbctl status`: ask the routers which instances are alive.
- * A DEALER socket with routing id sbctl-<pid> sends ADMIN op=status; the
- * router answers with one `key=value …` line per live instance
- * (common/ENVELOPE.md), printed here as a table. */
+/* status.c — `sbctl status`: the cluster's health in one screen.
+ * - The instances, from the first router that answers ADMIN op=status (one
+ *   `key=value …` line per live instance, common/ENVELOPE.md), each with
+ *   what its lease in Redis adds (`lease:NAME`: the last HELLO, the address
+ *   a router saw it at, uptime, stanza rates; PTTL = how long it has left).
+ * - The s2s connections, from every s2s instance (ADMIN op=s2s).
+ * - Whether each router answers, Redis PING and PostgreSQL SELECT 1, each
+ *   with a short timeout.
+ * - One line per problem at the end; exit 1 when there is any. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <zmq.h>
 
 #include "config.h"
-#include "curve.h"
-#include "env.h"
+#include "sb.h"
 #include "sbctl.h"
 
 #define STATUS_TIMEOUT_MS 2000
 #define STATUS_ROUTER_MS 1000   /* per router: a dead one must not hold up the rest */
+#define STATUS_MAX 256          /* instances shown */
+#define STATUS_ROUTERS 16
+#define STATUS_PROBLEMS 64
+
+struct status_inst {
+    char line[2048];            /* the router's status line */
+    char lease[2048];           /* the lease body, "" when none */
+    long long ttl_ms;           /* PTTL; -2 no lease, -3 not asked */
+};
+
+static struct status_inst st_inst[STATUS_MAX];
+static int st_n;
+static char st_problem[STATUS_PROBLEMS][256];
+static int st_nproblems;
+static char st_s2s[16384];      /* s2s answers, one line per connection */
+static size_t st_s2s_len;
+
+static void status_problem(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void status_problem(const char *fmt, ...)
+{
+    if (st_nproblems == STATUS_PROBLEMS)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st_problem[st_nproblems++], sizeof st_problem[0], fmt, ap);
+    va_end(ap);
+}
 
 /* Value of key in a `k=v k=v` line into out ("-" when absent). */
-static void status_field(const char *line, size_t len, const char *key, char *out, size_t cap)
+static void status_field(const char *line, const char *key, char *out, size_t cap)
 {
-    size_t kl = strlen(key);
+    size_t kl = strlen(key), len = strlen(line);
     const char *p = line, *end = line + len;
 
     snprintf(out, cap, "-");
@@ -34,52 +65,64 @@ static void status_field(const char *line, size_t len, const char *key, char *ou
     }
 }
 
-/* s2s instances seen in the status reply: asked for their connections. */
-#define STATUS_S2S_MAX 16
-static char status_s2s[STATUS_S2S_MAX][64];
-static int status_ns2s;
-
-static void status_print(const char *body, size_t len)
+/* A field of the router's line, else of the lease. */
+static void status_get(const struct status_inst *in, const char *key, char *out, size_t cap)
 {
-    char name[64], kind[32], pid[32], age[32], sess[32], doms[512], direct[128];
-    const char *p = body, *end = body + len;
-    int rows = 0;
+    status_field(in->line, key, out, cap);
+    if (!strcmp(out, "-") && in->lease[0])
+        status_field(in->lease, key, out, cap);
+}
 
-    printf("%-16s %-8s %-8s %-10s %-9s %-26s %s\n", "INSTANCE", "KIND", "PID", "HEARTBEAT",
-           "SESSIONS", "DIRECT", "DOMAINS");
-    while (p < end) {
+/* Every `k=v` of a line as members of the current JSON object; numbers as
+ * numbers. */
+static void status_json_fields(const char *line, const char *skip)
+{
+    char copy[2048], *save = NULL;
+    snprintf(copy, sizeof copy, "%s", line);
+    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+        char *eq = strchr(t, '=');
+        if (!eq || eq == t)
+            continue;
+        *eq = '\0';
+        char pat[72];
+        snprintf(pat, sizeof pat, " %.64s ", t);
+        if (skip && strstr(skip, pat))
+            continue;
+        char *end;
+        double v = strtod(eq + 1, &end);
+        if (eq[1] && !*end && strcmp(t, "inc") && strcmp(t, "name"))
+            sj_num(t, v);
+        else
+            sj_str(t, eq + 1);
+    }
+}
+
+/* ---- the router ---------------------------------------------------------------- */
+
+static void status_take_lines(const char *body, size_t len)
+{
+    const char *p = body, *end = body + len;
+    st_n = 0;
+    while (p < end && st_n < STATUS_MAX) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (ll > 0) {
-            status_field(p, ll, "name", name, sizeof(name));
-            status_field(p, ll, "kind", kind, sizeof(kind));
-            status_field(p, ll, "pid", pid, sizeof(pid));
-            status_field(p, ll, "last_hello_ms", age, sizeof(age));
-            status_field(p, ll, "sessions", sess, sizeof(sess));
-            status_field(p, ll, "domains", doms, sizeof(doms));
-            status_field(p, ll, "direct", direct, sizeof(direct));
-            if (strcmp(age, "-") != 0) {
-                double s = atof(age) / 1000.0;
-                snprintf(age, sizeof(age), "%.1fs ago", s);
-            }
-            printf("%-16s %-8s %-8s %-10s %-9s %-26s %s\n", name, kind, pid, age, sess,
-                   direct, doms[0] ? doms : "-");
-            if (!strcmp(kind, "s2s") && status_ns2s < STATUS_S2S_MAX)
-                snprintf(status_s2s[status_ns2s++], sizeof status_s2s[0], "%s", name);
-            rows++;
+        if (ll > 0 && ll < sizeof st_inst[0].line) {
+            memcpy(st_inst[st_n].line, p, ll);
+            st_inst[st_n].line[ll] = '\0';
+            st_inst[st_n].lease[0] = '\0';
+            st_inst[st_n].ttl_ms = -3;
+            st_n++;
         }
         p += ll + 1;
     }
-    if (rows == 0)
-        printf("(no live instances)\n");
 }
 
 /* Wait for one ZeroMQ message until deadline and pass each envelope in it
  * (the router batches: [h1][b1][h2][b2]…) to fn. Returns the sum of fn's
  * results, or -1 when the deadline passed with nothing received. */
-typedef int (*status_fn)(const struct env_hdr *h, const char *body, size_t len, void *ud);
+typedef int (*status_fn)(const struct env_hdr *h, const char *body, size_t len);
 
-static int status_next(void *sock, double deadline, status_fn fn, void *ud)
+static int status_next(void *sock, double deadline, status_fn fn)
 {
     for (;;) {
         long left = (long)((deadline - sb_now()) * 1000);
@@ -102,7 +145,7 @@ static int status_next(void *sock, double deadline, status_fn fn, void *ud)
         if (++n < 2)
             continue;
         if (env_decode(&h, zmq_msg_data(&f[0]), zmq_msg_size(&f[0])) == SB_OK)
-            sum += fn(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), ud);
+            sum += fn(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1]));
         zmq_msg_close(&f[0]);
         zmq_msg_close(&f[1]);
         n = 0;
@@ -112,176 +155,312 @@ static int status_next(void *sock, double deadline, status_fn fn, void *ud)
     return sum;
 }
 
-/* 1: the status table was printed; -1: the router bounced the request. */
-static int status_quiet;        /* only whether it answers */
+static int status_take;         /* keep the table of this answer */
 
-static int status_on_reply(const struct env_hdr *h, const char *body, size_t len, void *ud)
+static int status_on_reply(const struct env_hdr *h, const char *body, size_t len)
 {
     if (h->kind == ENV_ADMIN && strcmp(h->op, "status") == 0) {
-        if (!status_quiet)
-            status_print(body, len);
+        if (status_take)
+            status_take_lines(body, len);
         return 1;
     }
-    if (h->kind == ENV_BOUNCE) {
-        sbctl_err("router at %s bounced the status request (%s)", (const char *)ud, h->op);
-        return -1000;
-    }
-    return 0;
-}
-
-/* Wait for the status reply; 0 printed, -1 timeout or error (reported). */
-static int status_wait(void *sock, const char *endpoint)
-{
-    double deadline = sb_now() + STATUS_ROUTER_MS / 1000.0;
-    int r;
-    while ((r = status_next(sock, deadline, status_on_reply, (void *)endpoint)) == 0)
-        ;
-    if (r > 0)
-        return 0;
-    if (r == -1)
-        sbctl_err("no answer from the router at %s within %.1f s (is it running?)", endpoint,
-                  STATUS_ROUTER_MS / 1000.0);
-    return -1;
-}
-
-/* One row per s2s connection or route (s2s/README.md):
- * REMOTE LOCAL DIR STATE TLS AUTH IDLE INSTANCE. */
-static void status_s2s_print(const char *body, size_t len)
-{
-    char f[8][256];
-    static const char *keys[8] = {"remote", "local", "dir", "state", "tls", "auth", "idle_s",
-                                  "instance"};
-    const char *p = body, *end = body + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        size_t ll = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        if (ll > 0) {
-            for (int i = 0; i < 8; i++)
-                status_field(p, ll, keys[i], f[i], sizeof f[i]);
-            printf("%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", f[0], f[1], f[2], f[3],
-                   !strcmp(f[4], "1") ? "yes" : "no", f[5], f[6], f[7]);
-        }
-        p += ll + 1;
-    }
+    return h->kind == ENV_BOUNCE ? -1000 : 0;
 }
 
 /* 1 for each answer (or bounce) of an s2s instance. */
-static int status_on_s2s(const struct env_hdr *h, const char *body, size_t len, void *ud)
+static int status_on_s2s(const struct env_hdr *h, const char *body, size_t len)
 {
-    if (h->kind == ENV_ADMIN && !strcmp(h->op, "s2s"))
-        status_s2s_print(body, len);
+    if (h->kind == ENV_ADMIN && !strcmp(h->op, "s2s") &&
+        len < sizeof st_s2s - st_s2s_len - 1) {
+        memcpy(st_s2s + st_s2s_len, body, len);
+        st_s2s_len += len;
+        if (len && body[len - 1] != '\n')
+            st_s2s[st_s2s_len++] = '\n';
+        st_s2s[st_s2s_len] = '\0';
+    }
     return h->kind == ENV_ADMIN || h->kind == ENV_BOUNCE;
 }
 
-/* Ask every s2s instance for its connections; prints what answers in time. */
-static void status_s2s_query(void *sock, const char *id)
+/* Ask every s2s instance for its connections; keeps what answers in time. */
+static void status_s2s_query(struct sbctl_bus *b)
 {
-    if (status_ns2s == 0)
-        return;
-    uint8_t hdr[ENV_HDR_MAX];
-    struct env_hdr h;
     int asked = 0;
-    for (int i = 0; i < status_ns2s; i++) {
-        env_init(&h, ENV_ADMIN, ENV_ROUTE_INSTANCE);
-        snprintf(h.key, sizeof h.key, "%s", status_s2s[i]);
-        snprintf(h.sender, sizeof h.sender, "%s", id);
-        snprintf(h.op, sizeof h.op, "s2s");
-        long n = env_encode(&h, hdr, sizeof hdr);
-        if (n >= 0 && zmq_send(sock, hdr, (size_t)n, ZMQ_SNDMORE) >= 0 && zmq_send(sock, "", 0, 0) >= 0)
+    char kind[32], name[64];
+    for (int i = 0; i < st_n; i++) {
+        status_field(st_inst[i].line, "kind", kind, sizeof kind);
+        status_field(st_inst[i].line, "name", name, sizeof name);
+        if (!strcmp(kind, "s2s") && sbctl_bus_send(b, ENV_ROUTE_INSTANCE, name, "s2s", "", "", "") == 0)
             asked++;
     }
-    printf("\nS2S CONNECTIONS\n%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", "REMOTE", "LOCAL",
-           "DIR", "STATE", "TLS", "AUTH", "IDLE", "INSTANCE");
     double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
     while (asked > 0) {
-        int r = status_next(sock, deadline, status_on_s2s, NULL);
+        int r = status_next(b->sock, deadline, status_on_s2s);
         if (r < 0)
             break;
         asked -= r;
     }
     if (asked > 0)
-        printf("(%d s2s instance(s) did not answer in time)\n", asked);
+        status_problem("%d s2s instance(s) did not answer within %.1f s", asked,
+                       STATUS_TIMEOUT_MS / 1000.0);
 }
 
-/* Ask one router for the status; print it (and the s2s connections) only
- * when `print`. 0 when it answered. */
-static int status_ask(const struct sb_curve *curve, const char *endpoint, int print)
+/* Ask one router; keep its table (and the s2s connections) when `take`.
+ * 0 when it answered. */
+static int status_ask(const char *endpoint, int take)
 {
-    char id[ENV_NAME_MAX + 1];
-    uint8_t hdr[ENV_HDR_MAX];
-    struct env_hdr h;
-    int rc = -1, zero = 0;
-    snprintf(id, sizeof(id), "sbctl-%d", (int)getpid());
-    void *ctx = zmq_ctx_new();
-    void *sock = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
-    if (!sock) {
-        sbctl_err("cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
-        goto out;
+    struct sbctl_bus b;
+    if (sbctl_bus_open(&b, endpoint) < 0)
+        return -1;
+    int rc = -1;
+    if (sbctl_bus_send(&b, ENV_ROUTE_ROUTER, "", "status", "", "", "") == 0) {
+        double deadline = sb_now() + STATUS_ROUTER_MS / 1000.0;
+        int r;
+        status_take = take;
+        while ((r = status_next(b.sock, deadline, status_on_reply)) == 0)
+            ;
+        if (r > 0) {
+            rc = 0;
+            if (take)
+                status_s2s_query(&b);
+        }
     }
-    zmq_setsockopt(sock, ZMQ_ROUTING_ID, id, strlen(id));
-    zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof(zero));
-    if (sb_curve_client(curve, sock) != SB_OK)
-        goto out;
-    if (zmq_connect(sock, endpoint) != 0) {
-        sbctl_err("cannot connect to router endpoint %s: %s", endpoint, zmq_strerror(zmq_errno()));
-        goto out;
-    }
-    env_init(&h, ENV_ADMIN, ENV_ROUTE_ROUTER);
-    snprintf(h.sender, sizeof(h.sender), "%s", id);
-    snprintf(h.op, sizeof(h.op), "status");
-    long n = env_encode(&h, hdr, sizeof(hdr));
-    if (n < 0 || zmq_send(sock, hdr, (size_t)n, ZMQ_SNDMORE) < 0 || zmq_send(sock, "", 0, 0) < 0) {
-        sbctl_err("cannot send to router %s: %s", endpoint, zmq_strerror(zmq_errno()));
-        goto out;
-    }
-    status_quiet = !print;
-    if (status_wait(sock, endpoint) == 0) {
-        rc = 0;
-        if (print)
-            status_s2s_query(sock, id);
-    }
-out:
-    if (sock)
-        zmq_close(sock);
-    if (ctx)
-        zmq_ctx_term(ctx);
+    sbctl_bus_close(&b);
     return rc;
 }
 
-/* The instance table from the first router that answers (every router
- * reads the same membership from Redis), then whether each one answers. */
+/* ---- the stores ----------------------------------------------------------------- */
+
+struct status_store {
+    int up;
+    double ms;
+    char detail[512];
+};
+
+static void status_leases(redisContext *c)
+{
+    char name[64];
+    for (int i = 0; i < st_n; i++) {
+        status_field(st_inst[i].line, "name", name, sizeof name);
+        redisAppendCommand(c, "GET lease:%s", name);
+        redisAppendCommand(c, "PTTL lease:%s", name);
+    }
+    for (int i = 0; i < st_n; i++) {
+        redisReply *g = NULL, *t = NULL;
+        if (redisGetReply(c, (void **)&g) != REDIS_OK || redisGetReply(c, (void **)&t) != REDIS_OK) {
+            if (g)
+                freeReplyObject(g);
+            return;
+        }
+        if (g->type == REDIS_REPLY_STRING)
+            snprintf(st_inst[i].lease, sizeof st_inst[i].lease, "%s", g->str);
+        if (t->type == REDIS_REPLY_INTEGER)
+            st_inst[i].ttl_ms = t->integer;
+        freeReplyObject(g);
+        freeReplyObject(t);
+    }
+}
+
+static void status_redis(struct status_store *s)
+{
+    double t0 = sb_now();
+    redisContext *c = sbctl_redis_connect(s->detail, sizeof s->detail);
+    if (!c)
+        return;
+    redisReply *r = redisCommand(c, "PING");
+    s->up = r && r->type == REDIS_REPLY_STATUS;
+    s->ms = (sb_now() - t0) * 1000;
+    snprintf(s->detail, sizeof s->detail, "%s", s->up ? "PING answered" : r ? r->str : c->errstr);
+    if (r)
+        freeReplyObject(r);
+    if (s->up)
+        status_leases(c);
+    redisFree(c);
+}
+
+static void status_pg(struct status_store *s)
+{
+    double t0 = sb_now();
+    PGconn *c = sbctl_db_connect_quiet(s->detail, sizeof s->detail);
+    if (!c)
+        return;
+    PQclear(PQexec(c, "SET statement_timeout = 2000"));
+    PGresult *r = PQexec(c, "SELECT 1");
+    s->up = PQresultStatus(r) == PGRES_TUPLES_OK;
+    s->ms = (sb_now() - t0) * 1000;
+    snprintf(s->detail, sizeof s->detail, "%s", s->up ? "SELECT 1 answered" : sbctl_pg_msg(c, r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+/* ---- output ---------------------------------------------------------------------- */
+
+static void status_uptime(const char *v, char *out, size_t cap)
+{
+    long s = strcmp(v, "-") ? atol(v) : -1;
+    if (s < 0)
+        snprintf(out, cap, "-");
+    else if (s < 3600)
+        snprintf(out, cap, "%ldm%02lds", s / 60, s % 60);
+    else if (s < 86400)
+        snprintf(out, cap, "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else
+        snprintf(out, cap, "%ldd%02ldh", s / 86400, s / 3600 % 24);
+}
+
+#define STATUS_ROW "%-16s %-7s %-22s %-8s %-9s %-7s %-9s %-9s %-8s %-8s %-26s %s\n"
+
+static void status_print_instances(void)
+{
+    char f[12][512];
+    /* HEARTBEAT ("0.5s ago") right before SESSIONS: scripts find it so. */
+    static const char *keys[] = {"name", "kind", "addr", "pid", "up_s", "-", "last_hello_ms",
+                                 "sessions", "in_rate", "out_rate", "direct", "domains"};
+    printf(STATUS_ROW, "INSTANCE", "KIND", "ADDRESS", "PID", "UPTIME", "LEASE", "HEARTBEAT",
+           "SESSIONS", "IN/S", "OUT/S", "DIRECT", "DOMAINS");
+    for (int i = 0; i < st_n; i++) {
+        for (int k = 0; k < 12; k++)
+            status_get(&st_inst[i], keys[k], f[k], sizeof f[k]);
+        status_uptime(f[4], f[4], sizeof f[4]);
+        if (strcmp(f[6], "-"))
+            snprintf(f[6], sizeof f[6], "%.1fs ago", atof(f[6]) / 1000.0);
+        if (st_inst[i].ttl_ms >= 0)
+            snprintf(f[5], sizeof f[5], "%.1fs", st_inst[i].ttl_ms / 1000.0);
+        printf(STATUS_ROW, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
+               f[11][0] ? f[11] : "-");
+    }
+    if (st_n == 0)
+        printf("(no live instances)\n");
+}
+
+static void status_print_s2s(void)
+{
+    char f[8][256];
+    static const char *keys[8] = {"remote", "local", "dir", "state", "tls", "auth", "idle_s",
+                                  "instance"};
+    printf("\nS2S CONNECTIONS\n%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", "REMOTE", "LOCAL",
+           "DIR", "STATE", "TLS", "AUTH", "IDLE", "INSTANCE");
+    char copy[sizeof st_s2s], *save = NULL;
+    memcpy(copy, st_s2s, st_s2s_len + 1);
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        for (int i = 0; i < 8; i++)
+            status_field(l, keys[i], f[i], sizeof f[i]);
+        printf("%-24s %-16s %-10s %-11s %-4s %-9s %-6s %s\n", f[0], f[1], f[2], f[3],
+               !strcmp(f[4], "1") ? "yes" : "no", f[5], f[6], f[7]);
+    }
+}
+
+static void status_json(char **eps, const int *up, int n, const struct status_store *rs,
+                        const struct status_store *ps)
+{
+    sj_obj(NULL);
+    sj_bool("healthy", st_nproblems == 0);
+    sj_arr("instances");
+    for (int i = 0; i < st_n; i++) {
+        sj_obj(NULL);
+        status_json_fields(st_inst[i].line, NULL);
+        if (st_inst[i].lease[0])
+            status_json_fields(st_inst[i].lease, " kind pid inc sessions domains direct seq ");
+        if (st_inst[i].ttl_ms >= 0)
+            sj_int("lease_ttl_ms", st_inst[i].ttl_ms);
+        else
+            sj_null("lease_ttl_ms");
+        sj_end_obj();
+    }
+    sj_end_arr();
+    sj_arr("s2s");
+    char copy[sizeof st_s2s], *save = NULL;
+    memcpy(copy, st_s2s, st_s2s_len + 1);
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        sj_obj(NULL);
+        status_json_fields(l, NULL);
+        sj_end_obj();
+    }
+    sj_end_arr();
+    sj_arr("routers");
+    for (int i = 0; i < n; i++) {
+        sj_obj(NULL);
+        sj_str("endpoint", eps[i]);
+        sj_bool("answering", up[i]);
+        sj_end_obj();
+    }
+    sj_end_arr();
+    const struct status_store *s[2] = {rs, ps};
+    static const char *names[2] = {"redis", "postgresql"};
+    for (int i = 0; i < 2; i++) {
+        sj_obj(names[i]);
+        sj_bool("up", s[i]->up);
+        if (s[i]->up)
+            sj_num("ms", s[i]->ms);
+        sj_str("detail", s[i]->detail);
+        sj_end_obj();
+    }
+    sj_arr("problems");
+    for (int i = 0; i < st_nproblems; i++)
+        sj_str(NULL, st_problem[i]);
+    sj_end_arr();
+    sj_end_obj();
+}
+
+/* Problems the data shows: nobody to log in to or to route to, leases. */
+static void status_judge(const struct status_store *rs)
+{
+    int sms = 0, fes = 0;
+    char kind[32], name[64];
+    for (int i = 0; i < st_n; i++) {
+        status_field(st_inst[i].line, "kind", kind, sizeof kind);
+        status_field(st_inst[i].line, "name", name, sizeof name);
+        sms += !strcmp(kind, "sm");
+        fes += !strcmp(kind, "c2s") || !strcmp(kind, "bosh");
+        if (rs->up && st_inst[i].ttl_ms == -2)
+            status_problem("%s: listed by the router but its lease is gone from Redis", name);
+    }
+    if (st_n > 0 && sms == 0)
+        status_problem("no live sm: logins and messages fail");
+    if (st_n > 0 && fes == 0)
+        status_problem("no live c2s or bosh: clients cannot connect");
+}
+
 int sbctl_cmd_status(int argc, char **argv)
 {
-    const char *list = sb_config_str("routers", sb_config_str("router", NULL));
     if (argc != 0)
         return SBCTL_USAGE;
-    if (!list || !*list) {
-        sbctl_err("no router endpoint (config key 'routers' in [cluster])");
-        return SBCTL_FAIL;
-    }
-    /* The routers admit bus members only: sbctl is one, with sbctl.key
-     * (checked first so `curve = off` does not warn on every status). */
-    struct sb_curve *curve = NULL;
-    if (sb_config_bool("curve", 1) && sb_curve_load(&curve, "sbctl") != SB_OK) {
-        sbctl_err("cannot load the bus CURVE keys (sbctl keys generate … sbctl)");
-        return SBCTL_FAIL;
-    }
-    char *copy = strdup(list), *save = NULL;
-    char *eps[16];
-    int n = 0, shown = -1;
-    for (char *t = copy ? strtok_r(copy, ", \t", &save) : NULL; t && n < 16;
-         t = strtok_r(NULL, ", \t", &save))
-        eps[n++] = t;
-    int up[16] = {0};
+    char copy[1024], *eps[STATUS_ROUTERS];
+    int n = sbctl_routers(copy, sizeof copy, eps, STATUS_ROUTERS), shown = -1;
+    int up[STATUS_ROUTERS] = {0};
     for (int i = 0; i < n; i++) {
-        up[i] = status_ask(curve, eps[i], shown < 0) == 0;
+        up[i] = status_ask(eps[i], shown < 0) == 0;
         if (up[i] && shown < 0)
             shown = i;
+        if (!up[i])
+            status_problem("router %s does not answer (within %.1f s)", eps[i],
+                           STATUS_ROUTER_MS / 1000.0);
     }
-    printf("\nROUTERS\n");
-    for (int i = 0; i < n; i++)
-        printf("%-40s %s\n", eps[i], up[i] ? "answering" : "no answer");
-    free(copy);
-    sb_curve_free(curve);
-    return shown >= 0 ? SBCTL_OK : SBCTL_FAIL;
+    if (n > 0 && shown < 0)
+        status_problem("no router answers: the instance list is unknown");
+    struct status_store rs = {0}, ps = {0};
+    status_redis(&rs);
+    status_pg(&ps);
+    if (!rs.up)
+        status_problem("Redis is down: %s", rs.detail);
+    if (!ps.up)
+        status_problem("PostgreSQL is down: %s", ps.detail);
+    status_judge(&rs);
+
+    if (sbctl_json) {
+        status_json(eps, up, n < 0 ? 0 : n, &rs, &ps);
+    } else {
+        if (shown >= 0)
+            status_print_instances();
+        if (st_s2s_len)
+            status_print_s2s();
+        printf("\nROUTERS\n");
+        for (int i = 0; i < n; i++)
+            printf("%-40s %s\n", eps[i], up[i] ? "answering" : "no answer");
+        printf("\nSTORES\n%-12s %-5s %s\n", "redis", rs.up ? "up" : "DOWN", rs.detail);
+        printf("%-12s %-5s %s\n", "postgresql", ps.up ? "up" : "DOWN", ps.detail);
+        printf("\n%s\n", st_nproblems ? "PROBLEMS" : "no problems");
+        for (int i = 0; i < st_nproblems; i++)
+            printf("problem: %s\n", st_problem[i]);
+    }
+    return n >= 0 && st_nproblems == 0 ? SBCTL_OK : SBCTL_FAIL;
 }
