@@ -22,6 +22,7 @@
 #include "route.h"
 #include "config.h"
 #include "curve.h"
+#include "metrics.h"
 #include "log.h"
 #include "proc.h"
 #include "rdev.h"
@@ -1171,6 +1172,7 @@ int main(int argc, char **argv)
     rt_reg_free(&s.heard);
     sb_buf_free(&s.body);
     sb_buf_free(&s.lease_val);
+    sb_metrics_stop();
     sb_config_free();
     return 0;
 }
