@@ -49,7 +49,7 @@ struct sb_metric {
 void sb_metric_register(struct sb_metric *m);
 
 #define SB_METRIC_DEFINE(var, typ, nm, lbl, hlp, fn)                            \
-    struct sb_metric var = {.name = nm, .labels = lbl, .help = hlp,             \
+    static struct sb_metric var = {.name = nm, .labels = lbl, .help = hlp,             \
                             .type = typ, .read = fn};                           \
     __attribute__((constructor)) static void var##_register(void)              \
     {                                                                           \
@@ -65,6 +65,16 @@ void sb_metric_register(struct sb_metric *m);
     SB_METRIC_DEFINE(var, SB_METRIC_COUNTER, name, labels, help, fn)
 #define SB_GAUGE_FN(var, name, labels, help, fn) \
     SB_METRIC_DEFINE(var, SB_METRIC_GAUGE, name, labels, help, fn)
+
+/* Four counters of one family by stanza kind (enum sb_stanza_kind below)
+ * and an array `var` indexed by it. */
+#define SB_STANZA_COUNTERS(var, nm, hlp)                                        \
+    SB_COUNTER(var##_message, nm, "type=\"message\"", hlp)                      \
+    SB_COUNTER(var##_presence, nm, "type=\"presence\"", hlp)                    \
+    SB_COUNTER(var##_iq, nm, "type=\"iq\"", hlp)                                \
+    SB_COUNTER(var##_other, nm, "type=\"other\"", hlp)                          \
+    static struct sb_metric *const var[] = {&var##_message, &var##_presence,     \
+                                            &var##_iq, &var##_other};
 
 static inline void sb_metric_inc(struct sb_metric *m) { m->value += 1; }
 static inline void sb_metric_dec(struct sb_metric *m) { m->value -= 1; }
