@@ -140,14 +140,14 @@ static const char *metrics_type_name(enum sb_metric_type t)
     return "untyped";
 }
 
-/* Go's strconv 'g' style is not required: any float Prometheus parses. */
+/* 15 significant digits: exact for counts, short for seconds. */
 static sb_rc metrics_value(struct sb_buf *b, double v)
 {
     if (isnan(v))
         return sb_buf_adds(b, "NaN");
     if (isinf(v))
         return sb_buf_adds(b, v > 0 ? "+Inf" : "-Inf");
-    return sb_buf_printf(b, "%.17g", v);
+    return sb_buf_printf(b, "%.15g", v);
 }
 
 /* name{labels[,extra]} value */
