@@ -63,8 +63,9 @@ $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(BIN)/sb-s2s: $(call obj,$(S2S_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcares
+# sbctl metrics reads the HTTP answer with http_parser.
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
-	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lhttp_parser
 
 # -MMD: a test that #includes component sources (test_sm_core.c) is rebuilt
 # when they change.

@@ -26,6 +26,7 @@ static void sbctl_usage(void)
             "  user bulk-add DOMAIN PREFIX N PASSPREFIX  PREFIX1..N with PASSPREFIX1..N\n"
             "  status                                  live instances, from the router\n"
             "  drain INSTANCE [--timeout S] [--no-wait]  a front-end sends its clients away and exits\n"
+            "  metrics [INSTANCE]                      what the instance's /metrics serves (all without one)\n"
             "  keys generate [--dir DIR] NAME...       bus CURVE keys: server.key, NAME.key\n"
             "                                          (kept if present), members.pub\n"
             "config: -c FILE or $SB_CONFIG; keys from [sbctl] then [cluster]\n");
@@ -92,6 +93,8 @@ int main(int argc, char **argv)
         rc = sbctl_cmd_keys(argc - 1, argv + 1);
     else if (strcmp(argv[0], "drain") == 0)
         rc = sbctl_cmd_drain(argc - 1, argv + 1);
+    else if (strcmp(argv[0], "metrics") == 0)
+        rc = sbctl_cmd_metrics(argc - 1, argv + 1);
     else
         rc = SBCTL_USAGE;
     if (rc == SBCTL_USAGE)
