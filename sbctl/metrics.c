@@ -125,7 +125,7 @@ static int metrics_fetch(const char *instance, const char *spec, struct metrics_
     s.on_message_complete = metrics_on_done;
     p.data = r;
     char buf[16384];
-    ssize_t got;
+    ssize_t got = 0;
     int bad = 0;
     while (!r->complete && (got = read(fd, buf, sizeof buf)) > 0)
         if (http_parser_execute(&p, &s, buf, (size_t)got) != (size_t)got) {
