@@ -4,7 +4,7 @@
 # module (sm/mod_*.c) needs no change here.
 
 CC      ?= cc
-PKGS    := libzmq libev expat gnutls hiredis libpq libidn nettle
+PKGS    := libzmq libev expat gnutls hiredis libpq libidn nettle libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(filter-out libev,$(PKGS)) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(filter-out libev,$(PKGS)) 2>/dev/null) -lev -lm
 CFLAGS  ?= -O2 -g
@@ -63,8 +63,9 @@ $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(BIN)/sb-s2s: $(call obj,$(S2S_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcares
+# sbctl metrics reads the HTTP answer with http_parser.
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
-	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lhttp_parser
 
 # -MMD: a test that #includes component sources (test_sm_core.c) is rebuilt
 # when they change.

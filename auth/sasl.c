@@ -11,6 +11,7 @@
 
 #include "jid.h"
 #include "log.h"
+#include "metrics.h"
 #include "auth-int.h"
 
 #define SASL_MAX_MSG 16384     /* decoded bytes of one client message */
@@ -107,6 +108,40 @@ static void sasl_reset(struct sasl_sess *s)
     s->state = SASL_ST_INIT;
 }
 
+/* Results by mechanism: [mechanism][0 success, 1 failure]. "other" is an
+ * <auth/> naming nothing we offer. */
+enum { SASL_MX_PLAIN, SASL_MX_SHA1, SASL_MX_SHA256, SASL_MX_ANON, SASL_MX_OTHER };
+#define SASL_MX(var, mech, result) \
+    SB_COUNTER(var, "sb_auth_total", "mechanism=\"" mech "\",result=\"" result "\"", \
+               "Finished SASL exchanges by mechanism and result")
+SASL_MX(sasl_mx_plain_ok, "PLAIN", "success")
+SASL_MX(sasl_mx_plain_ko, "PLAIN", "failure")
+SASL_MX(sasl_mx_sha1_ok, "SCRAM-SHA-1", "success")
+SASL_MX(sasl_mx_sha1_ko, "SCRAM-SHA-1", "failure")
+SASL_MX(sasl_mx_sha256_ok, "SCRAM-SHA-256", "success")
+SASL_MX(sasl_mx_sha256_ko, "SCRAM-SHA-256", "failure")
+SASL_MX(sasl_mx_anon_ok, "ANONYMOUS", "success")
+SASL_MX(sasl_mx_anon_ko, "ANONYMOUS", "failure")
+SASL_MX(sasl_mx_other_ok, "other", "success")
+SASL_MX(sasl_mx_other_ko, "other", "failure")
+static struct sb_metric *const sasl_mx[][2] = {
+    [SASL_MX_PLAIN] = {&sasl_mx_plain_ok, &sasl_mx_plain_ko},
+    [SASL_MX_SHA1] = {&sasl_mx_sha1_ok, &sasl_mx_sha1_ko},
+    [SASL_MX_SHA256] = {&sasl_mx_sha256_ok, &sasl_mx_sha256_ko},
+    [SASL_MX_ANON] = {&sasl_mx_anon_ok, &sasl_mx_anon_ko},
+    [SASL_MX_OTHER] = {&sasl_mx_other_ok, &sasl_mx_other_ko},
+};
+
+static int sasl_mx_of(const struct sasl_sess *s)
+{
+    switch (s->mech) {
+    case SASL_M_PLAIN: return SASL_MX_PLAIN;
+    case SASL_M_SCRAM: return s->hash == SCRAM_SHA256 ? SASL_MX_SHA256 : SASL_MX_SHA1;
+    case SASL_M_ANON: return SASL_MX_ANON;
+    default: return SASL_MX_OTHER;
+    }
+}
+
 /* Deliver a final result. The callback may free s: nothing touches s after. */
 static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *data,
                         const char *cond)
@@ -114,6 +149,7 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
     char user[JID_PART_MAX + 1];
     struct sasl_result r = {st, data ? data : "", cond, NULL, 0};
 
+    sb_metric_inc(sasl_mx[sasl_mx_of(s)][st == SASL_SUCCESS ? 0 : 1]);
     if (st == SASL_SUCCESS) {
         memcpy(user, s->username, sizeof(user));
         r.username = user;

@@ -13,6 +13,7 @@
 #define _GNU_SOURCE              /* accept4 */
 #include "c2s.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -48,6 +49,33 @@ static const struct tlsconn_ops conn_tcp_ops = {
     .secured = conn_tcp_secured,
     .dead = conn_tcp_dead,
 };
+
+/* Connections and bound sessions by transport (sb-c2s: tcp; sb-bosh: bosh
+ * and ws). A BOSH or WebSocket "connection" is its XMPP session's wire. */
+enum { CONN_MX_TCP, CONN_MX_BOSH, CONN_MX_WS, CONN_MX_N };
+#define CONN_MX(tp)                                                                    \
+    SB_GAUGE(conn_mx_open_##tp, "sb_connections", "transport=\"" #tp "\"",             \
+             "Client connections open, by transport")                                 \
+    SB_COUNTER(conn_mx_opened_##tp, "sb_connections_opened_total",                     \
+               "transport=\"" #tp "\"", "Client connections accepted, by transport")   \
+    SB_GAUGE(conn_mx_sess_##tp, "sb_sessions", "transport=\"" #tp "\"",                \
+             "Bound client sessions, by transport")
+CONN_MX(tcp)
+CONN_MX(bosh)
+CONN_MX(ws)
+static struct sb_metric *const conn_mx_open[] = {&conn_mx_open_tcp, &conn_mx_open_bosh,
+                                                 &conn_mx_open_ws};
+static struct sb_metric *const conn_mx_opened[] = {&conn_mx_opened_tcp, &conn_mx_opened_bosh,
+                                                   &conn_mx_opened_ws};
+static struct sb_metric *const conn_mx_sess[] = {&conn_mx_sess_tcp, &conn_mx_sess_bosh,
+                                                 &conn_mx_sess_ws};
+
+static int conn_mx_of(const struct c2s_conn *c)
+{
+    if (c->tp == &c2s_tcp_transport)
+        return CONN_MX_TCP;
+    return strcmp(c->tp->name, "ws") == 0 ? CONN_MX_WS : CONN_MX_BOSH;
+}
 
 const struct c2s_transport c2s_tcp_transport = {
     .name = "tcp",
@@ -210,10 +238,13 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s)
 {
     if (c->state == s)
         return;
-    if (s == C2S_S_BOUND)
+    if (s == C2S_S_BOUND) {
         c2s.nsessions++;
-    else if (c->state == C2S_S_BOUND)
+        sb_metric_inc(conn_mx_sess[conn_mx_of(c)]);
+    } else if (c->state == C2S_S_BOUND) {
         c2s.nsessions--;
+        sb_metric_dec(conn_mx_sess[conn_mx_of(c)]);
+    }
     int changed = (s == C2S_S_BOUND || c->state == C2S_S_BOUND);
     c->state = (uint8_t)s;
     if (changed)
@@ -256,6 +287,8 @@ static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
         c2s.conns->prev = c;
     c2s.conns = c;
     c2s.nconns++;
+    sb_metric_inc(conn_mx_open[conn_mx_of(c)]);
+    sb_metric_inc(conn_mx_opened[conn_mx_of(c)]);
     c->state = C2S_S_CONNECTED;
     return c;
 }
@@ -365,10 +398,18 @@ void c2s_listen_stop(void)
 
 /* ---- the TCP transport -------------------------------------------------- */
 
+SB_STANZA_COUNTERS(conn_mx_out, "sb_stanzas_out_total",
+                   "Stanzas written to clients, by type")
+
 void c2s_conn_write(struct c2s_conn *c, const char *data, size_t len)
 {
     if (c->state == C2S_S_CLOSING || len == 0)
         return;
+    /* Every write is one whole element: stanzas are counted, the rest
+     * (features, SASL, stream errors) is not. */
+    enum sb_stanza_kind k = sb_stanza_kind_of_xml(data, len);
+    if (k != SB_ST_OTHER)
+        sb_metric_inc(conn_mx_out[k]);
     c->tp->write(c, data, len);
 }
 
@@ -491,6 +532,7 @@ static void conn_free(struct c2s_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     c2s.nconns--;
+    sb_metric_dec(conn_mx_open[conn_mx_of(c)]);
     conn_release(c);
     if (c2s.stopping && !c2s.conns)
         ev_break(c2s.loop, EVBREAK_ALL);

@@ -8,6 +8,7 @@
 #include "c2s.h"
 #include "jid.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -370,6 +371,9 @@ static void stream_on_stanza(void *ud, struct xml_node *n)
     c2s_stream_element(ud, n);
 }
 
+SB_STANZA_COUNTERS(stream_mx_in, "sb_stanzas_in_total",
+                   "Stanzas read from clients after authentication, by type")
+
 void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
 {
     if (c->state != C2S_S_CLOSING && c2s_rate_stanza(c))
@@ -389,6 +393,7 @@ void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
         }
         if (c->state == C2S_S_BOUND)
             c2s_sm_stanza_in(c);
+        sb_metric_inc(stream_mx_in[sb_stanza_kind_of(n->name)]);
         if (stream_local_iq(c, n))
             return;
         if (c->state == C2S_S_BOUND) {

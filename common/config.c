@@ -246,6 +246,14 @@ const char *sb_config_str_section(const char *section, const char *key, const ch
     return v ? v : def;
 }
 
+void sb_config_each_key(const char *key, void (*cb)(const char *section, const char *value,
+                                                    void *ud), void *ud)
+{
+    for (size_t i = 0; i < cfg_n; i++)
+        if (strcmp(cfg_tab[i].key, key) == 0)
+            cb(cfg_tab[i].section, cfg_tab[i].value, ud);
+}
+
 const char *sb_config_str(const char *key, const char *def)
 {
     return sb_config_str_in(cfg_kind, cfg_inst, key, def);

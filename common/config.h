@@ -38,5 +38,9 @@ const char *sb_config_str_in(const char *kind, const char *instance,
 /* One key of exactly one section (e.g. [domain.NAME] cert, which must not
  * fall back to a process's own `cert`): no environment, no fallback. */
 const char *sb_config_str_section(const char *section, const char *key, const char *def);
+/* cb(section, value) for every occurrence of `key` in the file, in file
+ * order (e.g. sbctl listing every instance's `metrics`). */
+void sb_config_each_key(const char *key, void (*cb)(const char *section, const char *value,
+                                                    void *ud), void *ud);
 
 #endif

@@ -35,6 +35,7 @@
 #include "buf.h"
 #include "curve.h"
 #include "log.h"
+#include "metrics.h"
 #include "route.h"
 #include "sb.h"
 
@@ -272,6 +273,19 @@ static int zs_send(struct link_zs *z, const uint8_t *hdr, size_t hlen, const cha
 }
 
 static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body);
+
+SB_COUNTER(link_mx_sent_direct, "sb_link_envelopes_sent_total", "path=\"direct\"",
+           "Envelopes sent, straight to an sm/component or through a router")
+SB_COUNTER(link_mx_sent_router, "sb_link_envelopes_sent_total", "path=\"router\"",
+           "Envelopes sent, straight to an sm/component or through a router")
+SB_COUNTER(link_mx_send_failed, "sb_link_send_failures_total", "",
+           "Envelopes no socket would take (the caller answers resource-constraint)")
+SB_COUNTER(link_mx_received, "sb_link_envelopes_received_total", "",
+           "Envelopes received and handed to the process")
+SB_COUNTER(link_mx_dups, "sb_link_duplicates_total", "",
+           "Re-sent envelopes dropped because they had been delivered already")
+SB_COUNTER(link_mx_router_down, "sb_link_router_down_total", "",
+           "Times a router connection was declared down")
 
 /* Receive one whole multipart message ([identity] on a ROUTER, then
  * [h1][b1][h2][b2]…) and deliver its envelopes in order. A trailing odd
@@ -642,6 +656,8 @@ static void rt_to_limbo(struct link *l, struct link_rt *r)
 static void rt_down(struct link *l, struct link_rt *r, const char *why)
 {
     if (r->up)
+        sb_metric_inc(&link_mx_router_down);
+    if (r->up)
         log_warn("link_router_down", "endpoint=%s why=%s unconfirmed_bytes=%zu",
                  sb_log_q(r->endpoint), why, r->unacked.len);
     r->up = 0;
@@ -866,6 +882,7 @@ static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
     }
     if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
         l->dups++;              /* a re-send we already had */
+        sb_metric_inc(&link_mx_dups);
         return;
     }
     struct link_rt *r = h.kind == ENV_CONTROL ? link_rt_of(l, z) : NULL;
@@ -873,6 +890,7 @@ static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
         rt_on_ack(l, r, &h, zmq_msg_data(body), zmq_msg_size(body));
         return;
     }
+    sb_metric_inc(&link_mx_received);
     if (h.kind == ENV_CONTROL && !strcmp(h.op, "members"))
         link_on_members(l, zmq_msg_data(body), zmq_msg_size(body));
     if (h.kind == ENV_STANZA)
@@ -1291,15 +1309,21 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
         l->st_out++;
     struct link_zs *peer = link_direct_peer(l, h);
     if (peer) {
-        if (zs_send(peer, hdr, (size_t)n, body, body_len) == 0)
+        if (zs_send(peer, hdr, (size_t)n, body, body_len) == 0) {
+            sb_metric_inc(&link_mx_sent_direct);
             return SB_OK;
+        }
         l->fb_peer++;
     }
     if (l->direct && h->route == ENV_ROUTE_INSTANCE && strlen(h->key) <= ENV_NAME_MAX &&
         (h->kind == ENV_STANZA || h->kind == ENV_CONTROL) &&
-        rq_send(l, h->key, hdr, (size_t)n, body, body_len) == 0)
+        rq_send(l, h->key, hdr, (size_t)n, body, body_len) == 0) {
+        sb_metric_inc(&link_mx_sent_direct);
         return SB_OK;
-    return link_main_send(l, hdr, (size_t)n, body, body_len, h);
+    }
+    sb_rc rc = link_main_send(l, hdr, (size_t)n, body, body_len, h);
+    sb_metric_inc(rc == SB_OK ? &link_mx_sent_router : &link_mx_send_failed);
+    return rc;
 }
 
 const char *link_instance(const struct link *l)

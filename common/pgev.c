@@ -25,6 +25,7 @@
 #include "pgev.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ struct pgev_query {
     pgev_cb cb;          /* NULL once answered (deadline passed in flight) */
     void *arg;
     double deadline;     /* ev_now() + PGEV_TIMEOUT */
+    double t0;           /* queued (sb_now): the round trip the caller sees */
     int preparing;       /* in flight is the Parse of stmt_name, not the query */
     PGresult *result;    /* first result of the query, while in flight */
     char stmt_name[24];
@@ -84,10 +86,23 @@ struct pgev {
 static void pgev_connect(struct pgev *pg);
 static void pgev_pump(struct pgev *pg);
 
+#define PGEV_MX_ERR_HELP "PostgreSQL queries that failed: no result (down, connection lost, " \
+                         "deadline), an error result, refused (queue full)"
+SB_COUNTER(pgev_mx_queries, "sb_pg_queries_total", "", "PostgreSQL queries issued")
+SB_COUNTER(pgev_mx_err_none, "sb_pg_errors_total", "reason=\"no_result\"", PGEV_MX_ERR_HELP)
+SB_COUNTER(pgev_mx_err_query, "sb_pg_errors_total", "reason=\"query\"", PGEV_MX_ERR_HELP)
+SB_COUNTER(pgev_mx_err_full, "sb_pg_errors_total", "reason=\"queue_full\"", PGEV_MX_ERR_HELP)
+SB_COUNTER(pgev_mx_disconnects, "sb_pg_disconnects_total", "",
+           "Times a PostgreSQL connection went down")
+SB_GAUGE(pgev_mx_pending, "sb_pg_pending", "", "PostgreSQL queries queued or in flight")
+SB_HISTOGRAM(pgev_mx_rtt, "sb_pg_round_trip_seconds", "",
+             "PostgreSQL query round trips, queued to answered")
+
 /* ---- queries -------------------------------------------------------------- */
 
 static void pgev_query_free(struct pgev_query *q)
 {
+    sb_metric_dec(&pgev_mx_pending);
     if (q->result)
         PQclear(q->result);
     for (int i = 0; i < q->nparams; i++)
@@ -99,8 +114,15 @@ static void pgev_query_free(struct pgev_query *q)
 
 static void pgev_answer(struct pgev_query *q, PGresult *res)
 {
-    if (q->cb)
-        q->cb(res, q->arg);
+    if (!q->cb)
+        return;
+    if (!res)
+        sb_metric_inc(&pgev_mx_err_none);
+    else if (PQresultStatus(res) == PGRES_FATAL_ERROR || PQresultStatus(res) == PGRES_BAD_RESPONSE)
+        sb_metric_inc(&pgev_mx_err_query);
+    else
+        sb_metric_observe(&pgev_mx_rtt, sb_now() - q->t0);
+    q->cb(res, q->arg);
     q->cb = NULL;
 }
 
@@ -110,6 +132,7 @@ static struct pgev_query *pgev_query_new(const char *sql, int nparams,
     struct pgev_query *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
+    sb_metric_inc(&pgev_mx_pending);      /* pgev_query_free takes it back */
     q->sql = strdup(sql);
     q->params = nparams > 0 ? calloc((size_t)nparams, sizeof *q->params) : NULL;
     q->nparams = nparams;
@@ -131,14 +154,18 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
                  const char *const *params, pgev_cb cb, void *arg)
 {
     if (!pg || pg->closing || !sql || nparams < 0 || pg->queued >= PGEV_MAX_QUEUE) {
-        if (pg && pg->queued >= PGEV_MAX_QUEUE)
+        if (pg && pg->queued >= PGEV_MAX_QUEUE) {
             log_warn("pg_queue_full", "queued=%zu", pg->queued);
+            sb_metric_inc(&pgev_mx_err_full);
+        }
         return SB_ERROR;
     }
     struct pgev_query *q = pgev_query_new(sql, nparams, params, cb, arg);
     if (!q)
         return SB_ERROR;
     q->deadline = ev_now(pg->loop) + PGEV_TIMEOUT;
+    q->t0 = sb_now();
+    sb_metric_inc(&pgev_mx_queries);
     if (pg->tail)
         pg->tail->next = q;
     else
@@ -195,6 +222,8 @@ static void pgev_log_state(struct pgev *pg, int up, const char *why)
 {
     if (pg->logged_up == up)
         return;
+    if (!up && pg->logged_up == 1)
+        sb_metric_inc(&pgev_mx_disconnects);
     pg->logged_up = up;
     if (up)
         log_info("pg_connected", "queued=%zu", pg->queued);

@@ -6,6 +6,7 @@
 #include "curve.h"
 #include "pgev.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -68,6 +69,9 @@ sb_rc sb_proc_init(struct sb_proc *p, int argc, char **argv, const char *kind)
     }
     log_info("start", "kind=%s pid=%d config=%s", kind, (int)getpid(),
              p->config_path ? p->config_path : "-");
+    /* Metrics are served from the start; a port in use is only logged
+     * (metrics_listen_failed): the process's real job comes first. */
+    sb_metrics_start(p->loop);
     return SB_OK;
 }
 
@@ -167,6 +171,7 @@ int sb_proc_run(struct sb_proc *p, const struct sb_proc_daemon *d)
     p->curve = NULL;
     p->link = NULL;
     p->pg = NULL;
+    sb_metrics_stop();
     log_info("stopped", "rc=%d", rc);
     sb_config_free();
     return rc;

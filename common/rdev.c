@@ -8,6 +8,7 @@
 #include "rdev.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -25,6 +26,7 @@ struct rdev_req {
     struct rdev *r;
     rdev_cb cb;
     void *arg;
+    double t0;                  /* sent (sb_now): the round trip */
 };
 
 struct rdev {
@@ -52,6 +54,18 @@ struct rdev {
 };
 
 static int rdev_auth_logged;       /* redis_auth_failed said, until a login works */
+SB_COUNTER(rdev_mx_cmds, "sb_redis_commands_total", "", "Redis commands issued")
+SB_COUNTER(rdev_mx_err_down, "sb_redis_errors_total", "reason=\"unavailable\"",
+           "Redis commands that failed: not connected, connection lost, error reply")
+SB_COUNTER(rdev_mx_err_lost, "sb_redis_errors_total", "reason=\"connection\"",
+           "Redis commands that failed: not connected, connection lost, error reply")
+SB_COUNTER(rdev_mx_err_reply, "sb_redis_errors_total", "reason=\"reply\"",
+           "Redis commands that failed: not connected, connection lost, error reply")
+SB_COUNTER(rdev_mx_disconnects, "sb_redis_disconnects_total", "",
+           "Times a Redis connection went down")
+SB_GAUGE(rdev_mx_pending, "sb_redis_pending", "", "Redis commands waiting for their reply")
+SB_HISTOGRAM(rdev_mx_rtt, "sb_redis_round_trip_seconds", "",
+             "Redis command round trips, sent to reply")
 
 static void rdev_connect(struct rdev *r);
 static void rdev_up(struct rdev *r);
@@ -72,6 +86,8 @@ static struct rdev_req *rdev_req_get(struct rdev *r, rdev_cb cb, void *arg)
     q->r = r;
     q->cb = cb;
     q->arg = arg;
+    q->t0 = sb_now();
+    sb_metric_inc(&rdev_mx_cmds);
     return q;
 }
 
@@ -93,6 +109,13 @@ static void rdev_on_reply(redisAsyncContext *ac, void *reply, void *priv)
     rdev_cb cb = q->cb;
     void *arg = q->arg;
     r->pending--;
+    sb_metric_dec(&rdev_mx_pending);
+    if (!reply)
+        sb_metric_inc(&rdev_mx_err_lost);
+    else if (((redisReply *)reply)->type == REDIS_REPLY_ERROR)
+        sb_metric_inc(&rdev_mx_err_reply);
+    else
+        sb_metric_observe(&rdev_mx_rtt, sb_now() - q->t0);
     r->since = ev_now(r->loop);
     rdev_req_put(r, q);
     if (cb)
@@ -103,6 +126,7 @@ static void rdev_on_reply(redisAsyncContext *ac, void *reply, void *priv)
  * often issue a command and then record state the callback relies on. */
 static void rdev_fail_later(struct rdev *r, struct rdev_req *q)
 {
+    sb_metric_inc(&rdev_mx_err_down);
     if (r->failed_tail)
         r->failed_tail->next = q;
     else
@@ -138,6 +162,8 @@ static void rdev_log_state(struct rdev *r, int up, const char *why)
 {
     if (r->logged_up == up)
         return;
+    if (!up && r->logged_up == 1)
+        sb_metric_inc(&rdev_mx_disconnects);
     r->logged_up = up;
     if (up)
         log_info("redis_connected", "host=%s port=%d", r->host, r->port);
@@ -440,6 +466,7 @@ static sb_rc rdev_issued(struct rdev *r, struct rdev_req *q, int rc)
         rdev_req_put(r, q);
         return SB_ERROR;
     }
+    sb_metric_inc(&rdev_mx_pending);
     if (r->pending++ == 0)
         r->since = ev_now(r->loop);
     return SB_OK;

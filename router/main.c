@@ -22,6 +22,7 @@
 #include "route.h"
 #include "config.h"
 #include "curve.h"
+#include "metrics.h"
 #include "log.h"
 #include "proc.h"
 #include "rdev.h"
@@ -59,6 +60,7 @@ enum rt_mode {
 struct rt_env {
     zmq_msg_t f[3];
     enum rt_mode mode;
+    double t;                       /* queued (sb_now): sb_router_hop_seconds */
 };
 
 struct rt_outq {
@@ -117,6 +119,64 @@ static int rt_bad_first(struct rt_server *s)
     return s->bad_in++ == 0;
 }
 
+/* ---- metrics (common/metrics.h) ------------------------------------------ */
+
+#define RT_MX_IN(var, k) SB_COUNTER(var, "sb_router_envelopes_in_total", "kind=\"" k "\"", \
+                                    "Envelopes received, by kind (bad: unreadable header)")
+RT_MX_IN(rt_mx_in_stanza, "stanza")
+RT_MX_IN(rt_mx_in_control, "control")
+RT_MX_IN(rt_mx_in_hello, "hello")
+RT_MX_IN(rt_mx_in_admin, "admin")
+RT_MX_IN(rt_mx_in_bounce, "bounce")
+RT_MX_IN(rt_mx_in_bad, "bad")
+SB_COUNTER(rt_mx_out, "sb_router_envelopes_routed_total", "",
+           "Envelopes handed to ZeroMQ for their destination (bounces included)")
+SB_COUNTER(rt_mx_dropped, "sb_router_envelopes_dropped_total", "",
+           "Envelopes dropped because the destination's queue was full")
+#define RT_MX_BOUNCE(var, r) SB_COUNTER(var, "sb_router_bounces_total", "reason=\"" r "\"", \
+                                        "Envelopes bounced to their sender, by reason")
+RT_MX_BOUNCE(rt_mx_b_nosm, "no-sm")
+RT_MX_BOUNCE(rt_mx_b_remote, "remote-domain")
+RT_MX_BOUNCE(rt_mx_b_unknown, "unknown-instance")
+RT_MX_BOUNCE(rt_mx_b_unreach, "unreachable")
+RT_MX_BOUNCE(rt_mx_b_member, "not-a-member")
+RT_MX_BOUNCE(rt_mx_b_bad, "bad-envelope")
+RT_MX_BOUNCE(rt_mx_b_other, "other")
+SB_HISTOGRAM(rt_mx_hop, "sb_router_hop_seconds", "",
+             "Time an envelope spends in the router: queued for its destination to sent")
+static const struct rt_server *rt_mx_server;
+static double rt_mx_instances(void)
+{
+    return rt_mx_server ? (double)rt_mx_server->reg.n : 0;
+}
+SB_GAUGE_FN(rt_mx_members, "sb_router_members", "",
+            "Live instances in the registry (from the leases in Redis)", rt_mx_instances)
+
+static struct sb_metric *rt_mx_in_of(uint8_t kind)
+{
+    switch (kind) {
+    case ENV_STANZA: return &rt_mx_in_stanza;
+    case ENV_CONTROL: return &rt_mx_in_control;
+    case ENV_HELLO: return &rt_mx_in_hello;
+    case ENV_ADMIN: return &rt_mx_in_admin;
+    case ENV_BOUNCE: return &rt_mx_in_bounce;
+    default: return &rt_mx_in_bad;
+    }
+}
+
+static struct sb_metric *rt_mx_bounce_of(const char *reason)
+{
+    static const struct { const char *r; struct sb_metric *m; } t[] = {
+        {"no-sm", &rt_mx_b_nosm}, {"remote-domain", &rt_mx_b_remote},
+        {"unknown-instance", &rt_mx_b_unknown}, {"unreachable", &rt_mx_b_unreach},
+        {"not-a-member", &rt_mx_b_member}, {"bad-envelope", &rt_mx_b_bad},
+    };
+    for (size_t i = 0; i < SB_ARRAY_LEN(t); i++)
+        if (strcmp(reason, t[i].r) == 0)
+            return t[i].m;
+    return &rt_mx_b_other;
+}
+
 /* ---- sending ----------------------------------------------------------- */
 
 static struct rt_outq *rt_outq(struct rt_server *s, const char *to, size_t tolen)
@@ -155,8 +215,10 @@ static void rt_env_close(struct rt_env *e)
 static void rt_refused(struct rt_server *s, const char *to, size_t tolen,
                        struct rt_env *v, size_t n, int err)
 {
-    if (err == EAGAIN)
+    if (err == EAGAIN) {
         s->dropped_full += n;
+        sb_metric_add(&rt_mx_dropped, (double)n);
+    }
     for (size_t i = 0; i < n; i++) {
         struct rt_env *e = &v[i];
         if (err == EHOSTUNREACH && (e->mode == RT_REROUTE || e->mode == RT_BOUNCE))
@@ -185,8 +247,11 @@ static void rt_flush_one(struct rt_server *s, struct rt_outq *q)
         free(v);
         return;
     }
+    double now = sb_now();
     for (size_t i = 0; i < n; i++) {
         struct rt_env *e = &q->v[i];
+        sb_metric_inc(&rt_mx_out);
+        sb_metric_observe(&rt_mx_hop, now - e->t);
         zmq_msg_send(&e->f[1], s->sock, ZMQ_SNDMORE);
         zmq_msg_send(&e->f[2], s->sock, i + 1 < n ? ZMQ_SNDMORE : 0);
         rt_env_close(e);
@@ -243,6 +308,7 @@ static int rt_send_msgs(struct rt_server *s, const char *to, size_t tolen, zmq_m
     zmq_msg_move(&e->f[1], hdr);
     zmq_msg_move(&e->f[2], body);
     e->mode = mode;
+    e->t = sb_now();
     s->queued = 1;
     return 0;
 }
@@ -301,6 +367,7 @@ static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
                       zmq_msg_t *body, const char *reason)
 {
     struct env_hdr *o = &s->in, *b = &s->out;
+    sb_metric_inc(rt_mx_bounce_of(reason));
     int ok = env_decode(o, zmq_msg_data(hdr), zmq_msg_size(hdr)) == SB_OK;
     if (ok && o->kind == ENV_BOUNCE) {
         log_warn("bounce_dropped", "reason=%s key=%s", reason, sb_log_q(o->key));
@@ -863,9 +930,11 @@ static void rt_handle(struct rt_server *s, zmq_msg_t *f)
     const char *key;
     size_t keylen;
     if (env_peek(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &kind, &route, &key, &keylen) != SB_OK) {
+        sb_metric_inc(&rt_mx_in_bad);
         rt_bounce(s, &f[0], &f[1], &f[2], "bad-envelope");
         return;
     }
+    sb_metric_inc(rt_mx_in_of(kind));
     /* Only members route (a HELLO makes one; sbctl's ADMIN needs none): a
      * key holder that never said HELLO under this name is told so. */
     if (route != ENV_ROUTE_ROUTER && kind != ENV_ADMIN && kind != ENV_BOUNCE &&
@@ -1130,6 +1199,7 @@ int main(int argc, char **argv)
     static struct rt_server s;    /* large scratch headers: keep off the stack */
     s.loop = proc.loop;
     s.name = proc.instance;
+    rt_mx_server = &s;
     s.body = (struct sb_buf)SB_BUF_INIT;
     s.lease_val = (struct sb_buf)SB_BUF_INIT;
     rt_reg_init(&s.reg);
@@ -1173,6 +1243,7 @@ int main(int argc, char **argv)
     rt_reg_free(&s.heard);
     sb_buf_free(&s.body);
     sb_buf_free(&s.lease_val);
+    sb_metrics_stop();
     sb_config_free();
     return 0;
 }

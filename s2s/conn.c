@@ -9,6 +9,7 @@
 #define _GNU_SOURCE              /* accept4 */
 #include "s2s.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -65,6 +66,14 @@ const char *s2s_auth_name(int a)
     }
 }
 
+/* Server-to-server streams by direction (common/metrics.h). */
+SB_GAUGE(conn_mx_in, "sb_s2s_connections", "dir=\"in\"", "s2s streams open, by direction")
+SB_GAUGE(conn_mx_out, "sb_s2s_connections", "dir=\"out\"", "s2s streams open, by direction")
+SB_COUNTER(conn_mx_in_total, "sb_s2s_connections_opened_total", "dir=\"in\"",
+           "s2s streams accepted (in) or connected (out)")
+SB_COUNTER(conn_mx_out_total, "sb_s2s_connections_opened_total", "dir=\"out\"",
+           "s2s streams accepted (in) or connected (out)")
+
 static struct s2s_conn *conn_new(int fd, enum s2s_dir dir)
 {
     struct s2s_conn *c = calloc(1, sizeof *c);
@@ -86,6 +95,8 @@ static struct s2s_conn *conn_new(int fd, enum s2s_dir dir)
         s2s.conns->prev = c;
     s2s.conns = c;
     s2s.nconns++;
+    sb_metric_inc(c->dir == S2S_OUT ? &conn_mx_out : &conn_mx_in);
+    sb_metric_inc(c->dir == S2S_OUT ? &conn_mx_out_total : &conn_mx_in_total);
     s2s_sessions_changed();
     return c;
 }
@@ -313,6 +324,7 @@ static void conn_free(struct s2s_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s2s.nconns--;
+    sb_metric_dec(c->dir == S2S_OUT ? &conn_mx_out : &conn_mx_in);
     free(c);
     s2s_sessions_changed();
     if (s2s.stopping && !s2s.conns)

@@ -10,6 +10,7 @@
 #include "s2s.h"
 #include "jid.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <nettle/base64.h>
 #include <stdlib.h>
@@ -278,8 +279,11 @@ static int in_pong(const struct xml_node *st, const char *type)
     return 1;
 }
 
+SB_STANZA_COUNTERS(in_mx, "sb_stanzas_in_total", "Stanzas received from remote servers, by type")
+
 static void in_stanza(struct s2s_conn *c, struct xml_node *st)
 {
+    sb_metric_inc(in_mx[sb_stanza_kind_of(st->name)]);
     const char *from = xml_attr(st, "from"), *to = xml_attr(st, "to");
     const char *type = xml_attr(st, "type");
     if (!from || !*from || !to || !*to) {

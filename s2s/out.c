@@ -16,6 +16,7 @@
 #include "s2s.h"
 #include "jid.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <netinet/in.h>
 #include <stdio.h>
@@ -537,6 +538,11 @@ void s2s_out_element(struct s2s_conn *c, struct xml_node *n)
 
 /* ---- stanzas and verify requests in ---------------------------------------------------- */
 
+SB_STANZA_COUNTERS(out_mx, "sb_stanzas_out_total",
+                   "Stanzas for remote servers, written or queued, by type")
+SB_COUNTER(out_mx_refused, "sb_s2s_queue_refused_total", "",
+           "Stanzas for a remote domain bounced because its queue was full")
+
 void s2s_out_stanza(const char *local, const char *remote, const char *body, size_t len)
 {
     struct s2s_out *r = out_find(local, remote, 0);
@@ -546,10 +552,12 @@ void s2s_out_stanza(const char *local, const char *remote, const char *body, siz
     }
     r->last_used = ev_now(s2s.loop);
     if (r->state == S2S_R_READY && r->conn) {
+        sb_metric_inc(out_mx[sb_stanza_kind_of_xml(body, len)]);
         s2s_conn_write(r->conn, body, len);
         return;
     }
     if (r->qlen >= s2s.cfg.max_queue) {
+        sb_metric_inc(&out_mx_refused);
         s2s_bounce(body, len, "resource-constraint", "too many stanzas waiting for this domain");
         return;
     }
@@ -568,6 +576,7 @@ void s2s_out_stanza(const char *local, const char *remote, const char *body, siz
         r->qhead = q;
     r->qtail = q;
     r->qlen++;
+    sb_metric_inc(out_mx[sb_stanza_kind_of_xml(body, len)]);
     if (r->state == S2S_R_IDLE)
         out_start(r);
 }

@@ -54,7 +54,8 @@ static const struct sbctl_cmd sbctl_cmds[] = {
     {"keys", sbctl_cmd_keys, 1,
      "  keys generate [--dir DIR] NAME...       bus CURVE keys: server.key, NAME.key\n"
      "                                          (kept if present), members.pub\n"},
-    /* metrics: registered here by sbctl/metrics.c (its own branch) */
+    {"metrics", sbctl_cmd_metrics, 0,
+     "  metrics [INSTANCE]                      what the instance's /metrics serves (all without one)\n"},
     {"help", cmd_help, 1,
      "  help [COMMAND]                          this list, or one command's\n"},
 };

@@ -6,6 +6,7 @@
 #include "curve.h"
 #include "domains.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,34 @@ static char *job_put(char **p, const char *s, size_t n)
     *p += n + 1;
     return start;
 }
+
+/* ---- metrics (common/metrics.h) ---------------------------------------------- */
+
+SB_STANZA_COUNTERS(core_mx_in, "sb_stanzas_in_total", "Stanzas received from the bus, by type")
+SB_HISTOGRAM(core_mx_job, "sb_sm_job_seconds", "",
+             "Envelopes from received to handled (queue wait and Redis/PostgreSQL included)")
+SB_COUNTER(core_mx_refused, "sb_sm_queue_refused_total", "",
+           "Envelopes refused because the user's queue was full")
+static const struct sm_core *core_mx;
+static double core_mx_sessions(void)
+{
+    return core_mx ? (double)core_mx->nsessions : 0;
+}
+static double core_mx_users(void)
+{
+    return core_mx ? (double)HASH_COUNT(core_mx->users) : 0;
+}
+static double core_mx_queued(void)
+{
+    long n = 0;
+    for (const struct sm_user *u = core_mx ? core_mx->users : NULL; u; u = u->hh.next)
+        n += u->qlen;
+    return (double)n;
+}
+SB_GAUGE_FN(core_mx_sess, "sb_sm_sessions", "", "Sessions cached by this sm", core_mx_sessions)
+SB_GAUGE_FN(core_mx_nusers, "sb_sm_users", "", "User records cached by this sm", core_mx_users)
+SB_GAUGE_FN(core_mx_q, "sb_sm_queued", "", "Envelopes waiting in per-user queues",
+            core_mx_queued)
 
 /* One allocation holds the job and copies of every string it needs. */
 struct sm_job *sm_job_new(struct sm_core *c, const struct env_hdr *h,
@@ -43,6 +72,7 @@ struct sm_job *sm_job_new(struct sm_core *c, const struct env_hdr *h,
     j->aux = job_put(&p, h->aux, la);
     j->body = job_put(&p, body ? body : "", body ? body_len : 0);
     j->body_len = body ? body_len : 0;
+    j->t_in = sb_now();
     return j;
 }
 
@@ -149,6 +179,7 @@ static sb_rc dispatch_stanza(struct sm_job *j)
 
 static void job_finish(struct sm_job *j)
 {
+    sb_metric_observe(&core_mx_job, sb_now() - j->t_in);
     if (j->user && j->user->cur == j)
         j->user->cur = NULL;
     sm_job_free(j);
@@ -247,6 +278,7 @@ static int core_refuse_overflow(struct sm_job *j)
     } else {
         return 0;
     }
+    sb_metric_inc(&core_mx_refused);
     log_warn("user_queue_full", "jid=%s op=%s", sb_log_q(j->key), *j->op ? j->op : "stanza");
     sm_job_free(j);
     return 1;
@@ -285,6 +317,7 @@ void sm_core_on_recv(struct link *l, const struct env_hdr *h,
         return;
     switch (h->kind) {
     case ENV_STANZA:
+        sb_metric_inc(core_mx_in[sb_stanza_kind_of_xml(body, body_len)]);
         sm_core_submit(c, h, body, body_len);
         break;
     case ENV_CONTROL:
@@ -326,6 +359,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
         return NULL;
     c->loop = loop;
     c->started = sb_now();
+    core_mx = c;
     if (sb_curve_load(&c->curve, instance) != SB_OK) {
         free(c);
         return NULL;
@@ -362,6 +396,7 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
  * while the link can still carry the error replies; no new job starts. */
 void sm_core_free(struct sm_core *c)
 {
+    core_mx = NULL;
     if (!c)
         return;
     c->stopping = 1;

@@ -6,6 +6,7 @@
 #include "proc.h"
 #include "im.h"
 #include "curve.h"
+#include "metrics.h"
 
 #define SM_STOP_GRACE 3.0    /* below stack.sh's 5 s before SIGKILL */
 
@@ -70,6 +71,7 @@ int main(int argc, char **argv)
     ev_run(p.loop, 0);
     int rc = c->failed ? 1 : 0;
     sm_core_free(c);
+    sb_metrics_stop();
     log_info("stop", "kind=sm rc=%d", rc);
     sb_config_free();
     return rc;

@@ -4,6 +4,7 @@
 #include "sm_int.h"
 #include "jid.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <string.h>
 
@@ -24,6 +25,17 @@ static struct env_hdr *hdr_begin(struct sm_core *c, enum env_kind kind, enum env
     return h;
 }
 
+SB_STANZA_COUNTERS(send_mx_out, "sb_stanzas_out_total", "Stanzas sent on the bus, by type")
+
+/* A stanza on the link, counted once it is taken. */
+static sb_rc send_stanza(struct sm_core *c, const struct env_hdr *h, const char *body, size_t len)
+{
+    sb_rc rc = link_send(c->link, h, body, len);
+    if (rc == SB_OK)
+        sb_metric_inc(send_mx_out[sb_stanza_kind_of_xml(body, len)]);
+    return rc;
+}
+
 sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const char *op,
                          const char *from, const char *body, size_t len)
 {
@@ -32,7 +44,7 @@ sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const ch
     put_str(h->sid, sizeof h->sid, s->sid);
     if (put_str(h->op, sizeof h->op, op ? op : "") < 0 ||
         put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
-        link_send(c->link, h, body, len) != SB_OK) {
+        send_stanza(c, h, body, len) != SB_OK) {
         log_warn("deliver_fail", "res=%s instance=%s", sb_log_q(s->resource), s->instance);
         return SB_ERROR;
     }
@@ -60,7 +72,7 @@ sb_rc sm_send_raw(struct sm_core *c, const char *key, const char *from,
     struct env_hdr *h = hdr_begin(c, ENV_STANZA, ENV_ROUTE_JID);
     if (put_str(h->key, sizeof h->key, key) < 0 ||
         put_str(h->aux, sizeof h->aux, from ? from : "") < 0 ||
-        link_send(c->link, h, body, len) != SB_OK) {
+        send_stanza(c, h, body, len) != SB_OK) {
         log_warn("send_fail", "reason=link key=%s", sb_log_q(key));
         return SB_ERROR;
     }
@@ -79,7 +91,7 @@ sb_rc sm_send_node(struct sm_core *c, const struct xml_node *st)
     }
     sb_buf_reset(&c->obuf);
     if (xml_serialize(st, &c->obuf) != SB_OK ||
-        link_send(c->link, h, c->obuf.data, c->obuf.len) != SB_OK) {
+        send_stanza(c, h, c->obuf.data, c->obuf.len) != SB_OK) {
         log_warn("send_fail", "reason=link to=%s", sb_log_q(to));
         return SB_ERROR;
     }

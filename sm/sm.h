@@ -75,6 +75,7 @@ struct sm_job {
     const char *type;                   /* type attribute or "" */
     const char *from, *to, *id;
     unsigned in_dispatch : 1, finished : 1;
+    double t_in;                        /* received (sb_now): queue and job times */
     char data[];                        /* the strings above */
 };
 

@@ -7,6 +7,7 @@
 #include "sm_int.h"
 #include "im.h"
 #include "log.h"
+#include "metrics.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +276,9 @@ static void user_load(struct sm_user *u)
 
 /* ---- the queue ----------------------------------------------------------------- */
 
+SB_HISTOGRAM(user_mx_wait, "sb_sm_queue_seconds", "",
+             "Time an envelope waited in its user's queue before it ran")
+
 void sm_user_push(struct sm_user *u, struct sm_job *j)
 {
     j->user = u;
@@ -318,6 +322,7 @@ void sm_user_run(struct sm_user *u)
             u->qtail = NULL;
         j->next = NULL;
         u->cur = j;
+        sb_metric_observe(&user_mx_wait, sb_now() - j->t_in);
         sm_job_run(j);
     }
     u->in_run = 0;

@@ -52,7 +52,8 @@ profile_set() {
     run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
           C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243
           BOSH_PORT=5280;  BOSH_TLS=5281
-          S2S_LISTEN=127.0.0.1; S2S_PORT=5269; S2S_TLS=5270; DNS_PORT="" ;;
+          S2S_LISTEN=127.0.0.1; S2S_PORT=5269; S2S_TLS=5270; DNS_PORT=""
+          METRICS_BASE=15990 ;;
     test|test[2-9])
           # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts);
           # testN stacks sit 100·N above the test ports.
@@ -66,14 +67,16 @@ profile_set() {
           [ -n "$n" ] || TLS_DOMAIN=tls2.$DOMAIN
           VAR="$ROOT/var/$PROFILE"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
-          BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)); S2S_PORT=$((25269+o)); S2S_TLS=$((25270+o)) ;;
+          BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)); S2S_PORT=$((25269+o)); S2S_TLS=$((25270+o))
+          METRICS_BASE=$((25990+o)) ;;
     bench) # `make bench` (tests/bench/bench.py): same layout, its own ports;
           # SB_BENCH_PORT_OFFSET shifts them.
           local o=${SB_BENCH_PORT_OFFSET:-0}
           VAR="$ROOT/var/bench"; PG_PORT=$((17432+o)); REDIS_PORT=$((18379+o)); ROUTER_PORT=$((17555+o))
           C2S1_PORT=$((6222+o)); C2S1_TLS=$((6223+o)); C2S2_PORT=$((6242+o)); C2S2_TLS=$((6243+o))
           BOSH_PORT=$((6280+o)); BOSH_TLS=$((6281+o))
-          S2S_LISTEN=127.0.0.1; S2S_PORT=$((6269+o)); S2S_TLS=$((6270+o)); DNS_PORT="" ;;
+          S2S_LISTEN=127.0.0.1; S2S_PORT=$((6269+o)); S2S_TLS=$((6270+o)); DNS_PORT=""
+          METRICS_BASE=$((17990+o)) ;;
     *) die "unknown profile '$PROFILE' (run, test, test2…test9 or bench)" ;;
     esac
     INI="$VAR/switchboard.ini"
@@ -85,7 +88,44 @@ profile_set() {
     PG_PASSWORD_FILE="$VAR/pg-password"
 }
 
+# Every process of a profile serves /metrics on a loopback port of its
+# own: METRICS_BASE + its place below. The bases sit at column 90 of a
+# hundred, which no other port of any profile uses (their ports are at
+# 22, 23, 32, 42, 43, 53, 55, 56, 69, 70, 79, 80, 81 of theirs), so the
+# testN stacks (+100·N) never meet them. Names not listed (spares that
+# tests start) get no `metrics` key.
+metrics_port() {
+    case "$1" in
+    router1) printf '%s' $((METRICS_BASE + 0)) ;;
+    router2) printf '%s' $((METRICS_BASE + 1)) ;;
+    sm1)     printf '%s' $((METRICS_BASE + 2)) ;;
+    sm2)     printf '%s' $((METRICS_BASE + 3)) ;;
+    c2s1)    printf '%s' $((METRICS_BASE + 4)) ;;
+    c2s2)    printf '%s' $((METRICS_BASE + 5)) ;;
+    bosh1)   printf '%s' $((METRICS_BASE + 6)) ;;
+    s2s1)    printf '%s' $((METRICS_BASE + 7)) ;;
+    esac
+}
+
+# [KIND.NAME] metrics = 127.0.0.1:PORT for every process of the profile.
+metrics_sets() {
+    local n
+    for n in "${PROCS[@]}"; do
+        printf '%s.%s\tmetrics\t127.0.0.1:%s\n' "$(printf '%s' "$n" | sed 's/[0-9]*$//')" "$n" \
+            "$(metrics_port "$n")"
+    done
+}
+
+metrics_env() {
+    local n
+    for n in "${PROCS[@]}"; do
+        printf 'SB_%s_METRICS_PORT=%s\n' "$(printf '%s' "$n" | tr '[:lower:]' '[:upper:]')" "$(metrics_port "$n")"
+    done
+    printf 'SB_METRICS_PROCS="%s"\n' "${PROCS[*]}"
+}
+
 print_env() {
+    metrics_env
     cat <<EOF
 SB_STACK_PROFILE=$PROFILE
 SB_ROOT=$ROOT
@@ -478,6 +518,7 @@ s2s	cert	$TLS/cert.pem
 s2s	key	$TLS/key.pem
 s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
 $(test_sets)
+$(metrics_sets)
 $(ini_profile_extra)
 $(curve_sets)
 EOF
