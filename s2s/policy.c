@@ -16,10 +16,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A domain added or removed: its certificate (common/certs.h) too. */
+/* A domain added or removed: its certificate (common/certs.h) too, and
+ * the streams of a domain no longer served end with <host-unknown/>
+ * (RFC 6120 §4.9.3.6), both directions: the remote server learns at once
+ * rather than at its next stanza (which would be refused anyway). */
 static void dom_changed(void *ud)
 {
     sb_certs_domains_changed();
+    long n = 0;
+    for (struct s2s_conn *c = s2s.conns, *next; c; c = next) {
+        next = c->next;
+        if (c->local && c->state != S2S_S_CLOSING && !sb_domains_find(c->local)) {
+            s2s_stream_error(c, "host-unknown", "domain-removed");
+            n++;
+        }
+    }
+    if (n)
+        log_info("domain_streams_closed", "streams=%ld", n);
 }
 
 /* Listeners open once the domain list (common/domains.c) first loads. */

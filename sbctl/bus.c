@@ -1,6 +1,8 @@
 /* bus.c — sbctl on the ZeroMQ bus: a DEALER (routing id sbctl-<pid>, the
- * bus CURVE key sbctl.key) to one router, ADMIN envelopes out and their
- * answers back (common/ENVELOPE.md). Every wait has a deadline. */
+ * bus CURVE key sbctl.key) to the router asked, ADMIN envelopes out and
+ * their answers back (common/ENVELOPE.md), plus one DEALER with the same id
+ * to each other router, since an instance sends its answer through any
+ * router. Every wait has a deadline. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include "sbctl.h"
 
 #define BUS_ANSWER_S 2.0
+#define BUS_READY_S 0.5        /* for the other routers to know sbctl */
 
 int sbctl_routers(char *copy, size_t cap, char **eps, int max)
 {
@@ -31,6 +34,9 @@ int sbctl_routers(char *copy, size_t cap, char **eps, int max)
 
 void sbctl_bus_close(struct sbctl_bus *b)
 {
+    for (int i = 0; i < b->nrx; i++)
+        zmq_close(b->rx[i]);
+    b->nrx = 0;
     if (b->sock)
         zmq_close(b->sock);
     if (b->ctx)
@@ -40,9 +46,67 @@ void sbctl_bus_close(struct sbctl_bus *b)
     b->curve = NULL;
 }
 
-int sbctl_bus_open(struct sbctl_bus *b, const char *ep)
+/* A DEALER with the bus id and key, connected to ep; NULL on failure. */
+static void *bus_connect(struct sbctl_bus *b, const char *ep)
 {
     int zero = 0;
+    void *s = zmq_socket(b->ctx, ZMQ_DEALER);
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_ROUTING_ID, b->id, strlen(b->id));
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (sb_curve_client(b->curve, s) != SB_OK || zmq_connect(s, ep) != 0) {
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static int bus_send_on(void *sock, struct sbctl_bus *b, int route, const char *key,
+                       const char *op, const char *sid, const char *aux, const char *body);
+
+/* A router knows sbctl's id only once the connection's handshake is done:
+ * ask each of the others for its status (the answer proves it) and wait
+ * a bounded time, so that an answer sent through any of them arrives. A
+ * router that is down is left connecting. */
+static void bus_rx_ready(struct sbctl_bus *b)
+{
+    int waiting[SBCTL_MAX_ROUTERS] = {0}, left = 0;
+    for (int i = 0; i < b->nrx; i++)
+        if (bus_send_on(b->rx[i], b, ENV_ROUTE_ROUTER, "", "status", "", "", "") == 0)
+            waiting[i] = 1, left++;
+    double deadline = sb_now() + BUS_READY_S;
+    while (left > 0) {
+        long ms = (long)((deadline - sb_now()) * 1000);
+        if (ms <= 0)
+            break;
+        zmq_pollitem_t it[SBCTL_MAX_ROUTERS];
+        for (int i = 0; i < b->nrx; i++)
+            it[i] = (zmq_pollitem_t){b->rx[i], 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(it, b->nrx, ms) <= 0)
+            continue;
+        for (int i = 0; i < b->nrx; i++) {
+            if (!(it[i].revents & ZMQ_POLLIN))
+                continue;
+            zmq_msg_t m;                /* the whole status answer, dropped */
+            int more = 1;
+            while (more) {
+                zmq_msg_init(&m);
+                if (zmq_msg_recv(&m, b->rx[i], 0) < 0) {
+                    zmq_msg_close(&m);
+                    break;
+                }
+                more = zmq_msg_more(&m);
+                zmq_msg_close(&m);
+            }
+            if (waiting[i])
+                waiting[i] = 0, left--;
+        }
+    }
+}
+
+int sbctl_bus_open(struct sbctl_bus *b, const char *ep)
+{
     memset(b, 0, sizeof *b);
     snprintf(b->id, sizeof b->id, "sbctl-%d", (int)getpid());
     /* The routers admit bus members only: sbctl is one, with sbctl.key. */
@@ -51,24 +115,39 @@ int sbctl_bus_open(struct sbctl_bus *b, const char *ep)
         return -1;
     }
     b->ctx = zmq_ctx_new();
-    b->sock = b->ctx ? zmq_socket(b->ctx, ZMQ_DEALER) : NULL;
+    b->sock = b->ctx ? bus_connect(b, ep) : NULL;
     if (!b->sock) {
-        sbctl_err("cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
-        sbctl_bus_close(b);
-        return -1;
-    }
-    zmq_setsockopt(b->sock, ZMQ_ROUTING_ID, b->id, strlen(b->id));
-    zmq_setsockopt(b->sock, ZMQ_LINGER, &zero, sizeof zero);
-    if (sb_curve_client(b->curve, b->sock) != SB_OK || zmq_connect(b->sock, ep) != 0) {
         sbctl_err("cannot connect to router endpoint %s: %s", ep, zmq_strerror(zmq_errno()));
         sbctl_bus_close(b);
         return -1;
     }
+    char copy[1024], *eps[SBCTL_MAX_ROUTERS];
+    int n = sbctl_routers(copy, sizeof copy, eps, SBCTL_MAX_ROUTERS);
+    for (int i = 0; i < n && b->nrx < SBCTL_MAX_ROUTERS; i++) {
+        void *s = strcmp(eps[i], ep) ? bus_connect(b, eps[i]) : NULL;
+        if (s)
+            b->rx[b->nrx++] = s;
+    }
+    bus_rx_ready(b);
     return 0;
 }
 
-int sbctl_bus_send(struct sbctl_bus *b, int route, const char *key, const char *op,
-                   const char *sid, const char *aux, const char *body)
+void *sbctl_bus_poll(struct sbctl_bus *b, long ms)
+{
+    zmq_pollitem_t it[1 + SBCTL_MAX_ROUTERS];
+    it[0] = (zmq_pollitem_t){b->sock, 0, ZMQ_POLLIN, 0};
+    for (int i = 0; i < b->nrx; i++)
+        it[1 + i] = (zmq_pollitem_t){b->rx[i], 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(it, 1 + b->nrx, ms) <= 0)
+        return NULL;
+    for (int i = 0; i <= b->nrx; i++)
+        if (it[i].revents & ZMQ_POLLIN)
+            return it[i].socket;
+    return NULL;
+}
+
+static int bus_send_on(void *sock, struct sbctl_bus *b, int route, const char *key,
+                       const char *op, const char *sid, const char *aux, const char *body)
 {
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
@@ -81,10 +160,16 @@ int sbctl_bus_send(struct sbctl_bus *b, int route, const char *key, const char *
     snprintf(h.sid, sizeof h.sid, "%s", sid);
     snprintf(h.aux, sizeof h.aux, "%s", aux);
     long n = env_encode(&h, hdr, sizeof hdr);
-    if (n < 0 || zmq_send(b->sock, hdr, (size_t)n, ZMQ_SNDMORE) < 0 ||
-        zmq_send(b->sock, body, strlen(body), 0) < 0)
+    if (n < 0 || zmq_send(sock, hdr, (size_t)n, ZMQ_SNDMORE) < 0 ||
+        zmq_send(sock, body, strlen(body), 0) < 0)
         return -1;
     return 0;
+}
+
+int sbctl_bus_send(struct sbctl_bus *b, int route, const char *key, const char *op,
+                   const char *sid, const char *aux, const char *body)
+{
+    return bus_send_on(b->sock, b, route, key, op, sid, aux, body);
 }
 
 int sbctl_bus_recv(struct sbctl_bus *b, double secs, struct env_hdr *h, char *body, size_t cap)
@@ -94,18 +179,18 @@ int sbctl_bus_recv(struct sbctl_bus *b, double secs, struct env_hdr *h, char *bo
         long left = (long)((deadline - sb_now()) * 1000);
         if (left <= 0)
             return 0;
-        zmq_pollitem_t it = {b->sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, left) <= 0)
+        void *sock = sbctl_bus_poll(b, left);
+        if (!sock)
             continue;
         zmq_msg_t f[2];
         zmq_msg_init(&f[0]);
         zmq_msg_init(&f[1]);
-        int ok = zmq_msg_recv(&f[0], b->sock, 0) >= 0 && zmq_msg_more(&f[0]) &&
-                 zmq_msg_recv(&f[1], b->sock, 0) >= 0;
+        int ok = zmq_msg_recv(&f[0], sock, 0) >= 0 && zmq_msg_more(&f[0]) &&
+                 zmq_msg_recv(&f[1], sock, 0) >= 0;
         while (ok && zmq_msg_more(&f[1])) {      /* a batch: keep only the first */
             zmq_msg_t x;
             zmq_msg_init(&x);
-            zmq_msg_recv(&x, b->sock, 0);
+            zmq_msg_recv(&x, sock, 0);
             int more = zmq_msg_more(&x);
             zmq_msg_close(&x);
             if (!more)

@@ -58,11 +58,19 @@ int sbctl_domains_publish(const char *what);
 
 /* ---- bus.c */
 struct sb_curve;
+#define SBCTL_MAX_ROUTERS 16
 struct sbctl_bus {
-    void *ctx, *sock;
+    void *ctx, *sock;              /* to the router asked */
+    /* the same routing id to every other router: an instance answers
+     * through whichever router it likes (link.c), so sbctl must be known
+     * to all of them; read only */
+    void *rx[SBCTL_MAX_ROUTERS];
+    int nrx;
     struct sb_curve *curve;
     char id[ENV_NAME_MAX + 1];
 };
+/* The bus socket with input within ms milliseconds, or NULL. */
+void *sbctl_bus_poll(struct sbctl_bus *b, long ms);
 /* The configured router endpoints, split into eps (pointing into copy);
  * their count, or -1 after a message. */
 int sbctl_routers(char *copy, size_t cap, char **eps, int max);

@@ -122,15 +122,14 @@ static void status_take_lines(const char *body, size_t len)
  * results, or -1 when the deadline passed with nothing received. */
 typedef int (*status_fn)(const struct env_hdr *h, const char *body, size_t len);
 
-static int status_next(void *sock, double deadline, status_fn fn)
+static int status_next(struct sbctl_bus *b, double deadline, status_fn fn)
 {
-    for (;;) {
+    void *sock = NULL;
+    while (!sock) {
         long left = (long)((deadline - sb_now()) * 1000);
         if (left <= 0)
             return -1;
-        zmq_pollitem_t it = {sock, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, left) > 0)
-            break;
+        sock = sbctl_bus_poll(b, left);
     }
     zmq_msg_t f[2];
     int n = 0, more = 1, sum = 0;
@@ -194,7 +193,7 @@ static void status_s2s_query(struct sbctl_bus *b)
     }
     double deadline = sb_now() + STATUS_TIMEOUT_MS / 1000.0;
     while (asked > 0) {
-        int r = status_next(b->sock, deadline, status_on_s2s);
+        int r = status_next(b, deadline, status_on_s2s);
         if (r < 0)
             break;
         asked -= r;
@@ -216,7 +215,7 @@ static int status_ask(const char *endpoint, int take)
         double deadline = sb_now() + STATUS_ROUTER_MS / 1000.0;
         int r;
         status_take = take;
-        while ((r = status_next(b.sock, deadline, status_on_reply)) == 0)
+        while ((r = status_next(&b, deadline, status_on_reply)) == 0)
             ;
         if (r > 0) {
             rc = 0;

@@ -123,3 +123,64 @@ def test_drain_moves_100_users_to_the_other_front_end_and_loses_no_message(stack
     finally:
         stack.stack("start-proc", "c2s1")
         stack.stack("wait-ready")
+
+
+def test_drain_lets_a_stream_managed_client_resume_on_the_other_front_end(stack, two_users):
+    """A XEP-0198 client on the drained front-end is sent away with
+    <see-other-host/>, but its session is only detached: it resumes on the
+    other front-end with its previd and h, gets what it had not acknowledged
+    and what arrived meanwhile, in order, once; its contact sees no
+    unavailable presence."""
+    from imclient import IMClient, MESSAGE, PRESENCE, befriend
+    from test_stream_mgmt import SMClient, bodies, sm
+    from xmpptest import describe
+
+    (a_jid, a_pw), (b_jid, b_pw) = two_users
+    stack.wait_instances(present=("c2s1", "c2s2"))
+    other = "localhost:%d" % stack.port("c2s2")
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            for c in (alice, bob):
+                await c.roster_get()
+                c.presence()
+            await befriend(alice, bob)
+            bob.message(alice.jid, "unacked")
+            await alice.message_with("unacked")        # read, never acknowledged
+            h = alice.h - 1
+            drain = asyncio.ensure_future(asyncio.to_thread(
+                stack.sbctl, "drain", "c2s1", "--timeout", "10", timeout=30, check=False))
+            err = await alice.next(lambda e: e.tag == "{http://etherx.jabber.org/streams}error",
+                                   20, "the drain's stream error")
+            soh = err.find("{%s}see-other-host" % NS_STREAMS)
+            assert soh is not None and soh.text == other, describe(err)
+            alice.abort()
+            bob.message(alice.jid, "during-drain")
+            await bob.barrier(a_jid)
+            el = await again.resume(alice.sm_id, h)
+            assert el.tag == sm("resumed"), describe(el)
+            got = [await again.next(lambda e: e.tag == MESSAGE, 15, "message %d" % i)
+                   for i in range(2)]
+            assert bodies(got) == ["unacked", "during-drain"], [describe(m) for m in got]
+            assert all(m.get("to") == alice.jid for m in got), [describe(m) for m in got]
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+            await bob.nothing(lambda e: e.tag == PRESENCE and e.get("type") == "unavailable"
+                              and (e.get("from") or "").startswith(a_jid), wait=0.5)
+            unavailable = [e for e in bob.backlog if e.tag == PRESENCE and
+                           e.get("type") == "unavailable" and
+                           (e.get("from") or "").startswith(a_jid)]
+            assert not unavailable, describe(unavailable[0])
+            p = await drain
+            assert p.returncode == 0, "sbctl drain: %d %s %s" % (p.returncode, p.stdout, p.stderr)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=60)
+    finally:
+        stack.stack("start-proc", "c2s1")
+        stack.stack("wait-ready")

@@ -487,6 +487,34 @@ def test_stream_to_a_domain_not_served_is_host_unknown(fed):
     run(go())
 
 
+def test_streams_of_a_removed_domain_end_with_host_unknown(fed):
+    """`sbctl domain del` ends the server-to-server streams of that domain
+    at once (both directions use the local domain of the stream)."""
+    name = "gone%s.sa.sbtest" % secrets.token_hex(3)
+    fed.a.sbctl("domain", "add", name)
+
+    async def go():
+        s = await RawS2S(fed.a).connect()
+        try:
+            # the s2s serves the new domain within a second (sb:domains)
+            deadline = time.monotonic() + 10
+            while True:
+                s.open_stream("sb.sbtest", to=name)
+                el = await s.element()
+                if el is not None and el.tag == "{%s}features" % NS_STREAM:
+                    break
+                assert time.monotonic() < deadline, "s2s never served %s" % name
+                await s.close()
+                await asyncio.sleep(0.2)
+                s = await RawS2S(fed.a).connect()
+            await asyncio.to_thread(fed.a.sbctl, "domain", "del", name)
+            assert await s.stream_error(10) == "host-unknown"
+        finally:
+            await s.close()
+    run(go())
+    _still_federating(fed)
+
+
 def test_bad_dialback_key_is_refused_and_the_stream_closed(fed):
     async def go():
         s = await RawS2S(fed.a).connect()
