@@ -195,10 +195,14 @@ void sm_cluster_on_bounce(struct sm_core *c, const struct env_hdr *h,
     struct sm_job *j = sm_job_new(c, h, body, len);
     if (!j)
         return;
-    if (sm_job_parse(j) == SB_OK && j->to && !strcmp(h->op, "unknown-instance") &&
-        sm_smq_holds(c, j->to, h->aux)) {
+    int held = sm_job_parse(j) == SB_OK && j->to && !strcmp(h->op, "unknown-instance")
+               ? sm_smq_holds(c, j->to, h->aux, h->sid) : 0;
+    if (held == SM_HELD_QUEUED) {
         cluster_mark_gone(c, h->aux);   /* queued for a resumption: nothing lost */
         log_info("bounce_queued", "to=%s gone=%s", sb_log_q(j->to), h->aux);
+    } else if (held == SM_HELD_RESENT) {
+        /* resumed elsewhere before this came back: it was resent then */
+        log_info("bounce_resent", "to=%s gone=%s", sb_log_q(j->to), h->aux);
     } else if (j->st && !cluster_redeliver(c, h, j) && strcmp(j->type, "error"))
         sm_reply_error(j, "cancel", bounce_condition(h->op));
     sm_job_free(j);

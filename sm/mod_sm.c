@@ -53,6 +53,8 @@ struct sm_smq {
     char *resource;             /* owned copy: finds the session again */
     char id[SM_ID_LEN + 1];     /* "" when not resumable */
     uint32_t out, acked, in_h;  /* last numbered, last acknowledged, client's */
+    char prev_instance[ENV_NAME_MAX + 1];   /* the stream it was last resumed from: */
+    char prev_sid[ENV_NAME_MAX + 1];        /* what bounces from there was resent */
     struct sm_qent *head, *tail;
     long n;
     int max;                    /* seconds a detached session is kept */
@@ -152,15 +154,24 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
     return SB_OK;
 }
 
-int sm_smq_holds(struct sm_core *c, const char *to, const char *instance)
+int sm_smq_holds(struct sm_core *c, const char *to, const char *instance, const char *sid)
 {
     char bare[ENV_STR_MAX + 1];
     struct sm_user *u;
     if (jid_bare_of(to, bare, sizeof bare) < 0)
         return 0;
     HASH_FIND_STR(c->users, bare, u);
-    struct sm_session *s = sm_session_of(u, to, NULL);
-    return s && s->smq && !strcmp(s->instance, instance);
+    for (int i = 0; u && i < u->nsess; i++) {
+        const struct sm_session *s = &u->sess[i];
+        const struct sm_smq *q = s->smq;
+        if (!q)
+            continue;
+        if (!strcmp(s->sid, sid) && !strcmp(s->instance, instance))
+            return SM_HELD_QUEUED;
+        if (!strcmp(q->prev_sid, sid) && !strcmp(q->prev_instance, instance))
+            return SM_HELD_RESENT;
+    }
+    return 0;
 }
 
 /* Everything up to h is with the client. */
@@ -369,6 +380,8 @@ static sb_rc sm_resume(struct sm_job *j)
     log_info("sm_resumed", "jid=%s from_instance=%s from_sid=%s instance=%s sid=%s h=%u "
              "resent=%u detached=%d", sb_log_q(full), s->instance, s->sid, j->sender, j->sid, h,
              q->out - h, q->detached);
+    memcpy(q->prev_instance, s->instance, sizeof q->prev_instance);
+    memcpy(q->prev_sid, s->sid, sizeof q->prev_sid);
     snprintf(s->instance, sizeof s->instance, "%s", j->sender);
     snprintf(s->sid, sizeof s->sid, "%s", j->sid);
     snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);

@@ -209,9 +209,15 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
                   const char *body, size_t len);
 /* The session's XEP-0198 state is dropped with it (user.c). */
 void sm_smq_free(struct sm_smq *q);
-/* Does the session `to` (a full JID) hold this stanza in its queue, on
- * `instance`? Then a bounce from that front-end loses nothing. */
-int sm_smq_holds(struct sm_core *c, const char *to, const char *instance);
+/* A stanza for a stream-managed session of the user `to` (a bare or full
+ * JID) bounced from the stream `sid` on `instance`: SM_HELD_QUEUED when
+ * the session is still on that stream (the stanza waits in its queue for
+ * the resumption), SM_HELD_RESENT when that was the stream the session was
+ * resumed from (the resumption resent the stanza, or the client had
+ * acknowledged it), 0 when no queue holds it. Either way delivering it
+ * again would give the client a second copy. */
+enum { SM_HELD_QUEUED = 1, SM_HELD_RESENT = 2 };
+int sm_smq_holds(struct sm_core *c, const char *to, const char *instance, const char *sid);
 /* Has the user a session whose stream may still be resumed? */
 int sm_user_resumable(const struct sm_user *u);
 /* Is a delivery to this front-end known to come back (cluster.c)? */

@@ -8,7 +8,7 @@ also printed).
 
 Every knob is an environment variable (defaults are modest, ~5 min for
 Switchboard alone):
-  BENCH_SCENARIOS   login,plain,msg,idle,scaleout,chaos
+  BENCH_SCENARIOS   login,plain,msg,smmsg,idle,scaleout,chaos,resume
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
@@ -20,6 +20,8 @@ Switchboard alone):
   BENCH_CHAOS_SECS  [120]  BENCH_CHAOS_RATE [500]  BENCH_CHAOS_USERS [1000]
   BENCH_CHAOS_EVERY seconds between kills [5]  BENCH_CHAOS_PAUSE down time [1]
   BENCH_CHAOS_DRAIN [15]  BENCH_CHAOS_SEED  random seed of the kill choice [time]
+  BENCH_SM_ACK_EVERY  smmsg: each client sends <r/> after this many stanzas [5]
+  BENCH_RESUME_USERS [1000]  BENCH_RESUME_SENDERS [50]  BENCH_RESUME_WINDOW [200]
   BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
                     msg again with it off (SB_CLUSTER_CURVE=off for every process)
   SB_BENCH_PORT_OFFSET  shifts every port of the bench profile
@@ -62,7 +64,8 @@ def env(name, default):
 
 
 STEP = env("BENCH_STEP", "5")
-SCEN = set(env("BENCH_SCENARIOS", "login,plain,msg,idle,scaleout,chaos").split(","))
+SCEN = set(env("BENCH_SCENARIOS",
+                "login,plain,msg,smmsg,idle,scaleout,chaos,resume").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
 PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
@@ -81,6 +84,10 @@ CHAOS_EVERY = float(env("BENCH_CHAOS_EVERY", "5"))
 CHAOS_PAUSE = float(env("BENCH_CHAOS_PAUSE", "1"))
 CHAOS_DRAIN = env("BENCH_CHAOS_DRAIN", "15")
 CHAOS_SEED = env("BENCH_CHAOS_SEED", "")
+SM_ACK_EVERY = env("BENCH_SM_ACK_EVERY", "5")
+RESUME_USERS = int(env("BENCH_RESUME_USERS", "1000"))
+RESUME_SENDERS = int(env("BENCH_RESUME_SENDERS", "50"))
+RESUME_WINDOW = env("BENCH_RESUME_WINDOW", "200")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
@@ -127,7 +134,7 @@ def pidfile(path):
 
 
 def max_users():
-    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS] + IDLE)
+    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS] + IDLE)
 
 
 # ---------------------------------------------------------------- targets
@@ -360,6 +367,30 @@ class Switchboard(Target):
             if r.get("scenario") == "chaos" and "timeline" in r:
                 chaos_attribute(r, kills)
         return rows, p.returncode
+
+    # ---- resumption storm: the resumable users' front-end is killed
+
+    def resume_storm(self):
+        """RESUME_USERS resumable XEP-0198 sessions on c2s1, senders on
+        c2s2; sbbench SIGKILLs c2s1 once everyone is online and counted, the
+        users resume on c2s2. c2s1 is started again afterwards."""
+        pid = pidfile(os.path.join(VAR, "pid", "c2s1.pid"))
+        if not pid:
+            raise SystemExit("bench: c2s1 is not running")
+        lease = 3
+        cmd = self.command("resume", "--users", str(RESUME_USERS), "--senders",
+                           str(RESUME_SENDERS), "--window", RESUME_WINDOW, "--kill", str(pid),
+                           "--before", "4", "--dead", "3", "--drain", "15",
+                           "--settle", str(lease + 2), label="resume", watch=False)
+        # c2s1 dies during the step: watch the rest (a dead pid reads as no CPU)
+        for w in self.watches():
+            if not w.startswith("c2s1:"):
+                cmd[-1:-1] = ["--watch", w]
+        load = os.getloadavg()[0]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        stack("start-proc", "c2s1", check=False)
+        stack("wait-ready", check=False)
+        return self.rows(p.stdout, load), p.returncode
 
     def stop(self):
         if env("BENCH_KEEP", "") != "1":
@@ -739,6 +770,11 @@ def run_scenarios(t):
                          label="msg")
         res["msg"] = best(keep(rows))
         res["msg_all"] = rows
+    if "smmsg" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        rows, _ = t.run("msg", "--sm", "--sm-ack-every", SM_ACK_EVERY, "--users",
+                        str(MSG_USERS), "--rates", MSG_RATES, *common, label="msg-sm")
+        res["smmsg"] = best(keep(rows))
+        res["smmsg_all"] = rows
     if "idle" in SCEN and not only_msg:
         res["idle"] = []
         big = max(IDLE) if IDLE else 0
@@ -766,6 +802,10 @@ def run_scenarios(t):
         rows, _ = t.chaos()
         keep(rows)
         res["chaos"] = next((r for r in rows if r.get("scenario") == "chaos"), None)
+    if "resume" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        rows, _ = t.resume_storm()
+        keep(rows)
+        res["resume"] = next((r for r in rows if r.get("scenario") == "resume"), None)
     res["curve"] = t.curve or "n/a"
     return res
 
@@ -840,6 +880,50 @@ def chaos_figures(c):
     ]
 
 
+def sm_figures(res, procs):
+    """XEP-0198 on every client against none: the best rate of each, and CPU
+    per message at the highest rate both sustained (same load, same work)."""
+    m, sm = res.get("msg"), res.get("smmsg")
+    plain = {r["rate"]: r for r in res.get("msg_all") or [] if r.get("ok")}
+    both = [r for r in res.get("smmsg_all") or [] if r.get("ok") and r["rate"] in plain]
+    top = max(both, key=lambda r: r["rate"]) if both else None
+
+    def us(r):
+        return cpu_of(r, procs) / max(r["delivered"], 1) * 1e6
+    out = [("messages, XEP-0198 on every client (<r/> every %s sent, answers the "
+            "server's): highest rate (msg/s)" % SM_ACK_EVERY, sm and sm["per_s"], 0),
+           ("messages, XEP-0198: p50 / p99 at that rate (ms)",
+            sm and "%.2f / %.2f" % (sm["p50_ms"], sm["p99_ms"]), 0),
+           ("messages, XEP-0198: lost / reordered (all steps)",
+            "%d / %d" % (sum(r["lost"] for r in res["smmsg_all"]),
+                         sum(r["reordered"] for r in res["smmsg_all"]))
+            if res.get("smmsg_all") else None, 0)]
+    if top:
+        a, b = us(plain[top["rate"]]), us(top)
+        out.append(("server CPU per message at %s msg/s without / with XEP-0198 (µs)" %
+                    fmt(top["rate"]), "%.1f / %.1f (%+.0f %%)" % (a, b, 100 * (b - a) / a), 0))
+    return out
+
+
+def resume_figures(r):
+    if not r or r.get("setup_failed"):
+        return [("resumption storm", r and "set-up failed: %s" % r.get("last_error"), 0)]
+    return [
+        ("resumption storm: %s resumable sessions on c2s1, SIGKILL, resumed on c2s2 "
+         "(%s in flight)" % (fmt(r["users"]), fmt(r["window"])), "", 0),
+        ("resumption storm: resumed / failed", "%s / %s" % (fmt(r["resumed"]),
+                                                           fmt(r["resume_failed"])), 0),
+        ("resumption storm: resumptions/s (first connect → last <resumed/>)", r["per_s"], 0),
+        ("resumption storm: p50 / p99 / max resume latency, connect → <resumed/> (ms)",
+         "%.1f / %.1f / %.1f" % (r["p50_ms"], r["p99_ms"], r["max_ms"]), 0),
+        ("resumption storm: messages sent / delivered / lost / duplicates / reordered",
+         "%s / %s / %s / %s / %s" % (fmt(r["sent"]), fmt(r["delivered"]), fmt(r["lost"]),
+                                     fmt(r["duplicates"]), fmt(r["reordered"])), 0),
+        ("resumption storm: server CPU during the storm (s, every process but the killed c2s1)",
+         sum(v["cpu_s"] for v in r.get("procs", {}).values()), 2),
+    ]
+
+
 def figures(name, res):
     """(label, value, digits, higher_is_better) for the table."""
     name = base_name(name)
@@ -881,6 +965,10 @@ def figures(name, res):
     if name == "switchboard" and "scaleout" in SCEN:
         out.append(("scale-out: 1 c2s + 1 sm, highest msg/s", s and s["per_s"], 0))
         out.append(("scale-out: 2 c2s + 2 sm, highest msg/s", m and m["per_s"], 0))
+    if name == "switchboard" and "smmsg" in SCEN:
+        out += sm_figures(res, procs)
+    if name == "switchboard" and "resume" in SCEN:
+        out += resume_figures(res.get("resume"))
     if name == "switchboard" and "chaos" in SCEN and "chaos" in res:
         out += chaos_figures(res.get("chaos"))
     return out

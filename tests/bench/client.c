@@ -3,8 +3,13 @@
  * the input into top-level elements without building a tree (the generator
  * must stay cheap), and the login state machine:
  *   header → features → [starttls → proceed → handshake → header → features]
- *   → SASL → header → features → bind → [session] → roster get → presence.
- * Everything after login goes to sbb_ev.message. */
+ *   → SASL → header → features → bind → [session] → [XEP-0198 enable]
+ *   → roster get → presence,
+ * or, for a connection resuming a XEP-0198 session, SASL → header →
+ * features → <resume/> → <resumed/>. A managed connection counts what it
+ * receives, answers the server's <r/> and asks with its own every
+ * sm_ack_every stanzas sent, like a mobile client. Everything after login
+ * goes to sbb_ev.message. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,12 +27,14 @@
 
 #include "sbbench.h"
 
+#define NS_SM "urn:xmpp:sm:3"
+
 struct sbb_events sbb_ev;
 static gnutls_certificate_credentials_t client_cred;
 
 static const char *const state_names[] = {
     "connecting", "features", "proceed", "handshake", "sasl", "features2",
-    "bind", "session", "roster", "online", "closing", "dead"};
+    "bind", "session", "sm-enable", "resume", "roster", "online", "closing", "dead"};
 
 const char *sbb_state_name(int s)
 {
@@ -149,6 +156,14 @@ static void conn_writes(struct sbb_conn *c, const char *s)
     sbb_conn_write(c, s, strlen(s));
 }
 
+void sbb_conn_stanza(struct sbb_conn *c, const char *data, size_t len)
+{
+    sbb_conn_write(c, data, len);
+    if (c->sm_on && ++c->sm_out && sbb_opt.sm_ack_every > 0 &&
+        c->sm_out % (uint32_t)sbb_opt.sm_ack_every == 0)
+        conn_writes(c, "<r xmlns='" NS_SM "'/>");
+}
+
 static void conn_header(struct sbb_conn *c)
 {
     char h[512];
@@ -194,6 +209,7 @@ struct sbb_conn *sbb_conn_start_on(int user, int port_ix)
     c->fd = fd;
     c->user = user;
     c->peer = -1;
+    c->sm_want = (uint8_t)sbb_opt.sm;
     c->t0 = sbb_now();
     c->state = SBB_CONNECTING;
     ev_io_init(&c->io, conn_io, fd, EV_READ | EV_WRITE);
@@ -251,6 +267,11 @@ void sbb_conn_close(struct sbb_conn *c)
 {
     if (c->state == SBB_DEAD || c->state == SBB_CLOSING)
         return;
+    if (c->sm_on) {             /* what we read is handled: the server need not keep it */
+        char a[80];
+        int n = snprintf(a, sizeof(a), "<a xmlns='" NS_SM "' h='%u'/>", c->sm_h);
+        sbb_conn_write(c, a, (size_t)n);
+    }
     conn_writes(c, "</stream:stream>");
     if (c->state != SBB_DEAD)
         c->state = SBB_CLOSING;
@@ -258,20 +279,30 @@ void sbb_conn_close(struct sbb_conn *c)
 
 /* ---- small scanners ------------------------------------------------------- */
 
-/* Value of attribute `name` in the start tag at el (either quote). */
-static int attr_is(const char *el, size_t len, const char *name, const char *want)
+/* Value of attribute `name` of the start tag at el into out ("" if none). */
+static void attr_get(const char *el, size_t len, const char *name, char *out, size_t cap)
 {
     const char *end = memchr(el, '>', len);
-    size_t nl = strlen(name), wl = strlen(want);
-    if (!end)
-        return 0;
-    for (const char *p = el; p + nl + 2 < end; p++) {
+    size_t nl = strlen(name);
+    out[0] = 0;
+    for (const char *p = el + 1; end && p + nl + 2 < end; p++) {
         if ((p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n') && memcmp(p, name, nl) == 0 &&
-            p[nl] == '=' && (p[nl + 1] == '\'' || p[nl + 1] == '"'))
-            return (size_t)(end - (p + nl + 2)) >= wl && memcmp(p + nl + 2, want, wl) == 0 &&
-                   p[nl + 2 + wl] == p[nl + 1];
+            p[nl] == '=' && (p[nl + 1] == '\'' || p[nl + 1] == '"')) {
+            const char *v = p + nl + 2, *q = memchr(v, p[nl + 1], (size_t)(end - v));
+            if (q && (size_t)(q - v) < cap) {
+                memcpy(out, v, (size_t)(q - v));
+                out[q - v] = 0;
+            }
+            return;
+        }
     }
-    return 0;
+}
+
+static int attr_is(const char *el, size_t len, const char *name, const char *want)
+{
+    char v[64];
+    attr_get(el, len, name, v, sizeof(v));
+    return strcmp(v, want) == 0;
 }
 
 static int has(const char *el, size_t len, const char *s)
@@ -375,6 +406,52 @@ static void login_handshake(struct sbb_conn *c)
     conn_header(c);
 }
 
+static void login_roster(struct sbb_conn *c)
+{
+    static const char get[] = "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>";
+    sbb_conn_stanza(c, get, sizeof(get) - 1);
+    c->state = SBB_ROSTER;
+}
+
+/* XEP-0198 nonzas: <r/> answered, <a/> noted, <enabled/>/<resumed/>/<failed/>
+ * move the login on. 1 when el was one. */
+static int sm_element(struct sbb_conn *c, const char *local, const char *el, size_t len)
+{
+    char v[64];
+    if (strcmp(local, "r") && strcmp(local, "a") && strcmp(local, "enabled") &&
+        strcmp(local, "resumed") && strcmp(local, "failed"))
+        return 0;
+    if (!has(el, len, NS_SM))
+        return 0;
+    if (strcmp(local, "r") == 0) {
+        char a[80];
+        int n = snprintf(a, sizeof(a), "<a xmlns='" NS_SM "' h='%u'/>", c->sm_h);
+        sbb_conn_write(c, a, (size_t)n);
+    } else if (strcmp(local, "a") == 0) {
+        attr_get(el, len, "h", v, sizeof(v));
+        c->sm_acked = (uint32_t)strtoul(v, NULL, 10);
+    } else if (strcmp(local, "enabled") == 0 && c->state == SBB_SM_ENABLE) {
+        attr_get(el, len, "id", c->sm_id, sizeof(c->sm_id));
+        c->sm_on = 1;
+        c->sm_h = c->sm_out = 0;
+        login_roster(c);
+    } else if (strcmp(local, "resumed") == 0 && c->state == SBB_RESUME) {
+        attr_get(el, len, "h", v, sizeof(v));
+        c->sm_on = 1;
+        c->sm_h = c->resume_h;
+        c->sm_acked = c->sm_out = (uint32_t)strtoul(v, NULL, 10);
+        c->resumed_at = sbb_now();
+        c->state = SBB_ONLINE;
+        free(c->scram);
+        c->scram = NULL;
+        if (sbb_ev.online)
+            sbb_ev.online(c);
+    } else if (strcmp(local, "failed") == 0) {
+        conn_fail(c, c->state == SBB_RESUME ? "resume-failed" : "sm-failed");
+    }
+    return 1;
+}
+
 static void login_iq(struct sbb_conn *c, const char *el, size_t len, const char *id)
 {
     if (!attr_is(el, len, "id", id))
@@ -387,11 +464,13 @@ static void login_iq(struct sbb_conn *c, const char *el, size_t len, const char 
     if (c->state == SBB_BIND && c->want_session) {
         conn_writes(c, "<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>");
         c->state = SBB_SESSION;
+    } else if ((c->state == SBB_BIND || c->state == SBB_SESSION) && c->sm_want) {
+        conn_writes(c, "<enable xmlns='" NS_SM "' resume='true'/>");
+        c->state = SBB_SM_ENABLE;
     } else if (c->state == SBB_BIND || c->state == SBB_SESSION) {
-        conn_writes(c, "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
-        c->state = SBB_ROSTER;
+        login_roster(c);
     } else {
-        conn_writes(c, "<presence/>");
+        sbb_conn_stanza(c, "<presence/>", 11);
         c->state = SBB_ONLINE;
         free(c->scram);
         c->scram = NULL;
@@ -416,6 +495,10 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
         conn_fail(c, stream_error_reason(el, len));
         return;
     }
+    if (c->sm_on && (!strcmp(name, "message") || !strcmp(name, "presence") || !strcmp(name, "iq")))
+        c->sm_h++;
+    else if ((c->sm_want || c->resume) && sm_element(c, local, el, len))
+        return;
     switch (c->state) {
     case SBB_FEATURES:
         if (strcmp(name, "stream:features") != 0)
@@ -467,6 +550,14 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
         if (strcmp(name, "stream:features") != 0)
             break;
         c->want_session = has(el, len, "urn:ietf:params:xml:ns:xmpp-session") != 0;
+        if (c->resume) {
+            char r[160];
+            int n = snprintf(r, sizeof(r), "<resume xmlns='" NS_SM "' previd='%s' h='%u'/>",
+                             c->sm_id, c->resume_h);
+            sbb_conn_write(c, r, (size_t)n);
+            c->state = SBB_RESUME;
+            break;
+        }
         conn_writes(c, "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>");
         c->state = SBB_BIND;
         break;

@@ -5,6 +5,9 @@
  *   msg    K users online, each sending to the next one at a total rate
  *   idle   N users logged in and present, held; memory per connection
  *   chaos  K users chatting at one rate while processes are killed (chaos.c)
+ *   resume K users with XEP-0198 sessions on one front-end, which is killed;
+ *          they resume on the other (resume.c)
+ * --sm makes every client of login/msg/idle enable stream management.
  * Exit status: 0, or 1 when a message was lost or reordered (the smoke test
  * of `make test` relies on it), 2 on bad usage or a setup failure. */
 #define _GNU_SOURCE
@@ -23,7 +26,7 @@
 
 struct sbb_opts sbb_opt = {
     .host = "127.0.0.1", .domain = "localhost", .prefix = "bench", .passprefix = "pw",
-    .ports = {5222}, .nports = 1, .first = 1, .login_timeout = 10,
+    .ports = {5222}, .nports = 1, .first = 1, .login_timeout = 10, .sm_ack_every = 5,
 };
 struct ev_loop *sbb_loop;
 
@@ -34,9 +37,10 @@ static struct {
     int nrates;
     double step, hold, settle, p99_limit, drain, duration;
     int max_attempts;
+    int senders, before, dead, kill_pid;
 } cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
          .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5, .duration = 120,
-         .max_attempts = 40};
+         .max_attempts = 40, .senders = 50, .before = 3, .dead = 3};
 
 /* ---- shared phase state ---------------------------------------------------- */
 
@@ -327,7 +331,7 @@ static void msg_send_one(void)
     body[bl] = 0;
     int n = snprintf(msg, sizeof(msg), "<message to='%s' type='chat' id='m%u'><body>%s</body></message>",
                      to_jid[i], c->tx_seq, body);
-    sbb_conn_write(c, msg, (size_t)n);
+    sbb_conn_stanza(c, msg, (size_t)n);
     mstep.sent++;
     total_sent++;
 }
@@ -421,11 +425,13 @@ static int scenario_msg(void)
         printf("{\"scenario\":\"msg\",\"label\":\"%s\",\"users\":%d,\"step\":%d,\"rate\":%.0f,"
                "\"secs\":%.3f,\"sent\":%ld,\"delivered\":%ld,\"per_s\":%.1f,\"p50_ms\":%.3f,"
                "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"lost\":%ld,\"reordered\":%ld,"
-               "\"gaps\":%ld,\"errors\":%ld,\"dropped\":%d,\"ok\":%s,\"gen_cpu_s\":%.3f,",
+               "\"gaps\":%ld,\"errors\":%ld,\"dropped\":%d,\"ok\":%s,\"gen_cpu_s\":%.3f,"
+               "\"sm\":%d,\"sm_ack_every\":%d,",
                cfg.label, cfg.users, st, mstep.rate, secs, mstep.sent, mstep.delivered,
                (double)mstep.delivered / secs, sbb_hist_pct(&mstep.hist, 50) * 1e3, p99 * 1e3,
                sbb_hist_pct(&mstep.hist, 99.9) * 1e3, mstep.hist.max * 1e3, lost, mstep.reordered,
-               mstep.gaps, mstep.errors, ndropped, ok ? "true" : "false", gen);
+               mstep.gaps, mstep.errors, ndropped, ok ? "true" : "false", gen, sbb_opt.sm,
+               sbb_opt.sm ? sbb_opt.sm_ack_every : 0);
         sbb_print_procs(stdout);
         printf("}\n");
         fflush(stdout);
@@ -563,12 +569,24 @@ static int scenario_chaos(void)
     return sbb_chaos_run(&c);
 }
 
+/* ---- scenario: resumption storm (resume.c) --------------------------------------- */
+
+static int scenario_resume(void)
+{
+    struct sbb_resume_cfg c = {
+        .users = cfg.users, .senders = cfg.senders, .window = cfg.window, .body = cfg.body,
+        .before = cfg.before, .dead = cfg.dead, .kill_pid = cfg.kill_pid, .drain = cfg.drain,
+        .settle = cfg.settle,
+        .label = cfg.label};
+    return sbb_resume_run(&c);
+}
+
 /* ---- options --------------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr,
-        "usage: sbbench [options] login|msg|idle|chaos\n"
+        "usage: sbbench [options] login|msg|idle|chaos|resume\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
         "  --users N      users online (msg), held (idle), pool (login)   [1000]\n"
@@ -582,7 +600,13 @@ static void usage(void)
         "  --scram-cache FILE    keep derived SCRAM keys across runs\n"
         "  --label TEXT   copied into every JSON line\n"
         "  chaos: --rates R (the first rate)  --duration S [120]  --drain S\n"
-        "         --relogin-max N  login attempts per lost connection [40]\n");
+        "         --relogin-max N  login attempts per lost connection [40]\n"
+        "  --sm           XEP-0198: enable (resumable) after bind, answer <r/>\n"
+        "  --sm-ack-every N  with --sm: an <r/> after every N stanzas sent [5]\n"
+        "  resume: --users N resumable on the first port, --senders N [50] on the\n"
+        "         second; --before N / --dead N messages per user before / after\n"
+        "         the kill [3/3]; --kill PID  the front-end to SIGKILL; --drain S;\n"
+        "         --settle S  wait before the last message (past the lease) [3]\n");
     exit(2);
 }
 
@@ -623,7 +647,9 @@ int main(int argc, char **argv)
         {"no-stop", 0, 0, 'N'}, {"window", 1, 0, 'W'}, {"body", 1, 0, 'b'}, {"drain", 1, 0, 'D'},
         {"watch", 1, 0, 'A'}, {"scram-cache", 1, 0, 'C'}, {"label", 1, 0, 'L'},
         {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'},
-        {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {0, 0, 0, 0}};
+        {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {"sm", 0, 0, 'M'},
+        {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
+        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -653,6 +679,12 @@ int main(int argc, char **argv)
         case 't': sbb_opt.login_timeout = atof(optarg); break;
         case 'U': cfg.duration = atof(optarg); break;
         case 'R': cfg.max_attempts = atoi(optarg); break;
+        case 'M': sbb_opt.sm = 1; break;
+        case 'K': sbb_opt.sm_ack_every = atoi(optarg); break;
+        case 'E': cfg.senders = atoi(optarg); break;
+        case 'B': cfg.before = atoi(optarg); break;
+        case 'X': cfg.dead = atoi(optarg); break;
+        case 'k': cfg.kill_pid = atoi(optarg); break;
         default: usage();
         }
     }
@@ -677,6 +709,8 @@ int main(int argc, char **argv)
         rc = scenario_idle(cfg.users > 15000 ? 2 : 1);
     else if (strcmp(cfg.scenario, "chaos") == 0)
         rc = scenario_chaos();
+    else if (strcmp(cfg.scenario, "resume") == 0)
+        rc = scenario_resume();
     else
         usage();
     if (strcmp(cfg.scenario, "idle") != 0)

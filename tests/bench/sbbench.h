@@ -7,6 +7,7 @@
  *   main.c    options, scenarios, step reports (JSON lines on stdout)
  *   client.c  one connection: socket/TLS I/O, element splitter, login
  *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
+ *   resume.c  the resumption storm: XEP-0198 sessions resumed after their front-end died
  *   scram.c   SCRAM-SHA-1 client with a cache of derived keys
  *   stats.c   latency histogram, /proc CPU and RSS sampling */
 #ifndef SBB_H
@@ -26,6 +27,8 @@ struct sbb_opts {
     int plain;               /* SASL PLAIN instead of SCRAM-SHA-1 */
     int first;               /* first user number */
     double login_timeout;
+    int sm;                  /* XEP-0198: <enable resume='true'/> after bind */
+    int sm_ack_every;        /* with sm: an <r/> after every N stanzas sent (0: never) */
     const char *scram_cache; /* file of derived SCRAM keys (may be NULL) */
 };
 extern struct sbb_opts sbb_opt;
@@ -45,11 +48,23 @@ struct sbb_chaos_cfg {
  * the users could not be logged in at the start. */
 int sbb_chaos_run(const struct sbb_chaos_cfg *cfg);
 
+/* ---- resume.c --------------------------------------------------------- */
+struct sbb_resume_cfg {
+    int users, senders, window, body, before, dead, kill_pid;
+    double drain, settle;
+    const char *label;
+};
+/* Users with resumable sessions on ports[0], senders on ports[1]; kill_pid
+ * is SIGKILLed (the users' front-end), the users resume on ports[1]. One
+ * JSON line; 0, 1 when a resumption failed or a message was lost or
+ * duplicated, 2 when the set-up failed. */
+int sbb_resume_run(const struct sbb_resume_cfg *cfg);
+
 /* ---- client.c --------------------------------------------------------- */
 enum sbb_state {
     SBB_CONNECTING, SBB_FEATURES, SBB_PROCEED, SBB_HANDSHAKE, SBB_SASL,
-    SBB_FEATURES2, SBB_BIND, SBB_SESSION, SBB_ROSTER, SBB_ONLINE,
-    SBB_CLOSING, SBB_DEAD
+    SBB_FEATURES2, SBB_BIND, SBB_SESSION, SBB_SM_ENABLE, SBB_RESUME, SBB_ROSTER,
+    SBB_ONLINE, SBB_CLOSING, SBB_DEAD
 };
 
 struct sbb_buf {
@@ -76,6 +91,15 @@ struct sbb_conn {
     uint32_t tx_seq, rx_next;
     int slot;                /* owner's index (in-flight table, user table) */
     int step;                /* login storm: the step it was started in */
+    /* XEP-0198 (sm_want: enable after bind; resume_id: resume instead of bind) */
+    uint8_t sm_want, sm_on;
+    uint32_t sm_h;           /* stanzas received since <enabled/>/<resumed/> */
+    uint32_t sm_out;         /* stanzas sent since then */
+    uint32_t sm_acked;       /* the server's last h */
+    uint32_t resume_h;       /* h to present in <resume/> */
+    char sm_id[64];          /* <enabled id/>, or the previd to resume */
+    uint8_t resume;          /* log in with <resume previd=sm_id h=resume_h/> */
+    double resumed_at;
 };
 
 /* Callbacks of the scenario driving the connections. */
@@ -91,6 +115,8 @@ struct sbb_conn *sbb_conn_start(int user);     /* connect + log in; NULL on erro
 /* The same on ports[port_ix % nports] (sbb_conn_start: port_ix = user - first). */
 struct sbb_conn *sbb_conn_start_on(int user, int port_ix);
 void sbb_conn_write(struct sbb_conn *c, const char *data, size_t len);
+/* A stanza: written and, when managed, counted (an <r/> every sm_ack_every). */
+void sbb_conn_stanza(struct sbb_conn *c, const char *data, size_t len);
 void sbb_conn_close(struct sbb_conn *c);       /* </stream:stream>, close when answered */
 void sbb_conn_free(struct sbb_conn *c);
 int sbb_tls_init(void);

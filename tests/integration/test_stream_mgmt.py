@@ -6,6 +6,8 @@ first one was killed with SIGKILL (the queue lives in the user's sm)."""
 import asyncio
 import time
 
+import pytest
+
 from imclient import IMClient, MESSAGE, PRESENCE, befriend
 from xmpptest import NS_CLIENT, NS_SASL, describe, run, stream_error_condition
 
@@ -195,11 +197,14 @@ def test_resume_while_the_old_stream_is_open_takes_it_over(stack, two_users):
     run(go(), timeout=60)
 
 
-def test_resume_on_the_other_front_end_after_it_was_killed(stack, two_users):
+@pytest.mark.parametrize("to", ["full", "bare"])
+def test_resume_on_the_other_front_end_after_it_was_killed(stack, two_users, to):
     """alice's front-end c2s2 dies (SIGKILL) with stanzas unacknowledged and
     more arriving while it is dead; alice resumes on c2s1 with her h and gets
     exactly what she had not acknowledged, in order, once, under the same
-    full JID; bob never sees her go unavailable."""
+    full JID; bob never sees her go unavailable. Messages to her bare JID
+    too: their bounces from the dead front-end carry no resource, and must
+    not be delivered a second time."""
     (a_jid, a_pw), (b_jid, b_pw) = two_users
     stack.wait_instances(present=("c2s1", "c2s2"))
 
@@ -222,10 +227,12 @@ def test_resume_on_the_other_front_end_after_it_was_killed(stack, two_users):
             await alice.message_with("unacked")       # read, never acknowledged
             h = alice.h - 1                            # as if the <a/> for it was lost
             stack.stack("kill-proc", "c2s2")
-            await asyncio.to_thread(stack.wait_instances, absent=("c2s2",), timeout=20)
+            # at once, while the cluster still counts c2s2 in: the sm sends
+            # them there and they come back from the router
             for i in range(3):
-                bob.message(alice.jid, "while-dead%d" % i)
+                bob.message(alice.jid if to == "full" else a_jid, "while-dead%d" % i)
             await bob.barrier(a_jid)
+            await asyncio.to_thread(stack.wait_instances, absent=("c2s2",), timeout=20)
             el = await again.resume(alice.sm_id, h)
             assert el.tag == sm("resumed"), describe(el)
             # exactly the unacknowledged ones, in the order they were sent
@@ -233,7 +240,9 @@ def test_resume_on_the_other_front_end_after_it_was_killed(stack, two_users):
             got = [await again.next(lambda e: e.tag == MESSAGE, 15, "message %d" % i)
                    for i in range(len(want))]
             assert bodies(got) == want, [describe(m) for m in got]
-            assert all(m.get("to") == alice.jid for m in got), [describe(m) for m in got]
+            dead_to = alice.jid if to == "full" else a_jid      # delivered as addressed
+            assert [m.get("to") for m in got] == [alice.jid] + [dead_to] * 3, \
+                [describe(m) for m in got]
             bob.message(alice.jid, "after")
             assert bodies([await again.next(lambda e: e.tag == MESSAGE)]) == ["after"]
             await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
