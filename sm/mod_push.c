@@ -70,6 +70,7 @@ struct push_wait {
     struct sm_core *core;
     long count;                     /* what a trailing notification says */
     char *sender, *body;
+    double win;                     /* the window's length, seconds */
     unsigned pending : 1;           /* a message came inside the window */
     ev_timer timer;
     UT_hash_handle hh;
@@ -108,7 +109,7 @@ static void push_on_window(struct ev_loop *loop, ev_timer *t, int revents)
     snprintf(h.key, sizeof h.key, "%s", w->bare);
     snprintf(h.sender, sizeof h.sender, "%s", link_instance(w->core->link));
     snprintf(h.op, sizeof h.op, "push-flush");
-    ev_timer_set(&w->timer, t->repeat, 0.);
+    ev_timer_set(&w->timer, w->win, 0.);
     ev_timer_start(loop, &w->timer);
     sm_core_submit(w->core, &h, "", 0);
 }
@@ -123,8 +124,8 @@ static int push_window_start(struct sm_core *c, const char *bare, double win)
         return 0;
     }
     w->core = c;
+    w->win = win;
     ev_timer_init(&w->timer, push_on_window, win, 0.);
-    w->timer.repeat = win;          /* kept for the next window */
     w->timer.data = w;
     ev_timer_start(c->loop, &w->timer);
     HASH_ADD_KEYPTR(hh, push_waits, w->bare, strlen(w->bare), w);
@@ -475,7 +476,7 @@ static const char *push_options(const struct xml_node *en, struct sb_buf *out)
     return why;
 }
 
-static sb_rc push_enable(struct sm_job *j, const struct xml_node *en, int enable)
+static sb_rc push_change(struct sm_job *j, const struct xml_node *en, int enable)
 {
     const char *jid_in = xml_attr(en, "jid"), *node = xml_attr(en, "node");
     struct sm_acct *a = j->user->acct;
@@ -533,7 +534,7 @@ static sb_rc push_iq(struct sm_job *j, const char *ns)
         return push_bad(j, "cancel", "feature-not-implemented", "get");
     const struct xml_node *q = xml_first_elem(j->st);
     if (!strcmp(q->name, "enable") || !strcmp(q->name, "disable"))
-        return push_enable(j, q, !strcmp(q->name, "enable"));
+        return push_change(j, q, !strcmp(q->name, "enable"));
     return push_bad(j, "modify", "bad-request", "element");
 }
 

@@ -25,7 +25,8 @@
  * bounce) come here as STANZA op=sm-local and are numbered like the rest.
  * When the session ends (clean close, timeout), what the client never
  * acknowledged runs again through the user's queue: messages go to another
- * session or offline storage, iq requests get an error, presence is dropped. */
+ * session or offline storage, iq requests get an error, presence is dropped
+ * (as op sm-replay jobs: mod_push notified them when they were queued). */
 #include "sm_int.h"
 #include "config.h"
 #include "jid.h"
