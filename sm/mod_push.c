@@ -4,6 +4,10 @@
  * with an optional publish-options form) with an iq set to its own account:
  *   <enable xmlns='urn:xmpp:push:0' jid=… node=…>[<x publish-options/>]
  *   <disable xmlns='urn:xmpp:push:0' jid=… [node=…]/>
+ * jid is required (XEP-0357 §5), and so is node, which the XEP only
+ * recommends: a XEP-0060 publish cannot go without one. Missing, empty or
+ * unparseable → bad-request, as is a form whose FORM_TYPE is not
+ * publish-options; disabling what was never enabled is a result.
  * Registrations are rows of push_registrations (deploy/migrations/004),
  * loaded with the account (acct.c, 'n' rows) and cached in the user record,
  * so deciding to notify costs no query.
