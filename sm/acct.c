@@ -10,14 +10,17 @@
 #include <string.h>
 
 /* 'u': the account exists; 'b': one of its blocklist items; 'r': a local
- * user whose blocklist names this account (by bare or full JID). When a
- * session starts, SM_IM_ACCT_SQL (im.c) returns these and the IM rows in
- * one statement; acct_fill skips the IM kinds. */
+ * user whose blocklist names this account (by bare or full JID); 'n': a
+ * push registration (id, jid, node, options). When a session starts,
+ * SM_IM_ACCT_SQL (im.c) returns these and the IM rows in one statement;
+ * acct_fill skips the IM kinds. */
 static const char ACCT_SQL[] =
-    "SELECT 'u', '', '' FROM users WHERE domain = $1 AND username = $2"
-    " UNION ALL SELECT 'b', item, '' FROM blocklist WHERE domain = $1 AND username = $2"
-    " UNION ALL SELECT 'r', username || '@' || domain, item FROM blocklist"
-    " WHERE item_bare = $3";
+    "SELECT 'u', '', '', '', '' FROM users WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'b', item, '', '', '' FROM blocklist WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'r', username || '@' || domain, item, '', '' FROM blocklist"
+    " WHERE item_bare = $3"
+    " UNION ALL SELECT 'n', id::text, jid, node, options FROM push_registrations"
+    " WHERE domain = $1 AND username = $2";
 
 sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domain)
 {
@@ -155,6 +158,56 @@ void sm_acct_set_last_status(struct sm_acct *a, const char *status)
     a->last_status = status && *status ? strdup(status) : NULL;
 }
 
+/* ---- push registrations (XEP-0357, mod_push) ---------------------------------- */
+
+struct sm_push_reg *sm_acct_push_find(const struct sm_acct *a, const char *jid,
+                                      const char *node)
+{
+    for (int i = 0; a && i < a->npush; i++)
+        if (!strcmp(a->push[i].jid, jid) && !strcmp(a->push[i].node, node))
+            return &a->push[i];
+    return NULL;
+}
+
+sb_rc sm_acct_push_set(struct sm_acct *a, long long id, const char *jid, const char *node,
+                       const char *options)
+{
+    struct sm_push_reg *r = sm_acct_push_find(a, jid, node);
+    char *o = strdup(options ? options : "");
+    if (!o)
+        return SB_ERROR;
+    if (r) {
+        free(r->options);
+        r->options = o;
+        r->id = id;
+        return SB_OK;
+    }
+    char *j = strdup(jid), *n = strdup(node);
+    if (!j || !n || grow((void **)&a->push, &a->cappush, a->npush, sizeof *a->push) != SB_OK) {
+        free(j);
+        free(n);
+        free(o);
+        return SB_ERROR;
+    }
+    a->push[a->npush++] = (struct sm_push_reg){id, j, n, o};
+    return SB_OK;
+}
+
+void sm_acct_push_del(struct sm_acct *a, const char *jid, const char *node)
+{
+    for (int i = 0; a && i < a->npush;) {
+        struct sm_push_reg *r = &a->push[i];
+        if (strcmp(r->jid, jid) || (node && strcmp(r->node, node))) {
+            i++;
+            continue;
+        }
+        free(r->jid);
+        free(r->node);
+        free(r->options);
+        *r = a->push[--a->npush];
+    }
+}
+
 /* ---- load / free ------------------------------------------------------------------ */
 
 static void acct_destroy(struct sm_acct *a)
@@ -168,6 +221,12 @@ static void acct_destroy(struct sm_acct *a)
         free(a->by[i].item);
     }
     free(a->by);
+    for (int i = 0; i < a->npush; i++) {
+        free(a->push[i].jid);
+        free(a->push[i].node);
+        free(a->push[i].options);
+    }
+    free(a->push);
     free(a->last_status);
     free(a);
 }
@@ -189,6 +248,10 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
             rc = sm_acct_block_add(a, PQgetvalue(res, i, 1));
         else if (kind[0] == 'r')
             rc = sm_acct_by_add(a, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2));
+        else if (kind[0] == 'n')
+            rc = sm_acct_push_set(a, strtoll(PQgetvalue(res, i, 1), NULL, 10),
+                                  PQgetvalue(res, i, 2), PQgetvalue(res, i, 3),
+                                  PQgetvalue(res, i, 4));
         if (rc != SB_OK)
             return 0;
     }

@@ -6,6 +6,9 @@
  *   blocked_by  (owner, item) pairs: local users whose blocklist names this
  *               user by bare or full JID, for refusing what they send here
  *   last_status <status/> of the user's last unavailable presence
+ *   push        XEP-0357 registrations (push service JID, node, publish
+ *               options) from push_registrations, and push_count: messages
+ *               a detached stream queued since the user was last online
  * Owners of other records tell this one about changes with the control
  * `blocked-by` (mod_blocking). Modules read it through the helpers below. */
 #ifndef SB_SM_ACCT_H
@@ -18,8 +21,19 @@ struct sm_acct_by {
     char *item;                         /* the item that names us */
 };
 
+/* One XEP-0357 registration (a row of push_registrations). */
+struct sm_push_reg {
+    long long id;                       /* the row's id */
+    char *jid;                          /* push service, as prepared */
+    char *node;
+    char *options;                      /* serialised publish-options <x/>, or "" */
+};
+
 struct sm_acct {
     unsigned exists : 1, loaded : 1;
+    struct sm_push_reg *push;
+    int npush, cappush;
+    long push_count;                    /* mod_push: reset when a session comes back */
     char **block;
     int nblock, capblock;
     struct sm_acct_by *by;
@@ -47,6 +61,13 @@ void sm_acct_block_clear(struct sm_acct *a);
 sb_rc sm_acct_by_add(struct sm_acct *a, const char *owner, const char *item);
 void sm_acct_by_del(struct sm_acct *a, const char *owner, const char *item);
 void sm_acct_set_last_status(struct sm_acct *a, const char *status);
+/* Push registrations: add (or replace the options of) the (jid, node)
+ * pair; delete one pair, or every pair of jid when node is NULL. */
+sb_rc sm_acct_push_set(struct sm_acct *a, long long id, const char *jid, const char *node,
+                       const char *options);
+void sm_acct_push_del(struct sm_acct *a, const char *jid, const char *node);
+struct sm_push_reg *sm_acct_push_find(const struct sm_acct *a, const char *jid,
+                                      const char *node);
 
 /* "node@domain" → node (copied into out, cap bytes) and domain (pointer
  * into bare). SB_ERROR when it is not node@domain or too long. */

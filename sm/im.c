@@ -143,6 +143,8 @@ static const char IM_LOAD_SQL[] =
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'u', '', '', '', '', '' FROM users WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'n', id::text, jid, node, options, '' FROM push_registrations"
     " WHERE domain = $1 AND username = $2";
 
 /* While PostgreSQL is down, jobs that need the roster fail at once for a
@@ -340,6 +342,8 @@ const char SM_IM_ACCT_SQL[] =
     " UNION ALL SELECT 'v', version::text, '', '', '', '' FROM roster_version"
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'n', id::text, jid, node, options, '' FROM push_registrations"
     " WHERE domain = $1 AND username = $2";
 
 /* Both halves answered: keep the state, or drop it after a failed query

@@ -80,7 +80,7 @@ void sm_im_user_free(struct sm_user *u);
  * hands its rows (NULL: failed) to sm_im_preload_rows(). Once the record is
  * loaded the state is loaded too; if the query failed it is dropped and the
  * first sm_im_ready() loads it the ordinary way. Rows: 'u' users row, 'b'
- * own blocklist item, 'r' blocked by (acct.c); 'i' roster item, 'p' pending
+ * own blocklist item, 'r' blocked by, 'n' push registration (acct.c); 'i' roster item, 'p' pending
  * request, 'v' roster version, 'o' offline count (here). */
 extern const char SM_IM_ACCT_SQL[];
 void sm_im_preload(struct sm_user *u);

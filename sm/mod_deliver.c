@@ -12,6 +12,7 @@
  *   bare JID, presence           → every available session
  *   bare JID, iq                 → declined: the server answers for the
  *                                  account (mod_roster…, then the fallback)
+ * A message that reached only detached (XEP-0198) streams goes to mod_push.
  * An unknown local user has no sessions, so the same rules answer
  * service-unavailable for message/iq and drop presence (§8.5.2). */
 #include "sm.h"
@@ -26,11 +27,14 @@ static const char *to_resource(const struct sm_job *j)
     return slash ? slash + 1 : "";
 }
 
-static int deliver_to_bare_message(struct sm_job *j)
+/* Sent to sessions; *live: how many of them have a stream now (the others
+ * only queue it: mod_push may notify). */
+static int deliver_to_bare_message(struct sm_job *j, int *live)
 {
     struct sm_user *u = j->user;
     int headline = !strcmp(j->type, "headline");
     int best = -1, sent = 0;
+    *live = 0;
     for (int i = 0; i < u->nsess; i++)
         if (u->sess[i].available && u->sess[i].prio > best &&
             sm_job_reaches(j, &u->sess[i]))
@@ -38,8 +42,10 @@ static int deliver_to_bare_message(struct sm_job *j)
     for (int i = 0; best >= 0 && i < u->nsess; i++) {
         struct sm_session *s = &u->sess[i];
         if (s->available && s->prio >= 0 && (headline || s->prio == best) &&
-            sm_job_reaches(j, s))
-            sent += sm_deliver(j, s) == SB_OK;
+            sm_job_reaches(j, s) && sm_deliver(j, s) == SB_OK) {
+            sent++;
+            *live += sm_session_live(j->core, s);
+        }
     }
     return sent;
 }
@@ -51,7 +57,8 @@ static sb_rc deliver_message(struct sm_job *j)
     const char *res = to_resource(j);
     struct sm_session *s = *res ? sm_user_session(j->user, res) : NULL;
     if (s && sm_job_reaches(j, s)) {
-        sm_deliver(j, s);
+        if (sm_deliver(j, s) == SB_OK && !sm_session_live(j->core, s))
+            sm_push_notify(j, 0);
         return SB_OK;
     }
     if (!strcmp(j->type, "error"))
@@ -60,8 +67,12 @@ static sb_rc deliver_message(struct sm_job *j)
         sm_reply_error(j, "cancel", "service-unavailable");
         return SB_OK;
     }
-    if (deliver_to_bare_message(j) > 0)
+    int live;
+    if (deliver_to_bare_message(j, &live) > 0) {
+        if (!live)
+            sm_push_notify(j, 0);
         return SB_OK;
+    }
     if (strcmp(j->type, "headline")) {
         /* Offline storage (mod_offline) is the next issue; until then the
          * sender learns the message was not delivered. */

@@ -11,6 +11,8 @@
  * sm_offline_flush() hands stored messages to a resource that became
  * available with priority ≥ 0, and deletes them only after they were
  * handed to the link (a failed delete means a duplicate, never a loss).
+ * A stored message is handed to mod_push (sm_push_notify) with the count
+ * of stored messages, which the same statement returns.
  * Everything else is left to mod_deliver. */
 #include "im.h"
 #include "log.h"
@@ -80,7 +82,7 @@ static const char OFFLINE_STORE_SQL[] =
     " n AS (SELECT count(*) AS c FROM offline WHERE domain = $1 AND username = $2),"
     " ins AS (INSERT INTO offline (domain, username, stanza) SELECT $1, $2, $3 FROM u, n"
     " WHERE u.ok AND n.c < $4::bigint RETURNING id)"
-    " SELECT u.ok, (SELECT count(*) FROM ins) FROM u";
+    " SELECT u.ok, (SELECT count(*) FROM ins), (SELECT c FROM n) FROM u";
 
 /* Would mod_deliver hand this message to some session? */
 static int offline_deliverable(const struct sm_job *j)
@@ -124,7 +126,8 @@ static sb_rc offline_stamp(const struct sm_job *j, const char *domain, struct sb
 static void offline_on_store(PGresult *res, void *arg)
 {
     struct sm_job *j = arg;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+        PQnfields(res) < 3) {
         log_error("offline_store_failed", "to=%s error=%s", sb_log_q(j->key),
                   sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
         sm_reply_error(j, "wait", "internal-server-error");
@@ -139,6 +142,8 @@ static void offline_on_store(PGresult *res, void *arg)
         if (j->user && j->user->im)
             j->user->im->offline++;
         log_info("offline_stored", "to=%s from=%s", sb_log_q(j->key), sb_log_q(j->from));
+        if (j->user)
+            sm_push_notify(j, strtol(PQgetvalue(res, 0, 2), NULL, 10) + 1);
     }
     sm_job_done(j);
 }

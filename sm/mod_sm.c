@@ -25,7 +25,8 @@
  * bounce) come here as STANZA op=sm-local and are numbered like the rest.
  * When the session ends (clean close, timeout), what the client never
  * acknowledged runs again through the user's queue: messages go to another
- * session or offline storage, iq requests get an error, presence is dropped. */
+ * session or offline storage, iq requests get an error, presence is dropped
+ * (as op sm-replay jobs: mod_push notified them when they were queued). */
 #include "sm_int.h"
 #include "config.h"
 #include "jid.h"
@@ -92,6 +93,11 @@ int sm_user_resumable(const struct sm_user *u)
         if (u->sess[i].smq && u->sess[i].smq->id[0])
             return 1;
     return 0;
+}
+
+int sm_session_live(const struct sm_core *c, const struct sm_session *s)
+{
+    return !s->smq || (!s->smq->detached && !sm_frontend_gone(c, s->instance));
 }
 
 static struct sm_session *sm_session_by_sid(struct sm_user *u, const char *sid)
@@ -227,6 +233,7 @@ static void sm_replay_unacked(struct sm_core *c, struct sm_user *u, struct sm_sm
         env_init(&h, ENV_STANZA, ENV_ROUTE_JID);
         snprintf(h.key, sizeof h.key, "%s", u->bare);
         snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
+        snprintf(h.op, sizeof h.op, "sm-replay");   /* already notified (mod_push) */
         snprintf(h.aux, sizeof h.aux, "%s", e->from);
         sm_core_submit(c, &h, e->data, e->len);
         msgs += msg;
@@ -391,6 +398,7 @@ static sb_rc sm_resume(struct sm_job *j)
     sm_frontend_alive(c, s->instance);
     q->detached = 0;
     ev_timer_stop(c->loop, &q->timer);
+    sm_push_online(u);
     sm_trim(q, h);
     char body[24];
     snprintf(body, sizeof body, "h=%u", q->in_h);

@@ -8,7 +8,7 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
     sm_mod_disco, sm_mod_ping, sm_mod_offline, sm_mod_deliver, sm_mod_fallback;
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
-extern const struct sm_module sm_mod_contacts, sm_mod_sm;
+extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
@@ -17,6 +17,9 @@ const struct sm_module *const sm_modules[] = {
                                both, so it must precede mod_presence); jabber:iq:last */
     &sm_mod_blocking,       /* XEP-0191: refuses stanzas between blocked users
                                (before anything delivers or stores); the iq */
+    &sm_mod_push,           /* XEP-0357 enable/disable, replies to notifications;
+                               observes own available presence (declines it),
+                               so it must precede mod_presence */
     &sm_mod_presence,       /* all presence (RFC 6121 §3-4); unavailable on
                                end/session-gone, then passes them on */
     &sm_mod_contacts,       /* contacts in place on a new account's bind;

@@ -222,6 +222,19 @@ int sm_smq_holds(struct sm_core *c, const char *to, const char *instance, const 
 int sm_user_resumable(const struct sm_user *u);
 /* Is a delivery to this front-end known to come back (cluster.c)? */
 int sm_frontend_gone(const struct sm_core *c, const char *instance);
+/* Does a stanza handed to s reach a client now? No for a detached
+ * stream-managed session or one on a gone front-end (only queued). */
+int sm_session_live(const struct sm_core *c, const struct sm_session *s);
+
+/* ---- push notifications (mod_push.c, XEP-0357) ------------------------------ */
+/* The job's message reached no live stream: it was stored offline (stored
+ * = the user's offline messages now, this one included) or only queued for
+ * detached streams (stored = 0). Notifies the user's push services if the
+ * message warrants it (throttled; see mod_push.c). */
+void sm_push_notify(struct sm_job *j, long stored);
+/* A session of the user came back (available presence, resumption): the
+ * count starts again. */
+void sm_push_online(struct sm_user *u);
 
 #define SM_NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 

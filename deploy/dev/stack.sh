@@ -440,6 +440,7 @@ prebind_secret() {
 test_sets() {
     [ "$PROFILE" = test ] || return 0
     printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
+    printf 'sm\tpush_throttle\t2\n'          # tests/integration/test_push.py
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component

@@ -36,6 +36,7 @@
 #include "../../sm/mod_version.c"
 #include "../../sm/mod_contacts.c"
 #include "../../sm/mod_sm.c"
+#include "../../sm/mod_push.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
@@ -449,8 +450,8 @@ static void test_message_without_available_session_is_refused(void **st)
     recv_stanza("alice@localhost", "bob@localhost/x",
                 "<message from='bob@localhost/x' to='alice@localhost' id='m1'><body>hi</body></message>");
     /* Offline storage finds no such account. */
-    const char *row[2] = {"f", "0"};
-    pg_answer(PGRES_TUPLES_OK, 1, 2, row);
+    const char *row[3] = {"f", "0", "0"};
+    pg_answer(PGRES_TUPLES_OK, 1, 3, row);
     assert_int_equal(nsent, 1);
     assert_int_equal(sent[0].h.route, ENV_ROUTE_JID);
     assert_string_equal(sent[0].h.key, "bob@localhost");
@@ -793,8 +794,8 @@ static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void
         assert_non_null(strstr(pg_params[2], "<body>later</body><delay xmlns='urn:xmpp:delay'"
                                              " from='localhost' stamp='"));
         assert_string_equal(pg_params[3], "100");
-        const char *row[2] = {"t", full ? "0" : "1"};
-        pg_answer(PGRES_TUPLES_OK, 1, 2, row);
+        const char *row[3] = {"t", full ? "0" : "1", full ? "100" : "0"};
+        pg_answer(PGRES_TUPLES_OK, 1, 3, row);
         assert_int_equal(nsent, full);
         if (full)
             assert_non_null(strstr(sent[0].body, "<resource-constraint"));
@@ -843,6 +844,100 @@ static void test_members_change_drops_cached_users(void **st)
     assert_string_equal(rq[rq_head].cmd, "HGETALL sess:{alice@localhost}");
 }
 
+/* ---- push notifications (mod_push) ---------------------------------------------- */
+
+#define PUSH_FORM "<x xmlns='jabber:x:data'><field var='FORM_TYPE'><value>" \
+    "http://jabber.org/protocol/pubsub#publish-options</value></field>" \
+    "<field var='secret'><value>s3</value></field></x>"
+
+static void test_push_enable_stores_the_registration_and_answers(void **st)
+{
+    const char *a = bind_alice("S1", 1);
+    char xml[1024];
+    nsent = 0;
+    snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='e1'><enable xmlns='urn:xmpp:push:0'"
+             " jid='Push.Example' node='n1'>" PUSH_FORM "</enable></iq>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    /* No users row in the fake load: an anonymous-like account is refused. */
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "<not-allowed"));
+    core->users->acct->exists = 1;
+    nsent = 0;
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    assert_non_null(strstr(pg_sql, "INSERT INTO push_registrations"));
+    assert_string_equal(pg_params[2], "push.example");   /* prepared */
+    assert_string_equal(pg_params[3], "n1");
+    assert_int_equal(nsent, 0);                          /* answered after the write */
+    const char *row[1] = {"7"};
+    pg_answer(PGRES_TUPLES_OK, 1, 1, row);
+    assert_int_equal(nsent, 1);
+    assert_non_null(strstr(sent[0].body, "type='result'"));
+    assert_int_equal(core->users->acct->npush, 1);
+    assert_non_null(strstr(core->users->acct->push[0].options, "<value>s3</value>"));
+    /* No jid, or a form of another type: bad-request, nothing stored. */
+    int q = pg_nqueries;
+    nsent = 0;
+    snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='e2'><enable xmlns='urn:xmpp:push:0'"
+             " node='n1'/></iq>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    snprintf(xml, sizeof xml, "<iq from='%s' type='set' id='e3'><enable xmlns='urn:xmpp:push:0'"
+             " jid='p.example' node='n1'><x xmlns='jabber:x:data'/></enable></iq>", a);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "alice@localhost", "c2s1", "S1", "", a, xml);
+    assert_int_equal(nsent, 2);
+    assert_non_null(strstr(sent[0].body, "<bad-request"));
+    assert_non_null(strstr(sent[1].body, "<bad-request"));
+    assert_int_equal(pg_nqueries, q);
+}
+
+/* carol is offline with one registration: a stored message notifies once
+ * with the stored count and the sender, no body; the next one inside the
+ * throttle window waits for its end; an error reply disables it. */
+static void test_push_offline_message_notifies_then_throttles_and_error_disables(void **st)
+{
+    const char *rows[] = {"u", "", "", "", "", "",
+                          "n", "7", "push.example", "n1", PUSH_FORM, ""};
+    acct_rows = rows;
+    acct_nrows = 2;
+    const char *msg = "<message from='bob@localhost/x' to='carol@localhost' type='chat'>"
+                      "<body>secret words</body></message>";
+    recv_stanza("carol@localhost", "bob@localhost/x", msg);
+    redis_empty_load("carol@localhost");
+    const char *stored[3] = {"t", "1", "2"};
+    pg_answer(PGRES_TUPLES_OK, 1, 3, stored);
+    assert_int_equal(nsent, 1);
+    assert_int_equal(sent[0].h.route, ENV_ROUTE_JID);
+    assert_string_equal(sent[0].h.key, "push.example");
+    assert_string_equal(sent[0].h.aux, "carol@localhost");
+    const char *b = sent[0].body;
+    assert_non_null(strstr(b, "<iq type='set' from='carol@localhost' to='push.example'"
+                              " id='sbpush-7-"));
+    assert_non_null(strstr(b, "<publish node='n1'><item><notification xmlns='urn:xmpp:push:0'>"));
+    assert_non_null(strstr(b, "<field var='message-count'><value>3</value></field>"));
+    assert_non_null(strstr(b, "<field var='last-message-sender'><value>bob@localhost/x<"));
+    assert_null(strstr(b, "secret words"));
+    assert_non_null(strstr(b, "<publish-options>" PUSH_FORM "</publish-options></pubsub></iq>"));
+    char id[64];
+    const char *ip = strstr(b, "id='") + 4;
+    snprintf(id, sizeof id, "%.*s", (int)(strchr(ip, '\'') - ip), ip);
+    /* a second message at once: throttled */
+    nsent = 0;
+    recv_stanza("carol@localhost", "bob@localhost/x", msg);
+    redis_empty_load("carol@localhost");
+    const char *stored2[3] = {"t", "1", "3"};
+    pg_answer(PGRES_TUPLES_OK, 1, 3, stored2);
+    assert_int_equal(nsent, 0);
+    /* the service answers with an error: the registration goes */
+    char xml[512];
+    snprintf(xml, sizeof xml, "<iq from='push.example' to='carol@localhost' type='error' id='%s'>"
+             "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+             "</error></iq>", id);
+    recv_env(ENV_STANZA, ENV_ROUTE_JID, "carol@localhost", "s2s1", "", "", "push.example", xml);
+    redis_empty_load("carol@localhost");
+    assert_non_null(strstr(pg_sql, "DELETE FROM push_registrations WHERE id"));
+    assert_string_equal(pg_params[0], "7");
+    assert_int_equal(nsent, 0);
+}
+
 int main(void)
 {
     sb_log_init("test", SB_LOG_ERROR);
@@ -873,6 +968,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_session_end_sends_unavailable_to_contacts_with_from, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_message_is_stored_with_delay_or_refused_over_quota, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_messages_are_flushed_then_deleted_at_initial_presence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_push_enable_stores_the_registration_and_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_push_offline_message_notifies_then_throttles_and_error_disables, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
