@@ -12,6 +12,8 @@
  *   bare JID, presence           → every available session
  *   bare JID, iq                 → declined: the server answers for the
  *                                  account (mod_roster…, then the fallback)
+ * A delivered message is then copied to the user's other carbons-enabled
+ * sessions (mod_carbons.c: the delivered ones are marked `got`).
  * An unknown local user has no sessions, so the same rules answer
  * service-unavailable for message/iq and drop presence (§8.5.2). */
 #include "sm.h"
@@ -38,8 +40,10 @@ static int deliver_to_bare_message(struct sm_job *j)
     for (int i = 0; best >= 0 && i < u->nsess; i++) {
         struct sm_session *s = &u->sess[i];
         if (s->available && s->prio >= 0 && (headline || s->prio == best) &&
-            sm_job_reaches(j, s))
-            sent += sm_deliver(j, s) == SB_OK;
+            sm_job_reaches(j, s) && sm_deliver(j, s) == SB_OK) {
+            s->got = 1;
+            sent++;
+        }
     }
     return sent;
 }
@@ -51,7 +55,8 @@ static sb_rc deliver_message(struct sm_job *j)
     const char *res = to_resource(j);
     struct sm_session *s = *res ? sm_user_session(j->user, res) : NULL;
     if (s && sm_job_reaches(j, s)) {
-        sm_deliver(j, s);
+        s->got = sm_deliver(j, s) == SB_OK;
+        sm_carbons_received(j);         /* XEP-0280: the other sessions */
         return SB_OK;
     }
     if (!strcmp(j->type, "error"))
@@ -60,8 +65,10 @@ static sb_rc deliver_message(struct sm_job *j)
         sm_reply_error(j, "cancel", "service-unavailable");
         return SB_OK;
     }
-    if (deliver_to_bare_message(j) > 0)
+    if (deliver_to_bare_message(j) > 0) {
+        sm_carbons_received(j);
         return SB_OK;
+    }
     if (strcmp(j->type, "headline")) {
         /* Offline storage (mod_offline) is the next issue; until then the
          * sender learns the message was not delivered. */
