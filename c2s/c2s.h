@@ -19,6 +19,7 @@
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    tiny parsers that need no XML tree (unit-tested)
  *   sm.c      XEP-0198 stream management (the queue lives in the sm)
+ *   csi.c     XEP-0352 client state (the holding lives in the sm)
  * See c2s/README.md for the connection lifecycle. */
 #ifndef SB_C2S_H
 #define SB_C2S_H
@@ -51,6 +52,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_TLS         0x0001  /* encrypted: TLS active/running, or HTTPS under BOSH/WS */
 #define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
 #define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
+#define C2S_F_VIA_SM      0x0010  /* XEP-0280: outbound messages go through the user's sm */
 #define C2S_F_BIND_WAIT   0x0020  /* control bind sent, answer pending */
 #define C2S_F_IN_FEED     0x0040  /* inside xml_stream_feed (restart must be deferred-safe) */
 #define C2S_F_IN_SASL_CB  0x0080  /* inside the SASL result callback */
@@ -58,6 +60,7 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_SASL_RUN    0x0200  /* a SASL exchange is in progress */
 #define C2S_F_ANON        0x0400  /* logged in with SASL ANONYMOUS (node claimed) */
 #define C2S_F_WAKING      0x0800  /* priming a new parser with a synthetic header */
+#define C2S_F_INACTIVE    0x1000  /* XEP-0352: the client said <inactive/> */
 #define C2S_F_EOF         0x2000  /* closing: peer closed (or failed); free now */
 #define C2S_F_PING_OUT    0x4000  /* keepalive ping sent, no byte from the client since */
 #define C2S_F_THROTTLED   0x8000  /* over max_rate: not reading until the bucket refills */
@@ -298,6 +301,12 @@ int c2s_sm_enabled(const struct c2s_conn *c);
 void c2s_sm_free(struct c2s_conn *c);
 /* The <sm/> stream feature where this transport offers it. */
 int c2s_sm_offered(const struct c2s_conn *c);
+
+/* ---- csi.c (XEP-0352) ------------------------------------------------- */
+/* An element in urn:xmpp:csi:0 after SASL: 1 when it was one (handled). */
+int c2s_csi_element(struct c2s_conn *c, struct xml_node *n);
+/* The session was bound or resumed: an <inactive/> said before goes to the sm. */
+void c2s_csi_bound(struct c2s_conn *c);
 
 /* ---- keepalive.c ------------------------------------------------------ */
 void c2s_keepalive_seen(struct c2s_conn *c);      /* a byte arrived */

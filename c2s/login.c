@@ -224,6 +224,7 @@ void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux)
         c2s_conn_set_state(c, C2S_S_BOUND);
         c2s_conn_arm_timer(c);            /* no more login deadline */
         log_info("bound", "peer=%s sid=%s jid=%s", c->peer, c->sid, c->jid);
+        c2s_csi_bound(c);
         return;
     }
     log_info("bind_failed", "peer=%s sid=%s jid=%s cond=%s", c->peer, c->sid, c->jid,

@@ -17,6 +17,7 @@ static struct sb_buf route_body;
 static struct jid route_jid;
 static char route_full[JID_FULL_MAX + 1];
 static char route_bare[JID_BARE_MAX + 1];
+static char route_own[JID_BARE_MAX + 1];
 
 static sb_rc route_copy(char *dst, size_t cap, const char *src)
 {
@@ -142,7 +143,7 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
     const char *to = xml_attr(st, "to");
     const char *type = xml_attr(st, "type");
     const char *id = xml_attr(st, "id");
-    const char *key;
+    const char *key, *op = "";
     const char *to_out = NULL;
     if (to && *to) {
         if (jid_parse(&route_jid, to) != SB_OK) {
@@ -168,13 +169,20 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
         if (strcmp(st->name, "presence") == 0 &&
             jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
             return;
+        /* XEP-0280: while another session of the user has carbons on, the
+         * user's sm sees our messages first (sent copies) and forwards
+         * them (op outbound); a message to the own account goes there
+         * anyway. */
+        if ((c->flags & C2S_F_VIA_SM) && strcmp(st->name, "message") == 0 &&
+            jid_bare_of(c->jid, route_own, sizeof route_own) >= 0 && strcmp(route_own, key))
+            op = "outbound", key = route_own;
     } else {
         if (jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
             return;
         key = route_bare;
     }
     if (route_serialize(c, st, to_out, &route_body) != SB_OK ||
-        route_send(ENV_STANZA, "", key, c->sid, c->jid, route_body.data,
+        route_send(ENV_STANZA, op, key, c->sid, c->jid, route_body.data,
                    route_body.len) != SB_OK) {
         log_warn("stanza_send_failed", "sid=%s key=%s name=%s", c->sid, sb_log_q(key),
                  st->name);
@@ -211,10 +219,28 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
         log_info("stale_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
 }
 
+/* carbons-route (sm/mod_carbons.c): aux the session's full JID, body 1
+ * (route outbound messages through the user's sm) or 0. */
+static void route_carbons(const struct env_hdr *h, const char *body, size_t len)
+{
+    struct c2s_conn *c = c2s_table_find(h->sid);
+    if (!c || c->state != C2S_S_BOUND || !c->jid || strcmp(c->jid, h->aux))
+        return;
+    if (len == 1 && body[0] == '1')
+        c->flags |= C2S_F_VIA_SM;
+    else
+        c->flags &= ~C2S_F_VIA_SM;
+    log_debug("carbons_route", "sid=%s via_sm=%d", c->sid, (c->flags & C2S_F_VIA_SM) != 0);
+}
+
 static void route_control(const struct env_hdr *h, const char *body, size_t len)
 {
     if (c2s_sm_control(h, body, len))
         return;
+    if (strcmp(h->op, "carbons-route") == 0) {
+        route_carbons(h, body, len);
+        return;
+    }
     if (strcmp(h->op, "bound") != 0 && strcmp(h->op, "bind-failed") != 0)
         return;                      /* members etc.: nothing for c2s */
     struct c2s_conn *c = c2s_table_find(h->sid);

@@ -353,6 +353,7 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         c2s_conn_set_state(c, C2S_S_BOUND);
         c2s_conn_arm_timer(c);
         log_info("sm_resumed", "peer=%s sid=%s jid=%s h=%u", c->peer, c->sid, c->jid, m->in_h);
+        c2s_csi_bound(c);           /* the sm restarted it active (XEP-0352 §5) */
     } else if (!strcmp(h->op, "sm-failed") && (m->waiting || m->resuming)) {
         sm_body_value(body, len, "h", hv, sizeof hv);
         if (m->resuming) {

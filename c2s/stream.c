@@ -164,6 +164,7 @@ void c2s_stream_features(struct c2s_conn *c)
                        "<ver xmlns='urn:xmpp:features:rosterver'/>");
         if (c2s_sm_offered(c))
             sb_buf_adds(b, "<sm xmlns='urn:xmpp:sm:3'/>");
+        sb_buf_adds(b, "<csi xmlns='urn:xmpp:csi:0'/>");     /* XEP-0352 (csi.c) */
     } else {
         int tls = (c->flags & C2S_F_TLS) != 0;
         int can_starttls = c->tp->starttls && c2s_tls_available();
@@ -386,6 +387,8 @@ void c2s_stream_element(struct c2s_conn *c, struct xml_node *n)
     case C2S_S_BOUND:
         if (c2s_sm_element(c, n))
             return;                                   /* XEP-0198 nonza */
+        if (c2s_csi_element(c, n))
+            return;                                   /* XEP-0352 nonza */
         if (!stream_is_stanza(n->name) || !stream_client_ns(n)) {
             /* RFC 6120 §4.9.3.22: {urn:x}message is not a stanza either. */
             c2s_stream_error(c, "unsupported-stanza-type", n->name);

@@ -13,6 +13,8 @@
  *   bare JID, iq                 → declined: the server answers for the
  *                                  account (mod_roster…, then the fallback)
  * A message that reached only detached (XEP-0198) streams goes to mod_push.
+ * A delivered message is then copied to the user's other carbons-enabled
+ * sessions (mod_carbons.c: the delivered ones are marked `got`).
  * An unknown local user has no sessions, so the same rules answer
  * service-unavailable for message/iq and drop presence (§8.5.2). */
 #include "sm.h"
@@ -43,6 +45,7 @@ static int deliver_to_bare_message(struct sm_job *j, int *live)
         struct sm_session *s = &u->sess[i];
         if (s->available && s->prio >= 0 && (headline || s->prio == best) &&
             sm_job_reaches(j, s) && sm_deliver(j, s) == SB_OK) {
+            s->got = 1;
             sent++;
             *live += sm_session_live(j->core, s);
         }
@@ -57,8 +60,10 @@ static sb_rc deliver_message(struct sm_job *j)
     const char *res = to_resource(j);
     struct sm_session *s = *res ? sm_user_session(j->user, res) : NULL;
     if (s && sm_job_reaches(j, s)) {
-        if (sm_deliver(j, s) == SB_OK && !sm_session_live(j->core, s))
+        s->got = sm_deliver(j, s) == SB_OK;
+        if (s->got && !sm_session_live(j->core, s))
             sm_push_notify(j, 0);
+        sm_carbons_received(j);         /* XEP-0280: the other sessions */
         return SB_OK;
     }
     if (!strcmp(j->type, "error"))
@@ -71,6 +76,7 @@ static sb_rc deliver_message(struct sm_job *j)
     if (deliver_to_bare_message(j, &live) > 0) {
         if (!live)
             sm_push_notify(j, 0);
+        sm_carbons_received(j);
         return SB_OK;
     }
     if (strcmp(j->type, "headline")) {

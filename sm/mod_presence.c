@@ -168,12 +168,8 @@ static sb_rc presence_available(struct sm_job *j, struct sm_session *s)
     s->pres_len = copy ? j->body_len : 0;
     s->available = 1;
     s->prio = presence_priority(j->st);
-    if (s->prio != old_prio) {  /* sess: holds "instance sid prio": same prio, same value */
-        char val[2 * ENV_NAME_MAX + 8];
-        snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);
-        SM_RCMD(j->core, presence_on_store, NULL, "HSET sess:{%s} %s %s", u->bare, s->resource,
-                val);
-    }
+    if (s->prio != old_prio)    /* sess: holds "instance sid prio": same prio, same value */
+        sm_session_store(j->core, u, s);
     SM_RCMD(j->core, presence_on_store, NULL, "HSET pres:{%s} %s %b", u->bare, s->resource,
             j->body, j->body_len);
     presence_broadcast(u, s, j->body, j->body_len);

@@ -48,6 +48,8 @@ static void bind_finish(struct bind_state *b, const char *op, const char *aux)
 {
     struct sm_job *j = b->j;
     sm_send_control(j->core, ENV_ROUTE_INSTANCE, j->sender, j->sid, op, aux);
+    if (!strcmp(op, "bound") && j->user)    /* after bound: the stream is open */
+        sm_carbons_session_up(j->core, j->user, sm_user_session(j->user, b->res));
     free(b);
     sm_job_done(j);
 }

@@ -378,7 +378,7 @@ static sb_rc sm_resume(struct sm_job *j)
         sm_fail(j, "undefined-condition", q);
         return SB_OK;
     }
-    char full[ENV_STR_MAX + 1], member[ENV_STR_MAX + ENV_NAME_MAX + 2], val[2 * ENV_NAME_MAX + 16];
+    char full[ENV_STR_MAX + 1], member[ENV_STR_MAX + ENV_NAME_MAX + 2];
     sm_full_of(u, s, full, sizeof full);
     if (!q->detached)       /* the old stream is still open: it gives way */
         sm_send_control(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-takeover", full);
@@ -391,8 +391,8 @@ static sb_rc sm_resume(struct sm_job *j)
     memcpy(q->prev_sid, s->sid, sizeof q->prev_sid);
     snprintf(s->instance, sizeof s->instance, "%s", j->sender);
     snprintf(s->sid, sizeof s->sid, "%s", j->sid);
-    snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);
-    SM_RCMD(c, sm_on_redis, NULL, "HSET sess:{%s} %s %s", u->bare, s->resource, val);
+    s->inactive = 0;            /* XEP-0352 §5: a resumed stream starts active */
+    sm_session_store(c, u, s);
     snprintf(member, sizeof member, "%s %s", full, s->sid);
     SM_RCMD(c, sm_on_redis, NULL, "SADD fe:%s %s", s->instance, member);
     sm_frontend_alive(c, s->instance);
@@ -405,6 +405,8 @@ static sb_rc sm_resume(struct sm_job *j)
     sm_send_control_body(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-resumed", full, body);
     for (const struct sm_qent *e = q->head; e; e = e->next)
         sm_send_entry(c, s, e);
+    sm_csi_activate(c, u, s, 0);        /* what was held follows, numbered */
+    sm_carbons_session_up(c, u, s);     /* the new front-end learns the route */
     return SB_OK;
 }
 

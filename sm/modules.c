@@ -8,11 +8,16 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
     sm_mod_disco, sm_mod_ping, sm_mod_offline, sm_mod_deliver, sm_mod_fallback;
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
-extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push;
+extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push, sm_mod_carbons,
+    sm_mod_csi;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
                                broken stream is detached, not ended */
+    &sm_mod_carbons,        /* XEP-0280: outbound messages of carbons users (sent
+                               copies, then on to the recipient), the iq; after
+                               mod_sm (a detached session keeps its carbons) */
+    &sm_mod_csi,            /* XEP-0352: control csi (the hold is in send.c) */
     &sm_mod_last,           /* observes end + own unavailable presence (declines
                                both, so it must precede mod_presence); jabber:iq:last */
     &sm_mod_blocking,       /* XEP-0191: refuses stanzas between blocked users

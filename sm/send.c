@@ -58,7 +58,17 @@ sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s)
     return sm_deliver_raw(j->core, s, j->from, j->body, j->body_len);
 }
 
+/* XEP-0352 holds back before XEP-0198 numbers: a stanza dropped by
+ * coalescing never took a number, so the client's h stays right. */
 sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
+                     const char *body, size_t len)
+{
+    if (s->inactive && sm_csi_hold(c, (struct sm_session *)s, from, body, len))
+        return SB_OK;
+    return sm_deliver_now(c, s, from, body, len);
+}
+
+sb_rc sm_deliver_now(struct sm_core *c, const struct sm_session *s, const char *from,
                      const char *body, size_t len)
 {
     if (s->smq)     /* the queue owns the session's stanzas: cast is safe */

@@ -36,7 +36,11 @@ struct sm_session {
                                            (as in pres:{bare}), owned, or NULL */
     size_t pres_len;
     unsigned blocklist_pushes : 1;      /* asked for the blocklist: gets pushes */
+    unsigned carbons : 1;               /* XEP-0280 enabled (kept in sess:, mod_carbons.c) */
+    unsigned inactive : 1;              /* XEP-0352 said <inactive/> (kept in sess:, mod_csi.c) */
+    unsigned got : 1;                   /* mod_deliver: this message reached it (carbons) */
     struct sm_smq *smq;                 /* XEP-0198 state (mod_sm.c), or NULL */
+    struct sm_csi *csi;                 /* stanzas held while inactive (mod_csi.c), or NULL */
 };
 
 struct sm_acct;                         /* account facts from PostgreSQL (acct.h) */
@@ -153,6 +157,10 @@ void sm_frontend_alive(struct sm_core *c, const char *instance);
 struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
                                        const char *instance, const char *sid, int prio);
 void sm_user_del_session(struct sm_user *u, const char *resource);
+/* The session's sess:{bare} value, "instance sid prio[ flags]" (flags: `c`
+ * carbons, `i` inactive; common/ENVELOPE.md), and its pipelined HSET. */
+void sm_session_record(const struct sm_session *s, char *out, size_t cap);
+void sm_session_store(struct sm_core *c, const struct sm_user *u, const struct sm_session *s);
 /* A module's load_user that answered SB_AGAIN reports here (ok=0: failed). */
 void sm_user_loaded(struct sm_user *u, int ok);
 /* The sender's resource (part of j->aux after the first '/'), "" if none. */
@@ -174,8 +182,13 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
 /* ---- sending --------------------------------------------------------------- */
 /* The job's stanza, unchanged, to one session's front-end. */
 sb_rc sm_deliver(struct sm_job *j, const struct sm_session *s);
-/* Serialised stanza bytes to one session's front-end; `from` goes to aux. */
+/* Serialised stanza bytes to one session's front-end; `from` goes to aux.
+ * An inactive session (XEP-0352) may hold it back first (mod_csi.c). */
 sb_rc sm_deliver_raw(struct sm_core *c, const struct sm_session *s, const char *from,
+                     const char *body, size_t len);
+/* The same without the CSI hold: numbered and queued for a stream-managed
+ * session (mod_sm.c), else sent. */
+sb_rc sm_deliver_now(struct sm_core *c, const struct sm_session *s, const char *from,
                      const char *body, size_t len);
 /* Serialised stanza bytes routed by `key` (a bare JID or domain). */
 sb_rc sm_send_raw(struct sm_core *c, const char *key, const char *from,
@@ -235,6 +248,23 @@ void sm_push_notify(struct sm_job *j, long stored);
 /* A session of the user came back (available presence, resumption): the
  * count starts again. */
 void sm_push_online(struct sm_user *u);
+
+/* ---- carbons (mod_carbons.c) and client state (mod_csi.c) ------------------------ */
+/* mod_deliver delivered j's message to the sessions it marked `got`: copy
+ * it to the user's other carbons-enabled sessions (XEP-0280 §7); clears
+ * the marks. */
+void sm_carbons_received(struct sm_job *j);
+/* A session was bound, or resumed on another stream: tell its front-end
+ * whether its outbound messages must pass through this sm (sent copies). */
+void sm_carbons_session_up(struct sm_core *c, struct sm_user *u, const struct sm_session *s);
+/* Should this stanza wait while s is inactive? Held (1), or not (0: the
+ * caller delivers it, after whatever it had to overtake was flushed). */
+int sm_csi_hold(struct sm_core *c, struct sm_session *s, const char *from,
+                const char *body, size_t len);
+/* Back to active (<active/>, resumption, ownership change): everything
+ * held goes out in order; `store`: write the state to sess: as well. */
+void sm_csi_activate(struct sm_core *c, struct sm_user *u, struct sm_session *s, int store);
+void sm_csi_free(struct sm_csi *h);
 
 #define SM_NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 

@@ -26,6 +26,11 @@ static void user_free(struct sm_user *u)
         if (sm_modules[i]->user_free)
             sm_modules[i]->user_free(u);
     for (int i = 0; i < u->nsess; i++) {
+        /* Held presence would be lost with the record: out it goes (the
+         * sm taking the user over reads the inactive flag from sess:). */
+        if (u->sess[i].csi && !c->stopping)
+            sm_csi_activate(c, u, &u->sess[i], 0);
+        sm_csi_free(u->sess[i].csi);
         sm_smq_free(u->sess[i].smq);
         free(u->sess[i].resource);
         free(u->sess[i].pres);
@@ -67,8 +72,8 @@ void sm_users_republish(void *core)
         users++;
         for (int i = 0; i < u->nsess; i++) {
             const struct sm_session *s = &u->sess[i];
-            char val[2 * ENV_NAME_MAX + 16];
-            snprintf(val, sizeof val, "%s %s %d", s->instance, s->sid, s->prio);
+            char val[2 * ENV_NAME_MAX + 24];
+            sm_session_record(s, val, sizeof val);
             SM_RCMD(c, user_on_republish, NULL, "HSET sess:{%s} %s %s", u->bare,
                     s->resource, val);
             char member[ENV_STR_MAX + ENV_NAME_MAX + 2];   /* one argument: "full sid" */
@@ -164,11 +169,34 @@ struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
     return s;
 }
 
+void sm_session_record(const struct sm_session *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s %s %d%s%s%s", s->instance, s->sid, s->prio,
+             s->carbons || s->inactive ? " " : "", s->carbons ? "c" : "",
+             s->inactive ? "i" : "");
+}
+
+static void user_on_store(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("session_store_failed", "detail=%s",
+                 sb_log_q(r && r->str ? r->str : "redis unavailable"));
+}
+
+/* Pipelined behind this user's earlier commands: nobody waits for it. */
+void sm_session_store(struct sm_core *c, const struct sm_user *u, const struct sm_session *s)
+{
+    char val[2 * ENV_NAME_MAX + 24];
+    sm_session_record(s, val, sizeof val);
+    SM_RCMD(c, user_on_store, NULL, "HSET sess:{%s} %s %s", u->bare, s->resource, val);
+}
+
 void sm_user_del_session(struct sm_user *u, const char *resource)
 {
     struct sm_session *s = sm_user_session(u, resource);
     if (!s)
         return;
+    sm_csi_free(s->csi);
     sm_smq_free(s->smq);
     free(s->resource);
     free(s->pres);
@@ -179,17 +207,22 @@ void sm_user_del_session(struct sm_user *u, const char *resource)
 
 /* ---- loading from Redis ------------------------------------------------------ */
 
-/* "instance sid prio" → session; malformed values are logged and skipped. */
+/* "instance sid prio[ flags]" → session; malformed values are logged and
+ * skipped. */
 static void user_load_session(struct sm_user *u, const char *res, const char *val)
 {
-    char inst[ENV_NAME_MAX + 1], sid[ENV_NAME_MAX + 1];
+    char inst[ENV_NAME_MAX + 1], sid[ENV_NAME_MAX + 1], flags[8] = "";
     int prio = 0;
-    if (sscanf(val, "%63s %63s %d", inst, sid, &prio) < 2) {
+    if (sscanf(val, "%63s %63s %d %7s", inst, sid, &prio, flags) < 2) {
         log_warn("session_bad_record", "jid=%s res=%s value=%s", u->bare,
                  sb_log_q(res), sb_log_q(val));
         return;
     }
-    sm_user_add_session(u, res, inst, sid, prio);
+    struct sm_session *s = sm_user_add_session(u, res, inst, sid, prio);
+    if (s) {
+        s->carbons = strchr(flags, 'c') != NULL;
+        s->inactive = strchr(flags, 'i') != NULL;
+    }
 }
 
 void sm_user_loaded(struct sm_user *u, int ok)

@@ -8,7 +8,7 @@ also printed).
 
 Every knob is an environment variable (defaults are modest, ~5 min for
 Switchboard alone):
-  BENCH_SCENARIOS   login,plain,msg,smmsg,idle,scaleout,chaos,resume
+  BENCH_SCENARIOS   login,plain,msg,smmsg,idle,scaleout,chaos,resume,csi
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
@@ -65,7 +65,7 @@ def env(name, default):
 
 STEP = env("BENCH_STEP", "5")
 SCEN = set(env("BENCH_SCENARIOS",
-                "login,plain,msg,smmsg,idle,scaleout,chaos,resume").split(","))
+                "login,plain,msg,smmsg,idle,scaleout,chaos,resume,csi").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
 PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
@@ -806,6 +806,15 @@ def run_scenarios(t):
         rows, _ = t.resume_storm()
         keep(rows)
         res["resume"] = next((r for r in rows if r.get("scenario") == "resume"), None)
+    if "csi" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        # XEP-0352: bytes to one client of 100 contacts, active vs inactive
+        # (tests/bench/csi.py speaks to the bench stack itself)
+        out = sh("/usr/bin/python3", os.path.join(ROOT, "tests/bench/csi.py"), "--profile",
+                 "bench", check=False, capture_output=True, text=True, timeout=600)
+        lines = [x for x in (out.stdout or "").splitlines() if x.startswith("{")]
+        res["csi"] = json.loads(lines[-1]) if lines else None
+        if not lines:
+            say("csi scenario failed:", (out.stderr or "")[-400:])
     res["curve"] = t.curve or "n/a"
     return res
 
@@ -971,6 +980,12 @@ def figures(name, res):
         out += resume_figures(res.get("resume"))
     if name == "switchboard" and "chaos" in SCEN and "chaos" in res:
         out += chaos_figures(res.get("chaos"))
+    c = res.get("csi")
+    if name == "switchboard" and "csi" in SCEN:
+        out.append(("CSI: bytes to a client, %s contacts x %s presence changes, active / "
+                    "inactive (saved)" % (c and c["contacts"], c and c["rounds"]),
+                    c and "%s / %s (%s, %s %%)" % (fmt(c["active_bytes"]), fmt(c["inactive_bytes"]),
+                                                  fmt(c["saved_bytes"]), c["saved_pct"]), 0))
     return out
 
 

@@ -25,7 +25,7 @@ NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 # adds it here, so the test keeps the advertisement honest.
 SERVER_FEATURES = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:roster", NS_VERSION, NS_LAST,
-    NS_VCARD, NS_PRIVATE, NS_BLOCKING, "msgoffline",
+    NS_VCARD, NS_PRIVATE, NS_BLOCKING, "msgoffline", "urn:xmpp:carbons:2",
 }
 
 

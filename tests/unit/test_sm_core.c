@@ -3,6 +3,7 @@
  * Redis, in which order jobs of one user run, what reaches the router.
  * The sm sources are compiled into this test directly (they are not in a
  * library); the fakes below stand in for common/link.c, rdev.c, pgev.c. */
+#define _GNU_SOURCE             /* memmem (sm/mod_carbons.c, mod_csi.c) */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -37,6 +38,8 @@
 #include "../../sm/mod_contacts.c"
 #include "../../sm/mod_sm.c"
 #include "../../sm/mod_push.c"
+#include "../../sm/mod_carbons.c"
+#include "../../sm/mod_csi.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
