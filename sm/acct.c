@@ -10,14 +10,20 @@
 #include <string.h>
 
 /* 'u': the account exists; 'b': one of its blocklist items; 'r': a local
- * user whose blocklist names this account (by bare or full JID). When a
+ * user whose blocklist names this account (by bare or full JID); 'm' its
+ * archiving default, 'j' a JID of its always ('a') / never list (XEP-0313
+ * preferences, mod_mam.c). When a
  * session starts, SM_IM_ACCT_SQL (im.c) returns these and the IM rows in
  * one statement; acct_fill skips the IM kinds. */
 static const char ACCT_SQL[] =
     "SELECT 'u', '', '' FROM users WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'b', item, '' FROM blocklist WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'r', username || '@' || domain, item FROM blocklist"
-    " WHERE item_bare = $3";
+    " WHERE item_bare = $3"
+    " UNION ALL SELECT 'm', default_mode, '' FROM archive_prefs"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END"
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
 
 sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domain)
 {
@@ -169,6 +175,7 @@ static void acct_destroy(struct sm_acct *a)
     }
     free(a->by);
     free(a->last_status);
+    sm_mam_prefs_clear(&a->mam);
     free(a);
 }
 
@@ -189,6 +196,11 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
             rc = sm_acct_block_add(a, PQgetvalue(res, i, 1));
         else if (kind[0] == 'r')
             rc = sm_acct_by_add(a, PQgetvalue(res, i, 1), PQgetvalue(res, i, 2));
+        else if (kind[0] == 'm')
+            a->mam.mode = sm_mam_mode_parse(PQgetvalue(res, i, 1));
+        else if (kind[0] == 'j')
+            rc = sm_mam_prefs_add(&a->mam, PQgetvalue(res, i, 2)[0] == 'a',
+                                  PQgetvalue(res, i, 1));
         if (rc != SB_OK)
             return 0;
     }

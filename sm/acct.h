@@ -6,12 +6,14 @@
  *   blocked_by  (owner, item) pairs: local users whose blocklist names this
  *               user by bare or full JID, for refusing what they send here
  *   last_status <status/> of the user's last unavailable presence
+ *   mam         XEP-0313 archiving preferences (mod_mam.c)
  * Owners of other records tell this one about changes with the control
  * `blocked-by` (mod_blocking). Modules read it through the helpers below. */
 #ifndef SB_SM_ACCT_H
 #define SB_SM_ACCT_H
 
 #include "sm.h"
+#include "mam.h"
 
 struct sm_acct_by {
     char *owner;                        /* bare JID of the blocker */
@@ -25,6 +27,7 @@ struct sm_acct {
     struct sm_acct_by *by;
     int nby, capby;
     char *last_status;
+    struct sm_mam_prefs mam;
 };
 
 /* The module hooks (mod_account registers them). */

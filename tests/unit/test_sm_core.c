@@ -36,6 +36,8 @@
 #include "../../sm/mod_version.c"
 #include "../../sm/mod_contacts.c"
 #include "../../sm/mod_sm.c"
+#include "../../sm/mam.c"
+#include "../../sm/mod_mam.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
