@@ -12,6 +12,7 @@
 #include <ev.h>
 #include <libpq-fe.h>
 #include "sb.h"
+#include "buf.h"
 
 struct pgev;
 typedef void (*pgev_cb)(PGresult *res, void *arg);
@@ -39,6 +40,11 @@ void pgev_free(struct pgev *pg);     /* pending callbacks get NULL */
  * queue is over its bound (max_queue, default 10000). */
 sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
                  const char *const *params, pgev_cb cb, void *arg);
+
+/* Append one element to a PostgreSQL array literal being built in b (which
+ * starts with "{"; the caller adds "}"): quoted, \ and " escaped, a comma
+ * before every element but the first. */
+sb_rc pgev_array_add(struct sb_buf *b, const char *s, size_t n);
 
 int pgev_connected(const struct pgev *pg);
 /* Queries queued or in flight (a graceful stop waits for 0). */

@@ -718,6 +718,24 @@ void xml_del_attr(struct xml_node *n, const char *name)
         }
 }
 
+void xml_unlink(struct xml_node *n)
+{
+    struct xml_node *p = n->parent, *prev = NULL;
+    if (!p)
+        return;
+    for (struct xml_node *c = p->children; c && c != n; c = c->next)
+        prev = c;
+    if (prev)
+        prev->next = n->next;
+    else if (p->children == n)
+        p->children = n->next;
+    else
+        return;                         /* not among its parent's children */
+    if (p->last_child == n)
+        p->last_child = prev;
+    n->parent = n->next = NULL;
+}
+
 /* The namespace in effect: the nearest xmlns attribute up the tree. */
 static const char *xml_ns_of(const struct xml_node *n)
 {

@@ -77,6 +77,9 @@ struct xml_node *xml_next_elem(const struct xml_node *n);
 void xml_text(const struct xml_node *n, struct sb_buf *out);
 struct xml_node *xml_add_child(struct xml_doc *d, struct xml_node *parent, const char *name);
 sb_rc xml_add_text(struct xml_doc *d, struct xml_node *parent, const char *text, size_t len);
+/* Take n (and its subtree) out of its parent's children (its memory stays
+ * in the arena). */
+void xml_unlink(struct xml_node *n);
 /* Deep-copy a subtree (from any arena) under parent in d. */
 struct xml_node *xml_copy_into(struct xml_doc *d, struct xml_node *parent, const struct xml_node *src);
 

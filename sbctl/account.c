@@ -134,7 +134,8 @@ static void account_done(const char *what, const char *name, const char *done)
  * `domain del` remove its rows. */
 static const char *const account_tables[] = {
     "roster", "roster_version", "roster_pending", "offline", "vcards",
-    "private_storage", "last_activity", "blocklist", "push_registrations",
+    "private_storage", "last_activity", "blocklist", "push_registrations", "archive",
+    "archive_prefs", "archive_prefs_jid",
 };
 
 /* Delete the rows of one account (username given) or of a whole domain

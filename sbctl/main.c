@@ -46,6 +46,10 @@ static const struct sbctl_cmd sbctl_cmds[] = {
      "  domain del NAME [--force]               stop serving it, end its sessions (--force: even\n"
      "                                          with accounts, which are deleted with their data)\n"
      "  domain list                             domains, whether anonymous, accounts\n"},
+    {"archive", sbctl_cmd_archive, 0,
+     "  archive purge USER@DOMAIN [--before DATE]  delete a user's archived messages (all, or\n"
+     "                                          older than DATE, e.g. 2024-01-31T00:00:00Z)\n"
+     "  archive purge --domain D --older-than DAYS  a domain's archived messages older than DAYS\n"},
     {"drain", sbctl_cmd_drain, 0,
      "  drain INSTANCE [--timeout S] [--no-wait]  a c2s or bosh instance sends its clients to\n"
      "                                          another front-end and exits; waits until it left\n"},

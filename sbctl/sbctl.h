@@ -100,5 +100,6 @@ int sbctl_cmd_status(int argc, char **argv);
 int sbctl_cmd_keys(int argc, char **argv);
 int sbctl_cmd_drain(int argc, char **argv);
 int sbctl_cmd_metrics(int argc, char **argv);   /* metrics.c */
+int sbctl_cmd_archive(int argc, char **argv);   /* archive.c */
 
 #endif

@@ -11,7 +11,9 @@
 
 /* 'u': the account exists; 'b': one of its blocklist items; 'r': a local
  * user whose blocklist names this account (by bare or full JID); 'n': a
- * push registration (id, jid, node, options). When a session starts,
+ * push registration (id, jid, node, options); 'm' its archiving default,
+ * 'j' a JID of its always ('a') / never list (XEP-0313 preferences,
+ * mod_mam.c). When a session starts,
  * SM_IM_ACCT_SQL (im.c) returns these and the IM rows in one statement;
  * acct_fill skips the IM kinds. */
 static const char ACCT_SQL[] =
@@ -20,7 +22,11 @@ static const char ACCT_SQL[] =
     " UNION ALL SELECT 'r', username || '@' || domain, item, '', '' FROM blocklist"
     " WHERE item_bare = $3"
     " UNION ALL SELECT 'n', id::text, jid, node, options FROM push_registrations"
-    " WHERE domain = $1 AND username = $2";
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'm', default_mode, '', '', '' FROM archive_prefs"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END, '', ''"
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
 
 sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domain)
 {
@@ -228,6 +234,7 @@ static void acct_destroy(struct sm_acct *a)
     }
     free(a->push);
     free(a->last_status);
+    sm_mam_prefs_clear(&a->mam);
     free(a);
 }
 
@@ -252,6 +259,11 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
             rc = sm_acct_push_set(a, strtoll(PQgetvalue(res, i, 1), NULL, 10),
                                   PQgetvalue(res, i, 2), PQgetvalue(res, i, 3),
                                   PQgetvalue(res, i, 4));
+        else if (kind[0] == 'm')
+            a->mam.mode = sm_mam_mode_parse(PQgetvalue(res, i, 1));
+        else if (kind[0] == 'j')
+            rc = sm_mam_prefs_add(&a->mam, PQgetvalue(res, i, 2)[0] == 'a',
+                                  PQgetvalue(res, i, 1));
         if (rc != SB_OK)
             return 0;
     }

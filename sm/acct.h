@@ -9,12 +9,14 @@
  *   push        XEP-0357 registrations (push service JID, node, publish
  *               options) from push_registrations, and push_count: messages
  *               a detached stream queued since the user was last online
+ *   mam         XEP-0313 archiving preferences (mod_mam.c)
  * Owners of other records tell this one about changes with the control
  * `blocked-by` (mod_blocking). Modules read it through the helpers below. */
 #ifndef SB_SM_ACCT_H
 #define SB_SM_ACCT_H
 
 #include "sm.h"
+#include "mam.h"
 
 struct sm_acct_by {
     char *owner;                        /* bare JID of the blocker */
@@ -39,6 +41,7 @@ struct sm_acct {
     struct sm_acct_by *by;
     int nby, capby;
     char *last_status;
+    struct sm_mam_prefs mam;
 };
 
 /* The module hooks (mod_account registers them). */

@@ -175,6 +175,7 @@ static int cluster_redeliver(struct sm_core *c, const struct env_hdr *h, struct 
     memcpy(r.key, j->to, blen);
     r.key[blen] = '\0';
     snprintf(r.sender, sizeof r.sender, "%s", link_instance(c->link));
+    snprintf(r.op, sizeof r.op, "redeliver");   /* archived the first time (mod_mam) */
     memcpy(r.aux, j->from, strlen(j->from) + 1);
     log_info("redeliver", "to=%s gone=%s", sb_log_q(r.key), h->aux);
     sm_core_submit(c, &r, j->body, j->body_len);

@@ -81,7 +81,30 @@ void sm_job_free(struct sm_job *j)
     if (!j)
         return;
     xml_doc_free(j->doc);
+    free(j->body_own);
     free(j);
+}
+
+void sm_job_set_body(struct sm_job *j, struct sb_buf *b)
+{
+    free(j->body_own);
+    j->body_own = b->data;
+    j->body = b->data;
+    j->body_len = b->len;
+    *b = (struct sb_buf)SB_BUF_INIT;
+}
+
+sb_rc sm_stanza_add_child(const char *body, size_t len, const char *child, size_t clen,
+                          struct sb_buf *out)
+{
+    const char *end = body + len, *close = end;
+    while (close > body && *close != '<')
+        close--;
+    if (close == body || strncmp(close, "</", 2))
+        return SB_ERROR;
+    sb_buf_add(out, body, (size_t)(close - body));
+    sb_buf_add(out, child, clen);
+    return sb_buf_add(out, close, (size_t)(end - close));
 }
 
 static const char *attr_or(const struct xml_node *n, const char *name, const char *def)
@@ -388,6 +411,9 @@ struct sm_core *sm_core_new(struct ev_loop *loop, const char *instance)
     rdev_set_on_up(c->rd, sm_users_republish, c);
     link_set_on_state(c->link, sm_core_on_state, c);
     sm_cluster_start(c);
+    for (size_t i = 0; i < sm_nmodules; i++)
+        if (sm_modules[i]->start)
+            sm_modules[i]->start(c);
     log_info("sm_ready", "router=%s modules=%zu", lo.endpoint, sm_nmodules);
     return c;
 }

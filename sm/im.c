@@ -145,7 +145,11 @@ static const char IM_LOAD_SQL[] =
     " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'n', id::text, jid, node, options, '' FROM push_registrations"
-    " WHERE domain = $1 AND username = $2";
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'm', default_mode, '', '', '', '' FROM archive_prefs"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END, '', '', ''"
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
 
 /* While PostgreSQL is down, jobs that need the roster fail at once for a
  * while instead of each waiting out a query deadline. */
@@ -344,7 +348,11 @@ const char SM_IM_ACCT_SQL[] =
     " UNION ALL SELECT 'o', count(*)::text, '', '', '', '' FROM offline"
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'n', id::text, jid, node, options, '' FROM push_registrations"
-    " WHERE domain = $1 AND username = $2";
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'm', default_mode, '', '', '', '' FROM archive_prefs"
+    " WHERE domain = $1 AND username = $2"
+    " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END, '', '', ''"
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
 
 /* Both halves answered: keep the state, or drop it after a failed query
  * (the first sm_im_ready() then loads it, flags included, as usual). */

@@ -13,18 +13,21 @@
 static ev_timer sm_drain;
 static double sm_stop_at;
 
-/* Writes already accepted (an offline message, a roster change) finish
+/* Writes already accepted (an offline message, a roster change, archive
+ * rows) finish
  * before the process goes: wait until PostgreSQL and Redis owe nothing,
  * SM_STOP_GRACE at most. Envelopes arriving meanwhile are still served. */
 static void sm_drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct sm_core *c = w->data;
+    sm_mam_flush(c);                    /* archive rows buffered off the hot path */
     size_t pg = pgev_pending(c->pg);
-    long rd = rdev_pending(c->rd);
+    long rd = rdev_pending(c->rd), mam = sm_mam_waiting(c);
     double waited = ev_now(loop) - sm_stop_at;
-    if ((pg == 0 && rd == 0) || waited >= SM_STOP_GRACE) {
-        if (pg || rd)
-            log_warn("shutdown_grace_over", "pg_pending=%zu redis_pending=%ld", pg, rd);
+    if ((pg == 0 && rd == 0 && mam == 0) || waited >= SM_STOP_GRACE) {
+        if (pg || rd || mam)
+            log_warn("shutdown_grace_over", "pg_pending=%zu redis_pending=%ld archive_waiting=%ld",
+                     pg, rd, mam);
         else
             log_info("shutdown_drained", "waited_ms=%.0f", waited * 1e3);
         ev_timer_stop(loop, w);

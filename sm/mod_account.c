@@ -18,10 +18,11 @@
 #define NS_PING "urn:xmpp:ping"
 
 /* What the server answers for an account (keep in step with the modules
- * that handle iqs to a bare JID: this one, mod_vcard, mod_last, mod_push
- * (XEP-0357 §4.1: push support is announced on the account)). */
+ * that handle iqs to a bare JID: this one, mod_vcard, mod_last, mod_mam,
+ * mod_push (XEP-0357 §4.1: push support is announced on the account)). */
 static const char *const account_features[] = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:last", "vcard-temp", "urn:xmpp:push:0",
+    SM_NS_MAM, SM_NS_MAM_EXT, SM_NS_FULLTEXT,
 };
 
 extern const struct sm_module sm_mod_account;

@@ -381,18 +381,6 @@ static void blk_on_stored(PGresult *res, void *arg)
 
 /* ---- block / unblock ---------------------------------------------------------- */
 
-/* Append s quoted to a PostgreSQL text-array literal being built in b. */
-static void blk_array_add(struct sb_buf *b, const char *s)
-{
-    sb_buf_adds(b, b->len > 1 ? ",\"" : "\"");
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            sb_buf_add(b, "\\", 1);
-        sb_buf_add(b, s, 1);
-    }
-    sb_buf_adds(b, "\"");
-}
-
 static sb_rc blk_store(struct blk_op *op)
 {
     struct sm_job *j = op->j;
@@ -408,8 +396,8 @@ static sb_rc blk_store(struct blk_op *op)
         char bare[ENV_STR_MAX + 1];
         if (jid_bare_of(op->items[i], bare, sizeof bare) < 0)
             bare[0] = '\0';
-        blk_array_add(&items, op->items[i]);
-        blk_array_add(&bares, bare);
+        pgev_array_add(&items, op->items[i], strlen(op->items[i]));
+        pgev_array_add(&bares, bare, strlen(bare));
     }
     sb_buf_adds(&items, "}");
     sb_buf_adds(&bares, "}");

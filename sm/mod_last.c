@@ -77,18 +77,6 @@ static void last_batch_clear(void)
         ev_prepare_stop(last_batch.core->loop, &last_batch.flush);
 }
 
-/* One element of a PostgreSQL array literal: quoted, \ and " escaped. */
-static void last_array_add(struct sb_buf *b, const char *v)
-{
-    sb_buf_adds(b, b->len > 1 ? ",\"" : "\"");
-    for (const char *p = v; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            sb_buf_adds(b, "\\");
-        sb_buf_add(b, p, 1);
-    }
-    sb_buf_adds(b, "\"");
-}
-
 /* Send the batch as one statement (a user appears once: the latest). */
 static void last_flush(void)
 {
@@ -101,9 +89,9 @@ static void last_flush(void)
     sb_buf_adds(&u, "{");
     sb_buf_adds(&st, "{");
     for (int i = 0; i < n; i++) {
-        last_array_add(&d, last_batch.e[i].domain);
-        last_array_add(&u, last_batch.e[i].node);
-        last_array_add(&st, last_batch.e[i].status);
+        pgev_array_add(&d, last_batch.e[i].domain, strlen(last_batch.e[i].domain));
+        pgev_array_add(&u, last_batch.e[i].node, strlen(last_batch.e[i].node));
+        pgev_array_add(&st, last_batch.e[i].status, strlen(last_batch.e[i].status));
     }
     sb_buf_adds(&d, "}");
     sb_buf_adds(&u, "}");

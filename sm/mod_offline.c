@@ -109,17 +109,15 @@ static sb_rc offline_stamp(const struct sm_job *j, const char *domain, struct sb
     gmtime_r(&ts.tv_sec, &tm);
     size_t n = strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(stamp + n, sizeof stamp - n, ".%03ldZ", ts.tv_nsec / 1000000);
-    const char *end = j->body + j->body_len;
-    const char *close = end;
-    while (close > j->body && *close != '<')
-        close--;
-    if (close == j->body || strncmp(close, "</", 2))
+    struct sb_buf delay = SB_BUF_INIT;
+    sb_buf_adds(&delay, "<delay xmlns='urn:xmpp:delay' from='");
+    xml_escape_attr(&delay, domain, strlen(domain));
+    sb_buf_printf(&delay, "' stamp='%s'/>", stamp);
+    sb_rc rc = delay.data ? sm_stanza_add_child(j->body, j->body_len, delay.data, delay.len, out)
+                          : SB_ERROR;
+    sb_buf_free(&delay);
+    if (rc != SB_OK)
         return SB_ERROR;    /* a self-closed message has no body to keep */
-    sb_buf_add(out, j->body, (size_t)(close - j->body));
-    sb_buf_adds(out, "<delay xmlns='urn:xmpp:delay' from='");
-    xml_escape_attr(out, domain, strlen(domain));
-    sb_buf_printf(out, "' stamp='%s'/>", stamp);
-    sb_buf_add(out, close, (size_t)(end - close));
     return out->data ? SB_OK : SB_ERROR;
 }
 

@@ -118,18 +118,6 @@ static sb_rc private_get(struct sm_job *j, const struct xml_node *q, const char 
     return private_query(j, PRIVATE_GET_SQL, 3, params, private_on_get);
 }
 
-/* Append s to a PostgreSQL text-array literal, quoted and escaped. */
-static void private_array_add(struct sb_buf *b, const char *s, size_t n)
-{
-    sb_buf_adds(b, b->len > 1 ? ",\"" : "\"");
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            sb_buf_add(b, "\\", 1);
-        sb_buf_add(b, &s[i], 1);
-    }
-    sb_buf_adds(b, "\"");
-}
-
 /* Group the children by namespace: each namespace's elements, serialised
  * one after the other, become one stored value. */
 static sb_rc private_collect(const struct xml_node *q, struct sb_buf *names, struct sb_buf *vals)
@@ -148,8 +136,8 @@ static sb_rc private_collect(const struct xml_node *q, struct sb_buf *names, str
         for (const struct xml_node *c = ch; c; c = xml_next_elem(c))
             if (!strcmp(xml_attr(c, "xmlns"), ns) && xml_serialize(c, &one) != SB_OK)
                 break;
-        private_array_add(names, ns, strlen(ns));
-        private_array_add(vals, one.data ? one.data : "", one.len);
+        pgev_array_add(names, ns, strlen(ns));
+        pgev_array_add(vals, one.data ? one.data : "", one.len);
     }
     sb_buf_free(&one);
     sb_buf_adds(names, "}");

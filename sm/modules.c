@@ -9,7 +9,7 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
 extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push, sm_mod_carbons,
-    sm_mod_csi;
+    sm_mod_csi, sm_mod_mam;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
@@ -38,6 +38,8 @@ const struct sm_module *const sm_modules[] = {
     &sm_mod_account,        /* disco/ping to a bare JID; loads acct.h per user */
     &sm_mod_vcard,          /* vcard-temp get/set */
     &sm_mod_private,        /* jabber:iq:private on the own account */
+    &sm_mod_mam,            /* XEP-0313: archives messages (adds <stanza-id/>
+                               before they are stored or delivered); the iq */
     &sm_mod_offline,        /* messages no session can take: stored */
     &sm_mod_deliver,        /* everything addressed to a user's JID */
     &sm_mod_fallback,       /* never leave an iq unanswered */

@@ -79,6 +79,7 @@ struct sm_job {
     const char *type;                   /* type attribute or "" */
     const char *from, *to, *id;
     unsigned in_dispatch : 1, finished : 1;
+    char *body_own;                     /* a rewritten body (sm_job_set_body) */
     double t_in;                        /* received (sb_now): queue and job times */
     char data[];                        /* the strings above */
 };
@@ -89,6 +90,8 @@ struct sm_module {
     sb_rc (*handle_message)(struct sm_job *j);
     sb_rc (*handle_presence)(struct sm_job *j);
     sb_rc (*handle_control)(struct sm_job *j, const char *op);
+    /* Optional: start module state (timers) once the core is up. */
+    void (*start)(struct sm_core *c);
     /* Optional: release module state at shutdown, after Redis/PostgreSQL
      * were closed (their pending callbacks have run). */
     void (*stop)(struct sm_core *c);
@@ -145,6 +148,15 @@ void sm_job_done(struct sm_job *j);
  * `from` (a module that answered SB_AGAIN while it loaded state it needs);
  * the job finishes unless a module keeps it again. */
 void sm_job_rerun(struct sm_job *j, const struct sm_module *from);
+
+/* The stanza bytes later modules deliver or store become `b`'s (taken
+ * over: b is left empty); j->st still describes the received stanza. Used
+ * by mod_mam to add a <stanza-id/>. */
+void sm_job_set_body(struct sm_job *j, struct sb_buf *b);
+/* A serialised stanza with `child` (serialised) inserted before its end
+ * tag, into out (appended). SB_ERROR for a self-closed stanza. */
+sb_rc sm_stanza_add_child(const char *body, size_t len, const char *child, size_t clen,
+                          struct sb_buf *out);
 
 struct sm_session *sm_user_session(struct sm_user *u, const char *resource);
 /* Can the job's stanza sent to s reach it? No while its front-end is known
@@ -214,6 +226,12 @@ sb_rc sm_send_control_body(struct sm_core *c, enum env_route route, const char *
  * management bookkeeping (send.c; mod_sm.c numbers and queues first). */
 sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const char *op,
                          const char *from, const char *body, size_t len);
+
+/* ---- the message archive (mod_mam.c) ----------------------------------------- */
+/* Send the buffered archive rows now (graceful stop); how many are still
+ * buffered or being written (the stop waits for 0). */
+void sm_mam_flush(struct sm_core *c);
+long sm_mam_waiting(const struct sm_core *c);
 
 /* ---- stream management (mod_sm.c) ------------------------------------------- */
 /* A stanza for a session with stream management: numbered, kept until the

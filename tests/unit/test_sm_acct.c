@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../../sm/acct.c"
+#include "../../sm/mam.c"
 
 /* ---- fakes for what acct.c uses from the core ---------------------------------- */
 void sm_user_loaded(struct sm_user *u, int ok) {}

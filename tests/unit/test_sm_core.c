@@ -40,6 +40,8 @@
 #include "../../sm/mod_push.c"
 #include "../../sm/mod_carbons.c"
 #include "../../sm/mod_csi.c"
+#include "../../sm/mam.c"
+#include "../../sm/mod_mam.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 

@@ -1,0 +1,173 @@
+/* test_sm_mam.c — XEP-0313 query parsing (form fields, XEP-0059 RSM,
+ * flip-page), XEP-0082 times and the archiving preferences rule
+ * (sm/mam.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../sm/mam.c"
+
+static struct xml_doc *doc;
+
+static const struct xml_node *parse(const char *s)
+{
+    xml_doc_free(doc);
+    doc = xml_doc_parse(s, strlen(s), NULL, NULL);
+    assert_non_null(doc);
+    return doc->root;
+}
+
+#define FORM(fields) \
+    "<query xmlns='urn:xmpp:mam:2' queryid='f27'><x xmlns='jabber:x:data' type='submit'>" \
+    "<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>" fields "</x>"
+
+static void expect_error(const char *xml, const char *cond)
+{
+    struct sm_mam_query q;
+    const char *c = NULL, *why = NULL;
+    assert_int_equal(sm_mam_query_parse(parse(xml), &q, &c, &why), SB_ERROR);
+    assert_string_equal(c, cond);
+    assert_non_null(why);
+    sm_mam_query_free(&q);
+}
+
+static void test_form_fields_and_rsm_are_parsed(void **state)
+{
+    struct sm_mam_query q;
+    const char *c, *why;
+    const char *xml = FORM(
+        "<field var='with'><value>Juliet@Capulet.lit/Balcony</value></field>"
+        "<field var='start'><value>2010-06-07T00:00:00Z</value></field>"
+        "<field var='end'><value>2010-07-07T13:23:54.5+02:00</value></field>"
+        "<field var='after-id'><value>abc</value></field>"
+        "<field var='ids'><value>x1</value><value>x2</value></field>"
+        "<field var='{urn:xmpp:fulltext:0}fulltext'><value>привет</value></field>")
+        "<set xmlns='http://jabber.org/protocol/rsm'><max>10</max><before/></set>"
+        "<flip-page/></query>";
+    assert_int_equal(sm_mam_query_parse(parse(xml), &q, &c, &why), SB_OK);
+    assert_string_equal(q.queryid, "f27");
+    assert_string_equal(q.with, "juliet@capulet.lit/Balcony");
+    assert_true(q.has_start && q.has_end);
+    assert_true(q.start == 1275868800.0);
+    assert_true(q.end == 1278509034.5 - 7200);
+    assert_string_equal(q.after_id, "abc");
+    assert_int_equal(q.nids, 2);
+    assert_string_equal(q.ids[1], "x2");
+    assert_string_equal(q.fulltext, "привет");
+    assert_int_equal(q.max, 10);
+    assert_non_null(q.rsm_before);
+    assert_string_equal(q.rsm_before, "");          /* empty: the last page */
+    assert_null(q.rsm_after);
+    assert_true(q.flip);
+    sm_mam_query_free(&q);
+}
+
+static void test_no_form_means_everything_with_the_default_page(void **state)
+{
+    struct sm_mam_query q;
+    const char *c, *why;
+    assert_int_equal(sm_mam_query_parse(parse("<query xmlns='urn:xmpp:mam:2'/>"), &q, &c, &why),
+                     SB_OK);
+    assert_null(q.queryid);
+    assert_null(q.with);
+    assert_int_equal(q.max, SM_MAM_PAGE_DEFAULT);
+    assert_null(q.rsm_before);
+    sm_mam_query_free(&q);
+}
+
+static void test_huge_max_is_capped(void **state)
+{
+    struct sm_mam_query q;
+    const char *c, *why;
+    assert_int_equal(sm_mam_query_parse(parse("<query xmlns='urn:xmpp:mam:2'><set xmlns="
+                                              "'http://jabber.org/protocol/rsm'><max>99999999"
+                                              "</max></set></query>"), &q, &c, &why), SB_OK);
+    assert_int_equal(q.max, SM_MAM_PAGE_MAX);
+    sm_mam_query_free(&q);
+}
+
+static void test_bad_forms_are_refused_with_the_right_condition(void **state)
+{
+    expect_error(FORM("<field var='colour'><value>red</value></field>") "</query>",
+                 "feature-not-implemented");
+    expect_error(FORM("<field var='start'><value>2010-13-07T00:00:00Z</value></field>")
+                 "</query>", "bad-request");
+    expect_error(FORM("<field var='start'><value>yesterday</value></field>") "</query>",
+                 "bad-request");
+    expect_error(FORM("<field var='with'><value>@nowhere</value></field>") "</query>",
+                 "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='FORM_TYPE'><value>urn:xmpp:mam:1</value></field></x></query>",
+                 "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>"
+                 "<field var='with'><value>a@b</value></field></x></query>", "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'>"
+                 "<max>-1</max></set></query>", "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'>"
+                 "<max>5x</max></set></query>", "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'>"
+                 "<after/></set></query>", "bad-request");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><set xmlns='http://jabber.org/protocol/rsm'>"
+                 "<index>3</index></set></query>", "feature-not-implemented");
+    expect_error("<query xmlns='urn:xmpp:mam:2'><bogus/></query>", "bad-request");
+}
+
+static void test_times_round_trip(void **state)
+{
+    double t;
+    char out[32];
+    assert_int_equal(sm_mam_parse_time("1970-01-01T00:00:01.250Z", &t), SB_OK);
+    assert_true(t == 1.25);
+    sm_mam_format_time(t, out);
+    assert_string_equal(out, "1970-01-01T00:00:01.250Z");
+    assert_int_equal(sm_mam_parse_time("1970-01-01T01:00:00-01:00", &t), SB_OK);
+    assert_true(t == 7200);
+    assert_int_equal(sm_mam_parse_time("1970-01-01T00:00:00", &t), SB_ERROR);   /* no TZ */
+    assert_int_equal(sm_mam_parse_time("1970-01-01T00:00:00Zjunk", &t), SB_ERROR);
+    assert_int_equal(sm_mam_parse_time("1970-01-01T00:00:00.Z", &t), SB_ERROR);
+}
+
+static void test_prefs_never_beats_always_beats_default(void **state)
+{
+    struct sm_mam_prefs p = {0};
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ALWAYS, "a@x", 0), 1);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_NEVER, "a@x", 0), 0);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ROSTER, "a@x", -1), -1);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ROSTER, "a@x", 1), 1);
+    p.mode = SM_MAM_NEVER;
+    assert_int_equal(sm_mam_prefs_add(&p, 1, "a@x"), SB_OK);
+    assert_int_equal(sm_mam_prefs_add(&p, 1, "a@x"), SB_OK);   /* once */
+    assert_int_equal(p.nalways, 1);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ALWAYS, "a@x", 0), 1);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ALWAYS, "b@x", 0), 0);
+    assert_int_equal(sm_mam_prefs_add(&p, 0, "a@x"), SB_OK);
+    assert_int_equal(sm_mam_wanted(&p, SM_MAM_ALWAYS, "a@x", 1), 0);
+    assert_int_equal(sm_mam_mode_parse("roster"), SM_MAM_ROSTER);
+    assert_int_equal(sm_mam_mode_parse("sometimes"), SM_MAM_UNSET);
+    sm_mam_prefs_clear(&p);
+    assert_int_equal(p.nalways + p.nnever, 0);
+}
+
+static int teardown(void **state)
+{
+    xml_doc_free(doc);
+    doc = NULL;
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_form_fields_and_rsm_are_parsed),
+        cmocka_unit_test(test_no_form_means_everything_with_the_default_page),
+        cmocka_unit_test(test_huge_max_is_capped),
+        cmocka_unit_test(test_bad_forms_are_refused_with_the_right_condition),
+        cmocka_unit_test(test_times_round_trip),
+        cmocka_unit_test(test_prefs_never_beats_always_beats_default),
+    };
+    return cmocka_run_group_tests(tests, NULL, teardown);
+}
