@@ -1,5 +1,6 @@
 /* sasl.h — the server side of SASL for every front-end (c2s, bosh):
- * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256, and ANONYMOUS (RFC 4505, only on a
+ * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256, the bearer tokens X-OAUTH2 and
+ * OAUTHBEARER (under TLS, on a domain with a token source), and ANONYMOUS (RFC 4505, only on a
  * domain marked anonymous, where it is the only mechanism), over an
  * asynchronous credential store.
  *
@@ -38,6 +39,8 @@ struct sasl_result {
     const char *condition;  /* FAILURE: RFC 6120 §6.5 condition, e.g. "not-authorized" */
     const char *username;   /* SUCCESS: the authenticated, nodeprepped local part */
     int anonymous;          /* SUCCESS: a generated ANONYMOUS node (claimed) */
+    long long token_id;     /* SUCCESS: > 0 our token's id (X-OAUTH2/OAUTHBEARER),
+                               -1 a JWT, 0 no token */
 };
 typedef void (*sasl_cb)(void *ud, const struct sasl_result *r);
 

@@ -103,6 +103,7 @@ struct c2s_conn {
     double last_rx;                /* last byte from the client (keepalive.c) */
     float rx_tokens, st_tokens;    /* byte and stanza buckets (rate.c) */
     double rate_at;                /* when they were last refilled */
+    long long token_id;            /* logged in with a token: ours (> 0), a JWT (-1); 0 none */
     struct xml_stream *xs;
     struct sasl_sess *sasl;
     const char *domain;            /* the stream's domain, interned (domains.c) */

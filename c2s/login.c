@@ -95,6 +95,7 @@ static void login_sasl_success(struct c2s_conn *c, const struct sasl_result *r)
     }
     if (r->anonymous)
         c->flags |= C2S_F_ANON;       /* the claim is released at close */
+    c->token_id = r->token_id;        /* sbctl token revoke ends it (route.c) */
     login_sasl_reply(c, "success", r->data_b64);
     c2s_conn_set_state(c, C2S_S_AUTHENTICATED);
     c2s_stream_restart(c);

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import time
@@ -226,13 +227,44 @@ def insecure_tls_context():
     return _INSECURE_CTX
 
 
+# ------------------------------------------------------------------ logs, SIGHUP
+class Log:
+    """A process's log from now on."""
+
+    def __init__(self, stack, name):
+        self.path = os.path.join(stack.env["SB_VAR"], "log", name + ".log")
+        self.start = os.path.getsize(self.path)
+
+    def text(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            return f.read().decode("utf-8", "replace")
+
+    def lines(self, needle):
+        return [line for line in self.text().splitlines() if needle in line]
+
+
+def sighup(stack, name):
+    with open(os.path.join(stack.env["SB_VAR"], "pid", name + ".pid")) as f:
+        os.kill(int(f.read().strip()), signal.SIGHUP)
+
+
+def reload_and_wait(stack, name="c2s1"):
+    log = Log(stack, name)
+    sighup(stack, name)
+    wait_until(lambda: log.lines("event=reload what=done"), 10, "%s to log its reload" % name)
+    return log
+
+
 # ------------------------------------------------------------------ slixmpp
 class LoginFailed(AssertionError):
     pass
 
 
-def make_client(jid, password, *, mech=None, plugins=()):
+def make_client(jid, password, *, mech=None, plugins=(), access_token=None):
     xmpp = slixmpp.ClientXMPP(jid, password, sasl_mech=mech)
+    if access_token:
+        xmpp.credentials["access_token"] = access_token     # X-OAUTH2
     # The dev certificate is self-signed.
     xmpp.ssl_context.check_hostname = False
     xmpp.ssl_context.verify_mode = ssl.CERT_NONE
@@ -243,10 +275,10 @@ def make_client(jid, password, *, mech=None, plugins=()):
 
 
 async def login(stack, jid, password, *, instance="c2s1", direct_tls=False, mech=None,
-                plugins=(), presence=True, timeout=20):
+                plugins=(), presence=True, timeout=20, access_token=None):
     """Connect a slixmpp client and wait for session_start. Raises LoginFailed
     with the server's SASL condition (or the reason) when it does not get there."""
-    xmpp = make_client(jid, password, mech=mech, plugins=plugins)
+    xmpp = make_client(jid, password, mech=mech, plugins=plugins, access_token=access_token)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
     xmpp.inbox = asyncio.Queue()
