@@ -64,7 +64,16 @@ struct sasl_sess {
     char *nonce;             /* client nonce + server nonce */
     char *test_nonce;        /* tests: fixed server nonce part */
     struct scram_cred cred;
+    struct sasl_cb cbd;      /* this stream's channel bindings (copied) */
+    int plus;                /* SCRAM-*-PLUS chosen */
+    const uint8_t *cb_data;  /* PLUS: the binding the client named (in cbd) */
+    size_t cb_len;
 };
+
+static int sasl_cb_offered(const struct sasl_cb *cb)
+{
+    return cb && (cb->exporter_len || cb->endpoint_len);
+}
 
 /* ---- small helpers ------------------------------------------------------------- */
 
@@ -76,7 +85,8 @@ const char *sasl_mechanisms(const struct sasl_opts *o)
         return "ANONYMOUS";
     /* Bearer tokens are offered only under TLS (RFC 7628 §5), and only on
      * a domain with a token source. */
-    snprintf(list, sizeof list, "SCRAM-SHA-256 SCRAM-SHA-1%s%s",
+    snprintf(list, sizeof list, "%sSCRAM-SHA-256 SCRAM-SHA-1%s%s",
+             sasl_cb_offered(o->cb) ? "SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS " : "",
              o->tls || o->allow_plain_without_tls ? " PLAIN" : "",
              o->tls && auth_token_sources(o->domain) ? " OAUTHBEARER X-OAUTH2" : "");
     return list;
@@ -118,6 +128,9 @@ static void sasl_reset(struct sasl_sess *s)
     s->username[0] = '\0';
     s->reason = NULL;
     s->token_id = 0;
+    s->plus = 0;
+    s->cb_data = NULL;
+    s->cb_len = 0;
     s->mech = SASL_M_NONE;
     s->state = SASL_ST_INIT;
 }
@@ -269,24 +282,41 @@ static void sasl_lookup_done(void *arg, const struct auth_cred *c)
         sasl_scram_first_reply(s, c);
 }
 
-/* Start the lookup for s->username. s may be gone when this returns. */
-static void sasl_lookup(struct sasl_sess *s)
+/* s waits for the store (state LOOKUP) with the returned pending; NULL
+ * after failing s (out of memory). */
+static struct sasl_pending *sasl_wait(struct sasl_sess *s)
 {
     struct sasl_pending *p = malloc(sizeof(*p));
 
     if (!p) {
         sasl_fail(s, "temporary-auth-failure");
-        return;
+        return NULL;
     }
     p->sess = s;
     s->pending = p;
     s->state = SASL_ST_LOOKUP;
-    if (auth_store_lookup(s->st, s->domain, s->username, sasl_lookup_done, p) != SB_OK) {
+    return p;
+}
+
+/* The store could not queue p (its callback will not run): drop it and
+ * fail s with temporary-auth-failure. */
+static void sasl_wait_failed(struct sasl_sess *s, struct sasl_pending *p, const char *event)
+{
+    if (s->pending == p) {
         s->pending = NULL;
         free(p);
-        log_warn("sasl_store_unavailable", "domain=%s", sb_log_q(s->domain));
-        sasl_fail(s, "temporary-auth-failure");
     }
+    log_warn(event, "domain=%s", sb_log_q(s->domain));
+    sasl_fail(s, "temporary-auth-failure");
+}
+
+/* Start the lookup for s->username. s may be gone when this returns. */
+static void sasl_lookup(struct sasl_sess *s)
+{
+    struct sasl_pending *p = sasl_wait(s);
+
+    if (p && auth_store_lookup(s->st, s->domain, s->username, sasl_lookup_done, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_store_unavailable");
 }
 
 /* ---- ANONYMOUS (RFC 4505) ----------------------------------------------------------- */
@@ -313,24 +343,13 @@ static void sasl_anon_claimed(void *arg, int result)
 /* A fresh random node, claimed cluster-wide. s may be gone when this returns. */
 static void sasl_anon_claim(struct sasl_sess *s)
 {
-    struct sasl_pending *p = malloc(sizeof(*p));
+    struct sasl_pending *p = sasl_wait(s);
 
-    if (!p) {
-        sasl_fail(s, "temporary-auth-failure");
+    if (!p)
         return;
-    }
     sb_random_id(s->username, SASL_ANON_NODE);
-    p->sess = s;
-    s->pending = p;
-    s->state = SASL_ST_LOOKUP;
-    if (auth_store_claim(s->st, s->domain, s->username, sasl_anon_claimed, p) != SB_OK) {
-        if (s->pending == p) {
-            s->pending = NULL;
-            free(p);
-        }
-        log_warn("sasl_claim_unavailable", "domain=%s", sb_log_q(s->domain));
-        sasl_fail(s, "temporary-auth-failure");
-    }
+    if (auth_store_claim(s->st, s->domain, s->username, sasl_anon_claimed, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_claim_unavailable");
 }
 
 /* The optional trace (RFC 4505 §3): checked for encoding and size only. */
@@ -427,6 +446,7 @@ static void sasl_plain_verify(struct sasl_sess *s, const struct auth_cred *c)
 }
 
 static sb_rc sasl_scram_unescape(const char *in, size_t len, char *out, size_t cap);
+static sb_rc sasl_scram_cb_select(struct sasl_sess *s, const char *name, size_t n);
 
 /* ---- bearer tokens: X-OAUTH2, OAUTHBEARER (RFC 7628) ------------------------------------ */
 
@@ -473,23 +493,10 @@ static void sasl_token_done(void *arg, const struct auth_token_ans *a)
  * token's). s may be gone when this returns. */
 static void sasl_token_check(struct sasl_sess *s, const char *token)
 {
-    struct sasl_pending *p = malloc(sizeof(*p));
+    struct sasl_pending *p = sasl_wait(s);
 
-    if (!p) {
-        sasl_fail(s, "temporary-auth-failure");
-        return;
-    }
-    p->sess = s;
-    s->pending = p;
-    s->state = SASL_ST_LOOKUP;
-    if (auth_store_token(s->st, s->domain, token, sasl_token_done, p) != SB_OK) {
-        if (s->pending == p) {
-            s->pending = NULL;
-            free(p);
-        }
-        log_warn("sasl_store_unavailable", "domain=%s", sb_log_q(s->domain));
-        sasl_fail(s, "temporary-auth-failure");
-    }
+    if (p && auth_store_token(s->st, s->domain, token, sasl_token_done, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_store_unavailable");
 }
 
 /* "user" or "user@ourdomain" → s->username. 0 when it cannot name an
@@ -640,6 +647,24 @@ static int sasl_scram_nonce_ok(const char *p, size_t n)
     return 1;
 }
 
+/* "p=TYPE": the binding of this connection the client wants. */
+static sb_rc sasl_scram_cb_select(struct sasl_sess *s, const char *name, size_t n)
+{
+    if (n == 12 && !memcmp(name, "tls-exporter", 12) && s->cbd.exporter_len) {
+        s->cb_data = s->cbd.exporter;
+        s->cb_len = s->cbd.exporter_len;
+        return SB_OK;
+    }
+    if (n == 20 && !memcmp(name, "tls-server-end-point", 20) && s->cbd.endpoint_len) {
+        s->cb_data = s->cbd.endpoint;
+        s->cb_len = s->cbd.endpoint_len;
+        return SB_OK;
+    }
+    s->reason = "channel-binding-type";
+    sasl_fail(s, "not-authorized");
+    return SB_ERROR;
+}
+
 /* Parse client-first-message; on success username/gs2 header/bare/nonce
  * are set and the lookup starts. */
 static void sasl_scram_first(struct sasl_sess *s, const char *m, size_t len)
@@ -651,12 +676,28 @@ static void sasl_scram_first(struct sasl_sess *s, const char *m, size_t len)
         sasl_fail(s, "malformed-request");
         return;
     }
-    /* gs2-cbind-flag: we offer no -PLUS mechanism, so "p=" is refused */
-    if (len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',') {
+    /* gs2-cbind-flag (RFC 5802 §6): "p=TYPE" only with a -PLUS mechanism,
+     * which needs it; "y" (the client could bind but thinks we cannot) is
+     * a downgrade when we did offer -PLUS on this stream */
+    if (len >= 3 && p[0] == 'p' && p[1] == '=') {
+        comma = memchr(p, ',', len);
+        if (!s->plus || !comma) {
+            sasl_fail(s, "malformed-request");
+            return;
+        }
+        if (sasl_scram_cb_select(s, p + 2, (size_t)(comma - p - 2)) != SB_OK)
+            return;
+        p = comma + 1;
+    } else if (len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',' || s->plus) {
         sasl_fail(s, "malformed-request");
         return;
+    } else if (p[0] == 'y' && sasl_cb_offered(&s->cbd)) {
+        s->reason = "channel-binding-downgrade";
+        sasl_fail(s, "not-authorized");
+        return;
+    } else {
+        p += 2;
     }
-    p += 2;
     if (p[0] == 'a' && p[1] == '=') {
         comma = memchr(p, ',', (size_t)(end - p));
         if (!comma || comma == p + 2 ||
@@ -759,24 +800,31 @@ static void sasl_scram_first_reply(struct sasl_sess *s, const struct auth_cred *
     sasl_challenge(s, sf);
 }
 
-/* c= must be base64 of our gs2 header (no channel binding data). Fails
- * the exchange itself: incorrect-encoding or not-authorized. */
+/* c= must be base64 of our gs2 header followed by the channel binding
+ * data (-PLUS only). Fails the exchange itself: incorrect-encoding or
+ * not-authorized. */
 static sb_rc sasl_scram_cbind_check(struct sasl_sess *s, const char *c, size_t clen)
 {
-    size_t gl = strlen(s->gs2_header), n;
-    char *want = malloc(((gl + 2) / 3) * 4 + 1);
-    uint8_t *scratch = malloc(clen / 4 * 3 + 3);
+    size_t gl = strlen(s->gs2_header), il = gl + s->cb_len, n;
+    char *want = malloc(((il + 2) / 3) * 4 + 1);
+    uint8_t *input = malloc(il + 1), *scratch = malloc(clen / 4 * 3 + 3);
     int same = 0, decodes = 0;
 
-    if (want && scratch) {
-        auth_b64_encode((const uint8_t *)s->gs2_header, gl, want);
+    if (want && input && scratch) {
+        memcpy(input, s->gs2_header, gl);
+        if (s->cb_len)
+            memcpy(input + gl, s->cb_data, s->cb_len);
+        auth_b64_encode(input, il, want);
         same = strlen(want) == clen && memcmp(want, c, clen) == 0;
         decodes = auth_b64_decode(c, clen, scratch, clen / 4 * 3 + 3, &n) == SB_OK;
     }
     free(want);
+    free(input);
     free(scratch);
     if (same)
         return SB_OK;
+    if (s->plus)
+        s->reason = "channel-binding-mismatch";
     sasl_fail(s, decodes ? "not-authorized" : "incorrect-encoding");
     return SB_ERROR;
 }
@@ -877,6 +925,8 @@ struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
     s->tls = o->tls;
     s->allow_plain = o->allow_plain_without_tls;
     s->anonymous = o->anonymous;
+    if (o->cb)
+        s->cbd = *o->cb;
     s->cb = cb;
     s->ud = ud;
     return s;
@@ -970,13 +1020,13 @@ void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
                (strcmp(mech, "X-OAUTH2") == 0 || strcmp(mech, "OAUTHBEARER") == 0)) {
         s->mech = mech[0] == 'X' ? SASL_M_XOAUTH2 : SASL_M_OAUTHBEARER;
         s->state = SASL_ST_WAIT_TOKEN;
-    } else if (mech && strcmp(mech, "SCRAM-SHA-256") == 0) {
+    } else if (mech && strncmp(mech, "SCRAM-SHA-", 10) == 0 &&
+               (!strcmp(mech + 10, "256") || !strcmp(mech + 10, "1") ||
+                (sasl_cb_offered(&s->cbd) &&
+                 (!strcmp(mech + 10, "256-PLUS") || !strcmp(mech + 10, "1-PLUS"))))) {
         s->mech = SASL_M_SCRAM;
-        s->hash = SCRAM_SHA256;
-        s->state = SASL_ST_WAIT_FIRST;
-    } else if (mech && strcmp(mech, "SCRAM-SHA-1") == 0) {
-        s->mech = SASL_M_SCRAM;
-        s->hash = SCRAM_SHA1;
+        s->hash = mech[10] == '2' ? SCRAM_SHA256 : SCRAM_SHA1;
+        s->plus = strstr(mech, "-PLUS") != NULL;
         s->state = SASL_ST_WAIT_FIRST;
     } else {
         /* unknown, or PLAIN on a plaintext stream: not offered */

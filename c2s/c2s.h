@@ -222,6 +222,8 @@ void c2s_tls_deinit(void);
  * domain: the stream's (STARTTLS after the header), whose certificate it
  * presents; NULL: the client's SNI chooses (direct TLS, HTTPS). */
 sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out);
+/* The channel bindings of c's TLS session (TCP only): 1 when any. */
+int c2s_tls_channel_bindings(const struct c2s_conn *c, struct sasl_cb *out);
 
 /* ---- stream.c --------------------------------------------------------- */
 /* Transport-neutral: a (re)started stream to `to` (client's `from`,

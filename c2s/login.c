@@ -147,8 +147,10 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
             return;
         }
         if (!c->sasl) {
+            struct sasl_cb cb;
+            int has_cb = c2s_tls_channel_bindings(c, &cb);
             struct sasl_opts o = {c->domain, (c->flags & C2S_F_TLS) != 0, c2s.cfg.allow_plain,
-                                  sb_domains_anonymous(c->domain)};
+                                  sb_domains_anonymous(c->domain), has_cb ? &cb : NULL};
             c->sasl = sasl_new(c2s.store, &o, login_sasl_cb, c);
             if (!c->sasl) {
                 login_sasl_failed(c, "temporary-auth-failure");
