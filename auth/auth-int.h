@@ -58,6 +58,43 @@ void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
 sb_rc auth_store_claim(struct auth_store *st, const char *domain, const char *node,
                        auth_claim_cb cb, void *arg);
 
+/* ---- bearer tokens (token.c, jwt.c) ---------------------------------------- */
+/* Token sources of a domain ([domain.NAME] tokens = own jwt): a bit set. */
+#define AUTH_TOK_OWN 1
+#define AUTH_TOK_JWT 2
+int auth_token_sources(const char *domain);
+int auth_token_auto_create(const char *domain);   /* [domain.NAME] auto_create */
+
+#define AUTH_TOKEN_MAX      8192      /* bytes of one presented token */
+#define AUTH_TOKEN_HASH_HEX 64        /* hex SHA-256, as stored in tokens.hash */
+#define AUTH_TOKEN_ID_JWT   (-1LL)    /* token id of a JWT login (not revocable) */
+/* The stored form of one of our tokens (sbctl issues, the store looks up). */
+void auth_token_hash(const char *token, char hex[AUTH_TOKEN_HASH_HEX + 1]);
+
+/* What a token check found. ok: 1 valid, 0 refused (reason: a log word),
+ * -1 the store could not answer. username/id valid during the callback. */
+struct auth_token_ans {
+    int ok;
+    const char *reason;
+    const char *username;      /* ok: prepared local part */
+    long long id;              /* ok: our token's id, AUTH_TOKEN_ID_JWT for a JWT */
+};
+typedef void (*auth_token_cb)(void *arg, const struct auth_token_ans *a);
+/* Check a token for domain; cb may run inside. SB_ERROR: not queued, cb
+ * will not run. The token is not kept. */
+typedef sb_rc (*auth_token_fn)(void *ud, const char *domain, const char *token,
+                               auth_token_cb cb, void *arg);
+sb_rc auth_store_token(struct auth_store *st, const char *domain, const char *token,
+                       auth_token_cb cb, void *arg);
+/* Tests: check tokens with fn instead of the domain's sources. */
+void auth_store_set_token_fn(struct auth_store *st, auth_token_fn fn, void *ud);
+/* The real check (pg NULL: SB_ERROR where the database is needed). */
+sb_rc auth_token_check(struct pgev *pg, const char *domain, const char *token,
+                       auth_token_cb cb, void *arg);
+/* A JWT for domain: NULL with the prepared local part in user
+ * (JID_PART_MAX + 1 bytes), else the reason it is refused. */
+const char *auth_jwt_check(const char *domain, const char *token, char *user);
+
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM
  * exchange of s. */

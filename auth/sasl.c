@@ -1,10 +1,12 @@
-/* sasl.c — the server side of SASL PLAIN, SCRAM-SHA-1 and SCRAM-SHA-256
- * over an asynchronous credential store. One sasl_sess per exchange
+/* sasl.c — the server side of SASL PLAIN, SCRAM-SHA-1, SCRAM-SHA-256 and
+ * the bearer-token mechanisms X-OAUTH2 and OAUTHBEARER (RFC 7628) over an
+ * asynchronous credential store. One sasl_sess per exchange
  * attempt; the front-end feeds it element text and gets results through
  * its callback. Unknown accounts run the same exchange as known ones
  * (fake salt) and fail at the proof, so they cannot be told apart. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <stdio.h>
 #include <nettle/memops.h>
 #include <nettle/memxor.h>
@@ -23,10 +25,13 @@ enum sasl_state {
     SASL_ST_WAIT_FIRST,    /* SCRAM without initial response: waiting */
     SASL_ST_LOOKUP,        /* credential lookup in flight */
     SASL_ST_WAIT_FINAL,    /* SCRAM server-first sent */
+    SASL_ST_WAIT_TOKEN,    /* X-OAUTH2 / OAUTHBEARER without initial response */
+    SASL_ST_WAIT_ERRACK,   /* OAUTHBEARER error JSON sent: waiting for "\x01" */
     SASL_ST_DONE,          /* result delivered */
 };
 
-enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM, SASL_M_ANON };
+enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM, SASL_M_ANON, SASL_M_XOAUTH2,
+                 SASL_M_OAUTHBEARER };
 
 #define SASL_ANON_NODE  20     /* random [a-z0-9] characters of an ANONYMOUS node */
 #define SASL_ANON_TRIES 3      /* claims before giving up (collisions) */
@@ -50,6 +55,8 @@ struct sasl_sess {
     struct sasl_pending *pending;
     char username[JID_PART_MAX + 1];
     char *password;          /* PLAIN, SASLprepped; wiped after use */
+    const char *reason;      /* why a token was refused (logged with the failure) */
+    long long token_id;      /* the token a login used (sasl_result) */
 
     char *gs2_header;        /* SCRAM: "n,," or "n,a=…," */
     char *client_first_bare;
@@ -57,17 +64,32 @@ struct sasl_sess {
     char *nonce;             /* client nonce + server nonce */
     char *test_nonce;        /* tests: fixed server nonce part */
     struct scram_cred cred;
+    struct sasl_cb cbd;      /* this stream's channel bindings (copied) */
+    int plus;                /* SCRAM-*-PLUS chosen */
+    const uint8_t *cb_data;  /* PLUS: the binding the client named (in cbd) */
+    size_t cb_len;
 };
+
+static int sasl_cb_offered(const struct sasl_cb *cb)
+{
+    return cb && (cb->exporter_len || cb->endpoint_len);
+}
 
 /* ---- small helpers ------------------------------------------------------------- */
 
 const char *sasl_mechanisms(const struct sasl_opts *o)
 {
+    static char list[160];
+
     if (o->anonymous)
         return "ANONYMOUS";
-    if (o->tls || o->allow_plain_without_tls)
-        return "SCRAM-SHA-256 SCRAM-SHA-1 PLAIN";
-    return "SCRAM-SHA-256 SCRAM-SHA-1";
+    /* Bearer tokens are offered only under TLS (RFC 7628 §5), and only on
+     * a domain with a token source. */
+    snprintf(list, sizeof list, "%sSCRAM-SHA-256 SCRAM-SHA-1%s%s",
+             sasl_cb_offered(o->cb) ? "SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS " : "",
+             o->tls || o->allow_plain_without_tls ? " PLAIN" : "",
+             o->tls && auth_token_sources(o->domain) ? " OAUTHBEARER X-OAUTH2" : "");
+    return list;
 }
 
 static char *sasl_strndup(const char *p, size_t n)
@@ -104,13 +126,19 @@ static void sasl_reset(struct sasl_sess *s)
     s->gs2_header = s->client_first_bare = s->server_first = s->nonce = NULL;
     memset(&s->cred, 0, sizeof(s->cred));
     s->username[0] = '\0';
+    s->reason = NULL;
+    s->token_id = 0;
+    s->plus = 0;
+    s->cb_data = NULL;
+    s->cb_len = 0;
     s->mech = SASL_M_NONE;
     s->state = SASL_ST_INIT;
 }
 
 /* Results by mechanism: [mechanism][0 success, 1 failure]. "other" is an
  * <auth/> naming nothing we offer. */
-enum { SASL_MX_PLAIN, SASL_MX_SHA1, SASL_MX_SHA256, SASL_MX_ANON, SASL_MX_OTHER };
+enum { SASL_MX_PLAIN, SASL_MX_SHA1, SASL_MX_SHA256, SASL_MX_ANON, SASL_MX_XOAUTH2,
+       SASL_MX_OAUTHBEARER, SASL_MX_OTHER };
 #define SASL_MX(var, mech, result) \
     SB_COUNTER(var, "sb_auth_total", "mechanism=\"" mech "\",result=\"" result "\"", \
                "Finished SASL exchanges by mechanism and result")
@@ -122,6 +150,10 @@ SASL_MX(sasl_mx_sha256_ok, "SCRAM-SHA-256", "success")
 SASL_MX(sasl_mx_sha256_ko, "SCRAM-SHA-256", "failure")
 SASL_MX(sasl_mx_anon_ok, "ANONYMOUS", "success")
 SASL_MX(sasl_mx_anon_ko, "ANONYMOUS", "failure")
+SASL_MX(sasl_mx_xoauth2_ok, "X-OAUTH2", "success")
+SASL_MX(sasl_mx_xoauth2_ko, "X-OAUTH2", "failure")
+SASL_MX(sasl_mx_oauthbearer_ok, "OAUTHBEARER", "success")
+SASL_MX(sasl_mx_oauthbearer_ko, "OAUTHBEARER", "failure")
 SASL_MX(sasl_mx_other_ok, "other", "success")
 SASL_MX(sasl_mx_other_ko, "other", "failure")
 static struct sb_metric *const sasl_mx[][2] = {
@@ -129,6 +161,8 @@ static struct sb_metric *const sasl_mx[][2] = {
     [SASL_MX_SHA1] = {&sasl_mx_sha1_ok, &sasl_mx_sha1_ko},
     [SASL_MX_SHA256] = {&sasl_mx_sha256_ok, &sasl_mx_sha256_ko},
     [SASL_MX_ANON] = {&sasl_mx_anon_ok, &sasl_mx_anon_ko},
+    [SASL_MX_XOAUTH2] = {&sasl_mx_xoauth2_ok, &sasl_mx_xoauth2_ko},
+    [SASL_MX_OAUTHBEARER] = {&sasl_mx_oauthbearer_ok, &sasl_mx_oauthbearer_ko},
     [SASL_MX_OTHER] = {&sasl_mx_other_ok, &sasl_mx_other_ko},
 };
 
@@ -138,6 +172,8 @@ static int sasl_mx_of(const struct sasl_sess *s)
     case SASL_M_PLAIN: return SASL_MX_PLAIN;
     case SASL_M_SCRAM: return s->hash == SCRAM_SHA256 ? SASL_MX_SHA256 : SASL_MX_SHA1;
     case SASL_M_ANON: return SASL_MX_ANON;
+    case SASL_M_XOAUTH2: return SASL_MX_XOAUTH2;
+    case SASL_M_OAUTHBEARER: return SASL_MX_OAUTHBEARER;
     default: return SASL_MX_OTHER;
     }
 }
@@ -147,7 +183,7 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
                         const char *cond)
 {
     char user[JID_PART_MAX + 1];
-    struct sasl_result r = {st, data ? data : "", cond, NULL, 0};
+    struct sasl_result r = {st, data ? data : "", cond, NULL, 0, s->token_id};
 
     sb_metric_inc(sasl_mx[sasl_mx_of(s)][st == SASL_SUCCESS ? 0 : 1]);
     if (st == SASL_SUCCESS) {
@@ -156,8 +192,9 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
         r.anonymous = s->mech == SASL_M_ANON;
         log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
     } else {
-        log_info("sasl_failure", "condition=%s user=%s domain=%s", cond,
-                 sb_log_q(s->username), sb_log_q(s->domain));
+        log_info("sasl_failure", "condition=%s user=%s domain=%s%s%s", cond,
+                 sb_log_q(s->username), sb_log_q(s->domain), s->reason ? " reason=" : "",
+                 s->reason ? s->reason : "");
     }
     sasl_reset(s);
     s->state = SASL_ST_DONE;
@@ -179,7 +216,7 @@ static void sasl_challenge(struct sasl_sess *s, const char *raw)
         return;
     }
     auth_b64_encode((const uint8_t *)raw, n, b64);
-    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL, 0};
+    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL, 0, 0};
     s->cb(s->ud, &r);      /* may free s */
     free(b64);
 }
@@ -245,24 +282,41 @@ static void sasl_lookup_done(void *arg, const struct auth_cred *c)
         sasl_scram_first_reply(s, c);
 }
 
-/* Start the lookup for s->username. s may be gone when this returns. */
-static void sasl_lookup(struct sasl_sess *s)
+/* s waits for the store (state LOOKUP) with the returned pending; NULL
+ * after failing s (out of memory). */
+static struct sasl_pending *sasl_wait(struct sasl_sess *s)
 {
     struct sasl_pending *p = malloc(sizeof(*p));
 
     if (!p) {
         sasl_fail(s, "temporary-auth-failure");
-        return;
+        return NULL;
     }
     p->sess = s;
     s->pending = p;
     s->state = SASL_ST_LOOKUP;
-    if (auth_store_lookup(s->st, s->domain, s->username, sasl_lookup_done, p) != SB_OK) {
+    return p;
+}
+
+/* The store could not queue p (its callback will not run): drop it and
+ * fail s with temporary-auth-failure. */
+static void sasl_wait_failed(struct sasl_sess *s, struct sasl_pending *p, const char *event)
+{
+    if (s->pending == p) {
         s->pending = NULL;
         free(p);
-        log_warn("sasl_store_unavailable", "domain=%s", sb_log_q(s->domain));
-        sasl_fail(s, "temporary-auth-failure");
     }
+    log_warn(event, "domain=%s", sb_log_q(s->domain));
+    sasl_fail(s, "temporary-auth-failure");
+}
+
+/* Start the lookup for s->username. s may be gone when this returns. */
+static void sasl_lookup(struct sasl_sess *s)
+{
+    struct sasl_pending *p = sasl_wait(s);
+
+    if (p && auth_store_lookup(s->st, s->domain, s->username, sasl_lookup_done, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_store_unavailable");
 }
 
 /* ---- ANONYMOUS (RFC 4505) ----------------------------------------------------------- */
@@ -289,24 +343,13 @@ static void sasl_anon_claimed(void *arg, int result)
 /* A fresh random node, claimed cluster-wide. s may be gone when this returns. */
 static void sasl_anon_claim(struct sasl_sess *s)
 {
-    struct sasl_pending *p = malloc(sizeof(*p));
+    struct sasl_pending *p = sasl_wait(s);
 
-    if (!p) {
-        sasl_fail(s, "temporary-auth-failure");
+    if (!p)
         return;
-    }
     sb_random_id(s->username, SASL_ANON_NODE);
-    p->sess = s;
-    s->pending = p;
-    s->state = SASL_ST_LOOKUP;
-    if (auth_store_claim(s->st, s->domain, s->username, sasl_anon_claimed, p) != SB_OK) {
-        if (s->pending == p) {
-            s->pending = NULL;
-            free(p);
-        }
-        log_warn("sasl_claim_unavailable", "domain=%s", sb_log_q(s->domain));
-        sasl_fail(s, "temporary-auth-failure");
-    }
+    if (auth_store_claim(s->st, s->domain, s->username, sasl_anon_claimed, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_claim_unavailable");
 }
 
 /* The optional trace (RFC 4505 §3): checked for encoding and size only. */
@@ -331,19 +374,34 @@ static void sasl_anon_start(struct sasl_sess *s, const char *b64)
 
 /* ---- PLAIN (RFC 4616) ----------------------------------------------------------------- */
 
-static void sasl_plain_message(struct sasl_sess *s, const uint8_t *m, size_t len)
+/* [authzid] NUL authcid NUL secret, both of the last non-empty (PLAIN,
+ * X-OAUTH2). 0 when malformed. */
+static int sasl_split3(const uint8_t *m, size_t len, const char **authzid, const char **authcid,
+                       const char **secret)
 {
-    const char *authzid = (const char *)m;
+    const char *a = (const char *)m;
     const char *z1 = memchr(m, '\0', len);
-    const char *z2 = z1 ? memchr(z1 + 1, '\0', len - (size_t)(z1 + 1 - authzid)) : NULL;
-    char *pw = NULL;
+    const char *z2 = z1 ? memchr(z1 + 1, '\0', len - (size_t)(z1 + 1 - a)) : NULL;
 
     if (!z1 || !z2 || z1[1] == '\0' || z2[1] == '\0' ||
-        memchr(z2 + 1, '\0', len - (size_t)(z2 + 1 - authzid))) {
+        memchr(z2 + 1, '\0', len - (size_t)(z2 + 1 - a)))
+        return 0;
+    *authzid = a;
+    *authcid = z1 + 1;
+    *secret = z2 + 1;
+    return 1;
+}
+
+static void sasl_plain_message(struct sasl_sess *s, const uint8_t *m, size_t len)
+{
+    const char *authzid, *authcid, *secret;
+    char *pw = NULL;
+
+    if (!sasl_split3(m, len, &authzid, &authcid, &secret)) {
         sasl_fail(s, "malformed-request");
         return;
     }
-    if (jid_nodeprep(z1 + 1, s->username) != SB_OK) {
+    if (jid_nodeprep(authcid, s->username) != SB_OK) {
         s->username[0] = '\0';
         sasl_fail(s, "not-authorized");
         return;
@@ -352,7 +410,7 @@ static void sasl_plain_message(struct sasl_sess *s, const uint8_t *m, size_t len
         sasl_fail(s, "invalid-authzid");
         return;
     }
-    if (auth_saslprep(z2 + 1, &pw) != SB_OK || !pw[0]) {
+    if (auth_saslprep(secret, &pw) != SB_OK || !pw[0]) {
         free(pw);
         sasl_fail(s, "not-authorized");
         return;
@@ -385,6 +443,169 @@ static void sasl_plain_verify(struct sasl_sess *s, const struct auth_cred *c)
         sasl_finish(s, SASL_SUCCESS, "", NULL);
     else
         sasl_fail(s, "not-authorized");
+}
+
+static sb_rc sasl_scram_unescape(const char *in, size_t len, char *out, size_t cap);
+static sb_rc sasl_scram_cb_select(struct sasl_sess *s, const char *name, size_t n);
+
+/* ---- bearer tokens: X-OAUTH2, OAUTHBEARER (RFC 7628) ------------------------------------ */
+
+/* RFC 7628 §3.2.2: the error a client gets before the failure. */
+#define SASL_OAUTH_ERROR_JSON "{\"status\":\"invalid_token\",\"schemes\":\"bearer\",\"scope\":\"xmpp\"}"
+
+/* The token did not do: OAUTHBEARER first sends the error JSON and waits
+ * for the client's "\x01"; X-OAUTH2 fails at once. */
+static void sasl_token_refused(struct sasl_sess *s, const char *reason)
+{
+    s->reason = reason;
+    if (s->mech == SASL_M_OAUTHBEARER) {
+        s->state = SASL_ST_WAIT_ERRACK;
+        sasl_challenge(s, SASL_OAUTH_ERROR_JSON);
+        return;
+    }
+    sasl_fail(s, "not-authorized");
+}
+
+static void sasl_token_done(void *arg, const struct auth_token_ans *a)
+{
+    struct sasl_pending *p = arg;
+    struct sasl_sess *s = p->sess;
+
+    free(p);
+    if (!s)
+        return;
+    s->pending = NULL;
+    if (a->ok < 0) {
+        s->reason = a->reason;
+        sasl_fail(s, "temporary-auth-failure");
+    } else if (!a->ok) {
+        sasl_token_refused(s, a->reason);
+    } else if (s->username[0] && strcmp(s->username, a->username)) {
+        sasl_token_refused(s, "user-mismatch");   /* a token of another account */
+    } else {
+        snprintf(s->username, sizeof s->username, "%s", a->username);
+        s->token_id = a->id;
+        sasl_finish(s, SASL_SUCCESS, "", NULL);
+    }
+}
+
+/* Check token (s->username: the name the client gave, or "" to take the
+ * token's). s may be gone when this returns. */
+static void sasl_token_check(struct sasl_sess *s, const char *token)
+{
+    struct sasl_pending *p = sasl_wait(s);
+
+    if (p && auth_store_token(s->st, s->domain, token, sasl_token_done, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_store_unavailable");
+}
+
+/* "user" or "user@ourdomain" → s->username. 0 when it cannot name an
+ * account here (the reason is set). */
+static int sasl_token_user(struct sasl_sess *s, const char *name)
+{
+    struct jid j;
+
+    if (strchr(name, '@')) {
+        if (jid_parse(&j, name) != SB_OK || !j.node[0] || j.resource[0]) {
+            s->reason = "bad-user";
+            return 0;
+        }
+        if (strcmp(j.domain, s->domain)) {
+            s->reason = "other-domain";
+            return 0;
+        }
+        snprintf(s->username, sizeof s->username, "%s", j.node);
+        return 1;
+    }
+    if (jid_nodeprep(name, s->username) != SB_OK) {
+        s->username[0] = '\0';
+        s->reason = "bad-user";
+        return 0;
+    }
+    return 1;
+}
+
+/* X-OAUTH2: [authzid] NUL user NUL token, like PLAIN. */
+static void sasl_xoauth2_message(struct sasl_sess *s, const uint8_t *m, size_t len)
+{
+    const char *authzid, *user, *token;
+
+    if (!sasl_split3(m, len, &authzid, &user, &token)) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (!sasl_token_user(s, user)) {
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    if (!sasl_authzid_ok(s, authzid)) {
+        sasl_fail(s, "invalid-authzid");
+        return;
+    }
+    sasl_token_check(s, token);
+}
+
+/* OAUTHBEARER (RFC 7628 §3.1): gs2-header "\x01" *(key=value "\x01") "\x01";
+ * the token is in auth=Bearer …; host/port and others are not needed. */
+static void sasl_oauthbearer_message(struct sasl_sess *s, const uint8_t *mb, size_t len)
+{
+    const char *m = (const char *)mb, *end = m + len, *p = m + 2, *comma, *token = NULL;
+    char authzid[JID_BARE_MAX + 1] = "";
+    size_t tlen = 0;
+
+    /* no channel binding with OAUTHBEARER: "p=" is malformed */
+    if (strlen(m) != len || len < 4 || (m[0] != 'n' && m[0] != 'y') || m[1] != ',') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (p[0] == 'a' && p[1] == '=') {
+        comma = memchr(p, ',', (size_t)(end - p));
+        if (!comma || comma == p + 2 ||
+            sasl_scram_unescape(p + 2, (size_t)(comma - p - 2), authzid, sizeof authzid) != SB_OK) {
+            sasl_fail(s, "malformed-request");
+            return;
+        }
+        p = comma;
+    }
+    if (p + 2 > end || p[0] != ',' || p[1] != '\x01') {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    for (p += 2;;) {
+        const char *kv = memchr(p, '\x01', (size_t)(end - p));
+        if (!kv) {
+            sasl_fail(s, "malformed-request");
+            return;
+        }
+        if (kv == p) {                      /* the closing "\x01" */
+            if (kv + 1 != end) {
+                sasl_fail(s, "malformed-request");
+                return;
+            }
+            break;
+        }
+        if (kv - p > 12 && !strncmp(p, "auth=", 5) && !strncasecmp(p + 5, "Bearer ", 7)) {
+            token = p + 12;
+            tlen = (size_t)(kv - token);
+        }
+        p = kv + 1;
+    }
+    if (!token || tlen == 0) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (authzid[0] && !sasl_token_user(s, authzid)) {
+        sasl_token_refused(s, s->reason);
+        return;
+    }
+    char *t = sasl_strndup(token, tlen);
+    if (!t) {
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    sasl_token_check(s, t);                 /* may free s */
+    memset(t, 0, tlen);
+    free(t);
 }
 
 /* ---- SCRAM (RFC 5802, RFC 7677) ---------------------------------------------------------- */
@@ -426,6 +647,24 @@ static int sasl_scram_nonce_ok(const char *p, size_t n)
     return 1;
 }
 
+/* "p=TYPE": the binding of this connection the client wants. */
+static sb_rc sasl_scram_cb_select(struct sasl_sess *s, const char *name, size_t n)
+{
+    if (n == 12 && !memcmp(name, "tls-exporter", 12) && s->cbd.exporter_len) {
+        s->cb_data = s->cbd.exporter;
+        s->cb_len = s->cbd.exporter_len;
+        return SB_OK;
+    }
+    if (n == 20 && !memcmp(name, "tls-server-end-point", 20) && s->cbd.endpoint_len) {
+        s->cb_data = s->cbd.endpoint;
+        s->cb_len = s->cbd.endpoint_len;
+        return SB_OK;
+    }
+    s->reason = "channel-binding-type";
+    sasl_fail(s, "not-authorized");
+    return SB_ERROR;
+}
+
 /* Parse client-first-message; on success username/gs2 header/bare/nonce
  * are set and the lookup starts. */
 static void sasl_scram_first(struct sasl_sess *s, const char *m, size_t len)
@@ -437,12 +676,28 @@ static void sasl_scram_first(struct sasl_sess *s, const char *m, size_t len)
         sasl_fail(s, "malformed-request");
         return;
     }
-    /* gs2-cbind-flag: we offer no -PLUS mechanism, so "p=" is refused */
-    if (len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',') {
+    /* gs2-cbind-flag (RFC 5802 §6): "p=TYPE" only with a -PLUS mechanism,
+     * which needs it; "y" (the client could bind but thinks we cannot) is
+     * a downgrade when we did offer -PLUS on this stream */
+    if (len >= 3 && p[0] == 'p' && p[1] == '=') {
+        comma = memchr(p, ',', len);
+        if (!s->plus || !comma) {
+            sasl_fail(s, "malformed-request");
+            return;
+        }
+        if (sasl_scram_cb_select(s, p + 2, (size_t)(comma - p - 2)) != SB_OK)
+            return;
+        p = comma + 1;
+    } else if (len < 3 || (p[0] != 'n' && p[0] != 'y') || p[1] != ',' || s->plus) {
         sasl_fail(s, "malformed-request");
         return;
+    } else if (p[0] == 'y' && sasl_cb_offered(&s->cbd)) {
+        s->reason = "channel-binding-downgrade";
+        sasl_fail(s, "not-authorized");
+        return;
+    } else {
+        p += 2;
     }
-    p += 2;
     if (p[0] == 'a' && p[1] == '=') {
         comma = memchr(p, ',', (size_t)(end - p));
         if (!comma || comma == p + 2 ||
@@ -545,24 +800,31 @@ static void sasl_scram_first_reply(struct sasl_sess *s, const struct auth_cred *
     sasl_challenge(s, sf);
 }
 
-/* c= must be base64 of our gs2 header (no channel binding data). Fails
- * the exchange itself: incorrect-encoding or not-authorized. */
+/* c= must be base64 of our gs2 header followed by the channel binding
+ * data (-PLUS only). Fails the exchange itself: incorrect-encoding or
+ * not-authorized. */
 static sb_rc sasl_scram_cbind_check(struct sasl_sess *s, const char *c, size_t clen)
 {
-    size_t gl = strlen(s->gs2_header), n;
-    char *want = malloc(((gl + 2) / 3) * 4 + 1);
-    uint8_t *scratch = malloc(clen / 4 * 3 + 3);
+    size_t gl = strlen(s->gs2_header), il = gl + s->cb_len, n;
+    char *want = malloc(((il + 2) / 3) * 4 + 1);
+    uint8_t *input = malloc(il + 1), *scratch = malloc(clen / 4 * 3 + 3);
     int same = 0, decodes = 0;
 
-    if (want && scratch) {
-        auth_b64_encode((const uint8_t *)s->gs2_header, gl, want);
+    if (want && input && scratch) {
+        memcpy(input, s->gs2_header, gl);
+        if (s->cb_len)
+            memcpy(input + gl, s->cb_data, s->cb_len);
+        auth_b64_encode(input, il, want);
         same = strlen(want) == clen && memcmp(want, c, clen) == 0;
         decodes = auth_b64_decode(c, clen, scratch, clen / 4 * 3 + 3, &n) == SB_OK;
     }
     free(want);
+    free(input);
     free(scratch);
     if (same)
         return SB_OK;
+    if (s->plus)
+        s->reason = "channel-binding-mismatch";
     sasl_fail(s, decodes ? "not-authorized" : "incorrect-encoding");
     return SB_ERROR;
 }
@@ -663,6 +925,8 @@ struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
     s->tls = o->tls;
     s->allow_plain = o->allow_plain_without_tls;
     s->anonymous = o->anonymous;
+    if (o->cb)
+        s->cbd = *o->cb;
     s->cb = cb;
     s->ud = ud;
     return s;
@@ -696,6 +960,17 @@ static void sasl_dispatch(struct sasl_sess *s, const uint8_t *m, size_t len)
         break;
     case SASL_ST_WAIT_FINAL:
         sasl_scram_final(s, (const char *)m, len);
+        break;
+    case SASL_ST_WAIT_TOKEN:
+        if (s->mech == SASL_M_XOAUTH2)
+            sasl_xoauth2_message(s, m, len);
+        else
+            sasl_oauthbearer_message(s, m, len);
+        break;
+    case SASL_ST_WAIT_ERRACK:
+        /* RFC 7628 §3.2.3: the client's dummy "\x01"; anything else
+         * ends the exchange the same way */
+        sasl_fail(s, "not-authorized");
         break;
     default:
         sasl_fail(s, "malformed-request");
@@ -741,13 +1016,17 @@ void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
     if (mech && strcmp(mech, "PLAIN") == 0 && (s->tls || s->allow_plain)) {
         s->mech = SASL_M_PLAIN;
         s->state = SASL_ST_WAIT_PLAIN;
-    } else if (mech && strcmp(mech, "SCRAM-SHA-256") == 0) {
+    } else if (mech && s->tls && auth_token_sources(s->domain) &&
+               (strcmp(mech, "X-OAUTH2") == 0 || strcmp(mech, "OAUTHBEARER") == 0)) {
+        s->mech = mech[0] == 'X' ? SASL_M_XOAUTH2 : SASL_M_OAUTHBEARER;
+        s->state = SASL_ST_WAIT_TOKEN;
+    } else if (mech && strncmp(mech, "SCRAM-SHA-", 10) == 0 &&
+               (!strcmp(mech + 10, "256") || !strcmp(mech + 10, "1") ||
+                (sasl_cb_offered(&s->cbd) &&
+                 (!strcmp(mech + 10, "256-PLUS") || !strcmp(mech + 10, "1-PLUS"))))) {
         s->mech = SASL_M_SCRAM;
-        s->hash = SCRAM_SHA256;
-        s->state = SASL_ST_WAIT_FIRST;
-    } else if (mech && strcmp(mech, "SCRAM-SHA-1") == 0) {
-        s->mech = SASL_M_SCRAM;
-        s->hash = SCRAM_SHA1;
+        s->hash = mech[10] == '2' ? SCRAM_SHA256 : SCRAM_SHA1;
+        s->plus = strstr(mech, "-PLUS") != NULL;
         s->state = SASL_ST_WAIT_FIRST;
     } else {
         /* unknown, or PLAIN on a plaintext stream: not offered */

@@ -1,5 +1,6 @@
 /* sasl.h — the server side of SASL for every front-end (c2s, bosh):
- * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256, and ANONYMOUS (RFC 4505, only on a
+ * PLAIN, SCRAM-SHA-1, SCRAM-SHA-256, the bearer tokens X-OAUTH2 and
+ * OAUTHBEARER (under TLS, on a domain with a token source), and ANONYMOUS (RFC 4505, only on a
  * domain marked anonymous, where it is the only mechanism), over an
  * asynchronous credential store.
  *
@@ -38,17 +39,32 @@ struct sasl_result {
     const char *condition;  /* FAILURE: RFC 6120 §6.5 condition, e.g. "not-authorized" */
     const char *username;   /* SUCCESS: the authenticated, nodeprepped local part */
     int anonymous;          /* SUCCESS: a generated ANONYMOUS node (claimed) */
+    long long token_id;     /* SUCCESS: > 0 our token's id (X-OAUTH2/OAUTHBEARER),
+                               -1 a JWT, 0 no token */
 };
 typedef void (*sasl_cb)(void *ud, const struct sasl_result *r);
+
+/* The channel bindings of one TLS connection (RFC 5929, RFC 9266); a
+ * length 0 means that type is not available. Any available type makes the
+ * -PLUS mechanisms offered (and a client's "y" flag a downgrade). */
+#define SASL_CB_MAX 64
+struct sasl_cb {
+    uint8_t exporter[SASL_CB_MAX];     /* tls-exporter (TLS 1.3) */
+    size_t exporter_len;
+    uint8_t endpoint[SASL_CB_MAX];     /* tls-server-end-point: hash of our certificate */
+    size_t endpoint_len;
+};
 
 struct sasl_opts {
     const char *domain;     /* the stream's domain (prepared) */
     int tls;                /* stream is encrypted */
     int allow_plain_without_tls;
     int anonymous;          /* the domain is anonymous: ANONYMOUS only */
+    const struct sasl_cb *cb;   /* NULL: no channel binding on this stream */
 };
 
-/* Mechanisms to offer, space-separated, strongest first. */
+/* Mechanisms to offer, space-separated, strongest first (a static buffer,
+ * valid until the next call). */
 const char *sasl_mechanisms(const struct sasl_opts *o);
 
 struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,

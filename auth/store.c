@@ -16,7 +16,15 @@ struct auth_store {
     int seen_up;                 /* pg has been connected at least once */
     auth_claim_fn claim;         /* ANONYMOUS node claims, or NULL */
     void *claim_ud;
+    auth_token_fn token_fn;      /* tests: token checks, or NULL */
+    void *token_ud;
 };
+
+void auth_store_set_token_fn(struct auth_store *st, auth_token_fn fn, void *ud)
+{
+    st->token_fn = fn;
+    st->token_ud = ud;
+}
 
 void auth_store_set_claim(struct auth_store *st, auth_claim_fn fn, void *ud)
 {
@@ -123,6 +131,31 @@ static void store_pg_done(PGresult *res, void *arg)
     free(rq);
 }
 
+/* The database to ask, or NULL: none, or known to be down. A login should
+ * not wait out pgev's queue deadline while the database is down: it fails
+ * now (temporary-auth-failure). Before the first connection (start-up)
+ * queries are queued as usual. */
+static struct pgev *store_pg(struct auth_store *st)
+{
+    if (!st->pg)
+        return NULL;
+    if (pgev_connected(st->pg))
+        st->seen_up = 1;
+    else if (st->seen_up)
+        return NULL;
+    return st->pg;
+}
+
+sb_rc auth_store_token(struct auth_store *st, const char *domain, const char *token,
+                       auth_token_cb cb, void *arg)
+{
+    if (!st)
+        return SB_ERROR;
+    if (st->token_fn)
+        return st->token_fn(st->token_ud, domain, token, cb, arg);
+    return auth_token_check(store_pg(st), domain, token, cb, arg);
+}
+
 sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *username,
                         auth_store_cb cb, void *arg)
 {
@@ -130,14 +163,7 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
         return SB_ERROR;         /* no store configured: temporary-auth-failure */
     if (st->fn)
         return st->fn(st->ud, domain, username, cb, arg);
-    if (!st->pg)
-        return SB_ERROR;
-    /* A login should not wait out pgev's queue deadline while the database
-     * is known to be down: fail now (temporary-auth-failure). Before the
-     * first connection (start-up) queries are queued as usual. */
-    if (pgev_connected(st->pg))
-        st->seen_up = 1;
-    else if (st->seen_up)
+    if (!store_pg(st))
         return SB_ERROR;
     struct store_req *rq = malloc(sizeof(*rq));
     if (!rq)

@@ -106,6 +106,7 @@ struct c2s_conn {
     double last_rx;                /* last byte from the client (keepalive.c) */
     float rx_tokens, st_tokens;    /* byte and stanza buckets (rate.c) */
     double rate_at;                /* when they were last refilled */
+    long long token_id;            /* logged in with a token: ours (> 0), a JWT (-1); 0 none */
     struct xml_stream *xs;
     struct sasl_sess *sasl;
     const char *domain;            /* the stream's domain, interned (domains.c) */
@@ -224,6 +225,8 @@ void c2s_tls_deinit(void);
  * domain: the stream's (STARTTLS after the header), whose certificate it
  * presents; NULL: the client's SNI chooses (direct TLS, HTTPS). */
 sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out);
+/* The channel bindings of c's TLS session (TCP only): 1 when any. */
+int c2s_tls_channel_bindings(const struct c2s_conn *c, struct sasl_cb *out);
 
 /* ---- stream.c --------------------------------------------------------- */
 /* Transport-neutral: a (re)started stream to `to` (client's `from`,

@@ -95,6 +95,7 @@ static void login_sasl_success(struct c2s_conn *c, const struct sasl_result *r)
     }
     if (r->anonymous)
         c->flags |= C2S_F_ANON;       /* the claim is released at close */
+    c->token_id = r->token_id;        /* sbctl token revoke ends it (route.c) */
     login_sasl_reply(c, "success", r->data_b64);
     c2s_conn_set_state(c, C2S_S_AUTHENTICATED);
     c2s_stream_restart(c);
@@ -146,8 +147,10 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
             return;
         }
         if (!c->sasl) {
+            struct sasl_cb cb;
+            int has_cb = c2s_tls_channel_bindings(c, &cb);
             struct sasl_opts o = {c->domain, (c->flags & C2S_F_TLS) != 0, c2s.cfg.allow_plain,
-                                  sb_domains_anonymous(c->domain)};
+                                  sb_domains_anonymous(c->domain), has_cb ? &cb : NULL};
             c->sasl = sasl_new(c2s.store, &o, login_sasl_cb, c);
             if (!c->sasl) {
                 login_sasl_failed(c, "temporary-auth-failure");

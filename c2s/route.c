@@ -305,13 +305,34 @@ static const char *route_kick_cond(const char *w, size_t n)
     return "policy-violation";
 }
 
+/* op=kick-token: body "ID CONDITION [TEXT]", the session only if it
+ * logged in with our token ID ("*": with any of ours). 1 when it did; the
+ * body is moved past the ID. */
+static int route_kick_token_ok(const struct c2s_conn *c, const char **body, size_t *len)
+{
+    const char *sp = memchr(*body, ' ', *len);
+    char id[24];
+    size_t n = sp ? (size_t)(sp - *body) : *len;
+    if (n == 0 || n >= sizeof id)
+        return 0;
+    memcpy(id, *body, n);
+    id[n] = '\0';
+    *body += sp ? n + 1 : n;
+    *len -= sp ? n + 1 : n;
+    if (!c || c->token_id <= 0)
+        return 0;
+    return !strcmp(id, "*") || strtoll(id, NULL, 10) == c->token_id;
+}
+
 /* op=kick, sid = the session, aux = its full JID (checked: a sid is only
  * unique per front-end and may have been reused), body "CONDITION [TEXT]":
- * that stream ends with the stream error, TEXT as its <text/>. */
+ * that stream ends with the stream error, TEXT as its <text/>. op=kick-token
+ * (sbctl token revoke) puts the token id first. */
 static void route_kick(const struct env_hdr *h, const char *body, size_t len)
 {
     static char say[1024];
     struct c2s_conn *c = c2s_table_find(h->sid);
+    int token_ok = strcmp(h->op, "kick-token") != 0 || route_kick_token_ok(c, &body, &len);
     const char *sp = memchr(body, ' ', len);
     size_t wl = sp ? (size_t)(sp - body) : len;
     const char *cond = route_kick_cond(body, wl);
@@ -320,13 +341,13 @@ static void route_kick(const struct env_hdr *h, const char *body, size_t len)
         tl = sizeof say - 1;
     memcpy(say, sp ? sp + 1 : "", tl);
     say[tl] = '\0';
-    int hit = c && c->jid && c->state == C2S_S_BOUND && !strcmp(c->jid, h->aux);
+    int hit = token_ok && c && c->jid && c->state == C2S_S_BOUND && !strcmp(c->jid, h->aux);
     log_info("admin_kick", "sid=%s jid=%s cond=%s found=%d by=%s", h->sid, sb_log_q(h->aux),
              cond, hit, sb_log_q(h->sender));
     if (hit)
         c2s_stream_error_full(c, cond, NULL, say, NULL, "kicked");
     const char *reply = hit ? "kicked=1" : "kicked=0";
-    route_admin_reply(h, "kick", reply, strlen(reply));
+    route_admin_reply(h, h->op, reply, strlen(reply));
 }
 
 /* sbctl through a router (common/ENVELOPE.md): op=drain [body timeout=S]
@@ -334,7 +355,7 @@ static void route_kick(const struct env_hdr *h, const char *body, size_t len)
  * done; op=kick ends one session. */
 static void route_admin(const struct env_hdr *h, const char *body, size_t len)
 {
-    if (strcmp(h->op, "kick") == 0) {
+    if (strcmp(h->op, "kick") == 0 || strcmp(h->op, "kick-token") == 0) {
         route_kick(h, body, len);
         return;
     }

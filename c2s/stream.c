@@ -152,6 +152,17 @@ void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *tex
     c2s_conn_close(c, cond);
 }
 
+/* XEP-0440: the channel-binding types the -PLUS mechanisms accept here. */
+static void stream_channel_bindings(struct sb_buf *b, const struct sasl_cb *cb)
+{
+    sb_buf_adds(b, "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>");
+    if (cb->exporter_len)
+        sb_buf_adds(b, "<channel-binding type='tls-exporter'/>");
+    if (cb->endpoint_len)
+        sb_buf_adds(b, "<channel-binding type='tls-server-end-point'/>");
+    sb_buf_adds(b, "</sasl-channel-binding>");
+}
+
 void c2s_stream_features(struct c2s_conn *c)
 {
     struct sb_buf *b = &stream_out;
@@ -172,8 +183,10 @@ void c2s_stream_features(struct c2s_conn *c)
             sb_buf_adds(b, c2s.cfg.allow_plain ? "<starttls xmlns='" NS_TLS "'/>"
                            : "<starttls xmlns='" NS_TLS "'><required/></starttls>");
         if (tls || c2s.cfg.allow_plain || !can_starttls) {
+            struct sasl_cb cb;
+            int has_cb = tls && c2s_tls_channel_bindings(c, &cb);
             struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain,
-                                  sb_domains_anonymous(c->domain)};
+                                  sb_domains_anonymous(c->domain), has_cb ? &cb : NULL};
             const char *m = sasl_mechanisms(&o);
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
             while (*m) {
@@ -187,6 +200,8 @@ void c2s_stream_features(struct c2s_conn *c)
                 m += strspn(m, " ");
             }
             sb_buf_adds(b, "</mechanisms>");
+            if (has_cb && !o.anonymous)
+                stream_channel_bindings(b, &cb);
         }
     }
     sb_buf_adds(b, "</stream:features>");

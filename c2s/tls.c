@@ -9,6 +9,7 @@
 #include "log.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static struct tlsconn_creds tls_creds;
 
@@ -78,4 +79,38 @@ sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out)
     if (domain)
         sb_certs_session_domain(*out, domain);
     return SB_OK;
+}
+
+/* The channel bindings of a TCP stream's TLS session, for SCRAM-*-PLUS:
+ * tls-exporter only on TLS 1.3 (RFC 9266 §3: on TLS 1.2 it is safe only
+ * with extended master secret, and we keep one rule), tls-server-end-point
+ * (RFC 5929 §4.1: a hash of our certificate) whenever GnuTLS gives it.
+ * Both come from GnuTLS (gnutls_session_channel_binding). BOSH/WS
+ * sessions have no TLS session of their own (one HTTP connection each,
+ * or a proxy in front): nothing, so no -PLUS there. */
+int c2s_tls_channel_bindings(const struct c2s_conn *c, struct sasl_cb *out)
+{
+    gnutls_datum_t d;
+    gnutls_session_t s = c->tc.tls;
+
+    memset(out, 0, sizeof(*out));
+    if (!s || c->state == C2S_S_TLS_HANDSHAKE)
+        return 0;
+    if (gnutls_protocol_get_version(s) == GNUTLS_TLS1_3 &&
+        gnutls_session_channel_binding(s, GNUTLS_CB_TLS_EXPORTER, &d) == GNUTLS_E_SUCCESS) {
+        if (d.size <= sizeof out->exporter) {
+            memcpy(out->exporter, d.data, d.size);
+            out->exporter_len = d.size;
+        }
+        gnutls_free(d.data);
+    }
+    if (gnutls_session_channel_binding(s, GNUTLS_CB_TLS_SERVER_END_POINT, &d) ==
+        GNUTLS_E_SUCCESS) {
+        if (d.size <= sizeof out->endpoint) {
+            memcpy(out->endpoint, d.data, d.size);
+            out->endpoint_len = d.size;
+        }
+        gnutls_free(d.data);
+    }
+    return out->exporter_len || out->endpoint_len;
 }

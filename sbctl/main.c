@@ -41,6 +41,11 @@ static const struct sbctl_cmd sbctl_cmds[] = {
      "  user passwd USER@DOMAIN [PASSWORD]      set a new password\n"
      "  user list DOMAIN                        list accounts of a domain\n"
      "  user bulk-add DOMAIN PREFIX N PASSPREFIX  PREFIX1..N with PASSPREFIX1..N\n"},
+    {"token", sbctl_cmd_token, 0,
+     "  token issue USER@DOMAIN [--ttl S] [--scope S]  a login token for X-OAUTH2/OAUTHBEARER,\n"
+     "                                          printed once (ttl 3600 s, 0 never; scope xmpp)\n"
+     "  token list USER@DOMAIN                  its tokens: id, created, expires, last used, scope\n"
+     "  token revoke ID|--all USER@DOMAIN       delete the token(s), end the sessions that used them\n"},
     {"domain", sbctl_cmd_domain, 0,
      "  domain add NAME [--anonymous]           serve a domain (every process within a second)\n"
      "  domain del NAME [--force]               stop serving it, end its sessions (--force: even\n"

@@ -1,6 +1,6 @@
 /* sbctl.h — the admin CLI's internal pieces: one file per command group
  * (db.c: PostgreSQL and migrations, account.c: domains and users,
- * session.c: live sessions, status.c: the cluster's health, drain.c,
+ * session.c: live sessions, token.c: login tokens, status.c: the cluster's health, drain.c,
  * keys.c: the bus CURVE keys) and the helpers they share (json.c: the
  * --json writer, redis.c: Redis, bus.c: ADMIN envelopes through a router).
  * A CLI may block, so everything here is synchronous libpq / hiredis /
@@ -91,6 +91,10 @@ int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const c
  * The number ended, or -1 after a message (Redis unreachable). */
 int sbctl_kick_sessions(redisContext *rc, const char *bare, const char *resource,
                         const char *cond, const char *text);
+/* The same for the sessions of bare that logged in with our token `id`
+ * ("*": any of ours): ADMIN op=kick-token (sbctl token revoke). */
+int sbctl_kick_token_sessions(redisContext *rc, const char *bare, const char *id,
+                              const char *cond, const char *text);
 
 int sbctl_cmd_migrate(int argc, char **argv);
 int sbctl_cmd_domain(int argc, char **argv);
@@ -101,5 +105,6 @@ int sbctl_cmd_keys(int argc, char **argv);
 int sbctl_cmd_drain(int argc, char **argv);
 int sbctl_cmd_metrics(int argc, char **argv);   /* metrics.c */
 int sbctl_cmd_archive(int argc, char **argv);   /* archive.c */
+int sbctl_cmd_token(int argc, char **argv);     /* token.c */
 
 #endif

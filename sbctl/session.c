@@ -180,24 +180,30 @@ static int session_list(int argc, char **argv)
     return rc < 0 ? SBCTL_FAIL : SBCTL_OK;
 }
 
-int sbctl_kick_sessions(redisContext *c, const char *bare, const char *resource,
-                        const char *cond, const char *text)
+/* token NULL: op=kick; else op=kick-token for that token id ("*": any of
+ * ours), where a session that used none is no miss. */
+static int sess_kick(redisContext *c, const char *bare, const char *resource, const char *token,
+                     const char *cond, const char *text)
 {
     redisReply *s = sbctl_redis_cmd(c, "HGETALL sess:{%s}", bare);
     char body[1100], ans[KICK_ANSWER_MAX];
+    const char *op = token ? "kick-token" : "kick";
     int n = 0;
     if (!s)
         return -1;
-    snprintf(body, sizeof body, "%s %s", cond, text ? text : "");
+    snprintf(body, sizeof body, "%s%s%s %s", token ? token : "", token ? " " : "", cond,
+             text ? text : "");
     for (size_t i = 0; s->type == REDIS_REPLY_ARRAY && i + 1 < s->elements; i += 2) {
         struct sess_row r;
         if (resource && strcmp(resource, s->element[i]->str))
             continue;
         snprintf(r.jid, sizeof r.jid, "%s/%s", bare, s->element[i]->str);
         sess_value(&r, s->element[i + 1]->str);
-        int a = sbctl_bus_ask(r.instance, "kick", r.sid, r.jid, body, ans, sizeof ans);
+        int a = sbctl_bus_ask(r.instance, op, r.sid, r.jid, body, ans, sizeof ans);
         if (a == 1 && !strcmp(ans, "kicked=1"))
             n++;
+        else if (a == 1 && token)
+            continue;                     /* logged in otherwise */
         else if (a == 1)
             sbctl_err("%s: %s no longer holds that stream", r.jid, r.instance);
         else
@@ -206,6 +212,18 @@ int sbctl_kick_sessions(redisContext *c, const char *bare, const char *resource,
     }
     freeReplyObject(s);
     return n;
+}
+
+int sbctl_kick_sessions(redisContext *c, const char *bare, const char *resource,
+                        const char *cond, const char *text)
+{
+    return sess_kick(c, bare, resource, NULL, cond, text);
+}
+
+int sbctl_kick_token_sessions(redisContext *c, const char *bare, const char *token,
+                              const char *cond, const char *text)
+{
+    return sess_kick(c, bare, NULL, token, cond, text);
 }
 
 static int session_kick(int argc, char **argv)

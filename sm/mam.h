@@ -63,7 +63,7 @@ const char *sm_mam_mode_name(enum sm_mam_mode m);
 /* Is a message with bare JID `with` archived? A JID in `never` is not; in
  * `always` it is; else the mode (UNSET → dflt): roster → in_roster (-1 =
  * not known: the answer is then -1, load the roster and ask again). The
- * SQL function archive_wanted (deploy/migrations/004) applies the same
+ * SQL function archive_wanted (deploy/migrations/005) applies the same
  * rule for the copies it decides. */
 int sm_mam_wanted(const struct sm_mam_prefs *p, enum sm_mam_mode dflt, const char *with,
                   int in_roster);

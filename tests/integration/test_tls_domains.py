@@ -12,7 +12,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import time
 import types
@@ -21,7 +20,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from cryptography import x509
 
-from xmpptest import (NS_CLIENT, ROOT, RawStream, close, insecure_tls_context, login, run,
+from xmpptest import (NS_CLIENT, ROOT, Log, RawStream, close, insecure_tls_context, login,
+                      reload_and_wait, run, sighup,
                       wait_until)
 from fedtest import OFFSET, CertAuthority, Dns, FedStack, RawS2S, host, srv
 
@@ -99,34 +99,6 @@ def write_bundle(tls, name, domain, dest):
                 out.write(f.read())
     os.replace(tmp, dest)
     return dest
-
-
-class Log:
-    """A process's log from now on."""
-
-    def __init__(self, stack, name):
-        self.path = os.path.join(stack.env["SB_VAR"], "log", name + ".log")
-        self.start = os.path.getsize(self.path)
-
-    def text(self):
-        with open(self.path, "rb") as f:
-            f.seek(self.start)
-            return f.read().decode("utf-8", "replace")
-
-    def lines(self, needle):
-        return [line for line in self.text().splitlines() if needle in line]
-
-
-def sighup(stack, name):
-    with open(os.path.join(stack.env["SB_VAR"], "pid", name + ".pid")) as f:
-        os.kill(int(f.read().strip()), signal.SIGHUP)
-
-
-def reload_and_wait(stack, name="c2s1"):
-    log = Log(stack, name)
-    sighup(stack, name)
-    wait_until(lambda: log.lines("event=reload what=done"), 10, "%s to log its reload" % name)
-    return log
 
 
 # ------------------------------------------------------------------ c2s

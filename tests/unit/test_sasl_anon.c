@@ -62,8 +62,8 @@ static void on_result(void *ud, const struct sasl_result *r)
     snprintf(c->username, sizeof c->username, "%s", r->username ? r->username : "");
 }
 
-static struct sasl_opts anon_opts = {"anon.localhost", 0, 0, 1};
-static struct sasl_opts plain_opts = {"localhost", 1, 0, 0};
+static struct sasl_opts anon_opts = {"anon.localhost", 0, 0, 1, NULL};
+static struct sasl_opts plain_opts = {"localhost", 1, 0, 0, NULL};
 
 static void test_anonymous_is_the_only_mechanism_of_an_anonymous_domain(void **st)
 {
