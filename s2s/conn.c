@@ -62,6 +62,7 @@ const char *s2s_auth_name(int a)
     switch (a) {
     case S2S_AUTH_EXTERNAL: return "external";
     case S2S_AUTH_DIALBACK: return "dialback";
+    case S2S_AUTH_COMPONENT: return "handshake";
     default:                return "none";
     }
 }
