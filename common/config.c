@@ -298,14 +298,12 @@ const char *sb_config_routers(void)
     return sb_config_str("routers", sb_config_str("router", "tcp://127.0.0.1:15555"));
 }
 
-sb_rc sb_config_secret(const char *key, char *out, size_t cap)
+/* The secret itself, from the file at path (when set) or the value v. */
+static sb_rc config_secret_of(const char *key, const char *path, const char *v, char *out,
+                              size_t cap)
 {
-    char fk[128];
-    snprintf(fk, sizeof fk, "%s_file", key);
-    const char *path = sb_config_str(fk, NULL);
     out[0] = '\0';
     if (!path || !*path) {
-        const char *v = sb_config_str(key, NULL);
         if (!v || !*v)
             return SB_DONE;
         if (strlen(v) >= cap) {
@@ -317,7 +315,7 @@ sb_rc sb_config_secret(const char *key, char *out, size_t cap)
     }
     FILE *f = fopen(path, "r");
     if (!f) {
-        log_error("config_secret_unreadable", "key=%s file=%s err=%s", fk, sb_log_q(path),
+        log_error("config_secret_unreadable", "key=%s_file file=%s err=%s", key, sb_log_q(path),
                   sb_log_q(strerror(errno)));
         return SB_ERROR;
     }
@@ -328,10 +326,25 @@ sb_rc sb_config_secret(const char *key, char *out, size_t cap)
     while (n && (out[n - 1] == '\n' || out[n - 1] == '\r'))
         out[--n] = '\0';
     if (more || !n || memchr(out, '\0', n)) {
-        log_error("config_secret_bad", "key=%s file=%s why=%s", fk, sb_log_q(path),
+        log_error("config_secret_bad", "key=%s_file file=%s why=%s", key, sb_log_q(path),
                   more ? "too-long" : !n ? "empty" : "nul-byte");
         out[0] = '\0';
         return SB_ERROR;
     }
     return SB_OK;
+}
+
+sb_rc sb_config_secret(const char *key, char *out, size_t cap)
+{
+    char fk[128];
+    snprintf(fk, sizeof fk, "%s_file", key);
+    return config_secret_of(key, sb_config_str(fk, NULL), sb_config_str(key, NULL), out, cap);
+}
+
+sb_rc sb_config_secret_section(const char *section, const char *key, char *out, size_t cap)
+{
+    char fk[128];
+    snprintf(fk, sizeof fk, "%s_file", key);
+    return config_secret_of(key, sb_config_str_section(section, fk, NULL),
+                            sb_config_str_section(section, key, NULL), out, cap);
 }

@@ -31,6 +31,8 @@ const char *sb_config_routers(void);
  * out set, SB_DONE when neither is configured (out ""), SB_ERROR (logged)
  * for an unreadable, empty or over-long file. */
 sb_rc sb_config_secret(const char *key, char *out, size_t cap);
+/* The same for one section (e.g. [component.NAME] secret / secret_file). */
+sb_rc sb_config_secret_section(const char *section, const char *key, char *out, size_t cap);
 
 /* Same lookup for another section (e.g. sm reading [c2s] keys). */
 const char *sb_config_str_in(const char *kind, const char *instance,

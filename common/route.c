@@ -246,11 +246,22 @@ size_t rt_reg_count_kind(const struct rt_registry *r, const char *kind)
 const struct rt_inst *rt_pick(const struct rt_registry *r, const char *kind,
                               const char *key, size_t keylen)
 {
+    return rt_pick_holding(r, kind, NULL, 0, key, keylen);
+}
+
+/* ---- routing ----------------------------------------------------------- */
+
+static int rt_csv_has(const char *csv, const char *s, size_t len);
+
+const struct rt_inst *rt_pick_holding(const struct rt_registry *r, const char *kind,
+                                      const char *dom, size_t dlen, const char *key,
+                                      size_t keylen)
+{
     const struct rt_inst *best = NULL;
     uint64_t best_score = 0;
     for (size_t i = 0; i < r->n; i++) {
         const struct rt_inst *in = &r->v[i];
-        if (strcmp(in->kind, kind) != 0)
+        if (strcmp(in->kind, kind) != 0 || (dom && !rt_csv_has(in->domains, dom, dlen)))
             continue;
         uint64_t s = rt_fnv1a64(in->seed, key, keylen);
         /* Ties (practically never) go to the smaller name so every router agrees. */
@@ -261,8 +272,6 @@ const struct rt_inst *rt_pick(const struct rt_registry *r, const char *kind,
     }
     return best;
 }
-
-/* ---- routing ----------------------------------------------------------- */
 
 void rt_key_domain(const char *key, size_t len, const char **dom, size_t *dlen)
 {
@@ -312,6 +321,12 @@ const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
     }
     if (rt_domain_local(r, dom, dlen))
         return rt_pick(r, "sm", key, keylen);
+    /* An external component (XEP-0114) is held by the s2s instances that
+     * announce its domain; one recipient always on the same one. From s2s
+     * too: a component may talk to another one. */
+    const struct rt_inst *comp = rt_pick_holding(r, "s2s", dom, dlen, key, keylen);
+    if (comp)
+        return comp;
     const struct rt_inst *s2s = from_s2s ? NULL : rt_pick(r, "s2s", dom, dlen);
     if (!s2s)
         *reason = "remote-domain";

@@ -78,6 +78,11 @@ int rt_domain_local(const struct rt_registry *r, const char *dom, size_t len);
  * for a remote one. NULL means bounce, with *reason set ("no-sm",
  * "remote-domain"). from_s2s stops a remote stanza that came in over s2s
  * from being sent back out to s2s. */
+/* Among the instances of kind that announce domain dom (domains=; NULL:
+ * any), the one key hashes to (rendezvous); NULL when none does. */
+const struct rt_inst *rt_pick_holding(const struct rt_registry *r, const char *kind,
+                                      const char *dom, size_t dlen, const char *key,
+                                      size_t keylen);
 const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
                                    size_t keylen, int from_s2s, const char **reason);
 

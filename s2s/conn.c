@@ -24,7 +24,7 @@
 
 static struct {
     ev_io w;
-    int direct_tls;
+    int kind;                      /* S2S_LIS_* */
 } conn_lis[4];
 static int conn_nlis;
 
@@ -62,6 +62,7 @@ const char *s2s_auth_name(int a)
     switch (a) {
     case S2S_AUTH_EXTERNAL: return "external";
     case S2S_AUTH_DIALBACK: return "dialback";
+    case S2S_AUTH_COMPONENT: return "handshake";
     default:                return "none";
     }
 }
@@ -112,24 +113,32 @@ struct s2s_conn *s2s_conn_by_serial(unsigned long serial)
 
 /* ---- listening ---------------------------------------------------------- */
 
-sb_rc s2s_listen_open(const char *addr, int port, int direct_tls)
+const char *s2s_dir_name(int dir)
+{
+    return dir == S2S_OUT ? "out" : dir == S2S_COMP ? "component" : "in";
+}
+
+sb_rc s2s_listen_open(const char *addr, int port, int kind)
 {
     if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
         return SB_ERROR;
     int fd = tlsconn_listen(addr, port, 512);
     if (fd < 0)
         return SB_ERROR;
-    conn_lis[conn_nlis].direct_tls = direct_tls;
+    conn_lis[conn_nlis].kind = kind;
     ev_io_init(&conn_lis[conn_nlis].w, NULL, fd, EV_READ);
     conn_lis[conn_nlis].w.data = &conn_lis[conn_nlis];
     conn_nlis++;
-    log_info("listen", "addr=%s port=%d tls=%s", addr, port, direct_tls ? "direct" : "starttls");
+    log_info("listen", "addr=%s port=%d tls=%s", addr, port,
+             kind == S2S_LIS_DIRECT_TLS ? "direct" : kind == S2S_LIS_COMPONENT ? "none-component"
+                                                                              : "starttls");
     return SB_OK;
 }
 
-static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_tls)
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int kind)
 {
-    struct s2s_conn *c = conn_new(fd, S2S_IN);
+    int direct_tls = kind == S2S_LIS_DIRECT_TLS;
+    struct s2s_conn *c = conn_new(fd, kind == S2S_LIS_COMPONENT ? S2S_COMP : S2S_IN);
     if (!c) {
         close(fd);
         log_error("accept_nomem", "fd=%d", fd);
@@ -138,7 +147,8 @@ static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_
     tlsconn_peer_name(c->peer, sizeof c->peer, (const struct sockaddr *)ss);
     c->state = S2S_S_WAIT_HEADER;
     c->deadline = ev_now(s2s.loop) + s2s.cfg.login_timeout;
-    log_info("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
+    log_info("accept", "peer=%s dir=%s tls=%s", c->peer, s2s_dir_name(c->dir),
+             direct_tls ? "direct" : kind == S2S_LIS_COMPONENT ? "none" : "starttls");
     s2s_conn_arm_timer(c);
     if (direct_tls) {
         c->flags |= S2S_F_DIRECT_TLS;
@@ -150,7 +160,7 @@ static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_
 
 static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-    int direct_tls = ((typeof(conn_lis[0]) *)w->data)->direct_tls;
+    int kind = ((typeof(conn_lis[0]) *)w->data)->kind;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -163,7 +173,7 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_accepted(fd, &ss, direct_tls);
+        conn_accepted(fd, &ss, kind);
     }
 }
 
@@ -343,7 +353,7 @@ void s2s_conn_close(struct s2s_conn *c, const char *reason)
     if (c->state == S2S_S_CLOSING)
         return;
     log_info("close", "peer=%s dir=%s local=%s remote=%s state=%s auth=%s reason=%s", c->peer,
-             c->dir == S2S_OUT ? "out" : "in", c->local ? c->local : "-",
+             s2s_dir_name(c->dir), c->local ? c->local : "-",
              c->remote ? c->remote : "-", s2s_state_name(c->state), s2s_auth_name(c->auth),
              reason);
     c->state = S2S_S_CLOSING;
@@ -352,6 +362,8 @@ void s2s_conn_close(struct s2s_conn *c, const char *reason)
         c->flags |= S2S_F_EOF;
     if (c->dir == S2S_OUT && c->route)
         s2s_out_conn_closed(c, reason);   /* may start another attempt */
+    if (c->dir == S2S_COMP)
+        s2s_comp_closed(c);
     if (c->flags & S2S_F_EOF)
         conn_free_soon(c);
     else
@@ -378,8 +390,9 @@ void s2s_conn_arm_timer(struct s2s_conn *c)
         next = c->close_deadline;
     else if (c->dir == S2S_IN && c->pairs)
         next = c->last_active + s2s.cfg.in_idle_timeout;
-    else if (c->dir == S2S_OUT && c->state == S2S_S_OPEN) {
-        ev_timer_stop(s2s.loop, &c->timer);   /* the route's timer watches it */
+    else if ((c->dir == S2S_OUT || c->dir == S2S_COMP) && c->state == S2S_S_OPEN) {
+        /* out: the route's timer watches it; a component stays connected */
+        ev_timer_stop(s2s.loop, &c->timer);
         return;
     }
     else

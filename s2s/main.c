@@ -28,7 +28,7 @@ static int main_stop(void)
     s2s_domains_stop();
     s2s_out_free_all();              /* bounces what waits, closes outgoing streams */
     for (struct s2s_conn *c = s2s.conns; c; c = c->next)
-        if (c->dir == S2S_IN)
+        if (c->dir == S2S_IN || c->dir == S2S_COMP)
             s2s_stream_error(c, "system-shutdown", "shutdown");
     s2s.stopping = 1;
     return s2s.conns != NULL;
@@ -52,6 +52,8 @@ static sb_rc main_config(struct s2s_cfg *cfg)
     cfg->tls_priority = sb_config_str("tls_priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2");
     cfg->resolver = sb_config_str("resolver", "");
     cfg->default_port = (int)sb_config_int("default_port", 5269);
+    cfg->component_port = (int)sb_config_int("component_port", 0);
+    cfg->component_listen = sb_config_str("component_listen", "127.0.0.1");
     cfg->connect_timeout = main_seconds("connect_timeout", 30);
     cfg->login_timeout = main_seconds("login_timeout", 60);
     cfg->idle_timeout = main_seconds("idle_timeout", 600);
@@ -102,6 +104,12 @@ static sb_rc main_open(void)
         return SB_ERROR;
     if (cfg->tls_port > 0 && s2s_tls_available() &&
         s2s_listen_open(cfg->listen, cfg->tls_port, 1) != SB_OK)
+        return SB_ERROR;
+    /* XEP-0114: plain TCP, so loopback or a private network only */
+    if (s2s_comp_init() != SB_OK)
+        return SB_ERROR;
+    if (cfg->component_port > 0 &&
+        s2s_listen_open(cfg->component_listen, cfg->component_port, S2S_LIS_COMPONENT) != SB_OK)
         return SB_ERROR;
     return SB_OK;
 }

@@ -117,7 +117,15 @@ static void route_outbound(const char *body, size_t len)
         xml_doc_free(d);
         return;
     }
-    if (sb_domains_find(route_to.domain)) {
+    if (s2s_comp_configured(route_to.domain)) {
+        /* XEP-0114: a component's domain is ours, never federated. */
+        size_t wlen = len;
+        const char *wire = route_wire(st, body, &wlen);
+        char bare[JID_BARE_MAX + 1];
+        jid_bare(&route_to, bare);
+        if (!wire || s2s_comp_deliver(route_to.domain, bare, wire, wlen) != SB_OK)
+            s2s_bounce(body, len, "service-unavailable", "the component is not connected");
+    } else if (sb_domains_find(route_to.domain)) {
         /* The router only sends us remote domains; a domain just added may
          * not be announced yet. Never loop it back out. */
         s2s_bounce(body, len, "service-unavailable", NULL);
@@ -141,6 +149,7 @@ static void route_admin(const struct env_hdr *h)
     struct sb_buf b = SB_BUF_INIT;
     s2s_out_status(&b);
     s2s_in_status(&b);
+    s2s_comp_status(&b);
     struct env_hdr *r = &route_hdr;
     env_init(r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
     if (route_copy(r->key, sizeof r->key, h->sender) == SB_OK &&

@@ -34,6 +34,7 @@
 #define S2S_NS_STREAM   "http://etherx.jabber.org/streams"
 #define S2S_NS_SERVER   "jabber:server"
 #define S2S_NS_DB       "jabber:server:dialback"
+#define S2S_NS_COMPONENT "jabber:component:accept"
 #define S2S_NS_DB_FEAT  "urn:xmpp:features:dialback"
 #define S2S_NS_TLS      "urn:ietf:params:xml:ns:xmpp-tls"
 #define S2S_NS_SASL     "urn:ietf:params:xml:ns:xmpp-sasl"
@@ -43,7 +44,9 @@
 
 #define S2S_DOMAIN_MAX 1023
 
-enum s2s_dir { S2S_IN = 0, S2S_OUT = 1 };
+enum s2s_dir { S2S_IN = 0, S2S_OUT = 1, S2S_COMP = 2 };   /* COMP: XEP-0114 (comp.c) */
+/* Listener kinds (s2s_listen_open). */
+enum { S2S_LIS_STARTTLS = 0, S2S_LIS_DIRECT_TLS = 1, S2S_LIS_COMPONENT = 2 };
 
 /* The life of one connection. */
 enum s2s_state {
@@ -59,7 +62,7 @@ enum s2s_state {
 };
 const char *s2s_state_name(enum s2s_state s);
 
-enum s2s_auth { S2S_AUTH_NONE = 0, S2S_AUTH_EXTERNAL, S2S_AUTH_DIALBACK };
+enum s2s_auth { S2S_AUTH_NONE = 0, S2S_AUTH_EXTERNAL, S2S_AUTH_DIALBACK, S2S_AUTH_COMPONENT };
 const char *s2s_auth_name(int a);
 
 /* Connection flags. */
@@ -108,6 +111,8 @@ struct s2s_cfg {
     int system_trust;
     const char *resolver;          /* "ip:port,…" or "" for the system's */
     int default_port;              /* A/AAAA fallback port (5269) */
+    int component_port;            /* XEP-0114 listener, 0 = none */
+    const char *component_listen;
     double connect_timeout;        /* whole attempt: DNS → authenticated */
     double login_timeout;          /* incoming: until authenticated */
     double idle_timeout;           /* outgoing idle close */
@@ -134,7 +139,8 @@ struct s2s_srv {
 extern struct s2s_srv s2s;
 
 /* ---- conn.c ---------------------------------------------------------- */
-sb_rc s2s_listen_open(const char *addr, int port, int direct_tls);
+sb_rc s2s_listen_open(const char *addr, int port, int kind);   /* S2S_LIS_* */
+const char *s2s_dir_name(int dir);
 void s2s_listen_start(void);
 void s2s_listen_stop(void);
 /* Start a non-blocking connect; the route hears back through out.c. */
@@ -247,6 +253,17 @@ struct s2s_pair *s2s_in_pair(struct s2s_conn *c, const char *remote, const char 
 sb_rc s2s_in_add_pair(struct s2s_conn *c, const char *remote, const char *local, int auth);
 void s2s_in_free_pairs(struct s2s_conn *c);
 void s2s_in_status(struct sb_buf *b);
+
+/* ---- comp.c: external components (XEP-0114) ---------------------------- */
+sb_rc s2s_comp_init(void);                   /* [component.DOMAIN] sections */
+int s2s_comp_configured(const char *domain);
+void s2s_comp_header(struct s2s_conn *c, struct xml_node *hdr);
+void s2s_comp_send_header(struct s2s_conn *c);    /* before a stream error */
+void s2s_comp_element(struct s2s_conn *c, struct xml_node *n);
+void s2s_comp_closed(struct s2s_conn *c);
+/* To a connection of that component held here: SB_OK, or SB_DONE (none). */
+sb_rc s2s_comp_deliver(const char *domain, const char *to_bare, const char *body, size_t len);
+void s2s_comp_status(struct sb_buf *b);
 
 /* ---- dialback.c ------------------------------------------------------- */
 /* XEP-0185: hex HMAC-SHA256(SHA256(secret), receiving ' ' originating ' ' id). */

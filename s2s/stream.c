@@ -108,13 +108,15 @@ void s2s_stream_error(struct s2s_conn *c, const char *cond, const char *why)
     if (c->state == S2S_S_CLOSING)
         return;
     log_info("stream_error", "peer=%s dir=%s remote=%s cond=%s detail=%s", c->peer,
-             c->dir == S2S_OUT ? "out" : "in", c->remote ? c->remote : "-", cond,
+             s2s_dir_name(c->dir), c->remote ? c->remote : "-", cond,
              why ? why : "-");
     if (c->state == S2S_S_TLS_HANDSHAKE || c->state == S2S_S_CONNECTING) {
         s2s_conn_close(c, cond);
         return;
     }
-    if (!(c->flags & S2S_F_HDR_SENT)) {
+    if (!(c->flags & S2S_F_HDR_SENT) && c->dir == S2S_COMP) {
+        s2s_comp_send_header(c);
+    } else if (!(c->flags & S2S_F_HDR_SENT)) {
         if (!*c->sid)
             sb_random_id(c->sid, 20);
         s2s_stream_send_header(c);
@@ -148,6 +150,10 @@ static void stream_on_open(void *ud, struct xml_node *hdr)
     struct s2s_conn *c = ud;
     if (c->state == S2S_S_CLOSING)
         return;
+    if (c->dir == S2S_COMP) {                 /* its own namespace and checks */
+        s2s_comp_header(c, hdr);
+        return;
+    }
     const char *cond = stream_check_header(hdr);
     if (cond) {
         s2s_stream_error(c, cond, "bad-header");
@@ -192,6 +198,8 @@ static void stream_on_stanza(void *ud, struct xml_node *n)
     }
     if (c->dir == S2S_OUT)
         s2s_out_element(c, n);
+    else if (c->dir == S2S_COMP)
+        s2s_comp_element(c, n);
     else
         s2s_in_element(c, n);
 }

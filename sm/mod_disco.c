@@ -1,13 +1,16 @@
 /* mod_disco.c — XEP-0030 service discovery on a server domain: who we are
  * (server/im) and which features the loaded modules implement — the union
  * of every module's `features` list, so a feature is advertised exactly
- * when its module is in sm/modules.c. Items are empty until components
- * (MUC, upload…) exist. Disco of an account (bare JID) is mod_account's. */
+ * when its module is in sm/modules.c. Items: the external components
+ * (XEP-0114, `[component.NAME]` sections) that are subdomains of the
+ * domain asked. Disco of an account (bare JID) is mod_account's. */
 #include "sm.h"
+#include "config.h"
 #include "version.h"
 #include "log.h"
 
 #include <string.h>
+#include <strings.h>
 
 #define NS_DISCO_INFO "http://jabber.org/protocol/disco#info"
 #define NS_DISCO_ITEMS "http://jabber.org/protocol/disco#items"
@@ -43,6 +46,41 @@ static sb_rc disco_fill_info(struct xml_doc *d, struct xml_node *q)
     return SB_OK;
 }
 
+struct disco_items {
+    struct xml_doc *d;
+    struct xml_node *q;
+    const char *domain;
+    sb_rc rc;
+};
+
+/* One [component.NAME] section (found by its secret or secret_file key;
+ * a section with both is listed once, by the first). */
+static void disco_item_one(const char *section, const char *value, void *ud)
+{
+    struct disco_items *it = ud;
+    if (strncmp(section, "component.", 10) != 0 || it->rc != SB_OK)
+        return;
+    const char *name = section + 10;
+    size_t n = strlen(name), dl = strlen(it->domain);
+    if (n <= dl + 1 || name[n - dl - 1] != '.' || strcasecmp(name + n - dl, it->domain) != 0)
+        return;
+    for (struct xml_node *c = it->q->children; c; c = c->next)
+        if (c->name && !strcmp(c->name, "item") && xml_attr(c, "jid") &&
+            !strcasecmp(xml_attr(c, "jid"), name))
+            return;
+    struct xml_node *item = xml_add_child(it->d, it->q, "item");
+    if (!item || xml_set_attr(it->d, item, "jid", name) != SB_OK)
+        it->rc = SB_ERROR;
+}
+
+static sb_rc disco_fill_items(struct xml_doc *d, struct xml_node *q, const char *domain)
+{
+    struct disco_items it = {d, q, domain, SB_OK};
+    sb_config_each_key("secret", disco_item_one, &it);
+    sb_config_each_key("secret_file", disco_item_one, &it);
+    return it.rc;
+}
+
 static sb_rc disco_iq(struct sm_job *j, const char *ns)
 {
     int info = !strcmp(ns, NS_DISCO_INFO);
@@ -62,6 +100,8 @@ static sb_rc disco_iq(struct sm_job *j, const char *ns)
     sb_rc rc = q ? xml_set_attr(d, q, "xmlns", ns) : SB_ERROR;
     if (rc == SB_OK && info)
         rc = disco_fill_info(d, q);
+    else if (rc == SB_OK)
+        rc = disco_fill_items(d, q, j->to);
     if (rc == SB_OK)
         rc = sm_send_node(j->core, d->root);
     xml_doc_free(d);

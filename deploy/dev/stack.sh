@@ -40,6 +40,7 @@ DOMAIN=${SB_STACK_DOMAIN:-localhost}
 EXTRA_DOMAINS=${SB_STACK_EXTRA_DOMAINS:-}
 DEMO_USERS=(alice bob support)
 ANON_DOMAIN=anon.$DOMAIN      # SASL ANONYMOUS visitors (web chat support)
+COMP_DOMAIN=gw.$DOMAIN        # an external component (XEP-0114) it accepts
 TLS_DOMAIN=""                 # test profile: a domain with a certificate of its own
 
 say() { printf '%s\n' "$*"; }
@@ -52,7 +53,7 @@ profile_set() {
     run)  VAR="$ROOT/var";      PG_PORT=15432; REDIS_PORT=16379; ROUTER_PORT=15555
           C2S1_PORT=5222;  C2S1_TLS=5223;  C2S2_PORT=5242;  C2S2_TLS=5243
           BOSH_PORT=5280;  BOSH_TLS=5281
-          S2S_LISTEN=127.0.0.1; S2S_PORT=5269; S2S_TLS=5270; DNS_PORT=""
+          S2S_LISTEN=127.0.0.1; S2S_PORT=5269; S2S_TLS=5270; DNS_PORT=""; COMP_PORT=5347
           METRICS_BASE=15990 ;;
     test|test[2-9])
           # SB_TEST_PORT_OFFSET shifts every test port (parallel checkouts);
@@ -68,7 +69,7 @@ profile_set() {
           VAR="$ROOT/var/$PROFILE"; PG_PORT=$((25432+o)); REDIS_PORT=$((26379+o)); ROUTER_PORT=$((25555+o))
           C2S1_PORT=$((25222+o)); C2S1_TLS=$((25223+o)); C2S2_PORT=$((25242+o)); C2S2_TLS=$((25243+o))
           BOSH_PORT=$((25280+o)); BOSH_TLS=$((25281+o)); S2S_PORT=$((25269+o)); S2S_TLS=$((25270+o))
-          METRICS_BASE=$((25990+o)) ;;
+          COMP_PORT=$((25347+o)); METRICS_BASE=$((25990+o)) ;;
     bench) # `make bench` (tests/bench/bench.py): same layout, its own ports;
           # SB_BENCH_PORT_OFFSET shifts them.
           local o=${SB_BENCH_PORT_OFFSET:-0}
@@ -76,7 +77,7 @@ profile_set() {
           C2S1_PORT=$((6222+o)); C2S1_TLS=$((6223+o)); C2S2_PORT=$((6242+o)); C2S2_TLS=$((6243+o))
           BOSH_PORT=$((6280+o)); BOSH_TLS=$((6281+o))
           S2S_LISTEN=127.0.0.1; S2S_PORT=$((6269+o)); S2S_TLS=$((6270+o)); DNS_PORT=""
-          METRICS_BASE=$((17990+o)) ;;
+          COMP_PORT=$((6347+o)); METRICS_BASE=$((17990+o)) ;;
     *) die "unknown profile '$PROFILE' (run, test, test2…test9 or bench)" ;;
     esac
     INI="$VAR/switchboard.ini"
@@ -91,7 +92,7 @@ profile_set() {
 # Every process of a profile serves /metrics on a loopback port of its
 # own: METRICS_BASE + its place below. The bases sit at column 90 of a
 # hundred, which no other port of any profile uses (their ports are at
-# 22, 23, 32, 42, 43, 53, 55, 56, 69, 70, 79, 80, 81 of theirs), so the
+# 22, 23, 32, 42, 43, 47, 53, 55, 56, 69, 70, 79, 80, 81 of theirs), so the
 # testN stacks (+100·N) never meet them. Names not listed (spares that
 # tests start) get no `metrics` key.
 metrics_port() {
@@ -150,6 +151,9 @@ SB_BOSH_TLS_PORT=$BOSH_TLS
 SB_S2S1_LISTEN=$S2S_LISTEN
 SB_S2S1_PORT=$S2S_PORT
 SB_S2S1_TLS_PORT=$S2S_TLS
+SB_S2S1_COMPONENT_PORT=$COMP_PORT
+SB_COMPONENT_DOMAIN=$COMP_DOMAIN
+SB_COMPONENT_SECRET_FILE=$VAR/component-secret
 SB_DNS_PORT=$DNS_PORT
 SB_ANON_DOMAIN=$ANON_DOMAIN
 SB_TLS_DOMAIN=$TLS_DOMAIN
@@ -486,6 +490,8 @@ write_ini() {
         (umask 077; random_password > "$VAR/dialback-secret"; random_password >> "$VAR/dialback-secret")
     fi
     dbsecret=$(tr -d '\n' < "$VAR/dialback-secret")
+    # An external component (XEP-0114) the stack accepts: gw.DOMAIN
+    [ -s "$VAR/component-secret" ] || (umask 077; random_password > "$VAR/component-secret")
     awk -v sets="$(cat <<EOF
 cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
@@ -518,6 +524,8 @@ s2s	tls_port	$S2S_TLS
 s2s	cert	$TLS/cert.pem
 s2s	key	$TLS/key.pem
 s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
+s2s.s2s1	component_port	$COMP_PORT
+component.$COMP_DOMAIN	secret_file	$VAR/component-secret
 $(test_sets)
 $(metrics_sets)
 $(ini_profile_extra)
@@ -756,7 +764,7 @@ cmd_run() {
     say "Switchboard is running (profile $PROFILE). Logs: $LOG/"
     say "  c2s1: 127.0.0.1:$C2S1_PORT (STARTTLS), 127.0.0.1:$C2S1_TLS (direct TLS)"
     say "  c2s2: 127.0.0.1:$C2S2_PORT (STARTTLS), 127.0.0.1:$C2S2_TLS (direct TLS)"
-    say "  s2s1: $S2S_LISTEN:$S2S_PORT (STARTTLS), $S2S_LISTEN:$S2S_TLS (direct TLS)"
+    say "  s2s1: $S2S_LISTEN:$S2S_PORT (STARTTLS), $S2S_LISTEN:$S2S_TLS (direct TLS), components (XEP-0114) on 127.0.0.1:$COMP_PORT ($COMP_DOMAIN, secret in $VAR/component-secret)"
     say "  bosh1: http://127.0.0.1:$BOSH_PORT/http-bind (BOSH), ws://127.0.0.1:$BOSH_PORT/xmpp-websocket,"
     say "         https://127.0.0.1:$BOSH_TLS/... (same paths), pre-bind POST /http-pre-bind"
     say "         (secret in $PREBIND_SECRET_FILE); anonymous domain: $ANON_DOMAIN"

@@ -156,6 +156,30 @@ static void test_router_routes_jid_to_sm_s2s_or_bounce(void **st)
     rt_reg_free(&r);
 }
 
+/* XEP-0114: a component's domain goes to an s2s that announces it, even
+ * from s2s (component to component), never to one that does not. */
+static void test_router_routes_a_component_domain_to_the_s2s_holding_it(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    const char *reason = NULL;
+    hello(&r, "sm1", "kind=sm pid=1 domains=localhost", 0);
+    hello(&r, "s2s1", "kind=s2s pid=2", 0);
+    hello(&r, "s2s2", "kind=s2s pid=3 domains=gw.localhost", 0);
+    for (int i = 0; i < 20; i++) {
+        char key[32];
+        int n = snprintf(key, sizeof key, "u%d@gw.localhost", i);
+        const struct rt_inst *d = rt_route_jid(&r, key, (size_t)n, i % 2, &reason);
+        assert_non_null(d);
+        assert_string_equal(d->name, "s2s2");
+    }
+    const struct rt_inst *d = rt_route_jid(&r, "gw.localhost", 12, 1, &reason);
+    assert_non_null(d);
+    assert_string_equal(d->name, "s2s2");
+    assert_null(rt_route_jid(&r, "x@other.localhost", 17, 1, &reason));
+    rt_reg_free(&r);
+}
+
 static void test_router_key_domain_handles_bare_domain_and_full_jid(void **st)
 {
     const char *d;
@@ -221,6 +245,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_router_score_is_fnv1a64_of_instance_newline_key),
+        cmocka_unit_test(test_router_routes_a_component_domain_to_the_s2s_holding_it),
         cmocka_unit_test(test_router_direct_endpoint_announced_unless_loopback_of_another_host),
         cmocka_unit_test(test_router_removing_one_sm_moves_only_its_keys),
         cmocka_unit_test(test_router_spreads_3000_keys_evenly_over_3_sms),
