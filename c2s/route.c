@@ -173,7 +173,12 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
          * user's sm sees our messages first (sent copies) and forwards
          * them (op outbound); a message to the own account goes there
          * anyway. */
-        if ((c->flags & C2S_F_VIA_SM) && strcmp(st->name, "message") == 0 &&
+        /* XEP-0313: a message with a body to a domain this cluster does
+         * not serve (federation, a component) passes the sender's sm too,
+         * the only one that can archive the sender's copy. */
+        if (strcmp(st->name, "message") == 0 &&
+            ((c->flags & C2S_F_VIA_SM) ||
+             (!sb_domains_has(route_jid.domain) && xml_child(st, "body", NULL))) &&
             jid_bare_of(c->jid, route_own, sizeof route_own) >= 0 && strcmp(route_own, key))
             op = "outbound", key = route_own;
     } else {

@@ -36,7 +36,7 @@
 #include <string.h>
 #include <time.h>
 
-extern const struct sm_module sm_mod_mam;
+extern const struct sm_module sm_mod_mam, sm_mod_mam_out;
 
 #define NS_HINTS "urn:xmpp:hints"
 #define MAM_SID_LEN 16
@@ -363,9 +363,9 @@ static double wall_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Does the recipient (j->user) archive a message from `from_bare`? -1:
- * waiting for the roster (the job was kept). */
-static int mam_recipient_wants(struct sm_job *j, const char *from_bare)
+/* Does the owner (j->user) archive a message with `from_bare`? -1:
+ * waiting for the roster (the job was kept, re-offered to module m). */
+static int mam_owner_wants(struct sm_job *j, const char *from_bare, const struct sm_module *m)
 {
     struct sm_acct *a = j->user->acct;
     if (!a || !a->exists)
@@ -373,7 +373,7 @@ static int mam_recipient_wants(struct sm_job *j, const char *from_bare)
     int w = sm_mam_wanted(&a->mam, mam_cfg()->dflt, from_bare, -1);
     if (w >= 0)
         return w;
-    sb_rc rc = sm_im_ready(j, &sm_mod_mam);
+    sb_rc rc = sm_im_ready(j, m);
     if (rc == SB_AGAIN)
         return -1;
     struct sm_im_item *it = rc == SB_OK ? sm_im_find(j->user->im, from_bare) : NULL;
@@ -399,7 +399,7 @@ static sb_rc mam_message(struct sm_job *j)
     int sender_local = !self && sm_acct_split(from_bare, node, sizeof node, &fdom) == SB_OK &&
                        sm_is_local_domain(c, fdom);
     int archivable = mam_archivable(j);
-    int want = archivable ? mam_recipient_wants(j, from_bare) : 0;
+    int want = archivable ? mam_owner_wants(j, from_bare, &sm_mod_mam) : 0;
     if (want < 0)
         return SB_AGAIN;                /* re-offered once the roster is loaded */
     int stripped = mam_strip_forged(j->st, j->user->bare, sender_local ? from_bare : NULL);
@@ -442,6 +442,33 @@ static sb_rc mam_message(struct sm_job *j)
     sb_buf_free(&orig);
     sb_buf_free(&out);
     sb_buf_free(&body);
+    return SB_DECLINED;
+}
+
+/* op=outbound (c2s/route.c): the user's own message to a domain no sm
+ * serves (a remote server, a component), seen by no sm but this, the
+ * sender's: its row here, then declined so that mod_carbons forwards it.
+ * To a local user the recipient's sm writes both rows (mam_message). */
+static sb_rc mam_outbound(struct sm_job *j)
+{
+    char to_bare[ENV_STR_MAX + 1];
+    if (!j->user || strcmp(j->op, "outbound") || !mam_cfg()->enabled || !st.core || !j->to ||
+        jid_bare_of(j->to, to_bare, sizeof to_bare) < 0 || !mam_archivable(j))
+        return SB_DECLINED;
+    const char *at = strchr(to_bare, '@');
+    if (sm_is_local_domain(j->core, at ? at + 1 : to_bare))
+        return SB_DECLINED;
+    int want = mam_owner_wants(j, to_bare, &sm_mod_mam_out);
+    if (want < 0)
+        return SB_AGAIN;
+    if (want && mam_room(1)) {
+        struct sb_buf body = SB_BUF_INIT;
+        char sid[MAM_SID_LEN + 1];
+        xml_text(xml_child(j->st, "body", NULL), &body);
+        sb_random_id(sid, MAM_SID_LEN);
+        mam_row_add(j->user->bare, sid, j->to, 1, wall_now(), j->body, j->body_len, &body, 1);
+        sb_buf_free(&body);
+    }
     return SB_DECLINED;
 }
 
@@ -975,6 +1002,11 @@ static sb_rc mam_iq(struct sm_job *j, const char *ns)
     sm_reply_error(j, "modify", "bad-request");
     return SB_OK;
 }
+
+const struct sm_module sm_mod_mam_out = {
+    .name = "mam-out",
+    .handle_message = mam_outbound,
+};
 
 const struct sm_module sm_mod_mam = {
     .name = "mam",

@@ -9,11 +9,14 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
 extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push, sm_mod_carbons,
-    sm_mod_csi, sm_mod_mam;
+    sm_mod_csi, sm_mod_mam, sm_mod_mam_out;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
                                broken stream is detached, not ended */
+    &sm_mod_mam_out,        /* XEP-0313: the sender's row of a message to a domain
+                               no sm serves (op outbound); before mod_carbons,
+                               which forwards it */
     &sm_mod_carbons,        /* XEP-0280: outbound messages of carbons users (sent
                                copies, then on to the recipient), the iq; after
                                mod_sm (a detached session keeps its carbons) */

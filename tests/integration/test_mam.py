@@ -151,6 +151,29 @@ def test_messages_archived_both_ways_with_stanza_id_and_forgery_stripped(stack, 
     run(go(), timeout=60)
 
 
+def test_a_message_to_a_domain_no_sm_serves_is_in_the_senders_archive(stack, new_user):
+    """No sm sees a message to a remote domain or a component on its way
+    out, so the front-end passes it through the sender's sm, which keeps
+    the sender's copy (the component, gw.DOMAIN, need not be connected)."""
+    comp = stack.env["SB_COMPONENT_DOMAIN"]
+
+    async def go():
+        (a,) = await online(stack, new_user("mamx"))
+        try:
+            a.send(chat("bot@" + comp, "to a component"))
+            a.send(chat("someone@remote.invalid", "to a remote server"))
+            res, ans = await until_archived(a, 2)
+            assert sorted(bodies(res)) == ["to a component", "to a remote server"], bodies(res)
+            tos = sorted(m.get("to") for _, m, _ in res)
+            assert tos == sorted(["bot@" + comp, "someone@remote.invalid"]), tos
+            assert all(m.get("from", "").startswith(a.bare + "/") for _, m, _ in res)
+            res, _ = await mam(a, form(**{"with": "bot@" + comp}))
+            assert bodies(res) == ["to a component"]
+        finally:
+            await close_all(a)
+    run(go(), timeout=60)
+
+
 def test_offline_message_archived_and_flushed_with_same_stanza_id(stack, new_user):
     async def go():
         (a,) = await online(stack, new_user("mamo"))
