@@ -87,11 +87,13 @@ struct mam_batch {
     long n;
 };
 
+#define MAM_SLOW_S 5.0       /* a batch unanswered this long is logged */
+
 static struct mam_store {
     struct sm_core *core;
     struct mam_batch cur, fly;          /* filling; being written (or retried) */
-    unsigned flying : 1, failing : 1, full : 1;
-    ev_timer flush, retry, purge;
+    unsigned flying : 1, failing : 1, full : 1, slow : 1;
+    ev_timer flush, retry, purge, watch;
     double backoff;
     long dropped;
 } st;
@@ -141,7 +143,22 @@ static void mam_send(void)
         sb_buf_adds(&st.fly.col[i], "}");
     st.flying = 1;
     ev_timer_stop(st.core->loop, &st.flush);
+    ev_timer_stop(st.core->loop, &st.watch);
+    ev_timer_set(&st.watch, MAM_SLOW_S, 0.);
+    ev_timer_start(st.core->loop, &st.watch);
     mam_query_fly();
+}
+
+/* A batch still unanswered after MAM_SLOW_S (PostgreSQL away: its queries
+ * wait for the connection up to their deadline before they fail): say how
+ * many rows wait, once, before the failure line would. */
+static void mam_on_watch(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    if (st.flying && !st.failing && !st.slow) {
+        st.slow = 1;
+        log_warn("mam_store_waiting", "waiting=%ld in_flight_s=%.0f", st.fly.n + st.cur.n,
+                 MAM_SLOW_S);
+    }
 }
 
 static void mam_failed(const char *why)
@@ -165,10 +182,12 @@ static void mam_on_stored(PGresult *res, void *arg)
         mam_failed(res ? PQresultErrorMessage(res) : "no connection");
         return;
     }
-    if (st.failing || st.full)
+    if (st.core)
+        ev_timer_stop(st.core->loop, &st.watch);
+    if (st.failing || st.full || st.slow)
         log_info("mam_store_recovered", "rows=%ld waiting=%ld dropped=%ld", st.fly.n, st.cur.n,
                  st.dropped);
-    st.failing = st.full = 0;
+    st.failing = st.full = st.slow = 0;
     st.backoff = 0;
     st.dropped = 0;
     st.flying = 0;
@@ -305,6 +324,7 @@ static void mam_start(struct sm_core *c)
     st.core = c;
     ev_timer_init(&st.flush, mam_on_flush, 0., k->flush_s);
     ev_timer_init(&st.retry, mam_on_retry, 1., 0.);
+    ev_timer_init(&st.watch, mam_on_watch, MAM_SLOW_S, 0.);
     ev_timer_init(&st.purge, mam_on_purge, 5., k->purge_every);
     if (k->retention_days > 0)
         ev_timer_start(c->loop, &st.purge);
@@ -319,6 +339,7 @@ static void mam_stop(struct sm_core *c)
     ev_timer_stop(c->loop, &st.flush);
     ev_timer_stop(c->loop, &st.retry);
     ev_timer_stop(c->loop, &st.purge);
+    ev_timer_stop(c->loop, &st.watch);
     batch_free(&st.cur);
     batch_free(&st.fly);
     st = (struct mam_store){0};

@@ -18,8 +18,10 @@ import time
 
 import pytest
 
-from xmpptest import (redis_cli, LoginFailed, RawStream, close, describe, login, next_message, run,
-                      NS_CLIENT, NS_STANZAS)
+from test_iq import Client
+from test_mam import bodies, until_archived
+from xmpptest import (Log, redis_cli, LoginFailed, RawStream, close, describe, login, next_message,
+                      run, wait_until, NS_CLIENT, NS_STANZAS)
 
 RECOVERY = 30       # seconds a process may take to notice the store is back
 
@@ -94,6 +96,7 @@ def test_postgres_down_then_back(stack, new_user, pg_outage):
             await chat(a, b, b_jid, "before the outage")
             await chat(b, a, a_jid, "and back")
 
+            logs = [Log(stack, n) for n in ("sm1", "sm2")]
             stop_pg()
             # A login: SASL temporary-auth-failure, quickly.
             t0 = time.monotonic()
@@ -106,6 +109,13 @@ def test_postgres_down_then_back(stack, new_user, pg_outage):
             for i in range(3):
                 await chat(a, b, b_jid, "during the outage %d" % i)
                 await chat(b, a, a_jid, "reply %d" % i)
+            # The archive writes wait and are retried; one line says how many.
+            def waiting():
+                return [x for l in logs for x in l.lines("event=mam_store_waiting") +
+                        l.lines("event=mam_store_failed")]
+            await asyncio.to_thread(wait_until, waiting, 20, "mam_store_waiting")
+            line = waiting()[0]
+            assert "waiting=" in line, line
             # A message for an offline account: the sm holds the insert while
             # PostgreSQL is away (up to 30 s, then internal-server-error); it
             # is stored when the database returns or refused with an error,
@@ -129,6 +139,16 @@ def test_postgres_down_then_back(stack, new_user, pg_outage):
             if refused is None:
                 await next_message(c, timeout=10, body="to be stored")
             await next_message(c, timeout=10, body="after the outage")
+            # Nothing said during the outage is missing from the archive.
+            raw = await Client.login(stack, (b_jid, b_pw))
+            try:
+                res, _ = await until_archived(raw, 9, timeout=RECOVERY)
+                said = set(bodies(res))
+                want = {"during the outage %d" % i for i in range(3)} | {
+                    "reply %d" % i for i in range(3)}
+                assert want <= said, sorted(said)
+            finally:
+                await raw.close()
         finally:
             for x in (a, b, c, d):
                 await close(x)
