@@ -1,6 +1,9 @@
-/* scan.c — small parsers that need no XML tree: reading one attribute of a
- * stanza the router handed us (to answer a stale sid without parsing the
- * whole body) and recognising loopback listen addresses. */
+/* scan.c — small pure helpers of the session core, without sockets or
+ * the loop (so unit tests and tests/fuzz call them directly): reading one
+ * attribute of a stanza the router handed us (to answer a stale sid
+ * without parsing the whole body), recognising loopback listen addresses,
+ * the name checks of a client stream header, and writing a stanza stamped
+ * with the sender's JID for the router. */
 #include "c2s.h"
 
 #include <string.h>
@@ -98,4 +101,55 @@ int c2s_is_loopback(const char *addr)
     if (inet_pton(AF_INET6, addr, &a6) == 1)
         return IN6_IS_ADDR_LOOPBACK(&a6);
     return 0;
+}
+
+/* ---- stream header and stamping ------------------------------------------ */
+
+#define SCAN_NS_STREAM "http://etherx.jabber.org/streams"
+#define SCAN_NS_CLIENT "jabber:client"
+
+const char *c2s_stream_check_names(const struct xml_node *hdr)
+{
+    const char *v;
+    if (strcmp(hdr->name, "stream:stream") != 0)
+        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
+    v = xml_attr(hdr, "xmlns:stream");
+    if (!v || strcmp(v, SCAN_NS_STREAM) != 0)
+        return "invalid-namespace";
+    v = xml_attr(hdr, "xmlns");
+    if (!v || strcmp(v, SCAN_NS_CLIENT) != 0)
+        return "invalid-namespace";
+    return NULL;
+}
+
+sb_rc c2s_stanza_stamp(const struct xml_node *st, const char *from, const char *to,
+                       struct sb_buf *b)
+{
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<");
+    sb_buf_adds(b, st->name);
+    for (int i = 0; i < st->nattrs; i++) {
+        const struct xml_attr *a = &st->attrs[i];
+        if (strcmp(a->name, "from") == 0 || strcmp(a->name, "to") == 0)
+            continue;
+        sb_buf_printf(b, " %s='", a->name);
+        xml_escape_attr(b, a->value, strlen(a->value));
+        sb_buf_adds(b, "'");
+    }
+    sb_buf_adds(b, " from='");
+    xml_escape_attr(b, from, strlen(from));
+    sb_buf_adds(b, "'");
+    if (to) {
+        sb_buf_adds(b, " to='");
+        xml_escape_attr(b, to, strlen(to));
+        sb_buf_adds(b, "'");
+    }
+    if (!st->children)
+        return sb_buf_adds(b, "/>");
+    sb_buf_adds(b, ">");
+    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
+        if (xml_serialize(ch, b) != SB_OK)
+            return SB_ERROR;
+    sb_buf_printf(b, "</%s>", st->name);
+    return b->data ? SB_OK : SB_ERROR;
 }
