@@ -71,7 +71,7 @@ $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
 # when they change.
 $(BUILD)/tests/%: tests/unit/%.c $(LIBS_OWN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< $(LIBS_OWN) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< $(LIBS_OWN) $(LDLIBS) $(WEB_LIBS) -lcmocka
 
 # Unit tests, plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
 unit: $(UNITS)

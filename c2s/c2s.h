@@ -331,6 +331,9 @@ int c2s_anon_may_reach(const char *anon_domain, const char *target);
 /* Value of attribute `name` in the first start tag of an XML fragment,
  * entities decoded, into out (cap bytes). Length, or -1 if absent/bad. */
 long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap);
+/* 1 when the first start tag has attribute `name`, whatever its value
+ * (c2s_scan_attr also says -1 for a value it cannot decode or fit). */
+int c2s_scan_has_attr(const char *xml, size_t len, const char *name);
 /* 1 if the address is a loopback one ("127.x", "::1", "localhost"). */
 int c2s_is_loopback(const char *addr);
 /* The stream error condition for a client stream header whose name or

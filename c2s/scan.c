@@ -48,7 +48,10 @@ static long scan_decode(const char *v, size_t n, char *out, size_t cap)
     return (long)o;
 }
 
-long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap)
+/* Where the value of attribute `name` of the first start tag is: 0 and
+ * the start and length of the value set, -1 when absent or not a tag. */
+static int scan_find(const char *xml, size_t len, const char *name, size_t *vs_out,
+                     size_t *vn_out)
 {
     size_t i = 0, nlen = strlen(name);
     while (i < len && scan_is_space(xml[i]))
@@ -82,10 +85,27 @@ long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, siz
             i++;
         if (i >= len)
             return -1;
-        if (alen == nlen && memcmp(xml + an, name, nlen) == 0)
-            return scan_decode(xml + vs, i - vs, out, cap);
+        if (alen == nlen && memcmp(xml + an, name, nlen) == 0) {
+            *vs_out = vs;
+            *vn_out = i - vs;
+            return 0;
+        }
         i++;
     }
+}
+
+long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap)
+{
+    size_t vs, vn;
+    if (scan_find(xml, len, name, &vs, &vn) != 0)
+        return -1;
+    return scan_decode(xml + vs, vn, out, cap);
+}
+
+int c2s_scan_has_attr(const char *xml, size_t len, const char *name)
+{
+    size_t vs, vn;
+    return scan_find(xml, len, name, &vs, &vn) == 0;
 }
 
 int c2s_is_loopback(const char *addr)

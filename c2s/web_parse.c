@@ -298,8 +298,10 @@ sb_rc web_add_element(struct sb_buf *b, const char *data, size_t len)
             if (len > n + 1 && strncmp(data + 1, names[i], n) == 0 &&
                 (after == ' ' || after == '>' || after == '/' || after == '\t' ||
                  after == '\n' || after == '\r')) {
-                char ns[512];
-                if (c2s_scan_attr(data, len, "xmlns", ns, sizeof ns) >= 0)
+                /* Any xmlns at all, even one the scanner cannot decode
+                 * (&#10;) or that is long: a second one would make the
+                 * element not well-formed (found by tests/fuzz). */
+                if (c2s_scan_has_attr(data, len, "xmlns"))
                     break;               /* the stanza names its namespace */
                 if (sb_buf_add(b, data, n + 1) != SB_OK ||
                     sb_buf_adds(b, " xmlns='jabber:client'") != SB_OK)
