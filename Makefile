@@ -41,7 +41,7 @@ LIBS_OWN  := $(LIBAUTH) $(LIBCOMMON)
 PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sb-s2s $(BIN)/sbctl
 UNITS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all run stop test unit unit-san integration bench clean status
+.PHONY: all run stop test unit unit-san integration bench clean status fuzz fuzz-build fuzz-regress
 all: $(PROGS)
 
 $(BUILD)/%.o: %.c
@@ -71,7 +71,7 @@ $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
 # when they change.
 $(BUILD)/tests/%: tests/unit/%.c $(LIBS_OWN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< $(LIBS_OWN) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< $(LIBS_OWN) $(LDLIBS) $(WEB_LIBS) -lcmocka
 
 # Unit tests, plain and under AddressSanitizer + UndefinedBehaviorSanitizer.
 unit: $(UNITS)
@@ -80,6 +80,37 @@ unit: $(UNITS)
 unit-san:
 	$(MAKE) BUILD=build/san BIN=build/san/bin \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" unit
+
+# Fuzz targets (tests/fuzz/, libFuzzer): every library object and the pure
+# parts of c2s/s2s rebuilt with clang under ASan + UBSan into build/fuzz.
+# `make fuzz` runs each target FUZZ_TIME seconds (FUZZ_TARGETS picks some);
+# `make fuzz-regress` (part of `make test`) runs each over its corpus and a
+# few seconds more. Both under nice -n 19: the machines are shared.
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 60
+FUZZ_REGRESS_TIME ?= 3
+FUZZ_CFLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=undefined
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_EXTRA := $(call obj,c2s/scan.c c2s/web_parse.c s2s/pure.c)
+FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_EXTRA) $(LIBS_OWN)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -MMD -MP -MF $@.d -o $@ $< $(FUZZ_EXTRA) $(LIBS_OWN) \
+	  $(LDLIBS) $(WEB_LIBS)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory BUILD=build/fuzz BIN=build/fuzz/bin CC=$(FUZZ_CC) \
+	  CFLAGS="$(FUZZ_CFLAGS)" $(patsubst tests/fuzz/%.c,build/fuzz/fuzz/%,$(FUZZ_SRC))
+
+fuzz: fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZ_TARGETS)
+
+fuzz-regress: fuzz-build
+	@tests/fuzz/run.sh --regress $(FUZZ_REGRESS_TIME) $(FUZZ_NAMES)
 
 # The package check runs before the build so a fresh machine gets the exact
 # apt-get line instead of a compiler error.
@@ -92,12 +123,12 @@ stop:
 status:
 	@deploy/dev/stack.sh status
 
-# make test: unit tests (plain + sanitizers), then the integration suite
+# make test: unit tests (plain + sanitizers), the fuzz corpora, then the integration suite
 # against a private stack on its own ports (so it can run beside `make run`).
 test:
 	@deploy/dev/stack.sh deps
 	@tests/browser/setup.sh
-	@$(MAKE) --no-print-directory all unit unit-san $(BUILD)/bench/sbbench
+	@$(MAKE) --no-print-directory all unit unit-san fuzz-regress $(BUILD)/bench/sbbench
 	@deploy/dev/stack.sh test
 
 # make bench: the load generator (tests/bench/, needs only libev, GnuTLS,

@@ -111,12 +111,20 @@ sb_rc auth_b64_decode(const char *in, size_t len, uint8_t *out, size_t cap, size
     struct base64_decode_ctx ctx;
     size_t n = 0;
 
-    /* strict: whole groups of four, no whitespace (RFC 6120 §6.4.2) */
+    /* strict: whole groups of four, only the alphabet, '=' only as the
+     * final padding (RFC 6120 §6.4.2, RFC 4648 §3.3). Nettle itself skips
+     * any white space, \f and \v included, so it cannot be left to check. */
     if (len % 4 != 0)
         return SB_ERROR;
-    for (size_t i = 0; i < len; i++)
-        if (in[i] == ' ' || in[i] == '\t' || in[i] == '\r' || in[i] == '\n')
+    size_t pad = 0;
+    while (pad < 2 && pad < len && in[len - 1 - pad] == '=')
+        pad++;
+    for (size_t i = 0; i < len - pad; i++) {
+        char ch = in[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '+' || ch == '/'))
             return SB_ERROR;
+    }
     if (BASE64_DECODE_LENGTH(len) > cap) {
         /* the exact size may still fit; decode into a scratch buffer */
         uint8_t *tmp = malloc(BASE64_DECODE_LENGTH(len) + 1);

@@ -17,7 +17,7 @@
  *   keepalive.c  server pings and idle limits for bound sessions
  *   rate.c    inbound byte shaper and stanza rate per session
  *   domains.c the served domains, loaded from PostgreSQL
- *   scan.c    tiny parsers that need no XML tree (unit-tested)
+ *   scan.c    small pure helpers: attribute scan, header names, stamping
  *   sm.c      XEP-0198 stream management (the queue lives in the sm)
  *   csi.c     XEP-0352 client state (the holding lives in the sm)
  * See c2s/README.md for the connection lifecycle. */
@@ -343,7 +343,17 @@ int c2s_anon_may_reach(const char *anon_domain, const char *target);
 /* Value of attribute `name` in the first start tag of an XML fragment,
  * entities decoded, into out (cap bytes). Length, or -1 if absent/bad. */
 long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap);
+/* 1 when the first start tag has attribute `name`, whatever its value
+ * (c2s_scan_attr also says -1 for a value it cannot decode or fit). */
+int c2s_scan_has_attr(const char *xml, size_t len, const char *name);
 /* 1 if the address is a loopback one ("127.x", "::1", "localhost"). */
 int c2s_is_loopback(const char *addr);
+/* The stream error condition for a client stream header whose name or
+ * namespaces are wrong (RFC 6120 §4.8), NULL when they are right. */
+const char *c2s_stream_check_names(const struct xml_node *hdr);
+/* st written for the router: `from` = the sender's JID, `to` = the
+ * prepared address (or none), every other attribute and child as sent. */
+sb_rc c2s_stanza_stamp(const struct xml_node *st, const char *from, const char *to,
+                       struct sb_buf *b);
 
 #endif

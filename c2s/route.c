@@ -105,39 +105,6 @@ static int route_may_answer(const char *name, const char *type)
     return 1;
 }
 
-/* The stanza with from = sender, to = prepared (or absent), rest as sent. */
-static sb_rc route_serialize(struct c2s_conn *c, const struct xml_node *st,
-                             const char *to, struct sb_buf *b)
-{
-    sb_buf_reset(b);
-    sb_buf_adds(b, "<");
-    sb_buf_adds(b, st->name);
-    for (int i = 0; i < st->nattrs; i++) {
-        const struct xml_attr *a = &st->attrs[i];
-        if (strcmp(a->name, "from") == 0 || strcmp(a->name, "to") == 0)
-            continue;
-        sb_buf_printf(b, " %s='", a->name);
-        xml_escape_attr(b, a->value, strlen(a->value));
-        sb_buf_adds(b, "'");
-    }
-    sb_buf_adds(b, " from='");
-    xml_escape_attr(b, c->jid, strlen(c->jid));
-    sb_buf_adds(b, "'");
-    if (to) {
-        sb_buf_adds(b, " to='");
-        xml_escape_attr(b, to, strlen(to));
-        sb_buf_adds(b, "'");
-    }
-    if (!st->children)
-        return sb_buf_adds(b, "/>");
-    sb_buf_adds(b, ">");
-    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
-        if (xml_serialize(ch, b) != SB_OK)
-            return SB_ERROR;
-    sb_buf_printf(b, "</%s>", st->name);
-    return b->data ? SB_OK : SB_ERROR;
-}
-
 void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
 {
     const char *to = xml_attr(st, "to");
@@ -186,7 +153,7 @@ void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st)
             return;
         key = route_bare;
     }
-    if (route_serialize(c, st, to_out, &route_body) != SB_OK ||
+    if (c2s_stanza_stamp(st, c->jid, to_out, &route_body) != SB_OK ||
         route_send(ENV_STANZA, op, key, c->sid, c->jid, route_body.data,
                    route_body.len) != SB_OK) {
         log_warn("stanza_send_failed", "sid=%s key=%s name=%s", c->sid, sb_log_q(key),

@@ -1,6 +1,9 @@
-/* scan.c — small parsers that need no XML tree: reading one attribute of a
- * stanza the router handed us (to answer a stale sid without parsing the
- * whole body) and recognising loopback listen addresses. */
+/* scan.c — small pure helpers of the session core, without sockets or
+ * the loop (so unit tests and tests/fuzz call them directly): reading one
+ * attribute of a stanza the router handed us (to answer a stale sid
+ * without parsing the whole body), recognising loopback listen addresses,
+ * the name checks of a client stream header, and writing a stanza stamped
+ * with the sender's JID for the router. */
 #include "c2s.h"
 
 #include <string.h>
@@ -45,7 +48,10 @@ static long scan_decode(const char *v, size_t n, char *out, size_t cap)
     return (long)o;
 }
 
-long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap)
+/* Where the value of attribute `name` of the first start tag is: 0 and
+ * the start and length of the value set, -1 when absent or not a tag. */
+static int scan_find(const char *xml, size_t len, const char *name, size_t *vs_out,
+                     size_t *vn_out)
 {
     size_t i = 0, nlen = strlen(name);
     while (i < len && scan_is_space(xml[i]))
@@ -79,10 +85,27 @@ long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, siz
             i++;
         if (i >= len)
             return -1;
-        if (alen == nlen && memcmp(xml + an, name, nlen) == 0)
-            return scan_decode(xml + vs, i - vs, out, cap);
+        if (alen == nlen && memcmp(xml + an, name, nlen) == 0) {
+            *vs_out = vs;
+            *vn_out = i - vs;
+            return 0;
+        }
         i++;
     }
+}
+
+long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, size_t cap)
+{
+    size_t vs, vn;
+    if (scan_find(xml, len, name, &vs, &vn) != 0)
+        return -1;
+    return scan_decode(xml + vs, vn, out, cap);
+}
+
+int c2s_scan_has_attr(const char *xml, size_t len, const char *name)
+{
+    size_t vs, vn;
+    return scan_find(xml, len, name, &vs, &vn) == 0;
 }
 
 int c2s_is_loopback(const char *addr)
@@ -98,4 +121,29 @@ int c2s_is_loopback(const char *addr)
     if (inet_pton(AF_INET6, addr, &a6) == 1)
         return IN6_IS_ADDR_LOOPBACK(&a6);
     return 0;
+}
+
+/* ---- stream header and stamping ------------------------------------------ */
+
+#define SCAN_NS_STREAM "http://etherx.jabber.org/streams"
+#define SCAN_NS_CLIENT "jabber:client"
+
+const char *c2s_stream_check_names(const struct xml_node *hdr)
+{
+    const char *v;
+    if (strcmp(hdr->name, "stream:stream") != 0)
+        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
+    v = xml_attr(hdr, "xmlns:stream");
+    if (!v || strcmp(v, SCAN_NS_STREAM) != 0)
+        return "invalid-namespace";
+    v = xml_attr(hdr, "xmlns");
+    if (!v || strcmp(v, SCAN_NS_CLIENT) != 0)
+        return "invalid-namespace";
+    return NULL;
+}
+
+sb_rc c2s_stanza_stamp(const struct xml_node *st, const char *from, const char *to,
+                       struct sb_buf *b)
+{
+    return xml_serialize_stamped(st, from, to, NULL, b);
 }

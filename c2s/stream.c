@@ -208,21 +208,6 @@ void c2s_stream_features(struct c2s_conn *c)
     c2s_conn_write(c, b->data, b->len);
 }
 
-/* Returns the stream error condition for a bad TCP header, NULL when fine. */
-static const char *stream_check_names(struct xml_node *hdr)
-{
-    const char *v;
-    if (strcmp(hdr->name, "stream:stream") != 0)
-        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
-    v = xml_attr(hdr, "xmlns:stream");
-    if (!v || strcmp(v, NS_STREAM) != 0)
-        return "invalid-namespace";
-    v = xml_attr(hdr, "xmlns");
-    if (!v || strcmp(v, NS_CLIENT) != 0)
-        return "invalid-namespace";
-    return NULL;
-}
-
 /* Returns the stream error condition for a bad `to`/`version`, NULL when
  * fine; *domain is the served domain when `to` named one. */
 static const char *stream_check_header(struct c2s_conn *c, const char *v,
@@ -274,7 +259,7 @@ static void stream_on_open(void *ud, struct xml_node *hdr)
     struct c2s_conn *c = ud;
     if (c->state == C2S_S_CLOSING || (c->flags & C2S_F_WAKING))
         return;
-    const char *cond = stream_check_names(hdr);
+    const char *cond = c2s_stream_check_names(hdr);
     if (cond) {
         if (!(c->flags & C2S_F_IN_TABLE))
             sb_random_id(c->sid, 20);

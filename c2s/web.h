@@ -12,6 +12,9 @@
 
 #include "c2s.h"
 
+#include <http_parser.h>
+#include <wslay/wslay.h>
+
 /* [bosh] settings beyond the c2s ones (web_main.c). */
 struct web_cfg {
     int wait_max;           /* longest `wait` granted (60) */
@@ -39,8 +42,57 @@ struct web_req {
     char auth[256];             /* Authorization */
     char upgrade[32];
     char ws_key[64], ws_version[8], ws_proto[128];
+    int keep_alive;             /* HTTP/1.1 keep-alive semantics */
+    int upgrade_req;            /* Connection: upgrade with an Upgrade header */
     struct sb_buf body;
 };
+
+/* ---- the pure parsing steps (web_parse.c; tests/fuzz calls them too) ------- */
+/* One HTTP request at a time, fed in pieces. */
+struct web_reqp {
+    http_parser parser;
+    struct web_req req;
+    char hname[48];
+    size_t hname_len;
+    char *hdst;                 /* where the current header's value goes */
+    size_t hcap, hlen;
+    size_t max_body;
+    uint8_t req_done, started, bad;
+};
+enum web_reqp_rc {
+    WEB_REQP_MORE,              /* all consumed, the request is not complete */
+    WEB_REQP_DONE,              /* complete in p->req; *used bytes were its own */
+    WEB_REQP_BAD,               /* 400: not HTTP (web_reqp_error says why) */
+    WEB_REQP_TOO_BIG,           /* 413: body over max_body */
+    WEB_REQP_HDR_TOO_BIG,       /* 431: a kept header or the path overflowed */
+};
+void web_reqp_setup(void);      /* parser settings, once per process */
+void web_reqp_init(struct web_reqp *p, size_t max_body);
+void web_reqp_free(struct web_reqp *p);
+/* Forget the request (keep the body buffer) and read the next one. */
+void web_reqp_next(struct web_reqp *p);
+enum web_reqp_rc web_reqp_feed(struct web_reqp *p, const char *data, size_t len, size_t *used);
+const char *web_reqp_error(const struct web_reqp *p);
+
+#define WEB_BOSH_RID_MAX 9007199254740991ULL   /* 2^53 - 1 (XEP-0124 §14.1) */
+/* A request body that is a <body/> in the BOSH namespace, or NULL. */
+struct xml_doc *web_bosh_parse(const char *data, size_t len, const struct xml_limits *lim);
+/* A rid (1 .. 2^53-1, digits only): 0 and *out set, else -1. */
+int web_bosh_rid(const char *s, uint64_t *out);
+/* A small non-negative integer attribute (at most 6 digits), else def. */
+int web_bosh_int_attr(const struct xml_node *n, const char *name, int def);
+
+/* Why an upgrade request is refused (400), NULL when it is a good one. */
+const char *web_ws_check_upgrade(const struct web_req *r);
+/* Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2). */
+void web_ws_accept_key(const char *key, char out[29]);
+/* A server context with our message length cap. -1 on out-of-memory. */
+int web_ws_ctx_new(wslay_event_context_ptr *ctx, const struct wslay_event_callbacks *cbs,
+                   void *ud, size_t max_msg);
+/* One text message as an element; NULL with *empty set for whitespace
+ * only, NULL with *err for bad XML. */
+struct xml_doc *web_ws_parse(const char *msg, size_t len, const struct xml_limits *lim,
+                             int *empty, enum xml_err *err);
 
 /* What a pending request on an HTTP connection waits for. */
 enum web_wait { WEB_WAIT_NONE, WEB_WAIT_BOSH, WEB_WAIT_PREBIND };

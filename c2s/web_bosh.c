@@ -24,7 +24,6 @@
 #define BOSH_XMPP_NS  "urn:xmpp:xbosh"
 #define NS_STREAM     "http://etherx.jabber.org/streams"
 #define BOSH_MAX_REQ  8          /* held requests and cached responses per session */
-#define BOSH_RID_MAX  9007199254740991ULL   /* 2^53 - 1 (XEP-0124 §14.1) */
 #define BOSH_CTYPE    "text/xml; charset=utf-8"
 
 struct bosh_req {
@@ -82,31 +81,6 @@ static const struct c2s_transport bosh_transport = {
     .close = bosh_tp_close,
     .release = bosh_tp_release,
 };
-
-/* ---- elements for framed transports ------------------------------------------ */
-
-sb_rc web_add_element(struct sb_buf *b, const char *data, size_t len)
-{
-    static const char *const names[] = {"message", "presence", "iq"};
-    if (len > 1 && data[0] == '<') {
-        for (size_t i = 0; i < SB_ARRAY_LEN(names); i++) {
-            size_t n = strlen(names[i]);
-            char after = len > n + 1 ? data[n + 1] : '\0';
-            if (len > n + 1 && strncmp(data + 1, names[i], n) == 0 &&
-                (after == ' ' || after == '>' || after == '/' || after == '\t' ||
-                 after == '\n' || after == '\r')) {
-                char ns[512];
-                if (c2s_scan_attr(data, len, "xmlns", ns, sizeof ns) >= 0)
-                    break;               /* the stanza names its namespace */
-                if (sb_buf_add(b, data, n + 1) != SB_OK ||
-                    sb_buf_adds(b, " xmlns='jabber:client'") != SB_OK)
-                    return SB_ERROR;
-                return sb_buf_add(b, data + n + 1, len - n - 1);
-            }
-        }
-    }
-    return sb_buf_add(b, data, len);
-}
 
 /* ---- the session -------------------------------------------------------------- */
 
@@ -406,28 +380,12 @@ static void bosh_tp_release(struct c2s_conn *c)
 
 /* ---- requests -------------------------------------------------------------------- */
 
-static int bosh_parse_u64(const char *s, uint64_t *out)
-{
-    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 16)
-        return -1;
-    *out = strtoull(s, NULL, 10);
-    return *out > 0 && *out <= BOSH_RID_MAX ? 0 : -1;
-}
-
-static int bosh_int_attr(const struct xml_node *n, const char *name, int def)
-{
-    const char *v = xml_attr(n, name);
-    if (!v || !*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 6)
-        return def;
-    return atoi(v);
-}
-
 /* The payloads of one request, in order. b stays allocated (in_request). */
 static void bosh_process(struct web_bosh *b, const struct xml_node *body)
 {
     const char *v;
     uint64_t ack;
-    if (b->ack && bosh_parse_u64(xml_attr(body, "ack"), &ack) == 0) {
+    if (b->ack && web_bosh_rid(xml_attr(body, "ack"), &ack) == 0) {
         for (int i = 0; i < BOSH_MAX_REQ; i++)
             if (b->cache[i].data && b->cache[i].rid <= ack) {
                 free(b->cache[i].data);
@@ -435,7 +393,7 @@ static void bosh_process(struct web_bosh *b, const struct xml_node *body)
             }
     }
     if ((v = xml_attr(body, "pause"))) {
-        int p = bosh_int_attr(body, "pause", -1);
+        int p = web_bosh_int_attr(body, "pause", -1);
         if (p < 0 || p > web_cfg.maxpause) {
             b->term_cond = "policy-violation";
             if (b->c)
@@ -571,8 +529,8 @@ static void bosh_create(struct web_conn *h, struct xml_doc *d, uint64_t rid)
         return;
     }
     b->c = c;
-    int wait = bosh_int_attr(body, "wait", web_cfg.wait_max);
-    int hold = bosh_int_attr(body, "hold", web_cfg.hold_max);
+    int wait = web_bosh_int_attr(body, "wait", web_cfg.wait_max);
+    int hold = web_bosh_int_attr(body, "hold", web_cfg.hold_max);
     b->wait = wait < web_cfg.wait_max ? wait : web_cfg.wait_max;
     b->hold = hold < web_cfg.hold_max ? hold : web_cfg.hold_max;
     b->requests = b->hold + 1;
@@ -619,14 +577,10 @@ static void bosh_create(struct web_conn *h, struct xml_doc *d, uint64_t rid)
 
 void web_bosh_request(struct web_conn *h, struct web_req *req)
 {
-    enum xml_err err;
     struct xml_limits lim = {web_cfg.max_body, c2s.cfg.limits.max_depth + 1};
-    struct xml_doc *d = req->body.len ? xml_doc_parse(req->body.data, req->body.len, &lim, &err)
-                                      : NULL;
-    const char *ns = d ? xml_attr(d->root, "xmlns") : NULL;
-    if (!d || strcmp(d->root->name, "body") != 0 || !ns || strcmp(ns, BOSH_NS) != 0) {
-        log_info("bosh_bad_request", "peer=%s parsed=%d", web_http_peer(h), d != NULL);
-        xml_doc_free(d);
+    struct xml_doc *d = web_bosh_parse(req->body.data, req->body.len, &lim);
+    if (!d) {
+        log_info("bosh_bad_request", "peer=%s", web_http_peer(h));
         bosh_terminate_reply(h, "bad-request");
         return;
     }
@@ -640,7 +594,7 @@ void web_bosh_request(struct web_conn *h, struct web_req *req)
         bosh_terminate_reply(h, "item-not-found");
         return;
     }
-    if (bosh_parse_u64(xml_attr(d->root, "rid"), &rid) != 0) {
+    if (web_bosh_rid(xml_attr(d->root, "rid"), &rid) != 0) {
         xml_doc_free(d);
         bosh_terminate_reply(h, "bad-request");
         if (b) {

@@ -9,7 +9,6 @@
 #include "log.h"
 
 #include <errno.h>
-#include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,17 +37,12 @@ struct web_conn {
     uint8_t state;
     uint8_t secure;             /* accepted on the HTTPS port */
     uint8_t tls_again;          /* gnutls holds a record not yet sent */
-    uint8_t keep_alive, req_done, started, bad, shut;
+    uint8_t keep_alive, shut;
     gnutls_session_t tls;
     ev_io io;
     ev_timer timer;
     double deadline;
-    http_parser parser;
-    struct web_req req;
-    char hname[48];
-    size_t hname_len;
-    char *hdst;                 /* where the current header's value goes */
-    size_t hcap, hlen;
+    struct web_reqp rp;         /* the request being read (web_parse.c) */
     struct sb_buf in, out;
     enum web_wait wait;
     void *wait_obj;
@@ -58,7 +52,6 @@ struct web_conn {
 
 static struct web_conn *http_conns;
 static char http_rbuf[HTTP_READ_MAX];
-static http_parser_settings http_settings;
 
 static void http_io_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void http_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -207,8 +200,7 @@ void web_http_accept(int fd, const char *peer, int tls)
     h->io.data = h;
     ev_init(&h->timer, http_timer_cb);
     h->timer.data = h;
-    http_parser_init(&h->parser, HTTP_REQUEST);
-    h->parser.data = h;
+    web_reqp_init(&h->rp, web_cfg.max_body);
     h->next = http_conns;
     if (http_conns)
         http_conns->prev = h;
@@ -247,7 +239,7 @@ static void http_free(struct web_conn *h)
     close(h->fd);
     sb_buf_free(&h->in);
     sb_buf_free(&h->out);
-    sb_buf_free(&h->req.body);
+    web_reqp_free(&h->rp);
     if (h->prev)
         h->prev->next = h->next;
     else
@@ -313,137 +305,6 @@ void web_http_wait(struct web_conn *h, enum web_wait what, void *obj)
 
 /* ---- requests --------------------------------------------------------------------- */
 
-static void http_req_reset(struct web_conn *h)
-{
-    struct sb_buf body = h->req.body;
-    sb_buf_reset(&body);
-    memset(&h->req, 0, sizeof h->req);
-    h->req.body = body;
-    h->hname_len = 0;
-    h->hdst = NULL;
-    h->req_done = h->started = h->bad = 0;
-}
-
-/* Append to a fixed field; overflowing marks the request bad. */
-static void http_append(struct web_conn *h, char *dst, size_t cap, size_t *len,
-                        const char *at, size_t n)
-{
-    if (*len + n >= cap) {
-        h->bad = 1;
-        return;
-    }
-    memcpy(dst + *len, at, n);
-    *len += n;
-    dst[*len] = '\0';
-}
-
-static int http_on_begin(http_parser *p)
-{
-    struct web_conn *h = p->data;
-    h->started = 1;
-    http_arm(h, HTTP_REQ_TIMEOUT);
-    return 0;
-}
-
-static int http_on_url(http_parser *p, const char *at, size_t n)
-{
-    struct web_conn *h = p->data;
-    size_t len = strlen(h->req.path);
-    http_append(h, h->req.path, sizeof h->req.path, &len, at, n);
-    return 0;
-}
-
-static int http_on_hfield(http_parser *p, const char *at, size_t n)
-{
-    struct web_conn *h = p->data;
-    if (h->hdst) {                  /* a new header begins */
-        h->hdst = NULL;
-        h->hname_len = 0;
-    }
-    if (h->hname_len + n < sizeof h->hname) {
-        memcpy(h->hname + h->hname_len, at, n);
-        h->hname_len += n;
-    } else {
-        h->hname_len = sizeof h->hname;   /* too long: not one we want */
-    }
-    return 0;
-}
-
-static char *http_header_slot(struct web_conn *h, size_t *cap)
-{
-    static const struct { const char *name; size_t off, cap; } want[] = {
-        {"origin", offsetof(struct web_req, origin), sizeof(((struct web_req *)0)->origin)},
-        {"content-type", offsetof(struct web_req, ctype), sizeof(((struct web_req *)0)->ctype)},
-        {"authorization", offsetof(struct web_req, auth), sizeof(((struct web_req *)0)->auth)},
-        {"upgrade", offsetof(struct web_req, upgrade), sizeof(((struct web_req *)0)->upgrade)},
-        {"sec-websocket-key", offsetof(struct web_req, ws_key), sizeof(((struct web_req *)0)->ws_key)},
-        {"sec-websocket-version", offsetof(struct web_req, ws_version),
-         sizeof(((struct web_req *)0)->ws_version)},
-        {"sec-websocket-protocol", offsetof(struct web_req, ws_proto),
-         sizeof(((struct web_req *)0)->ws_proto)},
-    };
-    if (h->hname_len >= sizeof h->hname)
-        return NULL;
-    for (size_t i = 0; i < SB_ARRAY_LEN(want); i++) {
-        if (strlen(want[i].name) == h->hname_len &&
-            strncasecmp(want[i].name, h->hname, h->hname_len) == 0) {
-            *cap = want[i].cap;
-            return (char *)&h->req + want[i].off;
-        }
-    }
-    return NULL;
-}
-
-static char http_ignored[1];       /* hdst of a header we do not keep */
-
-static int http_on_hvalue(http_parser *p, const char *at, size_t n)
-{
-    struct web_conn *h = p->data;
-    if (!h->hdst) {
-        size_t cap = 0;
-        char *slot = http_header_slot(h, &cap);
-        h->hdst = slot ? slot : http_ignored;
-        h->hcap = slot ? cap : 0;
-        h->hlen = slot ? strlen(slot) : 0;
-        if (h->hlen)                      /* a repeated header: join with a comma */
-            http_append(h, h->hdst, h->hcap, &h->hlen, ",", 1);
-    }
-    if (h->hcap)
-        http_append(h, h->hdst, h->hcap, &h->hlen, at, n);
-    return 0;
-}
-
-static int http_on_body(http_parser *p, const char *at, size_t n)
-{
-    struct web_conn *h = p->data;
-    if (h->req.body.len + n > web_cfg.max_body) {
-        h->bad = 2;                       /* too large */
-        return 1;
-    }
-    if (sb_buf_add(&h->req.body, at, n) != SB_OK)
-        return 1;
-    return 0;
-}
-
-static int http_on_complete(http_parser *p)
-{
-    struct web_conn *h = p->data;
-    h->req_done = 1;
-    http_parser_pause(p, 1);              /* one request at a time */
-    return 0;
-}
-
-static void http_settings_init(void)
-{
-    http_parser_settings_init(&http_settings);
-    http_settings.on_message_begin = http_on_begin;
-    http_settings.on_url = http_on_url;
-    http_settings.on_header_field = http_on_hfield;
-    http_settings.on_header_value = http_on_hvalue;
-    http_settings.on_body = http_on_body;
-    http_settings.on_message_complete = http_on_complete;
-}
-
 /* ---- responses ---------------------------------------------------------------------- */
 
 int web_origin_allowed(const char *origin)
@@ -468,8 +329,8 @@ static void http_cors(struct web_conn *h, struct sb_buf *b)
 {
     if (strcmp(web_cfg.cors_origins, "*") == 0)
         sb_buf_adds(b, "Access-Control-Allow-Origin: *\r\n");
-    else if (web_origin_allowed(h->req.origin))
-        sb_buf_printf(b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", h->req.origin);
+    else if (web_origin_allowed(h->rp.req.origin))
+        sb_buf_printf(b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", h->rp.req.origin);
     else
         return;
     sb_buf_adds(b, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
@@ -526,14 +387,8 @@ static void http_error(struct web_conn *h, int status, const char *text)
 
 static void http_dispatch(struct web_conn *h)
 {
-    struct web_req *r = &h->req;
-    r->method = h->parser.method;
-    char *q = strchr(r->path, '?');
-    if (q) {
-        snprintf(r->query, sizeof r->query, "%s", q + 1);
-        *q = '\0';
-    }
-    h->keep_alive = (uint8_t)http_should_keep_alive(&h->parser);
+    struct web_req *r = &h->rp.req;
+    h->keep_alive = (uint8_t)r->keep_alive;
     h->state = HTTP_S_PENDING;
     ev_timer_stop(c2s.loop, &h->timer);
     if (c2s.stopping) {
@@ -553,7 +408,7 @@ static void http_dispatch(struct web_conn *h)
         return;
     }
     if (strcmp(r->path, web_cfg.ws_path) == 0) {
-        if (r->method == HTTP_GET && h->parser.upgrade)
+        if (r->method == HTTP_GET && r->upgrade_req)
             web_ws_upgrade(h, r);
         else
             http_error(h, 426, "WebSocket (RFC 7395, subprotocol xmpp) only\n");
@@ -572,8 +427,7 @@ static void http_dispatch(struct web_conn *h)
 /* Parse what was buffered while the last request was answered. */
 static void http_next(struct web_conn *h)
 {
-    http_req_reset(h);
-    http_parser_pause(&h->parser, 0);
+    web_reqp_next(&h->rp);
     if (h->in.len) {
         struct sb_buf in = h->in;
         h->in = (struct sb_buf)SB_BUF_INIT;
@@ -591,26 +445,30 @@ static void http_feed(struct web_conn *h, const char *data, size_t len)
     }
     if (h->state != HTTP_S_READ)
         return;
-    size_t n = http_parser_execute(&h->parser, &http_settings, data, len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&h->parser);
-    if (h->req_done) {
+    int was_started = h->rp.started;
+    h->rp.max_body = web_cfg.max_body;    /* may change on SIGHUP */
+    size_t n;
+    enum web_reqp_rc rc = web_reqp_feed(&h->rp, data, len, &n);
+    if (!was_started && h->rp.started)
+        http_arm(h, HTTP_REQ_TIMEOUT);    /* a request began */
+    if (rc == WEB_REQP_DONE || rc == WEB_REQP_HDR_TOO_BIG) {
         if (n < len && sb_buf_add(&h->in, data + n, len - n) != SB_OK) {
             web_http_close(h, "nomem");
             return;
         }
-        if (h->bad) {
+        if (rc == WEB_REQP_HDR_TOO_BIG) {
             http_error(h, 431, "request header fields too large\n");
             return;
         }
         http_dispatch(h);
         return;
     }
-    if (h->bad == 2) {
+    if (rc == WEB_REQP_TOO_BIG) {
         http_error(h, 413, "request body too large\n");
         return;
     }
-    if (e != HPE_OK) {
-        log_info("http_bad_request", "peer=%s error=%s", h->peer, http_errno_name(e));
+    if (rc == WEB_REQP_BAD) {
+        log_info("http_bad_request", "peer=%s error=%s", h->peer, web_reqp_error(&h->rp));
         http_error(h, 400, "bad request\n");
     }
 }
@@ -710,7 +568,7 @@ static void http_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     if (h->state == HTTP_S_PENDING || h->state == HTTP_S_WS)
         return;
     log_debug("http_timeout", "peer=%s state=%d", h->peer, h->state);
-    if (h->state == HTTP_S_READ && h->started)
+    if (h->state == HTTP_S_READ && h->rp.started)
         http_error(h, 408, "request timeout\n");
     else
         http_free(h);
@@ -718,15 +576,14 @@ static void http_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 void web_http_init(void)
 {
-    http_settings_init();
-    http_parser_set_max_header_size(16384);
+    web_reqp_setup();
 }
 
 void web_http_stop(void)
 {
     for (struct web_conn *h = http_conns, *next; h; h = next) {
         next = h->next;
-        if (h->state == HTTP_S_READ && !h->started)
+        if (h->state == HTTP_S_READ && !h->rp.started)
             http_free(h);
     }
 }

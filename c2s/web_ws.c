@@ -11,8 +11,6 @@
 #include "web.h"
 #include "log.h"
 
-#include <nettle/base64.h>
-#include <nettle/sha1.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +18,6 @@
 #include <wslay/wslay.h>
 
 #define NS_FRAMING "urn:ietf:params:xml:ns:xmpp-framing"
-#define WS_GUID    "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 struct web_ws {
     struct web_ws *prev, *next;
@@ -220,13 +217,11 @@ static void ws_open(struct web_ws *ws, const struct xml_node *n)
 
 static void ws_message(struct web_ws *ws, const char *msg, size_t len)
 {
-    size_t sp = 0;
-    while (sp < len && (msg[sp] == ' ' || msg[sp] == '\t' || msg[sp] == '\r' || msg[sp] == '\n'))
-        sp++;
-    if (sp == len)
+    int empty;
+    enum xml_err err;
+    struct xml_doc *d = web_ws_parse(msg, len, &c2s.cfg.limits, &empty, &err);
+    if (empty)
         return;                              /* whitespace: nothing to do */
-    enum xml_err err = XML_ERR_NONE;
-    struct xml_doc *d = xml_doc_parse(msg, len, &c2s.cfg.limits, &err);
     if (!d) {
         c2s_stream_error(ws->c, xml_err_stream_cond(err), xml_err_name(err));
         return;
@@ -321,31 +316,6 @@ static void ws_tp_release(struct c2s_conn *c)
 
 /* ---- the upgrade ------------------------------------------------------------------------ */
 
-static int ws_has_token(const char *list, const char *tok)
-{
-    size_t n = strlen(tok);
-    while (*list) {
-        list += strspn(list, " ,\t");
-        size_t k = strcspn(list, " ,\t");
-        if (k == n && strncasecmp(list, tok, n) == 0)
-            return 1;
-        list += k;
-    }
-    return 0;
-}
-
-static void ws_accept_key(const char *key, char *out)
-{
-    struct sha1_ctx s;
-    uint8_t dig[SHA1_DIGEST_SIZE];
-    sha1_init(&s);
-    sha1_update(&s, strlen(key), (const uint8_t *)key);
-    sha1_update(&s, sizeof WS_GUID - 1, (const uint8_t *)WS_GUID);
-    sha1_digest(&s, sizeof dig, dig);
-    base64_encode_raw((char *)out, sizeof dig, dig);
-    out[BASE64_ENCODE_RAW_LENGTH(sizeof dig)] = '\0';
-}
-
 static void ws_refuse(struct web_conn *h, int status, const char *why)
 {
     log_info("ws_refused", "peer=%s status=%d why=%s", web_http_peer(h), status, why);
@@ -354,13 +324,9 @@ static void ws_refuse(struct web_conn *h, int status, const char *why)
 
 void web_ws_upgrade(struct web_conn *h, struct web_req *r)
 {
-    if (strcasecmp(r->upgrade, "websocket") != 0 || strcmp(r->ws_version, "13") != 0 ||
-        strlen(r->ws_key) < 16) {
-        ws_refuse(h, 400, "a WebSocket upgrade (version 13) is required\n");
-        return;
-    }
-    if (!ws_has_token(r->ws_proto, "xmpp")) {
-        ws_refuse(h, 400, "subprotocol xmpp (RFC 7395) is required\n");
+    const char *why = web_ws_check_upgrade(r);
+    if (why) {
+        ws_refuse(h, 400, why);
         return;
     }
     if (*r->origin && !web_origin_allowed(r->origin)) {
@@ -371,7 +337,7 @@ void web_ws_upgrade(struct web_conn *h, struct web_req *r)
     static const struct wslay_event_callbacks cbs = {
         ws_recv_cb, ws_send_cb, NULL, NULL, NULL, NULL, ws_msg_cb,
     };
-    if (!ws || wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
+    if (!ws || web_ws_ctx_new(&ws->ctx, &cbs, ws, c2s.cfg.limits.max_stanza + 1024) != 0) {
         free(ws);
         ws_refuse(h, 503, "out of memory\n");
         return;
@@ -383,14 +349,13 @@ void web_ws_upgrade(struct web_conn *h, struct web_req *r)
         ws_refuse(h, 503, "out of memory\n");
         return;
     }
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, c2s.cfg.limits.max_stanza + 1024);
     ws->h = h;
     ws->next = ws_list;
     if (ws_list)
         ws_list->prev = ws;
     ws_list = ws;
     char accept[64], head[256];
-    ws_accept_key(r->ws_key, accept);
+    web_ws_accept_key(r->ws_key, accept);
     int n = snprintf(head, sizeof head, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
                      "Sec-WebSocket-Protocol: xmpp\r\n\r\n", accept);

@@ -100,7 +100,9 @@ static void rt_hello_field(struct rt_hello *h, const char *k, size_t kn, const c
     } else if (kn == 8 && memcmp(k, "sessions", 8) == 0) {
         h->sessions = rt_parse_long(v, vn);
     } else if (kn == 6 && memcmp(k, "direct", 6) == 0 && rt_name_ok(v, vn, RT_DIRECT_MAX) &&
-               (!strncmp(v, "tcp://", 6) || !strncmp(v, "ipc://", 6))) {
+               vn >= 6 && (!memcmp(v, "tcp://", 6) || !memcmp(v, "ipc://", 6))) {
+        /* memcmp with the length checked: a ZeroMQ body has no NUL, and
+         * strncmp read past a body ending in "direct=tcp" (tests/fuzz). */
         h->direct = v;
         h->direct_len = vn;
     } else if (kn == 3 && memcmp(k, "inc", 3) == 0 && rt_name_ok(v, vn, RT_INC_MAX)) {

@@ -931,3 +931,37 @@ sb_rc xml_serialize(const struct xml_node *n, struct sb_buf *out)
         return SB_ERROR;
     return sb_buf_add(out, ">", 1);
 }
+
+sb_rc xml_serialize_stamped(const struct xml_node *st, const char *from, const char *to,
+                            const char *drop_ns, struct sb_buf *b)
+{
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<");
+    sb_buf_adds(b, st->name);
+    for (int i = 0; i < st->nattrs; i++) {
+        const struct xml_attr *a = &st->attrs[i];
+        if (!strcmp(a->name, "from") || !strcmp(a->name, "to") ||
+            (drop_ns && !strcmp(a->name, "xmlns") &&
+             (!strcmp(drop_ns, "*") || !strcmp(a->value, drop_ns))))
+            continue;
+        sb_buf_printf(b, " %s='", a->name);
+        xml_escape_attr(b, a->value, strlen(a->value));
+        sb_buf_adds(b, "'");
+    }
+    sb_buf_adds(b, " from='");
+    xml_escape_attr(b, from, strlen(from));
+    sb_buf_adds(b, "'");
+    if (to) {
+        sb_buf_adds(b, " to='");
+        xml_escape_attr(b, to, strlen(to));
+        sb_buf_adds(b, "'");
+    }
+    if (!st->children)
+        return sb_buf_adds(b, "/>");
+    sb_buf_adds(b, ">");
+    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
+        if (xml_serialize(ch, b) != SB_OK)
+            return SB_ERROR;
+    sb_buf_printf(b, "</%s>", st->name);
+    return b->data ? SB_OK : SB_ERROR;
+}

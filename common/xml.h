@@ -88,6 +88,12 @@ sb_rc xml_escape_text(struct sb_buf *out, const char *s, size_t len);  /* & < > 
 sb_rc xml_escape_attr(struct sb_buf *out, const char *s, size_t len);  /* & < > " ' */
 /* Append the element and its subtree. */
 sb_rc xml_serialize(const struct xml_node *n, struct sb_buf *out);
+/* A stanza again with `from` (and `to` unless NULL) set by us in place of
+ * what it said, every other attribute kept except an `xmlns` equal to
+ * drop_ns ("*": any xmlns; NULL: keep it): how a front-end, s2s or the
+ * component listener stamps what it forwards. */
+sb_rc xml_serialize_stamped(const struct xml_node *st, const char *from, const char *to,
+                            const char *drop_ns, struct sb_buf *b);
 /* Append only the start tag `<name a='v'...>` (for stream headers). */
 sb_rc xml_serialize_open(const struct xml_node *n, struct sb_buf *out);
 

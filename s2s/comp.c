@@ -190,33 +190,6 @@ static void comp_handshake(struct s2s_conn *c, struct xml_node *n)
     comp_announce();
 }
 
-/* The stanza with prepared from/to and without the stream's xmlns. */
-static sb_rc comp_serialize(const struct xml_node *st, struct sb_buf *b)
-{
-    sb_buf_reset(b);
-    sb_buf_printf(b, "<%s", st->name);
-    for (int i = 0; i < st->nattrs; i++) {
-        const struct xml_attr *a = &st->attrs[i];
-        if (!strcmp(a->name, "from") || !strcmp(a->name, "to") || !strcmp(a->name, "xmlns"))
-            continue;
-        sb_buf_printf(b, " %s='", a->name);
-        xml_escape_attr(b, a->value, strlen(a->value));
-        sb_buf_adds(b, "'");
-    }
-    sb_buf_adds(b, " from='");
-    xml_escape_attr(b, comp_full_from, strlen(comp_full_from));
-    sb_buf_adds(b, "' to='");
-    xml_escape_attr(b, comp_full_to, strlen(comp_full_to));
-    sb_buf_adds(b, "'");
-    if (!st->children)
-        return sb_buf_adds(b, "/>");
-    sb_buf_adds(b, ">");
-    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
-        if (xml_serialize(ch, b) != SB_OK)
-            return SB_ERROR;
-    sb_buf_printf(b, "</%s>", st->name);
-    return b->data ? SB_OK : SB_ERROR;
-}
 
 static void comp_stanza(struct s2s_conn *c, struct xml_node *st)
 {
@@ -239,7 +212,7 @@ static void comp_stanza(struct s2s_conn *c, struct xml_node *st)
     jid_full(&comp_from, comp_full_from);
     jid_full(&comp_to, comp_full_to);
     jid_bare(&comp_to, comp_bare);
-    if (comp_serialize(st, &comp_buf) != SB_OK)
+    if (xml_serialize_stamped(st, comp_full_from, comp_full_to, "*", &comp_buf) != SB_OK)
         return;
     /* Another component held here: straight to it; anything else (local
      * users, other instances' components) through the router. */

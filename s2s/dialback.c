@@ -15,15 +15,6 @@
 static struct sb_buf db_buf;
 static struct sb_buf db_text;
 
-static int db_equal(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    unsigned diff = (unsigned)(la ^ lb);
-    for (size_t i = 0; i < la && i < lb; i++)
-        diff |= (unsigned)(a[i] ^ b[i]);
-    return diff == 0;
-}
-
 static void db_attr(struct sb_buf *b, const char *name, const char *v)
 {
     sb_buf_printf(b, " %s='", name);
@@ -162,7 +153,7 @@ void s2s_db_in_verify(struct s2s_conn *c, struct xml_node *n)
     int ok = 0;
     if (id && *id && db_text.data) {
         s2s_db_key(s2s.cfg.secret, remote, local, id, expect);
-        ok = db_equal(expect, db_text.data);
+        ok = s2s_db_key_equal(expect, db_text.data);
     }
     log_info("dialback_answer", "peer=%s remote=%s local=%s valid=%d", c->peer, remote, local, ok);
     struct sb_buf *b = &db_buf;

@@ -232,30 +232,7 @@ static int in_is_stanza(const char *name)
  * (the sm and c2s write it into jabber:client streams). */
 static sb_rc in_serialize(const struct xml_node *st, struct sb_buf *b)
 {
-    sb_buf_reset(b);
-    sb_buf_printf(b, "<%s", st->name);
-    for (int i = 0; i < st->nattrs; i++) {
-        const struct xml_attr *a = &st->attrs[i];
-        if (!strcmp(a->name, "from") || !strcmp(a->name, "to") ||
-            (!strcmp(a->name, "xmlns") && !strcmp(a->value, S2S_NS_SERVER)))
-            continue;
-        sb_buf_printf(b, " %s='", a->name);
-        xml_escape_attr(b, a->value, strlen(a->value));
-        sb_buf_adds(b, "'");
-    }
-    sb_buf_adds(b, " from='");
-    xml_escape_attr(b, in_full_from, strlen(in_full_from));
-    sb_buf_adds(b, "' to='");
-    xml_escape_attr(b, in_full_to, strlen(in_full_to));
-    sb_buf_adds(b, "'");
-    if (!st->children)
-        return sb_buf_adds(b, "/>");
-    sb_buf_adds(b, ">");
-    for (const struct xml_node *ch = st->children; ch; ch = ch->next)
-        if (xml_serialize(ch, b) != SB_OK)
-            return SB_ERROR;
-    sb_buf_printf(b, "</%s>", st->name);
-    return b->data ? SB_OK : SB_ERROR;
+    return xml_serialize_stamped(st, in_full_from, in_full_to, S2S_NS_SERVER, b);
 }
 
 /* An answer to one of our XEP-0199 pings: ids name the instance that sent

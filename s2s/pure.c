@@ -1,6 +1,7 @@
 /* pure.c — the parts of s2s without IO, unit-tested on their own
- * (tests/unit/test_s2s.c): XEP-0185 dialback keys and the
- * RFC 2782 order of SRV targets. */
+ * (tests/unit/test_s2s.c) and fuzzed (tests/fuzz/fuzz_s2s.c): XEP-0185
+ * dialback keys and their comparison, the RFC 2782 order of SRV targets,
+ * the stream header checks and the namespace of an element. */
 #include "s2s.h"
 
 #include <ctype.h>
@@ -74,4 +75,62 @@ void s2s_dns_sort(struct s2s_target *t, const int *prio, const int *weight, int 
         tmp[out++] = t[chosen];
     }
     memcpy(t, tmp, (size_t)n * sizeof *t);
+}
+
+/* ---- keys, headers, names ----------------------------------------------- */
+
+int s2s_db_key_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la ^ lb);
+    for (size_t i = 0; i < la && i < lb; i++)
+        diff |= (unsigned)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* Namespace and version checks shared by both directions; NULL when fine. */
+const char *s2s_stream_check_header(const struct xml_node *hdr)
+{
+    if (strcmp(hdr->name, "stream:stream") != 0)
+        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
+    const char *v = xml_attr(hdr, "xmlns:stream");
+    if (!v || strcmp(v, S2S_NS_STREAM) != 0)
+        return "invalid-namespace";
+    v = xml_attr(hdr, "xmlns");
+    if (!v || strcmp(v, S2S_NS_SERVER) != 0)
+        return "invalid-namespace";
+    if (!xml_stream_version_ok(xml_attr(hdr, "version")))
+        return "unsupported-version";
+    return NULL;
+}
+
+const char *s2s_local_name(const char *name)
+{
+    const char *colon = strchr(name, ':');
+    return colon ? colon + 1 : name;
+}
+
+int s2s_elem_ns(const struct xml_node *n, const char *ns)
+{
+    const char *colon = strchr(n->name, ':');
+    if (!colon) {
+        const char *x = xml_attr(n, "xmlns");
+        return x ? strcmp(x, ns) == 0 : strcmp(ns, S2S_NS_SERVER) == 0;
+    }
+    char attr[80];
+    size_t plen = (size_t)(colon - n->name);
+    if (plen + 7 >= sizeof attr)
+        return 0;
+    memcpy(attr, "xmlns:", 6);
+    memcpy(attr + 6, n->name, plen);
+    attr[6 + plen] = '\0';
+    const char *x = xml_attr(n, attr);
+    if (x)
+        return strcmp(x, ns) == 0;
+    /* Bound on the stream header: the customary prefixes. */
+    if (plen == 2 && !memcmp(n->name, "db", 2))
+        return strcmp(ns, S2S_NS_DB) == 0;
+    if (plen == 6 && !memcmp(n->name, "stream", 6))
+        return strcmp(ns, S2S_NS_STREAM) == 0;
+    return 0;
 }

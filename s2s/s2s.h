@@ -197,10 +197,13 @@ void s2s_stream_input(struct s2s_conn *c, const char *data, size_t len);
 void s2s_stream_restart(struct s2s_conn *c);
 void s2s_stream_error(struct s2s_conn *c, const char *cond, const char *why);
 void s2s_stream_send_header(struct s2s_conn *c);
-/* Element name without a namespace prefix ("db:result" → "result"). */
+/* pure.c: element name without a namespace prefix ("db:result" → "result"). */
 const char *s2s_local_name(const char *name);
-/* 1 when n is in namespace ns, by xmlns or by a prefix bound on the stream. */
+/* pure.c: 1 when n is in namespace ns, by xmlns or by a prefix bound on the stream. */
 int s2s_elem_ns(const struct xml_node *n, const char *ns);
+/* pure.c: the stream error condition for a bad peer header (names,
+ * namespaces, version; both directions), NULL when it is fine. */
+const char *s2s_stream_check_header(const struct xml_node *hdr);
 
 /* ---- out.c ------------------------------------------------------------ */
 struct s2s_out {
@@ -269,6 +272,8 @@ void s2s_comp_status(struct sb_buf *b);
 /* XEP-0185: hex HMAC-SHA256(SHA256(secret), receiving ' ' originating ' ' id). */
 void s2s_db_key(const char *secret, const char *receiving, const char *originating,
                 const char *id, char out[65]);
+/* pure.c: 1 when two keys are equal, in time independent of where they differ. */
+int s2s_db_key_equal(const char *a, const char *b);
 void s2s_db_send_result(struct s2s_conn *c);              /* originating role */
 void s2s_db_in_result(struct s2s_conn *c, struct xml_node *n);   /* receiving role */
 void s2s_db_in_verify(struct s2s_conn *c, struct xml_node *n);   /* authoritative role */

@@ -26,37 +26,6 @@ sb_rc s2s_stream_new(struct s2s_conn *c)
     return c->xs ? SB_OK : SB_ERROR;
 }
 
-const char *s2s_local_name(const char *name)
-{
-    const char *colon = strchr(name, ':');
-    return colon ? colon + 1 : name;
-}
-
-int s2s_elem_ns(const struct xml_node *n, const char *ns)
-{
-    const char *colon = strchr(n->name, ':');
-    if (!colon) {
-        const char *x = xml_attr(n, "xmlns");
-        return x ? strcmp(x, ns) == 0 : strcmp(ns, S2S_NS_SERVER) == 0;
-    }
-    char attr[80];
-    size_t plen = (size_t)(colon - n->name);
-    if (plen + 7 >= sizeof attr)
-        return 0;
-    memcpy(attr, "xmlns:", 6);
-    memcpy(attr + 6, n->name, plen);
-    attr[6 + plen] = '\0';
-    const char *x = xml_attr(n, attr);
-    if (x)
-        return strcmp(x, ns) == 0;
-    /* Bound on the stream header: the customary prefixes. */
-    if (plen == 2 && !memcmp(n->name, "db", 2))
-        return strcmp(ns, S2S_NS_DB) == 0;
-    if (plen == 6 && !memcmp(n->name, "stream", 6))
-        return strcmp(ns, S2S_NS_STREAM) == 0;
-    return 0;
-}
-
 void s2s_stream_input(struct s2s_conn *c, const char *data, size_t len)
 {
     c->flags |= S2S_F_IN_FEED;
@@ -129,22 +98,6 @@ void s2s_stream_error(struct s2s_conn *c, const char *cond, const char *why)
     s2s_conn_close(c, cond);
 }
 
-/* Namespace and version checks shared by both directions; NULL when fine. */
-static const char *stream_check_header(struct xml_node *hdr)
-{
-    if (strcmp(hdr->name, "stream:stream") != 0)
-        return strchr(hdr->name, ':') ? "invalid-namespace" : "bad-format";
-    const char *v = xml_attr(hdr, "xmlns:stream");
-    if (!v || strcmp(v, S2S_NS_STREAM) != 0)
-        return "invalid-namespace";
-    v = xml_attr(hdr, "xmlns");
-    if (!v || strcmp(v, S2S_NS_SERVER) != 0)
-        return "invalid-namespace";
-    if (!xml_stream_version_ok(xml_attr(hdr, "version")))
-        return "unsupported-version";
-    return NULL;
-}
-
 static void stream_on_open(void *ud, struct xml_node *hdr)
 {
     struct s2s_conn *c = ud;
@@ -154,7 +107,7 @@ static void stream_on_open(void *ud, struct xml_node *hdr)
         s2s_comp_header(c, hdr);
         return;
     }
-    const char *cond = stream_check_header(hdr);
+    const char *cond = s2s_stream_check_header(hdr);
     if (cond) {
         s2s_stream_error(c, cond, "bad-header");
         return;

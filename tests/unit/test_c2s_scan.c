@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "c2s/scan.c"
+#include "c2s/web_parse.c"
 
 static long scan(const char *xml, const char *name, char *out, size_t cap)
 {
@@ -65,6 +66,26 @@ static void test_scan_handles_leading_whitespace_and_gt_in_values(void **st)
     assert_string_equal(out, "z@w");
 }
 
+/* Found by tests/fuzz (corpus xml/crash-framed-xmlns-entity): an xmlns the
+ * scanner could not decode counted as none, so web_add_element added a
+ * second one and the framed element was not well-formed. */
+static void test_web_add_element_keeps_a_single_xmlns(void **st)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    static const char odd[] = "<iq xmlns='urn:x&#10;y' type='get'/>";
+    assert_true(c2s_scan_has_attr(odd, strlen(odd), "xmlns"));
+    assert_int_equal(web_add_element(&b, odd, strlen(odd)), SB_OK);
+    assert_int_equal(b.len, strlen(odd));
+    assert_memory_equal(b.data, odd, b.len);
+    sb_buf_reset(&b);
+    static const char bare[] = "<message to='a@b'><body/></message>";
+    assert_false(c2s_scan_has_attr(bare, strlen(bare), "xmlns"));
+    assert_int_equal(web_add_element(&b, bare, strlen(bare)), SB_OK);
+    sb_buf_add(&b, "", 1);
+    assert_string_equal(b.data, "<message xmlns='jabber:client' to='a@b'><body/></message>");
+    sb_buf_free(&b);
+}
+
 static void test_loopback_addresses_are_recognised(void **st)
 {
     assert_true(c2s_is_loopback("127.0.0.1"));
@@ -88,6 +109,7 @@ int main(void)
         cmocka_unit_test(test_scan_reads_only_the_first_start_tag),
         cmocka_unit_test(test_scan_rejects_bad_input),
         cmocka_unit_test(test_scan_handles_leading_whitespace_and_gt_in_values),
+        cmocka_unit_test(test_web_add_element_keeps_a_single_xmlns),
         cmocka_unit_test(test_loopback_addresses_are_recognised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -115,6 +115,23 @@ static void test_router_hello_rejects_bad_name_or_missing_kind(void **st)
     rt_reg_free(&r);
 }
 
+/* Found by tests/fuzz (corpus envelope/crash-hello-direct-past-end): a body
+ * ending in "direct=tcp" was compared with strncmp past its end (ZeroMQ
+ * bodies have no NUL). The body sits at the very end of its allocation, so
+ * `make unit-san` catches a read beyond it. */
+static void test_router_hello_direct_at_end_of_body(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    static const char text[] = "kind=sm direct=tcp";
+    char *b = malloc(sizeof text - 1);
+    memcpy(b, text, sizeof text - 1);
+    assert_true(rt_reg_hello(&r, "sm1", 3, b, sizeof text - 1, 0, NULL) > 0);
+    assert_string_equal(r.v[0].direct, "");
+    free(b);
+    rt_reg_free(&r);
+}
+
 static void test_router_expires_silent_instances_only(void **st)
 {
     struct rt_registry r;
@@ -251,6 +268,7 @@ int main(void)
         cmocka_unit_test(test_router_spreads_3000_keys_evenly_over_3_sms),
         cmocka_unit_test(test_router_hello_registers_and_detects_changes),
         cmocka_unit_test(test_router_hello_rejects_bad_name_or_missing_kind),
+        cmocka_unit_test(test_router_hello_direct_at_end_of_body),
         cmocka_unit_test(test_router_expires_silent_instances_only),
         cmocka_unit_test(test_router_routes_jid_to_sm_s2s_or_bounce),
         cmocka_unit_test(test_router_key_domain_handles_bare_domain_and_full_jid),
