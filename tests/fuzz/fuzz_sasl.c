@@ -112,7 +112,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t flags = fuzz_byte(&in);
     const char *mech = mechs[flags & 3];
     enum scram_hash h = (flags & 3) == 1 ? SCRAM_SHA1 : SCRAM_SHA256;
-    struct sasl_opts o = {"localhost", 1, 0, (flags & 16) != 0};
+    struct sasl_opts o = {.domain = "localhost", .tls = 1, .anonymous = (flags & 16) != 0};
     calls = 0;
     struct sasl_sess *s = sasl_new(store, &o, on_result, NULL);
     FUZZ_CHECK(s);
