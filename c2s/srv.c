@@ -333,6 +333,7 @@ static void main_cleanup(void)
     ev_timer_stop(c2s.loop, &main_trim);
     c2s_conn_free_all();
     c2s_sm_stop();
+    c2s_route_stop();
     if (c2s.fe->cleanup)
         c2s.fe->cleanup();
     c2s_listen_stop();
@@ -364,6 +365,7 @@ static const struct sb_proc_daemon main_daemon = {
     .stop = main_stop,
     .cleanup = main_cleanup,
     .lease_lost = main_lease_lost,
+    .lease_held = c2s_route_sweep_stale,
     .grace = C2S_SHUTDOWN_GRACE,
 };
 
