@@ -8,6 +8,7 @@
  * output was flushed (or CONN_LINGER passed). */
 #define _GNU_SOURCE              /* accept4 */
 #include "s2s.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -22,11 +23,7 @@
 #define CONN_LINGER     2.0
 
 
-static struct {
-    ev_io w;
-    int direct_tls;
-} conn_lis[4];
-static int conn_nlis;
+static struct sb_listen conn_lis;
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_input(void *ud, const char *data, size_t len);
@@ -112,22 +109,19 @@ struct s2s_conn *s2s_conn_by_serial(unsigned long serial)
 
 /* ---- listening ---------------------------------------------------------- */
 
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_tls, void *ud);
+
 sb_rc s2s_listen_open(const char *addr, int port, int direct_tls)
 {
-    if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
+    if (!conn_lis.loop)
+        sb_listen_init(&conn_lis, s2s.loop, conn_accepted, NULL);
+    if (sb_listen_add(&conn_lis, addr, port, 512, direct_tls) != SB_OK)
         return SB_ERROR;
-    int fd = tlsconn_listen(addr, port, 512);
-    if (fd < 0)
-        return SB_ERROR;
-    conn_lis[conn_nlis].direct_tls = direct_tls;
-    ev_io_init(&conn_lis[conn_nlis].w, NULL, fd, EV_READ);
-    conn_lis[conn_nlis].w.data = &conn_lis[conn_nlis];
-    conn_nlis++;
     log_info("listen", "addr=%s port=%d tls=%s", addr, port, direct_tls ? "direct" : "starttls");
     return SB_OK;
 }
 
-static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_tls)
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_tls, void *ud)
 {
     struct s2s_conn *c = conn_new(fd, S2S_IN);
     if (!c) {
@@ -148,42 +142,15 @@ static void conn_accepted(int fd, const struct sockaddr_storage *ss, int direct_
     tlsconn_want(&c->tc);
 }
 
-static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    int direct_tls = ((typeof(conn_lis[0]) *)w->data)->direct_tls;
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
-                log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
-            return;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_accepted(fd, &ss, direct_tls);
-    }
-}
-
 void s2s_listen_start(void)
 {
-    for (int i = 0; i < conn_nlis; i++) {
-        if (ev_is_active(&conn_lis[i].w))
-            continue;
-        ev_set_cb(&conn_lis[i].w, conn_accept_cb);
-        ev_io_start(s2s.loop, &conn_lis[i].w);
-    }
+    if (conn_lis.loop)
+        sb_listen_start(&conn_lis);
 }
 
 void s2s_listen_stop(void)
 {
-    for (int i = 0; i < conn_nlis; i++) {
-        ev_io_stop(s2s.loop, &conn_lis[i].w);
-        close(conn_lis[i].w.fd);
-    }
-    conn_nlis = 0;
+    sb_listen_close(&conn_lis);
 }
 
 /* ---- connecting --------------------------------------------------------- */
