@@ -310,6 +310,8 @@ static sb_rc main_open(void)
             return SB_ERROR;
         log_warn("tls_unavailable", "note=\"running plaintext only\"");
     }
+    if (auth_fake_configure() != SB_OK)
+        return SB_ERROR;
     c2s.pg = sb_proc_pg(&main_proc);
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
     c2s.rd = rdev_from_config(c2s.loop);
