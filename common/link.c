@@ -149,6 +149,10 @@ struct link {
     ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
+    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];   /* our routing id: "NAME#NONCE" (route.h) */
+    struct rt_addrs addrs;      /* sm: who is at which id on `direct` */
+    double forged_at;           /* refused envelopes: one log line per window */
+    unsigned long forged;
     char kind[ENV_NAME_MAX + 1];
     char *domains;
     long sessions;
@@ -185,13 +189,14 @@ static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
         zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return SB_ERROR;
     if (type == ZMQ_DEALER &&
-        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->instance, strlen(l->instance)) != 0)
+        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->rid, strlen(l->rid)) != 0)
         return SB_ERROR;
     /* ROUTER: an unknown destination fails the send (and takes the router
-     * path); a restarted component takes its name over at once. */
+     * path). No handover: ids carry a per-start nonce (route.h), so a
+     * restarted component never meets its old id, and nobody can take
+     * over another's. */
     if (type == ZMQ_ROUTER &&
-        (zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
-         zmq_setsockopt(z->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0))
+        zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
         return SB_ERROR;
     /* Only cluster members join the bus (curve.c): before connect/bind. */
     if ((type == ZMQ_ROUTER ? sb_curve_server(l->curve, z->sock)
@@ -272,7 +277,7 @@ static int zs_send(struct link_zs *z, const uint8_t *hdr, size_t hlen, const cha
     return 0;
 }
 
-static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body);
+static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zmq_msg_t *body);
 
 SB_COUNTER(link_mx_sent_direct, "sb_link_envelopes_sent_total", "path=\"direct\"",
            "Envelopes sent, straight to an sm/component or through a router")
@@ -287,13 +292,43 @@ SB_COUNTER(link_mx_dups, "sb_link_duplicates_total", "",
 SB_COUNTER(link_mx_router_down, "sb_link_router_down_total", "",
            "Times a router connection was declared down")
 
+/* An envelope the link refuses (forged sender, a router's control from
+ * elsewhere): one line per 10 s, with the count since the last one. */
+static void link_forged(struct link *l, const char *why, const char *from, const char *op)
+{
+    double now = ev_now(l->loop);
+    l->forged++;
+    if (now - l->forged_at < 10.0)
+        return;
+    log_warn("bus_forged", "why=%s from=%s op=%s count=%lu", why, sb_log_q(from), sb_log_q(op),
+             l->forged);
+    l->forged_at = now;
+    l->forged = 0;
+}
+
+/* On the direct ROUTER: may this connection speak for the name in its id?
+ * Cuts `from` down to that name, and remembers the id to answer it at. */
+static int link_from_trusted(struct link *l, zmq_msg_t *first, char *from)
+{
+    size_t len = strlen(from);
+    const char *uid = l->curve ? zmq_msg_gets(first, "User-Id") : NULL;
+    if (!rt_id_speaks_for(uid, l->curve != NULL, from, len)) {
+        link_forged(l, "name-not-its-key", from, "");
+        return 0;
+    }
+    rt_addrs_learn(&l->addrs, from, len);
+    from[rt_id_name_len(from, len)] = '\0';
+    return 1;
+}
+
 /* Receive one whole multipart message ([identity] on a ROUTER, then
  * [h1][b1][h2][b2]…) and deliver its envelopes in order. A trailing odd
  * frame is garbage: logged, dropped. Returns 0 when the socket is empty. */
 static int zs_recv_one(struct link_zs *z)
 {
     zmq_msg_t f[2];
-    int n = 0, more = 1, first = 1, skip = z->router;
+    char from[RT_ID_MAX + 1] = "";     /* on a ROUTER: the sender's NAME, once trusted */
+    int n = 0, more = 1, first = 1, skip = z->router, checked = !z->router, trusted = 1;
     while (more && z->sock) {
         zmq_msg_init(&f[n]);
         int rc;
@@ -312,13 +347,21 @@ static int zs_recv_one(struct link_zs *z)
         }
         first = 0;
         more = zmq_msg_more(&f[n]);
-        if (skip) {             /* the sender's identity: the header names it */
+        if (skip) {             /* the sender's routing id */
             skip = 0;
+            size_t len = zmq_msg_size(&f[n]) > RT_ID_MAX ? RT_ID_MAX : zmq_msg_size(&f[n]);
+            memcpy(from, zmq_msg_data(&f[n]), len);
+            from[len] = '\0';
             zmq_msg_close(&f[n]);
             continue;
         }
+        if (!checked) {         /* its key must be that id's name's (route.h) */
+            checked = 1;
+            trusted = link_from_trusted(z->l, &f[n], from);
+        }
         if (++n == 2) {
-            link_deliver(z, &f[0], &f[1]);
+            if (trusted)
+                link_deliver(z, z->router ? from : NULL, &f[0], &f[1]);
             zmq_msg_close(&f[0]);
             zmq_msg_close(&f[1]);
             n = 0;
@@ -410,7 +453,9 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
     q->n = 0;
     if (!n)
         return;
-    if (zmq_send(l->direct->sock, q->to, strlen(q->to), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    size_t idlen;
+    const char *id = rt_addrs_id(&l->addrs, q->to, strlen(q->to), &idlen);
+    if (zmq_send(l->direct->sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         l->fb_rq += n / 2;
         for (size_t i = 0; i + 1 < n; i += 2) {
             struct env_hdr h;
@@ -872,12 +917,32 @@ static int link_seen_before(struct link *l, const struct env_hdr *h)
     return 0;
 }
 
-static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
+/* Controls only a router may give: who is alive, who died. */
+static int link_router_only(const struct env_hdr *h)
+{
+    return h->kind == ENV_CONTROL &&
+           (!strcmp(h->op, "members") || !strcmp(h->op, "instance-down") ||
+            !strcmp(h->op, "hello-ack"));
+}
+
+static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zmq_msg_t *body)
 {
     struct link *l = z->l;
     struct env_hdr h;
     if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
         log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    /* The direct ROUTER's peers are who their key says (zs_recv_one). */
+    if (from && strcmp(h.sender, from) != 0) {
+        link_forged(l, "sender-not-its-name", from, h.op);
+        return;
+    }
+    /* A router's own word comes on a router's socket with ENV_F_ROUTER,
+     * which routers never forward: not from the direct path, nor from a
+     * member through a router. */
+    if (link_router_only(&h) && (!link_rt_of(l, z) || !(h.flags & ENV_F_ROUTER))) {
+        link_forged(l, "not-from-a-router", h.sender, h.op);
         return;
     }
     if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
@@ -1208,6 +1273,7 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->limbo = (struct sb_buf)SB_BUF_INIT;
     l->seq = (uint64_t)(sb_now() * 1e6);
     strcpy(l->instance, o->instance);
+    rt_id_make(l->rid, sizeof l->rid, l->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
     link_new_inc(l);
@@ -1264,6 +1330,7 @@ void link_free(struct link *l)
     if (l->zctx)
         zmq_ctx_term(l->zctx);
     rt_reg_free(&l->members);
+    rt_addrs_free(&l->addrs);
     free(l->domains);
     free(l);
 }
