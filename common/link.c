@@ -106,6 +106,7 @@ struct link_rt {
     int up;                     /* acked lately: sends prefer it */
     int reopen;                 /* down: make the socket anew before the loop blocks */
     void *mon;                  /* PAIR: the DEALER's handshake events (curve refusals) */
+    ev_io mon_io;               /* its ZMQ_FD: a (re)connection says HELLO at once */
     double refused_at;          /* last handshake refused (our key not a member?) */
     double last_ack;
     struct sb_buf unacked;      /* [u32 hlen][hdr][u32 blen][body]… */
@@ -637,6 +638,25 @@ static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
  * next one takes the envelope instead of a queue for a dead peer.
  * Reconnection backs off from 0.1 s to 2 s. A monitor reports refused
  * handshakes (link_rt_events). */
+static void link_rt_events(struct link *l, struct link_rt *r);
+static sb_rc link_send_hello(struct link *l, int bye);
+
+/* The monitor's ZMQ_FD is edge-triggered: link_rt_events reads it empty. */
+static void link_on_mon(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct link_rt *r = w->data;
+    link_rt_events(r->z.l, r);
+}
+
+static void rt_mon_close(struct link *l, struct link_rt *r)
+{
+    if (!r->mon)
+        return;
+    ev_io_stop(l->loop, &r->mon_io);
+    zmq_close(r->mon);
+    r->mon = NULL;
+}
+
 static sb_rc rt_open(struct link *l, struct link_rt *r)
 {
     int immediate = 1, ivl_max = 2000, zero = 0;
@@ -646,17 +666,24 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
         zmq_setsockopt(r->z.sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0)
         return SB_ERROR;
     snprintf(mon, sizeof mon, "inproc://link-mon-%p", (void *)r);
-    if (r->mon)
-        zmq_close(r->mon);
-    r->mon = NULL;
+    rt_mon_close(l, r);
     if (zmq_socket_monitor(r->z.sock, mon, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0 &&
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                            ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0 &&
         (r->mon = zmq_socket(l->zctx, ZMQ_PAIR)) != NULL) {
         zmq_setsockopt(r->mon, ZMQ_LINGER, &zero, sizeof zero);
         if (zmq_connect(r->mon, mon) != 0) {
             zmq_close(r->mon);
             r->mon = NULL;
         }
+    }
+    if (r->mon) {
+        int fd = -1;
+        size_t sz = sizeof fd;
+        zmq_getsockopt(r->mon, ZMQ_FD, &fd, &sz);
+        ev_io_init(&r->mon_io, link_on_mon, fd, EV_READ);
+        r->mon_io.data = r;
+        ev_io_start(l->loop, &r->mon_io);
     }
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
@@ -781,12 +808,13 @@ static void link_resend(struct link *l)
  * refused link does not end the process as "no router" would. */
 static void link_rt_events(struct link *l, struct link_rt *r)
 {
+    int hello = 0;
     while (r->mon) {
         zmq_msg_t ev, ep;
         zmq_msg_init(&ev);
         if (zmq_msg_recv(&ev, r->mon, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&ev);
-            return;
+            break;
         }
         uint16_t event = 0;
         uint32_t value = 0;
@@ -801,6 +829,12 @@ static void link_rt_events(struct link *l, struct link_rt *r)
             zmq_msg_recv(&ep, r->mon, 0);
             zmq_msg_close(&ep);
         }
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            /* A (re)connected router knows us by our routing id only once we
+             * speak (route.h): say HELLO now, not at the next heartbeat. */
+            hello = 1;
+            continue;
+        }
         double now = ev_now(l->loop);
         if (now - r->refused_at >= 30 || !r->refused_at)
             log_error("link_refused", "endpoint=%s why=%s status=%u note=\"is this "
@@ -811,6 +845,8 @@ static void link_rt_events(struct link *l, struct link_rt *r)
         if (now - r->refused_at >= 30 || !r->refused_at)
             r->refused_at = now;
     }
+    if (hello && l->nrt)
+        link_send_hello(l, 0);
 }
 
 static void link_state(struct link *l, enum link_state st)
@@ -1322,8 +1358,7 @@ void link_free(struct link *l)
     free(l->seen);
     for (size_t i = 0; i < l->nrt; i++) {
         zs_close(&l->rt[i].z);
-        if (l->rt[i].mon)
-            zmq_close(l->rt[i].mon);
+        rt_mon_close(l, &l->rt[i]);
         sb_buf_free(&l->rt[i].unacked);
     }
     sb_buf_free(&l->limbo);

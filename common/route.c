@@ -393,9 +393,11 @@ static struct rt_addr *rt_addrs_find(const struct rt_addrs *a, const char *name,
 void rt_addrs_learn(struct rt_addrs *a, const char *id, size_t len)
 {
     size_t nlen = rt_id_name_len(id, len);
-    if (nlen == len || nlen > ENV_NAME_MAX || len > RT_ID_MAX)
-        return;                     /* no nonce: the name is the id */
+    if (nlen > ENV_NAME_MAX || len > RT_ID_MAX)
+        return;
     struct rt_addr *e = rt_addrs_find(a, id, nlen);
+    if (nlen == len && !e)
+        return;                     /* no nonce: the name is the id */
     if (e && e->idlen == len && memcmp(e->id, id, len) == 0)
         return;                     /* the usual case: nothing new */
     if (!e) {

@@ -245,6 +245,9 @@ static void test_router_ids_are_tied_to_the_key_and_the_latest_connection(void *
     assert_memory_equal(rt_addrs_id(&ad, "c2s1", 4, &n), b, strlen(b));
     rt_addrs_learn(&ad, "sbctl-1", 7);            /* no nonce: nothing to learn */
     assert_int_equal(ad.n, 1);
+    rt_addrs_learn(&ad, "c2s1", 4);               /* its latest speaks without one */
+    assert_string_equal(rt_addrs_id(&ad, "c2s1", 4, &n), "c2s1");
+    assert_int_equal(n, 4);
     rt_addrs_free(&ad);
 }
 
