@@ -45,13 +45,18 @@ typedef sb_rc (*auth_store_lookup_fn)(void *ud, const char *domain, const char *
                                       auth_store_cb cb, void *arg);
 struct auth_store *auth_store_new_fn(auth_store_lookup_fn fn, void *ud);
 
-/* Deterministic stand-in credentials for an unknown account: the salt comes
- * from a per-process random secret and the name, so repeated attempts see
- * the same salt, and the keys are random so every proof fails. */
+/* Deterministic stand-in credentials for an unknown account: the salt is
+ * an HMAC of the domain and name keyed by the cluster's sasl_secret
+ * (auth_fake_configure; a per-process random key without one), so every
+ * attempt on every front-end sees the same salt; the iteration count is
+ * auth_scram_iterations(); the keys are random so every proof fails. */
 void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
                     struct scram_cred *out);
 
 #define AUTH_DEFAULT_ITER 4096
+/* `scram_iterations` (1..1000000, default AUTH_DEFAULT_ITER): what sbctl
+ * makes new accounts with and what fake credentials carry. */
+unsigned auth_scram_iterations(void);
 
 /* Claim a generated ANONYMOUS node through the store's claim function;
  * without one, cb(arg, 1) runs inside. SB_ERROR: cb will not run. */

@@ -19,6 +19,13 @@
 struct auth_store;
 struct auth_store *auth_store_new(struct pgev *pg);
 void auth_store_free(struct auth_store *st);
+/* What hides unknown accounts (auth-int.h auth_fake_cred) for the whole
+ * cluster: `[cluster] sasl_secret` (or `sasl_secret_file`) keys the fake
+ * salts, so every front-end and every restart shows an unknown user the
+ * same salt, and `scram_iterations` is the count they carry, the one real
+ * accounts are made with. Without a secret (logged `sasl_secret_missing`)
+ * a per-process random one is used. SB_ERROR: an unreadable secret file. */
+sb_rc auth_fake_configure(void);
 
 /* ANONYMOUS makes up a random node; a claim function makes it unique across
  * the cluster (e.g. Redis SET NX). It answers through cb, later or inside:

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <nettle/hmac.h>
 
+#include "config.h"
 #include "log.h"
 #include "pgev.h"
 #include "auth-int.h"
@@ -182,6 +183,32 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
 
 static uint8_t store_secret[32];
 static int store_secret_ready;
+static unsigned store_fake_iter = AUTH_DEFAULT_ITER;
+
+unsigned auth_scram_iterations(void)
+{
+    long it = sb_config_int("scram_iterations", AUTH_DEFAULT_ITER);
+    return it < 1 || it > 1000000 ? AUTH_DEFAULT_ITER : (unsigned)it;
+}
+
+sb_rc auth_fake_configure(void)
+{
+    char secret[256];
+    sb_rc rc = sb_config_secret("sasl_secret", secret, sizeof secret);
+    if (rc == SB_ERROR)
+        return SB_ERROR;
+    store_fake_iter = auth_scram_iterations();
+    if (rc == SB_DONE || !*secret) {
+        log_warn("sasl_secret_missing", "note=\"fake SCRAM salts differ per process: set "
+                 "[cluster] sasl_secret\"");
+        return SB_OK;
+    }
+    /* The key is a digest of the secret: any length configures 32 bytes. */
+    sb_secret_digest(secret, strlen(secret), store_secret);
+    store_secret_ready = 1;
+    memset(secret, 0, sizeof secret);
+    return SB_OK;
+}
 
 void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
                     struct scram_cred *out)
@@ -202,7 +229,7 @@ void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,
 
     memset(out, 0, sizeof(*out));
     out->hash = h;
-    out->iter = AUTH_DEFAULT_ITER;
+    out->iter = store_fake_iter;
     out->saltlen = 16;                    /* same shape as scram_cred_make */
     memcpy(out->salt, digest, out->saltlen);
     sb_random(out->stored_key, sizeof(out->stored_key));

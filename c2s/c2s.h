@@ -279,6 +279,9 @@ sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
 sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
                             const char *aux, const char *body, size_t len);
 void c2s_route_end(struct c2s_conn *c);           /* control end for a bound session */
+/* At the first lease: end what an earlier incarnation left in fe:NAME. */
+void c2s_route_sweep_stale(void);
+void c2s_route_stop(void);
 
 /* ---- sm.c (XEP-0198) -------------------------------------------------- */
 void c2s_sm_init(void);

@@ -12,6 +12,7 @@
  * sending gets our stream error instead of a reset. */
 #define _GNU_SOURCE              /* accept4 */
 #include "c2s.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -28,11 +29,7 @@
 #define CONN_LINGER     2.0     /* seconds to flush output after close */
 
 
-static struct {
-    ev_io w;
-    enum c2s_lis_kind kind;
-} conn_lis[4];
-static int conn_nlis;
+static struct sb_listen conn_lis;    /* every listener of the process */
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_free_soon(struct c2s_conn *c);
@@ -253,18 +250,14 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s)
 
 /* ---- listening ---------------------------------------------------------- */
 
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int tag, void *ud);
+
 sb_rc c2s_listen_open(const char *addr, int port, enum c2s_lis_kind kind)
 {
-    if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
+    if (!conn_lis.loop)
+        sb_listen_init(&conn_lis, c2s.loop, conn_accepted, NULL);
+    if (sb_listen_add(&conn_lis, addr, port, 1024, (int)kind) != SB_OK)
         return SB_ERROR;
-    int fd = tlsconn_listen(addr, port, 1024);
-    if (fd < 0)
-        return SB_ERROR;
-    ev_io *w = &conn_lis[conn_nlis].w;
-    conn_lis[conn_nlis].kind = kind;
-    ev_io_init(w, NULL, fd, EV_READ);
-    w->data = &conn_lis[conn_nlis];
-    conn_nlis++;
     log_info("listen", "addr=%s port=%d tls=%s", addr, port, c2s_lis_kind_name(kind));
     return SB_OK;
 }
@@ -330,70 +323,30 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
     tlsconn_want(&c->tc);
 }
 
-/* Out of descriptors: the listen socket stays readable, so pause
- * accepting for a second instead of spinning. */
-static ev_timer conn_accept_pause;
-
-static void conn_accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int tag, void *ud)
 {
-    if (!c2s.stopping)
-        c2s_listen_start();
-}
-
-static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    enum c2s_lis_kind kind = ((typeof(conn_lis[0]) *)w->data)->kind;
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_warn("accept_paused", "error=%s conns=%ld", sb_log_q(strerror(errno)),
-                         c2s.nconns);
-                for (int k = 0; k < conn_nlis; k++)
-                    ev_io_stop(loop, &conn_lis[k].w);
-                ev_timer_init(&conn_accept_pause, conn_accept_resume, 1.0, 0.);
-                ev_timer_start(loop, &conn_accept_pause);
-            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                       errno != ECONNABORTED) {
-                log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
-            }
-            return;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (kind == C2S_LIS_HTTP || kind == C2S_LIS_HTTPS) {
-            char peer[64];
-            tlsconn_peer_name(peer, sizeof peer, (const struct sockaddr *)&ss);
-            if (c2s.fe && c2s.fe->accept_http)
-                c2s.fe->accept_http(fd, peer, kind == C2S_LIS_HTTPS);
-            else
-                close(fd);
-            continue;
-        }
-        conn_new(fd, &ss, kind == C2S_LIS_TLS);
+    enum c2s_lis_kind kind = (enum c2s_lis_kind)tag;
+    if (kind == C2S_LIS_HTTP || kind == C2S_LIS_HTTPS) {
+        char peer[64];
+        tlsconn_peer_name(peer, sizeof peer, (const struct sockaddr *)ss);
+        if (c2s.fe && c2s.fe->accept_http)
+            c2s.fe->accept_http(fd, peer, kind == C2S_LIS_HTTPS);
+        else
+            close(fd);
+        return;
     }
+    conn_new(fd, ss, kind == C2S_LIS_TLS);
 }
 
 void c2s_listen_start(void)
 {
-    for (int i = 0; i < conn_nlis; i++) {
-        if (ev_is_active(&conn_lis[i].w))
-            continue;
-        ev_set_cb(&conn_lis[i].w, conn_accept_cb);
-        ev_io_start(c2s.loop, &conn_lis[i].w);
-    }
+    if (conn_lis.loop)
+        sb_listen_start(&conn_lis);
 }
 
 void c2s_listen_stop(void)
 {
-    ev_timer_stop(c2s.loop, &conn_accept_pause);
-    for (int i = 0; i < conn_nlis; i++) {
-        ev_io_stop(c2s.loop, &conn_lis[i].w);
-        close(conn_lis[i].w.fd);
-    }
-    conn_nlis = 0;
+    sb_listen_close(&conn_lis);
 }
 
 /* ---- the TCP transport -------------------------------------------------- */

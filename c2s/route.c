@@ -6,6 +6,7 @@
 #include "c2s.h"
 #include "jid.h"
 #include "log.h"
+#include "rdev.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -381,4 +382,87 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
     default:
         return;
     }
+}
+
+/* ---- stale fe: set at start ------------------------------------------------ */
+
+/* What an earlier incarnation of this name left in fe:NAME (a kill -9 whose
+ * clean-up by the routers was lost: no router up, the chosen sm gone, Redis
+ * down past the sm's retries) would stay bound for ever. So at its first
+ * lease the front-end reads the set and, for every session that is not one
+ * of its own live ones, tells the user's sm (`session-gone`: it ends the
+ * binding, contacts see unavailable; a resumable session is kept for its
+ * client) and removes the member itself. A member whose sid is in the
+ * session table is this incarnation's (a bind may already be under way). */
+#define SWEEP_RETRY 2.0
+#define SWEEP_TRIES 30
+
+static ev_timer sweep_timer;
+static int sweep_tries;
+static void sweep_run(void);
+
+static void sweep_on_srem(redisReply *r, void *arg)
+{
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        log_warn("stale_session_srem_failed", "detail=%s",
+                 sb_log_q(r && r->str ? r->str : "redis unavailable"));
+}
+
+/* "fulljid sid": the resource may hold spaces, the sid does not. */
+static int sweep_member(const char *m)
+{
+    const char *sp = strrchr(m, ' ');
+    if (!sp || sp == m || (size_t)(sp - m) > JID_FULL_MAX || strlen(sp + 1) > ENV_NAME_MAX)
+        return 0;
+    if (c2s_table_find(sp + 1))
+        return 0;
+    memcpy(route_full, m, (size_t)(sp - m));
+    route_full[sp - m] = '\0';
+    if (jid_bare_of(route_full, route_bare, sizeof route_bare) >= 0)
+        c2s_route_control("session-gone", route_bare, sp + 1, route_full);
+    rdev_cmd(c2s.rd, sweep_on_srem, NULL, "SREM fe:%s %s", c2s.instance, m);
+    return 1;
+}
+
+static void sweep_on_members(redisReply *r, void *arg)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (++sweep_tries >= SWEEP_TRIES || c2s.stopping) {
+            log_error("stale_sessions_failed", "instance=%s tries=%d", c2s.instance, sweep_tries);
+            return;
+        }
+        ev_timer_start(c2s.loop, &sweep_timer);
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            n += (size_t)sweep_member(r->element[i]->str);
+    log_info("stale_sessions_cleared", "instance=%s sessions=%zu kept=%zu", c2s.instance, n,
+             r->elements - n);
+}
+
+static void sweep_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sweep_run();
+}
+
+static void sweep_run(void)
+{
+    if (rdev_cmd(c2s.rd, sweep_on_members, NULL, "SMEMBERS fe:%s", c2s.instance) != SB_OK)
+        log_error("stale_sessions_failed", "instance=%s detail=redis-queue", c2s.instance);
+}
+
+void c2s_route_sweep_stale(void)
+{
+    static int done;
+    if (done++)
+        return;                      /* at start only: later leases are the routers' job */
+    ev_timer_init(&sweep_timer, sweep_on_timer, SWEEP_RETRY, 0.);
+    sweep_run();
+}
+
+void c2s_route_stop(void)
+{
+    ev_timer_stop(c2s.loop, &sweep_timer);
 }

@@ -310,6 +310,8 @@ static sb_rc main_open(void)
             return SB_ERROR;
         log_warn("tls_unavailable", "note=\"running plaintext only\"");
     }
+    if (auth_fake_configure() != SB_OK)
+        return SB_ERROR;
     c2s.pg = sb_proc_pg(&main_proc);
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
     c2s.rd = rdev_from_config(c2s.loop);
@@ -333,6 +335,7 @@ static void main_cleanup(void)
     ev_timer_stop(c2s.loop, &main_trim);
     c2s_conn_free_all();
     c2s_sm_stop();
+    c2s_route_stop();
     if (c2s.fe->cleanup)
         c2s.fe->cleanup();
     c2s_listen_stop();
@@ -364,6 +367,7 @@ static const struct sb_proc_daemon main_daemon = {
     .stop = main_stop,
     .cleanup = main_cleanup,
     .lease_lost = main_lease_lost,
+    .lease_held = c2s_route_sweep_stale,
     .grace = C2S_SHUTDOWN_GRACE,
 };
 

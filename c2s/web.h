@@ -26,6 +26,7 @@ struct web_cfg {
     int ws_ping;            /* seconds between WebSocket pings (30); 0 = none */
     const char *cors_origins;   /* "*" or a space/comma list of origins */
     const char *prebind_secret; /* "" disables /http-pre-bind */
+    uint8_t prebind_digest[SB_SECRET_DIGEST];   /* sb_secret_digest of it */
     const char *bosh_path, *ws_path, *prebind_path;
 };
 extern struct web_cfg web_cfg;

@@ -35,6 +35,7 @@ static sb_rc web_init(void)
         log_error("config_invalid", "key=prebind_secret reason=\"at least 16 characters\"");
         return SB_ERROR;
     }
+    sb_secret_digest(w->prebind_secret, strlen(w->prebind_secret), w->prebind_digest);
     web_http_init();
     web_bosh_init();
     web_ws_ping_all();

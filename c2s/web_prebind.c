@@ -13,7 +13,6 @@
 #include "web.h"
 #include "log.h"
 
-#include <nettle/memops.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,11 +255,9 @@ static int pb_param(const char *src, const char *name, char *out, size_t cap)
 
 static int pb_authorized(const struct web_req *r)
 {
-    const char *secret = web_cfg.prebind_secret;
-    size_t n = strlen(secret);
-    if (strncmp(r->auth, "Bearer ", 7) != 0 || strlen(r->auth + 7) != n)
+    if (!*web_cfg.prebind_secret || strncmp(r->auth, "Bearer ", 7) != 0)
         return 0;
-    return memeql_sec(r->auth + 7, secret, n);
+    return sb_secret_matches(web_cfg.prebind_digest, r->auth + 7, strlen(r->auth + 7));
 }
 
 void web_prebind_request(struct web_conn *h, struct web_req *r)

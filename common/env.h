@@ -49,6 +49,10 @@ enum env_route {
 
 #define ENV_F_NONE 0x00
 #define ENV_F_SEQ  0x80     /* a u64 seq follows aux (router path; not on BOUNCE) */
+/* Said by a router itself (members, instance-down, hello-ack): a router
+ * drops any envelope a component sends with it, so a component trusts a
+ * control with it only when it arrived on a router socket. */
+#define ENV_F_ROUTER 0x40
 
 struct env_hdr {
     uint8_t version, kind, route, flags;

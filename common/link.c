@@ -106,6 +106,7 @@ struct link_rt {
     int up;                     /* acked lately: sends prefer it */
     int reopen;                 /* down: make the socket anew before the loop blocks */
     void *mon;                  /* PAIR: the DEALER's handshake events (curve refusals) */
+    ev_io mon_io;               /* its ZMQ_FD: a (re)connection says HELLO at once */
     double refused_at;          /* last handshake refused (our key not a member?) */
     double last_ack;
     struct sb_buf unacked;      /* [u32 hlen][hdr][u32 blen][body]… */
@@ -149,6 +150,10 @@ struct link {
     ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
+    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];   /* our routing id: "NAME#NONCE" (route.h) */
+    struct rt_addrs addrs;      /* sm: who is at which id on `direct` */
+    double forged_at;           /* refused envelopes: one log line per window */
+    unsigned long forged;
     char kind[ENV_NAME_MAX + 1];
     char *domains;
     long sessions;
@@ -185,13 +190,14 @@ static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
         zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return SB_ERROR;
     if (type == ZMQ_DEALER &&
-        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->instance, strlen(l->instance)) != 0)
+        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->rid, strlen(l->rid)) != 0)
         return SB_ERROR;
     /* ROUTER: an unknown destination fails the send (and takes the router
-     * path); a restarted component takes its name over at once. */
+     * path). No handover: ids carry a per-start nonce (route.h), so a
+     * restarted component never meets its old id, and nobody can take
+     * over another's. */
     if (type == ZMQ_ROUTER &&
-        (zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
-         zmq_setsockopt(z->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0))
+        zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
         return SB_ERROR;
     /* Only cluster members join the bus (curve.c): before connect/bind. */
     if ((type == ZMQ_ROUTER ? sb_curve_server(l->curve, z->sock)
@@ -272,7 +278,7 @@ static int zs_send(struct link_zs *z, const uint8_t *hdr, size_t hlen, const cha
     return 0;
 }
 
-static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body);
+static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zmq_msg_t *body);
 
 SB_COUNTER(link_mx_sent_direct, "sb_link_envelopes_sent_total", "path=\"direct\"",
            "Envelopes sent, straight to an sm/component or through a router")
@@ -287,13 +293,43 @@ SB_COUNTER(link_mx_dups, "sb_link_duplicates_total", "",
 SB_COUNTER(link_mx_router_down, "sb_link_router_down_total", "",
            "Times a router connection was declared down")
 
+/* An envelope the link refuses (forged sender, a router's control from
+ * elsewhere): one line per 10 s, with the count since the last one. */
+static void link_forged(struct link *l, const char *why, const char *from, const char *op)
+{
+    double now = ev_now(l->loop);
+    l->forged++;
+    if (now - l->forged_at < 10.0)
+        return;
+    log_warn("bus_forged", "why=%s from=%s op=%s count=%lu", why, sb_log_q(from), sb_log_q(op),
+             l->forged);
+    l->forged_at = now;
+    l->forged = 0;
+}
+
+/* On the direct ROUTER: may this connection speak for the name in its id?
+ * Cuts `from` down to that name, and remembers the id to answer it at. */
+static int link_from_trusted(struct link *l, zmq_msg_t *first, char *from)
+{
+    size_t len = strlen(from);
+    const char *uid = l->curve ? zmq_msg_gets(first, "User-Id") : NULL;
+    if (!rt_id_speaks_for(uid, l->curve != NULL, from, len)) {
+        link_forged(l, "name-not-its-key", from, "");
+        return 0;
+    }
+    rt_addrs_learn(&l->addrs, from, len);
+    from[rt_id_name_len(from, len)] = '\0';
+    return 1;
+}
+
 /* Receive one whole multipart message ([identity] on a ROUTER, then
  * [h1][b1][h2][b2]…) and deliver its envelopes in order. A trailing odd
  * frame is garbage: logged, dropped. Returns 0 when the socket is empty. */
 static int zs_recv_one(struct link_zs *z)
 {
     zmq_msg_t f[2];
-    int n = 0, more = 1, first = 1, skip = z->router;
+    char from[RT_ID_MAX + 1] = "";     /* on a ROUTER: the sender's NAME, once trusted */
+    int n = 0, more = 1, first = 1, skip = z->router, checked = !z->router, trusted = 1;
     while (more && z->sock) {
         zmq_msg_init(&f[n]);
         int rc;
@@ -312,13 +348,21 @@ static int zs_recv_one(struct link_zs *z)
         }
         first = 0;
         more = zmq_msg_more(&f[n]);
-        if (skip) {             /* the sender's identity: the header names it */
+        if (skip) {             /* the sender's routing id */
             skip = 0;
+            size_t len = zmq_msg_size(&f[n]) > RT_ID_MAX ? RT_ID_MAX : zmq_msg_size(&f[n]);
+            memcpy(from, zmq_msg_data(&f[n]), len);
+            from[len] = '\0';
             zmq_msg_close(&f[n]);
             continue;
         }
+        if (!checked) {         /* its key must be that id's name's (route.h) */
+            checked = 1;
+            trusted = link_from_trusted(z->l, &f[n], from);
+        }
         if (++n == 2) {
-            link_deliver(z, &f[0], &f[1]);
+            if (trusted)
+                link_deliver(z, z->router ? from : NULL, &f[0], &f[1]);
             zmq_msg_close(&f[0]);
             zmq_msg_close(&f[1]);
             n = 0;
@@ -410,7 +454,9 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
     q->n = 0;
     if (!n)
         return;
-    if (zmq_send(l->direct->sock, q->to, strlen(q->to), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    size_t idlen;
+    const char *id = rt_addrs_id(&l->addrs, q->to, strlen(q->to), &idlen);
+    if (zmq_send(l->direct->sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         l->fb_rq += n / 2;
         for (size_t i = 0; i + 1 < n; i += 2) {
             struct env_hdr h;
@@ -592,6 +638,25 @@ static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
  * next one takes the envelope instead of a queue for a dead peer.
  * Reconnection backs off from 0.1 s to 2 s. A monitor reports refused
  * handshakes (link_rt_events). */
+static void link_rt_events(struct link *l, struct link_rt *r);
+static sb_rc link_send_hello(struct link *l, int bye);
+
+/* The monitor's ZMQ_FD is edge-triggered: link_rt_events reads it empty. */
+static void link_on_mon(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct link_rt *r = w->data;
+    link_rt_events(r->z.l, r);
+}
+
+static void rt_mon_close(struct link *l, struct link_rt *r)
+{
+    if (!r->mon)
+        return;
+    ev_io_stop(l->loop, &r->mon_io);
+    zmq_close(r->mon);
+    r->mon = NULL;
+}
+
 static sb_rc rt_open(struct link *l, struct link_rt *r)
 {
     int immediate = 1, ivl_max = 2000, zero = 0;
@@ -601,17 +666,24 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
         zmq_setsockopt(r->z.sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0)
         return SB_ERROR;
     snprintf(mon, sizeof mon, "inproc://link-mon-%p", (void *)r);
-    if (r->mon)
-        zmq_close(r->mon);
-    r->mon = NULL;
+    rt_mon_close(l, r);
     if (zmq_socket_monitor(r->z.sock, mon, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0 &&
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                            ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0 &&
         (r->mon = zmq_socket(l->zctx, ZMQ_PAIR)) != NULL) {
         zmq_setsockopt(r->mon, ZMQ_LINGER, &zero, sizeof zero);
         if (zmq_connect(r->mon, mon) != 0) {
             zmq_close(r->mon);
             r->mon = NULL;
         }
+    }
+    if (r->mon) {
+        int fd = -1;
+        size_t sz = sizeof fd;
+        zmq_getsockopt(r->mon, ZMQ_FD, &fd, &sz);
+        ev_io_init(&r->mon_io, link_on_mon, fd, EV_READ);
+        r->mon_io.data = r;
+        ev_io_start(l->loop, &r->mon_io);
     }
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
@@ -736,12 +808,13 @@ static void link_resend(struct link *l)
  * refused link does not end the process as "no router" would. */
 static void link_rt_events(struct link *l, struct link_rt *r)
 {
+    int hello = 0;
     while (r->mon) {
         zmq_msg_t ev, ep;
         zmq_msg_init(&ev);
         if (zmq_msg_recv(&ev, r->mon, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&ev);
-            return;
+            break;
         }
         uint16_t event = 0;
         uint32_t value = 0;
@@ -756,6 +829,12 @@ static void link_rt_events(struct link *l, struct link_rt *r)
             zmq_msg_recv(&ep, r->mon, 0);
             zmq_msg_close(&ep);
         }
+        if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+            /* A (re)connected router knows us by our routing id only once we
+             * speak (route.h): say HELLO now, not at the next heartbeat. */
+            hello = 1;
+            continue;
+        }
         double now = ev_now(l->loop);
         if (now - r->refused_at >= 30 || !r->refused_at)
             log_error("link_refused", "endpoint=%s why=%s status=%u note=\"is this "
@@ -766,6 +845,8 @@ static void link_rt_events(struct link *l, struct link_rt *r)
         if (now - r->refused_at >= 30 || !r->refused_at)
             r->refused_at = now;
     }
+    if (hello && l->nrt)
+        link_send_hello(l, 0);
 }
 
 static void link_state(struct link *l, enum link_state st)
@@ -872,12 +953,32 @@ static int link_seen_before(struct link *l, const struct env_hdr *h)
     return 0;
 }
 
-static void link_deliver(struct link_zs *z, zmq_msg_t *hdr, zmq_msg_t *body)
+/* Controls only a router may give: who is alive, who died. */
+static int link_router_only(const struct env_hdr *h)
+{
+    return h->kind == ENV_CONTROL &&
+           (!strcmp(h->op, "members") || !strcmp(h->op, "instance-down") ||
+            !strcmp(h->op, "hello-ack"));
+}
+
+static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zmq_msg_t *body)
 {
     struct link *l = z->l;
     struct env_hdr h;
     if (env_decode(&h, zmq_msg_data(hdr), zmq_msg_size(hdr)) != SB_OK) {
         log_warn("link_bad_envelope", "bytes=%zu", zmq_msg_size(hdr));
+        return;
+    }
+    /* The direct ROUTER's peers are who their key says (zs_recv_one). */
+    if (from && strcmp(h.sender, from) != 0) {
+        link_forged(l, "sender-not-its-name", from, h.op);
+        return;
+    }
+    /* A router's own word comes on a router's socket with ENV_F_ROUTER,
+     * which routers never forward: not from the direct path, nor from a
+     * member through a router. */
+    if (link_router_only(&h) && (!link_rt_of(l, z) || !(h.flags & ENV_F_ROUTER))) {
+        link_forged(l, "not-from-a-router", h.sender, h.op);
         return;
     }
     if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
@@ -1208,6 +1309,7 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->limbo = (struct sb_buf)SB_BUF_INIT;
     l->seq = (uint64_t)(sb_now() * 1e6);
     strcpy(l->instance, o->instance);
+    rt_id_make(l->rid, sizeof l->rid, l->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
     link_new_inc(l);
@@ -1256,14 +1358,14 @@ void link_free(struct link *l)
     free(l->seen);
     for (size_t i = 0; i < l->nrt; i++) {
         zs_close(&l->rt[i].z);
-        if (l->rt[i].mon)
-            zmq_close(l->rt[i].mon);
+        rt_mon_close(l, &l->rt[i]);
         sb_buf_free(&l->rt[i].unacked);
     }
     sb_buf_free(&l->limbo);
     if (l->zctx)
         zmq_ctx_term(l->zctx);
     rt_reg_free(&l->members);
+    rt_addrs_free(&l->addrs);
     free(l->domains);
     free(l);
 }

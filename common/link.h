@@ -2,7 +2,7 @@
  * libev loop.
  *
  * Every process except the routers owns one link: one ZeroMQ DEALER per
- * router (routing id = the instance name), plus one DEALER per sm that
+ * router (routing id "NAME#NONCE", route.h), plus one DEALER per sm that
  * announced a direct endpoint (an sm binds a ROUTER for it): stanzas for
  * local users go straight to the owning sm, and the sm answers straight
  * back (see link.c and ENVELOPE.md). What goes through a router goes

@@ -193,6 +193,8 @@ static void proc_on_link_state(struct link *l, enum link_state st, void *ud)
         ev_break(p->loop, EVBREAK_ALL);
     } else if (st == LINK_LEASE_LOST && proc_d && proc_d->lease_lost) {
         proc_d->lease_lost();
+    } else if (st == LINK_LEASE_HELD && proc_d && proc_d->lease_held) {
+        proc_d->lease_held();
     }
 }
 

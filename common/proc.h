@@ -48,6 +48,9 @@ struct sb_proc_daemon {
     /* The cluster's lease on this process ran out (link.h): everyone else
      * has ended its sessions, so it closes its clients' streams. */
     void (*lease_lost)(void);
+    /* A router confirmed the lease (the first time after start, and again
+     * after a lost one): the cluster counts this incarnation alive. */
+    void (*lease_held)(void);
     double grace;
 };
 /* configure → open → started → the loop until stopped → cleanup, then the

@@ -3,6 +3,7 @@
  * linear scans beat any index here. */
 #include "route.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -366,4 +367,84 @@ sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out
             return SB_ERROR;
     }
     return SB_OK;
+}
+
+/* ---- bus routing ids ---------------------------------------------------- */
+
+void rt_id_make(char *out, size_t cap, const char *name)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[RT_NONCE_HEX / 2];
+    char nonce[RT_NONCE_HEX + 1];
+    sb_random(b, sizeof b);
+    for (size_t i = 0; i < sizeof b; i++) {
+        nonce[2 * i] = hex[b[i] >> 4];
+        nonce[2 * i + 1] = hex[b[i] & 15];
+    }
+    nonce[RT_NONCE_HEX] = '\0';
+    snprintf(out, cap, "%s%c%s", name, RT_ID_SEP, nonce);
+}
+
+size_t rt_id_name_len(const char *id, size_t len)
+{
+    const char *sep = memchr(id, RT_ID_SEP, len);
+    return sep ? (size_t)(sep - id) : len;
+}
+
+int rt_id_speaks_for(const char *uid, int curve, const char *id, size_t len)
+{
+    if (!curve)
+        return 1;
+    size_t n = rt_id_name_len(id, len);
+    return uid && strlen(uid) == n && memcmp(uid, id, n) == 0;
+}
+
+static struct rt_addr *rt_addrs_find(const struct rt_addrs *a, const char *name, size_t nlen)
+{
+    for (size_t i = 0; i < a->n; i++)
+        if (strlen(a->v[i].name) == nlen && memcmp(a->v[i].name, name, nlen) == 0)
+            return &a->v[i];
+    return NULL;
+}
+
+void rt_addrs_learn(struct rt_addrs *a, const char *id, size_t len)
+{
+    size_t nlen = rt_id_name_len(id, len);
+    if (nlen > ENV_NAME_MAX || len > RT_ID_MAX)
+        return;
+    struct rt_addr *e = rt_addrs_find(a, id, nlen);
+    if (nlen == len && !e)
+        return;                     /* no nonce: the name is the id */
+    if (e && e->idlen == len && memcmp(e->id, id, len) == 0)
+        return;                     /* the usual case: nothing new */
+    if (!e) {
+        if (a->n == a->cap) {
+            size_t cap = a->cap ? 2 * a->cap : 16;
+            struct rt_addr *v = realloc(a->v, cap * sizeof *v);
+            if (!v)
+                return;
+            a->v = v;
+            a->cap = cap;
+        }
+        e = &a->v[a->n++];
+        memcpy(e->name, id, nlen);
+        e->name[nlen] = '\0';
+    }
+    memcpy(e->id, id, len);
+    e->id[len] = '\0';
+    e->idlen = len;
+}
+
+const char *rt_addrs_id(const struct rt_addrs *a, const char *name, size_t nlen, size_t *idlen)
+{
+    const struct rt_addr *e = rt_addrs_find(a, name, nlen);
+    *idlen = e ? e->idlen : nlen;
+    return e ? e->id : name;
+}
+
+void rt_addrs_free(struct rt_addrs *a)
+{
+    free(a->v);
+    a->v = NULL;
+    a->n = a->cap = 0;
 }

@@ -97,4 +97,41 @@ sb_rc rt_members_body(const struct rt_registry *r, struct sb_buf *out);
 /* ADMIN status: "name=… kind=… pid=… last_hello_ms=… sessions=… domains=…[ direct=…]\n". */
 sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out);
 
+/* ---- bus routing ids ---------------------------------------------------- */
+/* A component's sockets use the routing id "NAME#NONCE" (NONCE: random hex,
+ * new at every process start), never the bare name. So a restarted process
+ * never collides with the connection its dead predecessor left behind, and
+ * no peer can take a name over by connecting with it (the bus ROUTERs run
+ * without ZMQ_ROUTER_HANDOVER): a bus server (router, sm direct socket)
+ * reads NAME off the id, accepts a message only when the CURVE key it came
+ * with is NAME's (the ZAP User-Id, common/curve.c), and addresses NAME by
+ * the id its latest accepted message came with (struct rt_addrs). An id
+ * without '#' (sbctl's "sbctl-PID", `curve = off` set-ups) is its own name. */
+#define RT_ID_MAX 255          /* ZeroMQ routing ids are at most 255 bytes */
+#define RT_NONCE_HEX 16
+#define RT_ID_SEP '#'
+
+/* "NAME#<16 hex>" into out (ENV_NAME_MAX + 18 bytes suffice). */
+void rt_id_make(char *out, size_t cap, const char *name);
+/* Bytes of the NAME part of a routing id. */
+size_t rt_id_name_len(const char *id, size_t len);
+/* May a message with routing id `id` speak for its NAME? With CURVE (uid
+ * = its User-Id, NULL when absent) the key must be NAME's; without, yes. */
+int rt_id_speaks_for(const char *uid, int curve, const char *id, size_t len);
+
+struct rt_addr {
+    char name[ENV_NAME_MAX + 1];
+    char id[RT_ID_MAX + 1];
+    size_t idlen;
+};
+struct rt_addrs {
+    struct rt_addr *v;
+    size_t n, cap;
+};
+/* Remember that NAME (id's own) is reached at `id` now. */
+void rt_addrs_learn(struct rt_addrs *a, const char *id, size_t len);
+/* The id NAME is reached at: the learnt one, else name itself. */
+const char *rt_addrs_id(const struct rt_addrs *a, const char *name, size_t nlen, size_t *idlen);
+void rt_addrs_free(struct rt_addrs *a);
+
 #endif

@@ -2,6 +2,8 @@
 #include "sb.h"
 
 #include <errno.h>
+#include <nettle/memops.h>
+#include <nettle/sha2.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,4 +117,19 @@ double sb_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void sb_secret_digest(const void *secret, size_t len, uint8_t out[SB_SECRET_DIGEST])
+{
+    struct sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, len, secret);
+    sha256_digest(&h, SB_SECRET_DIGEST, out);
+}
+
+int sb_secret_matches(const uint8_t want[SB_SECRET_DIGEST], const void *given, size_t len)
+{
+    uint8_t got[SB_SECRET_DIGEST];
+    sb_secret_digest(given, len, got);
+    return memeql_sec(want, got, SB_SECRET_DIGEST);
 }

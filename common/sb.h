@@ -25,6 +25,15 @@ const char *sb_rc_name(sb_rc rc);
  * failure: a server that cannot get randomness must not make ids. */
 void sb_random(void *buf, size_t n);
 
+/* Comparing a presented secret with a configured one (bearer tokens):
+ * both are reduced to SHA-256 digests and the digests compared in
+ * constant time, so neither the secret's length nor the position of the
+ * first differing byte shows in the timing. The configured side's digest
+ * is made once (sb_secret_digest), the presented one per request. */
+#define SB_SECRET_DIGEST 32
+void sb_secret_digest(const void *secret, size_t len, uint8_t out[SB_SECRET_DIGEST]);
+int sb_secret_matches(const uint8_t want[SB_SECRET_DIGEST], const void *given, size_t len);
+
 /* Unpredictable id of `len` characters from [a-z0-9] into out (len+1 bytes). */
 void sb_random_id(char *out, size_t len);
 

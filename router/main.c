@@ -37,7 +37,6 @@
 #define RT_BATCH 1024          /* messages per drain before yielding to the loop */
 #define RT_OUT_MAX 256         /* envelopes per outgoing message to one destination */
 #define RT_PENDING_MAX 256     /* dead front-ends waiting for an sm to clean them */
-#define RT_ID_MAX 255          /* ZeroMQ routing ids are at most 255 bytes */
 #define RT_POLL_EVERY 0.25     /* seconds between membership reads from Redis */
 #define RT_MEMBERS_MAX 1024    /* names read per poll */
 #define RT_DOWN_CLAIM_MS 600000 /* how long a clean-up claim is kept */
@@ -101,6 +100,7 @@ struct rt_server {
     int fired;                      /* the fd fired: drain in the check */
     int dirty;                      /* zmq calls since the socket was seen empty */
     unsigned long bad_in;           /* garbage envelopes since the last sweep */
+    struct rt_addrs addrs;          /* member name → the routing id it speaks from */
     struct rt_outq *q;              /* one per destination seen; reused */
     size_t nq, capq;
     int queued;                     /* some queue holds envelopes */
@@ -277,6 +277,7 @@ static void rt_flush(struct rt_server *s)
 static int rt_send_msgs(struct rt_server *s, const char *to, size_t tolen, zmq_msg_t *id,
                         zmq_msg_t *hdr, zmq_msg_t *body, enum rt_mode mode)
 {
+    to = rt_addrs_id(&s->addrs, to, tolen, &tolen);   /* a member's current connection */
     if (tolen == 0 || tolen > RT_ID_MAX) {
         errno = EHOSTUNREACH;
         return -1;
@@ -351,6 +352,7 @@ static void rt_control(struct rt_server *s, const char *to, const char *op,
 {
     struct env_hdr *h = &s->out;
     env_init(h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    h->flags = ENV_F_ROUTER;        /* members, instance-down…: only a router's count */
     rt_copy_str(h->key, sizeof h->key, to, strlen(to));
     rt_copy_str(h->sender, sizeof h->sender, s->name, strlen(s->name));
     rt_copy_str(h->op, sizeof h->op, op, strlen(op));
@@ -374,8 +376,9 @@ static void rt_bounce(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr,
         return;
     }
     env_init(b, ENV_BOUNCE, ENV_ROUTE_INSTANCE);
-    rt_copy_str(b->key, ENV_NAME_MAX + 1, zmq_msg_data(id), zmq_msg_size(id));
-    if (strlen(b->key) != zmq_msg_size(id))
+    size_t idn = rt_id_name_len(zmq_msg_data(id), zmq_msg_size(id));
+    rt_copy_str(b->key, ENV_NAME_MAX + 1, zmq_msg_data(id), idn);
+    if (strlen(b->key) != idn)
         b->key[0] = '\0';    /* binary identity: the frame still addresses it */
     rt_copy_str(b->sender, sizeof b->sender, s->name, strlen(s->name));
     rt_copy_str(b->op, sizeof b->op, reason, strlen(reason));
@@ -779,7 +782,7 @@ static void rt_on_bye(struct rt_server *s, const char *name, const char *inc)
 static void rt_on_hello(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *body)
 {
     const char *name = zmq_msg_data(id);
-    size_t nlen = zmq_msg_size(id), blen = zmq_msg_size(body);
+    size_t nlen = rt_id_name_len(name, zmq_msg_size(id)), blen = zmq_msg_size(body);
     const char *peer = zmq_msg_gets(body, "Peer-Address");
     s->heard.remote_hello = 0;
     int ch = rt_reg_hello(&s->heard, name, nlen, zmq_msg_data(body), blen, sb_now(), NULL);
@@ -880,7 +883,8 @@ static void rt_on_admin(struct rt_server *s, zmq_msg_t *id, zmq_msg_t *hdr)
 static void rt_fwd_jid(struct rt_server *s, zmq_msg_t *f, const char *key, size_t keylen)
 {
     const char *reason = "no-sm";
-    const struct rt_inst *from = rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]));
+    const struct rt_inst *from = rt_reg_find(&s->reg, zmq_msg_data(&f[0]),
+                                             rt_id_name_len(zmq_msg_data(&f[0]), zmq_msg_size(&f[0])));
     int from_s2s = from && strcmp(from->kind, "s2s") == 0;
     const struct rt_inst *to = rt_route_jid(&s->reg, key, keylen, from_s2s, &reason);
     if (!to || rt_send_msgs(s, to->name, strlen(to->name), &f[0], &f[1], &f[2], RT_REROUTE) != 0)
@@ -923,6 +927,48 @@ static void rt_for_router(struct rt_server *s, zmq_msg_t *f, uint8_t kind)
         log_warn("unexpected_for_router", "kind=%s", env_kind_name(kind));
 }
 
+/* Who an envelope is from is the connection's business, not the header's:
+ * the routing id's NAME must be the name of the CURVE key it came with
+ * (sbctl's ADMIN aside: one key, an id per run), the header's `sender`
+ * must be that NAME on everything forwarded, and ENV_F_ROUTER (what a
+ * router itself says: members, instance-down) is never forwarded. Anything
+ * else is dropped with one `bus_forged` line per sweep period (a key
+ * speaking under another name is told `not-a-member`). A message
+ * that passes teaches which connection NAME is at. */
+static int rt_from_ok(struct rt_server *s, zmq_msg_t *f, uint8_t kind, uint8_t route,
+                      const char *key, size_t keylen)
+{
+    const char *id = zmq_msg_data(&f[0]), *why = NULL;
+    size_t idlen = zmq_msg_size(&f[0]), nlen = rt_id_name_len(id, idlen);
+    const char *uid = s->curve ? zmq_msg_gets(&f[1], "User-Id") : NULL;
+    const uint8_t *h = zmq_msg_data(&f[1]);
+    size_t hlen = zmq_msg_size(&f[1]), off = 6 + keylen;
+    size_t slen = hlen >= off + 2 ? ((size_t)h[off] << 8 | h[off + 1]) : 0;
+    if (!rt_id_speaks_for(uid, s->curve != NULL, id, idlen)) {
+        if (kind != ENV_ADMIN)
+            why = "name-not-its-key";
+    } else {
+        rt_addrs_learn(&s->addrs, id, idlen);
+    }
+    if (!why && route != ENV_ROUTE_ROUTER &&
+        (hlen < off + 2 + slen || slen != nlen || memcmp(h + off + 2, id, nlen) != 0))
+        why = "sender-not-its-name";
+    if (!why && route != ENV_ROUTE_ROUTER && kind != ENV_BOUNCE && (h[3] & ENV_F_ROUTER))
+        why = "router-flag";
+    if (!why)
+        return 1;
+    if (!strcmp(why, "name-not-its-key"))
+        rt_bounce(s, &f[0], &f[1], &f[2], "not-a-member");    /* to that very connection */
+    if (rt_bad_first(s)) {
+        char k[ENV_NAME_MAX + 1];
+        rt_copy_str(k, sizeof k, key, keylen);
+        log_warn("bus_forged", "why=%s from=%s key_of=%s kind=%s key=%s", why,
+                 sb_log_q(rt_id_str(&f[0])), sb_log_q(uid ? uid : "-"), env_kind_name(kind),
+                 sb_log_q(k));
+    }
+    return 0;
+}
+
 /* f = [identity][header][body]. */
 static void rt_handle(struct rt_server *s, zmq_msg_t *f)
 {
@@ -935,11 +981,14 @@ static void rt_handle(struct rt_server *s, zmq_msg_t *f)
         return;
     }
     sb_metric_inc(rt_mx_in_of(kind));
+    const char *id = zmq_msg_data(&f[0]);
+    size_t nlen = rt_id_name_len(id, zmq_msg_size(&f[0]));
+    if (!rt_from_ok(s, f, kind, route, key, keylen))
+        return;
     /* Only members route (a HELLO makes one; sbctl's ADMIN needs none): a
      * key holder that never said HELLO under this name is told so. */
     if (route != ENV_ROUTE_ROUTER && kind != ENV_ADMIN && kind != ENV_BOUNCE &&
-        !rt_reg_find(&s->heard, zmq_msg_data(&f[0]), zmq_msg_size(&f[0])) &&
-        !rt_reg_find(&s->reg, zmq_msg_data(&f[0]), zmq_msg_size(&f[0]))) {
+        !rt_reg_find(&s->heard, id, nlen) && !rt_reg_find(&s->reg, id, nlen)) {
         if (rt_bad_first(s))
             log_warn("not_a_member", "from=%s kind=%s", sb_log_q(rt_id_str(&f[0])),
                      env_kind_name(kind));
@@ -1116,7 +1165,6 @@ static sb_rc rt_socket(struct rt_server *s, const char *bind)
     s->sock = zmq_socket(s->zctx, ZMQ_ROUTER);
     if (!s->sock ||
         zmq_setsockopt(s->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0 ||
-        zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof one) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
@@ -1241,6 +1289,7 @@ int main(int argc, char **argv)
     sb_curve_free(s.curve);
     rt_reg_free(&s.reg);
     rt_reg_free(&s.heard);
+    rt_addrs_free(&s.addrs);
     sb_buf_free(&s.body);
     sb_buf_free(&s.lease_val);
     sb_metrics_stop();

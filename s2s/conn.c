@@ -8,6 +8,7 @@
  * output was flushed (or CONN_LINGER passed). */
 #define _GNU_SOURCE              /* accept4 */
 #include "s2s.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -22,11 +23,7 @@
 #define CONN_LINGER     2.0
 
 
-static struct {
-    ev_io w;
-    int kind;                      /* S2S_LIS_* */
-} conn_lis[4];
-static int conn_nlis;
+static struct sb_listen conn_lis;
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void conn_input(void *ud, const char *data, size_t len);
@@ -118,24 +115,21 @@ const char *s2s_dir_name(int dir)
     return dir == S2S_OUT ? "out" : dir == S2S_COMP ? "component" : "in";
 }
 
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int kind, void *ud);
+
 sb_rc s2s_listen_open(const char *addr, int port, int kind)
 {
-    if (conn_nlis >= (int)SB_ARRAY_LEN(conn_lis))
+    if (!conn_lis.loop)
+        sb_listen_init(&conn_lis, s2s.loop, conn_accepted, NULL);
+    if (sb_listen_add(&conn_lis, addr, port, 512, kind) != SB_OK)
         return SB_ERROR;
-    int fd = tlsconn_listen(addr, port, 512);
-    if (fd < 0)
-        return SB_ERROR;
-    conn_lis[conn_nlis].kind = kind;
-    ev_io_init(&conn_lis[conn_nlis].w, NULL, fd, EV_READ);
-    conn_lis[conn_nlis].w.data = &conn_lis[conn_nlis];
-    conn_nlis++;
     log_info("listen", "addr=%s port=%d tls=%s", addr, port,
              kind == S2S_LIS_DIRECT_TLS ? "direct" : kind == S2S_LIS_COMPONENT ? "none-component"
                                                                               : "starttls");
     return SB_OK;
 }
 
-static void conn_accepted(int fd, const struct sockaddr_storage *ss, int kind)
+static void conn_accepted(int fd, const struct sockaddr_storage *ss, int kind, void *ud)
 {
     int direct_tls = kind == S2S_LIS_DIRECT_TLS;
     struct s2s_conn *c = conn_new(fd, kind == S2S_LIS_COMPONENT ? S2S_COMP : S2S_IN);
@@ -158,42 +152,15 @@ static void conn_accepted(int fd, const struct sockaddr_storage *ss, int kind)
     tlsconn_want(&c->tc);
 }
 
-static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-    int kind = ((typeof(conn_lis[0]) *)w->data)->kind;
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
-                log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
-            return;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_accepted(fd, &ss, kind);
-    }
-}
-
 void s2s_listen_start(void)
 {
-    for (int i = 0; i < conn_nlis; i++) {
-        if (ev_is_active(&conn_lis[i].w))
-            continue;
-        ev_set_cb(&conn_lis[i].w, conn_accept_cb);
-        ev_io_start(s2s.loop, &conn_lis[i].w);
-    }
+    if (conn_lis.loop)
+        sb_listen_start(&conn_lis);
 }
 
 void s2s_listen_stop(void)
 {
-    for (int i = 0; i < conn_nlis; i++) {
-        ev_io_stop(s2s.loop, &conn_lis[i].w);
-        close(conn_lis[i].w.fd);
-    }
-    conn_nlis = 0;
+    sb_listen_close(&conn_lis);
 }
 
 /* ---- connecting --------------------------------------------------------- */

@@ -19,6 +19,7 @@
 #include "metrics.h"
 
 #include <netinet/in.h>
+#include <nettle/base64.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,16 +448,12 @@ void s2s_out_features(struct s2s_conn *c, struct xml_node *feat)
         struct sb_buf *b = &out_buf;
         sb_buf_reset(b);
         sb_buf_adds(b, "<auth xmlns='" S2S_NS_SASL "' mechanism='EXTERNAL'>");
+        char b64[BASE64_ENCODE_RAW_LENGTH(S2S_DOMAIN_MAX) + 1];
         size_t n = strlen(c->local);
-        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        const uint8_t *p = (const uint8_t *)c->local;
-        for (size_t i = 0; i < n; i += 3) {
-            uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
-                         (i + 2 < n ? p[i + 2] : 0);
-            char q[4] = {tab[v >> 18 & 63], tab[v >> 12 & 63],
-                         i + 1 < n ? tab[v >> 6 & 63] : '=', i + 2 < n ? tab[v & 63] : '='};
-            sb_buf_add(b, q, 4);
-        }
+        if (n > S2S_DOMAIN_MAX)
+            n = S2S_DOMAIN_MAX;
+        base64_encode_raw(b64, n, (const uint8_t *)c->local);
+        sb_buf_add(b, b64, BASE64_ENCODE_RAW_LENGTH(n));
         sb_buf_adds(b, "</auth>");
         c->state = S2S_S_SASL;
         s2s_conn_write(c, b->data, b->len);

@@ -24,12 +24,6 @@ struct cred_cols {
     char v[8][96];
 };
 
-static unsigned account_iterations(void)
-{
-    long it = sb_config_int("scram_iterations", AUTH_DEFAULT_ITER);
-    return it < 1 || it > 1000000 ? AUTH_DEFAULT_ITER : (unsigned)it;
-}
-
 static void cred_fill(char *salt, char *iter, char *stored, char *server,
                       const struct scram_cred *c)
 {
@@ -304,7 +298,7 @@ static int user_add(PGconn *c, const struct jid *j, const char *password)
     int ex = domain_exists(c, j->domain);
     if (ex <= 0)
         return SBCTL_FAIL;
-    account_derive(password, account_iterations(), &k);
+    account_derive(password, auth_scram_iterations(), &k);
     const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
                          k.v[4], k.v[5], k.v[6], k.v[7]};
     PGresult *r = PQexecParams(c,
@@ -333,7 +327,7 @@ static int user_add(PGconn *c, const struct jid *j, const char *password)
 static int user_passwd(PGconn *c, const struct jid *j, const char *password)
 {
     struct cred_cols k;
-    account_derive(password, account_iterations(), &k);
+    account_derive(password, auth_scram_iterations(), &k);
     const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
                          k.v[4], k.v[5], k.v[6], k.v[7]};
     PGresult *r = PQexecParams(c,
@@ -605,7 +599,7 @@ fail:
 
 static int user_bulk_add(PGconn *c, char **argv)
 {
-    struct bulk b = {.prefix = argv[1], .passprefix = argv[3], .iter = account_iterations()};
+    struct bulk b = {.prefix = argv[1], .passprefix = argv[3], .iter = auth_scram_iterations()};
     char *end;
     FILE *files[64] = {0};
     long added = 0;

@@ -21,6 +21,7 @@ static void im_limits_read(struct sm_im_limits *l)
     l->group = sb_config_int("roster_max_group", 1023);
     l->groups = sb_config_int("roster_max_groups", 64);
     l->offline = sb_config_int("offline_max", 100);
+    l->contacts = sb_config_int("contacts_roster_max", 1000);
 }
 
 const struct sm_im_limits *sm_im_limits(void)
@@ -38,8 +39,9 @@ void sm_im_limits_reload(void)
     im_limits_read(n);
     if (memcmp(&o, n, sizeof o) != 0)
         log_info("reload", "what=sm_limits roster_max_items=%ld roster_max_name=%ld "
-                 "roster_max_group=%ld roster_max_groups=%ld offline_max=%ld",
-                 n->items, n->name, n->group, n->groups, n->offline);
+                 "roster_max_group=%ld roster_max_groups=%ld offline_max=%ld "
+                 "contacts_roster_max=%ld", n->items, n->name, n->group, n->groups, n->offline,
+                 n->contacts);
 }
 
 /* ---- helpers --------------------------------------------------------------------- */

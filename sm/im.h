@@ -57,9 +57,10 @@ struct sm_im {
 
 /* Limits from [sm] (read at the first use and on SIGHUP): roster_max_items (1000), roster_max_name
  * (1023 bytes), roster_max_group (1023), roster_max_groups (64),
- * offline_max (100 stored messages per user). */
+ * offline_max (100 stored messages per user), contacts_roster_max (1000
+ * items: a contact in place takes no new account beyond it). */
 struct sm_im_limits {
-    long items, name, group, groups, offline;
+    long items, name, group, groups, offline, contacts;
 };
 const struct sm_im_limits *sm_im_limits(void);
 /* SIGHUP: read them again; logs `reload` with the keys that changed. */

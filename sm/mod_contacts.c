@@ -9,6 +9,9 @@
  * (key: the contact, aux: the new account), which adds the account to the
  * contact's roster the same way — so presence flows at once: the support
  * desk sees the visitor come online and the visitor sees the desk.
+ * A contact whose roster already holds `[sm] contacts_roster_max` items
+ * takes no new account: it answers `contact-del` so the account's side
+ * is undone too (logged `contacts_roster_full`).
  *
  * When the last session of an anonymous account ends (after mod_presence
  * has sent its unavailable presence), the contacts get `contact-del` (the
@@ -141,6 +144,20 @@ static sb_rc contacts_bind(struct sm_job *j)
 
 /* ---- the contact's side --------------------------------------------------------- */
 
+/* A desk every visitor is added to would otherwise grow without end
+ * (visitors whose removal was lost stay): past contacts_roster_max items it
+ * takes no new account. */
+static int contacts_full(struct sm_user *u, const char *jid)
+{
+    long max = sm_im_limits()->contacts;
+    const struct sm_im_item *it = sm_im_find(u->im, jid);
+    if (max <= 0 || (it && it->in_roster) || u->im->nroster < max)
+        return 0;
+    log_warn("contacts_roster_full", "jid=%s contact=%s items=%ld max=%ld", sb_log_q(u->bare),
+             sb_log_q(jid), (long)u->im->nroster, max);
+    return 1;
+}
+
 static sb_rc contacts_peer(struct sm_job *j, int add)
 {
     char bare[JID_BARE_MAX + 1];
@@ -152,6 +169,12 @@ static sb_rc contacts_peer(struct sm_job *j, int add)
     if (rc != SB_OK) {
         log_warn("contacts_peer_failed", "jid=%s contact=%s op=%s", sb_log_q(j->user->bare),
                  sb_log_q(bare), add ? "add" : "del");
+        return SB_OK;
+    }
+    if (add && contacts_full(j->user, bare)) {
+        /* Undo the visitor's side too, so neither roster claims a
+         * subscription the other lacks. */
+        sm_send_control(j->core, ENV_ROUTE_JID, bare, "", "contact-del", j->user->bare);
         return SB_OK;
     }
     if (add)

@@ -440,11 +440,14 @@ prebind_secret() {
 }
 
 # Settings only the test profile has: short BOSH inactivity and WebSocket
-# pings, so the tests that wait for them stay fast.
+# pings, so the tests that wait for them stay fast; a SCRAM iteration count
+# other than the default.
 test_sets() {
     [ "$PROFILE" = test ] || return 0
     printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
     printf 'sm\tpush_throttle\t2\n'          # tests/integration/test_push.py
+    # not the default, so a test sees fake SCRAM credentials follow it
+    printf 'cluster\tscram_iterations\t5000\n'
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component
@@ -492,9 +495,14 @@ write_ini() {
     dbsecret=$(tr -d '\n' < "$VAR/dialback-secret")
     # An external component (XEP-0114) the stack accepts: gw.DOMAIN
     [ -s "$VAR/component-secret" ] || (umask 077; random_password > "$VAR/component-secret")
+    # The key of the fake SCRAM salts for unknown users (auth/), one per stack.
+    if [ ! -s "$VAR/sasl-secret" ]; then
+        (umask 077; random_password > "$VAR/sasl-secret")
+    fi
     awk -v sets="$(cat <<EOF
 cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
+cluster	sasl_secret_file	$VAR/sasl-secret
 cluster	redis_host	127.0.0.1
 cluster	redis_port	$REDIS_PORT
 cluster	redis_user	switchboard

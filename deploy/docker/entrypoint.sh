@@ -17,7 +17,7 @@
 #
 # Secrets the INI cannot name as files come from /run/secrets into the
 # environment: dialback_secret → SB_CLUSTER_DIALBACK_SECRET, prebind_secret →
-# SB_BOSH_PREBIND_SECRET (the official images' *_FILE convention, done here).
+# SB_BOSH_PREBIND_SECRET, sasl_secret → SB_CLUSTER_SASL_SECRET (the official images' *_FILE convention, done here).
 set -eu
 
 die() { printf 'sb-entrypoint: %s\n' "$*" >&2; exit 1; }
@@ -54,7 +54,7 @@ make_secrets() {
     domain=${SB_DOMAIN:-localhost}
     mkdir -p "$dir/keys"
     umask 077
-    for f in pg_password redis_password dialback_secret prebind_secret; do
+    for f in pg_password redis_password dialback_secret prebind_secret sasl_secret; do
         if [ ! -s "$dir/$f" ]; then random_secret > "$dir/$f"; echo "created $dir/$f"; fi
     done
     # shellcheck disable=SC2086
@@ -91,6 +91,7 @@ router|sm|c2s|bosh|s2s)
     [ -n "${SB_INSTANCE:-}" ] || die "set SB_INSTANCE (or SB_INSTANCE_SLOTS)"
     secret_env SB_CLUSTER_DIALBACK_SECRET /run/secrets/dialback_secret
     secret_env SB_BOSH_PREBIND_SECRET /run/secrets/prebind_secret
+    secret_env SB_CLUSTER_SASL_SECRET /run/secrets/sasl_secret
     exec "sb-$cmd" "$@" ;;
 migrate)
     sbctl db migrate

@@ -5,7 +5,8 @@ import asyncio
 import secrets
 import time
 
-from xmpptest import RawStream, close, iq_error_condition, login, next_message, run, sm_for
+from xmpptest import (RawStream, close, iq_error_condition, login, next_message, redis_cli, run,
+                      sm_for, wait_until)
 
 BINDS = 300
 
@@ -167,3 +168,49 @@ def test_messages_for_a_dead_front_ends_user_are_stored_offline(stack, two_users
     finally:
         stack.stack("start-proc", "c2s2")
         stack.stack("wait-ready")
+
+
+def test_a_restarted_front_end_clears_what_its_dead_incarnation_left(stack, new_user):
+    """kill -9 of a front-end whose clean-up by the routers is lost (here a
+    router's claim `down:c2s2:INC` is taken beforehand, as if the router
+    that won it died before sending instance-down): when c2s2 starts again
+    it ends the old incarnation's sessions itself — the fe:c2s2 member and
+    the sess: binding are gone and `sbctl session list` shows none."""
+    jid, pw = new_user("stale")
+    stack.wait_instances(present=("c2s1", "c2s2"))
+
+    async def kill_with_a_session():
+        victim = RawStream(stack, instance="c2s2", direct_tls=True)
+        try:
+            full = await victim.login(jid, pw)
+            members = redis_cli(stack, "SMEMBERS", "fe:c2s2").splitlines()
+            mine = [m for m in members if m.startswith(full + " ")]
+            assert mine, "no fe:c2s2 member for %s in %r" % (full, members)
+            inc = redis_cli(stack, "HGET", "sb:members", "c2s2").split()[0]
+            assert redis_cli(stack, "SET", "down:c2s2:%s" % inc, "lost-router", "NX",
+                             "PX", "60000") == "OK"
+            await asyncio.to_thread(stack.stack, "kill-proc", "c2s2")
+            return full.split("/", 1)[1], mine[0]
+        finally:
+            victim.abort()
+
+    restarted = False
+    try:
+        resource, member = run(kill_with_a_session(), timeout=40)
+        stack.wait_instances(absent=("c2s2",))
+        # the routers could not clean it up: the binding is still there
+        assert resource in redis_cli(stack, "HKEYS", "sess:{%s}" % jid).splitlines()
+        stack.stack("start-proc", "c2s2")
+        restarted = True
+        stack.stack("wait-ready")
+        wait_until(lambda: member not in redis_cli(stack, "SMEMBERS", "fe:c2s2").splitlines(),
+                   15, "fe:c2s2 without %s" % member)
+        wait_until(lambda: resource not in redis_cli(stack, "HKEYS",
+                                                     "sess:{%s}" % jid).splitlines(),
+                   15, "sess:{%s} without %s" % (jid, resource))
+        out = stack.sbctl("session", "list", jid).stdout
+        assert "(no sessions)" in out, out
+    finally:
+        if not restarted:
+            stack.stack("start-proc", "c2s2")
+            stack.stack("wait-ready")

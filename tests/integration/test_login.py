@@ -101,3 +101,48 @@ def test_unknown_user_is_not_authorized(stack):
         finally:
             await s.close()
     run(go())
+
+
+async def _server_first(stack, instance, user, mech="SCRAM-SHA-256"):
+    """The SCRAM server-first-message for `user`: {'s': salt, 'i': count}."""
+    import base64
+    s = RawStream(stack, instance=instance, direct_tls=True)
+    try:
+        await s.connect()
+        s.open_stream()
+        await s.features()
+        first = "n,,n=%s,r=fixednonce0123456789" % user
+        s.send("<auth xmlns='%s' mechanism='%s'>%s</auth>"
+               % (NS_SASL, mech, base64.b64encode(first.encode()).decode()))
+        ch = await s.expect("{%s}challenge" % NS_SASL)
+        attrs = dict(kv.split("=", 1) for kv in base64.b64decode(ch.text).decode().split(","))
+        return {"s": attrs["s"], "i": int(attrs["i"])}
+    finally:
+        s.abort()
+
+
+@pytest.mark.parametrize("mech", ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+def test_unknown_user_gets_the_same_salt_everywhere_and_a_real_iteration_count(stack, new_user,
+                                                                               mech):
+    """Fake SCRAM credentials come from the cluster's sasl_secret and
+    scram_iterations (5000 in the test profile): c2s1, c2s2 and c2s1 after a
+    restart show an unknown user one salt, with the count a real user's
+    server-first-message carries — nothing tells the two apart."""
+    jid, _ = new_user("real")
+    real = jid.split("@")[0]
+    ghost = "ghost" + real[4:]
+
+    async def firsts(instances):
+        return [await _server_first(stack, i, u, mech)
+                for i in instances for u in (real, ghost)]
+
+    r1, g1, r2, g2 = run(firsts(("c2s1", "c2s2")), timeout=30)
+    assert g1["i"] == r1["i"] == r2["i"] == g2["i"], (r1, g1, r2, g2)
+    assert g1["s"] == g2["s"], "fake salt differs between c2s1 and c2s2: %s %s" % (g1, g2)
+    assert g1["s"] != r1["s"]
+    stack.stack("stop-proc", "c2s1")
+    stack.stack("start-proc", "c2s1")
+    stack.stack("wait-ready")
+    (r3, g3) = run(firsts(("c2s1",)), timeout=30)
+    assert g3 == g1, "fake credentials changed with a restart: %s → %s" % (g1, g3)
+    assert r3 == r1

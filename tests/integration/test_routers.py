@@ -298,6 +298,8 @@ def test_a_third_router_joins_with_a_process_start(stack, two_users):
                                "router3"], cwd=stack.root, env=env, stdout=out,
                               stderr=subprocess.STDOUT)
 
+    offsets = {}
+
     def learned(name):
         with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log"), errors="replace") as f:
             return "event=link_router_learned router=router3" in f.read()
@@ -312,6 +314,9 @@ def test_a_third_router_joins_with_a_process_start(stack, two_users):
             b = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
             try:
                 await _reachable(b, a, "with three routers")
+                for n in COMPONENTS:
+                    offsets[n] = os.path.getsize(os.path.join(stack.env["SB_VAR"], "log",
+                                                              n + ".log"))
                 stack.stack("kill-proc", "router1")
                 stack.stack("kill-proc", "router2")
                 try:
@@ -331,6 +336,16 @@ def test_a_third_router_joins_with_a_process_start(stack, two_users):
         run(go(), timeout=60)
         for n in (1, 2):
             _wait_router_knows_all(stack, n)
+        # Every component must hold its lease through router1/2 again before
+        # router3 goes, or the ones that had not reconnected yet lose it.
+        def reconfirmed(name):
+            with open(os.path.join(stack.env["SB_VAR"], "log", name + ".log"),
+                      errors="replace") as f:
+                text = f.read()[offsets[name]:]
+            return all("event=link_router_up endpoint=\"%s\"" % _router_endpoint(stack, n)
+                       in text for n in (1, 2))
+        wait_until(lambda: all(reconfirmed(n) for n in COMPONENTS), 15,
+                   "every component to be acknowledged by router1 and router2 again")
     finally:
         r3.terminate()
         try:

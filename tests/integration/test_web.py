@@ -12,7 +12,8 @@ import pytest
 
 from webtest import (NS_BIND, NS_BOSH, NS_CLIENT, NS_FRAMING, NS_SASL, NS_STREAM, Bosh,
                      WebSocket, WsClosed, anon_domain, http_request, prebind)
-from xmpptest import redis_cli, RawStream, close, login, next_message, run, wait_until
+from xmpptest import (redis_cli, RawStream, close, login, next_message, run, sm_for,
+                      wait_until)
 
 MSG = "{%s}message" % NS_CLIENT
 
@@ -472,3 +473,78 @@ def test_visitor_has_support_in_roster_and_support_sees_visitor_come_and_go(stac
             await ws.close()
             await close(support)
     run(go())
+
+
+def _restart_sm(stack, name, extra_env=None):
+    env = dict(os.environ, SB_STACK_PROFILE=stack.profile, **(extra_env or {}))
+    for cmd in ("stop-proc", "start-proc"):
+        subprocess.run([stack.stack_sh, cmd, name], cwd=stack.root, env=env, check=True,
+                       capture_output=True, timeout=40)
+    stack.wait_instances(present=(name,))
+
+
+async def _roster_of(ws, iq_id, timeout=10):
+    """A roster get on a WebSocket stream: {jid: subscription}."""
+    ws.send("<iq xmlns='jabber:client' type='get' id='%s'><query xmlns='%s'/></iq>"
+            % (iq_id, NS_ROSTER))
+    end = time.monotonic() + timeout
+    while True:
+        el = await ws.element(timeout=max(0.1, end - time.monotonic()))
+        if el.tag == "{%s}iq" % NS_CLIENT and el.get("id") == iq_id:
+            return {it.get("jid"): it.get("subscription") for it in el.iter("{%s}item" % NS_ROSTER)}
+
+
+def test_a_full_support_roster_takes_no_new_visitor(stack):
+    """contacts_roster_max: the desk's sm, started with a cap of its roster
+    size + 1, adds the next visitor (both sides) and refuses the one after —
+    that visitor's roster loses the desk again (a push with subscription
+    remove) and the desk's roster stays at the cap; one
+    `contacts_roster_full` line."""
+    sjid, spw = _support_password(stack)
+    owner = sm_for(sjid)
+
+    async def desk_items():
+        support = await login(stack, sjid, spw)
+        try:
+            roster = await support.get_roster()
+            return [j for j in roster["roster"]]
+        finally:
+            await close(support)
+
+    before = run(desk_items(), timeout=30)
+    cap = len(before) + 1
+    log = os.path.join(stack.env["SB_VAR"], "log", owner + ".log")
+
+    async def visitors():
+        first, second = WebSocket(stack), WebSocket(stack)
+        try:
+            await first.connect()
+            await first.login_anonymous(anon_domain(stack))
+            assert (await _roster_of(first, "r1")).get(sjid) == "both"
+            await second.connect()
+            await second.login_anonymous(anon_domain(stack))
+            items = await _roster_of(second, "r2")
+            end = time.monotonic() + 10
+            while items.get(sjid) not in (None, "remove"):
+                el = await second.element(timeout=max(0.1, end - time.monotonic()))
+                for it in el.iter("{%s}item" % NS_ROSTER):
+                    if it.get("jid") == sjid:
+                        items[sjid] = it.get("subscription")
+            after = await desk_items()
+            assert len(after) == cap, "desk roster: %d items, cap %d" % (len(after), cap)
+        finally:
+            await first.close()
+            await second.close()
+
+    try:
+        _restart_sm(stack, owner, {"SB_SM_CONTACTS_ROSTER_MAX": str(cap)})
+        with open(log, errors="replace") as f:
+            f.seek(0, 2)
+            start = f.tell()
+        run(visitors(), timeout=60)
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            lines = [ln for ln in f if "event=contacts_roster_full" in ln]
+        assert len(lines) == 1 and sjid in lines[0], lines
+    finally:
+        _restart_sm(stack, owner)

@@ -136,9 +136,13 @@ ENV_STANZA, ENV_CONTROL, ENV_HELLO, ENV_ADMIN, ENV_BOUNCE = 1, 2, 3, 4, 5
 ROUTE_JID, ROUTE_INSTANCE, ROUTE_KIND, ROUTE_ROUTER = 1, 2, 3, 4
 
 
-def env_header(kind, route, key=b"", sender=b"rogue", sid=b"", op=b"", aux=b"", version=1):
+ENV_F_ROUTER = 0x40        # what only a router itself may say (members, instance-down)
+
+
+def env_header(kind, route, key=b"", sender=b"rogue", sid=b"", op=b"", aux=b"", version=1,
+               flags=0):
     import struct
-    out = struct.pack("!BBBB", version, kind, route, 0)
+    out = struct.pack("!BBBB", version, kind, route, flags)
     for s in (key, sender, sid, op, aux):
         out += struct.pack("!H", len(s)) + s
     return out

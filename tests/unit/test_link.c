@@ -20,11 +20,31 @@
 struct peer {
     void *ctx, *sock;
     char endpoint[64];
+    char ids[4][96];            /* routing ids learnt from HELLOs: "NAME#NONCE" */
+    int nids;
 };
+
+/* The id a link named `name` connected with (route.h: NAME#NONCE). */
+static const char *peer_id(struct peer *p, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 0; i < p->nids; i++)
+        if (!strncmp(p->ids[i], name, n) && p->ids[i][n] == '#')
+            return p->ids[i];
+    return name;
+}
+
+static void peer_learn(struct peer *p, zmq_msg_t *id)
+{
+    if (p->nids < 4)
+        snprintf(p->ids[p->nids++], sizeof p->ids[0], "%.*s", (int)zmq_msg_size(id),
+                 (char *)zmq_msg_data(id));
+}
 
 static void peer_open(struct peer *p)
 {
     int linger = 0, timeout = 3000;
+    memset(p, 0, sizeof *p);
     size_t sz = sizeof p->endpoint;
     p->ctx = zmq_ctx_new();
     p->sock = zmq_socket(p->ctx, ZMQ_ROUTER);
@@ -84,7 +104,9 @@ static void ack_hello(struct ev_loop *loop, struct peer *p, zmq_msg_t *f)
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
     env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
-    snprintf(h.key, sizeof h.key, "%.*s", (int)zmq_msg_size(&f[0]), (char *)zmq_msg_data(&f[0]));
+    h.flags = ENV_F_ROUTER;
+    snprintf(h.key, sizeof h.key, "%.*s", (int)strcspn(zmq_msg_data(&f[0]), "#"),
+             (char *)zmq_msg_data(&f[0]));
     snprintf(h.op, sizeof h.op, "hello-ack");
     snprintf(h.aux, sizeof h.aux, "%ld", seq ? strtol(seq + 4, NULL, 10) : 0L);
     long n = env_encode(&h, hdr, sizeof hdr);
@@ -134,7 +156,11 @@ static struct link *open_link_as(struct ev_loop *loop, struct peer *p, struct se
     zmq_msg_t f[4];
     int n = peer_recv(p, f, 4);
     assert_int_equal(n, 3);
-    assert_int_equal(zmq_msg_size(&f[0]), strlen(name));
+    /* the routing id is NAME#<16 hex>: no one else can claim it */
+    assert_int_equal(zmq_msg_size(&f[0]), strlen(name) + 17);
+    assert_memory_equal(zmq_msg_data(&f[0]), name, strlen(name));
+    assert_int_equal(((char *)zmq_msg_data(&f[0]))[strlen(name)], '#');
+    peer_learn(p, &f[0]);
     if (hello)
         snprintf(hello, hello_cap, "%.*s", (int)zmq_msg_size(&f[2]), (char *)zmq_msg_data(&f[2]));
     ack_hello(loop, p, f);
@@ -155,6 +181,7 @@ static struct link *open_link(struct ev_loop *loop, struct peer *p, struct seen 
     struct env_hdr h;
     assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
     assert_int_equal(h.kind, ENV_HELLO);
+    peer_learn(p, &f[0]);
     ack_hello(loop, p, f);
     close_all(f, n);
     return l;
@@ -225,7 +252,7 @@ static void test_link_delivers_each_envelope_of_a_batch_in_order(void **state)
     struct link *l = open_link(loop, &p, &seen);
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
-    zmq_send(p.sock, "t1", 2, ZMQ_SNDMORE);
+    zmq_send(p.sock, peer_id(&p, "t1"), strlen(peer_id(&p, "t1")), ZMQ_SNDMORE);
     for (int i = 0; i < 3; i++) {
         char key[16], body[16];
         snprintf(key, sizeof key, "k%d", i);
@@ -239,7 +266,7 @@ static void test_link_delivers_each_envelope_of_a_batch_in_order(void **state)
     }
     /* A message with a trailing header and no body: the pair before it
      * is delivered, the odd frame dropped. */
-    zmq_send(p.sock, "t1", 2, ZMQ_SNDMORE);
+    zmq_send(p.sock, peer_id(&p, "t1"), strlen(peer_id(&p, "t1")), ZMQ_SNDMORE);
     zmq_send(p.sock, hdr, (size_t)env_encode(&h, hdr, sizeof hdr), ZMQ_SNDMORE);
     zmq_send(p.sock, "<b3/>", 5, ZMQ_SNDMORE);
     zmq_send(p.sock, hdr, (size_t)env_encode(&h, hdr, sizeof hdr), 0);
@@ -262,17 +289,24 @@ static void test_link_delivers_each_envelope_of_a_batch_in_order(void **state)
 }
 
 /* The fake router sends one control envelope to `to`. */
-static void router_send(struct peer *p, const char *to, const char *op, const char *body)
+static void router_send_flags(struct peer *p, const char *to, const char *op, const char *body,
+                              uint8_t flags)
 {
     uint8_t hdr[ENV_HDR_MAX];
     struct env_hdr h;
     env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    h.flags = flags;
     snprintf(h.key, sizeof h.key, "%s", to);
     snprintf(h.op, sizeof h.op, "%s", op);
     long n = env_encode(&h, hdr, sizeof hdr);
-    zmq_send(p->sock, to, strlen(to), ZMQ_SNDMORE);
+    zmq_send(p->sock, peer_id(p, to), strlen(peer_id(p, to)), ZMQ_SNDMORE);
     zmq_send(p->sock, hdr, (size_t)n, ZMQ_SNDMORE);
     zmq_send(p->sock, body, strlen(body), 0);
+}
+
+static void router_send(struct peer *p, const char *to, const char *op, const char *body)
+{
+    router_send_flags(p, to, op, body, ENV_F_ROUTER);
 }
 
 static void spin_until(struct ev_loop *loop, const int *count, int want)
@@ -430,6 +464,63 @@ static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
     peer_close(&p[other]);
 }
 
+/* Only a router's own word counts: `members` without ENV_F_ROUTER (a
+ * member's, forwarded) is dropped; on the sm's direct socket neither
+ * `instance-down` nor an envelope whose sender is not the connection's
+ * name gets through, while the connection's own stanza does. */
+static void test_link_takes_router_controls_and_senders_only_from_who_they_are(void **state)
+{
+    struct peer p;
+    struct seen at_sm = {0};
+    char hello[512];
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *sm = open_link_as(loop, &p, &at_sm, "smA", "sm", "tcp://127.0.0.1:*",
+                                   hello, sizeof hello);
+    router_send_flags(&p, "smA", "members", "sm smA domains=x\n", 0);
+    router_send_flags(&p, "smA", "instance-down", "kind=c2s inc=1", 0);
+    router_send(&p, "smA", "session-gone", "");     /* any other control: fine */
+    spin_until(loop, &at_sm.n, 1);
+    assert_int_equal(at_sm.n, 1);
+    assert_string_equal(at_sm.keys[0], "smA");
+
+    char ep[128];
+    snprintf(ep, sizeof ep, "%.*s", (int)strcspn(strstr(hello, "direct=") + 7, " "),
+             strstr(hello, "direct=") + 7);
+    void *d = zmq_socket(p.ctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(d, ZMQ_ROUTING_ID, "c2sX#0123456789abcdef", 21);
+    assert_int_equal(zmq_connect(d, ep), 0);
+    const char *senders[3] = {"c2sX", "c2sY", "c2sX"};
+    const int kinds[3] = {ENV_CONTROL, ENV_STANZA, ENV_STANZA};
+    const char *keys[3] = {"smA", "forged@x", "own@x"};
+    for (int i = 0; i < 3; i++) {
+        uint8_t hdr[ENV_HDR_MAX];
+        struct env_hdr h;
+        env_init(&h, (enum env_kind)kinds[i], ENV_ROUTE_INSTANCE);
+        h.flags = ENV_F_ROUTER;        /* claimed, and worthless off a router socket */
+        snprintf(h.key, sizeof h.key, "%s", keys[i]);
+        snprintf(h.sender, sizeof h.sender, "%s", senders[i]);
+        if (kinds[i] == ENV_CONTROL)
+            snprintf(h.op, sizeof h.op, "instance-down");
+        long n = env_encode(&h, hdr, sizeof hdr);
+        zmq_send(d, hdr, (size_t)n, ZMQ_SNDMORE);
+        zmq_send(d, "<m/>", 4, 0);
+    }
+    spin_until(loop, &at_sm.n, 2);
+    for (int i = 0; i < 50; i++) {      /* anything refused would have come by now */
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(at_sm.n, 2);
+    assert_string_equal(at_sm.keys[1], "own@x");
+    zmq_close(d);
+    link_free(sm);
+    ev_loop_destroy(loop);
+    peer_close(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_link_delivers_each_envelope_of_a_batch_in_order),
         cmocka_unit_test(test_link_sends_straight_to_the_owning_sm_and_back),
         cmocka_unit_test(test_link_resends_what_a_dead_router_never_confirmed),
+        cmocka_unit_test(test_link_takes_router_controls_and_senders_only_from_who_they_are),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -258,6 +258,40 @@ static void test_router_direct_endpoint_announced_unless_loopback_of_another_hos
     rt_reg_free(&r);
 }
 
+/* Routing ids (route.h): NAME#NONCE, a fresh nonce per call; a connection
+ * speaks for NAME only with NAME's key; the latest id a name spoke from is
+ * where it is reached, a name never heard is its own id. */
+static void test_router_ids_are_tied_to_the_key_and_the_latest_connection(void **st)
+{
+    char a[96], b[96];
+    rt_id_make(a, sizeof a, "c2s1");
+    rt_id_make(b, sizeof b, "c2s1");
+    assert_int_equal(strlen(a), 4 + 1 + RT_NONCE_HEX);
+    assert_true(strcmp(a, b) != 0);
+    assert_int_equal(rt_id_name_len(a, strlen(a)), 4);
+    assert_int_equal(rt_id_name_len("sbctl-12", 8), 8);
+    assert_true(rt_id_speaks_for("c2s1", 1, a, strlen(a)));
+    assert_false(rt_id_speaks_for("c2s2", 1, a, strlen(a)));
+    assert_false(rt_id_speaks_for("c2s", 1, a, strlen(a)));
+    assert_false(rt_id_speaks_for(NULL, 1, a, strlen(a)));
+    assert_true(rt_id_speaks_for(NULL, 0, a, strlen(a)));     /* curve = off */
+
+    struct rt_addrs ad = {0};
+    size_t n;
+    assert_string_equal(rt_addrs_id(&ad, "c2s1", 4, &n), "c2s1");
+    rt_addrs_learn(&ad, a, strlen(a));
+    assert_memory_equal(rt_addrs_id(&ad, "c2s1", 4, &n), a, strlen(a));
+    assert_int_equal(n, strlen(a));
+    rt_addrs_learn(&ad, b, strlen(b));            /* restarted: the new one wins */
+    assert_memory_equal(rt_addrs_id(&ad, "c2s1", 4, &n), b, strlen(b));
+    rt_addrs_learn(&ad, "sbctl-1", 7);            /* no nonce: nothing to learn */
+    assert_int_equal(ad.n, 1);
+    rt_addrs_learn(&ad, "c2s1", 4);               /* its latest speaks without one */
+    assert_string_equal(rt_addrs_id(&ad, "c2s1", 4, &n), "c2s1");
+    assert_int_equal(n, 4);
+    rt_addrs_free(&ad);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -273,6 +307,7 @@ int main(void)
         cmocka_unit_test(test_router_routes_jid_to_sm_s2s_or_bounce),
         cmocka_unit_test(test_router_key_domain_handles_bare_domain_and_full_jid),
         cmocka_unit_test(test_router_status_and_members_list_every_instance),
+        cmocka_unit_test(test_router_ids_are_tied_to_the_key_and_the_latest_connection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
