@@ -14,13 +14,6 @@
 
 static struct sb_buf adm_buf;
 
-static void adm_attr(struct sb_buf *b, const char *name, const char *v)
-{
-    sb_buf_printf(b, " %s='", name);
-    xml_escape_attr(b, v, strlen(v));
-    sb_buf_adds(b, "'");
-}
-
 /* ---- disco -------------------------------------------------------------------- */
 
 static void adm_feature(struct sb_buf *b, const char *var)
@@ -35,7 +28,7 @@ static void adm_disco_info(struct muc_room *r, const struct xml_node *st, const 
     sb_buf_reset(b);
     sb_buf_adds(b, "<query xmlns='http://jabber.org/protocol/disco#info'>"
                    "<identity category='conference' type='text'");
-    adm_attr(b, "name", *c->name ? c->name : r->jid);
+    muc_attr(b, "name", *c->name ? c->name : r->jid);
     sb_buf_adds(b, "/>");
     adm_feature(b, NS_MUC);
     adm_feature(b, NS_OCCUPANT_ID);
@@ -62,7 +55,7 @@ static void adm_field(struct sb_buf *b, const char *var, const char *type, const
                       const char *value)
 {
     sb_buf_printf(b, "<field var='%s' type='%s'", var, type);
-    adm_attr(b, "label", label);
+    muc_attr(b, "label", label);
     sb_buf_adds(b, "><value>");
     xml_escape_text(b, value, strlen(value));
     sb_buf_adds(b, "</value></field>");
@@ -230,7 +223,7 @@ void muc_room_destroy(struct muc_room *r, const char *alt, const char *reason)
     struct sb_buf extra = SB_BUF_INIT;
     sb_buf_adds(&extra, "<destroy");
     if (alt)
-        adm_attr(&extra, "jid", alt);
+        muc_attr(&extra, "jid", alt);
     sb_buf_adds(&extra, ">");
     if (reason && *reason) {
         sb_buf_adds(&extra, "<reason>");
@@ -268,7 +261,7 @@ static void adm_list(struct muc_room *r, const struct xml_node *st, const char *
         for (int i = 0; i < r->naff; i++)
             if (r->aff[i].aff == aff) {
                 sb_buf_printf(b, "<item affiliation='%s'", muc_aff_name(aff));
-                adm_attr(b, "jid", r->aff[i].jid);
+                muc_attr(b, "jid", r->aff[i].jid);
                 sb_buf_adds(b, "/>");
             }
     } else {
@@ -276,8 +269,8 @@ static void adm_list(struct muc_room *r, const struct xml_node *st, const char *
             if (o->role == role) {
                 sb_buf_printf(b, "<item role='%s' affiliation='%s'", muc_role_name(role),
                               muc_aff_name(muc_aff_of(r, o->bare)));
-                adm_attr(b, "nick", o->nick);
-                adm_attr(b, "jid", o->jid);
+                muc_attr(b, "nick", o->nick);
+                muc_attr(b, "jid", o->jid);
                 sb_buf_adds(b, "/>");
             }
     }

@@ -36,7 +36,7 @@ void muc_send(const char *to, const char *from, const char *body, size_t len)
         log_warn("send_failed", "to=%s", sb_log_q(to));
 }
 
-static void main_attr(struct sb_buf *b, const char *name, const char *v)
+void muc_attr(struct sb_buf *b, const char *name, const char *v)
 {
     if (!v)
         return;
@@ -54,9 +54,9 @@ void muc_error(const struct xml_node *st, const char *from, const char *to, cons
     struct sb_buf *b = &main_buf;
     sb_buf_reset(b);
     sb_buf_printf(b, "<%s type='error'", st->name);
-    main_attr(b, "id", xml_attr(st, "id"));
-    main_attr(b, "from", to);
-    main_attr(b, "to", from);
+    muc_attr(b, "id", xml_attr(st, "id"));
+    muc_attr(b, "from", to);
+    muc_attr(b, "to", from);
     sb_buf_adds(b, ">");
     if (!strcmp(st->name, "presence"))
         sb_buf_adds(b, "<x xmlns='" NS_MUC "'/>");
@@ -77,8 +77,8 @@ void muc_presence_error(const char *room_nick, const char *to, const char *type,
     struct sb_buf *b = &main_buf;
     sb_buf_reset(b);
     sb_buf_adds(b, "<presence type='error'");
-    main_attr(b, "from", room_nick);
-    main_attr(b, "to", to);
+    muc_attr(b, "from", room_nick);
+    muc_attr(b, "to", to);
     sb_buf_printf(b, "><x xmlns='" NS_MUC "'/><error type='%s'><%s xmlns='" NS_STANZAS
                      "'/></error></presence>", type, cond);
     if (b->data)
@@ -91,9 +91,9 @@ void muc_iq_result(const struct xml_node *st, const char *from, const char *to,
     struct sb_buf *b = &main_buf;
     sb_buf_reset(b);
     sb_buf_adds(b, "<iq type='result'");
-    main_attr(b, "id", xml_attr(st, "id"));
-    main_attr(b, "from", to);
-    main_attr(b, "to", from);
+    muc_attr(b, "id", xml_attr(st, "id"));
+    muc_attr(b, "from", to);
+    muc_attr(b, "to", from);
     if (payload && len) {
         sb_buf_adds(b, ">");
         sb_buf_add(b, payload, len);

@@ -102,6 +102,8 @@ struct muc_srv {
 extern struct muc_srv muc;
 
 /* ---- main.c: sending ---------------------------------------------------- */
+/* Append ` name='value'` (escaped); nothing when v is NULL. */
+void muc_attr(struct sb_buf *b, const char *name, const char *v);
 /* A stanza built here, to a real JID (routed by its bare JID). */
 void muc_send(const char *to, const char *from, const char *body, size_t len);
 /* The stanza error reply to st (never to an error): from/to swapped. */

@@ -298,16 +298,9 @@ static void occ_presence_to(struct muc_room *r, const struct muc_occ *o,
     int aff = muc_aff_of(r, o->bare);
     sb_buf_printf(b, "<x xmlns='" NS_MUC_USER "'><item affiliation='%s' role='%s'",
                   muc_aff_name(aff), muc_role_name(type ? MUC_R_NONE : o->role));
-    if (r->cfg.whois_anyone || to->role == MUC_R_MODERATOR || to == o) {
-        sb_buf_adds(b, " jid='");
-        xml_escape_attr(b, o->jid, strlen(o->jid));
-        sb_buf_adds(b, "'");
-    }
-    if (nick) {
-        sb_buf_adds(b, " nick='");
-        xml_escape_attr(b, nick, strlen(nick));
-        sb_buf_adds(b, "'");
-    }
+    if (r->cfg.whois_anyone || to->role == MUC_R_MODERATOR || to == o)
+        muc_attr(b, "jid", o->jid);
+    muc_attr(b, "nick", nick);
     sb_buf_adds(b, "/>");
     for (int i = 0; i < ncodes; i++)
         sb_buf_printf(b, "<status code='%d'/>", codes[i]);
@@ -656,12 +649,7 @@ static void room_groupchat(struct muc_room *r, struct muc_occ *o, const struct x
     sb_buf_adds(h, "<message type='groupchat' from='");
     xml_escape_attr(h, room_tmp.data, room_tmp.len);
     sb_buf_adds(h, "'");
-    const char *id = xml_attr(st, "id");
-    if (id) {
-        sb_buf_adds(h, " id='");
-        xml_escape_attr(h, id, strlen(id));
-        sb_buf_adds(h, "'");
-    }
+    muc_attr(h, "id", xml_attr(st, "id"));
     sb_buf_reset(in);
     muc_children(in, st, NULL, NULL);
     sb_buf_printf(in, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>", o->oid);
@@ -780,16 +768,8 @@ static void room_private(struct muc_room *r, struct muc_occ *o, const struct xml
     sb_buf_adds(b, "' to='");
     xml_escape_attr(b, t->jid, strlen(t->jid));
     sb_buf_adds(b, "'");
-    if (type) {
-        sb_buf_adds(b, " type='");
-        xml_escape_attr(b, type, strlen(type));
-        sb_buf_adds(b, "'");
-    }
-    if (id) {
-        sb_buf_adds(b, " id='");
-        xml_escape_attr(b, id, strlen(id));
-        sb_buf_adds(b, "'");
-    }
+    muc_attr(b, "type", type);
+    muc_attr(b, "id", id);
     sb_buf_adds(b, ">");
     muc_children(b, st, "x", NS_MUC_USER);
     sb_buf_printf(b, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>"
