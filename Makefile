@@ -29,6 +29,7 @@ BOSH_SRC   := $(C2S_CORE) $(WEB_SRC)
 WEB_LIBS   := -lhttp_parser -lwslay
 SM_SRC     := $(wildcard sm/*.c)
 S2S_SRC    := $(wildcard s2s/*.c)
+MUC_SRC    := $(wildcard muc/*.c)
 SBCTL_SRC  := $(wildcard sbctl/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 
@@ -38,7 +39,7 @@ LIBCOMMON := $(BUILD)/libsbcommon.a
 LIBAUTH   := $(BUILD)/libsbauth.a
 LIBS_OWN  := $(LIBAUTH) $(LIBCOMMON)
 
-PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sb-s2s $(BIN)/sbctl
+PROGS := $(BIN)/sb-router $(BIN)/sb-c2s $(BIN)/sb-bosh $(BIN)/sb-sm $(BIN)/sb-s2s $(BIN)/sb-muc $(BIN)/sbctl
 UNITS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all run stop test unit unit-san integration bench clean status fuzz fuzz-build fuzz-regress
@@ -63,6 +64,8 @@ $(BIN)/sb-sm: $(call obj,$(SM_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 $(BIN)/sb-s2s: $(call obj,$(S2S_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcares
+$(BIN)/sb-muc: $(call obj,$(MUC_SRC)) $(LIBS_OWN)
+	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 # sbctl metrics reads the HTTP answer with http_parser.
 $(BIN)/sbctl: $(call obj,$(SBCTL_SRC)) $(LIBS_OWN)
 	@mkdir -p $(BIN); $(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lhttp_parser

@@ -307,3 +307,40 @@ int sb_domains_policy_eval(const char *value, const char *remote)
     int listed = dom_listed(rest + 1, remote);
     return allow ? listed : !listed;      /* allow-list or deny-list */
 }
+
+/* ---- the MUC service ---------------------------------------------------- */
+
+static const char *dom_muc_sub(void)
+{
+    return sb_config_str_in("muc", NULL, "subdomain", "conference");
+}
+
+sb_rc sb_domains_muc_of(const char *domain, char *out, size_t cap)
+{
+    const char *sub = dom_muc_sub();
+    if (!sub || !*sub || !domain || sb_domains_anonymous(domain))
+        return SB_DONE;
+    int n = snprintf(out, cap, "%s.%s", sub, domain);
+    return n > 0 && (size_t)n < cap ? SB_OK : SB_DONE;
+}
+
+const char *sb_domains_muc_parent(const char *prepared)
+{
+    const char *sub = dom_muc_sub();
+    size_t n = sub ? strlen(sub) : 0;
+    if (!n || !prepared || strncmp(prepared, sub, n) != 0 || prepared[n] != '.')
+        return NULL;
+    const char *parent = sb_domains_find(prepared + n + 1);
+    return parent && !sb_domains_anonymous(parent) ? parent : NULL;
+}
+
+sb_rc sb_domains_muc_csv(struct sb_buf *out)
+{
+    char name[JID_PART_MAX + 1];
+    sb_buf_reset(out);
+    sb_buf_adds(out, "");
+    for (int i = 0; i < dom_count; i++)
+        if (sb_domains_muc_of(dom_names[i], name, sizeof name) == SB_OK)
+            sb_buf_printf(out, "%s%s", out->len ? "," : "", name);
+    return out->data ? SB_OK : SB_ERROR;
+}

@@ -10,6 +10,7 @@
 #define SB_DOMAINS_H
 
 #include "pgev.h"
+#include "buf.h"
 #include <ev.h>
 #include <stddef.h>
 
@@ -35,6 +36,17 @@ const char *sb_domains_csv(void);    /* "a,b" for link_set_domains, "" before */
  * list); on_change (may be NULL) after every change, the first included. */
 void sb_domains_serve(struct ev_loop *loop, struct pgev *pg, void (*accept)(void),
                       sb_domains_fn on_change, void *ud);
+
+/* ---- the MUC service (XEP-0045, sb-muc) --------------------------------
+ * Every local domain D that is not anonymous has its MUC service at
+ * `[muc] subdomain`.D (default "conference"; empty: none), read at each
+ * call. The local domain whose service `prepared` names, or NULL. */
+const char *sb_domains_muc_parent(const char *prepared);
+/* "conference.a,conference.b" for every served domain (sb-muc's HELLO). */
+sb_rc sb_domains_muc_csv(struct sb_buf *out);
+/* The service of one local domain into out (cap bytes); SB_DONE when the
+ * domain has none (anonymous, or no subdomain configured). */
+sb_rc sb_domains_muc_of(const char *domain, char *out, size_t cap);
 
 /* ---- per-domain settings ([domain.NAME], read at each call: SIGHUP applies) */
 /* Which remote domains a local domain may exchange stanzas with, as a

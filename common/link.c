@@ -1433,6 +1433,11 @@ const char *link_instance(const struct link *l)
     return l->instance;
 }
 
+const struct rt_registry *link_members(const struct link *l)
+{
+    return &l->members;
+}
+
 void link_set_on_state(struct link *l, link_state_cb cb, void *ud)
 {
     l->on_state = cb;

@@ -84,6 +84,11 @@ void link_flush(struct link *l);
 
 const char *link_instance(const struct link *l);
 
+/* The live instances as the routers last told (`members`), the registry
+ * the routers route by: sb-muc asks it which rooms are still its own. */
+struct rt_registry;
+const struct rt_registry *link_members(const struct link *l);
+
 /* Told of lease changes and a start without any router (see above). */
 void link_set_on_state(struct link *l, link_state_cb cb, void *ud);
 

@@ -324,6 +324,12 @@ const struct rt_inst *rt_route_jid(const struct rt_registry *r, const char *key,
     }
     if (rt_domain_local(r, dom, dlen))
         return rt_pick(r, "sm", key, keylen);
+    /* A MUC service (XEP-0045) is held by the sb-muc instances that
+     * announce it; the key is the room's bare JID, so one room lives on one
+     * instance and rooms spread over them like users over sms. */
+    const struct rt_inst *muc = rt_pick_holding(r, "muc", dom, dlen, key, keylen);
+    if (muc)
+        return muc;
     /* An external component (XEP-0114) is held by the s2s instances that
      * announce its domain; one recipient always on the same one. From s2s
      * too: a component may talk to another one. */

@@ -125,6 +125,10 @@ static void route_outbound(const char *body, size_t len)
         jid_bare(&route_to, bare);
         if (!wire || s2s_comp_deliver(route_to.domain, bare, wire, wlen) != SB_OK)
             s2s_bounce(body, len, "service-unavailable", "the component is not connected");
+    } else if (sb_domains_muc_parent(route_to.domain)) {
+        /* Our MUC service (sb-muc) with no live instance announcing it:
+         * the routers send it here as if remote. Never federate it. */
+        s2s_bounce(body, len, "service-unavailable", "the MUC service is not available");
     } else if (sb_domains_find(route_to.domain)) {
         /* The router only sends us remote domains; a domain just added may
          * not be announced yet. Never loop it back out. */

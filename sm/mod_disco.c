@@ -3,11 +3,14 @@
  * of every module's `features` list, so a feature is advertised exactly
  * when its module is in sm/modules.c. Items: the external components
  * (XEP-0114, `[component.NAME]` sections) that are subdomains of the
- * domain asked. Disco of an account (bare JID) is mod_account's. */
+ * domain asked, and the domain's MUC service (`[muc] subdomain`, sb-muc).
+ * Disco of an account (bare JID) is mod_account's. */
 #include "sm.h"
 #include "config.h"
 #include "version.h"
 #include "log.h"
+#include "domains.h"
+#include "jid.h"
 
 #include <string.h>
 #include <strings.h>
@@ -76,6 +79,12 @@ static void disco_item_one(const char *section, const char *value, void *ud)
 static sb_rc disco_fill_items(struct xml_doc *d, struct xml_node *q, const char *domain)
 {
     struct disco_items it = {d, q, domain, SB_OK};
+    char muc[JID_PART_MAX + 1];
+    if (sb_domains_muc_of(domain, muc, sizeof muc) == SB_OK) {     /* XEP-0045, sb-muc */
+        struct xml_node *item = xml_add_child(d, q, "item");
+        if (!item || xml_set_attr(d, item, "jid", muc) != SB_OK)
+            return SB_ERROR;
+    }
     sb_config_each_key("secret", disco_item_one, &it);
     sb_config_each_key("secret_file", disco_item_one, &it);
     return it.rc;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # stack.sh — the local Switchboard stack: PostgreSQL, Redis, a TLS cert, the
-# config file and eight processes (router1, router2, sm1, sm2, c2s1, c2s2, bosh1,
-# s2s1),
+# config file and nine processes (router1, router2, sm1, sm2, c2s1, c2s2, bosh1,
+# s2s1, muc1),
 # all under var/ so nothing touches the system's own services.
 #
 #   stack.sh [-p run|test] COMMAND
@@ -32,8 +32,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PKG_LIST="$ROOT/deploy/dev/packages.txt"
-PROCS=(router1 router2 sm1 sm2 c2s1 c2s2 bosh1 s2s1)
-COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1 s2s1)   # the ones that register with the routers
+PROCS=(router1 router2 sm1 sm2 c2s1 c2s2 bosh1 s2s1 muc1)
+COMPONENTS=(sm1 sm2 c2s1 c2s2 bosh1 s2s1 muc1)   # the ones that register with the routers
 ROUTERS=(router1 router2)                   # router N listens on ROUTER_PORT + N - 1
 READY_TIMEOUT=${SB_READY_TIMEOUT:-30}
 DOMAIN=${SB_STACK_DOMAIN:-localhost}
@@ -105,6 +105,7 @@ metrics_port() {
     c2s2)    printf '%s' $((METRICS_BASE + 5)) ;;
     bosh1)   printf '%s' $((METRICS_BASE + 6)) ;;
     s2s1)    printf '%s' $((METRICS_BASE + 7)) ;;
+    muc1)    printf '%s' $((METRICS_BASE + 8)) ;;
     esac
 }
 
@@ -472,7 +473,7 @@ router_binds() {
 # more front-ends: what the tests and a by-hand scale-out start later) are
 # bus members; keys are made once per profile under $VAR/keys. A name
 # without a key is refused by every bus socket.
-SPARE_MEMBERS=(router3 sm3 sm4 c2s3 c2s4 c2s5 c2s6 c2s7 c2s8 c2s9 bosh2 bosh3 bosh7 s2s2 s2s3)
+SPARE_MEMBERS=(router3 sm3 sm4 c2s3 c2s4 c2s5 c2s6 c2s7 c2s8 c2s9 bosh2 bosh3 bosh7 s2s2 s2s3 muc2 muc3)
 curve_sets() {
     printf 'cluster\tcurve_dir\t%s\n' "$VAR/keys"
 }
@@ -622,7 +623,8 @@ proc_bin() {
     c2s*)    printf '%s' "$ROOT/bin/sb-c2s" ;;
     bosh*)   printf '%s' "$ROOT/bin/sb-bosh" ;;
     s2s*)    printf '%s' "$ROOT/bin/sb-s2s" ;;
-    *) die "unknown process '$1' (router1, smN, c2sN, boshN, s2sN)" ;;
+    muc*)    printf '%s' "$ROOT/bin/sb-muc" ;;
+    *) die "unknown process '$1' (router1, smN, c2sN, boshN, s2sN, mucN)" ;;
     esac
 }
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # sb-entrypoint — the command of the Switchboard image (deploy/docker/Dockerfile).
 #
-#   router | sm | c2s | bosh | s2s   run that component (exec, so it gets the signals)
+#   router | sm | c2s | bosh | s2s | muc   run that component (exec, so it gets the signals)
 #   migrate                          sbctl db migrate, then the stack's domains
 #   secrets                          create what is missing under $SB_SECRETS_DIR (as root)
 #   sbctl ARGS…                      the admin CLI
@@ -86,7 +86,7 @@ sbctl_idem() {
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-router|sm|c2s|bosh|s2s)
+router|sm|c2s|bosh|s2s|muc)
     if [ -n "${SB_INSTANCE_SLOTS:-}" ]; then claim_slot; fi
     [ -n "${SB_INSTANCE:-}" ] || die "set SB_INSTANCE (or SB_INSTANCE_SLOTS)"
     secret_env SB_CLUSTER_DIALBACK_SECRET /run/secrets/dialback_secret

@@ -197,6 +197,36 @@ static void test_router_routes_a_component_domain_to_the_s2s_holding_it(void **s
     rt_reg_free(&r);
 }
 
+/* XEP-0045: a room goes to one of the sb-muc instances announcing its
+ * service, by rendezvous hash of the room's bare JID (rt_pick by kind gives
+ * the same answer, which is what sb-muc asks to know its own rooms); a
+ * service nobody announces goes to s2s (which answers service-unavailable). */
+static void test_router_spreads_rooms_over_the_muc_instances(void **st)
+{
+    struct rt_registry r;
+    rt_reg_init(&r);
+    const char *reason = NULL;
+    hello(&r, "sm1", "kind=sm pid=1 domains=localhost", 0);
+    hello(&r, "s2s1", "kind=s2s pid=2", 0);
+    hello(&r, "muc1", "kind=muc pid=3 domains=conference.localhost", 0);
+    hello(&r, "muc2", "kind=muc pid=4 domains=conference.localhost", 0);
+    int on1 = 0;
+    for (int i = 0; i < 40; i++) {
+        char key[48];
+        int n = snprintf(key, sizeof key, "room%d@conference.localhost", i);
+        const struct rt_inst *d = rt_route_jid(&r, key, (size_t)n, 0, &reason);
+        assert_non_null(d);
+        assert_string_equal(d->kind, "muc");
+        assert_string_equal(d->name, rt_pick(&r, "muc", key, (size_t)n)->name);
+        on1 += !strcmp(d->name, "muc1");
+    }
+    assert_true(on1 > 0 && on1 < 40);
+    const struct rt_inst *d = rt_route_jid(&r, "x@conference.other", 18, 0, &reason);
+    assert_non_null(d);
+    assert_string_equal(d->name, "s2s1");
+    rt_reg_free(&r);
+}
+
 static void test_router_key_domain_handles_bare_domain_and_full_jid(void **st)
 {
     const char *d;
@@ -297,6 +327,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_router_score_is_fnv1a64_of_instance_newline_key),
         cmocka_unit_test(test_router_routes_a_component_domain_to_the_s2s_holding_it),
+        cmocka_unit_test(test_router_spreads_rooms_over_the_muc_instances),
         cmocka_unit_test(test_router_direct_endpoint_announced_unless_loopback_of_another_host),
         cmocka_unit_test(test_router_removing_one_sm_moves_only_its_keys),
         cmocka_unit_test(test_router_spreads_3000_keys_evenly_over_3_sms),
