@@ -445,6 +445,7 @@ test_sets() {
     [ "$PROFILE" = test ] || return 0
     printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
     printf 'sm\tpush_throttle\t2\n'          # tests/integration/test_push.py
+    printf 'sm\tpep_max_item_bytes\t16384\n'  # tests/integration/test_pep.py
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component
