@@ -129,7 +129,7 @@ static void account_done(const char *what, const char *name, const char *done)
 static const char *const account_tables[] = {
     "roster", "roster_version", "roster_pending", "offline", "vcards",
     "private_storage", "last_activity", "blocklist", "push_registrations", "archive",
-    "archive_prefs", "archive_prefs_jid",
+    "archive_prefs", "archive_prefs_jid", "pep_nodes", "pep_items",
 };
 
 /* Delete the rows of one account (username given) or of a whole domain

@@ -3,6 +3,7 @@
  * every stanza (the blocklist is checked for each one between two users). */
 #include "acct.h"
 #include "im.h"
+#include "pep.h"
 #include "jid.h"
 #include "log.h"
 
@@ -13,7 +14,7 @@
  * user whose blocklist names this account (by bare or full JID); 'n': a
  * push registration (id, jid, node, options); 'm' its archiving default,
  * 'j' a JID of its always ('a') / never list (XEP-0313 preferences,
- * mod_mam.c). When a session starts,
+ * mod_mam.c); 'q' a PEP node, 'k' one of its items (pep.h). When a session starts,
  * SM_IM_ACCT_SQL (im.c) returns these and the IM rows in one statement;
  * acct_fill skips the IM kinds. */
 static const char ACCT_SQL[] =
@@ -26,7 +27,8 @@ static const char ACCT_SQL[] =
     " UNION ALL SELECT 'm', default_mode, '', '', '' FROM archive_prefs"
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END, '', ''"
-    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2"
+    SM_PEP_ACCT_SQL("");
 
 sb_rc sm_acct_split(const char *bare, char *node, size_t cap, const char **domain)
 {
@@ -235,6 +237,7 @@ static void acct_destroy(struct sm_acct *a)
     free(a->push);
     free(a->last_status);
     sm_mam_prefs_clear(&a->mam);
+    sm_pep_free(a->pep);
     free(a);
 }
 
@@ -261,6 +264,9 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
                                   PQgetvalue(res, i, 4));
         else if (kind[0] == 'm')
             a->mam.mode = sm_mam_mode_parse(PQgetvalue(res, i, 1));
+        else if (kind[0] == 'q' || kind[0] == 'k')
+            rc = sm_pep_row(&a->pep, kind[0], PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+                            PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
         else if (kind[0] == 'j')
             rc = sm_mam_prefs_add(&a->mam, PQgetvalue(res, i, 2)[0] == 'a',
                                   PQgetvalue(res, i, 1));

@@ -10,6 +10,7 @@
  *               options) from push_registrations, and push_count: messages
  *               a detached stream queued since the user was last online
  *   mam         XEP-0313 archiving preferences (mod_mam.c)
+ *   pep         XEP-0163 nodes and items, and the peers to notify (pep.h)
  * Owners of other records tell this one about changes with the control
  * `blocked-by` (mod_blocking). Modules read it through the helpers below. */
 #ifndef SB_SM_ACCT_H
@@ -42,6 +43,7 @@ struct sm_acct {
     int nby, capby;
     char *last_status;
     struct sm_mam_prefs mam;
+    struct sm_pep *pep;                 /* PEP nodes (pep.h), NULL: none yet */
 };
 
 /* The module hooks (mod_account registers them). */

@@ -3,6 +3,7 @@
  * per-resource flags mirrored in Redis `im:{bare}` (fields `rq:<res>` =
  * asked for the roster, `dp:<res>` = directed presence recipients). */
 #include "im.h"
+#include "pep.h"
 #include "config.h"
 #include "jid.h"
 #include "log.h"
@@ -354,7 +355,8 @@ const char SM_IM_ACCT_SQL[] =
     " UNION ALL SELECT 'm', default_mode, '', '', '', '' FROM archive_prefs"
     " WHERE domain = $1 AND username = $2"
     " UNION ALL SELECT 'j', jid, CASE WHEN always THEN 'a' ELSE 'n' END, '', '', ''"
-    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2";
+    " FROM archive_prefs_jid WHERE domain = $1 AND username = $2"
+    SM_PEP_ACCT_SQL(", ''");
 
 /* Both halves answered: keep the state, or drop it after a failed query
  * (the first sm_im_ready() then loads it, flags included, as usual). */

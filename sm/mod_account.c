@@ -1,14 +1,16 @@
 /* mod_account.c — the server answering on behalf of an account (an iq to a
  * user's bare JID, RFC 6121 §8.5.1 / §8.5.3.1) and loading what the sm
  * keeps about each account (acct.h):
- *   disco#info   identity account/registered and the features answered here
- *   disco#items  empty (no PEP nodes yet)
+ *   disco#info   identities account/registered and pubsub/pep (XEP-0163
+ *                §4), the features answered here and mod_pep's
+ *   disco#items  the account's PEP nodes the requester may see (mod_pep)
  *   ping         XEP-0199 §4.3: the server answers for the user
  * Only for an existing account and an allowed requester (the user, or a
  * contact subscribed to the user's presence: sm_acct_authorize);
  * otherwise service-unavailable, as for an unknown account, so nothing
  * leaks about whether the account exists. */
 #include "acct.h"
+#include "pep.h"
 #include "log.h"
 
 #include <string.h>
@@ -26,6 +28,23 @@ static const char *const account_features[] = {
 };
 
 extern const struct sm_module sm_mod_account;
+extern const char *const sm_pep_features[];
+
+static sb_rc account_identity(struct xml_doc *d, struct xml_node *q, const char *cat,
+                              const char *type)
+{
+    struct xml_node *id = xml_add_child(d, q, "identity");
+    return id && xml_set_attr(d, id, "category", cat) == SB_OK &&
+                   xml_set_attr(d, id, "type", type) == SB_OK
+               ? SB_OK
+               : SB_ERROR;
+}
+
+static sb_rc account_feature(struct xml_doc *d, struct xml_node *q, const char *var)
+{
+    struct xml_node *f = xml_add_child(d, q, "feature");
+    return f && xml_set_attr(d, f, "var", var) == SB_OK ? SB_OK : SB_ERROR;
+}
 
 static int account_to_bare(const struct sm_job *j)
 {
@@ -48,15 +67,15 @@ static sb_rc account_disco(struct sm_job *j, int info)
     sb_rc rc = q ? xml_set_attr(d, q, "xmlns", info ? NS_DISCO_INFO : NS_DISCO_ITEMS)
                  : SB_ERROR;
     if (rc == SB_OK && info) {
-        struct xml_node *id = xml_add_child(d, q, "identity");
-        if (!id || xml_set_attr(d, id, "category", "account") != SB_OK ||
-            xml_set_attr(d, id, "type", "registered") != SB_OK)
-            rc = SB_ERROR;
-        for (size_t i = 0; rc == SB_OK && i < SB_ARRAY_LEN(account_features); i++) {
-            struct xml_node *f = xml_add_child(d, q, "feature");
-            if (!f || xml_set_attr(d, f, "var", account_features[i]) != SB_OK)
-                rc = SB_ERROR;
-        }
+        rc = account_identity(d, q, "account", "registered");
+        if (rc == SB_OK)
+            rc = account_identity(d, q, "pubsub", "pep");
+        for (size_t i = 0; rc == SB_OK && i < SB_ARRAY_LEN(account_features); i++)
+            rc = account_feature(d, q, account_features[i]);
+        for (const char *const *f = sm_pep_features; rc == SB_OK && *f; f++)
+            rc = account_feature(d, q, *f);
+    } else if (rc == SB_OK) {
+        rc = sm_pep_disco_items(j, d, q);
     }
     if (rc == SB_OK)
         rc = sm_send_node(j->core, d->root);

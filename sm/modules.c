@@ -9,7 +9,7 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
 extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push, sm_mod_carbons,
-    sm_mod_csi, sm_mod_mam, sm_mod_mam_out;
+    sm_mod_csi, sm_mod_mam, sm_mod_mam_out, sm_mod_pep;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
@@ -28,6 +28,10 @@ const struct sm_module *const sm_modules[] = {
     &sm_mod_push,           /* XEP-0357 enable/disable, replies to notifications;
                                observes own available presence (declines it),
                                so it must precede mod_presence */
+    &sm_mod_pep,            /* XEP-0163 PEP iqs (pubsub, #owner), answers to its
+                               XEP-0115 caps queries (before mod_account, which
+                               would swallow them); observes available presence
+                               (declines it), so it must precede mod_presence */
     &sm_mod_presence,       /* all presence (RFC 6121 §3-4); unavailable on
                                end/session-gone, then passes them on */
     &sm_mod_contacts,       /* contacts in place on a new account's bind;

@@ -449,6 +449,7 @@ test_sets() {
     printf 'sm\tpush_throttle\t2\n'          # tests/integration/test_push.py
     # not the default, so a test sees fake SCRAM credentials follow it
     printf 'cluster\tscram_iterations\t5000\n'
+    printf 'sm\tpep_max_item_bytes\t16384\n'  # tests/integration/test_pep.py
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component

@@ -26,7 +26,10 @@ NS_BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 SERVER_FEATURES = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:roster", NS_VERSION, NS_LAST,
     NS_VCARD, NS_PRIVATE, NS_BLOCKING, "msgoffline", "urn:xmpp:carbons:2",
-}
+} | {"http://jabber.org/protocol/pubsub" + f for f in (
+    "", "#publish", "#publish-options", "#auto-create", "#retract-items", "#retrieve-items",
+    "#item-ids", "#delete-nodes", "#config-node", "#persistent-items", "#last-published",
+    "#access-presence", "#access-open", "#access-whitelist")}   # PEP (sm/mod_pep.c)
 
 
 def q(ns, tag):
@@ -184,7 +187,7 @@ def test_disco_on_an_account_is_answered_by_the_server_for_contacts(stack, new_u
             qry = result_payload(r, NS_DISCO_INFO, "query")
             assert r.get("from") == b.bare
             ids = [(i.get("category"), i.get("type")) for i in qry.findall(q(NS_DISCO_INFO, "identity"))]
-            assert ids == [("account", "registered")]
+            assert ids == [("account", "registered"), ("pubsub", "pep")]
             feats = {f.get("var") for f in qry.findall(q(NS_DISCO_INFO, "feature"))}
             assert {NS_DISCO_INFO, NS_PING, NS_LAST, NS_VCARD} <= feats
             r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_ITEMS, to=b.bare)

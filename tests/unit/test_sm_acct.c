@@ -11,6 +11,7 @@
 
 #include "../../sm/acct.c"
 #include "../../sm/mam.c"
+#include "../../sm/pep.c"
 
 /* ---- fakes for what acct.c uses from the core ---------------------------------- */
 void sm_user_loaded(struct sm_user *u, int ok) {}

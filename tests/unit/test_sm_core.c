@@ -42,6 +42,9 @@
 #include "../../sm/mod_csi.c"
 #include "../../sm/mam.c"
 #include "../../sm/mod_mam.c"
+#include "../../sm/pep.c"
+#include "../../sm/caps.c"
+#include "../../sm/mod_pep.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 
@@ -943,10 +946,81 @@ static void test_push_offline_message_notifies_then_throttles_and_error_disables
     assert_int_equal(nsent, 0);
 }
 
+/* XEP-0115 §5.2 and §5.3: the simple and the complex example. */
+static void test_caps_verification_string_matches_the_xep_examples(void **state)
+{
+    (void)state;
+    static const char simple[] =
+        "<query xmlns='http://jabber.org/protocol/disco#info'>"
+        "<identity category='client' name='Exodus 0.9.1' type='pc'/>"
+        "<feature var='http://jabber.org/protocol/caps'/>"
+        "<feature var='http://jabber.org/protocol/disco#info'/>"
+        "<feature var='http://jabber.org/protocol/disco#items'/>"
+        "<feature var='http://jabber.org/protocol/muc'/></query>";
+    static const char complex[] =
+        "<query xmlns='http://jabber.org/protocol/disco#info'>"
+        "<identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>"
+        "<identity xml:lang='el' category='client' name='\xce\xa8 0.11' type='pc'/>"
+        "<feature var='http://jabber.org/protocol/caps'/>"
+        "<feature var='http://jabber.org/protocol/disco#info'/>"
+        "<feature var='http://jabber.org/protocol/disco#items'/>"
+        "<feature var='http://jabber.org/protocol/muc'/>"
+        "<x xmlns='jabber:x:data' type='result'>"
+        "<field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value></field>"
+        "<field var='ip_version'><value>ipv4</value><value>ipv6</value></field>"
+        "<field var='os'><value>Mac</value></field>"
+        "<field var='os_version'><value>10.5.1</value></field>"
+        "<field var='software'><value>Psi</value></field>"
+        "<field var='software_version'><value>0.11</value></field></x></query>";
+    static const char dup[] =
+        "<query xmlns='http://jabber.org/protocol/disco#info'>"
+        "<feature var='a'/><feature var='a'/></query>";
+    char out[40];
+    struct xml_doc *d = xml_doc_parse(simple, sizeof simple - 1, NULL, NULL);
+    assert_non_null(d);
+    assert_int_equal(sm_caps_hash_sha1(d->root, out, sizeof out), SB_OK);
+    assert_string_equal(out, "QgayPKawpkPSDYmwT/WM94uAlu0=");
+    xml_doc_free(d);
+    d = xml_doc_parse(complex, sizeof complex - 1, NULL, NULL);
+    assert_non_null(d);
+    assert_int_equal(sm_caps_hash_sha1(d->root, out, sizeof out), SB_OK);
+    assert_string_equal(out, "q07IKJEyjvHSyhy//CH0CxmKi8w=");
+    xml_doc_free(d);
+    d = xml_doc_parse(dup, sizeof dup - 1, NULL, NULL);
+    assert_int_equal(sm_caps_hash_sha1(d->root, out, sizeof out), SB_ERROR);
+    xml_doc_free(d);
+}
+
+/* Items stay ordered by seq whatever order the rows come in; re-publishing
+ * an id moves it to the end. */
+static void test_pep_cache_orders_items_and_replaces_ids(void **state)
+{
+    (void)state;
+    struct sm_pep *p = NULL;
+    assert_int_equal(sm_pep_row(&p, 'k', "n", "b", "<b/>", "7"), SB_OK);
+    assert_int_equal(sm_pep_row(&p, 'k', "n", "a", "<a/>", "3"), SB_OK);
+    assert_int_equal(sm_pep_row(&p, 'q', "n", "open", "true", "-1"), SB_OK);
+    struct pep_node *n = sm_pep_node(p, "n");
+    assert_non_null(n);
+    assert_int_equal(n->access, PEP_ACCESS_OPEN);
+    assert_int_equal(n->nitems, 2);
+    assert_string_equal(n->items[0].id, "a");
+    assert_int_equal(p->seq, 7);
+    assert_int_equal(sm_pep_item_put(n, "a", "<a2/>", 8), SB_OK);
+    assert_int_equal(n->nitems, 2);
+    assert_string_equal(n->items[1].id, "a");
+    assert_string_equal(n->items[1].payload, "<a2/>");
+    sm_pep_node_del(p, "n");
+    assert_null(sm_pep_node(p, "n"));
+    sm_pep_free(p);
+}
+
 int main(void)
 {
     sb_log_init("test", SB_LOG_ERROR);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_caps_verification_string_matches_the_xep_examples),
+        cmocka_unit_test(test_pep_cache_orders_items_and_replaces_ids),
         cmocka_unit_test_setup_teardown(test_bind_claims_generated_resource_with_hsetnx, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bind_retries_after_collision, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bind_fails_when_redis_is_down, setup, teardown),
