@@ -660,11 +660,16 @@ static void sql_build(struct mam_sql *q, const struct sm_mam_query *m, struct sb
         sb_buf_adds(&q->refs, "}");
     int lim = sql_param(q, sql_num(q, "%.0f", (double)(m->max + 1)));
     const char *w = q->where.data;
+    /* RSM count and the first item's index from one scan of the matching
+     * rows (an index-only scan of archive_by_owner / archive_by_with once
+     * the visibility map is set): both are exact, the index is the rows
+     * before the page's oldest. */
     sb_buf_printf(sql, "WITH page AS (SELECT id, stanza_id, ts, stanza FROM archive"
-                  " WHERE %s%s ORDER BY id %s LIMIT $%d::int)"
-                  " SELECT (SELECT count(*) FROM archive WHERE %s),"
-                  " (SELECT count(*) FROM archive WHERE %s AND id < (SELECT min(id) FROM page)),",
-                  w, q->bounds.data ? q->bounds.data : "", desc ? "DESC" : "ASC", lim, w, w);
+                  " WHERE %s%s ORDER BY id %s LIMIT $%d::int),"
+                  " n AS (SELECT count(*) AS total, count(*) FILTER (WHERE id <"
+                  " (SELECT min(id) FROM page)) AS idx FROM archive WHERE %s)"
+                  " SELECT n.total, n.idx,",
+                  w, q->bounds.data ? q->bounds.data : "", desc ? "DESC" : "ASC", lim, w);
     if (q->nrefs) {
         int r = sql_param(q, q->refs.data);
         sb_buf_printf(sql, " (SELECT count(DISTINCT stanza_id) FROM archive WHERE domain = $1"
@@ -674,7 +679,7 @@ static void sql_build(struct mam_sql *q, const struct sm_mam_query *m, struct sb
         sb_buf_adds(sql, " true,");
     }
     sb_buf_adds(sql, " p.stanza_id, extract(epoch FROM p.ts)::float8, p.stanza"
-                " FROM (SELECT 1) one LEFT JOIN page p ON true ORDER BY p.id");
+                " FROM n LEFT JOIN page p ON true ORDER BY p.id");
 }
 
 static void run_free(struct mam_run *r)

@@ -8,7 +8,7 @@ also printed).
 
 Every knob is an environment variable (defaults are modest, ~5 min for
 Switchboard alone):
-  BENCH_SCENARIOS   login,plain,msg,smmsg,idle,scaleout,chaos,resume,csi
+  BENCH_SCENARIOS   login,plain,msg,smmsg,mamcpu,idle,scaleout,chaos,resume,csi,carbons,mamq
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
@@ -22,6 +22,10 @@ Switchboard alone):
   BENCH_CHAOS_DRAIN [15]  BENCH_CHAOS_SEED  random seed of the kill choice [time]
   BENCH_SM_ACK_EVERY  smmsg: each client sends <r/> after this many stanzas [5]
   BENCH_RESUME_USERS [1000]  BENCH_RESUME_SENDERS [50]  BENCH_RESUME_WINDOW [200]
+  BENCH_MAMCPU_RATES  mamcpu: the msg ladder run with [sm] mam_enabled = 0, then 1 [BENCH_MSG_RATES]
+  BENCH_CARBONS_MSGS  carbons: messages per run (3 runs off, 3 on) [400]
+  BENCH_MAM_ROWS    mamq: archive rows generated (once; kept in var/bench) [10000000]
+  BENCH_MAM_HEAVY   mamq: rows of the measured user [100000]  BENCH_MAM_QUERIES per kind [50]
   BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
                     msg again with it off (SB_CLUSTER_CURVE=off for every process)
   SB_BENCH_PORT_OFFSET  shifts every port of the bench profile
@@ -65,7 +69,8 @@ def env(name, default):
 
 STEP = env("BENCH_STEP", "5")
 SCEN = set(env("BENCH_SCENARIOS",
-                "login,plain,msg,smmsg,idle,scaleout,chaos,resume,csi").split(","))
+                "login,plain,msg,smmsg,mamcpu,idle,scaleout,chaos,resume,csi,carbons,"
+                "mamq").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
 PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
@@ -88,6 +93,11 @@ SM_ACK_EVERY = env("BENCH_SM_ACK_EVERY", "5")
 RESUME_USERS = int(env("BENCH_RESUME_USERS", "1000"))
 RESUME_SENDERS = int(env("BENCH_RESUME_SENDERS", "50"))
 RESUME_WINDOW = env("BENCH_RESUME_WINDOW", "200")
+MAMCPU_RATES = env("BENCH_MAMCPU_RATES", MSG_RATES)
+CARBONS_MSGS = env("BENCH_CARBONS_MSGS", "400")
+MAM_ROWS = env("BENCH_MAM_ROWS", "10000000")
+MAM_HEAVY = env("BENCH_MAM_HEAVY", "100000")
+MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
@@ -391,6 +401,69 @@ class Switchboard(Target):
         stack("start-proc", "c2s1", check=False)
         stack("wait-ready", check=False)
         return self.rows(p.stdout, load), p.returncode
+
+    # ---- archiving on/off: the sms again with SB_SM_MAM_ENABLED
+
+    def mam_enabled(self, on):
+        """Restart sm1 and sm2 with [sm] mam_enabled overridden (stack.sh
+        passes the environment on); a clean stop gives the lease back."""
+        os.environ["SB_SM_MAM_ENABLED"] = "1" if on else "0"
+        for n in ("sm1", "sm2"):
+            stack("stop-proc", n)
+        self.wait_unlisted(["sm1", "sm2"], 10)
+        for n in ("sm1", "sm2"):
+            stack("start-proc", n)
+        stack("wait-ready")
+        time.sleep(1)
+
+    def psql(self, sql):
+        from mam_bench import psql
+        return psql(self.env, sql)
+
+    def archive_rows_since(self, last_id, settle=1.5, secs=60):
+        """Rows with id > last_id, once the count has stood still for
+        `settle` s (the sms write in batches every mam_flush_ms)."""
+        end, seen, since = time.time() + secs, -1, time.time()
+        while time.time() < end:
+            n = int(self.psql("SELECT count(*) FROM archive WHERE id > %d" % last_id))
+            if n != seen:
+                seen, since = n, time.time()
+            elif time.time() - since >= settle:
+                break
+            time.sleep(0.3)
+        return seen
+
+    def mamcpu(self, common):
+        """The msg ladder with archiving off, then on, one sbbench run per
+        rate so that the archive rows each step wrote are counted in
+        PostgreSQL (max(id) before, count after): every message between two
+        local users is two rows, one in each archive. A step whose rows fall
+        short (the sms' buffer was full: mam_buffer_full) is marked
+        archive_ok = false."""
+        out = {}
+        try:
+            for on in (False, True):
+                tag = "on" if on else "off"
+                self.mam_enabled(on)
+                out[tag] = []
+                for rate in MAMCPU_RATES.split(","):
+                    last = int(self.psql("SELECT coalesce(max(id), 0) FROM archive"))
+                    rows, _ = self.run("msg", "--users", str(MSG_USERS), "--rates", rate,
+                                       *common, label="msg-mam-%s" % tag)
+                    n = self.archive_rows_since(last)
+                    for r in rows:
+                        r["archive_rows"] = n
+                        r["archive_ok"] = n == (2 * r["delivered"] if on else 0)
+                    out[tag] += rows
+                    say("mamcpu: archive %s, %s msg/s: %d delivered, %d archive rows" % (
+                        tag, rate, sum(r["delivered"] for r in rows), n))
+                    if not rows or not all(r.get("ok") for r in rows):
+                        break
+        finally:
+            os.environ.pop("SB_SM_MAM_ENABLED", None)
+            self.mam_enabled(True)     # back to the configured default
+            os.environ.pop("SB_SM_MAM_ENABLED", None)
+        return out
 
     def stop(self):
         if env("BENCH_KEEP", "") != "1":
@@ -775,6 +848,10 @@ def run_scenarios(t):
                         str(MSG_USERS), "--rates", MSG_RATES, *common, label="msg-sm")
         res["smmsg"] = best(keep(rows))
         res["smmsg_all"] = rows
+    if "mamcpu" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        m = t.mamcpu(common)
+        keep(m["off"] + m["on"])
+        res["mamcpu"] = m
     if "idle" in SCEN and not only_msg:
         res["idle"] = []
         big = max(IDLE) if IDLE else 0
@@ -815,6 +892,27 @@ def run_scenarios(t):
         res["csi"] = json.loads(lines[-1]) if lines else None
         if not lines:
             say("csi scenario failed:", (out.stderr or "")[-400:])
+    if "carbons" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        # XEP-0280: server CPU per message of a user with two resources,
+        # carbons off vs on (tests/bench/carbons_cpu.py, raw streams)
+        out = sh("/usr/bin/python3", os.path.join(ROOT, "tests/bench/carbons_cpu.py"),
+                 "--profile", "bench", CARBONS_MSGS, check=False, capture_output=True,
+                 text=True, timeout=600)
+        lines = [json.loads(x) for x in (out.stdout or "").splitlines() if x.startswith("{")]
+        res["carbons"] = next((x for x in lines if "summary" in x), None)
+        if not res["carbons"]:
+            say("carbons scenario failed:", (out.stderr or "")[-400:])
+    if "mamq" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        # XEP-0313: query latency on a generated archive (tests/bench/mam_bench.py)
+        e = dict(os.environ, MAM_ROWS=MAM_ROWS, MAM_HEAVY=MAM_HEAVY, MAM_QUERIES=MAM_QUERIES)
+        out = sh("/usr/bin/python3", os.path.join(ROOT, "tests/bench/mam_bench.py"),
+                 "--profile", "bench", check=False, capture_output=True, text=True,
+                 timeout=7200, env=e)
+        sys.stderr.write(out.stderr or "")
+        lines = [json.loads(x) for x in (out.stdout or "").splitlines() if x.startswith("{")]
+        res["mamq"] = lines[-1] if lines else None
+        if not lines:
+            say("mamq scenario failed:", (out.stderr or "")[-400:])
     res["curve"] = t.curve or "n/a"
     return res
 
@@ -914,6 +1012,68 @@ def sm_figures(res, procs):
     return out
 
 
+def mamcpu_figures(res):
+    """Archiving off vs on: CPU per message (every process, PostgreSQL
+    included: the archive's cost is mostly there) at the highest rate both
+    ladders sustained with every archive row written, and the rows of each
+    step."""
+    m = res.get("mamcpu")
+    if not m:
+        return [("archiving off / on", None, 0)]
+    off = {r["rate"]: r for r in m["off"] if r.get("ok")}
+    both = [r for r in m["on"] if r.get("ok") and r["archive_ok"] and r["rate"] in off]
+    top = max(both, key=lambda r: r["rate"]) if both else None
+    ok_off = best(m["off"])
+    ok_on = best([r for r in m["on"] if r["archive_ok"]])
+    out = [("archiving off / on: highest rate with p99 < 50 ms (on: and every archive row "
+            "written) (msg/s)", "%s / %s" % (fmt(ok_off and ok_off["per_s"]),
+                                              fmt(ok_on and ok_on["per_s"])), 0),
+           ("archiving on: per step, msg/s: delivered → archive rows (2 per message expected)",
+            "; ".join("%s: %s → %s%s" % (fmt(r["rate"]), fmt(r["delivered"]),
+                                         fmt(r["archive_rows"]),
+                                         "" if r["archive_ok"] else " SHORT")
+                      for r in m["on"]), 0),
+           ("archiving off: archive rows written (all steps)",
+            fmt(sum(r["archive_rows"] for r in m["off"])), 0)]
+    if top:
+        a, b = off[top["rate"]], top
+        every = set(a["procs"]) | set(b["procs"])
+
+        def us(r, names):
+            return cpu_of(r, names) / max(r["delivered"], 1) * 1e6
+        out.append(("server CPU per message at %s msg/s, archiving off / on, all processes "
+                    "with Redis and PostgreSQL (µs)" % fmt(top["rate"]),
+                    "%.1f / %.1f (%+.1f)" % (us(a, every), us(b, every),
+                                             us(b, every) - us(a, every)), 0))
+        for n in sorted(every):
+            if us(a, [n]) >= 0.05 or us(b, [n]) >= 0.05:
+                out.append(("  … %s (µs/msg off / on)" % n, "%.1f / %.1f" % (
+                    us(a, [n]), us(b, [n])), 0))
+    return out
+
+
+def carbons_figures(c):
+    if not c:
+        return [("carbons: server CPU per message off / on", None, 0)]
+    return [("carbons: server CPU per message, 2 resources, %s messages, off / on "
+             "(µs, median of %d runs; each run)" % (fmt(c["messages"]), c["runs"]),
+             "%.1f / %.1f (off %s; on %s)" % (c["off_us"], c["on_us"],
+                                              ", ".join("%.0f" % x for x in c["off_all"]),
+                                              ", ".join("%.0f" % x for x in c["on_all"])), 0)]
+
+
+def mamq_figures(q):
+    if not q:
+        return [("MAM query latency", None, 0)]
+    out = [("MAM: archive rows / measured user's rows / generated in (s)", "%s / %s / %s" % (
+        fmt(q["archive_rows"]), fmt(q["heavy"]),
+        "%.1f" % q["generate_s"] if q.get("generate_s") is not None else "kept"), 0)]
+    for k, v in q["kinds"].items():
+        out.append(("MAM %s: p50 / p99 (ms, %d queries)" % (k, q["queries"]),
+                    "%.1f / %.1f" % (v["p50_ms"], v["p99_ms"]), 0))
+    return out
+
+
 def resume_figures(r):
     if not r or r.get("setup_failed"):
         return [("resumption storm", r and "set-up failed: %s" % r.get("last_error"), 0)]
@@ -976,6 +1136,8 @@ def figures(name, res):
         out.append(("scale-out: 2 c2s + 2 sm, highest msg/s", m and m["per_s"], 0))
     if name == "switchboard" and "smmsg" in SCEN:
         out += sm_figures(res, procs)
+    if name == "switchboard" and "mamcpu" in SCEN:
+        out += mamcpu_figures(res)
     if name == "switchboard" and "resume" in SCEN:
         out += resume_figures(res.get("resume"))
     if name == "switchboard" and "chaos" in SCEN and "chaos" in res:
@@ -986,6 +1148,10 @@ def figures(name, res):
                     "inactive (saved)" % (c and c["contacts"], c and c["rounds"]),
                     c and "%s / %s (%s, %s %%)" % (fmt(c["active_bytes"]), fmt(c["inactive_bytes"]),
                                                   fmt(c["saved_bytes"]), c["saved_pct"]), 0))
+    if name == "switchboard" and "carbons" in SCEN:
+        out += carbons_figures(res.get("carbons"))
+    if name == "switchboard" and "mamq" in SCEN:
+        out += mamq_figures(res.get("mamq"))
     return out
 
 

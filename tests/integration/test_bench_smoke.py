@@ -84,3 +84,46 @@ def test_sbbench_smoke_resumption_storm(stack):
     assert r["sent"] == 20 * 8 and r["delivered"] == r["sent"] and r["lost"] == 0, r
     assert r["duplicates"] == 0 and r["reordered"] == 0 and r["errors"] == 0, r
     assert p.returncode == 0, p.stderr
+
+
+def _bench_script(stack, name, *args, env=None, timeout=120):
+    p = subprocess.run(["/usr/bin/python3", os.path.join(stack.root, "tests/bench", name), *args],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout, env=dict(os.environ, **(env or {})))
+    assert p.returncode == 0, p.stderr[-2000:]
+    return [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+
+
+def test_mam_bench_smoke_generates_an_archive_and_times_every_kind(stack):
+    """mamq (tests/bench/mam_bench.py) at a tiny size: the rows are generated
+    (indexes dropped and built again in one transaction), the heavy user's
+    RSM count is exactly what was generated, every kind of query answers."""
+    before = set(_psql_lines(stack, "SELECT indexdef FROM pg_indexes WHERE tablename = 'archive'"))
+    rows = _bench_script(stack, "mam_bench.py", "--profile", "test",
+                         env={"MAM_ROWS": "3000", "MAM_USERS": "10", "MAM_HEAVY": "500",
+                              "MAM_QUERIES": "2"})
+    r = rows[-1]
+    assert r["scenario"] == "mamq" and r["generated"] == 3000 and r["archive_rows"] >= 3000, r
+    assert set(r["kinds"]) == {"last page (max 50)", "page after an id", "with filter, last page",
+                               "full-text word", "full-text 2 words"}, r
+    assert all(v["p50_ms"] > 0 for v in r["kinds"].values()), r
+    after = set(_psql_lines(stack, "SELECT indexdef FROM pg_indexes WHERE tablename = 'archive'"))
+    assert after == before                  # every index is back, as it was
+
+
+def test_carbons_cpu_smoke_copies_every_message(stack):
+    """carbons (tests/bench/carbons_cpu.py) at a tiny size: with carbons on,
+    the second resource got a copy of every message (the script exits
+    non-zero otherwise); a summary line with both medians."""
+    rows = _bench_script(stack, "carbons_cpu.py", "--profile", "test", "20")
+    runs = [r for r in rows if "carbons" in r]
+    assert len(runs) == 6 and all(r["copies"] == (20 if r["carbons"] else 0) for r in runs), rows
+    s = rows[-1]
+    assert s["summary"] and s["off_us"] > 0 and s["on_us"] > 0, s
+
+
+def _psql_lines(stack, sql):
+    import sys
+    sys.path.insert(0, os.path.join(stack.root, "tests/bench"))
+    from mam_bench import psql
+    return psql(stack.env, sql).splitlines()
