@@ -10,6 +10,7 @@
 #ifndef SB_WEB_H
 #define SB_WEB_H
 
+#include <sys/types.h>
 #include "c2s.h"
 
 /* [bosh] settings beyond the c2s ones (web_main.c). */
@@ -32,14 +33,16 @@ struct web_conn;
 
 struct web_req {
     int method;                 /* enum http_method */
-    char path[256];
+    char path[1280];            /* an upload URL carries the file name */
     char query[512];
     char origin[256];
     char ctype[128];
     char auth[256];             /* Authorization */
     char upgrade[32];
     char ws_key[64], ws_version[8], ws_proto[128];
-    struct sb_buf body;
+    char range[64];             /* Range (GET of an upload) */
+    long long clen;             /* Content-Length; -1 when absent or chunked */
+    struct sb_buf body;         /* not kept for an upload PUT (streamed to the store) */
 };
 
 /* What a pending request on an HTTP connection waits for. */
@@ -66,6 +69,14 @@ void web_http_want(struct web_conn *h, int read, int write);
 int web_http_pending(const struct web_conn *h);     /* output not yet written */
 void web_http_upgraded(struct web_conn *h, void *ws);
 void web_http_close(struct web_conn *h, const char *reason);
+/* Answer the pending request with `len` bytes of file fd from `off`
+ * (streamed as the socket drains, never read whole; fd is closed when done
+ * or the connection goes). headers: extra header lines, each ending CRLF.
+ * head: headers only (HEAD). */
+void web_respond_file(struct web_conn *h, int status, const char *ctype, const char *headers,
+                      int fd, off_t off, off_t len, int head);
+/* Plain-text error answer; the connection closes after it. */
+void web_http_error(struct web_conn *h, int status, const char *text);
 /* Is this origin allowed to use /http-bind (CORS)? */
 int web_origin_allowed(const char *origin);
 
@@ -96,6 +107,22 @@ void web_prebind_gone(void *pb);
 /* What the pre-bound session wrote: one element. */
 void web_prebind_event(void *pb, const char *data, size_t len);
 void web_prebind_closed(void *pb);
+
+/* ---- HTTP File Upload, XEP-0363 (web_upload.c) ------------------------------ */
+struct web_upload;
+sb_rc web_upload_init(void);    /* reads [upload]; off unless url is set */
+void web_upload_free_all(void);
+/* Is this path (no query) under the upload prefix? */
+int web_upload_path(const char *path);
+/* A PUT's headers are complete (query split off): 0 to take the body (*up
+ * set), or the HTTP status to refuse it with (text in *why). */
+int web_upload_put_begin(struct web_conn *h, struct web_req *r, struct web_upload **up,
+                         const char **why);
+/* Body bytes of an accepted PUT: 0, or the status to fail with. */
+int web_upload_put_data(struct web_upload *up, const char *data, size_t len, const char **why);
+void web_upload_put_abort(struct web_upload *up);
+/* The request is complete: answer it (PUT commit, GET, HEAD, OPTIONS). */
+void web_upload_request(struct web_conn *h, struct web_req *r, struct web_upload *up);
 
 /* ---- shared helpers ------------------------------------------------------------ */
 /* Append one element; message/presence/iq without xmlns get jabber:client

@@ -4,18 +4,24 @@
  * CORS headers for the BOSH endpoint), keep-alive, and handing a connection
  * over to WebSocket after the 101. One request at a time per connection:
  * bytes that arrive while a request is pending (a held BOSH request, a
- * pre-bind in progress) wait in `in` with the parser paused. */
+ * pre-bind in progress) wait in `in` with the parser paused. An upload PUT
+ * (web_upload.c) is judged when its headers are complete and its body
+ * goes to the store as it arrives; a file GET is streamed from its fd as
+ * the socket drains (http_pump), so neither is ever held whole. */
 #include "web.h"
 #include "log.h"
 
 #include <errno.h>
 #include <http_parser.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#define HTTP_FILE_CHUNK   65536     /* bytes of a file read ahead into `out` */
 
 #define HTTP_READ_MAX     16384
 #define HTTP_IN_MAX       65536     /* bytes kept while a request is pending */
@@ -39,6 +45,12 @@ struct web_conn {
     uint8_t secure;             /* accepted on the HTTPS port */
     uint8_t tls_again;          /* gnutls holds a record not yet sent */
     uint8_t keep_alive, req_done, started, bad, shut;
+    uint8_t sending;            /* a file is being streamed (file_fd) */
+    int fail;                   /* HTTP status an upload was refused with */
+    const char *fail_why;
+    struct web_upload *upload;  /* the PUT being stored, or NULL */
+    int file_fd;
+    off_t file_off, file_left;
     gnutls_session_t tls;
     ev_io io;
     ev_timer timer;
@@ -98,7 +110,7 @@ static void http_want(struct web_conn *h)
         web_http_want(h, !gnutls_record_get_direction(h->tls), gnutls_record_get_direction(h->tls));
         return;
     }
-    int pending = h->out.len || h->tls_again;
+    int pending = h->out.len || h->tls_again || h->sending;
     web_http_want(h, 1, pending);
 }
 
@@ -230,8 +242,21 @@ void web_http_accept(int fd, const char *peer, int tls)
     http_want(h);
 }
 
+/* Whatever a request holds besides buffers: the PUT's temporary file, the
+ * file being sent. */
+static void http_req_release(struct web_conn *h)
+{
+    if (h->upload)
+        web_upload_put_abort(h->upload);
+    h->upload = NULL;
+    if (h->sending)
+        close(h->file_fd);
+    h->sending = 0;
+}
+
 static void http_free(struct web_conn *h)
 {
+    http_req_release(h);
     if (h->wait == WEB_WAIT_BOSH)
         web_bosh_conn_gone(h->wait_obj, h);
     else if (h->wait == WEB_WAIT_PREBIND)
@@ -276,6 +301,7 @@ void web_http_close(struct web_conn *h, const char *reason)
         return;
     log_debug("http_close", "peer=%s reason=%s", h->peer, reason);
     h->state = HTTP_S_CLOSING;
+    http_req_release(h);
     if (h->wait == WEB_WAIT_BOSH)
         web_bosh_conn_gone(h->wait_obj, h);
     else if (h->wait == WEB_WAIT_PREBIND)
@@ -322,6 +348,9 @@ static void http_req_reset(struct web_conn *h)
     h->hname_len = 0;
     h->hdst = NULL;
     h->req_done = h->started = h->bad = 0;
+    h->fail = 0;
+    h->fail_why = NULL;
+    h->req.clen = -1;
 }
 
 /* Append to a fixed field; overflowing marks the request bad. */
@@ -381,6 +410,7 @@ static char *http_header_slot(struct web_conn *h, size_t *cap)
          sizeof(((struct web_req *)0)->ws_version)},
         {"sec-websocket-protocol", offsetof(struct web_req, ws_proto),
          sizeof(((struct web_req *)0)->ws_proto)},
+        {"range", offsetof(struct web_req, range), sizeof(((struct web_req *)0)->range)},
     };
     if (h->hname_len >= sizeof h->hname)
         return NULL;
@@ -413,9 +443,36 @@ static int http_on_hvalue(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
+/* The request line and headers are in: split the query off, and judge an
+ * upload PUT before its body (a refused one is answered without reading it). */
+static int http_on_headers(http_parser *p)
+{
+    struct web_conn *h = p->data;
+    struct web_req *r = &h->req;
+    char *q = strchr(r->path, '?');
+    if (q) {
+        snprintf(r->query, sizeof r->query, "%s", q + 1);
+        *q = '\0';
+    }
+    r->method = p->method;
+    r->clen = (p->flags & F_CHUNKED) || p->content_length == ULLONG_MAX
+                  ? -1 : (long long)p->content_length;
+    if (r->method == HTTP_PUT && !h->bad && web_upload_path(r->path)) {
+        h->fail = web_upload_put_begin(h, r, &h->upload, &h->fail_why);
+        if (h->fail)
+            http_parser_pause(p, 1);
+    }
+    return 0;
+}
+
 static int http_on_body(http_parser *p, const char *at, size_t n)
 {
     struct web_conn *h = p->data;
+    if (h->upload) {
+        http_arm(h, HTTP_REQ_TIMEOUT);       /* a slow upload lives while it moves */
+        h->fail = web_upload_put_data(h->upload, at, n, &h->fail_why);
+        return h->fail ? 1 : 0;
+    }
     if (h->req.body.len + n > web_cfg.max_body) {
         h->bad = 2;                       /* too large */
         return 1;
@@ -440,6 +497,7 @@ static void http_settings_init(void)
     http_settings.on_url = http_on_url;
     http_settings.on_header_field = http_on_hfield;
     http_settings.on_header_value = http_on_hvalue;
+    http_settings.on_headers_complete = http_on_headers;
     http_settings.on_body = http_on_body;
     http_settings.on_message_complete = http_on_complete;
 }
@@ -472,12 +530,13 @@ static void http_cors(struct web_conn *h, struct sb_buf *b)
         sb_buf_printf(b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", h->req.origin);
     else
         return;
-    sb_buf_adds(b, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+    sb_buf_adds(b, "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, OPTIONS\r\n"
                    "Access-Control-Allow-Headers: Content-Type\r\n"
                    "Access-Control-Max-Age: 86400\r\n");
 }
 
 static void http_next(struct web_conn *h);
+static void http_done(struct web_conn *h);
 
 void web_respond(struct web_conn *h, int status, const char *ctype, const char *body,
                  size_t len, int cors)
@@ -502,6 +561,13 @@ void web_respond(struct web_conn *h, int status, const char *ctype, const char *
     sb_buf_free(&hdr);
     h->wait = WEB_WAIT_NONE;
     h->wait_obj = NULL;
+    http_done(h);
+}
+
+/* The response is in `out` (and, for a file, sent to its end): close, or
+ * read the next request. */
+static void http_done(struct web_conn *h)
+{
     if (!h->keep_alive) {
         web_http_close(h, "done");
         return;
@@ -516,10 +582,89 @@ void web_respond(struct web_conn *h, int status, const char *ctype, const char *
     http_next(h);
 }
 
+/* Keep up to HTTP_FILE_CHUNK of the file in `out` while the socket takes
+ * it; the connection ends the response once the last byte left. */
+static void http_pump(struct web_conn *h)
+{
+    for (int round = 0; round < 16 && h->sending; round++) {
+        while (h->file_left > 0 && h->out.len < HTTP_FILE_CHUNK) {
+            size_t want = sizeof http_rbuf;
+            if ((off_t)want > h->file_left)
+                want = (size_t)h->file_left;
+            ssize_t n = pread(h->file_fd, http_rbuf, want, h->file_off);
+            if (n <= 0 || sb_buf_add(&h->out, http_rbuf, (size_t)n) != SB_OK) {
+                log_warn("http_file_read_failed", "peer=%s err=%s", h->peer,
+                         n < 0 ? strerror(errno) : "short");
+                web_http_close(h, "file-read-error");
+                return;
+            }
+            h->file_off += n;
+            h->file_left -= n;
+        }
+        int r = http_flush(h);
+        if (r < 0) {
+            web_http_close(h, "write-error");
+            return;
+        }
+        if (h->file_left == 0) {
+            close(h->file_fd);
+            h->sending = 0;
+            if (r == 0) {
+                http_done(h);
+                return;
+            }
+        }
+        if (r == 1)
+            break;              /* the socket is full: EV_WRITE resumes */
+    }
+    http_want(h);
+}
+
+void web_respond_file(struct web_conn *h, int status, const char *ctype, const char *headers,
+                      int fd, off_t off, off_t len, int head)
+{
+    if (h->state == HTTP_S_CLOSING || h->state == HTTP_S_WS) {
+        close(fd);
+        return;
+    }
+    struct sb_buf hdr = SB_BUF_INIT;
+    sb_buf_printf(&hdr, "HTTP/1.1 %d %s\r\nServer: switchboard\r\n", status,
+                  http_status_str((enum http_status)status));
+    if (ctype)
+        sb_buf_printf(&hdr, "Content-Type: %s\r\n", ctype);
+    http_cors(h, &hdr);
+    sb_buf_printf(&hdr, "%sContent-Length: %lld\r\nConnection: %s\r\n\r\n", headers,
+                  (long long)len, h->keep_alive ? "keep-alive" : "close");
+    if (!hdr.data || sb_buf_add(&h->out, hdr.data, hdr.len) != SB_OK) {
+        sb_buf_free(&hdr);
+        close(fd);
+        web_http_close(h, "nomem");
+        return;
+    }
+    sb_buf_free(&hdr);
+    h->wait = WEB_WAIT_NONE;
+    h->wait_obj = NULL;
+    if (head || len == 0) {
+        close(fd);
+        http_done(h);
+        return;
+    }
+    h->sending = 1;
+    h->file_fd = fd;
+    h->file_off = off;
+    h->file_left = len;
+    http_pump(h);
+}
+
 static void http_error(struct web_conn *h, int status, const char *text)
 {
     h->keep_alive = 0;
     web_respond(h, status, "text/plain; charset=utf-8", text, strlen(text), 0);
+}
+
+void web_http_error(struct web_conn *h, int status, const char *text)
+{
+    http_error(h, status, text);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
@@ -528,11 +673,6 @@ static void http_dispatch(struct web_conn *h)
 {
     struct web_req *r = &h->req;
     r->method = h->parser.method;
-    char *q = strchr(r->path, '?');
-    if (q) {
-        snprintf(r->query, sizeof r->query, "%s", q + 1);
-        *q = '\0';
-    }
     h->keep_alive = (uint8_t)http_should_keep_alive(&h->parser);
     h->state = HTTP_S_PENDING;
     ev_timer_stop(c2s.loop, &h->timer);
@@ -557,6 +697,12 @@ static void http_dispatch(struct web_conn *h)
             web_ws_upgrade(h, r);
         else
             http_error(h, 426, "WebSocket (RFC 7395, subprotocol xmpp) only\n");
+        return;
+    }
+    if (web_upload_path(r->path)) {
+        struct web_upload *up = h->upload;
+        h->upload = NULL;              /* web_upload_request owns it now */
+        web_upload_request(h, r, up);
         return;
     }
     if (*web_cfg.prebind_secret && strcmp(r->path, web_cfg.prebind_path) == 0) {
@@ -603,6 +749,10 @@ static void http_feed(struct web_conn *h, const char *data, size_t len)
             return;
         }
         http_dispatch(h);
+        return;
+    }
+    if (h->fail) {
+        http_error(h, h->fail, h->fail_why ? h->fail_why : "refused\n");
         return;
     }
     if (h->bad == 2) {
@@ -693,6 +843,11 @@ static void http_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if ((revents & EV_WRITE) && http_flush(h) < 0) {
         web_http_close(h, "write-error");
         return;
+    }
+    if (h->sending && (revents & EV_WRITE) && !h->out.len && !h->tls_again) {
+        http_pump(h);
+        if (h->state == HTTP_S_CLOSING)
+            return;
     }
     if (revents & EV_READ)
         http_read(h);

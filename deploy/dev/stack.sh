@@ -445,6 +445,7 @@ test_sets() {
     [ "$PROFILE" = test ] || return 0
     printf 'bosh\tinactivity\t6\nbosh\tws_ping\t2\n'
     printf 'sm\tpush_throttle\t2\n'          # tests/integration/test_push.py
+    printf 'upload\tmax_file_size\t1048576\nupload\tquota\t3145728\n'   # test_upload.py
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component
@@ -492,6 +493,9 @@ write_ini() {
     dbsecret=$(tr -d '\n' < "$VAR/dialback-secret")
     # An external component (XEP-0114) the stack accepts: gw.DOMAIN
     [ -s "$VAR/component-secret" ] || (umask 077; random_password > "$VAR/component-secret")
+    # XEP-0363 uploads: the slot signing secret and the files' directory
+    [ -s "$VAR/upload-secret" ] || (umask 077; random_password > "$VAR/upload-secret")
+    mkdir -p "$VAR/upload"
     awk -v sets="$(cat <<EOF
 cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
@@ -526,6 +530,9 @@ s2s	key	$TLS/key.pem
 s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
 s2s.s2s1	component_port	$COMP_PORT
 component.$COMP_DOMAIN	secret_file	$VAR/component-secret
+upload	url	http://localhost:$BOSH_PORT/upload
+upload	dir	$VAR/upload
+upload	secret_file	$VAR/upload-secret
 $(test_sets)
 $(metrics_sets)
 $(ini_profile_extra)
