@@ -162,9 +162,10 @@ def test_disco_info_on_server_lists_exactly_the_implemented_features(stack, new_
             assert set(feats) == SERVER_FEATURES
             r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_ITEMS, to=stack.domain)
             items = result_payload(r, NS_DISCO_ITEMS, "query")
-            # the configured external component (XEP-0114), a subdomain
+            # the upload service (XEP-0363) and the configured external
+            # component (XEP-0114), both subdomains
             assert [i.get("jid") for i in items.findall(q(NS_DISCO_ITEMS, "item"))] == \
-                [stack.env["SB_COMPONENT_DOMAIN"]], describe(r)
+                ["upload." + stack.domain, stack.env["SB_COMPONENT_DOMAIN"]], describe(r)
             r = await a.iq("set", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=stack.domain)
             assert condition(r) == "feature-not-implemented"
         finally:

@@ -21,7 +21,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from test_limits import ExtraC2S
-from xmpptest import close, login, run, wait_until
+from xmpptest import close, insecure_tls_context, login, run, wait_until
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 MAX = 1048576
@@ -125,6 +125,15 @@ def test_discovery_put_get_round_trip(stack, new_user):
     assert h["content-type"] == "image/png"
     assert int(h["content-length"]) == len(data)
     assert h.get("accept-ranges") == "bytes"
+    # the HTTPS port streams the same file through TLS records
+    c = http.client.HTTPSConnection("127.0.0.1", int(stack.env["SB_BOSH_TLS_PORT"]), timeout=10,
+                                    context=insecure_tls_context())
+    try:
+        c.request("GET", urllib.parse.urlsplit(get).path)
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, data)
+    finally:
+        c.close()
     st, h, body = req(port, "GET", get, headers={"Range": "bytes=10-19"})
     assert st == 206 and body == data[10:20]
     assert h["content-range"] == "bytes 10-19/%d" % len(data)
