@@ -77,15 +77,6 @@ static int upload_query(const char *q, const char *key, char *out, size_t cap)
     return 0;
 }
 
-static long long upload_num(const char *s)
-{
-    char *end = NULL;
-    if (*s < '0' || *s > '9' || strlen(s) > 18)
-        return -1;
-    long long n = strtoll(s, &end, 10);
-    return *end ? -1 : n;
-}
-
 static int upload_refuse(struct web_conn *h, int status, const char *reason, const char **why)
 {
     log_info("upload_refused", "peer=%s status=%d reason=%s", web_http_peer(h), status, reason);
@@ -103,8 +94,8 @@ int web_upload_put_begin(struct web_conn *h, struct web_req *r, struct web_uploa
     char e[24], n[24], sig[UPLOAD_SIG_HEX + 2];
     if (!upload_split(r->path, &id, &ename))
         return upload_refuse(h, 400, "bad-path", why);
-    long long exp = upload_query(r->query, "e", e, sizeof e) ? upload_num(e) : -1;
-    long long size = upload_query(r->query, "n", n, sizeof n) ? upload_num(n) : -1;
+    long long exp = upload_query(r->query, "e", e, sizeof e) ? upload_decimal(e) : -1;
+    long long size = upload_query(r->query, "n", n, sizeof n) ? upload_decimal(n) : -1;
     if (exp < 0 || size < 0 || !upload_query(r->query, "s", sig, sizeof sig))
         return upload_refuse(h, 403, "no-signature", why);
     if (exp < (long long)time(NULL))

@@ -34,14 +34,19 @@ static const char *upload_str(const char *key, const char *def)
     return sb_config_str_in("upload", NULL, key, def);
 }
 
+long long upload_decimal(const char *s)
+{
+    char *end = NULL;
+    if (!s || *s < '0' || *s > '9' || strlen(s) > 18)
+        return -1;
+    long long n = strtoll(s, &end, 10);
+    return *end ? -1 : n;
+}
+
 static long long upload_num(const char *key, long long def)
 {
     const char *v = upload_str(key, NULL);
-    char *end = NULL;
-    if (!v || !*v)
-        return def;
-    long long n = strtoll(v, &end, 10);
-    return *end || n < 0 ? -1 : n;
+    return v && *v ? upload_decimal(v) : def;
 }
 
 sb_rc upload_cfg_load(struct upload_cfg *c)

@@ -55,6 +55,9 @@ int upload_type_allowed(const struct upload_cfg *c, const char *ctype);
 /* A content type safe to echo in an HTTP header: token/token[; params]. */
 int upload_ctype_valid(const char *ctype);
 
+/* A decimal of at most 18 digits, nothing else (sizes, expiries), or -1. */
+long long upload_decimal(const char *s);
+
 /* Percent-encode a file name (everything but A-Za-z0-9-._~) into out
  * (UPLOAD_ENAME_MAX + 1). SB_ERROR: empty, over UPLOAD_NAME_MAX, or a
  * control character. */

@@ -207,16 +207,6 @@ static void upload_on_slot(PGresult *res, void *arg)
     sm_job_done(j);
 }
 
-/* A non-negative decimal size, or -1. */
-static long long upload_size(const char *v)
-{
-    char *end = NULL;
-    if (!v || *v < '0' || *v > '9' || strlen(v) > 18)
-        return -1;
-    long long n = strtoll(v, &end, 10);
-    return *end ? -1 : n;
-}
-
 static sb_rc upload_request(struct sm_job *j, const char *domain, const struct xml_node *req)
 {
     const char *at = strchr(j->from, '@'), *slash = strchr(j->from, '/');
@@ -227,7 +217,7 @@ static sb_rc upload_request(struct sm_job *j, const char *domain, const struct x
         return SB_OK;
     }
     const char *name = xml_attr(req, "filename"), *ct = xml_attr(req, "content-type");
-    long long size = upload_size(xml_attr(req, "size"));
+    long long size = upload_decimal(xml_attr(req, "size"));
     struct upload_slot *s = calloc(1, sizeof *s);
     if (!s) {
         sm_reply_error(j, "wait", "resource-constraint");
