@@ -10,6 +10,7 @@
 #ifndef SB_WEB_H
 #define SB_WEB_H
 
+#include <sys/types.h>
 #include "c2s.h"
 
 #include <http_parser.h>
@@ -36,7 +37,7 @@ struct web_conn;
 
 struct web_req {
     int method;                 /* enum http_method */
-    char path[256];
+    char path[1280];            /* an upload URL carries the file name */
     char query[512];
     char origin[256];
     char ctype[128];
@@ -45,7 +46,9 @@ struct web_req {
     char ws_key[64], ws_version[8], ws_proto[128];
     int keep_alive;             /* HTTP/1.1 keep-alive semantics */
     int upgrade_req;            /* Connection: upgrade with an Upgrade header */
-    struct sb_buf body;
+    char range[64];             /* Range (GET of an upload) */
+    long long clen;             /* Content-Length; -1 when absent or chunked */
+    struct sb_buf body;         /* not kept for an upload PUT (streamed to the store) */
 };
 
 /* ---- the pure parsing steps (web_parse.c; tests/fuzz calls them too) ------- */
@@ -58,7 +61,16 @@ struct web_reqp {
     char *hdst;                 /* where the current header's value goes */
     size_t hcap, hlen;
     size_t max_body;
-    uint8_t req_done, started, bad;
+    uint8_t req_done, started, bad, streamed;
+    /* Optional hooks of the daemon (NULL in the fuzzers). on_headers runs
+     * when the headers are in: it may refuse (set fail, fail_why: the
+     * request is answered without reading its body) or take the body
+     * (set streamed: on_body gets it instead of req.body). */
+    void (*on_headers)(struct web_reqp *p);
+    int (*on_body)(struct web_reqp *p, const char *at, size_t n);   /* nonzero: fail set */
+    void *ud;
+    int fail;                   /* HTTP status a hook refused with, 0 */
+    const char *fail_why;
 };
 enum web_reqp_rc {
     WEB_REQP_MORE,              /* all consumed, the request is not complete */
@@ -66,6 +78,7 @@ enum web_reqp_rc {
     WEB_REQP_BAD,               /* 400: not HTTP (web_reqp_error says why) */
     WEB_REQP_TOO_BIG,           /* 413: body over max_body */
     WEB_REQP_HDR_TOO_BIG,       /* 431: a kept header or the path overflowed */
+    WEB_REQP_FAILED,            /* a hook refused: p->fail, p->fail_why */
 };
 void web_reqp_setup(void);      /* parser settings, once per process */
 void web_reqp_init(struct web_reqp *p, size_t max_body);
@@ -119,6 +132,14 @@ void web_http_want(struct web_conn *h, int read, int write);
 int web_http_pending(const struct web_conn *h);     /* output not yet written */
 void web_http_upgraded(struct web_conn *h, void *ws);
 void web_http_close(struct web_conn *h, const char *reason);
+/* Answer the pending request with `len` bytes of file fd from `off`
+ * (streamed as the socket drains, never read whole; fd is closed when done
+ * or the connection goes). headers: extra header lines, each ending CRLF.
+ * head: headers only (HEAD). */
+void web_respond_file(struct web_conn *h, int status, const char *ctype, const char *headers,
+                      int fd, off_t off, off_t len, int head);
+/* Plain-text error answer; the connection closes after it. */
+void web_http_error(struct web_conn *h, int status, const char *text);
 /* Is this origin allowed to use /http-bind (CORS)? */
 int web_origin_allowed(const char *origin);
 
@@ -149,6 +170,22 @@ void web_prebind_gone(void *pb);
 /* What the pre-bound session wrote: one element. */
 void web_prebind_event(void *pb, const char *data, size_t len);
 void web_prebind_closed(void *pb);
+
+/* ---- HTTP File Upload, XEP-0363 (web_upload.c) ------------------------------ */
+struct web_upload;
+sb_rc web_upload_init(void);    /* reads [upload]; off unless url is set */
+void web_upload_free_all(void);
+/* Is this path (no query) under the upload prefix? */
+int web_upload_path(const char *path);
+/* A PUT's headers are complete (query split off): 0 to take the body (*up
+ * set), or the HTTP status to refuse it with (text in *why). */
+int web_upload_put_begin(struct web_conn *h, struct web_req *r, struct web_upload **up,
+                         const char **why);
+/* Body bytes of an accepted PUT: 0, or the status to fail with. */
+int web_upload_put_data(struct web_upload *up, const char *data, size_t len, const char **why);
+void web_upload_put_abort(struct web_upload *up);
+/* The request is complete: answer it (PUT commit, GET, HEAD, OPTIONS). */
+void web_upload_request(struct web_conn *h, struct web_req *r, struct web_upload *up);
 
 /* ---- shared helpers ------------------------------------------------------------ */
 /* Append one element; message/presence/iq without xmlns get jabber:client

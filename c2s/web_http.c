@@ -4,17 +4,23 @@
  * CORS headers for the BOSH endpoint), keep-alive, and handing a connection
  * over to WebSocket after the 101. One request at a time per connection:
  * bytes that arrive while a request is pending (a held BOSH request, a
- * pre-bind in progress) wait in `in` with the parser paused. */
+ * pre-bind in progress) wait in `in` with the parser paused. An upload PUT
+ * (web_upload.c) is judged when its headers are complete and its body
+ * goes to the store as it arrives; a file GET is streamed from its fd as
+ * the socket drains (http_pump), so neither is ever held whole. */
 #include "web.h"
 #include "log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#define HTTP_FILE_CHUNK   65536     /* bytes of a file read ahead into `out` */
 
 #define HTTP_READ_MAX     16384
 #define HTTP_IN_MAX       65536     /* bytes kept while a request is pending */
@@ -38,6 +44,10 @@ struct web_conn {
     uint8_t secure;             /* accepted on the HTTPS port */
     uint8_t tls_again;          /* gnutls holds a record not yet sent */
     uint8_t keep_alive, shut;
+    uint8_t sending;            /* a file is being streamed (file_fd) */
+    struct web_upload *upload;  /* the PUT being stored, or NULL */
+    int file_fd;
+    off_t file_off, file_left;
     gnutls_session_t tls;
     ev_io io;
     ev_timer timer;
@@ -91,7 +101,7 @@ static void http_want(struct web_conn *h)
         web_http_want(h, !gnutls_record_get_direction(h->tls), gnutls_record_get_direction(h->tls));
         return;
     }
-    int pending = h->out.len || h->tls_again;
+    int pending = h->out.len || h->tls_again || h->sending;
     web_http_want(h, 1, pending);
 }
 
@@ -129,6 +139,9 @@ ssize_t web_http_raw_read(struct web_conn *h, void *buf, size_t len)
 }
 
 /* Drain h->out: 0 empty, 1 bytes remain, -1 error. */
+static void http_on_headers(struct web_reqp *p);
+static int http_on_body(struct web_reqp *p, const char *at, size_t n);
+
 static int http_flush(struct web_conn *h)
 {
     if (h->tls_again) {
@@ -201,6 +214,9 @@ void web_http_accept(int fd, const char *peer, int tls)
     ev_init(&h->timer, http_timer_cb);
     h->timer.data = h;
     web_reqp_init(&h->rp, web_cfg.max_body);
+    h->rp.on_headers = http_on_headers;
+    h->rp.on_body = http_on_body;
+    h->rp.ud = h;
     h->next = http_conns;
     if (http_conns)
         http_conns->prev = h;
@@ -222,8 +238,21 @@ void web_http_accept(int fd, const char *peer, int tls)
     http_want(h);
 }
 
+/* Whatever a request holds besides buffers: the PUT's temporary file, the
+ * file being sent. */
+static void http_req_release(struct web_conn *h)
+{
+    if (h->upload)
+        web_upload_put_abort(h->upload);
+    h->upload = NULL;
+    if (h->sending)
+        close(h->file_fd);
+    h->sending = 0;
+}
+
 static void http_free(struct web_conn *h)
 {
+    http_req_release(h);
     if (h->wait == WEB_WAIT_BOSH)
         web_bosh_conn_gone(h->wait_obj, h);
     else if (h->wait == WEB_WAIT_PREBIND)
@@ -268,6 +297,7 @@ void web_http_close(struct web_conn *h, const char *reason)
         return;
     log_debug("http_close", "peer=%s reason=%s", h->peer, reason);
     h->state = HTTP_S_CLOSING;
+    http_req_release(h);
     if (h->wait == WEB_WAIT_BOSH)
         web_bosh_conn_gone(h->wait_obj, h);
     else if (h->wait == WEB_WAIT_PREBIND)
@@ -305,6 +335,28 @@ void web_http_wait(struct web_conn *h, enum web_wait what, void *obj)
 
 /* ---- requests --------------------------------------------------------------------- */
 
+
+/* web_reqp hooks (web_parse.c): an upload PUT is judged when its headers
+ * are in (a refused one is answered without reading its body) and its body
+ * goes to the store as it arrives. */
+static void http_on_headers(struct web_reqp *p)
+{
+    struct web_conn *h = p->ud;
+    struct web_req *r = &p->req;
+    if (r->method == HTTP_PUT && web_upload_path(r->path)) {
+        p->fail = web_upload_put_begin(h, r, &h->upload, &p->fail_why);
+        p->streamed = !p->fail && h->upload;
+    }
+}
+
+static int http_on_body(struct web_reqp *p, const char *at, size_t n)
+{
+    struct web_conn *h = p->ud;
+    http_arm(h, HTTP_REQ_TIMEOUT);       /* a slow upload lives while it moves */
+    p->fail = web_upload_put_data(h->upload, at, n, &p->fail_why);
+    return p->fail;
+}
+
 /* ---- responses ---------------------------------------------------------------------- */
 
 int web_origin_allowed(const char *origin)
@@ -333,12 +385,13 @@ static void http_cors(struct web_conn *h, struct sb_buf *b)
         sb_buf_printf(b, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n", h->rp.req.origin);
     else
         return;
-    sb_buf_adds(b, "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+    sb_buf_adds(b, "Access-Control-Allow-Methods: GET, HEAD, POST, PUT, OPTIONS\r\n"
                    "Access-Control-Allow-Headers: Content-Type\r\n"
                    "Access-Control-Max-Age: 86400\r\n");
 }
 
 static void http_next(struct web_conn *h);
+static void http_done(struct web_conn *h);
 
 void web_respond(struct web_conn *h, int status, const char *ctype, const char *body,
                  size_t len, int cors)
@@ -363,6 +416,13 @@ void web_respond(struct web_conn *h, int status, const char *ctype, const char *
     sb_buf_free(&hdr);
     h->wait = WEB_WAIT_NONE;
     h->wait_obj = NULL;
+    http_done(h);
+}
+
+/* The response is in `out` (and, for a file, sent to its end): close, or
+ * read the next request. */
+static void http_done(struct web_conn *h)
+{
     if (!h->keep_alive) {
         web_http_close(h, "done");
         return;
@@ -377,10 +437,89 @@ void web_respond(struct web_conn *h, int status, const char *ctype, const char *
     http_next(h);
 }
 
+/* Keep up to HTTP_FILE_CHUNK of the file in `out` while the socket takes
+ * it; the connection ends the response once the last byte left. */
+static void http_pump(struct web_conn *h)
+{
+    for (int round = 0; round < 16 && h->sending; round++) {
+        while (h->file_left > 0 && h->out.len < HTTP_FILE_CHUNK) {
+            size_t want = sizeof http_rbuf;
+            if ((off_t)want > h->file_left)
+                want = (size_t)h->file_left;
+            ssize_t n = pread(h->file_fd, http_rbuf, want, h->file_off);
+            if (n <= 0 || sb_buf_add(&h->out, http_rbuf, (size_t)n) != SB_OK) {
+                log_warn("http_file_read_failed", "peer=%s err=%s", h->peer,
+                         n < 0 ? strerror(errno) : "short");
+                web_http_close(h, "file-read-error");
+                return;
+            }
+            h->file_off += n;
+            h->file_left -= n;
+        }
+        int r = http_flush(h);
+        if (r < 0) {
+            web_http_close(h, "write-error");
+            return;
+        }
+        if (h->file_left == 0) {
+            close(h->file_fd);
+            h->sending = 0;
+            if (r == 0) {
+                http_done(h);
+                return;
+            }
+        }
+        if (r == 1)
+            break;              /* the socket is full: EV_WRITE resumes */
+    }
+    http_want(h);
+}
+
+void web_respond_file(struct web_conn *h, int status, const char *ctype, const char *headers,
+                      int fd, off_t off, off_t len, int head)
+{
+    if (h->state == HTTP_S_CLOSING || h->state == HTTP_S_WS) {
+        close(fd);
+        return;
+    }
+    struct sb_buf hdr = SB_BUF_INIT;
+    sb_buf_printf(&hdr, "HTTP/1.1 %d %s\r\nServer: switchboard\r\n", status,
+                  http_status_str((enum http_status)status));
+    if (ctype)
+        sb_buf_printf(&hdr, "Content-Type: %s\r\n", ctype);
+    http_cors(h, &hdr);
+    sb_buf_printf(&hdr, "%sContent-Length: %lld\r\nConnection: %s\r\n\r\n", headers,
+                  (long long)len, h->keep_alive ? "keep-alive" : "close");
+    if (!hdr.data || sb_buf_add(&h->out, hdr.data, hdr.len) != SB_OK) {
+        sb_buf_free(&hdr);
+        close(fd);
+        web_http_close(h, "nomem");
+        return;
+    }
+    sb_buf_free(&hdr);
+    h->wait = WEB_WAIT_NONE;
+    h->wait_obj = NULL;
+    if (head || len == 0) {
+        close(fd);
+        http_done(h);
+        return;
+    }
+    h->sending = 1;
+    h->file_fd = fd;
+    h->file_off = off;
+    h->file_left = len;
+    http_pump(h);
+}
+
 static void http_error(struct web_conn *h, int status, const char *text)
 {
     h->keep_alive = 0;
     web_respond(h, status, "text/plain; charset=utf-8", text, strlen(text), 0);
+}
+
+void web_http_error(struct web_conn *h, int status, const char *text)
+{
+    http_error(h, status, text);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
@@ -412,6 +551,12 @@ static void http_dispatch(struct web_conn *h)
             web_ws_upgrade(h, r);
         else
             http_error(h, 426, "WebSocket (RFC 7395, subprotocol xmpp) only\n");
+        return;
+    }
+    if (web_upload_path(r->path)) {
+        struct web_upload *up = h->upload;
+        h->upload = NULL;              /* web_upload_request owns it now */
+        web_upload_request(h, r, up);
         return;
     }
     if (*web_cfg.prebind_secret && strcmp(r->path, web_cfg.prebind_path) == 0) {
@@ -461,6 +606,10 @@ static void http_feed(struct web_conn *h, const char *data, size_t len)
             return;
         }
         http_dispatch(h);
+        return;
+    }
+    if (rc == WEB_REQP_FAILED) {
+        http_error(h, h->rp.fail, h->rp.fail_why ? h->rp.fail_why : "refused\n");
         return;
     }
     if (rc == WEB_REQP_TOO_BIG) {
@@ -551,6 +700,11 @@ static void http_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     if ((revents & EV_WRITE) && http_flush(h) < 0) {
         web_http_close(h, "write-error");
         return;
+    }
+    if (h->sending && (revents & EV_WRITE) && !h->out.len && !h->tls_again) {
+        http_pump(h);
+        if (h->state == HTTP_S_CLOSING)
+            return;
     }
     if (revents & EV_READ)
         http_read(h);

@@ -2,7 +2,8 @@
  * on 5281 (BOSH, WebSocket, pre-bind; see web.h). Reads [bosh]: the c2s
  * keys (listen, port, tls_port, cert, key, max_stanza, login_timeout, …)
  * plus wait, hold, inactivity, polling, maxpause, max_body, ws_ping,
- * cors_origins, prebind_secret and the three paths. */
+ * cors_origins, prebind_secret and the three paths; [upload] for the
+ * XEP-0363 files it serves (web_upload.c). */
 #include "web.h"
 #include "config.h"
 #include "log.h"
@@ -37,6 +38,8 @@ static sb_rc web_init(void)
     }
     sb_secret_digest(w->prebind_secret, strlen(w->prebind_secret), w->prebind_digest);
     web_http_init();
+    if (web_upload_init() != SB_OK)
+        return SB_ERROR;
     web_bosh_init();
     web_ws_ping_all();
     log_info("web_ready", "bosh=%s ws=%s prebind=%s wait=%d hold=%d inactivity=%d ws_ping=%d "
@@ -54,6 +57,7 @@ static void web_cleanup(void)
 {
     web_bosh_free_all();
     web_http_free_all();
+    web_upload_free_all();
 }
 
 static const struct c2s_frontend web_frontend = {

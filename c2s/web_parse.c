@@ -8,6 +8,8 @@
 
 #include <nettle/base64.h>
 #include <nettle/sha1.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -76,6 +78,7 @@ static char *reqp_header_slot(struct web_reqp *p, size_t *cap)
          sizeof(((struct web_req *)0)->ws_version)},
         {"sec-websocket-protocol", offsetof(struct web_req, ws_proto),
          sizeof(((struct web_req *)0)->ws_proto)},
+        {"range", offsetof(struct web_req, range), sizeof(((struct web_req *)0)->range)},
     };
     if (p->hname_len >= sizeof p->hname)
         return NULL;
@@ -108,9 +111,33 @@ static int reqp_on_hvalue(http_parser *hp, const char *at, size_t n)
     return 0;
 }
 
+/* The request line and headers are in: split the query off, then the
+ * daemon's hook may judge the request before its body. */
+static int reqp_on_headers(http_parser *hp)
+{
+    struct web_reqp *p = hp->data;
+    struct web_req *r = &p->req;
+    char *q = strchr(r->path, '?');
+    if (q) {
+        snprintf(r->query, sizeof r->query, "%s", q + 1);
+        *q = '\0';
+    }
+    r->method = hp->method;
+    r->clen = (hp->flags & F_CHUNKED) || hp->content_length == ULLONG_MAX
+                  ? -1 : (long long)hp->content_length;
+    if (p->on_headers && !p->bad) {
+        p->on_headers(p);
+        if (p->fail)
+            http_parser_pause(hp, 1);
+    }
+    return 0;
+}
+
 static int reqp_on_body(http_parser *hp, const char *at, size_t n)
 {
     struct web_reqp *p = hp->data;
+    if (p->streamed)
+        return p->on_body(p, at, n) ? 1 : 0;
     if (p->req.body.len + n > p->max_body) {
         p->bad = 2;                       /* too large */
         return 1;
@@ -137,6 +164,7 @@ void web_reqp_setup(void)
     reqp_settings.on_url = reqp_on_url;
     reqp_settings.on_header_field = reqp_on_hfield;
     reqp_settings.on_header_value = reqp_on_hvalue;
+    reqp_settings.on_headers_complete = reqp_on_headers;
     reqp_settings.on_body = reqp_on_body;
     reqp_settings.on_message_complete = reqp_on_complete;
     http_parser_set_max_header_size(16384);
@@ -150,6 +178,7 @@ void web_reqp_init(struct web_reqp *p, size_t max_body)
     http_parser_init(&p->parser, HTTP_REQUEST);
     p->parser.data = p;
     p->max_body = max_body;
+    p->req.clen = -1;
 }
 
 void web_reqp_free(struct web_reqp *p)
@@ -165,7 +194,10 @@ void web_reqp_next(struct web_reqp *p)
     p->req.body = body;
     p->hname_len = 0;
     p->hdst = NULL;
-    p->req_done = p->started = p->bad = 0;
+    p->req_done = p->started = p->bad = p->streamed = 0;
+    p->fail = 0;
+    p->fail_why = NULL;
+    p->req.clen = -1;
     http_parser_pause(&p->parser, 0);
 }
 
@@ -173,16 +205,12 @@ enum web_reqp_rc web_reqp_feed(struct web_reqp *p, const char *data, size_t len,
 {
     size_t n = http_parser_execute(&p->parser, &reqp_settings, data, len);
     *used = n;
+    if (p->fail)
+        return WEB_REQP_FAILED;
     if (p->req_done) {
         if (p->bad)
             return WEB_REQP_HDR_TOO_BIG;
         struct web_req *r = &p->req;
-        r->method = p->parser.method;
-        char *q = strchr(r->path, '?');
-        if (q) {
-            snprintf(r->query, sizeof r->query, "%s", q + 1);
-            *q = '\0';
-        }
         r->keep_alive = http_should_keep_alive(&p->parser) != 0;
         r->upgrade_req = p->parser.upgrade != 0;
         return WEB_REQP_DONE;

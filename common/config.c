@@ -348,3 +348,11 @@ sb_rc sb_config_secret_section(const char *section, const char *key, char *out, 
     return config_secret_of(key, sb_config_str_section(section, fk, NULL),
                             sb_config_str_section(section, key, NULL), out, cap);
 }
+
+sb_rc sb_config_secret_in(const char *kind, const char *key, char *out, size_t cap)
+{
+    char fk[128];
+    snprintf(fk, sizeof fk, "%s_file", key);
+    return config_secret_of(key, sb_config_str_in(kind, NULL, fk, NULL),
+                            sb_config_str_in(kind, NULL, key, NULL), out, cap);
+}

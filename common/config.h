@@ -33,6 +33,9 @@ const char *sb_config_routers(void);
 sb_rc sb_config_secret(const char *key, char *out, size_t cap);
 /* The same for one section (e.g. [component.NAME] secret / secret_file). */
 sb_rc sb_config_secret_section(const char *section, const char *key, char *out, size_t cap);
+/* The same with sb_config_str_in's lookup for another kind (e.g. every
+ * process reading [upload] secret: SB_UPLOAD_SECRET, [upload], [cluster]). */
+sb_rc sb_config_secret_in(const char *kind, const char *key, char *out, size_t cap);
 
 /* Same lookup for another section (e.g. sm reading [c2s] keys). */
 const char *sb_config_str_in(const char *kind, const char *instance,

@@ -55,6 +55,9 @@ static const struct sbctl_cmd sbctl_cmds[] = {
      "  archive purge USER@DOMAIN [--before DATE]  delete a user's archived messages (all, or\n"
      "                                          older than DATE, e.g. 2024-01-31T00:00:00Z)\n"
      "  archive purge --domain D --older-than DAYS  a domain's archived messages older than DAYS\n"},
+    {"upload", sbctl_cmd_upload, 0,
+     "  upload purge [--older-than DAYS]        delete uploaded files (XEP-0363) older than DAYS\n"
+     "                                          (default [upload] expire_days), free their quota\n"},
     {"drain", sbctl_cmd_drain, 0,
      "  drain INSTANCE [--timeout S] [--no-wait]  a c2s or bosh instance sends its clients to\n"
      "                                          another front-end and exits; waits until it left\n"},

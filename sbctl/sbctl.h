@@ -105,6 +105,7 @@ int sbctl_cmd_keys(int argc, char **argv);
 int sbctl_cmd_drain(int argc, char **argv);
 int sbctl_cmd_metrics(int argc, char **argv);   /* metrics.c */
 int sbctl_cmd_archive(int argc, char **argv);   /* archive.c */
+int sbctl_cmd_upload(int argc, char **argv);    /* upload.c */
 int sbctl_cmd_token(int argc, char **argv);     /* token.c */
 
 #endif

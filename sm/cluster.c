@@ -1,5 +1,6 @@
 /* cluster.c — the sm's place in the cluster: the local domains it announces
- * (common/domains: PostgreSQL `domains`, refreshed every 30 s), reacting to a change in the
+ * (common/domains: PostgreSQL `domains`, refreshed every 30 s, plus the
+ * upload.D services of mod_upload), reacting to a change in the
  * set of live sm instances, and router bounces: messages for a front-end
  * that is gone delivered again, other stanzas answered with errors. */
 #include "sm_int.h"
@@ -17,7 +18,7 @@
 static void domains_changed(void *ud)
 {
     struct sm_core *c = ud;
-    link_set_domains(c->link, sb_domains_csv());
+    link_set_domains(c->link, sm_upload_announce(sb_domains_csv()));
 }
 
 void sm_cluster_start(struct sm_core *c)

@@ -1,7 +1,8 @@
 /* mod_disco.c — XEP-0030 service discovery on a server domain: who we are
  * (server/im) and which features the loaded modules implement — the union
  * of every module's `features` list, so a feature is advertised exactly
- * when its module is in sm/modules.c. Items: the external components
+ * when its module is in sm/modules.c. Items: the upload service
+ * (mod_upload, `upload.D` when [upload] url is set), the external components
  * (XEP-0114, `[component.NAME]` sections) that are subdomains of the
  * domain asked, and the domain's MUC service (`[muc] subdomain`, sb-muc).
  * Disco of an account (bare JID) is mod_account's. */
@@ -79,6 +80,14 @@ static void disco_item_one(const char *section, const char *value, void *ud)
 static sb_rc disco_fill_items(struct xml_doc *d, struct xml_node *q, const char *domain)
 {
     struct disco_items it = {d, q, domain, SB_OK};
+    if (sm_upload_serves(domain)) {
+        char jid[1100];
+        snprintf(jid, sizeof jid, "upload.%s", domain);
+        struct xml_node *item = xml_add_child(d, q, "item");
+        if (!item || xml_set_attr(d, item, "jid", jid) != SB_OK ||
+            xml_set_attr(d, item, "name", "HTTP File Upload") != SB_OK)
+            return SB_ERROR;
+    }
     char muc[JID_PART_MAX + 1];
     if (sb_domains_muc_of(domain, muc, sizeof muc) == SB_OK) {     /* XEP-0045, sb-muc */
         struct xml_node *item = xml_add_child(d, q, "item");

@@ -9,7 +9,7 @@ extern const struct sm_module sm_mod_session, sm_mod_presence, sm_mod_roster,
 extern const struct sm_module sm_mod_last, sm_mod_account, sm_mod_blocking,
     sm_mod_version, sm_mod_vcard, sm_mod_private;
 extern const struct sm_module sm_mod_contacts, sm_mod_sm, sm_mod_push, sm_mod_carbons,
-    sm_mod_csi, sm_mod_mam, sm_mod_mam_out, sm_mod_pep;
+    sm_mod_csi, sm_mod_mam, sm_mod_mam_out, sm_mod_pep, sm_mod_upload;
 
 const struct sm_module *const sm_modules[] = {
     &sm_mod_sm,             /* XEP-0198: numbered queue per managed session; a
@@ -39,6 +39,8 @@ const struct sm_module *const sm_modules[] = {
                                wiped at its last end (after the unavailable) */
     &sm_mod_session,        /* controls: bind, end, session-gone, instance-down */
     &sm_mod_roster,         /* jabber:iq:roster on the own account */
+    &sm_mod_upload,         /* XEP-0363: everything to upload.D (disco, slots);
+                               before mod_disco, which would answer as the server */
     &sm_mod_disco,          /* disco#info/#items on a server domain */
     &sm_mod_ping,           /* urn:xmpp:ping to the server */
     &sm_mod_version,        /* jabber:iq:version of the server */

@@ -118,6 +118,12 @@ sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond)
 sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
                          const char *app, const char *app_ns)
 {
+    return sm_reply_error_with(j, etype, cond, app, app_ns, NULL);
+}
+
+sb_rc sm_reply_error_with(struct sm_job *j, const char *etype, const char *cond,
+                          const char *app, const char *app_ns, const struct xml_node *extra)
+{
     if (!j->st || !strcmp(j->type, "error") || !*j->from)
         return SB_OK;   /* never answer an error with an error, nor nobody */
     if (!strcmp(j->name, "iq") && strcmp(j->type, "get") && strcmp(j->type, "set"))
@@ -138,6 +144,8 @@ sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
         return SB_ERROR;
     struct xml_node *a = app ? xml_add_child(d, e, app) : NULL;
     if (app && (!a || xml_set_attr(d, a, "xmlns", app_ns) != SB_OK))
+        return SB_ERROR;
+    if (extra && !xml_copy_into(d, e, extra))
         return SB_ERROR;
     /* The job's cached attributes now describe the error; keep them honest. */
     j->type = "error";

@@ -214,6 +214,11 @@ sb_rc sm_reply_error(struct sm_job *j, const char *etype, const char *cond);
  * after the defined one (RFC 6120 §8.3.2), e.g. XEP-0191's <blocked/>. */
 sb_rc sm_reply_error_app(struct sm_job *j, const char *etype, const char *cond,
                          const char *app, const char *app_ns);
+/* The same with a copy of `extra` (an element with content, e.g. XEP-0363's
+ * <file-too-large><max-file-size>N</max-file-size></file-too-large>) last;
+ * app may be NULL. */
+sb_rc sm_reply_error_with(struct sm_job *j, const char *etype, const char *cond,
+                          const char *app, const char *app_ns, const struct xml_node *extra);
 /* A result iq for j (an iq get/set) with the given payload (may be NULL). */
 struct xml_doc *sm_iq_result_new(const struct sm_job *j);
 sb_rc sm_send_control(struct sm_core *c, enum env_route route, const char *key,
@@ -232,6 +237,13 @@ sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const ch
  * buffered or being written (the stop waits for 0). */
 void sm_mam_flush(struct sm_core *c);
 long sm_mam_waiting(const struct sm_core *c);
+
+/* ---- HTTP File Upload (mod_upload.c) ------------------------------------------ */
+/* The domains csv to announce: csv plus `upload.D` for each D served
+ * (valid until the next call). */
+const char *sm_upload_announce(const char *csv);
+/* Does this local domain have an upload service (disco#items)? */
+int sm_upload_serves(const char *domain);
 
 /* ---- stream management (mod_sm.c) ------------------------------------------- */
 /* A stanza for a session with stream management: numbered, kept until the

@@ -450,6 +450,7 @@ test_sets() {
     # not the default, so a test sees fake SCRAM credentials follow it
     printf 'cluster\tscram_iterations\t5000\n'
     printf 'sm\tpep_max_item_bytes\t16384\n'  # tests/integration/test_pep.py
+    printf 'upload\tmax_file_size\t1048576\nupload\tquota\t3145728\n'   # test_upload.py
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component
@@ -501,6 +502,9 @@ write_ini() {
     if [ ! -s "$VAR/sasl-secret" ]; then
         (umask 077; random_password > "$VAR/sasl-secret")
     fi
+    # XEP-0363 uploads: the slot signing secret and the files' directory
+    [ -s "$VAR/upload-secret" ] || (umask 077; random_password > "$VAR/upload-secret")
+    mkdir -p "$VAR/upload"
     awk -v sets="$(cat <<EOF
 cluster	routers	$(router_endpoints)
 cluster	dialback_secret	$dbsecret
@@ -536,6 +540,9 @@ s2s	key	$TLS/key.pem
 s2s	resolver	${DNS_PORT:+127.0.0.1:$DNS_PORT}
 s2s.s2s1	component_port	$COMP_PORT
 component.$COMP_DOMAIN	secret_file	$VAR/component-secret
+upload	url	http://localhost:$BOSH_PORT/upload
+upload	dir	$VAR/upload
+upload	secret_file	$VAR/upload-secret
 $(test_sets)
 $(metrics_sets)
 $(ini_profile_extra)

@@ -165,10 +165,11 @@ def test_disco_info_on_server_lists_exactly_the_implemented_features(stack, new_
             assert set(feats) == SERVER_FEATURES
             r = await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_ITEMS, to=stack.domain)
             items = result_payload(r, NS_DISCO_ITEMS, "query")
-            # the MUC service (sb-muc) and the configured external
-            # component (XEP-0114), both subdomains
+            # the upload service (XEP-0363), the MUC service (sb-muc) and
+            # the configured external component (XEP-0114), all subdomains
             assert [i.get("jid") for i in items.findall(q(NS_DISCO_ITEMS, "item"))] == \
-                ["conference." + stack.domain, stack.env["SB_COMPONENT_DOMAIN"]], describe(r)
+                ["upload." + stack.domain, "conference." + stack.domain,
+                 stack.env["SB_COMPONENT_DOMAIN"]], describe(r)
             r = await a.iq("set", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=stack.domain)
             assert condition(r) == "feature-not-implemented"
         finally:

@@ -26,6 +26,7 @@
 #include "../../sm/mod_deliver.c"
 #include "../../sm/mod_roster.c"
 #include "../../sm/mod_disco.c"
+#include "../../sm/mod_upload.c"
 #include "../../sm/mod_ping.c"
 #include "../../sm/mod_fallback.c"
 #include "../../sm/acct.c"
