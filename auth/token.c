@@ -144,8 +144,6 @@ static sb_rc token_own(struct pgev *pg, const char *domain, const char *token,
 /* ---- JWT: the account behind a valid token ----------------------------------- */
 
 #define TOKEN_ACCOUNT_SQL "SELECT 1 FROM users WHERE domain=$1 AND username=$2"
-#define TOKEN_CREATE_SQL \
-    "INSERT INTO users (domain, username) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 
 static void token_account_done(PGresult *res, void *arg)
 {
@@ -183,7 +181,7 @@ static sb_rc token_jwt(struct pgev *pg, const char *domain, const char *token,
     rq->arg = arg;
     memcpy(rq->username, user, sizeof user);
     const char *params[2] = {domain, rq->username};
-    const char *sql = auth_token_auto_create(domain) ? TOKEN_CREATE_SQL : TOKEN_ACCOUNT_SQL;
+    const char *sql = auth_token_auto_create(domain) ? AUTH_ACCOUNT_CREATE_SQL : TOKEN_ACCOUNT_SQL;
     if (pgev_query(pg, sql, 2, params, token_account_done, rq) != SB_OK) {
         free(rq);
         return SB_ERROR;
