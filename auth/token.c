@@ -35,9 +35,7 @@ int auth_token_sources(const char *domain)
 
 int auth_token_auto_create(const char *domain)
 {
-    const char *v = sb_config_str_in("domain", domain, "auto_create", "no");
-    return !strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcasecmp(v, "on") ||
-           !strcmp(v, "1");
+    return sb_config_bool_in("domain", domain, "auto_create", 0);
 }
 
 void auth_token_hash(const char *token, char hex[AUTH_TOKEN_HASH_HEX + 1])
