@@ -269,6 +269,8 @@ void c2s_bind_timeout(struct c2s_conn *c);
 /* iq error/result helpers for iqs we answer ourselves. */
 void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner);
 void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond);
+/* b = "<iq type='TYPE' id='ID'" (no closing '>'), for replies built by hand. */
+void c2s_iq_open(struct sb_buf *b, const char *id, const char *type);
 
 /* ---- route.c ---------------------------------------------------------- */
 void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st);  /* client → router */

@@ -105,13 +105,7 @@ static int reg_rate_take(const char *peer, const char *domain, long limit, doubl
 static void reg_reply(struct c2s_conn *c, const char *id, const char *type, const char *inner)
 {
     struct sb_buf *b = &reg_out;
-    sb_buf_reset(b);
-    sb_buf_printf(b, "<iq type='%s'", type);
-    if (id) {
-        sb_buf_adds(b, " id='");
-        xml_escape_attr(b, id, strlen(id));
-        sb_buf_adds(b, "'");
-    }
+    c2s_iq_open(b, id, type);
     if (inner && *inner)
         sb_buf_printf(b, ">%s</iq>", inner);
     else

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from xmpptest import NS_SASL, Log, RawStream, close, login, mechanisms, reload_and_wait, run, wait_until
+from xmpptest import (NS_SASL, Log, RawStream, close, domains_with_config, login, mechanisms, run,
+                      wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "..", "extauth", "users.py")
@@ -44,17 +45,8 @@ class ExtDomain:
 @pytest.fixture(scope="module")
 def ext(stack, tmp_path_factory):
     d = ExtDomain(str(tmp_path_factory.mktemp("extauth")))
-    stack.sbctl("domain", "add", d.name)
-    with open(stack.ini) as f:
-        saved = f.read()
-    with open(stack.ini, "a") as f:
-        f.write(d.section)
-    reload_and_wait(stack, "c2s1")
-    yield d
-    with open(stack.ini, "w") as f:
-        f.write(saved)
-    reload_and_wait(stack, "c2s1")
-    stack.sbctl("domain", "del", d.name, "--force", check=False)
+    with domains_with_config(stack, (d.name,), d.section):
+        yield d
 
 
 async def tls_stream(stack, domain):

@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from xmpptest import (NS_SASL, Log, LoginFailed, RawStream, close, login, reload_and_wait, run,
+from xmpptest import (Log, LoginFailed, RawStream, close, domains_with_config, login, run,
                       stream_error_condition)
 
 NS_REG = "jabber:iq:register"
@@ -42,19 +42,8 @@ class Domains:
 @pytest.fixture(scope="module")
 def doms(stack):
     d = Domains()
-    for name in d.all():
-        stack.sbctl("domain", "add", name)
-    with open(stack.ini) as f:
-        saved = f.read()
-    with open(stack.ini, "a") as f:
-        f.write(d.section)
-    reload_and_wait(stack, "c2s1")
-    yield d
-    with open(stack.ini, "w") as f:
-        f.write(saved)
-    reload_and_wait(stack, "c2s1")
-    for name in d.all():
-        stack.sbctl("domain", "del", name, "--force", check=False)
+    with domains_with_config(stack, d.all(), d.section):
+        yield d
 
 
 async def tls_stream(stack, domain):
