@@ -10,6 +10,7 @@
 #include "sb.h"
 #include "scram.h"
 #include "sasl.h"
+#include <ev.h>
 
 /* ---- encoding helpers ----------------------------------------------------- */
 /* out must hold BASE64 length (((n + 2) / 3) * 4) + 1 bytes; NUL-terminated. */
@@ -99,6 +100,28 @@ sb_rc auth_token_check(struct pgev *pg, const char *domain, const char *token,
 /* A JWT for domain: NULL with the prepared local part in user
  * (JID_PART_MAX + 1 bytes), else the reason it is refused. */
 const char *auth_jwt_check(const char *domain, const char *token, char *user);
+
+/* ---- external directories (extauth.c, ldap.c) ------------------------------- */
+/* result: 1 accepted, 0 refused, -1 could not ask (temporary-auth-failure). */
+typedef void (*auth_check_cb)(void *arg, int result);
+/* One request (op "auth" with a password, "isuser" without, "setpass")
+ * to the domain's extauth program pool on loop; cb runs later, never
+ * inside. SB_ERROR: no program, every copy down, queue full or a field
+ * the protocol cannot carry; cb will not run. */
+sb_rc auth_extauth_call(struct ev_loop *loop, const char *domain, const char *op,
+                        const char *user, const char *password, auth_check_cb cb, void *arg);
+/* The same against the domain's LDAP directory (ldap.c). */
+sb_rc auth_ldap_check(struct ev_loop *loop, const char *domain, const char *user,
+                      const char *password, auth_check_cb cb, void *arg);
+/* Check user's password on an external domain (and create its account
+ * row on the first success, so rosters have an owner). cb may run later
+ * or inside; SB_ERROR: cb will not run. */
+sb_rc auth_store_password(struct auth_store *st, const char *domain, const char *user,
+                          const char *password, auth_check_cb cb, void *arg);
+/* Creates the account row of an external or auto_create login; a second
+ * login finds it (no error). $1 domain, $2 username. */
+#define AUTH_ACCOUNT_CREATE_SQL \
+    "INSERT INTO users (domain, username) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM

@@ -83,6 +83,12 @@ const char *sasl_mechanisms(const struct sasl_opts *o)
 
     if (o->anonymous)
         return "ANONYMOUS";
+    /* An external directory holds no SCRAM keys: PLAIN under TLS and tokens. */
+    if (auth_backend_of(o->domain) != AUTH_BE_INTERNAL) {
+        snprintf(list, sizeof list, "%s%s", o->tls || o->allow_plain_without_tls ? "PLAIN" : "",
+                 o->tls && auth_token_sources(o->domain) ? " OAUTHBEARER X-OAUTH2" : "");
+        return list;
+    }
     /* Bearer tokens are offered only under TLS (RFC 7628 §5), and only on
      * a domain with a token source. */
     snprintf(list, sizeof list, "%sSCRAM-SHA-256 SCRAM-SHA-1%s%s",
@@ -372,6 +378,37 @@ static void sasl_anon_start(struct sasl_sess *s, const char *b64)
     sasl_anon_claim(s);
 }
 
+/* ---- PLAIN on an external domain (extauth, LDAP) ------------------------------------- */
+
+static void sasl_external_done(void *arg, int result)
+{
+    struct sasl_pending *p = arg;
+    struct sasl_sess *s = p->sess;
+
+    free(p);
+    if (!s)
+        return;
+    s->pending = NULL;
+    if (result == 1) {
+        sasl_finish(s, SASL_SUCCESS, "", NULL);
+        return;
+    }
+    s->reason = result == 0 ? "directory-refused" : "directory-unavailable";
+    sasl_fail(s, result == 0 ? "not-authorized" : "temporary-auth-failure");
+}
+
+/* s may be gone when this returns. */
+static void sasl_external_check(struct sasl_sess *s, const char *password)
+{
+    struct sasl_pending *p = sasl_wait(s);
+
+    if (p && auth_store_password(s->st, s->domain, s->username, password, sasl_external_done,
+                                 p) != SB_OK) {
+        s->reason = "directory-unavailable";
+        sasl_wait_failed(s, p, "sasl_directory_unavailable");
+    }
+}
+
 /* ---- PLAIN (RFC 4616) ----------------------------------------------------------------- */
 
 /* [authzid] NUL authcid NUL secret, both of the last non-empty (PLAIN,
@@ -413,6 +450,12 @@ static void sasl_plain_message(struct sasl_sess *s, const uint8_t *m, size_t len
     if (auth_saslprep(secret, &pw) != SB_OK || !pw[0]) {
         free(pw);
         sasl_fail(s, "not-authorized");
+        return;
+    }
+    if (auth_backend_of(s->domain) != AUTH_BE_INTERNAL) {
+        /* the directory gets the password as typed, like ejabberd's scripts */
+        free(pw);
+        sasl_external_check(s, secret);
         return;
     }
     s->password = pw;
@@ -1021,6 +1064,7 @@ void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
         s->mech = mech[0] == 'X' ? SASL_M_XOAUTH2 : SASL_M_OAUTHBEARER;
         s->state = SASL_ST_WAIT_TOKEN;
     } else if (mech && strncmp(mech, "SCRAM-SHA-", 10) == 0 &&
+               auth_backend_of(s->domain) == AUTH_BE_INTERNAL &&
                (!strcmp(mech + 10, "256") || !strcmp(mech + 10, "1") ||
                 (sasl_cb_offered(&s->cbd) &&
                  (!strcmp(mech + 10, "256-PLUS") || !strcmp(mech + 10, "1-PLUS"))))) {

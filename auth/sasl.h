@@ -27,6 +27,16 @@ void auth_store_free(struct auth_store *st);
  * a per-process random one is used. SB_ERROR: an unreadable secret file. */
 sb_rc auth_fake_configure(void);
 
+/* Where a domain's passwords live ([domain.NAME] auth = internal | extauth
+ * | ldap). An external domain offers PLAIN (under TLS) and tokens, never
+ * SCRAM (no stored keys), and no in-band registration. */
+enum auth_backend { AUTH_BE_INTERNAL, AUTH_BE_EXTAUTH, AUTH_BE_LDAP };
+enum auth_backend auth_backend_of(const char *domain);
+const char *auth_backend_name(enum auth_backend b);
+/* The loop the external back-ends (extauth pipes, LDAP answers) run on. */
+struct ev_loop;
+void auth_store_set_loop(struct auth_store *st, struct ev_loop *loop);
+
 /* ANONYMOUS makes up a random node; a claim function makes it unique across
  * the cluster (e.g. Redis SET NX). It answers through cb, later or inside:
  * 1 claimed, 0 already taken (a new node is tried), -1 could not ask

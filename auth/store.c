@@ -3,9 +3,11 @@
  * credentials that make an unknown account look like a wrong password. */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <nettle/hmac.h>
 
 #include "config.h"
+#include "jid.h"
 #include "log.h"
 #include "pgev.h"
 #include "auth-int.h"
@@ -19,7 +21,32 @@ struct auth_store {
     void *claim_ud;
     auth_token_fn token_fn;      /* tests: token checks, or NULL */
     void *token_ud;
+    struct ev_loop *loop;        /* external back-ends, or NULL */
 };
+
+void auth_store_set_loop(struct auth_store *st, struct ev_loop *loop)
+{
+    st->loop = loop;
+}
+
+enum auth_backend auth_backend_of(const char *domain)
+{
+    const char *v = domain ? sb_config_str_in("domain", domain, "auth", "internal") : "";
+    if (!strcasecmp(v, "extauth"))
+        return AUTH_BE_EXTAUTH;
+    if (!strcasecmp(v, "ldap"))
+        return AUTH_BE_LDAP;
+    return AUTH_BE_INTERNAL;
+}
+
+const char *auth_backend_name(enum auth_backend b)
+{
+    switch (b) {
+    case AUTH_BE_EXTAUTH: return "extauth";
+    case AUTH_BE_LDAP: return "ldap";
+    default: return "internal";
+    }
+}
 
 void auth_store_set_token_fn(struct auth_store *st, auth_token_fn fn, void *ud)
 {
@@ -177,6 +204,65 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
         return SB_ERROR;
     }
     return SB_OK;
+}
+
+/* ---- external back-ends: the password is checked elsewhere ----------------------- */
+
+struct store_ext_req {
+    struct auth_store *st;        /* stores live as long as the process */
+    auth_check_cb cb;
+    void *arg;
+    char domain[JID_PART_MAX + 1], username[JID_PART_MAX + 1];
+};
+
+static void store_ext_created(PGresult *res, void *arg)
+{
+    struct store_ext_req *rq = arg;
+    int ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    if (!ok && res)
+        log_warn("auth_store_error", "error=%s", sb_log_q(PQresultErrorMessage(res)));
+    else if (ok && strcmp(PQcmdTuples(res), "1") == 0)
+        log_info("account_auto_created", "user=%s domain=%s backend=%s",
+                 sb_log_q(rq->username), sb_log_q(rq->domain),
+                 auth_backend_name(auth_backend_of(rq->domain)));
+    rq->cb(rq->arg, ok ? 1 : -1);
+    free(rq);
+}
+
+/* The directory said yes: make sure the account row exists. */
+static void store_ext_done(void *arg, int result)
+{
+    struct store_ext_req *rq = arg;
+    struct pgev *pg = result == 1 ? store_pg(rq->st) : NULL;
+    const char *params[2] = {rq->domain, rq->username};
+
+    if (result == 1 && pg &&
+        pgev_query(pg, AUTH_ACCOUNT_CREATE_SQL, 2, params, store_ext_created, rq) == SB_OK)
+        return;
+    rq->cb(rq->arg, result == 1 ? -1 : result);
+    free(rq);
+}
+
+sb_rc auth_store_password(struct auth_store *st, const char *domain, const char *user,
+                          const char *password, auth_check_cb cb, void *arg)
+{
+    enum auth_backend be = auth_backend_of(domain);
+    struct store_ext_req *rq;
+
+    if (!st || be == AUTH_BE_INTERNAL || !(rq = calloc(1, sizeof(*rq))))
+        return SB_ERROR;
+    rq->st = st;
+    rq->cb = cb;
+    rq->arg = arg;
+    snprintf(rq->domain, sizeof rq->domain, "%s", domain);
+    snprintf(rq->username, sizeof rq->username, "%s", user);
+    sb_rc rc = be == AUTH_BE_EXTAUTH
+        ? auth_extauth_call(st->loop, domain, "auth", user, password, store_ext_done, rq)
+        : auth_ldap_check(st->loop, domain, user, password, store_ext_done, rq);
+    if (rc != SB_OK)
+        free(rq);
+    return rc;
 }
 
 /* ---- fake credentials ----------------------------------------------------------- */

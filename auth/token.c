@@ -35,9 +35,7 @@ int auth_token_sources(const char *domain)
 
 int auth_token_auto_create(const char *domain)
 {
-    const char *v = sb_config_str_in("domain", domain, "auto_create", "no");
-    return !strcasecmp(v, "yes") || !strcasecmp(v, "true") || !strcasecmp(v, "on") ||
-           !strcmp(v, "1");
+    return sb_config_bool_in("domain", domain, "auto_create", 0);
 }
 
 void auth_token_hash(const char *token, char hex[AUTH_TOKEN_HASH_HEX + 1])
@@ -144,8 +142,6 @@ static sb_rc token_own(struct pgev *pg, const char *domain, const char *token,
 /* ---- JWT: the account behind a valid token ----------------------------------- */
 
 #define TOKEN_ACCOUNT_SQL "SELECT 1 FROM users WHERE domain=$1 AND username=$2"
-#define TOKEN_CREATE_SQL \
-    "INSERT INTO users (domain, username) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 
 static void token_account_done(PGresult *res, void *arg)
 {
@@ -183,7 +179,7 @@ static sb_rc token_jwt(struct pgev *pg, const char *domain, const char *token,
     rq->arg = arg;
     memcpy(rq->username, user, sizeof user);
     const char *params[2] = {domain, rq->username};
-    const char *sql = auth_token_auto_create(domain) ? TOKEN_CREATE_SQL : TOKEN_ACCOUNT_SQL;
+    const char *sql = auth_token_auto_create(domain) ? AUTH_ACCOUNT_CREATE_SQL : TOKEN_ACCOUNT_SQL;
     if (pgev_query(pg, sql, 2, params, token_account_done, rq) != SB_OK) {
         free(rq);
         return SB_ERROR;

@@ -20,6 +20,7 @@
  *   scan.c    small pure helpers: attribute scan, header names, stamping
  *   sm.c      XEP-0198 stream management (the queue lives in the sm)
  *   csi.c     XEP-0352 client state (the holding lives in the sm)
+ *   register.c  XEP-0077 registration, password change, account removal
  * See c2s/README.md for the connection lifecycle. */
 #ifndef SB_C2S_H
 #define SB_C2S_H
@@ -113,6 +114,7 @@ struct c2s_conn {
     char *jid;                     /* bare JID after SASL, full after bind: jid_in or heap */
     char *bind_iq;                 /* id of the bind iq being answered */
     struct c2s_smst *sm;           /* XEP-0198 (sm.c), NULL until <enable/>/<resume/> */
+    struct c2s_reg *reg;           /* XEP-0077 request in flight (register.c), or NULL */
     char sid[21];                  /* stream id of the current stream = session id */
     char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
     char jid_in[64];               /* most JIDs fit here: no heap block per session */
@@ -267,6 +269,8 @@ void c2s_bind_timeout(struct c2s_conn *c);
 /* iq error/result helpers for iqs we answer ourselves. */
 void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner);
 void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond);
+/* b = "<iq type='TYPE' id='ID'" (no closing '>'), for replies built by hand. */
+void c2s_iq_open(struct sb_buf *b, const char *id, const char *type);
 
 /* ---- route.c ---------------------------------------------------------- */
 void c2s_route_stanza(struct c2s_conn *c, struct xml_node *st);  /* client → router */
@@ -313,6 +317,14 @@ int c2s_sm_offered(const struct c2s_conn *c);
 int c2s_csi_element(struct c2s_conn *c, struct xml_node *n);
 /* The session was bound or resumed: an <inactive/> said before goes to the sm. */
 void c2s_csi_bound(struct c2s_conn *c);
+
+/* ---- register.c (XEP-0077) ------------------------------------------- */
+/* Registration is on for c's domain and stream (the stream feature). */
+int c2s_register_offered(const struct c2s_conn *c);
+/* An iq with a jabber:iq:register query: 1 when answered (or being).
+ * Before SASL only where offered (0: the caller treats it as any stanza). */
+int c2s_register_iq(struct c2s_conn *c, struct xml_node *iq);
+void c2s_register_release(struct c2s_conn *c);    /* c goes: drop its answer */
 
 /* ---- keepalive.c ------------------------------------------------------ */
 void c2s_keepalive_seen(struct c2s_conn *c);      /* a byte arrived */

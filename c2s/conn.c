@@ -474,6 +474,7 @@ static void conn_free(struct c2s_conn *c)
     tlsconn_free(&c->tc);
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
+    c2s_register_release(c);
     if (c->jid != c->jid_in)
         free(c->jid);
     free(c->bind_iq);

@@ -19,7 +19,7 @@ static struct sb_buf login_text;    /* scratch for element text */
 
 /* ---- iq replies ------------------------------------------------------------ */
 
-static void login_iq_open(struct sb_buf *b, const char *id, const char *type)
+void c2s_iq_open(struct sb_buf *b, const char *id, const char *type)
 {
     sb_buf_reset(b);
     sb_buf_printf(b, "<iq type='%s'", type);
@@ -33,7 +33,7 @@ static void login_iq_open(struct sb_buf *b, const char *id, const char *type)
 void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner)
 {
     struct sb_buf *b = &login_out;
-    login_iq_open(b, id, "result");
+    c2s_iq_open(b, id, "result");
     if (inner) {
         sb_buf_adds(b, ">");
         sb_buf_adds(b, inner);
@@ -47,7 +47,7 @@ void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner)
 void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond)
 {
     struct sb_buf *b = &login_out;
-    login_iq_open(b, id, "error");
+    c2s_iq_open(b, id, "error");
     sb_buf_printf(b, "><error type='%s'><%s xmlns='" NS_STANZA "'/></error></iq>", type, cond);
     c2s_stanza_local(c, b->data, b->len);
 }

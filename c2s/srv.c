@@ -314,6 +314,8 @@ static sb_rc main_open(void)
         return SB_ERROR;
     c2s.pg = sb_proc_pg(&main_proc);
     c2s.store = c2s.pg ? auth_store_new(c2s.pg) : NULL;
+    if (c2s.store)
+        auth_store_set_loop(c2s.store, c2s.loop);   /* extauth pipes, LDAP answers */
     c2s.rd = rdev_from_config(c2s.loop);
     c2s_anon_init();
     c2s.link = sb_proc_link(&main_proc, c2s_route_recv, NULL);

@@ -202,6 +202,8 @@ void c2s_stream_features(struct c2s_conn *c)
             sb_buf_adds(b, "</mechanisms>");
             if (has_cb && !o.anonymous)
                 stream_channel_bindings(b, &cb);
+            if (c2s_register_offered(c))      /* XEP-0077 (register.c) */
+                sb_buf_adds(b, "<register xmlns='http://jabber.org/features/iq-register'/>");
         }
     }
     sb_buf_adds(b, "</stream:features>");
@@ -326,6 +328,8 @@ static void stream_preauth(struct c2s_conn *c, struct xml_node *n)
     } else if (strcmp(name, "auth") == 0 || strcmp(name, "response") == 0 ||
                strcmp(name, "abort") == 0) {
         c2s_sasl_element(c, n);
+    } else if (!strcmp(name, "iq") && stream_client_ns(n) && c2s_register_iq(c, n)) {
+        return;                                        /* XEP-0077 registration */
     } else if (stream_is_stanza(name)) {
         c2s_stream_error(c, "not-authorized", name);   /* RFC 6120 §6.4 */
     } else {
@@ -364,6 +368,8 @@ static int stream_local_iq(struct c2s_conn *c, struct xml_node *n)
         c2s_iq_result(c, id, NULL);
         return 1;
     }
+    if (xml_child(n, "query", "jabber:iq:register"))
+        return c2s_register_iq(c, n);      /* own password, <remove/> */
     return 0;
 }
 

@@ -276,11 +276,10 @@ long sb_config_int(const char *key, long def)
     return n;
 }
 
-int sb_config_bool(const char *key, int def)
+static int config_bool_value(const char *key, const char *v, int def)
 {
     static const char *const yes[] = {"1", "yes", "true", "on"};
     static const char *const no[] = {"0", "no", "false", "off"};
-    const char *v = sb_config_str(key, NULL);
     if (!v || !*v)
         return def;
     for (size_t i = 0; i < SB_ARRAY_LEN(yes); i++) {
@@ -291,6 +290,16 @@ int sb_config_bool(const char *key, int def)
     }
     log_warn("config_bad_bool", "key=%s value=%s default=%d", key, sb_log_q(v), def);
     return def;
+}
+
+int sb_config_bool(const char *key, int def)
+{
+    return config_bool_value(key, sb_config_str(key, NULL), def);
+}
+
+int sb_config_bool_in(const char *kind, const char *instance, const char *key, int def)
+{
+    return config_bool_value(key, sb_config_str_in(kind, instance, key, NULL), def);
 }
 
 const char *sb_config_routers(void)

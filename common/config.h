@@ -40,6 +40,8 @@ sb_rc sb_config_secret_in(const char *kind, const char *key, char *out, size_t c
 /* Same lookup for another section (e.g. sm reading [c2s] keys). */
 const char *sb_config_str_in(const char *kind, const char *instance,
                              const char *key, const char *def);
+/* A flag of another section (e.g. [domain.NAME] register). */
+int sb_config_bool_in(const char *kind, const char *instance, const char *key, int def);
 /* One key of exactly one section (e.g. [domain.NAME] cert, which must not
  * fall back to a process's own `cert`): no environment, no fallback. */
 const char *sb_config_str_section(const char *section, const char *key, const char *def);

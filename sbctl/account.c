@@ -12,37 +12,13 @@
 
 #include "config.h"
 #include "jid.h"
+#include "account.h"
 #include "auth-int.h"
 #include "sbctl.h"
 
 #define SQLSTATE_UNIQUE "23505"
 #define SQLSTATE_FK "23503"
 #define USER_DEL_WAIT_S 3.0     /* for the sessions it ended to be unbound */
-
-/* The eight credential columns, base64 text, in table order. */
-struct cred_cols {
-    char v[8][96];
-};
-
-static void cred_fill(char *salt, char *iter, char *stored, char *server,
-                      const struct scram_cred *c)
-{
-    size_t dl = scram_digest_len(c->hash);
-    auth_b64_encode(c->salt, c->saltlen, salt);
-    snprintf(iter, 96, "%u", c->iter);
-    auth_b64_encode(c->stored_key, dl, stored);
-    auth_b64_encode(c->server_key, dl, server);
-}
-
-/* password: already SASLprepped. */
-static void account_derive(const char *password, unsigned iter, struct cred_cols *out)
-{
-    struct scram_cred c;
-    scram_cred_make(&c, SCRAM_SHA1, password, iter);
-    cred_fill(out->v[0], out->v[1], out->v[2], out->v[3], &c);
-    scram_cred_make(&c, SCRAM_SHA256, password, iter);
-    cred_fill(out->v[4], out->v[5], out->v[6], out->v[7], &c);
-}
 
 static const char *pg_state(const PGresult *r)
 {
@@ -122,16 +98,6 @@ static void account_done(const char *what, const char *name, const char *done)
     }
 }
 
-/* Every table that holds rows of one account (deploy/migrations: keyed by
- * domain, username; no foreign key, since anonymous accounts have rows but
- * no users row). A new per-user table is listed here, and `user del` and
- * `domain del` remove its rows. */
-static const char *const account_tables[] = {
-    "roster", "roster_version", "roster_pending", "offline", "vcards",
-    "private_storage", "last_activity", "blocklist", "push_registrations", "archive",
-    "archive_prefs", "archive_prefs_jid", "pep_nodes", "pep_items",
-};
-
 /* Delete the rows of one account (username given) or of a whole domain
  * (username NULL) from every account table; inside the caller's
  * transaction. 0 ok, -1 after a message. */
@@ -139,13 +105,13 @@ static int account_purge(PGconn *c, const char *domain, const char *username)
 {
     const char *p[2] = {domain, username};
     char sql[160];
-    for (size_t i = 0; i < SB_ARRAY_LEN(account_tables); i++) {
-        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE domain=$1%s", account_tables[i],
+    for (size_t i = 0; i < auth_account_ntables; i++) {
+        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE domain=$1%s", auth_account_tables[i],
                  username ? " AND username=$2" : "");
         PGresult *r = PQexecParams(c, sql, username ? 2 : 1, NULL, p, NULL, NULL, 0);
         int bad = PQresultStatus(r) != PGRES_COMMAND_OK;
         if (bad)
-            sbctl_err("cannot delete from %s: %s", account_tables[i], sbctl_pg_msg(c, r));
+            sbctl_err("cannot delete from %s: %s", auth_account_tables[i], sbctl_pg_msg(c, r));
         PQclear(r);
         if (bad)
             return -1;
@@ -294,18 +260,14 @@ int sbctl_cmd_domain(int argc, char **argv)
 
 static int user_add(PGconn *c, const struct jid *j, const char *password)
 {
-    struct cred_cols k;
+    struct auth_keys k;
     int ex = domain_exists(c, j->domain);
     if (ex <= 0)
         return SBCTL_FAIL;
-    account_derive(password, auth_scram_iterations(), &k);
+    auth_keys_derive(password, auth_scram_iterations(), &k);
     const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
                          k.v[4], k.v[5], k.v[6], k.v[7]};
-    PGresult *r = PQexecParams(c,
-        "INSERT INTO users(domain, username, scram_sha1_salt, scram_sha1_iter,"
-        " scram_sha1_stored, scram_sha1_server, scram_sha256_salt, scram_sha256_iter,"
-        " scram_sha256_stored, scram_sha256_server)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, NULL, p, NULL, NULL, 0);
+    PGresult *r = PQexecParams(c, AUTH_USER_INSERT_SQL, 10, NULL, p, NULL, NULL, 0);
     int rc = SBCTL_OK;
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         if (strcmp(pg_state(r), SQLSTATE_UNIQUE) == 0)
@@ -326,15 +288,11 @@ static int user_add(PGconn *c, const struct jid *j, const char *password)
 
 static int user_passwd(PGconn *c, const struct jid *j, const char *password)
 {
-    struct cred_cols k;
-    account_derive(password, auth_scram_iterations(), &k);
+    struct auth_keys k;
+    auth_keys_derive(password, auth_scram_iterations(), &k);
     const char *p[10] = {j->domain, j->node, k.v[0], k.v[1], k.v[2], k.v[3],
                          k.v[4], k.v[5], k.v[6], k.v[7]};
-    PGresult *r = PQexecParams(c,
-        "UPDATE users SET scram_sha1_salt=$3, scram_sha1_iter=$4, scram_sha1_stored=$5,"
-        " scram_sha1_server=$6, scram_sha256_salt=$7, scram_sha256_iter=$8,"
-        " scram_sha256_stored=$9, scram_sha256_server=$10"
-        " WHERE domain=$1 AND username=$2", 10, NULL, p, NULL, NULL, 0);
+    PGresult *r = PQexecParams(c, AUTH_USER_PASSWD_SQL, 10, NULL, p, NULL, NULL, 0);
     int rc = SBCTL_FAIL;
     if (PQresultStatus(r) != PGRES_COMMAND_OK)
         sbctl_err("cannot change password: %s", sbctl_pg_msg(c, r));
@@ -475,7 +433,7 @@ static void copy_field(FILE *f, const char *s, int last)
 static int bulk_derive(const struct bulk *b, long lo, long hi, FILE *f)
 {
     char raw[JID_PART_MAX + 32], user[JID_PART_MAX + 1], *pw;
-    struct cred_cols k;
+    struct auth_keys k;
 
     for (long i = lo; i < hi; i++) {
         snprintf(raw, sizeof(raw), "%s%ld", b->prefix, i);
@@ -488,7 +446,7 @@ static int bulk_derive(const struct bulk *b, long lo, long hi, FILE *f)
             sbctl_err("password prefix contains characters SASLprep does not allow");
             return -1;
         }
-        account_derive(pw, b->iter, &k);
+        auth_keys_derive(pw, b->iter, &k);
         free(pw);
         copy_field(f, b->domain, 0);
         copy_field(f, user, 0);

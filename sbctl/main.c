@@ -46,6 +46,9 @@ static const struct sbctl_cmd sbctl_cmds[] = {
      "                                          printed once (ttl 3600 s, 0 never; scope xmpp)\n"
      "  token list USER@DOMAIN                  its tokens: id, created, expires, last used, scope\n"
      "  token revoke ID|--all USER@DOMAIN       delete the token(s), end the sessions that used them\n"},
+    {"invite", sbctl_cmd_invite, 0,
+     "  invite create DOMAIN [--ttl S]          a one-use XEP-0077 registration invitation,\n"
+     "                                          printed once (ttl 7 days, 0 never)\n"},
     {"domain", sbctl_cmd_domain, 0,
      "  domain add NAME [--anonymous]           serve a domain (every process within a second)\n"
      "  domain del NAME [--force]               stop serving it, end its sessions (--force: even\n"

@@ -107,5 +107,6 @@ int sbctl_cmd_metrics(int argc, char **argv);   /* metrics.c */
 int sbctl_cmd_archive(int argc, char **argv);   /* archive.c */
 int sbctl_cmd_upload(int argc, char **argv);    /* upload.c */
 int sbctl_cmd_token(int argc, char **argv);     /* token.c */
+int sbctl_cmd_invite(int argc, char **argv);    /* token.c */
 
 #endif

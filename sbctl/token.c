@@ -25,8 +25,8 @@ static int token_user(const char *arg, struct jid *j)
     return 0;
 }
 
-/* "sbt_" + base64url(32 random bytes), no padding. */
-static void token_make(char *out, size_t cap)
+/* prefix + base64url(32 random bytes), no padding. */
+static void token_make_with(const char *prefix, char *out, size_t cap)
 {
     uint8_t raw[TOKEN_RANDOM];
     char b64[((TOKEN_RANDOM + 2) / 3) * 4 + 1];
@@ -40,8 +40,13 @@ static void token_make(char *out, size_t cap)
         else if (*p == '=')
             *p = '\0';
     }
-    snprintf(out, cap, TOKEN_PREFIX "%s", b64);
+    snprintf(out, cap, "%s%s", prefix, b64);
     memset(raw, 0, sizeof raw);
+}
+
+static void token_make(char *out, size_t cap)
+{
+    token_make_with(TOKEN_PREFIX, out, cap);
 }
 
 static int token_issue(int argc, char **argv)
@@ -228,5 +233,85 @@ int sbctl_cmd_token(int argc, char **argv)
         return token_list(argc - 1, argv + 1);
     if (argc >= 1 && !strcmp(argv[0], "revoke"))
         return token_revoke(argc - 1, argv + 1);
+    return SBCTL_USAGE;
+}
+
+/* ---- sbctl invite create DOMAIN [--ttl S] -------------------------------------- */
+
+#define INVITE_PREFIX "sbi_"
+
+/* An invitation for XEP-0077 registration on a `register_invite_only`
+ * domain: printed once, stored as its SHA-256 (auth_token_hash, as the
+ * server computes it), used up by the registration that presents it. */
+static int invite_create(int argc, char **argv)
+{
+    const char *domain = NULL;
+    long ttl = 7 * 86400;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--ttl") && i + 1 < argc) {
+            char *end;
+            ttl = strtol(argv[++i], &end, 10);
+            if (*end || ttl < 0)
+                return SBCTL_USAGE;
+        } else if (argv[i][0] != '-' && !domain) {
+            domain = argv[i];
+        } else {
+            return SBCTL_USAGE;
+        }
+    }
+    char dom[JID_PART_MAX + 1];
+    if (!domain)
+        return SBCTL_USAGE;
+    if (jid_nameprep(domain, dom) != SB_OK) {
+        sbctl_err("'%s' is not a valid domain", domain);
+        return SBCTL_FAIL;
+    }
+    PGconn *c = sbctl_db_connect();
+    if (!c)
+        return SBCTL_FAIL;
+    char token[sizeof(INVITE_PREFIX) + ((TOKEN_RANDOM + 2) / 3) * 4 + 1];
+    char hash[AUTH_TOKEN_HASH_HEX + 1], ttls[24];
+    token_make_with(INVITE_PREFIX, token, sizeof token);
+    auth_token_hash(token, hash);
+    snprintf(ttls, sizeof ttls, "%ld", ttl);
+    const char *p[3] = {dom, hash, ttls};
+    PGresult *r = PQexecParams(
+        c,
+        "INSERT INTO invites (domain, hash, expires_at)"
+        " SELECT $1, $2, CASE WHEN $3::bigint = 0 THEN NULL"
+        " ELSE now() + make_interval(secs => $3::bigint) END"
+        " WHERE EXISTS (SELECT 1 FROM domains WHERE name=$1)"
+        " RETURNING id, coalesce(to_char(expires_at, 'YYYY-MM-DD\"T\"HH24:MI:SSOF'), '')",
+        3, NULL, p, NULL, NULL, 0);
+    int rc = SBCTL_FAIL;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        sbctl_err("cannot create an invitation: %s", sbctl_pg_msg(c, r));
+    else if (PQntuples(r) != 1)
+        sbctl_err("no such domain %s", dom);
+    else {
+        const char *exp = PQgetvalue(r, 0, 1);
+        if (sbctl_json) {
+            sj_obj(NULL);
+            sj_int("id", atoll(PQgetvalue(r, 0, 0)));
+            sj_str("token", token);
+            sj_str("expires", *exp ? exp : NULL);
+            sj_end_obj();
+        } else {
+            printf("%s\n", token);
+            fprintf(stderr, "invitation %s for %s, expires %s\n", PQgetvalue(r, 0, 0), dom,
+                    *exp ? exp : "never");
+        }
+        rc = SBCTL_OK;
+    }
+    memset(token, 0, sizeof token);
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+int sbctl_cmd_invite(int argc, char **argv)
+{
+    if (argc >= 1 && !strcmp(argv[0], "create"))
+        return invite_create(argc - 1, argv + 1);
     return SBCTL_USAGE;
 }

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from xmpptest import (NS_SASL, Log, RawStream, close, describe, login, mechanisms,
-                      reload_and_wait, run, stream_error_condition, wait_until)
+from xmpptest import (domains_with_config, NS_SASL, Log, RawStream, close, describe, login, mechanisms,
+                      run, stream_error_condition, wait_until)
 
 NS_STREAM = "http://etherx.jabber.org/streams"
 
@@ -81,19 +81,8 @@ class TokenDomains:
 @pytest.fixture(scope="module")
 def doms(stack, tmp_path_factory):
     d = TokenDomains(stack, str(tmp_path_factory.mktemp("tokens")))
-    for name in (d.own, d.rsa, d.none):
-        stack.sbctl("domain", "add", name)
-    with open(stack.ini) as f:
-        saved = f.read()
-    with open(stack.ini, "a") as f:
-        f.write(d.section)
-    reload_and_wait(stack, "c2s1")
-    yield d
-    with open(stack.ini, "w") as f:
-        f.write(saved)
-    reload_and_wait(stack, "c2s1")
-    for name in (d.own, d.rsa, d.none):
-        stack.sbctl("domain", "del", name, "--force", check=False)
+    with domains_with_config(stack, (d.own, d.rsa, d.none), d.section):
+        yield d
 
 
 def add_user(stack, domain):

@@ -6,6 +6,7 @@ Every wait here has a deadline; nothing sleeps blindly."""
 
 import asyncio
 import base64
+import contextlib
 import os
 import secrets
 import signal
@@ -262,6 +263,28 @@ def reload_and_wait(stack, name="c2s1"):
 
 
 # ------------------------------------------------------------------ slixmpp
+@contextlib.contextmanager
+def domains_with_config(stack, names, section, instance="c2s1"):
+    """For a module fixture: add the domains, append section to
+    the INI and reload `instance`; yield; then restore the INI, reload and
+    delete the domains."""
+    for name in names:
+        stack.sbctl("domain", "add", name)
+    with open(stack.ini) as f:
+        saved = f.read()
+    with open(stack.ini, "a") as f:
+        f.write(section)
+    reload_and_wait(stack, instance)
+    try:
+        yield
+    finally:
+        with open(stack.ini, "w") as f:
+            f.write(saved)
+        reload_and_wait(stack, instance)
+        for name in names:
+            stack.sbctl("domain", "del", name, "--force", check=False)
+
+
 class LoginFailed(AssertionError):
     pass
 
