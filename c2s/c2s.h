@@ -384,10 +384,6 @@ long c2s_scan_attr(const char *xml, size_t len, const char *name, char *out, siz
 /* 1 when the first start tag has attribute `name`, whatever its value
  * (c2s_scan_attr also says -1 for a value it cannot decode or fit). */
 int c2s_scan_has_attr(const char *xml, size_t len, const char *name);
-/* The limits key of a peer "ip:port" (tlsconn_peer_name): 16 bytes, IPv4
- * as v4-mapped IPv6, IPv6 cut to its /64 (a host gets a whole /64); the
- * key's text ("192.0.2.1", "2001:db8::/64") into shown. -1: not an address. */
-int c2s_addr_key(const char *peer, uint8_t key[16], char *shown, size_t cap);
 /* 1 if the address is a loopback one ("127.x", "::1", "localhost"). */
 int c2s_is_loopback(const char *addr);
 /* The stream error condition for a client stream header whose name or

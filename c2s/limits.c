@@ -1,7 +1,7 @@
 /* limits.c — what one source address and one account may do, on top of the
  * per-session limits of rate.c:
  *
- *   per address (IPv4 address, IPv6 /64: c2s_addr_key), in this process
+ *   per address (IPv4 address, IPv6 /64: tlsconn_addr_key), in this process
  *     sessions open          max_conns_per_addr (TCP; sb-bosh: BOSH and
  *                            WebSocket sessions)
  *     not yet authenticated  max_unauth_per_addr
@@ -115,7 +115,7 @@ static struct c2s_addr *lim_addr(const char *peer, int create)
 {
     uint8_t key[16];
     char shown[48];
-    if (c2s_addr_key(peer, key, shown, sizeof shown) != 0)
+    if (tlsconn_addr_key(peer, key, shown, sizeof shown) != 0)
         return NULL;
     if (lim_tab) {
         struct c2s_addr *a = lim_tab[lim_hash(key, 16) & (lim_size - 1)];

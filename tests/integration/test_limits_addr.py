@@ -313,3 +313,66 @@ def test_bosh_sessions_and_websockets_per_address(stack, cap_bosh):
     run(go(), timeout=60)
     text = cap_bosh.log_text()
     assert "event=addr_limited addr=127.0.0.33 limit=sessions max=2" in text
+
+
+# ---------------------------------------------------------------- s2s1: incoming streams
+
+S2S_PER_ADDR_DEFAULT = 100      # [s2s] max_in_per_addr
+S2S_PER_DOMAIN_DEFAULT = 20     # [s2s] max_in_per_domain
+
+
+class S2SFrom(From):
+    """A raw incoming server-to-server stream from a given local address."""
+
+    def __init__(self, stack, source, remote):
+        super().__init__(stack, source)
+        self.remote = remote
+
+    async def connect(self, timeout=10):
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(self.stack.env["SB_S2S1_LISTEN"],
+                                    int(self.stack.env["SB_S2S1_PORT"]),
+                                    local_addr=(self.source, 0)), timeout)
+        return self
+
+    def open_stream(self):
+        self.parser = ET.XMLPullParser(("start", "end"))
+        self.root, self.pending = None, []
+        self.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                  "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+                  "to='%s' from='%s' version='1.0'>" % (self.stack.domain, self.remote))
+
+
+def test_s2s_incoming_streams_per_address_and_per_domain(stack):
+    log = Log(stack, "s2s1")
+
+    async def opened(source, remote):
+        s = S2SFrom(stack, source, remote)
+        await s.connect()
+        s.open_stream()
+        return s
+
+    async def go():
+        held = []
+        try:
+            for i in range(S2S_PER_ADDR_DEFAULT):          # a flood from one address
+                s = await opened("127.0.0.41", "r%d.flood.example" % i)
+                await s.features()
+                held.append(s)
+            await refused(await opened("127.0.0.41", "one-more.flood.example"))
+            ok = await opened("127.0.0.42", "other.example")  # another address
+            await ok.features()
+            held.append(ok)
+            for i in range(S2S_PER_DOMAIN_DEFAULT - 1):       # one remote domain
+                s = await opened("127.0.0.%d" % (43 + i), "other.example")
+                await s.features()
+                held.append(s)
+            await refused(await opened("127.0.0.70", "other.example"))
+        finally:
+            for s in held:
+                s.abort()
+    run(go(), timeout=90)
+    text = log.text()
+    assert "event=s2s_limited addr=127.0.0.41 limit=connections max=100" in text
+    assert "event=s2s_limited domain=other.example limit=domain-streams max=20" in text
+    assert not [l for l in log.lines("event=stream_error") if "127.0.0.41:" in l]
