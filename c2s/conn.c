@@ -341,8 +341,11 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
 }
 
 /* Out of descriptors: the listen socket stays readable, so pause
- * accepting for a second instead of spinning. */
+ * accepting for a second instead of spinning. Logged once per shortage
+ * (accept_paused), and once when an accept succeeds again
+ * (accept_resumed pauses=N). */
 static ev_timer conn_accept_pause;
+static long conn_pauses;
 
 static void conn_accept_resume(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -359,8 +362,9 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
         int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                log_warn("accept_paused", "error=%s conns=%ld", sb_log_q(strerror(errno)),
-                         c2s.nconns);
+                if (conn_pauses++ == 0)
+                    log_warn("accept_paused", "error=%s conns=%ld", sb_log_q(strerror(errno)),
+                             c2s.nconns);
                 for (int k = 0; k < conn_nlis; k++)
                     ev_io_stop(loop, &conn_lis[k].w);
                 ev_timer_init(&conn_accept_pause, conn_accept_resume, 1.0, 0.);
@@ -370,6 +374,10 @@ static void conn_accept_cb(struct ev_loop *loop, ev_io *w, int revents)
                 log_warn("accept_failed", "error=%s", sb_log_q(strerror(errno)));
             }
             return;
+        }
+        if (conn_pauses) {
+            log_info("accept_resumed", "pauses=%ld conns=%ld", conn_pauses, c2s.nconns);
+            conn_pauses = 0;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

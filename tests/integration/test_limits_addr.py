@@ -376,3 +376,63 @@ def test_s2s_incoming_streams_per_address_and_per_domain(stack):
     assert "event=s2s_limited addr=127.0.0.41 limit=connections max=100" in text
     assert "event=s2s_limited domain=other.example limit=domain-streams max=20" in text
     assert not [l for l in log.lines("event=stream_error") if "127.0.0.41:" in l]
+
+
+# ---------------------------------------------------------------- c2s5: out of descriptors
+
+NOFILE = 96
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_pauses_accepting_logs_once_and_resumes(stack):
+    import resource
+    c = ExtraC2S(stack, "c2s5", preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (NOFILE, NOFILE)))
+
+    async def go():
+        held = []
+        try:
+            for _ in range(NOFILE + 20):        # more than it has descriptors for
+                s = From(stack, "127.0.0.51", instance="c2s5")
+                await s.connect()               # the kernel's backlog takes them
+                held.append(s)
+            await asyncio.to_thread(wait_until, lambda: "event=accept_paused" in c.log_text(),
+                                    15, "accept_paused in c2s5's log")
+            t0, cpu0 = time.monotonic(), cpu_seconds(c.proc.pid)
+            while time.monotonic() - t0 < 2.5:  # a measurement window: paused, not spinning
+                await asyncio.sleep(0.5)
+            assert cpu_seconds(c.proc.pid) - cpu0 < 0.5, "c2s5 spins while out of descriptors"
+            for s in held:
+                s.abort()
+            held = []
+
+            async def admitted():
+                s = From(stack, "127.0.0.52", instance="c2s5")
+                try:
+                    await s.connect()
+                    s.open_stream()
+                    el = await s.element(timeout=3)
+                    return el is not None and el.tag.endswith("}features")
+                except (AssertionError, OSError):
+                    return False
+                finally:
+                    s.abort()
+            deadline = time.monotonic() + 15
+            while not await admitted():
+                assert time.monotonic() < deadline, "c2s5 never accepted again"
+        finally:
+            for s in held:
+                s.abort()
+    try:
+        c.wait_ready()
+        run(go(), timeout=90)
+        text = c.log_text()
+        assert text.count("event=accept_paused") == 1, text.count("event=accept_paused")
+        assert "event=accept_resumed pauses=" in text
+    finally:
+        assert c.stop() == 0, "c2s5 did not exit cleanly on SIGTERM"
