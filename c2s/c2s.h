@@ -16,8 +16,6 @@
  *   route.c   stanzas to and from the router, bounces, session end
  *   keepalive.c  server pings and idle limits for bound sessions
  *   rate.c    inbound byte shaper and stanza rate per session
- *   limits.c  per source address (sessions, unauthenticated ones, failed
- *             logins) and per account (failed logins, cluster-wide)
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    small pure helpers: attribute scan, header names, stamping
  *   sm.c      XEP-0198 stream management (the queue lives in the sm)
@@ -55,8 +53,6 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_TLS         0x0001  /* encrypted: TLS active/running, or HTTPS under BOSH/WS */
 #define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
 #define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
-#define C2S_F_REFUSED     0x0008  /* over a per-address limit (limits.c): its stream gets
-                                     policy-violation; logged there, rate-limited */
 #define C2S_F_VIA_SM      0x0010  /* XEP-0280: outbound messages go through the user's sm */
 #define C2S_F_BIND_WAIT   0x0020  /* control bind sent, answer pending */
 #define C2S_F_IN_FEED     0x0040  /* inside xml_stream_feed (restart must be deferred-safe) */
@@ -119,7 +115,6 @@ struct c2s_conn {
     char *bind_iq;                 /* id of the bind iq being answered */
     struct c2s_smst *sm;           /* XEP-0198 (sm.c), NULL until <enable/>/<resume/> */
     struct c2s_reg *reg;           /* XEP-0077 request in flight (register.c), or NULL */
-    struct c2s_addr *addr;         /* its source address's counters (limits.c), NULL none */
     char sid[21];                  /* stream id of the current stream = session id */
     char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
     char jid_in[64];               /* most JIDs fit here: no heap block per session */
@@ -147,14 +142,6 @@ struct c2s_cfg {
     double max_stanzas, stanza_burst;   /* top-level elements/s and bucket; 0 = off */
     int sm_ack_every;              /* XEP-0198: <r/> after this many unacked stanzas */
     double sm_ack_after;           /* … or when one waited this long (s); 0 = off */
-    /* limits.c, 0 = off: per source address (IPv6: per /64) of this process */
-    int max_conns_per_addr;        /* sessions (TCP; sb-bosh: BOSH + WebSocket) */
-    int max_unauth_per_addr;       /* of them not yet authenticated */
-    double login_failures_per_addr;     /* failed logins per minute (a bucket that deep) */
-    /* per account, across the cluster (Redis) */
-    int login_failures_per_account;     /* failed logins per window, then locked */
-    double login_fail_window;      /* s; the lockout starts at this, doubling */
-    double login_lockout_max;      /* s; the longest lockout */
 };
 
 /* Listener kinds (c2s_listen_open). */
@@ -354,31 +341,6 @@ double c2s_rate_resume_at(const struct c2s_conn *c);   /* when a throttled reade
 /* One top-level element arrived: 1 when over the stanza rate (a
  * policy-violation stream error was sent and c is closing). */
 int c2s_rate_stanza(struct c2s_conn *c);
-
-/* Refill a token bucket by dt seconds at rate per second, at most burst
- * (the one bucket arithmetic of rate.c and limits.c). */
-float c2s_bucket_refill(float tokens, double dt, double rate, double burst);
-
-/* ---- limits.c --------------------------------------------------------- */
-void c2s_limits_init(void);       /* account locks: subscribe to the cluster's channel */
-void c2s_limits_stop(void);
-/* c (c->peer set) is a new session: counted against its address, or, over
- * max_conns_per_addr / max_unauth_per_addr, flagged C2S_F_REFUSED and not
- * counted (its stream gets policy-violation). 1 when refused. */
-int c2s_limits_conn_new(struct c2s_conn *c);
-/* c leaves the unauthenticated states (c2s_conn_set_state). */
-void c2s_limits_conn_authed(struct c2s_conn *c);
-void c2s_limits_conn_gone(struct c2s_conn *c);   /* conn_free */
-/* May c start a SASL exchange? 0: its address is over
- * login_failures_per_addr (answer temporary-auth-failure). */
-int c2s_limits_login_allowed(struct c2s_conn *c);
-/* A SASL exchange of c ended with r: counts a failed login (address and
- * account). NULL: answer r as it is; else the condition to fail with
- * instead (temporary-auth-failure: the account is locked, whatever the
- * password). */
-const char *c2s_limits_login_done(struct c2s_conn *c, const struct sasl_result *r);
-/* The stream of a refused conn (stream.c, at its header). */
-void c2s_limits_refuse_stream(struct c2s_conn *c);
 
 /* ---- domains.c -------------------------------------------------------- */
 void c2s_domains_start(void);       /* load now and every 30 s (common/domains.c) */
