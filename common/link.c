@@ -110,6 +110,8 @@ struct link_rt {
     double refused_at;          /* last handshake refused (our key not a member?) */
     double last_ack;
     struct sb_buf unacked;      /* [u32 hlen][hdr][u32 blen][body]… */
+    size_t acked_off;           /* unacked before this: confirmed by the last ack, kept
+                                 * until the next (rt_on_ack) */
     struct link_mark marks[LINK_MARKS];
     size_t nmarks;
 };
@@ -699,10 +701,17 @@ static void rt_record(struct link_rt *r, const uint8_t *hdr, size_t hlen, const 
 {
     struct sb_buf *b = &r->unacked;
     uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (b->len > LINK_LIMBO_MAX && r->acked_off) {  /* the confirmed part goes first */
+        sb_buf_consume(b, r->acked_off);
+        for (size_t k = 0; k < r->nmarks; k++)
+            r->marks[k].off -= r->acked_off;
+        r->acked_off = 0;
+    }
     if (b->len > LINK_LIMBO_MAX) {  /* a router that never confirms: keep no more */
         log_error("link_unconfirmed_dropped", "bytes=%zu why=no-ack", b->len);
         sb_buf_reset(b);
         r->nmarks = 0;
+        r->acked_off = 0;
     }
     if (sb_buf_add(b, &hl, sizeof hl) != SB_OK || sb_buf_add(b, hdr, hlen) != SB_OK ||
         sb_buf_add(b, &bl, sizeof bl) != SB_OK || sb_buf_add(b, body, blen) != SB_OK)
@@ -720,6 +729,7 @@ static void rt_to_limbo(struct link *l, struct link_rt *r)
     else
         log_error("link_resend_dropped", "bytes=%zu why=limbo-full", r->unacked.len);
     sb_buf_reset(&r->unacked);
+    r->acked_off = 0;
 }
 
 /* A router stopped answering or refused: what it took unconfirmed is
@@ -879,12 +889,20 @@ static void rt_on_ack(struct link *l, struct link_rt *r, const struct env_hdr *h
         i++;
     if (i == r->nmarks)
         return;                 /* an old socket's, or dropped from the ring */
+    /* The ack says the router took them, not that it passed them on: a
+     * router killed right after acking loses what still sat in its queues
+     * and socket buffers. So what this ack confirms is kept one heartbeat
+     * more, and only what the previous ack confirmed goes now; if the
+     * router dies meanwhile it is re-sent with the rest, and receivers drop
+     * the copies they already had by their seq (link_seen_before). */
     struct link_mark m = r->marks[i];
-    sb_buf_consume(&r->unacked, m.off);
+    size_t drop = r->acked_off;
+    sb_buf_consume(&r->unacked, drop);
     memmove(r->marks, r->marks + i + 1, (r->nmarks - i - 1) * sizeof *r->marks);
     r->nmarks -= i + 1;
     for (size_t k = 0; k < r->nmarks; k++)
-        r->marks[k].off -= m.off;
+        r->marks[k].off -= drop;
+    r->acked_off = m.off - drop;
     if (!r->up) {
         log_info("link_router_up", "endpoint=%s", sb_log_q(r->endpoint));
         if (l->hello.repeat < l->heartbeat) {  /* answered: back to the heartbeat */

@@ -464,6 +464,112 @@ static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
     peer_close(&p[other]);
 }
 
+/* A HELLO to every router now (a domain change says one at once), each
+ * answered with its hello-ack. */
+static void hello_round(struct ev_loop *loop, struct link *l, struct peer *p, int np)
+{
+    link_set_domains(l, "");
+    for (int i = 0; i < np; i++) {
+        spin_until_readable(loop, &p[i]);
+        zmq_msg_t f[4];
+        int n = peer_recv(&p[i], f, 4);
+        assert_int_equal(n, 3);
+        struct env_hdr h;
+        assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
+        assert_int_equal(h.kind, ENV_HELLO);
+        ack_hello(loop, &p[i], f);
+        close_all(f, n);
+    }
+}
+
+/* An ack says a router took what came before its HELLO, not that it
+ * passed it on (a router killed just after acking loses its queues): what
+ * one ack confirmed is still re-sent if the router dies before the next
+ * ack; after a second ack it is not. `acks` = 1 or 2. */
+static void resend_after_acks(int acks)
+{
+    struct peer p[2];
+    char eps[160];
+    struct seen seen = {0};
+    peer_open(&p[0]);
+    peer_open(&p[1]);
+    snprintf(eps, sizeof eps, "%s,%s", p[0].endpoint, p[1].endpoint);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = eps, .instance = "t3", .kind = "c2s", .domains = "",
+                          .heartbeat = 60};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    for (int i = 0; i < 2; i++) {
+        spin_until_readable(loop, &p[i]);
+        zmq_msg_t f[4];
+        assert_int_equal(peer_recv(&p[i], f, 4), 3);
+        ack_hello(loop, &p[i], f);
+        close_all(f, 3);
+    }
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m1/>", 5),
+                     SB_OK);
+    link_flush(l);
+    int used = -1;
+    for (int i = 0; i < 300 && used < 0; i++)
+        for (int k = 0; k < 2 && used < 0; k++) {
+            ev_run(loop, EVRUN_NOWAIT);
+            zmq_pollitem_t it = {p[k].sock, 0, ZMQ_POLLIN, 0};
+            if (zmq_poll(&it, 1, 5) > 0)
+                used = k;
+        }
+    assert_true(used >= 0);
+    zmq_msg_t f[4];
+    assert_int_equal(peer_recv(&p[used], f, 4), 3);    /* <m1/> */
+    close_all(f, 3);
+    for (int a = 0; a < acks; a++)
+        hello_round(loop, l, p, 2);                     /* each router acks a later HELLO */
+    peer_close(&p[used]);                               /* then that router dies */
+    int other = 1 - used;
+    char got[4][8];
+    int ngot = 0;
+    for (int i = 0; i < 300 && ngot < 2; i++) {
+        if (i == 0)
+            link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m2/>", 5);
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p[other].sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        zmq_msg_t g[16];
+        int n = peer_recv(&p[other], g, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            struct env_hdr h;
+            assert_int_equal(env_decode(&h, zmq_msg_data(&g[k]), zmq_msg_size(&g[k])), SB_OK);
+            if (h.kind == ENV_STANZA && ngot < 4)
+                snprintf(got[ngot++], sizeof got[0], "%.*s", (int)zmq_msg_size(&g[k + 1]),
+                         (char *)zmq_msg_data(&g[k + 1]));
+        }
+        close_all(g, n);
+        if (ngot && !strcmp(got[ngot - 1], "<m2/>"))
+            break;
+    }
+    if (acks == 1) {
+        assert_int_equal(ngot, 2);
+        assert_string_equal(got[0], "<m1/>");           /* re-sent, first */
+        assert_string_equal(got[1], "<m2/>");
+    } else {
+        assert_int_equal(ngot, 1);
+        assert_string_equal(got[0], "<m2/>");           /* confirmed twice: gone */
+    }
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p[other]);
+}
+
+static void test_link_resends_what_one_ack_confirmed_if_the_router_dies(void **state)
+{
+    resend_after_acks(1);
+}
+
+static void test_link_forgets_what_two_acks_confirmed(void **state)
+{
+    resend_after_acks(2);
+}
+
 /* Only a router's own word counts: `members` without ENV_F_ROUTER (a
  * member's, forwarded) is dropped; on the sm's direct socket neither
  * `instance-down` nor an envelope whose sender is not the connection's
@@ -529,6 +635,8 @@ int main(void)
         cmocka_unit_test(test_link_delivers_each_envelope_of_a_batch_in_order),
         cmocka_unit_test(test_link_sends_straight_to_the_owning_sm_and_back),
         cmocka_unit_test(test_link_resends_what_a_dead_router_never_confirmed),
+        cmocka_unit_test(test_link_resends_what_one_ack_confirmed_if_the_router_dies),
+        cmocka_unit_test(test_link_forgets_what_two_acks_confirmed),
         cmocka_unit_test(test_link_takes_router_controls_and_senders_only_from_who_they_are),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
