@@ -382,11 +382,11 @@ void muc_occ_remove(struct muc_room *r, struct muc_occ *o, const int *codes, int
         muc_set_str(&o->pres, "");       /* removed by the room: no status of its own */
     /* The one removed hears it too (its own 110 and the codes), last. */
     occ_unlink(r, o);
-    struct muc_occ *sibling = NULL;
-    for (struct muc_occ *e = r->occ; e && !sibling; e = e->next)
+    struct muc_occ *sibling = NULL;     /* another session keeps the nick (a leave, §9 333) */
+    for (struct muc_occ *e = r->occ; e && !sibling && (!ncodes || codes[0] == 333); e = e->next)
         if (muc_same_occupant(o, e))
             sibling = e;
-    if (sibling)           /* another session keeps the nick: the room sees it stay */
+    if (sibling)                        /* the room sees the nick stay */
         muc_occ_broadcast(r, sibling, NULL, NULL, 0, NULL, NULL);
     else
         for (struct muc_occ *to = r->occ; to; to = to->next)
@@ -587,7 +587,7 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     muc_store_occ(r, o);
     /* §7.2.3: everyone else first, then the joiner's own with its codes. */
     for (struct muc_occ *e = r->occ; e; e = e->next)
-        if (e != o)
+        if (!muc_same_occupant(e, o))    /* its other sessions: the nick is its own */
             occ_presence_to(r, e, o, NULL, NULL, 0, NULL, 0, NULL, NULL);
     int self[4], nself = 0;
     if (r->cfg.whois_anyone)

@@ -158,8 +158,8 @@ static int room_info(int argc, char **argv)
     PGresult *a = PQexecParams(c, "SELECT jid, affiliation, nick FROM muc_affiliations"
                                " WHERE room = $1 ORDER BY affiliation, jid",
                                1, NULL, p, NULL, NULL, 0);
-    PGresult *n = PQexecParams(c, "SELECT count(*) FROM archive WHERE domain = $2 AND"
-                               " username = $3", 3, NULL, p, NULL, NULL, 0);
+    PGresult *n = PQexecParams(c, "SELECT count(*) FROM archive WHERE domain = $1 AND"
+                               " username = $2", 2, NULL, p + 1, NULL, NULL, 0);
     int rc = SBCTL_OK;
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQresultStatus(a) != PGRES_TUPLES_OK ||
         PQresultStatus(n) != PGRES_TUPLES_OK) {

@@ -376,8 +376,8 @@ def test_sbctl_room_list_info_and_destroy(stack, new_user):
             mine = [r for r in rooms if r["jid"] == room]
             assert mine and mine[0]["name"] == "Control" and mine[0]["persistent"]
             assert mine[0]["archiving"] and mine[0]["occupants"] == 2
-            rc, info, _ = await asyncio.to_thread(sbctl_json, stack, "info", room)
-            assert rc == 0 and info["archiving"] and info["persistent"]
+            rc, info, errout = await asyncio.to_thread(sbctl_json, stack, "info", room)
+            assert rc == 0 and info["archiving"] and info["persistent"], errout
             affs = {(x["jid"], x["affiliation"], x["nick"]) for x in info["affiliations"]}
             assert (str(b.boundjid.bare), "member", "bee") in affs
             assert (str(a.boundjid.bare), "owner", None) in affs
