@@ -20,7 +20,8 @@
  *
  * Queries. iq get <query/> → the form; iq set <query/> → the rows as
  * <message><result><forwarded/></result></message> to the requesting
- * session, then <fin/> with RSM (mam.h parses); <prefs/> get/set. Only for
+ * session, then <fin/> with RSM (common/mam.h parses, builds the SQL and
+ * the page; muc/mam.c shares it for rooms); <prefs/> get/set. Only for
  * the own account (anyone else: forbidden). Results go through
  * sm_deliver_raw, so XEP-0198 numbers them. The query does not hold the
  * user's queue: its messages keep flowing while PostgreSQL answers. */

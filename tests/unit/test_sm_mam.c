@@ -152,6 +152,48 @@ static void test_prefs_never_beats_always_beats_default(void **state)
     assert_int_equal(p.nalways + p.nnever, 0);
 }
 
+/* The rows of one INSERT: PostgreSQL array literals, quotes escaped. */
+static void test_batch_rows_become_array_literals(void **state)
+{
+    struct mam_batch b = {0};
+    const char *p[MAM_INSERT_NPARAMS];
+    mam_batch_row(&b, "conference.x", "room", "s1", "room@conference.x", "nick", 0, 1.5,
+                  "<message a='\"'/>", 16, "hi", 2, 1);
+    mam_batch_row(&b, "x", "u", "s2", "v@x", "", 1, 2, "<m/>", 4, NULL, 0, 0);
+    assert_int_equal(b.n, 2);
+    assert_int_equal(mam_batch_params(&b, "simple", "always", p), SB_OK);
+    assert_string_equal(p[MAM_C_DOM], "{\"conference.x\",\"x\"}");
+    assert_string_equal(p[MAM_C_WRES], "{\"nick\",\"\"}");
+    assert_string_equal(p[MAM_C_STANZA], "{\"<message a='\\\"'/>\",\"<m/>\"}");
+    assert_string_equal(p[MAM_C_TS], "{\"1.500\",\"2.000\"}");
+    assert_string_equal(p[MAM_C_CHECKED], "{\"t\",\"f\"}");
+    assert_string_equal(p[10], "simple");
+    /* asked twice (a retry): the arrays are closed once */
+    assert_int_equal(mam_batch_params(&b, "simple", "always", p), SB_OK);
+    assert_string_equal(p[MAM_C_CHECKED], "{\"t\",\"f\"}");
+    mam_batch_free(&b);
+}
+
+/* A room's query: with room/nick filters on the resource too. */
+static void test_query_sql_of_a_room_archive(void **state)
+{
+    struct mam_query m;
+    const char *cond, *why;
+    assert_int_equal(mam_query_parse(parse(FORM("<field var='with'><value>r@c.x/nick</value>"
+                                                "</field>") "</query>"), &m, &cond, &why), SB_OK);
+    struct mam_sql s;
+    mam_sql_build(&s, &m, "c.x", "r", "simple", 0);
+    assert_non_null(s.sql.data);
+    assert_string_equal(s.p[0], "c.x");
+    assert_string_equal(s.p[1], "r");
+    assert_string_equal(s.p[2], "r@c.x");
+    assert_string_equal(s.p[3], "nick");
+    assert_non_null(strstr(s.sql.data, "with_res = $4"));
+    assert_non_null(strstr(s.sql.data, "ORDER BY id ASC"));
+    mam_sql_free(&s);
+    mam_query_free(&m);
+}
+
 static int teardown(void **state)
 {
     xml_doc_free(doc);
@@ -168,6 +210,8 @@ int main(void)
         cmocka_unit_test(test_bad_forms_are_refused_with_the_right_condition),
         cmocka_unit_test(test_times_round_trip),
         cmocka_unit_test(test_prefs_never_beats_always_beats_default),
+        cmocka_unit_test(test_batch_rows_become_array_literals),
+        cmocka_unit_test(test_query_sql_of_a_room_archive),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }
