@@ -24,8 +24,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A room gone for good whose rows may still be buffered: its DELETE runs
+ * once the batch holding its last row is stored (else those rows would
+ * outlive it and show in a new room of the same name). */
+struct mm_del {
+    struct mm_del *next;
+    char *room;
+    unsigned long after;                /* the batch generation to wait for */
+};
+
 static struct {
     struct mam_batch cur, fly;
+    unsigned long gen_sent, fly_gen;    /* batches sent so far; the one flying */
+    struct mm_del *dels;
     unsigned flying : 1, failing : 1, full : 1, started : 1, stopping : 1;
     ev_timer flush, retry;
     double backoff, flush_s;
@@ -34,6 +45,7 @@ static struct {
 } mm;
 
 static void mm_query_fly(void);
+static void mm_delete_now(const char *room);
 
 static void mm_send(void)
 {
@@ -44,6 +56,7 @@ static void mm_send(void)
     mm.cur = t;
     mam_batch_clear(&mm.cur);
     mm.flying = 1;
+    mm.fly_gen = ++mm.gen_sent;
     ev_timer_stop(muc.loop, &mm.flush);
     mm_query_fly();
 }
@@ -80,6 +93,17 @@ static void mm_on_stored(PGresult *res, void *arg)
     mm.dropped = 0;
     mm.flying = 0;
     mam_batch_clear(&mm.fly);
+    for (struct mm_del **d = &mm.dels; *d;) {
+        struct mm_del *x = *d;
+        if (x->after > mm.fly_gen) {
+            d = &x->next;
+            continue;
+        }
+        *d = x->next;
+        mm_delete_now(x->room);
+        free(x->room);
+        free(x);
+    }
     if (mm.cur.n >= mm.batch_rows || (mm.stopping && mm.cur.n))
         mm_send();
     else if (mm.cur.n)
@@ -145,6 +169,13 @@ void muc_mam_stop(void)
     ev_timer_stop(muc.loop, &mm.retry);
     mam_batch_free(&mm.cur);
     mam_batch_free(&mm.fly);
+    while (mm.dels) {
+        struct mm_del *x = mm.dels;
+        mm.dels = x->next;
+        log_warn("room_archive_not_deleted", "room=%s reason=stopped", sb_log_q(x->room));
+        free(x->room);
+        free(x);
+    }
     mm.started = 0;
 }
 
@@ -187,6 +218,21 @@ static void mm_on_deleted(PGresult *res, void *arg)
 /* A room gone for good takes its archive along (a new room of that name
  * starts empty). */
 void muc_mam_delete(const char *room)
+{
+    unsigned long after = mm.cur.n ? mm.gen_sent + 1 : mm.flying ? mm.fly_gen : 0;
+    struct mm_del *x = NULL;
+    if (!after || !mm.started || !(x = calloc(1, sizeof *x)) || !(x->room = strdup(room))) {
+        free(x);
+        mm_delete_now(room);
+        return;
+    }
+    x->after = after;
+    x->next = mm.dels;
+    mm.dels = x;
+    mm_send();
+}
+
+static void mm_delete_now(const char *room)
 {
     struct jid j;
     if (mm_owner(room, &j) < 0)
