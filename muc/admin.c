@@ -512,12 +512,33 @@ static void adm_register_set(struct muc_room *r, const struct xml_node *st, cons
         }
         free(a->nick);
         a->nick = NULL;
-        if (a->aff == MUC_A_MEMBER)
-            muc_aff_set(r, bare, MUC_A_NONE, NULL);
+        int was_member = a->aff == MUC_A_MEMBER;
+        if (was_member)
+            muc_aff_set(r, bare, MUC_A_NONE, NULL);      /* a is gone */
         else
             muc_store_aff(r, bare, a->aff, a->reason);
         muc_iq_result(st, from, r->jid, NULL, 0);
         log_info("nick_unregistered", "room=%s jid=%s", sb_log_q(r->jid), sb_log_q(bare));
+        if (was_member && !r->cfg.members_only)          /* its affiliation changed */
+            for (struct muc_occ *o = r->occ; o; o = o->next)
+                if (!strcmp(o->bare, bare)) {
+                    o->role = muc_role_for(r, MUC_A_NONE);
+                    muc_store_occ(r, o);
+                    muc_occ_broadcast(r, o, NULL, NULL, 0, NULL, NULL);
+                }
+        if (was_member && r->cfg.members_only) {         /* §9.3: non-members leave (321) */
+            int code = 321;
+            char *room = strdup(r->jid);
+            struct muc_occ *o;
+            while (room && (o = muc_occ_by_bare(r, bare))) {
+                muc_occ_remove(r, o, &code, 1, NULL);
+                struct muc_room *still;
+                HASH_FIND_STR(muc.rooms, room, still);
+                if (still != r)
+                    break;
+            }
+            free(room);
+        }
         return;
     }
     const struct xml_node *x = xml_child(q, "x", NS_DATA);

@@ -159,6 +159,7 @@ void muc_room_delete(struct muc_room *r);
 void muc_room_stanza(struct muc_room *r, struct xml_doc *d, const char *from);
 struct muc_occ *muc_occ_by_nick(const struct muc_room *r, const char *nick);
 struct muc_occ *muc_occ_by_jid(const struct muc_room *r, const char *jid);
+struct muc_occ *muc_occ_by_bare(const struct muc_room *r, const char *bare);  /* a session */
 int muc_aff_of(const struct muc_room *r, const char *bare);
 /* Set an affiliation (MUC_A_NONE removes it); stored. */
 void muc_aff_set(struct muc_room *r, const char *bare, int aff, const char *reason);

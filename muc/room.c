@@ -157,6 +157,14 @@ struct muc_occ *muc_occ_by_jid(const struct muc_room *r, const char *jid)
     return NULL;
 }
 
+struct muc_occ *muc_occ_by_bare(const struct muc_room *r, const char *bare)
+{
+    for (struct muc_occ *o = r->occ; o; o = o->next)
+        if (!strcmp(o->bare, bare))
+            return o;
+    return NULL;
+}
+
 struct muc_affil *muc_affil_of(struct muc_room *r, const char *bare)
 {
     for (int i = 0; i < r->naff; i++)

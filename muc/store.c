@@ -273,12 +273,20 @@ void muc_store_occ_del(struct muc_room *r, const struct muc_occ *o)
 /* ---- history --------------------------------------------------------------------------- */
 
 static long store_hist_inflight;
+static int store_hist_failing;           /* one line per outage, not per room and flush */
 
 static void store_on_hist_written(redisReply *rep, void *arg)
 {
     store_hist_inflight--;
-    if (!rep || rep->type == REDIS_REPLY_ERROR)
-        log_warn("history_store_failed", "room=%s", sb_log_q(arg));
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        if (!store_hist_failing)
+            log_warn("history_store_failed", "room=%s error=%s", sb_log_q(arg),
+                     sb_log_q(rep ? rep->str : "no-connection"));
+        store_hist_failing = 1;
+    } else if (store_hist_failing) {
+        store_hist_failing = 0;
+        log_info("history_store_recovered", "room=%s", sb_log_q(arg));
+    }
     free(arg);
     if (muc.stopping)
         muc_stop_check();

@@ -264,6 +264,9 @@ def test_registration_reserves_a_nick(stack, new_user):
             # cancelling frees the nick
             _, cond = await iq(b, room, "set", "<query xmlns='%s'><remove/></query>" % REG)
             assert cond is None
+            # the room sees bobby a member no more
+            await a.box.wait(lambda e: is_pres(room + "/bobby")(e) and
+                             item(e).get("affiliation") == "none", 10, "affiliation none")
             b.send_raw("<presence to='%s/bobby' type='unavailable'/>" % room)
             await b.box.wait(is_pres(room + "/bobby", "unavailable"), 10, "b left")
             await join(c, room, "bobby")
