@@ -1,7 +1,11 @@
-/* admin.c — the iqs on a room: disco#info/#items (XEP-0030), the owner's
- * configuration form and room destruction (muc#owner, §10), affiliation
- * and role changes and lists (muc#admin: kick, ban, voice, §8–10), and
- * pings to the room or to an occupant (XEP-0410 self-ping). */
+/* admin.c — the iqs on a room: disco#info/#items (XEP-0030, and the
+ * reserved nick of node x-roomuser-item), the owner's configuration form
+ * and room destruction (muc#owner, §10), affiliation and role changes and
+ * lists (muc#admin: kick, ban, voice, §8–10), registration with the room
+ * (jabber:iq:register, §7.10: a member with a reserved nick), the archive
+ * (mam.c), pings to the room or to oneself (XEP-0410 self-ping), and other
+ * iqs to room/nick forwarded to that occupant with the answer routed back
+ * (§18 "IQ stanzas"; vCard to its bare JID). */
 #include "muc.h"
 #include "log.h"
 
@@ -9,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NS_DATA "jabber:x:data"
 #define NS_CONFIG "http://jabber.org/protocol/muc#roomconfig"
 
 static struct sb_buf adm_buf;
@@ -33,6 +36,13 @@ static void adm_disco_info(struct muc_room *r, const struct xml_node *st, const 
     adm_feature(b, NS_MUC);
     adm_feature(b, NS_OCCUPANT_ID);
     adm_feature(b, "urn:xmpp:ping");
+    adm_feature(b, NS_REGISTER);
+    adm_feature(b, "http://jabber.org/protocol/muc#request");
+    adm_feature(b, "http://jabber.org/protocol/muc#self-ping-optimization");
+    if (c->archiving) {
+        adm_feature(b, NS_MAM);
+        adm_feature(b, NS_SID);
+    }
     adm_feature(b, c->persistent ? "muc_persistent" : "muc_temporary");
     adm_feature(b, c->public_room ? "muc_public" : "muc_hidden");
     adm_feature(b, c->members_only ? "muc_membersonly" : "muc_open");
@@ -85,6 +95,8 @@ static void adm_config_form(struct muc_room *r, const struct xml_node *st, const
               *c->password ? "1" : "0");
     adm_field(b, "muc#roomconfig_roomsecret", "text-private", "Password", c->password);
     adm_field(b, "muc#roomconfig_maxusers", "text-single", "Maximum occupants (0: none)", max);
+    adm_field(b, "muc#roomconfig_enablearchiving", "boolean", "Archive messages (XEP-0313)",
+              c->archiving ? "1" : "0");
     sb_buf_printf(b, "<field var='muc#roomconfig_whois' type='list-single' label='Who sees real "
                      "JIDs'><value>%s</value><option><value>moderators</value></option>"
                      "<option><value>anyone</value></option></field></x></query>",
@@ -137,6 +149,8 @@ static int adm_config_apply(struct muc_room *r, const struct xml_node *x, struct
             bad = adm_bool(s, &n->change_subject);
         else if (!strcmp(var, "muc#roomconfig_allowinvites"))
             bad = adm_bool(s, &n->allow_invites);
+        else if (!strcmp(var, "muc#roomconfig_enablearchiving") || !strcmp(var, "mam"))
+            bad = adm_bool(s, &n->archiving);
         else if (!strcmp(var, "muc#roomconfig_passwordprotectedroom"))
             bad = adm_bool(s, &pwprot);
         else if (!strcmp(var, "muc#roomconfig_whois")) {
@@ -201,13 +215,17 @@ static void adm_owner_set(struct muc_room *r, const struct xml_node *st, const c
         return;
     }
     int privacy = n.whois_anyone != r->cfg.whois_anyone;
+    int logging = n.archiving != r->cfg.archiving;
     muc_cfg_free(&r->cfg);
     r->cfg = n;
     muc_store_room(r);
     muc_iq_result(st, from, r->jid, NULL, 0);
-    log_info("room_configured", "room=%s by=%s persistent=%d members_only=%d moderated=%d",
-             sb_log_q(r->jid), sb_log_q(from), n.persistent, n.members_only, n.moderated);
+    log_info("room_configured", "room=%s by=%s persistent=%d members_only=%d moderated=%d "
+             "archiving=%d", sb_log_q(r->jid), sb_log_q(from), n.persistent, n.members_only,
+             n.moderated, n.archiving);
     muc_room_notice(r, privacy ? (n.whois_anyone ? 172 : 173) : 104);
+    if (logging)                                   /* §10.2.1: logging on 170, off 171 */
+        muc_room_notice(r, n.archiving ? 170 : 171);
     if (r->cfg.members_only) {                     /* §9.3: non-members leave (321) */
         int code = 321;
         for (struct muc_occ *o = r->occ, *next; o; o = next) {
@@ -262,6 +280,7 @@ static void adm_list(struct muc_room *r, const struct xml_node *st, const char *
             if (r->aff[i].aff == aff) {
                 sb_buf_printf(b, "<item affiliation='%s'", muc_aff_name(aff));
                 muc_attr(b, "jid", r->aff[i].jid);
+                muc_attr(b, "nick", r->aff[i].nick);
                 sb_buf_adds(b, "/>");
             }
     } else {
@@ -336,18 +355,26 @@ static void adm_apply(struct muc_room *r, const struct xml_node *item, const cha
     if (why)
         xml_text(why, &reason);
     if (ro && nick && !a) {
-        struct muc_occ *t = muc_occ_by_nick(r, nick);
         int role = muc_role_parse(ro);
         log_info("role_changed", "room=%s nick=%s role=%s by=%s", sb_log_q(r->jid),
                  sb_log_q(nick), ro, sb_log_q(actor));
-        if (role == MUC_R_NONE) {
-            int code = 307;                  /* kicked */
+        char *room = strdup(r->jid);
+        struct muc_occ *t;
+        while (room && (t = muc_occ_by_nick(r, nick)) && role == MUC_R_NONE) {
+            int code = 307;                  /* kicked: every session of the nick */
             muc_occ_remove(r, t, &code, 1, reason.data);
-        } else {
-            t->role = role;
-            muc_store_occ(r, t);
-            muc_occ_broadcast(r, t, NULL, NULL, 0, NULL, NULL);
+            struct muc_room *still;
+            HASH_FIND_STR(muc.rooms, room, still);
+            if (still != r)
+                break;                       /* a temporary room went with its last */
         }
+        for (t = role != MUC_R_NONE ? r->occ : NULL; t; t = t->next)
+            if (!strcmp(t->nick, nick)) {
+                t->role = role;
+                muc_store_occ(r, t);
+                muc_occ_broadcast(r, t, NULL, NULL, 0, NULL, NULL);
+            }
+        free(room);
     } else {
         struct jid j;
         char bare[JID_BARE_MAX + 1];
@@ -414,18 +441,262 @@ static void adm_admin(struct muc_room *r, const struct xml_node *st, const char 
     free(jid);
 }
 
+/* ---- registration (§7.10) and reserved nicks ------------------------------------ */
+
+/* disco#info node=x-roomuser-item: the asker's reserved nick (§7.12). */
+static void adm_roomuser_item(struct muc_room *r, const struct xml_node *st, const char *from,
+                              const char *bare)
+{
+    const struct muc_affil *a = muc_affil_of(r, bare);
+    struct sb_buf *b = &adm_buf;
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<query xmlns='http://jabber.org/protocol/disco#info' node='x-roomuser-item'>");
+    if (a && a->nick) {
+        sb_buf_adds(b, "<identity category='conference' type='text'");
+        muc_attr(b, "name", a->nick);
+        sb_buf_adds(b, "/>");
+    }
+    sb_buf_adds(b, "</query>");
+    if (b->data)
+        muc_iq_result(st, from, r->jid, b->data, b->len);
+}
+
+static void adm_register_get(struct muc_room *r, const struct xml_node *st, const char *from,
+                             const char *bare)
+{
+    const struct muc_affil *a = muc_affil_of(r, bare);
+    struct sb_buf *b = &adm_buf;
+    sb_buf_reset(b);
+    if (a && a->nick && a->aff >= MUC_A_MEMBER) {
+        sb_buf_adds(b, "<query xmlns='" NS_REGISTER "'><registered/><username>");
+        xml_escape_text(b, a->nick, strlen(a->nick));
+        sb_buf_adds(b, "</username></query>");
+    } else {
+        sb_buf_adds(b, "<query xmlns='" NS_REGISTER "'><instructions>Choose the nickname to "
+                       "reserve in this room.</instructions><x xmlns='" NS_DATA "' type='form'>"
+                       "<title>Room registration</title><field var='FORM_TYPE' type='hidden'>"
+                       "<value>" NS_MUC_REGISTER "</value></field>"
+                       "<field var='muc#register_roomnick' type='text-single' label='Nickname'>"
+                       "<required/></field></x></query>");
+    }
+    if (b->data)
+        muc_iq_result(st, from, r->jid, b->data, b->len);
+}
+
+/* The single value of a form field, "" when none; NULL when absent. */
+static const char *adm_form_value(const struct xml_node *x, const char *var, struct sb_buf *v)
+{
+    for (const struct xml_node *f = x ? xml_first_elem(x) : NULL; f; f = xml_next_elem(f)) {
+        const char *fv = xml_attr(f, "var");
+        if (strcmp(f->name, "field") || !fv || strcmp(fv, var))
+            continue;
+        const struct xml_node *val = xml_child(f, "value", NULL);
+        sb_buf_reset(v);
+        sb_buf_adds(v, "");
+        if (val)
+            xml_text(val, v);
+        return v->data;
+    }
+    return NULL;
+}
+
+static void adm_register_set(struct muc_room *r, const struct xml_node *st, const char *from,
+                             const char *bare, const struct xml_node *q)
+{
+    int aff = muc_aff_of(r, bare);
+    struct muc_affil *a = muc_affil_of(r, bare);
+    if (xml_child(q, "remove", NULL)) {            /* cancel the registration */
+        if (!a || !a->nick) {
+            muc_error(st, from, r->jid, "cancel", "item-not-found", "not registered");
+            return;
+        }
+        free(a->nick);
+        a->nick = NULL;
+        int was_member = a->aff == MUC_A_MEMBER;
+        if (was_member)
+            muc_aff_set(r, bare, MUC_A_NONE, NULL);      /* a is gone */
+        else
+            muc_store_aff(r, bare, a->aff, a->reason);
+        muc_iq_result(st, from, r->jid, NULL, 0);
+        log_info("nick_unregistered", "room=%s jid=%s", sb_log_q(r->jid), sb_log_q(bare));
+        if (was_member && !r->cfg.members_only)          /* its affiliation changed */
+            for (struct muc_occ *o = r->occ; o; o = o->next)
+                if (!strcmp(o->bare, bare)) {
+                    o->role = muc_role_for(r, MUC_A_NONE);
+                    muc_store_occ(r, o);
+                    muc_occ_broadcast(r, o, NULL, NULL, 0, NULL, NULL);
+                }
+        if (was_member && r->cfg.members_only) {         /* §9.3: non-members leave (321) */
+            int code = 321;
+            char *room = strdup(r->jid);
+            struct muc_occ *o;
+            while (room && (o = muc_occ_by_bare(r, bare))) {
+                muc_occ_remove(r, o, &code, 1, NULL);
+                struct muc_room *still;
+                HASH_FIND_STR(muc.rooms, room, still);
+                if (still != r)
+                    break;
+            }
+            free(room);
+        }
+        return;
+    }
+    const struct xml_node *x = xml_child(q, "x", NS_DATA);
+    struct sb_buf v = SB_BUF_INIT, ft = SB_BUF_INIT;
+    const char *type = x ? xml_attr(x, "type") : NULL;
+    const char *form = adm_form_value(x, "FORM_TYPE", &ft);
+    const char *nick = adm_form_value(x, "muc#register_roomnick", &v);
+    struct jid nj;
+    char full[JID_FULL_MAX + 1];
+    snprintf(full, sizeof full, "%s/%s", r->jid, nick ? nick : "");
+    const char *owner = nick ? muc_nick_owner(r, nick) : NULL;
+    const struct muc_occ *holder = nick ? muc_occ_by_nick(r, nick) : NULL;
+    if (type && !strcmp(type, "cancel")) {
+        muc_iq_result(st, from, r->jid, NULL, 0);
+    } else if (!x || !type || strcmp(type, "submit") || (form && strcmp(form, NS_MUC_REGISTER)) ||
+               !nick || !*nick || jid_parse(&nj, full) != SB_OK) {
+        muc_error(st, from, r->jid, "modify", "bad-request", "a nickname is needed");
+    } else if (aff == MUC_A_OUTCAST) {
+        muc_error(st, from, r->jid, "auth", "forbidden", NULL);
+    } else if (r->cfg.members_only && aff < MUC_A_MEMBER) {
+        muc_error(st, from, r->jid, "cancel", "not-allowed", "members are added by the admins");
+    } else if ((owner && strcmp(owner, bare)) || (holder && strcmp(holder->bare, bare))) {
+        muc_error(st, from, r->jid, "cancel", "conflict", "that nickname is taken");
+        log_info("register_refused", "room=%s jid=%s why=conflict", sb_log_q(r->jid),
+                 sb_log_q(bare));
+    } else {
+        if (aff < MUC_A_MEMBER)
+            muc_aff_set(r, bare, MUC_A_MEMBER, NULL);
+        if ((a = muc_affil_of(r, bare))) {
+            muc_set_str(&a->nick, nick);
+            muc_store_aff(r, bare, a->aff, a->reason);
+        }
+        muc_iq_result(st, from, r->jid, NULL, 0);
+        log_info("nick_registered", "room=%s jid=%s nick=%s", sb_log_q(r->jid), sb_log_q(bare),
+                 sb_log_q(nick));
+        for (struct muc_occ *o = r->occ; o; o = o->next)     /* its affiliation changed */
+            if (!strcmp(o->bare, bare) && aff < MUC_A_MEMBER)
+                muc_occ_broadcast(r, o, NULL, NULL, 0, NULL, NULL);
+    }
+    sb_buf_free(&v);
+    sb_buf_free(&ft);
+}
+
+/* ---- iqs to occupants (forwarded) ----------------------------------------------- */
+
+static void fwd_clear(struct muc_fwd *f)
+{
+    free(f->asker);
+    free(f->asker_id);
+    free(f->target);
+    free(f->nick);
+    memset(f, 0, sizeof *f);
+}
+
+void muc_fwd_free(struct muc_room *r)
+{
+    for (int i = 0; i < r->nfwd; i++)
+        fwd_clear(&r->fwd[i]);
+    r->nfwd = 0;
+}
+
+static void fwd_drop(struct muc_room *r, int i)
+{
+    fwd_clear(&r->fwd[i]);
+    r->fwd[i] = r->fwd[--r->nfwd];
+    memset(&r->fwd[r->nfwd], 0, sizeof r->fwd[0]);
+}
+
+#define MUC_FWD_TTL 60.0
+
+/* §18.6-ish: an iq of occupant `me` to room/nick goes to the occupant's
+ * real JID (vCard: its bare JID, where vCards live) from room/<me's nick>,
+ * under an id of ours; the answer comes back through muc_iq_answer. */
+static void adm_forward(struct muc_room *r, const struct xml_node *st, const char *from,
+                        const struct muc_occ *me, const struct muc_occ *t, const char *ns)
+{
+    double now = muc_wall();
+    for (int i = r->nfwd - 1; i >= 0; i--)
+        if (now - r->fwd[i].at > MUC_FWD_TTL)
+            fwd_drop(r, i);
+    if (r->nfwd == MUC_IQ_PENDING_MAX) {
+        muc_error(st, from, xml_attr(st, "to"), "wait", "resource-constraint", NULL);
+        log_info("iq_forward_refused", "room=%s why=too-many-pending", sb_log_q(r->jid));
+        return;
+    }
+    int vcard = !strcmp(ns, "vcard-temp");
+    const char *target = vcard ? t->bare : t->jid;
+    struct muc_fwd *f = &r->fwd[r->nfwd];
+    const char *id = xml_attr(st, "id");
+    sb_random_id(f->id, 16);
+    if (!(f->asker = strdup(from)) || !(f->asker_id = strdup(id ? id : "")) ||
+        !(f->target = strdup(target)) || !(f->nick = strdup(t->nick))) {
+        fwd_clear(f);
+        muc_error(st, from, xml_attr(st, "to"), "wait", "resource-constraint", NULL);
+        return;
+    }
+    f->at = now;
+    r->nfwd++;
+    struct sb_buf fromj = SB_BUF_INIT, *b = &adm_buf;
+    sb_buf_printf(&fromj, "%s/%s", r->jid, me->nick);
+    sb_buf_reset(b);
+    sb_buf_printf(b, "<iq type='%s' id='%s'", xml_attr(st, "type"), f->id);
+    muc_attr(b, "from", fromj.data);
+    muc_attr(b, "to", target);
+    sb_buf_adds(b, ">");
+    muc_children(b, st, NULL, NULL);
+    sb_buf_adds(b, "</iq>");
+    if (b->data && fromj.data)
+        muc_send(target, fromj.data, b->data, b->len);
+    log_debug("iq_forwarded", "room=%s from=%s to=%s ns=%s", sb_log_q(r->jid),
+              sb_log_q(me->nick), sb_log_q(t->nick), sb_log_q(ns));
+    sb_buf_free(&fromj);
+}
+
+void muc_iq_answer(struct muc_room *r, const struct xml_node *st, const char *from,
+                   const char *to)
+{
+    const char *id = xml_attr(st, "id");
+    int i;
+    for (i = 0; id && i < r->nfwd && strcmp(r->fwd[i].id, id); i++)
+        ;
+    if (!id || i == r->nfwd || strcmp(r->fwd[i].target, from)) {
+        log_debug("iq_answer_unknown", "room=%s from=%s", sb_log_q(r->jid), sb_log_q(from));
+        return;                          /* not ours, or from someone else: dropped */
+    }
+    struct muc_fwd *f = &r->fwd[i];
+    struct sb_buf fromj = SB_BUF_INIT, *b = &adm_buf;
+    sb_buf_printf(&fromj, "%s/%s", r->jid, f->nick);
+    sb_buf_reset(b);
+    sb_buf_printf(b, "<iq type='%s'", xml_attr(st, "type"));
+    muc_attr(b, "id", f->asker_id);
+    muc_attr(b, "from", fromj.data);
+    muc_attr(b, "to", f->asker);
+    sb_buf_adds(b, ">");
+    muc_children(b, st, NULL, NULL);
+    sb_buf_adds(b, "</iq>");
+    if (b->data && fromj.data)
+        muc_send(f->asker, fromj.data, b->data, b->len);
+    sb_buf_free(&fromj);
+    fwd_drop(r, i);
+}
+
 /* ---- dispatch ----------------------------------------------------------------- */
 
 void muc_room_iq(struct muc_room *r, const struct xml_node *st, const char *from,
                  const char *to)
 {
     const char *type = xml_attr(st, "type");
+    const char *slash = strchr(to, '/');
+    if (type && slash && (!strcmp(type, "result") || !strcmp(type, "error"))) {
+        muc_iq_answer(r, st, from, to);
+        return;
+    }
     if (!type || (strcmp(type, "get") && strcmp(type, "set")))
         return;
     int get = !strcmp(type, "get");
     const struct xml_node *q = xml_first_elem(st);
     const char *ns = q ? xml_attr(q, "xmlns") : NULL;
-    const char *slash = strchr(to, '/');
     if (!q || !ns) {
         muc_error(st, from, to, "modify", "bad-request", NULL);
         return;
@@ -436,12 +707,13 @@ void muc_room_iq(struct muc_room *r, const struct xml_node *st, const char *from
             muc_error(st, from, to, "cancel", "not-acceptable", "you are not in this room");
             return;
         }
-        if (!muc_occ_by_nick(r, slash + 1))
+        const struct muc_occ *t = muc_occ_by_nick(r, slash + 1);
+        if (!t)
             muc_error(st, from, to, "cancel", "item-not-found", NULL);
-        else if (get && !strcmp(ns, "urn:xmpp:ping"))
-            muc_iq_result(st, from, to, NULL, 0);
+        else if (get && !strcmp(ns, "urn:xmpp:ping") && muc_same_occupant(me, t))
+            muc_iq_result(st, from, to, NULL, 0);          /* XEP-0410: the room answers */
         else
-            muc_error(st, from, to, "cancel", "service-unavailable", NULL);
+            adm_forward(r, st, from, me, t, ns);
         return;
     }
     if (!r->exists) {
@@ -450,7 +722,11 @@ void muc_room_iq(struct muc_room *r, const struct xml_node *st, const char *from
     }
     char bare[JID_BARE_MAX + 1];
     jid_bare_of(from, bare, sizeof bare);
-    if (get && !strcmp(ns, "http://jabber.org/protocol/disco#info")) {
+    const char *node = xml_attr(q, "node");
+    if (get && !strcmp(ns, "http://jabber.org/protocol/disco#info") && node &&
+        !strcmp(node, "x-roomuser-item")) {
+        adm_roomuser_item(r, st, from, bare);
+    } else if (get && !strcmp(ns, "http://jabber.org/protocol/disco#info")) {
         adm_disco_info(r, st, from);
     } else if (get && !strcmp(ns, "http://jabber.org/protocol/disco#items")) {
         static const char items[] = "<query xmlns='http://jabber.org/protocol/disco#items'/>";
@@ -468,6 +744,13 @@ void muc_room_iq(struct muc_room *r, const struct xml_node *st, const char *from
         }
     } else if (!strcmp(ns, NS_MUC_ADMIN)) {
         adm_admin(r, st, from, q, get);
+    } else if (!strcmp(ns, NS_REGISTER)) {
+        if (get)
+            adm_register_get(r, st, from, bare);
+        else
+            adm_register_set(r, st, from, bare, q);
+    } else if (!strcmp(ns, NS_MAM) && !strcmp(q->name, "query")) {
+        muc_mam_iq(r, st, from, q, get);
     } else {
         muc_error(st, from, to, "cancel", "service-unavailable", NULL);
     }

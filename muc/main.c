@@ -4,7 +4,9 @@
  * stanza once, hands room stanzas to room.c (after the room was loaded from
  * PostgreSQL and Redis, see store.c) and answers the service's own iqs.
  * Every 2 s it lets go of rooms that hash to another instance now (the set
- * of live sb-muc changed): that one reloads them from the stores. */
+ * of live sb-muc changed): that one reloads them from the stores. sbctl's
+ * ADMIN op=room-destroy (routed by the room's JID, so it reaches the
+ * instance holding the room) destroys a room as its owner would. */
 #include "muc.h"
 #include "config.h"
 #include "domains.h"
@@ -272,11 +274,90 @@ static void main_stanza(const char *aux, const char *body, size_t len)
     xml_doc_free(d);
 }
 
+/* ---- sbctl ----------------------------------------------------------------------- */
+
+static void main_admin_reply(const struct env_hdr *h, const char *answer)
+{
+    struct env_hdr r;
+    env_init(&r, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    snprintf(r.key, sizeof r.key, "%s", h->sender);
+    snprintf(r.sender, sizeof r.sender, "%s", muc.instance);
+    snprintf(r.op, sizeof r.op, "%s", h->op);
+    link_send(muc.link, &r, answer, strlen(answer));
+}
+
+struct main_destroy {
+    struct env_hdr h;
+    char *reason;
+};
+
+static void main_destroy_now(struct muc_room *r, const struct env_hdr *h, const char *reason)
+{
+    int n = r->nocc;
+    log_info("room_destroyed", "room=%s by=sbctl occupants=%d", sb_log_q(r->jid), n);
+    muc_room_destroy(r, NULL, reason);
+    char ans[64];
+    snprintf(ans, sizeof ans, "destroyed=1 occupants=%d", n);
+    main_admin_reply(h, ans);
+}
+
+/* op=room-destroy key=ROOM, body the reason: as the owner's <destroy/>. */
+static void main_admin(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (strcmp(h->op, "room-destroy")) {
+        main_admin_reply(h, "error=unknown-op");
+        return;
+    }
+    char reason[512];
+    snprintf(reason, sizeof reason, "%.*s", (int)(len < sizeof reason ? len : sizeof reason - 1),
+             body);
+    struct muc_room *r;
+    HASH_FIND_STR(muc.rooms, h->key, r);
+    if (r && !r->loading && r->exists) {
+        main_destroy_now(r, h, reason);
+        return;
+    }
+    if (r && !r->loading) {
+        main_admin_reply(h, "destroyed=0 error=item-not-found");
+        return;
+    }
+    /* Not loaded (or loading): load it, then destroy — through a stanza of
+     * our own that waits in its queue like any other. */
+    struct sb_buf b = SB_BUF_INIT;
+    sb_buf_adds(&b, "<iq type='set' id='sbctl-destroy' to='");
+    xml_escape_attr(&b, h->key, strlen(h->key));
+    sb_buf_adds(&b, "'><query xmlns='" NS_MUC_OWNER "'><destroy><reason>");
+    xml_escape_text(&b, reason, strlen(reason));
+    sb_buf_adds(&b, "</reason></destroy></query></iq>");
+    char from[ENV_STR_MAX + 1];
+    snprintf(from, sizeof from, "sbctl\n%s", h->sender);   /* no JID has a newline */
+    if (b.data)
+        main_stanza(from, b.data, b.len);
+    sb_buf_free(&b);
+}
+
+int muc_sbctl_destroy(struct muc_room *r, const char *from, const char *reason)
+{
+    if (strncmp(from, "sbctl\n", 6))
+        return 0;
+    struct env_hdr h;
+    env_init(&h, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    snprintf(h.sender, sizeof h.sender, "%s", from + 6);
+    snprintf(h.op, sizeof h.op, "room-destroy");
+    if (!r->exists)
+        main_admin_reply(&h, "destroyed=0 error=item-not-found");
+    else
+        main_destroy_now(r, &h, reason);
+    return 1;
+}
+
 static void main_recv(struct link *l, const struct env_hdr *h, const char *body, size_t len,
                       void *ud)
 {
     if (h->kind == ENV_STANZA)
         main_stanza(h->aux, body, len);
+    else if (h->kind == ENV_ADMIN)
+        main_admin(h, body, len);
     else if (h->kind == ENV_BOUNCE)
         log_info("bounced", "reason=%s key=%s", h->op, sb_log_q(h->aux));
 }
@@ -290,9 +371,16 @@ static void main_sweep(struct ev_loop *loop, ev_timer *w, int revents)
         if (r->loading || muc_is_mine(r->jid))
             continue;
         log_info("room_handed_over", "room=%s occupants=%d", sb_log_q(r->jid), r->nocc);
+        muc_store_hist_flush(r);            /* the next instance reads it */
         HASH_DEL(muc.rooms, r);
         muc_room_free(r);
     }
+}
+
+static void main_hist_flush(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    ev_timer_stop(loop, w);
+    muc_store_hist_flush_all();
 }
 
 static void main_domains_changed(void *ud)
@@ -310,6 +398,9 @@ static sb_rc main_configure(void)
     muc.limits.max_depth = (int)sb_config_int("max_depth", 32);
     muc.history_max = (int)sb_config_int("history_max", 20);
     muc.max_occupants = (int)sb_config_int("max_occupants", 1000);
+    muc.hist_flush_s = sb_config_int("history_flush_ms", 100) / 1e3;
+    if (muc.hist_flush_s <= 0)
+        muc.hist_flush_s = 0.001;
     if (muc.history_max < 0 || muc.history_max > 1000 || muc.max_occupants < 1) {
         log_error("config_invalid", "history_max=%d max_occupants=%d", muc.history_max,
                   muc.max_occupants);
@@ -345,19 +436,35 @@ static void main_started(void)
     sb_domains_start(muc.loop, muc.pg, main_domains_changed, NULL);
     ev_timer_init(&muc.sweep, main_sweep, 2., 2.);
     ev_timer_start(muc.loop, &muc.sweep);
+    ev_timer_init(&muc.hist_flush, main_hist_flush, 0., muc.hist_flush_s);
+    muc_mam_start();
     log_info("ready", "subdomain=%s history_max=%d",
              sb_config_str("subdomain", "conference"), muc.history_max);
 }
 
+/* Stopping: the history and archive rows still buffered are written
+ * first (bounded by the grace). */
+void muc_stop_check(void)
+{
+    if (muc.stopping && !muc_mam_waiting() && !muc_store_pending())
+        ev_break(muc.loop, EVBREAK_ALL);
+}
+
 static int main_stop(void)
 {
-    log_info("shutdown", "rooms=%u", HASH_COUNT(muc.rooms));
-    return 0;
+    log_info("shutdown", "rooms=%u history_rooms=%d archive_rows=%ld", HASH_COUNT(muc.rooms),
+             muc.hist_dirty != NULL, muc_mam_waiting());
+    muc.stopping = 1;
+    muc_store_hist_flush_all();
+    muc_mam_flush(1);
+    return muc_mam_waiting() || muc_store_pending();
 }
 
 static void main_cleanup(void)
 {
     ev_timer_stop(muc.loop, &muc.sweep);
+    ev_timer_stop(muc.loop, &muc.hist_flush);
+    muc_mam_stop();
     sb_domains_stop();
     struct muc_room *r, *tmp;
     HASH_ITER(hh, muc.rooms, r, tmp) {
@@ -377,7 +484,7 @@ static const struct sb_proc_daemon main_daemon = {
     .started = main_started,
     .stop = main_stop,
     .cleanup = main_cleanup,
-    .grace = 1.0,
+    .grace = 2.0,
 };
 
 int main(int argc, char **argv)

@@ -1,9 +1,11 @@
-/* room.c — a room's life: joining (status codes 110/100/201/210, the
- * refusals of XEP-0045 §7.2), presence updates and nick changes (303),
- * leaving, groupchat messages and their history, the subject, private
- * messages, mediated invitations, and occupants removed (kick 307, ban
- * 301, members-only 321, an error from their client 333). A temporary room
- * goes when its last occupant leaves. */
+/* room.c — a room's life: joining (status codes 110/100/170/201/210, the
+ * refusals of XEP-0045 §7.2, reserved nicks), presence updates and nick
+ * changes (303), leaving, several sessions of one account under one nick,
+ * groupchat messages (archived, mam.c) and their history, the subject,
+ * private messages, mediated invitations, voice requests (§7.13, §8.6),
+ * and occupants removed (kick 307, ban 301, members-only 321, an error
+ * from their client 333). A temporary room goes when its last occupant
+ * leaves. */
 #define _XOPEN_SOURCE 700
 #define _DEFAULT_SOURCE
 #include "muc.h"
@@ -17,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-static struct sb_buf room_buf, room_head, room_inner, room_tmp;
+static struct sb_buf room_buf, room_head, room_inner, room_tmp, room_arch;
 
 static const char *const aff_names[] = {"outcast", "none", "member", "admin", "owner"};
 static const char *const role_names[] = {"none", "visitor", "participant", "moderator"};
@@ -105,8 +107,11 @@ void muc_room_free(struct muc_room *r)
     for (int i = 0; i < r->naff; i++) {
         free(r->aff[i].jid);
         free(r->aff[i].reason);
+        free(r->aff[i].nick);
     }
     free(r->aff);
+    muc_store_hist_forget(r);
+    muc_fwd_free(r);
     for (int i = 0; i < muc.history_max && r->hist; i++) {
         free(r->hist[i].head);
         free(r->hist[i].inner);
@@ -152,6 +157,35 @@ struct muc_occ *muc_occ_by_jid(const struct muc_room *r, const char *jid)
     return NULL;
 }
 
+struct muc_occ *muc_occ_by_bare(const struct muc_room *r, const char *bare)
+{
+    for (struct muc_occ *o = r->occ; o; o = o->next)
+        if (!strcmp(o->bare, bare))
+            return o;
+    return NULL;
+}
+
+struct muc_affil *muc_affil_of(struct muc_room *r, const char *bare)
+{
+    for (int i = 0; i < r->naff; i++)
+        if (!strcmp(r->aff[i].jid, bare))
+            return &r->aff[i];
+    return NULL;
+}
+
+const char *muc_nick_owner(const struct muc_room *r, const char *nick)
+{
+    for (int i = 0; i < r->naff; i++)
+        if (r->aff[i].nick && !strcmp(r->aff[i].nick, nick))
+            return r->aff[i].jid;
+    return NULL;
+}
+
+int muc_same_occupant(const struct muc_occ *a, const struct muc_occ *b)
+{
+    return a == b || (!strcmp(a->nick, b->nick) && !strcmp(a->bare, b->bare));
+}
+
 int muc_aff_of(const struct muc_room *r, const char *bare)
 {
     const char *at = strchr(bare, '@');
@@ -195,12 +229,18 @@ void muc_aff_set(struct muc_room *r, const char *bare, int aff, const char *reas
         r->naff++;
     }
     if (aff == MUC_A_NONE) {
+        muc_store_aff(r, bare, aff, reason);
         free(r->aff[i].jid);
         free(r->aff[i].reason);
+        free(r->aff[i].nick);
         r->aff[i] = r->aff[--r->naff];
-    } else {
-        r->aff[i].aff = aff;
-        muc_set_str(&r->aff[i].reason, reason);
+        return;
+    }
+    r->aff[i].aff = aff;
+    muc_set_str(&r->aff[i].reason, reason);
+    if (aff == MUC_A_OUTCAST) {              /* a banned user's nick is free again */
+        free(r->aff[i].nick);
+        r->aff[i].nick = NULL;
     }
     muc_store_aff(r, bare, aff, reason);
 }
@@ -298,15 +338,16 @@ static void occ_presence_to(struct muc_room *r, const struct muc_occ *o,
     int aff = muc_aff_of(r, o->bare);
     sb_buf_printf(b, "<x xmlns='" NS_MUC_USER "'><item affiliation='%s' role='%s'",
                   muc_aff_name(aff), muc_role_name(type ? MUC_R_NONE : o->role));
-    if (r->cfg.whois_anyone || to->role == MUC_R_MODERATOR || to == o)
+    int is_self = muc_same_occupant(o, to);
+    if (r->cfg.whois_anyone || to->role == MUC_R_MODERATOR || is_self)
         muc_attr(b, "jid", o->jid);
     muc_attr(b, "nick", nick);
     sb_buf_adds(b, "/>");
     for (int i = 0; i < ncodes; i++)
         sb_buf_printf(b, "<status code='%d'/>", codes[i]);
-    if (to == o) {
+    if (is_self) {
         sb_buf_adds(b, "<status code='110'/>");
-        for (int i = 0; i < nself; i++)
+        for (int i = 0; to == o && i < nself; i++)
             sb_buf_printf(b, "<status code='%d'/>", self[i]);
     }
     if (extra)
@@ -349,10 +390,17 @@ void muc_occ_remove(struct muc_room *r, struct muc_occ *o, const int *codes, int
         muc_set_str(&o->pres, "");       /* removed by the room: no status of its own */
     /* The one removed hears it too (its own 110 and the codes), last. */
     occ_unlink(r, o);
-    for (struct muc_occ *to = r->occ; to; to = to->next)
-        occ_presence_to(r, o, to, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
+    struct muc_occ *sibling = NULL;     /* another session keeps the nick (a leave, §9 333) */
+    for (struct muc_occ *e = r->occ; e && !sibling && (!ncodes || codes[0] == 333); e = e->next)
+        if (muc_same_occupant(o, e))
+            sibling = e;
+    if (sibling)                        /* the room sees the nick stay */
+        muc_occ_broadcast(r, sibling, NULL, NULL, 0, NULL, NULL);
+    else
+        for (struct muc_occ *to = r->occ; to; to = to->next)
+            occ_presence_to(r, o, to, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
     occ_presence_to(r, o, o, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
-    muc_store_occ_del(r, o->nick);
+    muc_store_occ_del(r, o);
     log_info("occupant_left", "room=%s nick=%s jid=%s code=%d", sb_log_q(r->jid),
              sb_log_q(o->nick), sb_log_q(o->jid), ncodes ? codes[0] : 0);
     occ_free(o);
@@ -396,7 +444,7 @@ static void room_keep_pres(struct muc_occ *o, const struct xml_node *st)
     sb_buf_free(&clean);
 }
 
-static double room_wall(void)
+double muc_wall(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -424,7 +472,7 @@ static void room_history(struct muc_room *r, const struct muc_occ *to,
     if (h && (v = xml_attr(h, "maxchars")))
         maxchars = strtol(v, NULL, 10);
     if (h && (v = xml_attr(h, "seconds")))
-        since = room_wall() - (double)strtol(v, NULL, 10);
+        since = muc_wall() - (double)strtol(v, NULL, 10);
     if (h && (v = xml_attr(h, "since"))) {
         struct tm tm = {0};
         const char *end = strptime(v, "%Y-%m-%dT%H:%M:%S", &tm);
@@ -515,8 +563,12 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
             why = "password"; type = "auth"; cond = "not-authorized";
         }
     }
-    if (!cond && muc_occ_by_nick(r, nick)) {
-        why = "nick"; cond = "conflict";
+    const struct muc_occ *holder = muc_occ_by_nick(r, nick);
+    const char *owner = muc_nick_owner(r, nick);
+    if (!cond && holder && strcmp(holder->bare, bare)) {
+        why = "nick"; cond = "conflict";        /* the same account may join again (§7.2) */
+    } else if (!cond && owner && strcmp(owner, bare)) {
+        why = "reserved"; cond = "conflict";    /* §7.10: registered by another */
     } else if (!cond && aff < MUC_A_ADMIN &&
                ((r->cfg.max_users && r->nocc >= r->cfg.max_users) || r->nocc >= muc.max_occupants)) {
         why = "full"; type = "wait"; cond = "service-unavailable";
@@ -543,11 +595,13 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     muc_store_occ(r, o);
     /* §7.2.3: everyone else first, then the joiner's own with its codes. */
     for (struct muc_occ *e = r->occ; e; e = e->next)
-        if (e != o)
+        if (!muc_same_occupant(e, o))    /* its other sessions: the nick is its own */
             occ_presence_to(r, e, o, NULL, NULL, 0, NULL, 0, NULL, NULL);
-    int self[3], nself = 0;
+    int self[4], nself = 0;
     if (r->cfg.whois_anyone)
         self[nself++] = 100;
+    if (r->cfg.archiving)
+        self[nself++] = 170;
     if (creating)
         self[nself++] = 201;
     if (nick_changed)
@@ -564,17 +618,25 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
 static void room_nick_change(struct muc_room *r, struct muc_occ *o, const struct xml_node *st,
                              const char *to, const char *nick)
 {
-    if (muc_occ_by_nick(r, nick)) {
+    const struct muc_occ *holder = muc_occ_by_nick(r, nick);
+    const char *owner = muc_nick_owner(r, nick);
+    if ((holder && strcmp(holder->bare, o->bare)) || (owner && strcmp(owner, o->bare))) {
         muc_presence_error(to, o->jid, "cancel", "conflict");
         return;
     }
+    struct muc_occ *sibling = NULL;
+    for (struct muc_occ *e = r->occ; e && !sibling; e = e->next)
+        if (e != o && muc_same_occupant(o, e))
+            sibling = e;
     int code = 303;
     muc_occ_broadcast(r, o, "unavailable", &code, 1, nick, NULL);
-    muc_store_occ_del(r, o->nick);
+    muc_store_occ_del(r, o);
     muc_set_str(&o->nick, nick);
     room_keep_pres(o, st);
     muc_store_occ(r, o);
     muc_occ_broadcast(r, o, NULL, NULL, 0, NULL, NULL);
+    if (sibling)                      /* another session stays under the old nick */
+        muc_occ_broadcast(r, sibling, NULL, NULL, 0, NULL, NULL);
 }
 
 static void room_presence(struct muc_room *r, const struct xml_node *st, const char *from,
@@ -617,26 +679,43 @@ static void room_presence(struct muc_room *r, const struct xml_node *st, const c
 
 /* ---- messages --------------------------------------------------------------- */
 
-static void room_hist_add(struct muc_room *r, const char *head, const char *inner)
+static void hist_put(struct muc_room *r, double at, const char *head, size_t hlen,
+                     const char *inner)
 {
     if (muc.history_max <= 0)
         return;
     struct muc_hist *m = &r->hist[r->hist_head];
     free(m->head);
     free(m->inner);
-    m->head = strdup(head);
+    m->head = strndup(head, hlen);
     m->inner = strdup(inner);
-    m->at = room_wall();
-    m->chars = strlen(head) + strlen(inner) + 40;
+    m->at = at;
     if (!m->head || !m->inner) {
         free(m->head);
         free(m->inner);
         m->head = m->inner = NULL;
         return;
     }
+    m->chars = strlen(m->head) + strlen(inner) + 40;
     r->hist_head = (r->hist_head + 1) % muc.history_max;
     if (r->hist_n < muc.history_max)
         r->hist_n++;
+}
+
+void muc_hist_restore(struct muc_room *r, double at, const char *head, size_t hlen,
+                      const char *inner)
+{
+    hist_put(r, at, head, hlen, inner);
+}
+
+static void room_hist_add(struct muc_room *r, const char *head, const char *inner)
+{
+    if (muc.history_max <= 0)
+        return;
+    hist_put(r, muc_wall(), head, strlen(head), inner);
+    if (r->hist_unsaved < muc.history_max)
+        r->hist_unsaved++;
+    muc_store_hist_dirty(r);
 }
 
 /* A groupchat message of o to everyone; head/inner built once. */
@@ -651,8 +730,23 @@ static void room_groupchat(struct muc_room *r, struct muc_occ *o, const struct x
     sb_buf_adds(h, "'");
     muc_attr(h, "id", xml_attr(st, "id"));
     sb_buf_reset(in);
-    muc_children(in, st, NULL, NULL);
+    muc_children(in, st, "stanza-id", NS_SID);    /* XEP-0359: only the room says */
     sb_buf_printf(in, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>", o->oid);
+    if (keep && r->cfg.archiving) {
+        char sid[MUC_SID_MAX];
+        sb_random_id(sid, MUC_SID_MAX - 1);
+        sb_buf_adds(in, "<stanza-id xmlns='" NS_SID "' by='");
+        xml_escape_attr(in, r->jid, strlen(r->jid));
+        sb_buf_printf(in, "' id='%s'/>", sid);
+        struct sb_buf *a = &room_arch, body = SB_BUF_INIT;
+        sb_buf_reset(a);
+        if (h->data && in->data)
+            sb_buf_printf(a, "%s>%s</message>", h->data, in->data);
+        xml_text(xml_child(st, "body", NULL), &body);
+        if (a->data)
+            muc_mam_add(r, o->nick, a->data, a->len, body.data, body.len, sid);
+        sb_buf_free(&body);
+    }
     if (!h->data || !in->data)
         return;
     for (struct muc_occ *to = r->occ; to; to = to->next) {
@@ -754,28 +848,128 @@ static void room_invite(struct muc_room *r, const struct xml_node *st, const cha
 static void room_private(struct muc_room *r, struct muc_occ *o, const struct xml_node *st,
                          const char *nick)
 {
-    struct muc_occ *t = muc_occ_by_nick(r, nick);
-    if (!t) {
+    if (!muc_occ_by_nick(r, nick)) {
         muc_error(st, o->jid, xml_attr(st, "to"), "cancel", "item-not-found", "no such occupant");
         return;
     }
     room_full(r, o->nick, &room_tmp);
-    struct sb_buf *b = &room_buf;
-    sb_buf_reset(b);
     const char *type = xml_attr(st, "type"), *id = xml_attr(st, "id");
-    sb_buf_adds(b, "<message from='");
-    xml_escape_attr(b, room_tmp.data, room_tmp.len);
-    sb_buf_adds(b, "' to='");
-    xml_escape_attr(b, t->jid, strlen(t->jid));
-    sb_buf_adds(b, "'");
-    muc_attr(b, "type", type);
-    muc_attr(b, "id", id);
-    sb_buf_adds(b, ">");
-    muc_children(b, st, "x", NS_MUC_USER);
-    sb_buf_printf(b, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>"
-                     "<x xmlns='" NS_MUC_USER "'/></message>", o->oid);
-    if (b->data)
-        muc_send(t->jid, room_tmp.data, b->data, b->len);
+    struct sb_buf *b = &room_buf;
+    for (struct muc_occ *t = r->occ; t; t = t->next) {  /* every session of the nick */
+        if (strcmp(t->nick, nick))
+            continue;
+        sb_buf_reset(b);
+        sb_buf_adds(b, "<message from='");
+        xml_escape_attr(b, room_tmp.data, room_tmp.len);
+        sb_buf_adds(b, "' to='");
+        xml_escape_attr(b, t->jid, strlen(t->jid));
+        sb_buf_adds(b, "'");
+        muc_attr(b, "type", type);
+        muc_attr(b, "id", id);
+        sb_buf_adds(b, ">");
+        muc_children(b, st, "x", NS_MUC_USER);
+        sb_buf_printf(b, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>"
+                         "<x xmlns='" NS_MUC_USER "'/></message>", o->oid);
+        if (b->data)
+            muc_send(t->jid, room_tmp.data, b->data, b->len);
+    }
+}
+
+/* ---- voice requests (§7.13, §8.6) ---------------------------------------------- */
+
+/* The value of a field of a data form, into v ("" when absent); 1 if present. */
+static int room_field(const struct xml_node *x, const char *var, struct sb_buf *v)
+{
+    sb_buf_reset(v);
+    sb_buf_adds(v, "");
+    for (const struct xml_node *f = xml_first_elem(x); f; f = xml_next_elem(f)) {
+        const char *fv = xml_attr(f, "var");
+        if (strcmp(f->name, "field") || !fv || strcmp(fv, var))
+            continue;
+        const struct xml_node *val = xml_child(f, "value", NULL);
+        if (val)
+            xml_text(val, v);
+        return 1;
+    }
+    return 0;
+}
+
+static int room_is_request(const struct xml_node *x)
+{
+    struct sb_buf v = SB_BUF_INIT;
+    int yes = room_field(x, "FORM_TYPE", &v) && v.data && !strcmp(v.data, NS_MUC_REQUEST);
+    sb_buf_free(&v);
+    return yes;
+}
+
+static void room_form_field(struct sb_buf *b, const char *var, const char *type,
+                            const char *label, const char *value)
+{
+    sb_buf_printf(b, "<field var='%s' type='%s'", var, type);
+    muc_attr(b, "label", label);
+    sb_buf_adds(b, "><value>");
+    xml_escape_text(b, value, strlen(value));
+    sb_buf_adds(b, "</value></field>");
+}
+
+/* A visitor asks for voice: every moderator gets the approval form. */
+static void room_voice_request(struct muc_room *r, struct muc_occ *o, const struct xml_node *st)
+{
+    if (o->role != MUC_R_VISITOR) {
+        muc_error(st, o->jid, r->jid, "modify", "bad-request", "you have voice already");
+        return;
+    }
+    struct sb_buf *b = &room_buf;
+    int sent = 0;
+    for (struct muc_occ *m = r->occ; m; m = m->next) {
+        if (m->role != MUC_R_MODERATOR)
+            continue;
+        sb_buf_reset(b);
+        sb_buf_adds(b, "<message from='");
+        xml_escape_attr(b, r->jid, strlen(r->jid));
+        sb_buf_adds(b, "' to='");
+        xml_escape_attr(b, m->jid, strlen(m->jid));
+        sb_buf_adds(b, "'><x xmlns='" NS_DATA "' type='form'><title>Voice request</title>"
+                       "<instructions>To approve this request for voice, select the &quot;Grant "
+                       "voice to this person?&quot; checkbox and click OK.</instructions>");
+        room_form_field(b, "FORM_TYPE", "hidden", NULL, NS_MUC_REQUEST);
+        room_form_field(b, "muc#role", "list-single", "Requested role", "participant");
+        room_form_field(b, "muc#jid", "jid-single", "User ID", o->jid);
+        room_form_field(b, "muc#roomnick", "text-single", "Room Nickname", o->nick);
+        room_form_field(b, "muc#request_allow", "boolean", "Grant voice to this person?",
+                        "false");
+        sb_buf_adds(b, "</x></message>");
+        if (b->data)
+            muc_send(m->jid, r->jid, b->data, b->len);
+        sent++;
+    }
+    log_info("voice_requested", "room=%s nick=%s moderators=%d", sb_log_q(r->jid),
+             sb_log_q(o->nick), sent);
+}
+
+/* A moderator's answer: allowed → the nick becomes a participant. */
+static void room_voice_answer(struct muc_room *r, struct muc_occ *o, const struct xml_node *st,
+                              const struct xml_node *x)
+{
+    struct sb_buf nick = SB_BUF_INIT, allow = SB_BUF_INIT;
+    room_field(x, "muc#roomnick", &nick);
+    room_field(x, "muc#request_allow", &allow);
+    if (o->role != MUC_R_MODERATOR) {
+        muc_error(st, o->jid, r->jid, "auth", "forbidden", "only moderators grant voice");
+    } else if (allow.data && (!strcmp(allow.data, "1") || !strcmp(allow.data, "true"))) {
+        int n = 0;
+        for (struct muc_occ *t = r->occ; t; t = t->next)
+            if (nick.data && !strcmp(t->nick, nick.data) && t->role == MUC_R_VISITOR) {
+                t->role = MUC_R_PARTICIPANT;
+                muc_store_occ(r, t);
+                muc_occ_broadcast(r, t, NULL, NULL, 0, NULL, NULL);
+                n++;
+            }
+        log_info("voice_granted", "room=%s nick=%s by=%s sessions=%d", sb_log_q(r->jid),
+                 sb_log_q(nick.data), sb_log_q(o->nick), n);
+    }
+    sb_buf_free(&nick);
+    sb_buf_free(&allow);
 }
 
 static void room_message(struct muc_room *r, const struct xml_node *st, const char *from,
@@ -802,6 +996,19 @@ static void room_message(struct muc_room *r, const struct xml_node *st, const ch
         }
         if (!r->exists) {
             muc_error(st, from, to, "cancel", "item-not-found", NULL);
+            return;
+        }
+        const struct xml_node *form = xml_child(st, "x", NS_DATA);
+        if (!gc && form && room_is_request(form)) {
+            const char *ft = xml_attr(form, "type");
+            if (!o)
+                muc_error(st, from, to, "modify", "not-acceptable", "you are not in this room");
+            else if (ft && !strcmp(ft, "submit") && o->role == MUC_R_MODERATOR)
+                room_voice_answer(r, o, st, form);
+            else if (ft && !strcmp(ft, "submit"))
+                room_voice_request(r, o, st);
+            else
+                muc_error(st, from, to, "modify", "bad-request", NULL);
             return;
         }
         if (!gc) {
@@ -849,7 +1056,16 @@ void muc_room_stanza(struct muc_room *r, struct xml_doc *d, const char *from)
     char *jid = strdup(r->jid);          /* the handlers may free r */
     if (!jid)
         return;
-    if (!strcmp(st->name, "presence"))
+    if (!strncmp(from, "sbctl\n", 6)) {
+        struct sb_buf why = SB_BUF_INIT;
+        const struct xml_node *rs = xml_child(st, "query", NULL);
+        rs = rs ? xml_child(rs, "destroy", NULL) : NULL;
+        rs = rs ? xml_child(rs, "reason", NULL) : NULL;
+        if (rs)
+            xml_text(rs, &why);
+        muc_sbctl_destroy(r, from, why.data ? why.data : "");
+        sb_buf_free(&why);
+    } else if (!strcmp(st->name, "presence"))
         room_presence(r, st, from, to, &tj);
     else if (!strcmp(st->name, "message"))
         room_message(r, st, from, to, &tj);

@@ -209,8 +209,8 @@ int sbctl_bus_recv(struct sbctl_bus *b, double secs, struct env_hdr *h, char *bo
     }
 }
 
-int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const char *aux,
-                  const char *body, char *out, size_t cap)
+static int bus_ask(int route, const char *instance, const char *op, const char *sid,
+                   const char *aux, const char *body, char *out, size_t cap)
 {
     char copy[1024], *eps[16];
     int n = sbctl_routers(copy, sizeof copy, eps, 16), answered = 0;
@@ -219,7 +219,7 @@ int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const c
     for (int i = 0; i < n && !answered; i++) {
         if (sbctl_bus_open(&b, eps[i]) < 0)
             continue;
-        if (sbctl_bus_send(&b, ENV_ROUTE_INSTANCE, instance, op, sid, aux, body) == 0)
+        if (sbctl_bus_send(&b, route, instance, op, sid, aux, body) == 0)
             while (sbctl_bus_recv(&b, BUS_ANSWER_S, &h, out, cap)) {
                 if (h.kind == ENV_BOUNCE) {
                     answered = -1;      /* not connected to this router: try the next */
@@ -235,4 +235,15 @@ int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const c
             answered = 0;
     }
     return answered;
+}
+
+int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const char *aux,
+                  const char *body, char *out, size_t cap)
+{
+    return bus_ask(ENV_ROUTE_INSTANCE, instance, op, sid, aux, body, out, cap);
+}
+
+int sbctl_bus_ask_jid(const char *jid, const char *op, const char *body, char *out, size_t cap)
+{
+    return bus_ask(ENV_ROUTE_JID, jid, op, "", "", body, out, cap);
 }

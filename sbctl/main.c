@@ -58,6 +58,13 @@ static const struct sbctl_cmd sbctl_cmds[] = {
      "  archive purge USER@DOMAIN [--before DATE]  delete a user's archived messages (all, or\n"
      "                                          older than DATE, e.g. 2024-01-31T00:00:00Z)\n"
      "  archive purge --domain D --older-than DAYS  a domain's archived messages older than DAYS\n"},
+    {"room", sbctl_cmd_room, 0,
+     "  room list [DOMAIN]                      MUC rooms (of DOMAIN's service, or all): name,\n"
+     "                                          persistent, public, members-only, archiving, occupants\n"
+     "  room info ROOM@SERVICE                  its configuration, affiliations, reserved nicks,\n"
+     "                                          occupants, archived messages\n"
+     "  room destroy ROOM@SERVICE [--reason TEXT]  destroy it as its owner would (occupants are\n"
+     "                                          told); needs a live sb-muc\n"},
     {"upload", sbctl_cmd_upload, 0,
      "  upload purge [--older-than DAYS]        delete uploaded files (XEP-0363) older than DAYS\n"
      "                                          (default [upload] expire_days), free their quota\n"},

@@ -1,6 +1,7 @@
 /* sbctl.h — the admin CLI's internal pieces: one file per command group
  * (db.c: PostgreSQL and migrations, account.c: domains and users,
  * session.c: live sessions, token.c: login tokens, status.c: the cluster's health, drain.c,
+ * room.c: MUC rooms,
  * keys.c: the bus CURVE keys) and the helpers they share (json.c: the
  * --json writer, redis.c: Redis, bus.c: ADMIN envelopes through a router).
  * A CLI may block, so everything here is synchronous libpq / hiredis /
@@ -84,6 +85,9 @@ int sbctl_bus_recv(struct sbctl_bus *b, double secs, struct env_hdr *h, char *bo
  * with its answer's body in out, 0 nobody answered, -1 no router has it. */
 int sbctl_bus_ask(const char *instance, const char *op, const char *sid, const char *aux,
                   const char *body, char *out, size_t cap);
+/* The same to whichever instance holds a JID (routed like its stanzas:
+ * a room's sb-muc). */
+int sbctl_bus_ask_jid(const char *jid, const char *op, const char *body, char *out, size_t cap);
 
 /* ---- session.c */
 /* End every session of a bare JID (user del) or one full JID: ADMIN
@@ -108,5 +112,6 @@ int sbctl_cmd_archive(int argc, char **argv);   /* archive.c */
 int sbctl_cmd_upload(int argc, char **argv);    /* upload.c */
 int sbctl_cmd_token(int argc, char **argv);     /* token.c */
 int sbctl_cmd_invite(int argc, char **argv);    /* token.c */
+int sbctl_cmd_room(int argc, char **argv);      /* room.c */
 
 #endif

@@ -236,7 +236,7 @@ static void acct_destroy(struct sm_acct *a)
     }
     free(a->push);
     free(a->last_status);
-    sm_mam_prefs_clear(&a->mam);
+    mam_prefs_clear(&a->mam);
     sm_pep_free(a->pep);
     free(a);
 }
@@ -263,12 +263,12 @@ static int acct_fill(struct sm_acct *a, PGresult *res)
                                   PQgetvalue(res, i, 2), PQgetvalue(res, i, 3),
                                   PQgetvalue(res, i, 4));
         else if (kind[0] == 'm')
-            a->mam.mode = sm_mam_mode_parse(PQgetvalue(res, i, 1));
+            a->mam.mode = mam_mode_parse(PQgetvalue(res, i, 1));
         else if (kind[0] == 'q' || kind[0] == 'k')
             rc = sm_pep_row(&a->pep, kind[0], PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
                             PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
         else if (kind[0] == 'j')
-            rc = sm_mam_prefs_add(&a->mam, PQgetvalue(res, i, 2)[0] == 'a',
+            rc = mam_prefs_add(&a->mam, PQgetvalue(res, i, 2)[0] == 'a',
                                   PQgetvalue(res, i, 1));
         if (rc != SB_OK)
             return 0;

@@ -42,7 +42,7 @@ struct sm_acct {
     struct sm_acct_by *by;
     int nby, capby;
     char *last_status;
-    struct sm_mam_prefs mam;
+    struct mam_prefs mam;
     struct sm_pep *pep;                 /* PEP nodes (pep.h), NULL: none yet */
 };
 

@@ -24,7 +24,7 @@
  * mod_push (XEP-0357 §4.1: push support is announced on the account)). */
 static const char *const account_features[] = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:last", "vcard-temp", "urn:xmpp:push:0",
-    SM_NS_MAM, SM_NS_MAM_EXT, SM_NS_FULLTEXT,
+    MAM_NS, MAM_NS_EXT, MAM_NS_FULLTEXT,
 };
 
 extern const struct sm_module sm_mod_account;

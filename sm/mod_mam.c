@@ -20,7 +20,8 @@
  *
  * Queries. iq get <query/> → the form; iq set <query/> → the rows as
  * <message><result><forwarded/></result></message> to the requesting
- * session, then <fin/> with RSM (mam.h parses); <prefs/> get/set. Only for
+ * session, then <fin/> with RSM (common/mam.h parses, builds the SQL and
+ * the page; muc/mam.c shares it for rooms); <prefs/> get/set. Only for
  * the own account (anyone else: forbidden). Results go through
  * sm_deliver_raw, so XEP-0198 numbers them. The query does not hold the
  * user's queue: its messages keep flowing while PostgreSQL answers. */
@@ -46,7 +47,7 @@ extern const struct sm_module sm_mod_mam, sm_mod_mam_out;
 
 static struct mam_cfg {
     int loaded, enabled;
-    enum sm_mam_mode dflt;
+    enum mam_mode dflt;
     char fts[64];
     double flush_s;
     long batch_rows, buffer_max, retention_days;
@@ -60,9 +61,9 @@ static const struct mam_cfg *mam_cfg(void)
         return k;
     k->loaded = 1;
     k->enabled = sb_config_int("mam_enabled", 1) != 0;
-    k->dflt = sm_mam_mode_parse(sb_config_str("mam_default", "always"));
-    if (k->dflt == SM_MAM_UNSET)
-        k->dflt = SM_MAM_ALWAYS;
+    k->dflt = mam_mode_parse(sb_config_str("mam_default", "always"));
+    if (k->dflt == MAM_UNSET)
+        k->dflt = MAM_ALWAYS;
     snprintf(k->fts, sizeof k->fts, "%s", sb_config_str("mam_fts_config", "simple"));
     k->flush_s = sb_config_int("mam_flush_ms", 100) / 1e3;
     k->batch_rows = sb_config_int("mam_batch_rows", 200);
@@ -78,15 +79,6 @@ static const struct mam_cfg *mam_cfg(void)
 
 /* ---- the write buffer ----------------------------------------------------------------- */
 
-enum { C_DOM, C_USER, C_SID, C_WBARE, C_WRES, C_OUT, C_TS, C_STANZA, C_BODY, C_CHECKED,
-       MAM_NCOLS };
-
-/* One multi-row INSERT: a PostgreSQL array literal per column. */
-struct mam_batch {
-    struct sb_buf col[MAM_NCOLS];
-    long n;
-};
-
 #define MAM_SLOW_S 5.0       /* a batch unanswered this long is logged */
 
 static struct mam_store {
@@ -98,36 +90,7 @@ static struct mam_store {
     long dropped;
 } st;
 
-static const char MAM_INSERT_SQL[] =
-    "INSERT INTO archive (domain, username, stanza_id, with_bare, with_res, outgoing, ts,"
-    " stanza, body_tsv)"
-    " SELECT r.d, r.u, r.s, r.wb, r.wr, r.o, to_timestamp(r.t), r.st,"
-    " to_tsvector($11::regconfig, r.b)"
-    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[],"
-    " $7::float8[], $8::text[], $9::text[], $10::boolean[]) AS r(d, u, s, wb, wr, o, t, st, b, c)"
-    " WHERE r.c OR archive_wanted(r.d, r.u, r.wb, $12)"
-    " ON CONFLICT DO NOTHING";
-
-static void batch_clear(struct mam_batch *b)
-{
-    for (int i = 0; i < MAM_NCOLS; i++)
-        sb_buf_reset(&b->col[i]);
-    b->n = 0;
-}
-
-static void batch_free(struct mam_batch *b)
-{
-    for (int i = 0; i < MAM_NCOLS; i++)
-        sb_buf_free(&b->col[i]);
-    b->n = 0;
-}
-
-static void batch_put(struct mam_batch *b, int col, const char *s, size_t n)
-{
-    if (!b->col[col].len)
-        sb_buf_adds(&b->col[col], "{");
-    pgev_array_add(&b->col[col], s, n);
-}
+static void batch_clear(struct mam_batch *b) { mam_batch_clear(b); }
 
 static void mam_query_fly(void);
 
@@ -139,8 +102,6 @@ static void mam_send(void)
     st.fly = st.cur;
     st.cur = t;
     batch_clear(&st.cur);
-    for (int i = 0; i < MAM_NCOLS; i++)
-        sb_buf_adds(&st.fly.col[i], "}");
     st.flying = 1;
     ev_timer_stop(st.core->loop, &st.flush);
     ev_timer_stop(st.core->loop, &st.watch);
@@ -201,17 +162,12 @@ static void mam_on_stored(PGresult *res, void *arg)
 static void mam_query_fly(void)
 {
     const struct mam_cfg *k = mam_cfg();
-    const char *p[12];
-    for (int i = 0; i < MAM_NCOLS; i++)
-        p[i] = st.fly.col[i].data;
-    p[10] = k->fts;
-    p[11] = sm_mam_mode_name(k->dflt);
-    for (int i = 0; i < MAM_NCOLS; i++)
-        if (!p[i]) {
-            mam_failed("nomem");
-            return;
-        }
-    if (sm_pg_query(st.core, MAM_INSERT_SQL, 12, p, mam_on_stored, NULL) != SB_OK)
+    const char *p[MAM_INSERT_NPARAMS];
+    if (mam_batch_params(&st.fly, k->fts, mam_mode_name(k->dflt), p) != SB_OK) {
+        mam_failed("nomem");
+        return;
+    }
+    if (sm_pg_query(st.core, MAM_INSERT_SQL, MAM_INSERT_NPARAMS, p, mam_on_stored, NULL) != SB_OK)
         mam_failed("queue");
 }
 
@@ -232,25 +188,15 @@ static void mam_row_add(const char *owner, const char *sid, const char *with, in
                         double ts, const char *stanza, size_t slen, const struct sb_buf *body,
                         int checked)
 {
-    char node[ENV_STR_MAX + 1], bare[ENV_STR_MAX + 1], tsbuf[32];
+    char node[ENV_STR_MAX + 1], bare[ENV_STR_MAX + 1];
     const char *domain, *res;
     if (sm_acct_split(owner, node, sizeof node, &domain) != SB_OK ||
         jid_bare_of(with, bare, sizeof bare) < 0)
         return;
     res = strchr(with, '/');
     struct mam_batch *b = &st.cur;
-    snprintf(tsbuf, sizeof tsbuf, "%.3f", ts);   /* ms, as the stamps clients see */
-    batch_put(b, C_DOM, domain, strlen(domain));
-    batch_put(b, C_USER, node, strlen(node));
-    batch_put(b, C_SID, sid, strlen(sid));
-    batch_put(b, C_WBARE, bare, strlen(bare));
-    batch_put(b, C_WRES, res ? res + 1 : "", res ? strlen(res + 1) : 0);
-    batch_put(b, C_OUT, out ? "t" : "f", 1);
-    batch_put(b, C_TS, tsbuf, strlen(tsbuf));
-    batch_put(b, C_STANZA, stanza, slen);
-    batch_put(b, C_BODY, body->data ? body->data : "", body->len);
-    batch_put(b, C_CHECKED, checked ? "t" : "f", 1);
-    b->n++;
+    mam_batch_row(b, domain, node, sid, bare, res ? res + 1 : "", out, ts, stanza, slen,
+                  body->data, body->len, checked);
     if (b->n >= mam_cfg()->batch_rows)
         mam_send();
     else if (!ev_is_active(&st.flush) && !st.flying)
@@ -340,8 +286,8 @@ static void mam_stop(struct sm_core *c)
     ev_timer_stop(c->loop, &st.retry);
     ev_timer_stop(c->loop, &st.purge);
     ev_timer_stop(c->loop, &st.watch);
-    batch_free(&st.cur);
-    batch_free(&st.fly);
+    mam_batch_free(&st.cur);
+    mam_batch_free(&st.fly);
     st = (struct mam_store){0};
     mam_cfg_v.loaded = 0;
 }
@@ -367,7 +313,7 @@ static int mam_strip_forged(struct xml_node *m, const char *owner, const char *s
     while (c) {
         struct xml_node *next = xml_next_elem(c);
         const char *ns = xml_attr(c, "xmlns"), *by = xml_attr(c, "by");
-        if (!strcmp(c->name, "stanza-id") && ns && !strcmp(ns, SM_NS_SID) && by &&
+        if (!strcmp(c->name, "stanza-id") && ns && !strcmp(ns, MAM_NS_SID) && by &&
             (!strcmp(by, owner) || (sender && !strcmp(by, sender)))) {
             xml_unlink(c);
             n++;
@@ -391,14 +337,14 @@ static int mam_owner_wants(struct sm_job *j, const char *from_bare, const struct
     struct sm_acct *a = j->user->acct;
     if (!a || !a->exists)
         return 0;                       /* anonymous or no account: no archive */
-    int w = sm_mam_wanted(&a->mam, mam_cfg()->dflt, from_bare, -1);
+    int w = mam_wanted(&a->mam, mam_cfg()->dflt, from_bare, -1);
     if (w >= 0)
         return w;
     sb_rc rc = sm_im_ready(j, m);
     if (rc == SB_AGAIN)
         return -1;
     struct sm_im_item *it = rc == SB_OK ? sm_im_find(j->user->im, from_bare) : NULL;
-    return sm_mam_wanted(&a->mam, mam_cfg()->dflt, from_bare, it && it->in_roster);
+    return mam_wanted(&a->mam, mam_cfg()->dflt, from_bare, it && it->in_roster);
 }
 
 static sb_rc mam_message(struct sm_job *j)
@@ -444,7 +390,7 @@ static sb_rc mam_message(struct sm_job *j)
         if (want) {
             struct sb_buf tag = SB_BUF_INIT;
             sb_random_id(sid, MAM_SID_LEN);
-            sb_buf_adds(&tag, "<stanza-id xmlns='" SM_NS_SID "' by='");
+            sb_buf_adds(&tag, "<stanza-id xmlns='" MAM_NS_SID "' by='");
             xml_escape_attr(&tag, j->user->bare, strlen(j->user->bare));
             sb_buf_printf(&tag, "' id='%s'/>", sid);
             if (tag.data && sm_stanza_add_child(ob, olen, tag.data, tag.len, &out) == SB_OK) {
@@ -586,102 +532,6 @@ struct mam_run {
     unsigned desc : 1, flip : 1;
 };
 
-/* The SQL of one query, with its parameters. */
-struct mam_sql {
-    struct sb_buf where, bounds;
-    const char *p[16];
-    char num[4][32];
-    struct sb_buf refs;                 /* text[] of the ids named */
-    char wbare[ENV_STR_MAX + 1];
-    int np, nnum, nrefs;
-};
-
-static int sql_param(struct mam_sql *q, const char *v)
-{
-    q->p[q->np] = v;
-    return ++q->np;
-}
-
-static const char *sql_num(struct mam_sql *q, const char *fmt, double v)
-{
-    snprintf(q->num[q->nnum], sizeof q->num[0], fmt, v);
-    return q->num[q->nnum++];
-}
-
-static void sql_ref(struct mam_sql *q, const char *id, const char *op)
-{
-    int n = sql_param(q, id);
-    sb_buf_printf(&q->bounds, " AND id %s (SELECT id FROM archive WHERE domain = $1"
-                  " AND username = $2 AND stanza_id = $%d)", op, n);
-    if (!q->refs.len)
-        sb_buf_adds(&q->refs, "{");
-    pgev_array_add(&q->refs, id, strlen(id));
-    q->nrefs++;
-}
-
-static void sql_build(struct mam_sql *q, const struct sm_mam_query *m, struct sb_buf *ids,
-                      struct sb_buf *sql, int desc)
-{
-    sb_buf_adds(&q->where, "domain = $1 AND username = $2");
-    if (m->with) {
-        const char *slash = strchr(m->with, '/');
-        if (jid_bare_of(m->with, q->wbare, sizeof q->wbare) >= 0)
-            sb_buf_printf(&q->where, " AND with_bare = $%d", sql_param(q, q->wbare));
-        if (slash)
-            sb_buf_printf(&q->where, " AND with_res = $%d", sql_param(q, slash + 1));
-    }
-    if (m->has_start)
-        sb_buf_printf(&q->where, " AND ts >= to_timestamp($%d::float8)",
-                      sql_param(q, sql_num(q, "%.6f", m->start)));
-    if (m->has_end)
-        sb_buf_printf(&q->where, " AND ts <= to_timestamp($%d::float8)",
-                      sql_param(q, sql_num(q, "%.6f", m->end)));
-    if (m->fulltext) {
-        int cfg = sql_param(q, mam_cfg()->fts);
-        sb_buf_printf(&q->where, " AND body_tsv @@ plainto_tsquery($%d::regconfig, $%d)", cfg,
-                      sql_param(q, m->fulltext));
-    }
-    if (m->nids) {
-        sb_buf_adds(ids, "{");
-        for (int i = 0; i < m->nids; i++)
-            pgev_array_add(ids, m->ids[i], strlen(m->ids[i]));
-        sb_buf_adds(ids, "}");
-        sb_buf_printf(&q->where, " AND stanza_id = ANY($%d::text[])", sql_param(q, ids->data));
-    }
-    if (m->after_id)
-        sql_ref(q, m->after_id, ">");
-    if (m->rsm_after)
-        sql_ref(q, m->rsm_after, ">");
-    if (m->before_id)
-        sql_ref(q, m->before_id, "<");
-    if (m->rsm_before && *m->rsm_before)
-        sql_ref(q, m->rsm_before, "<");
-    if (q->refs.len)
-        sb_buf_adds(&q->refs, "}");
-    int lim = sql_param(q, sql_num(q, "%.0f", (double)(m->max + 1)));
-    const char *w = q->where.data;
-    /* RSM count and the first item's index from one scan of the matching
-     * rows (an index-only scan of archive_by_owner / archive_by_with once
-     * the visibility map is set): both are exact, the index is the rows
-     * before the page's oldest. */
-    sb_buf_printf(sql, "WITH page AS (SELECT id, stanza_id, ts, stanza FROM archive"
-                  " WHERE %s%s ORDER BY id %s LIMIT $%d::int),"
-                  " n AS (SELECT count(*) AS total, count(*) FILTER (WHERE id <"
-                  " (SELECT min(id) FROM page)) AS idx FROM archive WHERE %s)"
-                  " SELECT n.total, n.idx,",
-                  w, q->bounds.data ? q->bounds.data : "", desc ? "DESC" : "ASC", lim, w);
-    if (q->nrefs) {
-        int r = sql_param(q, q->refs.data);
-        sb_buf_printf(sql, " (SELECT count(DISTINCT stanza_id) FROM archive WHERE domain = $1"
-                      " AND username = $2 AND stanza_id = ANY($%d::text[])) = %d,", r,
-                      q->nrefs);
-    } else {
-        sb_buf_adds(sql, " true,");
-    }
-    sb_buf_adds(sql, " p.stanza_id, extract(epoch FROM p.ts)::float8, p.stanza"
-                " FROM n LEFT JOIN page p ON true ORDER BY p.id");
-}
-
 static void run_free(struct mam_run *r)
 {
     asker_free(r->a);
@@ -689,101 +539,46 @@ static void run_free(struct mam_run *r)
     free(r);
 }
 
-static void mam_result(const struct mam_run *r, PGresult *res, int i, struct sb_buf *b)
+static sb_rc run_emit(void *ud, const struct sb_buf *b)
 {
-    char stamp[32];
-    sm_mam_format_time(atof(PQgetvalue(res, i, 4)), stamp);
-    sb_buf_reset(b);
-    sb_buf_adds(b, "<message");
-    attr_put(b, "to", r->a->full);
-    attr_put(b, "from", r->a->bare);
-    sb_buf_adds(b, "><result xmlns='" SM_NS_MAM "'");
-    if (r->queryid)
-        attr_put(b, "queryid", r->queryid);
-    attr_put(b, "id", PQgetvalue(res, i, 3));
-    sb_buf_printf(b, "><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay'"
-                  " stamp='%s'/>", stamp);
-    /* XEP-0297: the forwarded stanza is in jabber:client, which the bytes
-     * from the bus leave implicit (inside <forwarded/> they would not be). */
-    const char *m = PQgetvalue(res, i, 5), *gt = strchr(m, '>');
-    size_t len = (size_t)PQgetlength(res, i, 5);
-    int has_ns = 0;
-    for (const char *p = m; gt && p + 6 <= gt && !has_ns; p++)
-        has_ns = !strncmp(p, "xmlns=", 6);
-    if (!strncmp(m, "<message", 8) && gt && !has_ns) {
-        sb_buf_adds(b, "<message xmlns='jabber:client'");
-        sb_buf_add(b, m + 8, len - 8);
-    } else {
-        sb_buf_add(b, m, len);
-    }
-    sb_buf_adds(b, "</forwarded></result></message>");
+    return asker_send(ud, b);
 }
 
 static void mam_on_query(PGresult *res, void *arg)
 {
     struct mam_run *r = arg;
-    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
-        log_warn("mam_query_failed", "jid=%s error=%s", sb_log_q(r->a->bare),
-                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
-        asker_error(r->a, "wait", "internal-server-error");
-        run_free(r);
-        return;
-    }
-    if (PQgetvalue(res, 0, 2)[0] != 't') {
-        log_info("mam_query_bad", "jid=%s why=unknown-id", sb_log_q(r->a->bare));
-        asker_error(r->a, "cancel", "item-not-found");
-        run_free(r);
-        return;
-    }
-    int rows = PQgetisnull(res, 0, 3) ? 0 : PQntuples(res);
-    long count = atol(PQgetvalue(res, 0, 0)), idx = atol(PQgetvalue(res, 0, 1));
-    int complete = rows <= r->max;
-    int lo = 0, hi = rows;              /* the page: rows [lo, hi), ascending */
-    if (!complete) {
-        if (r->desc) {
-            lo = 1;                     /* the extra row is the oldest */
-            idx++;
+    struct mam_page pg = {.to = r->a->full, .from = r->a->bare, .queryid = r->queryid,
+                          .max = r->max, .desc = r->desc, .flip = r->flip};
+    struct sb_buf fin = SB_BUF_INIT;
+    const char *cond = NULL;
+    int items;
+    long count;
+    if (mam_page_reply(&pg, res, run_emit, r->a, &fin, &items, &count, &cond) != SB_OK) {
+        if (cond && !strcmp(cond, "item-not-found")) {
+            log_info("mam_query_bad", "jid=%s why=unknown-id", sb_log_q(r->a->bare));
+            asker_error(r->a, "cancel", "item-not-found");
         } else {
-            hi = rows - 1;
+            log_warn("mam_query_failed", "jid=%s error=%s", sb_log_q(r->a->bare),
+                     sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+            asker_error(r->a, "wait", "internal-server-error");
         }
+    } else {
+        asker_iq(r->a, "result", fin.data, fin.len);
+        log_debug("mam_query", "jid=%s items=%d count=%ld", sb_log_q(r->a->bare), items,
+                  count);
     }
-    if (r->max == 0)
-        hi = lo;
-    struct sb_buf b = SB_BUF_INIT;
-    for (int k = 0; k < hi - lo; k++)
-        if ((mam_result(r, res, r->flip ? hi - 1 - k : lo + k, &b), asker_send(r->a, &b)) != SB_OK)
-            break;
-    sb_buf_reset(&b);
-    sb_buf_adds(&b, "<fin xmlns='" SM_NS_MAM "'");
-    if (r->queryid)
-        attr_put(&b, "queryid", r->queryid);
-    sb_buf_printf(&b, " complete='%s'><set xmlns='" SM_NS_RSM "'>", complete ? "true" : "false");
-    if (hi > lo) {
-        int first = r->flip ? hi - 1 : lo, last = r->flip ? lo : hi - 1;
-        long fidx = r->flip ? idx + (hi - lo) - 1 : idx;
-        sb_buf_printf(&b, "<first index='%ld'>", fidx);
-        xml_escape_text(&b, PQgetvalue(res, first, 3), strlen(PQgetvalue(res, first, 3)));
-        sb_buf_adds(&b, "</first><last>");
-        xml_escape_text(&b, PQgetvalue(res, last, 3), strlen(PQgetvalue(res, last, 3)));
-        sb_buf_adds(&b, "</last>");
-    }
-    sb_buf_printf(&b, "<count>%ld</count></set></fin>", count);
-    if (b.data)
-        asker_iq(r->a, "result", b.data, b.len);
-    log_debug("mam_query", "jid=%s items=%d count=%ld complete=%d", sb_log_q(r->a->bare),
-              hi - lo, count, complete);
-    sb_buf_free(&b);
+    sb_buf_free(&fin);
     run_free(r);
 }
 
 static sb_rc mam_query(struct sm_job *j, const struct xml_node *q)
 {
-    struct sm_mam_query m;
+    struct mam_query m;
     const char *cond = NULL, *why = NULL;
-    if (sm_mam_query_parse(q, &m, &cond, &why) != SB_OK) {
+    if (mam_query_parse(q, &m, &cond, &why) != SB_OK) {
         log_info("mam_query_bad", "jid=%s why=%s", sb_log_q(j->key), why);
         sm_reply_error(j, !strcmp(cond, "feature-not-implemented") ? "cancel" : "modify", cond);
-        sm_mam_query_free(&m);
+        mam_query_free(&m);
         return SB_OK;
     }
     char node[ENV_STR_MAX + 1];
@@ -793,7 +588,7 @@ static sb_rc mam_query(struct sm_job *j, const struct xml_node *q)
                                                       &domain) != SB_OK) {
         if (r)
             run_free(r);
-        sm_mam_query_free(&m);
+        mam_query_free(&m);
         sm_reply_error(j, "wait", "internal-server-error");
         return SB_OK;
     }
@@ -802,39 +597,19 @@ static sb_rc mam_query(struct sm_job *j, const struct xml_node *q)
     r->max = m.max;
     r->flip = m.flip;
     r->desc = m.rsm_before != NULL;
-    struct mam_sql s = {.where = SB_BUF_INIT, .bounds = SB_BUF_INIT, .refs = SB_BUF_INIT};
-    struct sb_buf ids = SB_BUF_INIT, sql = SB_BUF_INIT;
-    sql_param(&s, domain);
-    sql_param(&s, node);
-    sql_build(&s, &m, &ids, &sql, r->desc);
+    struct mam_sql s;
+    mam_sql_build(&s, &m, domain, node, mam_cfg()->fts, r->desc);
     mam_send();                         /* buffered rows first: the query sees them */
-    sb_rc rc = sql.data ? sm_pg_query(j->core, sql.data, s.np, s.p, mam_on_query, r) : SB_ERROR;
-    sb_buf_free(&s.where);
-    sb_buf_free(&s.bounds);
-    sb_buf_free(&s.refs);
-    sb_buf_free(&ids);
-    sb_buf_free(&sql);
-    sm_mam_query_free(&m);
+    sb_rc rc = s.sql.data ? sm_pg_query(j->core, s.sql.data, s.np, s.p, mam_on_query, r)
+                          : SB_ERROR;
+    mam_sql_free(&s);
+    mam_query_free(&m);
     if (rc != SB_OK) {
         run_free(r);
         sm_reply_error(j, "wait", "internal-server-error");
     }
     return SB_OK;
 }
-
-/* iq get <query/>: the fields a query form may hold (XEP-0313 §5.1.1). */
-static const char MAM_FORM[] =
-    "<query xmlns='" SM_NS_MAM "'><x xmlns='jabber:x:data' type='form'>"
-    "<field type='hidden' var='FORM_TYPE'><value>" SM_NS_MAM "</value></field>"
-    "<field type='jid-single' var='with'/>"
-    "<field type='text-single' var='start'/>"
-    "<field type='text-single' var='end'/>"
-    "<field type='text-single' var='before-id'/>"
-    "<field type='text-single' var='after-id'/>"
-    "<field type='text-multi' var='ids'><validate xmlns='http://jabber.org/protocol/xdata-validate'"
-    " datatype='xs:string'><open/></validate></field>"
-    "<field type='text-single' var='{" SM_NS_FULLTEXT "}fulltext' label='Search for'/>"
-    "</x></query>";
 
 static sb_rc mam_form(struct sm_job *j)
 {
@@ -843,17 +618,17 @@ static sb_rc mam_form(struct sm_job *j)
         sm_reply_error(j, "wait", "internal-server-error");
         return SB_OK;
     }
-    asker_iq(a, "result", MAM_FORM, sizeof MAM_FORM - 1);
+    asker_iq(a, "result", MAM_FORM, strlen(MAM_FORM));
     asker_free(a);
     return SB_OK;
 }
 
 /* ---- preferences ------------------------------------------------------------------- */
 
-static void prefs_xml(const struct sm_mam_prefs *p, struct sb_buf *b)
+static void prefs_xml(const struct mam_prefs *p, struct sb_buf *b)
 {
-    enum sm_mam_mode m = p->mode != SM_MAM_UNSET ? p->mode : mam_cfg()->dflt;
-    sb_buf_printf(b, "<prefs xmlns='" SM_NS_MAM "' default='%s'><always>", sm_mam_mode_name(m));
+    enum mam_mode m = p->mode != MAM_UNSET ? p->mode : mam_cfg()->dflt;
+    sb_buf_printf(b, "<prefs xmlns='" MAM_NS "' default='%s'><always>", mam_mode_name(m));
     for (int i = 0; i < p->nalways; i++) {
         sb_buf_adds(b, "<jid>");
         xml_escape_text(b, p->always[i], strlen(p->always[i]));
@@ -883,7 +658,7 @@ static void prefs_reply(struct sm_job *j)
 }
 
 /* The <jid/>s of <always/> or <never/> into p (bare, prepared). */
-static sb_rc prefs_list(const struct xml_node *l, struct sm_mam_prefs *p, int always)
+static sb_rc prefs_list(const struct xml_node *l, struct mam_prefs *p, int always)
 {
     struct sb_buf t = SB_BUF_INIT;
     sb_rc rc = SB_OK;
@@ -899,7 +674,7 @@ static sb_rc prefs_list(const struct xml_node *l, struct sm_mam_prefs *p, int al
             break;
         }
         jid_bare(&jid, bare);
-        rc = sm_mam_prefs_add(p, always, bare);
+        rc = mam_prefs_add(p, always, bare);
     }
     sb_buf_free(&t);
     return rc;
@@ -907,7 +682,7 @@ static sb_rc prefs_list(const struct xml_node *l, struct sm_mam_prefs *p, int al
 
 struct prefs_set {
     struct sm_job *j;
-    struct sm_mam_prefs p;
+    struct mam_prefs p;
 };
 
 static void prefs_on_stored(PGresult *res, void *arg)
@@ -918,15 +693,15 @@ static void prefs_on_stored(PGresult *res, void *arg)
         log_warn("mam_prefs_failed", "jid=%s error=%s", sb_log_q(j->key),
                  sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
         sm_reply_error(j, "wait", "internal-server-error");
-        sm_mam_prefs_clear(&ps->p);
+        mam_prefs_clear(&ps->p);
     } else if (j->user && j->user->acct) {
-        sm_mam_prefs_clear(&j->user->acct->mam);
+        mam_prefs_clear(&j->user->acct->mam);
         j->user->acct->mam = ps->p;
         log_info("mam_prefs_set", "jid=%s default=%s always=%d never=%d", sb_log_q(j->key),
-                 sm_mam_mode_name(ps->p.mode), ps->p.nalways, ps->p.nnever);
+                 mam_mode_name(ps->p.mode), ps->p.nalways, ps->p.nnever);
         prefs_reply(j);
     } else {
-        sm_mam_prefs_clear(&ps->p);
+        mam_prefs_clear(&ps->p);
     }
     free(ps);
     sm_job_done(j);
@@ -949,12 +724,12 @@ static sb_rc prefs_set(struct sm_job *j, const struct xml_node *pl)
         return SB_OK;
     }
     ps->j = j;
-    ps->p.mode = sm_mam_mode_parse(xml_attr(pl, "default"));
-    if (ps->p.mode == SM_MAM_UNSET ||
+    ps->p.mode = mam_mode_parse(xml_attr(pl, "default"));
+    if (ps->p.mode == MAM_UNSET ||
         prefs_list(xml_child(pl, "always", NULL), &ps->p, 1) != SB_OK ||
         prefs_list(xml_child(pl, "never", NULL), &ps->p, 0) != SB_OK) {
         log_info("mam_prefs_bad", "jid=%s", sb_log_q(j->key));
-        sm_mam_prefs_clear(&ps->p);
+        mam_prefs_clear(&ps->p);
         free(ps);
         sm_reply_error(j, "modify", "bad-request");
         return SB_OK;
@@ -981,7 +756,7 @@ static sb_rc prefs_set(struct sm_job *j, const struct xml_node *pl)
     char node[ENV_STR_MAX + 1];
     const char *domain;
     sb_rc rc = sm_acct_split(j->user->bare, node, sizeof node, &domain);
-    const char *p[5] = {domain, node, sm_mam_mode_name(ps->p.mode), jids.data, alw.data};
+    const char *p[5] = {domain, node, mam_mode_name(ps->p.mode), jids.data, alw.data};
     if (rc == SB_OK && jids.data && alw.data)
         rc = sm_pg_query(j->core, PREFS_SQL, 5, p, prefs_on_stored, ps);
     else
@@ -989,7 +764,7 @@ static sb_rc prefs_set(struct sm_job *j, const struct xml_node *pl)
     sb_buf_free(&jids);
     sb_buf_free(&alw);
     if (rc != SB_OK) {
-        sm_mam_prefs_clear(&ps->p);
+        mam_prefs_clear(&ps->p);
         free(ps);
         sm_reply_error(j, "wait", "internal-server-error");
         return SB_OK;
@@ -1002,7 +777,7 @@ static sb_rc prefs_set(struct sm_job *j, const struct xml_node *pl)
 static sb_rc mam_iq(struct sm_job *j, const char *ns)
 {
     char bare[ENV_STR_MAX + 1];
-    if (strcmp(ns, SM_NS_MAM) || !j->user || (j->to && strchr(j->to, '/')))
+    if (strcmp(ns, MAM_NS) || !j->user || (j->to && strchr(j->to, '/')))
         return SB_DECLINED;             /* to a full JID: delivered as it is */
     if (strcmp(j->type, "get") && strcmp(j->type, "set"))
         return SB_OK;

@@ -49,7 +49,7 @@ CREATE TABLE archive_prefs_jid (
 -- decides this from its cache for the recipient; the copy of a local
 -- sender is written by the recipient's sm, which has no cache of the
 -- sender's preferences, so the insert asks here (same rules as
--- sm/mam.c sm_mam_wanted). dflt = [sm] mam_default.
+-- common/mam.c mam_wanted). dflt = [sm] mam_default.
 CREATE FUNCTION archive_wanted(d text, u text, w text, dflt text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT EXISTS (SELECT 1 FROM users WHERE domain = d AND username = u)

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "../../sm/acct.c"
-#include "../../sm/mam.c"
+#include "../../common/mam.c"
 #include "../../sm/pep.c"
 
 /* ---- fakes for what acct.c uses from the core ---------------------------------- */

@@ -41,7 +41,7 @@
 #include "../../sm/mod_push.c"
 #include "../../sm/mod_carbons.c"
 #include "../../sm/mod_csi.c"
-#include "../../sm/mam.c"
+#include "../../common/mam.c"
 #include "../../sm/mod_mam.c"
 #include "../../sm/pep.c"
 #include "../../sm/caps.c"
