@@ -151,7 +151,10 @@ static int ldp_connect(struct ldp_conn *w, struct ldp_req *rq)
         ldp_drop(w);
         return -1;
     }
-    if (p->bind_dn[0] && (rc = ldp_bind(w->ld, p->bind_dn, p->bind_pw)) != LDAP_SUCCESS) {
+    /* an anonymous bind without a service account: it connects now, so a
+     * directory that is down starts the back-off */
+    rc = p->bind_dn[0] ? ldp_bind(w->ld, p->bind_dn, p->bind_pw) : ldp_bind(w->ld, NULL, NULL);
+    if (rc != LDAP_SUCCESS) {
         ldp_err(rq, "service-bind", rc);
         ldp_drop(w);
         return -1;

@@ -34,6 +34,8 @@ class Slapd:
         self.dir = top
         tls = os.path.join(stack.env["SB_VAR"], "tls")
         self.cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+        # the test profile's second domain has a certificate of its own
+        self.other_cert = os.path.join(tls, "domains", stack.env["SB_TLS_DOMAIN"] + ".pem")
         self.admin_pw = secrets.token_urlsafe(9)
         self.svc_pw = secrets.token_urlsafe(9)
         self.alice_pw = secrets.token_urlsafe(9)
@@ -136,6 +138,7 @@ class LdapDomains:
         tag = secrets.token_hex(3)
         self.tls = "ldap%s.localhost" % tag          # StartTLS, no cache
         self.ldaps = "ldaps%s.localhost" % tag       # ldaps://, cache of successful logins
+        self.badca = "ldapx%s.localhost" % tag       # ldaps:// with a CA that did not sign it
         pwfile = os.path.join(tmp, "svc-password")
         with open(pwfile, "w") as f:
             f.write(slapd.svc_pw + "\n")
@@ -146,6 +149,16 @@ class LdapDomains:
         self.section = ("\n[domain.%s]\n%sldap_uri = ldap://127.0.0.1:%d\nldap_starttls = 1\n"
                         "\n[domain.%s]\n%sldap_uri = ldaps://127.0.0.1:%d\nldap_cache_ttl = 300\n"
                         % (self.tls, common, LDAP_PORT, self.ldaps, common, LDAPS_PORT))
+        # the same settings but ldap_ca_file: another self-signed certificate
+        other_ca = os.path.join(tmp, "other-ca.pem")
+        with open(slapd.other_cert) as f, open(other_ca, "w") as out:
+            pem = f.read()
+            out.write(pem[:pem.index("-----END CERTIFICATE-----") + 26])
+        self.section += ("\n[domain.%s]\n%sldap_uri = ldaps://127.0.0.1:%d\n"
+                         % (self.badca, common.replace(slapd.cert, other_ca), LDAPS_PORT))
+
+    def names(self):
+        return (self.tls, self.ldaps, self.badca)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +177,7 @@ def slapd(stack, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ldap(stack, slapd, tmp_path_factory):
     d = LdapDomains(slapd, str(tmp_path_factory.mktemp("ldap")))
-    with domains_with_config(stack, (d.tls, d.ldaps), d.section):
+    with domains_with_config(stack, d.names(), d.section):
         yield d
 
 
@@ -247,6 +260,13 @@ def test_ldap_filter_injection_fails(stack, slapd, ldap):
 def test_ldaps_domain_logs_in(stack, slapd, ldap):
     assert run(plain(stack, ldap.ldaps, "alice", slapd.alice_pw)) == "success"
     assert run(plain(stack, ldap.ldaps, "alice", "wrong")) == "not-authorized"
+
+
+def test_ldaps_certificate_not_from_the_ca_file_is_refused(stack, slapd, ldap):
+    log = Log(stack, "c2s1")
+    assert run(plain(stack, ldap.badca, "alice", slapd.alice_pw)) == "temporary-auth-failure"
+    assert [ln for ln in log.lines("event=ldap_down") if ldap.badca in ln]
+    assert "alice" not in users_of(stack, ldap.badca)
 
 
 def test_ldap_down_is_temporary_failure_and_comes_back(stack, slapd, ldap):
