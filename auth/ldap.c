@@ -364,10 +364,12 @@ static void ldp_cache_put(struct ldp_pool *p, const struct ldp_req *rq)
     double now = ev_now(p->loop);
 
     HASH_FIND_STR(p->cache, rq->user, e);
-    if (!e && p->ncache >= LDP_MAX_CACHE)
-        HASH_ITER(hh, p->cache, e, tmp)
+    if (!e && p->ncache >= LDP_MAX_CACHE) {
+        HASH_ITER(hh, p->cache, e, tmp) {
             if (e->expires <= now)
                 ldp_cache_del(p, e);
+        }
+    }
     HASH_FIND_STR(p->cache, rq->user, e);
     if (!e) {
         if (p->ncache >= LDP_MAX_CACHE || !(e = calloc(1, sizeof(*e))))
