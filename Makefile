@@ -4,7 +4,7 @@
 # module (sm/mod_*.c) needs no change here.
 
 CC      ?= cc
-PKGS    := libzmq libev expat gnutls hiredis libpq libidn nettle libmicrohttpd libjwt-gnutls
+PKGS    := libzmq libev expat gnutls hiredis libpq libidn nettle libmicrohttpd libjwt-gnutls ldap
 PKG_CFLAGS := $(shell pkg-config --cflags $(filter-out libev,$(PKGS)) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(filter-out libev,$(PKGS)) 2>/dev/null) -lev -lm
 CFLAGS  ?= -O2 -g

@@ -138,6 +138,7 @@ struct c2s_cfg {
     double ping_interval, ping_timeout, idle_timeout;   /* keepalive.c; 0 = off */
     int max_auth_failures;
     int allow_plain;               /* allow_plain_without_tls */
+    int channel_binding;           /* 0: no SCRAM-*-PLUS, no XEP-0440 (clients that fail on them) */
     double max_rate, rate_burst;   /* inbound bytes/s and bucket size; 0 = off */
     double max_stanzas, stanza_burst;   /* top-level elements/s and bucket; 0 = off */
     int sm_ack_every;              /* XEP-0198: <r/> after this many unacked stanzas */
@@ -203,6 +204,11 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s);
 void c2s_table_add(struct c2s_conn *c);
 void c2s_table_del(struct c2s_conn *c);
 struct c2s_conn *c2s_table_find(const char *sid);
+/* End every session of bare (the sessions in Redis, on any front-end)
+ * but this front-end's keep_sid, with the stream error cond and text
+ * (ADMIN op=kick-session, one-way). Asynchronous; logged sessions_ended. */
+void c2s_route_end_other_sessions(const char *bare, const char *keep_sid, const char *cond,
+                                  const char *text);
 /* sbctl drain (srv.c): stop accepting, send every stream away over a few
  * seconds (see-other-host to `drain_redirect`, else system-shutdown), exit
  * 0 once they are gone or after `timeout` s. */

@@ -264,6 +264,13 @@ static void reg_done(PGresult *res, void *arg)
         reg_error(c, r->id, type, cond);
     else
         reg_reply(c, r->id, "result", NULL);
+    if (!cond && r->op == REG_PASSWD &&
+        sb_config_bool_in("domain", c->domain, "passwd_ends_sessions", 0)) {
+        char bare[JID_BARE_MAX + 1];
+        if (c->jid && jid_bare_of(c->jid, bare, sizeof bare) >= 0)
+            /* RFC 6120 §4.9.3.16: the credentials no longer hold */
+            c2s_route_end_other_sessions(bare, c->sid, "reset", "password changed");
+    }
     if (!cond && r->op == REG_REMOVE)
         c2s_stream_error_full(c, "not-authorized", NULL, "account removed", NULL,
                               "account-removed");

@@ -319,8 +319,78 @@ static void route_kick(const struct env_hdr *h, const char *body, size_t len)
              cond, hit, sb_log_q(h->sender));
     if (hit)
         c2s_stream_error_full(c, cond, NULL, say, NULL, "kicked");
+    if (!strcmp(h->op, "kick-session"))
+        return;                       /* one-way: a front-end asked, not sbctl */
     const char *reply = hit ? "kicked=1" : "kicked=0";
     route_admin_reply(h, h->op, reply, strlen(reply));
+}
+
+/* ---- ending the other sessions of an account (passwd_ends_sessions) ---- */
+
+struct route_end {
+    char bare[JID_BARE_MAX + 1];
+    char keep_sid[ENV_NAME_MAX + 1];  /* this front-end's session that stays */
+    char body[160];                   /* "CONDITION TEXT" */
+};
+
+static void route_end_one(const struct route_end *e, const char *full, const char *inst,
+                          const char *sid)
+{
+    if (!strcmp(inst, c2s.instance)) {
+        struct c2s_conn *c = strcmp(sid, e->keep_sid) ? c2s_table_find(sid) : NULL;
+        if (c && c->jid && c->state == C2S_S_BOUND && !strcmp(c->jid, full)) {
+            const char *sp = strchr(e->body, ' ');
+            char cond[32];
+            snprintf(cond, sizeof cond, "%.*s", sp ? (int)(sp - e->body) : 31, e->body);
+            c2s_stream_error_full(c, cond, NULL, sp ? sp + 1 : "", NULL, "kicked");
+        }
+        return;
+    }
+    struct env_hdr *h = &route_hdr;
+    env_init(h, ENV_ADMIN, ENV_ROUTE_INSTANCE);
+    if (route_copy(h->key, sizeof h->key, inst) == SB_OK &&
+        route_copy(h->sender, sizeof h->sender, c2s.instance) == SB_OK &&
+        route_copy(h->sid, sizeof h->sid, sid) == SB_OK &&
+        route_copy(h->aux, sizeof h->aux, full) == SB_OK &&
+        route_copy(h->op, sizeof h->op, "kick-session") == SB_OK)
+        link_send(c2s.link, h, e->body, strlen(e->body));
+}
+
+static void route_end_reply(redisReply *r, void *arg)
+{
+    struct route_end *e = arg;
+    int n = 0;
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        char inst[ENV_NAME_MAX + 1] = "", sid[ENV_NAME_MAX + 1] = "", full[JID_FULL_MAX + 1];
+        if (r->element[i]->type != REDIS_REPLY_STRING ||
+            r->element[i + 1]->type != REDIS_REPLY_STRING ||
+            sscanf(r->element[i + 1]->str, "%63s %63s", inst, sid) != 2 ||
+            (size_t)snprintf(full, sizeof full, "%s/%s", e->bare, r->element[i]->str) >=
+                sizeof full)
+            continue;
+        if (!strcmp(inst, c2s.instance) && !strcmp(sid, e->keep_sid))
+            continue;
+        route_end_one(e, full, inst, sid);
+        n++;
+    }
+    log_info("sessions_ended", "user=%s sessions=%d reason=%s%s", sb_log_q(e->bare), n,
+             sb_log_q(e->body), r ? "" : " error=redis");
+    free(e);
+}
+
+void c2s_route_end_other_sessions(const char *bare, const char *keep_sid, const char *cond,
+                                  const char *text)
+{
+    struct route_end *e = calloc(1, sizeof(*e));
+    if (!e)
+        return;
+    snprintf(e->bare, sizeof e->bare, "%s", bare);
+    snprintf(e->keep_sid, sizeof e->keep_sid, "%s", keep_sid ? keep_sid : "");
+    snprintf(e->body, sizeof e->body, "%s %s", cond, text);
+    if (!c2s.rd || rdev_cmd(c2s.rd, route_end_reply, e, "HGETALL sess:{%s}", bare) != SB_OK) {
+        log_warn("sessions_end_failed", "user=%s error=redis", sb_log_q(bare));
+        free(e);
+    }
 }
 
 /* sbctl through a router (common/ENVELOPE.md): op=drain [body timeout=S]
@@ -328,7 +398,8 @@ static void route_kick(const struct env_hdr *h, const char *body, size_t len)
  * done; op=kick ends one session. */
 static void route_admin(const struct env_hdr *h, const char *body, size_t len)
 {
-    if (strcmp(h->op, "kick") == 0 || strcmp(h->op, "kick-token") == 0) {
+    if (strcmp(h->op, "kick") == 0 || strcmp(h->op, "kick-token") == 0 ||
+        strcmp(h->op, "kick-session") == 0) {
         route_kick(h, body, len);
         return;
     }

@@ -171,6 +171,7 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->idle_timeout = atof(sb_config_str("idle_timeout", "0"));
     cfg->max_auth_failures = (int)sb_config_int("sasl_retries", 3);
     cfg->allow_plain = sb_config_bool("allow_plain_without_tls", 0);
+    cfg->channel_binding = sb_config_bool("channel_binding", 1);
     /* Inbound limits per session (rate.c); 0 turns one off. */
     cfg->max_rate = atof(sb_config_str("max_rate", "102400"));
     cfg->rate_burst = atof(sb_config_str("rate_burst", "262144"));
@@ -245,6 +246,7 @@ static void main_cfg_diff(const struct c2s_cfg *o, const struct c2s_cfg *n, stru
     MAIN_DIFF(ping_timeout, "ping_timeout");
     MAIN_DIFF(idle_timeout, "idle_timeout");
     MAIN_DIFF(max_auth_failures, "sasl_retries");
+    MAIN_DIFF(channel_binding, "channel_binding");
     MAIN_DIFF(max_rate, "max_rate");
     MAIN_DIFF(rate_burst, "rate_burst");
     MAIN_DIFF(max_stanzas, "max_stanzas_per_sec");

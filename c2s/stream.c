@@ -187,7 +187,7 @@ void c2s_stream_features(struct c2s_conn *c)
             int has_cb = tls && c2s_tls_channel_bindings(c, &cb);
             struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain,
                                   sb_domains_anonymous(c->domain), has_cb ? &cb : NULL};
-            const char *m = sasl_mechanisms(&o);
+            const char *m0 = sasl_mechanisms(&o), *m = m0;
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
             while (*m) {
                 size_t n = strcspn(m, " ");
@@ -200,7 +200,7 @@ void c2s_stream_features(struct c2s_conn *c)
                 m += strspn(m, " ");
             }
             sb_buf_adds(b, "</mechanisms>");
-            if (has_cb && !o.anonymous)
+            if (has_cb && strstr(m0, "-PLUS"))     /* only where a -PLUS is offered */
                 stream_channel_bindings(b, &cb);
             if (c2s_register_offered(c))      /* XEP-0077 (register.c) */
                 sb_buf_adds(b, "<register xmlns='http://jabber.org/features/iq-register'/>");

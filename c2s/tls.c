@@ -87,14 +87,16 @@ sb_rc c2s_tls_session_new(int fd, const char *domain, gnutls_session_t *out)
  * (RFC 5929 §4.1: a hash of our certificate) whenever GnuTLS gives it.
  * Both come from GnuTLS (gnutls_session_channel_binding). BOSH/WS
  * sessions have no TLS session of their own (one HTTP connection each,
- * or a proxy in front): nothing, so no -PLUS there. */
+ * or a proxy in front): nothing, so no -PLUS there. Nor with
+ * `channel_binding = 0` (some clients, e.g. slixmpp 1.8, pick -PLUS on TLS
+ * 1.3 and then fail: they bind only with tls-unique). */
 int c2s_tls_channel_bindings(const struct c2s_conn *c, struct sasl_cb *out)
 {
     gnutls_datum_t d;
     gnutls_session_t s = c->tc.tls;
 
     memset(out, 0, sizeof(*out));
-    if (!s || c->state == C2S_S_TLS_HANDSHAKE)
+    if (!s || c->state == C2S_S_TLS_HANDSHAKE || !c2s.cfg.channel_binding)
         return 0;
     if (gnutls_protocol_get_version(s) == GNUTLS_TLS1_3 &&
         gnutls_session_channel_binding(s, GNUTLS_CB_TLS_EXPORTER, &d) == GNUTLS_E_SUCCESS) {

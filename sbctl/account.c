@@ -286,6 +286,20 @@ static int user_add(PGconn *c, const struct jid *j, const char *password)
     return rc;
 }
 
+/* [domain.NAME] passwd_ends_sessions: every session of the account ends
+ * with <reset/> (RFC 6120 §4.9.3.16: the credentials the stream was
+ * authenticated with no longer hold; authenticate again). The sessions
+ * that ended, or -1 (no Redis). */
+static int user_passwd_kick(const char *bare)
+{
+    redisContext *rc = sbctl_redis();
+    if (!rc)
+        return -1;
+    int n = sbctl_kick_sessions(rc, bare, NULL, "reset", "password changed");
+    redisFree(rc);
+    return n;
+}
+
 static int user_passwd(PGconn *c, const struct jid *j, const char *password)
 {
     struct auth_keys k;
@@ -301,8 +315,17 @@ static int user_passwd(PGconn *c, const struct jid *j, const char *password)
     else {
         char bare[JID_BARE_MAX + 1];
         jid_bare(j, bare);
-        account_done("user", bare, "password changed");
         rc = SBCTL_OK;
+        int kicked = 0;
+        if (sb_config_bool_in("domain", j->domain, "passwd_ends_sessions", 0))
+            kicked = user_passwd_kick(bare);
+        if (kicked < 0)
+            rc = SBCTL_FAIL;
+        if (kicked > 0 && !sbctl_json)
+            printf("user %s password changed (%d session%s ended)\n", bare, kicked,
+                   kicked == 1 ? "" : "s");
+        else
+            account_done("user", bare, "password changed");
     }
     PQclear(r);
     return rc;

@@ -183,7 +183,7 @@ cmd_deps() {
     if is_root; then
         say "installing missing packages: $missing"
         DEBIAN_FRONTEND=noninteractive apt-get update -q
-        # Servers in the list (prosody, ejabberd) only run in tests with private
+        # Servers in the list (prosody, ejabberd, slapd) only run in tests with private
         # configs: policy-rc.d keeps their system services from starting.
         local guard=""
         if [ ! -e /usr/sbin/policy-rc.d ]; then
