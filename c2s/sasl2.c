@@ -244,8 +244,10 @@ void c2s_sasl2_element(struct c2s_conn *c, struct xml_node *n)
         return;
     }
     if (!(c->flags & C2S_F_SASL_RUN) || !c->s2) {
-        log_info("sasl2_malformed", "peer=%s reason=%s-without-authenticate", c->peer, n->name);
-        s2_failure(c, strcmp(n->name, "abort") ? "malformed-request" : "aborted", NULL);
+        const char *why = strcmp(n->name, "abort") ? "response-without-authenticate"
+                                                   : "abort-without-authenticate";
+        log_info("sasl2_malformed", "peer=%s reason=%s", c->peer, why);
+        s2_failure(c, strcmp(n->name, "abort") ? "malformed-request" : "aborted", why);
         return;
     }
     if (!strcmp(n->name, "abort")) {
