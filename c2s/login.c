@@ -146,6 +146,11 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
             login_sasl_failed(c, "invalid-mechanism");
             return;
         }
+        if (c->s2) {                  /* a SASL2 exchange gives way to this one */
+            c2s_sasl2_free(c);
+            sasl_free(c->sasl);
+            c->sasl = NULL;
+        }
         if (!c->sasl) {
             struct sasl_cb cb;
             int has_cb = c2s_tls_channel_bindings(c, &cb);
@@ -159,7 +164,7 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
         }
         c->flags |= C2S_F_SASL_RUN;
         sasl_start(c->sasl, mech, text);
-    } else if (!(c->flags & C2S_F_SASL_RUN)) {
+    } else if (!(c->flags & C2S_F_SASL_RUN) || c->s2) {
         login_sasl_failed(c, strcmp(n->name, "abort") == 0 ? "aborted" : "malformed-request");
     } else if (strcmp(n->name, "response") == 0) {
         sasl_step(c->sasl, text);

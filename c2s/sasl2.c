@@ -209,7 +209,11 @@ static void s2_authenticate(struct c2s_conn *c, struct xml_node *n)
         s2_failure(c, cond, why);
         return;
     }
-    if (!c->sasl) {
+    /* A fresh mechanism session each time: one a legacy <auth/> made
+     * answers through login.c (a pending lookup's answer is dropped). */
+    sasl_free(c->sasl);
+    c->sasl = NULL;
+    {
         struct sasl_cb cb;
         int has_cb = c2s_tls_channel_bindings(c, &cb);
         struct sasl_opts o = {c->domain, (c->flags & C2S_F_TLS) != 0, c2s.cfg.allow_plain,
