@@ -1200,7 +1200,7 @@ void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
         s->hash = mech[10] == '2' ? SCRAM_SHA256 : SCRAM_SHA1;
         s->plus = strstr(mech, "-PLUS") != NULL;
         s->state = SASL_ST_WAIT_FIRST;
-    } else if (mech && s->fast_ua && auth_fast_available() &&
+    } else if (mech && s->fast_ua && (s->tls || s->allow_plain) && auth_fast_available() &&
                (!strcmp(mech, "HT-SHA-256-NONE") ||
                 (!strcmp(mech, "HT-SHA-256-ENDP") && s->cbd.endpoint_len) ||
                 (!strcmp(mech, "HT-SHA-256-EXPR") && s->cbd.exporter_len))) {

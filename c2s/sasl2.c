@@ -68,7 +68,9 @@ void c2s_sasl2_features(struct c2s_conn *c, struct sb_buf *b, const char *mechs,
     sb_buf_adds(b, "</inline></bind>");
     if (sm)
         sb_buf_adds(b, "<sm xmlns='" NS_SM3 "'/>");
-    if (!sb_domains_anonymous(c->domain) && auth_fast_available()) {
+    /* A token is a password for one device: only under TLS. */
+    if (!sb_domains_anonymous(c->domain) && auth_fast_available() &&
+        ((c->flags & C2S_F_TLS) || c2s.cfg.allow_plain)) {
         const char *m = sasl_fast_mechanisms(cb);
         sb_buf_adds(b, "<fast xmlns='" NS_FAST "'>");
         while (*m) {
@@ -287,6 +289,7 @@ static int s2_token(struct c2s_conn *c)
     char user[JID_PART_MAX + 1];
     const char *at = strchr(c->jid, '@');
     if (!s->rq.token_mech[0] || (c->flags & C2S_F_ANON) || !at ||
+        (!(c->flags & C2S_F_TLS) && !c2s.cfg.allow_plain) ||
         (size_t)(at - c->jid) > JID_PART_MAX)
         return 0;
     memcpy(user, c->jid, (size_t)(at - c->jid));

@@ -65,8 +65,8 @@ class Tcp:
 
 
 class Ws:
-    def __init__(self, stack):
-        self.stack, self.ws = stack, WebSocket(stack, tls=True)
+    def __init__(self, stack, tls=True):
+        self.stack, self.ws = stack, WebSocket(stack, tls=tls)
 
     async def start(self):
         assert await self.ws.connect() == 101
@@ -570,6 +570,14 @@ def test_sasl2_over_websocket(stack, two_users):
         await w.start()
         assert (await w.fast(token, BIND)).tag == s2("success")
         await w.close()
+        # plain ws://: SASL2 is there, FAST (a password for one device) is not
+        p = Sasl2Client(stack, a_jid, a_pw, transport=Ws(stack, tls=False))
+        await p.start()
+        inline = p.auth_feature().find(s2("inline"))
+        assert inline.find("{%s}bind" % NS_BIND2) is not None
+        assert inline.find("{%s}fast" % NS_FAST) is None, describe(p.features)
+        assert condition(await p.fast(token)) == "invalid-mechanism"
+        await p.close()
         await bob.close()
     run(go())
 
