@@ -97,7 +97,7 @@ FUZZ_CFLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-fram
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
-FUZZ_EXTRA := $(call obj,c2s/scan.c c2s/web_parse.c s2s/pure.c)
+FUZZ_EXTRA := $(call obj,c2s/scan.c c2s/web_parse.c c2s/sasl2_parse.c s2s/pure.c)
 FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(FUZZ_EXTRA) $(LIBS_OWN)

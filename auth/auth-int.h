@@ -123,6 +123,30 @@ sb_rc auth_store_password(struct auth_store *st, const char *domain, const char 
 #define AUTH_ACCOUNT_CREATE_SQL \
     "INSERT INTO users (domain, username) VALUES ($1, $2) ON CONFLICT DO NOTHING"
 
+/* ---- XEP-0484 FAST tokens (fast.c) ------------------------------------------ */
+/* The key FAST tokens are derived with; 0 when no [cluster] sasl_secret is
+ * configured (FAST is then not offered: tokens would not verify elsewhere). */
+int auth_fast_key(uint8_t out[32]);
+/* The database of st, or NULL (none, or known to be down). */
+struct pgev *auth_store_pg(struct auth_store *st);
+/* The token of one row: base64 of HMAC-SHA-256(key, label, client, seed). */
+void auth_fast_token(const char *domain, const char *user, const char *ua, const char *seed,
+                     char out[AUTH_FAST_TOKEN_LEN + 1]);
+struct auth_fast_row {
+    long long id;
+    char mech[24];
+    char seed[40];
+    int current;
+    long long last_count;      /* -1: no count seen */
+};
+/* rows NULL (n -1): the store could not answer. Valid during the call. */
+typedef void (*auth_fast_rows_cb)(void *arg, const struct auth_fast_row *rows, int n);
+/* The unexpired tokens of one client. SB_ERROR: cb will not run. */
+sb_rc auth_fast_lookup(struct pgev *pg, const char *domain, const char *user, const char *ua,
+                       auth_fast_rows_cb cb, void *arg);
+/* A login used token id with this count (-1 none): fire and forget. */
+sb_rc auth_fast_used(struct pgev *pg, long long id, long long count);
+
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM
  * exchange of s. */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <nettle/memops.h>
 #include <nettle/memxor.h>
+#include <nettle/hmac.h>
 
 #include "jid.h"
 #include "log.h"
@@ -27,11 +28,12 @@ enum sasl_state {
     SASL_ST_WAIT_FINAL,    /* SCRAM server-first sent */
     SASL_ST_WAIT_TOKEN,    /* X-OAUTH2 / OAUTHBEARER without initial response */
     SASL_ST_WAIT_ERRACK,   /* OAUTHBEARER error JSON sent: waiting for "\x01" */
+    SASL_ST_WAIT_HT,       /* HT-SHA-256-* (FAST) without initial response */
     SASL_ST_DONE,          /* result delivered */
 };
 
 enum sasl_mech { SASL_M_NONE, SASL_M_PLAIN, SASL_M_SCRAM, SASL_M_ANON, SASL_M_XOAUTH2,
-                 SASL_M_OAUTHBEARER };
+                 SASL_M_OAUTHBEARER, SASL_M_HT };
 
 #define SASL_ANON_NODE  20     /* random [a-z0-9] characters of an ANONYMOUS node */
 #define SASL_ANON_TRIES 3      /* claims before giving up (collisions) */
@@ -68,6 +70,12 @@ struct sasl_sess {
     int plus;                /* SCRAM-*-PLUS chosen */
     const uint8_t *cb_data;  /* PLUS: the binding the client named (in cbd) */
     size_t cb_len;
+
+    char *fast_ua;           /* SASL2 user-agent id (sasl_set_fast): HT possible */
+    long long fast_count;    /* its FAST count, -1 none */
+    char ht_mech[24];        /* HT: the mechanism chosen */
+    uint8_t ht_proof[32];    /* HT: the client's initiator hash */
+    int fast_used;           /* HT: succeeded (sasl_result.fast) */
 };
 
 static int sasl_cb_offered(const struct sasl_cb *cb)
@@ -137,6 +145,8 @@ static void sasl_reset(struct sasl_sess *s)
     s->plus = 0;
     s->cb_data = NULL;
     s->cb_len = 0;
+    s->fast_used = 0;
+    memset(s->ht_proof, 0, sizeof s->ht_proof);
     s->mech = SASL_M_NONE;
     s->state = SASL_ST_INIT;
 }
@@ -144,7 +154,7 @@ static void sasl_reset(struct sasl_sess *s)
 /* Results by mechanism: [mechanism][0 success, 1 failure]. "other" is an
  * <auth/> naming nothing we offer. */
 enum { SASL_MX_PLAIN, SASL_MX_SHA1, SASL_MX_SHA256, SASL_MX_ANON, SASL_MX_XOAUTH2,
-       SASL_MX_OAUTHBEARER, SASL_MX_OTHER };
+       SASL_MX_OAUTHBEARER, SASL_MX_HT, SASL_MX_OTHER };
 #define SASL_MX(var, mech, result) \
     SB_COUNTER(var, "sb_auth_total", "mechanism=\"" mech "\",result=\"" result "\"", \
                "Finished SASL exchanges by mechanism and result")
@@ -160,6 +170,8 @@ SASL_MX(sasl_mx_xoauth2_ok, "X-OAUTH2", "success")
 SASL_MX(sasl_mx_xoauth2_ko, "X-OAUTH2", "failure")
 SASL_MX(sasl_mx_oauthbearer_ok, "OAUTHBEARER", "success")
 SASL_MX(sasl_mx_oauthbearer_ko, "OAUTHBEARER", "failure")
+SASL_MX(sasl_mx_ht_ok, "HT-SHA-256", "success")
+SASL_MX(sasl_mx_ht_ko, "HT-SHA-256", "failure")
 SASL_MX(sasl_mx_other_ok, "other", "success")
 SASL_MX(sasl_mx_other_ko, "other", "failure")
 static struct sb_metric *const sasl_mx[][2] = {
@@ -169,6 +181,7 @@ static struct sb_metric *const sasl_mx[][2] = {
     [SASL_MX_ANON] = {&sasl_mx_anon_ok, &sasl_mx_anon_ko},
     [SASL_MX_XOAUTH2] = {&sasl_mx_xoauth2_ok, &sasl_mx_xoauth2_ko},
     [SASL_MX_OAUTHBEARER] = {&sasl_mx_oauthbearer_ok, &sasl_mx_oauthbearer_ko},
+    [SASL_MX_HT] = {&sasl_mx_ht_ok, &sasl_mx_ht_ko},
     [SASL_MX_OTHER] = {&sasl_mx_other_ok, &sasl_mx_other_ko},
 };
 
@@ -180,6 +193,7 @@ static int sasl_mx_of(const struct sasl_sess *s)
     case SASL_M_ANON: return SASL_MX_ANON;
     case SASL_M_XOAUTH2: return SASL_MX_XOAUTH2;
     case SASL_M_OAUTHBEARER: return SASL_MX_OAUTHBEARER;
+    case SASL_M_HT: return SASL_MX_HT;
     default: return SASL_MX_OTHER;
     }
 }
@@ -189,13 +203,14 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
                         const char *cond)
 {
     char user[JID_PART_MAX + 1];
-    struct sasl_result r = {st, data ? data : "", cond, NULL, 0, s->token_id};
+    struct sasl_result r = {st, data ? data : "", cond, NULL, 0, s->token_id, 0};
 
     sb_metric_inc(sasl_mx[sasl_mx_of(s)][st == SASL_SUCCESS ? 0 : 1]);
     if (st == SASL_SUCCESS) {
         memcpy(user, s->username, sizeof(user));
         r.username = user;
         r.anonymous = s->mech == SASL_M_ANON;
+        r.fast = s->fast_used;
         log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
     } else {
         log_info("sasl_failure", "condition=%s user=%s domain=%s%s%s", cond,
@@ -222,7 +237,7 @@ static void sasl_challenge(struct sasl_sess *s, const char *raw)
         return;
     }
     auth_b64_encode((const uint8_t *)raw, n, b64);
-    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL, 0, 0};
+    struct sasl_result r = {SASL_CONTINUE, b64, NULL, NULL, 0, 0, 0};
     s->cb(s->ud, &r);      /* may free s */
     free(b64);
 }
@@ -954,6 +969,114 @@ static void sasl_scram_final(struct sasl_sess *s, const char *m, size_t len)
     sasl_finish(s, SASL_SUCCESS, out, NULL);
 }
 
+/* ---- HT-SHA-256-* (XEP-0484 FAST) ------------------------------------------------- */
+
+/* The binding data the HT mechanism mixes in (none for -NONE). */
+static void sasl_ht_cb(const struct sasl_sess *s, const uint8_t **d, size_t *n)
+{
+    const char *kind = s->ht_mech + 11;
+    *d = NULL;
+    *n = 0;
+    if (!strcmp(kind, "ENDP")) {
+        *d = s->cbd.endpoint;
+        *n = s->cbd.endpoint_len;
+    } else if (!strcmp(kind, "EXPR")) {
+        *d = s->cbd.exporter;
+        *n = s->cbd.exporter_len;
+    }
+}
+
+static void sasl_ht_hmac(const struct sasl_sess *s, const char *token, const char *label,
+                         uint8_t out[32])
+{
+    struct hmac_sha256_ctx mac;
+    const uint8_t *cb;
+    size_t cbn;
+
+    sasl_ht_cb(s, &cb, &cbn);
+    hmac_sha256_set_key(&mac, strlen(token), (const uint8_t *)token);
+    hmac_sha256_update(&mac, strlen(label), (const uint8_t *)label);
+    if (cbn)
+        hmac_sha256_update(&mac, cbn, cb);
+    hmac_sha256_digest(&mac, 32, out);
+}
+
+static void sasl_ht_rows(void *arg, const struct auth_fast_row *rows, int n)
+{
+    struct sasl_pending *p = arg;
+    struct sasl_sess *s = p->sess;
+    const struct auth_fast_row *hit = NULL;
+    char token[AUTH_FAST_TOKEN_LEN + 1];
+    uint8_t h[32];
+
+    free(p);
+    if (!s)
+        return;
+    s->pending = NULL;
+    if (n < 0) {
+        s->reason = "store-unavailable";
+        sasl_fail(s, "temporary-auth-failure");
+        return;
+    }
+    for (int i = 0; i < n && !hit; i++) {
+        if (strcmp(rows[i].mech, s->ht_mech))
+            continue;
+        auth_fast_token(s->domain, s->username, s->fast_ua, rows[i].seed, token);
+        sasl_ht_hmac(s, token, "Initiator", h);
+        if (memeql_sec(h, s->ht_proof, sizeof h))
+            hit = &rows[i];
+        else
+            memset(token, 0, sizeof token);
+    }
+    if (!hit) {
+        s->reason = "fast-token";       /* unknown, expired, invalidated, other client */
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    if (s->fast_count >= 0 && hit->last_count >= 0 && s->fast_count <= hit->last_count) {
+        memset(token, 0, sizeof token);
+        s->reason = "fast-count";       /* a replayed or stale count */
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    char out[((sizeof h + 2) / 3) * 4 + 1];
+    sasl_ht_hmac(s, token, "Responder", h);
+    memset(token, 0, sizeof token);
+    auth_b64_encode(h, sizeof h, out);
+    if (auth_fast_used(auth_store_pg(s->st), hit->id, s->fast_count) != SB_OK)
+        log_warn("fast_store_error", "op=used error=unqueued");
+    s->fast_used = 1;
+    sasl_finish(s, SASL_SUCCESS, out, NULL);
+}
+
+/* authcid NUL initiator-hash (32 bytes). */
+static void sasl_ht_message(struct sasl_sess *s, const uint8_t *m, size_t len)
+{
+    const uint8_t *nul = memchr(m, '\0', len);
+
+    if (!nul || nul == m || len - (size_t)(nul + 1 - m) != sizeof s->ht_proof) {
+        sasl_fail(s, "malformed-request");
+        return;
+    }
+    if (jid_nodeprep((const char *)m, s->username) != SB_OK) {
+        s->username[0] = '\0';
+        sasl_fail(s, "not-authorized");
+        return;
+    }
+    memcpy(s->ht_proof, nul + 1, sizeof s->ht_proof);
+    struct sasl_pending *p = sasl_wait(s);
+    if (p && auth_fast_lookup(auth_store_pg(s->st), s->domain, s->username, s->fast_ua,
+                              sasl_ht_rows, p) != SB_OK)
+        sasl_wait_failed(s, p, "sasl_store_unavailable");
+}
+
+void sasl_set_fast(struct sasl_sess *s, const char *ua_id, long long count)
+{
+    free(s->fast_ua);
+    s->fast_ua = ua_id ? strdup(ua_id) : NULL;
+    s->fast_count = count;
+}
+
 /* ---- the public entry points ---------------------------------------------------------------- */
 
 struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
@@ -972,6 +1095,7 @@ struct sasl_sess *sasl_new(struct auth_store *st, const struct sasl_opts *o,
         s->cbd = *o->cb;
     s->cb = cb;
     s->ud = ud;
+    s->fast_count = -1;
     return s;
 }
 
@@ -981,6 +1105,7 @@ void sasl_free(struct sasl_sess *s)
         return;
     sasl_reset(s);           /* detaches a pending lookup: its answer is dropped */
     free(s->test_nonce);
+    free(s->fast_ua);
     memset(s, 0, sizeof(*s));
     free(s);
 }
@@ -1014,6 +1139,9 @@ static void sasl_dispatch(struct sasl_sess *s, const uint8_t *m, size_t len)
         /* RFC 7628 §3.2.3: the client's dummy "\x01"; anything else
          * ends the exchange the same way */
         sasl_fail(s, "not-authorized");
+        break;
+    case SASL_ST_WAIT_HT:
+        sasl_ht_message(s, m, len);
         break;
     default:
         sasl_fail(s, "malformed-request");
@@ -1072,6 +1200,13 @@ void sasl_start(struct sasl_sess *s, const char *mech, const char *b64)
         s->hash = mech[10] == '2' ? SCRAM_SHA256 : SCRAM_SHA1;
         s->plus = strstr(mech, "-PLUS") != NULL;
         s->state = SASL_ST_WAIT_FIRST;
+    } else if (mech && s->fast_ua && (s->tls || s->allow_plain) && auth_fast_available() &&
+               (!strcmp(mech, "HT-SHA-256-NONE") ||
+                (!strcmp(mech, "HT-SHA-256-ENDP") && s->cbd.endpoint_len) ||
+                (!strcmp(mech, "HT-SHA-256-EXPR") && s->cbd.exporter_len))) {
+        s->mech = SASL_M_HT;
+        snprintf(s->ht_mech, sizeof s->ht_mech, "%s", mech);
+        s->state = SASL_ST_WAIT_HT;
     } else {
         /* unknown, or PLAIN on a plaintext stream: not offered */
         sasl_fail(s, "invalid-mechanism");

@@ -58,6 +58,7 @@ struct sasl_result {
     int anonymous;          /* SUCCESS: a generated ANONYMOUS node (claimed) */
     long long token_id;     /* SUCCESS: > 0 our token's id (X-OAUTH2/OAUTHBEARER),
                                -1 a JWT, 0 no token */
+    int fast;               /* SUCCESS: with a FAST token (HT-SHA-256-*) */
 };
 typedef void (*sasl_cb)(void *ud, const struct sasl_result *r);
 
@@ -92,5 +93,37 @@ void sasl_free(struct sasl_sess *s);
 void sasl_start(struct sasl_sess *s, const char *mech, const char *b64);
 void sasl_step(struct sasl_sess *s, const char *b64);
 void sasl_abort(struct sasl_sess *s);  /* client sent <abort/>: result FAILURE "aborted" */
+
+/* ---- XEP-0484 FAST (fast.c) ---------------------------------------------------- */
+/* The HT-SHA-256-* mechanisms: the initial response is authcid NUL
+ * HMAC-SHA-256(token, "Initiator" || cb-data) (NONE: no cb-data; ENDP:
+ * tls-server-end-point; EXPR: tls-exporter); success carries
+ * HMAC(token, "Responder" || cb-data). A token belongs to one account, one
+ * client (the SASL2 user-agent id) and one mechanism. */
+#define AUTH_FAST_TOKEN_LEN 44          /* base64 of 32 bytes */
+/* FAST is possible: the cluster has a sasl_secret (auth_fake_configure). */
+int auth_fast_available(void);
+/* The HT mechanisms for a stream with these bindings (static buffer). */
+const char *sasl_fast_mechanisms(const struct sasl_cb *cb);
+/* Before sasl_start of a SASL2 exchange: the client's user-agent id (copied,
+ * NULL: none, no HT mechanism) and its FAST `count` (-1: none). */
+void sasl_set_fast(struct sasl_sess *s, const char *ua_id, long long count);
+
+struct auth_fast_issued {
+    int ok;                             /* 0: the store failed */
+    long long id;
+    char token[AUTH_FAST_TOKEN_LEN + 1];
+    char expiry[32];                    /* XEP-0082 date-time, UTC */
+};
+typedef void (*auth_fast_issue_cb)(void *arg, const struct auth_fast_issued *t);
+/* A new token for (domain, user, ua) and mechanism, valid ttl seconds;
+ * the current one becomes the previous, an older one is dropped. cb runs
+ * later; SB_ERROR: not queued (no database, no secret), cb will not run. */
+sb_rc auth_fast_issue(struct auth_store *st, const char *domain, const char *user,
+                      const char *ua, const char *mech, double ttl, auth_fast_issue_cb cb,
+                      void *arg);
+/* Drop every token of the client (XEP-0484 invalidate='true'). */
+sb_rc auth_fast_invalidate(struct auth_store *st, const char *domain, const char *user,
+                           const char *ua);
 
 #endif

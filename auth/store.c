@@ -174,6 +174,11 @@ static struct pgev *store_pg(struct auth_store *st)
     return st->pg;
 }
 
+struct pgev *auth_store_pg(struct auth_store *st)
+{
+    return st ? store_pg(st) : NULL;
+}
+
 sb_rc auth_store_token(struct auth_store *st, const char *domain, const char *token,
                        auth_token_cb cb, void *arg)
 {
@@ -269,6 +274,7 @@ sb_rc auth_store_password(struct auth_store *st, const char *domain, const char 
 
 static uint8_t store_secret[32];
 static int store_secret_ready;
+static int store_secret_configured;    /* from the config, not made up here */
 static unsigned store_fake_iter = AUTH_DEFAULT_ITER;
 
 unsigned auth_scram_iterations(void)
@@ -292,8 +298,24 @@ sb_rc auth_fake_configure(void)
     /* The key is a digest of the secret: any length configures 32 bytes. */
     sb_secret_digest(secret, strlen(secret), store_secret);
     store_secret_ready = 1;
+    store_secret_configured = 1;
     memset(secret, 0, sizeof secret);
     return SB_OK;
+}
+
+/* FAST tokens must verify on every front-end and after restarts: only
+ * with the cluster's own secret. A key apart from the fake-salt one. */
+int auth_fast_key(uint8_t out[32])
+{
+    static const char label[] = "sb-fast-key";
+    struct hmac_sha256_ctx mac;
+
+    if (!store_secret_configured)
+        return 0;
+    hmac_sha256_set_key(&mac, sizeof(store_secret), store_secret);
+    hmac_sha256_update(&mac, sizeof label, (const uint8_t *)label);
+    hmac_sha256_digest(&mac, 32, out);
+    return 1;
 }
 
 void auth_fake_cred(enum scram_hash h, const char *domain, const char *username,

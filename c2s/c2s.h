@@ -13,6 +13,7 @@
  *   tls.c     GnuTLS credentials (reloadable) and server sessions
  *   stream.c  stream headers, features, stream errors, element dispatch
  *   login.c   SASL exchange and resource binding
+ *   sasl2.c   XEP-0388 SASL2 with XEP-0386 Bind 2 and XEP-0484 FAST inline
  *   route.c   stanzas to and from the router, bounces, session end
  *   keepalive.c  server pings and idle limits for bound sessions
  *   rate.c    inbound byte shaper and stanza rate per session
@@ -115,6 +116,7 @@ struct c2s_conn {
     char *bind_iq;                 /* id of the bind iq being answered */
     struct c2s_smst *sm;           /* XEP-0198 (sm.c), NULL until <enable/>/<resume/> */
     struct c2s_reg *reg;           /* XEP-0077 request in flight (register.c), or NULL */
+    struct c2s_sasl2 *s2;          /* XEP-0388 exchange until its <success/> (sasl2.c) */
     char sid[21];                  /* stream id of the current stream = session id */
     char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
     char jid_in[64];               /* most JIDs fit here: no heap block per session */
@@ -142,6 +144,7 @@ struct c2s_cfg {
     double max_rate, rate_burst;   /* inbound bytes/s and bucket size; 0 = off */
     double max_stanzas, stanza_burst;   /* top-level elements/s and bucket; 0 = off */
     int sm_ack_every;              /* XEP-0198: <r/> after this many unacked stanzas */
+    double fast_ttl;               /* XEP-0484: lifetime of a FAST token (s) */
     double sm_ack_after;           /* … or when one waited this long (s); 0 = off */
 };
 
@@ -272,6 +275,9 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n);  /* auth/response
 void c2s_bind_iq(struct c2s_conn *c, struct xml_node *iq, struct xml_node *bind);
 void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux);
 void c2s_bind_timeout(struct c2s_conn *c);
+/* Control bind for c (aux: the wanted resource or prefix, body: "" or
+ * "exact=1"); the answer comes to c2s_bind_answer. */
+sb_rc c2s_bind_request(struct c2s_conn *c, const char *want, const char *body);
 /* iq error/result helpers for iqs we answer ourselves. */
 void c2s_iq_result(struct c2s_conn *c, const char *id, const char *inner);
 void c2s_iq_error(struct c2s_conn *c, const char *id, const char *type, const char *cond);
@@ -317,6 +323,31 @@ int c2s_sm_enabled(const struct c2s_conn *c);
 void c2s_sm_free(struct c2s_conn *c);
 /* The <sm/> stream feature where this transport offers it. */
 int c2s_sm_offered(const struct c2s_conn *c);
+
+/* Start stream management / resume with these values (what <enable/> and
+ * <resume/> carry); the answer goes through c2s_sm_say. */
+void c2s_sm_enable(struct c2s_conn *c, int resume, long max);
+void c2s_sm_resume(struct c2s_conn *c, const char *previd, const char *h);
+/* Our <enabled/>, <resumed/>, <failed/>: to the client, or into a SASL2
+ * <success/> being built. */
+void c2s_sm_say(struct c2s_conn *c, const char *xml);
+
+/* ---- sasl2.c (XEP-0388, XEP-0386, XEP-0484) --------------------------- */
+/* <authentication/> for the features (mechs as sasl_mechanisms gave them). */
+void c2s_sasl2_features(struct c2s_conn *c, struct sb_buf *b, const char *mechs,
+                        const struct sasl_cb *cb);
+/* <authenticate/>, <response/>, <abort/> in urn:xmpp:sasl:2, before auth. */
+void c2s_sasl2_element(struct c2s_conn *c, struct xml_node *n);
+/* 1 while c waits for the answer to an inline Bind 2. */
+int c2s_sasl2_binding(const struct c2s_conn *c);
+/* The inline bind ended: cond NULL bound, else why not. */
+void c2s_sasl2_bound(struct c2s_conn *c, const char *cond);
+/* An inline XEP-0198 answer: 1 when taken into the <success/>. */
+int c2s_sasl2_sm_said(struct c2s_conn *c, const char *xml);
+/* A stanza for c while its <success/> is not written yet: 1 when held
+ * (it leaves right after the success). */
+int c2s_sasl2_hold(struct c2s_conn *c, const char *data, size_t len);
+void c2s_sasl2_free(struct c2s_conn *c);
 
 /* ---- csi.c (XEP-0352) ------------------------------------------------- */
 /* An element in urn:xmpp:csi:0 after SASL: 1 when it was one (handled). */

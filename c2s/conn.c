@@ -475,6 +475,7 @@ static void conn_free(struct c2s_conn *c)
     xml_stream_free(c->xs);
     sasl_free(c->sasl);
     c2s_register_release(c);
+    c2s_sasl2_free(c);
     if (c->jid != c->jid_in)
         free(c->jid);
     free(c->bind_iq);

@@ -146,6 +146,11 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
             login_sasl_failed(c, "invalid-mechanism");
             return;
         }
+        if (c->s2) {                  /* a SASL2 exchange gives way to this one */
+            c2s_sasl2_free(c);
+            sasl_free(c->sasl);
+            c->sasl = NULL;
+        }
         if (!c->sasl) {
             struct sasl_cb cb;
             int has_cb = c2s_tls_channel_bindings(c, &cb);
@@ -159,7 +164,7 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
         }
         c->flags |= C2S_F_SASL_RUN;
         sasl_start(c->sasl, mech, text);
-    } else if (!(c->flags & C2S_F_SASL_RUN)) {
+    } else if (!(c->flags & C2S_F_SASL_RUN) || c->s2) {
         login_sasl_failed(c, strcmp(n->name, "abort") == 0 ? "aborted" : "malformed-request");
     } else if (strcmp(n->name, "response") == 0) {
         sasl_step(c->sasl, text);
@@ -189,15 +194,21 @@ void c2s_bind_iq(struct c2s_conn *c, struct xml_node *iq, struct xml_node *bind)
         c2s_iq_error(c, id, "wait", "resource-constraint");
         return;
     }
-    c2s_table_add(c);
-    if (c2s_route_control("bind", c->jid, c->sid, want) != SB_OK) {
-        c2s_table_del(c);
+    if (c2s_bind_request(c, want, NULL) != SB_OK)
         c2s_iq_error(c, id, "wait", "resource-constraint");
-        return;
+}
+
+sb_rc c2s_bind_request(struct c2s_conn *c, const char *want, const char *body)
+{
+    c2s_table_add(c);
+    if (c2s_route_control_body("bind", c->jid, c->sid, want, body ? body : "") != SB_OK) {
+        c2s_table_del(c);
+        return SB_ERROR;
     }
     c->flags |= C2S_F_BIND_WAIT;
     c->bind_deadline = ev_now(c2s.loop) + c2s.cfg.bind_timeout;
     c2s_conn_arm_timer(c);
+    return SB_OK;
 }
 
 static void login_bind_done(struct c2s_conn *c)
@@ -210,6 +221,26 @@ static void login_bind_done(struct c2s_conn *c)
 /* `bound` / `bind-failed` for this conn's sid. */
 void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux)
 {
+    int inline_bind = c2s_sasl2_binding(c);
+    if (inline_bind && strcmp(op, "bound") == 0 && c2s_conn_set_jid(c, aux) == SB_OK) {
+        login_bind_done(c);
+        c2s_conn_set_state(c, C2S_S_BOUND);
+        c2s_conn_arm_timer(c);
+        log_info("bound", "peer=%s sid=%s jid=%s bind=2", c->peer, c->sid, c->jid);
+        c2s_csi_bound(c);
+        c2s_sasl2_bound(c, NULL);
+        return;
+    }
+    if (inline_bind) {
+        log_info("bind_failed", "peer=%s sid=%s jid=%s cond=%s bind=2", c->peer, c->sid, c->jid,
+                 sb_log_q(aux));
+        if (strcmp(op, "bound") == 0)
+            c2s_route_control("end", c->jid, c->sid, aux);
+        login_bind_done(c);
+        c2s_table_del(c);
+        c2s_sasl2_bound(c, strcmp(op, "bound") ? login_safe_cond(aux) : "resource-constraint");
+        return;
+    }
     if (strcmp(op, "bound") == 0) {
         if (c2s_conn_set_jid(c, aux) != SB_OK) {
             c2s_iq_error(c, c->bind_iq, "wait", "resource-constraint");
@@ -241,13 +272,20 @@ void c2s_bind_answer(struct c2s_conn *c, const char *op, const char *aux)
 
 void c2s_bind_timeout(struct c2s_conn *c)
 {
+    if (c2s_sasl2_binding(c)) {
+        log_warn("bind_timeout", "peer=%s sid=%s jid=%s bind=2", c->peer, c->sid, c->jid);
+        login_bind_done(c);
+        c2s_table_del(c);
+        c2s_sasl2_bound(c, "internal-server-error");
+        return;
+    }
     if (!c->bind_iq) {              /* a <resume/> the sm did not answer */
         c->flags &= ~C2S_F_BIND_WAIT;
         c2s_table_del(c);
         c2s_sm_free(c);
         log_warn("sm_resume_timeout", "peer=%s sid=%s jid=%s", c->peer, c->sid, c->jid);
-        c2s_conn_writes(c, "<failed xmlns='urn:xmpp:sm:3'><internal-server-error "
-                           "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
+        c2s_sm_say(c, "<failed xmlns='urn:xmpp:sm:3'><internal-server-error "
+                      "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>");
         return;
     }
     log_warn("bind_timeout", "peer=%s sid=%s jid=%s", c->peer, c->sid, c->jid);

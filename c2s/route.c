@@ -431,7 +431,8 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
             return;
         struct c2s_conn *c = c2s_table_find(h->sid);
         if (c && c->state == C2S_S_BOUND) {
-            c2s_conn_write(c, body, len);
+            if (!c->s2 || !c2s_sasl2_hold(c, body, len))
+                c2s_conn_write(c, body, len);
             if (*h->op)
                 c2s_sm_stanza_out(c, h->op);
         }

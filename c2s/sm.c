@@ -102,13 +102,22 @@ static const char *sm_bare_of(const struct c2s_conn *c)
     return c->jid && jid_bare_of(c->jid, sm_bare, sizeof sm_bare) >= 0 ? sm_bare : NULL;
 }
 
+/* What we answer an <enable/>/<resume/> with: asked inline in a SASL2
+ * <authenticate/>, it goes into the <success/> (sasl2.c). */
+void c2s_sm_say(struct c2s_conn *c, const char *xml)
+{
+    if (c->s2 && c2s_sasl2_sm_said(c, xml))
+        return;
+    c2s_conn_writes(c, xml);
+}
+
 static void sm_failed(struct c2s_conn *c, const char *cond, const char *h)
 {
     char buf[256];
     snprintf(buf, sizeof buf, "<failed xmlns='" NS_SM "'%s%s%s><%s xmlns='" NS_STANZAS
              "'/></failed>", h ? " h='" : "", h ? h : "", h ? "'" : "", cond);
     log_info("sm_failed", "peer=%s sid=%s cond=%s", c->peer, c->sid, cond);
-    c2s_conn_writes(c, buf);
+    c2s_sm_say(c, buf);
 }
 
 static void sm_request_ack(struct c2s_smst *m)
@@ -121,16 +130,20 @@ static void sm_request_ack(struct c2s_smst *m)
 
 static void sm_enable(struct c2s_conn *c, struct xml_node *n)
 {
+    const char *resume = xml_attr(n, "resume"), *max = xml_attr(n, "max");
+    c2s_sm_enable(c, resume && (!strcmp(resume, "true") || !strcmp(resume, "1")),
+                  max ? strtol(max, NULL, 10) : 0);
+}
+
+void c2s_sm_enable(struct c2s_conn *c, int resume, long max)
+{
     const char *bare = sm_bare_of(c);
     if (c->state != C2S_S_BOUND || c->sm || !c2s_sm_offered(c) || !bare) {
         sm_failed(c, "unexpected-request", NULL);
         return;
     }
-    const char *resume = xml_attr(n, "resume"), *max = xml_attr(n, "max");
     char body[48];
-    snprintf(body, sizeof body, "resume=%d max=%ld",
-             resume && (!strcmp(resume, "true") || !strcmp(resume, "1")),
-             max ? strtol(max, NULL, 10) : 0);
+    snprintf(body, sizeof body, "resume=%d max=%ld", resume, max);
     struct c2s_smst *m = sm_new(c);
     if (!m || c2s_route_control_body("sm-enable", bare, c->sid, c->jid, body) != SB_OK) {
         c2s_sm_free(c);
@@ -142,7 +155,11 @@ static void sm_enable(struct c2s_conn *c, struct xml_node *n)
 
 static void sm_resume(struct c2s_conn *c, struct xml_node *n)
 {
-    const char *previd = xml_attr(n, "previd"), *h = xml_attr(n, "h");
+    c2s_sm_resume(c, xml_attr(n, "previd"), xml_attr(n, "h"));
+}
+
+void c2s_sm_resume(struct c2s_conn *c, const char *previd, const char *h)
+{
     const char *bare = sm_bare_of(c);
     if (c->state != C2S_S_AUTHENTICATED || c->sm || (c->flags & C2S_F_BIND_WAIT) ||
         !c2s_sm_offered(c) || !bare) {
@@ -333,7 +350,7 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
                      h->aux, *max ? max : "300");
         else
             snprintf(buf, sizeof buf, "<enabled xmlns='" NS_SM "'/>");
-        c2s_conn_writes(c, buf);
+        c2s_sm_say(c, buf);
         log_info("sm_enabled", "peer=%s sid=%s jid=%s resumable=%d", c->peer, c->sid, c->jid,
                  m->resumable);
     } else if (!strcmp(h->op, "sm-resumed") && m->resuming) {
@@ -349,9 +366,9 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         m->out = m->acked = m->resume_h;
         snprintf(buf, sizeof buf, "<resumed xmlns='" NS_SM "' previd='%s' h='%u'/>", m->previd,
                  m->in_h);
-        c2s_conn_writes(c, buf);
         c2s_conn_set_state(c, C2S_S_BOUND);
         c2s_conn_arm_timer(c);
+        c2s_sm_say(c, buf);
         log_info("sm_resumed", "peer=%s sid=%s jid=%s h=%u", c->peer, c->sid, c->jid, m->in_h);
         c2s_csi_bound(c);           /* the sm restarted it active (XEP-0352 §5) */
     } else if (!strcmp(h->op, "sm-failed") && (m->waiting || m->resuming)) {

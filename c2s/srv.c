@@ -179,6 +179,9 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->stanza_burst = atof(sb_config_str("stanza_burst", "500"));
     /* XEP-0198: ask for an ack after this many stanzas or seconds. */
     cfg->sm_ack_every = (int)sb_config_int("sm_ack_every", 5);
+    cfg->fast_ttl = atof(sb_config_str("fast_ttl", "1209600"));     /* 14 days */
+    if (cfg->fast_ttl < 60)
+        cfg->fast_ttl = 60;
     cfg->sm_ack_after = atof(sb_config_str("sm_ack_after", "30"));
     if (cfg->sm_ack_every < 1)
         cfg->sm_ack_every = 1;

@@ -6,6 +6,7 @@
  * neutral (c2s_stream_begin/element/closed, also used by BOSH and
  * WebSocket); the Expat parser feeding them belongs to the TCP transport. */
 #include "c2s.h"
+#include "sasl2.h"
 #include "jid.h"
 #include "log.h"
 #include "metrics.h"
@@ -202,6 +203,7 @@ void c2s_stream_features(struct c2s_conn *c)
             sb_buf_adds(b, "</mechanisms>");
             if (has_cb && strstr(m0, "-PLUS"))     /* only where a -PLUS is offered */
                 stream_channel_bindings(b, &cb);
+            c2s_sasl2_features(c, b, sasl_mechanisms(&o), has_cb ? &cb : NULL);  /* XEP-0388 */
             if (c2s_register_offered(c))      /* XEP-0077 (register.c) */
                 sb_buf_adds(b, "<register xmlns='http://jabber.org/features/iq-register'/>");
         }
@@ -323,7 +325,10 @@ static void stream_starttls(struct c2s_conn *c, struct xml_node *n)
 static void stream_preauth(struct c2s_conn *c, struct xml_node *n)
 {
     const char *name = n->name;
-    if (strcmp(name, "starttls") == 0) {
+    const char *ns = xml_attr(n, "xmlns");
+    if (ns && strcmp(ns, NS_SASL2) == 0) {
+        c2s_sasl2_element(c, n);                       /* XEP-0388 */
+    } else if (strcmp(name, "starttls") == 0) {
         stream_starttls(c, n);
     } else if (strcmp(name, "auth") == 0 || strcmp(name, "response") == 0 ||
                strcmp(name, "abort") == 0) {

@@ -20,6 +20,8 @@
  *                   carbons-enabled sessions pays nothing: no control, no
  *                   extra hop, no lookup.
  * Eligible (§6): type chat, or normal with a <body/>; never a message with
+ * Control `carbons` (aux the full JID, body 1/0) is the same switch
+ * asked by the front-end for a Bind 2 inline <enable/> (XEP-0386).
  * <private/> (carbons) or <no-copy/> (hints), a carbon copy itself, a MUC
  * message (<x/> muc#user), an error, groupchat or headline. The receiving
  * side strips <private/> before delivery (§8) when it is written as our
@@ -165,6 +167,16 @@ void sm_carbons_session_up(struct sm_core *c, struct sm_user *u, const struct sm
 
 /* ---- stanzas ------------------------------------------------------------------------- */
 
+static void carbons_set(struct sm_job *j, struct sm_session *s, int on)
+{
+    if (s->carbons != on) {     /* enabling twice is not an error (§7.1) */
+        s->carbons = (unsigned)on;
+        sm_session_store(j->core, j->user, s);
+        carbons_routes(j->core, j->user, NULL);
+        log_info("carbons", "jid=%s enabled=%d", sb_log_q(j->aux), on);
+    }
+}
+
 static sb_rc carbons_iq(struct sm_job *j, const char *ns)
 {
     if (strcmp(ns, NS_CARBONS) || !j->user || !sm_job_to_own_account(j))
@@ -186,12 +198,7 @@ static sb_rc carbons_iq(struct sm_job *j, const char *ns)
         sm_reply_error(j, "cancel", "not-allowed");
         return SB_OK;
     }
-    if (s->carbons != on) {     /* enabling twice is not an error (§7.1) */
-        s->carbons = (unsigned)on;
-        sm_session_store(j->core, j->user, s);
-        carbons_routes(j->core, j->user, NULL);
-        log_info("carbons", "jid=%s enabled=%d", sb_log_q(j->aux), on);
-    }
+    carbons_set(j, s, on);
     struct xml_doc *d = sm_iq_result_new(j);
     if (!d || sm_send_node(j->core, d->root) != SB_OK)
         sm_reply_error(j, "wait", "internal-server-error");
@@ -263,6 +270,16 @@ static sb_rc carbons_message(struct sm_job *j)
  * Observed only (declined): mod_presence and mod_session end it. */
 static sb_rc carbons_control(struct sm_job *j, const char *op)
 {
+    if (j->user && !strcmp(op, "carbons")) {
+        /* XEP-0386 inline <enable/> in Bind 2: the front-end asks right
+         * after `bound`, on this queue, so the session exists. */
+        struct sm_session *s = sm_user_session(j->user, sm_job_sender_resource(j));
+        if (s && !strcmp(s->sid, j->sid))
+            carbons_set(j, s, !strcmp(j->body, "1"));
+        else
+            log_info("carbons_no_session", "jid=%s sid=%s", sb_log_q(j->aux), j->sid);
+        return SB_OK;
+    }
     if (!j->user || (strcmp(op, "end") && strcmp(op, "session-gone")))
         return SB_DECLINED;
     struct sm_session *s = sm_user_session(j->user, sm_job_sender_resource(j));

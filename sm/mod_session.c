@@ -1,5 +1,7 @@
 /* mod_session.c — session bindings in Redis (common/ENVELOPE.md):
- *   bind           claim `<prefix>.<16 random>` with HSETNX sess:{bare},
+ *   bind           claim `<prefix>.<16 random>` with HSETNX sess:{bare}
+ *                  (body exact=1, XEP-0386 Bind 2: `<prefix>` itself first,
+ *                  the random form only if that one is held),
  *                  record it in fe:<instance> (both pipelined: one round
  *                  trip), answer bound / bind-failed
  *   end            the front-end closed the session
@@ -22,6 +24,7 @@ struct bind_state {
     int attempt;
     int claim;          /* HSETNX answer: 1 claimed, 0 taken, -1 failed */
     int queued;         /* 1 while the SADD is owed a reply */
+    int exact;          /* body exact=1 (Bind 2): try the prefix alone first */
     char prefix[BIND_PREFIX_MAX + 1];
     char res[BIND_PREFIX_MAX + 2 + BIND_RANDOM_LEN];
 };
@@ -78,7 +81,10 @@ static sb_rc bind_try(struct bind_state *b)
 {
     char rnd[BIND_RANDOM_LEN + 1];
     sb_random_id(rnd, BIND_RANDOM_LEN);
-    snprintf(b->res, sizeof b->res, "%s%s%s", b->prefix, *b->prefix ? "." : "", rnd);
+    if (b->exact && b->attempt == 0 && *b->prefix)
+        snprintf(b->res, sizeof b->res, "%s", b->prefix);   /* stable per device */
+    else
+        snprintf(b->res, sizeof b->res, "%s%s%s", b->prefix, *b->prefix ? "." : "", rnd);
     struct sm_job *j = b->j;
     char val[2 * ENV_NAME_MAX + 8], member[ENV_STR_MAX + ENV_NAME_MAX + 2];
     snprintf(val, sizeof val, "%s %s 0", j->sender, j->sid);
@@ -158,6 +164,7 @@ static sb_rc session_bind(struct sm_job *j)
         return SB_AGAIN;
     }
     bind_prefix(j->aux, b->prefix);
+    b->exact = !strcmp(j->body, "exact=1");
     if (bind_try(b) != SB_OK)
         bind_fail(b, "internal-server-error");
     return SB_AGAIN;
