@@ -419,6 +419,8 @@ static sb_rc pep_presence(struct sm_job *j)
         pep_from_bare(j, bare, sizeof bare) < 0)
         return SB_DECLINED;
     int own = !strcmp(bare, j->user->bare);
+    if (own && avail && j->sid && *j->sid)   /* from the user's own stream */
+        sm_pep_compat_presence(j);      /* XEP-0398 §4, broadcast and directed */
     if (own && j->to && *j->to && strcmp(j->to, j->user->bare))
         return SB_DECLINED;             /* directed presence: not a broadcast */
     if (unavail) {
