@@ -29,6 +29,7 @@ Switchboard alone):
   BENCH_MAM_HEAVY   mamq: rows of the measured user [100000]  BENCH_MAM_QUERIES per kind [50]
   BENCH_MUC_USERS   muc: occupants of one room [500]  BENCH_MUC_SENDERS of them sending [10]
   BENCH_MUC_RATE    muc: groupchat messages/s in, all senders together [100]
+  BENCH_MUC_JOIN_WINDOW  muc: joins in flight while the room fills [10]
   BENCH_PEP_CONTACTS  pep: contacts of the publisher [1000]  BENCH_PEP_RATE tunes/s [20]
   BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
                     msg again with it off (SB_CLUSTER_CURVE=off for every process)
@@ -105,6 +106,7 @@ MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 MUC_USERS = int(env("BENCH_MUC_USERS", "500"))
 MUC_SENDERS = env("BENCH_MUC_SENDERS", "10")
 MUC_RATE = env("BENCH_MUC_RATE", "100")
+MUC_JOIN_WINDOW = env("BENCH_MUC_JOIN_WINDOW", "10")
 PEP_CONTACTS = int(env("BENCH_PEP_CONTACTS", "1000"))
 PEP_RATE = env("BENCH_PEP_RATE", "20")
 CURVE = env("BENCH_CURVE", "on")
@@ -417,7 +419,7 @@ class Switchboard(Target):
         room = "bench%s@conference.%s" % (random.randrange(1 << 30), DOMAIN)
         return self.run("muc", "--users", str(MUC_USERS), "--senders", MUC_SENDERS, "--rates",
                         MUC_RATE, "--step", STEP, "--drain", "15", "--room", room,
-                        "--window", "100", label="muc")
+                        "--window", MUC_JOIN_WINDOW, label="muc")
 
     def pep_fanout(self):
         """User bench1 publishes to bench2..benchN+1, its contacts: the

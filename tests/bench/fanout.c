@@ -246,8 +246,15 @@ static void muc_join_fill(void)
     }
 }
 
+static long join_errors;
+
 static void muc_other(struct sbb_conn *c, const char *el, size_t len)
 {
+    if (!ready[c->slot] && (memmem(el, len, "type='error'", 12) || memmem(el, len, "type=\"error\"", 12))) {
+        join_errors++;                  /* reported; the join is not retried */
+        snprintf(last_error, sizeof last_error, "join-error");
+        return;
+    }
     if (ready[c->slot] || (!memmem(el, len, "code='110'", 10) && !memmem(el, len, "code=\"110\"", 10)))
         return;
     ready[c->slot] = 1;
@@ -289,7 +296,8 @@ int sbb_fanout_muc(const struct sbb_fanout_cfg *cfg)
     double t = sbb_now();
     muc_join_fill();
     if (!fo_until(all_ready, 30 + fc->users * 0.1)) {
-        snprintf(last_error, sizeof last_error, "joined %d of %d", nready, fc->users);
+        snprintf(last_error, sizeof last_error, "joined %d of %d, %ld join errors", nready,
+                 fc->users, join_errors);
         goto setup_failed;
     }
     double setup = sbb_now() - t;
