@@ -9,6 +9,7 @@ const char *const auth_account_tables[] = {
     "roster", "roster_version", "roster_pending", "offline", "vcards",
     "private_storage", "last_activity", "blocklist", "push_registrations", "archive",
     "archive_prefs", "archive_prefs_jid", "pep_nodes", "pep_items", "fast_tokens",
+    "upload_files", "upload_quota",     /* the files: AUTH_ACCOUNT_TRASH_SQL first */
 };
 const size_t auth_account_ntables = SB_ARRAY_LEN(auth_account_tables);
 

@@ -36,4 +36,19 @@ void auth_keys_derive(const char *password, unsigned iter, struct auth_keys *out
 extern const char *const auth_account_tables[];
 extern const size_t auth_account_ntables;
 
+/* What an account leaves outside PostgreSQL: its uploaded files (XEP-0363)
+ * in [upload] dir, which only the sb-bosh processes (and sbctl on their
+ * hosts) can reach. Run before the table deletes (or in the same
+ * statement: a CTE sees the rows as they were), this queues the ids of the
+ * account's files ($1 domain, $2 username; the DOMAIN form: $1 only) in
+ * upload_trash; every sb-bosh takes the queue every few seconds and
+ * unlinks the files (c2s/web_upload.c), sbctl at once when it sees the
+ * directory (sbctl/account.c). */
+#define AUTH_ACCOUNT_TRASH_SQL                                                     \
+    "INSERT INTO upload_trash (id) SELECT id FROM upload_files"                    \
+    " WHERE domain=$1 AND username=$2 ON CONFLICT DO NOTHING RETURNING id"
+#define AUTH_DOMAIN_TRASH_SQL                                                      \
+    "INSERT INTO upload_trash (id) SELECT id FROM upload_files"                    \
+    " WHERE domain=$1 ON CONFLICT DO NOTHING RETURNING id"
+
 #endif

@@ -216,7 +216,8 @@ static const char *reg_remove_statement(void)
     if (reg_remove_sql)
         return reg_remove_sql;
     struct sb_buf b = {0};
-    sb_buf_adds(&b, "WITH u AS (DELETE FROM users WHERE domain=$1 AND username=$2 RETURNING 1)");
+    sb_buf_adds(&b, "WITH u AS (DELETE FROM users WHERE domain=$1 AND username=$2 RETURNING 1),"
+                    " tr AS (" AUTH_ACCOUNT_TRASH_SQL ")");
     for (size_t i = 0; i < auth_account_ntables; i++)
         sb_buf_printf(&b, ", t%zu AS (DELETE FROM %s WHERE domain=$1 AND username=$2)", i,
                       auth_account_tables[i]);

@@ -15,7 +15,9 @@
  * The body of a PUT goes to the store chunk by chunk as it is read; a GET
  * is streamed from the file (web_respond_file). The expiry sweep walks the
  * directory off the request path: 500 entries a second during a pass,
- * a pass every hour. */
+ * a pass every hour. The files of deleted accounts (upload_trash, queued
+ * by auth/account.h AUTH_ACCOUNT_TRASH_SQL) are taken and unlinked every
+ * UPLOAD_TRASH_EVERY seconds, 500 ids per statement. */
 #include "web.h"
 #include "log.h"
 #include "upload.h"
@@ -30,6 +32,7 @@
 
 #define UPLOAD_SWEEP_EVERY 3600.0
 #define UPLOAD_SWEEP_BUDGET 500
+#define UPLOAD_TRASH_EVERY 5.0
 
 struct web_upload {
     struct upload_put *put;
@@ -41,6 +44,8 @@ static struct upload_cfg up;
 static int up_on;
 static struct upload_sweep *up_sweep;
 static ev_timer up_sweep_timer;
+static ev_timer up_trash_timer;
+static int up_trash_busy;
 
 int web_upload_path(const char *path)
 {
@@ -279,6 +284,42 @@ static void upload_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ev_timer_again(loop, w);
 }
 
+/* ---- deleted accounts' files ----------------------------------------------------- */
+
+static void upload_trash_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+static void upload_trash_taken(PGresult *res, void *arg)
+{
+    up_trash_busy = 0;
+    if (!up_on)
+        return;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (res)
+            log_warn("upload_trash_failed", "error=%s", sb_log_q(PQresultErrorMessage(res)));
+        return;                         /* the ids stay queued: the next turn */
+    }
+    int n = PQntuples(res);
+    long removed = 0;
+    for (int i = 0; i < n; i++)
+        removed += upload_store_remove(up.dir, PQgetvalue(res, i, 0)) == SB_OK;
+    if (n)
+        log_info("upload_trashed", "ids=%d files=%ld dir=%s", n, removed, sb_log_q(up.dir));
+    if (n == UPLOAD_TRASH_BATCH) {      /* more waiting: go on at once */
+        up_trash_timer.repeat = 0.01;
+        ev_timer_again(c2s.loop, &up_trash_timer);
+    }
+}
+
+static void upload_trash_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    w->repeat = UPLOAD_TRASH_EVERY;
+    ev_timer_again(loop, w);
+    if (up_trash_busy || !c2s.pg)
+        return;
+    if (pgev_query(c2s.pg, UPLOAD_TRASH_TAKE_SQL, 0, NULL, upload_trash_taken, NULL) == SB_OK)
+        up_trash_busy = 1;
+}
+
 sb_rc web_upload_init(void)
 {
     sb_rc rc = upload_cfg_load(&up);
@@ -296,6 +337,9 @@ sb_rc web_upload_init(void)
     ev_init(&up_sweep_timer, upload_sweep_cb);
     up_sweep_timer.repeat = 5.0;
     ev_timer_again(c2s.loop, &up_sweep_timer);
+    ev_init(&up_trash_timer, upload_trash_cb);
+    up_trash_timer.repeat = 1.0;
+    ev_timer_again(c2s.loop, &up_trash_timer);
     log_info("upload_serving", "prefix=%s dir=%s expire_days=%ld", sb_log_q(up.prefix),
              sb_log_q(up.dir), up.expire_days);
     return SB_OK;
@@ -303,8 +347,10 @@ sb_rc web_upload_init(void)
 
 void web_upload_free_all(void)
 {
-    if (up_sweep)
+    if (up_sweep) {
         ev_timer_stop(c2s.loop, &up_sweep_timer);
+        ev_timer_stop(c2s.loop, &up_trash_timer);
+    }
     upload_sweep_free(up_sweep);
     up_sweep = NULL;
     up_on = 0;

@@ -29,6 +29,11 @@ const char UPLOAD_PURGE_SQL[] =
     " UPDATE upload_quota q SET bytes = greatest(q.bytes - s.n, 0) FROM s"
     " WHERE q.domain = s.domain AND q.username = s.username";
 
+const char UPLOAD_TRASH_TAKE_SQL[] =
+    "DELETE FROM upload_trash WHERE id IN (SELECT id FROM upload_trash"
+    " LIMIT 500 FOR UPDATE SKIP LOCKED) RETURNING id";   /* 500: UPLOAD_TRASH_BATCH */
+const char UPLOAD_TRASH_DONE_SQL[] = "DELETE FROM upload_trash WHERE id = ANY($1::text[])";
+
 static const char *upload_str(const char *key, const char *def)
 {
     return sb_config_str_in("upload", NULL, key, def);
@@ -332,6 +337,20 @@ sb_rc upload_store_get(const char *dir, const char *id, const char *ename, int *
     *off = (off_t)(nl + 1 - hdr);
     *len = st.st_size - *off;
     return SB_OK;
+}
+
+sb_rc upload_store_remove(const char *dir, const char *id)
+{
+    char sub[4096], file[4096];
+    if (!upload_id_valid(id, strlen(id)))
+        return SB_DECLINED;
+    upload_paths(dir, id, sub, sizeof sub, file, sizeof file);
+    if (unlink(file) == 0)
+        return SB_OK;
+    if (errno != ENOENT)
+        log_warn("upload_store_failed", "op=remove file=%s err=%s", sb_log_q(file),
+                 strerror(errno));
+    return SB_DECLINED;
 }
 
 /* ---- expiry ------------------------------------------------------------------------ */

@@ -92,6 +92,9 @@ void upload_store_abort(struct upload_put *p);
 sb_rc upload_store_get(const char *dir, const char *id, const char *ename, int *fd,
                        off_t *off, off_t *len, char *ctype, size_t cap);
 
+/* Remove stored file id: SB_OK, SB_DECLINED when there is none. */
+sb_rc upload_store_remove(const char *dir, const char *id);
+
 /* Expiry: walk the store removing files (and stale temporaries) whose
  * mtime is older than max_age seconds, at most `budget` entries per call,
  * carrying on where the last call stopped. Returns the files removed;
@@ -104,5 +107,12 @@ void upload_sweep_free(struct upload_sweep *s);
 /* The quota rows' expiry (sm timer, sbctl upload purge): one statement,
  * $1 = expire_days. */
 extern const char UPLOAD_PURGE_SQL[];
+/* Deleted accounts' files (migration 011, auth/account.h): takes up to
+ * UPLOAD_TRASH_BATCH queued ids (rows locked by another taker skipped),
+ * returning them. UPLOAD_TRASH_DONE_SQL: $1 the ids (a text array) whose
+ * files are gone. */
+#define UPLOAD_TRASH_BATCH 500
+extern const char UPLOAD_TRASH_TAKE_SQL[];
+extern const char UPLOAD_TRASH_DONE_SQL[];
 
 #endif

@@ -15,6 +15,8 @@
 #include "account.h"
 #include "auth-int.h"
 #include "sbctl.h"
+#include "upload.h"
+#include "pgev.h"
 
 #define SQLSTATE_UNIQUE "23505"
 #define SQLSTATE_FK "23503"
@@ -100,11 +102,24 @@ static void account_done(const char *what, const char *name, const char *done)
 
 /* Delete the rows of one account (username given) or of a whole domain
  * (username NULL) from every account table; inside the caller's
- * transaction. 0 ok, -1 after a message. */
-static int account_purge(PGconn *c, const char *domain, const char *username)
+ * transaction. The ids of its uploaded files are queued in upload_trash
+ * first (auth/account.h) and kept in *trash for account_files_remove once
+ * committed. 0 ok, -1 after a message. */
+static int account_purge(PGconn *c, const char *domain, const char *username, PGresult **trash)
 {
     const char *p[2] = {domain, username};
     char sql[160];
+    PGresult *t = PQexecParams(c, username ? AUTH_ACCOUNT_TRASH_SQL : AUTH_DOMAIN_TRASH_SQL,
+                               username ? 2 : 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(t) != PGRES_TUPLES_OK) {
+        sbctl_err("cannot queue the uploaded files: %s", sbctl_pg_msg(c, t));
+        PQclear(t);
+        return -1;
+    }
+    if (trash && !*trash)
+        *trash = t;
+    else
+        PQclear(t);
     for (size_t i = 0; i < auth_account_ntables; i++) {
         snprintf(sql, sizeof sql, "DELETE FROM %s WHERE domain=$1%s", auth_account_tables[i],
                  username ? " AND username=$2" : "");
@@ -117,6 +132,33 @@ static int account_purge(PGconn *c, const char *domain, const char *username)
             return -1;
     }
     return 0;
+}
+
+/* After the commit: unlink the queued files this host can see ([upload]
+ * dir) and take their ids off the queue; the rest stay for sb-bosh. */
+static void account_files_remove(PGconn *c, PGresult *trash)
+{
+    struct upload_cfg cfg;
+    int n = trash ? PQntuples(trash) : 0;
+    if (!n || upload_cfg_load(&cfg) != SB_OK || !*cfg.dir || access(cfg.dir, W_OK) != 0) {
+        PQclear(trash);
+        return;
+    }
+    struct sb_buf ids = SB_BUF_INIT;
+    sb_buf_adds(&ids, "{");
+    int removed = 0;
+    for (int i = 0; i < n; i++) {
+        const char *id = PQgetvalue(trash, i, 0);
+        if (upload_store_remove(cfg.dir, id) == SB_OK && ++removed)
+            pgev_array_add(&ids, id, strlen(id));
+    }
+    sb_buf_adds(&ids, "}");
+    if (removed && ids.data) {
+        const char *p[1] = {ids.data};
+        PQclear(PQexecParams(c, UPLOAD_TRASH_DONE_SQL, 1, NULL, p, NULL, NULL, 0));
+    }
+    sb_buf_free(&ids);
+    PQclear(trash);
 }
 
 /* ---- domain ------------------------------------------------------------------- */
@@ -192,6 +234,7 @@ static int domain_del(PGconn *c, const char *name, int force)
         return SBCTL_FAIL;
     }
     const char *p[1] = {dom};
+    PGresult *trash = NULL;
     if (sbctl_db_exec(c, "BEGIN") != 0)
         return SBCTL_FAIL;
     PGresult *r = PQexecParams(c, "SELECT (SELECT count(*) FROM users WHERE domain=$1),"
@@ -217,11 +260,14 @@ static int domain_del(PGconn *c, const char *name, int force)
         sbctl_err("cannot delete domain %s: %s", dom, sbctl_pg_msg(c, r));
         goto out;
     }
-    if (account_purge(c, dom, NULL) != 0 || sbctl_db_exec(c, "COMMIT") != 0)
+    if (account_purge(c, dom, NULL, &trash) != 0 || sbctl_db_exec(c, "COMMIT") != 0)
         goto out;
+    account_files_remove(c, trash);
+    trash = NULL;
     rc = SBCTL_OK;
 out:
     PQclear(r);
+    PQclear(trash);
     if (rc != SBCTL_OK) {
         PQclear(PQexec(c, "ROLLBACK"));
         return rc;
@@ -369,17 +415,20 @@ static int user_del(PGconn *c, const struct jid *j)
     else if (none)
         sbctl_err("no such user %s", bare);
     PQclear(r);
-    if (bad || none || account_purge(c, j->domain, j->node) != 0 ||
+    PGresult *trash = NULL;
+    if (bad || none || account_purge(c, j->domain, j->node, &trash) != 0 ||
         sbctl_db_exec(c, "COMMIT") != 0) {
+        PQclear(trash);
         PQclear(PQexec(c, "ROLLBACK"));
         return SBCTL_FAIL;
     }
+    account_files_remove(c, trash);
     redisContext *rc = sbctl_redis();
     int kicked = rc ? sbctl_kick_sessions(rc, bare, NULL, "not-authorized", "account deleted") : -1;
     /* The sm writes what an ending session leaves (last activity) as it
      * ends: once the bindings are gone, delete once more. */
     if (kicked > 0 && user_sessions_gone(rc, bare) &&
-        (sbctl_db_exec(c, "BEGIN") != 0 || account_purge(c, j->domain, j->node) != 0 ||
+        (sbctl_db_exec(c, "BEGIN") != 0 || account_purge(c, j->domain, j->node, NULL) != 0 ||
          sbctl_db_exec(c, "COMMIT") != 0))
         PQclear(PQexec(c, "ROLLBACK"));
     if (rc)

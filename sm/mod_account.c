@@ -25,6 +25,7 @@
 static const char *const account_features[] = {
     NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, "jabber:iq:last", "vcard-temp", "urn:xmpp:push:0",
     MAM_NS, MAM_NS_EXT, MAM_NS_FULLTEXT,
+    SM_NS_VCARD_CONVERSION, SM_NS_BOOKMARKS_COMPAT,    /* pep_compat.c */
 };
 
 extern const struct sm_module sm_mod_account;

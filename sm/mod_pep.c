@@ -103,6 +103,8 @@ struct pep_op {
     struct pep_cfg cfg;
     int notify;
     struct sb_buf trim;                 /* PostgreSQL array of the ids dropped */
+    sm_pep_done_cb done;                /* set: made by the server (sm_pep_publish_as) */
+    void *done_arg;
 };
 
 /* ---- small helpers ------------------------------------------------------------------- */
@@ -417,6 +419,8 @@ static sb_rc pep_presence(struct sm_job *j)
         pep_from_bare(j, bare, sizeof bare) < 0)
         return SB_DECLINED;
     int own = !strcmp(bare, j->user->bare);
+    if (own && avail && j->sid && *j->sid)   /* from the user's own stream */
+        sm_pep_compat_presence(j);      /* XEP-0398 §4, broadcast and directed */
     if (own && j->to && *j->to && strcmp(j->to, j->user->bare))
         return SB_DECLINED;             /* directed presence: not a broadcast */
     if (unavail) {
@@ -552,12 +556,16 @@ static void pep_on_write(PGresult *res, void *arg)
     struct pep_op *op = arg;
     struct sm_job *j = op->j;
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok) {
         log_warn("pep_write_failed", "jid=%s node=%s error=%s", sb_log_q(j->key),
                  sb_log_q(op->node), sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
-        sm_reply_error(j, "wait", "internal-server-error");
+        if (!op->done)
+            sm_reply_error(j, "wait", "internal-server-error");
     } else {
-        if (op->kind == PEP_OP_PUBLISH) {
+        if (op->done) {
+            /* made by the server: nobody asked, nobody is answered */
+        } else if (op->kind == PEP_OP_PUBLISH) {
             struct sb_buf b = SB_BUF_INIT;
             sb_buf_adds(&b, "<pubsub xmlns='" NS_PUBSUB "'><publish node='");
             xml_escape_attr(&b, op->node, strlen(op->node));
@@ -581,13 +589,26 @@ static void pep_on_write(PGresult *res, void *arg)
                 pep_apply_config(j->user, op);
         }
     }
+    sm_pep_done_cb done = op->done;
+    void *done_arg = op->done_arg;
+    char *node = op->node;
+    op->node = NULL;
+    int own_write = !done && ok && j->user && op->kind != PEP_OP_CONFIG;
     pep_op_free(op);
-    sm_job_done(j);
+    if (done)
+        done(j, ok, done_arg);          /* owns the job from here */
+    else if (!own_write || sm_pep_compat_after(j, node) != SB_AGAIN)
+        sm_job_done(j);
+    free(node);
 }
 
 static sb_rc pep_write(struct pep_op *op, const char *sql, int n, const char *const *params)
 {
     if (sm_pg_query(op->j->core, sql, n, params, pep_on_write, op) != SB_OK) {
+        if (op->done) {
+            pep_op_free(op);
+            return SB_ERROR;
+        }
         sm_reply_error(op->j, "wait", "resource-constraint");
         pep_op_free(op);
         return SB_OK;
@@ -596,6 +617,9 @@ static sb_rc pep_write(struct pep_op *op, const char *sql, int n, const char *co
 }
 
 /* ---- pubsub: publish, retract, items ---------------------------------------------------- */
+
+static sb_rc pep_publish_write(struct pep_op *op, const struct pep_node *n,
+                               const char *const *acc);
 
 static int pep_count(const struct xml_node *n, const char *name)
 {
@@ -675,6 +699,16 @@ static sb_rc pep_publish(struct sm_job *j, const struct xml_node *ps, const stru
         op->cfg = pep_cfg_of(n);
     else
         pep_cfg_apply(&op->cfg, &o);
+    return pep_publish_write(op, n, acc);
+}
+
+/* The statement of a publish whose op has its id, payload and cfg. */
+static sb_rc pep_publish_write(struct pep_op *op, const struct pep_node *n,
+                               const char *const *acc)
+{
+    struct sm_job *j = op->j;
+    const char *node = op->node;
+    const char *id = op->id ? op->id : "";
     struct pep_node probe = {.max_items = op->cfg.max};
     pep_trim_list(n, id, sm_pep_max_items(&probe), &op->trim);
     sb_buf_adds(&op->trim, "}");
@@ -686,6 +720,10 @@ static sb_rc pep_publish(struct sm_job *j, const struct xml_node *ps, const stru
     snprintf(seq, sizeof seq, "%lld", op->seq);
     snprintf(max, sizeof max, "%ld", op->cfg.max);
     if (!op->id || !op->trim.data) {
+        if (op->done) {
+            pep_op_free(op);
+            return SB_ERROR;
+        }
         pep_op_free(op);
         return pep_error(j, "wait", "internal-server-error", NULL);
     }
@@ -896,6 +934,59 @@ static sb_rc pep_iq(struct sm_job *j, const char *ns)
     if (sm_acct_split(j->user->bare, node, sizeof node, &acc[0]) != SB_OK)
         return pep_error(j, "cancel", "service-unavailable", NULL);
     return owner ? pep_owner(j, acc) : pep_pubsub(j, acc);
+}
+
+/* ---- on the user's behalf (pep_compat.c) ------------------------------------------------ */
+
+sb_rc sm_pep_publish_as(struct sm_job *j, const char *node, const char *id, const char *payload,
+                        int access, long max_items, sm_pep_done_cb done, void *arg)
+{
+    char user[ENV_STR_MAX + 1];
+    const char *acc[2] = {NULL, user};
+    if (!j->user || sm_acct_split(j->user->bare, user, sizeof user, &acc[0]) != SB_OK ||
+        (long)strlen(payload) > pep_max_bytes())
+        return SB_ERROR;
+    struct pep_op *op = pep_op_new(j, PEP_OP_PUBLISH, node);
+    if (!op)
+        return SB_ERROR;
+    op->done = done;
+    op->done_arg = arg;
+    op->id = strdup(id);
+    op->payload = strdup(payload);
+    struct pep_node *n = sm_pep_node(pep_of(j->user, 0), node);
+    op->cfg = n ? pep_cfg_of(n)
+                : (struct pep_cfg){.access = access, .persist = 1, .max = max_items};
+    if (!op->payload) {
+        pep_op_free(op);
+        return SB_ERROR;
+    }
+    sb_rc rc = pep_publish_write(op, n, acc);
+    return rc == SB_AGAIN ? SB_AGAIN : SB_ERROR;
+}
+
+sb_rc sm_pep_retract_as(struct sm_job *j, const char *node, const char *id, sm_pep_done_cb done,
+                        void *arg)
+{
+    char user[ENV_STR_MAX + 1];
+    const char *acc[2] = {NULL, user};
+    if (!j->user || sm_acct_split(j->user->bare, user, sizeof user, &acc[0]) != SB_OK)
+        return SB_ERROR;
+    struct pep_op *op = pep_op_new(j, PEP_OP_RETRACT, node);
+    if (!op || !(op->id = strdup(id))) {
+        if (op)
+            pep_op_free(op);
+        return SB_ERROR;
+    }
+    op->done = done;
+    op->done_arg = arg;
+    op->notify = 1;
+    const char *params[4] = {acc[0], acc[1], node, id};
+    return pep_write(op, PEP_RETRACT_SQL, 4, params) == SB_AGAIN ? SB_AGAIN : SB_ERROR;
+}
+
+struct sm_pep *sm_pep_of(struct sm_user *u)
+{
+    return pep_of(u, 0);
 }
 
 /* ---- disco ------------------------------------------------------------------------------ */

@@ -9,6 +9,7 @@
  *                                                not-acceptable
  * A set is one statement, so either every namespace is stored or none. */
 #include "acct.h"
+#include "pep.h"
 #include "log.h"
 
 #include <string.h>
@@ -88,6 +89,9 @@ static void private_on_set(PGresult *res, void *arg)
         sm_reply_error(j, "wait", "internal-server-error");
     } else {
         private_reply_done(j, sm_iq_result_new(j));
+        /* XEP-0411: storage:bookmarks goes on to the PEP node, then done */
+        if (j->user && sm_pep_compat_private_set(j, xml_first_elem(j->st)) == SB_AGAIN)
+            return;
     }
     sm_job_done(j);
 }

@@ -8,9 +8,11 @@
  *   set, another account          forbidden
  * A vCard query to a full JID is a client's business (mod_deliver). */
 #include "acct.h"
+#include "pep.h"
 #include "config.h"
 #include "log.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define NS_VCARD "vcard-temp"
@@ -70,8 +72,108 @@ static void vcard_on_set(PGresult *res, void *arg)
             sm_reply_error(j, "wait", "internal-server-error");
         xml_doc_free(d);
         log_info("vcard_set", "jid=%s", sb_log_q(j->key));
+        if (j->user && sm_pep_compat_vcard_set(j, xml_first_elem(j->st)) == SB_AGAIN)
+            return;                     /* XEP-0398: the avatar follows, then done */
     }
     sm_job_done(j);
+}
+
+/* ---- XEP-0398: the PHOTO from the PEP avatar (pep_compat.c) ------------------------------ */
+
+struct vcard_photo {
+    struct sm_job *j;
+    char *type, *b64;
+    char node[ENV_STR_MAX + 1];
+    const char *domain;
+};
+
+static void vcard_photo_free(struct vcard_photo *p)
+{
+    free(p->type);
+    free(p->b64);
+    free(p);
+}
+
+static void vcard_photo_written(PGresult *res, void *arg)
+{
+    struct vcard_photo *p = arg;
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+        log_warn("vcard_photo_failed", "jid=%s error=%s", sb_log_q(p->j->key),
+                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+    else
+        log_info("vcard_photo_from_avatar", "jid=%s", sb_log_q(p->j->key));
+    struct sm_job *j = p->j;
+    vcard_photo_free(p);
+    sm_job_done(j);
+}
+
+/* The stored vCard (or an empty one) with its PHOTO replaced. */
+static void vcard_photo_read(PGresult *res, void *arg)
+{
+    struct vcard_photo *p = arg;
+    struct sm_job *j = p->j;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        log_warn("vcard_photo_failed", "jid=%s error=%s", sb_log_q(j->key),
+                 sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
+        vcard_photo_free(p);
+        sm_job_done(j);
+        return;
+    }
+    const char *stored = PQntuples(res) ? PQgetvalue(res, 0, 0) : NULL;
+    struct xml_doc *v = stored && *stored ? xml_doc_parse(stored, strlen(stored), NULL, NULL)
+                                          : NULL;
+    if (!v || !v->root || strcmp(v->root->name, "vCard")) {
+        xml_doc_free(v);
+        v = xml_doc_new("vCard");
+        if (v && xml_set_attr(v, v->root, "xmlns", NS_VCARD) != SB_OK) {
+            xml_doc_free(v);
+            v = NULL;
+        }
+    }
+    struct xml_node *old;
+    while (v && (old = xml_child(v->root, "PHOTO", NULL)))
+        xml_unlink(old);
+    struct xml_node *ph = v ? xml_add_child(v, v->root, "PHOTO") : NULL;
+    struct xml_node *ty = ph ? xml_add_child(v, ph, "TYPE") : NULL;
+    struct xml_node *bv = ph ? xml_add_child(v, ph, "BINVAL") : NULL;
+    struct sb_buf b = SB_BUF_INIT;
+    if (!ty || !bv || xml_add_text(v, ty, p->type, strlen(p->type)) != SB_OK ||
+        xml_add_text(v, bv, p->b64, strlen(p->b64)) != SB_OK ||
+        xml_serialize(v->root, &b) != SB_OK || !b.data ||
+        (long)b.len > sb_config_int("vcard_max_size", 65536)) {
+        log_info("vcard_photo_failed", "jid=%s reason=build-or-size", sb_log_q(j->key));
+        goto done;
+    }
+    const char *params[3] = {p->domain, p->node, (const char *)b.data};
+    if (sm_pg_query(j->core, VCARD_SET_SQL, 3, params, vcard_photo_written, p) == SB_OK) {
+        sb_buf_free(&b);
+        xml_doc_free(v);
+        return;
+    }
+done:
+    sb_buf_free(&b);
+    xml_doc_free(v);
+    vcard_photo_free(p);
+    sm_job_done(j);
+}
+
+sb_rc sm_vcard_photo_set(struct sm_job *j, const char *type, const char *b64)
+{
+    struct vcard_photo *p = calloc(1, sizeof *p);
+    if (!p || !j->user ||
+        sm_acct_split(j->user->bare, p->node, sizeof p->node, &p->domain) != SB_OK ||
+        !(p->type = strdup(type)) || !(p->b64 = strdup(b64))) {
+        if (p)
+            vcard_photo_free(p);
+        return SB_ERROR;
+    }
+    p->j = j;
+    const char *params[2] = {p->domain, p->node};
+    if (sm_pg_query(j->core, VCARD_GET_SQL, 2, params, vcard_photo_read, p) != SB_OK) {
+        vcard_photo_free(p);
+        return SB_ERROR;
+    }
+    return SB_AGAIN;
 }
 
 static sb_rc vcard_query(struct sm_job *j, const char *sql, int n, const char *const *params,

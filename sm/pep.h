@@ -98,6 +98,45 @@ void sm_pep_caps_known(struct sm_core *c, const char *key);
  * (the nodes it may see) under q. */
 sb_rc sm_pep_disco_items(struct sm_job *j, struct xml_doc *d, struct xml_node *q);
 
+/* ---- on the user's behalf (mod_pep.c) ----------------------------------- */
+/* Runs when a server-made write is through (ok = stored and cached, the
+ * events sent); owns the job from then on: it calls sm_job_done() or
+ * starts the next write. */
+typedef void (*sm_pep_done_cb)(struct sm_job *j, int ok, void *arg);
+/* Publish or retract as the user would (stored, cached, notified), but
+ * for the server's own reasons (pep_compat.c), so no iq is answered; a
+ * new node gets `access` (enum pep_access), persist and max_items (-1:
+ * max). SB_AGAIN: started, `done` will run; SB_ERROR: nothing started. */
+sb_rc sm_pep_publish_as(struct sm_job *j, const char *node, const char *id, const char *payload,
+                        int access, long max_items, sm_pep_done_cb done, void *arg);
+sb_rc sm_pep_retract_as(struct sm_job *j, const char *node, const char *id, sm_pep_done_cb done,
+                        void *arg);
+struct sm_pep *sm_pep_of(struct sm_user *u);
+
+/* ---- XEP-0398 / XEP-0411: the older stores kept in step (pep_compat.c) --- */
+#define SM_NS_AVATAR_DATA "urn:xmpp:avatar:data"
+#define SM_NS_AVATAR_META "urn:xmpp:avatar:metadata"
+#define SM_NS_BOOKMARKS2 "urn:xmpp:bookmarks:1"
+#define SM_NS_VCARD_CONVERSION "urn:xmpp:pep-vcard-conversion:0"
+#define SM_NS_BOOKMARKS_COMPAT SM_NS_BOOKMARKS2 "#compat"
+/* After the user's own write to `node` (mod_pep): the avatar metadata
+ * goes into the vCard's PHOTO, the bookmarks into private storage.
+ * SB_AGAIN when it took the job over (calls sm_job_done itself). */
+sb_rc sm_pep_compat_after(struct sm_job *j, const char *node);
+/* mod_vcard, after storing the user's vCard (`vcard`, the element set):
+ * a valid PHOTO is published as the avatar. SB_AGAIN: took the job over. */
+sb_rc sm_pep_compat_vcard_set(struct sm_job *j, const struct xml_node *vcard);
+/* mod_private, after storing `query`'s children: storage:bookmarks goes
+ * to the PEP bookmarks node. SB_AGAIN: took the job over. */
+sb_rc sm_pep_compat_private_set(struct sm_job *j, const struct xml_node *query);
+/* mod_pep, an own outbound available presence (broadcast or directed):
+ * the avatar's hash as vcard-temp:x:update (XEP-0398 §4). */
+void sm_pep_compat_presence(struct sm_job *j);
+/* mod_vcard: the vCard's PHOTO replaced by (type, base64) — read, edited,
+ * written on j's queue; calls sm_job_done when through. SB_AGAIN, or
+ * SB_ERROR when nothing started. */
+sb_rc sm_vcard_photo_set(struct sm_job *j, const char *type, const char *b64);
+
 #define SM_NS_PUBSUB "http://jabber.org/protocol/pubsub"
 #define SM_NS_CAPS "http://jabber.org/protocol/caps"
 

@@ -451,6 +451,8 @@ test_sets() {
     printf 'cluster\tscram_iterations\t5000\n'
     printf 'sm\tpep_max_item_bytes\t16384\n'  # tests/integration/test_pep.py
     printf 'upload\tmax_file_size\t1048576\nupload\tquota\t3145728\n'   # test_upload.py
+    # slots on sb-bosh's HTTPS listener, as in production (test_browser.py's upload)
+    printf 'upload\turl\thttps://localhost:%s/upload\n' "$BOSH_TLS"
 }
 
 # Router N of the profile listens on ROUTER_PORT + N - 1; every component

@@ -8,7 +8,8 @@ also printed).
 
 Every knob is an environment variable (defaults are modest, ~5 min for
 Switchboard alone):
-  BENCH_SCENARIOS   login,plain,msg,smmsg,mamcpu,idle,scaleout,chaos,resume,csi,carbons,mamq
+  BENCH_SCENARIOS   login,plain,msg,smmsg,mamcpu,idle,scaleout,chaos,resume,csi,carbons,mamq,
+                    muc,pep
   BENCH_STEP        seconds per step [5]
   BENCH_MSG_USERS   [1000]      BENCH_MSG_RATES   [2500,5000,7500,10000,15000,20000,25000,30000]
   BENCH_PEER_MSG_RATES  the peer's message ladder [250,500,1000,1500,2000,2500,5000,7500,10000]
@@ -26,6 +27,10 @@ Switchboard alone):
   BENCH_CARBONS_MSGS  carbons: messages per run (3 runs off, 3 on) [400]
   BENCH_MAM_ROWS    mamq: archive rows generated (once; kept in var/bench) [10000000]
   BENCH_MAM_HEAVY   mamq: rows of the measured user [100000]  BENCH_MAM_QUERIES per kind [50]
+  BENCH_MUC_USERS   muc: occupants of one room [500]  BENCH_MUC_SENDERS of them sending [10]
+  BENCH_MUC_RATE    muc: groupchat messages/s in, all senders together [100]
+  BENCH_MUC_JOIN_WINDOW  muc: joins in flight while the room fills [10]
+  BENCH_PEP_CONTACTS  pep: contacts of the publisher [1000]  BENCH_PEP_RATE tunes/s [20]
   BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
                     msg again with it off (SB_CLUSTER_CURVE=off for every process)
   SB_BENCH_PORT_OFFSET  shifts every port of the bench profile
@@ -53,7 +58,7 @@ STACK = os.path.join(ROOT, "deploy/dev/stack.sh")
 VAR = os.path.join(ROOT, "var/bench")
 SBBENCH = os.path.join(ROOT, "build/bench/sbbench")
 # start order: the routers first, so components find them at once
-SB_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2", "bosh1", "s2s1"]
+SB_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2", "bosh1", "s2s1", "muc1"]
 # what the chaos scenario kills (bosh1 and s2s1 carry none of its traffic)
 CHAOS_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2"]
 DOMAIN = "localhost"
@@ -70,7 +75,7 @@ def env(name, default):
 STEP = env("BENCH_STEP", "5")
 SCEN = set(env("BENCH_SCENARIOS",
                 "login,plain,msg,smmsg,mamcpu,idle,scaleout,chaos,resume,csi,carbons,"
-                "mamq").split(","))
+                "mamq,muc,pep").split(","))
 MSG_USERS = int(env("BENCH_MSG_USERS", "1000"))
 MSG_RATES = env("BENCH_MSG_RATES", "2500,5000,7500,10000,15000,20000,25000,30000")
 PEER_MSG_RATES = env("BENCH_PEER_MSG_RATES", "250,500,1000,1500,2000,2500,5000,7500,10000")
@@ -98,6 +103,12 @@ CARBONS_MSGS = env("BENCH_CARBONS_MSGS", "400")
 MAM_ROWS = env("BENCH_MAM_ROWS", "10000000")
 MAM_HEAVY = env("BENCH_MAM_HEAVY", "100000")
 MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
+MUC_USERS = int(env("BENCH_MUC_USERS", "500"))
+MUC_SENDERS = env("BENCH_MUC_SENDERS", "10")
+MUC_RATE = env("BENCH_MUC_RATE", "100")
+MUC_JOIN_WINDOW = env("BENCH_MUC_JOIN_WINDOW", "10")
+PEP_CONTACTS = int(env("BENCH_PEP_CONTACTS", "1000"))
+PEP_RATE = env("BENCH_PEP_RATE", "20")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
@@ -144,7 +155,8 @@ def pidfile(path):
 
 
 def max_users():
-    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS] + IDLE)
+    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS,
+                MUC_USERS, PEP_CONTACTS + 1] + IDLE)
 
 
 # ---------------------------------------------------------------- targets
@@ -401,6 +413,25 @@ class Switchboard(Target):
         stack("start-proc", "c2s1", check=False)
         stack("wait-ready", check=False)
         return self.rows(p.stdout, load), p.returncode
+
+    # ---- fan-out: one room, one publisher (tests/bench/fanout.c)
+    def muc_fanout(self):
+        room = "bench%s@conference.%s" % (random.randrange(1 << 30), DOMAIN)
+        return self.run("muc", "--users", str(MUC_USERS), "--senders", MUC_SENDERS, "--rates",
+                        MUC_RATE, "--step", STEP, "--drain", "15", "--room", room,
+                        "--window", MUC_JOIN_WINDOW, label="muc")
+
+    def pep_fanout(self):
+        """User bench1 publishes to bench2..benchN+1, its contacts: the
+        roster rows go straight into PostgreSQL first (fanout_setup.py)."""
+        sys.path.insert(0, os.path.join(ROOT, "tests/bench"))
+        from fanout_setup import pep_roster_sql
+        from mam_bench import psql
+        # (an sm frees the record of a user without sessions: the next login
+        # loads these rows)
+        psql(self.env, pep_roster_sql(DOMAIN, PREFIX, 1, PEP_CONTACTS + 1))
+        return self.run("pep", "--users", str(PEP_CONTACTS + 1), "--rates", PEP_RATE,
+                        "--step", STEP, "--drain", "15", "--first", "1", label="pep")
 
     # ---- archiving on/off: the sms again with SB_SM_MAM_ENABLED
 
@@ -913,6 +944,14 @@ def run_scenarios(t):
         res["mamq"] = lines[-1] if lines else None
         if not lines:
             say("mamq scenario failed:", (out.stderr or "")[-400:])
+    if "muc" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        rows, _ = t.muc_fanout()
+        keep(rows)
+        res["muc"] = rows[-1] if rows else None
+    if "pep" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        rows, _ = t.pep_fanout()
+        keep(rows)
+        res["pep"] = rows[-1] if rows else None
     res["curve"] = t.curve or "n/a"
     return res
 
@@ -1062,6 +1101,25 @@ def carbons_figures(c):
                                               ", ".join("%.0f" % x for x in c["on_all"])), 0)]
 
 
+def fanout_figures(what, r, procs):
+    """A fan-out run: rates in and out, latency, CPU per delivery per process."""
+    if not r or r.get("setup_failed"):
+        return [("%s fan-out" % what, r and "set-up failed: %s" % r.get("last_error"), 0)]
+    d = max(r["delivered"], 1)
+    per = ", ".join("%s %.1f" % (k, v["cpu_s"] / d * 1e6)
+                    for k, v in r.get("procs", {}).items() if v["cpu_s"] >= 0.005)
+    return [
+        ("%s fan-out: %s receivers, in (/s) / deliveries out (/s)" % (what, fmt(r["receivers"])),
+         "%.0f / %.0f" % (r["in_per_s"], r["out_per_s"]), 0),
+        ("%s fan-out: delivered / expected" % what,
+         "%s / %s" % (fmt(r["delivered"]), fmt(r["expected"])), 0),
+        ("%s fan-out: p50 / p99 delivery latency (ms)" % what,
+         "%.1f / %.1f" % (r["p50_ms"], r["p99_ms"]), 0),
+        ("%s fan-out: server CPU per delivery (µs)" % what, cpu_of(r, procs) / d * 1e6, 1),
+        ("%s fan-out: CPU per delivery by process (µs)" % what, per, 0),
+    ]
+
+
 def mamq_figures(q):
     if not q:
         return [("MAM query latency", None, 0)]
@@ -1152,6 +1210,10 @@ def figures(name, res):
         out += carbons_figures(res.get("carbons"))
     if name == "switchboard" and "mamq" in SCEN:
         out += mamq_figures(res.get("mamq"))
+    if name == "switchboard" and "muc" in SCEN:
+        out += fanout_figures("MUC", res.get("muc"), procs + ["muc1"])
+    if name == "switchboard" and "pep" in SCEN:
+        out += fanout_figures("PEP", res.get("pep"), procs)
     return out
 
 

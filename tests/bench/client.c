@@ -571,6 +571,8 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
     case SBB_CLOSING:
         if (sbb_ev.message && strcmp(local, "message") == 0)
             sbb_ev.message(c, el, len);
+        else if (sbb_ev.other && (!strcmp(local, "presence") || !strcmp(local, "iq")))
+            sbb_ev.other(c, el, len);
         break;
     default:
         break;

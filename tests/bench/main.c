@@ -38,6 +38,7 @@ static struct {
     double step, hold, settle, p99_limit, drain, duration;
     int max_attempts;
     int senders, before, dead, kill_pid;
+    const char *room;
 } cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
          .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5, .duration = 120,
          .max_attempts = 40, .senders = 50, .before = 3, .dead = 3};
@@ -581,12 +582,26 @@ static int scenario_resume(void)
     return sbb_resume_run(&c);
 }
 
+/* ---- scenarios: fan-out (fanout.c) ------------------------------------------------ */
+
+static int scenario_fanout(int muc)
+{
+    struct sbb_fanout_cfg c = {
+        .users = cfg.users, .window = cfg.window, .senders = cfg.senders, .rate = cfg.rates[0],
+        .secs = cfg.step, .drain = cfg.drain, .room = muc ? cfg.room : NULL, .label = cfg.label};
+    if (muc && !cfg.room) {
+        fprintf(stderr, "sbbench: muc needs --room ROOM@SERVICE\n");
+        return 2;
+    }
+    return muc ? sbb_fanout_muc(&c) : sbb_fanout_pep(&c);
+}
+
 /* ---- options --------------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr,
-        "usage: sbbench [options] login|msg|idle|chaos|resume\n"
+        "usage: sbbench [options] login|msg|idle|chaos|resume|muc|pep\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
         "  --users N      users online (msg), held (idle), pool (login)   [1000]\n"
@@ -606,7 +621,11 @@ static void usage(void)
         "  resume: --users N resumable on the first port, --senders N [50] on the\n"
         "         second; --before N / --dead N messages per user before / after\n"
         "         the kill [3/3]; --kill PID  the front-end to SIGKILL; --drain S;\n"
-        "         --settle S  wait before the last message (past the lease) [3]\n");
+        "         --settle S  wait before the last message (past the lease) [3]\n"
+        "  muc:   --users N occupants of --room ROOM@SERVICE, --senders N of them\n"
+        "         sending --rates R groupchat messages/s in total for --step S\n"
+        "  pep:   user --first publishes --rates R tunes/s for --step S to the other\n"
+        "         users-1 (its contacts: roster rows made beforehand)\n");
     exit(2);
 }
 
@@ -649,7 +668,7 @@ int main(int argc, char **argv)
         {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'},
         {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {"sm", 0, 0, 'M'},
         {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
-        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {0, 0, 0, 0}};
+        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -685,6 +704,7 @@ int main(int argc, char **argv)
         case 'B': cfg.before = atoi(optarg); break;
         case 'X': cfg.dead = atoi(optarg); break;
         case 'k': cfg.kill_pid = atoi(optarg); break;
+        case 'O': cfg.room = optarg; break;
         default: usage();
         }
     }
@@ -711,6 +731,8 @@ int main(int argc, char **argv)
         rc = scenario_chaos();
     else if (strcmp(cfg.scenario, "resume") == 0)
         rc = scenario_resume();
+    else if (strcmp(cfg.scenario, "muc") == 0 || strcmp(cfg.scenario, "pep") == 0)
+        rc = scenario_fanout(cfg.scenario[0] == 'm');
     else
         usage();
     if (strcmp(cfg.scenario, "idle") != 0)

@@ -8,6 +8,7 @@
  *   client.c  one connection: socket/TLS I/O, element splitter, login
  *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
  *   resume.c  the resumption storm: XEP-0198 sessions resumed after their front-end died
+ *   fanout.c  fan-out: a MUC room of N occupants, a PEP publisher with N contacts
  *   scram.c   SCRAM-SHA-1 client with a cache of derived keys
  *   stats.c   latency histogram, /proc CPU and RSS sampling */
 #ifndef SBB_H
@@ -60,6 +61,21 @@ struct sbb_resume_cfg {
  * duplicated, 2 when the set-up failed. */
 int sbb_resume_run(const struct sbb_resume_cfg *cfg);
 
+/* ---- fanout.c --------------------------------------------------------- */
+struct sbb_fanout_cfg {
+    int users, window, senders;
+    double rate, secs, drain;
+    const char *room;        /* muc: room@service */
+    const char *label;
+};
+/* muc: users join `room`, `senders` of them send groupchat at `rate`
+ * messages/s in total for secs; every occupant's deliveries are counted
+ * and timed. pep: user `first` publishes a tune at `rate`/s to the other
+ * users-1 (its contacts, with caps asking tune+notify). One JSON line; 0,
+ * 1 when deliveries were missing, 2 when the set-up failed. */
+int sbb_fanout_muc(const struct sbb_fanout_cfg *cfg);
+int sbb_fanout_pep(const struct sbb_fanout_cfg *cfg);
+
 /* ---- client.c --------------------------------------------------------- */
 enum sbb_state {
     SBB_CONNECTING, SBB_FEATURES, SBB_PROCEED, SBB_HANDSHAKE, SBB_SASL,
@@ -107,6 +123,7 @@ struct sbb_events {
     void (*online)(struct sbb_conn *c);                 /* login complete */
     void (*failed)(struct sbb_conn *c, const char *why);/* login failed or conn lost */
     void (*message)(struct sbb_conn *c, const char *el, size_t len);
+    void (*other)(struct sbb_conn *c, const char *el, size_t len);  /* presence, iq (online) */
 };
 extern struct sbb_events sbb_ev;
 

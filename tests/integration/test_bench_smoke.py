@@ -127,3 +127,42 @@ def _psql_lines(stack, sql):
     sys.path.insert(0, os.path.join(stack.root, "tests/bench"))
     from mam_bench import psql
     return psql(stack.env, sql).splitlines()
+
+
+def _fanout(stack, prefix, n, args, scenario, timeout=90):
+    stack.sbctl("user", "bulk-add", stack.domain, prefix, str(n), prefix + "pw", timeout=60)
+    cmd = [_sbbench(stack), "-H", stack.host, "-p",
+           "%d,%d" % (stack.port("c2s1"), stack.port("c2s2")), "-d", stack.domain,
+           "-u", prefix, "-w", prefix + "pw", "--tls", "--users", str(n), *args, scenario]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout)
+    r = _rows(p)[0]
+    assert not r.get("setup_failed"), (r, p.stderr)
+    return r, p
+
+
+def test_sbbench_smoke_muc_fanout(stack):
+    """muc: 8 occupants of one room on sb-muc, 2 of them sending; every
+    occupant gets every message (the sender its echo too)."""
+    import secrets
+    room = "fan%s@conference.%s" % (secrets.token_hex(3), stack.domain)
+    r, p = _fanout(stack, "mucfan", 8, ["--senders", "2", "--rates", "20", "--step", "1",
+                                        "--drain", "10", "--room", room], "muc")
+    assert r["receivers"] == 8 and r["sent"] >= 10, r
+    assert r["delivered"] == r["expected"] == r["sent"] * 8, r
+    assert r["errors"] == 0 and r["dropped"] == 0 and p.returncode == 0, (r, p.stderr)
+
+
+def test_sbbench_smoke_pep_fanout(stack):
+    """pep: one publisher, 6 contacts (roster rows written by fanout_setup)
+    whose caps ask for tune+notify: every tune reaches every contact."""
+    import sys
+    sys.path.insert(0, os.path.join(stack.root, "tests", "bench"))
+    from fanout_setup import pep_roster_sql
+    from test_sbctl import psql
+    stack.sbctl("user", "bulk-add", stack.domain, "pepfan", "7", "pepfanpw", timeout=60)
+    psql(stack, pep_roster_sql(stack.domain, "pepfan", 1, 7))
+    r, p = _fanout(stack, "pepfan", 7, ["--rates", "10", "--step", "1", "--drain", "10"], "pep")
+    assert r["receivers"] == 6 and r["sent"] >= 5, r
+    assert r["delivered"] == r["expected"] == r["sent"] * 6, r
+    assert r["errors"] == 0 and r["dropped"] == 0 and p.returncode == 0, (r, p.stderr)

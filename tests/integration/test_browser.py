@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from webtest import anon_domain, prebind, web_port
-from xmpptest import ROOT, close, login, run
+from xmpptest import ROOT, close, insecure_tls_context, login, run
 
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 DIST = os.path.join(BROWSER_DIR, "node_modules", "converse.js", "dist")
@@ -52,8 +52,9 @@ def _support(stack):
     pytest.skip("no support account in this stack")
 
 
-def _page_server(stack, support):
-    """The web site: Converse's files, three pages, and its back-end's /prebind."""
+def _page_server(stack, support, extra=None):
+    """The web site: Converse's files, three pages (plus `extra`: name →
+    Converse settings), and its back-end's /prebind."""
     bosh = "http://127.0.0.1:%d/http-bind" % web_port(stack)
     ws = "ws://127.0.0.1:%d/xmpp-websocket" % web_port(stack)
     anon = anon_domain(stack)
@@ -63,6 +64,7 @@ def _page_server(stack, support):
         "prebind": {"authentication": "prebind", "prebind_url": "/prebind",
                     "bosh_service_url": bosh},
     }
+    configs.update(extra or {})
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a):
@@ -148,3 +150,116 @@ def test_converse_visitor_gets_the_support_reply(stack, browser_ready, mode):
         run(go(), timeout=120)
     finally:
         srv.shutdown()
+
+
+# ---- a room and a file: converse_steps.js ---------------------------------------------
+
+def _steps(stack, srv, page, shot, steps):
+    """Start the browser on page with the steps; returns the process."""
+    return asyncio.create_subprocess_exec(
+        "node", os.path.join(BROWSER_DIR, "converse_steps.js"),
+        "http://127.0.0.1:%d/%s.html" % (srv.server_address[1], page), shot, json.dumps(steps),
+        cwd=BROWSER_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _finish(proc, timeout=100):
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("the browser run did not finish within %d s" % timeout)
+    assert proc.returncode == 0, (out.decode() + err.decode())[-4000:]
+
+
+def _login_page(stack, jid, pw, **more):
+    cfg = {"authentication": "login", "jid": jid, "password": pw,
+           "websocket_url": "ws://127.0.0.1:%d/xmpp-websocket" % web_port(stack),
+           "auto_join_private_chats": []}
+    cfg.update(more)
+    return cfg
+
+
+def test_converse_user_chats_in_a_room_with_a_slixmpp_occupant(stack, browser_ready, new_user):
+    """A registered Converse.js user (WebSocket) joins a room on sb-muc at
+    conference.DOMAIN; its message reaches a slixmpp occupant, whose
+    answer shows in the page."""
+    from test_muc import Inbox, groupchat, is_msg, is_pres, join, new_room
+    wjid, wpw = new_user("webmuc")
+    room = new_room(stack, "web")
+    token = secrets.token_hex(3)
+    text, answer = "hello room %s" % token, "welcome web %s" % token
+    page = _login_page(stack, wjid, wpw, auto_join_rooms=[{"jid": room, "nick": "web"}])
+    srv = _page_server(stack, "nobody@" + stack.domain, {"muc": page})
+    shot = os.path.join(ARTIFACTS, "converse-muc.png")
+
+    async def go():
+        ojid, opw = new_user("occ")
+        occ = await login(stack, ojid, opw, instance="c2s2")
+        occ.box = Inbox(occ)
+        try:
+            await join(occ, room, "slix")
+            proc = await _steps(stack, srv, "muc", shot, [{"send": text}, {"see": answer}])
+            try:
+                await occ.box.wait(is_pres(room + "/web"), 60, "the web user in the room")
+                got = await occ.box.wait(is_msg(room + "/web", text, "groupchat"), 40,
+                                         "the web user's message")
+                assert got.get("type") == "groupchat"
+                groupchat(occ, room, answer)
+            finally:
+                await _finish(proc)
+        finally:
+            await close(occ)
+    try:
+        run(go(), timeout=150)
+    finally:
+        srv.shutdown()
+
+
+def test_converse_sends_a_file_with_http_upload(stack, browser_ready, new_user, tmp_path):
+    """Converse.js finds upload.DOMAIN, PUTs a file to the slot's https URL
+    on sb-bosh's TLS listener (test certificate), and sends the GET URL;
+    the slixmpp receiver's GET of it returns the same bytes."""
+    import http.client
+    import urllib.parse
+    wjid, wpw = new_user("webup")
+    rjid, rpw = new_user("rcv")
+    data = ("file from the browser %s\n" % secrets.token_hex(8)).encode() * 40
+    f = tmp_path / "notes.txt"
+    f.write_bytes(data)
+    base = "https://localhost:%s/upload/" % stack.env["SB_BOSH_TLS_PORT"]
+    page = _login_page(stack, wjid, wpw, auto_join_private_chats=[rjid])
+    srv = _page_server(stack, "nobody@" + stack.domain, {"upload": page})
+    shot = os.path.join(ARTIFACTS, "converse-upload.png")
+
+    async def go():
+        rcv = await login(stack, rjid, rpw, instance="c2s2")
+        urls = []
+        rcv.add_event_handler("message", lambda m: urls.append(m["body"])
+                              if m["body"].startswith("https://") else None)
+        try:
+            proc = await _steps(stack, srv, "upload", shot,
+                                [{"upload": str(f)}, {"seeLink": base}])
+            await _finish(proc)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while not urls and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            return urls
+        finally:
+            await close(rcv)
+    try:
+        urls = run(go(), timeout=150)
+    finally:
+        srv.shutdown()
+    assert urls, "the receiver got no message with an https URL"
+    u = urllib.parse.urlsplit(urls[0])
+    assert urls[0].startswith(base) and u.path.endswith("/notes.txt"), urls
+    c = http.client.HTTPSConnection("127.0.0.1", int(stack.env["SB_BOSH_TLS_PORT"]), timeout=10,
+                                    context=insecure_tls_context())
+    try:
+        c.request("GET", u.path)
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, data)
+    finally:
+        c.close()

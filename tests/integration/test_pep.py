@@ -373,3 +373,172 @@ def test_items_survive_the_death_of_their_sm(stack, new_user):
     finally:
         stack.stack("start-proc", "sm1")
         stack.wait_instances(present=("sm1", "sm2"))
+
+
+# ---- XEP-0398 and XEP-0411 (sm/pep_compat.c) ------------------------------------------
+NS_VCARD = "vcard-temp"
+NS_VCARD_UPDATE = "vcard-temp:x:update"
+NS_AVATAR_DATA = "urn:xmpp:avatar:data"
+NS_AVATAR_META = "urn:xmpp:avatar:metadata"
+NS_PRIVATE = "jabber:iq:private"
+NS_BM_LEGACY = "storage:bookmarks"
+
+
+def avatar_image():
+    img = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(600)
+    return img, hashlib.sha1(img).hexdigest(), base64.b64encode(img).decode()
+
+
+def photo_hash_of(el):
+    """The <photo/> text of a presence's vcard-temp:x:update, "" for an
+    empty one, None without it."""
+    ph = el.find("%s/%s" % (q(NS_VCARD_UPDATE, "x"), q(NS_VCARD_UPDATE, "photo")))
+    return None if ph is None else (ph.text or "")
+
+
+def presence_from(full):
+    return lambda el: (el.tag == q(NS_CLIENT, "presence") and el.get("from") == full
+                       and not el.get("type"))
+
+
+async def vcard_of(c, bare):
+    r = ok(await c.iq("get", "<vCard xmlns='%s'/>" % NS_VCARD, to=bare))
+    return r.find(q(NS_VCARD, "vCard"))
+
+
+def test_pep_avatar_becomes_the_vcard_photo_and_the_presence_hash(stack, new_user):
+    """XEP-0398 §3.1 and §4: a metadata publish writes the vCard PHOTO
+    (from the data item, SHA-1 checked); own presence carries the hash
+    unless it has a <photo/> of its own; the feature is on the account."""
+    img, sha, b64 = avatar_image()
+
+    async def go():
+        a, b = await logins(stack, new_user("ava"), new_user("avb"))
+        try:
+            await mutual(a, b)
+            r = ok(await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=a.bare))
+            feats = {f.get("var") for f in r.find(q(NS_DISCO_INFO, "query"))}
+            assert "urn:xmpp:pep-vcard-conversion:0" in feats, feats
+            # before any avatar: no hash is made up
+            a.send("<presence><status>one</status></presence>")
+            p = await b.wait_for(lambda el: presence_from(a.full)(el) and
+                                 el.findtext(q(NS_CLIENT, "status")) == "one", what="presence one")
+            assert photo_hash_of(p) is None, describe(p)
+            ok(await a.iq("set", publish(NS_AVATAR_DATA, "<data xmlns='%s'>%s</data>"
+                                         % (NS_AVATAR_DATA, b64), sha)))
+            ok(await a.iq("set", publish(NS_AVATAR_META,
+                                         "<metadata xmlns='%s'><info id='%s' bytes='%d' type='image/png'"
+                                         " width='8' height='8'/></metadata>" % (NS_AVATAR_META, sha, len(img)),
+                                         sha)))
+            v = await vcard_of(b, a.bare)       # anyone's vCard: public
+            assert v is not None, "no vCard"
+            assert v.findtext("%s/%s" % (q(NS_VCARD, "PHOTO"), q(NS_VCARD, "TYPE"))) == "image/png"
+            got = v.findtext("%s/%s" % (q(NS_VCARD, "PHOTO"), q(NS_VCARD, "BINVAL")))
+            assert got and base64.b64decode(got) == img
+            # the hash in own presence, broadcast to the contact
+            a.send("<presence><status>two</status></presence>")
+            p = await b.wait_for(lambda el: presence_from(a.full)(el) and
+                                 el.findtext(q(NS_CLIENT, "status")) == "two", what="presence two")
+            assert photo_hash_of(p) == sha, describe(p)
+            # an empty x is overwritten, an empty <photo/> is the client's word
+            a.send("<presence><status>three</status><x xmlns='%s'/></presence>" % NS_VCARD_UPDATE)
+            p = await b.wait_for(lambda el: presence_from(a.full)(el) and
+                                 el.findtext(q(NS_CLIENT, "status")) == "three", what="presence three")
+            assert photo_hash_of(p) == sha, describe(p)
+            a.send("<presence><status>four</status><x xmlns='%s'><photo/></x></presence>" % NS_VCARD_UPDATE)
+            p = await b.wait_for(lambda el: presence_from(a.full)(el) and
+                                 el.findtext(q(NS_CLIENT, "status")) == "four", what="presence four")
+            assert photo_hash_of(p) == "", describe(p)
+        finally:
+            await close_all(a, b)
+    run(go())
+
+
+def test_vcard_photo_is_published_as_the_pep_avatar(stack, new_user):
+    """XEP-0398 §3.2: a vCard set with a PHOTO publishes the data item
+    (id = SHA-1 hex) and then the metadata with the vCard's type; a
+    contact reads both (presence access)."""
+    img, sha, b64 = avatar_image()
+    wrapped = "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+
+    async def go():
+        a, b = await logins(stack, new_user("vca"), new_user("vcb"))
+        try:
+            await mutual(a, b)
+            ok(await a.iq("set", "<vCard xmlns='%s'><FN>A</FN><PHOTO><TYPE>image/jpeg</TYPE>"
+                          "<BINVAL>%s</BINVAL></PHOTO></vCard>" % (NS_VCARD, wrapped)))
+            its = items_of(await a.iq("get", items_req(NS_AVATAR_META)), NS_AVATAR_META)
+            assert [i.get("id") for i in its] == [sha]
+            info = its[0].find("%s/%s" % (q(NS_AVATAR_META, "metadata"), q(NS_AVATAR_META, "info")))
+            assert info is not None and info.get("id") == sha, describe(its[0])
+            assert info.get("type") == "image/jpeg" and int(info.get("bytes")) == len(img)
+            its = items_of(await b.iq("get", items_req(NS_AVATAR_DATA), to=a.bare), NS_AVATAR_DATA)
+            assert [i.get("id") for i in its] == [sha]
+            data = its[0].findtext(q(NS_AVATAR_DATA, "data"))
+            assert data and base64.b64decode(data) == img
+            # the vCard itself is kept as set (FN and all)
+            v = await vcard_of(a, a.bare)
+            assert v.findtext(q(NS_VCARD, "FN")) == "A"
+            # and the presence hash follows
+            a.send("<presence><status>v</status></presence>")
+            p = await b.wait_for(lambda el: presence_from(a.full)(el) and
+                                 el.findtext(q(NS_CLIENT, "status")) == "v", what="presence")
+            assert photo_hash_of(p) == sha, describe(p)
+        finally:
+            await close_all(a, b)
+    run(go())
+
+
+def private_bookmarks(r):
+    ok(r)
+    st = r.find("%s/%s" % (q(NS_PRIVATE, "query"), q(NS_BM_LEGACY, "storage")))
+    assert st is not None, describe(r)
+    return {c.get("jid"): c for c in st.findall(q(NS_BM_LEGACY, "conference"))}
+
+
+def test_bookmarks_compat_private_storage_and_pep_stay_in_step(stack, new_user):
+    """XEP-0411: PEP bookmarks (XEP-0402) appear in private storage
+    (XEP-0048), and a private-storage set becomes the PEP node's items
+    (published whitelist, the ones no longer listed retracted)."""
+    get_private = "<query xmlns='%s'><storage xmlns='%s'/></query>" % (NS_PRIVATE, NS_BM_LEGACY)
+
+    async def go():
+        (a,) = await logins(stack, new_user("bmc"))
+        try:
+            r = ok(await a.iq("get", "<query xmlns='%s'/>" % NS_DISCO_INFO, to=a.bare))
+            assert NS_BOOKMARKS + "#compat" in {f.get("var") for f in r.find(q(NS_DISCO_INFO, "query"))}
+            opts = options(access_model="whitelist", persist_items="true", max_items="max")
+            conf = ("<conference xmlns='%s' name='One' autojoin='true'><nick>me</nick>"
+                    "</conference>" % NS_BOOKMARKS)
+            ok(await a.iq("set", publish(NS_BOOKMARKS, conf, "one@conference.example.org", opts)))
+            got = private_bookmarks(await a.iq("get", get_private))
+            assert list(got) == ["one@conference.example.org"]
+            c = got["one@conference.example.org"]
+            assert c.get("name") == "One" and c.get("autojoin") == "true"
+            assert c.findtext(q(NS_BM_LEGACY, "nick")) == "me"
+            # a legacy client writes two others: PEP follows, "one" retracted
+            ok(await a.iq("set", "<query xmlns='%s'><storage xmlns='%s'>"
+                          "<conference jid='two@conference.example.org' name='Two' autojoin='1'>"
+                          "<nick>n2</nick></conference>"
+                          "<conference jid='three@conference.example.org' autojoin='false'/>"
+                          "</storage></query>" % (NS_PRIVATE, NS_BM_LEGACY)))
+            its = items_of(await a.iq("get", items_req(NS_BOOKMARKS)), NS_BOOKMARKS)
+            byid = {i.get("id"): i for i in its}
+            assert sorted(byid) == ["three@conference.example.org", "two@conference.example.org"]
+            two = byid["two@conference.example.org"].find(q(NS_BOOKMARKS, "conference"))
+            assert two.get("name") == "Two" and two.get("autojoin") in ("true", "1")
+            assert two.findtext(q(NS_BOOKMARKS, "nick")) == "n2"
+            r = ok(await a.iq("get", "<pubsub xmlns='%s'><configure node='%s'/></pubsub>"
+                              % (NS_OWNER, NS_BOOKMARKS)))
+            vals = {f.get("var"): f.findtext("{jabber:x:data}value")
+                    for f in r.iter("{jabber:x:data}field")}
+            assert vals["pubsub#access_model"] == "whitelist", vals
+            # a PEP retract shows in private storage
+            ok(await a.iq("set", "<pubsub xmlns='%s'><retract node='%s' notify='true'>"
+                          "<item id='three@conference.example.org'/></retract></pubsub>"
+                          % (NS_PUBSUB, NS_BOOKMARKS)))
+            got = private_bookmarks(await a.iq("get", get_private))
+            assert list(got) == ["two@conference.example.org"]
+        finally:
+            await close_all(a)
+    run(go())

@@ -141,6 +141,46 @@ def test_register_then_login_change_password_and_remove(stack, doms):
     run(gone())
 
 
+def test_remove_takes_the_uploaded_files_along(stack, doms):
+    """<remove/> runs in sb-c2s, which cannot see [upload] dir: the ids are
+    queued (upload_trash) in the statement that deletes the account, and an
+    sb-bosh unlinks the files; the slot and quota rows go at once."""
+    import os
+    import urllib.parse
+    from test_sbctl import psql
+    from test_upload import bosh_port, req, slot, upload_cfg
+    from xmpptest import wait_until
+    user, pw = "f%s" % secrets.token_hex(3), secrets.token_urlsafe(9)
+    jid = "%s@%s" % (user, doms.open)
+
+    async def go():
+        got, s = await register(stack, doms.open, user, pw)
+        await s.close()
+        assert got == "result"
+        x = await login(stack, jid, pw, plugins=("xep_0030", "xep_0363"))
+        try:
+            put, get = await slot(x, "gone.txt", 4, "text/plain")
+        finally:
+            await close(x)
+        assert req(bosh_port(stack), "PUT", put, b"gone", {"Content-Type": "text/plain"})[0] == 201
+        r = RawStream(stack, to=doms.open)
+        await r.login(jid, pw)
+        r.send("<iq type='set' id='rm'><query xmlns='%s'><remove/></query></iq>" % NS_REG)
+        iq = await r.expect("{%s}iq" % NS_CLIENT)
+        await r.close()
+        return iq, get
+    iq, get = run(go(), timeout=90)
+    assert iq.get("type") == "result"
+    fid = urllib.parse.urlsplit(get).path.split("/")[-2]
+    f = os.path.join(upload_cfg(stack)["dir"], fid[:2], fid)
+    q = ("SELECT (SELECT count(*) FROM upload_files WHERE domain='%s' AND username='%s'),"
+         " (SELECT count(*) FROM upload_quota WHERE domain='%s' AND username='%s')"
+         % (doms.open, user, doms.open, user))
+    assert psql(stack, q) == "0|0"
+    wait_until(lambda: not os.path.exists(f), 20, "sb-bosh to unlink the removed account's file")
+    assert req(bosh_port(stack), "GET", get)[0] == 404
+
+
 def test_password_change_for_another_user_is_not_allowed(stack, doms):
     user, pw = "p%s" % secrets.token_hex(3), secrets.token_urlsafe(9)
 

@@ -21,7 +21,7 @@ import pytest
 from slixmpp.exceptions import IqError
 
 from test_limits import ExtraC2S
-from xmpptest import close, insecure_tls_context, login, run, wait_until
+from xmpptest import Log, close, insecure_tls_context, login, run, wait_until
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 MAX = 1048576
@@ -304,3 +304,52 @@ def test_full_disk_is_507_and_logged(stack, new_user, tiny_disk):
         assert not [n for _, _, fs in os.walk(tiny_disk) for n in fs], "a partial file was left"
     finally:
         assert bosh.stop() == 0
+
+
+def uploaded_file(stack, new_user, prefix="updel"):
+    """A fresh account with one stored file: (jid, path on disk, GET url)."""
+    jid, pw = new_user(prefix)
+
+    async def go():
+        x = await login(stack, jid, pw, plugins=["xep_0030", "xep_0363"])
+        try:
+            return await slot(x, "mine.txt", 4, "text/plain")
+        finally:
+            await close(x)
+    put, get = run(go())
+    assert req(bosh_port(stack), "PUT", put, b"mine", {"Content-Type": "text/plain"})[0] == 201
+    fid = urllib.parse.urlsplit(get).path.split("/")[-2]
+    f = os.path.join(upload_cfg(stack)["dir"], fid[:2], fid)
+    assert os.path.exists(f)
+    return jid, fid, f, get
+
+
+def test_user_del_removes_the_files_and_the_quota(stack, new_user):
+    """sbctl sees [upload] dir on this host: the files go with the account,
+    and so do the slot and quota rows (auth/account.c's table list)."""
+    from test_sbctl import psql
+    jid, fid, f, get = uploaded_file(stack, new_user)
+    node, dom = jid.split("@")
+    q = ("SELECT (SELECT count(*) FROM upload_files WHERE domain='%s' AND username='%s'),"
+         " (SELECT count(*) FROM upload_quota WHERE domain='%s' AND username='%s')"
+         % (dom, node, dom, node))
+    assert psql(stack, q) == "1|1"
+    stack.sbctl("user", "del", jid)
+    assert not os.path.exists(f), "the file stayed after sbctl user del"
+    assert req(bosh_port(stack), "GET", get)[0] == 404
+    assert psql(stack, q) == "0|0"
+    assert psql(stack, "SELECT count(*) FROM upload_trash WHERE id='%s'" % fid) == "0"
+
+
+def test_trashed_files_are_removed_by_sb_bosh(stack, new_user):
+    """Ids queued by a process that cannot see the directory (sb-c2s on
+    XEP-0077 <remove/>, or sbctl elsewhere) are unlinked by an sb-bosh."""
+    from test_sbctl import psql
+    _jid, fid, f, get = uploaded_file(stack, new_user)
+    log = Log(stack, "bosh1")
+    psql(stack, "INSERT INTO upload_trash (id) VALUES ('%s')" % fid)
+    wait_until(lambda: not os.path.exists(f), 20, "sb-bosh to unlink the queued file")
+    assert req(bosh_port(stack), "GET", get)[0] == 404
+    wait_until(lambda: psql(stack, "SELECT count(*) FROM upload_trash WHERE id='%s'" % fid) == "0",
+               10, "the queue row to go")
+    assert log.lines("event=upload_trashed")

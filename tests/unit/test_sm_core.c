@@ -46,6 +46,7 @@
 #include "../../sm/pep.c"
 #include "../../sm/caps.c"
 #include "../../sm/mod_pep.c"
+#include "../../sm/pep_compat.c"
 
 /* ---- fake link: records what was sent -------------------------------------- */
 

@@ -110,6 +110,28 @@ static void test_upload_store_round_trip_and_sweep(void **st)
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* A deleted account's file (upload_trash, sb-bosh / sbctl). */
+static void test_upload_store_remove(void **st)
+{
+    char dir[] = "/tmp/sb-upload-unit-XXXXXX", path[256];
+    const char *id = "cd345678901234567890123456789012";
+    struct upload_put *p = NULL;
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(upload_store_remove(dir, id), SB_DECLINED);        /* none yet */
+    assert_int_equal(upload_store_remove(dir, "../../etc/passwd"), SB_DECLINED);
+    assert_int_equal(upload_store_open(dir, id, "x.txt", "text/plain", &p), SB_OK);
+    assert_int_equal(upload_store_write(p, "x", 1), SB_OK);
+    assert_int_equal(upload_store_commit(p), SB_OK);
+    snprintf(path, sizeof path, "%s/cd/%s", dir, id);
+    assert_int_equal(access(path, F_OK), 0);
+    assert_int_equal(upload_store_remove(dir, id), SB_OK);
+    assert_int_not_equal(access(path, F_OK), 0);
+    assert_int_equal(upload_store_remove(dir, id), SB_DECLINED);        /* twice: gone */
+    snprintf(path, sizeof path, "%s/cd", dir);
+    assert_int_equal(rmdir(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -117,6 +139,7 @@ int main(void)
         cmocka_unit_test(test_upload_names_are_percent_encoded),
         cmocka_unit_test(test_upload_content_types),
         cmocka_unit_test(test_upload_store_round_trip_and_sweep),
+        cmocka_unit_test(test_upload_store_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
