@@ -32,6 +32,11 @@ Switchboard alone):
   PEER              prosody or jabberd2 (Debian package, private instance under
                     var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
   BENCH_KEEP=1      leave the bench stack running afterwards
+  GEN=tsung         the message scenario with Debian's tsung (tsung_gen.py) and, side
+                    by side at the same rates, with sbbench; only that (BENCH_SCENARIOS
+                    is ignored). BENCH_TSUNG_RATES [1000,3000,6000,10000]
+                    BENCH_TSUNG_USERS [1000]  BENCH_TSUNG_SECS chat seconds per rate [20]
+                    BENCH_TSUNG_ARRIVAL logins/s [200]  BENCH_TSUNG_DRAIN [3]
 """
 
 import datetime
@@ -101,6 +106,16 @@ MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
+GEN = env("GEN", "").strip() or "sbbench"
+if GEN not in ("sbbench", "tsung"):
+    raise SystemExit("bench: GEN=%s: sbbench or tsung" % GEN)
+TSUNG_RATES = [int(x) for x in env("BENCH_TSUNG_RATES", "1000,3000,6000,10000").split(",")]
+TSUNG_USERS = int(env("BENCH_TSUNG_USERS", "1000"))
+TSUNG_SECS = float(env("BENCH_TSUNG_SECS", "20"))
+TSUNG_ARRIVAL = int(env("BENCH_TSUNG_ARRIVAL", "200"))
+TSUNG_DRAIN = float(env("BENCH_TSUNG_DRAIN", "3"))
+if GEN == "tsung":
+    SCEN = {"tsung"}
 # keep stepping after a failed login step (a server that fails every step
 # with a few errors still shows what it completes)
 LOGIN_NO_STOP = ["--no-stop"] if env("BENCH_LOGIN_NO_STOP", "") == "1" else []
@@ -465,6 +480,12 @@ class Switchboard(Target):
             os.environ.pop("SB_SM_MAM_ENABLED", None)
         return out
 
+    def tsung_prepare(self):
+        """Before a tsung run: no bench user has offline messages left from
+        an earlier run (their delivery at login would be counted as this
+        run's by the front-ends' counters)."""
+        self.psql("DELETE FROM offline WHERE username LIKE '%s%%'" % PREFIX)
+
     def stop(self):
         if env("BENCH_KEEP", "") != "1":
             stack("stop", check=False)
@@ -827,6 +848,8 @@ def run_scenarios(t):
         return rows
 
     common = ["--step", STEP]
+    if "tsung" in SCEN:
+        return run_tsung(t, res, keep)
     only_msg = isinstance(t, Switchboard) and t.curve == "off" and CURVE == "both"
     if "login" in SCEN and not only_msg:
         rows, _ = t.run("login", "--users", str(LOGIN_USERS), "--rates", LOGIN_RATES,
@@ -915,6 +938,64 @@ def run_scenarios(t):
             say("mamq scenario failed:", (out.stderr or "")[-400:])
     res["curve"] = t.curve or "n/a"
     return res
+
+
+def run_tsung(t, res, keep):
+    """GEN=tsung: the tsung ladder, then sbbench's msg at the same rates and
+    for the same time per step, on the same (fresh) server."""
+    import tsung_gen
+    mports = None
+    if isinstance(t, Switchboard):
+        mports = [int(t.env["SB_C2S1_METRICS_PORT"]), int(t.env["SB_C2S2_METRICS_PORT"])]
+    t.fresh()
+    rows = tsung_gen.run_ladder(t, TSUNG_RATES, TSUNG_USERS, TSUNG_SECS, TSUNG_ARRIVAL,
+                                TSUNG_DRAIN, os.path.join(VAR, "tsung"), DOMAIN, PREFIX,
+                                PASSPREFIX, mports)
+    for r in rows:
+        r["curve"] = t.curve or "n/a"
+    res["tsung_all"] = keep(rows)
+    srows, _ = t.run("msg", "--users", str(TSUNG_USERS), "--rates",
+                     ",".join(map(str, TSUNG_RATES)), "--step", "%g" % TSUNG_SECS,
+                     "--no-stop", label="msg")
+    res["msg_all"] = keep(srows)
+    res["msg"] = best(srows)
+    res["curve"] = t.curve or "n/a"
+    return res
+
+
+def tsung_table(results):
+    """One row per rate and generator: sbbench and tsung side by side."""
+    lines = ["", "| server | generator | offered msg/s | sent msg/s | delivered (fraction) | "
+             "p50 / p99 / max ms | server CPU µs/msg | per process µs/msg | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        procs = SERVER_PROCS[base_name(name)] + ["redis", "postgres"]
+        sb = {r["rate"]: r for r in res.get("msg_all") or []}
+        for r in res.get("tsung_all") or []:
+            for gen, x in (("tsung", r), ("sbbench", sb.get(r["rate"]))):
+                if not x:
+                    continue
+                d = x.get("delivered") or 0
+                sent = x.get("sent") or 0
+                frac = "%s (%.4f)" % (fmt(d), d / sent) if sent else fmt(d)
+                if gen == "tsung" and "delivered_server" in x:
+                    frac = "%s server / %s tsung samples (%.4f / %.4f)" % (
+                        fmt(x["delivered_server"]), fmt(x["delivered_tsung"]),
+                        x["delivered_fraction_server"] or 0, x["delivered_fraction_tsung"] or 0)
+                elif gen == "tsung":
+                    frac = "%s tsung samples (%.4f)" % (fmt(x["delivered_tsung"]),
+                                                        x["delivered_fraction_tsung"] or 0)
+                lat = "%s / %s / %s" % tuple(fmt(x.get(k), 1) for k in ("p50_ms", "p99_ms",
+                                                                         "max_ms"))
+                cpu = sum(v["cpu_s"] for k, v in x.get("procs", {}).items() if k in procs)
+                per = ", ".join("%s %.1f" % (k, v["cpu_s"] / max(d, 1) * 1e6)
+                                for k, v in sorted(x.get("procs", {}).items())
+                                if v["cpu_s"] / max(d, 1) * 1e6 >= 0.5)
+                rate = x.get("per_s")
+                lines.append("| %s | %s | %s | %s | %s | %s | %.1f | %s | %.1f |" % (
+                    name, gen, fmt(r["rate"]), fmt(rate), frac, lat,
+                    cpu / max(d, 1) * 1e6, per, x.get("load1", 0)))
+    return lines
 
 
 # ---------------------------------------------------------------- report
@@ -1226,7 +1307,17 @@ def loads(results):
 
 
 def report(machine_line, results):
+    if any("tsung_all" in r for r in results.values()):
+        return ["Machine: " + machine_line, ""] + tsung_table(results)
     return ["Machine: " + machine_line, ""] + loads(results) + table(results)
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              stdout=subprocess.PIPE, text=True).stdout.strip()
+    except OSError:
+        return "?"
 
 
 def render(path):
@@ -1275,6 +1366,7 @@ def main():
         base = os.path.join(outdir, "%s-%s-%d" % (date, host, n))
         n += 1
     doc = {"date": date, "host": host, "machine": machine(), "peer": PEER or None,
+           "gen": GEN, "commit": commit(),
            "curve": CURVE,
            "config": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")},
            "seconds": round(time.time() - t0), "results": results}
