@@ -39,6 +39,7 @@ import glob
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def config(ports, domain, prefix, passprefix, users, rate, secs, arrival, drain,
   </clients>
   <servers>
 {servers}  </servers>
-  <load>
+  <load duration="{maxdur}" unit="second">
     <arrivalphase phase="1" duration="{login_secs}" unit="second">
       <users maxnumber="{users}" arrivalrate="{arrival}" unit="second"/>
     </arrivalphase>
@@ -120,7 +121,7 @@ def config(ports, domain, prefix, passprefix, users, rate, secs, arrival, drain,
                            for p in ports), login_secs=login_secs,
            arrival=arrival, domain=domain, prefix=prefix, passprefix=passprefix,
            gack=int((login_secs + 60) * 1000), loops=loops, body=body, think=think,
-           drain=drain, dump=os.environ.get("BENCH_TSUNG_DUMP", "false")), loops
+           drain=drain, maxdur=int(login_secs + 1.5 * secs + drain + 30), dump=os.environ.get("BENCH_TSUNG_DUMP", "false")), loops
 
 
 # ---- /proc sampling --------------------------------------------------------
@@ -219,11 +220,11 @@ def sb_messages_out(metrics_ports):
 # ---- tsung's output ------------------------------------------------------------
 
 def parse_log(path):
-    """tsung.log: per interval (unix time of the dump) the counts of the
-    chat transaction and of xmpp_msg_latency samples, plus the last
-    (cumulative) summary line of each sample and counter."""
-    intervals, last, t = [], {}, None
-    cur = {}
+    """tsung.log: per 1-second dump (its unix time) the count of each sample
+    in that interval (a dump may list a name more than once: summed), and
+    each sample's run total (count in the interval + the count up to the
+    previous dump, the line's last field; the highest seen)."""
+    intervals, totals, t, cur = [], {}, None, {}
     for line in open(path, errors="replace"):
         if line.startswith("# stats: dump at"):
             if t is not None:
@@ -231,13 +232,19 @@ def parse_log(path):
             t, cur = int(line.split()[-1]), {}
         elif line.startswith("stats: "):
             f = line.split()
-            name = f[1]
-            vals = [float(x) for x in f[2:] if re.match(r"^-?[0-9.eE+]+$", x)]
-            cur[name] = vals
-            last.setdefault(name, []).append(vals)
+            try:
+                vals = [float(x) for x in f[2:]]
+            except ValueError:
+                continue               # {cpu,"node"} and the like
+            if len(vals) == 7:         # a sample: count mean stddev max min mean' count'
+                cur[f[1]] = cur.get(f[1], 0) + vals[0]
+                totals[f[1]] = max(totals.get(f[1], 0), vals[0] + vals[-1])
+            elif len(vals) == 2:       # a counter: in this interval, total
+                cur[f[1]] = cur.get(f[1], 0) + vals[0]
+                totals[f[1]] = max(totals.get(f[1], 0), vals[1])
     if t is not None:
         intervals.append((t, cur))
-    return intervals, last
+    return intervals, totals
 
 
 def pct(sorted_vals, p):
@@ -270,37 +277,45 @@ def run_step(target, rate, users, secs, arrival, drain, workdir, domain, prefix,
     cid = "sb%d%d" % (os.getpid() % 10000, int(time.time()) % 100000)
     e = dict(os.environ, ERL_AFLAGS="-tsung_controller dumpstats_interval 1000")
     t0 = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     say("%s: %d users, %d msg/s (%d messages each, every %.3f s), ports %s" % (
         target.name, users, rate, loops, users / float(rate), target.ports))
-    timeout = users / float(arrival) + secs * 3 + drain + 120
-    p = subprocess.run([TSUNG, "-n", "-f", conf, "-l", d + "/", "-i", cid, "start"],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
-                       timeout=timeout)
+    # tsung stops itself at the load's duration (a generator that falls
+    # behind sends fewer messages, which the sent rate then shows)
+    timeout = users / float(arrival) + 10 + 1.5 * secs + drain + 90
+    p = subprocess.Popen([TSUNG, "-n", "-f", conf, "-l", d + "/", "-i", cid, "start"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
+                         start_new_session=True)
+    try:
+        p.stdout_text = p.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 15)           # the script and its Erlang VM
+        p.stdout_text = p.communicate()[0]
+    p.stdout = p.stdout_text
     sampler.stop_ev.set()
     sampler.join()
     wall = time.time() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gen_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     out1 = sb_messages_out(metrics_ports) if metrics_ports else None
     logs = glob.glob(os.path.join(d, "*", "tsung.log"))
     row = {"scenario": "msg", "gen": "tsung", "label": "tsung-msg", "rate": rate,
            "users": users, "secs": secs, "load1": load, "wall_s": round(wall, 1),
-           "tsung_rc": p.returncode, "dir": os.path.relpath(d)}
+           "tsung_rc": p.returncode, "gen_cpu_s": round(gen_cpu, 2), "dir": os.path.relpath(d)}
     if not logs:
         row["error"] = "no tsung.log (%s)" % p.stdout[-300:]
         return row
-    intervals, last = parse_log(logs[0])
+    intervals, totals = parse_log(logs[0])
     # the chat window: first interval with a send .. last with a stamp read
-    sends = [t for t, c in intervals if c.get("tr_chat") and c["tr_chat"][0] > 0]
-    recvs = [t for t, c in intervals if c.get("xmpp_msg_latency") and
-             c["xmpp_msg_latency"][0] > 0]
-    sent = sum(c["tr_chat"][0] for t, c in intervals if c.get("tr_chat"))
+    sends = [t for t, c in intervals if c.get("tr_chat", 0) > 0]
+    recvs = [t for t, c in intervals if c.get("xmpp_msg_latency", 0) > 0]
+    sent = totals.get("tr_chat", 0)
     lat = os.path.join(os.path.dirname(logs[0]), "tsung-fullstats.log")
     samples = []
     if os.path.exists(lat):
         samples = sorted(float(m.group(1)) for m in FULLSTAT_RE.finditer(open(lat, "rb").read()))
     got = len(samples)
-    users_line = last.get("users", [[0, 0]])[-1]
-    errors = {k: int(v[-1][-1]) for k, v in last.items()
-              if k.startswith("error") and v and v[-1]}
+    errors = {k: int(v) for k, v in totals.items() if k.startswith("error") and v}
     if sends and recvs:
         w0, w1 = min(sends) - 1, max(recvs) + 0.5   # an interval reports the second before it
         cpu, wsecs = sampler.window(w0, w1)
@@ -315,7 +330,7 @@ def run_step(target, rate, users, secs, arrival, drain, workdir, domain, prefix,
         "p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "p999_ms": pct(samples, 99.9),
         "max_ms": samples[-1] if samples else None,
         "mean_ms": round(sum(samples) / got, 3) if got else None,
-        "errors": errors, "users_max": users_line[-1] if users_line else 0,
+        "errors": errors, "users": int(totals.get("users_count", 0)),
         "procs": {n: {"cpu_s": cpu.get(n, 0.0), "rss_kb": rss.get(n, 0)} for n in cpu},
     })
     if out0 is not None and out1 is not None:
