@@ -32,6 +32,15 @@ Switchboard alone):
   PEER              prosody or jabberd2 (Debian package, private instance under
                     var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
   BENCH_KEEP=1      leave the bench stack running afterwards
+  storm             SCRAM-SHA-1 then SCRAM-SHA-256 full logins over STARTTLS, stepping
+                    BENCH_STORM_RATES [500,1000,2000,3000,4000,5000] (every step run),
+                    with `perf record -g` on c2s1 during each ladder (BENCH_PERF=0: none)
+  idlebig           BENCH_IDLE_BIG [100000] connections over BENCH_IDLE_C2S [6] c2s
+                    (c2s3.. started with their own ports), BENCH_IDLE_WORKERS [6]
+                    generator processes, BENCH_IDLE_SRC [8] source addresses 127.0.0.2..,
+                    held BENCH_IDLE_BIG_HOLD [300] s while BENCH_IDLE_CHAT_PCT [1] % chat
+                    at BENCH_IDLE_CHAT_RATE [1000] msg/s; BENCH_IDLE_BIG_TLS [50000]
+                    the same over STARTTLS (0: not run)
   GEN=tsung         the message scenario with Debian's tsung (tsung_gen.py) and, side
                     by side at the same rates, with sbbench; only that (BENCH_SCENARIOS
                     is ignored). BENCH_TSUNG_RATES [1000,3000,6000,10000]
@@ -106,6 +115,16 @@ MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
+STORM_RATES = env("BENCH_STORM_RATES", "500,1000,2000,3000,4000,5000")
+PERF = env("BENCH_PERF", "1") == "1"
+IDLE_BIG = int(env("BENCH_IDLE_BIG", "100000"))
+IDLE_BIG_TLS = int(env("BENCH_IDLE_BIG_TLS", "50000"))
+IDLE_C2S = int(env("BENCH_IDLE_C2S", "6"))
+IDLE_WORKERS = int(env("BENCH_IDLE_WORKERS", "6"))
+IDLE_SRC = int(env("BENCH_IDLE_SRC", "8"))
+IDLE_BIG_HOLD = env("BENCH_IDLE_BIG_HOLD", "300")
+IDLE_CHAT_PCT = env("BENCH_IDLE_CHAT_PCT", "1")
+IDLE_CHAT_RATE = env("BENCH_IDLE_CHAT_RATE", "1000")
 GEN = env("GEN", "").strip() or "sbbench"
 if GEN not in ("sbbench", "tsung"):
     raise SystemExit("bench: GEN=%s: sbbench or tsung" % GEN)
@@ -129,8 +148,8 @@ def sh(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, **kw)
 
 
-def stack(*args, check=True):
-    e = dict(os.environ, SB_BENCH_PORT_OFFSET=str(OFF))
+def stack(*args, check=True, extra=None):
+    e = dict(os.environ, SB_BENCH_PORT_OFFSET=str(OFF), **(extra or {}))
     return subprocess.run([STACK, "-p", "bench", *args], check=check, env=e,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -159,7 +178,8 @@ def pidfile(path):
 
 
 def max_users():
-    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS] + IDLE)
+    big = [IDLE_BIG, IDLE_BIG_TLS] if "idlebig" in SCEN else []
+    return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS] + IDLE + big)
 
 
 # ---------------------------------------------------------------- targets
@@ -236,9 +256,35 @@ class Switchboard(Target):
         with open(marker, "w") as f:
             f.write(str(n))
 
+    extra = []                         # c2s3.. started by more_c2s()
+
+    def more_c2s(self, n):
+        """c2s3..c2sN besides c2s1 and c2s2, each on ports of its own
+        (6300 + 2·N and + 1 for direct TLS, shifted by the offset) through
+        the SB_C2S_* environment overrides; returns every c2s port."""
+        ports = [int(self.env["SB_C2S1_PORT"]), int(self.env["SB_C2S2_PORT"])]
+        for i in range(3, n + 1):
+            name = "c2s%d" % i
+            port = 6300 + OFF + 2 * i
+            stack("start-proc", name, extra={"SB_C2S_PORT": str(port),
+                                             "SB_C2S_TLS_PORT": str(port + 1)})
+            if name not in self.extra:
+                self.extra.append(name)
+            ports.append(port)
+        stack("wait-ready")
+        end = time.time() + 20
+        while not all(listening(p) for p in ports) and time.time() < end:
+            time.sleep(0.2)
+        return ports
+
+    def fewer_c2s(self):
+        for name in self.extra:
+            stack("stop-proc", name, check=False)
+        self.extra = []
+
     def watches(self):
         w = []
-        for n in SB_PROCS:
+        for n in SB_PROCS + self.extra:
             pid = pidfile(os.path.join(VAR, "pid", n + ".pid"))
             if pid and os.path.exists("/proc/%d" % pid):
                 w.append("%s:%d" % (n, pid))
@@ -487,6 +533,7 @@ class Switchboard(Target):
         self.psql("DELETE FROM offline WHERE username LIKE '%s%%'" % PREFIX)
 
     def stop(self):
+        self.fewer_c2s()
         if env("BENCH_KEEP", "") != "1":
             stack("stop", check=False)
 
@@ -890,6 +937,40 @@ def run_scenarios(t):
                 rows, _ = t.run("idle", *args, label="idle-%d%s" % (n, "-tls" if tls else ""))
                 keep(rows)
                 res["idle"].extend(rows)
+    if "storm" in SCEN and not only_msg:
+        res["storm"] = {}
+        for mech in ("scram-sha-1", "scram-sha-256"):
+            perf = start_perf(t, "storm-" + mech) if PERF else None
+            cmd_extra = ["--scram-cache", os.path.join(VAR, "cache", "%s-%s.scram" % (t.name, mech))]
+            rows, _ = t.run("login", "--tls", "--mech", mech, "--users", str(LOGIN_USERS),
+                            "--rates", STORM_RATES, "--window", "2000", "--no-stop",
+                            "--login-timeout", "30", *cmd_extra, *common,
+                            label="storm-%s" % mech)
+            prof = stop_perf(perf)
+            keep(rows)
+            res["storm"][mech] = {"rows": rows, "perf": prof}
+    if "idlebig" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        res["idlebig"] = []
+        for n, tls in ((IDLE_BIG, False), (IDLE_BIG_TLS, True)):
+            if n <= 0:
+                continue
+            t.fresh()
+            ports = t.more_c2s(IDLE_C2S)
+            saved = t.ports
+            t.ports = ports
+            src = ",".join("127.0.0.%d" % (2 + i) for i in range(IDLE_SRC))
+            args = ["--users", str(n), "--hold", IDLE_BIG_HOLD, "--window", "200",
+                    "--login-timeout", "120", "--workers", str(IDLE_WORKERS), "--src", src,
+                    "--chat-rate", IDLE_CHAT_RATE, "--chat-pct", IDLE_CHAT_PCT]
+            if tls:
+                args.append("--tls")
+            try:
+                rows, _ = t.run("idle", *args, label="idlebig-%d%s" % (n, "-tls" if tls else ""))
+            finally:
+                t.ports = saved
+                t.fewer_c2s()
+            keep(rows)
+            res["idlebig"].extend(rows)
     if "scaleout" in SCEN and isinstance(t, Switchboard) and not only_msg:
         t.layout(small=True)
         try:
@@ -938,6 +1019,40 @@ def run_scenarios(t):
             say("mamq scenario failed:", (out.stderr or "")[-400:])
     res["curve"] = t.curve or "n/a"
     return res
+
+
+def start_perf(t, label):
+    """perf record -g on c2s1 (Switchboard) while a login ladder runs."""
+    if not isinstance(t, Switchboard) or not os.access("/usr/bin/perf", os.X_OK):
+        return None
+    pid = pidfile(os.path.join(VAR, "pid", "c2s1.pid"))
+    if not pid:
+        return None
+    out = os.path.join(VAR, "perf-%s.data" % label)
+    p = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pid),
+                          "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, out
+
+
+def stop_perf(perf):
+    """The top of `perf report` (self time by symbol, and by shared object)."""
+    if not perf:
+        return None
+    p, out = perf
+    p.send_signal(2)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    rep = {}
+    for key, sort in (("symbols", "symbol"), ("dsos", "dso")):
+        r = subprocess.run(["perf", "report", "-i", out, "--no-children", "--sort", sort,
+                            "--stdio", "-g", "none", "--percent-limit", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        rep[key] = [l.strip() for l in r.stdout.splitlines()
+                    if l.strip() and not l.startswith("#")][:25]
+    rep["file"] = os.path.relpath(out)
+    return rep
 
 
 def run_tsung(t, res, keep):

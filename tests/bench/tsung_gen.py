@@ -10,6 +10,13 @@ USERS have sent theirs), then each sends LOOPS chat messages with a
 "online", to the bare JID), one every USERS/RATE seconds, so the offered
 total is RATE/s; then waits DRAIN s and closes.
 
+Every login step waits with ack="parse" and a regexp for the element it
+needs (</stream:features>, <success|<failure, </iq>, <iq), not tsung's
+usual ack="local" (any bytes): sb-c2s sends the stream header at once and
+the features with the next flush (two TCP segments), so under load a
+tsung user taking the header for the features sent <auth/> and the stream
+restart out of step and was closed with not-well-formed / bad-format.
+
 What is measured, and by whom:
   sent       tsung's count of the `chat` transaction around each send
   latency    tsung's own xmpp_msg_latency: the sender writes its node id
@@ -95,12 +102,12 @@ def config(ports, domain, prefix, passprefix, users, rate, secs, arrival, drain,
   </options>
   <sessions>
     <session probability="100" name="chat" type="ts_jabber" bidi="true">
-      <request><jabber type="connect" ack="local" regexp="&lt;/stream:features&gt;"/></request>
+      <request><jabber type="connect" ack="parse" regexp="&lt;/stream:features&gt;"/></request>
       <transaction name="login">
-        <request><jabber type="auth_sasl" ack="local" regexp="&lt;(success|failure)"/></request>
-        <request><jabber type="connect" ack="local" regexp="&lt;/stream:features&gt;"/></request>
-        <request><jabber type="auth_sasl_bind" ack="local" regexp="&lt;/iq&gt;"/></request>
-        <request><jabber type="auth_sasl_session" ack="local" regexp="&lt;iq"/></request>
+        <request><jabber type="auth_sasl" ack="parse" regexp="&lt;(success|failure)"/></request>
+        <request><jabber type="connect" ack="parse" regexp="&lt;/stream:features&gt;"/></request>
+        <request><jabber type="auth_sasl_bind" ack="parse" regexp="&lt;/iq&gt;"/></request>
+        <request><jabber type="auth_sasl_session" ack="parse" regexp="&lt;iq"/></request>
       </transaction>
       <request><jabber type="presence:initial" ack="global"/></request>
       <thinktime value="1" random="false"/>
