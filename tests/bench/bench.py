@@ -33,7 +33,7 @@ Switchboard alone):
                     var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
   BENCH_KEEP=1      leave the bench stack running afterwards
   storm             SCRAM-SHA-1 then SCRAM-SHA-256 full logins over STARTTLS, stepping
-                    BENCH_STORM_RATES [500,1000,2000,3000,4000,5000] (every step run),
+                    BENCH_STORM_RATES [250,500,1000,2000,3000,5000] (every step run),
                     with `perf record -g` on c2s1 during each ladder (BENCH_PERF=0: none)
   idlebig           BENCH_IDLE_BIG [100000] connections over BENCH_IDLE_C2S [6] c2s
                     (c2s3.. started with their own ports), BENCH_IDLE_WORKERS [6]
@@ -115,7 +115,7 @@ MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
-STORM_RATES = env("BENCH_STORM_RATES", "500,1000,2000,3000,4000,5000")
+STORM_RATES = env("BENCH_STORM_RATES", "250,500,1000,2000,3000,5000")
 PERF = env("BENCH_PERF", "1") == "1"
 IDLE_BIG = int(env("BENCH_IDLE_BIG", "100000"))
 IDLE_BIG_TLS = int(env("BENCH_IDLE_BIG_TLS", "50000"))
@@ -940,11 +940,16 @@ def run_scenarios(t):
     if "storm" in SCEN and not only_msg:
         res["storm"] = {}
         for mech in ("scram-sha-1", "scram-sha-256"):
-            perf = start_perf(t, "storm-" + mech) if PERF else None
             cmd_extra = ["--scram-cache", os.path.join(VAR, "cache", "%s-%s.scram" % (t.name, mech))]
+            # every account once at a modest rate, so the generator's key cache
+            # is warm (its PBKDF2 must not be in the measured steps)
+            t.run("login", "--tls", "--mech", mech, "--users", str(LOGIN_USERS), "--rates",
+                  "400", "--step", "%g" % (LOGIN_USERS / 400.0 + 0.5), "--no-stop",
+                  *cmd_extra, label="storm-warmup-%s" % mech)
+            perf = start_perf(t, "storm-" + mech) if PERF else None
             rows, _ = t.run("login", "--tls", "--mech", mech, "--users", str(LOGIN_USERS),
                             "--rates", STORM_RATES, "--window", "2000", "--no-stop",
-                            "--login-timeout", "30", *cmd_extra, *common,
+                            "--login-timeout", "10", *cmd_extra, *common,
                             label="storm-%s" % mech)
             prof = stop_perf(perf)
             keep(rows)
@@ -1421,10 +1426,61 @@ def loads(results):
         if parts else []
 
 
+def storm_idle_lines(results):
+    """The login storm per mechanism and step, the big idle runs."""
+    out = []
+    for name, res in results.items():
+        procs = SERVER_PROCS[base_name(name)] + ["redis", "postgres"]
+        for mech, st in (res.get("storm") or {}).items():
+            out += ["", "%s: login storm, %s over STARTTLS (stream, TLS, SASL, bind, session, "
+                    "roster, presence):" % (name, mech.upper()), "",
+                    "| offered/s | completed/s | p50 / p99 ms | errors | server CPU ms/login "
+                    "(c2s / sm / Redis / PostgreSQL / all) | load avg |", "|---|---|---|---|---|---|"]
+            for r in st["rows"]:
+                n = max(r.get("done", 0) or r.get("completed", 0) or 1, 1)
+                pr = r.get("procs", {})
+
+                def ms(keys):
+                    return sum(v["cpu_s"] for k, v in pr.items() if k in keys) / n * 1e3
+                out.append("| %s | %s | %.1f / %.1f | %s | %.2f / %.2f / %.2f / %.2f / %.2f | %.1f |"
+                           % (fmt(r["rate"]), fmt(r["per_s"]), r["p50_ms"], r["p99_ms"],
+                              r["errors"], ms([k for k in pr if k.startswith("c2s")]),
+                              ms([k for k in pr if k.startswith("sm")]), ms(["redis"]),
+                              ms(["postgres"]), ms(procs + [k for k in pr]), r["load1"]))
+            if st.get("perf"):
+                out += ["", "perf (c2s1, self time, cpu-clock): %s" % st["perf"]["file"], ""]
+                out += ["    " + l for l in st["perf"]["dsos"][:12]]
+                out += [""] + ["    " + l for l in st["perf"]["symbols"][:25]]
+        for r in res.get("idlebig") or []:
+            pr = r.get("procs", {})
+            on = max(r.get("online", 0), 1)
+
+            def kib(pred):
+                return sum(v["rss_kb"] - v["rss0_kb"] for k, v in pr.items() if pred(k)) / on
+            out += ["", "%s: %s — %s/%s online in %.1f s (%d workers, %d source addresses), "
+                    "held %s s, dropped %s, failed %s; chat %s/s among %s %%: %s sent, %s "
+                    "delivered, p50 %.1f / p99 %.1f ms; load avg %.1f" % (
+                        name, r["label"], fmt(r["online"]), fmt(r["users"]), r["login_s"],
+                        r.get("workers", 1), r.get("sources", 0), r["held_s"], r["dropped"],
+                        r["failed"], fmt(r.get("chat_rate")), r.get("chat_pct"),
+                        fmt(r.get("chat_sent")), fmt(r.get("chat_delivered")),
+                        r.get("chat_p50_ms", 0), r.get("chat_p99_ms", 0), r["load1"]),
+                    "", "| KiB per connection | c2s (all) | sm (all) | routers | Redis | "
+                    "PostgreSQL | all |", "|---|---|---|---|---|---|---|",
+                    "| | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
+                        kib(lambda k: k.startswith("c2s")), kib(lambda k: k.startswith("sm")),
+                        kib(lambda k: k.startswith("router")), kib(lambda k: k == "redis"),
+                        kib(lambda k: k == "postgres"), kib(lambda k: True))]
+            out += ["", "per process (KiB per connection): " + ", ".join(
+                "%s %.2f" % (k, (v["rss_kb"] - v["rss0_kb"]) / on) for k, v in sorted(pr.items()))]
+    return out
+
+
 def report(machine_line, results):
     if any("tsung_all" in r for r in results.values()):
         return ["Machine: " + machine_line, ""] + tsung_table(results)
-    return ["Machine: " + machine_line, ""] + loads(results) + table(results)
+    return (["Machine: " + machine_line, ""] + loads(results) + table(results) +
+            storm_idle_lines(results))
 
 
 def commit():
