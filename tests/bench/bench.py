@@ -1496,6 +1496,9 @@ def render(path):
     print("\n".join(report(doc["machine"], doc["results"])))
 
 
+COMMIT = commit()                      # the code that runs, read at start
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--table":
         return render(sys.argv[2])
@@ -1537,7 +1540,7 @@ def main():
         base = os.path.join(outdir, "%s-%s-%d" % (date, host, n))
         n += 1
     doc = {"date": date, "host": host, "machine": machine(), "peer": PEER or None,
-           "gen": GEN, "commit": commit(),
+           "gen": GEN, "commit": COMMIT,
            "curve": CURVE,
            "config": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")},
            "seconds": round(time.time() - t0), "results": results}

@@ -585,6 +585,15 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
     case SBB_CLOSING:
         if (sbb_ev.message && strcmp(local, "message") == 0)
             sbb_ev.message(c, el, len);
+        else if (strcmp(local, "iq") == 0 && attr_is(el, len, "type", "get") &&
+                 has(el, len, "urn:xmpp:ping")) {
+            /* XEP-0199: the server pings a silent client (after 120 s on
+             * sb-c2s) and closes it when unanswered; real clients answer */
+            char id[128], r[256];
+            attr_get(el, len, "id", id, sizeof(id));
+            int n = snprintf(r, sizeof(r), "<iq type='result' id='%s'/>", id);
+            sbb_conn_write(c, r, (size_t)n);
+        }
         break;
     default:
         break;

@@ -222,6 +222,37 @@ struct storm_step {
 static struct storm_step *storm;
 static int storm_cur, storm_user;
 static ev_timer storm_tick;
+/* Every storm connection alive (c->slot is its index), so that the logins
+ * of a step still unfinished at its end are closed rather than left to
+ * hold server descriptors into the next steps. */
+static struct sbb_conn **storm_live;
+static int storm_nlive, storm_cap;
+
+static int live_add(struct sbb_conn *c)
+{
+    if (storm_nlive == storm_cap) {
+        int n = storm_cap ? 2 * storm_cap : 4096;
+        struct sbb_conn **p = realloc(storm_live, (size_t)n * sizeof(*p));
+        if (!p)
+            return -1;
+        storm_live = p;
+        storm_cap = n;
+    }
+    c->slot = storm_nlive;
+    storm_live[storm_nlive++] = c;
+    return 0;
+}
+
+static void live_del(struct sbb_conn *c)
+{
+    int i = c->slot;
+    if (i < 0 || i >= storm_nlive || storm_live[i] != c)
+        return;
+    storm_live[i] = storm_live[--storm_nlive];
+    if (i < storm_nlive)
+        storm_live[i]->slot = i;
+    c->slot = -1;
+}
 
 static void storm_online(struct sbb_conn *c)
 {
@@ -241,6 +272,7 @@ static void storm_failed(struct sbb_conn *c, const char *why)
             note_error(why);
         }
     }
+    live_del(c);
     sbb_conn_free(c);
 }
 
@@ -258,6 +290,8 @@ static void storm_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
             continue;
         }
         c->step = storm_cur;
+        c->slot = -1;
+        live_add(c);
         ninflight++;
     }
 }
@@ -284,6 +318,15 @@ static int scenario_login(void)
         double end = sbb_now() + sbb_opt.login_timeout;
         while (ninflight > 0 && sbb_now() < end)
             sbb_run_for(0.05);
+        /* logins still unfinished: given up (counted below), closed now */
+        for (int i = storm_nlive - 1; i >= 0; i--) {
+            struct sbb_conn *c = storm_live[i];
+            if (c->state < SBB_ONLINE) {
+                live_del(c);
+                sbb_conn_free(c);
+                ninflight--;
+            }
+        }
         sbb_watch_end();
         long lost = s->started - s->ok - s->errors;   /* still pending: timed out */
         s->errors += lost > 0 ? lost : 0;
