@@ -292,7 +292,7 @@ def run_step(target, rate, users, secs, arrival, drain, workdir, domain, prefix,
     timeout = users / float(arrival) + 10 + 1.5 * secs + drain + 90
     p = subprocess.Popen([TSUNG, "-n", "-f", conf, "-l", d + "/", "-i", cid, "start"],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
-                         start_new_session=True)
+                         start_new_session=True, cwd=d)   # erl_crash.dump lands there
     try:
         p.stdout_text = p.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
