@@ -145,7 +145,7 @@ $(BUILD)/bench/sbbench: $(BENCH_SRC) tests/bench/sbbench.h
 bench:
 	@deploy/dev/stack.sh deps
 	@$(MAKE) --no-print-directory all $(BUILD)/bench/sbbench
-	@PEER="$(PEER)" /usr/bin/python3 tests/bench/bench.py
+	@PEER="$(PEER)" GEN="$(GEN)" /usr/bin/python3 tests/bench/bench.py
 
 clean:
 	rm -rf build bin

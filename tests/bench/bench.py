@@ -37,6 +37,20 @@ Switchboard alone):
   PEER              prosody or jabberd2 (Debian package, private instance under
                     var/bench/<peer>, own ports: Prosody 6262, jabberd2 c2s 6272 and router 6273)
   BENCH_KEEP=1      leave the bench stack running afterwards
+  storm             SCRAM-SHA-1 then SCRAM-SHA-256 full logins over STARTTLS, stepping
+                    BENCH_STORM_RATES [250,500,1000,2000,3000,5000] (every step run),
+                    with `perf record -g` on c2s1 during each ladder (BENCH_PERF=0: none)
+  idlebig           BENCH_IDLE_BIG [100000] connections over BENCH_IDLE_C2S [6] c2s
+                    (c2s3.. started with their own ports), BENCH_IDLE_WORKERS [6]
+                    generator processes, BENCH_IDLE_SRC [8] source addresses 127.0.0.2..,
+                    held BENCH_IDLE_BIG_HOLD [300] s while BENCH_IDLE_CHAT_PCT [1] % chat
+                    at BENCH_IDLE_CHAT_RATE [1000] msg/s; BENCH_IDLE_BIG_TLS [50000]
+                    the same over STARTTLS (0: not run)
+  GEN=tsung         the message scenario with Debian's tsung (tsung_gen.py) and, side
+                    by side at the same rates, with sbbench; only that (BENCH_SCENARIOS
+                    is ignored). BENCH_TSUNG_RATES [1000,3000,6000,10000]
+                    BENCH_TSUNG_USERS [1000]  BENCH_TSUNG_SECS chat seconds per rate [20]
+                    BENCH_TSUNG_ARRIVAL logins/s [200]  BENCH_TSUNG_DRAIN [3]
 """
 
 import datetime
@@ -112,6 +126,26 @@ PEP_RATE = env("BENCH_PEP_RATE", "20")
 CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
+STORM_RATES = env("BENCH_STORM_RATES", "250,500,1000,2000,3000,5000")
+PERF = env("BENCH_PERF", "1") == "1"
+IDLE_BIG = int(env("BENCH_IDLE_BIG", "100000"))
+IDLE_BIG_TLS = int(env("BENCH_IDLE_BIG_TLS", "50000"))
+IDLE_C2S = int(env("BENCH_IDLE_C2S", "6"))
+IDLE_WORKERS = int(env("BENCH_IDLE_WORKERS", "6"))
+IDLE_SRC = int(env("BENCH_IDLE_SRC", "8"))
+IDLE_BIG_HOLD = env("BENCH_IDLE_BIG_HOLD", "300")
+IDLE_CHAT_PCT = env("BENCH_IDLE_CHAT_PCT", "1")
+IDLE_CHAT_RATE = env("BENCH_IDLE_CHAT_RATE", "1000")
+GEN = env("GEN", "").strip() or "sbbench"
+if GEN not in ("sbbench", "tsung"):
+    raise SystemExit("bench: GEN=%s: sbbench or tsung" % GEN)
+TSUNG_RATES = [int(x) for x in env("BENCH_TSUNG_RATES", "1000,3000,6000,10000").split(",")]
+TSUNG_USERS = int(env("BENCH_TSUNG_USERS", "1000"))
+TSUNG_SECS = float(env("BENCH_TSUNG_SECS", "20"))
+TSUNG_ARRIVAL = int(env("BENCH_TSUNG_ARRIVAL", "200"))
+TSUNG_DRAIN = float(env("BENCH_TSUNG_DRAIN", "3"))
+if GEN == "tsung":
+    SCEN = {"tsung"}
 # keep stepping after a failed login step (a server that fails every step
 # with a few errors still shows what it completes)
 LOGIN_NO_STOP = ["--no-stop"] if env("BENCH_LOGIN_NO_STOP", "") == "1" else []
@@ -125,8 +159,8 @@ def sh(*cmd, check=True, **kw):
     return subprocess.run(cmd, check=check, **kw)
 
 
-def stack(*args, check=True):
-    e = dict(os.environ, SB_BENCH_PORT_OFFSET=str(OFF))
+def stack(*args, check=True, extra=None):
+    e = dict(os.environ, SB_BENCH_PORT_OFFSET=str(OFF), **(extra or {}))
     return subprocess.run([STACK, "-p", "bench", *args], check=check, env=e,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -155,8 +189,9 @@ def pidfile(path):
 
 
 def max_users():
+    big = [IDLE_BIG, IDLE_BIG_TLS] if "idlebig" in SCEN else []
     return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS,
-                MUC_USERS, PEP_CONTACTS + 1] + IDLE)
+                MUC_USERS, PEP_CONTACTS + 1] + IDLE + big)
 
 
 # ---------------------------------------------------------------- targets
@@ -233,9 +268,35 @@ class Switchboard(Target):
         with open(marker, "w") as f:
             f.write(str(n))
 
+    extra = []                         # c2s3.. started by more_c2s()
+
+    def more_c2s(self, n):
+        """c2s3..c2sN besides c2s1 and c2s2, each on ports of its own
+        (6300 + 2·N and + 1 for direct TLS, shifted by the offset) through
+        the SB_C2S_* environment overrides; returns every c2s port."""
+        ports = [int(self.env["SB_C2S1_PORT"]), int(self.env["SB_C2S2_PORT"])]
+        for i in range(3, n + 1):
+            name = "c2s%d" % i
+            port = 6300 + OFF + 2 * i
+            stack("start-proc", name, extra={"SB_C2S_PORT": str(port),
+                                             "SB_C2S_TLS_PORT": str(port + 1)})
+            if name not in self.extra:
+                self.extra.append(name)
+            ports.append(port)
+        stack("wait-ready")
+        end = time.time() + 20
+        while not all(listening(p) for p in ports) and time.time() < end:
+            time.sleep(0.2)
+        return ports
+
+    def fewer_c2s(self):
+        for name in self.extra:
+            stack("stop-proc", name, check=False)
+        self.extra = []
+
     def watches(self):
         w = []
-        for n in SB_PROCS:
+        for n in SB_PROCS + self.extra:
             pid = pidfile(os.path.join(VAR, "pid", n + ".pid"))
             if pid and os.path.exists("/proc/%d" % pid):
                 w.append("%s:%d" % (n, pid))
@@ -496,7 +557,14 @@ class Switchboard(Target):
             os.environ.pop("SB_SM_MAM_ENABLED", None)
         return out
 
+    def tsung_prepare(self):
+        """Before a tsung run: no bench user has offline messages left from
+        an earlier run (their delivery at login would be counted as this
+        run's by the front-ends' counters)."""
+        self.psql("DELETE FROM offline WHERE username LIKE '%s%%'" % PREFIX)
+
     def stop(self):
+        self.fewer_c2s()
         if env("BENCH_KEEP", "") != "1":
             stack("stop", check=False)
 
@@ -858,6 +926,8 @@ def run_scenarios(t):
         return rows
 
     common = ["--step", STEP]
+    if "tsung" in SCEN:
+        return run_tsung(t, res, keep)
     only_msg = isinstance(t, Switchboard) and t.curve == "off" and CURVE == "both"
     if "login" in SCEN and not only_msg:
         rows, _ = t.run("login", "--users", str(LOGIN_USERS), "--rates", LOGIN_RATES,
@@ -898,6 +968,45 @@ def run_scenarios(t):
                 rows, _ = t.run("idle", *args, label="idle-%d%s" % (n, "-tls" if tls else ""))
                 keep(rows)
                 res["idle"].extend(rows)
+    if "storm" in SCEN and not only_msg:
+        res["storm"] = {}
+        for mech in ("scram-sha-1", "scram-sha-256"):
+            cmd_extra = ["--scram-cache", os.path.join(VAR, "cache", "%s-%s.scram" % (t.name, mech))]
+            # every account once at a modest rate, so the generator's key cache
+            # is warm (its PBKDF2 must not be in the measured steps)
+            t.run("login", "--tls", "--mech", mech, "--users", str(LOGIN_USERS), "--rates",
+                  "400", "--step", "%g" % (LOGIN_USERS / 400.0 + 0.5), "--no-stop",
+                  *cmd_extra, label="storm-warmup-%s" % mech)
+            perf = start_perf(t, "storm-" + mech) if PERF else None
+            rows, _ = t.run("login", "--tls", "--mech", mech, "--users", str(LOGIN_USERS),
+                            "--rates", STORM_RATES, "--window", "2000", "--no-stop",
+                            "--login-timeout", "10", *cmd_extra, *common,
+                            label="storm-%s" % mech)
+            prof = stop_perf(perf)
+            keep(rows)
+            res["storm"][mech] = {"rows": rows, "perf": prof}
+    if "idlebig" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        res["idlebig"] = []
+        for n, tls in ((IDLE_BIG, False), (IDLE_BIG_TLS, True)):
+            if n <= 0:
+                continue
+            t.fresh()
+            ports = t.more_c2s(IDLE_C2S)
+            saved = t.ports
+            t.ports = ports
+            src = ",".join("127.0.0.%d" % (2 + i) for i in range(IDLE_SRC))
+            args = ["--users", str(n), "--hold", IDLE_BIG_HOLD, "--window", "200",
+                    "--login-timeout", "120", "--workers", str(IDLE_WORKERS), "--src", src,
+                    "--chat-rate", IDLE_CHAT_RATE, "--chat-pct", IDLE_CHAT_PCT]
+            if tls:
+                args.append("--tls")
+            try:
+                rows, _ = t.run("idle", *args, label="idlebig-%d%s" % (n, "-tls" if tls else ""))
+            finally:
+                t.ports = saved
+                t.fewer_c2s()
+            keep(rows)
+            res["idlebig"].extend(rows)
     if "scaleout" in SCEN and isinstance(t, Switchboard) and not only_msg:
         t.layout(small=True)
         try:
@@ -954,6 +1063,98 @@ def run_scenarios(t):
         res["pep"] = rows[-1] if rows else None
     res["curve"] = t.curve or "n/a"
     return res
+
+
+def start_perf(t, label):
+    """perf record -g on c2s1 (Switchboard) while a login ladder runs."""
+    if not isinstance(t, Switchboard) or not os.access("/usr/bin/perf", os.X_OK):
+        return None
+    pid = pidfile(os.path.join(VAR, "pid", "c2s1.pid"))
+    if not pid:
+        return None
+    out = os.path.join(VAR, "perf-%s.data" % label)
+    p = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(pid),
+                          "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, out
+
+
+def stop_perf(perf):
+    """The top of `perf report` (self time by symbol, and by shared object)."""
+    if not perf:
+        return None
+    p, out = perf
+    p.send_signal(2)
+    try:
+        p.wait(30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    rep = {}
+    for key, sort in (("symbols", "symbol"), ("dsos", "dso")):
+        r = subprocess.run(["perf", "report", "-i", out, "--no-children", "--sort", sort,
+                            "--stdio", "-g", "none", "--percent-limit", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        rep[key] = [l.strip() for l in r.stdout.splitlines()
+                    if l.strip() and not l.startswith("#")][:25]
+    rep["file"] = os.path.relpath(out)
+    return rep
+
+
+def run_tsung(t, res, keep):
+    """GEN=tsung: the tsung ladder, then sbbench's msg at the same rates and
+    for the same time per step, on the same (fresh) server."""
+    import tsung_gen
+    mports = None
+    if isinstance(t, Switchboard):
+        mports = [int(t.env["SB_C2S1_METRICS_PORT"]), int(t.env["SB_C2S2_METRICS_PORT"])]
+    t.fresh()
+    rows = tsung_gen.run_ladder(t, TSUNG_RATES, TSUNG_USERS, TSUNG_SECS, TSUNG_ARRIVAL,
+                                TSUNG_DRAIN, os.path.join(VAR, "tsung"), DOMAIN, PREFIX,
+                                PASSPREFIX, mports)
+    for r in rows:
+        r["curve"] = t.curve or "n/a"
+    res["tsung_all"] = keep(rows)
+    srows, _ = t.run("msg", "--users", str(TSUNG_USERS), "--rates",
+                     ",".join(map(str, TSUNG_RATES)), "--step", "%g" % TSUNG_SECS,
+                     "--no-stop", label="msg")
+    res["msg_all"] = keep(srows)
+    res["msg"] = best(srows)
+    res["curve"] = t.curve or "n/a"
+    return res
+
+
+def tsung_table(results):
+    """One row per rate and generator: sbbench and tsung side by side."""
+    lines = ["", "| server | generator | offered msg/s | sent msg/s | delivered (fraction) | "
+             "p50 / p99 / max ms | server CPU µs/msg | per process µs/msg | load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, res in results.items():
+        procs = SERVER_PROCS[base_name(name)] + ["redis", "postgres"]
+        sb = {r["rate"]: r for r in res.get("msg_all") or []}
+        for r in res.get("tsung_all") or []:
+            for gen, x in (("tsung", r), ("sbbench", sb.get(r["rate"]))):
+                if not x:
+                    continue
+                d = x.get("delivered") or 0
+                sent = x.get("sent") or 0
+                frac = "%s (%.4f)" % (fmt(d), d / sent) if sent else fmt(d)
+                if gen == "tsung" and "delivered_server" in x:
+                    frac = "%s server / %s tsung samples (%.4f / %.4f)" % (
+                        fmt(x["delivered_server"]), fmt(x["delivered_tsung"]),
+                        x["delivered_fraction_server"] or 0, x["delivered_fraction_tsung"] or 0)
+                elif gen == "tsung":
+                    frac = "%s tsung samples (%.4f)" % (fmt(x["delivered_tsung"]),
+                                                        x["delivered_fraction_tsung"] or 0)
+                lat = "%s / %s / %s" % tuple(fmt(x.get(k), 1) for k in ("p50_ms", "p99_ms",
+                                                                         "max_ms"))
+                cpu = sum(v["cpu_s"] for k, v in x.get("procs", {}).items() if k in procs)
+                per = ", ".join("%s %.1f" % (k, v["cpu_s"] / max(d, 1) * 1e6)
+                                for k, v in sorted(x.get("procs", {}).items())
+                                if v["cpu_s"] / max(d, 1) * 1e6 >= 0.5)
+                rate = x.get("per_s")
+                lines.append("| %s | %s | %s | %s | %s | %s | %.1f | %s | %.1f |" % (
+                    name, gen, fmt(r["rate"]), fmt(rate), frac, lat,
+                    cpu / max(d, 1) * 1e6, per, x.get("load1", 0)))
+    return lines
 
 
 # ---------------------------------------------------------------- report
@@ -1287,13 +1488,77 @@ def loads(results):
         if parts else []
 
 
+def storm_idle_lines(results):
+    """The login storm per mechanism and step, the big idle runs."""
+    out = []
+    for name, res in results.items():
+        procs = SERVER_PROCS[base_name(name)] + ["redis", "postgres"]
+        for mech, st in (res.get("storm") or {}).items():
+            out += ["", "%s: login storm, %s over STARTTLS (stream, TLS, SASL, bind, session, "
+                    "roster, presence):" % (name, mech.upper()), "",
+                    "| offered/s | completed/s | p50 / p99 ms | errors | server CPU ms/login "
+                    "(c2s / sm / Redis / PostgreSQL / all) | load avg |", "|---|---|---|---|---|---|"]
+            for r in st["rows"]:
+                n = max(r.get("done", 0) or r.get("completed", 0) or 1, 1)
+                pr = r.get("procs", {})
+
+                def ms(keys):
+                    return sum(v["cpu_s"] for k, v in pr.items() if k in keys) / n * 1e3
+                out.append("| %s | %s | %.1f / %.1f | %s | %.2f / %.2f / %.2f / %.2f / %.2f | %.1f |"
+                           % (fmt(r["rate"]), fmt(r["per_s"]), r["p50_ms"], r["p99_ms"],
+                              r["errors"], ms([k for k in pr if k.startswith("c2s")]),
+                              ms([k for k in pr if k.startswith("sm")]), ms(["redis"]),
+                              ms(["postgres"]), ms(procs + [k for k in pr]), r["load1"]))
+            if st.get("perf"):
+                out += ["", "perf (c2s1, self time, cpu-clock): %s" % st["perf"]["file"], ""]
+                out += ["    " + l for l in st["perf"]["dsos"][:12]]
+                out += [""] + ["    " + l for l in st["perf"]["symbols"][:25]]
+        for r in res.get("idlebig") or []:
+            pr = r.get("procs", {})
+            on = max(r.get("online", 0), 1)
+
+            def kib(pred):
+                return sum(v["rss_kb"] - v["rss0_kb"] for k, v in pr.items() if pred(k)) / on
+            out += ["", "%s: %s — %s/%s online in %.1f s (%d workers, %d source addresses), "
+                    "held %s s, dropped %s, failed %s; chat %s/s among %s %%: %s sent, %s "
+                    "delivered, p50 %.1f / p99 %.1f ms; load avg %.1f" % (
+                        name, r["label"], fmt(r["online"]), fmt(r["users"]), r["login_s"],
+                        r.get("workers", 1), r.get("sources", 0), r["held_s"], r["dropped"],
+                        r["failed"], fmt(r.get("chat_rate")), r.get("chat_pct"),
+                        fmt(r.get("chat_sent")), fmt(r.get("chat_delivered")),
+                        r.get("chat_p50_ms", 0), r.get("chat_p99_ms", 0), r["load1"]),
+                    "", "| KiB per connection | c2s (all) | sm (all) | routers | Redis | "
+                    "PostgreSQL | all |", "|---|---|---|---|---|---|---|",
+                    "| | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
+                        kib(lambda k: k.startswith("c2s")), kib(lambda k: k.startswith("sm")),
+                        kib(lambda k: k.startswith("router")), kib(lambda k: k == "redis"),
+                        kib(lambda k: k == "postgres"), kib(lambda k: True))]
+            out += ["", "per process (KiB per connection): " + ", ".join(
+                "%s %.2f" % (k, (v["rss_kb"] - v["rss0_kb"]) / on) for k, v in sorted(pr.items()))]
+    return out
+
+
 def report(machine_line, results):
-    return ["Machine: " + machine_line, ""] + loads(results) + table(results)
+    if any("tsung_all" in r for r in results.values()):
+        return ["Machine: " + machine_line, ""] + tsung_table(results)
+    return (["Machine: " + machine_line, ""] + loads(results) + table(results) +
+            storm_idle_lines(results))
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              stdout=subprocess.PIPE, text=True).stdout.strip()
+    except OSError:
+        return "?"
 
 
 def render(path):
     doc = json.load(open(path))
     print("\n".join(report(doc["machine"], doc["results"])))
+
+
+COMMIT = commit()                      # the code that runs, read at start
 
 
 def main():
@@ -1337,6 +1602,7 @@ def main():
         base = os.path.join(outdir, "%s-%s-%d" % (date, host, n))
         n += 1
     doc = {"date": date, "host": host, "machine": machine(), "peer": PEER or None,
+           "gen": GEN, "commit": COMMIT,
            "curve": CURVE,
            "config": {k: v for k, v in os.environ.items() if k.startswith("BENCH_")},
            "seconds": round(time.time() - t0), "results": results}

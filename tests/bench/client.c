@@ -197,6 +197,17 @@ struct sbb_conn *sbb_conn_start_on(int user, int port_ix)
         return NULL;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sbb_opt.nsrc > 0) {
+        /* --src: spread over several loopback source addresses (each has its
+         * own ephemeral ports); the port is chosen at connect time */
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr = sbb_opt.src[(unsigned)user % (unsigned)sbb_opt.nsrc];
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0) {
+            close(fd);
+            return NULL;
+        }
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS) {
         close(fd);
         return NULL;
@@ -361,8 +372,11 @@ static void login_sasl(struct sbb_conn *c, const char *el, size_t len)
         snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
                  "mechanism='PLAIN'>%s</auth>", b64);
     } else {
-        if (!has(el, len, ">SCRAM-SHA-1<")) {
-            conn_fail(c, "no-scram-sha-1");
+        const char *mech = sbb_opt.sha256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
+        char want[32];
+        snprintf(want, sizeof(want), ">%s<", mech);
+        if (!has(el, len, want)) {
+            conn_fail(c, sbb_opt.sha256 ? "no-scram-sha-256" : "no-scram-sha-1");
             return;
         }
         char b64[600];
@@ -371,7 +385,7 @@ static void login_sasl(struct sbb_conn *c, const char *el, size_t len)
             return;
         }
         snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
-                 "mechanism='SCRAM-SHA-1'>%s</auth>", b64);
+                 "mechanism='%s'>%s</auth>", mech, b64);
     }
     conn_writes(c, msg);
     c->state = SBB_SASL;
@@ -571,6 +585,15 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
     case SBB_CLOSING:
         if (sbb_ev.message && strcmp(local, "message") == 0)
             sbb_ev.message(c, el, len);
+        else if (strcmp(local, "iq") == 0 && attr_is(el, len, "type", "get") &&
+                 has(el, len, "urn:xmpp:ping")) {
+            /* XEP-0199: the server pings a silent client (after 120 s on
+             * sb-c2s) and closes it when unanswered; real clients answer */
+            char id[128], r[256];
+            attr_get(el, len, "id", id, sizeof(id));
+            int n = snprintf(r, sizeof(r), "<iq type='result' id='%s'/>", id);
+            sbb_conn_write(c, r, (size_t)n);
+        }
         else if (sbb_ev.other && (!strcmp(local, "presence") || !strcmp(local, "iq")))
             sbb_ev.other(c, el, len);
         break;

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,7 +41,9 @@ static struct {
     int max_attempts;
     int senders, before, dead, kill_pid;
     const char *room;
-} cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
+    int workers;             /* idle: worker processes (0: 1, or 2 above 15,000) */
+    double chat_rate, chat_pct; /* idle: that share of the users chat at that total rate */
+} cfg = {.chat_pct = 1, .users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
          .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5, .duration = 120,
          .max_attempts = 40, .senders = 50, .before = 3, .dead = 3};
 
@@ -50,6 +54,11 @@ static int nonline, nfailed, ndropped, nstarted, ninflight;
 static char last_error[64];
 static struct sbb_hist login_hist;
 static ev_timer tick, deadline;
+
+static const char *mech_name(void)
+{
+    return sbb_opt.sha256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
+}
 
 static void loop_break(void)
 {
@@ -214,6 +223,37 @@ struct storm_step {
 static struct storm_step *storm;
 static int storm_cur, storm_user;
 static ev_timer storm_tick;
+/* Every storm connection alive (c->slot is its index), so that the logins
+ * of a step still unfinished at its end are closed rather than left to
+ * hold server descriptors into the next steps. */
+static struct sbb_conn **storm_live;
+static int storm_nlive, storm_cap;
+
+static int live_add(struct sbb_conn *c)
+{
+    if (storm_nlive == storm_cap) {
+        int n = storm_cap ? 2 * storm_cap : 4096;
+        struct sbb_conn **p = realloc(storm_live, (size_t)n * sizeof(*p));
+        if (!p)
+            return -1;
+        storm_live = p;
+        storm_cap = n;
+    }
+    c->slot = storm_nlive;
+    storm_live[storm_nlive++] = c;
+    return 0;
+}
+
+static void live_del(struct sbb_conn *c)
+{
+    int i = c->slot;
+    if (i < 0 || i >= storm_nlive || storm_live[i] != c)
+        return;
+    storm_live[i] = storm_live[--storm_nlive];
+    if (i < storm_nlive)
+        storm_live[i]->slot = i;
+    c->slot = -1;
+}
 
 static void storm_online(struct sbb_conn *c)
 {
@@ -233,6 +273,7 @@ static void storm_failed(struct sbb_conn *c, const char *why)
             note_error(why);
         }
     }
+    live_del(c);
     sbb_conn_free(c);
 }
 
@@ -250,6 +291,8 @@ static void storm_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
             continue;
         }
         c->step = storm_cur;
+        c->slot = -1;
+        live_add(c);
         ninflight++;
     }
 }
@@ -276,6 +319,15 @@ static int scenario_login(void)
         double end = sbb_now() + sbb_opt.login_timeout;
         while (ninflight > 0 && sbb_now() < end)
             sbb_run_for(0.05);
+        /* logins still unfinished: given up (counted below), closed now */
+        for (int i = storm_nlive - 1; i >= 0; i--) {
+            struct sbb_conn *c = storm_live[i];
+            if (c->state < SBB_ONLINE) {
+                live_del(c);
+                sbb_conn_free(c);
+                ninflight--;
+            }
+        }
         sbb_watch_end();
         long lost = s->started - s->ok - s->errors;   /* still pending: timed out */
         s->errors += lost > 0 ? lost : 0;
@@ -286,7 +338,7 @@ static int scenario_login(void)
                "\"rate\":%.0f,\"secs\":%.3f,\"started\":%ld,\"completed\":%ld,\"per_s\":%.1f,"
                "\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f,\"errors\":%ld,\"last_error\":\"%s\","
                "\"ok\":%s,\"gen_cpu_s\":%.3f,",
-               cfg.label, sbb_opt.plain ? "PLAIN" : "SCRAM-SHA-1", sbb_opt.tls, storm_cur, s->rate,
+               cfg.label, sbb_opt.plain ? "PLAIN" : mech_name(), sbb_opt.tls, storm_cur, s->rate,
                secs, s->started, s->ok, (double)s->ok / secs, sbb_hist_pct(&s->hist, 50) * 1e3,
                p99 * 1e3, s->hist.max * 1e3, s->errors, s->errors ? last_error : "",
                ok ? "true" : "false", gen);
@@ -312,14 +364,14 @@ struct msg_step {
     struct sbb_hist hist;
 };
 static struct msg_step mstep;
-static int msg_rr;
+static int msg_rr, msg_n;              /* next sender; senders are slots 0..msg_n-1 */
 static long total_sent, total_recv, total_reordered;
 static char **to_jid;
 
 static void msg_send_one(void)
 {
     int i = msg_rr;
-    msg_rr = (msg_rr + 1) % cfg.users;
+    msg_rr = (msg_rr + 1) % msg_n;
     struct sbb_conn *c = conns[i];
     if (!c || c->state != SBB_ONLINE)
         return;
@@ -390,6 +442,7 @@ static int scenario_msg(void)
         return 2;
     }
     to_jid = calloc((size_t)cfg.users, sizeof(*to_jid));
+    msg_n = cfg.users;
     for (int i = 0; i < cfg.users; i++) {
         int peer = (i + 1) % cfg.users;
         if (asprintf(&to_jid[i], "%s%d@%s", sbb_opt.prefix, sbb_opt.first + peer, sbb_opt.domain) < 0)
@@ -465,14 +518,46 @@ static void ctl_cb(struct ev_loop *l, ev_io *w, int ev)
     }
 }
 
-static int idle_worker(int up, int ctl)
+static int idle_worker(int up, int ctl, double rate)
 {
     int lrc = login_all();
     dprintf(up, "%d %d %s\n", nonline, nfailed, last_error[0] ? last_error : "-");
+    /* --chat-rate: the first chat_pct % of this worker's users send to the
+     * next one of them (a ring) while the others stay idle */
+    int chat = rate > 0 && lrc >= 0;
+    if (chat) {
+        msg_n = (int)(cfg.users * cfg.chat_pct / 100.0 + 0.5);
+        if (msg_n < 2)
+            msg_n = 2 <= cfg.users ? 2 : cfg.users;
+        to_jid = calloc((size_t)msg_n, sizeof(*to_jid));
+        for (int i = 0; i < msg_n; i++)
+            if (asprintf(&to_jid[i], "%s%d@%s", sbb_opt.prefix,
+                         sbb_opt.first + (i + 1) % msg_n, sbb_opt.domain) < 0)
+                return 2;
+        sbb_ev.message = msg_received;
+        sbb_ev.failed = msg_failed;
+        memset(&mstep, 0, sizeof(mstep));
+        mstep.rate = rate;
+        sbb_run_for(1.0);                  /* initial presences settle */
+        mstep.t0 = sbb_now();
+        ev_timer_init(&tick, msg_tick_cb, 0.001, 0.001);
+        ev_timer_start(sbb_loop, &tick);
+    }
     ev_io_init(&ctl_io, ctl_cb, ctl, EV_READ);
     ev_io_start(sbb_loop, &ctl_io);
     ev_run(sbb_loop, 0);
-    dprintf(up, "%d\n", ndropped);
+    if (chat) {
+        ev_timer_stop(sbb_loop, &tick);
+        double end = sbb_now() + cfg.drain;
+        while (mstep.delivered < mstep.sent && sbb_now() < end && nonline > 0)
+            sbb_run_for(0.02);
+    }
+    /* dropped, then the chat: sent delivered reordered errors secs, histogram */
+    dprintf(up, "%d %ld %ld %ld %ld %.3f", ndropped, mstep.sent, mstep.delivered,
+            mstep.reordered, mstep.errors, chat ? sbb_now() - mstep.t0 : 0.0);
+    for (int b = 0; b < SBB_HBUCKETS; b++)
+        dprintf(up, " %llu", (unsigned long long)mstep.hist.b[b]);
+    dprintf(up, " %.6f\n", mstep.hist.max);
     sbb_scram_save(sbb_opt.scram_cache);
     close_all();
     return lrc < 0 ? 1 : 0;
@@ -504,7 +589,7 @@ static int scenario_idle(int procs)
             sbb_opt.first = lo;
             cfg.users = hi - lo;
             ev_loop_fork(sbb_loop);
-            _exit(idle_worker(a[1], b[0]));
+            _exit(idle_worker(a[1], b[0], cfg.chat_rate / procs));
         }
         close(a[1]);
         close(b[0]);
@@ -533,11 +618,32 @@ static int scenario_idle(int procs)
     for (int i = 0; i < sbb_nwatch; i++)
         sbb_watch[i].rss0_kb = base[i];
     int dropped = 0;
+    long csent = 0, cdeliv = 0, creord = 0, cerr = 0;
+    double csecs = 0;
+    static struct sbb_hist chist;
+    static char big[SBB_HBUCKETS * 24 + 256];
+    for (int w = 0; w < procs; w++)
+        close(ctl[w]);                 /* every worker stops chatting at once */
     for (int w = 0; w < procs; w++) {
-        close(ctl[w]);
-        int d = 0;
-        if (fgets(line, sizeof(line), f[w]) && sscanf(line, "%d", &d) == 1)
+        int d = 0, off = 0;
+        long a1, a2, a3, a4;
+        double sc;
+        if (fgets(big, sizeof(big), f[w]) &&
+            sscanf(big, "%d %ld %ld %ld %ld %lf%n", &d, &a1, &a2, &a3, &a4, &sc, &off) == 6) {
             dropped += d;
+            csent += a1; cdeliv += a2; creord += a3; cerr += a4;
+            if (sc > csecs)
+                csecs = sc;
+            char *p = big + off;
+            for (int b = 0; b < SBB_HBUCKETS; b++) {
+                unsigned long long v = strtoull(p, &p, 10);
+                chist.b[b] += v;
+                chist.n += v;
+            }
+            double mx = strtod(p, NULL);
+            if (mx > chist.max)
+                chist.max = mx;
+        }
         fclose(f[w]);
     }
     for (int w = 0; w < procs; w++)
@@ -548,14 +654,23 @@ static int scenario_idle(int procs)
                  (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     printf("{\"scenario\":\"idle\",\"label\":\"%s\",\"tls\":%d,\"mech\":\"%s\",\"users\":%d,"
            "\"online\":%d,\"failed\":%d,\"dropped\":%d,\"held_s\":%.0f,\"login_s\":%.2f,"
-           "\"last_error\":\"%s\",\"gen_cpu_s\":%.3f,",
-           cfg.label, sbb_opt.tls, sbb_opt.plain ? "PLAIN" : "SCRAM-SHA-1", total, online, failed,
-           dropped, cfg.hold, login_secs, strcmp(err, "-") ? err : "", gen);
+           "\"last_error\":\"%s\",\"gen_cpu_s\":%.3f,\"workers\":%d,\"sources\":%d,"
+           "\"chat_rate\":%.0f,\"chat_pct\":%g,\"chat_secs\":%.1f,\"chat_sent\":%ld,"
+           "\"chat_delivered\":%ld,\"chat_reordered\":%ld,\"chat_errors\":%ld,"
+           "\"chat_p50_ms\":%.3f,\"chat_p99_ms\":%.3f,\"chat_max_ms\":%.3f,",
+           cfg.label, sbb_opt.tls, sbb_opt.plain ? "PLAIN" : mech_name(), total, online, failed,
+           dropped, cfg.hold, login_secs, strcmp(err, "-") ? err : "", gen, procs, sbb_opt.nsrc,
+           cfg.chat_rate, cfg.chat_pct, csecs, csent, cdeliv, creord, cerr,
+           sbb_hist_pct(&chist, 50) * 1e3, sbb_hist_pct(&chist, 99) * 1e3, chist.max * 1e3);
     sbb_print_procs(stdout);
     printf("}\n");
     fflush(stdout);
     fprintf(stderr, "sbbench: idle %d/%d online after %.0f s hold, %d dropped, %d failed\n",
             online - dropped, total, cfg.hold, dropped, failed);
+    if (cfg.chat_rate > 0)
+        fprintf(stderr, "sbbench: idle chat %.0f/s: %ld sent, %ld delivered, p50 %.2f ms, "
+                "p99 %.2f ms\n", cfg.chat_rate, csent, cdeliv, sbb_hist_pct(&chist, 50) * 1e3,
+                sbb_hist_pct(&chist, 99) * 1e3);
     return failed || dropped ? 1 : 0;
 }
 
@@ -604,6 +719,10 @@ static void usage(void)
         "usage: sbbench [options] login|msg|idle|chaos|resume|muc|pep\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
+        "  --mech scram-sha-1|scram-sha-256|plain   the SASL mechanism\n"
+        "  --src A,B,..   source addresses (user i binds to the (i mod n)th)\n"
+        "  idle: --workers N  processes holding the connections [1; 2 above 15,000]\n"
+        "        --chat-rate R  messages/s in total among --chat-pct P %% of them [1]\n"
         "  --users N      users online (msg), held (idle), pool (login)   [1000]\n"
         "  --rates A,B,.. arrivals/s (login) or messages/s (msg), one step each\n"
         "  --step S       seconds per step [5]     --hold S  idle hold [10]\n"
@@ -649,6 +768,20 @@ static void parse_ports(const char *s)
     }
 }
 
+/* --src A,B,..: loopback (or other local) source addresses */
+static int parse_src(const char *s)
+{
+    char buf[2048], *save = NULL;
+    snprintf(buf, sizeof(buf), "%s", s);
+    sbb_opt.nsrc = 0;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (sbb_opt.nsrc >= 64 || inet_pton(AF_INET, t, &sbb_opt.src[sbb_opt.nsrc]) != 1)
+            return -1;
+        sbb_opt.nsrc++;
+    }
+    return sbb_opt.nsrc ? 0 : -1;
+}
+
 static void raise_nofile(void)
 {
     struct rlimit rl;
@@ -668,7 +801,9 @@ int main(int argc, char **argv)
         {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'},
         {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {"sm", 0, 0, 'M'},
         {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
-        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {0, 0, 0, 0}};
+        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {"mech", 1, 0, 'm'},
+        {"src", 1, 0, 'I'}, {"workers", 1, 0, 'J'}, {"chat-rate", 1, 0, 'c'},
+        {"chat-pct", 1, 0, 'Q'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -705,6 +840,18 @@ int main(int argc, char **argv)
         case 'X': cfg.dead = atoi(optarg); break;
         case 'k': cfg.kill_pid = atoi(optarg); break;
         case 'O': cfg.room = optarg; break;
+        case 'm':
+            if (strcasecmp(optarg, "scram-sha-256") == 0)
+                sbb_opt.sha256 = 1;
+            else if (strcasecmp(optarg, "plain") == 0)
+                sbb_opt.plain = 1;
+            else if (strcasecmp(optarg, "scram-sha-1") != 0)
+                usage();
+            break;
+        case 'I': if (parse_src(optarg) < 0) usage(); break;
+        case 'J': cfg.workers = atoi(optarg); break;
+        case 'c': cfg.chat_rate = atof(optarg); break;
+        case 'Q': cfg.chat_pct = atof(optarg); break;
         default: usage();
         }
     }
@@ -726,7 +873,8 @@ int main(int argc, char **argv)
     else if (strcmp(cfg.scenario, "msg") == 0)
         rc = scenario_msg();
     else if (strcmp(cfg.scenario, "idle") == 0)
-        rc = scenario_idle(cfg.users > 15000 ? 2 : 1);
+        rc = scenario_idle(cfg.workers > 0 ? (cfg.workers > 64 ? 64 : cfg.workers)
+                                           : cfg.users > 15000 ? 2 : 1);
     else if (strcmp(cfg.scenario, "chaos") == 0)
         rc = scenario_chaos();
     else if (strcmp(cfg.scenario, "resume") == 0)

@@ -9,7 +9,7 @@
  *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
  *   resume.c  the resumption storm: XEP-0198 sessions resumed after their front-end died
  *   fanout.c  fan-out: a MUC room of N occupants, a PEP publisher with N contacts
- *   scram.c   SCRAM-SHA-1 client with a cache of derived keys
+ *   scram.c   SCRAM-SHA-1 / SCRAM-SHA-256 client with a cache of derived keys
  *   stats.c   latency histogram, /proc CPU and RSS sampling */
 #ifndef SBB_H
 #define SBB_H
@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <ev.h>
 #include <gnutls/gnutls.h>
+#include <netinet/in.h>
 
 /* ---- options (main.c) ------------------------------------------------- */
 struct sbb_opts {
@@ -26,6 +27,9 @@ struct sbb_opts {
     int ports[16], nports;
     int tls;                 /* STARTTLS before SASL */
     int plain;               /* SASL PLAIN instead of SCRAM-SHA-1 */
+    int sha256;              /* --mech scram-sha-256: SCRAM-SHA-256 instead */
+    struct in_addr src[64];  /* --src: source addresses, user i on src[i % nsrc] */
+    int nsrc;
     int first;               /* first user number */
     double login_timeout;
     int sm;                  /* XEP-0198: <enable resume='true'/> after bind */

@@ -16,6 +16,7 @@
 #include <nettle/hmac.h>
 #include <nettle/pbkdf2.h>
 #include <nettle/sha1.h>
+#include <nettle/sha2.h>
 
 #include "sbbench.h"
 
@@ -23,8 +24,11 @@
 struct keys {
     int iter;                      /* 0: empty slot */
     char salt[SALT_MAX];           /* base64, as the server sent it */
-    uint8_t client[20], stored[20], server[20];
+    uint8_t client[32], stored[32], server[32];
 };
+
+/* SCRAM-SHA-1 (20-byte digests) or, with --mech scram-sha-256, SCRAM-SHA-256 */
+#define DL (sbb_opt.sha256 ? SHA256_DIGEST_SIZE : SHA1_DIGEST_SIZE)
 
 static struct keys *cache;
 static size_t ncache;
@@ -79,10 +83,32 @@ static long b64dec(const char *in, size_t n, uint8_t *out, size_t cap)
 
 static void hmac(const uint8_t *key, size_t kl, const void *msg, size_t ml, uint8_t *out)
 {
+    if (sbb_opt.sha256) {
+        struct hmac_sha256_ctx h;
+        hmac_sha256_set_key(&h, kl, key);
+        hmac_sha256_update(&h, ml, msg);
+        hmac_sha256_digest(&h, SHA256_DIGEST_SIZE, out);
+        return;
+    }
     struct hmac_sha1_ctx h;
     hmac_sha1_set_key(&h, kl, key);
     hmac_sha1_update(&h, ml, msg);
     hmac_sha1_digest(&h, SHA1_DIGEST_SIZE, out);
+}
+
+static void hash(const uint8_t *in, size_t n, uint8_t *out)
+{
+    if (sbb_opt.sha256) {
+        struct sha256_ctx c;
+        sha256_init(&c);
+        sha256_update(&c, n, in);
+        sha256_digest(&c, SHA256_DIGEST_SIZE, out);
+        return;
+    }
+    struct sha1_ctx c;
+    sha1_init(&c);
+    sha1_update(&c, n, in);
+    sha1_digest(&c, SHA1_DIGEST_SIZE, out);
 }
 
 int sbb_scram_first(int user, const char *name, char **stp, char *out, size_t cap)
@@ -133,19 +159,20 @@ static int keys_get(int user, const char *password, const char *salt64, int iter
         *out = k;
         return 0;
     }
-    uint8_t salt[SALT_MAX], salted[20];
+    uint8_t salt[SALT_MAX], salted[32];
     long sl = b64dec(salt64, strlen(salt64), salt, sizeof(salt));
     if (sl <= 0)
         return -1;
-    pbkdf2_hmac_sha1(strlen(password), (const uint8_t *)password, (unsigned)iter,
-                     (size_t)sl, salt, sizeof(salted), salted);
+    if (sbb_opt.sha256)
+        pbkdf2_hmac_sha256(strlen(password), (const uint8_t *)password, (unsigned)iter,
+                           (size_t)sl, salt, DL, salted);
+    else
+        pbkdf2_hmac_sha1(strlen(password), (const uint8_t *)password, (unsigned)iter,
+                         (size_t)sl, salt, DL, salted);
     derived++;
-    hmac(salted, 20, "Client Key", 10, k->client);
-    struct sha1_ctx sc;
-    sha1_init(&sc);
-    sha1_update(&sc, 20, k->client);
-    sha1_digest(&sc, 20, k->stored);
-    hmac(salted, 20, "Server Key", 10, k->server);
+    hmac(salted, DL, "Client Key", 10, k->client);
+    hash(k->client, DL, k->stored);
+    hmac(salted, DL, "Server Key", 10, k->server);
     k->iter = iter;
     snprintf(k->salt, sizeof(k->salt), "%s", salt64);
     *out = k;
@@ -174,14 +201,14 @@ int sbb_scram_final(int user, const char *password, char *stp, const char *b64, 
     int al = snprintf(auth, sizeof(auth), "%s,%s,%s", st->bare, (char *)raw, without);
     if (al <= 0 || (size_t)al >= sizeof(auth))
         return -1;
-    uint8_t sig[20], proof[20], ssig[20];
-    hmac(k->stored, 20, auth, (size_t)al, sig);
-    for (int i = 0; i < 20; i++)
+    uint8_t sig[32], proof[32], ssig[32];
+    hmac(k->stored, DL, auth, (size_t)al, sig);
+    for (int i = 0; i < DL; i++)
         proof[i] = k->client[i] ^ sig[i];
-    hmac(k->server, 20, auth, (size_t)al, ssig);
-    b64enc(ssig, 20, st->sig);
-    char p64[40], final[512];
-    b64enc(proof, 20, p64);
+    hmac(k->server, DL, auth, (size_t)al, ssig);
+    b64enc(ssig, DL, st->sig);
+    char p64[48], final[512];
+    b64enc(proof, DL, p64);
     int fl = snprintf(final, sizeof(final), "%s,p=%s", without, p64);
     if ((size_t)BASE64_ENCODE_RAW_LENGTH(fl) + 1 > cap)
         return -1;
@@ -204,13 +231,15 @@ int sbb_scram_verify(const char *stp, const char *b64, size_t len)
 
 static void hex(const uint8_t *k, char *out)
 {
-    for (int i = 0; i < 20; i++)
+    for (int i = 0; i < DL; i++)
         sprintf(out + 2 * i, "%02x", k[i]);
 }
 
 static int unhex(const char *s, uint8_t *k)
 {
-    for (int i = 0; i < 20; i++) {
+    if (strlen(s) != 2 * (size_t)DL)
+        return -1;                  /* a cache of the other mechanism */
+    for (int i = 0; i < DL; i++) {
         unsigned v;
         if (sscanf(s + 2 * i, "%2x", &v) != 1)
             return -1;
@@ -224,10 +253,10 @@ void sbb_scram_load(const char *path)
     FILE *f = path ? fopen(path, "r") : NULL;
     if (!f)
         return;
-    char line[512], salt[SALT_MAX], c[48], st[48], sv[48];
+    char line[512], salt[SALT_MAX], c[72], st[72], sv[72];
     int user, iter;
     while (fgets(line, sizeof(line), f)) {
-        if (sscanf(line, "%d %d %95s %41s %41s %41s", &user, &iter, salt, c, st, sv) != 6)
+        if (sscanf(line, "%d %d %95s %71s %71s %71s", &user, &iter, salt, c, st, sv) != 6)
             continue;
         struct keys *k = keys_slot(user);
         if (k && k->iter)
@@ -261,7 +290,7 @@ void sbb_scram_save(const char *path)
             close(lock);
         return;
     }
-    char c[41], st[41], sv[41];
+    char c[65], st[65], sv[65];
     for (size_t u = 0; u < ncache; u++) {
         const struct keys *k = &cache[u];
         if (!k->iter)

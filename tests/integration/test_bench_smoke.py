@@ -166,3 +166,77 @@ def test_sbbench_smoke_pep_fanout(stack):
     assert r["receivers"] == 6 and r["sent"] >= 5, r
     assert r["delivered"] == r["expected"] == r["sent"] * 6, r
     assert r["errors"] == 0 and r["dropped"] == 0 and p.returncode == 0, (r, p.stderr)
+
+
+# ---- GEN=tsung: the harness of tests/bench/tsung_gen.py with Debian's tsung --------
+
+TSUNG_C2S = "c2s8"
+
+
+@pytest.fixture
+def plain_c2s(stack):
+    """An extra front-end that offers PLAIN without TLS on loopback (tsung has
+    no SCRAM and the bench profile sets allow_plain_without_tls; the test
+    profile does not)."""
+    import signal
+    import socket
+    import time
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    port, tls_port = free_port(), free_port()
+    env = dict(os.environ, SB_C2S_PORT=str(port), SB_C2S_TLS_PORT=str(tls_port),
+               SB_C2S_ALLOW_PLAIN_WITHOUT_TLS="1")
+    log = open(os.path.join(stack.env.get("SB_VAR", os.path.join(stack.root, "var/test")),
+                            "log", TSUNG_C2S + ".log"), "ab")
+    proc = subprocess.Popen([os.path.join(stack.bin, "sb-c2s"), "-c", stack.ini, "-n", TSUNG_C2S],
+                            cwd=stack.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        stack.wait_instances(present=[TSUNG_C2S], timeout=15)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "%s not accepting" % TSUNG_C2S
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_tsung_smoke_chat_between_five_users(stack, plain_c2s, tmp_path):
+    """tsung (deploy/dev/packages.txt) logs 5 users in with PLAIN, they chat
+    with stamped bodies to random online users; tsung's own counts say every
+    login finished, every send happened and stamped messages came back."""
+    import sys
+    sys.path.insert(0, os.path.join(stack.root, "tests/bench"))
+    import tsung_gen
+    if not os.access(tsung_gen.TSUNG, os.X_OK):
+        pytest.fail("tsung missing (deploy/dev/packages.txt lists it)")
+    stack.sbctl("user", "bulk-add", stack.domain, "tsg", "5", "tsgpw", timeout=60)
+
+    class Target:
+        name = "smoke"
+        ports = [plain_c2s]
+
+        def watches(self):
+            return []
+    r = tsung_gen.run_step(Target(), rate=20, users=5, secs=2, arrival=50, drain=2,
+                           workdir=str(tmp_path), domain=stack.domain, prefix="tsg",
+                           passprefix="tsgpw", step_no=0)
+    assert "error" not in r, r
+    assert r["errors"] == {}, r
+    assert r["users"] == 5, r
+    assert r["sent"] == 5 * 8, r           # 2 s at 20/s in total: 8 sends each
+    assert 0 < r["delivered_tsung"] <= r["sent"], r
+    assert r["p50_ms"] is not None, r
