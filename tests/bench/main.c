@@ -37,7 +37,7 @@ static struct {
     int nrates;
     double step, hold, settle, p99_limit, drain, duration;
     int max_attempts;
-    int senders, before, dead, kill_pid;
+    int senders, before, dead, kill_pid, check;
 } cfg = {.users = 1000, .window = 200, .body = 64, .stop_on_fail = 1,
          .step = 5, .hold = 10, .settle = 3, .p99_limit = -1, .drain = 5, .duration = 120,
          .max_attempts = 40, .senders = 50, .before = 3, .dead = 3};
@@ -565,7 +565,7 @@ static int scenario_chaos(void)
     struct sbb_chaos_cfg c = {
         .users = cfg.users, .window = cfg.window, .body = cfg.body,
         .max_attempts = cfg.max_attempts, .rate = cfg.rates[0], .secs = cfg.duration,
-        .drain = cfg.drain, .label = cfg.label};
+        .drain = cfg.drain, .check = cfg.check, .label = cfg.label};
     return sbb_chaos_run(&c);
 }
 
@@ -601,6 +601,9 @@ static void usage(void)
         "  --label TEXT   copied into every JSON line\n"
         "  chaos: --rates R (the first rate)  --duration S [120]  --drain S\n"
         "         --relogin-max N  login attempts per lost connection [40]\n"
+        "         --check  at the end, log the recipients of what is missing in anew\n"
+        "         (offline storage) and look for it in their archive (MAM)\n"
+        "         with --sm: resume after a drop, re-send what was not acknowledged\n"
         "  --sm           XEP-0198: enable (resumable) after bind, answer <r/>\n"
         "  --sm-ack-every N  with --sm: an <r/> after every N stanzas sent [5]\n"
         "  resume: --users N resumable on the first port, --senders N [50] on the\n"
@@ -649,7 +652,7 @@ int main(int argc, char **argv)
         {"settle", 1, 0, 'S'}, {"login-timeout", 1, 0, 't'},
         {"duration", 1, 0, 'U'}, {"relogin-max", 1, 0, 'R'}, {"sm", 0, 0, 'M'},
         {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
-        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {0, 0, 0, 0}};
+        {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"check", 0, 0, 'c'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -685,6 +688,7 @@ int main(int argc, char **argv)
         case 'B': cfg.before = atoi(optarg); break;
         case 'X': cfg.dead = atoi(optarg); break;
         case 'k': cfg.kill_pid = atoi(optarg); break;
+        case 'c': cfg.check = 1; break;
         default: usage();
         }
     }
