@@ -362,14 +362,17 @@ class Switchboard(Target):
         store = name in ("redis", "postgres")
         t = time.time()
         if how == "kill":
-            if store:
-                for p in self.store_pids(name)[:1]:
-                    os.kill(p, 9)
+            if store:                      # PostgreSQL: the postmaster and every backend,
+                for p in self.store_pids(name):   # a crash of the whole server
+                    try:
+                        os.kill(p, 9)
+                    except OSError:
+                        pass
             else:
                 stack("kill-proc", name, check=False)
             time.sleep(CHAOS_PAUSE)
             if store:
-                end = time.time() + 20     # PostgreSQL: until the old backends have gone
+                end = time.time() + 60     # crash recovery under load takes a while
                 while not self.store_up(name) and time.time() < end:
                     time.sleep(0.3)
                 return t, time.time() - t if time.time() < end else None
@@ -425,6 +428,8 @@ class Switchboard(Target):
         # the last kill leaves the cluster a few seconds to recover while chatting
         while p.poll() is None and nxt < t0 + CHAOS_SECS - 3:
             time.sleep(max(0, nxt - time.time()))
+            for n in ("redis", "postgres"):   # a store that did not come back: again
+                self.store_up(n)
             kind = rng.choice(CHAOS_TARGETS)
             name = rng.choice(CHAOS_PROCS[kind])
             how = rng.choice(CHAOS_FAULTS)
