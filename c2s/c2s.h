@@ -136,6 +136,7 @@ struct c2s_cfg {
     struct xml_limits limits;
     double login_timeout, bind_timeout;
     size_t max_pending;            /* output bytes queued per connection */
+    size_t max_memory;             /* sb_mem_owned cap (max_memory_mb); 0 = off */
     double parser_idle;            /* free an idle bound conn's parser after this */
     double ping_interval, ping_timeout, idle_timeout;   /* keepalive.c; 0 = off */
     int max_auth_failures;

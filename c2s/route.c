@@ -430,6 +430,20 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         if (!*h->sid)
             return;
         struct c2s_conn *c = c2s_table_find(h->sid);
+        if (c && c->state == C2S_S_BOUND && !*h->op && c2s_sm_enabled(c)) {
+            /* A managed stream's stanza without its XEP-0198 number: the
+             * user's sm no longer holds this stream's queue (it went with
+             * the sm that had it). Counting on here would make the
+             * client's h wrong (handled-count-too-high) and what we wrote
+             * now could not be re-sent after a drop. End the stream — the
+             * client resumes or binds anew — and hand this stanza back as
+             * for a stream just closed (stored offline or delivered to
+             * another session). */
+            log_info("sm_state_lost", "sid=%s jid=%s", c->sid, c->jid ? c->jid : "-");
+            c2s_stream_error_text(c, "reset", "stream management state lost", "sm-state-lost");
+            route_stale(h, body, len);
+            return;
+        }
         if (c && c->state == C2S_S_BOUND) {
             if (!c->s2 || !c2s_sasl2_hold(c, body, len))
                 c2s_conn_write(c, body, len);

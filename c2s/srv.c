@@ -165,6 +165,7 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->login_timeout = (double)sb_config_int("login_timeout", 60);
     cfg->bind_timeout = (double)sb_config_int("bind_timeout", 10);
     cfg->max_pending = (size_t)sb_config_int("max_pending", 1048576);
+    cfg->max_memory = (size_t)sb_config_int("max_memory_mb", 2048) << 20;
     cfg->parser_idle = (double)sb_config_int("parser_idle", 5);
     cfg->ping_interval = atof(sb_config_str("ping_interval", "120"));
     cfg->ping_timeout = atof(sb_config_str("ping_timeout", "30"));
@@ -244,6 +245,7 @@ static void main_cfg_diff(const struct c2s_cfg *o, const struct c2s_cfg *n, stru
     MAIN_DIFF(login_timeout, "login_timeout");
     MAIN_DIFF(bind_timeout, "bind_timeout");
     MAIN_DIFF(max_pending, "max_pending");
+    MAIN_DIFF(max_memory, "max_memory_mb");
     MAIN_DIFF(parser_idle, "parser_idle");
     MAIN_DIFF(ping_interval, "ping_interval");
     MAIN_DIFF(ping_timeout, "ping_timeout");

@@ -234,6 +234,26 @@ static const char *stream_check_header(struct c2s_conn *c, const char *v,
     return NULL;
 }
 
+/* Near [c2s] max_memory_mb (90 % of it) in the buffers this process
+ * counts: new streams are refused, so the sessions already up keep room to
+ * work. One line per 10 s with the count refused meanwhile. */
+static int stream_memory_full(void)
+{
+    static double last_log;
+    static long refused;
+    size_t cap = c2s.cfg.max_memory;
+    if (!cap || sb_mem_owned < cap / 10 * 9)
+        return 0;
+    refused++;
+    double now = ev_now(c2s.loop);
+    if (now - last_log >= 10) {
+        log_warn("memory_refused", "owned=%zu max=%zu refused=%ld", sb_mem_owned, cap, refused);
+        last_log = now;
+        refused = 0;
+    }
+    return 1;
+}
+
 sb_rc c2s_stream_begin(struct c2s_conn *c, const char *to, const char *version,
                        const char *from)
 {
@@ -245,8 +265,10 @@ sb_rc c2s_stream_begin(struct c2s_conn *c, const char *to, const char *version,
     const char *cond = stream_check_header(c, to, version, &domain);
     if (domain)
         c->domain = domain;
+    if (!cond && c->state == C2S_S_CONNECTED && stream_memory_full())
+        cond = "resource-constraint";  /* a new connection only: restarts go on */
     if (cond) {
-        c2s_stream_error(c, cond, "bad-header");
+        c2s_stream_error(c, cond, *cond == 'r' ? "memory" : "bad-header");
         return SB_ERROR;
     }
     stream_send_header(c, c->domain, from && *from ? from : NULL);

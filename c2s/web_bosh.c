@@ -54,6 +54,7 @@ struct web_bosh {
     struct bosh_cached cache[BOSH_MAX_REQ];
     int ncache_next;
     struct sb_buf out;           /* elements for the next response */
+    size_t out_counted;          /* out.cap as counted in sb_mem_owned */
     ev_timer timer;
     double idle_until;           /* inactivity deadline while nothing is held */
     double last_poll;
@@ -126,6 +127,7 @@ static void bosh_free(struct web_bosh *b)
     for (int i = 0; i < BOSH_MAX_REQ; i++)
         free(b->cache[i].data);
     sb_buf_free(&b->out);
+    sb_mem_sync(&b->out_counted, 0);
     if (b->c) {
         b->c->tctx = NULL;
         c2s_conn_close(b->c, "bosh-gone");
@@ -182,6 +184,7 @@ static void bosh_body(struct web_bosh *b, struct sb_buf *r, uint64_t rid, int te
     sb_buf_add(r, b->out.data, b->out.len);
     sb_buf_adds(r, "</body>");
     sb_buf_free(&b->out);
+    sb_mem_sync(&b->out_counted, 0);
 }
 
 /* A bare terminate for a request that has no session (or whose session dies). */
@@ -266,8 +269,10 @@ static void bosh_flush(struct web_bosh *b)
         int first = 1;
         while (b->nheld) {
             bosh_answer(b, 0, 1);
-            if (first)
+            if (first) {
                 sb_buf_free(&b->out);
+                sb_mem_sync(&b->out_counted, 0);
+            }
             first = 0;
         }
         bosh_kill(b);
@@ -344,6 +349,7 @@ static void bosh_tp_write(struct c2s_conn *c, const char *data, size_t len)
         c2s_conn_close(c, "nomem");
         return;
     }
+    sb_mem_sync(&b->out_counted, b->out.cap);
     bosh_mark(b);
 }
 
@@ -563,6 +569,7 @@ static void bosh_create(struct web_conn *h, struct xml_doc *d, uint64_t rid)
     sb_buf_add(r, b->out.data, b->out.len);
     sb_buf_adds(r, "</body>");
     sb_buf_free(&b->out);
+    sb_mem_sync(&b->out_counted, 0);
     if (!r->data) {
         bosh_terminate_reply(h, "internal-server-error");
         c2s_conn_close(c, "nomem");
@@ -682,6 +689,7 @@ void web_bosh_prebind_done(struct web_bosh *b, int ok)
 {
     b->prebind = NULL;
     sb_buf_free(&b->out);
+    sb_mem_sync(&b->out_counted, 0);
     if (!ok) {
         if (b->c)
             c2s_conn_close(b->c, "prebind-failed");

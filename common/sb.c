@@ -11,6 +11,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+size_t sb_mem_owned;
+
 const char *sb_rc_name(sb_rc rc)
 {
     switch (rc) {

@@ -37,6 +37,17 @@ int sb_secret_matches(const uint8_t want[SB_SECRET_DIGEST], const void *given, s
 /* Unpredictable id of `len` characters from [a-z0-9] into out (len+1 bytes). */
 void sb_random_id(char *out, size_t len);
 
+/* Bytes held in the buffers this process owns and counts: connection
+ * output queues (tlsconn, BOSH), XML stream parsers (expat's state and
+ * input) and their trees. What [c2s] max_memory_mb caps. An owner keeps
+ * what it has counted and syncs after each change (one add, no call). */
+extern size_t sb_mem_owned;
+static inline void sb_mem_sync(size_t *counted, size_t now)
+{
+    sb_mem_owned += now - *counted;   /* modular: a decrease works too */
+    *counted = now;
+}
+
 /* Monotonic time in seconds / microseconds. */
 double sb_now(void);
 uint64_t sb_now_us(void);

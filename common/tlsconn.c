@@ -45,6 +45,7 @@ void tlsconn_init(struct tlsconn *t, struct ev_loop *loop, int fd,
     t->peer = peer;
     t->tls = NULL;
     t->out = (struct sb_buf)SB_BUF_INIT;
+    t->out_counted = 0;
     t->fd = fd;
     t->flags = 0;
     t->iter = 0;
@@ -93,6 +94,12 @@ void tlsconn_want(struct tlsconn *t)
         ev_io_start(t->loop, &t->io);
 }
 
+/* The output queue's size, counted in sb_mem_owned ([c2s] max_memory_mb). */
+static void tc_out_sync(struct tlsconn *t)
+{
+    sb_mem_sync(&t->out_counted, t->out.cap);
+}
+
 /* The wire is gone: drop what was queued, stop watching, tell the owner. */
 static void tc_dead(struct tlsconn *t, const char *why)
 {
@@ -102,6 +109,7 @@ static void tc_dead(struct tlsconn *t, const char *why)
     t->flags &= (uint16_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
                            TLSCONN_F_CONNECTING);
     sb_buf_free(&t->out);
+    tc_out_sync(t);
     tlsconn_want(t);
     t->ops->dead(t->io.data, why);
 }
@@ -233,10 +241,12 @@ static int tc_flush(struct tlsconn *t)
             return -1;
         }
         sb_buf_consume(&t->out, (size_t)n);
+        tc_out_sync(t);
     }
     if (tlsconn_pending(t))
         return 1;
     sb_buf_free(&t->out);             /* idle connections hold no buffer */
+    tc_out_sync(t);
     return 0;
 }
 
@@ -280,6 +290,7 @@ int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pe
         tc_dead(t, "nomem");
         return TLSCONN_FAILED;
     }
+    tc_out_sync(t);
     if (!(t->flags & TLSCONN_F_HELD))
         tlsconn_want(t);              /* held output leaves from tc_prepare */
     return TLSCONN_OK;
@@ -287,8 +298,10 @@ int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pe
 
 void tlsconn_queue(struct tlsconn *t, const char *data, size_t len)
 {
-    if (!(t->flags & TLSCONN_F_DEAD) && sb_buf_add(&t->out, data, len) == SB_OK)
+    if (!(t->flags & TLSCONN_F_DEAD) && sb_buf_add(&t->out, data, len) == SB_OK) {
+        tc_out_sync(t);
         tlsconn_want(t);
+    }
 }
 
 /* ---- input --------------------------------------------------------------- */
@@ -396,6 +409,7 @@ int tlsconn_close(struct tlsconn *t)
         t->flags &= (uint16_t)~(TLSCONN_F_AGAIN | TLSCONN_F_START | TLSCONN_F_HANDSHAKE |
                                TLSCONN_F_CONNECTING);
         sb_buf_free(&t->out);
+        tc_out_sync(t);
     }
     t->flags |= TLSCONN_F_CLOSING;
     t->flags &= (uint16_t)~TLSCONN_F_PAUSED;
@@ -418,6 +432,7 @@ void tlsconn_free(struct tlsconn *t)
     if (t->fd >= 0)
         close(t->fd);
     sb_buf_free(&t->out);
+    tc_out_sync(t);
     t->tls = NULL;
     t->fd = -1;
     t->flags = TLSCONN_F_DEAD;

@@ -58,6 +58,7 @@ struct tlsconn {
     const char *peer;              /* the owner's "ip:port", for logs */
     gnutls_session_t tls;          /* NULL: plaintext */
     struct sb_buf out;             /* pending output; freed once drained */
+    size_t out_counted;            /* out.cap as counted in sb_mem_owned */
     int fd;                        /* -1: no socket (the owner's other transports) */
     uint32_t iter;                 /* loop iteration of the last direct write */
     uint16_t flags;                /* TLSCONN_F_* */

@@ -30,6 +30,7 @@ struct xml_chunk {
 struct xml_arena {
     struct xml_chunk *cur;   /* newest chunk; `first` is at the end of the list */
     struct xml_chunk *first; /* allocated together with the arena */
+    size_t bytes;            /* the first allocation (counted in sb_mem_owned) */
 };
 
 #define XML_STREAM_CHUNK 1024   /* idle streams keep just this much */
@@ -42,10 +43,13 @@ static struct xml_arena *xml_arena_new(size_t first_size, size_t prefix, void **
 {
     prefix = (prefix + 15) & ~(size_t)15;
     size_t head = (sizeof(struct xml_arena) + 15) & ~(size_t)15;
-    char *mem = malloc(head + prefix + sizeof(struct xml_chunk) + first_size);
+    size_t bytes = head + prefix + sizeof(struct xml_chunk) + first_size;
+    char *mem = malloc(bytes);
     if (!mem)
         return NULL;
     struct xml_arena *a = (struct xml_arena *)mem;
+    a->bytes = bytes;
+    sb_mem_owned += bytes;
     if (prefix_out)
         *prefix_out = mem + head;
     a->first = (struct xml_chunk *)(mem + head + prefix);
@@ -61,6 +65,7 @@ static void xml_arena_reset(struct xml_arena *a)
     while (a->cur != a->first) {
         struct xml_chunk *c = a->cur;
         a->cur = c->prev;
+        sb_mem_owned -= sizeof *c + c->size;
         free(c);
     }
     a->first->used = 0;
@@ -71,6 +76,7 @@ static void xml_arena_free(struct xml_arena *a)
     if (!a)
         return;
     xml_arena_reset(a);
+    sb_mem_owned -= a->bytes;
     free(a);
 }
 
@@ -92,6 +98,7 @@ static void *xml_arena_alloc(struct xml_arena *a, size_t n, size_t align)
     struct xml_chunk *nc = malloc(sizeof *nc + size);
     if (!nc)
         return NULL;
+    sb_mem_owned += sizeof *nc + size;
     nc->prev = c;
     nc->size = size;
     nc->used = n;
@@ -443,6 +450,45 @@ static struct xml_limits xs_limits(const struct xml_limits *lim)
 
 /* ---- stream parser -------------------------------------------------------- */
 
+/* expat's own memory for a stream parser (its state, the input it holds
+ * while an element is incomplete), counted in sb_mem_owned: each block
+ * carries its size in front. */
+#define XS_MM_HEAD 16
+static void *xs_mm_malloc(size_t n)
+{
+    char *p = malloc(n + XS_MM_HEAD);
+    if (!p)
+        return NULL;
+    *(size_t *)p = n;
+    sb_mem_owned += n;
+    return p + XS_MM_HEAD;
+}
+
+static void xs_mm_free(void *q)
+{
+    if (!q)
+        return;
+    char *p = (char *)q - XS_MM_HEAD;
+    sb_mem_owned -= *(size_t *)p;
+    free(p);
+}
+
+static void *xs_mm_realloc(void *q, size_t n)
+{
+    if (!q)
+        return xs_mm_malloc(n);
+    char *p = (char *)q - XS_MM_HEAD;
+    size_t old = *(size_t *)p;
+    char *np = realloc(p, n + XS_MM_HEAD);
+    if (!np)
+        return NULL;
+    *(size_t *)np = n;
+    sb_mem_owned += n - old;
+    return np + XS_MM_HEAD;
+}
+
+static const XML_Memory_Handling_Suite xs_mm = {xs_mm_malloc, xs_mm_realloc, xs_mm_free};
+
 struct xml_stream *xml_stream_new(const struct xml_limits *lim,
                                   const struct xml_stream_cb *cb, void *ud)
 {
@@ -455,7 +501,7 @@ struct xml_stream *xml_stream_new(const struct xml_limits *lim,
     s->ud = ud;
     s->base = 1;
     s->arena = xml_arena_new(XML_STREAM_CHUNK, 0, NULL);
-    s->p = XML_ParserCreate("UTF-8");
+    s->p = XML_ParserCreate_MM("UTF-8", &xs_mm, NULL);
     if (!s->arena || !s->p) {
         xml_stream_free(s);
         return NULL;

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "domains.h"
 #include "log.h"
+#include "route.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -83,8 +84,38 @@ void sm_cluster_on_members(struct sm_core *c, const char *body, size_t len)
     }
     free(c->sm_members);
     c->sm_members = list;
+    c->handed_over = 0;
+    long moved = sm_users_hand_over_moved(c);
     long dropped = sm_users_drop_idle(c, 1);
-    log_info("members_changed", "sms=%d dropped_users=%ld", n, dropped);
+    log_info("members_changed", "sms=%d dropped_users=%ld moved_users=%ld "
+             "unacked_handed_over=%ld", n, dropped, moved, c->handed_over);
+}
+
+int sm_cluster_owns(const struct sm_core *c, const char *bare)
+{
+    const char *me = link_instance(c->link), *best = NULL;
+    size_t best_len = 0, klen = strlen(bare);
+    uint64_t best_score = 0;
+    if (!c->sm_members || !*c->sm_members || !me)
+        return 1;
+    for (const char *p = c->sm_members; *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl ? (size_t)(nl - p) : strlen(p);
+        char name[ENV_NAME_MAX + 1];
+        if (l > 0 && l <= ENV_NAME_MAX) {
+            memcpy(name, p, l);
+            name[l] = '\0';
+            uint64_t s = rt_score(name, bare, klen);
+            /* the list is sorted: on a tie the earlier (smaller) name stays */
+            if (!best || s > best_score) {
+                best = p;
+                best_len = l;
+                best_score = s;
+            }
+        }
+        p += l + (nl ? 1 : 0);
+    }
+    return best && strlen(me) == best_len && !memcmp(best, me, best_len);
 }
 
 /* ---- bounces ----------------------------------------------------------------------- */

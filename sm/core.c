@@ -371,7 +371,10 @@ static void sm_core_on_state(struct link *l, enum link_state st, void *ud)
         c->failed = 1;
         ev_break(c->loop, EVBREAK_ALL);
     } else if (st == LINK_LEASE_LOST) {
-        log_warn("lease_lost_dropped", "users=%ld", sm_users_drop_idle(c, 0));
+        c->handed_over = 0;
+        long users = sm_users_drop_idle(c, 0);
+        log_warn("lease_lost_dropped", "users=%ld unacked_handed_over=%ld", users,
+                 c->handed_over);
     }
 }
 

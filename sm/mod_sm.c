@@ -244,6 +244,30 @@ static void sm_replay_unacked(struct sm_core *c, struct sm_user *u, struct sm_sm
                  sb_log_q(q->resource), msgs, iqs);
 }
 
+long sm_smq_hand_over(struct sm_core *c, struct sm_user *u)
+{
+    long n = 0;
+    for (int i = 0; i < u->nsess; i++) {
+        struct sm_smq *q = u->sess[i].smq;
+        for (struct sm_qent *e = q ? q->head : NULL; e; e = e->next) {
+            if (strncmp(e->data, "<message", 8) && strncmp(e->data, "<iq", 3))
+                continue;       /* presence: the next session gets it fresh */
+            struct env_hdr h;
+            env_init(&h, ENV_STANZA, ENV_ROUTE_JID);
+            snprintf(h.key, sizeof h.key, "%s", u->bare);
+            snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
+            snprintf(h.op, sizeof h.op, "sm-replay");   /* already notified (mod_push) */
+            snprintf(h.aux, sizeof h.aux, "%s", e->from);
+            if (link_send(c->link, &h, e->data, e->len) == SB_OK)
+                n++;
+            else
+                log_warn("sm_hand_over_failed", "jid=%s res=%s", sb_log_q(u->bare),
+                         sb_log_q(q->resource));
+        }
+    }
+    return n;
+}
+
 /* An `end` through the user's queue, as if the front-end had sent it. */
 static void sm_end_later(struct sm_smq *q, const char *why)
 {

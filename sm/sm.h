@@ -122,6 +122,7 @@ struct sm_core {
     struct sm_user *users;              /* uthash by bare JID */
     char *sm_members;                   /* sorted "sm1\nsm2\n" last seen */
     long nsessions;                     /* cached sessions, for HELLO */
+    long handed_over;                   /* lease lost: unacked stanzas sent to new owners */
     struct env_hdr out;                 /* scratch header for sends */
     struct sb_buf obuf;                 /* scratch serialisation buffer */
     double started;                     /* sb_now() at start (uptime) */
@@ -252,6 +253,11 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
                   const char *body, size_t len);
 /* The session's XEP-0198 state is dropped with it (user.c). */
 void sm_smq_free(struct sm_smq *q);
+/* This sm lost its lease and forgets user u: each message and iq its
+ * streams' queues hold unacknowledged goes over the bus to the user's new
+ * owner (a replay there: another session or offline storage) instead of
+ * being freed with the queue. The number handed over. */
+long sm_smq_hand_over(struct sm_core *c, struct sm_user *u);
 /* A stanza for a stream-managed session of the user `to` (a bare or full
  * JID) bounced from the stream `sid` on `instance`: SM_HELD_QUEUED when
  * the session is still on that stream (the stanza waits in its queue for

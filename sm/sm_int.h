@@ -26,6 +26,15 @@ int sm_user_idle(const struct sm_user *u);
 /* Free every idle record; keep_resumable: not those holding a stream that
  * may be resumed (its queue lives only here: mod_sm.c). */
 long sm_users_drop_idle(struct sm_core *c, int keep_resumable);
+/* The set of sms changed: an idle user with resumable sessions that
+ * another sm owns now can no longer be resumed here (resumptions go to the
+ * owner), so its queues' unacknowledged stanzas go to that owner
+ * (sm_smq_hand_over) and the user is forgotten. The number of users. */
+long sm_users_hand_over_moved(struct sm_core *c);
+/* Does the current set of sms (c->sm_members) hash bare to this sm? The
+ * routers' rendezvous rule (common/route.h): highest rt_score, ties to the
+ * smaller name. 1 while the set is unknown. */
+int sm_cluster_owns(const struct sm_core *c, const char *bare);
 void sm_users_free_all(struct sm_core *c);
 /* Redis (re)connected: write the cached sessions back (sess:, pres:, fe:),
  * so a Redis that restarted empty knows who is online again. */

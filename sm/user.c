@@ -100,6 +100,22 @@ long sm_users_drop_idle(struct sm_core *c, int keep_resumable)
     long n = 0;
     HASH_ITER(hh, c->users, u, tmp) {
         if (sm_user_idle(u) && !(keep_resumable && sm_user_resumable(u))) {
+            if (!keep_resumable)
+                c->handed_over += sm_smq_hand_over(c, u);
+            user_free(u);
+            n++;
+        }
+    }
+    return n;
+}
+
+long sm_users_hand_over_moved(struct sm_core *c)
+{
+    struct sm_user *u, *tmp;
+    long n = 0;
+    HASH_ITER(hh, c->users, u, tmp) {
+        if (sm_user_idle(u) && sm_user_resumable(u) && !sm_cluster_owns(c, u->bare)) {
+            c->handed_over += sm_smq_hand_over(c, u);
             user_free(u);
             n++;
         }

@@ -18,9 +18,12 @@ Switchboard alone):
   BENCH_LOGIN_NO_STOP=1  run every login step even after one failed
   BENCH_IDLE        [5000,20000]  BENCH_IDLE_TLS [1]
   BENCH_IDLE_HOLD   hold of the largest plaintext idle run [60]; others BENCH_IDLE_HOLD_OTHER [10]
-  BENCH_CHAOS_SECS  [120]  BENCH_CHAOS_RATE [500]  BENCH_CHAOS_USERS [1000]
-  BENCH_CHAOS_EVERY seconds between kills [5]  BENCH_CHAOS_PAUSE down time [1]
-  BENCH_CHAOS_DRAIN [15]  BENCH_CHAOS_SEED  random seed of the kill choice [time]
+  BENCH_CHAOS_SECS (or CHAOS_S) [300]  BENCH_CHAOS_RATE [500]  BENCH_CHAOS_USERS [1000]
+  BENCH_CHAOS_EVERY seconds between faults [5]  BENCH_CHAOS_PAUSE down time after a kill [1]
+  BENCH_CHAOS_FREEZE SIGSTOP time, past the 3 s lease [5]
+  BENCH_CHAOS_FAULTS  kill,freeze [both]  BENCH_CHAOS_TARGETS [router,sm,c2s,redis,postgres]
+  BENCH_CHAOS_SM  1: XEP-0198 clients (acked = accepted) [1]
+  BENCH_CHAOS_DRAIN [20]  BENCH_CHAOS_SEED  random seed of the fault choice [time]
   BENCH_SM_ACK_EVERY  smmsg: each client sends <r/> after this many stanzas [5]
   BENCH_RESUME_USERS [1000]  BENCH_RESUME_SENDERS [50]  BENCH_RESUME_WINDOW [200]
   BENCH_MAMCPU_RATES  mamcpu: the msg ladder run with [sm] mam_enabled = 0, then 1 [BENCH_MSG_RATES]
@@ -73,8 +76,9 @@ VAR = os.path.join(ROOT, "var/bench")
 SBBENCH = os.path.join(ROOT, "build/bench/sbbench")
 # start order: the routers first, so components find them at once
 SB_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2", "bosh1", "s2s1", "muc1"]
-# what the chaos scenario kills (bosh1 and s2s1 carry none of its traffic)
-CHAOS_PROCS = ["router1", "router2", "sm1", "sm2", "c2s1", "c2s2"]
+# what the chaos scenario kills or freezes (bosh1 and s2s1 carry none of its traffic)
+CHAOS_PROCS = {"router": ["router1", "router2"], "sm": ["sm1", "sm2"], "c2s": ["c2s1", "c2s2"],
+               "redis": ["redis"], "postgres": ["postgres"]}
 DOMAIN = "localhost"
 PREFIX, PASSPREFIX = "bench", "pw"
 OFF = int(os.environ.get("SB_BENCH_PORT_OFFSET", "0"))
@@ -101,12 +105,16 @@ IDLE_TLS = env("BENCH_IDLE_TLS", "1") == "1"
 IDLE_HOLD = env("BENCH_IDLE_HOLD", "60")
 IDLE_HOLD_OTHER = env("BENCH_IDLE_HOLD_OTHER", "10")
 PEER = env("PEER", "").strip()
-CHAOS_SECS = float(env("BENCH_CHAOS_SECS", "120"))
+CHAOS_SECS = float(env("CHAOS_S", env("BENCH_CHAOS_SECS", "300")))
 CHAOS_RATE = env("BENCH_CHAOS_RATE", "500")
 CHAOS_USERS = int(env("BENCH_CHAOS_USERS", "1000"))
 CHAOS_EVERY = float(env("BENCH_CHAOS_EVERY", "5"))
 CHAOS_PAUSE = float(env("BENCH_CHAOS_PAUSE", "1"))
-CHAOS_DRAIN = env("BENCH_CHAOS_DRAIN", "15")
+CHAOS_DRAIN = env("BENCH_CHAOS_DRAIN", "20")
+CHAOS_FREEZE = float(env("BENCH_CHAOS_FREEZE", "5"))
+CHAOS_FAULTS = env("BENCH_CHAOS_FAULTS", "kill,freeze").split(",")
+CHAOS_TARGETS = env("BENCH_CHAOS_TARGETS", "router,sm,c2s,redis,postgres").split(",")
+CHAOS_SM = env("BENCH_CHAOS_SM", "1") == "1"
 CHAOS_SEED = env("BENCH_CHAOS_SEED", "")
 SM_ACK_EVERY = env("BENCH_SM_ACK_EVERY", "5")
 RESUME_USERS = int(env("BENCH_RESUME_USERS", "1000"))
@@ -363,7 +371,7 @@ class Switchboard(Target):
         for l in st.splitlines():
             f = l.split()
             if len(f) >= 3 and f[0] == name:
-                return pid is None or f[2] == str(pid)
+                return pid is None or str(pid) in f[1:5]   # PID after KIND, ADDRESS
         return False
 
     def wait_unlisted(self, names, secs):
@@ -393,25 +401,83 @@ class Switchboard(Target):
 
     # ---- chaos: chatting while processes are killed
 
-    def kill_one(self, name):
-        """SIGKILL, a pause, a restart, and the time until the routers list
-        it again (None: not within 20 s)."""
-        t = time.time()
-        stack("kill-proc", name, check=False)
-        time.sleep(CHAOS_PAUSE)
-        stack("start-proc", name)
-        end = time.time() + 20
+    def store_pids(self, name):
+        """The pids a fault of a store acts on: Redis's; PostgreSQL's
+        postmaster, and for a freeze its backends too."""
+        if name == "redis":
+            p = pidfile(os.path.join(VAR, "pid", "redis.pid"))
+            return [p] if p else []
+        p = pidfile(os.path.join(VAR, "pg", "postmaster.pid"))
+        if not p:
+            return []
+        kids = subprocess.run(["pgrep", "-P", str(p)], stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+        return [p] + [int(k) for k in kids]
+
+    def store_up(self, name):
+        if name == "redis":
+            return stack("redis-start", check=False).returncode == 0
+        return stack("pg-start", check=False).returncode == 0
+
+    def back_listed(self, name, t, secs=20):
+        end = time.time() + secs
         while time.time() < end:
-            if self.listed(name):
-                return t, time.time() - t
+            if name in ("redis", "postgres") or self.listed(name):
+                return time.time() - t
             time.sleep(0.1)
-        say("chaos: %s not listed again 20 s after its kill" % name)
-        return t, None
+        return None
+
+    def fault(self, name, how):
+        """kill: SIGKILL, a pause, a restart; freeze: SIGSTOP for
+        CHAOS_FREEZE s (past the lease), SIGCONT. Returns the time of the
+        fault and how long until it was back (listed by the routers, or the
+        store answering again); None: not within 20 s."""
+        store = name in ("redis", "postgres")
+        t = time.time()
+        if how == "kill":
+            if store:                      # PostgreSQL: the postmaster and every backend,
+                for p in self.store_pids(name):   # a crash of the whole server
+                    try:
+                        os.kill(p, 9)
+                    except OSError:
+                        pass
+            else:
+                stack("kill-proc", name, check=False)
+            time.sleep(CHAOS_PAUSE)
+            if store:
+                end = time.time() + 60     # crash recovery under load takes a while
+                while not self.store_up(name) and time.time() < end:
+                    time.sleep(0.3)
+                return t, time.time() - t if time.time() < end else None
+            stack("start-proc", name)
+            return t, self.back_listed(name, t)
+        pids = self.store_pids(name) if store else \
+            [pidfile(os.path.join(VAR, "pid", name + ".pid"))]
+        pids = [p for p in pids if p]
+        for p in pids:
+            try:
+                os.kill(p, 19)             # SIGSTOP
+            except OSError:
+                pass
+        time.sleep(CHAOS_FREEZE)
+        for p in pids:
+            try:
+                os.kill(p, 18)             # SIGCONT
+            except OSError:
+                pass
+        if not store and not pidfile(os.path.join(VAR, "pid", name + ".pid")):
+            stack("start-proc", name, check=False)
+        back = self.back_listed(name, t)
+        if back is None and not store:     # it left on waking: start it again
+            stack("start-proc", name, check=False)
+            back = self.back_listed(name, t)
+        return t, back
 
     def chaos(self):
+        sm = ["--sm", "--sm-ack-every", SM_ACK_EVERY] if CHAOS_SM else []
         cmd = self.command("chaos", "--users", str(CHAOS_USERS), "--rates", CHAOS_RATE,
                            "--duration", "%g" % CHAOS_SECS, "--drain", CHAOS_DRAIN,
-                           "--window", "200", label="chaos", watch=False)
+                           "--window", "200", "--check", *sm, label="chaos", watch=False)
         load = os.getloadavg()[0]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sending = threading.Event()
@@ -435,15 +501,21 @@ class Switchboard(Target):
         # the last kill leaves the cluster a few seconds to recover while chatting
         while p.poll() is None and nxt < t0 + CHAOS_SECS - 3:
             time.sleep(max(0, nxt - time.time()))
-            name = rng.choice(CHAOS_PROCS)
-            at, back = self.kill_one(name)
-            kills.append({"name": name, "kind": name.rstrip("0123456789"), "at_unix": at,
+            for n in ("redis", "postgres"):   # a store that did not come back: again
+                self.store_up(n)
+            kind = rng.choice(CHAOS_TARGETS)
+            name = rng.choice(CHAOS_PROCS[kind])
+            how = rng.choice(CHAOS_FAULTS)
+            at, back = self.fault(name, how)
+            kills.append({"name": name, "kind": "%s %s" % (how, kind), "at_unix": at,
                           "back_s": back})
-            say("chaos: killed %s at +%.1f s, listed again after %s s" % (
-                name, at - t0, "%.1f" % back if back is not None else "never"))
+            say("chaos: %s %s at +%.1f s, back after %s s" % (
+                how, name, at - t0, "%.1f" % back if back is not None else "never"))
             nxt = max(nxt + CHAOS_EVERY, time.time())
         p.wait()
         reader.join()
+        for n in ("redis", "postgres"):    # a store fault at the very end
+            self.store_up(n)
         stack("wait-ready", check=False)
         rows = self.rows(out[0] if out else "", load)
         for r in rows:
@@ -570,25 +642,33 @@ class Switchboard(Target):
 
 
 def chaos_attribute(row, kills):
-    """Per kill: the generator's timeline from the second of that kill to the
-    next kill (drops, re-logins, bounces, losses by send time), and the same
-    summed per kind of process."""
+    """Per fault: the generator's timeline from the second of that fault to
+    the next one (drops, re-logins, bounces, losses by send time), the
+    longest delivery latency of a message sent in that window and the
+    longest cluster-wide gap between two deliveries that began in it; the
+    sums (and maxima) per kind of fault."""
     tl = row["timeline"]
     t0 = row["t0_unix"]
-    fields = ["sent", "delivered", "bounced", "lost", "lost_with_connection", "drops",
-              "relogins"]
+    fields = ["sent", "delivered", "bounced", "lost", "unacked", "drops", "relogins"]
+    maxima = {"max_latency_ms": 9, "max_gap_ms": 10}
     for i, k in enumerate(kills):
         a = max(0, int(k["at_unix"] - t0))
         b = int(kills[i + 1]["at_unix"] - t0) if i + 1 < len(kills) else len(tl)
         k["at_s"] = round(k["at_unix"] - t0, 1)
+        win = tl[a:max(a + 1, b)]
         for j, f in enumerate(fields):
-            k[f] = sum(r[j + 1] for r in tl[a:max(a + 1, b)])
+            k[f] = sum(r[j + 1] for r in win)
+        for f, j in maxima.items():
+            k[f] = max([r[j] for r in win if len(r) > j] or [0])
     kinds = {}
     for k in kills:
-        d = kinds.setdefault(k["kind"], {"kills": 0, **{f: 0 for f in fields}})
+        d = kinds.setdefault(k["kind"], {"kills": 0, **{f: 0 for f in fields},
+                                         **{f: 0 for f in maxima}})
         d["kills"] += 1
         for f in fields:
             d[f] += k[f]
+        for f in maxima:
+            d[f] = max(d[f], k[f])
     row["kills"] = kills
     row["kills_by_kind"] = kinds
 
@@ -1209,21 +1289,26 @@ def chaos_figures(c):
         return [("chaos: sent / delivered / bounced with an error", None, 0)]
     kinds = c.get("kills_by_kind", {})
     nk = sum(d["kills"] for d in kinds.values())
-    per = ", ".join("%s %d (re-logins %d, bounced %d, lost %d)" % (
-        k, d["kills"], d["relogins"], d["bounced"], d["lost"]) for k, d in sorted(kinds.items()))
+    per = "; ".join("%s ×%d: stall %.1f s (gap %.1f s), bounced %d, lost %d, re-logins %d" % (
+        k, d["kills"], d.get("max_latency_ms", 0) / 1e3, d.get("max_gap_ms", 0) / 1e3,
+        d["bounced"], d["lost"], d["relogins"]) for k, d in sorted(kinds.items()))
     return [
-        ("chaos: %s users, %s msg/s, %.0f s, a kill every %g s" % (
-            fmt(c["users"]), fmt(c["rate"]), c["secs"], CHAOS_EVERY), "", 0),
+        ("chaos: %s users, %s msg/s, %.0f s, a fault every %g s%s" % (
+            fmt(c["users"]), fmt(c["rate"]), c["secs"], CHAOS_EVERY,
+            ", XEP-0198 clients" if c.get("sm") else ""), "", 0),
         ("chaos: sent / delivered / bounced with an error", "%s / %s / %s" % (
             fmt(c["sent"]), fmt(c["delivered"]), fmt(c["bounced_error"])), 0),
-        ("chaos: lost (sender's connection stayed up, no error) / lost with the connection",
-         "%s / %s" % (fmt(c["lost"]), fmt(c["lost_with_connection"])), 0),
-        ("chaos: duplicates / reordered / delivered from offline storage", "%s / %s / %s" % (
-            fmt(c["duplicates"]), fmt(c["reordered"]), fmt(c["from_offline"])), 0),
-        ("chaos: connections lost / re-logins / re-logins per kill", "%s / %s / %s" % (
-            fmt(c["drops"]), fmt(c["relogins"]),
-            "%.1f" % (c["relogins"] / nk) if nk else "—"), 0),
-        ("chaos: kills per kind", per or "none", 0),
+        ("chaos: **lost** (acked, never delivered, not offline, not archived) / unacked at end",
+         "%s / %s" % (fmt(c["lost"]), fmt(c.get("unacked_at_end", c["lost_with_connection"]))),
+         0),
+        ("chaos: delivered twice / reordered / from offline storage / at the check / archive only",
+         "%s / %s / %s / %s / %s" % (
+             fmt(c["duplicates"]), fmt(c["reordered"]), fmt(c["from_offline"]),
+             fmt(c.get("delivered_at_check", 0)), fmt(c.get("archived_only", 0))), 0),
+        ("chaos: connections lost / resumed / resumption failed / re-sent", "%s / %s / %s / %s" % (
+            fmt(c["drops"]), fmt(c.get("resumed", 0)), fmt(c.get("resume_failed", 0)),
+            fmt(c.get("resent", 0))), 0),
+        ("chaos: faults (%d) per kind" % nk, per or "none", 0),
     ]
 
 

@@ -444,6 +444,8 @@ static int sm_element(struct sbb_conn *c, const char *local, const char *el, siz
     } else if (strcmp(local, "a") == 0) {
         attr_get(el, len, "h", v, sizeof(v));
         c->sm_acked = (uint32_t)strtoul(v, NULL, 10);
+        if (sbb_ev.acked)
+            sbb_ev.acked(c, c->sm_acked);
     } else if (strcmp(local, "enabled") == 0 && c->state == SBB_SM_ENABLE) {
         attr_get(el, len, "id", c->sm_id, sizeof(c->sm_id));
         c->sm_on = 1;
@@ -455,12 +457,17 @@ static int sm_element(struct sbb_conn *c, const char *local, const char *el, siz
         c->sm_h = c->resume_h;
         c->sm_acked = c->sm_out = (uint32_t)strtoul(v, NULL, 10);
         c->resumed_at = sbb_now();
+        if (sbb_ev.acked)
+            sbb_ev.acked(c, c->sm_acked);
         c->state = SBB_ONLINE;
         free(c->scram);
         c->scram = NULL;
         if (sbb_ev.online)
             sbb_ev.online(c);
     } else if (strcmp(local, "failed") == 0) {
+        attr_get(el, len, "h", v, sizeof(v));   /* what the old session had handled */
+        if (v[0] && c->state == SBB_RESUME && sbb_ev.acked)
+            sbb_ev.acked(c, (uint32_t)strtoul(v, NULL, 10));
         conn_fail(c, c->state == SBB_RESUME ? "resume-failed" : "sm-failed");
     }
     return 1;
@@ -594,6 +601,8 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
             int n = snprintf(r, sizeof(r), "<iq type='result' id='%s'/>", id);
             sbb_conn_write(c, r, (size_t)n);
         }
+        else if (sbb_ev.iq && strcmp(local, "iq") == 0)
+            sbb_ev.iq(c, el, len);
         else if (sbb_ev.other && (!strcmp(local, "presence") || !strcmp(local, "iq")))
             sbb_ev.other(c, el, len);
         break;

@@ -39,7 +39,7 @@ static struct {
     int nrates;
     double step, hold, settle, p99_limit, drain, duration;
     int max_attempts;
-    int senders, before, dead, kill_pid;
+    int senders, before, dead, kill_pid, check;
     const char *room;
     int workers;             /* idle: worker processes (0: 1, or 2 above 15,000) */
     double chat_rate, chat_pct; /* idle: that share of the users chat at that total rate */
@@ -681,7 +681,7 @@ static int scenario_chaos(void)
     struct sbb_chaos_cfg c = {
         .users = cfg.users, .window = cfg.window, .body = cfg.body,
         .max_attempts = cfg.max_attempts, .rate = cfg.rates[0], .secs = cfg.duration,
-        .drain = cfg.drain, .label = cfg.label};
+        .drain = cfg.drain, .check = cfg.check, .label = cfg.label};
     return sbb_chaos_run(&c);
 }
 
@@ -735,6 +735,9 @@ static void usage(void)
         "  --label TEXT   copied into every JSON line\n"
         "  chaos: --rates R (the first rate)  --duration S [120]  --drain S\n"
         "         --relogin-max N  login attempts per lost connection [40]\n"
+        "         --check  at the end, log the recipients of what is missing in anew\n"
+        "         (offline storage) and look for it in their archive (MAM)\n"
+        "         with --sm: resume after a drop, re-send what was not acknowledged\n"
         "  --sm           XEP-0198: enable (resumable) after bind, answer <r/>\n"
         "  --sm-ack-every N  with --sm: an <r/> after every N stanzas sent [5]\n"
         "  resume: --users N resumable on the first port, --senders N [50] on the\n"
@@ -803,7 +806,7 @@ int main(int argc, char **argv)
         {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
         {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {"mech", 1, 0, 'm'},
         {"src", 1, 0, 'I'}, {"workers", 1, 0, 'J'}, {"chat-rate", 1, 0, 'c'},
-        {"chat-pct", 1, 0, 'Q'}, {0, 0, 0, 0}};
+        {"chat-pct", 1, 0, 'Q'}, {"check", 0, 0, 'Z'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -852,6 +855,7 @@ int main(int argc, char **argv)
         case 'J': cfg.workers = atoi(optarg); break;
         case 'c': cfg.chat_rate = atof(optarg); break;
         case 'Q': cfg.chat_pct = atof(optarg); break;
+        case 'Z': cfg.check = 1; break;
         default: usage();
         }
     }

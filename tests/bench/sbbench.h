@@ -47,10 +47,13 @@ void sbb_print_procs(FILE *f);
 struct sbb_chaos_cfg {
     int users, window, body, max_attempts;
     double rate, secs, drain;
+    int check;               /* after the drain: offline storage and MAM for what is missing */
     const char *label;
 };
-/* Log the users in, chat for secs, drain, print one JSON line. 0, or 2 when
- * the users could not be logged in at the start. */
+/* Log the users in, chat for secs, drain, print one JSON line. With
+ * sbb_opt.sm every client is a XEP-0198 client: it resumes after a drop and
+ * re-sends what the server had not acknowledged. 0, or 2 when the users
+ * could not be logged in at the start. */
 int sbb_chaos_run(const struct sbb_chaos_cfg *cfg);
 
 /* ---- resume.c --------------------------------------------------------- */
@@ -128,6 +131,10 @@ struct sbb_events {
     void (*failed)(struct sbb_conn *c, const char *why);/* login failed or conn lost */
     void (*message)(struct sbb_conn *c, const char *el, size_t len);
     void (*other)(struct sbb_conn *c, const char *el, size_t len);  /* presence, iq (online) */
+    /* XEP-0198: the server has handled h of our stanzas (<a/>, <resumed/>,
+     * <failed h/>); may be NULL */
+    void (*acked)(struct sbb_conn *c, uint32_t h);
+    void (*iq)(struct sbb_conn *c, const char *el, size_t len);   /* once online; may be NULL */
 };
 extern struct sbb_events sbb_ev;
 
