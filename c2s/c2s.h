@@ -335,6 +335,7 @@ void c2s_sm_say(struct c2s_conn *c, const char *xml);
 
 /* ---- sasl2.c (XEP-0388, XEP-0386, XEP-0484) --------------------------- */
 /* <authentication/> for the features (mechs as sasl_mechanisms gave them). */
+void c2s_mechanism_elements(struct sb_buf *b, const char *mechs);
 void c2s_sasl2_features(struct c2s_conn *c, struct sb_buf *b, const char *mechs,
                         const struct sasl_cb *cb);
 /* <authenticate/>, <response/>, <abort/> in urn:xmpp:sasl:2, before auth. */

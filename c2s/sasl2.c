@@ -50,16 +50,7 @@ void c2s_sasl2_features(struct c2s_conn *c, struct sb_buf *b, const char *mechs,
                         const struct sasl_cb *cb)
 {
     sb_buf_adds(b, "<authentication xmlns='" NS_SASL2 "'>");
-    while (*mechs) {
-        size_t n = strcspn(mechs, " ");
-        if (n) {
-            sb_buf_adds(b, "<mechanism>");
-            sb_buf_add(b, mechs, n);
-            sb_buf_adds(b, "</mechanism>");
-        }
-        mechs += n;
-        mechs += strspn(mechs, " ");
-    }
+    c2s_mechanism_elements(b, mechs);
     int sm = c2s_sm_offered(c);
     sb_buf_adds(b, "<inline><bind xmlns='" NS_BIND2 "'><inline>"
                    "<feature var='" NS_CARBONS2 "'/>");

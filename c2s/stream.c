@@ -153,6 +153,22 @@ void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *tex
     c2s_conn_close(c, cond);
 }
 
+/* "A B C" (sasl_mechanisms) as <mechanism/> elements: legacy SASL's
+ * <mechanisms/> and SASL2's <authentication/> list the same ones. */
+void c2s_mechanism_elements(struct sb_buf *b, const char *mechs)
+{
+    while (*mechs) {
+        size_t n = strcspn(mechs, " ");
+        if (n) {
+            sb_buf_adds(b, "<mechanism>");
+            sb_buf_add(b, mechs, n);
+            sb_buf_adds(b, "</mechanism>");
+        }
+        mechs += n;
+        mechs += strspn(mechs, " ");
+    }
+}
+
 /* XEP-0440: the channel-binding types the -PLUS mechanisms accept here. */
 static void stream_channel_bindings(struct sb_buf *b, const struct sasl_cb *cb)
 {
@@ -188,18 +204,9 @@ void c2s_stream_features(struct c2s_conn *c)
             int has_cb = tls && c2s_tls_channel_bindings(c, &cb);
             struct sasl_opts o = {c->domain, tls, c2s.cfg.allow_plain,
                                   sb_domains_anonymous(c->domain), has_cb ? &cb : NULL};
-            const char *m0 = sasl_mechanisms(&o), *m = m0;
+            const char *m0 = sasl_mechanisms(&o);
             sb_buf_adds(b, "<mechanisms xmlns='" NS_SASL "'>");
-            while (*m) {
-                size_t n = strcspn(m, " ");
-                if (n) {
-                    sb_buf_adds(b, "<mechanism>");
-                    sb_buf_add(b, m, n);
-                    sb_buf_adds(b, "</mechanism>");
-                }
-                m += n;
-                m += strspn(m, " ");
-            }
+            c2s_mechanism_elements(b, m0);
             sb_buf_adds(b, "</mechanisms>");
             if (has_cb && strstr(m0, "-PLUS"))     /* only where a -PLUS is offered */
                 stream_channel_bindings(b, &cb);

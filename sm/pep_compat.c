@@ -234,27 +234,21 @@ static void compat_private_written(PGresult *res, void *arg)
                  sb_log_q(res ? PQresultErrorMessage(res) : "no connection"));
 }
 
-/* <conference jid name autojoin><nick/><password/></conference> (0048)
- * from one 0402 item. */
-static void compat_conference_0048(struct sb_buf *b, const struct pep_item *it)
+/* What XEP-0048 and XEP-0402 conferences share, after the opening
+ * attributes: name, autojoin (0048's "1" read as true), nick, password,
+ * the end tag. */
+static void compat_conference_rest(struct sb_buf *b, const struct xml_node *c)
 {
-    struct xml_doc *d = compat_parse(it->payload);
-    const struct xml_node *c = d ? d->root : NULL;
-    if (!c || strcmp(c->name, "conference")) {
-        xml_doc_free(d);
-        return;
-    }
-    struct sb_buf t = SB_BUF_INIT;
-    sb_buf_adds(b, "<conference jid='");
-    xml_escape_attr(b, it->id, strlen(it->id));
     const char *name = xml_attr(c, "name"), *aj = xml_attr(c, "autojoin");
     if (name) {
-        sb_buf_adds(b, "' name='");
+        sb_buf_adds(b, " name='");
         xml_escape_attr(b, name, strlen(name));
+        sb_buf_adds(b, "'");
     }
-    sb_buf_printf(b, "' autojoin='%s'>", aj && (!strcmp(aj, "1") || !strcmp(aj, "true"))
-                                              ? "true" : "false");
+    sb_buf_printf(b, " autojoin='%s'>",
+                  aj && (!strcmp(aj, "1") || !strcmp(aj, "true")) ? "true" : "false");
     static const char *const kids[] = {"nick", "password"};
+    struct sb_buf t = SB_BUF_INIT;
     for (int k = 0; k < 2; k++) {
         const struct xml_node *n = xml_child(c, kids[k], NULL);
         if (!n)
@@ -268,6 +262,22 @@ static void compat_conference_0048(struct sb_buf *b, const struct pep_item *it)
     }
     sb_buf_adds(b, "</conference>");
     sb_buf_free(&t);
+}
+
+/* <conference jid name autojoin><nick/><password/></conference> (0048)
+ * from one 0402 item. */
+static void compat_conference_0048(struct sb_buf *b, const struct pep_item *it)
+{
+    struct xml_doc *d = compat_parse(it->payload);
+    const struct xml_node *c = d ? d->root : NULL;
+    if (!c || strcmp(c->name, "conference")) {
+        xml_doc_free(d);
+        return;
+    }
+    sb_buf_adds(b, "<conference jid='");
+    xml_escape_attr(b, it->id, strlen(it->id));
+    sb_buf_adds(b, "'");
+    compat_conference_rest(b, c);
     xml_doc_free(d);
 }
 
@@ -352,30 +362,8 @@ static void compat_bm_step(struct sm_job *j, int ok, void *arg)
 /* One 0048 conference as a 0402 item payload; 0 when unusable. */
 static int compat_conference_0402(const struct xml_node *c, struct sb_buf *b)
 {
-    const char *name = xml_attr(c, "name"), *aj = xml_attr(c, "autojoin");
-    struct sb_buf t = SB_BUF_INIT;
     sb_buf_adds(b, "<conference xmlns='" SM_NS_BOOKMARKS2 "'");
-    if (name) {
-        sb_buf_adds(b, " name='");
-        xml_escape_attr(b, name, strlen(name));
-        sb_buf_adds(b, "'");
-    }
-    sb_buf_printf(b, " autojoin='%s'>",
-                  aj && (!strcmp(aj, "1") || !strcmp(aj, "true")) ? "true" : "false");
-    static const char *const kids[] = {"nick", "password"};
-    for (int k = 0; k < 2; k++) {
-        const struct xml_node *n = xml_child(c, kids[k], NULL);
-        if (!n)
-            continue;
-        sb_buf_reset(&t);
-        xml_text(n, &t);
-        sb_buf_printf(b, "<%s>", kids[k]);
-        if (t.data)
-            xml_escape_text(b, t.data, t.len);
-        sb_buf_printf(b, "</%s>", kids[k]);
-    }
-    sb_buf_adds(b, "</conference>");
-    sb_buf_free(&t);
+    compat_conference_rest(b, c);
     return b->data != NULL;
 }
 

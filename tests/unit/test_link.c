@@ -389,22 +389,19 @@ static void test_link_sends_straight_to_the_owning_sm_and_back(void **state)
 }
 
 
-/* Two routers: what goes through the router path uses one of them; when it
- * goes away, the envelopes it never confirmed (sent after its last
- * hello-ack) are re-sent through the other, in order, before anything
- * newer. */
-static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
+/* A link named `name` on two routers, both HELLOs acked; it sends <m1/>
+ * on its router path, which one router takes (and does not ack): that
+ * router's index. */
+static int two_routers_take_m1(struct ev_loop *loop, struct peer *p, struct link **lp,
+                               struct seen *seen, const char *name)
 {
-    struct peer p[2];
-    struct seen seen = {0};
     char eps[160];
     peer_open(&p[0]);
     peer_open(&p[1]);
     snprintf(eps, sizeof eps, "%s,%s", p[0].endpoint, p[1].endpoint);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct link_opts o = {.endpoint = eps, .instance = "t2", .kind = "c2s", .domains = "",
+    struct link_opts o = {.endpoint = eps, .instance = name, .kind = "c2s", .domains = "",
                           .heartbeat = 60};
-    struct link *l = link_new(loop, &o, on_recv, &seen);
+    struct link *l = *lp = link_new(loop, &o, on_recv, seen);
     assert_non_null(l);
     for (int i = 0; i < 2; i++) {    /* a HELLO reaches each router: ack it */
         spin_until_readable(loop, &p[i]);
@@ -417,17 +414,31 @@ static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
                      SB_OK);
     link_flush(l);
     int used = -1;
-    for (int i = 0; i < 300 && used < 0; i++) {
+    for (int i = 0; i < 300 && used < 0; i++)
         for (int k = 0; k < 2 && used < 0; k++) {
+            ev_run(loop, EVRUN_NOWAIT);
             zmq_pollitem_t it = {p[k].sock, 0, ZMQ_POLLIN, 0};
             if (zmq_poll(&it, 1, 5) > 0)
                 used = k;
         }
-    }
     assert_true(used >= 0);
     zmq_msg_t f[4];
-    assert_int_equal(peer_recv(&p[used], f, 4), 3);    /* <m1/>, taken but not confirmed */
+    assert_int_equal(peer_recv(&p[used], f, 4), 3);    /* <m1/>, taken, not confirmed */
     close_all(f, 3);
+    return used;
+}
+
+/* Two routers: what goes through the router path uses one of them; when it
+ * goes away, the envelopes it never confirmed (sent after its last
+ * hello-ack) are re-sent through the other, in order, before anything
+ * newer. */
+static void test_link_resends_what_a_dead_router_never_confirmed(void **state)
+{
+    struct peer p[2];
+    struct seen seen = {0};
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *l = NULL;
+    int used = two_routers_take_m1(loop, p, &l, &seen, "t2");
     peer_close(&p[used]);           /* that router dies */
     int other = 1 - used;
     /* The next sends find it gone and go to the other router, <m1/> first. */
@@ -489,38 +500,10 @@ static void hello_round(struct ev_loop *loop, struct link *l, struct peer *p, in
 static void resend_after_acks(int acks)
 {
     struct peer p[2];
-    char eps[160];
     struct seen seen = {0};
-    peer_open(&p[0]);
-    peer_open(&p[1]);
-    snprintf(eps, sizeof eps, "%s,%s", p[0].endpoint, p[1].endpoint);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    struct link_opts o = {.endpoint = eps, .instance = "t3", .kind = "c2s", .domains = "",
-                          .heartbeat = 60};
-    struct link *l = link_new(loop, &o, on_recv, &seen);
-    assert_non_null(l);
-    for (int i = 0; i < 2; i++) {
-        spin_until_readable(loop, &p[i]);
-        zmq_msg_t f[4];
-        assert_int_equal(peer_recv(&p[i], f, 4), 3);
-        ack_hello(loop, &p[i], f);
-        close_all(f, 3);
-    }
-    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m1/>", 5),
-                     SB_OK);
-    link_flush(l);
-    int used = -1;
-    for (int i = 0; i < 300 && used < 0; i++)
-        for (int k = 0; k < 2 && used < 0; k++) {
-            ev_run(loop, EVRUN_NOWAIT);
-            zmq_pollitem_t it = {p[k].sock, 0, ZMQ_POLLIN, 0};
-            if (zmq_poll(&it, 1, 5) > 0)
-                used = k;
-        }
-    assert_true(used >= 0);
-    zmq_msg_t f[4];
-    assert_int_equal(peer_recv(&p[used], f, 4), 3);    /* <m1/> */
-    close_all(f, 3);
+    struct link *l = NULL;
+    int used = two_routers_take_m1(loop, p, &l, &seen, "t3");
     for (int a = 0; a < acks; a++)
         hello_round(loop, l, p, 2);                     /* each router acks a later HELLO */
     peer_close(&p[used]);                               /* then that router dies */
