@@ -86,11 +86,14 @@ unit-san:
 
 # Fuzz targets (tests/fuzz/, libFuzzer): every library object and the pure
 # parts of c2s/s2s rebuilt with clang under ASan + UBSan into build/fuzz.
-# `make fuzz` runs each target FUZZ_TIME seconds (FUZZ_TARGETS picks some);
+# `make fuzz` runs each target FUZZ_TIME seconds or, when FUZZ_RUNS is set,
+# until it has made that many executions (whichever comes first;
+# FUZZ_TARGETS picks some);
 # `make fuzz-regress` (part of `make test`) runs each over its corpus and a
 # few seconds more. Both under nice -n 19: the machines are shared.
 FUZZ_CC    ?= clang
 FUZZ_TIME  ?= 60
+FUZZ_RUNS  ?=
 FUZZ_REGRESS_TIME ?= 3
 FUZZ_CFLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
@@ -110,7 +113,7 @@ fuzz-build:
 	  CFLAGS="$(FUZZ_CFLAGS)" $(patsubst tests/fuzz/%.c,build/fuzz/fuzz/%,$(FUZZ_SRC))
 
 fuzz: fuzz-build
-	@tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZ_TARGETS)
+	@FUZZ_RUNS=$(FUZZ_RUNS) tests/fuzz/run.sh $(FUZZ_TIME) $(FUZZ_TARGETS)
 
 fuzz-regress: fuzz-build
 	@tests/fuzz/run.sh --regress $(FUZZ_REGRESS_TIME) $(FUZZ_NAMES)

@@ -20,7 +20,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!*path) {
         fuzz_quiet();
-        snprintf(path, sizeof path, "/tmp/sb-fuzz-config-%ld.ini", (long)getpid());
+        /* /dev/shm when there is one: a disk write per execution made this
+         * the slowest target (0.2 M executions a minute). */
+        const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+        snprintf(path, sizeof path, "%s/sb-fuzz-config-%ld.ini", dir, (long)getpid());
     }
     if (size > 65536)
         return 0;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # run.sh — run the fuzz targets built in build/fuzz/fuzz/ (make fuzz-build).
-#   run.sh SECONDS [TARGET...]            fuzz each target SECONDS (make fuzz)
+#   run.sh SECONDS [TARGET...]            fuzz each target SECONDS (make fuzz);
+#                                         with FUZZ_RUNS=N in the environment,
+#                                         stop a target at N executions too
 #   run.sh --regress SECONDS [TARGET...]  every corpus input once, then
 #                                         SECONDS of fuzzing (make test)
 # New inputs go to build/fuzz/work/TARGET (tests/fuzz/corpus/TARGET is only
@@ -33,9 +35,11 @@ for t in "${targets[@]}"; do
         http) [ -f tests/fuzz/http.dict ] && dict=(-dict=tests/fuzz/http.dict) ;;
     esac
     log=build/fuzz/log/$t.log
+    runs=()
+    [ -n "${FUZZ_RUNS:-}" ] && [ "$regress" = 0 ] && runs=(-runs="$FUZZ_RUNS")
     nice -n 19 "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 \
         -max_len=65536 -print_final_stats=1 -artifact_prefix="build/fuzz/crash/$t-" \
-        "${dict[@]}" "$work" "$seeds" >"$log" 2>&1
+        "${runs[@]}" "${dict[@]}" "$work" "$seeds" >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1)
