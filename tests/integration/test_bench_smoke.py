@@ -275,7 +275,8 @@ def test_sbbench_smoke_chaos_over_stream_management(stack):
         stack.stack("kill-proc", "c2s1")
         time.sleep(1)
         stack.stack("start-proc", "c2s1")
-        out, _ = p.communicate(timeout=120)
+        out, rest = p.communicate(timeout=120)
+        err.append(rest or "")         # what communicate read of stderr, not the relay
     finally:
         if p.poll() is None:
             p.kill()
