@@ -267,22 +267,25 @@ def test_sbbench_smoke_chaos_over_stream_management(stack):
             err.append(line)
             if "users online;" in line:
                 online.set()
-    threading.Thread(target=relay, daemon=True).start()
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
     try:
         assert online.wait(60), "".join(err)
         time.sleep(6)                  # a few seconds of chat, then the fault
         stack.stack("kill-proc", "c2s1")
         time.sleep(1)
         stack.stack("start-proc", "c2s1")
-        out, _ = p.communicate(timeout=120)
+        out, rest = p.communicate(timeout=120)
+        err.append(rest or "")         # what communicate read of stderr, not the relay
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
         stack.stack("start-proc", "c2s1")
         stack.stack("wait-ready")
+    reader.join(10)                    # all of stderr, for the messages below
     rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-    assert rows, "no result from sbbench: %s" % "".join(err)
+    assert rows, "no result from sbbench (exit %s): %s" % (p.returncode, "".join(err))
     r = rows[0]
     assert not r.get("setup_failed"), "".join(err)
     assert r["sm"] == 1 and r["check"] == 1 and r["sent"] > 500, r
