@@ -423,10 +423,16 @@ redis_stop() {
 
 # ---------------------------------------------------------------- (f) config
 # Keys only the bench profile sets: load generators log in without TLS
-# (loopback only) and the servers log warnings only, as the peers do.
+# (loopback only) and the servers log warnings only, as the peers do. The
+# generators open thousands of sessions from 127.0.0.1, so the per-address
+# limits (c2s/limits.c) are off for them, explicitly, here only.
 ini_profile_extra() {
     [ "$PROFILE" = bench ] || return 0
     printf 'cluster\tlog_level\twarn\nc2s\tallow_plain_without_tls\t1\n'
+    local k
+    for k in max_conns_per_addr max_unauth_per_addr login_failures_per_addr; do
+        printf 'c2s\t%s\t0\nbosh\t%s\t0\n' "$k" "$k"
+    done
 }
 
 # Copy the example, setting the profile's values key by key in their
