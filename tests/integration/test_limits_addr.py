@@ -14,11 +14,20 @@ one over the limit is refused:
   right password too; other accounts log in;
 - c2s6 (max_conns_per_addr = 3): authenticated sessions count, on the
   STARTTLS and the direct TLS port;
-- bosh2 (max_conns_per_addr = 2): BOSH sessions and WebSocket streams."""
+- bosh2 (max_conns_per_addr = 2): BOSH sessions and WebSocket streams;
+  XEP-0206 pre-bound sessions (the application server's address) are not
+  counted;
+- s2s1 (defaults): incoming streams per address and per remote domain;
+- c2s5 (96 descriptors): accept pauses once and resumes (common/listen.c).
+
+Every other test logs in from 127.0.0.1 and a few of them fail on purpose
+(wrong passwords, bad tokens): they share c2s1's per-address budget of 30
+failed logins per minute, which the suite stays under (tests/README)."""
 
 import asyncio
 import base64
 import http.client
+import json
 import os
 import secrets
 import ssl
@@ -29,7 +38,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from test_limits import ExtraC2S
-from xmpptest import (NS_SASL, RawStream, Log, describe, insecure_tls_context, redis_cli,
+from xmpptest import (NS_SASL, RawStream, Log, describe, redis_cli,
                       run, stream_error_condition, wait_until)
 
 SESSIONS_CAP = 3          # c2s6
@@ -43,16 +52,7 @@ class From(RawStream):
     """A RawStream whose TCP connection leaves from a given local address."""
 
     def __init__(self, stack, source, **kw):
-        super().__init__(stack, **kw)
-        self.source = source
-
-    async def connect(self, timeout=10):
-        port = self.stack.tls_port(self.instance) if self.direct_tls else self.stack.port(self.instance)
-        ctx = insecure_tls_context() if self.direct_tls else None
-        self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.stack.host, port, ssl=ctx, local_addr=(self.source, 0),
-                                    server_hostname=self.stack.domain if ctx else None), timeout)
-        return self
+        super().__init__(stack, source=source, **kw)
 
 
 def sasl_condition(el):
@@ -313,6 +313,38 @@ def test_bosh_sessions_and_websockets_per_address(stack, cap_bosh):
     run(go(), timeout=60)
     text = cap_bosh.log_text()
     assert "event=addr_limited addr=127.0.0.33 limit=sessions max=2" in text
+
+
+def prebind_from(stack, port, source, jid):
+    """POST /http-pre-bind from `source` → (status, parsed JSON)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20, source_address=(source, 0))
+    try:
+        conn.request("POST", "/http-pre-bind", "jid=" + jid,
+                     {"Authorization": "Bearer " + stack.env.get("SB_PREBIND_SECRET", ""),
+                      "Content-Type": "application/x-www-form-urlencoded"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read().decode())
+    finally:
+        conn.close()
+
+
+def test_prebound_sessions_do_not_count_against_the_address(stack, cap_bosh):
+    """XEP-0206 pre-bind: the sessions come from the application server's
+    address, one per user it logs in, so they are not capped per address
+    (the prebind secret is what admits them)."""
+    from webtest import anon_domain
+    dom = anon_domain(stack)
+    port = cap_bosh.port
+
+    async def go():
+        held = [bosh_create(port, "127.0.0.35", dom) for _ in range(WEB_CAP)]
+        assert all(b.get("sid") and b.get("type") != "terminate" for b in held), held
+        for _ in range(WEB_CAP + 1):          # the address is at its cap already
+            st, js = await asyncio.to_thread(prebind_from, stack, port, "127.0.0.35", dom)
+            assert st == 200 and js.get("sid"), (st, js)
+        over = await asyncio.to_thread(bosh_create, port, "127.0.0.35", dom)
+        assert over.get("type") == "terminate", ET.tostring(over)   # the cap still holds
+    run(go(), timeout=60)
 
 
 # ---------------------------------------------------------------- s2s1: incoming streams
