@@ -7,8 +7,12 @@ one over the limit is refused:
 
 - the stack's c2s1 with its defaults: the 101st unauthenticated
   connection from one address gets policy-violation, refusals are logged
-  once per period; 30 failed logins from one address and the next <auth/>
-  gets temporary-auth-failure (the right password too);
+  once per period;
+- c2s4 (the built-in login_failures_per_addr, 30 a minute): 30 failed
+  logins from one address and the next <auth/> gets temporary-auth-failure
+  (the right password too), a SASL2 <authenticate/> too;
+- c2s1: 10 failed SASL2 logins of one account lock it for SASL2 and
+  legacy SASL alike;
 - c2s1 and c2s2 together (defaults): 10 failed logins of one account,
   spread over both front-ends, lock it on both (counted in Redis), the
   right password too; other accounts log in;
@@ -20,15 +24,17 @@ one over the limit is refused:
 - s2s1 (defaults): incoming streams per address and per remote domain;
 - c2s5 (96 descriptors): accept pauses once and resumes (common/listen.c).
 
-Every other test logs in from 127.0.0.1 and a few of them fail on purpose
-(wrong passwords, bad tokens): they share c2s1's per-address budget of 30
-failed logins per minute, which the suite stays under (tests/README)."""
+Every other test logs in from 127.0.0.1 and dozens fail on purpose (wrong
+passwords, bad tokens), more than 30 in some minutes: the test profile
+raises [c2s]/[bosh] login_failures_per_addr to 300 (deploy/dev/stack.sh
+test_sets), which is why the default is checked on c2s4."""
 
 import asyncio
 import base64
 import http.client
 import json
 import os
+import re
 import secrets
 import ssl
 import time
@@ -37,7 +43,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from test_limits import ExtraC2S
+from test_limits import ExtraC2S, free_port
 from xmpptest import (NS_SASL, RawStream, Log, describe, redis_cli,
                       run, stream_error_condition, wait_until)
 
@@ -81,6 +87,21 @@ async def try_plain(stack, source, jid, password, instance="c2s1", tries=1):
         return out
     finally:
         s.abort()
+
+
+async def try_sasl2(stack, source, jid, password, instance="c2s1"):
+    """One XEP-0388 SCRAM-SHA-256 login from `source` on the direct TLS
+    port: 'success' or the condition of its <failure/>."""
+    from test_sasl2 import Sasl2Client, Tcp, condition, s2
+    t = Tcp(stack, instance=instance)
+    t.raw = From(stack, source, instance=instance, direct_tls=True)
+    c = Sasl2Client(stack, jid, password, transport=t)
+    try:
+        await c.start()
+        el = await c.scram()
+        return "success" if el is not None and el.tag == s2("success") else condition(el)
+    finally:
+        t.raw.abort()
 
 
 async def refused(s):
@@ -143,7 +164,28 @@ def test_unauthenticated_cap_refuses_the_101st_from_one_address(stack):
     assert not [l for l in log.lines("event=stream_error") if "127.0.0.21:" in l]
 
 
-def test_failed_logins_per_address_then_temporary_auth_failure(stack, new_user):
+@pytest.fixture(scope="module")
+def default_c2s(stack, tmp_path_factory):
+    """c2s4 on a copy of the INI without the test profile's raised
+    login_failures_per_addr (deploy/dev/stack.sh test_sets): the built-in
+    default, 30 a minute."""
+    name = "c2s4"
+    port, tls_port = free_port(), free_port()
+    ini = str(tmp_path_factory.mktemp("c2s4") / "switchboard.ini")
+    with open(stack.ini) as f:
+        lines = [l for l in f if not re.match(r"\s*login_failures_per_addr\s*=", l)]
+    with open(ini, "w") as f:
+        f.writelines(lines)
+        f.write("\n[c2s.%s]\nport = %d\ntls_port = %d\n" % (name, port, tls_port))
+    c = ExtraC2S(stack, name, ini=ini, ports=(port, tls_port))
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        assert c.stop() == 0, "c2s4 did not exit cleanly on SIGTERM"
+
+
+def test_failed_logins_per_address_then_temporary_auth_failure(stack, new_user, default_c2s):
     jid, password = new_user("addr")
 
     async def go():
@@ -151,12 +193,34 @@ def test_failed_logins_per_address_then_temporary_auth_failure(stack, new_user):
         while failures < ADDR_FAILURES_DEFAULT:   # many accounts, none over its own limit
             n = min(3, ADDR_FAILURES_DEFAULT - failures)
             who = "nobody%s@%s" % (secrets.token_hex(4), stack.domain)
-            got = await try_plain(stack, "127.0.0.26", who, "wrong", tries=n)
+            got = await try_plain(stack, "127.0.0.26", who, "wrong", instance="c2s4", tries=n)
             assert got == ["not-authorized"] * n, got
             failures += n
         # The bucket is empty: the right password of a good account too.
-        assert await try_plain(stack, "127.0.0.26", jid, password) == ["temporary-auth-failure"]
-        assert await try_plain(stack, "127.0.0.27", jid, password) == ["success"]
+        assert await try_plain(stack, "127.0.0.26", jid, password, instance="c2s4") == \
+            ["temporary-auth-failure"]
+        # SASL2 reads the same bucket: refused before any SCRAM work.
+        assert await try_sasl2(stack, "127.0.0.26", jid, password, instance="c2s4") == \
+            "temporary-auth-failure"
+        assert await try_plain(stack, "127.0.0.27", jid, password, instance="c2s4") == \
+            ["success"]
+    run(go(), timeout=120)
+    assert "event=addr_limited addr=127.0.0.26 limit=login-failures max=30 " in \
+        default_c2s.log_text()
+
+
+def test_sasl2_failures_lock_the_account_for_sasl2_and_legacy_sasl(stack, new_user):
+    jid, password = new_user("s2acct")
+
+    async def go():
+        for i in range(ACCOUNT_FAILURES_DEFAULT):      # wrong passwords through SASL2
+            got = await try_sasl2(stack, "127.0.0.28", jid, "wrong")
+            assert got == "not-authorized", (i, got)
+        deadline = time.monotonic() + 10               # the lock follows Redis's answer
+        while await try_sasl2(stack, "127.0.0.29", jid, password) != "temporary-auth-failure":
+            assert time.monotonic() < deadline, "SASL2 failures never locked %s" % jid
+            await asyncio.sleep(0.2)
+        assert await try_plain(stack, "127.0.0.29", jid, password) == ["temporary-auth-failure"]
     run(go(), timeout=120)
 
 
