@@ -213,6 +213,10 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
         r.fast = s->fast_used;
         log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
     } else {
+        if (s->username[0] && s->mech != SASL_M_ANON) {
+            memcpy(user, s->username, sizeof(user));
+            r.username = user;       /* the account tried: per-account limits */
+        }
         log_info("sasl_failure", "condition=%s user=%s domain=%s%s%s", cond,
                  sb_log_q(s->username), sb_log_q(s->domain), s->reason ? " reason=" : "",
                  s->reason ? s->reason : "");

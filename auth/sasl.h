@@ -54,7 +54,9 @@ struct sasl_result {
     enum sasl_status status;
     const char *data_b64;   /* CONTINUE: challenge; SUCCESS: additional data ("" if none) */
     const char *condition;  /* FAILURE: RFC 6120 §6.5 condition, e.g. "not-authorized" */
-    const char *username;   /* SUCCESS: the authenticated, nodeprepped local part */
+    const char *username;   /* SUCCESS: the authenticated, nodeprepped local part;
+                               FAILURE: the one the client named, when it got that
+                               far (NULL otherwise): for per-account limits */
     int anonymous;          /* SUCCESS: a generated ANONYMOUS node (claimed) */
     long long token_id;     /* SUCCESS: > 0 our token's id (X-OAUTH2/OAUTHBEARER),
                                -1 a JWT, 0 no token */

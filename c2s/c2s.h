@@ -17,6 +17,8 @@
  *   route.c   stanzas to and from the router, bounces, session end
  *   keepalive.c  server pings and idle limits for bound sessions
  *   rate.c    inbound byte shaper and stanza rate per session
+ *   limits.c  per source address (sessions, unauthenticated ones, failed
+ *             logins) and per account (failed logins, cluster-wide)
  *   domains.c the served domains, loaded from PostgreSQL
  *   scan.c    small pure helpers: attribute scan, header names, stamping
  *   sm.c      XEP-0198 stream management (the queue lives in the sm)
@@ -54,6 +56,8 @@ const char *c2s_state_name(enum c2s_state s);
 #define C2S_F_TLS         0x0001  /* encrypted: TLS active/running, or HTTPS under BOSH/WS */
 #define C2S_F_DIRECT_TLS  0x0002  /* accepted on tls_port */
 #define C2S_F_HDR_SENT    0x0004  /* our stream header for the current stream went out */
+#define C2S_F_REFUSED     0x0008  /* over a per-address limit (limits.c): its stream gets
+                                     policy-violation; logged there, rate-limited */
 #define C2S_F_VIA_SM      0x0010  /* XEP-0280: outbound messages go through the user's sm */
 #define C2S_F_BIND_WAIT   0x0020  /* control bind sent, answer pending */
 #define C2S_F_IN_FEED     0x0040  /* inside xml_stream_feed (restart must be deferred-safe) */
@@ -117,6 +121,7 @@ struct c2s_conn {
     struct c2s_smst *sm;           /* XEP-0198 (sm.c), NULL until <enable/>/<resume/> */
     struct c2s_reg *reg;           /* XEP-0077 request in flight (register.c), or NULL */
     struct c2s_sasl2 *s2;          /* XEP-0388 exchange until its <success/> (sasl2.c) */
+    struct c2s_addr *addr;         /* its source address's counters (limits.c), NULL none */
     char sid[21];                  /* stream id of the current stream = session id */
     char peer[54];                 /* "ip:port" for logs (INET6_ADDRSTRLEN + port) */
     char jid_in[64];               /* most JIDs fit here: no heap block per session */
@@ -147,6 +152,14 @@ struct c2s_cfg {
     int sm_ack_every;              /* XEP-0198: <r/> after this many unacked stanzas */
     double fast_ttl;               /* XEP-0484: lifetime of a FAST token (s) */
     double sm_ack_after;           /* … or when one waited this long (s); 0 = off */
+    /* limits.c, 0 = off: per source address (IPv6: per /64) of this process */
+    int max_conns_per_addr;        /* sessions (TCP; sb-bosh: BOSH + WebSocket) */
+    int max_unauth_per_addr;       /* of them not yet authenticated */
+    double login_failures_per_addr;     /* failed logins per minute (a bucket that deep) */
+    /* per account, across the cluster (Redis) */
+    int login_failures_per_account;     /* failed logins per window, then locked */
+    double login_fail_window;      /* s; the lockout starts at this, doubling */
+    double login_lockout_max;      /* s; the longest lockout */
 };
 
 /* Listener kinds (c2s_listen_open). */
@@ -194,9 +207,13 @@ void c2s_conn_writes(struct c2s_conn *c, const char *s);
  * free later. Safe from any callback; c stays valid until the next loop turn. */
 void c2s_conn_close(struct c2s_conn *c, const char *reason);
 /* A session on another transport (BOSH/WS): fd -1, state CONNECTED, login
- * deadline armed. NULL on out-of-memory. */
+ * deadline armed. NULL on out-of-memory. C2S_NEW_COUNTED: counted against
+ * peer's per-address caps (limits.c; over one, its stream begins with the
+ * error); C2S_NEW_TRUSTED: not (XEP-0206 pre-bind: peer is the
+ * application server, which speaks for many users). */
+enum c2s_new_kind { C2S_NEW_COUNTED, C2S_NEW_TRUSTED };
 struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx,
-                                      const char *peer, int secure);
+                                      const char *peer, int secure, enum c2s_new_kind kind);
 /* Transports: the wire is gone, free c on the next loop turn. */
 void c2s_conn_free_soon(struct c2s_conn *c);
 const char *c2s_lis_kind_name(enum c2s_lis_kind k);
@@ -380,6 +397,31 @@ double c2s_rate_resume_at(const struct c2s_conn *c);   /* when a throttled reade
 /* One top-level element arrived: 1 when over the stanza rate (a
  * policy-violation stream error was sent and c is closing). */
 int c2s_rate_stanza(struct c2s_conn *c);
+
+/* Refill a token bucket by dt seconds at rate per second, at most burst
+ * (the one bucket arithmetic of rate.c and limits.c). */
+float c2s_bucket_refill(float tokens, double dt, double rate, double burst);
+
+/* ---- limits.c --------------------------------------------------------- */
+void c2s_limits_init(void);       /* account locks: subscribe to the cluster's channel */
+void c2s_limits_stop(void);
+/* c (c->peer set) is a new session: counted against its address, or, over
+ * max_conns_per_addr / max_unauth_per_addr, flagged C2S_F_REFUSED and not
+ * counted (its stream gets policy-violation). 1 when refused. */
+int c2s_limits_conn_new(struct c2s_conn *c);
+/* c leaves the unauthenticated states (c2s_conn_set_state). */
+void c2s_limits_conn_authed(struct c2s_conn *c);
+void c2s_limits_conn_gone(struct c2s_conn *c);   /* conn_free */
+/* May c start a SASL exchange? 0: its address is over
+ * login_failures_per_addr (answer temporary-auth-failure). */
+int c2s_limits_login_allowed(struct c2s_conn *c);
+/* A SASL exchange of c ended with r: counts a failed login (address and
+ * account). NULL: answer r as it is; else the condition to fail with
+ * instead (temporary-auth-failure: the account is locked, whatever the
+ * password). */
+const char *c2s_limits_login_done(struct c2s_conn *c, const struct sasl_result *r);
+/* The stream of a refused conn (stream.c, at its header). */
+void c2s_limits_refuse_stream(struct c2s_conn *c);
 
 /* ---- domains.c -------------------------------------------------------- */
 void c2s_domains_start(void);       /* load now and every 30 s (common/domains.c) */

@@ -242,6 +242,8 @@ void c2s_conn_set_state(struct c2s_conn *c, enum c2s_state s)
         c2s.nsessions--;
         sb_metric_dec(conn_mx_sess[conn_mx_of(c)]);
     }
+    if (c->state <= C2S_S_STREAM_OPEN && s > C2S_S_STREAM_OPEN)
+        c2s_limits_conn_authed(c);
     int changed = (s == C2S_S_BOUND || c->state == C2S_S_BOUND);
     c->state = (uint8_t)s;
     if (changed)
@@ -287,7 +289,7 @@ static struct c2s_conn *conn_create(const struct c2s_transport *tp, int fd)
 }
 
 struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx,
-                                      const char *peer, int secure)
+                                      const char *peer, int secure, enum c2s_new_kind kind)
 {
     struct c2s_conn *c = conn_create(tp, -1);
     if (!c)
@@ -296,6 +298,8 @@ struct c2s_conn *c2s_conn_new_session(const struct c2s_transport *tp, void *tctx
     if (secure)
         c->flags |= C2S_F_TLS;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
+    if (kind == C2S_NEW_COUNTED)
+        c2s_limits_conn_new(c);    /* refused: its stream begins with the error */
     c2s_conn_arm_timer(c);
     return c;
 }
@@ -310,11 +314,18 @@ static void conn_new(int fd, const struct sockaddr_storage *ss, int direct_tls)
     }
     tlsconn_peer_name(c->peer, sizeof c->peer, (const struct sockaddr *)ss);
     log_debug("accept", "peer=%s tls=%s", c->peer, direct_tls ? "direct" : "starttls");
+    int refused = c2s_limits_conn_new(c);
     if (c2s_stream_new(c) != SB_OK) {
         c2s_conn_close(c, "nomem");
         return;
     }
     c2s_conn_arm_timer(c);
+    if (refused && !direct_tls) {
+        /* Said at once, without waiting for (or reading) its header; on
+         * the direct TLS port after the handshake, at its header. */
+        c2s_limits_refuse_stream(c);
+        return;
+    }
     if (direct_tls) {
         c->flags |= C2S_F_DIRECT_TLS;
         c2s_conn_starttls(c);
@@ -469,6 +480,7 @@ static void conn_free(struct c2s_conn *c)
 {
     ev_timer_stop(c2s.loop, &c->timer);
     c2s_table_del(c);
+    c2s_limits_conn_gone(c);
     if (c->tp->release)
         c->tp->release(c);
     tlsconn_free(&c->tc);
@@ -504,7 +516,9 @@ void c2s_conn_close(struct c2s_conn *c, const char *reason)
 {
     if (c->state == C2S_S_CLOSING)
         return;
-    log_info("close", "peer=%s sid=%s jid=%s state=%s reason=%s", c->peer,
+    /* Refused by limits.c: logged there, once per address per period. */
+    sb_log(c->flags & C2S_F_REFUSED ? SB_LOG_DEBUG : SB_LOG_INFO, "close",
+           "peer=%s sid=%s jid=%s state=%s reason=%s", c->peer,
              *c->sid ? c->sid : "-", c->jid ? c->jid : "-",
              c2s_state_name(c->state), reason);
     if (c->state == C2S_S_BOUND)

@@ -118,7 +118,10 @@ static void login_sasl_cb(void *ud, const struct sasl_result *r)
     sasl_free(c->sasl);
     c->sasl = NULL;
     c->flags &= ~C2S_F_SASL_RUN;
-    if (r->status == SASL_SUCCESS && r->username && *r->username)
+    const char *limited = c2s_limits_login_done(c, r);     /* limits.c: account locked */
+    if (limited)
+        login_sasl_failed(c, limited);
+    else if (r->status == SASL_SUCCESS && r->username && *r->username)
         login_sasl_success(c, r);
     else
         login_sasl_failed(c, r->condition ? login_safe_cond(r->condition) : "not-authorized");
@@ -144,6 +147,10 @@ void c2s_sasl_element(struct c2s_conn *c, struct xml_node *n)
         const char *mech = xml_attr(n, "mechanism");
         if (!mech || !*mech) {
             login_sasl_failed(c, "invalid-mechanism");
+            return;
+        }
+        if (!c2s_limits_login_allowed(c)) {      /* limits.c: the address failed too often */
+            login_sasl_failed(c, "temporary-auth-failure");
             return;
         }
         if (c->s2) {                  /* a SASL2 exchange gives way to this one */

@@ -13,7 +13,9 @@
  *
  * Buckets start full and refill from one timestamp per session; 0 turns a
  * limit off. Two floats and a double per session, no timers of their own:
- * the conn's deadline timer resumes a throttled reader (conn.c). */
+ * the conn's deadline timer resumes a throttled reader (conn.c). The
+ * per-address login bucket (limits.c) refills with the same arithmetic,
+ * c2s_bucket_refill. */
 #include "c2s.h"
 #include "log.h"
 
@@ -24,6 +26,12 @@ void c2s_rate_init(struct c2s_conn *c)
     c->rate_at = ev_now(c2s.loop);
 }
 
+float c2s_bucket_refill(float tokens, double dt, double rate, double burst)
+{
+    double t = tokens + (dt > 0 ? dt : 0) * rate;
+    return (float)(t > burst ? burst : t);
+}
+
 /* Refill both buckets for the time since the last look. */
 static void rate_refill(struct c2s_conn *c)
 {
@@ -32,10 +40,8 @@ static void rate_refill(struct c2s_conn *c)
     if (dt <= 0)
         return;
     c->rate_at = now;
-    double rx = c->rx_tokens + dt * cfg->max_rate;
-    c->rx_tokens = (float)(rx > cfg->rate_burst ? cfg->rate_burst : rx);
-    double st = c->st_tokens + dt * cfg->max_stanzas;
-    c->st_tokens = (float)(st > cfg->stanza_burst ? cfg->stanza_burst : st);
+    c->rx_tokens = c2s_bucket_refill(c->rx_tokens, dt, cfg->max_rate, cfg->rate_burst);
+    c->st_tokens = c2s_bucket_refill(c->st_tokens, dt, cfg->max_stanzas, cfg->stanza_burst);
 }
 
 double c2s_rate_bytes(struct c2s_conn *c, size_t n)

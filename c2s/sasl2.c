@@ -13,7 +13,10 @@
  *     `carbons` to the sm) and inline <enable/> (c2s_sm_enable),
  *   and finally one <success/> with <authorization-identifier/> and every
  *   inline answer. Stanzas the router sends the session before the
- *   <success/> is out are held and follow it. */
+ *   <success/> is out are held and follow it.
+ * Failed logins count against the address and the account as legacy
+ * SASL's do (limits.c): a drained address bucket or a locked account gets
+ * temporary-auth-failure. */
 #include "c2s.h"
 #include "sasl2.h"
 #include "log.h"
@@ -179,6 +182,12 @@ static void s2_sasl_cb(void *ud, const struct sasl_result *r)
     sasl_free(c->sasl);
     c->sasl = NULL;
     c->flags &= ~C2S_F_SASL_RUN;
+    const char *limited = c2s_limits_login_done(c, r);     /* limits.c: account locked */
+    if (limited) {
+        c2s_sasl2_free(c);
+        s2_failure(c, limited, "too many failed logins");
+        return;
+    }
     if (r->status == SASL_SUCCESS && r->username && *r->username && c->s2) {
         s2_authenticated(c, r);
         return;
@@ -200,6 +209,11 @@ static void s2_authenticate(struct c2s_conn *c, struct xml_node *n)
         log_info("sasl2_malformed", "peer=%s reason=%s", c->peer, sb_log_q(why));
         c2s_sasl2_free(c);
         s2_failure(c, cond, why);
+        return;
+    }
+    if (!c2s_limits_login_allowed(c)) {      /* limits.c: the address failed too often */
+        c2s_sasl2_free(c);
+        s2_failure(c, "temporary-auth-failure", "too many failed logins from your address");
         return;
     }
     /* A fresh mechanism session each time: one a legacy <auth/> made

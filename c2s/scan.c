@@ -6,6 +6,7 @@
  * with the sender's JID for the router. */
 #include "c2s.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <arpa/inet.h>

@@ -178,6 +178,17 @@ static void main_read_cfg(struct c2s_cfg *cfg)
     cfg->rate_burst = atof(sb_config_str("rate_burst", "262144"));
     cfg->max_stanzas = atof(sb_config_str("max_stanzas_per_sec", "100"));
     cfg->stanza_burst = atof(sb_config_str("stanza_burst", "500"));
+    /* Per source address and per account (limits.c); 0 turns one off. */
+    cfg->max_conns_per_addr = (int)sb_config_int("max_conns_per_addr", 1000);
+    cfg->max_unauth_per_addr = (int)sb_config_int("max_unauth_per_addr", 100);
+    cfg->login_failures_per_addr = atof(sb_config_str("login_failures_per_addr", "30"));
+    cfg->login_failures_per_account = (int)sb_config_int("login_failures_per_account", 10);
+    cfg->login_fail_window = atof(sb_config_str("login_fail_window", "60"));
+    cfg->login_lockout_max = atof(sb_config_str("login_lockout_max", "3600"));
+    if (cfg->login_fail_window < 1)
+        cfg->login_fail_window = 1;
+    if (cfg->login_lockout_max < cfg->login_fail_window)
+        cfg->login_lockout_max = cfg->login_fail_window;
     /* XEP-0198: ask for an ack after this many stanzas or seconds. */
     cfg->sm_ack_every = (int)sb_config_int("sm_ack_every", 5);
     cfg->fast_ttl = atof(sb_config_str("fast_ttl", "1209600"));     /* 14 days */
@@ -203,11 +214,17 @@ static sb_rc main_check_cfg(const struct c2s_cfg *cfg)
         return SB_ERROR;
     }
     if (cfg->login_timeout <= 0 || cfg->max_pending < 4096 || cfg->limits.max_stanza < 1024 ||
-        cfg->limits.max_depth < 2 || cfg->max_rate < 0 || cfg->max_stanzas < 0) {
+        cfg->limits.max_depth < 2 || cfg->max_rate < 0 || cfg->max_stanzas < 0 ||
+        cfg->max_conns_per_addr < 0 || cfg->max_unauth_per_addr < 0 ||
+        cfg->login_failures_per_addr < 0 || cfg->login_failures_per_account < 0) {
         log_error("config_invalid", "login_timeout=%g max_pending=%zu max_stanza=%zu "
-                  "max_depth=%d max_rate=%g max_stanzas_per_sec=%g", cfg->login_timeout,
+                  "max_depth=%d max_rate=%g max_stanzas_per_sec=%g max_conns_per_addr=%d "
+                  "max_unauth_per_addr=%d login_failures_per_addr=%g "
+                  "login_failures_per_account=%d", cfg->login_timeout,
                   cfg->max_pending, cfg->limits.max_stanza, cfg->limits.max_depth,
-                  cfg->max_rate, cfg->max_stanzas);
+                  cfg->max_rate, cfg->max_stanzas, cfg->max_conns_per_addr,
+                  cfg->max_unauth_per_addr, cfg->login_failures_per_addr,
+                  cfg->login_failures_per_account);
         return SB_ERROR;
     }
     return SB_OK;
@@ -256,6 +273,12 @@ static void main_cfg_diff(const struct c2s_cfg *o, const struct c2s_cfg *n, stru
     MAIN_DIFF(rate_burst, "rate_burst");
     MAIN_DIFF(max_stanzas, "max_stanzas_per_sec");
     MAIN_DIFF(stanza_burst, "stanza_burst");
+    MAIN_DIFF(max_conns_per_addr, "max_conns_per_addr");
+    MAIN_DIFF(max_unauth_per_addr, "max_unauth_per_addr");
+    MAIN_DIFF(login_failures_per_addr, "login_failures_per_addr");
+    MAIN_DIFF(login_failures_per_account, "login_failures_per_account");
+    MAIN_DIFF(login_fail_window, "login_fail_window");
+    MAIN_DIFF(login_lockout_max, "login_lockout_max");
 }
 
 /* Reload what can change without dropping anyone: limits and timeouts
@@ -343,6 +366,7 @@ static void main_cleanup(void)
 {
     ev_timer_stop(c2s.loop, &main_trim);
     c2s_conn_free_all();
+    c2s_limits_stop();
     c2s_sm_stop();
     c2s_route_stop();
     if (c2s.fe->cleanup)
@@ -364,6 +388,7 @@ static sb_rc main_configure(void)
 static void main_started(void)
 {
     c2s_sm_init();
+    c2s_limits_init();
     c2s_domains_start();
     log_info("ready", "port=%d tls_port=%d plain=%d", c2s.cfg.port,
              c2s_tls_available() ? c2s.cfg.tls_port : 0, c2s.cfg.allow_plain);

@@ -122,7 +122,8 @@ void c2s_stream_error_full(struct c2s_conn *c, const char *cond, const char *tex
 {
     if (c->state == C2S_S_CLOSING)
         return;
-    log_info("stream_error", "peer=%s sid=%s cond=%s detail=%s", c->peer,
+    sb_log(c->flags & C2S_F_REFUSED ? SB_LOG_DEBUG : SB_LOG_INFO, "stream_error",
+           "peer=%s sid=%s cond=%s detail=%s", c->peer,
              *c->sid ? c->sid : "-", cond, why ? why : "-");
     if (c->state == C2S_S_TLS_HANDSHAKE) {   /* no stream to speak on yet */
         c2s_conn_close(c, cond);
@@ -272,6 +273,10 @@ sb_rc c2s_stream_begin(struct c2s_conn *c, const char *to, const char *version,
     const char *cond = stream_check_header(c, to, version, &domain);
     if (domain)
         c->domain = domain;
+    if (!cond && (c->flags & C2S_F_REFUSED) && c->state == C2S_S_CONNECTED) {
+        c2s_limits_refuse_stream(c);       /* over a per-address limit */
+        return SB_ERROR;
+    }
     if (!cond && c->state == C2S_S_CONNECTED && stream_memory_full())
         cond = "resource-constraint";  /* a new connection only: restarts go on */
     if (cond) {

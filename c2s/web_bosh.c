@@ -526,7 +526,7 @@ static void bosh_create(struct web_conn *h, struct xml_doc *d, uint64_t rid)
     }
     struct web_bosh *b = bosh_new(web_http_secure(h));
     struct c2s_conn *c = b ? c2s_conn_new_session(&bosh_transport, b, web_http_peer(h),
-                                                 web_http_secure(h)) : NULL;
+                                                 web_http_secure(h), C2S_NEW_COUNTED) : NULL;
     if (!c) {
         if (b)
             bosh_free(b);
@@ -668,7 +668,9 @@ struct web_bosh *web_bosh_new_prebind(const char *domain, const char *peer, int 
     struct web_bosh *b = bosh_new(secure);
     if (!b)
         return NULL;
-    struct c2s_conn *c = c2s_conn_new_session(&bosh_transport, b, peer, secure);
+    /* Not counted per address: peer is the application server (pre-bind
+     * is its secret's to ask for), not the user's browser. */
+    struct c2s_conn *c = c2s_conn_new_session(&bosh_transport, b, peer, secure, C2S_NEW_TRUSTED);
     if (!c) {
         bosh_free(b);
         return NULL;

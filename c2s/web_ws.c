@@ -342,7 +342,8 @@ void web_ws_upgrade(struct web_conn *h, struct web_req *r)
         ws_refuse(h, 503, "out of memory\n");
         return;
     }
-    ws->c = c2s_conn_new_session(&ws_transport, ws, web_http_peer(h), web_http_secure(h));
+    ws->c = c2s_conn_new_session(&ws_transport, ws, web_http_peer(h), web_http_secure(h),
+                                 C2S_NEW_COUNTED);
     if (!ws->c) {
         wslay_event_context_free(ws->ctx);
         free(ws);

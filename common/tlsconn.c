@@ -546,6 +546,40 @@ void tlsconn_peer_name(char *out, size_t cap, const struct sockaddr *sa)
     snprintf(out, cap, "%s:%d", host, port);
 }
 
+int tlsconn_addr_key(const char *peer, uint8_t key[16], char *shown, size_t cap)
+{
+    char host[64];
+    const char *colon = peer ? strrchr(peer, ':') : NULL;
+    size_t n = colon ? (size_t)(colon - peer) : 0;
+    if (!colon || n == 0 || n >= sizeof host)
+        return -1;
+    memcpy(host, peer, n);
+    host[n] = '\0';
+    if (host[0] == '[' && host[n - 1] == ']') {      /* "[v6]:port" */
+        memmove(host, host + 1, n - 2);
+        host[n - 2] = '\0';
+    }
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1) {
+        memset(a6.s6_addr, 0, 10);
+        a6.s6_addr[10] = a6.s6_addr[11] = 0xff;
+        memcpy(a6.s6_addr + 12, &a4, 4);
+    } else if (inet_pton(AF_INET6, host, &a6) != 1) {
+        return -1;
+    }
+    memcpy(key, a6.s6_addr, 16);
+    if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+        inet_ntop(AF_INET, key + 12, shown, (socklen_t)cap);
+        return 0;
+    }
+    memset(key + 8, 0, 8);                           /* the /64 */
+    char buf[INET6_ADDRSTRLEN];
+    inet_ntop(AF_INET6, key, buf, sizeof buf);
+    snprintf(shown, cap, "%s/64", buf);
+    return 0;
+}
+
 /* ---- credentials --------------------------------------------------------- */
 
 sb_rc tlsconn_creds_init(struct tlsconn_creds *cr, const char *priority)

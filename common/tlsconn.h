@@ -108,6 +108,11 @@ struct sockaddr;
 int tlsconn_listen(const char *addr, int port, int backlog);
 /* "ip:port" of sa (IPv4/IPv6; "?:0" otherwise) into out, for logs. */
 void tlsconn_peer_name(char *out, size_t cap, const struct sockaddr *sa);
+/* The key per-address limits count by, from such a name ("ip:port",
+ * "[v6]:port"): 16 bytes, IPv4 as v4-mapped IPv6, IPv6 cut to its /64 (a
+ * host gets a whole /64); the key as text ("192.0.2.1", "2001:db8::/64")
+ * into shown. -1: not an address. */
+int tlsconn_addr_key(const char *peer, uint8_t key[16], char *shown, size_t cap);
 
 /* ---- credentials --------------------------------------------------------- */
 struct tlsconn_creds {

@@ -319,7 +319,8 @@ void s2s_conn_close(struct s2s_conn *c, const char *reason)
 {
     if (c->state == S2S_S_CLOSING)
         return;
-    log_info("close", "peer=%s dir=%s local=%s remote=%s state=%s auth=%s reason=%s", c->peer,
+    sb_log(c->flags & S2S_F_REFUSED ? SB_LOG_DEBUG : SB_LOG_INFO, "close",   /* limits.c */
+           "peer=%s dir=%s local=%s remote=%s state=%s auth=%s reason=%s", c->peer,
              s2s_dir_name(c->dir), c->local ? c->local : "-",
              c->remote ? c->remote : "-", s2s_state_name(c->state), s2s_auth_name(c->auth),
              reason);

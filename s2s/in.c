@@ -118,6 +118,10 @@ void s2s_in_header(struct s2s_conn *c, struct xml_node *hdr)
         s2s_stream_error(c, "invalid-from", "from");
         return;
     }
+    if (!c->local && !c->pairs && s2s_limits_refused(c, f ? from : NULL)) {
+        s2s_stream_error(c, "policy-violation", "limit");
+        return;
+    }
     /* After SASL the restarted stream must keep the same addresses. */
     if (c->pairs && c->local && strcmp(c->local, local) != 0) {
         s2s_stream_error(c, "host-unknown", "to-changed");

@@ -67,6 +67,8 @@ static sb_rc main_config(struct s2s_cfg *cfg)
     cfg->secret = sb_config_str("dialback_secret", "");
     cfg->limits.max_stanza = (size_t)sb_config_int("max_stanza", 262144);
     cfg->limits.max_depth = (int)sb_config_int("max_depth", 32);
+    cfg->max_in_per_addr = (int)sb_config_int("max_in_per_addr", 100);      /* limits.c */
+    cfg->max_in_per_domain = (int)sb_config_int("max_in_per_domain", 20);
     if (strlen(cfg->secret) < 16) {
         log_error("config_invalid", "key=dialback_secret reason=\"set [cluster] dialback_secret "
                   "(at least 16 characters, the same on every s2s instance)\"");

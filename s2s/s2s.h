@@ -15,6 +15,7 @@
  *   dialback.c XEP-0220 both roles, XEP-0185 keys
  *   policy.c   local domains (PostgreSQL) and the allow/deny policy
  *   route.c    the router link: stanzas in and out, bounces, admin status
+ *   limits.c   incoming streams per remote address and per remote domain
  * See s2s/README.md for the lifecycle of a route and a connection. */
 #ifndef SB_S2S_H
 #define SB_S2S_H
@@ -69,6 +70,7 @@ const char *s2s_auth_name(int a);
 #define S2S_F_TLS         0x0001  /* TLS active (or its handshake running) */
 #define S2S_F_DIRECT_TLS  0x0002  /* direct TLS (5270 / _xmpps-server) */
 #define S2S_F_HDR_SENT    0x0004  /* our header for the current stream went out */
+#define S2S_F_REFUSED     0x0008  /* in: over a limit (limits.c), logged there */
 #define S2S_F_IN_FEED     0x0020  /* inside xml_stream_feed */
 #define S2S_F_EOF         0x0080  /* closing: peer gone, free now */
 #define S2S_F_FEAT_TLS    0x0100  /* out: peer offered STARTTLS */
@@ -123,6 +125,8 @@ struct s2s_cfg {
     int require_tls, require_valid_certs;
     const char *secret;            /* [cluster] dialback_secret */
     struct xml_limits limits;
+    int max_in_per_addr;           /* incoming streams per remote address (/64); 0 off */
+    int max_in_per_domain;         /* incoming streams naming one `from`; 0 off */
 };
 
 struct s2s_srv {
@@ -280,6 +284,12 @@ void s2s_db_in_verify(struct s2s_conn *c, struct xml_node *n);   /* authoritativ
 /* The authoritative server's answer for incoming stream `serial`. */
 void s2s_db_verdict(unsigned long serial, const char *remote, const char *local,
                     const char *type);
+
+/* ---- limits.c --------------------------------------------------------- */
+/* c's first header (from: its prepared `from`, or NULL): 1 when c is one
+ * too many from its address or domain (flagged S2S_F_REFUSED, logged, the
+ * caller answers policy-violation). */
+int s2s_limits_refused(struct s2s_conn *c, const char *from);
 
 /* ---- policy.c --------------------------------------------------------- */
 void s2s_domains_start(void);

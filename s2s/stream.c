@@ -76,7 +76,8 @@ void s2s_stream_error(struct s2s_conn *c, const char *cond, const char *why)
 {
     if (c->state == S2S_S_CLOSING)
         return;
-    log_info("stream_error", "peer=%s dir=%s remote=%s cond=%s detail=%s", c->peer,
+    sb_log(c->flags & S2S_F_REFUSED ? SB_LOG_DEBUG : SB_LOG_INFO, "stream_error",
+           "peer=%s dir=%s remote=%s cond=%s detail=%s", c->peer,
              s2s_dir_name(c->dir), c->remote ? c->remote : "-", cond,
              why ? why : "-");
     if (c->state == S2S_S_TLS_HANDSHAKE || c->state == S2S_S_CONNECTING) {

@@ -43,7 +43,7 @@ def var_dir(stack):
 class ExtraC2S:
     """One more sb-c2s of the test cluster, stopped with SIGTERM at the end."""
 
-    def __init__(self, stack, name, env=None, ini=None, ports=None, kind="c2s"):
+    def __init__(self, stack, name, env=None, ini=None, ports=None, kind="c2s", preexec_fn=None):
         self.stack, self.name = stack, name
         self.port, self.tls_port = ports or (free_port(), free_port())
         self.log_path = os.path.join(var_dir(stack), "log", name + ".log")
@@ -57,7 +57,7 @@ class ExtraC2S:
         self.log_from = self.log.seek(0, os.SEEK_END)   # this run's lines only
         self.proc = subprocess.Popen([os.path.join(stack.bin, "sb-" + kind), "-c", ini, "-n", name],
                                      cwd=stack.root, env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         stack.c2s[name] = (self.port, self.tls_port)
 
     def wait_ready(self):

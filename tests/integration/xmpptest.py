@@ -415,12 +415,15 @@ class RawStream:
 
     Used where the test is about the bytes (features before TLS, malformed
     XML, stream errors) or where slixmpp would be too heavy (hundreds of
-    binds)."""
+    binds). `source`: the local address the TCP connection leaves from (any
+    of 127.0.0.0/8; None: the kernel's choice, 127.0.0.1), for tests that
+    stand for many clients (per-address limits, c2s/limits.c)."""
 
-    def __init__(self, stack, instance="c2s1", direct_tls=False, to=None):
+    def __init__(self, stack, instance="c2s1", direct_tls=False, to=None, source=None):
         self.stack = stack
         self.instance = instance
         self.direct_tls = direct_tls
+        self.source = source
         self.to = to or stack.domain
         self.reader = self.writer = None
         self.parser = None
@@ -435,6 +438,7 @@ class RawStream:
         ssl_ctx = insecure_tls_context() if self.direct_tls else None
         self.reader, self.writer = await asyncio.wait_for(
             asyncio.open_connection(self.stack.host, port, ssl=ssl_ctx,
+                                    local_addr=(self.source, 0) if self.source else None,
                                     server_hostname=self.stack.domain if ssl_ctx else None),
             timeout)
         return self

@@ -231,11 +231,37 @@ static void test_tlsconn_close_before_a_stream_sends_nothing(void **state)
     pair_close(&p);
 }
 
+static void test_addr_key_groups_ipv4_by_address_and_ipv6_by_64(void **st)
+{
+    uint8_t a[16], b[16];
+    char shown[48];
+    assert_int_equal(tlsconn_addr_key("192.0.2.7:5222", a, shown, sizeof shown), 0);
+    assert_string_equal(shown, "192.0.2.7");
+    assert_int_equal(tlsconn_addr_key("192.0.2.7:6000", b, shown, sizeof shown), 0);
+    assert_memory_equal(a, b, 16);                       /* the port does not count */
+    assert_int_equal(tlsconn_addr_key("192.0.2.8:5222", b, shown, sizeof shown), 0);
+    assert_memory_not_equal(a, b, 16);
+    assert_int_equal(tlsconn_addr_key("::ffff:192.0.2.7:1", b, shown, sizeof shown), 0);
+    assert_memory_equal(a, b, 16);                       /* v4-mapped is the v4 address */
+    assert_int_equal(tlsconn_addr_key("2001:db8:1:2:aaaa::1:443", a, shown, sizeof shown), 0);
+    assert_string_equal(shown, "2001:db8:1:2::/64");
+    assert_int_equal(tlsconn_addr_key("[2001:db8:1:2:bbbb::9]:443", b, shown, sizeof shown), 0);
+    assert_memory_equal(a, b, 16);                       /* one /64 */
+    assert_int_equal(tlsconn_addr_key("2001:db8:1:3::1:443", b, shown, sizeof shown), 0);
+    assert_memory_not_equal(a, b, 16);
+    assert_int_equal(tlsconn_addr_key("::1:5222", a, shown, sizeof shown), 0);
+    assert_int_equal(tlsconn_addr_key("not-an-address:1", a, shown, sizeof shown), -1);
+    assert_int_equal(tlsconn_addr_key("192.0.2.7", a, shown, sizeof shown), -1);
+    assert_int_equal(tlsconn_addr_key(":1", a, shown, sizeof shown), -1);
+    assert_int_equal(tlsconn_addr_key(NULL, a, shown, sizeof shown), -1);
+}
+
 int main(void)
 {
     sb_log_init("test", SB_LOG_ERROR);
     loop = ev_default_loop(0);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_addr_key_groups_ipv4_by_address_and_ipv6_by_64),
         cmocka_unit_test(test_tlsconn_writes_directly_and_hands_input_over),
         cmocka_unit_test(test_tlsconn_writes_after_the_first_in_a_turn_leave_together),
         cmocka_unit_test(test_tlsconn_freed_while_holding_output_is_forgotten),
