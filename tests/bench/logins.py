@@ -109,17 +109,24 @@ class Setup:
                 f.write(str(USERS))
 
     def tokens(self):
-        """One own token per user of the own-token domain (sbctl token issue)."""
+        """One own token per user of the own-token domain (sbctl token issue;
+        on the bench kept for the next runs while well inside their 30 days)."""
+        path = os.path.join(self.var, "tokens")
+        try:
+            fresh = time.time() - os.path.getmtime(path) < 15 * 86400
+            if self.bench and fresh and len(open(path).read().splitlines()) == USERS:
+                return path
+        except OSError:
+            pass
         t = time.time()
         dom = self.names["own"]
 
         def issue(i):
             out = self.sbctl("token", "issue", "%s%d@%s" % (self.prefix, i, dom), "--ttl",
-                             "7200").stdout.strip()
+                             str(30 * 86400 if self.bench else 3600)).stdout.strip()
             return "%d %s\n" % (i, out.splitlines()[-1])
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             lines = list(ex.map(issue, range(1, USERS + 1)))
-        path = os.path.join(self.var, "tokens")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.writelines(lines)
