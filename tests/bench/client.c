@@ -4,7 +4,9 @@
  * must stay cheap), and the login state machine:
  *   header → features → [starttls → proceed → handshake → header → features]
  *   → SASL → header → features → bind → [session] → [XEP-0198 enable]
- *   → roster get → presence,
+ *   → roster get → presence (SASL: PLAIN, SCRAM-SHA-1/-256[-PLUS], X-OAUTH2,
+ *   OAUTHBEARER), or, with --mech fast, features → SASL2 <authenticate/>
+ *   with an inline Bind 2 → <success/> → roster get → presence,
  * or, for a connection resuming a XEP-0198 session, SASL → header →
  * features → <resume/> → <resumed/>. A managed connection counts what it
  * receives, answers the server's <r/> and asks with its own every

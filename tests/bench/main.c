@@ -2,6 +2,7 @@
  * line on stdout (progress goes to stderr); tests/bench/bench.py turns the
  * lines into the results file and the table.
  *   login  arrivals at fixed rates (steps); each logs in fully, then closes
+ *          (--mech: any SASL mechanism of client.c; fast gets its tokens first)
  *   msg    K users online, each sending to the next one at a total rate
  *   idle   N users logged in and present, held; memory per connection
  *   chaos  K users chatting at one rate while processes are killed (chaos.c)

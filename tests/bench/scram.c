@@ -1,5 +1,6 @@
-/* scram.c — the client side of SCRAM-SHA-1 (RFC 5802) for the load
- * generator. PBKDF2 (thousands of HMACs) would make the generator, not the
+/* scram.c — the client side of SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256
+ * (RFC 7677), with tls-exporter channel binding (RFC 9266) for -PLUS, for
+ * the load generator. PBKDF2 (thousands of HMACs) would make the generator, not the
  * server, the bottleneck of a login storm, so the derived keys are cached
  * per user (as real clients store them) and optionally kept in a file across
  * runs, keyed by salt and iteration count so a changed account re-derives. */
