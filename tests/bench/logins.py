@@ -25,7 +25,8 @@ sustained: p99 >= 500 ms, an error, or < 97 % completed), LOGINS_STEP [5] s,
 LOGINS_MECHS (names below, comma-separated) [all], LOGINS_WARMUP [1]: every
 user of the pool logs in once at 200/s before each ladder (unmeasured: the
 generator's SCRAM keys, the account rows LDAP/extauth/JWT make at a first
-login).
+login). Before each ladder the server processes are given time to go idle
+(a ladder ending overloaded leaves a backlog).
 
 On the bench profile c2s1 and c2s2 are restarted with the domains' sections
 appended to the INI (and again without them at the end); on the test
@@ -242,6 +243,31 @@ def children(pid):
     return sorted(out)
 
 
+def settle(setup, secs=30):
+    """Wait until the Switchboard processes are idle (< 5 % of a core over
+    1 s; at most secs): a ladder that ended overloaded must not leave its
+    backlog to the next mechanism's first step."""
+    pids = [int(w.split(":")[1].rstrip("+")) for w in setup.watches("main")
+            if w.split(":")[0] in WATCH]
+
+    def cpu():
+        tot = 0
+        for pid in pids:
+            try:
+                st = open("/proc/%d/stat" % pid).read()
+                f = st[st.rindex(")") + 2:].split()
+                tot += int(f[11]) + int(f[12])
+            except (OSError, ValueError):
+                pass
+        return tot / os.sysconf("SC_CLK_TCK")
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        c0 = cpu()
+        time.sleep(1)
+        if cpu() - c0 < 0.05:
+            return
+
+
 def sbbench(setup, mech, key, rates, step, label, no_stop=False):
     domain = setup.names[key]
     cmd = [SBBENCH, "-H", "127.0.0.1", "-p", setup.ports(), "-d", domain, "-u", setup.prefix,
@@ -351,11 +377,13 @@ def main():
                 setup_rows = sbbench(setup, mech, key, "200", secs, "logins-warmup", no_stop=True)
                 for r in setup_rows:
                     print(json.dumps(dict(r, warmup=True)), flush=True)
+            settle(setup)
             rows = sbbench(setup, mech, key, RATES, STEP, "logins-%s" % mech)
             for r in rows:
                 print(json.dumps(dict(r, mechanism=name)), flush=True)
             sums.append(summary(name, rows))
             print(json.dumps(sums[-1]), flush=True)
+            settle(setup)
     finally:
         setup.cleanup()
     for line in table(sums):

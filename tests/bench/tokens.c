@@ -109,6 +109,8 @@ int sbb_jwt_make(const char *sub, char *out, size_t cap)
     static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
     char payload[400], sig64[64];
     long now = (long)time(NULL);
+    if (!jwt_key_len)
+        return -1;                  /* no --jwt-key */
     int pl = snprintf(payload, sizeof(payload), "{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld}", sub,
                       now, now + 3600);
     if (pl <= 0 || (size_t)pl >= sizeof(payload) ||
