@@ -243,10 +243,11 @@ def children(pid):
     return sorted(out)
 
 
-def settle(setup, secs=30):
+def settle(setup):
     """Wait until the Switchboard processes are idle (< 5 % of a core over
-    1 s; at most secs): a ladder that ended overloaded must not leave its
-    backlog to the next mechanism's first step."""
+    1 s; at most 30 s, 3 s on the test stack): a ladder that ended
+    overloaded must not leave its backlog to the next mechanism's first
+    step."""
     pids = [int(w.split(":")[1].rstrip("+")) for w in setup.watches("main")
             if w.split(":")[0] in WATCH]
 
@@ -260,7 +261,7 @@ def settle(setup, secs=30):
             except (OSError, ValueError):
                 pass
         return tot / os.sysconf("SC_CLK_TCK")
-    end = time.monotonic() + secs
+    end = time.monotonic() + (30 if setup.bench else 3)
     while time.monotonic() < end:
         c0 = cpu()
         time.sleep(1)
