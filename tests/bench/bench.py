@@ -43,6 +43,10 @@ Switchboard alone):
   storm             SCRAM-SHA-1 then SCRAM-SHA-256 full logins over STARTTLS, stepping
                     BENCH_STORM_RATES [250,500,1000,2000,3000,5000] (every step run),
                     with `perf record -g` on c2s1 during each ladder (BENCH_PERF=0: none)
+  logins            one login ladder per SASL mechanism (tests/bench/logins.py): PLAIN,
+                    SCRAM-SHA-1, SCRAM-SHA-256, SCRAM-SHA-256-PLUS, X-OAUTH2 (own tokens),
+                    OAUTHBEARER (JWT), LDAP, extauth, FAST; BENCH_LOGINS_USERS [1000]
+                    BENCH_LOGINS_RATES [100,200,400,600,800,1000,1200] BENCH_LOGINS_MECHS [all]
   idlebig           BENCH_IDLE_BIG [100000] connections over BENCH_IDLE_C2S [6] c2s
                     (c2s3.. started with their own ports), BENCH_IDLE_WORKERS [6]
                     generator processes, BENCH_IDLE_SRC [8] source addresses 127.0.0.2..,
@@ -135,6 +139,9 @@ CURVE = env("BENCH_CURVE", "on")
 if CURVE not in ("on", "off", "both"):
     raise SystemExit("bench: BENCH_CURVE=%s: on, off or both" % CURVE)
 STORM_RATES = env("BENCH_STORM_RATES", "250,500,1000,2000,3000,5000")
+LOGINS_USERS = env("BENCH_LOGINS_USERS", "1000")
+LOGINS_RATES = env("BENCH_LOGINS_RATES", "100,200,400,600,800,1000,1200")
+LOGINS_MECHS = env("BENCH_LOGINS_MECHS", "")
 PERF = env("BENCH_PERF", "1") == "1"
 IDLE_BIG = int(env("BENCH_IDLE_BIG", "100000"))
 IDLE_BIG_TLS = int(env("BENCH_IDLE_BIG_TLS", "50000"))
@@ -1133,6 +1140,21 @@ def run_scenarios(t):
         res["mamq"] = lines[-1] if lines else None
         if not lines:
             say("mamq scenario failed:", (out.stderr or "")[-400:])
+    if "logins" in SCEN and isinstance(t, Switchboard) and not only_msg:
+        # one login ladder per SASL mechanism on freshly started processes
+        # (tests/bench/logins.py: its domains, tokens, slapd and extauth)
+        t.fresh()
+        e = dict(os.environ, LOGINS_USERS=LOGINS_USERS, LOGINS_RATES=LOGINS_RATES,
+                 LOGINS_STEP=STEP, LOGINS_MECHS=LOGINS_MECHS)
+        out = sh("/usr/bin/python3", os.path.join(ROOT, "tests/bench/logins.py"),
+                 "--profile", "bench", check=False, capture_output=True, text=True,
+                 timeout=3600, env=e)
+        sys.stderr.write(out.stderr or "")
+        lines = [json.loads(x) for x in (out.stdout or "").splitlines() if x.startswith("{")]
+        keep([x for x in lines if x.get("scenario") == "login" and not x.get("warmup")])
+        res["logins"] = [x for x in lines if x.get("scenario") == "logins"]
+        if out.returncode or not res["logins"]:
+            say("logins scenario failed:", (out.stderr or "")[-400:])
     if "muc" in SCEN and isinstance(t, Switchboard) and not only_msg:
         rows, _ = t.muc_fanout()
         keep(rows)
@@ -1623,11 +1645,23 @@ def storm_idle_lines(results):
     return out
 
 
+def logins_lines(results):
+    """The table of tests/bench/logins.py: one row per mechanism."""
+    from logins import table as logins_table
+    out = []
+    for name, res in results.items():
+        if res.get("logins"):
+            out += ["", "%s: logins per SASL mechanism over STARTTLS (stream, TLS, SASL, bind, "
+                    "session, roster, presence; highest step with p99 < 500 ms, no error, "
+                    "≥ 97 %% done):" % name, ""] + logins_table(res["logins"])
+    return out
+
+
 def report(machine_line, results):
     if any("tsung_all" in r for r in results.values()):
         return ["Machine: " + machine_line, ""] + tsung_table(results)
     return (["Machine: " + machine_line, ""] + loads(results) + table(results) +
-            storm_idle_lines(results))
+            storm_idle_lines(results) + logins_lines(results))
 
 
 def commit():

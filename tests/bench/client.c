@@ -4,7 +4,9 @@
  * must stay cheap), and the login state machine:
  *   header → features → [starttls → proceed → handshake → header → features]
  *   → SASL → header → features → bind → [session] → [XEP-0198 enable]
- *   → roster get → presence,
+ *   → roster get → presence (SASL: PLAIN, SCRAM-SHA-1/-256[-PLUS], X-OAUTH2,
+ *   OAUTHBEARER), or, with --mech fast, features → SASL2 <authenticate/>
+ *   with an inline Bind 2 → <success/> → roster get → presence,
  * or, for a connection resuming a XEP-0198 session, SASL → header →
  * features → <resume/> → <resumed/>. A managed connection counts what it
  * receives, answers the server's <r/> and asks with its own every
@@ -356,37 +358,114 @@ static const char *elem_text(const char *el, size_t len, size_t *tl)
 
 /* ---- login ------------------------------------------------------------------ */
 
-static void login_sasl(struct sbb_conn *c, const char *el, size_t len)
+/* The legacy mechanism's name and initial response (base64) into b64; NULL
+ * and a reason in *why when it cannot be done. */
+static const char *sasl_initial(struct sbb_conn *c, const char *name, char *b64, size_t cap,
+                                const char **why)
 {
-    char name[256], msg[1024];
-    snprintf(name, sizeof(name), "%s%d", sbb_opt.prefix, c->user);
+    char raw[1200];
+    int rl;
     if (sbb_opt.plain) {
-        if (!has(el, len, ">PLAIN<")) {
-            conn_fail(c, "no-plain");
-            return;
+        rl = snprintf(raw, sizeof(raw), "%c%s%c%s%d", 0, name, 0, sbb_opt.passprefix, c->user);
+        *why = "no-plain";
+    } else if (sbb_opt.xoauth2) {
+        const char *tok = sbb_token_get(c->user);
+        if (!tok) {
+            *why = "no-token";
+            return NULL;
         }
-        char raw[600], b64[900];
+        rl = snprintf(raw, sizeof(raw), "%c%s%c%s", 0, name, 0, tok);
+        *why = "no-x-oauth2";
+    } else if (sbb_opt.oauthbearer) {
+        char jid[300], jwt[800];
+        snprintf(jid, sizeof(jid), "%s@%s", name, sbb_opt.domain);
+        if (sbb_jwt_make(jid, jwt, sizeof(jwt)) < 0) {
+            *why = "jwt";
+            return NULL;
+        }
+        /* RFC 7628 §3.1: gs2 header, then kvpairs separated by ^A */
+        rl = snprintf(raw, sizeof(raw), "n,a=%s,\001auth=Bearer %s\001\001", jid, jwt);
+        *why = "no-oauthbearer";
+    } else {
+        gnutls_datum_t cb = {NULL, 0};
+        if (sbb_opt.plus && (!c->tls_on ||
+                             gnutls_session_channel_binding(c->tls, GNUTLS_CB_TLS_EXPORTER, &cb) < 0)) {
+            *why = "no-tls-exporter";
+            return NULL;
+        }
+        int r = sbb_scram_first(c->user, name, cb.data, cb.size, &c->scram, b64, cap);
+        gnutls_free(cb.data);
+        *why = sbb_opt.plus ? "no-scram-sha-256-plus" :
+               sbb_opt.sha256 ? "no-scram-sha-256" : "no-scram-sha-1";
+        if (r < 0) {
+            *why = "scram";
+            return NULL;
+        }
+        return sbb_mech_name();
+    }
+    if (rl <= 0 || (size_t)rl >= sizeof(raw) || (size_t)BASE64_ENCODE_RAW_LENGTH(rl) + 1 > cap) {
+        *why = "sasl-too-long";
+        return NULL;
+    }
+    base64_encode_raw(b64, (size_t)rl, (const uint8_t *)raw);
+    b64[BASE64_ENCODE_RAW_LENGTH(rl)] = 0;
+    return sbb_mech_name();
+}
+
+/* XEP-0388 SASL2 with an inline XEP-0386 Bind 2 (no stream restart, no
+ * separate bind): PLAIN asking for a XEP-0484 FAST token (fast_prep), or
+ * HT-SHA-256-NONE with that token. */
+static void login_sasl2(struct sbb_conn *c, const char *name, const char *el, size_t len)
+{
+    char b64[900], msg[1600], fast[96] = "";
+    const char *mech = sbb_opt.fast_prep ? "PLAIN" : "HT-SHA-256-NONE";
+    if (!has(el, len, "urn:xmpp:sasl:2") || (!sbb_opt.fast_prep && !has(el, len, ">HT-SHA-256-NONE<"))) {
+        conn_fail(c, "no-sasl2-fast");
+        return;
+    }
+    if (sbb_opt.fast_prep) {
+        char raw[600];
         int rl = snprintf(raw, sizeof(raw), "%c%s%c%s%d", 0, name, 0, sbb_opt.passprefix, c->user);
         base64_encode_raw(b64, (size_t)rl, (const uint8_t *)raw);
         b64[BASE64_ENCODE_RAW_LENGTH(rl)] = 0;
-        snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
-                 "mechanism='PLAIN'>%s</auth>", b64);
+        snprintf(fast, sizeof(fast), "<request-token xmlns='urn:xmpp:fast:0' "
+                 "mechanism='HT-SHA-256-NONE'/>");
     } else {
-        const char *mech = sbb_opt.sha256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
-        char want[32];
-        snprintf(want, sizeof(want), ">%s<", mech);
-        if (!has(el, len, want)) {
-            conn_fail(c, sbb_opt.sha256 ? "no-scram-sha-256" : "no-scram-sha-1");
+        long long count;
+        if (sbb_fast_response(c->user, name, b64, sizeof(b64), &count) < 0) {
+            conn_fail(c, "no-fast-token");
             return;
         }
-        char b64[600];
-        if (sbb_scram_first(c->user, name, &c->scram, b64, sizeof(b64)) < 0) {
-            conn_fail(c, "scram");
-            return;
-        }
-        snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
-                 "mechanism='%s'>%s</auth>", mech, b64);
+        snprintf(fast, sizeof(fast), "<fast xmlns='urn:xmpp:fast:0' count='%lld'/>", count);
     }
+    snprintf(msg, sizeof(msg), "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='%s'>"
+             "<initial-response>%s</initial-response><user-agent id='sbbench-fast'>"
+             "<software>sbbench</software></user-agent>%s"
+             "<bind xmlns='urn:xmpp:bind:0'><tag>sbbench</tag></bind></authenticate>",
+             mech, b64, fast);
+    conn_writes(c, msg);
+    c->sasl2 = 1;
+    c->state = SBB_SASL;
+}
+
+static void login_sasl(struct sbb_conn *c, const char *el, size_t len)
+{
+    char name[256], b64[1700], msg[1900];
+    snprintf(name, sizeof(name), "%s%d", sbb_opt.prefix, c->user);
+    if (sbb_opt.fast || sbb_opt.fast_prep) {
+        login_sasl2(c, name, el, len);
+        return;
+    }
+    const char *why;
+    const char *mech = sasl_initial(c, name, b64, sizeof(b64), &why);
+    char want[40];
+    snprintf(want, sizeof(want), ">%s<", mech ? mech : "");
+    if (!mech || !has(el, len, want)) {
+        conn_fail(c, why);
+        return;
+    }
+    snprintf(msg, sizeof(msg), "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' "
+             "mechanism='%s'>%s</auth>", mech, b64);
     conn_writes(c, msg);
     c->state = SBB_SASL;
 }
@@ -500,6 +579,26 @@ static void login_iq(struct sbb_conn *c, const char *el, size_t len, const char 
     }
 }
 
+/* SASL2 <success/>: bound already (Bind 2); the FAST token kept when asked. */
+static void sasl2_success(struct sbb_conn *c, const char *el, size_t len)
+{
+    if (!has(el, len, "urn:xmpp:bind:0")) {
+        conn_fail(c, "no-bind2");
+        return;
+    }
+    if (sbb_opt.fast_prep) {
+        const char *t = memmem(el, len, "<token ", 7);
+        char tok[256];
+        if (t)
+            attr_get(t, len - (size_t)(t - el), "token", tok, sizeof(tok));
+        if (!t || !tok[0] || sbb_token_set(c->user, tok, strlen(tok)) < 0) {
+            conn_fail(c, "no-fast-token");
+            return;
+        }
+    }
+    login_roster(c);
+}
+
 static void conn_element(struct sbb_conn *c, const char *el, size_t len)
 {
     char name[32];
@@ -545,7 +644,10 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
         size_t tl;
         const char *t = elem_text(el, len, &tl);
         char out[600];
-        if (strcmp(local, "challenge") == 0 && !sbb_opt.plain) {
+        if (strcmp(local, "challenge") == 0 && sbb_opt.oauthbearer) {
+            /* RFC 7628 §3.2.2: the error's JSON; a lone ^A ends the exchange */
+            conn_writes(c, "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>");
+        } else if (strcmp(local, "challenge") == 0 && !sbb_opt.plain && !c->sasl2) {
             char pw[256];
             snprintf(pw, sizeof(pw), "%s%d", sbb_opt.passprefix, c->user);
             if (sbb_scram_final(c->user, pw, c->scram, t, tl, out, sizeof(out)) < 0) {
@@ -555,8 +657,10 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
             char msg[800];
             snprintf(msg, sizeof(msg), "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>%s</response>", out);
             conn_writes(c, msg);
+        } else if (strcmp(local, "success") == 0 && c->sasl2) {
+            sasl2_success(c, el, len);
         } else if (strcmp(local, "success") == 0) {
-            if (!sbb_opt.plain && sbb_scram_verify(c->scram, t, tl) < 0) {
+            if (c->scram && sbb_scram_verify(c->scram, t, tl) < 0) {
                 conn_fail(c, "scram-server-signature");
                 return;
             }

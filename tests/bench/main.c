@@ -2,6 +2,7 @@
  * line on stdout (progress goes to stderr); tests/bench/bench.py turns the
  * lines into the results file and the table.
  *   login  arrivals at fixed rates (steps); each logs in fully, then closes
+ *          (--mech: any SASL mechanism of client.c; fast gets its tokens first)
  *   msg    K users online, each sending to the next one at a total rate
  *   idle   N users logged in and present, held; memory per connection
  *   chaos  K users chatting at one rate while processes are killed (chaos.c)
@@ -55,9 +56,11 @@ static char last_error[64];
 static struct sbb_hist login_hist;
 static ev_timer tick, deadline;
 
-static const char *mech_name(void)
+const char *sbb_mech_name(void)
 {
-    return sbb_opt.sha256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
+    return sbb_opt.plain ? "PLAIN" : sbb_opt.xoauth2 ? "X-OAUTH2" :
+           sbb_opt.oauthbearer ? "OAUTHBEARER" : sbb_opt.fast ? "HT-SHA-256-NONE" :
+           sbb_opt.plus ? "SCRAM-SHA-256-PLUS" : sbb_opt.sha256 ? "SCRAM-SHA-256" : "SCRAM-SHA-1";
 }
 
 static void loop_break(void)
@@ -297,9 +300,30 @@ static void storm_tick_cb(struct ev_loop *l, ev_timer *w, int ev)
     }
 }
 
+/* fast: every user of the pool logs in once with SASL2 PLAIN and
+ * <request-token/>, keeping the token the steps then log in with. */
+static int fast_tokens(void)
+{
+    sbb_opt.fast_prep = 1;
+    int rc = login_all();
+    close_all();
+    sbb_opt.fast_prep = 0;
+    free(conns);
+    conns = NULL;
+    if (rc < 0)
+        printf("{\"scenario\":\"login\",\"label\":\"%s\",\"mech\":\"%s\",\"setup_failed\":true,"
+               "\"online\":%d,\"failed\":%d,\"last_error\":\"%s\"}\n", cfg.label,
+               sbb_mech_name(), nonline, nfailed, last_error);
+    nonline = nfailed = ninflight = nstarted = 0;
+    last_error[0] = 0;
+    return rc;
+}
+
 static int scenario_login(void)
 {
     int failed_steps = 0;
+    if (sbb_opt.fast && fast_tokens() < 0)
+        return 2;
     storm = calloc((size_t)cfg.nrates, sizeof(*storm));
     sbb_ev.online = storm_online;
     sbb_ev.failed = storm_failed;
@@ -338,7 +362,7 @@ static int scenario_login(void)
                "\"rate\":%.0f,\"secs\":%.3f,\"started\":%ld,\"completed\":%ld,\"per_s\":%.1f,"
                "\"p50_ms\":%.2f,\"p99_ms\":%.2f,\"max_ms\":%.2f,\"errors\":%ld,\"last_error\":\"%s\","
                "\"ok\":%s,\"gen_cpu_s\":%.3f,",
-               cfg.label, sbb_opt.plain ? "PLAIN" : mech_name(), sbb_opt.tls, storm_cur, s->rate,
+               cfg.label, sbb_mech_name(), sbb_opt.tls, storm_cur, s->rate,
                secs, s->started, s->ok, (double)s->ok / secs, sbb_hist_pct(&s->hist, 50) * 1e3,
                p99 * 1e3, s->hist.max * 1e3, s->errors, s->errors ? last_error : "",
                ok ? "true" : "false", gen);
@@ -658,7 +682,7 @@ static int scenario_idle(int procs)
            "\"chat_rate\":%.0f,\"chat_pct\":%g,\"chat_secs\":%.1f,\"chat_sent\":%ld,"
            "\"chat_delivered\":%ld,\"chat_reordered\":%ld,\"chat_errors\":%ld,"
            "\"chat_p50_ms\":%.3f,\"chat_p99_ms\":%.3f,\"chat_max_ms\":%.3f,",
-           cfg.label, sbb_opt.tls, sbb_opt.plain ? "PLAIN" : mech_name(), total, online, failed,
+           cfg.label, sbb_opt.tls, sbb_mech_name(), total, online, failed,
            dropped, cfg.hold, login_secs, strcmp(err, "-") ? err : "", gen, procs, sbb_opt.nsrc,
            cfg.chat_rate, cfg.chat_pct, csecs, csent, cdeliv, creord, cerr,
            sbb_hist_pct(&chist, 50) * 1e3, sbb_hist_pct(&chist, 99) * 1e3, chist.max * 1e3);
@@ -719,7 +743,12 @@ static void usage(void)
         "usage: sbbench [options] login|msg|idle|chaos|resume|muc|pep\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
-        "  --mech scram-sha-1|scram-sha-256|plain   the SASL mechanism\n"
+        "  --mech scram-sha-1|scram-sha-256|scram-sha-256-plus|plain|x-oauth2|oauthbearer|fast\n"
+        "                 the SASL mechanism (-plus: tls-exporter binding, needs --tls)\n"
+        "  --token-file F x-oauth2: \"USER_NUMBER TOKEN\" lines (sbctl token issue)\n"
+        "  --jwt-key F    oauthbearer: HS256 secret; the generator signs a JWT per login\n"
+        "  fast: login first logs every user in once with SASL2 PLAIN asking for a\n"
+        "        XEP-0484 token, then the steps log in with HT-SHA-256-NONE (SASL2, Bind 2)\n"
         "  --src A,B,..   source addresses (user i binds to the (i mod n)th)\n"
         "  idle: --workers N  processes holding the connections [1; 2 above 15,000]\n"
         "        --chat-rate R  messages/s in total among --chat-pct P %% of them [1]\n"
@@ -806,7 +835,8 @@ int main(int argc, char **argv)
         {"sm-ack-every", 1, 0, 'K'}, {"senders", 1, 0, 'E'}, {"before", 1, 0, 'B'},
         {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {"mech", 1, 0, 'm'},
         {"src", 1, 0, 'I'}, {"workers", 1, 0, 'J'}, {"chat-rate", 1, 0, 'c'},
-        {"chat-pct", 1, 0, 'Q'}, {"check", 0, 0, 'Z'}, {0, 0, 0, 0}};
+        {"chat-pct", 1, 0, 'Q'}, {"check", 0, 0, 'Z'}, {"token-file", 1, 0, 'F'},
+        {"jwt-key", 1, 0, 'G'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -846,10 +876,30 @@ int main(int argc, char **argv)
         case 'm':
             if (strcasecmp(optarg, "scram-sha-256") == 0)
                 sbb_opt.sha256 = 1;
+            else if (strcasecmp(optarg, "scram-sha-256-plus") == 0)
+                sbb_opt.sha256 = sbb_opt.plus = 1;
             else if (strcasecmp(optarg, "plain") == 0)
                 sbb_opt.plain = 1;
+            else if (strcasecmp(optarg, "x-oauth2") == 0)
+                sbb_opt.xoauth2 = 1;
+            else if (strcasecmp(optarg, "oauthbearer") == 0)
+                sbb_opt.oauthbearer = 1;
+            else if (strcasecmp(optarg, "fast") == 0 || strcasecmp(optarg, "ht-sha-256-none") == 0)
+                sbb_opt.fast = 1;
             else if (strcasecmp(optarg, "scram-sha-1") != 0)
                 usage();
+            break;
+        case 'F':
+            if (sbb_token_load(optarg) < 0) {
+                fprintf(stderr, "sbbench: cannot read %s\n", optarg);
+                return 2;
+            }
+            break;
+        case 'G':
+            if (sbb_jwt_key_load(optarg) < 0) {
+                fprintf(stderr, "sbbench: cannot read a key from %s\n", optarg);
+                return 2;
+            }
             break;
         case 'I': if (parse_src(optarg) < 0) usage(); break;
         case 'J': cfg.workers = atoi(optarg); break;

@@ -9,7 +9,8 @@
  *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
  *   resume.c  the resumption storm: XEP-0198 sessions resumed after their front-end died
  *   fanout.c  fan-out: a MUC room of N occupants, a PEP publisher with N contacts
- *   scram.c   SCRAM-SHA-1 / SCRAM-SHA-256 client with a cache of derived keys
+ *   scram.c   SCRAM-SHA-1 / SCRAM-SHA-256 (-PLUS) client with a cache of derived keys
+ *   tokens.c  X-OAUTH2 tokens, OAUTHBEARER JWTs (HS256), XEP-0484 FAST tokens
  *   stats.c   latency histogram, /proc CPU and RSS sampling */
 #ifndef SBB_H
 #define SBB_H
@@ -28,6 +29,11 @@ struct sbb_opts {
     int tls;                 /* STARTTLS before SASL */
     int plain;               /* SASL PLAIN instead of SCRAM-SHA-1 */
     int sha256;              /* --mech scram-sha-256: SCRAM-SHA-256 instead */
+    int plus;                /* --mech scram-sha-256-plus: with tls-exporter binding */
+    int xoauth2;             /* --mech x-oauth2: a token of --token-file per user */
+    int oauthbearer;         /* --mech oauthbearer: a JWT signed with --jwt-key */
+    int fast;                /* --mech fast: SASL2 HT-SHA-256-NONE with a FAST token */
+    int fast_prep;           /* SASL2 PLAIN login asking for that token (set-up phase) */
     struct in_addr src[64];  /* --src: source addresses, user i on src[i % nsrc] */
     int nsrc;
     int first;               /* first user number */
@@ -99,6 +105,7 @@ struct sbb_conn {
     int fd;
     int user;                /* user number (prefixN) */
     uint8_t state, tls_on, want_session, closed_ok;
+    uint8_t sasl2;           /* authenticating with SASL2 (FAST) */
     uint8_t in_io, zombie;   /* freed inside its own callback: free on return */
     ev_io io;
     gnutls_session_t tls;
@@ -148,11 +155,14 @@ void sbb_conn_stanza(struct sbb_conn *c, const char *data, size_t len);
 void sbb_conn_close(struct sbb_conn *c);       /* </stream:stream>, close when answered */
 void sbb_conn_free(struct sbb_conn *c);
 int sbb_tls_init(void);
+const char *sbb_mech_name(void);               /* the SASL mechanism of the options */
 const char *sbb_state_name(int s);
 
 /* ---- scram.c ---------------------------------------------------------- */
-/* client-first-message (base64, NUL-terminated) into out; state in *st. */
-int sbb_scram_first(int user, const char *name, char **st, char *out, size_t cap);
+/* client-first-message (base64, NUL-terminated) into out; state in *st.
+ * cb (cbl bytes): tls-exporter data for -PLUS (gs2 "p=tls-exporter"), or NULL. */
+int sbb_scram_first(int user, const char *name, const uint8_t *cb, size_t cbl, char **st,
+                    char *out, size_t cap);
 /* Answer to the server-first-message (base64 in): client-final in out. */
 int sbb_scram_final(int user, const char *password, char *st, const char *b64,
                     size_t len, char *out, size_t cap);
@@ -161,6 +171,17 @@ int sbb_scram_verify(const char *st, const char *b64, size_t len);
 void sbb_scram_load(const char *path);
 void sbb_scram_save(const char *path);
 long sbb_scram_derived(void);                  /* PBKDF2 runs done */
+
+/* ---- tokens.c --------------------------------------------------------- */
+int sbb_token_set(int user, const char *token, size_t len);
+const char *sbb_token_get(int user);           /* NULL when the user has none */
+int sbb_token_load(const char *path);          /* "USER TOKEN" lines; how many, -1 */
+int sbb_jwt_key_load(const char *path);        /* HS256 secret; 0 or -1 */
+/* A JWT (HS256, sub, iat, exp = now + 1 h) for sub into out. */
+int sbb_jwt_make(const char *sub, char *out, size_t cap);
+/* HT-SHA-256-NONE initial response (base64) with the user's FAST token and
+ * the next count to present. */
+int sbb_fast_response(int user, const char *name, char *out, size_t cap, long long *count);
 
 /* ---- stats.c ---------------------------------------------------------- */
 #define SBB_HBUCKETS (64 + 40 * 32)

@@ -1,5 +1,6 @@
-/* scram.c — the client side of SCRAM-SHA-1 (RFC 5802) for the load
- * generator. PBKDF2 (thousands of HMACs) would make the generator, not the
+/* scram.c — the client side of SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256
+ * (RFC 7677), with tls-exporter channel binding (RFC 9266) for -PLUS, for
+ * the load generator. PBKDF2 (thousands of HMACs) would make the generator, not the
  * server, the bottleneck of a login storm, so the derived keys are cached
  * per user (as real clients store them) and optionally kept in a file across
  * runs, keyed by salt and iteration count so a changed account re-derives. */
@@ -38,6 +39,9 @@ struct scram_st {
     char bare[320];                /* client-first-message-bare */
     char nonce[40];
     char sig[64];                  /* expected server signature, base64 */
+    char gs2[32];                  /* "n,," or "p=tls-exporter,," */
+    uint8_t cb[64];                /* channel binding data (-PLUS) */
+    size_t cbl;
 };
 
 long sbb_scram_derived(void)
@@ -111,19 +115,24 @@ static void hash(const uint8_t *in, size_t n, uint8_t *out)
     sha1_digest(&c, SHA1_DIGEST_SIZE, out);
 }
 
-int sbb_scram_first(int user, const char *name, char **stp, char *out, size_t cap)
+int sbb_scram_first(int user, const char *name, const uint8_t *cb, size_t cbl, char **stp,
+                    char *out, size_t cap)
 {
     struct scram_st *st = calloc(1, sizeof(*st));
     uint8_t rnd[18];
-    if (!st || getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+    if (!st || cbl > sizeof(st->cb) || getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         free(st);
         return -1;
     }
+    snprintf(st->gs2, sizeof(st->gs2), "%s", cb ? "p=tls-exporter,," : "n,,");
+    if (cb)
+        memcpy(st->cb, cb, cbl);
+    st->cbl = cbl;
     b64enc(rnd, sizeof(rnd), st->nonce);
     /* user names of the bench have no ',' or '=' to escape */
     snprintf(st->bare, sizeof(st->bare), "n=%s,r=%s", name, st->nonce);
     char gs2[400];
-    int n = snprintf(gs2, sizeof(gs2), "n,,%s", st->bare);
+    int n = snprintf(gs2, sizeof(gs2), "%s%s", st->gs2, st->bare);
     if ((size_t)BASE64_ENCODE_RAW_LENGTH(n) + 1 > cap) {
         free(st);
         return -1;
@@ -196,8 +205,15 @@ int sbb_scram_final(int user, const char *password, char *stp, const char *b64, 
     struct keys *k;
     if (keys_get(user, password, s, iter, &k) < 0)
         return -1;
+    /* c= is base64(gs2 header + binding data): "biws" without binding */
+    uint8_t cbin[sizeof(st->gs2) + sizeof(st->cb)];
+    size_t gl = strlen(st->gs2);
+    memcpy(cbin, st->gs2, gl);
+    memcpy(cbin + gl, st->cb, st->cbl);
+    char c64[BASE64_ENCODE_RAW_LENGTH(sizeof(cbin)) + 1];
+    b64enc(cbin, gl + st->cbl, c64);
     char without[400], auth[1400];
-    snprintf(without, sizeof(without), "c=biws,r=%s", r);
+    snprintf(without, sizeof(without), "c=%s,r=%s", c64, r);
     int al = snprintf(auth, sizeof(auth), "%s,%s,%s", st->bare, (char *)raw, without);
     if (al <= 0 || (size_t)al >= sizeof(auth))
         return -1;

@@ -293,3 +293,22 @@ def test_sbbench_smoke_chaos_over_stream_management(stack):
     assert (r["delivered"] + r["bounced_error"] + r["archived_only"] + r["lost"]
             + r["unacked_at_end"]) == r["sent"], r
     assert p.returncode == 0, "".join(err)
+
+
+def test_logins_smoke_every_mechanism_logs_in(stack):
+    """logins (tests/bench/logins.py) at a tiny size on c2s1: PLAIN, SCRAM-SHA-1,
+    SCRAM-SHA-256, SCRAM-SHA-256-PLUS, X-OAUTH2 with own tokens, OAUTHBEARER
+    with a JWT, LDAP (a private slapd), extauth and FAST each complete every
+    login of a short step, with no failure; no timing is asserted."""
+    rows = _bench_script(stack, "logins.py", "--profile", "test", timeout=300,
+                         env={"LOGINS_USERS": "5", "LOGINS_RATES": "10", "LOGINS_STEP": "1",
+                              "LOGINS_WARMUP": "0"})
+    sums = {r["mechanism"]: r for r in rows if r.get("scenario") == "logins"}
+    assert len(sums) == 9, sorted(sums)
+    for name, s in sums.items():
+        assert not s["setup_failed"] and s["errors"] == 0, (name, s)
+        assert s["completed"] >= 8, (name, s)      # 10/s for 1 s
+    steps = [r for r in rows if r.get("scenario") == "login" and "mechanism" in r]
+    assert {r["mech"] for r in steps} == {"PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256",
+                                          "SCRAM-SHA-256-PLUS", "X-OAUTH2", "OAUTHBEARER",
+                                          "HT-SHA-256-NONE"}, steps

@@ -11,11 +11,11 @@ domains keep logging in, and logins work again when it is back."""
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import time
 
 import pytest
+
+from slapd import SUFFIX, Slapd as SharedSlapd
 
 from xmpptest import (NS_SASL, Log, RawStream, close, domains_with_config, login, mechanisms, run,
                       wait_until)
@@ -23,114 +23,23 @@ from xmpptest import (NS_SASL, Log, RawStream, close, domains_with_config, login
 OFFSET = int(os.environ.get("SB_TEST_PORT_OFFSET", "0") or 0)
 LDAP_PORT = 25389 + OFFSET          # column 89/88 of the test ports: unused by the stack
 LDAPS_PORT = 25388 + OFFSET
-SUFFIX = "dc=example,dc=org"
 TIMEOUT = 2
 
 
-class Slapd:
-    """A private slapd: slapd.conf, an mdb database, two users and a service account."""
+class Slapd(SharedSlapd):
+    """The private slapd of slapd.py with two users and a service account."""
 
     def __init__(self, stack, top):
-        self.dir = top
         tls = os.path.join(stack.env["SB_VAR"], "tls")
-        self.cert, key = os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem")
+        super().__init__(top, os.path.join(tls, "cert.pem"), os.path.join(tls, "key.pem"),
+                         LDAP_PORT, LDAPS_PORT)
         # the test profile's second domain has a certificate of its own
         self.other_cert = os.path.join(tls, "domains", stack.env["SB_TLS_DOMAIN"] + ".pem")
-        self.admin_pw = secrets.token_urlsafe(9)
-        self.svc_pw = secrets.token_urlsafe(9)
         self.alice_pw = secrets.token_urlsafe(9)
         self.bob_pw = "bob pw (with *) and \\ spaces"
-        os.makedirs(os.path.join(top, "db"), exist_ok=True)
-        self.pidfile = os.path.join(top, "slapd.pid")
-        self.conf = os.path.join(top, "slapd.conf")
-        with open(self.conf, "w") as f:
-            f.write("""include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-modulepath /usr/lib/ldap
-moduleload back_mdb
-pidfile %(pid)s
-TLSCertificateFile %(cert)s
-TLSCertificateKeyFile %(key)s
-database mdb
-suffix "%(suffix)s"
-rootdn "cn=admin,%(suffix)s"
-rootpw %(admin)s
-directory %(db)s
-maxsize 10485760
-access to attrs=userPassword by anonymous auth by * none
-access to * by * read
-""" % {"pid": self.pidfile, "cert": self.cert, "key": key, "suffix": SUFFIX,
-       "admin": self.admin_pw, "db": os.path.join(top, "db")})
-        self.proc = None
-
-    def start(self):
-        self.log = open(os.path.join(self.dir, "slapd.log"), "ab")
-        # -d 0: stays in the foreground (our child), logs nothing
-        self.proc = subprocess.Popen(
-            ["/usr/sbin/slapd", "-f", self.conf, "-d", "0",
-             "-h", "ldap://127.0.0.1:%d/ ldaps://127.0.0.1:%d/" % (LDAP_PORT, LDAPS_PORT)],
-            stdout=self.log, stderr=self.log)
-
-        def answers():
-            return self.ldap("ldapsearch", "-b", SUFFIX, "-s", "base", check=False).returncode \
-                in (0, 32)
-        wait_until(answers, 15, "slapd to answer on %d" % LDAP_PORT, interval=0.2)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def ldap(self, tool, *args, stdin=None, check=True):
-        p = subprocess.run([tool, "-x", "-H", "ldap://127.0.0.1:%d" % LDAP_PORT,
-                            "-D", "cn=admin," + SUFFIX, "-w", self.admin_pw, *args],
-                           input=stdin, capture_output=True, text=True, timeout=15)
-        if check and p.returncode != 0:
-            raise AssertionError("%s failed: %s%s" % (tool, p.stdout, p.stderr))
-        return p
 
     def populate(self):
-        def hashed(pw):
-            return subprocess.run(["slappasswd", "-s", pw], capture_output=True, text=True,
-                                  check=True, timeout=10).stdout.strip()
-        ldif = """dn: %(s)s
-objectClass: dcObject
-objectClass: organization
-o: test
-dc: example
-
-dn: ou=people,%(s)s
-objectClass: organizationalUnit
-ou: people
-
-dn: cn=svc,%(s)s
-objectClass: person
-cn: svc
-sn: svc
-userPassword: %(svc)s
-
-dn: uid=alice,ou=people,%(s)s
-objectClass: inetOrgPerson
-uid: alice
-cn: Alice
-sn: A
-userPassword: %(alice)s
-
-dn: uid=bob,ou=people,%(s)s
-objectClass: inetOrgPerson
-uid: bob
-cn: Bob
-sn: B
-userPassword: %(bob)s
-""" % {"s": SUFFIX, "svc": hashed(self.svc_pw), "alice": hashed(self.alice_pw),
-       "bob": hashed(self.bob_pw)}
-        self.ldap("ldapadd", stdin=ldif)
+        super().populate({"alice": self.alice_pw, "bob": self.bob_pw})
 
 
 class LdapDomains:
