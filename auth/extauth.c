@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -90,6 +91,7 @@ static void ext_down(struct ext_inst *in, const char *why)
     struct ext_pool *p = in->pool;
 
     if (in->pid) {
+        kill(-in->pid, SIGKILL);      /* its process group (ext_start) */
         kill(in->pid, SIGKILL);
         if (waitpid(in->pid, NULL, WNOHANG) == 0)
             in->dead = in->pid;       /* reaped before the restart */
@@ -160,7 +162,8 @@ static void ext_restart_cb(struct ev_loop *loop, ev_timer *w, int revents)
     ext_dispatch(in->pool);
 }
 
-/* fork + exec the program through /bin/sh (it may carry arguments). */
+/* fork + exec the program through /bin/sh (a command line: the program and
+ * its arguments, run with `exec`). */
 static void ext_start(struct ext_inst *in)
 {
     struct ext_pool *p = in->pool;
@@ -173,6 +176,7 @@ static void ext_start(struct ext_inst *in)
         close(to[1]);
         goto fail;
     }
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         close(to[0]);
@@ -186,7 +190,19 @@ static void ext_start(struct ext_inst *in)
         dup2(from[1], 1);
         close_range(3, ~0U, 0);       /* no client sockets in the script */
         signal(SIGPIPE, SIG_DFL);
-        execl("/bin/sh", "sh", "-c", p->program, (char *)NULL);
+        /* A script stuck in a request must not outlive the front-end that
+         * started it: its own process group (ext_down kills the group, so
+         * whatever it forked goes too), a death signal when the front-end
+         * dies, and `exec` so the signal reaches the program, not only the
+         * shell. The buffer is on the stack: no malloc after fork. */
+        setpgid(0, 0);
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);              /* the parent died before prctl */
+        char cmd[4096];
+        if (snprintf(cmd, sizeof cmd, "exec %s", p->program) >= (int)sizeof cmd)
+            _exit(127);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
         _exit(127);
     }
     close(to[0]);
