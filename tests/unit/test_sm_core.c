@@ -22,6 +22,7 @@
 #include "../../sm/sub.c"
 #include "../../sm/im.c"
 #include "../../sm/mod_presence.c"
+#include "../../sm/pgwait.c"
 #include "../../sm/mod_offline.c"
 #include "../../sm/mod_deliver.c"
 #include "../../sm/mod_roster.c"
@@ -160,7 +161,9 @@ void pgev_free(struct pgev *pg)
         cb(NULL, pg_arg);
     }
 }
-int pgev_connected(const struct pgev *pg) { return 1; }
+static int fake_pg_lost;        /* PostgreSQL "was up, is down now" */
+int pgev_connected(const struct pgev *pg) { return !fake_pg_lost; }
+int pgev_lost(const struct pgev *pg) { return fake_pg_lost; }
 /* Fire-and-forget writes (roster rows, pending requests) are only counted:
  * their callbacks just log. Queries the test answers are kept. */
 sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *const *params,
