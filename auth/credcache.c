@@ -43,14 +43,14 @@ SB_GAUGE(cc_mx_entries, "sb_auth_cache_entries", "", "Accounts in the credential
 static double cc_ttl(void)
 {
     const char *v = sb_config_str_in("auth", NULL, "credential_cache_s", NULL);
-    long s = v ? strtol(v, NULL, 10) : AUTH_CACHE_TTL_DEFAULT;
+    long s = v && *v ? strtol(v, NULL, 10) : AUTH_CACHE_TTL_DEFAULT;
     return s < 0 ? 0 : (double)s;
 }
 
 static long cc_max(void)
 {
     const char *v = sb_config_str_in("auth", NULL, "credential_cache_max", NULL);
-    long n = v ? strtol(v, NULL, 10) : AUTH_CACHE_MAX_DEFAULT;
+    long n = v && *v ? strtol(v, NULL, 10) : AUTH_CACHE_MAX_DEFAULT;
     return n < 0 ? 0 : n;
 }
 

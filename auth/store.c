@@ -150,7 +150,7 @@ static void store_on_wait(struct ev_loop *loop, ev_timer *w, int revents)
 static double store_cache_wait(void)
 {
     const char *v = sb_config_str_in("auth", NULL, "credential_cache_wait_ms", NULL);
-    long ms = v ? strtol(v, NULL, 10) : AUTH_CACHE_WAIT_DEFAULT;
+    long ms = v && *v ? strtol(v, NULL, 10) : AUTH_CACHE_WAIT_DEFAULT;
     return ms > 0 ? ms / 1e3 : 0;
 }
 

@@ -244,11 +244,12 @@ static void reg_on_published(redisReply *rep, void *arg)
  * on every other front-end through Redis. */
 static void reg_forget_credentials(const char *user, const char *domain)
 {
-    char bare[JID_BARE_MAX + 1];
+    char bare[JID_BARE_MAX + 1], msg[JID_BARE_MAX + 8];
     snprintf(bare, sizeof bare, "%s@%s", user, domain);
+    snprintf(msg, sizeof msg, "forget %s", bare);       /* one argument */
     auth_cache_forget(bare);
-    if (!c2s.rd || rdev_cmd(c2s.rd, reg_on_published, NULL, "PUBLISH %s forget %s",
-                            AUTH_CACHE_CHANNEL, bare) != SB_OK)
+    if (!c2s.rd || rdev_cmd(c2s.rd, reg_on_published, NULL, "PUBLISH %s %s",
+                            AUTH_CACHE_CHANNEL, msg) != SB_OK)
         log_warn("auth_cache_publish_failed", "channel=%s", AUTH_CACHE_CHANNEL);
 }
 

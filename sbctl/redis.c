@@ -102,9 +102,10 @@ int sbctl_domains_publish(const char *what)
  * while PostgreSQL cannot answer it: say so. */
 int sbctl_credentials_forget(const char *bare)
 {
-    char err[512];
+    char err[512], msg[600];
+    snprintf(msg, sizeof msg, "forget %s", bare);     /* one argument */
     redisContext *c = sbctl_redis_connect(err, sizeof err);
-    redisReply *r = c ? redisCommand(c, "PUBLISH %s forget %s", AUTH_CACHE_CHANNEL, bare) : NULL;
+    redisReply *r = c ? redisCommand(c, "PUBLISH %s %s", AUTH_CACHE_CHANNEL, msg) : NULL;
     int ok = r && r->type == REDIS_REPLY_INTEGER;
     if (!ok)
         sbctl_err("warning: could not tell the front-ends to forget the cached credentials of "
