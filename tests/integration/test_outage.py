@@ -253,6 +253,8 @@ def test_password_change_forgets_cached_credentials(stack, new_user, pg_outage):
             await login(stack, v_jid, v_pw, timeout=15)
         assert "temporary-auth-failure" in str(failed.value), failed.value
         start_pg()
+        # the tests after this one find logins working
+        await close(await login_until_ok(stack, u_jid, new_pw, "login after the last restart"))
     run(go(), timeout=180)
 
 
