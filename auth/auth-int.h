@@ -32,6 +32,8 @@ struct auth_cred {
     int found;                 /* 0: no such account */
     int has_sha1, has_sha256;  /* which key sets are present */
     struct scram_cred sha1, sha256;
+    int cached;                /* from the credential cache, not the database */
+    unsigned long epoch;       /* auth_cache_epoch() when the lookup was sent */
 };
 /* c is NULL when the store could not answer (database down). */
 typedef void (*auth_store_cb)(void *arg, const struct auth_cred *c);
@@ -146,6 +148,23 @@ sb_rc auth_fast_lookup(struct pgev *pg, const char *domain, const char *user, co
                        auth_fast_rows_cb cb, void *arg);
 /* A login used token id with this count (-1 none): fire and forget. */
 sb_rc auth_fast_used(struct pgev *pg, long long id, long long count);
+
+/* ---- credential cache (credcache.c) ------------------------------------------
+ * The keys of accounts that logged in recently, for logins while
+ * PostgreSQL cannot answer (down, or no answer within
+ * `[auth] credential_cache_wait_ms`). Per process. */
+#define AUTH_CACHE_TTL_DEFAULT 86400    /* [auth] credential_cache_s */
+#define AUTH_CACHE_MAX_DEFAULT 100000   /* [auth] credential_cache_max */
+#define AUTH_CACHE_WAIT_DEFAULT 5000    /* [auth] credential_cache_wait_ms */
+/* Bumped by every forget: a lookup sent before it cannot be put back. */
+unsigned long auth_cache_epoch(void);
+/* A login succeeded with keys the database gave (c->epoch: when asked). */
+void auth_cache_put(const char *domain, const char *username, const struct auth_cred *c);
+/* The database answered: replace (or drop) an entry it has, if any. */
+void auth_cache_refresh(const char *domain, const char *username, const struct auth_cred *c);
+/* 1 and *out (cached = 1) for an unexpired entry, else 0. */
+int auth_cache_get(const char *domain, const char *username, struct auth_cred *out);
+long auth_cache_count(void);
 
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM

@@ -66,6 +66,8 @@ struct sasl_sess {
     char *nonce;             /* client nonce + server nonce */
     char *test_nonce;        /* tests: fixed server nonce part */
     struct scram_cred cred;
+    struct auth_cred db_cred;  /* the database's answer: cached after a success */
+    int from_cache;          /* the lookup was answered by the credential cache */
     struct sasl_cb cbd;      /* this stream's channel bindings (copied) */
     int plus;                /* SCRAM-*-PLUS chosen */
     const uint8_t *cb_data;  /* PLUS: the binding the client named (in cbd) */
@@ -139,6 +141,8 @@ static void sasl_reset(struct sasl_sess *s)
     free(s->nonce);
     s->gs2_header = s->client_first_bare = s->server_first = s->nonce = NULL;
     memset(&s->cred, 0, sizeof(s->cred));
+    memset(&s->db_cred, 0, sizeof(s->db_cred));
+    s->from_cache = 0;
     s->username[0] = '\0';
     s->reason = NULL;
     s->token_id = 0;
@@ -211,7 +215,10 @@ static void sasl_finish(struct sasl_sess *s, enum sasl_status st, const char *da
         r.username = user;
         r.anonymous = s->mech == SASL_M_ANON;
         r.fast = s->fast_used;
-        log_info("sasl_success", "user=%s domain=%s", sb_log_q(user), sb_log_q(s->domain));
+        if ((s->mech == SASL_M_PLAIN || s->mech == SASL_M_SCRAM) && s->db_cred.found)
+            auth_cache_put(s->domain, user, &s->db_cred);
+        log_info("sasl_success", "user=%s domain=%s%s", sb_log_q(user), sb_log_q(s->domain),
+                 s->from_cache ? " credentials=cache" : "");
     } else {
         if (s->username[0] && s->mech != SASL_M_ANON) {
             memcpy(user, s->username, sizeof(user));
@@ -301,6 +308,9 @@ static void sasl_lookup_done(void *arg, const struct auth_cred *c)
         sasl_fail(s, "temporary-auth-failure");
         return;
     }
+    s->from_cache = c->cached;
+    if (c->found && !c->cached)
+        s->db_cred = *c;
     if (s->mech == SASL_M_PLAIN)
         sasl_plain_verify(s, c);
     else

@@ -47,6 +47,20 @@ typedef sb_rc (*auth_claim_fn)(void *ud, const char *domain, const char *node,
                                auth_claim_cb cb, void *arg);
 void auth_store_set_claim(struct auth_store *st, auth_claim_fn fn, void *ud);
 
+/* ---- credential cache (credcache.c) --------------------------------------
+ * Front-ends keep the SCRAM keys (never passwords) of accounts that logged
+ * in recently and use them only while PostgreSQL cannot answer. Whatever
+ * changes or removes credentials publishes `forget USER@DOMAIN` on
+ * AUTH_CACHE_CHANNEL (sbctl user passwd/del, XEP-0077 in c2s). */
+#define AUTH_CACHE_CHANNEL "sb:auth"
+struct rdev;
+/* Its own Redis connection SUBSCRIBEd to the channel (NULL: the cache is
+ * off, credential_cache_s = 0, or no Redis configuration). */
+struct rdev *auth_cache_subscribe(struct ev_loop *loop);
+void auth_cache_stop(struct rdev *r);      /* unsubscribes, empties the cache */
+/* Forget one account ("user@domain", prepared) or, NULL / "*", all. */
+void auth_cache_forget(const char *bare);
+
 /* ---- one SASL exchange ---------------------------------------------------- */
 enum sasl_status { SASL_CONTINUE, SASL_SUCCESS, SASL_FAILURE };
 

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <nettle/hmac.h>
 
 #include "config.h"
@@ -102,10 +104,55 @@ void auth_store_free(struct auth_store *st)
     " scram_sha256_salt, scram_sha256_iter, scram_sha256_stored, scram_sha256_server" \
     " FROM users WHERE domain=$1 AND username=$2"
 
+/* One lookup in PostgreSQL. While it is unanswered past the cache wait
+ * (a frozen database) a cached entry answers; the database's late answer
+ * then only refreshes the cache (cb NULL). */
 struct store_req {
     auth_store_cb cb;
     void *arg;
+    struct ev_loop *loop;        /* NULL: no cache wait timer */
+    ev_timer wait;
+    unsigned long epoch;
+    char domain[JID_PART_MAX + 1], username[JID_PART_MAX + 1];
 };
+
+static void store_req_free(struct store_req *rq)
+{
+    if (rq->loop)
+        ev_timer_stop(rq->loop, &rq->wait);
+    free(rq);
+}
+
+/* PostgreSQL could not answer (now, or not yet): the cache, if it has the
+ * account. 1 when rq was answered. */
+static int store_from_cache(struct store_req *rq, const char *why)
+{
+    struct auth_cred cred;
+
+    if (!rq->cb || !auth_cache_get(rq->domain, rq->username, &cred))
+        return 0;
+    log_info("auth_cache_used", "user=%s domain=%s why=%s", sb_log_q(rq->username),
+             sb_log_q(rq->domain), why);
+    auth_store_cb cb = rq->cb;
+    rq->cb = NULL;
+    cb(rq->arg, &cred);
+    memset(&cred, 0, sizeof cred);
+    return 1;
+}
+
+static void store_on_wait(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct store_req *rq = (struct store_req *)((char *)w - offsetof(struct store_req, wait));
+    ev_timer_stop(loop, w);
+    store_from_cache(rq, "slow");
+}
+
+static double store_cache_wait(void)
+{
+    const char *v = sb_config_str_in("auth", NULL, "credential_cache_wait_ms", NULL);
+    long ms = v && *v ? strtol(v, NULL, 10) : AUTH_CACHE_WAIT_DEFAULT;
+    return ms > 0 ? ms / 1e3 : 0;
+}
 
 /* Columns col..col+3 (salt, iter, stored, server) into c; 0 when absent/bad. */
 static int store_parse_keys(PGresult *res, int col, enum scram_hash h, struct scram_cred *c)
@@ -143,11 +190,13 @@ static void store_pg_done(PGresult *res, void *arg)
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         if (res)
             log_warn("auth_store_error", "error=%s", sb_log_q(PQresultErrorMessage(res)));
-        rq->cb(rq->arg, NULL);
-        free(rq);
+        if (rq->cb && !store_from_cache(rq, res ? "error" : "no-answer"))
+            rq->cb(rq->arg, NULL);
+        store_req_free(rq);
         return;
     }
     memset(&cred, 0, sizeof(cred));
+    cred.epoch = rq->epoch;
     if (PQntuples(res) > 0 && PQnfields(res) == 8) {
         cred.found = 1;
         cred.has_sha1 = store_parse_keys(res, 0, SCRAM_SHA1, &cred.sha1);
@@ -155,8 +204,11 @@ static void store_pg_done(PGresult *res, void *arg)
         if (!cred.has_sha1 && !cred.has_sha256)
             log_warn("auth_store_bad_row", "detail=%s", sb_log_q("no usable SCRAM keys"));
     }
-    rq->cb(rq->arg, &cred);
-    free(rq);
+    auth_cache_refresh(rq->domain, rq->username, &cred);
+    if (rq->cb)
+        rq->cb(rq->arg, &cred);
+    memset(&cred, 0, sizeof cred);
+    store_req_free(rq);
 }
 
 /* The database to ask, or NULL: none, or known to be down. A login should
@@ -196,17 +248,27 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
         return SB_ERROR;         /* no store configured: temporary-auth-failure */
     if (st->fn)
         return st->fn(st->ud, domain, username, cb, arg);
-    if (!store_pg(st))
-        return SB_ERROR;
-    struct store_req *rq = malloc(sizeof(*rq));
+    struct store_req *rq = calloc(1, sizeof(*rq));
     if (!rq)
         return SB_ERROR;
     rq->cb = cb;
     rq->arg = arg;
+    rq->epoch = auth_cache_epoch();
+    snprintf(rq->domain, sizeof rq->domain, "%s", domain);
+    snprintf(rq->username, sizeof rq->username, "%s", username);
     const char *params[2] = {domain, username};
-    if (pgev_query(st->pg, STORE_SQL, 2, params, store_pg_done, rq) != SB_OK) {
+    if (!store_pg(st) || pgev_query(st->pg, STORE_SQL, 2, params, store_pg_done, rq) != SB_OK) {
+        /* Down (or the queue is full): the cache answers now, inside, or
+         * the caller fails with temporary-auth-failure. */
+        int hit = store_from_cache(rq, st->pg && !pgev_connected(st->pg) ? "down" : "queue");
         free(rq);
-        return SB_ERROR;
+        return hit ? SB_OK : SB_ERROR;
+    }
+    double wait = st->loop ? store_cache_wait() : 0;
+    if (wait > 0) {
+        rq->loop = st->loop;
+        ev_timer_init(&rq->wait, store_on_wait, wait, 0.);
+        ev_timer_start(rq->loop, &rq->wait);
     }
     return SB_OK;
 }

@@ -186,6 +186,7 @@ struct c2s_srv {
     struct link *link;
     struct pgev *pg;
     struct rdev *rd;               /* Redis: ANONYMOUS node claims */
+    struct rdev *auth_sub;         /* Redis: the credential cache's channel (sasl.h) */
     struct auth_store *store;
     struct c2s_conn *conns;        /* list head */
     long nconns, nsessions;

@@ -20,6 +20,7 @@
 #include "auth-int.h"
 #include "config.h"
 #include "log.h"
+#include "rdev.h"
 
 #define NS_REGISTER "jabber:iq:register"
 #define NS_XDATA    "jabber:x:data"
@@ -232,6 +233,26 @@ static const char *reg_op_name(enum reg_op op)
     return op == REG_CREATE ? "register" : op == REG_PASSWD ? "passwd" : "remove";
 }
 
+static void reg_on_published(redisReply *rep, void *arg)
+{
+    if (!rep || rep->type == REDIS_REPLY_ERROR)
+        log_warn("auth_cache_publish_failed", "channel=%s", AUTH_CACHE_CHANNEL);
+}
+
+/* The old keys must not serve a login anywhere, not even from a front-end's
+ * credential cache during a PostgreSQL outage: forget them here at once and
+ * on every other front-end through Redis. */
+static void reg_forget_credentials(const char *user, const char *domain)
+{
+    char bare[JID_BARE_MAX + 1], msg[JID_BARE_MAX + 8];
+    snprintf(bare, sizeof bare, "%s@%s", user, domain);
+    snprintf(msg, sizeof msg, "forget %s", bare);       /* one argument */
+    auth_cache_forget(bare);
+    if (!c2s.rd || rdev_cmd(c2s.rd, reg_on_published, NULL, "PUBLISH %s %s",
+                            AUTH_CACHE_CHANNEL, msg) != SB_OK)
+        log_warn("auth_cache_publish_failed", "channel=%s", AUTH_CACHE_CHANNEL);
+}
+
 static void reg_done(PGresult *res, void *arg)
 {
     struct c2s_reg *r = arg;
@@ -265,6 +286,8 @@ static void reg_done(PGresult *res, void *arg)
         reg_error(c, r->id, type, cond);
     else
         reg_reply(c, r->id, "result", NULL);
+    if (!cond && (r->op == REG_PASSWD || r->op == REG_REMOVE))
+        reg_forget_credentials(r->user, c->domain);
     if (!cond && r->op == REG_PASSWD &&
         sb_config_bool_in("domain", c->domain, "passwd_ends_sessions", 0)) {
         char bare[JID_BARE_MAX + 1];

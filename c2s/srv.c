@@ -347,6 +347,7 @@ static sb_rc main_open(void)
     if (c2s.store)
         auth_store_set_loop(c2s.store, c2s.loop);   /* extauth pipes, LDAP answers */
     c2s.rd = rdev_from_config(c2s.loop);
+    c2s.auth_sub = auth_cache_subscribe(c2s.loop);
     c2s_anon_init();
     c2s.link = sb_proc_link(&main_proc, c2s_route_recv, NULL);
     if (!c2s.pg || !c2s.store || !c2s.link || !c2s.rd) {
@@ -375,6 +376,8 @@ static void main_cleanup(void)
     c2s_domains_stop();
     if (c2s.store)
         auth_store_free(c2s.store);
+    auth_cache_stop(c2s.auth_sub);
+    c2s.auth_sub = NULL;
     if (c2s.rd)
         rdev_free(c2s.rd);
     c2s_tls_deinit();                 /* the link and pg: sb_proc_run */

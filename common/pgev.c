@@ -69,6 +69,7 @@ struct pgev {
     PGconn *conn;
     enum pgev_state state;
     int logged_up;       /* -1 nothing logged yet, 0 down, 1 up: log transitions once */
+    int ever_up;         /* has been READY at least once (pgev_lost) */
     double backoff;
     ev_io io;
     ev_timer retry, tick;
@@ -282,6 +283,7 @@ static void pgev_ready(struct pgev *pg)
     }
     PQsetNoticeProcessor(pg->conn, pgev_notice, pg);
     pg->state = PGEV_READY;
+    pg->ever_up = 1;
     pg->backoff = PGEV_BACKOFF_MIN;
     pgev_log_state(pg, 1, NULL);
     pgev_watch(pg, EV_READ);
@@ -572,6 +574,11 @@ void sb_pg_params_wipe(struct sb_pg_params *p)
 int pgev_connected(const struct pgev *pg)
 {
     return pg && pg->state == PGEV_READY;
+}
+
+int pgev_lost(const struct pgev *pg)
+{
+    return pg && pg->ever_up && pg->state != PGEV_READY;
 }
 
 size_t pgev_pending(const struct pgev *pg)

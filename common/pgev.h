@@ -47,6 +47,10 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
 sb_rc pgev_array_add(struct sb_buf *b, const char *s, size_t n);
 
 int pgev_connected(const struct pgev *pg);
+/* Was connected and is not now (down or reconnecting): a caller that must
+ * answer now fails (or falls back) instead of queueing up to the deadline.
+ * 0 before the first connection, when queries wait as usual. */
+int pgev_lost(const struct pgev *pg);
 /* Queries queued or in flight (a graceful stop waits for 0). */
 size_t pgev_pending(const struct pgev *pg);
 

@@ -275,6 +275,8 @@ out:
     char what[JID_PART_MAX + 8];
     snprintf(what, sizeof what, "del %s", dom);
     sbctl_domains_publish(what);
+    if (users)
+        sbctl_credentials_forget("*");      /* every account of the domain went */
     account_done("domain", dom, users ? "deleted with its accounts" : "deleted");
     return rc;
 }
@@ -362,6 +364,7 @@ static int user_passwd(PGconn *c, const struct jid *j, const char *password)
         char bare[JID_BARE_MAX + 1];
         jid_bare(j, bare);
         rc = SBCTL_OK;
+        sbctl_credentials_forget(bare);
         int kicked = 0;
         if (sb_config_bool_in("domain", j->domain, "passwd_ends_sessions", 0))
             kicked = user_passwd_kick(bare);
@@ -423,6 +426,7 @@ static int user_del(PGconn *c, const struct jid *j)
         return SBCTL_FAIL;
     }
     account_files_remove(c, trash);
+    sbctl_credentials_forget(bare);
     redisContext *rc = sbctl_redis();
     int kicked = rc ? sbctl_kick_sessions(rc, bare, NULL, "not-authorized", "account deleted") : -1;
     /* The sm writes what an ending session leaves (last activity) as it

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "domains.h"
+#include "sasl.h"
 #include "sbctl.h"
 
 #define SBCTL_REDIS_TIMEOUT_MS 2000
@@ -88,6 +89,28 @@ int sbctl_domains_publish(const char *what)
     if (!ok)
         sbctl_err("warning: could not tell the processes (%s); they pick the change up within "
                   "30 s", c ? (r && r->str ? r->str : c->errstr) : err);
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    return ok ? 0 : -1;
+}
+
+/* The front-ends' credential caches (auth/sasl.h) forget bare's keys. A
+ * front-end that misses it (its Redis connection was down) forgets
+ * everything when it subscribes again; one that stays connected to Redis
+ * while sbctl cannot reach it would keep serving the old keys, but only
+ * while PostgreSQL cannot answer it: say so. */
+int sbctl_credentials_forget(const char *bare)
+{
+    char err[512], msg[600];
+    snprintf(msg, sizeof msg, "forget %s", bare);     /* one argument */
+    redisContext *c = sbctl_redis_connect(err, sizeof err);
+    redisReply *r = c ? redisCommand(c, "PUBLISH %s %s", AUTH_CACHE_CHANNEL, msg) : NULL;
+    int ok = r && r->type == REDIS_REPLY_INTEGER;
+    if (!ok)
+        sbctl_err("warning: could not tell the front-ends to forget the cached credentials of "
+                  "%s (%s); they serve them only while PostgreSQL cannot answer", bare,
+                  c ? (r && r->str ? r->str : c->errstr) : err);
     if (r)
         freeReplyObject(r);
     redisFree(c);

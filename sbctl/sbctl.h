@@ -56,6 +56,9 @@ redisReply *sbctl_redis_cmd(redisContext *c, const char *fmt, ...);
 /* Publish a domain change on SB_DOMAINS_CHANNEL (common/domains.h): every
  * process reloads its domains at once. 0 ok, -1 after a warning. */
 int sbctl_domains_publish(const char *what);
+/* PUBLISH `forget BARE` on AUTH_CACHE_CHANNEL (after a password change or
+ * a deletion). 0, or -1 after a warning. */
+int sbctl_credentials_forget(const char *bare);
 
 /* ---- bus.c */
 struct sb_curve;

@@ -305,7 +305,7 @@ sb_rc sm_acct_load(struct sm_user *u)
     }
     const char *params[3] = {domain, node, u->bare};
     const char *sql = sm_im_preloading(u) ? SM_IM_ACCT_SQL : ACCT_SQL;
-    if (sm_pg_query(u->core, sql, 3, params, acct_on_rows, u) != SB_OK) {
+    if (sm_pg_read(u->core, sql, 3, params, acct_on_rows, u) != SB_OK) {
         sm_im_preload_rows(u, NULL);
         return SB_ERROR;
     }

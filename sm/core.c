@@ -283,6 +283,19 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
     return pgev_query(c->pg, sql, nparams, params, cb, arg);
 }
 
+int sm_pg_down(const struct sm_core *c)
+{
+    return c->pg && pgev_lost(c->pg);
+}
+
+sb_rc sm_pg_read(struct sm_core *c, const char *sql, int nparams,
+                 const char *const *params, pgev_cb cb, void *arg)
+{
+    if (sm_pg_down(c))
+        return SB_ERROR;
+    return sm_pg_query(c, sql, nparams, params, cb, arg);
+}
+
 /* ---- the link ------------------------------------------------------------------ */
 
 /* A user whose queue is this long is stuck behind a slow Redis or

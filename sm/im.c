@@ -321,7 +321,7 @@ static sb_rc im_load(struct sm_job *j, struct sm_im *im, const struct sm_module 
     im->job = j;
     im->mod = m;
     im->wait = 2;
-    if (sm_pg_query(j->core, IM_LOAD_SQL, 2, params, im_on_sql, im) != SB_OK) {
+    if (sm_pg_read(j->core, IM_LOAD_SQL, 2, params, im_on_sql, im) != SB_OK) {
         im->job = NULL;
         im->wait = 0;
         return SB_ERROR;

@@ -22,11 +22,11 @@ static void sm_drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
     struct sm_core *c = w->data;
     sm_mam_flush(c);                    /* archive rows buffered off the hot path */
     size_t pg = pgev_pending(c->pg);
-    long rd = rdev_pending(c->rd), mam = sm_mam_waiting(c);
+    long rd = rdev_pending(c->rd), mam = sm_mam_waiting(c) + sm_offline_waiting(c);
     double waited = ev_now(loop) - sm_stop_at;
     if ((pg == 0 && rd == 0 && mam == 0) || waited >= SM_STOP_GRACE) {
         if (pg || rd || mam)
-            log_warn("shutdown_grace_over", "pg_pending=%zu redis_pending=%ld archive_waiting=%ld",
+            log_warn("shutdown_grace_over", "pg_pending=%zu redis_pending=%ld waiting=%ld",
                      pg, rd, mam);
         else
             log_info("shutdown_drained", "waited_ms=%.0f", waited * 1e3);

@@ -247,7 +247,7 @@ static sb_rc last_user(struct sm_job *j)
     if (last_batch.core == j->core)
         last_flush();                   /* the read must see every logout before it */
     const char *params[2] = {domain, node};
-    if (sm_pg_query(j->core, LAST_GET_SQL, 2, params, last_on_row, j) != SB_OK) {
+    if (sm_pg_read(j->core, LAST_GET_SQL, 2, params, last_on_row, j) != SB_OK) {
         sm_reply_error(j, "wait", "resource-constraint");
         return SB_OK;
     }

@@ -28,6 +28,7 @@
 #include "acct.h"
 #include "im.h"
 #include "mam.h"
+#include "pgwait.h"
 #include "config.h"
 #include "jid.h"
 #include "log.h"
@@ -79,79 +80,48 @@ static const struct mam_cfg *mam_cfg(void)
 
 /* ---- the write buffer ----------------------------------------------------------------- */
 
-#define MAM_SLOW_S 5.0       /* a batch unanswered this long is logged */
-
 static struct mam_store {
     struct sm_core *core;
     struct mam_batch cur, fly;          /* filling; being written (or retried) */
-    unsigned flying : 1, failing : 1, full : 1, slow : 1;
-    ev_timer flush, retry, purge, watch;
-    double backoff;
+    unsigned full : 1;
+    struct sm_pgwait w;                 /* the batch in flight (pgwait.h) */
+    ev_timer flush, purge;
     long dropped;
 } st;
 
 static void batch_clear(struct mam_batch *b) { mam_batch_clear(b); }
 
-static void mam_query_fly(void);
+static void mam_query_fly(struct sm_pgwait *w);
 
 static void mam_send(void)
 {
-    if (st.flying || !st.cur.n || !st.core || st.core->stopping)
+    if (st.w.flying || !st.cur.n || !st.core || st.core->stopping)
         return;
     struct mam_batch t = st.fly;
     st.fly = st.cur;
     st.cur = t;
     batch_clear(&st.cur);
-    st.flying = 1;
     ev_timer_stop(st.core->loop, &st.flush);
-    ev_timer_stop(st.core->loop, &st.watch);
-    ev_timer_set(&st.watch, MAM_SLOW_S, 0.);
-    ev_timer_start(st.core->loop, &st.watch);
-    mam_query_fly();
+    sm_pgwait_sent(&st.w);
+    mam_query_fly(&st.w);
 }
 
-/* A batch still unanswered after MAM_SLOW_S (PostgreSQL away: its queries
- * wait for the connection up to their deadline before they fail): say how
- * many rows wait, once, before the failure line would. */
-static void mam_on_watch(struct ev_loop *loop, ev_timer *w, int revents)
+static long mam_waiting_rows(const struct sm_pgwait *w)
 {
-    if (st.flying && !st.failing && !st.slow) {
-        st.slow = 1;
-        log_warn("mam_store_waiting", "waiting=%ld in_flight_s=%.0f", st.fly.n + st.cur.n,
-                 MAM_SLOW_S);
-    }
-}
-
-static void mam_failed(const char *why)
-{
-    struct sm_core *c = st.core;
-    if (!st.failing)
-        log_warn("mam_store_failed", "waiting=%ld error=%s", st.fly.n + st.cur.n, sb_log_q(why));
-    st.failing = 1;
-    st.backoff = st.backoff ? st.backoff * 2 : 1;
-    if (st.backoff > 30)
-        st.backoff = 30;
-    if (c && !c->stopping) {
-        ev_timer_set(&st.retry, st.backoff, 0.);
-        ev_timer_start(c->loop, &st.retry);
-    }
+    return st.fly.n + st.cur.n;
 }
 
 static void mam_on_stored(PGresult *res, void *arg)
 {
     if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        mam_failed(res ? PQresultErrorMessage(res) : "no connection");
+        sm_pgwait_failed(&st.w, res ? PQresultErrorMessage(res) : "no connection");
         return;
     }
-    if (st.core)
-        ev_timer_stop(st.core->loop, &st.watch);
-    if (st.failing || st.full || st.slow)
+    if (sm_pgwait_ok(&st.w) || st.full)
         log_info("mam_store_recovered", "rows=%ld waiting=%ld dropped=%ld", st.fly.n, st.cur.n,
                  st.dropped);
-    st.failing = st.full = st.slow = 0;
-    st.backoff = 0;
+    st.full = 0;
     st.dropped = 0;
-    st.flying = 0;
     batch_clear(&st.fly);
     if (st.cur.n >= mam_cfg()->batch_rows)
         mam_send();
@@ -159,28 +129,25 @@ static void mam_on_stored(PGresult *res, void *arg)
         ev_timer_again(st.core->loop, &st.flush);
 }
 
-static void mam_query_fly(void)
+/* (Re)send the batch in flight (pgwait's retry calls this too). */
+static void mam_query_fly(struct sm_pgwait *w)
 {
     const struct mam_cfg *k = mam_cfg();
     const char *p[MAM_INSERT_NPARAMS];
+    if (!w->flying)
+        return;
     if (mam_batch_params(&st.fly, k->fts, mam_mode_name(k->dflt), p) != SB_OK) {
-        mam_failed("nomem");
+        sm_pgwait_failed(w, "nomem");
         return;
     }
     if (sm_pg_query(st.core, MAM_INSERT_SQL, MAM_INSERT_NPARAMS, p, mam_on_stored, NULL) != SB_OK)
-        mam_failed("queue");
+        sm_pgwait_failed(w, "queue");
 }
 
 static void mam_on_flush(struct ev_loop *loop, ev_timer *w, int revents)
 {
     ev_timer_stop(loop, w);
     mam_send();
-}
-
-static void mam_on_retry(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    if (st.flying)
-        mam_query_fly();
 }
 
 /* One archive row into the buffer (the caller checked there is room). */
@@ -199,7 +166,7 @@ static void mam_row_add(const char *owner, const char *sid, const char *with, in
                   body->data, body->len, checked);
     if (b->n >= mam_cfg()->batch_rows)
         mam_send();
-    else if (!ev_is_active(&st.flush) && !st.flying)
+    else if (!ev_is_active(&st.flush) && !st.w.flying)
         ev_timer_again(st.core->loop, &st.flush);
 }
 
@@ -268,9 +235,8 @@ static void mam_start(struct sm_core *c)
 {
     const struct mam_cfg *k = mam_cfg();
     st.core = c;
+    sm_pgwait_init(&st.w, c, "mam_store", mam_query_fly, mam_waiting_rows);
     ev_timer_init(&st.flush, mam_on_flush, 0., k->flush_s);
-    ev_timer_init(&st.retry, mam_on_retry, 1., 0.);
-    ev_timer_init(&st.watch, mam_on_watch, MAM_SLOW_S, 0.);
     ev_timer_init(&st.purge, mam_on_purge, 5., k->purge_every);
     if (k->retention_days > 0)
         ev_timer_start(c->loop, &st.purge);
@@ -283,9 +249,8 @@ static void mam_stop(struct sm_core *c)
     if (st.cur.n + st.fly.n)
         log_warn("mam_store_lost", "rows=%ld reason=stopping", st.cur.n + st.fly.n);
     ev_timer_stop(c->loop, &st.flush);
-    ev_timer_stop(c->loop, &st.retry);
+    sm_pgwait_stop(&st.w);
     ev_timer_stop(c->loop, &st.purge);
-    ev_timer_stop(c->loop, &st.watch);
     mam_batch_free(&st.cur);
     mam_batch_free(&st.fly);
     st = (struct mam_store){0};

@@ -140,7 +140,7 @@ static sb_rc roster_get(struct sm_job *j, const struct xml_node *q)
         return SB_OK;
     snprintf(since, sizeof since, "%lld", v);
     const char *params[3] = {domain, node, since};
-    if (sm_pg_query(j->core, ROSTER_SINCE_SQL, 3, params, roster_on_since, j) != SB_OK)
+    if (sm_pg_read(j->core, ROSTER_SINCE_SQL, 3, params, roster_on_since, j) != SB_OK)
         return SB_OK;
     return SB_AGAIN;
 }
@@ -357,6 +357,16 @@ static sb_rc roster_iq(struct sm_job *j, const char *ns)
     sb_rc rc = sm_im_ready(j, &sm_mod_roster);
     if (rc == SB_AGAIN)
         return SB_AGAIN;
+    const char *ver = get ? xml_attr(xml_first_elem(j->st), "ver") : NULL;
+    if (rc != SB_OK && ver && sm_pg_down(j->core) && roster_parse_ver(ver) >= 0) {
+        /* PostgreSQL is away and the client has a copy: "your version is
+         * current" (RFC 6121 §2.6.3) keeps it; the session is not marked
+         * for pushes, so its next login asks with the same version and
+         * gets what changed. */
+        log_info("roster_degraded", "jid=%s reason=store-down", sb_log_q(j->from));
+        roster_send_empty(j);
+        return SB_OK;
+    }
     if (rc != SB_OK) {
         sm_reply_error(j, "wait", "internal-server-error");
         return SB_OK;

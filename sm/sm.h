@@ -191,6 +191,14 @@ int sm_is_local_domain(const struct sm_core *c, const char *domain);
     ((c)->rd && !(c)->stopping ? rdev_cmd((c)->rd, cb, arg, __VA_ARGS__) : SB_ERROR)
 sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
                   const char *const *params, pgev_cb cb, void *arg);
+/* The same for a read someone is waiting for now (a login's account and
+ * roster, an iq get): SB_ERROR at once while PostgreSQL is known to be
+ * down (pgev_lost) instead of holding the user's queue up to pgev's 30 s
+ * deadline. Writes use sm_pg_query and wait for the database. */
+sb_rc sm_pg_read(struct sm_core *c, const char *sql, int nparams,
+                 const char *const *params, pgev_cb cb, void *arg);
+/* PostgreSQL was connected and is not now. */
+int sm_pg_down(const struct sm_core *c);
 
 /* ---- sending --------------------------------------------------------------- */
 /* The job's stanza, unchanged, to one session's front-end. */
@@ -238,6 +246,8 @@ sb_rc sm_send_to_session(struct sm_core *c, const struct sm_session *s, const ch
  * buffered or being written (the stop waits for 0). */
 void sm_mam_flush(struct sm_core *c);
 long sm_mam_waiting(const struct sm_core *c);
+/* Offline messages spooled in memory while PostgreSQL is away (mod_offline.c). */
+long sm_offline_waiting(const struct sm_core *c);
 
 /* ---- HTTP File Upload (mod_upload.c) ------------------------------------------ */
 /* The domains csv to announce: csv plus `upload.D` for each D served

@@ -13,6 +13,7 @@ import secrets
 import pytest
 
 from xmpptest import (Log, LoginFailed, RawStream, close, domains_with_config, login, run,
+                      wait_async,
                       stream_error_condition)
 
 NS_REG = "jabber:iq:register"
@@ -115,8 +116,13 @@ def test_register_then_login_change_password_and_remove(stack, doms):
         assert again == "conflict"
         # the new account logs in with SCRAM (keys computed server-side)
         x = await login(stack, jid, pw, mech="SCRAM-SHA-256", plugins=("xep_0077",))
+        logs = [Log(stack, fe) for fe in ("c2s1", "c2s2")]
         await x["xep_0077"].change_password(pw2)
         await close(x)
+        # every front-end's credential cache forgets the old keys (sb:auth)
+        for log in logs:
+            await wait_async(lambda: any(jid in l for l in log.lines("event=auth_cache_forget")),
+                             10, "auth_cache_forget on every front-end")
         with pytest.raises(LoginFailed):
             await login(stack, jid, pw, mech="SCRAM-SHA-256")
         x = await login(stack, jid, pw2, mech="SCRAM-SHA-1")

@@ -20,6 +20,11 @@ sb_rc sm_pg_query(struct sm_core *c, const char *sql, int nparams,
 {
     return SB_ERROR;
 }
+sb_rc sm_pg_read(struct sm_core *c, const char *sql, int nparams,
+                 const char *const *params, pgev_cb cb, void *arg)
+{
+    return SB_ERROR;
+}
 const char SM_IM_ACCT_SQL[] = "";
 int sm_im_preloading(const struct sm_user *u) { return 0; }
 void sm_im_preload_rows(struct sm_user *u, PGresult *res) {}

@@ -22,6 +22,7 @@
 #include "../../sm/sub.c"
 #include "../../sm/im.c"
 #include "../../sm/mod_presence.c"
+#include "../../sm/pgwait.c"
 #include "../../sm/mod_offline.c"
 #include "../../sm/mod_deliver.c"
 #include "../../sm/mod_roster.c"
@@ -160,7 +161,9 @@ void pgev_free(struct pgev *pg)
         cb(NULL, pg_arg);
     }
 }
-int pgev_connected(const struct pgev *pg) { return 1; }
+static int fake_pg_lost;        /* PostgreSQL "was up, is down now" */
+int pgev_connected(const struct pgev *pg) { return !fake_pg_lost; }
+int pgev_lost(const struct pgev *pg) { return fake_pg_lost; }
 /* Fire-and-forget writes (roster rows, pending requests) are only counted:
  * their callbacks just log. Queries the test answers are kept. */
 sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams, const char *const *params,
@@ -240,6 +243,7 @@ static struct sm_core *core;
 static int setup(void **st)
 {
     nsent = nrq = rq_head = pg_nqueries = 0;
+    fake_pg_lost = 0;
     pg_cb = NULL;
     acct_rows = NULL;
     acct_nrows = 0;
@@ -812,6 +816,42 @@ static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void
     }
 }
 
+/* PostgreSQL down: carol's messages wait in the spool (no error, no
+ * query); back, they are written in order, one at a time, and what the
+ * statement refuses is answered to the sender late. */
+static void test_offline_messages_spool_while_postgres_is_down(void **st)
+{
+    fake_pg_lost = 1;
+    for (int i = 0; i < 2; i++) {
+        char xml[256];
+        nsent = 0;
+        snprintf(xml, sizeof xml, "<message from='bob@localhost/x' to='carol@localhost' "
+                 "type='chat' id='m%d'><body>spooled %d</body></message>", i, i);
+        recv_stanza("carol@localhost", "bob@localhost/x", xml);
+        redis_empty_load("carol@localhost");
+        assert_int_equal(nsent, 0);           /* no error to bob */
+    }
+    assert_int_equal(pg_nqueries, 0);
+    assert_int_equal(sm_offline_waiting(core), 2);
+    fake_pg_lost = 0;
+    spool_kick();                             /* what the 1 s poll does */
+    assert_int_equal(pg_nqueries, 1);
+    assert_non_null(strstr(pg_sql, "INSERT INTO offline"));
+    assert_non_null(strstr(pg_params[2], "<body>spooled 0</body><delay"));
+    const char *ok[3] = {"t", "1", "0"};
+    pg_answer(PGRES_TUPLES_OK, 1, 3, ok);
+    assert_int_equal(pg_nqueries, 2);         /* then the next, in order */
+    assert_non_null(strstr(pg_params[2], "<body>spooled 1</body>"));
+    const char *full[3] = {"t", "0", "100"};
+    pg_answer(PGRES_TUPLES_OK, 1, 3, full);
+    assert_int_equal(nsent, 1);               /* the quota, answered late */
+    assert_string_equal(sent[0].h.key, "bob@localhost");
+    assert_non_null(strstr(sent[0].body, "type='error'"));
+    assert_non_null(strstr(sent[0].body, "id='m1'"));
+    assert_non_null(strstr(sent[0].body, "<resource-constraint"));
+    assert_int_equal(sm_offline_waiting(core), 0);
+}
+
 static void test_offline_messages_are_flushed_then_deleted_at_initial_presence(void **st)
 {
     char a[256];
@@ -1049,6 +1089,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_session_end_sends_unavailable_to_contacts_with_from, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_message_is_stored_with_delay_or_refused_over_quota, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_messages_are_flushed_then_deleted_at_initial_presence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offline_messages_spool_while_postgres_is_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_push_enable_stores_the_registration_and_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_push_offline_message_notifies_then_throttles_and_error_disables, setup, teardown),
     };
