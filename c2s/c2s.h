@@ -292,6 +292,9 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
 sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
                              const char *aux, const char *body);
+/* The same with a body of `len` bytes (it may hold stanzas). */
+sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body, size_t len);
 /* A STANZA envelope keyed by `key` (a bare JID) with op and sid. */
 sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
                             const char *aux, const char *body, size_t len);
@@ -307,8 +310,13 @@ void c2s_sm_stop(void);
 int c2s_sm_element(struct c2s_conn *c, struct xml_node *n);
 /* A stanza arrived from the client of a bound session (counts for h). */
 void c2s_sm_stanza_in(struct c2s_conn *c);
-/* A stanza from the sm: op "sm:N" numbers it. Written by the caller. */
-void c2s_sm_stanza_out(struct c2s_conn *c, const char *op);
+/* A stanza from the sm: op "sm:N" numbers it. Written by the caller; a
+ * copy is kept until the client acknowledges it (sm/README.md, adoption). */
+void c2s_sm_stanza_out(struct c2s_conn *c, const struct env_hdr *h, const char *body,
+                       size_t len);
+/* 1 when a numbered stanza comes from an sm that no longer holds this
+ * stream's numbering (another sm adopted it): not to be written. */
+int c2s_sm_foreign(const struct c2s_conn *c, const struct env_hdr *h);
 /* Controls sm-enabled, sm-resumed, sm-failed, sm-takeover: 1 if one. */
 int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len);
 /* A stanza c2s itself answers a bound client with: through the user's sm

@@ -29,11 +29,12 @@ static sb_rc route_copy(char *dst, size_t cap, const char *src)
     return SB_OK;
 }
 
-static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
-                        const char *sid, const char *aux, const char *body, size_t len)
+static sb_rc route_send_via(enum env_route route, enum env_kind kind, const char *op,
+                            const char *key, const char *sid, const char *aux,
+                            const char *body, size_t len)
 {
     struct env_hdr *h = &route_hdr;
-    env_init(h, kind, ENV_ROUTE_JID);
+    env_init(h, kind, route);
     if (route_copy(h->key, sizeof h->key, key) != SB_OK ||
         route_copy(h->sender, sizeof h->sender, c2s.instance) != SB_OK ||
         route_copy(h->sid, sizeof h->sid, sid) != SB_OK ||
@@ -41,6 +42,12 @@ static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
         route_copy(h->aux, sizeof h->aux, aux) != SB_OK)
         return SB_ERROR;
     return link_send(c2s.link, h, body, len);
+}
+
+static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
+                        const char *sid, const char *aux, const char *body, size_t len)
+{
+    return route_send_via(ENV_ROUTE_JID, kind, op, key, sid, aux, body, len);
 }
 
 sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
@@ -58,6 +65,15 @@ sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
                              const char *aux, const char *body)
 {
     sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, body, strlen(body));
+    if (rc != SB_OK)
+        log_warn("control_send_failed", "op=%s key=%s sid=%s", op, sb_log_q(key), sid);
+    return rc;
+}
+
+sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body, size_t len)
+{
+    sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, body, len);
     if (rc != SB_OK)
         log_warn("control_send_failed", "op=%s key=%s sid=%s", op, sb_log_q(key), sid);
     return rc;
@@ -190,6 +206,28 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
         return;
     if (route_send(ENV_STANZA, "stale", route_bare, h->sid, from, body, len) == SB_OK)
         log_info("stale_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
+}
+
+/* A message or iq numbered by an sm that no longer holds the stream: back
+ * to the user's sm as op sm-replay (delivered again there, not archived or
+ * notified twice). Presence is dropped, as a replay drops it. */
+static void route_foreign(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (c2s_scan_attr(body, len, "to", route_full, sizeof route_full) < 0 ||
+        jid_bare_of(route_full, route_bare, sizeof route_bare) < 0 ||
+        ((len < 8 || memcmp(body, "<message", 8)) && (len < 3 || memcmp(body, "<iq", 3))))
+        return;
+    if (route_send(ENV_STANZA, "sm-replay", route_bare, "", h->aux, body, len) == SB_OK)
+        log_info("foreign_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
+}
+
+/* Tell the sm that numbered it that the stream is no longer its own
+ * (sm/mod_sm.c sm-moved): once per such stanza, to that instance. */
+static void route_moved(const struct c2s_conn *c, const struct env_hdr *h)
+{
+    if (c->jid)
+        route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, "sm-moved", h->sender, c->sid, c->jid,
+                       "", 0);
 }
 
 /* carbons-route (sm/mod_carbons.c): aux the session's full JID, body 1
@@ -444,11 +482,23 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
             route_stale(h, body, len);
             return;
         }
+        if (c && c->state == C2S_S_BOUND && c2s_sm_foreign(c, h)) {
+            /* Numbered by an sm that lost the user (frozen past its lease)
+             * after another sm adopted the stream: its number may be taken,
+             * so it is not written. It goes to the user's sm as a replay
+             * (numbered there), not as `stale` (that would take it for one
+             * already queued there), and its sm is told (sm-moved). */
+            log_info("sm_foreign_numbered", "sid=%s jid=%s sender=%s", c->sid,
+                     c->jid ? c->jid : "-", h->sender);
+            route_moved(c, h);
+            route_foreign(h, body, len);
+            return;
+        }
         if (c && c->state == C2S_S_BOUND) {
             if (!c->s2 || !c2s_sasl2_hold(c, body, len))
                 c2s_conn_write(c, body, len);
             if (*h->op)
-                c2s_sm_stanza_out(c, h->op);
+                c2s_sm_stanza_out(c, h, body, len);
         }
         else if (!c)
             route_stale(h, body, len);

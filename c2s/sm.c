@@ -17,6 +17,12 @@
  *                 stream and sends back everything unacknowledged
  *   a broken stream of a resumable session is reported as session-gone (the
  *   sm keeps the session `max` seconds); a clean </stream:stream> as end.
+ * We also keep a copy of every numbered stanza we wrote until the client
+ * acknowledges it, so the sm's queue is not the only one: when the user's
+ * sm dies, the sm that owns the user next asks us (sm-query) and we hand it
+ * the stream's state and the copies (sm-state); it adopts the session and
+ * the stream goes on. From then on only its numbers are written here
+ * (`owner`); a numbered stanza from another sm ends the stream instead.
  * We ask for acks after `sm_ack_every` unacknowledged stanzas, or when one
  * has waited `sm_ack_after` seconds; the keepalive ping of a managed TCP
  * session is an <r/>. BOSH is not offered stream management (XEP-0124
@@ -33,6 +39,14 @@
 #define NS_STANZAS "urn:ietf:params:xml:ns:xmpp-stanzas"
 #define SM_TICK 1.0             /* how often waiting acks are looked at */
 
+/* A stanza written to the client, not yet acknowledged by it. */
+struct c2s_smcopy {
+    struct c2s_smcopy *next;
+    uint32_t seq;
+    size_t len, flen;
+    char data[];                    /* the stanza, then its from (envelope aux) */
+};
+
 struct c2s_smst {
     struct c2s_conn *c;
     struct c2s_smst *prev, *next;   /* every managed conn (ack timer) */
@@ -45,6 +59,12 @@ struct c2s_smst {
     unsigned enabled : 1, waiting : 1, resuming : 1, resumable : 1;
     unsigned r_out : 1, dirty : 1, clean : 1, taken : 1;
     char previd[ENV_NAME_MAX + 1];
+    char id[ENV_NAME_MAX + 1];      /* the resumption token, "" none */
+    char owner[ENV_NAME_MAX + 1];   /* the sm whose numbers we write */
+    long max;                       /* resumption time the sm gave, 0 unknown */
+    struct c2s_smcopy *qhead, *qtail;   /* written, unacknowledged, in order */
+    long qn;
+    size_t qbytes, counted;         /* counted: our share of sb_mem_owned */
 };
 
 static struct c2s_smst *sm_all, *sm_dirty;
@@ -76,11 +96,31 @@ static struct c2s_smst *sm_new(struct c2s_conn *c)
     return m;
 }
 
+/* The client has everything up to h. */
+static void sm_copies_trim(struct c2s_smst *m, uint32_t h)
+{
+    while (m->qhead && (int32_t)(m->qhead->seq - h) <= 0) {
+        struct c2s_smcopy *e = m->qhead;
+        m->qhead = e->next;
+        m->qn--;
+        m->qbytes -= sizeof *e + e->len + e->flen;
+        free(e);
+    }
+    if (!m->qhead)
+        m->qtail = NULL;
+    sb_mem_sync(&m->counted, m->qbytes);
+}
+
 void c2s_sm_free(struct c2s_conn *c)
 {
     struct c2s_smst *m = c->sm;
     if (!m)
         return;
+    for (struct c2s_smcopy *e = m->qhead, *next; e; e = next) {
+        next = e->next;
+        free(e);
+    }
+    sb_mem_sync(&m->counted, 0);
     if (m->dirty)
         for (struct c2s_smst **pp = &sm_dirty; *pp; pp = &(*pp)->dnext)
             if (*pp == m) {
@@ -215,6 +255,7 @@ static void sm_ack_in(struct c2s_conn *c, struct xml_node *n)
     if (h == m->acked)
         return;
     m->acked = h;
+    sm_copies_trim(m, h);
     m->unacked_since = h == m->out ? 0 : ev_now(c2s.loop);
     char aux[16];
     snprintf(aux, sizeof aux, "%u", h);
@@ -278,12 +319,47 @@ static void sm_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
-void c2s_sm_stanza_out(struct c2s_conn *c, const char *op)
+int c2s_sm_foreign(const struct c2s_conn *c, const struct env_hdr *h)
+{
+    const struct c2s_smst *m = c->sm;
+    return m && m->enabled && *m->owner && !strncmp(h->op, "sm:", 3) &&
+           strcmp(h->sender, m->owner) != 0;
+}
+
+static void sm_copy_keep(struct c2s_smst *m, uint32_t seq, const char *from,
+                         const char *body, size_t len)
+{
+    size_t flen = strlen(from);
+    struct c2s_smcopy *e = malloc(sizeof *e + len + flen);
+    if (!e) {
+        log_error("sm_copy_nomem", "sid=%s seq=%u", m->c->sid, seq);
+        return;             /* the sm's queue still has it */
+    }
+    e->next = NULL;
+    e->seq = seq;
+    e->len = len;
+    e->flen = flen;
+    memcpy(e->data, body, len);
+    memcpy(e->data + len, from, flen);
+    if (m->qtail)
+        m->qtail->next = e;
+    else
+        m->qhead = e;
+    m->qtail = e;
+    m->qn++;
+    m->qbytes += sizeof *e + len + flen;
+    sb_mem_sync(&m->counted, m->qbytes);
+}
+
+void c2s_sm_stanza_out(struct c2s_conn *c, const struct env_hdr *h, const char *body,
+                       size_t len)
 {
     struct c2s_smst *m = c->sm;
+    const char *op = h->op;
     if (!m || !m->enabled || strncmp(op, "sm:", 3) != 0)
         return;
     uint32_t seq = (uint32_t)strtoul(op + 3, NULL, 10);
+    sm_copy_keep(m, seq, h->aux, body, len);
     if (seq != m->out + 1)
         log_warn("sm_out_of_order", "sid=%s seq=%u expected=%u", c->sid, seq, m->out + 1);
     if ((int32_t)(seq - m->out) > 0)
@@ -308,15 +384,63 @@ static void sm_on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- controls from the sm ----------------------------------------------------------- */
 
-/* The value of a one-key control body `key=value` ("" when absent). */
+/* The value of `key` in a control body `k=v k=v` ("" when absent). */
 static void sm_body_value(const char *body, size_t len, const char *key, char *out, size_t cap)
 {
-    size_t kl = strlen(key);
+    size_t kl = strlen(key), i = 0;
     out[0] = '\0';
-    if (len > kl + 1 && len - kl - 1 < cap && !strncmp(body, key, kl) && body[kl] == '=') {
-        memcpy(out, body + kl + 1, len - kl - 1);
-        out[len - kl - 1] = '\0';
+    while (i < len) {
+        size_t end = i;
+        while (end < len && body[end] != ' ')
+            end++;
+        if (end - i > kl && !strncmp(body + i, key, kl) && body[i + kl] == '=') {
+            size_t n = end - i - kl - 1;
+            if (n < cap) {
+                memcpy(out, body + i + kl + 1, n);
+                out[n] = '\0';
+            }
+            return;
+        }
+        i = end + 1;
     }
+}
+
+/* sm-query from the sm that owns the user now (its predecessor is gone):
+ * our state of the stream and the copies the client has not acknowledged,
+ * as control sm-state (aux the token; body `max= in= out= acked=`, then
+ * per copy a line `seq fromlen len` and those bytes). From now on only that
+ * sm's numbers are written. A stream we do not hold answers `gone`. */
+static void sm_query(struct c2s_conn *c, const struct env_hdr *h)
+{
+    struct c2s_smst *m = c ? c->sm : NULL;
+    char bare[JID_BARE_MAX + 1];
+    if (!m || !m->enabled || m->taken || c->state != C2S_S_BOUND) {
+        if (jid_bare_of(h->aux, bare, sizeof bare) >= 0)
+            c2s_route_control_body("sm-state", bare, h->sid, "", "gone");
+        log_info("sm_query_gone", "sid=%s sender=%s", h->sid, h->sender);
+        return;
+    }
+    const char *b = sm_bare_of(c);
+    struct sb_buf out = SB_BUF_INIT;
+    char line[96];
+    int n = snprintf(line, sizeof line, "max=%ld in=%u out=%u acked=%u\n", m->max, m->in_h,
+                     m->out, m->acked);
+    sb_rc rc = sb_buf_add(&out, line, (size_t)n);
+    for (const struct c2s_smcopy *e = m->qhead; e && rc == SB_OK; e = e->next) {
+        n = snprintf(line, sizeof line, "%u %zu %zu\n", e->seq, e->flen, e->len);
+        if ((rc = sb_buf_add(&out, line, (size_t)n)) == SB_OK &&
+            (rc = sb_buf_add(&out, e->data + e->len, e->flen)) == SB_OK)
+            rc = sb_buf_add(&out, e->data, e->len);
+    }
+    if (rc == SB_OK && b &&
+        c2s_route_control_data("sm-state", b, c->sid, m->id, out.data, out.len) == SB_OK) {
+        log_info("sm_state_handed", "sid=%s jid=%s from=%s to=%s copies=%ld out=%u acked=%u",
+                 c->sid, c->jid, *m->owner ? m->owner : "-", h->sender, m->qn, m->out, m->acked);
+        snprintf(m->owner, sizeof m->owner, "%s", h->sender);
+    } else {
+        log_warn("sm_state_send_failed", "sid=%s", c->sid);
+    }
+    sb_buf_free(&out);
 }
 
 int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
@@ -334,6 +458,10 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         }
         return 1;
     }
+    if (!strcmp(h->op, "sm-query")) {
+        sm_query(c && c->state != C2S_S_CLOSING ? c : NULL, h);
+        return 1;
+    }
     if (!m || c->state == C2S_S_CLOSING) {
         log_info("sm_answer_late", "op=%s sid=%s", h->op, h->sid);
         return 1;
@@ -345,6 +473,10 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         m->enabled = 1;
         m->resumable = *h->aux && strlen(h->aux) <= ENV_NAME_MAX &&
                        strspn(h->aux, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(h->aux);
+        if (m->resumable)
+            snprintf(m->id, sizeof m->id, "%.63s", h->aux);
+        snprintf(m->owner, sizeof m->owner, "%s", h->sender);
+        m->max = strtol(max, NULL, 10);
         if (m->resumable)
             snprintf(buf, sizeof buf, "<enabled xmlns='" NS_SM "' id='%.63s' resume='true' max='%s'/>",
                      h->aux, *max ? max : "300");
@@ -364,6 +496,10 @@ int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)
         m->enabled = m->resumable = 1;
         m->in_h = (uint32_t)strtoul(hv, NULL, 10);
         m->out = m->acked = m->resume_h;
+        snprintf(m->id, sizeof m->id, "%s", m->previd);
+        snprintf(m->owner, sizeof m->owner, "%s", h->sender);
+        sm_body_value(body, len, "max", hv, sizeof hv);
+        m->max = strtol(hv, NULL, 10);
         snprintf(buf, sizeof buf, "<resumed xmlns='" NS_SM "' previd='%s' h='%u'/>", m->previd,
                  m->in_h);
         c2s_conn_set_state(c, C2S_S_BOUND);

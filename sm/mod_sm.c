@@ -21,6 +21,14 @@
  *                 unacknowledged stanzas follow, in order
  *   sm-failed     sm → front-end   aux condition, body `h=N` when known
  *   sm-takeover   sm → old front-end  the stream was resumed elsewhere
+ *   sm-query      sm → front-end   aux full JID: this sm owns the user now
+ *                 and has no queue for the stream (its owner died); the
+ *                 session was loaded with flag `m` (sess:)
+ *   sm-state      front-end → sm   the answer: aux token, body `max= in= out=
+ *                 acked=` and the stanzas the client has not acknowledged
+ *                 (the front-end's copies), or `gone`; the session is adopted
+ *   sm-moved      front-end → sm   aux full JID: a numbered stanza of ours
+ *                 arrived after another sm adopted the stream
  * Stanzas a front-end answers itself for such a session (a bind error, a
  * bounce) come here as STANZA op=sm-local and are numbered like the rest.
  * When the session ends (clean close, timeout), what the client never
@@ -39,6 +47,7 @@
 #define SM_ID_LEN 24
 #define SM_MAX_DEFAULT 300
 #define SM_QUEUE_MAX 10000      /* a detached session holding more ends */
+#define SM_ADOPT_WAIT 10.       /* seconds for the front-end's sm-state */
 
 struct sm_qent {
     struct sm_qent *next;
@@ -60,6 +69,7 @@ struct sm_smq {
     long n;
     int max;                    /* seconds a detached session is kept */
     unsigned detached : 1, ending : 1;
+    unsigned adopting : 1;      /* waiting for sm-state: hold, send nothing */
     ev_timer timer;
 };
 
@@ -153,7 +163,7 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
         q->head = e;
     q->tail = e;
     q->n++;
-    if (!q->detached && !sm_frontend_gone(c, s->instance))
+    if (!q->detached && !q->adopting && !sm_frontend_gone(c, s->instance))
         sm_send_entry(c, s, e);
     else if (q->n > SM_QUEUE_MAX)
         sm_end_later(q, "queue-full");
@@ -249,6 +259,9 @@ long sm_smq_hand_over(struct sm_core *c, struct sm_user *u)
     long n = 0;
     for (int i = 0; i < u->nsess; i++) {
         struct sm_smq *q = u->sess[i].smq;
+        if (q && !q->detached && !q->adopting && !sm_frontend_gone(c, u->sess[i].instance))
+            continue;   /* all of it is on the stream, whose front-end keeps a
+                           copy until acknowledged: the next owner adopts it */
         for (struct sm_qent *e = q ? q->head : NULL; e; e = e->next) {
             if (strncmp(e->data, "<message", 8) && strncmp(e->data, "<iq", 3))
                 continue;       /* presence: the next session gets it fresh */
@@ -291,7 +304,204 @@ static void sm_end_later(struct sm_smq *q, const char *why)
 
 static void sm_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
-    sm_end_later(w->data, "timeout");
+    struct sm_smq *q = w->data;
+    sm_end_later(q, q->adopting ? "adopt-timeout" : "timeout");
+}
+
+/* ---- adoption: the previous owner of the user died with the queue ------------ */
+
+static struct sm_smq *sm_smq_new(struct sm_core *c, struct sm_user *u,
+                                 const struct sm_session *s, int max)
+{
+    struct sm_smq *q = calloc(1, sizeof *q);
+    if (!q || !(q->resource = strdup(s->resource))) {
+        free(q);
+        return NULL;
+    }
+    q->core = c;
+    q->user = u;
+    q->max = max;
+    ev_timer_init(&q->timer, sm_on_timeout, max, 0.);
+    q->timer.data = q;
+    return q;
+}
+
+/* A session loaded from Redis with flag `m` (stream-managed) that has no
+ * queue here: the sm that had it is gone (or forgot the user). Its
+ * front-end kept a copy of what it wrote and not yet saw acknowledged;
+ * ask for it. Meanwhile stanzas for the session are queued, unsent. */
+void sm_smq_adopt_start(struct sm_core *c, struct sm_user *u, struct sm_session *s)
+{
+    if (s->smq)
+        return;
+    struct sm_smq *q = sm_smq_new(c, u, s, (int)sb_config_int("sm_resume_max", SM_MAX_DEFAULT));
+    if (!q) {
+        log_error("sm_adopt_nomem", "jid=%s res=%s", sb_log_q(u->bare), sb_log_q(s->resource));
+        return;
+    }
+    q->adopting = 1;
+    s->smq = q;
+    ev_timer_set(&q->timer, SM_ADOPT_WAIT, 0.);
+    ev_timer_start(c->loop, &q->timer);
+    char full[ENV_STR_MAX + 1];
+    sm_full_of(u, s, full, sizeof full);
+    log_info("sm_adopt_asked", "jid=%s instance=%s sid=%s", sb_log_q(full), s->instance, s->sid);
+    sm_send_control(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-query", full);
+}
+
+/* One "seq fromlen len\n" line and its bytes from p (end at end): an
+ * entry, or NULL on a malformed body. */
+static struct sm_qent *sm_copy_parse(const char **p, const char *end)
+{
+    unsigned long seq;
+    size_t flen, len;
+    int used = 0;
+    const char *nl = memchr(*p, '\n', (size_t)(end - *p));
+    if (!nl || sscanf(*p, "%lu %zu %zu%n", &seq, &flen, &len, &used) != 3 || *p + used != nl ||
+        flen > ENV_STR_MAX || len > (size_t)(end - nl - 1) || flen > (size_t)(end - nl - 1) - len)
+        return NULL;
+    struct sm_qent *e = malloc(sizeof *e + len + flen + 2);
+    if (!e)
+        return NULL;
+    e->next = NULL;
+    e->seq = (uint32_t)seq;
+    e->len = len;
+    e->from = e->data + len + 1;
+    memcpy(e->from, nl + 1, flen);
+    e->from[flen] = '\0';
+    memcpy(e->data, nl + 1 + flen, len);
+    e->data[len] = '\0';
+    *p = nl + 1 + flen + len;
+    return e;
+}
+
+static void sm_entries_free(struct sm_qent *e)
+{
+    for (struct sm_qent *next; e; e = next) {
+        next = e->next;
+        free(e);
+    }
+}
+
+/* The copies as a list numbered acked+1 … out, or SB_ERROR. */
+static sb_rc sm_copies_parse(const char *p, const char *end, uint32_t acked, uint32_t out,
+                             struct sm_qent **head, struct sm_qent **tail, long *n)
+{
+    *head = *tail = NULL;
+    *n = 0;
+    uint32_t want = acked + 1;
+    while (p < end) {
+        struct sm_qent *e = sm_copy_parse(&p, end);
+        if (!e || e->seq != want) {
+            free(e);
+            sm_entries_free(*head);
+            return SB_ERROR;
+        }
+        if (*tail)
+            (*tail)->next = e;
+        else
+            *head = e;
+        *tail = e;
+        (*n)++;
+        want++;
+    }
+    if (want - 1 != out) {
+        sm_entries_free(*head);
+        return SB_ERROR;
+    }
+    return SB_OK;
+}
+
+/* sm-state: the front-end's numbering goes on here. Its copies (already on
+ * the stream) come first in the queue; what was held meanwhile follows,
+ * numbered after them, and is sent now. */
+static sb_rc sm_adopt(struct sm_job *j)
+{
+    struct sm_session *s = sm_session_by_sid(j->user, j->sid);
+    struct sm_smq *q = s ? s->smq : NULL;
+    if (!q || !q->adopting || strcmp(s->instance, j->sender)) {
+        log_info("sm_state_ignored", "jid=%s sid=%s sender=%s", sb_log_q(j->key), j->sid,
+                 j->sender);
+        return SB_OK;
+    }
+    const char *nl = memchr(j->body, '\n', j->body_len);
+    char v[24], head[128];
+    size_t hl = nl ? (size_t)(nl - j->body) : 0;
+    struct sm_qent *ch = NULL, *ct = NULL;
+    long cn = 0;
+    if (hl && hl < sizeof head) {
+        memcpy(head, j->body, hl);
+        head[hl] = '\0';
+    }
+    if (!hl || hl >= sizeof head || !sm_body_value(head, "out", v, sizeof v)) {
+        q->adopting = 0;
+        sm_end_later(q, strncmp(j->body, "gone", 4) ? "adopt-bad-state" : "adopt-gone");
+        return SB_OK;
+    }
+    uint32_t out = sm_parse_h(v), acked = sm_body_value(head, "acked", v, sizeof v)
+                   ? sm_parse_h(v) : out;
+    if (sm_copies_parse(nl + 1, j->body + j->body_len, acked, out, &ch, &ct, &cn) != SB_OK) {
+        log_warn("sm_state_malformed", "jid=%s sid=%s", sb_log_q(j->key), j->sid);
+        q->adopting = 0;
+        sm_end_later(q, "adopt-bad-state");
+        return SB_OK;
+    }
+    if (sm_body_value(head, "in", v, sizeof v))
+        q->in_h = sm_parse_h(v);
+    if (sm_body_value(head, "max", v, sizeof v) && atoi(v) > 0 && atoi(v) < q->max)
+        q->max = atoi(v);
+    if (*j->aux && strlen(j->aux) <= SM_ID_LEN &&
+        strspn(j->aux, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(j->aux))
+        memcpy(q->id, j->aux, strlen(j->aux) + 1);
+    long held = q->n;
+    for (struct sm_qent *e = q->head; e; e = e->next)
+        e->seq += out;          /* held ones were numbered from 0 */
+    if (ct) {
+        ct->next = q->head;
+        if (!q->head)
+            q->tail = ct;
+        q->head = ch;
+    }
+    struct sm_qent *first_held = ct ? ct->next : q->head;
+    q->n += cn;
+    q->out += out;
+    q->acked = acked;
+    q->adopting = 0;
+    ev_timer_stop(j->core->loop, &q->timer);
+    char full[ENV_STR_MAX + 1];
+    sm_full_of(j->user, s, full, sizeof full);
+    log_info("sm_adopted", "jid=%s sid=%s instance=%s copies=%ld held=%ld out=%u acked=%u "
+             "h=%u resumable=%d", sb_log_q(full), s->sid, s->instance, cn, held, q->out, acked,
+             q->in_h, q->id[0] != 0);
+    if (!sm_frontend_gone(j->core, s->instance))
+        for (const struct sm_qent *e = first_held; e; e = e->next)
+            sm_send_entry(j->core, s, e);
+    return SB_OK;
+}
+
+/* sm-moved: a front-end got a numbered stanza of ours after another sm
+ * adopted the stream (this one was frozen past its lease, or the set of
+ * sms changed). If the user is ours now, adopt the stream again from the
+ * front-end (it holds everything we sent); if not, forget the queue: it
+ * is all on the stream and the owner adopted it. */
+static sb_rc sm_moved(struct sm_job *j)
+{
+    char bare[ENV_STR_MAX + 1];
+    struct sm_user *u = NULL;
+    if (jid_bare_of(j->aux, bare, sizeof bare) >= 0)
+        HASH_FIND_STR(j->core->users, bare, u);
+    struct sm_session *s = sm_session_by_sid(u, j->sid);
+    struct sm_smq *q = s ? s->smq : NULL;
+    if (!q || q->adopting || q->detached || q->ending || strcmp(s->instance, j->sender))
+        return SB_OK;
+    int own = sm_cluster_owns(j->core, u->bare);
+    log_info("sm_moved", "jid=%s sid=%s unacked=%ld readopt=%d", sb_log_q(j->aux), s->sid,
+             q->n, own);
+    s->smq = NULL;
+    sm_smq_free(q);
+    if (own)
+        sm_smq_adopt_start(j->core, u, s);
+    return SB_OK;
 }
 
 /* ---- controls ----------------------------------------------------------------------- */
@@ -312,24 +522,19 @@ static sb_rc sm_enable(struct sm_job *j)
         sm_fail(j, s ? "unexpected-request" : "item-not-found", NULL);
         return SB_OK;
     }
-    struct sm_smq *q = calloc(1, sizeof *q);
-    if (!q || !(q->resource = strdup(s->resource))) {
-        free(q);
-        sm_fail(j, "resource-constraint", NULL);
-        return SB_OK;
-    }
     char v[16];
     int max = (int)sb_config_int("sm_resume_max", SM_MAX_DEFAULT);
     if (sm_body_value(j->body, "max", v, sizeof v) && atoi(v) > 0 && atoi(v) < max)
         max = atoi(v);
-    q->core = j->core;
-    q->user = j->user;
-    q->max = max;
+    struct sm_smq *q = sm_smq_new(j->core, j->user, s, max);
+    if (!q) {
+        sm_fail(j, "resource-constraint", NULL);
+        return SB_OK;
+    }
     if (sm_body_value(j->body, "resume", v, sizeof v) && !strcmp(v, "1"))
         sb_random_id(q->id, SM_ID_LEN);
-    ev_timer_init(&q->timer, sm_on_timeout, max, 0.);
-    q->timer.data = q;
     s->smq = q;
+    sm_session_store(j->core, j->user, s);     /* flag m: a next owner adopts it */
     char body[24];
     snprintf(body, sizeof body, "max=%d", max);
     log_info("sm_enabled", "jid=%s sid=%s resumable=%d max=%d", sb_log_q(j->aux), j->sid,
@@ -341,8 +546,8 @@ static sb_rc sm_enable(struct sm_job *j)
 static sb_rc sm_ack(struct sm_job *j, int is_ack)
 {
     struct sm_session *s = sm_session_by_sid(j->user, j->sid);
-    if (!s || !s->smq || strcmp(s->instance, j->sender))
-        return SB_OK;
+    if (!s || !s->smq || s->smq->adopting || strcmp(s->instance, j->sender))
+        return SB_OK;           /* adopting: sm-state brings the counts */
     uint32_t h = sm_parse_h(j->aux);
     if (!is_ack)
         s->smq->in_h = h;
@@ -392,7 +597,7 @@ static sb_rc sm_resume(struct sm_job *j)
             if (u->sess[i].smq && !strcmp(u->sess[i].smq->id, previd))
                 s = &u->sess[i];
     }
-    if (!s || s->smq->ending) {
+    if (!s || s->smq->ending || s->smq->adopting) {
         sm_fail(j, "item-not-found", NULL);
         return SB_OK;
     }
@@ -424,8 +629,8 @@ static sb_rc sm_resume(struct sm_job *j)
     ev_timer_stop(c->loop, &q->timer);
     sm_push_online(u);
     sm_trim(q, h);
-    char body[24];
-    snprintf(body, sizeof body, "h=%u", q->in_h);
+    char body[40];
+    snprintf(body, sizeof body, "h=%u max=%d", q->in_h, q->max);
     sm_send_control_body(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-resumed", full, body);
     for (const struct sm_qent *e = q->head; e; e = e->next)
         sm_send_entry(c, s, e);
@@ -436,6 +641,8 @@ static sb_rc sm_resume(struct sm_job *j)
 
 static sb_rc sm_control(struct sm_job *j, const char *op)
 {
+    if (!strcmp(op, "sm-moved"))
+        return sm_moved(j);     /* routed to this instance: not on a user's queue */
     if (!j->user)
         return SB_DECLINED;
     if (!strcmp(op, "sm-enable"))
@@ -446,6 +653,8 @@ static sb_rc sm_control(struct sm_job *j, const char *op)
         return sm_ack(j, 0);
     if (!strcmp(op, "sm-resume"))
         return sm_resume(j);
+    if (!strcmp(op, "sm-state"))
+        return sm_adopt(j);
     if (!strcmp(op, "end") || !strcmp(op, "session-gone"))
         return sm_gone(j, op);
     return SB_DECLINED;
