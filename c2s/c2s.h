@@ -317,6 +317,15 @@ void c2s_sm_stanza_out(struct c2s_conn *c, const struct env_hdr *h, const char *
 /* 1 when a numbered stanza comes from an sm that no longer holds this
  * stream's numbering (another sm adopted it): not to be written. */
 int c2s_sm_foreign(const struct c2s_conn *c, const struct env_hdr *h);
+/* The stream of c broke, its session is detached (session-gone): keep what
+ * the client had not acknowledged as a ghost of the stream (by sid). */
+void c2s_sm_ghost(struct c2s_conn *c);
+/* A numbered stanza for a stream that is not open here: kept in its ghost
+ * (1), or no ghost (0). *foreign: numbered by an sm that is not the
+ * ghost's owner (not kept). */
+int c2s_sm_ghost_keep(const struct env_hdr *h, const char *body, size_t len, int *foreign);
+/* The full JID of a ghost, or NULL. */
+const char *c2s_sm_ghost_jid(const char *sid);
 /* Controls sm-enabled, sm-resumed, sm-failed, sm-takeover: 1 if one. */
 int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len);
 /* A stanza c2s itself answers a bound client with: through the user's sm

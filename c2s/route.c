@@ -86,6 +86,8 @@ void c2s_route_end(struct c2s_conn *c)
     if (!op || !c->jid || jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
         return;
     c2s_route_control_body(op, route_bare, c->sid, c->jid, body);
+    if (!strcmp(op, "session-gone"))
+        c2s_sm_ghost(c);        /* its copies outlive the stream, for the sm's sake */
 }
 
 /* An error stanza to the client about a stanza it sent (RFC 6120 §8.3). */
@@ -223,11 +225,27 @@ static void route_foreign(const struct env_hdr *h, const char *body, size_t len)
 
 /* Tell the sm that numbered it that the stream is no longer its own
  * (sm/mod_sm.c sm-moved): once per such stanza, to that instance. */
-static void route_moved(const struct c2s_conn *c, const struct env_hdr *h)
+static void route_moved(const struct env_hdr *h, const char *jid)
 {
-    if (c->jid)
-        route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, "sm-moved", h->sender, c->sid, c->jid,
+    if (jid)
+        route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, "sm-moved", h->sender, h->sid, jid,
                        "", 0);
+}
+
+/* A numbered stanza for a stream that is no longer open: its ghost keeps
+ * it (c2s_sm_ghost_keep). 1 when handled. */
+static int route_ghost(const struct env_hdr *h, const char *body, size_t len)
+{
+    int foreign;
+    if (!c2s_sm_ghost_keep(h, body, len, &foreign))
+        return 0;
+    if (foreign) {
+        log_info("sm_foreign_numbered", "sid=%s jid=%s sender=%s ghost=1", h->sid,
+                 sb_log_q(c2s_sm_ghost_jid(h->sid)), h->sender);
+        route_moved(h, c2s_sm_ghost_jid(h->sid));
+        route_foreign(h, body, len);
+    }
+    return 1;
 }
 
 /* carbons-route (sm/mod_carbons.c): aux the session's full JID, body 1
@@ -468,6 +486,14 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         if (!*h->sid)
             return;
         struct c2s_conn *c = c2s_table_find(h->sid);
+        if (!strncmp(h->op, "sm-detached:", 12)) {
+            /* numbered while the session is detached: only its ghost wants
+             * it (the sm's queue has it for the resumption) */
+            route_ghost(h, body, len);
+            return;
+        }
+        if (!c && !strncmp(h->op, "sm:", 3) && route_ghost(h, body, len))
+            return;             /* arrived just after the stream broke */
         if (c && c->state == C2S_S_BOUND && !*h->op && c2s_sm_enabled(c)) {
             /* A managed stream's stanza without its XEP-0198 number: the
              * user's sm no longer holds this stream's queue (it went with
@@ -490,7 +516,7 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
              * already queued there), and its sm is told (sm-moved). */
             log_info("sm_foreign_numbered", "sid=%s jid=%s sender=%s", c->sid,
                      c->jid ? c->jid : "-", h->sender);
-            route_moved(c, h);
+            route_moved(h, c->jid);
             route_foreign(h, body, len);
             return;
         }

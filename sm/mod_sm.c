@@ -52,6 +52,7 @@
 struct sm_qent {
     struct sm_qent *next;
     uint32_t seq;
+    uint32_t oseq;              /* held while adopting: its number at the old owner, 0 none */
     size_t len;
     char *from;                 /* points into data, after the body */
     char data[];                /* body NUL, from NUL */
@@ -65,6 +66,8 @@ struct sm_smq {
     uint32_t out, acked, in_h;  /* last numbered, last acknowledged, client's */
     char prev_instance[ENV_NAME_MAX + 1];   /* the stream it was last resumed from: */
     char prev_sid[ENV_NAME_MAX + 1];        /* what bounces from there was resent */
+    char adopt_sid[ENV_NAME_MAX + 1];       /* the stream adopted, "" none, and */
+    uint32_t adopt_out;                     /* the last number its front-end had */
     struct sm_qent *head, *tail;
     long n;
     int max;                    /* seconds a detached session is kept */
@@ -138,20 +141,29 @@ static void sm_send_entry(struct sm_core *c, const struct sm_session *s, const s
     sm_send_to_session(c, s, op, e->from, e->data, e->len);
 }
 
+/* The same for a detached session: the old front-end keeps it beside the
+ * stream's ghost (c2s/sm.c), so the queue has a second copy. */
+static void sm_send_detached(struct sm_core *c, const struct sm_session *s,
+                             const struct sm_qent *e)
+{
+    char op[24];
+    snprintf(op, sizeof op, "sm-detached:%u", e->seq);
+    sm_send_to_session(c, s, op, e->from, e->data, e->len);
+}
+
 static void sm_end_later(struct sm_smq *q, const char *why);
 
-sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
-                  const char *body, size_t len)
+/* A new entry at the end of q, numbered next. */
+static struct sm_qent *sm_qent_add(struct sm_smq *q, const char *from, const char *body,
+                                   size_t len)
 {
-    struct sm_smq *q = s->smq;
     size_t flen = from ? strlen(from) : 0;
     struct sm_qent *e = malloc(sizeof *e + len + flen + 2);
-    if (!e) {
-        log_error("sm_queue_nomem", "res=%s", sb_log_q(s->resource));
-        return SB_ERROR;
-    }
+    if (!e)
+        return NULL;
     e->next = NULL;
     e->seq = ++q->out;
+    e->oseq = 0;
     e->len = len;
     memcpy(e->data, body, len);
     e->data[len] = '\0';
@@ -163,9 +175,25 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
         q->head = e;
     q->tail = e;
     q->n++;
-    if (!q->detached && !q->adopting && !sm_frontend_gone(c, s->instance))
+    return e;
+}
+
+sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
+                  const char *body, size_t len)
+{
+    struct sm_smq *q = s->smq;
+    struct sm_qent *e = sm_qent_add(q, from, body, len);
+    if (!e) {
+        log_error("sm_queue_nomem", "res=%s", sb_log_q(s->resource));
+        return SB_ERROR;
+    }
+    if (q->adopting)
+        ;                       /* numbered again when adopted */
+    else if (!q->detached && !sm_frontend_gone(c, s->instance))
         sm_send_entry(c, s, e);
-    else if (q->n > SM_QUEUE_MAX)
+    else if (!sm_frontend_gone(c, s->instance))
+        sm_send_detached(c, s, e);
+    if (q->n > SM_QUEUE_MAX && (q->detached || q->adopting))
         sm_end_later(q, "queue-full");
     return SB_OK;
 }
@@ -269,7 +297,10 @@ long sm_smq_hand_over(struct sm_core *c, struct sm_user *u)
             env_init(&h, ENV_STANZA, ENV_ROUTE_JID);
             snprintf(h.key, sizeof h.key, "%s", u->bare);
             snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
-            snprintf(h.op, sizeof h.op, "sm-replay");   /* already notified (mod_push) */
+            /* numbered: the next owner may adopt the stream from a front-end
+             * that holds these already (sm_handover) */
+            snprintf(h.op, sizeof h.op, "sm-handover:%u", e->seq);
+            snprintf(h.sid, sizeof h.sid, "%s", u->sess[i].sid);
             snprintf(h.aux, sizeof h.aux, "%s", e->from);
             if (link_send(c->link, &h, e->data, e->len) == SB_OK)
                 n++;
@@ -440,6 +471,8 @@ static sb_rc sm_adopt(struct sm_job *j)
     }
     uint32_t out = sm_parse_h(v), acked = sm_body_value(head, "acked", v, sizeof v)
                    ? sm_parse_h(v) : out;
+    if (sm_body_value(head, "detached", v, sizeof v) && !strcmp(v, "1"))
+        q->detached = 1;        /* the stream broke; its front-end keeps a ghost */
     if (sm_copies_parse(nl + 1, j->body + j->body_len, acked, out, &ch, &ct, &cn) != SB_OK) {
         log_warn("sm_state_malformed", "jid=%s sid=%s", sb_log_q(j->key), j->sid);
         q->adopting = 0;
@@ -453,9 +486,26 @@ static sb_rc sm_adopt(struct sm_job *j)
     if (*j->aux && strlen(j->aux) <= SM_ID_LEN &&
         strspn(j->aux, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(j->aux))
         memcpy(q->id, j->aux, strlen(j->aux) + 1);
-    long held = q->n;
-    for (struct sm_qent *e = q->head; e; e = e->next)
-        e->seq += out;          /* held ones were numbered from 0 */
+    /* held ones were numbered from 0: after the copies now; one the old
+     * owner handed over that the front-end has already is dropped */
+    struct sm_qent **pp = &q->head, *last = NULL;
+    long held = 0, dropped = 0;
+    q->out = out;
+    while (*pp) {
+        struct sm_qent *e = *pp;
+        if (e->oseq && !sm_seq_after(e->oseq, out)) {
+            *pp = e->next;
+            free(e);
+            dropped++;
+            continue;
+        }
+        e->seq = ++q->out;
+        held++;
+        last = e;
+        pp = &e->next;
+    }
+    q->tail = last;
+    q->n = held;
     if (ct) {
         ct->next = q->head;
         if (!q->head)
@@ -464,18 +514,31 @@ static sb_rc sm_adopt(struct sm_job *j)
     }
     struct sm_qent *first_held = ct ? ct->next : q->head;
     q->n += cn;
-    q->out += out;
     q->acked = acked;
+    snprintf(q->adopt_sid, sizeof q->adopt_sid, "%s", s->sid);
+    q->adopt_out = out;
     q->adopting = 0;
     ev_timer_stop(j->core->loop, &q->timer);
+    if (q->detached) {
+        ev_timer_set(&q->timer, q->max, 0.);
+        ev_timer_start(j->core->loop, &q->timer);
+    }
     char full[ENV_STR_MAX + 1];
     sm_full_of(j->user, s, full, sizeof full);
-    log_info("sm_adopted", "jid=%s sid=%s instance=%s copies=%ld held=%ld out=%u acked=%u "
-             "h=%u resumable=%d", sb_log_q(full), s->sid, s->instance, cn, held, q->out, acked,
-             q->in_h, q->id[0] != 0);
+    log_info("sm_adopted", "jid=%s sid=%s instance=%s copies=%ld held=%ld duplicates=%ld "
+             "out=%u acked=%u h=%u resumable=%d detached=%d", sb_log_q(full), s->sid,
+             s->instance, cn, held, dropped, q->out, acked, q->in_h, q->id[0] != 0, q->detached);
+    if (!q->id[0] && q->detached) {
+        sm_end_later(q, "adopt-detached");      /* nobody can resume it */
+        return SB_OK;
+    }
     if (!sm_frontend_gone(j->core, s->instance))
-        for (const struct sm_qent *e = first_held; e; e = e->next)
-            sm_send_entry(j->core, s, e);
+        for (const struct sm_qent *e = first_held; e; e = e->next) {
+            if (q->detached)
+                sm_send_detached(j->core, s, e);
+            else
+                sm_send_entry(j->core, s, e);
+        }
     return SB_OK;
 }
 
@@ -567,6 +630,10 @@ static sb_rc sm_gone(struct sm_job *j, const char *op)
     char v[16];
     if (sm_body_value(j->body, "h", v, sizeof v) && !strcmp(j->sender, s->instance))
         q->in_h = sm_parse_h(v);
+    if (!strcmp(op, "session-gone") && q->adopting && !q->ending) {
+        q->detached = 1;    /* its front-end keeps a ghost: the state still comes */
+        return SB_OK;
+    }
     if (!strcmp(op, "session-gone") && q->id[0] && !q->ending) {
         if (!q->detached) {
             q->detached = 1;
@@ -609,7 +676,9 @@ static sb_rc sm_resume(struct sm_job *j)
     }
     char full[ENV_STR_MAX + 1], member[ENV_STR_MAX + ENV_NAME_MAX + 2];
     sm_full_of(u, s, full, sizeof full);
-    if (!q->detached)       /* the old stream is still open: it gives way */
+    /* the old stream, if still open, gives way; if it broke, its front-end
+     * drops the ghost of it */
+    if (!q->detached || !sm_frontend_gone(c, s->instance))
         sm_send_control(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-takeover", full);
     snprintf(member, sizeof member, "%s %s", full, s->sid);
     SM_RCMD(c, sm_on_redis, NULL, "SREM fe:%s %s", s->instance, member);
@@ -665,10 +734,40 @@ static sb_rc sm_control(struct sm_job *j, const char *op)
 /* op=sm-local: a stanza the front-end answered its own client with, for a
  * stream-managed session (numbered with the rest); op=stale for such a
  * session: already in its queue, resent on resumption. */
+/* sm-handover:N — an unacknowledged stanza of stream `sid` (number N there)
+ * from the sm that had the user. If this sm adopts that stream (or has),
+ * the front-end's copies decide: one it has already is not delivered again.
+ * Otherwise it is an ordinary replay. */
+static sb_rc sm_handover(struct sm_job *j)
+{
+    uint32_t oseq = sm_parse_h(j->op + 12);
+    for (int i = 0; i < j->user->nsess; i++) {
+        struct sm_session *s = &j->user->sess[i];
+        struct sm_smq *q = s->smq;
+        if (!q)
+            continue;
+        if (q->adopting && !strcmp(s->sid, j->sid)) {
+            struct sm_qent *e = sm_qent_add(q, j->aux, j->body, j->body_len);
+            if (e)
+                e->oseq = oseq;
+            return SB_OK;       /* sorted out when the state comes (sm_adopt) */
+        }
+        if (*q->adopt_sid && !strcmp(q->adopt_sid, j->sid) && !sm_seq_after(oseq, q->adopt_out)) {
+            log_debug("sm_handover_dropped", "jid=%s sid=%s seq=%u", sb_log_q(j->key), j->sid,
+                      oseq);
+            return SB_OK;       /* the adopted copies had it */
+        }
+    }
+    j->op = "sm-replay";        /* the next modules: an ordinary replay */
+    return SB_DECLINED;
+}
+
 static sb_rc sm_stanza(struct sm_job *j)
 {
     if (!*j->op || !j->user)
         return SB_DECLINED;
+    if (!strncmp(j->op, "sm-handover:", 12))
+        return sm_handover(j);
     if (!strcmp(j->op, "sm-local")) {
         struct sm_session *s = sm_session_by_sid(j->user, j->sid);
         if (s)

@@ -377,3 +377,56 @@ def test_stream_survives_the_death_of_its_users_sm(stack):
     finally:
         stack.stack("start-proc", "sm1")
         stack.stack("wait-ready")
+
+
+def test_detached_stream_survives_the_death_of_its_users_sm(stack):
+    """alice's connection to c2s1 drops with messages unacknowledged; more
+    arrive while she is away (her sm queues them and c2s1 keeps a copy
+    beside the broken stream's ghost); then her sm (sm1) is killed with
+    SIGKILL and more arrive once sm2 owns her. She resumes on c2s2 with her
+    last acknowledged h: every message she had not acknowledged, exactly
+    once, in order."""
+    a_jid, a_pw = _user_on(stack, "sm1", "alice")
+    b_jid, b_pw = _user_on(stack, "sm2", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            bob.message(alice.jid, "acked")
+            await alice.message_with("acked")
+            alice.ack()
+            acked = alice.h
+            bob.message(alice.jid, "unacked")
+            await alice.message_with("unacked")
+            alice.abort()    # detached at sm1 (if a message beats the EOF, c2s1 wrote
+                             # it to the dead socket and kept its copy all the same)
+            for i in range(2):
+                bob.message(alice.jid, "detached%d" % i)
+            await bob.barrier(a_jid)
+            stack.stack("kill-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
+                                    timeout=20)
+            for i in range(2):
+                bob.message(alice.jid, "after%d" % i)
+            await bob.barrier(a_jid)
+            el = await again.resume(alice.sm_id, acked)
+            assert el.tag == sm("resumed"), describe(el)
+            want = ["unacked", "detached0", "detached1", "after0", "after1"]
+            got = [await again.next(lambda e: e.tag == MESSAGE, 15, "message %d" % i)
+                   for i in range(len(want))]
+            assert bodies(got) == want, [describe(m) for m in got]
+            bob.message(alice.jid, "final")
+            assert bodies([await again.next(lambda e: e.tag == MESSAGE)]) == ["final"]
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
