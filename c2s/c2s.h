@@ -324,6 +324,9 @@ void c2s_sm_ghost(struct c2s_conn *c);
  * (1), or no ghost (0). *foreign: numbered by an sm that is not the
  * ghost's owner (not kept). */
 int c2s_sm_ghost_keep(const struct env_hdr *h, const char *body, size_t len, int *foreign);
+/* Our own answer to the client (c2s_stanza_local) bounced: the user's sm
+ * cannot number it; numbered and written here (sm.c). */
+void c2s_sm_write_local(struct c2s_conn *c, const char *body, size_t len);
 /* The full JID of a ghost, or NULL. */
 const char *c2s_sm_ghost_jid(const char *sid);
 /* Controls sm-enabled, sm-resumed, sm-failed, sm-takeover: 1 if one. */

@@ -284,6 +284,18 @@ static void route_control(const struct env_hdr *h, const char *body, size_t len)
     }
 }
 
+/* A bounced stanza addressed to the session's own client with type error
+ * or result: one of our own answers sent through its sm (c2s_stanza_local,
+ * STANZA op sm-local), not a stanza the client sent. */
+static int route_own_answer(const struct c2s_conn *c, const char *body, size_t len)
+{
+    static char type[16];
+    return c->jid && c2s_scan_attr(body, len, "to", route_full, sizeof route_full) >= 0 &&
+           !strcmp(route_full, c->jid) &&
+           c2s_scan_attr(body, len, "type", type, sizeof type) >= 0 &&
+           (!strcmp(type, "error") || !strcmp(type, "result"));
+}
+
 static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
 {
     struct c2s_conn *c = c2s_table_find(h->sid);
@@ -298,6 +310,10 @@ static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
     }
     if (h->flags != ENV_STANZA || c->state != C2S_S_BOUND)
         return;
+    if (c2s_sm_enabled(c) && route_own_answer(c, body, len)) {
+        c2s_sm_write_local(c, body, len);       /* its sm is unreachable */
+        return;
+    }
     enum xml_err err;
     struct xml_doc *d = xml_doc_parse(body, len, &c2s.cfg.limits, &err);
     if (!d)

@@ -69,6 +69,8 @@ struct c2s_smst {
     double unacked_since;           /* oldest unacknowledged, 0 none */
     unsigned enabled : 1, waiting : 1, resuming : 1, resumable : 1;
     unsigned r_out : 1, dirty : 1, clean : 1, taken : 1;
+    unsigned orphan : 1;            /* we numbered one ourselves: no sm's numbers
+                                       until one adopts the stream (sm-query) */
     char previd[ENV_NAME_MAX + 1];
     struct c2s_smcopies q;
 };
@@ -180,6 +182,8 @@ void c2s_sm_ghost(struct c2s_conn *c)
     g->out = m->out;
     g->acked = m->acked;
     g->q = m->q;                        /* the copies move over */
+    if (m->orphan)
+        g->q.owner[0] = '\001';         /* nobody's numbers until adopted */
     memset(&m->q, 0, sizeof m->q);
     HASH_ADD_STR(sm_ghosts, sid, g);
     ev_timer_init(&g->timer, sm_ghost_on_timer, (g->q.max > 0 ? g->q.max : 300) + 10., 0.);
@@ -394,8 +398,34 @@ static void sm_on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 int c2s_sm_foreign(const struct c2s_conn *c, const struct env_hdr *h)
 {
     const struct c2s_smst *m = c->sm;
-    return m && m->enabled && *m->q.owner && !strncmp(h->op, "sm:", 3) &&
-           strcmp(h->sender, m->q.owner) != 0;
+    return m && m->enabled && !strncmp(h->op, "sm:", 3) &&
+           (m->orphan || (*m->q.owner && strcmp(h->sender, m->q.owner) != 0));
+}
+
+static void sm_copy_keep(struct c2s_smcopies *q, uint32_t seq, const char *from,
+                         const char *body, size_t len);
+
+/* One of our own answers to the client (c2s_stanza_local) came back from
+ * the router: the user's sm, which numbers them, is unreachable (dead, its
+ * lease still running). Number it here, after the last one written, write
+ * it and keep its copy; its sm has lost count, so until an sm adopts the
+ * stream again (sm-query, which gets this copy too) no sm's number is
+ * written (c2s_sm_foreign: each such stanza goes back to the user's sm,
+ * which is told sm-moved and adopts the stream anew). */
+void c2s_sm_write_local(struct c2s_conn *c, const char *body, size_t len)
+{
+    struct c2s_smst *m = c->sm;
+    m->out++;
+    c2s_conn_write(c, body, len);
+    sm_copy_keep(&m->q, m->out, c->domain ? c->domain : "", body, len);
+    if (!m->orphan)
+        log_info("sm_local_numbered", "sid=%s jid=%s seq=%u owner=%s", c->sid, c->jid, m->out,
+                 *m->q.owner ? m->q.owner : "-");
+    m->orphan = 1;
+    if (!m->unacked_since)
+        m->unacked_since = ev_now(c2s.loop);
+    if (!m->r_out && (uint32_t)(m->out - m->acked) >= (uint32_t)c2s.cfg.sm_ack_every)
+        sm_request_ack(m);
 }
 
 static void sm_copy_keep(struct c2s_smcopies *q, uint32_t seq, const char *from,
@@ -557,6 +587,8 @@ static void sm_query(struct c2s_conn *c, const struct env_hdr *h)
     log_info("sm_state_handed", "sid=%s jid=%s from=%s to=%s copies=%ld detached=%d", h->sid,
              sb_log_q(h->aux), *q->owner ? q->owner : "-", h->sender, q->n, g != NULL);
     snprintf(q->owner, sizeof q->owner, "%s", h->sender);
+    if (m)
+        m->orphan = 0;
 }
 
 int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len)

@@ -430,3 +430,55 @@ def test_detached_stream_survives_the_death_of_its_users_sm(stack):
     finally:
         stack.stack("start-proc", "sm1")
         stack.stack("wait-ready")
+
+
+def test_error_for_a_message_to_a_dead_sm_reaches_a_sender_on_it_and_counts(stack):
+    """alice (XEP-0198) and bob both hash to sm1, which is killed with
+    SIGKILL. alice's message to bob comes back from the router while sm1's
+    lease runs; the error c2s1 answers her with would go through her sm
+    (sm1, dead) to be numbered, so c2s1 numbers it itself. She gets it; then
+    sm2 adopts her stream and what follows is numbered after it: her acks
+    stay valid and a resumption gets both again, once, in order."""
+    a_jid, a_pw = _user_on(stack, "sm1", "alice")
+    b_jid, b_pw = _user_on(stack, "sm1", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            stack.stack("kill-proc", "sm1")
+            alice.send("<message to='%s' id='x1' type='chat'><body>lost?</body></message>"
+                       % bob.jid)
+            err = await alice.next(lambda e: e.tag == MESSAGE and e.get("id") == "x1", 15,
+                                   "the error for x1")
+            assert err.get("type") == "error", describe(err)
+            assert alice.h == 1, alice.h
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
+                                    timeout=20)
+            bob.message(alice.jid, "after")
+            await alice.message_with("after", timeout=20)
+            assert alice.h == 2, alice.h
+            alice.send("<a xmlns='%s' h='1'/>" % NS_SM)   # the error: number 1
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            a = await alice.nonza("a")
+            assert a.get("h") == "1", describe(a)          # her one message
+            await alice.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
+            alice.abort()
+            el = await again.resume(alice.sm_id, 1)
+            assert el.tag == sm("resumed"), describe(el)
+            got = await again.next(lambda e: e.tag == MESSAGE, 15, "the message after")
+            assert bodies([got]) == ["after"], describe(got)   # number 2, once
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+            again.send("<a xmlns='%s' h='2'/>" % NS_SM)
+            await again.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
