@@ -22,7 +22,11 @@
  * sm dies, the sm that owns the user next asks us (sm-query) and we hand it
  * the stream's state and the copies (sm-state); it adopts the session and
  * the stream goes on. From then on only its numbers are written here
- * (`owner`); a numbered stanza from another sm ends the stream instead.
+ * (`owner`); a numbered stanza from another sm is handed back to the
+ * user's sm (sm-replay) and its sender told sm-moved. A resumable stream
+ * that breaks leaves its copies as a ghost (by sid), which also keeps what
+ * the sm numbers for the detached session (sm-detached:N), so a detached
+ * queue has two copies too.
  * We ask for acks after `sm_ack_every` unacknowledged stanzas, or when one
  * has waited `sm_ack_after` seconds; the keepalive ping of a managed TCP
  * session is an <r/>. BOSH is not offered stream management (XEP-0124

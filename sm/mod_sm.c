@@ -17,7 +17,7 @@
  *                 detached (kept, presence unchanged, stanzas queued) for
  *                 `max` seconds instead of ended; body `h=N`
  *   sm-resume     front-end → sm   aux `token h` on a new authenticated stream
- *   sm-resumed    sm → front-end   aux full JID, body `h=N`; then the
+ *   sm-resumed    sm → front-end   aux full JID, body `h=N max=M`; then the
  *                 unacknowledged stanzas follow, in order
  *   sm-failed     sm → front-end   aux condition, body `h=N` when known
  *   sm-takeover   sm → old front-end  the stream was resumed elsewhere
@@ -29,12 +29,18 @@
  *                 (the front-end's copies), or `gone`; the session is adopted
  *   sm-moved      front-end → sm   aux full JID: a numbered stanza of ours
  *                 arrived after another sm adopted the stream
+ * Stanzas: op sm:N to an attached stream; sm-detached:N to the front-end
+ * of a detached one (kept beside its ghost there, not written);
+ * sm-handover:N between sms when the user changes owner.
  * Stanzas a front-end answers itself for such a session (a bind error, a
  * bounce) come here as STANZA op=sm-local and are numbered like the rest.
  * When the session ends (clean close, timeout), what the client never
  * acknowledged runs again through the user's queue: messages go to another
  * session or offline storage, iq requests get an error, presence is dropped
- * (as op sm-replay jobs: mod_push notified them when they were queued). */
+ * (as op sm-replay jobs: mod_push notified them when they were queued).
+ * The front-end keeps its own copy of everything numbered for the stream
+ * until acknowledged, so when this sm dies the next owner adopts the
+ * stream from there (sm/README.md, "Surviving the death of an sm"). */
 #include "sm_int.h"
 #include "config.h"
 #include "jid.h"

@@ -450,29 +450,37 @@ def test_error_for_a_message_to_a_dead_sm_reaches_a_sender_on_it_and_counts(stac
         try:
             await alice.enable()
             stack.stack("kill-proc", "sm1")
-            alice.send("<message to='%s' id='x1' type='chat'><body>lost?</body></message>"
-                       % bob.jid)
-            err = await alice.next(lambda e: e.tag == MESSAGE and e.get("id") == "x1", 15,
-                                   "the error for x1")
-            assert err.get("type") == "error", describe(err)
-            assert alice.h == 1, alice.h
+            # One sent in the instant before c2s1 sees sm1's connection drop
+            # goes into the dead direct pipe and is lost (a known limit,
+            # sm/README.md); the next one is bounced by the router.
+            err, sent = None, 0
+            while err is None and sent < 3:
+                sent += 1
+                alice.send("<message to='%s' id='x%d' type='chat'><body>?</body></message>"
+                           % (bob.jid, sent))
+                try:
+                    err = await alice.next(lambda e: e.tag == MESSAGE and e.get("type") ==
+                                           "error", 1.5, "an error")
+                except AssertionError:
+                    pass
+            assert err is not None, "no error for %d messages to a user of a dead sm" % sent
             await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
                                     timeout=20)
             bob.message(alice.jid, "after")
             await alice.message_with("after", timeout=20)
-            assert alice.h == 2, alice.h
-            alice.send("<a xmlns='%s' h='1'/>" % NS_SM)   # the error: number 1
+            n = alice.h                                    # the errors, then "after"
+            alice.send("<a xmlns='%s' h='%d'/>" % (NS_SM, n - 1))
             alice.send("<r xmlns='%s'/>" % NS_SM)
             a = await alice.nonza("a")
-            assert a.get("h") == "1", describe(a)          # her one message
+            assert a.get("h") == str(sent), describe(a)    # her messages
             await alice.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
             alice.abort()
-            el = await again.resume(alice.sm_id, 1)
+            el = await again.resume(alice.sm_id, n - 1)
             assert el.tag == sm("resumed"), describe(el)
             got = await again.next(lambda e: e.tag == MESSAGE, 15, "the message after")
-            assert bodies([got]) == ["after"], describe(got)   # number 2, once
+            assert bodies([got]) == ["after"], describe(got)   # number n, once
             await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
-            again.send("<a xmlns='%s' h='2'/>" % NS_SM)
+            again.send("<a xmlns='%s' h='%d'/>" % (NS_SM, n))
             await again.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
         finally:
             for c in (alice, bob, again):
