@@ -53,7 +53,8 @@
 #define SM_ID_LEN 24
 #define SM_MAX_DEFAULT 300
 #define SM_QUEUE_MAX 10000      /* a detached session holding more ends */
-#define SM_ADOPT_WAIT 10.       /* seconds for the front-end's sm-state */
+#define SM_ADOPT_EVERY 1.       /* sm-query again after this many seconds, */
+#define SM_ADOPT_TRIES 10       /* this many times before the session ends */
 
 struct sm_qent {
     struct sm_qent *next;
@@ -79,6 +80,7 @@ struct sm_smq {
     int max;                    /* seconds a detached session is kept */
     unsigned detached : 1, ending : 1;
     unsigned adopting : 1;      /* waiting for sm-state: hold, send nothing */
+    int adopt_tries;            /* sm-query sent so far */
     ev_timer timer;
 };
 
@@ -339,9 +341,16 @@ static void sm_end_later(struct sm_smq *q, const char *why)
     sm_core_submit(c, &h, "", 0);
 }
 
+static void sm_adopt_ask(struct sm_smq *q);
+
 static void sm_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct sm_smq *q = w->data;
+    if (q->adopting && q->adopt_tries < SM_ADOPT_TRIES && !q->ending) {
+        sm_adopt_ask(q);        /* the query or its answer may have been lost (no
+                                   router yet after a freeze): ask again */
+        return;
+    }
     sm_end_later(q, q->adopting ? "adopt-timeout" : "timeout");
 }
 
@@ -378,12 +387,25 @@ void sm_smq_adopt_start(struct sm_core *c, struct sm_user *u, struct sm_session 
     }
     q->adopting = 1;
     s->smq = q;
-    ev_timer_set(&q->timer, SM_ADOPT_WAIT, 0.);
-    ev_timer_start(c->loop, &q->timer);
+    sm_adopt_ask(q);
+}
+
+/* sm-query to the session's front-end; again every SM_ADOPT_EVERY s. */
+static void sm_adopt_ask(struct sm_smq *q)
+{
+    struct sm_core *c = q->core;
+    struct sm_session *s = sm_user_session(q->user, q->resource);
+    if (!s)
+        return;
     char full[ENV_STR_MAX + 1];
-    sm_full_of(u, s, full, sizeof full);
-    log_info("sm_adopt_asked", "jid=%s instance=%s sid=%s", sb_log_q(full), s->instance, s->sid);
+    sm_full_of(q->user, s, full, sizeof full);
+    q->adopt_tries++;
+    log_info("sm_adopt_asked", "jid=%s instance=%s sid=%s try=%d", sb_log_q(full), s->instance,
+             s->sid, q->adopt_tries);
     sm_send_control(c, ENV_ROUTE_INSTANCE, s->instance, s->sid, "sm-query", full);
+    ev_timer_stop(c->loop, &q->timer);
+    ev_timer_set(&q->timer, SM_ADOPT_EVERY, 0.);
+    ev_timer_start(c->loop, &q->timer);
 }
 
 /* One "seq fromlen len\n" line and its bytes from p (end at end): an
@@ -456,7 +478,7 @@ static sb_rc sm_adopt(struct sm_job *j)
 {
     struct sm_session *s = sm_session_by_sid(j->user, j->sid);
     struct sm_smq *q = s ? s->smq : NULL;
-    if (!q || !q->adopting || strcmp(s->instance, j->sender)) {
+    if (!q || !q->adopting || q->ending || strcmp(s->instance, j->sender)) {
         log_info("sm_state_ignored", "jid=%s sid=%s sender=%s", sb_log_q(j->key), j->sid,
                  j->sender);
         return SB_OK;
