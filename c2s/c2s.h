@@ -292,6 +292,9 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
 sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
                              const char *aux, const char *body);
+/* A control to one instance (ROUTE_INSTANCE), empty body. */
+sb_rc c2s_route_control_to(const char *instance, const char *op, const char *sid,
+                           const char *aux);
 /* The same with a body of `len` bytes (it may hold stanzas). */
 sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
                              const char *aux, const char *body, size_t len);

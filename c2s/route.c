@@ -79,6 +79,12 @@ sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
     return rc;
 }
 
+sb_rc c2s_route_control_to(const char *instance, const char *op, const char *sid,
+                           const char *aux)
+{
+    return route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, op, instance, sid, aux, "", 0);
+}
+
 void c2s_route_end(struct c2s_conn *c)
 {
     char body[24] = "";

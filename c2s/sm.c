@@ -33,7 +33,9 @@
  * acknowledges requests already); WebSocket is. */
 #include "c2s.h"
 #include "jid.h"
+#include "link.h"
 #include "log.h"
+#include "route.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -577,6 +579,16 @@ static void sm_query(struct c2s_conn *c, const struct env_hdr *h)
     struct c2s_smcopies *q = m ? &m->q : g ? &g->q : NULL;
     if (jid_bare_of(h->aux, bare, sizeof bare) < 0)
         return;
+    const char *why;
+    const struct rt_inst *own = rt_route_jid(link_members(c2s.link), bare, strlen(bare), 0, &why);
+    if (q && own && strcmp(own->name, h->sender)) {
+        /* An sm that does not own the user (by the cluster's routing) asks:
+         * one thawed past its lease serving what waited in its socket. Not
+         * ours to hand over; it passes what it holds on to the owner. */
+        c2s_route_control_to(h->sender, "sm-elsewhere", h->sid, h->aux);
+        log_info("sm_query_elsewhere", "sid=%s sender=%s owner=%s", h->sid, h->sender, own->name);
+        return;
+    }
     if (!q || (m && (!m->enabled || m->taken || c->state != C2S_S_BOUND))) {
         c2s_route_control_body("sm-state", bare, h->sid, "", "gone");
         log_info("sm_query_gone", "sid=%s sender=%s", h->sid, h->sender);

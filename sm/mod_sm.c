@@ -29,6 +29,8 @@
  *                 (the front-end's copies), or `gone`; the session is adopted
  *   sm-moved      front-end → sm   aux full JID: a numbered stanza of ours
  *                 arrived after another sm adopted the stream
+ *   sm-elsewhere  front-end → sm   aux full JID: the answer to sm-query from
+ *                 an sm the cluster does not route the user to
  * Stanzas: op sm:N to an attached stream; sm-detached:N to the front-end
  * of a detached one (kept beside its ghost there, not written);
  * sm-handover:N between sms when the user changes owner.
@@ -81,6 +83,7 @@ struct sm_smq {
     unsigned detached : 1, ending : 1;
     unsigned adopting : 1;      /* waiting for sm-state: hold, send nothing */
     int adopt_tries;            /* sm-query sent so far */
+    unsigned elsewhere : 1;     /* another sm owns the stream: pass stanzas on */
     ev_timer timer;
 };
 
@@ -160,6 +163,9 @@ static void sm_send_detached(struct sm_core *c, const struct sm_session *s,
 }
 
 static void sm_end_later(struct sm_smq *q, const char *why);
+static sb_rc sm_pass_on(struct sm_core *c, const struct sm_user *u, const char *sid,
+                        uint32_t oseq, const char *from, const char *body, size_t len);
+static void sm_adopt_ask(struct sm_smq *q);
 
 /* A new entry at the end of q, numbered next. */
 static struct sm_qent *sm_qent_add(struct sm_smq *q, const char *from, const char *body,
@@ -190,6 +196,14 @@ sb_rc sm_smq_push(struct sm_core *c, struct sm_session *s, const char *from,
                   const char *body, size_t len)
 {
     struct sm_smq *q = s->smq;
+    if (q->elsewhere && !sm_cluster_owns(c, q->user->bare))
+        return sm_pass_on(c, q->user, s->sid, 0, from, body, len);
+    if (q->elsewhere) {         /* ours again: adopt the stream after all */
+        q->elsewhere = 0;
+        q->adopting = 1;
+        q->adopt_tries = 0;
+        sm_adopt_ask(q);
+    }
     struct sm_qent *e = sm_qent_add(q, from, body, len);
     if (!e) {
         log_error("sm_queue_nomem", "res=%s", sb_log_q(s->resource));
@@ -340,8 +354,6 @@ static void sm_end_later(struct sm_smq *q, const char *why)
     snprintf(h.aux, sizeof h.aux, "%s/%s", q->user->bare, q->resource);
     sm_core_submit(c, &h, "", 0);
 }
-
-static void sm_adopt_ask(struct sm_smq *q);
 
 static void sm_on_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -736,10 +748,62 @@ static sb_rc sm_resume(struct sm_job *j)
     return SB_OK;
 }
 
+/* A message or iq for a stream another sm owns, to the user's key: the
+ * owner delivers it (numbered there). oseq: its number at an earlier owner. */
+static sb_rc sm_pass_on(struct sm_core *c, const struct sm_user *u, const char *sid,
+                        uint32_t oseq, const char *from, const char *body, size_t len)
+{
+    if (strncmp(body, "<message", 8) && strncmp(body, "<iq", 3))
+        return SB_OK;           /* presence: the owner has its own */
+    struct env_hdr h;
+    env_init(&h, ENV_STANZA, ENV_ROUTE_JID);
+    snprintf(h.key, sizeof h.key, "%s", u->bare);
+    snprintf(h.sender, sizeof h.sender, "%s", link_instance(c->link));
+    if (oseq) {
+        snprintf(h.op, sizeof h.op, "sm-handover:%u", oseq);
+        snprintf(h.sid, sizeof h.sid, "%s", sid);
+    } else {
+        snprintf(h.op, sizeof h.op, "sm-replay");
+    }
+    snprintf(h.aux, sizeof h.aux, "%s", from);
+    return link_send(c->link, &h, body, len);
+}
+
+/* sm-elsewhere: the front-end says another sm owns the user (we asked
+ * sm-query after a freeze, for what waited in our socket). What we held
+ * and what comes for the session later goes to the user's key (the owner:
+ * delivered there, numbered after the front-end's copies). */
+static sb_rc sm_elsewhere(struct sm_job *j)
+{
+    char bare[ENV_STR_MAX + 1];
+    struct sm_user *u = NULL;
+    if (jid_bare_of(j->aux, bare, sizeof bare) >= 0)
+        HASH_FIND_STR(j->core->users, bare, u);
+    struct sm_session *s = sm_session_by_sid(u, j->sid);
+    struct sm_smq *q = s ? s->smq : NULL;
+    if (!q || !q->adopting || q->ending || strcmp(s->instance, j->sender))
+        return SB_OK;
+    if (sm_cluster_owns(j->core, u->bare))
+        return SB_OK;           /* our views differ for a moment: asked again in 1 s */
+    long n = q->n;
+    for (struct sm_qent *e = q->head; e; e = e->next)
+        sm_pass_on(j->core, u, s->sid, e->oseq, e->from, e->data, e->len);
+    sm_entries_free(q->head);
+    q->head = q->tail = NULL;
+    q->n = 0;
+    q->adopting = 0;
+    q->elsewhere = 1;
+    ev_timer_stop(j->core->loop, &q->timer);
+    log_info("sm_adopt_elsewhere", "jid=%s sid=%s passed_on=%ld", sb_log_q(j->aux), s->sid, n);
+    return SB_OK;
+}
+
 static sb_rc sm_control(struct sm_job *j, const char *op)
 {
     if (!strcmp(op, "sm-moved"))
         return sm_moved(j);     /* routed to this instance: not on a user's queue */
+    if (!strcmp(op, "sm-elsewhere"))
+        return sm_elsewhere(j);
     if (!j->user)
         return SB_DECLINED;
     if (!strcmp(op, "sm-enable"))
