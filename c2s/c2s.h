@@ -310,6 +310,12 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
 sb_rc c2s_route_control(const char *op, const char *key, const char *sid, const char *aux);
 sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
                              const char *aux, const char *body);
+/* A control to one instance (ROUTE_INSTANCE), empty body. */
+sb_rc c2s_route_control_to(const char *instance, const char *op, const char *sid,
+                           const char *aux);
+/* The same with a body of `len` bytes (it may hold stanzas). */
+sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body, size_t len);
 /* A STANZA envelope keyed by `key` (a bare JID) with op and sid. */
 sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
                             const char *aux, const char *body, size_t len);
@@ -325,8 +331,25 @@ void c2s_sm_stop(void);
 int c2s_sm_element(struct c2s_conn *c, struct xml_node *n);
 /* A stanza arrived from the client of a bound session (counts for h). */
 void c2s_sm_stanza_in(struct c2s_conn *c);
-/* A stanza from the sm: op "sm:N" numbers it. Written by the caller. */
-void c2s_sm_stanza_out(struct c2s_conn *c, const char *op);
+/* A stanza from the sm: op "sm:N" numbers it. Written by the caller; a
+ * copy is kept until the client acknowledges it (sm/README.md, adoption). */
+void c2s_sm_stanza_out(struct c2s_conn *c, const struct env_hdr *h, const char *body,
+                       size_t len);
+/* 1 when a numbered stanza comes from an sm that no longer holds this
+ * stream's numbering (another sm adopted it): not to be written. */
+int c2s_sm_foreign(const struct c2s_conn *c, const struct env_hdr *h);
+/* The stream of c broke, its session is detached (session-gone): keep what
+ * the client had not acknowledged as a ghost of the stream (by sid). */
+void c2s_sm_ghost(struct c2s_conn *c);
+/* A numbered stanza for a stream that is not open here: kept in its ghost
+ * (1), or no ghost (0). *foreign: numbered by an sm that is not the
+ * ghost's owner (not kept). */
+int c2s_sm_ghost_keep(const struct env_hdr *h, const char *body, size_t len, int *foreign);
+/* Our own answer to the client (c2s_stanza_local) bounced: the user's sm
+ * cannot number it; numbered and written here (sm.c). */
+void c2s_sm_write_local(struct c2s_conn *c, const char *body, size_t len);
+/* The full JID of a ghost, or NULL. */
+const char *c2s_sm_ghost_jid(const char *sid);
 /* Controls sm-enabled, sm-resumed, sm-failed, sm-takeover: 1 if one. */
 int c2s_sm_control(const struct env_hdr *h, const char *body, size_t len);
 /* A stanza c2s itself answers a bound client with: through the user's sm

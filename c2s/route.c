@@ -29,11 +29,12 @@ static sb_rc route_copy(char *dst, size_t cap, const char *src)
     return SB_OK;
 }
 
-static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
-                        const char *sid, const char *aux, const char *body, size_t len)
+static sb_rc route_send_via(enum env_route route, enum env_kind kind, const char *op,
+                            const char *key, const char *sid, const char *aux,
+                            const char *body, size_t len)
 {
     struct env_hdr *h = &route_hdr;
-    env_init(h, kind, ENV_ROUTE_JID);
+    env_init(h, kind, route);
     if (route_copy(h->key, sizeof h->key, key) != SB_OK ||
         route_copy(h->sender, sizeof h->sender, c2s.instance) != SB_OK ||
         route_copy(h->sid, sizeof h->sid, sid) != SB_OK ||
@@ -41,6 +42,12 @@ static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
         route_copy(h->aux, sizeof h->aux, aux) != SB_OK)
         return SB_ERROR;
     return link_send(c2s.link, h, body, len);
+}
+
+static sb_rc route_send(enum env_kind kind, const char *op, const char *key,
+                        const char *sid, const char *aux, const char *body, size_t len)
+{
+    return route_send_via(ENV_ROUTE_JID, kind, op, key, sid, aux, body, len);
 }
 
 sb_rc c2s_route_send_stanza(const char *op, const char *key, const char *sid,
@@ -63,6 +70,21 @@ sb_rc c2s_route_control_body(const char *op, const char *key, const char *sid,
     return rc;
 }
 
+sb_rc c2s_route_control_data(const char *op, const char *key, const char *sid,
+                             const char *aux, const char *body, size_t len)
+{
+    sb_rc rc = route_send(ENV_CONTROL, op, key, sid, aux, body, len);
+    if (rc != SB_OK)
+        log_warn("control_send_failed", "op=%s key=%s sid=%s", op, sb_log_q(key), sid);
+    return rc;
+}
+
+sb_rc c2s_route_control_to(const char *instance, const char *op, const char *sid,
+                           const char *aux)
+{
+    return route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, op, instance, sid, aux, "", 0);
+}
+
 void c2s_route_end(struct c2s_conn *c)
 {
     char body[24] = "";
@@ -70,6 +92,8 @@ void c2s_route_end(struct c2s_conn *c)
     if (!op || !c->jid || jid_bare_of(c->jid, route_bare, sizeof route_bare) < 0)
         return;
     c2s_route_control_body(op, route_bare, c->sid, c->jid, body);
+    if (!strcmp(op, "session-gone"))
+        c2s_sm_ghost(c);        /* its copies outlive the stream, for the sm's sake */
 }
 
 /* An error stanza to the client about a stanza it sent (RFC 6120 §8.3). */
@@ -192,6 +216,44 @@ static void route_stale(const struct env_hdr *h, const char *body, size_t len)
         log_info("stale_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
 }
 
+/* A message or iq numbered by an sm that no longer holds the stream: back
+ * to the user's sm as op sm-replay (delivered again there, not archived or
+ * notified twice). Presence is dropped, as a replay drops it. */
+static void route_foreign(const struct env_hdr *h, const char *body, size_t len)
+{
+    if (c2s_scan_attr(body, len, "to", route_full, sizeof route_full) < 0 ||
+        jid_bare_of(route_full, route_bare, sizeof route_bare) < 0 ||
+        ((len < 8 || memcmp(body, "<message", 8)) && (len < 3 || memcmp(body, "<iq", 3))))
+        return;
+    if (route_send(ENV_STANZA, "sm-replay", route_bare, "", h->aux, body, len) == SB_OK)
+        log_info("foreign_handed_back", "sid=%s to=%s", h->sid, sb_log_q(route_bare));
+}
+
+/* Tell the sm that numbered it that the stream is no longer its own
+ * (sm/mod_sm.c sm-moved): once per such stanza, to that instance. */
+static void route_moved(const struct env_hdr *h, const char *jid)
+{
+    if (jid)
+        route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, "sm-moved", h->sender, h->sid, jid,
+                       "", 0);
+}
+
+/* A numbered stanza for a stream that is no longer open: its ghost keeps
+ * it (c2s_sm_ghost_keep). 1 when handled. */
+static int route_ghost(const struct env_hdr *h, const char *body, size_t len)
+{
+    int foreign;
+    if (!c2s_sm_ghost_keep(h, body, len, &foreign))
+        return 0;
+    if (foreign) {
+        log_info("sm_foreign_numbered", "sid=%s jid=%s sender=%s ghost=1", h->sid,
+                 sb_log_q(c2s_sm_ghost_jid(h->sid)), h->sender);
+        route_moved(h, c2s_sm_ghost_jid(h->sid));
+        route_foreign(h, body, len);
+    }
+    return 1;
+}
+
 /* carbons-route (sm/mod_carbons.c): aux the session's full JID, body 1
  * (route outbound messages through the user's sm) or 0. */
 static void route_carbons(const struct env_hdr *h, const char *body, size_t len)
@@ -228,6 +290,18 @@ static void route_control(const struct env_hdr *h, const char *body, size_t len)
     }
 }
 
+/* A bounced stanza addressed to the session's own client with type error
+ * or result: one of our own answers sent through its sm (c2s_stanza_local,
+ * STANZA op sm-local), not a stanza the client sent. */
+static int route_own_answer(const struct c2s_conn *c, const char *body, size_t len)
+{
+    static char type[16];
+    return c->jid && c2s_scan_attr(body, len, "to", route_full, sizeof route_full) >= 0 &&
+           !strcmp(route_full, c->jid) &&
+           c2s_scan_attr(body, len, "type", type, sizeof type) >= 0 &&
+           (!strcmp(type, "error") || !strcmp(type, "result"));
+}
+
 static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
 {
     struct c2s_conn *c = c2s_table_find(h->sid);
@@ -242,6 +316,10 @@ static void route_bounce(const struct env_hdr *h, const char *body, size_t len)
     }
     if (h->flags != ENV_STANZA || c->state != C2S_S_BOUND)
         return;
+    if (c2s_sm_enabled(c) && route_own_answer(c, body, len)) {
+        c2s_sm_write_local(c, body, len);       /* its sm is unreachable */
+        return;
+    }
     enum xml_err err;
     struct xml_doc *d = xml_doc_parse(body, len, &c2s.cfg.limits, &err);
     if (!d)
@@ -430,6 +508,14 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
         if (!*h->sid)
             return;
         struct c2s_conn *c = c2s_table_find(h->sid);
+        if (!strncmp(h->op, "sm-detached:", 12)) {
+            /* numbered while the session is detached: only its ghost wants
+             * it (the sm's queue has it for the resumption) */
+            route_ghost(h, body, len);
+            return;
+        }
+        if (!c && !strncmp(h->op, "sm:", 3) && route_ghost(h, body, len))
+            return;             /* arrived just after the stream broke */
         if (c && c->state == C2S_S_BOUND && !*h->op && c2s_sm_enabled(c)) {
             /* A managed stream's stanza without its XEP-0198 number: the
              * user's sm no longer holds this stream's queue (it went with
@@ -444,11 +530,23 @@ void c2s_route_recv(struct link *l, const struct env_hdr *h, const char *body,
             route_stale(h, body, len);
             return;
         }
+        if (c && c->state == C2S_S_BOUND && c2s_sm_foreign(c, h)) {
+            /* Numbered by an sm that lost the user (frozen past its lease)
+             * after another sm adopted the stream: its number may be taken,
+             * so it is not written. It goes to the user's sm as a replay
+             * (numbered there), not as `stale` (that would take it for one
+             * already queued there), and its sm is told (sm-moved). */
+            log_info("sm_foreign_numbered", "sid=%s jid=%s sender=%s", c->sid,
+                     c->jid ? c->jid : "-", h->sender);
+            route_moved(h, c->jid);
+            route_foreign(h, body, len);
+            return;
+        }
         if (c && c->state == C2S_S_BOUND) {
             if (!c->s2 || !c2s_sasl2_hold(c, body, len))
                 c2s_conn_write(c, body, len);
             if (*h->op)
-                c2s_sm_stanza_out(c, h->op);
+                c2s_sm_stanza_out(c, h, body, len);
         }
         else if (!c)
             route_stale(h, body, len);

@@ -277,6 +277,9 @@ long sm_smq_hand_over(struct sm_core *c, struct sm_user *u);
  * again would give the client a second copy. */
 enum { SM_HELD_QUEUED = 1, SM_HELD_RESENT = 2 };
 int sm_smq_holds(struct sm_core *c, const char *to, const char *instance, const char *sid);
+/* A session loaded with flag `m` and no queue here: ask its front-end for
+ * the stream's state (sm-query) and hold its stanzas until it answers. */
+void sm_smq_adopt_start(struct sm_core *c, struct sm_user *u, struct sm_session *s);
 /* Has the user a session whose stream may still be resumed? */
 int sm_user_resumable(const struct sm_user *u);
 /* Is a delivery to this front-end known to come back (cluster.c)? */

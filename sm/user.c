@@ -187,9 +187,9 @@ struct sm_session *sm_user_add_session(struct sm_user *u, const char *resource,
 
 void sm_session_record(const struct sm_session *s, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s %s %d%s%s%s", s->instance, s->sid, s->prio,
-             s->carbons || s->inactive ? " " : "", s->carbons ? "c" : "",
-             s->inactive ? "i" : "");
+    snprintf(out, cap, "%s %s %d%s%s%s%s", s->instance, s->sid, s->prio,
+             s->carbons || s->inactive || s->smq ? " " : "", s->carbons ? "c" : "",
+             s->inactive ? "i" : "", s->smq ? "m" : "");
 }
 
 static void user_on_store(redisReply *r, void *arg)
@@ -238,6 +238,8 @@ static void user_load_session(struct sm_user *u, const char *res, const char *va
     if (s) {
         s->carbons = strchr(flags, 'c') != NULL;
         s->inactive = strchr(flags, 'i') != NULL;
+        if (strchr(flags, 'm'))     /* stream-managed: adopt it from its front-end */
+            sm_smq_adopt_start(u->core, u, s);
     }
 }
 

@@ -1,7 +1,9 @@
 """XEP-0198 stream management on the wire: <enable/>, acks both ways, the
 errors the XEP names, and resumption — on the same front-end while the old
 stream is still open (it gives way), and on the other front-end after the
-first one was killed with SIGKILL (the queue lives in the user's sm)."""
+first one was killed with SIGKILL (the queue lives in the user's sm) —
+and across the SIGKILL of the user's sm (the front-end's copies of what the
+client has not acknowledged are adopted by the next sm)."""
 
 import asyncio
 import time
@@ -9,9 +11,10 @@ import time
 import pytest
 
 from imclient import IMClient, MESSAGE, PRESENCE, befriend
-from xmpptest import NS_CLIENT, NS_SASL, describe, run, stream_error_condition
+from xmpptest import NS_CLIENT, NS_SASL, describe, run, sm_for, stream_error_condition
 
 NS_SM = "urn:xmpp:sm:3"
+STREAM_ERROR = "{http://etherx.jabber.org/streams}error"
 STANZAS = {"{%s}%s" % (NS_CLIENT, n) for n in ("message", "presence", "iq")}
 
 
@@ -296,3 +299,194 @@ def test_session_that_times_out_ends_and_its_unacked_messages_go_offline(stack, 
             for c in (bob, late, fresh):
                 await c.close()
     run(go(), timeout=60)
+
+
+def _user_on(stack, sm, prefix):
+    """A fresh account whose bare JID the router hashes to `sm`."""
+    for _ in range(64):
+        jid, pw = stack.add_user(prefix)
+        if sm_for(jid) == sm:
+            return jid, pw
+    raise AssertionError("no JID hashing to %s found" % sm)
+
+
+def test_stream_survives_the_death_of_its_users_sm(stack):
+    """alice (XEP-0198, on c2s1) has two messages read but unacknowledged
+    when her sm (sm1) is killed with SIGKILL. Once sm2 owns her it adopts the
+    stream from c2s1: her stream stays open, what bob sends then arrives on
+    it numbered after what she had, her acks and <r/> stay exact. Then her
+    connection drops and she resumes on c2s2 with her last acknowledged h:
+    she gets every unacknowledged message exactly once, in order — sm2's
+    queue holds c2s1's copies — and nothing after."""
+    a_jid, a_pw = _user_on(stack, "sm1", "alice")
+    b_jid, b_pw = _user_on(stack, "sm2", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            for i in range(3):
+                bob.message(alice.jid, "before%d" % i)
+            for i in range(3):
+                await alice.message_with("before%d" % i)
+            alice.ack()
+            acked = alice.h
+            for i in range(2):
+                bob.message(alice.jid, "unacked%d" % i)
+            for i in range(2):
+                await alice.message_with("unacked%d" % i)      # read, never acknowledged
+            await bob.barrier(a_jid)
+            stack.stack("kill-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
+                                    timeout=20)
+            for i in range(3):
+                bob.message(alice.jid, "after%d" % i)
+            got = [await alice.next(lambda e: e.tag == MESSAGE, 20, "message after%d" % i)
+                   for i in range(3)]
+            assert bodies(got) == ["after0", "after1", "after2"], [describe(m) for m in got]
+            # the stream is the same one and its counts are right on both sides
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            a = await alice.nonza("a")
+            assert a.get("h") == "0", describe(a)          # she sent no stanza
+            alice.send("<a xmlns='%s' h='%d'/>" % (NS_SM, acked))     # still valid
+            await alice.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
+            assert not alice.raw.closed
+            alice.abort()                                  # no </stream>: detached
+            el = await again.resume(alice.sm_id, acked)
+            assert el.tag == sm("resumed"), describe(el)
+            assert el.get("h") == "0", describe(el)
+            want = ["unacked0", "unacked1", "after0", "after1", "after2"]
+            got = [await again.next(lambda e: e.tag == MESSAGE, 15, "message %d" % i)
+                   for i in range(len(want))]
+            assert bodies(got) == want, [describe(m) for m in got]
+            bob.message(alice.jid, "final")
+            assert bodies([await again.next(lambda e: e.tag == MESSAGE)]) == ["final"]
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+            again.ack()
+            again.send("<r xmlns='%s'/>" % NS_SM)
+            a = await again.nonza("a")
+            assert a.get("h") == "0", describe(a)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
+
+
+def test_detached_stream_survives_the_death_of_its_users_sm(stack):
+    """alice's connection to c2s1 drops with messages unacknowledged; more
+    arrive while she is away (her sm queues them and c2s1 keeps a copy
+    beside the broken stream's ghost); then her sm (sm1) is killed with
+    SIGKILL and more arrive once sm2 owns her. She resumes on c2s2 with her
+    last acknowledged h: every message she had not acknowledged, exactly
+    once, in order."""
+    a_jid, a_pw = _user_on(stack, "sm1", "alice")
+    b_jid, b_pw = _user_on(stack, "sm2", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            bob.message(alice.jid, "acked")
+            await alice.message_with("acked")
+            alice.ack()
+            acked = alice.h
+            bob.message(alice.jid, "unacked")
+            await alice.message_with("unacked")
+            alice.abort()    # detached at sm1 (if a message beats the EOF, c2s1 wrote
+                             # it to the dead socket and kept its copy all the same)
+            for i in range(2):
+                bob.message(alice.jid, "detached%d" % i)
+            await bob.barrier(a_jid)
+            stack.stack("kill-proc", "sm1")
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
+                                    timeout=20)
+            for i in range(2):
+                bob.message(alice.jid, "after%d" % i)
+            await bob.barrier(a_jid)
+            el = await again.resume(alice.sm_id, acked)
+            assert el.tag == sm("resumed"), describe(el)
+            want = ["unacked", "detached0", "detached1", "after0", "after1"]
+            got = [await again.next(lambda e: e.tag == MESSAGE, 15, "message %d" % i)
+                   for i in range(len(want))]
+            assert bodies(got) == want, [describe(m) for m in got]
+            bob.message(alice.jid, "final")
+            assert bodies([await again.next(lambda e: e.tag == MESSAGE)]) == ["final"]
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
+
+
+def test_error_for_a_message_to_a_dead_sm_reaches_a_sender_on_it_and_counts(stack):
+    """alice (XEP-0198) and bob both hash to sm1, which is killed with
+    SIGKILL. alice's message to bob comes back from the router while sm1's
+    lease runs; the error c2s1 answers her with would go through her sm
+    (sm1, dead) to be numbered, so c2s1 numbers it itself. She gets it; then
+    sm2 adopts her stream and what follows is numbered after it: her acks
+    stay valid and a resumption gets both again, once, in order."""
+    a_jid, a_pw = _user_on(stack, "sm1", "alice")
+    b_jid, b_pw = _user_on(stack, "sm1", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        again = SMClient(stack, a_jid, a_pw, instance="c2s2")
+        try:
+            await alice.enable()
+            stack.stack("kill-proc", "sm1")
+            # One sent in the instant before c2s1 sees sm1's connection drop
+            # goes into the dead direct pipe and is lost (a known limit,
+            # sm/README.md); the next one is bounced by the router.
+            err, sent = None, 0
+            while err is None and sent < 3:
+                sent += 1
+                alice.send("<message to='%s' id='x%d' type='chat'><body>?</body></message>"
+                           % (bob.jid, sent))
+                try:
+                    err = await alice.next(lambda e: e.tag == MESSAGE and e.get("type") ==
+                                           "error", 1.5, "an error")
+                except AssertionError:
+                    pass
+            assert err is not None, "no error for %d messages to a user of a dead sm" % sent
+            await asyncio.to_thread(stack.wait_instances, absent=("sm1",), present=("sm2",),
+                                    timeout=20)
+            bob.message(alice.jid, "after")
+            await alice.message_with("after", timeout=20)
+            n = alice.h                                    # the errors, then "after"
+            alice.send("<a xmlns='%s' h='%d'/>" % (NS_SM, n - 1))
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            a = await alice.nonza("a")
+            assert a.get("h") == str(sent), describe(a)    # her messages
+            await alice.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
+            alice.abort()
+            el = await again.resume(alice.sm_id, n - 1)
+            assert el.tag == sm("resumed"), describe(el)
+            got = await again.next(lambda e: e.tag == MESSAGE, 15, "the message after")
+            assert bodies([got]) == ["after"], describe(got)   # number n, once
+            await again.nothing(lambda e: e.tag == MESSAGE, wait=0.5)
+            again.send("<a xmlns='%s' h='%d'/>" % (NS_SM, n))
+            await again.nothing(lambda e: e.tag == STREAM_ERROR, wait=0.5)
+        finally:
+            for c in (alice, bob, again):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
