@@ -91,6 +91,7 @@ struct muc_room {
     int loading;                        /* loads still owed (PostgreSQL, Redis) */
     int load_failed;
     int exists;                         /* created, or found in PostgreSQL */
+    int locked;                         /* created, not configured yet (§10.1.2): owners only */
     struct muc_cfg cfg;
     struct muc_occ *occ;
     int nocc;

@@ -619,7 +619,9 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     int aff = creating ? MUC_A_OWNER : muc_aff_of(r, bare);
     const char *why = NULL, *type = "cancel", *cond = NULL;
     const struct xml_node *pw = x ? xml_child(x, "password", NULL) : NULL;
-    if (aff == MUC_A_OUTCAST) {
+    if (r->locked && aff < MUC_A_OWNER) {      /* §7.2.1: as if it did not exist yet */
+        why = "locked"; cond = "item-not-found";
+    } else if (aff == MUC_A_OUTCAST) {
         why = "banned"; type = "auth"; cond = "forbidden";
     } else if (r->cfg.members_only && aff < MUC_A_MEMBER) {
         why = "members-only"; type = "auth"; cond = "registration-required";
@@ -649,10 +651,11 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     }
     if (creating) {
         r->exists = 1;
+        r->locked = 1;                  /* §10.1.2: until the owner submits a form */
         muc_cfg_defaults(&r->cfg);
         muc_store_room(r);
         muc_aff_set(r, bare, MUC_A_OWNER, NULL);
-        log_info("room_created", "room=%s owner=%s", sb_log_q(r->jid), sb_log_q(bare));
+        log_info("room_created", "room=%s owner=%s locked=1", sb_log_q(r->jid), sb_log_q(bare));
     }
     struct muc_occ *o = occ_new(r, nick, from, muc_role_for(r, aff));
     if (!o) {
