@@ -222,7 +222,7 @@ def test_converse_creates_a_room_that_a_slixmpp_user_can_then_enter(stack, brows
     the room is locked until its creator accepts the defaults (XEP-0045
     §10.1.2), which Converse does by itself (an instant room), so a slixmpp
     user joining after it gets in — not item-not-found — and the two chat."""
-    from test_muc import Inbox, codes, err, groupchat, is_msg, is_pres, item, new_room
+    from test_muc import Inbox, codes, err, groupchat, iq, is_msg, is_pres, item, new_room
     wjid, wpw = new_user("webmk")
     room = new_room(stack, "webnew")
     token = secrets.token_hex(3)
@@ -241,7 +241,15 @@ def test_converse_creates_a_room_that_a_slixmpp_user_can_then_enter(stack, brows
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + 60
                 me = "%s/slix" % room
-                while True:                 # locked (or not made yet): item-not-found
+                while True:                 # until Converse made it (disco#info answers)
+                    _, cond = await iq(occ, room, "get",
+                                       "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+                    if cond is None:
+                        break
+                    assert cond == "item-not-found", cond
+                    assert loop.time() < deadline, "Converse never created the room"
+                    await asyncio.sleep(0.3)
+                while True:                 # locked: item-not-found
                     occ.send_raw("<presence to='%s'><x xmlns='http://jabber.org/protocol/muc'/>"
                                  "</presence>" % me)
                     e = await occ.box.wait(lambda e: is_pres(me)(e) or is_pres(me, "error")(e),
