@@ -49,6 +49,7 @@
 #define LINK_HWM 100000
 #define LINK_LINGER_MS 200
 #define LINK_BATCH 512          /* messages per drain before yielding to the loop */
+#define LINK_DRAIN_SLICE 0.010  /* seconds per drain before yielding to the loop */
 #define LINK_SEND_MAX 128       /* envelopes per outgoing batch */
 #define LINK_SEND_BYTES 65536   /* body bytes per outgoing batch */
 #define LINK_PEERS_MAX 64       /* sms with a direct endpoint */
@@ -377,15 +378,24 @@ static int zs_recv_one(struct link_zs *z)
     return 1;
 }
 
+/* At most LINK_BATCH messages and LINK_DRAIN_SLICE seconds per socket and
+ * iteration: one message may carry LINK_SEND_MAX envelopes, each costing
+ * the receiver anything from a copy to a room's fan-out, so a count alone
+ * let a flood (a MUC join storm reaching the sms) hold the loop for
+ * seconds, past the lease, with the HELLO timer waiting behind it. */
 static void zs_drain(struct link_zs *z)
 {
     z->fired = 0;
     z->dirty = 1;               /* a full batch leaves messages behind */
-    for (int i = 0; i < LINK_BATCH && z->sock; i++)
+    double start = ev_time();
+    for (int i = 0; i < LINK_BATCH && z->sock; i++) {
         if (!zs_recv_one(z)) {
             z->dirty = 0;       /* empty, and the receive re-armed the fd */
             break;
         }
+        if (ev_time() - start > LINK_DRAIN_SLICE)
+            break;              /* the rest next iteration (zs_rearm sees dirty) */
+    }
 }
 
 /* ---- direct: the sm's ROUTER, queued per destination ---------------------- */

@@ -202,6 +202,11 @@ static void adm_owner_set(struct muc_room *r, const struct xml_node *st, const c
     }
     if (!strcmp(type, "cancel")) {
         muc_iq_result(st, from, r->jid, NULL, 0);
+        if (r->locked) {                           /* §10.1.3: the room is not wanted */
+            log_info("room_destroyed", "room=%s by=%s why=creation-cancelled", sb_log_q(r->jid),
+                     sb_log_q(from));
+            muc_room_destroy(r, NULL, NULL);
+        }
         return;
     }
     struct muc_cfg n = r->cfg;
@@ -220,10 +225,13 @@ static void adm_owner_set(struct muc_room *r, const struct xml_node *st, const c
     r->cfg = n;
     muc_store_room(r);
     muc_iq_result(st, from, r->jid, NULL, 0);
+    int unlocked = r->locked;                      /* §10.1.2: any form (an empty one: */
+    r->locked = 0;                                 /* an instant room) opens it */
     log_info("room_configured", "room=%s by=%s persistent=%d members_only=%d moderated=%d "
-             "archiving=%d", sb_log_q(r->jid), sb_log_q(from), n.persistent, n.members_only,
-             n.moderated, n.archiving);
-    muc_room_notice(r, privacy ? (n.whois_anyone ? 172 : 173) : 104);
+             "archiving=%d unlocked=%d", sb_log_q(r->jid), sb_log_q(from), n.persistent,
+             n.members_only, n.moderated, n.archiving, unlocked);
+    if (privacy || !unlocked)                      /* opening it is no change to tell */
+        muc_room_notice(r, privacy ? (n.whois_anyone ? 172 : 173) : 104);
     if (logging)                                   /* §10.2.1: logging on 170, off 171 */
         muc_room_notice(r, n.archiving ? 170 : 171);
     if (r->cfg.members_only) {                     /* §9.3: non-members leave (321) */

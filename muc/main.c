@@ -173,21 +173,73 @@ static void main_service(const struct xml_node *st, const char *from, const char
 
 /* ---- rooms ------------------------------------------------------------------- */
 
-static void main_pend(struct muc_room *r, const char *aux, const char *body, size_t len)
+static struct muc_pend *main_pend_new(const char *aux, const char *body, size_t len)
 {
     struct muc_pend *p = calloc(1, sizeof *p);
-    if (!p || !(p->aux = strdup(aux)) || !(p->body = malloc(len + 1))) {
+    if (!p || !(p->aux = strdup(aux ? aux : "")) || !(p->body = malloc(len + 1))) {
         if (p)
             free(p->aux);
         free(p);
-        log_warn("room_queue_failed", "room=%s", sb_log_q(r->jid));
-        return;
+        return NULL;
     }
     memcpy(p->body, body, len);
     p->body[len] = '\0';
     p->len = len;
+    return p;
+}
+
+static void main_pend_free(struct muc_pend *p)
+{
+    free(p->aux);
+    free(p->body);
+    free(p);
+}
+
+static void main_pend(struct muc_room *r, const char *aux, const char *body, size_t len)
+{
+    struct muc_pend *p = main_pend_new(aux, body, len);
+    if (!p) {
+        log_warn("room_queue_failed", "room=%s", sb_log_q(r->jid));
+        return;
+    }
     *r->pend_tail = p;
     r->pend_tail = &p->next;
+}
+
+/* ---- the work queue ---------------------------------------------------------------
+ * Every stanza from the bus waits here and is handled from main_work, a
+ * slice of [muc] work_slice_ms per loop iteration. A join costs one
+ * presence per occupant twice over (XEP-0045 §7.2.3), so a hundred joins
+ * into a room of 500 are 100,000 stanzas; handled all at once where the bus
+ * delivers them, they held the loop for seconds on a busy machine, the
+ * heartbeat HELLO went out late and the instance lost its lease (its rooms
+ * moved, the joins in flight were refused). Sliced, the HELLO timer and the
+ * hello-acks (read on the same socket as the stanzas) get their turn every
+ * slice, and the stanzas keep their order. */
+
+static void main_work_start(void)
+{
+    if (!ev_is_active(&muc.work_idle))
+        ev_idle_start(muc.loop, &muc.work_idle);   /* poll without blocking while work waits */
+}
+
+static void main_work_add(struct muc_pend *p)
+{
+    *muc.work_tail = p;
+    muc.work_tail = &p->next;
+    if (++muc.work_n > muc.work_peak)
+        muc.work_peak = muc.work_n;
+    main_work_start();
+}
+
+static void main_queue(const char *aux, const char *body, size_t len)
+{
+    struct muc_pend *p = main_pend_new(aux, body, len);
+    if (!p) {
+        log_warn("work_queue_failed", "bytes=%zu", len);
+        return;
+    }
+    main_work_add(p);
 }
 
 static void main_stanza(const char *aux, const char *body, size_t len);
@@ -197,32 +249,89 @@ void muc_room_loaded(struct muc_room *r)
     struct muc_pend *p = r->pend;
     r->pend = NULL;
     r->pend_tail = &r->pend;
-    char *jid = strdup(r->jid);
-    int failed = r->load_failed;
-    if (failed) {
-        log_warn("room_load_failed", "room=%s", sb_log_q(r->jid));
-        HASH_DEL(muc.rooms, r);
-        muc_room_free(r);
+    if (!r->load_failed) {
+        /* Its stanzas go first: everything for the room still queued came after them. */
+        int n = 0;
+        struct muc_pend **tail = &p;
+        for (; *tail; tail = &(*tail)->next)
+            n++;
+        if (!p)
+            return;
+        if (!muc.work)
+            muc.work_tail = tail;
+        *tail = muc.work;
+        muc.work = p;
+        muc.work_n += n;
+        if (muc.work_n > muc.work_peak)
+            muc.work_peak = muc.work_n;
+        main_work_start();
+        return;
     }
+    log_warn("room_load_failed", "room=%s", sb_log_q(r->jid));
+    HASH_DEL(muc.rooms, r);
+    muc_room_free(r);
     while (p) {
         struct muc_pend *next = p->next;
-        if (failed) {
-            enum xml_err err;
-            struct xml_doc *d = xml_doc_parse(p->body, p->len, &muc.limits, &err);
-            if (d) {
-                muc_error(d->root, p->aux, xml_attr(d->root, "to"), "wait",
-                          "internal-server-error", "the room could not be loaded");
-                xml_doc_free(d);
-            }
-        } else {
-            main_stanza(p->aux, p->body, p->len);   /* may free the room: looked up again */
+        enum xml_err err;
+        struct xml_doc *d = xml_doc_parse(p->body, p->len, &muc.limits, &err);
+        if (d) {
+            muc_error(d->root, p->aux, xml_attr(d->root, "to"), "wait",
+                      "internal-server-error", "the room could not be loaded");
+            xml_doc_free(d);
         }
-        free(p->aux);
-        free(p->body);
-        free(p);
+        main_pend_free(p);
         p = next;
     }
-    free(jid);
+}
+
+/* One slice: stanzas until the queue is empty or the slice is used up. */
+static void main_work(struct ev_loop *loop, ev_check *w, int revents)
+{
+    if (!muc.work) {
+        if (ev_is_active(&muc.work_idle))
+            ev_idle_stop(loop, &muc.work_idle);
+        return;
+    }
+    double start = ev_time(), now = start;
+    int n = 0;
+    while (muc.work && (n == 0 || now - start < muc.work_slice_s)) {
+        struct muc_pend *p = muc.work;
+        if (!(muc.work = p->next))
+            muc.work_tail = &muc.work;
+        muc.work_n--;
+        main_stanza(p->aux, p->body, p->len);
+        main_pend_free(p);
+        n++;
+        now = ev_time();
+    }
+    if (now - start > muc.work_max_s)
+        muc.work_max_s = now - start;
+    if (!muc.work) {
+        ev_idle_stop(loop, &muc.work_idle);
+        if (muc.work_peak >= 1000)       /* a storm: say how deep it got, once it is over */
+            log_info("work_drained", "peak=%ld longest_slice_ms=%.0f", muc.work_peak,
+                     muc.work_max_s * 1000);
+        muc.work_peak = 0;
+        muc.work_max_s = 0;
+        if (muc.stopping)
+            muc_stop_check();
+    }
+}
+
+static void main_work_idle(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    /* Only exists to make the loop poll with a zero timeout: main_work runs. */
+}
+
+static void main_work_free(void)
+{
+    while (muc.work) {
+        struct muc_pend *p = muc.work;
+        muc.work = p->next;
+        main_pend_free(p);
+    }
+    muc.work_tail = &muc.work;
+    muc.work_n = 0;
 }
 
 static void main_stanza(const char *aux, const char *body, size_t len)
@@ -332,7 +441,7 @@ static void main_admin(const struct env_hdr *h, const char *body, size_t len)
     char from[ENV_STR_MAX + 1];
     snprintf(from, sizeof from, "sbctl\n%s", h->sender);   /* no JID has a newline */
     if (b.data)
-        main_stanza(from, b.data, b.len);
+        main_queue(from, b.data, b.len);
     sb_buf_free(&b);
 }
 
@@ -355,7 +464,7 @@ static void main_recv(struct link *l, const struct env_hdr *h, const char *body,
                       void *ud)
 {
     if (h->kind == ENV_STANZA)
-        main_stanza(h->aux, body, len);
+        main_queue(h->aux, body, len);
     else if (h->kind == ENV_ADMIN)
         main_admin(h, body, len);
     else if (h->kind == ENV_BOUNCE)
@@ -399,6 +508,9 @@ static sb_rc main_configure(void)
     muc.history_max = (int)sb_config_int("history_max", 20);
     muc.max_occupants = (int)sb_config_int("max_occupants", 1000);
     muc.hist_flush_s = sb_config_int("history_flush_ms", 100) / 1e3;
+    muc.work_slice_s = sb_config_int("work_slice_ms", 10) / 1e3;
+    if (muc.work_slice_s <= 0)
+        muc.work_slice_s = 0.001;
     if (muc.hist_flush_s <= 0)
         muc.hist_flush_s = 0.001;
     if (muc.history_max < 0 || muc.history_max > 1000 || muc.max_occupants < 1) {
@@ -437,6 +549,10 @@ static void main_started(void)
     ev_timer_init(&muc.sweep, main_sweep, 2., 2.);
     ev_timer_start(muc.loop, &muc.sweep);
     ev_timer_init(&muc.hist_flush, main_hist_flush, 0., muc.hist_flush_s);
+    muc.work_tail = &muc.work;
+    ev_check_init(&muc.work_check, main_work);
+    ev_check_start(muc.loop, &muc.work_check);
+    ev_idle_init(&muc.work_idle, main_work_idle);
     muc_mam_start();
     log_info("ready", "subdomain=%s history_max=%d",
              sb_config_str("subdomain", "conference"), muc.history_max);
@@ -446,7 +562,7 @@ static void main_started(void)
  * first (bounded by the grace). */
 void muc_stop_check(void)
 {
-    if (muc.stopping && !muc_mam_waiting() && !muc_store_pending())
+    if (muc.stopping && !muc.work && !muc_mam_waiting() && !muc_store_pending())
         ev_break(muc.loop, EVBREAK_ALL);
 }
 
@@ -457,13 +573,16 @@ static int main_stop(void)
     muc.stopping = 1;
     muc_store_hist_flush_all();
     muc_mam_flush(1);
-    return muc_mam_waiting() || muc_store_pending();
+    return muc.work || muc_mam_waiting() || muc_store_pending();
 }
 
 static void main_cleanup(void)
 {
     ev_timer_stop(muc.loop, &muc.sweep);
     ev_timer_stop(muc.loop, &muc.hist_flush);
+    ev_check_stop(muc.loop, &muc.work_check);
+    ev_idle_stop(muc.loop, &muc.work_idle);
+    main_work_free();
     muc_mam_stop();
     sb_domains_stop();
     struct muc_room *r, *tmp;

@@ -91,6 +91,7 @@ struct muc_room {
     int loading;                        /* loads still owed (PostgreSQL, Redis) */
     int load_failed;
     int exists;                         /* created, or found in PostgreSQL */
+    int locked;                         /* created, not configured yet (§10.1.2): owners only */
     struct muc_cfg cfg;
     struct muc_occ *occ;
     int nocc;
@@ -122,6 +123,12 @@ struct muc_srv {
     ev_timer sweep, hist_flush;
     struct muc_room *hist_dirty;        /* rooms with history to write to Redis */
     double hist_flush_s;
+    /* Stanzas from the bus, handled a slice at a time (main.c main_work). */
+    struct muc_pend *work, **work_tail;
+    long work_n, work_peak;             /* queued now; the most since the queue was last empty */
+    double work_slice_s, work_max_s;    /* [muc] work_slice_ms; the longest slice since */
+    ev_check work_check;
+    ev_idle work_idle;
     int stopping;
     struct sb_buf hello;
 };

@@ -316,52 +316,121 @@ static void room_full(const struct muc_room *r, const char *nick, struct sb_buf 
     sb_buf_printf(b, "%s/%s", r->jid, nick);
 }
 
+/* What follows `to='…` in o's presence: the same for every recipient of
+ * one kind (show_jid: the real JID is shown; self: one of o's own
+ * sessions, with 110, and `self` codes when it is o itself). */
+static void occ_presence_tail(struct muc_room *r, const struct muc_occ *o, const char *type,
+                              const int *codes, int ncodes, int show_jid, int self,
+                              const int *selfc, int nself, const char *nick,
+                              const char *extra, struct sb_buf *b)
+{
+    sb_buf_adds(b, "'");
+    if (type) {
+        sb_buf_adds(b, " type='");
+        sb_buf_adds(b, type);
+        sb_buf_adds(b, "'");
+    }
+    sb_buf_adds(b, ">");
+    sb_buf_adds(b, o->pres);
+    sb_buf_adds(b, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='");
+    sb_buf_adds(b, o->oid);
+    sb_buf_adds(b, "'/><x xmlns='" NS_MUC_USER "'><item affiliation='");
+    sb_buf_adds(b, muc_aff_name(muc_aff_of(r, o->bare)));
+    sb_buf_adds(b, "' role='");
+    sb_buf_adds(b, muc_role_name(type ? MUC_R_NONE : o->role));
+    sb_buf_adds(b, "'");
+    if (show_jid || self)
+        muc_attr(b, "jid", o->jid);
+    muc_attr(b, "nick", nick);
+    sb_buf_adds(b, "/>");
+    for (int i = 0; i < ncodes; i++)
+        sb_buf_printf(b, "<status code='%d'/>", codes[i]);
+    if (self) {
+        sb_buf_adds(b, "<status code='110'/>");
+        for (int i = 0; i < nself; i++)
+            sb_buf_printf(b, "<status code='%d'/>", selfc[i]);
+    }
+    if (extra)
+        sb_buf_adds(b, extra);
+    sb_buf_adds(b, "</x></presence>");
+}
+
+/* "<presence from='room/nick' to='" into b; room_tmp holds room/nick. */
+static void occ_presence_head(struct muc_room *r, const struct muc_occ *o, struct sb_buf *b)
+{
+    room_full(r, o->nick, &room_tmp);
+    sb_buf_reset(b);
+    sb_buf_adds(b, "<presence from='");
+    xml_escape_attr(b, room_tmp.data, room_tmp.len);
+    sb_buf_adds(b, "' to='");
+}
+
+static void occ_presence_send(const struct muc_occ *to, const struct sb_buf *head,
+                              const struct sb_buf *tail)
+{
+    struct sb_buf *b = &room_buf;
+    sb_buf_reset(b);
+    sb_buf_add(b, head->data, head->len);
+    xml_escape_attr(b, to->jid, strlen(to->jid));
+    sb_buf_add(b, tail->data, tail->len);
+    if (b->data)
+        muc_send(to->jid, room_tmp.data, b->data, b->len);
+}
+
+static int occ_shows_jid(const struct muc_room *r, const struct muc_occ *to)
+{
+    return r->cfg.whois_anyone || to->role == MUC_R_MODERATOR;
+}
+
 /* o's presence as `to` sees it. */
 static void occ_presence_to(struct muc_room *r, const struct muc_occ *o,
                             const struct muc_occ *to, const char *type, const int *codes,
                             int ncodes, const int *self, int nself, const char *nick,
                             const char *extra)
 {
-    struct sb_buf *b = &room_buf;
-    room_full(r, o->nick, &room_tmp);
-    sb_buf_reset(b);
-    sb_buf_adds(b, "<presence from='");
-    xml_escape_attr(b, room_tmp.data, room_tmp.len);
-    sb_buf_adds(b, "' to='");
-    xml_escape_attr(b, to->jid, strlen(to->jid));
-    sb_buf_adds(b, "'");
-    if (type)
-        sb_buf_printf(b, " type='%s'", type);
-    sb_buf_adds(b, ">");
-    sb_buf_adds(b, o->pres);
-    sb_buf_printf(b, "<occupant-id xmlns='" NS_OCCUPANT_ID "' id='%s'/>", o->oid);
-    int aff = muc_aff_of(r, o->bare);
-    sb_buf_printf(b, "<x xmlns='" NS_MUC_USER "'><item affiliation='%s' role='%s'",
-                  muc_aff_name(aff), muc_role_name(type ? MUC_R_NONE : o->role));
     int is_self = muc_same_occupant(o, to);
-    if (r->cfg.whois_anyone || to->role == MUC_R_MODERATOR || is_self)
-        muc_attr(b, "jid", o->jid);
-    muc_attr(b, "nick", nick);
-    sb_buf_adds(b, "/>");
-    for (int i = 0; i < ncodes; i++)
-        sb_buf_printf(b, "<status code='%d'/>", codes[i]);
-    if (is_self) {
-        sb_buf_adds(b, "<status code='110'/>");
-        for (int i = 0; to == o && i < nself; i++)
-            sb_buf_printf(b, "<status code='%d'/>", self[i]);
+    occ_presence_head(r, o, &room_head);
+    sb_buf_reset(&room_inner);
+    occ_presence_tail(r, o, type, codes, ncodes, occ_shows_jid(r, to), is_self, self,
+                      to == o ? nself : 0, nick, extra, &room_inner);
+    occ_presence_send(to, &room_head, &room_inner);
+}
+
+/* o's presence to every occupant (`self` codes to o itself): built once
+ * for those shown the real JID and once for the others, so a join into a
+ * room of n costs n copies, not n presences built anew. */
+static void occ_presence_all(struct muc_room *r, struct muc_occ *o, const char *type,
+                             const int *codes, int ncodes, const int *self, int nself,
+                             const char *nick, const char *extra)
+{
+    struct sb_buf *tails[2] = {&room_inner, &room_arch};
+    int built[2] = {0, 0};
+    occ_presence_head(r, o, &room_head);
+    for (struct muc_occ *to = r->occ; to; to = to->next) {
+        if (muc_same_occupant(o, to)) {
+            struct sb_buf t = SB_BUF_INIT;
+            occ_presence_tail(r, o, type, codes, ncodes, 1, 1, self, to == o ? nself : 0,
+                              nick, extra, &t);
+            if (t.data)
+                occ_presence_send(to, &room_head, &t);
+            sb_buf_free(&t);
+            continue;
+        }
+        int k = occ_shows_jid(r, to);
+        if (!built[k]) {
+            sb_buf_reset(tails[k]);
+            occ_presence_tail(r, o, type, codes, ncodes, k, 0, NULL, 0, nick, extra, tails[k]);
+            built[k] = 1;
+        }
+        if (tails[k]->data)
+            occ_presence_send(to, &room_head, tails[k]);
     }
-    if (extra)
-        sb_buf_adds(b, extra);
-    sb_buf_adds(b, "</x></presence>");
-    if (b->data)
-        muc_send(to->jid, room_tmp.data, b->data, b->len);
 }
 
 void muc_occ_broadcast(struct muc_room *r, struct muc_occ *o, const char *type,
                        const int *codes, int ncodes, const char *nick, const char *extra)
 {
-    for (struct muc_occ *to = r->occ; to; to = to->next)
-        occ_presence_to(r, o, to, type, codes, ncodes, NULL, 0, nick, extra);
+    occ_presence_all(r, o, type, codes, ncodes, NULL, 0, nick, extra);
 }
 
 void muc_occ_presence_one(struct muc_room *r, struct muc_occ *o, struct muc_occ *to,
@@ -397,8 +466,7 @@ void muc_occ_remove(struct muc_room *r, struct muc_occ *o, const int *codes, int
     if (sibling)                        /* the room sees the nick stay */
         muc_occ_broadcast(r, sibling, NULL, NULL, 0, NULL, NULL);
     else
-        for (struct muc_occ *to = r->occ; to; to = to->next)
-            occ_presence_to(r, o, to, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
+        occ_presence_all(r, o, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
     occ_presence_to(r, o, o, "unavailable", codes, ncodes, NULL, 0, NULL, extra.data);
     muc_store_occ_del(r, o);
     log_info("occupant_left", "room=%s nick=%s jid=%s code=%d", sb_log_q(r->jid),
@@ -551,7 +619,9 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     int aff = creating ? MUC_A_OWNER : muc_aff_of(r, bare);
     const char *why = NULL, *type = "cancel", *cond = NULL;
     const struct xml_node *pw = x ? xml_child(x, "password", NULL) : NULL;
-    if (aff == MUC_A_OUTCAST) {
+    if (r->locked && aff < MUC_A_OWNER) {      /* §7.2.1: as if it did not exist yet */
+        why = "locked"; cond = "item-not-found";
+    } else if (aff == MUC_A_OUTCAST) {
         why = "banned"; type = "auth"; cond = "forbidden";
     } else if (r->cfg.members_only && aff < MUC_A_MEMBER) {
         why = "members-only"; type = "auth"; cond = "registration-required";
@@ -581,10 +651,11 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
     }
     if (creating) {
         r->exists = 1;
+        r->locked = 1;                  /* §10.1.2: until the owner submits a form */
         muc_cfg_defaults(&r->cfg);
         muc_store_room(r);
         muc_aff_set(r, bare, MUC_A_OWNER, NULL);
-        log_info("room_created", "room=%s owner=%s", sb_log_q(r->jid), sb_log_q(bare));
+        log_info("room_created", "room=%s owner=%s locked=1", sb_log_q(r->jid), sb_log_q(bare));
     }
     struct muc_occ *o = occ_new(r, nick, from, muc_role_for(r, aff));
     if (!o) {
@@ -606,8 +677,7 @@ static void room_join(struct muc_room *r, const struct xml_node *st, const char 
         self[nself++] = 201;
     if (nick_changed)
         self[nself++] = 210;
-    for (struct muc_occ *e = r->occ; e; e = e->next)
-        occ_presence_to(r, o, e, NULL, NULL, 0, self, nself, NULL, NULL);
+    occ_presence_all(r, o, NULL, NULL, 0, self, nself, NULL, NULL);
     room_history(r, o, x);
     room_subject_to(r, o);
     log_info("occupant_joined", "room=%s nick=%s jid=%s role=%s occupants=%d",

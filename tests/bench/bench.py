@@ -32,7 +32,7 @@ Switchboard alone):
   BENCH_MAM_HEAVY   mamq: rows of the measured user [100000]  BENCH_MAM_QUERIES per kind [50]
   BENCH_MUC_USERS   muc: occupants of one room [500]  BENCH_MUC_SENDERS of them sending [10]
   BENCH_MUC_RATE    muc: groupchat messages/s in, all senders together [100]
-  BENCH_MUC_JOIN_WINDOW  muc: joins in flight while the room fills [10]
+  BENCH_MUC_JOIN_WINDOW  muc: joins in flight while the room fills [100]
   BENCH_PEP_CONTACTS  pep: contacts of the publisher [1000]  BENCH_PEP_RATE tunes/s [20]
   BENCH_CURVE       on|off|both: the bus's CURVE for Switchboard [on]; both runs
                     msg again with it off (SB_CLUSTER_CURVE=off for every process)
@@ -132,7 +132,7 @@ MAM_QUERIES = env("BENCH_MAM_QUERIES", "50")
 MUC_USERS = int(env("BENCH_MUC_USERS", "500"))
 MUC_SENDERS = env("BENCH_MUC_SENDERS", "10")
 MUC_RATE = env("BENCH_MUC_RATE", "100")
-MUC_JOIN_WINDOW = env("BENCH_MUC_JOIN_WINDOW", "10")
+MUC_JOIN_WINDOW = env("BENCH_MUC_JOIN_WINDOW", "100")
 PEP_CONTACTS = int(env("BENCH_PEP_CONTACTS", "1000"))
 PEP_RATE = env("BENCH_PEP_RATE", "20")
 CURVE = env("BENCH_CURVE", "on")

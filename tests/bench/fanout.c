@@ -233,10 +233,13 @@ static int fo_measure(const char *scenario, int receivers, double setup_s)
 /* ---- muc -------------------------------------------------------------------------- */
 
 static int join_next, mrr;
+static int room_open;                   /* the creator accepted the defaults (or no 201) */
 
+/* The first join alone: a new room is locked (XEP-0045 §10.1.2) until its
+ * creator submits the instant-room form, and the others join after that. */
 static void muc_join_fill(void)
 {
-    while (join_next < fc->users && join_next - nready < fc->window) {
+    while (join_next < fc->users && join_next - nready < (room_open ? fc->window : 1)) {
         int i = join_next++;
         char p[512];
         int n = snprintf(p, sizeof p, "<presence to='%s/n%d'><x xmlns='http://jabber.org/"
@@ -255,10 +258,25 @@ static void muc_other(struct sbb_conn *c, const char *el, size_t len)
         snprintf(last_error, sizeof last_error, "join-error");
         return;
     }
+    if (!room_open && ready[c->slot] && len > 3 && !memcmp(el, "<iq", 3) &&
+        memmem(el, len, "sbb-instant", 11)) {
+        room_open = 1;                  /* answered (an error too: joins will say) */
+        muc_join_fill();
+        return;
+    }
     if (ready[c->slot] || (!memmem(el, len, "code='110'", 10) && !memmem(el, len, "code=\"110\"", 10)))
         return;
     ready[c->slot] = 1;
     nready++;
+    if (!room_open && (memmem(el, len, "code='201'", 10) || memmem(el, len, "code=\"201\"", 10))) {
+        char q[600];
+        int n = snprintf(q, sizeof q, "<iq type='set' id='sbb-instant' to='%s'><query xmlns='"
+                         "http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' "
+                         "type='submit'/></query></iq>", fc->room);
+        sbb_conn_stanza(c, q, (size_t)n);
+        return;
+    }
+    room_open = 1;
     muc_join_fill();
 }
 

@@ -216,6 +216,67 @@ def test_converse_user_chats_in_a_room_with_a_slixmpp_occupant(stack, browser_re
         srv.shutdown()
 
 
+def test_converse_creates_a_room_that_a_slixmpp_user_can_then_enter(stack, browser_ready,
+                                                                    new_user):
+    """Converse.js auto-joining a room that does not exist creates it (201):
+    the room is locked until its creator accepts the defaults (XEP-0045
+    §10.1.2), which Converse does by itself (an instant room), so a slixmpp
+    user joining after it gets in — not item-not-found — and the two chat."""
+    from test_muc import Inbox, codes, err, groupchat, iq, is_msg, is_pres, item, new_room
+    wjid, wpw = new_user("webmk")
+    room = new_room(stack, "webnew")
+    token = secrets.token_hex(3)
+    text, answer = "I made it %s" % token, "I came in %s" % token
+    page = _login_page(stack, wjid, wpw, auto_join_rooms=[{"jid": room, "nick": "maker"}])
+    srv = _page_server(stack, "nobody@" + stack.domain, {"mucnew": page})
+    shot = os.path.join(ARTIFACTS, "converse-muc-created.png")
+
+    async def go():
+        ojid, opw = new_user("occ")
+        occ = await login(stack, ojid, opw, instance="c2s2")
+        occ.box = Inbox(occ)
+        try:
+            proc = await _steps(stack, srv, "mucnew", shot, [{"send": text}, {"see": answer}])
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 60
+                me = "%s/slix" % room
+                while True:                 # until Converse made it (disco#info answers)
+                    _, cond = await iq(occ, room, "get",
+                                       "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+                    if cond is None:
+                        break
+                    assert cond == "item-not-found", cond
+                    assert loop.time() < deadline, "Converse never created the room"
+                    await asyncio.sleep(0.3)
+                while True:                 # locked: item-not-found
+                    occ.send_raw("<presence to='%s'><x xmlns='http://jabber.org/protocol/muc'/>"
+                                 "</presence>" % me)
+                    e = await occ.box.wait(lambda e: is_pres(me)(e) or is_pres(me, "error")(e),
+                                           20, "an answer to the join")
+                    if e.get("type") != "error":
+                        break
+                    assert err(e) == "item-not-found", err(e)
+                    assert loop.time() < deadline, "the room was never unlocked"
+                    await asyncio.sleep(0.5)
+                assert "110" in codes(e) and "201" not in codes(e)
+                assert item(e).get("affiliation") == "none"
+                maker = await occ.box.wait(is_pres(room + "/maker"), 10, "the creator")
+                assert item(maker).get("affiliation") == "owner"
+                # its message, live or from the history on join
+                await occ.box.wait(is_msg(room + "/maker", text, "groupchat"), 40,
+                                   "the web user's message")
+                groupchat(occ, room, answer)
+            finally:
+                await _finish(proc)
+        finally:
+            await close(occ)
+    try:
+        run(go(), timeout=150)
+    finally:
+        srv.shutdown()
+
+
 def test_converse_sends_a_file_with_http_upload(stack, browser_ready, new_user, tmp_path):
     """Converse.js finds upload.DOMAIN, PUTs a file to the slot's https URL
     on sb-bosh's TLS listener (test certificate), and sends the GET URL;

@@ -114,12 +114,22 @@ async def user(stack, new_user, prefix, instance="c2s1"):
     return c
 
 
-async def join(c, room, nick, inner="", expect_error=False, timeout=10):
+INSTANT = "<query xmlns='%s'><x xmlns='%s' type='submit'/></query>" % (OWNER, DATA)
+
+
+async def join(c, room, nick, inner="", expect_error=False, timeout=10, instant=True):
+    """Join; the creator of a room (201) accepts the default configuration
+    at once (an instant room, §10.1.2), as clients do, unless instant=False
+    (the room stays locked)."""
     c.send_raw("<presence to='%s/%s'><x xmlns='%s'>%s</x></presence>" % (room, nick, MUC, inner))
     if expect_error:
         return await c.box.wait(is_pres("%s/%s" % (room, nick), "error"), timeout, "join error")
-    return await c.box.wait(lambda e: is_pres("%s/%s" % (room, nick))(e) and "110" in codes(e),
-                            timeout, "self-presence of %s" % nick)
+    me = await c.box.wait(lambda e: is_pres("%s/%s" % (room, nick))(e) and "110" in codes(e),
+                          timeout, "self-presence of %s" % nick)
+    if instant and "201" in codes(me):
+        _, cond = await iq(c, room, "set", INSTANT)
+        assert cond is None, "instant room refused: %s" % cond
+    return me
 
 
 async def iq(c, to, type_, payload):
@@ -501,6 +511,9 @@ def test_slixmpp_muc_plugin_joins_and_chats(stack, new_user):
         room = new_room(stack)
         try:
             await a.plugin["xep_0045"].join_muc_wait(room, "ann", maxstanzas=0, timeout=15)
+            # the new room is locked (§10.1.2) until its creator accepts the defaults
+            form = a.plugin["xep_0004"].make_form(ftype="submit")
+            await a.plugin["xep_0045"].set_room_config(room, form, timeout=10)
             await b.plugin["xep_0045"].join_muc_wait(room, "ben", maxstanzas=0, timeout=15)
             got = asyncio.get_running_loop().create_future()
             a.add_event_handler("groupchat_message", lambda m: m["body"] == "plug" and

@@ -4,18 +4,20 @@ that survives the death of the room's instance, voice requests (§7.13,
 §8.6), registration with a room and reserved nicks (§7.10, §7.12
 x-roomuser-item), several sessions of one account under one nick, iqs to
 room/nick forwarded to the occupant and answered back, and `sbctl room`
-list/info/destroy."""
+list/info/destroy, and a storm of 100 simultaneous joins into one room
+that no instance loses its lease over."""
 
 import asyncio
 import json
+import secrets
 import xml.etree.ElementTree as ET
 
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from xmpptest import close, login, run, redis_cli, wait_async
+from xmpptest import RawStream, close, login, run, redis_cli, wait_async
 from test_muc import (DATA, MUC, USER, Inbox, closeall, codes, err, groupchat, iq, is_msg,
-                      is_pres, item, join, muc_for, new_room, owner_form, user)
+                      is_pres, item, join, muc_for, new_room, owner_form, user, OWNER)
 
 MAM = "urn:xmpp:mam:2"
 RSM = "http://jabber.org/protocol/rsm"
@@ -404,3 +406,158 @@ def test_sbctl_room_list_info_and_destroy(stack, new_user):
         finally:
             await closeall(a, b)
     run(go(), timeout=90)
+
+
+# ---------------------------------------------------------------- locked rooms
+def error_type(el):
+    e = el.find("{jabber:client}error")
+    return e.get("type") if e is not None else None
+
+
+def test_a_new_room_is_locked_until_its_owner_configures_it_or_accepts_the_defaults(
+        stack, new_user):
+    """§10.1.2-3: the creator gets 201 and the room stays locked — anyone
+    else's join gets item-not-found (cancel) — until the owner submits the
+    configuration form (a filled one, or an empty one: an instant room); an
+    owner cancelling the first configuration destroys the room."""
+    async def go():
+        a = await user(stack, new_user, "lka")
+        b = await user(stack, new_user, "lkb", instance="c2s2")
+        filled, instant, cancelled = (new_room(stack, p) for p in ("lk1", "lk2", "lk3"))
+        try:
+            for room in (filled, instant, cancelled):
+                me = await join(a, room, "owner", instant=False)
+                assert {"110", "201"} <= codes(me)
+                e = await join(b, room, "early", expect_error=True)
+                assert err(e) == "item-not-found" and error_type(e) == "cancel", ET.tostring(e)
+            # the owner may still read the form while the room is locked
+            r, cond = await iq(a, filled, "get", "<query xmlns='%s'/>" % OWNER)
+            assert cond is None and r.find("{%s}query/{%s}x" % (OWNER, DATA)) is not None
+            _, cond = await configure(a, filled, roomname="Filled")
+            assert cond is None
+            _, cond = await iq(a, instant, "set", "<query xmlns='%s'><x xmlns='%s' "
+                               "type='submit'/></query>" % (OWNER, DATA))
+            assert cond is None
+            for room in (filled, instant):
+                mb = await join(b, room, "late")
+                assert "201" not in codes(mb) and item(mb).get("affiliation") == "none"
+            r, cond = await iq(a, filled, "get", "<query xmlns='%s'/>" % DISCO)
+            assert cond is None and r.find("{%s}query/{%s}identity" % (DISCO, DISCO)).get(
+                "name") == "Filled"
+            # cancelling the first configuration: the room is gone
+            _, cond = await iq(a, cancelled, "set", "<query xmlns='%s'><x xmlns='%s' "
+                               "type='cancel'/></query>" % (OWNER, DATA))
+            assert cond is None
+            gone = await a.box.wait(lambda e: is_pres(cancelled + "/owner", "unavailable")(e)
+                                    and e.find("{%s}x/{%s}destroy" % (USER, USER)) is not None,
+                                    10, "destroyed")
+            assert gone is not None
+            mb = await join(b, cancelled, "anew")      # free to be created again, by b
+            assert "201" in codes(mb) and item(mb).get("affiliation") == "owner"
+        finally:
+            await closeall(a, b)
+    run(go(), timeout=90)
+
+
+# ---------------------------------------------------------------- join storm
+STORM = 100
+
+
+def leases(stack):
+    """Every live instance's incarnation, from its lease in Redis: a new one
+    means it lost its lease (and was declared dead) meanwhile."""
+    out = {}
+    for name in stack.live_instances():
+        v = redis_cli(stack, "GET", "lease:" + name)
+        incs = [w[4:] for w in v.split() if w.startswith("inc=")]
+        out[name] = incs[0] if incs else None
+    return out
+
+
+def test_a_storm_of_100_simultaneous_joins_gets_every_self_presence_and_no_lease_is_lost(stack):
+    """The joins are sent all at once (each a presence per occupant both
+    ways: ~10,000 stanzas out of sb-muc in a burst); every joiner gets its
+    self-presence with 110, the owner sees every one of them come in, and no
+    instance — sb-muc, the sms it floods, the front-ends — changed its
+    incarnation (muc/main.c's work queue, common/link.c's drain slice)."""
+    prefix = "st" + secrets.token_hex(3)
+    stack.sbctl("user", "bulk-add", stack.domain, prefix, str(STORM + 1), prefix + "pw",
+                timeout=60)
+    users = [("%s%d@%s" % (prefix, i, stack.domain), "%spw%d" % (prefix, i))
+             for i in range(1, STORM + 2)]
+    room = "storm%s@conference.%s" % (secrets.token_hex(4), stack.domain)
+    before = leases(stack)
+    assert before.get("muc1"), before
+
+    async def online(i, jid, pw):
+        s = RawStream(stack, instance="c2s1" if i % 2 else "c2s2")
+        await s.login(jid, pw)
+        s.nick = "n%d" % i
+        return s
+
+    async def self_presence(s, timeout):
+        """Read until the presence from room/nick with 110; returns what came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = []
+        me = "%s/%s" % (room, s.nick)
+        while loop.time() < deadline:
+            el = await s.element(timeout=max(0.1, deadline - loop.time()))
+            assert el is not None, "%s: stream closed before its self-presence" % s.nick
+            seen.append(el)
+            if el.tag == "{jabber:client}presence" and el.get("from") == me:
+                assert el.get("type") is None, "%s: %s" % (s.nick, ET.tostring(el)[:300])
+                assert "110" in codes(el), ET.tostring(el)[:300]
+                return seen
+        raise AssertionError("%s: no self-presence within %ss" % (s.nick, timeout))
+
+    def join(s):
+        s.send("<presence to='%s/%s'><x xmlns='%s'><history maxstanzas='0'/></x></presence>"
+               % (room, s.nick, MUC))
+
+    async def go():
+        streams = await asyncio.gather(*(online(i, j, p) for i, (j, p) in enumerate(users)))
+        owner, joiners = streams[0], streams[1:]
+        try:
+            join(owner)
+            got = await self_presence(owner, 20)
+            assert "201" in codes(got[-1])
+            r = ("<iq type='set' id='instant' to='%s'><query xmlns='%s'><x xmlns='%s' "
+                 "type='submit'/></query></iq>" % (room, OWNER, DATA))
+            owner.send(r)
+            while True:                    # the room is locked until this is answered
+                el = await owner.element(timeout=10)
+                assert el is not None
+                if el.tag == "{jabber:client}iq" and el.get("id") == "instant":
+                    assert el.get("type") == "result", ET.tostring(el)[:300]
+                    break
+            t0 = asyncio.get_running_loop().time()
+            for s in joiners:              # all at once, before reading anything
+                join(s)
+            seen = await asyncio.gather(*(self_presence(s, 90) for s in joiners))
+            took = asyncio.get_running_loop().time() - t0
+            # the last one in saw everyone who came before it (and the owner): the room has them all
+            assert max(sum(1 for e in got if e.tag == "{jabber:client}presence")
+                       for got in seen) == STORM + 1
+            # the owner sees all 100 arrive
+            nicks = {s.nick for s in joiners}
+            came = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while came != nicks and loop.time() < deadline:
+                el = await owner.element(timeout=max(0.1, deadline - loop.time()))
+                assert el is not None
+                f = el.get("from") or ""
+                if el.tag == "{jabber:client}presence" and f.startswith(room + "/"):
+                    came.add(f.split("/", 1)[1])
+            assert came == nicks, "owner missed %s" % sorted(nicks - came)[:10]
+            print("join storm: %d joins in %.1f s" % (STORM, took))
+        finally:
+            for s in streams:
+                s.abort()
+
+    run(go(), timeout=240)
+    after = leases(stack)
+    changed = {n: (before[n], after.get(n)) for n in before if after.get(n) != before[n]}
+    assert not changed, "instances that lost their lease during the storm: %s" % changed
+
