@@ -401,6 +401,7 @@ static void conn_tcp_open(struct c2s_conn *c, const char *from, const char *to)
         xml_escape_attr(b, to, strlen(to));
     }
     sb_buf_adds(b, "' version='1.0' xml:lang='en'>");
+    tlsconn_hold_next(&c->tc);        /* the features follow: one send for both */
     conn_tcp_write(c, b->data, b->len);
 }
 

@@ -296,6 +296,11 @@ int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pe
     return TLSCONN_OK;
 }
 
+void tlsconn_hold_next(struct tlsconn *t)
+{
+    t->iter = tc_iter;                /* the direct write of this iteration is spent */
+}
+
 void tlsconn_queue(struct tlsconn *t, const char *data, size_t len)
 {
     if (!(t->flags & TLSCONN_F_DEAD) && sb_buf_add(&t->out, data, len) == SB_OK) {

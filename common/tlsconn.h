@@ -88,6 +88,10 @@ size_t tlsconn_pending(const struct tlsconn *t);
  * queue would pass max_pending; nothing was taken, the owner decides.
  * TLSCONN_FAILED: ops->dead has run. Dropped silently once dead. */
 int tlsconn_write(struct tlsconn *t, const char *data, size_t len, size_t max_pending);
+/* Hold the next write of this loop iteration too, as if it were the second:
+ * a stream header and the features that follow it leave in one send (one
+ * TLS record) instead of two. */
+void tlsconn_hold_next(struct tlsconn *t);
 /* Queue past any cap (a last stream error before closing). */
 void tlsconn_queue(struct tlsconn *t, const char *data, size_t len);
 /* Stop reading (byte shaper) / read again, including what TLS holds. */

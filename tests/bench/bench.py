@@ -52,7 +52,10 @@ Switchboard alone):
                     generator processes, BENCH_IDLE_SRC [8] source addresses 127.0.0.2..,
                     held BENCH_IDLE_BIG_HOLD [300] s while BENCH_IDLE_CHAT_PCT [1] % chat
                     at BENCH_IDLE_CHAT_RATE [1000] msg/s; BENCH_IDLE_BIG_TLS [50000]
-                    the same over STARTTLS (0: not run)
+                    the same over STARTTLS (0: not run); BENCH_IDLE_WS [20000] over
+                    WebSocket and BENCH_IDLE_BOSH [5000] over BOSH (hold=1), both to
+                    bosh1..boshN (BENCH_IDLE_WEB [2]; bosh2.. started with their own
+                    ports), no chat (0: not run)
   GEN=tsung         the message scenario with Debian's tsung (tsung_gen.py) and, side
                     by side at the same rates, with sbbench; only that (BENCH_SCENARIOS
                     is ignored). BENCH_TSUNG_RATES [1000,3000,6000,10000]
@@ -146,6 +149,9 @@ PERF = env("BENCH_PERF", "1") == "1"
 IDLE_BIG = int(env("BENCH_IDLE_BIG", "100000"))
 IDLE_BIG_TLS = int(env("BENCH_IDLE_BIG_TLS", "50000"))
 IDLE_C2S = int(env("BENCH_IDLE_C2S", "6"))
+IDLE_WS = int(env("BENCH_IDLE_WS", "20000"))
+IDLE_BOSH = int(env("BENCH_IDLE_BOSH", "5000"))
+IDLE_WEB = int(env("BENCH_IDLE_WEB", "2"))
 IDLE_WORKERS = int(env("BENCH_IDLE_WORKERS", "6"))
 IDLE_SRC = int(env("BENCH_IDLE_SRC", "8"))
 IDLE_BIG_HOLD = env("BENCH_IDLE_BIG_HOLD", "300")
@@ -204,7 +210,7 @@ def pidfile(path):
 
 
 def max_users():
-    big = [IDLE_BIG, IDLE_BIG_TLS] if "idlebig" in SCEN else []
+    big = [IDLE_BIG, IDLE_BIG_TLS, IDLE_WS, IDLE_BOSH] if "idlebig" in SCEN else []
     return max([MSG_USERS, LOGIN_USERS, CHAOS_USERS, RESUME_USERS + RESUME_SENDERS,
                 MUC_USERS, PEP_CONTACTS + 1] + IDLE + big)
 
@@ -304,7 +310,27 @@ class Switchboard(Target):
             time.sleep(0.2)
         return ports
 
+    def more_bosh(self, n):
+        """bosh2..boshN besides bosh1 (ports 6400 + 2·N and + 1, shifted by
+        the offset, through SB_BOSH_PORT / SB_BOSH_TLS_PORT); returns every
+        bosh port (WebSocket and BOSH share them)."""
+        ports = [int(self.env["SB_BOSH_PORT"])]
+        for i in range(2, n + 1):
+            name = "bosh%d" % i
+            port = 6400 + OFF + 2 * i
+            stack("start-proc", name, extra={"SB_BOSH_PORT": str(port),
+                                             "SB_BOSH_TLS_PORT": str(port + 1)})
+            if name not in self.extra:
+                self.extra.append(name)
+            ports.append(port)
+        stack("wait-ready")
+        end = time.time() + 20
+        while not all(listening(p) for p in ports) and time.time() < end:
+            time.sleep(0.2)
+        return ports
+
     def fewer_c2s(self):
+        """Stop what more_c2s / more_bosh started."""
         for name in self.extra:
             stack("stop-proc", name, check=False)
         self.extra = []
@@ -1074,21 +1100,26 @@ def run_scenarios(t):
             res["storm"][mech] = {"rows": rows, "perf": prof}
     if "idlebig" in SCEN and isinstance(t, Switchboard) and not only_msg:
         res["idlebig"] = []
-        for n, tls in ((IDLE_BIG, False), (IDLE_BIG_TLS, True)):
+        for n, tp in ((IDLE_BIG, "tcp"), (IDLE_BIG_TLS, "tls"), (IDLE_WS, "ws"),
+                      (IDLE_BOSH, "bosh")):
             if n <= 0:
                 continue
             t.fresh()
-            ports = t.more_c2s(IDLE_C2S)
+            web = tp in ("ws", "bosh")
+            ports = t.more_bosh(IDLE_WEB) if web else t.more_c2s(IDLE_C2S)
             saved = t.ports
             t.ports = ports
             src = ",".join("127.0.0.%d" % (2 + i) for i in range(IDLE_SRC))
+            # one worker per 16,000 connections at least (RLIMIT_NOFILE 20,000)
+            workers = max(IDLE_WORKERS if not web else 1, (n + 15999) // 16000)
             args = ["--users", str(n), "--hold", IDLE_BIG_HOLD, "--window", "200",
-                    "--login-timeout", "120", "--workers", str(IDLE_WORKERS), "--src", src,
-                    "--chat-rate", IDLE_CHAT_RATE, "--chat-pct", IDLE_CHAT_PCT]
-            if tls:
-                args.append("--tls")
+                    "--login-timeout", "120", "--workers", str(workers), "--src", src,
+                    "--transport", tp]
+            if not web:
+                args += ["--chat-rate", IDLE_CHAT_RATE, "--chat-pct", IDLE_CHAT_PCT]
+            label = "idlebig-%d%s" % (n, "" if tp == "tcp" else "-" + tp)
             try:
-                rows, _ = t.run("idle", *args, label="idlebig-%d%s" % (n, "-tls" if tls else ""))
+                rows, _ = t.run("idle", *args, label=label)
             finally:
                 t.ports = saved
                 t.fewer_c2s()

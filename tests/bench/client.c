@@ -36,11 +36,11 @@ static gnutls_certificate_credentials_t client_cred;
 
 static const char *const state_names[] = {
     "connecting", "features", "proceed", "handshake", "sasl", "features2",
-    "bind", "session", "sm-enable", "resume", "roster", "online", "closing", "dead"};
+    "bind", "session", "sm-enable", "resume", "roster", "online", "closing", "dead", "http"};
 
 const char *sbb_state_name(int s)
 {
-    return s >= 0 && s <= SBB_DEAD ? state_names[s] : "?";
+    return s >= 0 && s <= SBB_HTTP ? state_names[s] : "?";
 }
 
 double sbb_now(void)
@@ -59,7 +59,7 @@ int sbb_tls_init(void)
 
 /* ---- buffers ------------------------------------------------------------ */
 
-static void buf_add(struct sbb_buf *b, const char *p, size_t n)
+void sbb_buf_add(struct sbb_buf *b, const char *p, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 512;
@@ -78,7 +78,7 @@ static void buf_add(struct sbb_buf *b, const char *p, size_t n)
     b->data[b->len] = 0;
 }
 
-static void buf_consume(struct sbb_buf *b, size_t n)
+void sbb_buf_consume(struct sbb_buf *b, size_t n)
 {
     if (n >= b->len) {
         b->len = 0;
@@ -138,7 +138,7 @@ static void conn_flush(struct sbb_conn *c)
                 return;
             }
         }
-        buf_consume(&c->out, (size_t)n);
+        sbb_buf_consume(&c->out, (size_t)n);
     }
     if (c->state != SBB_DEAD)
         conn_events(c);
@@ -148,7 +148,18 @@ void sbb_conn_write(struct sbb_conn *c, const char *data, size_t len)
 {
     if (c->state == SBB_DEAD)
         return;
-    buf_add(&c->out, data, len);
+    if (sbb_opt.transport != SBB_TP_TCP) {
+        sbb_web_write(c, data, len);   /* one frame, or queued for the next request */
+        return;
+    }
+    sbb_conn_raw(c, data, len);
+}
+
+void sbb_conn_raw(struct sbb_conn *c, const char *data, size_t len)
+{
+    if (c->state == SBB_DEAD)
+        return;
+    sbb_buf_add(&c->out, data, len);
     if (c->state != SBB_CONNECTING && c->state != SBB_HANDSHAKE && !c->tls_pending)
         conn_flush(c);
 }
@@ -166,15 +177,22 @@ void sbb_conn_stanza(struct sbb_conn *c, const char *data, size_t len)
         conn_writes(c, "<r xmlns='" NS_SM "'/>");
 }
 
-static void conn_header(struct sbb_conn *c)
+void sbb_conn_header(struct sbb_conn *c)
 {
     char h[512];
+    if (sbb_opt.transport != SBB_TP_TCP) {
+        c->depth = 0;
+        c->scan = 0;
+        sbb_buf_consume(&c->in, c->in.len);
+        sbb_web_open(c);               /* <open/>, or a BOSH session / restart */
+        return;
+    }
     int n = snprintf(h, sizeof(h), "<?xml version='1.0'?><stream:stream to='%s' "
                      "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' "
                      "version='1.0'>", sbb_opt.domain);
     c->depth = 0;
     c->scan = 0;
-    buf_consume(&c->in, c->in.len);
+    sbb_buf_consume(&c->in, c->in.len);
     sbb_conn_write(c, h, (size_t)n);
 }
 
@@ -223,6 +241,7 @@ struct sbb_conn *sbb_conn_start_on(int user, int port_ix)
     c->user = user;
     c->peer = -1;
     c->sm_want = (uint8_t)sbb_opt.sm;
+    c->rid = 1000000 + (unsigned long long)(random() % 1000000000);
     c->t0 = sbb_now();
     c->state = SBB_CONNECTING;
     ev_io_init(&c->io, conn_io, fd, EV_READ | EV_WRITE);
@@ -246,8 +265,14 @@ static void conn_shut(struct sbb_conn *c)
     c->scram = NULL;
     free(c->in.data);
     free(c->out.data);
+    free(c->raw.data);
+    free(c->q.data);
+    free(c->sid);
+    c->sid = NULL;
     memset(&c->in, 0, sizeof(c->in));
     memset(&c->out, 0, sizeof(c->out));
+    memset(&c->raw, 0, sizeof(c->raw));
+    memset(&c->q, 0, sizeof(c->q));
 }
 
 void sbb_conn_free(struct sbb_conn *c)
@@ -285,9 +310,23 @@ void sbb_conn_close(struct sbb_conn *c)
         int n = snprintf(a, sizeof(a), "<a xmlns='" NS_SM "' h='%u'/>", c->sm_h);
         sbb_conn_write(c, a, (size_t)n);
     }
+    if (sbb_opt.transport != SBB_TP_TCP) {
+        if (sbb_web_close(c)) {
+            c->state = SBB_CLOSING;
+            conn_fail(c, "closed");    /* counted as a clean close */
+        } else if (c->state != SBB_DEAD) {
+            c->state = SBB_CLOSING;
+        }
+        return;
+    }
     conn_writes(c, "</stream:stream>");
     if (c->state != SBB_DEAD)
         c->state = SBB_CLOSING;
+}
+
+void sbb_conn_fail(struct sbb_conn *c, const char *why)
+{
+    conn_fail(c, why);
 }
 
 /* ---- small scanners ------------------------------------------------------- */
@@ -309,6 +348,11 @@ static void attr_get(const char *el, size_t len, const char *name, char *out, si
             return;
         }
     }
+}
+
+void sbb_attr_get(const char *el, size_t len, const char *name, char *out, size_t cap)
+{
+    attr_get(el, len, name, out, cap);
 }
 
 static int attr_is(const char *el, size_t len, const char *name, const char *want)
@@ -496,7 +540,7 @@ static void login_handshake(struct sbb_conn *c)
     }
     c->tls_on = 1;
     c->state = SBB_FEATURES;
-    conn_header(c);
+    sbb_conn_header(c);
 }
 
 static void login_roster(struct sbb_conn *c)
@@ -615,6 +659,10 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
         conn_fail(c, stream_error_reason(el, len));
         return;
     }
+    if (sbb_opt.transport == SBB_TP_WS && strcmp(name, "close") == 0) {
+        conn_fail(c, c->state == SBB_CLOSING ? "closed" : "stream-end");   /* RFC 7395 §3.6 */
+        return;
+    }
     if (c->sm_on && (!strcmp(name, "message") || !strcmp(name, "presence") || !strcmp(name, "iq")))
         c->sm_h++;
     else if ((c->sm_want || c->resume) && sm_element(c, local, el, len))
@@ -665,7 +713,7 @@ static void conn_element(struct sbb_conn *c, const char *el, size_t len)
                 return;
             }
             c->state = SBB_FEATURES2;
-            conn_header(c);
+            sbb_conn_header(c);
         } else {
             conn_fail(c, "sasl-failure");
         }
@@ -791,7 +839,13 @@ static void conn_parse(struct sbb_conn *c)
     size_t keep_from = c->depth ? c->elem_start : (size_t)(p - base);
     c->scan = (size_t)(p - base) - keep_from;
     c->elem_start = 0;
-    buf_consume(&c->in, keep_from);
+    sbb_buf_consume(&c->in, keep_from);
+}
+
+void sbb_conn_feed(struct sbb_conn *c, const char *data, size_t len)
+{
+    sbb_buf_add(&c->in, data, len);
+    conn_parse(c);
 }
 
 /* ---- I/O ---------------------------------------------------------------------- */
@@ -823,8 +877,10 @@ static void conn_read(struct sbb_conn *c)
             conn_fail(c, c->state == SBB_CLOSING ? "closed" : "eof");
             return;
         }
-        buf_add(&c->in, tmp, (size_t)n);
-        conn_parse(c);
+        if (sbb_opt.transport != SBB_TP_TCP)
+            sbb_web_input(c, tmp, (size_t)n);
+        else
+            sbb_conn_feed(c, tmp, (size_t)n);
         if (c->state == SBB_DEAD || c->state == SBB_HANDSHAKE)
             return;
         if ((size_t)n < sizeof(tmp) && !(c->tls_on && gnutls_record_check_pending(c->tls)))
@@ -854,8 +910,13 @@ static void conn_io_run(struct sbb_conn *c, int revents)
             conn_fail(c, "connect");
             return;
         }
+        if (sbb_opt.transport != SBB_TP_TCP) {
+            sbb_web_connected(c);     /* the Upgrade, or the BOSH session request */
+            conn_flush(c);
+            return;
+        }
         c->state = SBB_FEATURES;
-        conn_header(c);
+        sbb_conn_header(c);
         return;
     }
     if (c->state == SBB_HANDSHAKE) {

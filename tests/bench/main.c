@@ -676,13 +676,15 @@ static int scenario_idle(int procs)
     getrusage(RUSAGE_CHILDREN, &ru);
     double gen = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
                  (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-    printf("{\"scenario\":\"idle\",\"label\":\"%s\",\"tls\":%d,\"mech\":\"%s\",\"users\":%d,"
+    static const char *const tpn[] = {"tcp", "ws", "bosh"};
+    printf("{\"scenario\":\"idle\",\"label\":\"%s\",\"transport\":\"%s\",\"tls\":%d,"
+           "\"mech\":\"%s\",\"users\":%d,"
            "\"online\":%d,\"failed\":%d,\"dropped\":%d,\"held_s\":%.0f,\"login_s\":%.2f,"
            "\"last_error\":\"%s\",\"gen_cpu_s\":%.3f,\"workers\":%d,\"sources\":%d,"
            "\"chat_rate\":%.0f,\"chat_pct\":%g,\"chat_secs\":%.1f,\"chat_sent\":%ld,"
            "\"chat_delivered\":%ld,\"chat_reordered\":%ld,\"chat_errors\":%ld,"
            "\"chat_p50_ms\":%.3f,\"chat_p99_ms\":%.3f,\"chat_max_ms\":%.3f,",
-           cfg.label, sbb_opt.tls, sbb_mech_name(), total, online, failed,
+           cfg.label, tpn[sbb_opt.transport], sbb_opt.tls, sbb_mech_name(), total, online, failed,
            dropped, cfg.hold, login_secs, strcmp(err, "-") ? err : "", gen, procs, sbb_opt.nsrc,
            cfg.chat_rate, cfg.chat_pct, csecs, csent, cdeliv, creord, cerr,
            sbb_hist_pct(&chist, 50) * 1e3, sbb_hist_pct(&chist, 99) * 1e3, chist.max * 1e3);
@@ -743,6 +745,8 @@ static void usage(void)
         "usage: sbbench [options] login|msg|idle|chaos|resume|muc|pep\n"
         "  -H HOST  -p PORT[,PORT..]  -d DOMAIN  -u USERPREFIX  -w PASSPREFIX  --first N\n"
         "  --tls (STARTTLS)  --plain (SASL PLAIN; default SCRAM-SHA-1)\n"
+        "  --transport tcp|tls|ws|bosh   ws: RFC 7395 over -p (the bosh port), bosh:\n"
+        "                 XEP-0206 hold=1; tls = --tls   --path P  the ws/bosh URL path\n"
         "  --mech scram-sha-1|scram-sha-256|scram-sha-256-plus|plain|x-oauth2|oauthbearer|fast\n"
         "                 the SASL mechanism (-plus: tls-exporter binding, needs --tls)\n"
         "  --token-file F x-oauth2: \"USER_NUMBER TOKEN\" lines (sbctl token issue)\n"
@@ -836,7 +840,7 @@ int main(int argc, char **argv)
         {"dead", 1, 0, 'X'}, {"kill", 1, 0, 'k'}, {"room", 1, 0, 'O'}, {"mech", 1, 0, 'm'},
         {"src", 1, 0, 'I'}, {"workers", 1, 0, 'J'}, {"chat-rate", 1, 0, 'c'},
         {"chat-pct", 1, 0, 'Q'}, {"check", 0, 0, 'Z'}, {"token-file", 1, 0, 'F'},
-        {"jwt-key", 1, 0, 'G'}, {0, 0, 0, 0}};
+        {"jwt-key", 1, 0, 'G'}, {"transport", 1, 0, 'y'}, {"path", 1, 0, 'x'}, {0, 0, 0, 0}};
     int o;
     cfg.label = "";
     parse_rates("1000");
@@ -906,8 +910,25 @@ int main(int argc, char **argv)
         case 'c': cfg.chat_rate = atof(optarg); break;
         case 'Q': cfg.chat_pct = atof(optarg); break;
         case 'Z': cfg.check = 1; break;
+        case 'y':
+            if (strcmp(optarg, "tcp") == 0)
+                sbb_opt.transport = SBB_TP_TCP;
+            else if (strcmp(optarg, "tls") == 0)
+                sbb_opt.tls = 1;
+            else if (strcmp(optarg, "ws") == 0)
+                sbb_opt.transport = SBB_TP_WS;
+            else if (strcmp(optarg, "bosh") == 0)
+                sbb_opt.transport = SBB_TP_BOSH;
+            else
+                usage();
+            break;
+        case 'x': sbb_opt.path = optarg; break;
         default: usage();
         }
+    }
+    if (sbb_opt.transport != SBB_TP_TCP && sbb_opt.tls) {
+        fprintf(stderr, "sbbench: --tls is for TCP only (no wss/https here)\n");
+        return 2;
     }
     if (optind != argc - 1 || cfg.users < 1 || cfg.body < 40 || cfg.body > 400 || sbb_opt.nports < 1)
         usage();

@@ -6,6 +6,7 @@
  * naming are options. Modules:
  *   main.c    options, scenarios, step reports (JSON lines on stdout)
  *   client.c  one connection: socket/TLS I/O, element splitter, login
+ *   web.c     the WebSocket (RFC 7395) and BOSH (XEP-0206) transports
  *   chaos.c   the chaos scenario: chatting through kills, every message accounted for
  *   resume.c  the resumption storm: XEP-0198 sessions resumed after their front-end died
  *   fanout.c  fan-out: a MUC room of N occupants, a PEP publisher with N contacts
@@ -41,7 +42,10 @@ struct sbb_opts {
     int sm;                  /* XEP-0198: <enable resume='true'/> after bind */
     int sm_ack_every;        /* with sm: an <r/> after every N stanzas sent (0: never) */
     const char *scram_cache; /* file of derived SCRAM keys (may be NULL) */
+    int transport;           /* --transport: SBB_TP_* */
+    const char *path;        /* --path: the WebSocket / BOSH URL path */
 };
+enum sbb_transport { SBB_TP_TCP, SBB_TP_WS, SBB_TP_BOSH };
 extern struct sbb_opts sbb_opt;
 extern struct ev_loop *sbb_loop;
 
@@ -93,7 +97,8 @@ int sbb_fanout_pep(const struct sbb_fanout_cfg *cfg);
 enum sbb_state {
     SBB_CONNECTING, SBB_FEATURES, SBB_PROCEED, SBB_HANDSHAKE, SBB_SASL,
     SBB_FEATURES2, SBB_BIND, SBB_SESSION, SBB_SM_ENABLE, SBB_RESUME, SBB_ROSTER,
-    SBB_ONLINE, SBB_CLOSING, SBB_DEAD
+    SBB_ONLINE, SBB_CLOSING, SBB_DEAD,
+    SBB_HTTP                 /* WebSocket: the Upgrade sent, waiting for the 101 */
 };
 
 struct sbb_buf {
@@ -130,6 +135,15 @@ struct sbb_conn {
     char sm_id[64];          /* <enabled id/>, or the previd to resume */
     uint8_t resume;          /* log in with <resume previd=sm_id h=resume_h/> */
     double resumed_at;
+    /* WebSocket / BOSH (web.c) */
+    uint8_t web_up;          /* ws: upgraded */
+    uint8_t web_busy;        /* bosh: a request is out */
+    uint8_t web_feeding;     /* bosh: handling a response (writes wait in q) */
+    uint8_t web_restart;     /* bosh: the next request restarts the stream */
+    struct sbb_buf raw;      /* bytes read, not yet unframed */
+    struct sbb_buf q;        /* bosh: elements for the next request */
+    char *sid;               /* bosh: the session id */
+    unsigned long long rid;  /* bosh: the next request id */
 };
 
 /* Callbacks of the scenario driving the connections. */
@@ -157,6 +171,22 @@ void sbb_conn_free(struct sbb_conn *c);
 int sbb_tls_init(void);
 const char *sbb_mech_name(void);               /* the SASL mechanism of the options */
 const char *sbb_state_name(int s);
+/* For web.c: bytes as they go on the wire; unframed input for the splitter;
+ * a failure; the stream (re)start; buffers; an attribute of a start tag. */
+void sbb_conn_raw(struct sbb_conn *c, const char *data, size_t len);
+void sbb_conn_feed(struct sbb_conn *c, const char *data, size_t len);
+void sbb_conn_fail(struct sbb_conn *c, const char *why);
+void sbb_conn_header(struct sbb_conn *c);
+void sbb_buf_add(struct sbb_buf *b, const char *p, size_t n);
+void sbb_buf_consume(struct sbb_buf *b, size_t n);
+void sbb_attr_get(const char *el, size_t len, const char *name, char *out, size_t cap);
+
+/* ---- web.c ------------------------------------------------------------ */
+void sbb_web_connected(struct sbb_conn *c);   /* TCP up: Upgrade, or session request */
+void sbb_web_open(struct sbb_conn *c);        /* <open/>, or session / restart request */
+void sbb_web_write(struct sbb_conn *c, const char *data, size_t len);
+int sbb_web_close(struct sbb_conn *c);        /* 1: nothing more to send, drop it */
+void sbb_web_input(struct sbb_conn *c, const char *data, size_t len);
 
 /* ---- scram.c ---------------------------------------------------------- */
 /* client-first-message (base64, NUL-terminated) into out; state in *st.

@@ -61,6 +61,23 @@ def test_sbbench_smoke_with_stream_management_on_every_client(stack):
     assert p.returncode == 0, p.stderr
 
 
+@pytest.mark.parametrize("transport", ["ws", "bosh"])
+def test_sbbench_smoke_idle_over_web_transports(stack, transport):
+    """idle --transport ws|bosh against sb-bosh: a handful of users log in
+    over WebSocket (RFC 7395, masked client frames) or BOSH (XEP-0206,
+    hold=1), send presence and are held; none fails, none is dropped."""
+    stack.sbctl("user", "bulk-add", stack.domain, "webidle", "6", "webidlepw", timeout=60)
+    cmd = [_sbbench(stack), "-H", stack.host, "-p", stack.env["SB_BOSH_PORT"],
+           "-d", stack.domain, "-u", "webidle", "-w", "webidlepw", "--transport", transport,
+           "--users", "6", "--hold", "3", "--login-timeout", "20", "idle"]
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    r = _rows(p)[0]
+    assert r["transport"] == transport, r
+    assert r["online"] == 6 and r["failed"] == 0, (r, p.stderr)
+    assert r["dropped"] == 0 and r["held_s"] == 3, (r, p.stderr)
+    assert p.returncode == 0, p.stderr
+
+
 def test_sbbench_smoke_resumption_storm(stack):
     """resume: 20 resumable sessions on c2s1, which sbbench kills; all of them
     resume on c2s2 and get what was sent before, during and after, once."""
