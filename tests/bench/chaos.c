@@ -231,11 +231,11 @@ static void ch_acked(struct sbb_conn *c, uint32_t h)
 static void resend_unacked(struct ch_user *u, int i)
 {
     char msg[1024];
-    for (size_t k = u->uq_head; k < u->uq_len; k++) {
+    for (size_t k = u->uq_head; k < u->uq_len && u->c; k++) {
         uint32_t seq = u->uq[k].seq;
         int n = msg_text(i, seq, u->msgs[seq].t, msg, sizeof(msg));
-        sbb_conn_stanza(u->c, msg, (size_t)n);
-        u->uq[k].num = u->c->sm_out;
+        u->uq[k].num = u->c->sm_out + (u->c->sm_on ? 1 : 0);
+        sbb_conn_stanza(u->c, msg, (size_t)n);   /* a failed write clears u->c */
         resent++;
     }
 }
@@ -381,8 +381,11 @@ static void send_one(void)
     char msg[1024];
     int n = msg_text(i, seq, now, msg, sizeof(msg));
     if (sbb_opt.sm) {
+        /* its XEP-0198 number; a write that fails ends the stream and
+         * clears u->c, and the message stays unacked for the resumption */
+        uint32_t num = u->c->sm_out + (u->c->sm_on ? 1 : 0);
         sbb_conn_stanza(u->c, msg, (size_t)n);
-        uq_push(u, u->c->sm_out, seq);
+        uq_push(u, num, seq);
     } else {
         sbb_conn_write(u->c, msg, (size_t)n);
     }

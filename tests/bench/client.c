@@ -169,12 +169,23 @@ static void conn_writes(struct sbb_conn *c, const char *s)
     sbb_conn_write(c, s, strlen(s));
 }
 
+/* A failed write ends the connection through sbb_ev.failed, whose owner
+ * may free it: outside an I/O callback (a timer sending) the free waits
+ * until this returns, as it does inside one. The caller must look at its
+ * pointer again afterwards (the owner has cleared it). */
 void sbb_conn_stanza(struct sbb_conn *c, const char *data, size_t len)
 {
+    int outer = !c->in_io;
+    c->in_io = 1;
     sbb_conn_write(c, data, len);
-    if (c->sm_on && ++c->sm_out && sbb_opt.sm_ack_every > 0 &&
+    if (c->state != SBB_DEAD && c->sm_on && ++c->sm_out && sbb_opt.sm_ack_every > 0 &&
         c->sm_out % (uint32_t)sbb_opt.sm_ack_every == 0)
         conn_writes(c, "<r xmlns='" NS_SM "'/>");
+    if (outer) {
+        c->in_io = 0;
+        if (c->zombie)
+            free(c);
+    }
 }
 
 void sbb_conn_header(struct sbb_conn *c)
@@ -547,7 +558,8 @@ static void login_roster(struct sbb_conn *c)
 {
     static const char get[] = "<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>";
     sbb_conn_stanza(c, get, sizeof(get) - 1);
-    c->state = SBB_ROSTER;
+    if (c->state != SBB_DEAD)
+        c->state = SBB_ROSTER;
 }
 
 /* XEP-0198 nonzas: <r/> answered, <a/> noted, <enabled/>/<resumed/>/<failed/>
@@ -615,6 +627,8 @@ static void login_iq(struct sbb_conn *c, const char *el, size_t len, const char 
         login_roster(c);
     } else {
         sbb_conn_stanza(c, "<presence/>", 11);
+        if (c->state == SBB_DEAD)
+            return;                  /* failed (and reported) on the write */
         c->state = SBB_ONLINE;
         free(c->scram);
         c->scram = NULL;
