@@ -587,15 +587,26 @@ static sb_rc sm_adopt(struct sm_job *j)
  * sms changed). If the user is ours now, adopt the stream again from the
  * front-end (it holds everything we sent); if not, forget the queue: it
  * is all on the stream and the owner adopted it. */
-static sb_rc sm_moved(struct sm_job *j)
+/* The session with a managed stream that a front-end's control (aux = the
+ * user's JID, sid) names, when the stream is on that front-end; NULL
+ * otherwise. */
+static struct sm_session *job_smq_session(struct sm_job *j, struct sm_user **up)
 {
     char bare[ENV_STR_MAX + 1];
     struct sm_user *u = NULL;
     if (jid_bare_of(j->aux, bare, sizeof bare) >= 0)
         HASH_FIND_STR(j->core->users, bare, u);
     struct sm_session *s = sm_session_by_sid(u, j->sid);
+    *up = u;
+    return s && s->smq && !strcmp(s->instance, j->sender) ? s : NULL;
+}
+
+static sb_rc sm_moved(struct sm_job *j)
+{
+    struct sm_user *u;
+    struct sm_session *s = job_smq_session(j, &u);
     struct sm_smq *q = s ? s->smq : NULL;
-    if (!q || q->adopting || q->detached || q->ending || strcmp(s->instance, j->sender))
+    if (!q || q->adopting || q->detached || q->ending)
         return SB_OK;
     int own = sm_cluster_owns(j->core, u->bare);
     log_info("sm_moved", "jid=%s sid=%s unacked=%ld readopt=%d", sb_log_q(j->aux), s->sid,
@@ -775,13 +786,10 @@ static sb_rc sm_pass_on(struct sm_core *c, const struct sm_user *u, const char *
  * delivered there, numbered after the front-end's copies). */
 static sb_rc sm_elsewhere(struct sm_job *j)
 {
-    char bare[ENV_STR_MAX + 1];
-    struct sm_user *u = NULL;
-    if (jid_bare_of(j->aux, bare, sizeof bare) >= 0)
-        HASH_FIND_STR(j->core->users, bare, u);
-    struct sm_session *s = sm_session_by_sid(u, j->sid);
+    struct sm_user *u;
+    struct sm_session *s = job_smq_session(j, &u);
     struct sm_smq *q = s ? s->smq : NULL;
-    if (!q || !q->adopting || q->ending || strcmp(s->instance, j->sender))
+    if (!q || !q->adopting || q->ending)
         return SB_OK;
     if (sm_cluster_owns(j->core, u->bare))
         return SB_OK;           /* our views differ for a moment: asked again in 1 s */
