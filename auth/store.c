@@ -221,8 +221,10 @@ static struct pgev *store_pg(struct auth_store *st)
         return NULL;
     if (pgev_connected(st->pg))
         st->seen_up = 1;
-    else if (st->seen_up)
+    else if (st->seen_up) {
+        pgev_kick(st->pg);      /* the next login finds it, if it is back */
         return NULL;
+    }
     return st->pg;
 }
 

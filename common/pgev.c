@@ -71,6 +71,7 @@ struct pgev {
     int logged_up;       /* -1 nothing logged yet, 0 down, 1 up: log transitions once */
     int ever_up;         /* has been READY at least once (pgev_lost) */
     double backoff;
+    double tried;        /* loop time of the last connection attempt (pgev_kick) */
     ev_io io;
     ev_timer retry, tick;
     struct pgev_query *head, *tail;     /* waiting to be sent */
@@ -303,6 +304,7 @@ static void pgev_connect_step(struct pgev *pg)
 static void pgev_connect(struct pgev *pg)
 {
     /* Host names are resolved here, synchronously: give an address. */
+    pg->tried = ev_now(pg->loop);
     pg->conn = PQconnectStartParams(pg->params.kw, pg->params.val, 1);
     if (!pg->conn || PQstatus(pg->conn) == CONNECTION_BAD) {
         pgev_down(pg, pg->conn ? PQerrorMessage(pg->conn) : "out of memory");
@@ -569,6 +571,20 @@ sb_rc sb_pg_params_from_config(struct sb_pg_params *p, const char *conninfo)
 void sb_pg_params_wipe(struct sb_pg_params *p)
 {
     memset(p->password, 0, sizeof p->password);
+}
+
+/* Someone needs the database now: while down and waiting out a back-off
+ * longer than the shortest, try at once (at most every PGEV_BACKOFF_MIN),
+ * so a server that came back is seen within half a second of being asked
+ * for instead of up to PGEV_BACKOFF_MAX later. The caller's own query still
+ * fails fast; the next one finds the connection. */
+void pgev_kick(struct pgev *pg)
+{
+    if (!pg || pg->state != PGEV_DOWN || pg->closing || !ev_is_active(&pg->retry) ||
+        ev_now(pg->loop) - pg->tried < PGEV_BACKOFF_MIN)
+        return;
+    ev_timer_stop(pg->loop, &pg->retry);
+    pgev_connect(pg);
 }
 
 int pgev_connected(const struct pgev *pg)

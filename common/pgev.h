@@ -47,6 +47,8 @@ sb_rc pgev_query(struct pgev *pg, const char *sql, int nparams,
 sb_rc pgev_array_add(struct sb_buf *b, const char *s, size_t n);
 
 int pgev_connected(const struct pgev *pg);
+/* Down and backing off: try to connect now (at most every 0.5 s). */
+void pgev_kick(struct pgev *pg);
 /* Was connected and is not now (down or reconnecting): a caller that must
  * answer now fails (or falls back) instead of queueing up to the deadline.
  * 0 before the first connection, when queries wait as usual. */

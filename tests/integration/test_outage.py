@@ -34,12 +34,12 @@ async def chat(a, b, b_jid, body, timeout=5):
     await next_message(b, timeout=timeout, body=body)
 
 
-async def login_until_ok(stack, jid, password, what, timeout=RECOVERY):
+async def login_until_ok(stack, jid, password, what, timeout=RECOVERY, instance="c2s1"):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            return await login(stack, jid, password, timeout=10)
+            return await login(stack, jid, password, timeout=10, instance=instance)
         except LoginFailed as e:
             last = e
             await asyncio.sleep(0.5)
@@ -52,13 +52,25 @@ def error_of(msg):
     return msg["error"]["type"], msg["error"]["condition"]
 
 
+async def until_logins_need_no_cache(stack, timeout=RECOVERY):
+    """Wait until every front-end logs in an account none of them has seen:
+    a login from a credential cache says nothing about whether that
+    front-end reaches PostgreSQL again (it may still be backing off)."""
+    for instance in ("c2s1", "c2s2"):
+        jid, pw = stack.add_user("fresh")
+        await close(await login_until_ok(stack, jid, pw, "uncached login on " + instance,
+                                         timeout=timeout, instance=instance))
+
+
 @pytest.fixture
 def pg_outage(stack):
     stopped = []
+    used = []
 
     def stop():
         stack.stack("pg-stop")
         stopped.append(1)
+        used.append(1)
 
     def start():
         if stopped:
@@ -66,6 +78,8 @@ def pg_outage(stack):
             stopped.clear()
     yield stop, start
     start()       # whatever happened, the next test gets its database
+    if used:      # ... and front-ends that reach it again
+        run(until_logins_need_no_cache(stack), timeout=2 * RECOVERY + 30)
 
 
 @pytest.fixture
