@@ -161,12 +161,17 @@ int auth_cache_get(const char *domain, const char *username, struct auth_cred *o
     return 1;
 }
 
-void auth_cache_forget(const char *bare)
+/* tomb: remember the forget for AUTH_ASK_QUIET (a peer may read the same
+ * message later). Not for the forget-all of a (re)confirmed subscription:
+ * what it may have missed, peers that were connected have applied, and
+ * peers that were not forget everything too before they lend again. */
+static void cc_forget(const char *bare, int tomb)
 {
     struct cc_entry *e, *tmp;
 
     cc_epoch++;
-    cc_tomb_add(bare);
+    if (tomb)
+        cc_tomb_add(bare);
     if (!bare || !strcmp(bare, "*")) {
         long n = (long)HASH_COUNT(cc_table);
         HASH_ITER(hh, cc_table, e, tmp)
@@ -178,6 +183,11 @@ void auth_cache_forget(const char *bare)
     log_info("auth_cache_forget", "user=%s found=%d", sb_log_q(bare), e != NULL);
     if (e)
         cc_drop(e);
+}
+
+void auth_cache_forget(const char *bare)
+{
+    cc_forget(bare, 1);
 }
 
 long auth_cache_count(void)
@@ -203,7 +213,7 @@ static void cc_notified(const char *msg, size_t len, void *arg)
         cc_epoch++;             /* nothing to clear; a racing put still loses */
         return;
     }
-    auth_cache_forget(NULL);
+    cc_forget(NULL, msg != NULL);
 }
 
 struct rdev *auth_cache_subscribe(struct ev_loop *loop)
