@@ -174,6 +174,8 @@ sb_rc auth_cache_ask(const char *domain, const char *username, unsigned long epo
                      auth_store_cb cb, void *arg);
 /* Tests: is the forget channel live (default: as rdev says). */
 void auth_cache_test_live(int live);
+/* Tests: a message on the forget channel (NULL: the subscription (re)confirmed). */
+void auth_cache_test_notify(const char *msg, size_t len);
 
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM

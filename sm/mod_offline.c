@@ -321,6 +321,7 @@ static void spool_on_own(redisReply *r, void *arg)
     if (!spool.core || spool.loaded || !r || r->type != REDIS_REPLY_ARRAY)
         return;                 /* the next tick asks again */
     spool.loaded = 1;
+    spool.tick.repeat = SPOOL_TICK;     /* asked every second until now */
     spool_take(r, "restart");
 }
 
@@ -353,7 +354,7 @@ static void spool_mirror_start(struct sm_core *c)
     snprintf(spool.key, sizeof spool.key, SPOOL_TAG "%s", me);
     snprintf(spool.live, sizeof spool.live, SPOOL_TAG "live:%s", me);
     sb_random_id(spool.inc, sizeof spool.inc - 1);
-    ev_timer_init(&spool.tick, spool_on_tick, 0.2, SPOOL_TICK);
+    ev_timer_init(&spool.tick, spool_on_tick, 0.2, 1.0);
     ev_timer_start(c->loop, &spool.tick);
 }
 

@@ -216,6 +216,26 @@ static void test_nobody_lends_or_borrows_while_the_forget_channel_is_down(void *
     sb_buf_free(&b);
 }
 
+static void test_a_reconnection_forgets_all_but_lets_peers_lend_at_once(void **state)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    struct auth_cred c = cred_of("x"), got;
+    auth_cache_test_live(1);
+    lent_body("secret", &b);
+    auth_cache_put("localhost", "bob", &c);
+    auth_cache_test_notify(NULL, 0);            /* Redis was away: all forgotten */
+    assert_int_equal(auth_cache_get("localhost", "bob", &got), 0);
+    ask_alice();                                /* and the peers are asked */
+    auth_cache_lent(asked_id, "alice@localhost", "c2s2", b.data, b.len);
+    assert_int_equal(answers, 1);
+    assert_false(answer_null);
+    auth_cache_test_notify("forget *", 8);      /* a forget-all message: a window */
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &peers);
+    assert_int_equal(auth_cache_ask("localhost", "alice", auth_cache_epoch(), on_answer, NULL),
+                     SB_ERROR);
+    sb_buf_free(&b);
+}
+
 static void test_every_peer_without_it_fails_the_login(void **state)
 {
     int none = 0;
@@ -247,6 +267,8 @@ int main(void)
                                   teardown),
         cmocka_unit_test_teardown(test_lent_keys_are_refused_after_a_forget, teardown),
         cmocka_unit_test_teardown(test_nobody_lends_or_borrows_while_the_forget_channel_is_down,
+                                  teardown),
+        cmocka_unit_test_teardown(test_a_reconnection_forgets_all_but_lets_peers_lend_at_once,
                                   teardown),
         cmocka_unit_test_teardown(test_every_peer_without_it_fails_the_login, teardown),
     };
