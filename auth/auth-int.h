@@ -165,6 +165,17 @@ void auth_cache_refresh(const char *domain, const char *username, const struct a
 /* 1 and *out (cached = 1) for an unexpired entry, else 0. */
 int auth_cache_get(const char *domain, const char *username, struct auth_cred *out);
 long auth_cache_count(void);
+/* A miss while PostgreSQL cannot answer: ask the peers (auth_cache_set_peers).
+ * SB_OK: cb runs later, with the lent keys (cached = 1) or NULL; SB_ERROR:
+ * nobody to ask (no peers, the cache off, its channel not live), cb never runs. */
+#define AUTH_ASK_WAIT_DEFAULT 1000      /* [auth] credential_cache_ask_ms */
+#define AUTH_ASK_QUIET 10.0             /* s after a forget: no lent keys for it */
+sb_rc auth_cache_ask(const char *domain, const char *username, unsigned long epoch,
+                     auth_store_cb cb, void *arg);
+/* Tests: is the forget channel live (default: as rdev says). */
+void auth_cache_test_live(int live);
+/* Tests: a message on the forget channel (NULL: the subscription (re)confirmed). */
+void auth_cache_test_notify(const char *msg, size_t len);
 
 /* ---- tests only ------------------------------------------------------------ */
 /* Use this server nonce part (instead of 24 random bytes) for the next SCRAM

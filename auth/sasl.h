@@ -61,6 +61,21 @@ void auth_cache_stop(struct rdev *r);      /* unsubscribes, empties the cache */
 /* Forget one account ("user@domain", prepared) or, NULL / "*", all. */
 void auth_cache_forget(const char *bare);
 
+/* Asking the other front-ends: a login whose account is not in this
+ * cache while PostgreSQL cannot answer asks every other c2s/bosh (the
+ * front-end sends a `cred-ask` control, see auth/README.md); the first
+ * that has the entry lends it. ask(ud, id, bare) sends the question and
+ * returns how many peers were asked (0: none, the login fails now). */
+typedef int (*auth_peer_ask_fn)(void *ud, const char *id, const char *bare);
+void auth_cache_set_peers(struct ev_loop *loop, auth_peer_ask_fn ask, void *ud);
+/* A peer asks for bare: 1 and out (the entry's keys and remaining life,
+ * text) when this cache has it and its forget channel is live, else 0. */
+struct sb_buf;
+int auth_cache_lend(const char *bare, struct sb_buf *out);
+/* A peer's answer to question id (body NULL: it has nothing). */
+void auth_cache_lent(const char *id, const char *bare, const char *peer, const char *body,
+                     size_t len);
+
 /* ---- one SASL exchange ---------------------------------------------------- */
 enum sasl_status { SASL_CONTINUE, SASL_SUCCESS, SASL_FAILURE };
 

@@ -140,11 +140,22 @@ static int store_from_cache(struct store_req *rq, const char *why)
     return 1;
 }
 
+/* Not in this cache either: the other front-ends may have it (the answer
+ * comes later). 1 when rq's callback was handed on. */
+static int store_from_peers(struct store_req *rq)
+{
+    if (!rq->cb || auth_cache_ask(rq->domain, rq->username, rq->epoch, rq->cb, rq->arg) != SB_OK)
+        return 0;
+    rq->cb = NULL;
+    return 1;
+}
+
 static void store_on_wait(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct store_req *rq = (struct store_req *)((char *)w - offsetof(struct store_req, wait));
     ev_timer_stop(loop, w);
-    store_from_cache(rq, "slow");
+    if (!store_from_cache(rq, "slow"))
+        store_from_peers(rq);
 }
 
 static double store_cache_wait(void)
@@ -190,7 +201,8 @@ static void store_pg_done(PGresult *res, void *arg)
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
         if (res)
             log_warn("auth_store_error", "error=%s", sb_log_q(PQresultErrorMessage(res)));
-        if (rq->cb && !store_from_cache(rq, res ? "error" : "no-answer"))
+        if (rq->cb && !store_from_cache(rq, res ? "error" : "no-answer") &&
+            !store_from_peers(rq))
             rq->cb(rq->arg, NULL);
         store_req_free(rq);
         return;
@@ -260,9 +272,11 @@ sb_rc auth_store_lookup(struct auth_store *st, const char *domain, const char *u
     snprintf(rq->username, sizeof rq->username, "%s", username);
     const char *params[2] = {domain, username};
     if (!store_pg(st) || pgev_query(st->pg, STORE_SQL, 2, params, store_pg_done, rq) != SB_OK) {
-        /* Down (or the queue is full): the cache answers now, inside, or
-         * the caller fails with temporary-auth-failure. */
-        int hit = store_from_cache(rq, st->pg && !pgev_connected(st->pg) ? "down" : "queue");
+        /* Down (or the queue is full): the cache answers now, inside, the
+         * other front-ends later, or the caller fails with
+         * temporary-auth-failure. */
+        int hit = store_from_cache(rq, st->pg && !pgev_connected(st->pg) ? "down" : "queue") ||
+                  store_from_peers(rq);
         free(rq);
         return hit ? SB_OK : SB_ERROR;
     }

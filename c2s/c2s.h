@@ -323,6 +323,9 @@ void c2s_route_end(struct c2s_conn *c);           /* control end for a bound ses
 /* At the first lease: end what an earlier incarnation left in fe:NAME. */
 void c2s_route_sweep_stale(void);
 void c2s_route_stop(void);
+/* Logins whose account is not in the credential cache while PostgreSQL
+ * is down ask the other front-ends (cred-ask controls). */
+void c2s_route_cred_init(void);
 
 /* ---- sm.c (XEP-0198) -------------------------------------------------- */
 void c2s_sm_init(void);

@@ -7,6 +7,7 @@
 #include "jid.h"
 #include "log.h"
 #include "rdev.h"
+#include "route.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -268,9 +269,81 @@ static void route_carbons(const struct env_hdr *h, const char *body, size_t len)
     log_debug("carbons_route", "sid=%s via_sm=%d", c->sid, (c->flags & C2S_F_VIA_SM) != 0);
 }
 
+/* ---- credentials lent between front-ends (auth/README.md) ------------------- */
+
+/* Only a client front-end may ask for or lend SCRAM keys: not an sm, an
+ * s2s or a component, whatever it sends. The name is the router's word
+ * (checked against the CURVE key it came with). */
+static int route_fe_peer(const char *name)
+{
+    const struct rt_inst *in = c2s.link ? rt_reg_find(link_members(c2s.link), name,
+                                                      strlen(name)) : NULL;
+    return in && strcmp(name, c2s.instance) && (!strcmp(in->kind, "c2s") ||
+                                                !strcmp(in->kind, "bosh"));
+}
+
+/* auth_peer_ask_fn: one cred-ask to every live c2s and bosh but us. */
+static int route_cred_ask(void *ud, const char *id, const char *bare)
+{
+    static const char *const kinds[] = {"c2s", "bosh"};
+    const struct rt_registry *reg = c2s.link ? link_members(c2s.link) : NULL;
+    int asked = 0;
+
+    for (size_t k = 0; reg && k < sizeof kinds / sizeof *kinds; k++) {
+        int n = 0;
+        for (size_t i = 0; i < reg->n; i++)
+            n += !strcmp(reg->v[i].kind, kinds[k]) && strcmp(reg->v[i].name, c2s.instance);
+        if (n && route_send_via(ENV_ROUTE_KIND, ENV_CONTROL, "cred-ask", kinds[k], id, bare,
+                                "", 0) == SB_OK)
+            asked += n;
+    }
+    return asked;
+}
+
+void c2s_route_cred_init(void)
+{
+    auth_cache_set_peers(c2s.loop, route_cred_ask, NULL);
+}
+
+/* cred-ask (aux = user@domain, sid = the question): cred-have with the
+ * keys, or cred-none, to the asker. cred-have / cred-none: to the cache. */
+static int route_cred(const struct env_hdr *h, const char *body, size_t len)
+{
+    int ask = !strcmp(h->op, "cred-ask"), have = !strcmp(h->op, "cred-have");
+
+    if (!ask && !have && strcmp(h->op, "cred-none"))
+        return 0;
+    if (!strcmp(h->sender, c2s.instance))
+        return 1;                   /* our own question, sent to every c2s */
+    if (!route_fe_peer(h->sender)) {
+        log_warn("auth_cache_peer_refused", "peer=%s op=%s why=not-a-front-end",
+                 sb_log_q(h->sender), h->op);
+        return 1;
+    }
+    if (!ask) {
+        auth_cache_lent(h->sid, h->aux, h->sender, have ? body : NULL, have ? len : 0);
+        return 1;
+    }
+    struct sb_buf *b = &route_body;
+    sb_buf_reset(b);
+    int lend = auth_cache_lend(h->aux, b);
+    log_info("auth_cache_peer_asked", "user=%s peer=%s lent=%d", sb_log_q(h->aux),
+             sb_log_q(h->sender), lend);
+    if (route_send_via(ENV_ROUTE_INSTANCE, ENV_CONTROL, lend ? "cred-have" : "cred-none",
+                       h->sender, h->sid, h->aux, lend ? b->data : "", lend ? b->len : 0) !=
+        SB_OK)
+        log_warn("control_send_failed", "op=cred-have key=%s", sb_log_q(h->sender));
+    if (b->data)
+        memset(b->data, 0, b->len);     /* keys do not linger in the buffer */
+    sb_buf_reset(b);
+    return 1;
+}
+
 static void route_control(const struct env_hdr *h, const char *body, size_t len)
 {
     if (c2s_sm_control(h, body, len))
+        return;
+    if (!strncmp(h->op, "cred-", 5) && route_cred(h, body, len))
         return;
     if (strcmp(h->op, "carbons-route") == 0) {
         route_carbons(h, body, len);

@@ -350,6 +350,7 @@ static sb_rc main_open(void)
     c2s.auth_sub = auth_cache_subscribe(c2s.loop);
     c2s_anon_init();
     c2s.link = sb_proc_link(&main_proc, c2s_route_recv, NULL);
+    c2s_route_cred_init();
     if (!c2s.pg || !c2s.store || !c2s.link || !c2s.rd) {
         log_error("start_failed", "pg=%d store=%d link=%d redis=%d", c2s.pg != NULL,
                   c2s.store != NULL, c2s.link != NULL, c2s.rd != NULL);

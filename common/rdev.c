@@ -47,6 +47,7 @@ struct rdev {
     void *on_up_arg;
     char *sub_channel;          /* rdev_subscribe: SUBSCRIBEd after every up */
     rdev_msg_cb sub_cb;
+    unsigned long gen, sub_gen;  /* connections made; the one the subscription was confirmed on */
     void *sub_arg;
     struct rdev_req *failed, *failed_tail;   /* to answer NULL asynchronously */
     struct rdev_req *freelist;
@@ -217,6 +218,7 @@ static void rdev_on_message(redisAsyncContext *ac, void *reply, void *priv)
         return;
     if (!strcmp(rep->element[0]->str, "subscribe")) {
         log_info("redis_subscribed", "channel=%s", r->sub_channel);
+        r->sub_gen = r->gen;
         r->sub_cb(NULL, 0, r->sub_arg);
     } else if (!strcmp(rep->element[0]->str, "message") &&
                rep->element[2]->type == REDIS_REPLY_STRING) {
@@ -242,10 +244,16 @@ sb_rc rdev_subscribe(struct rdev *r, const char *channel, rdev_msg_cb cb, void *
     return SB_OK;
 }
 
+int rdev_subscribed(const struct rdev *r)
+{
+    return r && r->sub_channel && rdev_connected(r) && r->gen && r->sub_gen == r->gen;
+}
+
 /* The connection is usable. */
 static void rdev_up(struct rdev *r)
 {
     r->connected = 1;
+    r->gen++;
     rdev_resubscribe(r);
     r->auth_failed = 0;
     r->backoff = RDEV_BACKOFF_MIN;

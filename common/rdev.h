@@ -41,6 +41,9 @@ int rdev_stalled(const struct rdev *r, double secs);
  * with a subscription carries no other commands: give it its own rdev. */
 typedef void (*rdev_msg_cb)(const char *msg, size_t len, void *arg);
 sb_rc rdev_subscribe(struct rdev *r, const char *channel, rdev_msg_cb cb, void *arg);
+/* 1 while connected and the subscription is confirmed on this connection
+ * (no message since then can have been missed). */
+int rdev_subscribed(const struct rdev *r);
 
 /* printf-style like redisAsyncCommand (%s, %b for binary). */
 sb_rc rdev_cmd(struct rdev *r, rdev_cb cb, void *arg, const char *fmt, ...);

@@ -16,9 +16,11 @@
  * time, once the database is back (sm/pgwait.h: the same retries and log
  * lines as the archive's). What the statement then refuses (no such
  * account, quota) is answered to the sender late. A user who becomes
- * available meanwhile gets the spooled messages from memory. Lost if this
- * sm is killed or stopped before the database returns (logged
- * offline_spool_lost).
+ * available meanwhile gets the spooled messages from memory. Every spooled
+ * message is also kept in Redis (a list per sm, below), so an sm killed or
+ * stopped before the database returns loses nothing: the same sm started
+ * again takes its list back, and once its liveness key is gone another sm
+ * adopts it; the store skips a message PostgreSQL already has.
  * sm_offline_flush() hands stored messages to a resource that became
  * available with priority ≥ 0, and deletes them only after they were
  * handed to the link (a failed delete means a duplicate, never a loss).
@@ -91,6 +93,19 @@ static void offline_mark_unknown(const char *bare)
 
 /* ---- storing ------------------------------------------------------------------------ */
 
+/* The spool's statement: the same, and a message PostgreSQL already holds
+ * (the same bytes, <delay/> stamp to the millisecond included: written
+ * before an sm died with its Redis copy, or by two sms) is not stored
+ * twice: 4th column. */
+static const char SPOOL_STORE_SQL[] =
+    "WITH u AS (SELECT EXISTS (SELECT 1 FROM users WHERE domain = $1 AND username = $2) AS ok),"
+    " d AS (SELECT EXISTS (SELECT 1 FROM offline WHERE domain = $1 AND username = $2"
+    " AND stanza = $3) AS dup),"
+    " n AS (SELECT count(*) AS c FROM offline WHERE domain = $1 AND username = $2),"
+    " ins AS (INSERT INTO offline (domain, username, stanza) SELECT $1, $2, $3 FROM u, n, d"
+    " WHERE u.ok AND NOT d.dup AND n.c < $4::bigint RETURNING id)"
+    " SELECT u.ok, (SELECT count(*) FROM ins), (SELECT c FROM n), d.dup FROM u, d";
+
 static const char OFFLINE_STORE_SQL[] =
     "WITH u AS (SELECT EXISTS (SELECT 1 FROM users WHERE domain = $1 AND username = $2) AS ok),"
     " n AS (SELECT count(*) AS c FROM offline WHERE domain = $1 AND username = $2),"
@@ -102,6 +117,7 @@ static const char OFFLINE_STORE_SQL[] =
 
 struct spool_item {
     struct spool_item *next;
+    char *sid;                  /* "SM.INCARNATION.N": unique, names the Redis copy's maker */
     char *bare;                 /* the recipient's account */
     char *from, *to, *id;       /* for a late error: the sender, the original to, id */
     char *stanza;               /* as it will be stored: with <delay/> */
@@ -113,14 +129,24 @@ static struct offline_spool {
     struct spool_item *head, *tail;
     long n, bytes;
     long max, max_bytes;
-    long stored, refused;       /* since the last recovered line */
+    long stored, refused, dups; /* since the last recovered line */
     struct sm_pgwait w;         /* head in flight (pgwait.h) */
+    /* the copy in Redis */
+    char key[ENV_NAME_MAX + 32], live[ENV_NAME_MAX + 32];
+    char inc[17];               /* this process's incarnation, in every sid it makes */
+    unsigned long seq;
+    int loaded;                 /* own list read back (after a restart) */
+    int redis_failing;          /* logged once per run of failures */
+    long unmirrored;            /* items whose copy Redis refused */
+    struct sb_buf ser;          /* scratch: one item as stored in Redis */
+    ev_timer tick;
 } spool;
 
 static void spool_item_free(struct spool_item *it)
 {
     if (!it)
         return;
+    free(it->sid);
     free(it->bare);
     free(it->from);
     free(it->to);
@@ -140,6 +166,198 @@ static void spool_limits(void)
     spool.max_bytes = sb_config_int("offline_spool_bytes", 64L << 20);
 }
 
+/* ---- the spool's copy in Redis ------------------------------------------------------
+ * {sb:spool}:SM is a list of this sm's spooled messages, in order, each
+ * "S1\0sid\0bare\0from\0to\0id\0stanza"; {sb:spool}:names the sms that have
+ * one; {sb:spool}:live:SM exists while SM runs (renewed every SPOOL_TICK,
+ * gone SPOOL_LIVE_MS after it stopped). A message is pushed when spooled
+ * and removed (LREM, found at the head in the usual order) once PostgreSQL
+ * took it or it went to the user from memory. One hash tag: the adoption
+ * script moves between lists in one slot. */
+#define SPOOL_TAG "{sb:spool}:"
+#define SPOOL_TICK 5.0
+#define SPOOL_LIVE_MS 15000
+
+/* A dead sm's list (its live key gone) moved to the head of ours (older
+ * than what we spooled), returned in order. Atomic: one adopter per list,
+ * and none once the sm started again (it sets its live key first). */
+static const char SPOOL_ADOPT_LUA[] =
+    "local out = {} "
+    "for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do "
+    "  if n ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. 'live:' .. n) == 0 then "
+    "    local src = ARGV[2] .. n "
+    "    local items = redis.call('LRANGE', src, 0, -1) "
+    "    for i = #items, 1, -1 do redis.call('LPUSH', KEYS[2], items[i]) end "
+    "    for i = 1, #items do out[#out + 1] = items[i] end "
+    "    redis.call('DEL', src) "
+    "    redis.call('SREM', KEYS[1], n) "
+    "  end "
+    "end "
+    "return out";
+
+static void spool_serialise(const struct spool_item *it, struct sb_buf *b)
+{
+    const char *f[6] = {"S1", it->sid, it->bare, it->from, it->to, it->id};
+    sb_buf_reset(b);
+    for (int i = 0; i < 6; i++)
+        sb_buf_add(b, f[i], strlen(f[i]) + 1);
+    sb_buf_add(b, it->stanza, it->len);
+}
+
+/* One Redis copy back into an item; NULL when malformed. */
+static struct spool_item *spool_parse(const char *p, size_t len)
+{
+    const char *f[6];
+    size_t at = 0;
+    for (int i = 0; i < 6; i++) {
+        const char *z = at < len ? memchr(p + at, '\0', len - at) : NULL;
+        if (!z)
+            return NULL;
+        f[i] = p + at;
+        at = (size_t)(z - p) + 1;
+    }
+    if (strcmp(f[0], "S1") || !*f[2] || at >= len)
+        return NULL;
+    struct spool_item *it = calloc(1, sizeof *it);
+    if (!it || !(it->sid = strdup(f[1])) || !(it->bare = strdup(f[2])) ||
+        !(it->from = strdup(f[3])) || !(it->to = strdup(f[4])) || !(it->id = strdup(f[5])) ||
+        !(it->stanza = malloc(len - at + 1))) {
+        spool_item_free(it);
+        return NULL;
+    }
+    it->len = len - at;
+    memcpy(it->stanza, p + at, it->len);
+    it->stanza[it->len] = '\0';
+    return it;
+}
+
+static void spool_on_redis(redisReply *r, void *arg)
+{
+    const char *what = arg;
+    if (r && r->type != REDIS_REPLY_ERROR) {
+        if (spool.redis_failing)
+            log_info("offline_spool_redis_ok", "what=%s", what);
+        spool.redis_failing = 0;
+        return;
+    }
+    if (!strcmp(what, "push"))
+        spool.unmirrored++;
+    if (!spool.redis_failing)
+        log_warn("offline_spool_redis_failed", "what=%s error=%s", what,
+                 sb_log_q(r && r->str ? r->str : "redis unavailable"));
+    spool.redis_failing = 1;
+}
+
+static void spool_mirror(const struct spool_item *it)
+{
+    spool_serialise(it, &spool.ser);
+    if (!spool.ser.data || SM_RCMD(spool.core, spool_on_redis, "push", "RPUSH %s %b",
+                                   spool.key, spool.ser.data, spool.ser.len) != SB_OK)
+        spool_on_redis(NULL, "push");
+}
+
+/* PostgreSQL has it, or the user got it: the copy goes. */
+static void spool_unmirror(const struct spool_item *it)
+{
+    spool_serialise(it, &spool.ser);
+    if (spool.ser.data)
+        SM_RCMD(spool.core, spool_on_redis, "remove", "LREM %s 1 %b", spool.key,
+                spool.ser.data, spool.ser.len);
+}
+
+/* Older messages (read back or adopted) before what the spool holds, after
+ * the one in flight. */
+static void spool_insert_older(struct spool_item *first, struct spool_item *last, long n,
+                               long bytes)
+{
+    struct spool_item **at = spool.head && spool.w.flying ? &spool.head->next : &spool.head;
+    last->next = *at;
+    if (!*at)
+        spool.tail = last;
+    *at = first;
+    spool.n += n;
+    spool.bytes += bytes;
+}
+
+static void spool_kick(void);
+
+/* Items of a Redis reply (skip: sids of this incarnation, already here). */
+static void spool_take(redisReply *r, const char *why)
+{
+    struct spool_item *first = NULL, *last = NULL;
+    long n = 0, bytes = 0, bad = 0;
+    char own[ENV_NAME_MAX + 40];
+    snprintf(own, sizeof own, "%s.%s.", link_instance(spool.core->link), spool.inc);
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        struct spool_item *it = e->type == REDIS_REPLY_STRING ? spool_parse(e->str, e->len)
+                                                               : NULL;
+        if (!it) {
+            bad++;
+            continue;
+        }
+        if (!strncmp(it->sid, own, strlen(own))) {
+            spool_item_free(it);
+            continue;
+        }
+        if (last)
+            last->next = it;
+        else
+            first = it;
+        last = it;
+        n++;
+        bytes += (long)it->len;
+    }
+    if (n)
+        spool_insert_older(first, last, n, bytes);
+    if (n || bad)
+        log_warn("offline_spool_taken", "messages=%ld malformed=%ld why=%s waiting=%ld", n,
+                 bad, why, spool.n);
+    spool_kick();
+}
+
+static void spool_on_own(redisReply *r, void *arg)
+{
+    if (!spool.core || spool.loaded || !r || r->type != REDIS_REPLY_ARRAY)
+        return;                 /* the next tick asks again */
+    spool.loaded = 1;
+    spool.tick.repeat = SPOOL_TICK;     /* asked every second until now */
+    spool_take(r, "restart");
+}
+
+static void spool_on_adopted(redisReply *r, void *arg)
+{
+    if (spool.core && r && r->type == REDIS_REPLY_ARRAY && r->elements)
+        spool_take(r, "adopted");
+}
+
+/* Renew the live key; read our own list back once; adopt dead sms' lists. */
+static void spool_on_tick(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct sm_core *c = spool.core;
+    if (!c || c->stopping || !rdev_connected(c->rd))
+        return;
+    const char *me = link_instance(c->link);
+    SM_RCMD(c, spool_on_redis, "live", "SET %s 1 PX %d", spool.live, SPOOL_LIVE_MS);
+    if (!spool.loaded) {
+        SM_RCMD(c, spool_on_redis, "names", "SADD " SPOOL_TAG "names %s", me);
+        SM_RCMD(c, spool_on_own, NULL, "LRANGE %s 0 -1", spool.key);
+        return;
+    }
+    SM_RCMD(c, spool_on_adopted, NULL, "EVAL %s 2 " SPOOL_TAG "names %s %s " SPOOL_TAG,
+            SPOOL_ADOPT_LUA, spool.key, me);
+}
+
+static void spool_mirror_start(struct sm_core *c)
+{
+    const char *me = link_instance(c->link);
+    snprintf(spool.key, sizeof spool.key, SPOOL_TAG "%s", me);
+    snprintf(spool.live, sizeof spool.live, SPOOL_TAG "live:%s", me);
+    sb_random_id(spool.inc, sizeof spool.inc - 1);
+    ev_timer_init(&spool.tick, spool_on_tick, 0.2, 1.0);
+    ev_timer_start(c->loop, &spool.tick);
+}
+
 /* The stamped message into the spool; SB_LIMIT when full, SB_ERROR out of memory. */
 static sb_rc spool_add(const struct sm_job *j, const char *stanza, size_t len)
 {
@@ -148,7 +366,11 @@ static sb_rc spool_add(const struct sm_job *j, const char *stanza, size_t len)
     if (spool.n >= spool.max || spool.bytes + (long)len > spool.max_bytes)
         return SB_LIMIT;
     struct spool_item *it = calloc(1, sizeof *it);
-    if (!it || !(it->bare = strdup(j->key)) || !(it->from = strdup(j->from)) ||
+    char sid[ENV_NAME_MAX + 48];
+    snprintf(sid, sizeof sid, "%s.%s.%lu", link_instance(spool.core->link), spool.inc,
+             ++spool.seq);
+    if (!it || !(it->sid = strdup(sid)) || !(it->bare = strdup(j->key)) ||
+        !(it->from = strdup(j->from)) ||
         !(it->to = strdup(j->to ? j->to : j->key)) || !(it->id = strdup(j->id ? j->id : "")) ||
         !(it->stanza = malloc(len + 1))) {
         spool_item_free(it);
@@ -164,6 +386,7 @@ static sb_rc spool_add(const struct sm_job *j, const char *stanza, size_t len)
     spool.tail = it;
     spool.n++;
     spool.bytes += (long)len;
+    spool_mirror(it);
     return SB_OK;
 }
 
@@ -215,8 +438,12 @@ static void spool_on_stored(PGresult *res, void *arg)
         sm_pgwait_failed(&spool.w, "no connection");
         return;
     }
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) >= 3;
-    if (!ok) {
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) >= 4;
+    if (ok && PQgetvalue(res, 0, 3)[0] == 't') {
+        log_info("offline_spool_duplicate", "to=%s from=%s sid=%s", sb_log_q(it->bare),
+                 sb_log_q(it->from), sb_log_q(it->sid));
+        spool.dups++;
+    } else if (!ok) {
         log_error("offline_store_failed", "to=%s error=%s from=spool", sb_log_q(it->bare),
                   sb_log_q(PQresultErrorMessage(res)));
         spool_late_error(it, "wait", "internal-server-error");
@@ -236,12 +463,13 @@ static void spool_on_stored(PGresult *res, void *arg)
                  sb_log_q(it->from));
         spool.stored++;
     }
+    spool_unmirror(it);
     spool_pop();
     sm_pgwait_ok(&spool.w);
     if (!spool.head) {
-        log_info("offline_spool_recovered", "stored=%ld refused=%ld", spool.stored,
-                 spool.refused);
-        spool.stored = spool.refused = 0;
+        log_info("offline_spool_recovered", "stored=%ld refused=%ld duplicates=%ld",
+                 spool.stored, spool.refused, spool.dups);
+        spool.stored = spool.refused = spool.dups = 0;
     }
     spool_send(&spool.w);
 }
@@ -259,6 +487,7 @@ static void spool_send(struct sm_pgwait *w)
         return;
     }
     if (sm_im_split(it->bare, node, sizeof node, &domain) < 0) {
+        spool_unmirror(it);
         spool_pop();            /* cannot be: the job key was checked */
         spool_send(w);
         return;
@@ -267,7 +496,7 @@ static void spool_send(struct sm_pgwait *w)
     const char *params[4] = {domain, node, it->stanza, quota};
     if (!w->flying || w->failing)
         sm_pgwait_sent(w);
-    if (sm_pg_query(spool.core, OFFLINE_STORE_SQL, 4, params, spool_on_stored, NULL) != SB_OK)
+    if (sm_pg_query(spool.core, SPOOL_STORE_SQL, 4, params, spool_on_stored, NULL) != SB_OK)
         sm_pgwait_failed(w, "queue");
 }
 
@@ -293,6 +522,7 @@ static int spool_flush_to(struct sm_core *c, const struct sm_session *s, const c
         }
         if (sm_deliver_raw(c, s, "", it->stanza, it->len) != SB_OK)
             break;
+        spool_unmirror(it);
         *pp = it->next;
         if (spool.tail == it)
             spool.tail = prev;
@@ -533,20 +763,25 @@ static void offline_start(struct sm_core *c)
     spool.core = c;
     spool_limits();
     sm_pgwait_init(&spool.w, c, "offline_spool", spool_send, spool_waiting);
+    spool_mirror_start(c);
 }
 
-/* What is still spooled is lost with the process: said once, counted. */
+/* What is still spooled stays in Redis for the next of us (or another sm);
+ * what Redis refused is lost with the process: said once, counted. */
 static void offline_stop(struct sm_core *c)
 {
     offline_unknown_clear();
     if (spool.core != c)
         return;
     if (spool.n)
-        log_warn("offline_spool_lost", "messages=%ld bytes=%ld reason=stopping", spool.n,
-                 spool.bytes);
+        log_warn("offline_spool_left", "messages=%ld bytes=%ld kept=redis lost=%ld "
+                 "reason=stopping", spool.n, spool.bytes,
+                 spool.unmirrored < spool.n ? spool.unmirrored : spool.n);
+    ev_timer_stop(c->loop, &spool.tick);
     sm_pgwait_stop(&spool.w);
     while (spool.head)
         spool_pop();
+    sb_buf_free(&spool.ser);
     spool = (struct offline_spool){0};
 }
 

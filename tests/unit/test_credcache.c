@@ -1,7 +1,11 @@
 /* test_credcache.c — the front-ends' credential cache (auth/credcache.c):
  * only keys PostgreSQL gave are kept, a forget wins over a login whose
  * lookup began before it, the database's answers correct or drop an entry,
- * the table is bounded, and the Redis messages forget one account or all. */
+ * the table is bounded, and the Redis messages forget one account or all.
+ * Lending to other front-ends: a peer lends only while its forget channel
+ * is live, the asker takes the keys only when no forget came since the
+ * lookup began or lately for that account, and a question every peer
+ * answered "none" fails. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +14,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "buf.h"
 #include "config.h"
 #include "log.h"
 #include "auth-int.h"
@@ -27,6 +32,8 @@ static struct auth_cred cred_of(const char *password)
 static int teardown(void **state)
 {
     auth_cache_stop(NULL);
+    auth_cache_set_peers(NULL, NULL, NULL);
+    auth_cache_test_live(-1);
     unsetenv("SB_AUTH_CREDENTIAL_CACHE_S");
     unsetenv("SB_AUTH_CREDENTIAL_CACHE_MAX");
     return 0;
@@ -109,6 +116,142 @@ static void test_cache_is_bounded_and_can_be_off(void **state)
     assert_int_equal(auth_cache_get("localhost", "off", &got), 0);
 }
 
+/* ---- lending between front-ends ------------------------------------------------ */
+
+static char asked_id[32], asked_bare[64];
+static int answers;
+static struct auth_cred answer;
+static int answer_null;
+
+static int fake_ask(void *ud, const char *id, const char *bare)
+{
+    snprintf(asked_id, sizeof asked_id, "%s", id);
+    snprintf(asked_bare, sizeof asked_bare, "%s", bare);
+    return *(int *)ud;
+}
+
+static void on_answer(void *arg, const struct auth_cred *c)
+{
+    answers++;
+    answer_null = c == NULL;
+    if (c)
+        answer = *c;
+}
+
+/* alice's entry as a peer would send it; the local cache emptied after. */
+static void lent_body(const char *password, struct sb_buf *out)
+{
+    struct auth_cred c = cred_of(password);
+    auth_cache_put("localhost", "alice", &c);
+    assert_int_equal(auth_cache_lend("alice@localhost", out), 1);
+    auth_cache_stop(NULL);          /* "another process": nothing here */
+}
+
+static int peers = 2;
+
+static void ask_alice(void)
+{
+    answers = answer_null = 0;
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &peers);
+    assert_int_equal(auth_cache_ask("localhost", "alice", auth_cache_epoch(), on_answer, NULL),
+                     SB_OK);
+    assert_string_equal(asked_bare, "alice@localhost");
+    assert_int_equal(answers, 0);
+}
+
+static void test_a_peer_lends_its_entry_and_the_asker_logs_in_with_it(void **state)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    struct auth_cred got;
+    auth_cache_test_live(1);
+    lent_body("secret", &b);
+    assert_null(strstr(b.data, "secret"));          /* keys, never the password */
+    ask_alice();
+    auth_cache_lent(asked_id, "alice@localhost", "c2s2", NULL, 0);     /* one has none */
+    assert_int_equal(answers, 0);
+    auth_cache_lent(asked_id, "alice@localhost", "c2s3", b.data, b.len);
+    assert_int_equal(answers, 1);
+    assert_false(answer_null);
+    assert_int_equal(answer.cached, 1);
+    assert_true(scram_cred_check_password(&answer.sha256, "secret", 6));
+    assert_false(scram_cred_check_password(&answer.sha256, "other", 5));
+    assert_int_equal(auth_cache_get("localhost", "alice", &got), 1);    /* kept here too */
+    auth_cache_lent(asked_id, "alice@localhost", "c2s3", b.data, b.len);   /* late: void */
+    assert_int_equal(answers, 1);
+    sb_buf_free(&b);
+}
+
+static void test_lent_keys_are_refused_after_a_forget(void **state)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    struct auth_cred got;
+    auth_cache_test_live(1);
+    lent_body("old", &b);
+    ask_alice();
+    auth_cache_forget("alice@localhost");           /* changed while the question flew */
+    auth_cache_lent(asked_id, "alice@localhost", "c2s2", b.data, b.len);
+    auth_cache_lent(asked_id, "alice@localhost", "c2s3", b.data, b.len);
+    assert_int_equal(answers, 1);
+    assert_true(answer_null);
+    assert_int_equal(auth_cache_get("localhost", "alice", &got), 0);
+    /* and lately forgotten: not even asked (a peer may read the forget later) */
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &peers);
+    assert_int_equal(auth_cache_ask("localhost", "alice", auth_cache_epoch(), on_answer, NULL),
+                     SB_ERROR);
+    sb_buf_free(&b);
+}
+
+static void test_nobody_lends_or_borrows_while_the_forget_channel_is_down(void **state)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    struct auth_cred c = cred_of("x");
+    auth_cache_put("localhost", "alice", &c);
+    auth_cache_test_live(0);
+    assert_int_equal(auth_cache_lend("alice@localhost", &b), 0);
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &peers);
+    assert_int_equal(auth_cache_ask("localhost", "bob", auth_cache_epoch(), on_answer, NULL),
+                     SB_ERROR);
+    auth_cache_test_live(1);
+    assert_int_equal(auth_cache_lend("bob@localhost", &b), 0);         /* not here */
+    sb_buf_free(&b);
+}
+
+static void test_a_reconnection_forgets_all_but_lets_peers_lend_at_once(void **state)
+{
+    struct sb_buf b = SB_BUF_INIT;
+    struct auth_cred c = cred_of("x"), got;
+    auth_cache_test_live(1);
+    lent_body("secret", &b);
+    auth_cache_put("localhost", "bob", &c);
+    auth_cache_test_notify(NULL, 0);            /* Redis was away: all forgotten */
+    assert_int_equal(auth_cache_get("localhost", "bob", &got), 0);
+    ask_alice();                                /* and the peers are asked */
+    auth_cache_lent(asked_id, "alice@localhost", "c2s2", b.data, b.len);
+    assert_int_equal(answers, 1);
+    assert_false(answer_null);
+    auth_cache_test_notify("forget *", 8);      /* a forget-all message: a window */
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &peers);
+    assert_int_equal(auth_cache_ask("localhost", "alice", auth_cache_epoch(), on_answer, NULL),
+                     SB_ERROR);
+    sb_buf_free(&b);
+}
+
+static void test_every_peer_without_it_fails_the_login(void **state)
+{
+    int none = 0;
+    auth_cache_test_live(1);
+    ask_alice();
+    auth_cache_lent(asked_id, "bob@localhost", "c2s2", NULL, 0);       /* other account */
+    auth_cache_lent(asked_id, "alice@localhost", "c2s2", NULL, 0);
+    assert_int_equal(answers, 0);
+    auth_cache_lent(asked_id, "alice@localhost", "c2s3", "life 5\nsha256 bad\n", 18);
+    assert_int_equal(answers, 1);
+    assert_true(answer_null);
+    auth_cache_set_peers(EV_DEFAULT, fake_ask, &none);                  /* no peer at all */
+    assert_int_equal(auth_cache_ask("localhost", "alice", auth_cache_epoch(), on_answer, NULL),
+                     SB_ERROR);
+}
+
 int main(void)
 {
     sb_log_init("test", SB_LOG_ERROR);
@@ -120,6 +263,14 @@ int main(void)
         cmocka_unit_test_teardown(test_forget_one_account_or_all, teardown),
         cmocka_unit_test_teardown(test_database_answers_correct_the_entry, teardown),
         cmocka_unit_test_teardown(test_cache_is_bounded_and_can_be_off, teardown),
+        cmocka_unit_test_teardown(test_a_peer_lends_its_entry_and_the_asker_logs_in_with_it,
+                                  teardown),
+        cmocka_unit_test_teardown(test_lent_keys_are_refused_after_a_forget, teardown),
+        cmocka_unit_test_teardown(test_nobody_lends_or_borrows_while_the_forget_channel_is_down,
+                                  teardown),
+        cmocka_unit_test_teardown(test_a_reconnection_forgets_all_but_lets_peers_lend_at_once,
+                                  teardown),
+        cmocka_unit_test_teardown(test_every_peer_without_it_fails_the_login, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -816,9 +816,20 @@ static void test_offline_message_is_stored_with_delay_or_refused_over_quota(void
     }
 }
 
+/* How many queued Redis commands start with prefix. */
+static int redis_sent(const char *prefix)
+{
+    int n = 0;
+    for (int i = 0; i < nrq; i++)
+        n += !strncmp(rq[i].cmd, prefix, strlen(prefix));
+    return n;
+}
+
 /* PostgreSQL down: carol's messages wait in the spool (no error, no
- * query); back, they are written in order, one at a time, and what the
- * statement refuses is answered to the sender late. */
+ * query) and in its Redis copy; back, they are written in order, one at a
+ * time (a message PostgreSQL already has is not written twice), each copy
+ * goes once written, and what the statement refuses is answered to the
+ * sender late. */
 static void test_offline_messages_spool_while_postgres_is_down(void **st)
 {
     fake_pg_lost = 1;
@@ -833,17 +844,23 @@ static void test_offline_messages_spool_while_postgres_is_down(void **st)
     }
     assert_int_equal(pg_nqueries, 0);
     assert_int_equal(sm_offline_waiting(core), 2);
+    assert_int_equal(redis_sent("RPUSH {sb:spool}:sm1 S1"), 2);
+    assert_int_equal(redis_sent("LREM"), 0);
     fake_pg_lost = 0;
     spool_kick();                             /* what the 1 s poll does */
     assert_int_equal(pg_nqueries, 1);
     assert_non_null(strstr(pg_sql, "INSERT INTO offline"));
+    assert_non_null(strstr(pg_sql, "NOT d.dup"));
     assert_non_null(strstr(pg_params[2], "<body>spooled 0</body><delay"));
-    const char *ok[3] = {"t", "1", "0"};
-    pg_answer(PGRES_TUPLES_OK, 1, 3, ok);
+    const char *dup[4] = {"t", "0", "1", "t"};   /* written before a kill: once */
+    pg_answer(PGRES_TUPLES_OK, 1, 4, dup);
+    assert_int_equal(nsent, 0);
+    assert_int_equal(redis_sent("LREM {sb:spool}:sm1 1 S1"), 1);
     assert_int_equal(pg_nqueries, 2);         /* then the next, in order */
     assert_non_null(strstr(pg_params[2], "<body>spooled 1</body>"));
-    const char *full[3] = {"t", "0", "100"};
-    pg_answer(PGRES_TUPLES_OK, 1, 3, full);
+    const char *full[4] = {"t", "0", "100", "f"};
+    pg_answer(PGRES_TUPLES_OK, 1, 4, full);
+    assert_int_equal(redis_sent("LREM {sb:spool}:sm1 1 S1"), 2);
     assert_int_equal(nsent, 1);               /* the quota, answered late */
     assert_string_equal(sent[0].h.key, "bob@localhost");
     assert_non_null(strstr(sent[0].body, "type='error'"));
