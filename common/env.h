@@ -21,7 +21,8 @@
  *   then, only when flags has ENV_F_SEQ (never on a BOUNCE, whose flags
  *   hold the original kind): u64 seq, the sender's sequence number of an
  *   envelope sent through a router (duplicates of a re-send are dropped
- *   by the receiver: common/link.c)
+ *   by the receiver) or straight to an sm (which confirms it: direct-ack,
+ *   common/link.c)
  * Each string is at most ENV_STR_MAX bytes. Full details: common/ENVELOPE.md */
 #ifndef SB_ENV_H
 #define SB_ENV_H
@@ -48,7 +49,7 @@ enum env_route {
 };
 
 #define ENV_F_NONE 0x00
-#define ENV_F_SEQ  0x80     /* a u64 seq follows aux (router path; not on BOUNCE) */
+#define ENV_F_SEQ  0x80     /* a u64 seq follows aux (router and direct path; not on BOUNCE) */
 /* Said by a router itself (members, instance-down, hello-ack): a router
  * drops any envelope a component sends with it, so a component trusts a
  * control with it only when it arrived on a router socket. */

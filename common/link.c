@@ -117,6 +117,32 @@ struct link_rt {
     size_t nmarks;
 };
 
+/* The direct path's confirmations (see "direct confirmations" below).
+ * Sender side, per peer DEALER: a copy of every envelope it took, until
+ * its sm confirms it. Receiver side (an sm's `direct`), per sender: the
+ * direct seqs taken from it. */
+struct link_dc_out {
+    const struct link_zs *z;    /* the peer */
+    struct sb_buf copies;       /* [u64 seq][u32 hlen][hdr][u32 blen][body]…, seq order */
+    unsigned long confirms;     /* direct-acks it sent */
+    int legacy;                 /* it never confirms (an older sm): keep nothing */
+};
+
+struct link_dc_in {
+    char sender[ENV_NAME_MAX + 1];
+    uint64_t first;             /* the first seq taken from it (this process) */
+    uint64_t done;              /* the highest seq handed over (its callback returned) */
+    uint64_t confirmed;         /* the highest seq confirmed to it */
+};
+
+struct link_dc {
+    struct link_dc_out *out;
+    size_t nout, capout;
+    struct link_dc_in *in;
+    size_t nin, capin;
+    struct sb_buf resend;       /* copies to send again: their sm is gone */
+};
+
 struct link {
     struct ev_loop *loop;
     void *zctx;
@@ -167,10 +193,16 @@ struct link {
     ev_check check;
     ev_idle idle;
     ev_timer hello;
+    struct link_dc dc;          /* the direct path's confirmations (link_dc_*) */
 };
 
 static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
                             size_t blen, const struct env_hdr *h);
+struct link_dc_in;
+static struct link_dc_in *dc_ack_due(struct link *l, const char *to);
+static void dc_ack_send(struct link *l, struct link_dc_in *d);
+static void dc_peer_gone(struct link *l, struct link_zs *z);
+static void dc_resend(struct link *l, const char *sm, const char *why);
 
 /* ---- one socket ------------------------------------------------------------ */
 
@@ -463,8 +495,9 @@ static int rq_send(struct link *l, const char *to, const uint8_t *hdr, size_t hl
 static void rq_flush_one(struct link *l, struct link_rq *q)
 {
     size_t n = q->n;
+    struct link_dc_in *ack = dc_ack_due(l, q->to);
     q->n = 0;
-    if (!n)
+    if (!n && !ack)
         return;
     size_t idlen;
     const char *id = rt_addrs_id(&l->addrs, q->to, strlen(q->to), &idlen);
@@ -481,7 +514,9 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
         return;
     }
     for (size_t i = 0; i < n; i++)
-        zmq_msg_send(&q->f[i], l->direct->sock, i + 1 < n ? ZMQ_SNDMORE : 0);
+        zmq_msg_send(&q->f[i], l->direct->sock, i + 1 < n || ack ? ZMQ_SNDMORE : 0);
+    if (ack)
+        dc_ack_send(l, ack);    /* rides on the batch it goes with */
     l->direct->dirty = 1;
 }
 
@@ -612,6 +647,7 @@ static void link_on_members(struct link *l, const char *body, size_t len)
         }
         log_info("link_direct_gone", "sm=%s", z->name);
         l->peers[i] = l->peers[--l->npeers];
+        dc_peer_gone(l, z);
         peer_free(z);
     }
     for (size_t i = 0; i < l->members.n; i++) {
@@ -621,6 +657,7 @@ static void link_on_members(struct link *l, const char *body, size_t len)
         else if (!strcmp(in->kind, "router") && in->direct[0])
             link_learn_router(l, in);
     }
+    dc_resend(l, "-", "sm-gone");     /* routed by the new members */
 }
 
 /* The DEALER to the sm the router would pick for this envelope, or NULL. */
@@ -634,6 +671,255 @@ static struct link_zs *link_direct_peer(struct link *l, const struct env_hdr *h)
     if (!to || strcmp(to->kind, "sm") != 0)
         return NULL;
     return peer_find(l, to->name);
+}
+
+/* ---- direct confirmations ---------------------------------------------------
+ *
+ * The router path keeps what a router took until the router confirms it;
+ * the direct path kept nothing, so what sat in a peer DEALER's pipe (or in
+ * the sm's socket) when its sm was killed was lost, though the front-end
+ * had counted it for its client (XEP-0198 <a h/>). Now every envelope sent
+ * to a peer carries ENV_F_SEQ (the link's one counter, which the router
+ * path uses too) and a copy of it goes into one buffer per peer (appended:
+ * no allocation per envelope). The sm's link notes per sender the first
+ * seq it took (in this process) and the highest one it handed over, and
+ * adds one CONTROL `direct-ack` (aux "FIRST DONE") to the next batch it
+ * sends that sender anyway — alone, within the batch window, when it has
+ * none. The sender drops its copies up to DONE; copies below FIRST never
+ * reached this process (an sm restarted at the same endpoint) and are sent
+ * again. When `members` drops a peer (its sm is gone, or restarted at
+ * another endpoint), its unconfirmed copies are sent again as new
+ * envelopes, routed by the new members: to the sm that owns their keys
+ * now, straight or through a router. ENVELOPE.md has the wire part. */
+
+#define LINK_DC_OP "direct-ack"
+#define LINK_DC_LEGACY (1u << 20)   /* bytes kept for a peer that never confirmed */
+
+SB_COUNTER(link_mx_dc_resent, "sb_link_direct_resent_total", "",
+           "Envelopes sent again because the sm they went straight to never confirmed them")
+
+/* One kept copy, read in place. */
+struct dc_copy {
+    uint64_t seq;
+    uint32_t hlen, blen;
+    const uint8_t *hdr;
+    const char *body;
+    size_t size;
+};
+
+static int dc_copy_at(const struct sb_buf *b, size_t off, struct dc_copy *c)
+{
+    if (off + 16 > b->len)
+        return 0;
+    memcpy(&c->seq, b->data + off, 8);
+    memcpy(&c->hlen, b->data + off + 8, 4);
+    if (off + 16 + c->hlen > b->len)
+        return 0;
+    memcpy(&c->blen, b->data + off + 12 + c->hlen, 4);
+    c->hdr = (const uint8_t *)b->data + off + 12;
+    c->body = b->data + off + 16 + c->hlen;
+    c->size = 16 + (size_t)c->hlen + c->blen;
+    return off + c->size <= b->len;
+}
+
+static struct link_dc_out *dc_out_of(struct link *l, const struct link_zs *z, int add)
+{
+    for (size_t i = 0; i < l->dc.nout; i++)
+        if (l->dc.out[i].z == z)
+            return &l->dc.out[i];
+    if (!add)
+        return NULL;
+    if (l->dc.nout == l->dc.capout) {
+        size_t cap = l->dc.capout ? 2 * l->dc.capout : 8;
+        struct link_dc_out *v = realloc(l->dc.out, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        l->dc.out = v;
+        l->dc.capout = cap;
+    }
+    struct link_dc_out *o = &l->dc.out[l->dc.nout++];
+    memset(o, 0, sizeof *o);
+    o->z = z;
+    return o;
+}
+
+/* Keep a copy of what a peer took (hdr without the seq). A peer that took
+ * LINK_DC_LEGACY bytes and never confirmed any is an older sm: nothing
+ * more is kept for it (re-sending it all would duplicate it all). */
+static void dc_record(struct link *l, const struct link_zs *z, uint64_t seq, const uint8_t *hdr,
+                      size_t hlen, const char *body, size_t blen)
+{
+    struct link_dc_out *o = dc_out_of(l, z, 1);
+    if (!o || o->legacy)
+        return;
+    struct sb_buf *b = &o->copies;
+    if (b->len > (o->confirms ? LINK_LIMBO_MAX : LINK_DC_LEGACY)) {
+        log_error("link_direct_unconfirmed_dropped", "sm=%s bytes=%zu why=%s", z->name, b->len,
+                  o->confirms ? "no-confirmation" : "peer-never-confirms");
+        sb_buf_free(b);
+        o->legacy = !o->confirms;
+        if (o->legacy)
+            return;
+    }
+    uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (sb_buf_add(b, &seq, 8) != SB_OK || sb_buf_add(b, &hl, 4) != SB_OK ||
+        sb_buf_add(b, hdr, hlen) != SB_OK || sb_buf_add(b, &bl, 4) != SB_OK ||
+        sb_buf_add(b, body, blen) != SB_OK)
+        log_error("link_direct_record_failed", "sm=%s err=nomem", z->name);
+}
+
+/* Send [hdr][body] to a peer with the link's next seq, keeping a copy.
+ * -1 with nothing sent, as zs_send. */
+static int dc_send(struct link *l, struct link_zs *z, const uint8_t *hdr, size_t hlen,
+                   const char *body, size_t blen)
+{
+    uint8_t sh[ENV_HDR_MAX];
+    if ((hdr[3] & ENV_F_SEQ) || hlen + 8 > sizeof sh)
+        return zs_send(z, hdr, hlen, body, blen);   /* stamped by the caller: not ours */
+    uint64_t q = l->seq + 1;
+    memcpy(sh, hdr, hlen);
+    sh[3] |= ENV_F_SEQ;
+    for (int i = 0; i < 8; i++)
+        sh[hlen + i] = (uint8_t)(q >> (56 - 8 * i));
+    if (zs_send(z, sh, hlen + 8, body, blen) != 0)
+        return -1;
+    l->seq = q;
+    dc_record(l, z, q, hdr, hlen, body, blen);
+    return 0;
+}
+
+/* Send the held copies again as new envelopes, routed afresh. */
+static void dc_resend(struct link *l, const char *sm, const char *why)
+{
+    if (!l->dc.resend.len)
+        return;
+    struct sb_buf b = l->dc.resend;     /* link_send below never adds to it */
+    l->dc.resend = (struct sb_buf)SB_BUF_INIT;
+    size_t off = 0, n = 0, failed = 0;
+    struct dc_copy c;
+    while (dc_copy_at(&b, off, &c)) {
+        struct env_hdr h;
+        if (env_decode(&h, c.hdr, c.hlen) == SB_OK && link_send(l, &h, c.body, c.blen) == SB_OK)
+            n++;
+        else
+            failed++;
+        off += c.size;
+    }
+    sb_buf_free(&b);
+    sb_metric_add(&link_mx_dc_resent, (double)n);
+    log_info("link_direct_resent", "sm=%s envelopes=%zu failed=%zu why=%s", sm, n, failed, why);
+}
+
+/* `members` dropped this peer: its sm is gone (or restarted elsewhere), so
+ * what it never confirmed goes to whoever owns those keys now. Nothing of
+ * its pipe may reach it any more (a frozen sm could still wake up). */
+static void dc_peer_gone(struct link *l, struct link_zs *z)
+{
+    int zero = 0;
+    zmq_setsockopt(z->sock, ZMQ_LINGER, &zero, sizeof zero);
+    struct link_dc_out *o = dc_out_of(l, z, 0);
+    if (!o)
+        return;
+    size_t off = 0, n = 0;
+    struct dc_copy c;
+    for (; dc_copy_at(&o->copies, off, &c); off += c.size)
+        n++;
+    if (n)
+        log_info("link_direct_unconfirmed", "sm=%s envelopes=%zu why=sm-gone", z->name, n);
+    if (o->copies.len && sb_buf_add(&l->dc.resend, o->copies.data, o->copies.len) != SB_OK)
+        log_error("link_direct_resend_dropped", "sm=%s bytes=%zu err=nomem", z->name,
+                  o->copies.len);
+    sb_buf_free(&o->copies);
+    *o = l->dc.out[--l->dc.nout];
+}
+
+/* direct-ack from a peer's sm: aux "FIRST DONE". */
+static void dc_on_ack(struct link *l, struct link_zs *z, const struct env_hdr *h)
+{
+    unsigned long long first, done;
+    struct link_dc_out *o = z->router || strcmp(z->name, h->sender) ? NULL : dc_out_of(l, z, 0);
+    if (!o || sscanf(h->aux, "%llu %llu", &first, &done) != 2)
+        return;
+    o->confirms++;
+    size_t off = 0;
+    struct dc_copy c;
+    while (dc_copy_at(&o->copies, off, &c) && c.seq <= done) {
+        if (c.seq < first)      /* sent before this process of the sm took anything */
+            sb_buf_add(&l->dc.resend, o->copies.data + off, c.size);
+        off += c.size;
+    }
+    sb_buf_consume(&o->copies, off);
+    dc_resend(l, z->name, "sm-restarted");
+}
+
+/* On `direct`: a stamped envelope from `sender` is about to be handed over.
+ * Returns its sender's record, or -1. */
+static long dc_taken(struct link *l, const struct env_hdr *h)
+{
+    for (size_t i = 0; i < l->dc.nin; i++)
+        if (!strcmp(l->dc.in[i].sender, h->sender))
+            return (long)i;
+    if (l->dc.nin == l->dc.capin) {
+        size_t cap = l->dc.capin ? 2 * l->dc.capin : 16;
+        struct link_dc_in *v = realloc(l->dc.in, cap * sizeof *v);
+        if (!v)
+            return -1;
+        l->dc.in = v;
+        l->dc.capin = cap;
+    }
+    struct link_dc_in *d = &l->dc.in[l->dc.nin];
+    memset(d, 0, sizeof *d);
+    snprintf(d->sender, sizeof d->sender, "%s", h->sender);
+    d->first = h->seq;
+    return (long)l->dc.nin++;
+}
+
+/* Its callback returned: confirm it with the next batch to its sender. */
+static void dc_handed(struct link *l, size_t i, uint64_t seq)
+{
+    struct link_dc_in *d = &l->dc.in[i];
+    if (seq > d->done)
+        d->done = seq;
+    if (d->done > d->confirmed && rq_find(l, d->sender))
+        l->rq_queued = 1;
+}
+
+/* The sender's record when a confirmation is due, else NULL. */
+static struct link_dc_in *dc_ack_due(struct link *l, const char *to)
+{
+    for (size_t i = 0; i < l->dc.nin; i++)
+        if (!strcmp(l->dc.in[i].sender, to))
+            return l->dc.in[i].done > l->dc.in[i].confirmed ? &l->dc.in[i] : NULL;
+    return NULL;
+}
+
+/* The last envelope of the message being sent on `direct`. */
+static void dc_ack_send(struct link *l, struct link_dc_in *d)
+{
+    struct env_hdr h;
+    uint8_t hdr[512];
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    snprintf(h.key, sizeof h.key, "%s", d->sender);
+    snprintf(h.sender, sizeof h.sender, "%s", l->instance);
+    snprintf(h.op, sizeof h.op, "%s", LINK_DC_OP);
+    snprintf(h.aux, sizeof h.aux, "%llu %llu", (unsigned long long)d->first,
+             (unsigned long long)d->done);
+    long n = env_encode(&h, hdr, sizeof hdr);
+    if (n < 0 || zmq_send(l->direct->sock, hdr, (size_t)n, ZMQ_SNDMORE) < 0) {
+        zmq_send(l->direct->sock, "", 0, 0);    /* end the message all the same */
+        return;
+    }
+    zmq_send(l->direct->sock, "", 0, 0);
+    d->confirmed = d->done;
+}
+
+static void dc_free(struct link *l)
+{
+    for (size_t i = 0; i < l->dc.nout; i++)
+        sb_buf_free(&l->dc.out[i].copies);
+    free(l->dc.out);
+    free(l->dc.in);
+    sb_buf_free(&l->dc.resend);
 }
 
 /* ---- routers: one DEALER each, a live one carries what is not direct ------ */
@@ -1009,7 +1295,14 @@ static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zm
         link_forged(l, "not-from-a-router", h.sender, h.op);
         return;
     }
-    if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
+    if (h.kind == ENV_CONTROL && !strcmp(h.op, LINK_DC_OP)) {
+        dc_on_ack(l, z, &h);    /* only a peer's own sm's counts */
+        return;
+    }
+    long dci = -1;              /* the direct path: confirmed once handed over */
+    if (z == l->direct && env_has_seq(h.kind, h.flags))
+        dci = dc_taken(l, &h);
+    else if (env_has_seq(h.kind, h.flags) && link_seen_before(l, &h)) {
         l->dups++;              /* a re-send we already had */
         sb_metric_inc(&link_mx_dups);
         return;
@@ -1025,6 +1318,8 @@ static void link_deliver(struct link_zs *z, const char *from, zmq_msg_t *hdr, zm
     if (h.kind == ENV_STANZA)
         l->st_in++;
     l->cb(l, &h, zmq_msg_data(body), zmq_msg_size(body), l->ud);
+    if (dci >= 0)
+        dc_handed(l, (size_t)dci, h.seq);
 }
 
 void link_flush(struct link *l)
@@ -1384,6 +1679,7 @@ void link_free(struct link *l)
     }
     free(l->rq);
     free(l->seen);
+    dc_free(l);
     for (size_t i = 0; i < l->nrt; i++) {
         zs_close(&l->rt[i].z);
         rt_mon_close(l, &l->rt[i]);
@@ -1439,7 +1735,7 @@ sb_rc link_send(struct link *l, const struct env_hdr *h, const char *body, size_
         l->st_out++;
     struct link_zs *peer = link_direct_peer(l, h);
     if (peer) {
-        if (zs_send(peer, hdr, (size_t)n, body, body_len) == 0) {
+        if (dc_send(l, peer, hdr, (size_t)n, body, body_len) == 0) {
             sb_metric_inc(&link_mx_sent_direct);
             return SB_OK;
         }

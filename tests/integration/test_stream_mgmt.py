@@ -6,6 +6,8 @@ and across the SIGKILL of the user's sm (the front-end's copies of what the
 client has not acknowledged are adopted by the next sm)."""
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -451,8 +453,9 @@ def test_error_for_a_message_to_a_dead_sm_reaches_a_sender_on_it_and_counts(stac
             await alice.enable()
             stack.stack("kill-proc", "sm1")
             # One sent in the instant before c2s1 sees sm1's connection drop
-            # goes into the dead direct pipe and is lost (a known limit,
-            # sm/README.md); the next one is bounced by the router.
+            # goes into the dead direct pipe: c2s1 sends it again once sm1
+            # is gone (to bob's next sm); the next one is bounced by the
+            # router.
             err, sent = None, 0
             while err is None and sent < 3:
                 sent += 1
@@ -489,4 +492,78 @@ def test_error_for_a_message_to_a_dead_sm_reaches_a_sender_on_it_and_counts(stac
         run(go(), timeout=120)
     finally:
         stack.stack("start-proc", "sm1")
+        stack.stack("wait-ready")
+
+
+def _pid(stack, name):
+    var = stack.env.get("SB_VAR", os.path.join(stack.root, "var/test"))
+    with open(os.path.join(var, "pid", name + ".pid")) as f:
+        return int(f.read().strip())
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["gone", "restarted"])
+def test_messages_acknowledged_in_flight_to_a_killed_sm_are_delivered(stack, restart):
+    """alice (XEP-0198, on c2s1, her sm sm2) sends bob (c2s2, his sm sm1)
+    30 messages while sm1 is frozen (SIGSTOP, well within its lease): they
+    wait in c2s1's direct pipe to sm1 and in sm1's socket, and c2s1
+    acknowledges every one (<a h/>). Then sm1 is killed with SIGKILL, which
+    takes them with it — and, [restarted], started again at once. Every
+    acknowledged message reaches bob (or comes back to alice as an error),
+    each once: c2s1 kept a copy of what it sent sm1 directly until sm1
+    confirmed it, and sends the copies again when the routers say sm1 is
+    gone or restarted (common/link.c, direct confirmations)."""
+    a_jid, a_pw = _user_on(stack, "sm2", "alice")
+    b_jid, b_pw = _user_on(stack, "sm1", "bob")
+    stack.wait_instances(present=("sm1", "sm2", "c2s1", "c2s2"))
+    n = 30
+
+    async def go():
+        alice = await SMClient(stack, a_jid, a_pw, instance="c2s1").login()
+        bob = await IMClient(stack, b_jid, b_pw, instance="c2s2").login()
+        try:
+            await alice.enable()
+            alice.message(bob.jid, "warm-up")      # the direct path to sm1 is up
+            await bob.message_with("warm-up")
+            alice.send("<r xmlns='%s'/>" % NS_SM)
+            h0 = int((await alice.nonza("a")).get("h"))
+            pid = _pid(stack, "sm1")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                for i in range(n):
+                    alice.send("<message to='%s' id='f%d' type='chat'><body>f%d</body></message>"
+                               % (bob.jid, i, i))
+                alice.send("<r xmlns='%s'/>" % NS_SM)
+                acked = int((await alice.nonza("a")).get("h")) - h0
+            finally:
+                stack.stack("kill-proc", "sm1")
+            if restart:
+                stack.stack("start-proc", "sm1")
+            assert acked == n, "c2s1 acknowledged %d of %d" % (acked, n)
+            want = {"f%d" % i for i in range(n)}
+            got, errors = [], set()
+            deadline = time.monotonic() + 30
+            while want - set(got) - errors and time.monotonic() < deadline:
+                try:
+                    m = await bob.next(lambda e: e.tag == MESSAGE, 0.5, "message")
+                    got.append(m.findtext("{%s}body" % NS_CLIENT))
+                except AssertionError:
+                    pass
+                while True:
+                    try:
+                        e = await alice.next(lambda e: e.tag == MESSAGE and
+                                             e.get("type") == "error", 0.01, "an error")
+                    except AssertionError:
+                        break
+                    errors.add(e.get("id"))
+            lost = sorted(want - set(got) - errors, key=lambda b: int(b[1:]))
+            assert not lost, "acknowledged, never delivered nor bounced: %s" % lost
+            assert len(got) == len(set(got)), "delivered twice: %s" % sorted(got)
+        finally:
+            for c in (alice, bob):
+                c.abort()
+    try:
+        run(go(), timeout=120)
+    finally:
+        if not restart:
+            stack.stack("start-proc", "sm1")
         stack.stack("wait-ready")
