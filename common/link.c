@@ -56,6 +56,7 @@
 #define LINK_ROUTERS_MAX 8
 #define LINK_MARKS 8            /* HELLOs awaiting an ack, per router */
 #define LINK_LIMBO_MAX (16u << 20)  /* bytes held for re-sending while no router takes them */
+#define LINK_RECONNECT_MAX_MS 200   /* longest wait between two connects to a router */
 
 struct link;
 
@@ -648,8 +649,14 @@ static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
 
 /* ZMQ_IMMEDIATE: a router that is not connected refuses at once, so the
  * next one takes the envelope instead of a queue for a dead peer.
- * Reconnection backs off from 0.1 s to 2 s. A monitor reports refused
- * handshakes (link_rt_events). */
+ * Reconnection is retried every 0.1 s to LINK_RECONNECT_MAX_MS, never
+ * longer: a restarted router is used by whoever reconnected first, and
+ * until every component is back it bounces what is for the others
+ * (`unreachable`). With ZeroMQ's back-off to 2 s that window was up to
+ * 2 s after the restart, long enough for the other router to die in it
+ * (test_routers: four messages bounced, their senders answered with
+ * errors). A retry is one refused TCP connect while the router is down. A
+ * monitor reports refused handshakes (link_rt_events). */
 static void link_rt_events(struct link *l, struct link_rt *r);
 static sb_rc link_send_hello(struct link *l, int bye);
 
@@ -671,7 +678,7 @@ static void rt_mon_close(struct link *l, struct link_rt *r)
 
 static sb_rc rt_open(struct link *l, struct link_rt *r)
 {
-    int immediate = 1, ivl_max = 2000, zero = 0;
+    int immediate = 1, ivl_max = LINK_RECONNECT_MAX_MS, zero = 0;
     char mon[64];
     if (zs_open(l, &r->z, ZMQ_DEALER) != SB_OK ||
         zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
