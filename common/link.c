@@ -684,7 +684,12 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
         zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
         zmq_setsockopt(r->z.sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0)
         return SB_ERROR;
-    snprintf(mon, sizeof mon, "inproc://link-mon-%p", (void *)r);
+    /* A name per socket: the socket it replaces (rt_reopen) is closed by
+     * ZeroMQ's reaper later and holds its monitor's name until then, so
+     * the same name was refused (EADDRINUSE) and the new socket had no
+     * monitor at all. */
+    static unsigned long mons;
+    snprintf(mon, sizeof mon, "inproc://link-mon-%p-%lu", (void *)r, ++mons);
     rt_mon_close(l, r);
     if (zmq_socket_monitor(r->z.sock, mon, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
@@ -696,6 +701,9 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
             r->mon = NULL;
         }
     }
+    if (!r->mon)
+        log_warn("link_monitor_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
+                 sb_log_q(zmq_strerror(errno)));
     if (r->mon) {
         int fd = -1;
         size_t sz = sizeof fd;
@@ -703,6 +711,13 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
         ev_io_init(&r->mon_io, link_on_mon, fd, EV_READ);
         r->mon_io.data = r;
         ev_io_start(l->loop, &r->mon_io);
+        /* Read it empty once: ZMQ_FD only signals a message that arrives
+         * after a receive found the socket empty. Unread, a new socket's
+         * monitor stayed silent until the next heartbeat read it
+         * (link_on_hello), so a socket made anew (rt_reopen) said HELLO a
+         * heartbeat after connecting, and the router, which addresses us
+         * at the id it last heard, bounced what was ours meanwhile. */
+        link_rt_events(l, r);
     }
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),

@@ -654,6 +654,59 @@ static void test_link_reconnects_to_a_restarted_router_at_once(void **state)
     peer_close(&p);
 }
 
+/* A router given up (a send refused) has its socket made anew; when the
+ * router is back, the new socket's HELLO goes out as soon as it connects
+ * (the monitor's handshake event), not at the next heartbeat: until the
+ * router has heard it, it cannot address this instance and bounces what
+ * is for it. Here the heartbeat is a minute and the other router keeps
+ * answering, so only the handshake can say it. */
+static void test_link_says_hello_at_once_to_a_router_back_after_a_refusal(void **state)
+{
+    struct peer p[2];
+    struct seen seen = {0};
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *l = NULL;
+    int used = two_routers_take_m1(loop, p, &l, &seen, "t6");
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s", p[used].endpoint);
+    peer_close(&p[used]);           /* that router dies: the next send is refused */
+    for (int i = 0; i < 100; i++) {
+        if (i % 10 == 0)
+            link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m2/>", 5);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(5000);
+    }
+    int linger = 0, timeout = 3000;  /* back at the same endpoint */
+    p[used].ctx = zmq_ctx_new();
+    p[used].sock = zmq_socket(p[used].ctx, ZMQ_ROUTER);
+    zmq_setsockopt(p[used].sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(p[used].sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    assert_int_equal(zmq_bind(p[used].sock, ep), 0);
+    double up = ev_time();
+    int hello = 0;
+    while (!hello && ev_time() - up < 2.0) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p[used].sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        zmq_msg_t f[16];
+        int n = peer_recv(&p[used], f, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            struct env_hdr h;
+            if (env_decode(&h, zmq_msg_data(&f[k]), zmq_msg_size(&f[k])) == SB_OK)
+                hello |= h.kind == ENV_HELLO;
+        }
+        close_all(f, n);
+    }
+    double took = ev_time() - up;
+    if (!hello || took > 1.0)
+        fail_msg("hello=%d %.2f s after the router came back", hello, took);
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p[0]);
+    peer_close(&p[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -666,6 +719,7 @@ int main(void)
         cmocka_unit_test(test_link_forgets_what_two_acks_confirmed),
         cmocka_unit_test(test_link_takes_router_controls_and_senders_only_from_who_they_are),
         cmocka_unit_test(test_link_reconnects_to_a_restarted_router_at_once),
+        cmocka_unit_test(test_link_says_hello_at_once_to_a_router_back_after_a_refusal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
