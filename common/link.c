@@ -154,7 +154,6 @@ struct link {
     ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
-    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];   /* our routing id: "NAME#NONCE" (route.h) */
     struct rt_addrs addrs;      /* sm: who is at which id on `direct` */
     double forged_at;           /* refused envelopes: one log line per window */
     unsigned long forged;
@@ -193,13 +192,20 @@ static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
         zmq_setsockopt(z->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return SB_ERROR;
+    /* DEALER: a new id "NAME#NONCE" for every socket (route.h). A socket
+     * made anew (rt_reopen: its router fell silent, or this process was
+     * frozen past its lease) must not meet the connection it replaces,
+     * which the server may still hold: a ROUTER without handover ignores a
+     * second connection under an id in use, and the process never rejoins.
+     * The server answers NAME at the id it last heard NAME from. */
+    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];
+    rt_id_make(rid, sizeof rid, l->instance);
     if (type == ZMQ_DEALER &&
-        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->rid, strlen(l->rid)) != 0)
+        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, rid, strlen(rid)) != 0)
         return SB_ERROR;
     /* ROUTER: an unknown destination fails the send (and takes the router
-     * path). No handover: ids carry a per-start nonce (route.h), so a
-     * restarted component never meets its old id, and nobody can take
-     * over another's. */
+     * path). No handover: ids carry a nonce, so nobody can take over
+     * another's, and no socket of ours meets an older one's. */
     if (type == ZMQ_ROUTER &&
         zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
         return SB_ERROR;
@@ -1359,7 +1365,6 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->limbo = (struct sb_buf)SB_BUF_INIT;
     l->seq = (uint64_t)(sb_now() * 1e6);
     strcpy(l->instance, o->instance);
-    rt_id_make(l->rid, sizeof l->rid, l->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
     link_new_inc(l);

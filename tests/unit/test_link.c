@@ -654,6 +654,57 @@ static void test_link_reconnects_to_a_restarted_router_at_once(void **state)
     peer_close(&p);
 }
 
+/* A router that stops answering (or a process frozen past its lease that
+ * wakes up) has its DEALER made anew. The ROUTER still holds the old
+ * connection while messages it has not read sit in it, and without
+ * handover it ignores a second connection under an id in use: the new
+ * socket must come with a new id, and its HELLO must get through. */
+static void test_link_rejoins_under_a_new_id_when_its_router_went_silent(void **state)
+{
+    struct peer p;
+    struct seen seen = {0};
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = p.endpoint, .instance = "t5", .kind = "c2s",
+                          .domains = "", .heartbeat = 0.1};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    spin_until_readable(loop, &p);
+    zmq_msg_t f[4];
+    assert_int_equal(peer_recv(&p, f, 4), 3);
+    char first[96];
+    snprintf(first, sizeof first, "%.*s", (int)zmq_msg_size(&f[0]), (char *)zmq_msg_data(&f[0]));
+    ack_hello(loop, &p, f);
+    close_all(f, 3);
+    /* No ack for 0.6 s (2.5 heartbeats make it silent), nothing read: the
+     * HELLOs of the old connection wait in the ROUTER. */
+    double t0 = ev_time();
+    while (ev_time() - t0 < 0.6) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(2000);
+    }
+    int fresh = 0;
+    t0 = ev_time();
+    while (!fresh && ev_time() - t0 < 3.0) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p.sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        int n = peer_recv(&p, f, 4);
+        assert_int_equal(n, 3);
+        assert_memory_equal(zmq_msg_data(&f[0]), "t5#", 3);
+        fresh = zmq_msg_size(&f[0]) != strlen(first) ||
+                memcmp(zmq_msg_data(&f[0]), first, strlen(first)) != 0;
+        if (fresh)
+            ack_hello(loop, &p, f);     /* answered at the new id: up again */
+        close_all(f, n);
+    }
+    assert_true(fresh);
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p);
+}
+
 /* A router given up (a send refused) has its socket made anew; when the
  * router is back, the new socket's HELLO goes out as soon as it connects
  * (the monitor's handshake event), not at the next heartbeat: until the
@@ -719,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_link_forgets_what_two_acks_confirmed),
         cmocka_unit_test(test_link_takes_router_controls_and_senders_only_from_who_they_are),
         cmocka_unit_test(test_link_reconnects_to_a_restarted_router_at_once),
+        cmocka_unit_test(test_link_rejoins_under_a_new_id_when_its_router_went_silent),
         cmocka_unit_test(test_link_says_hello_at_once_to_a_router_back_after_a_refusal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
