@@ -57,6 +57,7 @@
 #define LINK_MARKS 8            /* HELLOs awaiting an ack, per router */
 #define LINK_LIMBO_MAX (16u << 20)  /* bytes held for re-sending while no router takes them */
 #define LINK_RECONNECT_MAX_MS 200   /* longest wait between two connects to a router */
+#define LINK_HOLD_S 1.0             /* a router socket this new may connect yet: sends wait */
 
 struct link;
 
@@ -107,6 +108,7 @@ struct link_rt {
     char endpoint[RT_DIRECT_MAX + 1];
     int up;                     /* acked lately: sends prefer it */
     int reopen;                 /* down: make the socket anew before the loop blocks */
+    double opened_at;           /* loop time the socket was made (link_may_hold) */
     void *mon;                  /* PAIR: the DEALER's handshake events (curve refusals) */
     ev_io mon_io;               /* its ZMQ_FD: a (re)connection says HELLO at once */
     double refused_at;          /* last handshake refused (our key not a member?) */
@@ -127,6 +129,7 @@ struct link {
     struct link_seen *seen;     /* per sender: the highest seq delivered */
     size_t nseen, capseen;
     unsigned long dups;         /* re-sent duplicates dropped since the last heartbeat */
+    unsigned long held;         /* sends kept in limbo for want of a router, since then */
     struct sb_buf limbo;        /* taken by a router that died unconfirmed: re-sent */
     int resending;
     unsigned long hello_seq;    /* HELLOs sent */
@@ -725,6 +728,7 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
          * at the id it last heard, bounced what was ours meanwhile. */
         link_rt_events(l, r);
     }
+    r->opened_at = ev_now(l->loop);
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
                   sb_log_q(zmq_strerror(errno)));
@@ -1251,6 +1255,11 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
         log_info("link_duplicates_dropped", "count=%lu why=re-sent", l->dups);
         l->dups = 0;
     }
+    if (l->held) {
+        log_info("link_held", "envelopes=%lu why=no-router-yet held_bytes=%zu", l->held,
+                 l->limbo.len);
+        l->held = 0;
+    }
     if (any_up && (l->fb_peer || l->fb_rq)) {
         log_info("link_direct_fallback", "to_sm=%lu to_instance=%lu", l->fb_peer, l->fb_rq);
         l->fb_peer = l->fb_rq = 0;
@@ -1425,6 +1434,39 @@ void link_free(struct link *l)
     free(l);
 }
 
+/* No router takes an envelope now. While a router socket is new (made
+ * anew after its router fell silent or refused, e.g. this process was
+ * frozen past its lease and has just woken up; or at start) it may
+ * connect any moment: the envelope waits in limbo behind the older ones,
+ * re-sent in order as soon as a router acknowledges us, instead of
+ * failing (a thawed sm failed hundreds of deliveries in the 0.1 s before
+ * its new sockets connected). Past LINK_HOLD_S with none connected, sends
+ * fail again and the caller answers with an error. */
+static int link_may_hold(const struct link *l)
+{
+    double now = ev_now(l->loop);
+    for (size_t i = 0; i < l->nrt; i++)
+        if (l->rt[i].reopen || now - l->rt[i].opened_at < LINK_HOLD_S)
+            return 1;
+    return 0;
+}
+
+static sb_rc link_hold(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
+                       size_t blen)
+{
+    uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (l->limbo.len + 8 + hlen + blen > LINK_LIMBO_MAX)
+        return SB_ERROR;
+    size_t len = l->limbo.len;
+    if (sb_buf_add(&l->limbo, &hl, sizeof hl) != SB_OK || sb_buf_add(&l->limbo, hdr, hlen) != SB_OK ||
+        sb_buf_add(&l->limbo, &bl, sizeof bl) != SB_OK || sb_buf_add(&l->limbo, body, blen) != SB_OK) {
+        l->limbo.len = len;     /* never half an envelope */
+        return SB_ERROR;
+    }
+    l->held++;
+    return SB_OK;
+}
+
 /* The router path: the header gets ENV_F_SEQ and this instance's next
  * seq, so a receiver drops the copy of a re-send it already had. Seqs
  * start at the wall clock in µs, so a restarted instance's are above its
@@ -1447,6 +1489,8 @@ static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, con
         link_resend(l);         /* older first */
     if (!l->limbo.len && rt_send_any(l, sh, hlen, body, blen) == 0)
         return SB_OK;
+    if (link_may_hold(l) && link_hold(l, sh, hlen, body, blen) == SB_OK)
+        return SB_OK;           /* sent when a router takes the limbo (rt_on_ack) */
     log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
              sb_log_q(h->key), l->limbo.len ? "held-envelopes-first" : "no-router");
     return SB_ERROR;

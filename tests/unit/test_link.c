@@ -758,6 +758,88 @@ static void test_link_says_hello_at_once_to_a_router_back_after_a_refusal(void *
     peer_close(&p[1]);
 }
 
+/* While its router sockets are new (at start; made anew after a freeze
+ * past the lease) a send no router takes yet waits in limbo and leaves,
+ * in order, once a router has acknowledged the link; with no router
+ * connected for longer than that, a send fails again. */
+static void test_link_holds_sends_until_a_new_socket_connects(void **state)
+{
+    struct peer p;
+    struct seen seen = {0};
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = p.endpoint, .instance = "t7", .kind = "sm",
+                          .domains = "", .heartbeat = 60};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    /* not connected yet: ZMQ_IMMEDIATE refuses, the link keeps them */
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h1/>", 5),
+                     SB_OK);
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h2/>", 5),
+                     SB_OK);
+    spin_until_readable(loop, &p);
+    zmq_msg_t f[16];
+    int n = peer_recv(&p, f, 16);
+    assert_true(n >= 3);
+    struct env_hdr h;
+    assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
+    assert_int_equal(h.kind, ENV_HELLO);
+    zmq_msg_t hello[3];
+    for (int i = 0; i < 3; i++) {
+        zmq_msg_init(&hello[i]);
+        zmq_msg_copy(&hello[i], &f[i]);
+    }
+    close_all(f, n);
+    /* the ack sends them; ack_hello would drain them, so answer by hand */
+    const char *seq = strstr(zmq_msg_data(&hello[2]), "seq=");
+    uint8_t hdr[ENV_HDR_MAX];
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    h.flags = ENV_F_ROUTER;
+    snprintf(h.key, sizeof h.key, "t7");
+    snprintf(h.op, sizeof h.op, "hello-ack");
+    snprintf(h.aux, sizeof h.aux, "%ld", seq ? strtol(seq + 4, NULL, 10) : 0L);
+    long hn = env_encode(&h, hdr, sizeof hdr);
+    zmq_send(p.sock, zmq_msg_data(&hello[0]), zmq_msg_size(&hello[0]), ZMQ_SNDMORE);
+    zmq_send(p.sock, hdr, (size_t)hn, ZMQ_SNDMORE);
+    zmq_send(p.sock, "lease_ms=60000 store=ok", 23, 0);
+    close_all(hello, 3);
+    const char *want[2] = {"<h1/>", "<h2/>"};
+    int got = 0;
+    for (int i = 0; i < 300 && got < 2; i++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p.sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        n = peer_recv(&p, f, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            assert_int_equal(env_decode(&h, zmq_msg_data(&f[k]), zmq_msg_size(&f[k])), SB_OK);
+            if (h.kind != ENV_STANZA)
+                continue;
+            assert_true(got < 2);
+            assert_int_equal(zmq_msg_size(&f[k + 1]), 5);
+            assert_memory_equal(zmq_msg_data(&f[k + 1]), want[got], 5);
+            got++;
+        }
+        close_all(f, n);
+    }
+    assert_int_equal(got, 2);
+    link_free(l);
+    peer_close(&p);
+    /* no router at all for longer than a new socket needs: an error */
+    o.endpoint = "tcp://127.0.0.1:9";
+    l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    double t0 = ev_time();
+    while (ev_time() - t0 < 1.2) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(5000);
+    }
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h3/>", 5),
+                     SB_ERROR);
+    link_free(l);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -772,6 +854,7 @@ int main(void)
         cmocka_unit_test(test_link_reconnects_to_a_restarted_router_at_once),
         cmocka_unit_test(test_link_rejoins_under_a_new_id_when_its_router_went_silent),
         cmocka_unit_test(test_link_says_hello_at_once_to_a_router_back_after_a_refusal),
+        cmocka_unit_test(test_link_holds_sends_until_a_new_socket_connects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
