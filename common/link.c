@@ -897,8 +897,18 @@ static void link_rt_events(struct link *l, struct link_rt *r)
         if (now - r->refused_at >= 30 || !r->refused_at)
             r->refused_at = now;
     }
-    if (hello && l->nrt)
+    if (hello && l->nrt) {
+        /* The new connection's pipe is attached by a command the socket
+         * reads when asked; a send reads commands at most once a
+         * millisecond or so (libzmq throttles it), so the HELLO could be
+         * refused as not connected yet and wait for the next heartbeat.
+         * ZMQ_EVENTS reads them now. The prepare asks again (dirty). */
+        if (r->z.sock && !r->reopen) {
+            zs_readable(&r->z);
+            r->z.dirty = 1;
+        }
         link_send_hello(l, 0);
+    }
 }
 
 static void link_state(struct link *l, enum link_state st)
