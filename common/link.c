@@ -479,6 +479,12 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
     size_t idlen;
     const char *id = rt_addrs_id(&l->addrs, q->to, strlen(q->to), &idlen);
     if (zmq_send(l->direct->sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        /* Even a refused send reads the socket's commands, which may take
+         * the edge of messages that came meanwhile: the prepare must ask
+         * ZMQ_EVENTS, or the direct socket stays undrained until some
+         * other send succeeds (an sm asking an unknown front-end every
+         * second heard no front-end for 50 s: binds timed out). */
+        l->direct->dirty = 1;
         l->fb_rq += n / 2;
         for (size_t i = 0; i + 1 < n; i += 2) {
             struct env_hdr h;
