@@ -56,6 +56,8 @@
 #define LINK_ROUTERS_MAX 8
 #define LINK_MARKS 8            /* HELLOs awaiting an ack, per router */
 #define LINK_LIMBO_MAX (16u << 20)  /* bytes held for re-sending while no router takes them */
+#define LINK_RECONNECT_MAX_MS 200   /* longest wait between two connects to a router */
+#define LINK_HOLD_S 1.0             /* a router socket this new may connect yet: sends wait */
 
 struct link;
 
@@ -106,6 +108,7 @@ struct link_rt {
     char endpoint[RT_DIRECT_MAX + 1];
     int up;                     /* acked lately: sends prefer it */
     int reopen;                 /* down: make the socket anew before the loop blocks */
+    double opened_at;           /* loop time the socket was made (link_may_hold) */
     void *mon;                  /* PAIR: the DEALER's handshake events (curve refusals) */
     ev_io mon_io;               /* its ZMQ_FD: a (re)connection says HELLO at once */
     double refused_at;          /* last handshake refused (our key not a member?) */
@@ -152,6 +155,7 @@ struct link {
     struct link_seen *seen;     /* per sender: the highest seq delivered */
     size_t nseen, capseen;
     unsigned long dups;         /* re-sent duplicates dropped since the last heartbeat */
+    unsigned long held;         /* sends kept in limbo for want of a router, since then */
     struct sb_buf limbo;        /* taken by a router that died unconfirmed: re-sent */
     int resending;
     unsigned long hello_seq;    /* HELLOs sent */
@@ -179,7 +183,6 @@ struct link {
     ev_timer flush_timer;
     unsigned long fb_peer, fb_rq;   /* direct sends that took the router path */
     char instance[ENV_NAME_MAX + 1];
-    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];   /* our routing id: "NAME#NONCE" (route.h) */
     struct rt_addrs addrs;      /* sm: who is at which id on `direct` */
     double forged_at;           /* refused envelopes: one log line per window */
     unsigned long forged;
@@ -224,13 +227,20 @@ static sb_rc zs_open(struct link *l, struct link_zs *z, int type)
         zmq_setsockopt(z->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(z->sock, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0)
         return SB_ERROR;
+    /* DEALER: a new id "NAME#NONCE" for every socket (route.h). A socket
+     * made anew (rt_reopen: its router fell silent, or this process was
+     * frozen past its lease) must not meet the connection it replaces,
+     * which the server may still hold: a ROUTER without handover ignores a
+     * second connection under an id in use, and the process never rejoins.
+     * The server answers NAME at the id it last heard NAME from. */
+    char rid[ENV_NAME_MAX + RT_NONCE_HEX + 2];
+    rt_id_make(rid, sizeof rid, l->instance);
     if (type == ZMQ_DEALER &&
-        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, l->rid, strlen(l->rid)) != 0)
+        zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, rid, strlen(rid)) != 0)
         return SB_ERROR;
     /* ROUTER: an unknown destination fails the send (and takes the router
-     * path). No handover: ids carry a per-start nonce (route.h), so a
-     * restarted component never meets its old id, and nobody can take
-     * over another's. */
+     * path). No handover: ids carry a nonce, so nobody can take over
+     * another's, and no socket of ours meets an older one's. */
     if (type == ZMQ_ROUTER &&
         zmq_setsockopt(z->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one) != 0)
         return SB_ERROR;
@@ -502,6 +512,12 @@ static void rq_flush_one(struct link *l, struct link_rq *q)
     size_t idlen;
     const char *id = rt_addrs_id(&l->addrs, q->to, strlen(q->to), &idlen);
     if (zmq_send(l->direct->sock, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        /* Even a refused send reads the socket's commands, which may take
+         * the edge of messages that came meanwhile: the prepare must ask
+         * ZMQ_EVENTS, or the direct socket stays undrained until some
+         * other send succeeds (an sm asking an unknown front-end every
+         * second heard no front-end for 50 s: binds timed out). */
+        l->direct->dirty = 1;
         l->fb_rq += n / 2;
         for (size_t i = 0; i + 1 < n; i += 2) {
             struct env_hdr h;
@@ -934,8 +950,14 @@ static struct link_rt *link_rt_of(struct link *l, const struct link_zs *z)
 
 /* ZMQ_IMMEDIATE: a router that is not connected refuses at once, so the
  * next one takes the envelope instead of a queue for a dead peer.
- * Reconnection backs off from 0.1 s to 2 s. A monitor reports refused
- * handshakes (link_rt_events). */
+ * Reconnection is retried every 0.1 s to LINK_RECONNECT_MAX_MS, never
+ * longer: a restarted router is used by whoever reconnected first, and
+ * until every component is back it bounces what is for the others
+ * (`unreachable`). With ZeroMQ's back-off to 2 s that window was up to
+ * 2 s after the restart, long enough for the other router to die in it
+ * (test_routers: four messages bounced, their senders answered with
+ * errors). A retry is one refused TCP connect while the router is down. A
+ * monitor reports refused handshakes (link_rt_events). */
 static void link_rt_events(struct link *l, struct link_rt *r);
 static sb_rc link_send_hello(struct link *l, int bye);
 
@@ -957,13 +979,18 @@ static void rt_mon_close(struct link *l, struct link_rt *r)
 
 static sb_rc rt_open(struct link *l, struct link_rt *r)
 {
-    int immediate = 1, ivl_max = 2000, zero = 0;
+    int immediate = 1, ivl_max = LINK_RECONNECT_MAX_MS, zero = 0;
     char mon[64];
     if (zs_open(l, &r->z, ZMQ_DEALER) != SB_OK ||
         zmq_setsockopt(r->z.sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
         zmq_setsockopt(r->z.sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) != 0)
         return SB_ERROR;
-    snprintf(mon, sizeof mon, "inproc://link-mon-%p", (void *)r);
+    /* A name per socket: the socket it replaces (rt_reopen) is closed by
+     * ZeroMQ's reaper later and holds its monitor's name until then, so
+     * the same name was refused (EADDRINUSE) and the new socket had no
+     * monitor at all. */
+    static unsigned long mons;
+    snprintf(mon, sizeof mon, "inproc://link-mon-%p-%lu", (void *)r, ++mons);
     rt_mon_close(l, r);
     if (zmq_socket_monitor(r->z.sock, mon, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
                                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
@@ -975,6 +1002,9 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
             r->mon = NULL;
         }
     }
+    if (!r->mon)
+        log_warn("link_monitor_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
+                 sb_log_q(zmq_strerror(errno)));
     if (r->mon) {
         int fd = -1;
         size_t sz = sizeof fd;
@@ -982,7 +1012,15 @@ static sb_rc rt_open(struct link *l, struct link_rt *r)
         ev_io_init(&r->mon_io, link_on_mon, fd, EV_READ);
         r->mon_io.data = r;
         ev_io_start(l->loop, &r->mon_io);
+        /* Read it empty once: ZMQ_FD only signals a message that arrives
+         * after a receive found the socket empty. Unread, a new socket's
+         * monitor stayed silent until the next heartbeat read it
+         * (link_on_hello), so a socket made anew (rt_reopen) said HELLO a
+         * heartbeat after connecting, and the router, which addresses us
+         * at the id it last heard, bounced what was ours meanwhile. */
+        link_rt_events(l, r);
     }
+    r->opened_at = ev_now(l->loop);
     if (zmq_connect(r->z.sock, r->endpoint) != 0) {
         log_error("link_connect_failed", "endpoint=%s err=%s", sb_log_q(r->endpoint),
                   sb_log_q(zmq_strerror(errno)));
@@ -1151,8 +1189,18 @@ static void link_rt_events(struct link *l, struct link_rt *r)
         if (now - r->refused_at >= 30 || !r->refused_at)
             r->refused_at = now;
     }
-    if (hello && l->nrt)
+    if (hello && l->nrt) {
+        /* The new connection's pipe is attached by a command the socket
+         * reads when asked; a send reads commands at most once a
+         * millisecond or so (libzmq throttles it), so the HELLO could be
+         * refused as not connected yet and wait for the next heartbeat.
+         * ZMQ_EVENTS reads them now. The prepare asks again (dirty). */
+        if (r->z.sock && !r->reopen) {
+            zs_readable(&r->z);
+            r->z.dirty = 1;
+        }
         link_send_hello(l, 0);
+    }
 }
 
 static void link_state(struct link *l, enum link_state st)
@@ -1518,6 +1566,11 @@ static void link_on_hello(struct ev_loop *loop, ev_timer *w, int revents)
         log_info("link_duplicates_dropped", "count=%lu why=re-sent", l->dups);
         l->dups = 0;
     }
+    if (l->held) {
+        log_info("link_held", "envelopes=%lu why=no-router-yet held_bytes=%zu", l->held,
+                 l->limbo.len);
+        l->held = 0;
+    }
     if (any_up && (l->fb_peer || l->fb_rq)) {
         log_info("link_direct_fallback", "to_sm=%lu to_instance=%lu", l->fb_peer, l->fb_rq);
         l->fb_peer = l->fb_rq = 0;
@@ -1632,7 +1685,6 @@ struct link *link_new(struct ev_loop *loop, const struct link_opts *o,
     l->limbo = (struct sb_buf)SB_BUF_INIT;
     l->seq = (uint64_t)(sb_now() * 1e6);
     strcpy(l->instance, o->instance);
-    rt_id_make(l->rid, sizeof l->rid, l->instance);
     strcpy(l->kind, o->kind);
     rt_reg_init(&l->members);
     link_new_inc(l);
@@ -1694,6 +1746,39 @@ void link_free(struct link *l)
     free(l);
 }
 
+/* No router takes an envelope now. While a router socket is new (made
+ * anew after its router fell silent or refused, e.g. this process was
+ * frozen past its lease and has just woken up; or at start) it may
+ * connect any moment: the envelope waits in limbo behind the older ones,
+ * re-sent in order as soon as a router acknowledges us, instead of
+ * failing (a thawed sm failed hundreds of deliveries in the 0.1 s before
+ * its new sockets connected). Past LINK_HOLD_S with none connected, sends
+ * fail again and the caller answers with an error. */
+static int link_may_hold(const struct link *l)
+{
+    double now = ev_now(l->loop);
+    for (size_t i = 0; i < l->nrt; i++)
+        if (l->rt[i].reopen || now - l->rt[i].opened_at < LINK_HOLD_S)
+            return 1;
+    return 0;
+}
+
+static sb_rc link_hold(struct link *l, const uint8_t *hdr, size_t hlen, const char *body,
+                       size_t blen)
+{
+    uint32_t hl = (uint32_t)hlen, bl = (uint32_t)blen;
+    if (l->limbo.len + 8 + hlen + blen > LINK_LIMBO_MAX)
+        return SB_ERROR;
+    size_t len = l->limbo.len;
+    if (sb_buf_add(&l->limbo, &hl, sizeof hl) != SB_OK || sb_buf_add(&l->limbo, hdr, hlen) != SB_OK ||
+        sb_buf_add(&l->limbo, &bl, sizeof bl) != SB_OK || sb_buf_add(&l->limbo, body, blen) != SB_OK) {
+        l->limbo.len = len;     /* never half an envelope */
+        return SB_ERROR;
+    }
+    l->held++;
+    return SB_OK;
+}
+
 /* The router path: the header gets ENV_F_SEQ and this instance's next
  * seq, so a receiver drops the copy of a re-send it already had. Seqs
  * start at the wall clock in µs, so a restarted instance's are above its
@@ -1716,6 +1801,8 @@ static sb_rc link_main_send(struct link *l, const uint8_t *hdr, size_t hlen, con
         link_resend(l);         /* older first */
     if (!l->limbo.len && rt_send_any(l, sh, hlen, body, blen) == 0)
         return SB_OK;
+    if (link_may_hold(l) && link_hold(l, sh, hlen, body, blen) == SB_OK)
+        return SB_OK;           /* sent when a router takes the limbo (rt_on_ack) */
     log_warn("link_send_failed", "kind=%s key=%s err=%s", env_kind_name(h->kind),
              sb_log_q(h->key), l->limbo.len ? "held-envelopes-first" : "no-router");
     return SB_ERROR;

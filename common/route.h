@@ -99,8 +99,9 @@ sb_rc rt_status_body(const struct rt_registry *r, double now, struct sb_buf *out
 
 /* ---- bus routing ids ---------------------------------------------------- */
 /* A component's sockets use the routing id "NAME#NONCE" (NONCE: random hex,
- * new at every process start), never the bare name. So a restarted process
- * never collides with the connection its dead predecessor left behind, and
+ * new for every socket), never the bare name. So neither a restarted
+ * process nor a socket made anew (link.c rt_reopen) collides with a
+ * connection a server still holds from before, and
  * no peer can take a name over by connecting with it (the bus ROUTERs run
  * without ZMQ_ROUTER_HANDOVER): a bus server (router, sm direct socket)
  * reads NAME off the id, accepts a message only when the CURVE key it came

@@ -2,7 +2,9 @@
 sm instance dying under two chatting users."""
 
 import asyncio
+import os
 import secrets
+import signal
 import time
 
 from xmpptest import (RawStream, close, iq_error_condition, login, next_message, redis_cli, run,
@@ -88,6 +90,60 @@ def test_chat_survives_the_death_of_an_sm(stack):
     finally:
         # leave the stack whole for the tests after this one
         stack.stack("start-proc", "sm1")
+        stack.wait_instances(present=("sm1", "sm2"))
+
+
+def test_an_sm_frozen_past_its_lease_rejoins_every_router_when_thawed(stack):
+    """SIGSTOP of an sm past its lease: the routers end it and its users
+    move to sm2. On SIGCONT it knows its lease is lost, and its DEALERs to
+    the routers are made anew while each router may still hold the old
+    connection; a ROUTER without handover ignores a second connection under
+    an id in use, so each socket has an id of its own (link.c zs_open). It
+    must be acknowledged by both routers again and serve its users."""
+    a_jid, a_pw = _user_on(stack, "sm1")
+    b_jid, b_pw = _user_on(stack, "sm1")
+    stack.wait_instances(present=("sm1", "sm2"))
+    log = os.path.join(stack.env["SB_VAR"], "log", "sm1.log")
+    port = int(stack.env["SB_ROUTER_PORT"])
+    routers = ["tcp://127.0.0.1:%d" % (port + i) for i in (0, 1)]
+    with open(os.path.join(stack.env["SB_VAR"], "pid", "sm1.pid")) as f:
+        pid = int(f.read().strip())
+
+    def since(mark):
+        with open(log, errors="replace") as f:
+            f.seek(mark)
+            return f.read()
+
+    async def go():
+        alice = await login(stack, a_jid, a_pw, instance="c2s1")
+        bob = await login(stack, b_jid, b_pw, instance="c2s2")
+        try:
+            await _exchange(alice, bob, "before")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                mark = os.path.getsize(log)     # nothing is written while frozen
+                await asyncio.to_thread(stack.wait_instances, absent=("sm1",),
+                                        present=("sm2",), timeout=20)
+                await _exchange(alice, bob, "sm1 frozen")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await asyncio.to_thread(
+                wait_until, lambda: all('event=link_router_up endpoint="%s"' % ep in since(mark)
+                                        for ep in routers),
+                15, "sm1 acknowledged by both routers after the thaw")
+            assert "event=lease_lost" in since(mark)
+            await asyncio.to_thread(stack.wait_instances, present=("sm1", "sm2"))
+            await _exchange(alice, bob, "sm1 thawed")
+        finally:
+            await close(alice)
+            await close(bob)
+    try:
+        run(go(), timeout=100)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         stack.wait_instances(present=("sm1", "sm2"))
 
 

@@ -610,6 +610,236 @@ static void test_link_takes_router_controls_and_senders_only_from_who_they_are(v
     peer_close(&p);
 }
 
+/* A router restarted after a while is joined again within a fraction of a
+ * second, not after ZeroMQ's reconnect back-off (0.1 s doubling to 2 s):
+ * while a component has not reconnected, the restarted router bounces
+ * what is for it (`unreachable`), and the other router may die meanwhile
+ * (test_routers: four messages lost). Down 3.7 s, the back-off would next
+ * try 1.4 s or more after the restart. */
+static void test_link_reconnects_to_a_restarted_router_at_once(void **state)
+{
+    struct peer p;
+    struct seen seen = {0};
+    peer_open(&p);
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s", p.endpoint);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *l = open_link(loop, &p, &seen);
+    peer_close(&p);                 /* the router dies */
+    double t0 = ev_time();
+    while (ev_time() - t0 < 3.7) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(5000);
+    }
+    int linger = 0, timeout = 3000;  /* and comes back at the same endpoint */
+    p.ctx = zmq_ctx_new();
+    p.sock = zmq_socket(p.ctx, ZMQ_ROUTER);
+    zmq_setsockopt(p.sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(p.sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    assert_int_equal(zmq_bind(p.sock, ep), 0);
+    double up = ev_time();
+    spin_until_readable(loop, &p);  /* the HELLO said on reconnecting */
+    double took = ev_time() - up;
+    zmq_msg_t f[4];
+    int n = peer_recv(&p, f, 4);
+    assert_int_equal(n, 3);
+    struct env_hdr h;
+    assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
+    assert_int_equal(h.kind, ENV_HELLO);
+    close_all(f, n);
+    if (took > 1.0)
+        fail_msg("reconnected %.2f s after the router came back", took);
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p);
+}
+
+/* A router that stops answering (or a process frozen past its lease that
+ * wakes up) has its DEALER made anew. The ROUTER still holds the old
+ * connection while messages it has not read sit in it, and without
+ * handover it ignores a second connection under an id in use: the new
+ * socket must come with a new id, and its HELLO must get through. */
+static void test_link_rejoins_under_a_new_id_when_its_router_went_silent(void **state)
+{
+    struct peer p;
+    struct seen seen = {0};
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = p.endpoint, .instance = "t5", .kind = "c2s",
+                          .domains = "", .heartbeat = 0.1};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    spin_until_readable(loop, &p);
+    zmq_msg_t f[4];
+    assert_int_equal(peer_recv(&p, f, 4), 3);
+    char first[96];
+    snprintf(first, sizeof first, "%.*s", (int)zmq_msg_size(&f[0]), (char *)zmq_msg_data(&f[0]));
+    ack_hello(loop, &p, f);
+    close_all(f, 3);
+    /* No ack for 0.6 s (2.5 heartbeats make it silent), nothing read: the
+     * HELLOs of the old connection wait in the ROUTER. */
+    double t0 = ev_time();
+    while (ev_time() - t0 < 0.6) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(2000);
+    }
+    int fresh = 0;
+    t0 = ev_time();
+    while (!fresh && ev_time() - t0 < 3.0) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p.sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        int n = peer_recv(&p, f, 4);
+        assert_int_equal(n, 3);
+        assert_memory_equal(zmq_msg_data(&f[0]), "t5#", 3);
+        fresh = zmq_msg_size(&f[0]) != strlen(first) ||
+                memcmp(zmq_msg_data(&f[0]), first, strlen(first)) != 0;
+        if (fresh)
+            ack_hello(loop, &p, f);     /* answered at the new id: up again */
+        close_all(f, n);
+    }
+    assert_true(fresh);
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p);
+}
+
+/* A router given up (a send refused) has its socket made anew; when the
+ * router is back, the new socket's HELLO goes out as soon as it connects
+ * (the monitor's handshake event), not at the next heartbeat: until the
+ * router has heard it, it cannot address this instance and bounces what
+ * is for it. Here the heartbeat is a minute and the other router keeps
+ * answering, so only the handshake can say it. */
+static void test_link_says_hello_at_once_to_a_router_back_after_a_refusal(void **state)
+{
+    struct peer p[2];
+    struct seen seen = {0};
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link *l = NULL;
+    int used = two_routers_take_m1(loop, p, &l, &seen, "t6");
+    char ep[64];
+    snprintf(ep, sizeof ep, "%s", p[used].endpoint);
+    peer_close(&p[used]);           /* that router dies: the next send is refused */
+    for (int i = 0; i < 100; i++) {
+        if (i % 10 == 0)
+            link_send_to(l, ENV_STANZA, ENV_ROUTE_JID, "u@remote", "", "", "<m2/>", 5);
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(5000);
+    }
+    int linger = 0, timeout = 3000;  /* back at the same endpoint */
+    p[used].ctx = zmq_ctx_new();
+    p[used].sock = zmq_socket(p[used].ctx, ZMQ_ROUTER);
+    zmq_setsockopt(p[used].sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(p[used].sock, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
+    assert_int_equal(zmq_bind(p[used].sock, ep), 0);
+    double up = ev_time();
+    int hello = 0;
+    while (!hello && ev_time() - up < 2.0) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p[used].sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        zmq_msg_t f[16];
+        int n = peer_recv(&p[used], f, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            struct env_hdr h;
+            if (env_decode(&h, zmq_msg_data(&f[k]), zmq_msg_size(&f[k])) == SB_OK)
+                hello |= h.kind == ENV_HELLO;
+        }
+        close_all(f, n);
+    }
+    double took = ev_time() - up;
+    if (!hello || took > 1.0)
+        fail_msg("hello=%d %.2f s after the router came back", hello, took);
+    link_free(l);
+    ev_loop_destroy(loop);
+    peer_close(&p[0]);
+    peer_close(&p[1]);
+}
+
+/* While its router sockets are new (at start; made anew after a freeze
+ * past the lease) a send no router takes yet waits in limbo and leaves,
+ * in order, once a router has acknowledged the link; with no router
+ * connected for longer than that, a send fails again. */
+static void test_link_holds_sends_until_a_new_socket_connects(void **state)
+{
+    struct peer p;
+    struct seen seen = {0};
+    peer_open(&p);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    struct link_opts o = {.endpoint = p.endpoint, .instance = "t7", .kind = "sm",
+                          .domains = "", .heartbeat = 60};
+    struct link *l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    /* not connected yet: ZMQ_IMMEDIATE refuses, the link keeps them */
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h1/>", 5),
+                     SB_OK);
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h2/>", 5),
+                     SB_OK);
+    spin_until_readable(loop, &p);
+    zmq_msg_t f[16];
+    int n = peer_recv(&p, f, 16);
+    assert_true(n >= 3);
+    struct env_hdr h;
+    assert_int_equal(env_decode(&h, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])), SB_OK);
+    assert_int_equal(h.kind, ENV_HELLO);
+    zmq_msg_t hello[3];
+    for (int i = 0; i < 3; i++) {
+        zmq_msg_init(&hello[i]);
+        zmq_msg_copy(&hello[i], &f[i]);
+    }
+    close_all(f, n);
+    /* the ack sends them; ack_hello would drain them, so answer by hand */
+    const char *seq = strstr(zmq_msg_data(&hello[2]), "seq=");
+    uint8_t hdr[ENV_HDR_MAX];
+    env_init(&h, ENV_CONTROL, ENV_ROUTE_INSTANCE);
+    h.flags = ENV_F_ROUTER;
+    snprintf(h.key, sizeof h.key, "t7");
+    snprintf(h.op, sizeof h.op, "hello-ack");
+    snprintf(h.aux, sizeof h.aux, "%ld", seq ? strtol(seq + 4, NULL, 10) : 0L);
+    long hn = env_encode(&h, hdr, sizeof hdr);
+    zmq_send(p.sock, zmq_msg_data(&hello[0]), zmq_msg_size(&hello[0]), ZMQ_SNDMORE);
+    zmq_send(p.sock, hdr, (size_t)hn, ZMQ_SNDMORE);
+    zmq_send(p.sock, "lease_ms=60000 store=ok", 23, 0);
+    close_all(hello, 3);
+    const char *want[2] = {"<h1/>", "<h2/>"};
+    int got = 0;
+    for (int i = 0; i < 300 && got < 2; i++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        zmq_pollitem_t it = {p.sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 10) <= 0)
+            continue;
+        n = peer_recv(&p, f, 16);
+        for (int k = 1; k + 1 < n; k += 2) {
+            assert_int_equal(env_decode(&h, zmq_msg_data(&f[k]), zmq_msg_size(&f[k])), SB_OK);
+            if (h.kind != ENV_STANZA)
+                continue;
+            assert_true(got < 2);
+            assert_int_equal(zmq_msg_size(&f[k + 1]), 5);
+            assert_memory_equal(zmq_msg_data(&f[k + 1]), want[got], 5);
+            got++;
+        }
+        close_all(f, n);
+    }
+    assert_int_equal(got, 2);
+    link_free(l);
+    peer_close(&p);
+    /* no router at all for longer than a new socket needs: an error */
+    o.endpoint = "tcp://127.0.0.1:9";
+    l = link_new(loop, &o, on_recv, &seen);
+    assert_non_null(l);
+    double t0 = ev_time();
+    while (ev_time() - t0 < 1.2) {
+        ev_run(loop, EVRUN_NOWAIT);
+        usleep(5000);
+    }
+    assert_int_equal(link_send_to(l, ENV_STANZA, ENV_ROUTE_INSTANCE, "c2s1", "s1", "", "<h3/>", 5),
+                     SB_ERROR);
+    link_free(l);
+    ev_loop_destroy(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -621,6 +851,10 @@ int main(void)
         cmocka_unit_test(test_link_resends_what_one_ack_confirmed_if_the_router_dies),
         cmocka_unit_test(test_link_forgets_what_two_acks_confirmed),
         cmocka_unit_test(test_link_takes_router_controls_and_senders_only_from_who_they_are),
+        cmocka_unit_test(test_link_reconnects_to_a_restarted_router_at_once),
+        cmocka_unit_test(test_link_rejoins_under_a_new_id_when_its_router_went_silent),
+        cmocka_unit_test(test_link_says_hello_at_once_to_a_router_back_after_a_refusal),
+        cmocka_unit_test(test_link_holds_sends_until_a_new_socket_connects),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
