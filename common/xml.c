@@ -728,11 +728,28 @@ static void xs_lex_byte(struct xml_stream *s, unsigned char c)
  * (0 when a token stays open through all of it). */
 static size_t xs_lex(struct xml_stream *s, const char *buf, size_t len)
 {
-    size_t ready = 0;
-    for (size_t i = 0; i < len; i++) {
-        xs_lex_byte(s, (unsigned char)buf[i]);
+    size_t ready = 0, i = 0;
+    while (i < len) {
+        if (s->lex == XL_TEXT) {
+            /* Text and attribute values are the bulk: skip them with memchr. */
+            const char *lt = memchr(buf + i, '<', len - i);
+            size_t end = lt ? (size_t)(lt - buf) : len;
+            const char *amp = s->depth > 0 ? memchr(buf + i, '&', end - i) : NULL;
+            if (amp)
+                end = (size_t)(amp - buf);
+            ready = end;
+            if (end == len)
+                break;
+            i = end;
+        } else if (s->lex == XL_QUOTE) {
+            const char *q = memchr(buf + i, s->lex_n, len - i);
+            if (!q)
+                break;
+            i = (size_t)(q - buf);
+        }
+        xs_lex_byte(s, (unsigned char)buf[i++]);
         if (!xs_lex_holds(s->lex))
-            ready = i + 1;
+            ready = i;
     }
     return ready;
 }
