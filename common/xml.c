@@ -10,7 +10,11 @@
  * node arriving a byte at a time) is refused as soon as it crosses the
  * limit. `mark` is the byte index where the current top-level unit (the
  * stream header, a stanza, or keepalive whitespace) began; we never hand
- * Expat more than max_stanza bytes past it. */
+ * Expat more than max_stanza bytes past it.
+ *
+ * Input: the bytes of an open markup token (a start tag, a reference)
+ * wait in the stream until a byte that may end the token arrives, so
+ * Expat 2.5 scans each token about once however it is split (xs_lex). */
 #include "xml.h"
 #include "log.h"
 
@@ -234,6 +238,10 @@ struct xml_stream {
     enum xs_state state;
     long long fed, mark;          /* byte indexes since the last parser reset */
     int in_feed, free_pending;
+    /* Bytes of an open markup token held back from Expat (see xs_lex). */
+    struct sb_buf held;
+    size_t held_counted;          /* held.cap as counted in sb_mem_owned */
+    unsigned char lex, lex_n;     /* xs_lex state and its small counter */
 };
 
 const char *xml_err_name(enum xml_err e)
@@ -415,8 +423,16 @@ static void xs_install(struct xml_stream *s)
 #endif
 }
 
+static void xs_held_free(struct xml_stream *s)
+{
+    sb_buf_free(&s->held);
+    sb_mem_sync(&s->held_counted, 0);
+}
+
 static void xs_reset_state(struct xml_stream *s)
 {
+    xs_held_free(s);
+    s->lex = s->lex_n = 0;
     XML_ParserReset(s->p, "UTF-8");
     xs_install(s);
     xml_arena_reset(s->arena);
@@ -512,6 +528,7 @@ struct xml_stream *xml_stream_new(const struct xml_limits *lim,
 
 static void xs_destroy(struct xml_stream *s)
 {
+    xs_held_free(s);
     if (s->p)
         XML_ParserFree(s->p);
     xml_arena_free(s->arena);
@@ -567,18 +584,24 @@ void xml_stream_reset(struct xml_stream *s)
 int xml_stream_idle(const struct xml_stream *s)
 {
     return s->state == XS_RUNNING && s->depth == s->base && s->root == NULL &&
-           s->mark == s->fed;
+           s->mark == s->fed && s->held.len == 0;
 }
 
-/* Feed at most what keeps the current unit within max_stanza. */
-static sb_rc xs_feed_slice(struct xml_stream *s, const char *buf, size_t len, size_t *used)
+/* Bytes the current unit may still take before it is over max_stanza. */
+static long long xs_room(const struct xml_stream *s)
 {
     /* Before the stream header is complete the unit is the prolog plus the
      * header, which may be longer than a tiny configured stanza limit. */
     size_t limit = s->lim.max_stanza;
     if (s->depth == 0 && limit < XML_HEADER_MAX)
         limit = XML_HEADER_MAX;
-    long long room = s->mark + (long long)limit - s->fed;
+    return s->mark + (long long)limit - s->fed;
+}
+
+/* Feed at most what keeps the current unit within max_stanza. */
+static sb_rc xs_feed_slice(struct xml_stream *s, const char *buf, size_t len, size_t *used)
+{
+    long long room = xs_room(s);
     if (room <= 0) {
         s->err = XML_ERR_TOO_BIG;
         s->state = XS_FAILED;
@@ -607,6 +630,188 @@ static sb_rc xs_feed_slice(struct xml_stream *s, const char *buf, size_t len, si
     return SB_ERROR;
 }
 
+/* Expat 2.5 (no reparse deferral) scans a token it holds incomplete from
+ * its start again on every XML_Parse call: a start tag of max_stanza bytes
+ * trickled in one-byte reads costs max_stanza²/2 byte scans (seconds of
+ * CPU per connection; found by tests/fuzz). So the bytes of an open
+ * markup token are held here until a byte arrives that may end it, and
+ * Expat scans each token about once. The lexer only has to be right for
+ * well-formed XML, and only in one direction: it may say "no token open"
+ * too often (Expat then sees the bytes at once, as before), never when
+ * Expat could report an event, so a complete stanza is never held back.
+ * Malformed input held back fails when the token ends or at max_stanza.
+ * Text and CDATA content are never held: Expat reports them as they come. */
+enum xs_lex_state {
+    XL_TEXT,      /* content or prolog outside markup: nothing held */
+    XL_LT,        /* after '<' */
+    XL_TAG,       /* start or end tag: ends at '>' outside quotes */
+    XL_QUOTE,     /* attribute value; lex_n is the quote */
+    XL_REF,       /* entity or character reference: ends at ';' */
+    XL_BANG,      /* after '<!' */
+    XL_BANG_DASH, /* after '<!-' */
+    XL_COMMENT,   /* ends at '-->'; lex_n counts dashes */
+    XL_PI,        /* PI or XML declaration: ends at '?>'; lex_n = saw '?' */
+    XL_CDATA,     /* CDATA section (not held): ends at ']]>'; lex_n counts ']' */
+    XL_DECL,      /* other '<!' markup (DOCTYPE: restricted, never valid here) */
+};
+
+static int xs_lex_holds(unsigned char st)
+{
+    return st != XL_TEXT && st != XL_CDATA;
+}
+
+static void xs_lex_byte(struct xml_stream *s, unsigned char c)
+{
+    switch (s->lex) {
+    case XL_TEXT:
+        if (c == '<')
+            s->lex = XL_LT;
+        else if (c == '&' && s->depth > 0)
+            s->lex = XL_REF;
+        return;
+    case XL_LT:
+        s->lex = c == '!' ? XL_BANG : c == '?' ? XL_PI : c == '>' ? XL_TEXT : XL_TAG;
+        s->lex_n = 0;
+        return;
+    case XL_TAG:
+        if (c == '>')
+            s->lex = XL_TEXT;
+        else if (c == '\'' || c == '"')
+            s->lex = XL_QUOTE, s->lex_n = c;
+        return;
+    case XL_QUOTE:
+        if (c == s->lex_n)
+            s->lex = XL_TAG;
+        return;
+    case XL_REF:
+        if (c == ';' || c == '<' || c == '&' || c == '>' || c == ' ' || c == '\t' ||
+            c == '\r' || c == '\n') {
+            s->lex = XL_TEXT;
+            if (c == '<' || c == '&')
+                xs_lex_byte(s, c);
+        }
+        return;
+    case XL_BANG:
+        s->lex = c == '-' ? XL_BANG_DASH : c == '[' ? XL_CDATA : XL_DECL;
+        s->lex_n = 0;
+        return;
+    case XL_BANG_DASH:
+        s->lex = c == '-' ? XL_COMMENT : XL_DECL;
+        s->lex_n = 0;
+        return;
+    case XL_COMMENT:
+        if (c == '>' && s->lex_n >= 2)
+            s->lex = XL_TEXT;
+        else
+            s->lex_n = c == '-' ? (s->lex_n < 2 ? s->lex_n + 1 : 2) : 0;
+        return;
+    case XL_PI:
+        if (c == '>' && s->lex_n)
+            s->lex = XL_TEXT;
+        else
+            s->lex_n = c == '?';
+        return;
+    case XL_CDATA:
+        if (c == '>' && s->lex_n >= 2)
+            s->lex = XL_TEXT;
+        else
+            s->lex_n = c == ']' ? (s->lex_n < 2 ? s->lex_n + 1 : 2) : 0;
+        return;
+    case XL_DECL:
+        if (c == '>')
+            s->lex = XL_TEXT;
+        return;
+    }
+}
+
+/* Lex buf: the length of its longest prefix after which no token is open
+ * (0 when a token stays open through all of it). */
+static size_t xs_lex(struct xml_stream *s, const char *buf, size_t len)
+{
+    size_t ready = 0, i = 0;
+    while (i < len) {
+        if (s->lex == XL_TEXT) {
+            /* Text and attribute values are the bulk: skip them with memchr. */
+            const char *lt = memchr(buf + i, '<', len - i);
+            size_t end = lt ? (size_t)(lt - buf) : len;
+            const char *amp = s->depth > 0 ? memchr(buf + i, '&', end - i) : NULL;
+            if (amp)
+                end = (size_t)(amp - buf);
+            ready = end;
+            if (end == len)
+                break;
+            i = end;
+        } else if (s->lex == XL_QUOTE) {
+            const char *q = memchr(buf + i, s->lex_n, len - i);
+            if (!q)
+                break;
+            i = (size_t)(q - buf);
+        }
+        xs_lex_byte(s, (unsigned char)buf[i++]);
+        if (!xs_lex_holds(s->lex))
+            ready = i;
+    }
+    return ready;
+}
+
+static sb_rc xs_feed_all(struct xml_stream *s, const char *buf, size_t len)
+{
+    sb_rc rc = SB_OK;
+    while (len > 0 && rc == SB_OK && s->state == XS_RUNNING) {
+        size_t used = 0;
+        rc = xs_feed_slice(s, buf, len, &used);
+        buf += used;
+        len -= used;
+    }
+    return rc;
+}
+
+static sb_rc xs_hold(struct xml_stream *s, const char *buf, size_t len)
+{
+    sb_rc rc = sb_buf_add(&s->held, buf, len);
+    sb_mem_sync(&s->held_counted, s->held.cap);
+    if (rc != SB_OK)
+        xs_fail(s, XML_ERR_NOMEM);
+    return rc;
+}
+
+/* What the held bytes and buf would make the current unit: still within
+ * max_stanza? At the limit everything goes to Expat, and xs_feed_slice
+ * refuses what is over it exactly as without holding. */
+static int xs_may_hold(const struct xml_stream *s, size_t len)
+{
+    long long room = xs_room(s);
+    return room > 0 && (unsigned long long)s->held.len + len < (unsigned long long)room;
+}
+
+static sb_rc xs_feed_lexed(struct xml_stream *s, const char *buf, size_t len)
+{
+    int was_open = xs_lex_holds(s->lex);
+    size_t ready = xs_lex(s, buf, len);
+    if (!xs_may_hold(s, len))
+        ready = len;
+    else if (ready == 0 && was_open)
+        return xs_hold(s, buf, len);     /* still inside the token */
+    sb_rc rc;
+    if (s->held.len) {
+        /* The held token and what ends it, in one call. */
+        rc = sb_buf_add(&s->held, buf, ready);
+        struct sb_buf h = s->held;
+        s->held = (struct sb_buf)SB_BUF_INIT;
+        if (rc == SB_OK)
+            rc = xs_feed_all(s, h.data, h.len);
+        else
+            xs_fail(s, XML_ERR_NOMEM);
+        sb_buf_free(&h);
+        sb_mem_sync(&s->held_counted, 0);
+    } else {
+        rc = xs_feed_all(s, buf, ready);
+    }
+    if (rc != SB_OK || s->state != XS_RUNNING || ready == len)
+        return rc;
+    return xs_hold(s, buf + ready, len - ready);   /* an open token's first bytes */
+}
+
 sb_rc xml_stream_feed(struct xml_stream *s, const char *buf, size_t len)
 {
     switch (s->state) {
@@ -615,14 +820,8 @@ sb_rc xml_stream_feed(struct xml_stream *s, const char *buf, size_t len)
     case XS_CLOSED: return SB_DONE;
     default: break;
     }
-    sb_rc rc = SB_OK;
     s->in_feed = 1;
-    while (len > 0 && rc == SB_OK && s->state == XS_RUNNING) {
-        size_t used = 0;
-        rc = xs_feed_slice(s, buf, len, &used);
-        buf += used;
-        len -= used;
-    }
+    sb_rc rc = xs_feed_lexed(s, buf, len);
     s->in_feed = 0;
     if (s->free_pending) {
         xs_destroy(s);
@@ -640,8 +839,14 @@ sb_rc xml_stream_feed(struct xml_stream *s, const char *buf, size_t len)
 /* ---- one-shot documents --------------------------------------------------- */
 
 /* One Expat parser per thread, reset for each document: creating a parser
- * costs several mallocs, and the sm parses every stanza it receives. */
+ * costs several mallocs, and the sm parses every stanza it receives. But
+ * Expat's name tables keep the size the biggest document gave them, and
+ * every reset walks them whole: after one 190 KB stanza of 20,000
+ * attribute names, each small stanza took 128 µs instead of 1.5 (found by
+ * tests/fuzz, fuzz_ws). A document over XML_DOC_PARSER_KEEP bytes (at most
+ * some hundreds of names) gets a fresh parser afterwards instead. */
 static __thread XML_Parser xml_doc_parser;
+#define XML_DOC_PARSER_KEEP 4096
 
 static struct xml_doc *xml_doc_alloc(size_t first_size)
 {
@@ -687,9 +892,14 @@ struct xml_doc *xml_doc_parse(const char *buf, size_t len,
     if (st != XML_STATUS_OK || s.state != XS_RUNNING || !s.root) {
         *err = s.err != XML_ERR_NONE ? s.err : xs_expat_err(&s);
         xml_doc_free(d);
-        return NULL;
+        d = NULL;
+    } else {
+        d->root = s.root;
     }
-    d->root = s.root;
+    if (len > XML_DOC_PARSER_KEEP) {
+        XML_ParserFree(xml_doc_parser);
+        xml_doc_parser = NULL;
+    }
     return d;
 }
 

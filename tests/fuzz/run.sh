@@ -35,6 +35,8 @@ for t in "${targets[@]}"; do
         http) [ -f tests/fuzz/http.dict ] && dict=(-dict=tests/fuzz/http.dict) ;;
     esac
     log=build/fuzz/log/$t.log
+    # a regression run beside a long `make fuzz` must not truncate its log
+    [ "$regress" = 1 ] && log=build/fuzz/log/regress-$t.log
     runs=()
     [ -n "${FUZZ_RUNS:-}" ] && [ "$regress" = 0 ] && runs=(-runs="$FUZZ_RUNS")
     nice -n 19 "$exe" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 \

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "xml.h"
 
@@ -174,6 +175,78 @@ static void test_parser_rejects_huge_start_tag_in_small_feeds(void **st)
         rc = feed(r, "y");
     assert_int_equal(rc, SB_ERROR);
     assert_int_equal(xml_stream_error(r->s), XML_ERR_TOO_BIG);
+    rec_free(r);
+}
+
+/* Expat 2.5 rescans an incomplete token from its start on every call: a
+ * start tag trickled a byte at a time was quadratic (200 KB: ~20 s of CPU,
+ * found by tests/fuzz). Held back until it can end, it costs milliseconds. */
+static void test_stream_trickled_huge_start_tag_costs_linear_time(void **st)
+{
+    struct rec *r = rec_new(0, 0);
+    assert_int_equal(feed(r, HDR "<message to='"), SB_OK);
+    clock_t t0 = clock();
+    for (int i = 0; i < 200000; i++)
+        assert_int_equal(xml_stream_feed(r->s, i % 2 ? ">" : "y", 1), SB_OK);
+    assert_int_equal(r->nstanza, 0);
+    assert_int_equal(feed(r, "'/>"), SB_OK);
+    double cpu = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    assert_int_equal(r->nstanza, 1);
+    assert_true(cpu < 1.0);
+    rec_free(r);
+}
+
+/* Held bytes never hold back an event: fed a byte at a time, each stanza
+ * arrives with its last byte, whatever quotes, references, CDATA or '>'
+ * inside attribute values it has. */
+static void test_stream_stanza_arrives_with_its_last_byte(void **st)
+{
+    static const char *const stanzas[] = {
+        "<message to='a>b' id=\"x'>y\"><body>a &amp; b &#x3e; c</body></message>",
+        "<iq><q a='&lt;&quot;'><![CDATA[<'x& ]]]></q></iq>",
+        "<presence/>",
+        "</stream:stream>",
+    };
+    struct rec *r = rec_new(0, 0);
+    const char *hdr = HDR;
+    for (size_t i = 0; hdr[i]; i++) {
+        assert_int_equal(xml_stream_feed(r->s, hdr + i, 1), SB_OK);
+        assert_int_equal(strlen(r->log.data ? r->log.data : "") > 0, hdr[i + 1] == '\0');
+    }
+    for (size_t k = 0; k < sizeof stanzas / sizeof *stanzas; k++) {
+        const char *in = stanzas[k];
+        for (size_t i = 0; in[i]; i++) {
+            assert_int_equal(xml_stream_feed(r->s, in + i, 1), SB_OK);
+            int last = in[i + 1] == '\0' && k < 3;
+            assert_int_equal(xml_stream_idle(r->s), last);   /* nothing held */
+            assert_int_equal(r->nstanza, (int)k + last);
+        }
+        assert_int_equal(xml_stream_feed(r->s, " ", 1), k < 3 ? SB_OK : SB_DONE);
+        if (k < 3)
+            assert_int_equal(xml_stream_idle(r->s), 1);
+    }
+    assert_string_equal(r->log.data, "open(stream:stream,localhost)|"
+                        "<message to='a&gt;b' id='x&apos;&gt;y'><body>a &amp; b &gt; c</body></message>|"
+                        "<iq><q a='&lt;&quot;'>&lt;'x&amp; ]</q></iq>|<presence/>|close|");
+    rec_free(r);
+}
+
+static void test_stream_trickled_comment_and_reference_still_fail(void **st)
+{
+    struct rec *r = rec_new(0, 0);
+    const char *in = HDR "<!-- a > b -- -->";
+    sb_rc rc = SB_OK;
+    for (size_t i = 0; in[i] && rc == SB_OK; i++)
+        rc = xml_stream_feed(r->s, in + i, 1);
+    assert_int_equal(rc, SB_ERROR);
+    rec_free(r);
+    r = rec_new(0, 0);
+    in = HDR "<message><body>&nosuch;</body></message>";
+    rc = SB_OK;
+    for (size_t i = 0; in[i] && rc == SB_OK; i++)
+        rc = xml_stream_feed(r->s, in + i, 1);
+    assert_int_equal(rc, SB_ERROR);
+    assert_int_equal(r->nstanza, 0);
     rec_free(r);
 }
 
@@ -439,6 +512,38 @@ static void test_doc_parse_handles_large_stanza_in_arena(void **st)
     sb_buf_free(&out);
 }
 
+static double parse_small_docs(int n)
+{
+    static const char small[] = "<message to='a@b' type='chat'><body>hi</body></message>";
+    clock_t t0 = clock();
+    for (int i = 0; i < n; i++) {
+        struct xml_doc *d = xml_doc_parse(small, sizeof small - 1, NULL, NULL);
+        assert_non_null(d);
+        xml_doc_free(d);
+    }
+    return (double)(clock() - t0) / CLOCKS_PER_SEC;
+}
+
+/* Expat's name tables keep their biggest size and each reset walks them:
+ * one stanza of 20,000 attribute names made every later stanza of the
+ * thread ~80 times slower to parse (found by tests/fuzz). */
+static void test_doc_parse_stays_fast_after_a_stanza_of_many_names(void **st)
+{
+    double before = parse_small_docs(20000);
+    struct sb_buf big = SB_BUF_INIT;
+    sb_buf_adds(&big, "<m");
+    for (int i = 0; i < 20000; i++)
+        sb_buf_printf(&big, " a%d=''", i);
+    sb_buf_adds(&big, "/>");
+    struct xml_doc *d = xml_doc_parse(big.data, big.len, NULL, NULL);
+    assert_non_null(d);
+    assert_int_equal(d->root->nattrs, 20000);
+    xml_doc_free(d);
+    sb_buf_free(&big);
+    double after = parse_small_docs(20000);
+    assert_true(after < before * 4 + 0.05);
+}
+
 static void test_err_names(void **st)
 {
     assert_string_equal(xml_err_name(XML_ERR_TOO_BIG), "too-big");
@@ -476,6 +581,9 @@ int main(void)
         cmocka_unit_test(test_parser_rejects_stanza_over_limit_in_many_feeds),
         cmocka_unit_test(test_parser_rejects_one_huge_text_node_in_one_feed),
         cmocka_unit_test(test_parser_rejects_huge_start_tag_in_small_feeds),
+        cmocka_unit_test(test_stream_trickled_huge_start_tag_costs_linear_time),
+        cmocka_unit_test(test_stream_stanza_arrives_with_its_last_byte),
+        cmocka_unit_test(test_stream_trickled_comment_and_reference_still_fail),
         cmocka_unit_test(test_parser_rejects_too_deep_nesting),
         cmocka_unit_test(test_parser_rejects_comment),
         cmocka_unit_test(test_parser_rejects_processing_instruction),
@@ -494,6 +602,7 @@ int main(void)
         cmocka_unit_test(test_copy_into_makes_independent_subtree),
         cmocka_unit_test(test_doc_parse_enforces_limits_and_restrictions),
         cmocka_unit_test(test_doc_parse_handles_large_stanza_in_arena),
+        cmocka_unit_test(test_doc_parse_stays_fast_after_a_stanza_of_many_names),
         cmocka_unit_test(test_err_names),
         cmocka_unit_test(test_parser_errors_map_to_stream_error_conditions),
         cmocka_unit_test(test_stream_version_needs_major_one_or_more),
