@@ -660,6 +660,16 @@ static int xs_lex_holds(unsigned char st)
     return st != XL_TEXT && st != XL_CDATA;
 }
 
+/* Comments end at "-->", CDATA at "]]>": two of `twice`, then '>'. lex_n
+ * counts the run of `twice` (at most 2). */
+static void xs_lex_close2(struct xml_stream *s, unsigned char c, unsigned char twice)
+{
+    if (c == '>' && s->lex_n >= 2)
+        s->lex = XL_TEXT;
+    else
+        s->lex_n = c == twice ? (s->lex_n < 2 ? s->lex_n + 1 : 2) : 0;
+}
+
 static void xs_lex_byte(struct xml_stream *s, unsigned char c)
 {
     switch (s->lex) {
@@ -700,10 +710,7 @@ static void xs_lex_byte(struct xml_stream *s, unsigned char c)
         s->lex_n = 0;
         return;
     case XL_COMMENT:
-        if (c == '>' && s->lex_n >= 2)
-            s->lex = XL_TEXT;
-        else
-            s->lex_n = c == '-' ? (s->lex_n < 2 ? s->lex_n + 1 : 2) : 0;
+        xs_lex_close2(s, c, '-');
         return;
     case XL_PI:
         if (c == '>' && s->lex_n)
@@ -712,10 +719,7 @@ static void xs_lex_byte(struct xml_stream *s, unsigned char c)
             s->lex_n = c == '?';
         return;
     case XL_CDATA:
-        if (c == '>' && s->lex_n >= 2)
-            s->lex = XL_TEXT;
-        else
-            s->lex_n = c == ']' ? (s->lex_n < 2 ? s->lex_n + 1 : 2) : 0;
+        xs_lex_close2(s, c, ']');
         return;
     case XL_DECL:
         if (c == '>')

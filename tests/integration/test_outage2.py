@@ -81,6 +81,29 @@ def test_login_on_another_front_end_during_postgres_outage(stack, new_user, pg_o
     run(go(), timeout=150)
 
 
+async def nothing_twice(a, c, c_jid, errors):
+    """After the expected messages: a marker from a reaches c with nothing
+    before it (no second copy of a spooled message), and a got no error."""
+    a.send_message(mto=c_jid, mbody="marker", mtype="chat")
+    got = []
+    while True:
+        m = await next_message(c, timeout=10)
+        if m["body"] == "marker":
+            break
+        got.append(m["body"])
+    assert not got, "delivered twice: %s" % got
+    assert errors.empty(), errors.get_nowait()
+
+
+def run_then_restore_sm1(stack, coro):
+    """Run a test that kills sm1; leave sm1 running for the tests after it."""
+    try:
+        run(coro, timeout=150)
+    finally:
+        stack.stack("start-proc", "sm1")
+        stack.wait_instances(present=("sm1", "sm2"))
+
+
 def test_spooled_message_survives_the_death_of_its_sm(stack, pg_outage):
     """PostgreSQL down, a message for an offline user is spooled (no error to
     the sender), the sm that spooled it is killed -9 and started again, the
@@ -127,23 +150,11 @@ def test_spooled_message_survives_the_death_of_its_sm(stack, pg_outage):
             c = await login_until_ok(stack, c_jid, c_pw, "login after PostgreSQL restart")
             for i in range(2):        # in the order sent
                 await next_message(c, timeout=10, body="kept %d" % i)
-            a.send_message(mto=c_jid, mbody="marker", mtype="chat")
-            got = []
-            while True:
-                m = await next_message(c, timeout=10)
-                if m["body"] == "marker":
-                    break
-                got.append(m["body"])
-            assert not got, "delivered twice: %s" % got
-            assert errors.empty(), errors.get_nowait()
+            await nothing_twice(a, c, c_jid, errors)
         finally:
             for x in (a, c):
                 await close(x)
-    try:
-        run(go(), timeout=150)
-    finally:
-        stack.stack("start-proc", "sm1")
-        stack.wait_instances(present=("sm1", "sm2"))
+    run_then_restore_sm1(stack, go())
 
 
 def test_spool_of_an_sm_that_stays_dead_is_adopted(stack, pg_outage):
@@ -182,20 +193,8 @@ def test_spool_of_an_sm_that_stays_dead_is_adopted(stack, pg_outage):
                 "offline_spool_recovered on sm2")
             c = await login_until_ok(stack, c_jid, c_pw, "login after PostgreSQL restart")
             await next_message(c, timeout=10, body="adopted")
-            a.send_message(mto=c_jid, mbody="marker", mtype="chat")
-            got = []
-            while True:
-                m = await next_message(c, timeout=10)
-                if m["body"] == "marker":
-                    break
-                got.append(m["body"])
-            assert not got, "delivered twice: %s" % got
-            assert errors.empty(), errors.get_nowait()
+            await nothing_twice(a, c, c_jid, errors)
         finally:
             for x in (a, c):
                 await close(x)
-    try:
-        run(go(), timeout=150)
-    finally:
-        stack.stack("start-proc", "sm1")
-        stack.wait_instances(present=("sm1", "sm2"))
+    run_then_restore_sm1(stack, go())

@@ -61,17 +61,27 @@ static double run_until(struct ev_loop *loop, double until, int lfd)
     return -1;
 }
 
+/* A pgev on a loopback port nothing listens on: refused at once, then
+ * backing off. *t0 is the loop time it started. */
+static struct pgev *pgev_refused(struct ev_loop *loop, int *port, double *t0)
+{
+    char conninfo[128];
+    *port = free_port();
+    snprintf(conninfo, sizeof conninfo, "hostaddr=127.0.0.1 port=%d connect_timeout=2", *port);
+    struct pgev *pg = pgev_new(loop, conninfo);
+    assert_non_null(pg);
+    ev_now_update(loop);
+    *t0 = ev_now(loop);
+    return pg;
+}
+
 static void test_a_kick_tries_a_database_that_came_back_before_the_back_off_ends(void **st)
 {
     (void)st;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    int port = free_port();
-    char conninfo[128];
-    snprintf(conninfo, sizeof conninfo, "hostaddr=127.0.0.1 port=%d connect_timeout=2", port);
-    struct pgev *pg = pgev_new(loop, conninfo);
-    assert_non_null(pg);
-    ev_now_update(loop);
-    double t0 = ev_now(loop);
+    int port;
+    double t0;
+    struct pgev *pg = pgev_refused(loop, &port, &t0);
     /* Refused at 0, retried at 0.5 and 1.5: the next retry is at 3.5 s;
      * a kick is taken 0.5 s after the last attempt. */
     run_until(loop, t0 + 2.3, -1);
@@ -91,13 +101,9 @@ static void test_without_a_kick_the_back_off_is_waited_out(void **st)
 {
     (void)st;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    int port = free_port();
-    char conninfo[128];
-    snprintf(conninfo, sizeof conninfo, "hostaddr=127.0.0.1 port=%d connect_timeout=2", port);
-    struct pgev *pg = pgev_new(loop, conninfo);
-    assert_non_null(pg);
-    ev_now_update(loop);
-    double t0 = ev_now(loop);
+    int port;
+    double t0;
+    struct pgev *pg = pgev_refused(loop, &port, &t0);
     run_until(loop, t0 + 2.0, -1);
     int lfd = listen_on(port);
     assert_true(run_until(loop, t0 + 3.2, lfd) < 0);    /* nobody asked: still waiting */
